@@ -1,0 +1,109 @@
+"""Commands of the classic memcached text protocol, as frozen value objects.
+
+Each class is one request a client can make; the parser builds them, the
+server executes them.  They know nothing of storage or sockets.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class StoreMode(enum.Enum):
+    """How a storage command treats the item already under its key."""
+
+    SET = "set"
+    ADD = "add"
+    REPLACE = "replace"
+    APPEND = "append"
+    PREPEND = "prepend"
+    CAS = "cas"
+
+
+def _keys_tuple(keys: object) -> tuple[bytes, ...]:
+    return tuple(keys)  # type: ignore[call-overload]
+
+
+@attrs.frozen
+class Retrieve:
+    """``get``/``gets``/``gat``/``gats``: read one or more keys.
+
+    ``touch`` is true for ``gat``/``gats`` (whose ``exptime`` is then given);
+    ``with_cas`` for ``gets``/``gats``.
+    """
+
+    keys: tuple[bytes, ...] = attrs.field(converter=_keys_tuple)
+    with_cas: bool = False
+    touch: bool = False
+    exptime: int = 0
+
+
+@attrs.frozen
+class Store:
+    """``set``/``add``/``replace``/``append``/``prepend``/``cas``."""
+
+    mode: StoreMode
+    key: bytes
+    flags: int
+    exptime: int
+    value: bytes
+    cas_unique: int = 0
+    noreply: bool = False
+
+
+@attrs.frozen
+class Delete:
+    key: bytes
+    noreply: bool = False
+
+
+@attrs.frozen
+class Arithmetic:
+    """``incr``/``decr`` by ``delta`` (an unsigned 64-bit number)."""
+
+    key: bytes
+    delta: int
+    incr: bool
+    noreply: bool = False
+
+
+@attrs.frozen
+class Touch:
+    key: bytes
+    exptime: int
+    noreply: bool = False
+
+
+@attrs.frozen
+class FlushAll:
+    delay: int = 0
+    noreply: bool = False
+
+
+@attrs.frozen
+class Version:
+    pass
+
+
+@attrs.frozen
+class Verbosity:
+    level: int
+    noreply: bool = False
+
+
+@attrs.frozen
+class Quit:
+    pass
+
+
+@attrs.frozen
+class Stats:
+    """``stats [group]``; ``group`` is empty for the general counters."""
+
+    group: bytes = b""
+    args: tuple[bytes, ...] = ()
+
+
+TextCommand = Retrieve | Store | Delete | Arithmetic | Touch | FlushAll | Version | Verbosity | Quit | Stats

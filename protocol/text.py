@@ -1,0 +1,372 @@
+"""Sans-IO parser for the memcached text protocol (classic and meta commands).
+
+Rules, after memcached 1.6 ``doc/protocol.txt``:
+
+* A command is one line ended by ``\\n`` (an optional ``\\r`` before it is
+  dropped); tokens are separated by spaces.
+* A line longer than ``Limits.max_line_length`` without a newline is an error
+  that closes the connection, except for retrieval lines (``get k1 k2 …``),
+  which may grow to ``Limits.max_get_line_length`` as large multi-gets do.
+* Storage commands (and ``ms``) are followed by a data block of exactly the
+  announced length plus ``\\r\\n``.  A block that is too large is swallowed
+  (never buffered whole) and answered ``SERVER_ERROR object too large for
+  cache``; a block not ended by ``\\r\\n`` is ``CLIENT_ERROR bad data chunk``.
+  Either way the connection goes on.
+* Keys are at most ``Limits.max_key_length`` bytes, without control
+  characters.
+
+The parser never touches a socket: feed it bytes, then call
+:meth:`TextParser.next_event` until it returns :data:`NEED_DATA`.  Each event is
+a command object, or an :class:`~protocol.errors.InvalidCommand` telling the
+caller which error line to answer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import attrs
+
+try:
+    from protocol import meta
+except ImportError:  # TEMPORARY while meta.py is being written
+    meta = None  # type: ignore[assignment]
+from protocol.commands import (
+    Arithmetic,
+    Delete,
+    FlushAll,
+    Quit,
+    Retrieve,
+    Stats,
+    Store,
+    StoreMode,
+    TextCommand,
+    Touch,
+    Verbosity,
+    Version,
+)
+from protocol.errors import ErrorKind, InvalidCommand, ProtocolError
+from protocol.events import NEED_DATA, _NeedData
+from protocol.limits import Limits
+
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+
+BAD_FORMAT = InvalidCommand(ErrorKind.CLIENT_ERROR, "bad command line format")
+UNKNOWN = InvalidCommand(ErrorKind.ERROR)
+TOO_LARGE = InvalidCommand(ErrorKind.SERVER_ERROR, "object too large for cache")
+BAD_CHUNK = InvalidCommand(ErrorKind.CLIENT_ERROR, "bad data chunk")
+LINE_TOO_LONG = InvalidCommand(ErrorKind.CLIENT_ERROR, "line too long", close=True)
+BAD_DELTA = InvalidCommand(ErrorKind.CLIENT_ERROR, "invalid numeric delta argument")
+BAD_EXPTIME = InvalidCommand(ErrorKind.CLIENT_ERROR, "invalid exptime argument")
+BAD_DELETE = InvalidCommand(
+    ErrorKind.CLIENT_ERROR, "bad command line format.  Usage: delete <key> [noreply]"
+)
+
+_RETRIEVAL_PREFIXES = (b"get ", b"gets ", b"gat ", b"gats ")
+_STORE_MODES = {mode.value.encode(): mode for mode in StoreMode}
+_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
+
+
+@attrs.frozen
+class QuietError:
+    """An error the client asked not to hear (``noreply``): nothing is sent."""
+
+    error: InvalidCommand
+
+
+TextEvent = object
+
+
+def valid_key(key: bytes, max_length: int) -> bool:
+    """A key is 1..max_length bytes with no spaces or control characters."""
+    return 0 < len(key) <= max_length and _CONTROL.search(key) is None
+
+
+def _parse_uint(token: bytes, maximum: int) -> int | None:
+    if not token.isdigit():
+        return None
+    value = int(token)
+    return value if value <= maximum else None
+
+
+def _parse_int(token: bytes) -> int | None:
+    """A signed decimal, as memcached's ``safe_strtol`` accepts for exptime."""
+    body = token[1:] if token[:1] == b"-" else token
+    if not body.isdigit():
+        return None
+    value = int(token)
+    return value if -(2**31) <= value < 2**31 else None
+
+
+@attrs.define
+class _PendingData:
+    """A command line whose data block is still arriving."""
+
+    length: int  # bytes of value, without the closing \r\n
+    finish: Callable[[bytes], TextEvent]
+
+
+class TextParser:
+    """Turns a byte stream into text-protocol events.  Never raises, except
+    :class:`~protocol.errors.ProtocolError` when the stream cannot go on."""
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        self.limits = limits
+        self._buffer = bytearray()
+        self._start = 0  # where the unparsed bytes begin in _buffer
+        self._pending: _PendingData | None = None
+        self._swallowing = 0  # bytes of an oversized block still to drop
+
+    # -- feeding -----------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self._swallowing:
+            dropped = min(self._swallowing, len(data))
+            self._swallowing -= dropped
+            data = data[dropped:]
+        if self._start and self._start == len(self._buffer):
+            self._buffer.clear()
+            self._start = 0
+        self._buffer += data
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when no part of a command is buffered (a clean place to stop)."""
+        return not self._swallowing and self._pending is None and self._start == len(self._buffer)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) - self._start
+
+    # -- parsing -----------------------------------------------------------
+
+    def next_event(self) -> TextEvent | _NeedData:
+        if self._swallowing:
+            return NEED_DATA
+        if self._pending is not None:
+            return self._next_data_block(self._pending)
+        buffer = self._buffer
+        newline = buffer.find(b"\n", self._start)
+        if newline < 0:
+            self._check_line_length()
+            return NEED_DATA
+        end = newline - 1 if newline > self._start and buffer[newline - 1] == 13 else newline
+        line = bytes(buffer[self._start : end])
+        self._start = newline + 1
+        self._compact()
+        if len(line) > self.limits.max_line_length and not line.startswith(_RETRIEVAL_PREFIXES):
+            raise ProtocolError(LINE_TOO_LONG)
+        return self._parse_line(line)
+
+    def _compact(self) -> None:
+        if self._start > 65536 and self._start * 2 > len(self._buffer):
+            del self._buffer[: self._start]
+            self._start = 0
+
+    def _check_line_length(self) -> None:
+        waiting = len(self._buffer) - self._start
+        if waiting <= self.limits.max_line_length:
+            return
+        head = bytes(self._buffer[self._start : self._start + 8]).lstrip(b" ")
+        if head.startswith(_RETRIEVAL_PREFIXES) and waiting <= self.limits.max_get_line_length:
+            return
+        raise ProtocolError(LINE_TOO_LONG)
+
+    def _next_data_block(self, pending: _PendingData) -> TextEvent | _NeedData:
+        needed = pending.length + 2
+        if len(self._buffer) - self._start < needed:
+            return NEED_DATA
+        start = self._start
+        value = bytes(self._buffer[start : start + pending.length])
+        ending = self._buffer[start + pending.length : start + needed]
+        self._start = start + needed
+        self._pending = None
+        self._compact()
+        if ending != b"\r\n":
+            return BAD_CHUNK
+        return pending.finish(value)
+
+    def _expect_data(
+        self, length: int, finish: Callable[[bytes], TextEvent], noreply: bool = False
+    ) -> TextEvent | _NeedData:
+        """Arrange for the next ``length`` bytes (+\\r\\n) to be a data block."""
+        if length > self.limits.max_item_size:
+            self._skip(length + 2)
+            return QuietError(TOO_LARGE) if noreply else TOO_LARGE
+        self._pending = _PendingData(length, finish)
+        return self._next_data_block(self._pending)
+
+    def _skip(self, count: int) -> None:
+        available = len(self._buffer) - self._start
+        dropped = min(available, count)
+        self._start += dropped
+        self._swallowing = count - dropped
+        self._compact()
+
+    def _parse_line(self, line: bytes) -> TextEvent | _NeedData:
+        tokens = line.split()
+        if not tokens:
+            return UNKNOWN
+        handler = _COMMANDS.get(tokens[0])
+        if handler is None:
+            return UNKNOWN
+        return handler(self, tokens)
+
+    # -- one method per command family --------------------------------------
+
+    def _retrieve(self, tokens: list[bytes]) -> TextEvent:
+        name = tokens[0]
+        touch = name.startswith(b"gat")
+        keys = tokens[2:] if touch else tokens[1:]
+        if not keys:
+            return UNKNOWN
+        exptime = 0
+        if touch:
+            parsed = _parse_int(tokens[1])
+            if parsed is None:
+                return BAD_EXPTIME
+            exptime = parsed
+        max_key = self.limits.max_key_length
+        for key in keys:
+            if not valid_key(key, max_key):
+                return BAD_FORMAT
+        return Retrieve(keys, with_cas=name.endswith(b"s"), touch=touch, exptime=exptime)
+
+    def _store(self, tokens: list[bytes]) -> TextEvent | _NeedData:
+        mode = _STORE_MODES[tokens[0]]
+        fields = 6 if mode is StoreMode.CAS else 5
+        if len(tokens) not in (fields, fields + 1):
+            return BAD_FORMAT
+        noreply = len(tokens) == fields + 1 and tokens[-1] == b"noreply"
+        if len(tokens) == fields + 1 and not noreply:
+            return BAD_FORMAT
+        key = tokens[1]
+        flags = _parse_uint(tokens[2], U32_MAX)
+        exptime = _parse_int(tokens[3])
+        length = _parse_uint(tokens[4], 2**31 - 3)
+        cas_unique = _parse_uint(tokens[5], U64_MAX) if mode is StoreMode.CAS else 0
+        if length is None:
+            return BAD_FORMAT
+        if flags is None or exptime is None or cas_unique is None:
+            # memcached cannot trust the line, yet the data block is coming:
+            # swallow it so the stream stays in step.
+            return self._swallow_block(length, BAD_FORMAT, noreply)
+        if not valid_key(key, self.limits.max_key_length):
+            return self._swallow_block(length, BAD_FORMAT, noreply)
+
+        def finish(value: bytes) -> Store:
+            return Store(mode, key, flags, exptime, value, cas_unique, noreply)
+
+        return self._expect_data(length, finish, noreply)
+
+    def _swallow_block(
+        self, length: int, error: InvalidCommand, noreply: bool
+    ) -> TextEvent | _NeedData:
+        """Answer ``error`` for a command whose data block must still be read past."""
+        event: TextEvent = QuietError(error) if noreply else error
+        if length > self.limits.max_item_size:
+            self._skip(length + 2)
+            return event
+        self._pending = _PendingData(length, lambda _value: event)
+        return self._next_data_block(self._pending)
+
+    def _delete(self, tokens: list[bytes]) -> TextEvent:
+        noreply = tokens[-1] == b"noreply"
+        rest = tokens[2:-1] if noreply else tokens[2:]
+        if len(tokens) < 2 or rest not in ([], [b"0"]):
+            return BAD_DELETE
+        if not valid_key(tokens[1], self.limits.max_key_length):
+            return BAD_FORMAT
+        return Delete(tokens[1], noreply)
+
+    def _arithmetic(self, tokens: list[bytes]) -> TextEvent:
+        noreply = len(tokens) == 4 and tokens[3] == b"noreply"
+        if len(tokens) != 3 and not noreply:
+            return UNKNOWN if len(tokens) < 3 else BAD_FORMAT
+        if not valid_key(tokens[1], self.limits.max_key_length):
+            return BAD_FORMAT
+        delta = _parse_uint(tokens[2], U64_MAX)
+        if delta is None:
+            return BAD_DELTA
+        return Arithmetic(tokens[1], delta, tokens[0] == b"incr", noreply)
+
+    def _touch(self, tokens: list[bytes]) -> TextEvent:
+        noreply = len(tokens) == 4 and tokens[3] == b"noreply"
+        if len(tokens) != 3 and not noreply:
+            return UNKNOWN if len(tokens) < 3 else BAD_FORMAT
+        if not valid_key(tokens[1], self.limits.max_key_length):
+            return BAD_FORMAT
+        exptime = _parse_int(tokens[2])
+        if exptime is None:
+            return BAD_EXPTIME
+        return Touch(tokens[1], exptime, noreply)
+
+    def _flush_all(self, tokens: list[bytes]) -> TextEvent:
+        noreply = tokens[-1] == b"noreply"
+        args = tokens[1:-1] if noreply else tokens[1:]
+        if len(args) > 1:
+            return BAD_FORMAT
+        delay = 0
+        if args:
+            parsed = _parse_int(args[0])
+            if parsed is None:
+                return BAD_FORMAT
+            delay = parsed
+        return FlushAll(delay, noreply)
+
+    def _version(self, tokens: list[bytes]) -> TextEvent:
+        return Version()
+
+    def _verbosity(self, tokens: list[bytes]) -> TextEvent:
+        noreply = tokens[-1] == b"noreply"
+        args = tokens[1:-1] if noreply else tokens[1:]
+        if len(args) != 1:
+            return UNKNOWN
+        level = _parse_uint(args[0], U32_MAX)
+        if level is None:
+            return BAD_FORMAT
+        return Verbosity(level, noreply)
+
+    def _quit(self, tokens: list[bytes]) -> TextEvent:
+        return Quit()
+
+    def _stats(self, tokens: list[bytes]) -> TextEvent:
+        group = tokens[1] if len(tokens) > 1 else b""
+        return Stats(group, tuple(tokens[2:]))
+
+    def _meta(self, tokens: list[bytes]) -> TextEvent | _NeedData:
+        parsed = meta.parse_meta(tokens, self.limits)
+        if isinstance(parsed, InvalidCommand):
+            return parsed
+        command, length, error = parsed.command, parsed.data_length, parsed.error
+        if length is None:
+            return error if error is not None else command
+        if error is not None:
+            return self._swallow_block(length, error, noreply=False)
+
+        def finish(value: bytes) -> TextEvent:
+            return attrs.evolve(command, value=value)
+
+        return self._expect_data(length, finish)
+
+
+_COMMANDS: dict[bytes, Callable[[TextParser, list[bytes]], TextEvent | _NeedData]] = {
+    b"get": TextParser._retrieve,
+    b"gets": TextParser._retrieve,
+    b"gat": TextParser._retrieve,
+    b"gats": TextParser._retrieve,
+    **{name: TextParser._store for name in _STORE_MODES},
+    b"delete": TextParser._delete,
+    b"incr": TextParser._arithmetic,
+    b"decr": TextParser._arithmetic,
+    b"touch": TextParser._touch,
+    b"flush_all": TextParser._flush_all,
+    b"version": TextParser._version,
+    b"verbosity": TextParser._verbosity,
+    b"quit": TextParser._quit,
+    b"stats": TextParser._stats,
+    **{name: TextParser._meta for name in (b"mg", b"ms", b"md", b"ma", b"mn", b"me")},
+}

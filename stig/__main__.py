@@ -1,0 +1,3 @@
+from stig.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""One client connection: receive, parse, execute, reply — on a raw trio socket.
+
+The loop is the same for every protocol; the handler (text or binary,
+chosen from the first byte as memcached does) owns the parser and the reply
+buffer.  Many commands are parsed from each receive and all their replies
+go out in one send, so pipelining costs one syscall pair per burst.
+
+Transaction edges the loop owns (docs/pov.md):
+
+* end of a burst: closed runs are submitted together (one group commit);
+* a noreply/quiet run left open is closed when no input arrives for
+  ``--batch-idle-ms``, or when the client disconnects at a command
+  boundary; a disconnect in the middle of a command discards it;
+* ``--durable-acks``: a burst's replies wait for its writes' commit;
+* backpressure: while a session's unpromoted bytes exceed
+  ``--max-pending-bytes``, nothing more is read from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import trio
+
+from protocol.errors import ProtocolError
+from protocol.events import NEED_DATA
+from stig.engine import Engine
+from stig.session import CommitFailed, RunTooLarge, Session
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 256 * 1024
+BINARY_MAGIC = 0x80
+
+
+class Parser(Protocol):
+    def feed(self, data: bytes) -> None: ...
+    def next_event(self) -> object: ...
+    @property
+    def at_boundary(self) -> bool: ...
+
+
+class Handler(Protocol):
+    """What the connection loop needs of a protocol handler."""
+
+    parser: Parser
+    out: bytearray
+    closing: bool
+
+    async def handle(self, event: object) -> None: ...
+
+    def fatal_error(self, message: str) -> None:
+        """Write a protocol-appropriate server error; the connection will close."""
+        ...
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        """Write the reply an unrecoverable framing error calls for."""
+        ...
+
+
+def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
+    if first_byte == BINARY_MAGIC:
+        from stig.binary_handler import BinaryHandler
+
+        return BinaryHandler(engine, session)
+    from stig.text_handler import TextHandler
+
+    return TextHandler(engine, session)  # type: ignore[return-value]
+
+
+async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+class Connection:
+    """Serves one socket until EOF, ``quit``, an unrecoverable error or shutdown."""
+
+    def __init__(self, engine: Engine, sock: trio.socket.SocketType) -> None:
+        self.engine = engine
+        self.sock = sock
+        self.session = Session(engine)
+        self.handler: Handler | None = None
+        settings = engine.settings
+        self._batch_idle = settings.batch_idle_ms / 1000.0
+        self._idle_timeout = settings.idle_timeout or float("inf")
+        self._durable = settings.durable_acks
+        self._max_pending = settings.max_pending_bytes
+
+    async def serve(self) -> None:
+        try:
+            await self._serve()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("connection dropped: %s", exc)
+        finally:
+            self._end_session()
+            self.sock.close()
+
+    def _end_session(self) -> None:
+        """Commit an open run left at a command boundary; discard a torn one."""
+        handler = self.handler
+        if handler is not None and handler.parser.at_boundary:
+            self.session.close_run()
+            self.session.submit()
+        else:
+            self.session.discard_run()
+
+    async def _receive(self) -> bytes | None:
+        """The next chunk of input; None when the idle timeout expired."""
+        session = self.session
+        if session.run_open:
+            with trio.move_on_after(self._batch_idle):
+                return await self.sock.recv(RECEIVE_SIZE)
+            session.close_run()  # the client paused: its quiet run is complete
+            session.submit()
+        with trio.move_on_after(self._idle_timeout):
+            return await self.sock.recv(RECEIVE_SIZE)
+        return None
+
+    async def _serve(self) -> None:
+        stats = self.engine.stats
+        session = self.session
+        data = await self._receive()
+        if not data:
+            return
+        handler = self.handler = make_handler(self.engine, session, data[0])
+        parser = handler.parser
+        out = handler.out
+        while True:
+            stats.bytes_read += len(data)
+            parser.feed(data)
+            try:
+                while not handler.closing:
+                    event = parser.next_event()
+                    if event is NEED_DATA:
+                        break
+                    await handler.handle(event)
+            except ProtocolError as exc:
+                handler.protocol_error(exc)
+                handler.closing = True
+            except RunTooLarge:
+                handler.fatal_error("transaction larger than --max-pending-bytes; discarded")
+                handler.closing = True
+            session.submit()
+            if self._durable and session.unacked_writes:
+                try:
+                    await session.wait_committed()
+                except CommitFailed:
+                    pass  # reported just below
+            if session.failure is not None:
+                out.clear()
+                handler.fatal_error(f"{session.failure}; acknowledged writes were lost")
+                handler.closing = True
+            if out:
+                stats.bytes_written += len(out)
+                await send_all(self.sock, out)
+                out.clear()
+            if handler.closing:
+                return
+            if session.pending_bytes > self._max_pending:
+                await session.wait_committed()  # backpressure: stop reading
+            data = await self._receive()
+            if not data:
+                return

@@ -1,0 +1,39 @@
+"""The shared state of one server: store, promoter, settings and counters.
+
+Sessions and protocol handlers reach everything global through it; it owns
+no sockets.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from stig.promoter import Promoter
+from stig.settings import Settings
+from stig.stats import CommandStats, PromoterStats
+from stig.store import Store
+
+VERSION = "0.1.0"
+#: What ``version`` answers: a memcached-style number (libmemcached parses it)
+#: tagged with Stig's own version.
+PROTOCOL_VERSION = f"1.6.21-stig-{VERSION}"
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.data_dir, settings.map_size)
+        self.promoter_stats = PromoterStats()
+        self.stats = CommandStats()
+        self.promoter = Promoter(self.store, self.promoter_stats)
+        self.started = time.time()
+
+    async def run_promoter(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.promoter.run(task_status=task_status)
+
+    async def close(self) -> None:
+        """Commit whatever is queued and close LMDB.  Safe to call twice."""
+        await self.promoter.close()
+        self.store.close()

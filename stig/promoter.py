@@ -1,0 +1,135 @@
+"""The promoter: the one writer that moves sessions' writes into the global state.
+
+Sessions hand it closed transactions (:class:`Promotion`).  It takes every
+promotion that is waiting, applies them in order in ONE LMDB write
+transaction on a worker thread, commits with fsync, then wakes whoever waits
+on any of them — group commit: the more writers wait, the more each fsync
+carries.  The event loop never blocks on the disk.
+
+A full LMDB map is grown (on the event-loop thread, where no read
+transaction is ever open across a checkpoint) and the group retried; the
+client never sees it.  Any other commit failure (a full disk) fails every
+promotion of the group and leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+import attrs
+import lmdb
+import trio
+
+from stig.ops import Op, Outcome
+from stig.stats import PromoterStats
+from stig.store import MapFull, Store
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define(eq=False, slots=True)
+class Promotion:
+    """One transaction of one session, waiting to be applied atomically."""
+
+    ops: Sequence[Op]
+    key_seqs: dict[bytes, int]  # the session's newest write sequence per key
+    nbytes: int
+    on_done: Callable[["Promotion"], None] | None = None
+    answered_early: bool = False  # holds writes already acknowledged from a POV
+    last_seq: int = 0  # the session's write sequence number at the run's end
+    outcomes: list[Outcome] | None = None
+    error: str | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+class Promoter:
+    """Group-commits promotions; see the module docstring."""
+
+    def __init__(self, store: Store, stats: PromoterStats, max_group_bytes: int = 64 << 20) -> None:
+        self.store = store
+        self.stats = stats
+        self.max_group_bytes = max_group_bytes
+        self._queue: list[Promotion] = []
+        self._wakeup = trio.Event()
+        self._closing = False
+        self._stopped = trio.Event()
+        self._running = False
+        self._limiter = trio.CapacityLimiter(1)
+
+    def submit(self, promotions: Sequence[Promotion]) -> None:
+        """Queue promotions; they commit in the order they were submitted."""
+        self._queue.extend(promotions)
+        self.stats.pending_bytes += sum(p.nbytes for p in promotions)
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit groups until :meth:`close` is called and the queue is empty."""
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+                    continue
+                group = self._take_group()
+                with trio.CancelScope(shield=True):
+                    await self._commit(group)
+        finally:
+            self._stopped.set()
+
+    def _take_group(self) -> list[Promotion]:
+        size = 0
+        for count, promotion in enumerate(self._queue):
+            size += promotion.nbytes
+            if size > self.max_group_bytes and count:
+                break
+        else:
+            count = len(self._queue)
+        group, self._queue = self._queue[:count], self._queue[count:]
+        return group
+
+    async def _commit(self, group: list[Promotion]) -> None:
+        started = time.perf_counter()
+        batches = [p.ops for p in group]
+        while True:
+            try:
+                results = await trio.to_thread.run_sync(
+                    self.store.apply, batches, limiter=self._limiter
+                )
+                break
+            except MapFull:
+                new_size = self.store.grow()
+                log.info("LMDB map grown to %d bytes", new_size)
+            except lmdb.Error as exc:
+                log.error("commit of %d promotions failed: %s", len(group), exc)
+                self.stats.failed_commits += 1
+                self._finish(group, None, f"commit failed: {exc}")
+                return
+        self.stats.record_commit(len(group), time.perf_counter() - started)
+        self._finish(group, results, None)
+
+    def _finish(
+        self, group: list[Promotion], results: list[list[Outcome]] | None, error: str | None
+    ) -> None:
+        for index, promotion in enumerate(group):
+            self.stats.pending_bytes -= promotion.nbytes
+            promotion.outcomes = None if results is None else results[index]
+            promotion.error = error
+            if promotion.on_done is not None:
+                promotion.on_done(promotion)
+            promotion.done.set()
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop (also when the run task was cancelled)."""
+        self._closing = True
+        self._wakeup.set()
+        with trio.CancelScope(shield=True):
+            if self._running:
+                await self._stopped.wait()
+            while self._queue:
+                await self._commit(self._take_group())

@@ -1,0 +1,259 @@
+"""A session's private point of view (POV) over the committed state.
+
+Each connection owns one :class:`Session`.  Its writes land in a private
+overlay first, so the session always sees them; they are recorded as
+operations (:mod:`stig.ops`) and handed to the promoter, which applies them
+to the global state.  When a promotion commits, the overlay entries it
+covered are dropped and the session sees the global state again, which now
+holds its writes and everyone else's.
+
+Transactions: writes accumulate in an open *run*.  The protocol layer
+decides where a run ends (:meth:`Session.close_run`) — after every write that
+expects a reply, or at the end of a run of noreply/quiet writes — and when
+closed runs are handed over (:meth:`Session.submit`, once per burst of input,
+so that pipelined writes share one group commit).  A run is applied
+atomically: all its operations land in one LMDB transaction.
+
+The exact rules are in docs/pov.md.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import trio
+
+from stig.engine import Engine
+from stig.ops import (
+    Adjust,
+    Concat,
+    Op,
+    Outcome,
+    Put,
+    Remove,
+    adjust_counter,
+    parse_counter,
+)
+from stig.promoter import Promotion
+from stig.records import Item
+
+_OP_OVERHEAD = 64  # bytes of bookkeeping counted per pending write
+
+
+class CommitFailed(Exception):
+    """A promotion of this session could not be committed (disk full)."""
+
+
+class RunTooLarge(Exception):
+    """An open run outgrew ``max_pending_bytes``; it has been discarded."""
+
+
+@attrs.define(slots=True)
+class _Pending:
+    seq: int
+    item: Item | None  # None: deleted in this POV
+
+
+class Session:
+    """One connection's point of view.  Synchronous except where it waits for commits."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._store = engine.store
+        self._overlay: dict[bytes, _Pending] = {}
+        # Keys (None: every key) with a conditional write not yet committed:
+        # the POV cannot know their state until the promoter has decided.
+        self.unresolved: dict[bytes | None, int] = {}
+        self._seq = 0
+        self._run: list[Op] = []
+        self._run_keys: dict[bytes, int] = {}
+        self._run_bytes = 0
+        self._run_answered = False  # the run holds writes answered from the POV
+        self._closed: list[Promotion] = []
+        self._last: Promotion | None = None
+        self.pending_bytes = 0  # recorded but not yet committed
+        self.failure: str | None = None  # a commit of acknowledged writes failed
+        self.unacked_writes = False  # replied-to writes not yet known durable
+
+    # -- reads ---------------------------------------------------------------
+
+    def get(self, key: bytes) -> Item | None:
+        pending = self._overlay.get(key)
+        if pending is not None:
+            return pending.item
+        return self._store.get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
+        """Every key as of one snapshot, with this session's writes laid over it."""
+        items = self._store.get_many(keys)
+        if self._overlay:
+            overlay = self._overlay
+            for index, key in enumerate(keys):
+                pending = overlay.get(key)
+                if pending is not None:
+                    items[index] = pending.item
+        return items
+
+    def has_pending(self, keys: Sequence[bytes]) -> bool:
+        overlay = self._overlay
+        return bool(overlay) and any(key in overlay for key in keys)
+
+    def is_unresolved(self, keys: Sequence[bytes]) -> bool:
+        """Whether reading ``keys`` must first wait for a conditional write's verdict."""
+        unresolved = self.unresolved
+        return bool(unresolved) and (None in unresolved or any(k in unresolved for k in keys))
+
+    async def resolve(self, keys: Sequence[bytes]) -> None:
+        """Promote pending writes if a conditional one may change what ``keys`` read."""
+        if self.is_unresolved(keys):
+            await self.promote_pending()
+
+    # -- unconditional writes: answered from the POV -------------------------
+
+    def _record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
+        self._seq += 1
+        self._overlay[key] = _Pending(self._seq, after)
+        self._run.append(op)
+        self._run_keys[key] = self._seq
+        self._run_answered = True
+        size += len(key) + _OP_OVERHEAD
+        self._run_bytes += size
+        self.pending_bytes += size
+        if self._run_bytes > self.engine.settings.max_pending_bytes:
+            self.discard_run()
+            raise RunTooLarge()
+
+    def set(self, key: bytes, value: bytes, flags: int) -> None:
+        self._record(Put(key, value, flags), key, Item(value, flags), len(value))
+
+    def delete(self, key: bytes) -> bool:
+        if self.get(key) is None:
+            return False
+        self._record(Remove(key), key, None, 0)
+        return True
+
+    def adjust(self, key: bytes, delta: int, incr: bool) -> int | Outcome:
+        """incr/decr: the new value as this POV sees it, or NOT_FOUND / NON_NUMERIC."""
+        item = self.get(key)
+        if item is None:
+            return Outcome.NOT_FOUND
+        current = parse_counter(item.value)
+        if current is None:
+            return Outcome.NON_NUMERIC
+        result = adjust_counter(current, delta, incr)
+        after = Item(b"%d" % result, item.flags)
+        self._record(Adjust(key, delta, incr), key, after, 8)
+        return result
+
+    def concat(self, key: bytes, data: bytes, prepend: bool) -> bool:
+        item = self.get(key)
+        if item is None:
+            return False
+        value = data + item.value if prepend else item.value + data
+        self._record(Concat(key, data, prepend), key, Item(value, item.flags), len(value))
+        return True
+
+    def record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
+        """Record any other unconditional write whose POV result the caller computed."""
+        self._record(op, key, after, size)
+
+    # -- conditional writes: checked at promotion ----------------------------
+
+    def add_conditional(self, op: Op, key: bytes | None, size: int) -> None:
+        """Add a conditional write to the open run (its outcome comes at commit)."""
+        self._seq += 1
+        self._run.append(op)
+        self.unresolved[key] = self._seq
+        if key is not None:
+            # Once this commits, this session's older writes to the key are
+            # in the global state: the overlay entry can go.
+            self._run_keys[key] = self._seq
+        size += _OP_OVERHEAD + (len(key) if key else 0)
+        self._run_bytes += size
+        self.pending_bytes += size
+
+    async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
+        """Apply a conditional write and answer with its outcome after its commit.
+
+        It closes the open run as that run's last member.
+        """
+        self.add_conditional(op, key, size)
+        promotion = self.close_run()
+        self.submit()
+        assert promotion is not None
+        await promotion.done.wait()
+        if promotion.error is not None or promotion.outcomes is None:
+            raise CommitFailed(promotion.error or "commit failed")
+        return promotion.outcomes[-1]
+
+    # -- transaction boundaries ---------------------------------------------
+
+    @property
+    def run_open(self) -> bool:
+        return bool(self._run)
+
+    def close_run(self) -> Promotion | None:
+        """End the open run: it becomes one atomic promotion, queued for submit."""
+        if not self._run:
+            return None
+        promotion = Promotion(
+            self._run, self._run_keys, self._run_bytes, self._promoted, self._run_answered,
+            last_seq=self._seq,
+        )
+        self._run = []
+        self._run_keys = {}
+        self._run_bytes = 0
+        self._run_answered = False
+        self._closed.append(promotion)
+        return promotion
+
+    def discard_run(self) -> None:
+        """Forget the open run (a dropped connection, a truncated command)."""
+        for key, seq in self._run_keys.items():
+            pending = self._overlay.get(key)
+            if pending is not None and pending.seq >= seq:
+                del self._overlay[key]
+        self.pending_bytes -= self._run_bytes
+        self._run = []
+        self._run_keys = {}
+        self._run_bytes = 0
+        self._run_answered = False
+
+    def submit(self) -> None:
+        """Hand every closed run to the promoter, in order, in one step."""
+        if self._closed:
+            self.engine.promoter.submit(self._closed)
+            self._last = self._closed[-1]
+            self._closed = []
+
+    async def wait_committed(self) -> None:
+        """Wait until everything submitted so far is committed (a barrier).
+
+        Raises :class:`CommitFailed` if any of it could not be committed.
+        """
+        last = self._last
+        if last is not None:
+            await last.done.wait()
+        self.unacked_writes = False
+        if self.failure is not None:
+            raise CommitFailed(self.failure)
+
+    async def promote_pending(self) -> None:
+        """Close the run, submit it and wait until all of it is committed."""
+        self.close_run()
+        self.submit()
+        await self.wait_committed()
+
+    def _promoted(self, promotion: Promotion) -> None:
+        if self.unresolved:
+            top = promotion.last_seq
+            self.unresolved = {k: s for k, s in self.unresolved.items() if s > top}
+        overlay = self._overlay
+        for key, seq in promotion.key_seqs.items():
+            pending = overlay.get(key)
+            if pending is not None and pending.seq <= seq:
+                del overlay[key]
+        self.pending_bytes -= promotion.nbytes
+        if promotion.error is not None and promotion.answered_early and self.failure is None:
+            self.failure = promotion.error

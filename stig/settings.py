@@ -1,0 +1,35 @@
+"""Every knob of a Stig server, in one frozen record (shown by ``stats settings``)."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import attrs
+
+from protocol.limits import Limits
+
+
+class TtlPolicy(enum.Enum):
+    """What to do with a non-zero expiration time: Stig never expires items."""
+
+    REJECT = "reject"  #: answer CLIENT_ERROR and store nothing
+    IGNORE = "ignore"  #: store as if the exptime were 0
+
+
+@attrs.frozen
+class Settings:
+    listen: str = "127.0.0.1"
+    port: int = 11211
+    data_dir: Path = Path("stig-data")
+    durable_acks: bool = False
+    limits: Limits = Limits()
+    max_connections: int = 1024
+    ttl_policy: TtlPolicy = TtlPolicy.REJECT
+    batch_idle_ms: float = 50.0
+    disable_flush_all: bool = False
+    idle_timeout: float = 0.0  #: seconds; 0 never closes an idle connection
+    max_pending_bytes: int = 64 << 20  #: per session, unpromoted writes
+    map_size: int = 256 << 20  #: initial LMDB map; it grows by itself
+    log_level: str = "info"
+    auth_file: Path | None = None

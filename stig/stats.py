@@ -1,0 +1,63 @@
+"""Counters behind ``stats``: plain attributes bumped on the hot path."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define
+class PromoterStats:
+    """What the group commit does: how often, how big, how slow."""
+
+    commits: int = 0
+    promotions: int = 0
+    max_group: int = 0
+    commit_seconds_total: float = 0.0
+    commit_seconds_max: float = 0.0
+    failed_commits: int = 0
+    pending_bytes: int = 0
+
+    def record_commit(self, group_size: int, seconds: float) -> None:
+        self.commits += 1
+        self.promotions += group_size
+        self.max_group = max(self.max_group, group_size)
+        self.commit_seconds_total += seconds
+        self.commit_seconds_max = max(self.commit_seconds_max, seconds)
+
+    def reset(self) -> None:
+        pending = self.pending_bytes
+        self.__init__()  # type: ignore[misc]
+        self.pending_bytes = pending
+
+
+@attrs.define
+class CommandStats:
+    """memcached's general counters that mean something for Stig."""
+
+    curr_connections: int = 0
+    total_connections: int = 0
+    rejected_connections: int = 0
+    cmd_get: int = 0
+    cmd_set: int = 0
+    cmd_touch: int = 0
+    cmd_flush: int = 0
+    get_hits: int = 0
+    get_misses: int = 0
+    touch_hits: int = 0
+    touch_misses: int = 0
+    delete_hits: int = 0
+    delete_misses: int = 0
+    incr_hits: int = 0
+    incr_misses: int = 0
+    decr_hits: int = 0
+    decr_misses: int = 0
+    cas_hits: int = 0
+    cas_misses: int = 0
+    cas_badval: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    def reset(self) -> None:
+        current = self.curr_connections
+        self.__init__()  # type: ignore[misc]
+        self.curr_connections = current

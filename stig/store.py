@@ -1,0 +1,158 @@
+"""The LMDB environment: committed items, the cas counter, and byte totals.
+
+Reads may happen on any thread (the event loop reads inline: they are fast
+and never block on I/O for data in the page cache).  Writes happen only in
+:meth:`Store.apply`, which a single promoter calls on a worker thread; it
+begins, applies and commits its write transaction inside that one call, as
+py-lmdb requires.
+
+Durability: the environment is opened with ``sync=True`` and
+``metasync=True`` and without ``writemap``/``map_async``, so when
+:meth:`Store.apply` returns, the transaction is on disk (fdatasync), and
+LMDB's copy-on-write pages mean a crash leaves either the whole transaction
+or none of it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import lmdb
+
+from stig.ops import Op, Outcome
+from stig.records import Item, decode, encode
+
+_U64 = struct.Struct(">Q")
+_CAS_KEY = b"cas"
+_BYTES_KEY = b"bytes"
+INITIAL_MAP_SIZE = 256 * 1024 * 1024
+
+
+class MapFull(Exception):
+    """The LMDB map is full: grow it (with no transaction open) and retry."""
+
+
+class _WriteView:
+    """The :class:`~stig.ops.View` of one LMDB write transaction."""
+
+    def __init__(self, txn: lmdb.Transaction, items: lmdb._Database, next_cas: int) -> None:
+        self._txn = txn
+        self._items = items
+        self.next_cas = next_cas
+        self.byte_delta = 0
+        self.cleared = False
+
+    def get(self, key: bytes) -> Item | None:
+        record = self._txn.get(key, db=self._items)
+        return None if record is None else decode(record)
+
+    def put(self, key: bytes, value: bytes, flags: int, state: int = 0) -> int:
+        self.next_cas += 1
+        cas = self.next_cas
+        old = self._txn.replace(key, encode(Item(value, flags, cas, state)), db=self._items)
+        self.byte_delta += len(value) - (0 if old is None else len(old) - 13)
+        return cas
+
+    def delete(self, key: bytes) -> bool:
+        old = self._txn.pop(key, db=self._items)
+        if old is None:
+            return False
+        self.byte_delta -= len(old) - 13
+        return True
+
+    def clear(self) -> None:
+        self._txn.drop(self._items, delete=False)
+        self.cleared = True  # the byte total restarts from zero
+        self.byte_delta = 0
+
+
+class Store:
+    """One LMDB environment holding Stig's committed state."""
+
+    def __init__(self, path: str | os.PathLike[str], map_size: int = INITIAL_MAP_SIZE) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            max_dbs=2,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            map_async=False,
+            readahead=False,
+            max_readers=1024,
+            lock=True,
+        )
+        self._items = self.env.open_db(b"items")
+        self._meta = self.env.open_db(b"meta")
+        with self.env.begin(db=self._meta) as txn:
+            self.last_cas = self._read_u64(txn, _CAS_KEY)
+            self.total_bytes = self._read_u64(txn, _BYTES_KEY)
+
+    @staticmethod
+    def _read_u64(txn: lmdb.Transaction, key: bytes) -> int:
+        raw = txn.get(key)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    # -- reads (any thread) --------------------------------------------------
+
+    def get(self, key: bytes) -> Item | None:
+        with self.env.begin(db=self._items) as txn:
+            record = txn.get(key)
+        return None if record is None else decode(record)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
+        """All ``keys`` read in one snapshot."""
+        with self.env.begin(db=self._items) as txn:
+            records = [txn.get(key) for key in keys]
+        return [None if r is None else decode(r) for r in records]
+
+    def item_count(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self._items)["entries"])
+
+    def disk_bytes(self) -> int:
+        info = self.env.info()
+        stat = self.env.stat()
+        return int((info["last_pgno"] + 1) * stat["psize"])
+
+    @property
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    # -- writes (the promoter's worker thread only) --------------------------
+
+    def apply(self, batches: Iterable[Sequence[Op]]) -> list[list[Outcome]]:
+        """Apply every batch of operations, in order, in ONE durable transaction.
+
+        Returns each operation's outcome.  Raises :class:`MapFull` (nothing
+        applied) when the map must grow, or ``lmdb.Error`` (nothing applied)
+        when the disk refuses the commit.
+        """
+        outcomes: list[list[Outcome]] = []
+        try:
+            with self.env.begin(write=True) as txn:
+                view = _WriteView(txn, self._items, self.last_cas)
+                for ops in batches:
+                    outcomes.append([op.apply(view) for op in ops])
+                total = (0 if view.cleared else self.total_bytes) + view.byte_delta
+                txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
+                txn.put(_BYTES_KEY, _U64.pack(max(total, 0)), db=self._meta)
+        except lmdb.MapFullError as exc:
+            raise MapFull() from exc
+        self.last_cas = view.next_cas
+        self.total_bytes = max(total, 0)
+        return outcomes
+
+    def grow(self) -> int:
+        """Double the map size.  No transaction may be open in this process."""
+        new_size = self.map_size * 2
+        self.env.set_mapsize(new_size)
+        return new_size
+
+    def close(self) -> None:
+        self.env.close()

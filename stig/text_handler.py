@@ -1,0 +1,298 @@
+"""Executes text-protocol commands on a session and writes their replies.
+
+The bridge between :mod:`protocol.text` (bytes ⇄ commands) and
+:class:`stig.session.Session` (the POV).  One handler per connection; replies
+are appended to :attr:`TextHandler.out` and sent by the connection once per
+burst.  Meta commands arriving on the same connection are passed to the meta
+handler.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from protocol import text_replies as R
+from protocol.commands import (
+    Arithmetic,
+    Delete,
+    FlushAll,
+    Quit,
+    Retrieve,
+    Stats,
+    Store,
+    StoreMode,
+    Touch,
+    Verbosity,
+    Version,
+)
+from protocol.errors import InvalidCommand, ProtocolError
+from protocol.text import QuietError, TextParser
+from stig.engine import PROTOCOL_VERSION, Engine
+from stig.ops import Add, Cas, Clear, Outcome, Replace
+from stig.session import CommitFailed, Session
+from stig.settings import TtlPolicy
+from stig.stats_report import general_stats, settings_stats
+
+EXPTIME_REJECTED = R.client_error(
+    "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
+)
+FLUSH_DISABLED = R.client_error("flush_all not allowed")
+FLUSH_DELAY = R.client_error("flush_all delay must be 0: Stig items never expire")
+NON_NUMERIC = R.client_error("cannot increment or decrement non-numeric value")
+
+_STORE_REPLIES = {
+    Outcome.STORED: R.STORED,
+    Outcome.NOT_STORED: R.NOT_STORED,
+    Outcome.EXISTS: R.EXISTS,
+    Outcome.NOT_FOUND: R.NOT_FOUND,
+}
+_CONDITIONAL = {StoreMode.ADD: Add, StoreMode.REPLACE: Replace}
+
+
+class TextHandler:
+    """Runs each text command against the session; see the module docstring."""
+
+    def __init__(self, engine: Engine, session: Session) -> None:
+        self.engine = engine
+        self.session = session
+        self.stats = engine.stats
+        self.parser = TextParser(engine.settings.limits)
+        self.out = bytearray()
+        self.closing = False
+        self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
+        self._dispatch: dict[type, Callable[[object], Awaitable[None] | None]] = {
+            Retrieve: self._retrieve,  # type: ignore[dict-item]
+            Store: self._store,  # type: ignore[dict-item]
+            Delete: self._delete,  # type: ignore[dict-item]
+            Arithmetic: self._arithmetic,  # type: ignore[dict-item]
+            Touch: self._touch,  # type: ignore[dict-item]
+            FlushAll: self._flush_all,  # type: ignore[dict-item]
+            Version: self._version,  # type: ignore[dict-item]
+            Verbosity: self._verbosity,  # type: ignore[dict-item]
+            Quit: self._quit,  # type: ignore[dict-item]
+            Stats: self._stats,  # type: ignore[dict-item]
+            InvalidCommand: self._invalid,  # type: ignore[dict-item]
+            QuietError: self._quiet_error,  # type: ignore[dict-item]
+        }
+        self.meta = None
+        try:
+            from stig.meta_handler import MetaHandler
+        except ImportError:  # pragma: no cover - meta commands not built yet
+            pass
+        else:
+            self.meta = MetaHandler(engine, session, self.out)
+            for command_type in self.meta.command_types:
+                self._dispatch[command_type] = self.meta.handle  # type: ignore[assignment]
+
+    async def handle(self, event: object) -> None:
+        """Execute one parsed event."""
+        result = self._dispatch[type(event)](event)
+        if result is not None:
+            await result
+
+    def _ttl_refused(self, exptime: int) -> bool:
+        return exptime != 0 and self._reject_ttl
+
+    def _reply(self, noreply: bool, data: bytes) -> None:
+        """Answer a write: noreply keeps the run open, a reply closes it."""
+        if noreply:
+            return
+        self.session.close_run()
+        self.session.unacked_writes = True
+        self.out += data
+
+    # -- retrieval -----------------------------------------------------------
+
+    async def _retrieve(self, command: Retrieve) -> None:
+        session = self.session
+        session.close_run()
+        keys = command.keys
+        stats = self.stats
+        if command.touch:
+            stats.cmd_touch += len(keys)
+            if self._ttl_refused(command.exptime):
+                self.out += EXPTIME_REJECTED
+                return
+        if (command.with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
+            if not await self._promote_pending():
+                return
+        items = session.get_many(keys) if len(keys) > 1 else [session.get(keys[0])]
+        out = self.out
+        hits = 0
+        for key, item in zip(keys, items):
+            if item is not None:
+                hits += 1
+                out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
+        out += R.END
+        stats.cmd_get += len(keys)
+        stats.get_hits += hits
+        stats.get_misses += len(keys) - hits
+        if command.touch:
+            stats.touch_hits += hits
+            stats.touch_misses += len(keys) - hits
+
+    async def _promote_pending(self) -> bool:
+        try:
+            await self.session.promote_pending()
+        except CommitFailed as exc:
+            self.out += R.server_error(str(exc))
+            return False
+        return True
+
+    # -- writes ----------------------------------------------------------------
+
+    async def _store(self, command: Store) -> None:
+        self.stats.cmd_set += 1
+        session = self.session
+        if self._ttl_refused(command.exptime):
+            if not command.noreply:
+                session.close_run()
+                self.out += EXPTIME_REJECTED
+            return
+        mode = command.mode
+        if mode is StoreMode.SET:
+            session.set(command.key, command.value, command.flags)
+            self._reply(command.noreply, R.STORED)
+        elif mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
+            if session.unresolved and not await self._resolve(command.key):
+                return
+            stored = session.concat(command.key, command.value, mode is StoreMode.PREPEND)
+            self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
+        else:
+            if mode is StoreMode.CAS:
+                op = Cas(command.key, command.value, command.flags, command.cas_unique)
+            else:
+                op = _CONDITIONAL[mode](command.key, command.value, command.flags)
+            if command.noreply:
+                session.add_conditional(op, command.key, len(command.value))
+                return
+            await self._conditional(op, command.key, len(command.value), mode is StoreMode.CAS)
+
+    async def _conditional(self, op: object, key: bytes | None, size: int, is_cas: bool) -> None:
+        try:
+            outcome = await self.session.conditional(op, key, size)  # type: ignore[arg-type]
+        except CommitFailed as exc:
+            self.out += R.server_error(str(exc))
+            return
+        if is_cas:
+            if outcome is Outcome.STORED:
+                self.stats.cas_hits += 1
+            elif outcome is Outcome.EXISTS:
+                self.stats.cas_badval += 1
+            else:
+                self.stats.cas_misses += 1
+        self.out += _STORE_REPLIES[outcome]
+
+    async def _resolve(self, key: bytes) -> bool:
+        """Wait for a pending conditional write on ``key``; False if its commit failed."""
+        if not self.session.is_unresolved((key,)):
+            return True
+        return await self._promote_pending()
+
+    async def _delete(self, command: Delete) -> None:
+        if self.session.unresolved and not await self._resolve(command.key):
+            return
+        found = self.session.delete(command.key)
+        if found:
+            self.stats.delete_hits += 1
+        else:
+            self.stats.delete_misses += 1
+        self._reply(command.noreply, R.DELETED if found else R.NOT_FOUND)
+
+    async def _arithmetic(self, command: Arithmetic) -> None:
+        if self.session.unresolved and not await self._resolve(command.key):
+            return
+        result = self.session.adjust(command.key, command.delta, command.incr)
+        hit = not isinstance(result, Outcome)
+        if command.incr:
+            self.stats.incr_hits += hit
+            self.stats.incr_misses += not hit
+        else:
+            self.stats.decr_hits += hit
+            self.stats.decr_misses += not hit
+        if result is Outcome.NOT_FOUND:
+            self._reply(command.noreply, R.NOT_FOUND)
+        elif result is Outcome.NON_NUMERIC:
+            self._reply(command.noreply, NON_NUMERIC)
+        else:
+            self._reply(command.noreply, R.number(result))  # type: ignore[arg-type]
+
+    async def _touch(self, command: Touch) -> None:
+        self.stats.cmd_touch += 1
+        if self._ttl_refused(command.exptime):
+            self._reply(command.noreply, EXPTIME_REJECTED)
+            return
+        if self.session.unresolved and not await self._resolve(command.key):
+            return
+        found = self.session.get(command.key) is not None
+        if found:
+            self.stats.touch_hits += 1
+        else:
+            self.stats.touch_misses += 1
+        self._reply(command.noreply, R.TOUCHED if found else R.NOT_FOUND)
+
+    async def _flush_all(self, command: FlushAll) -> None:
+        settings = self.engine.settings
+        if settings.disable_flush_all:
+            self._reply(command.noreply, FLUSH_DISABLED)
+            return
+        if command.delay != 0:
+            self._reply(command.noreply, FLUSH_DELAY)
+            return
+        self.stats.cmd_flush += 1
+        if command.noreply:
+            self.session.add_conditional(Clear(), None, 0)
+            return
+        try:
+            await self.session.conditional(Clear(), None)
+        except CommitFailed as exc:
+            self.out += R.server_error(str(exc))
+            return
+        self.out += R.OK
+
+    # -- everything else ---------------------------------------------------
+
+    def _version(self, command: Version) -> None:
+        self.session.close_run()
+        self.out += R.version(PROTOCOL_VERSION)
+
+    def _verbosity(self, command: Verbosity) -> None:
+        self._reply(command.noreply, R.OK)
+
+    def _quit(self, command: Quit) -> None:
+        self.session.close_run()
+        self.closing = True
+
+    def _stats(self, command: Stats) -> None:
+        self.session.close_run()
+        group = command.group
+        if group == b"":
+            self.out += R.stats(general_stats(self.engine))
+        elif group == b"settings":
+            self.out += R.stats(settings_stats(self.engine.settings))
+        elif group == b"reset":
+            self.engine.stats.reset()
+            self.engine.promoter_stats.reset()
+            self.out += R.RESET
+        elif group in (b"items", b"slabs", b"sizes", b"conns", b"extstore"):
+            self.out += R.END  # no slab allocator, no LRU: nothing to list
+        else:
+            self.out += R.ERROR
+
+    def _invalid(self, event: InvalidCommand) -> None:
+        self.session.close_run()
+        self.out += event.text_reply()
+        if event.close:
+            self.closing = True
+
+    def _quiet_error(self, event: QuietError) -> None:
+        """A noreply command failed: memcached stays silent, so do we."""
+
+    # -- what the connection loop asks of every handler ------------------------
+
+    def fatal_error(self, message: str) -> None:
+        self.out += R.server_error(message)
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        if error.hint is not None:
+            self.out += error.hint.text_reply()
