@@ -80,24 +80,30 @@ class QuietError:
 TextEvent = object
 
 
+def _quiet(error: InvalidCommand, noreply: bool) -> InvalidCommand | QuietError:
+    return QuietError(error) if noreply else error
+
+
 def valid_key(key: bytes, max_length: int) -> bool:
     """A key is 1..max_length bytes with no spaces or control characters."""
     return 0 < len(key) <= max_length and _CONTROL.search(key) is None
 
 
 def _parse_uint(token: bytes, maximum: int) -> int | None:
-    if not token.isdigit():
+    digits = token.lstrip(b"0")  # int() refuses over 4300 digits, zeros included
+    if not token.isdigit() or len(digits) > 20:
         return None
-    value = int(token)
+    value = int(digits or b"0")
     return value if value <= maximum else None
 
 
 def _parse_int(token: bytes) -> int | None:
     """A signed decimal, as memcached's ``safe_strtol`` accepts for exptime."""
     body = token[1:] if token[:1] == b"-" else token
-    if not body.isdigit():
+    digits = body.lstrip(b"0")
+    if not body.isdigit() or len(digits) > 10:
         return None
-    value = int(token)
+    value = -int(digits or b"0") if token[:1] == b"-" else int(digits or b"0")
     return value if -(2**31) <= value < 2**31 else None
 
 
@@ -107,6 +113,7 @@ class _PendingData:
 
     length: int  # bytes of value, without the closing \r\n
     finish: Callable[[bytes], TextEvent]
+    noreply: bool = False  # a bad chunk is then a QuietError, as in memcached
 
 
 class TextParser:
@@ -153,12 +160,13 @@ class TextParser:
         if newline < 0:
             self._check_line_length()
             return NEED_DATA
+        # The same rule as for a line still waiting for its newline, so that
+        # how the stream was cut never changes the outcome.
+        self._check_line_length(newline - self._start)
         end = newline - 1 if newline > self._start and buffer[newline - 1] == 13 else newline
         line = bytes(buffer[self._start : end])
         self._start = newline + 1
         self._compact()
-        if len(line) > self.limits.max_line_length and not line.startswith(_RETRIEVAL_PREFIXES):
-            raise ProtocolError(LINE_TOO_LONG)
         return self._parse_line(line)
 
     def _compact(self) -> None:
@@ -166,8 +174,10 @@ class TextParser:
             del self._buffer[: self._start]
             self._start = 0
 
-    def _check_line_length(self) -> None:
-        waiting = len(self._buffer) - self._start
+    def _check_line_length(self, waiting: int | None = None) -> None:
+        """Raise if the line at ``_start`` (``waiting`` bytes before any \\n) is too long."""
+        if waiting is None:
+            waiting = len(self._buffer) - self._start
         if waiting <= self.limits.max_line_length:
             return
         head = bytes(self._buffer[self._start : self._start + 8]).lstrip(b" ")
@@ -186,7 +196,7 @@ class TextParser:
         self._pending = None
         self._compact()
         if ending != b"\r\n":
-            return BAD_CHUNK
+            return QuietError(BAD_CHUNK) if pending.noreply else BAD_CHUNK
         return pending.finish(value)
 
     def _expect_data(
@@ -196,7 +206,7 @@ class TextParser:
         if length > self.limits.max_item_size:
             self._skip(length + 2)
             return QuietError(TOO_LARGE) if noreply else TOO_LARGE
-        self._pending = _PendingData(length, finish)
+        self._pending = _PendingData(length, finish, noreply)
         return self._next_data_block(self._pending)
 
     def _skip(self, count: int) -> None:
@@ -207,7 +217,10 @@ class TextParser:
         self._compact()
 
     def _parse_line(self, line: bytes) -> TextEvent | _NeedData:
-        tokens = line.split()
+        # Spaces only, as memcached's tokenize_command: a tab or other control
+        # character stays inside its token (and makes a key invalid) instead
+        # of shifting the fields, which would misframe a data block.
+        tokens = [token for token in line.split(b" ") if token]
         if not tokens:
             return UNKNOWN
         handler = _COMMANDS.get(tokens[0])
@@ -240,9 +253,10 @@ class TextParser:
         fields = 6 if mode is StoreMode.CAS else 5
         if len(tokens) not in (fields, fields + 1):
             return BAD_FORMAT
+        # As memcached's set_noreply_maybe: an extra last token that is not
+        # "noreply" is ignored (refusing the line would leave its data block
+        # to be read as commands).
         noreply = len(tokens) == fields + 1 and tokens[-1] == b"noreply"
-        if len(tokens) == fields + 1 and not noreply:
-            return BAD_FORMAT
         key = tokens[1]
         flags = _parse_uint(tokens[2], U32_MAX)
         exptime = _parse_int(tokens[3])
@@ -270,50 +284,54 @@ class TextParser:
         if length > self.limits.max_item_size:
             self._skip(length + 2)
             return event
-        self._pending = _PendingData(length, lambda _value: event)
+        self._pending = _PendingData(length, lambda _value: event, noreply)
         return self._next_data_block(self._pending)
 
+    # Token counts and noreply as memcached's process_command_ascii and
+    # set_noreply_maybe: a wrong count is ERROR; "noreply" is the last token;
+    # once it is seen, an error is a QuietError (memcached answers nothing).
+
     def _delete(self, tokens: list[bytes]) -> TextEvent:
-        noreply = tokens[-1] == b"noreply"
-        rest = tokens[2:-1] if noreply else tokens[2:]
-        if len(tokens) < 2 or rest not in ([], [b"0"]):
-            return BAD_DELETE
+        if not 2 <= len(tokens) <= 4:
+            return UNKNOWN
+        noreply = len(tokens) > 2 and tokens[-1] == b"noreply"
+        if tokens[2:] not in ([], [b"0"], [b"noreply"], [b"0", b"noreply"]):
+            return _quiet(BAD_DELETE, noreply)
         if not valid_key(tokens[1], self.limits.max_key_length):
-            return BAD_FORMAT
+            return _quiet(BAD_FORMAT, noreply)
         return Delete(tokens[1], noreply)
 
     def _arithmetic(self, tokens: list[bytes]) -> TextEvent:
-        noreply = len(tokens) == 4 and tokens[3] == b"noreply"
-        if len(tokens) != 3 and not noreply:
-            return UNKNOWN if len(tokens) < 3 else BAD_FORMAT
+        if len(tokens) not in (3, 4):
+            return UNKNOWN
+        noreply = tokens[-1] == b"noreply"
         if not valid_key(tokens[1], self.limits.max_key_length):
-            return BAD_FORMAT
+            return _quiet(BAD_FORMAT, noreply)
         delta = _parse_uint(tokens[2], U64_MAX)
         if delta is None:
-            return BAD_DELTA
+            return _quiet(BAD_DELTA, noreply)
         return Arithmetic(tokens[1], delta, tokens[0] == b"incr", noreply)
 
     def _touch(self, tokens: list[bytes]) -> TextEvent:
-        noreply = len(tokens) == 4 and tokens[3] == b"noreply"
-        if len(tokens) != 3 and not noreply:
-            return UNKNOWN if len(tokens) < 3 else BAD_FORMAT
+        if len(tokens) not in (3, 4):
+            return UNKNOWN
+        noreply = tokens[-1] == b"noreply"
         if not valid_key(tokens[1], self.limits.max_key_length):
-            return BAD_FORMAT
+            return _quiet(BAD_FORMAT, noreply)
         exptime = _parse_int(tokens[2])
         if exptime is None:
-            return BAD_EXPTIME
+            return _quiet(BAD_EXPTIME, noreply)
         return Touch(tokens[1], exptime, noreply)
 
     def _flush_all(self, tokens: list[bytes]) -> TextEvent:
+        if len(tokens) > 3:
+            return UNKNOWN
         noreply = tokens[-1] == b"noreply"
-        args = tokens[1:-1] if noreply else tokens[1:]
-        if len(args) > 1:
-            return BAD_FORMAT
         delay = 0
-        if args:
-            parsed = _parse_int(args[0])
+        if len(tokens) > (2 if noreply else 1):
+            parsed = _parse_int(tokens[1])
             if parsed is None:
-                return BAD_FORMAT
+                return _quiet(BAD_EXPTIME, noreply)
             delay = parsed
         return FlushAll(delay, noreply)
 
@@ -321,13 +339,12 @@ class TextParser:
         return Version()
 
     def _verbosity(self, tokens: list[bytes]) -> TextEvent:
-        noreply = tokens[-1] == b"noreply"
-        args = tokens[1:-1] if noreply else tokens[1:]
-        if len(args) != 1:
+        if len(tokens) not in (2, 3):
             return UNKNOWN
-        level = _parse_uint(args[0], U32_MAX)
+        noreply = tokens[-1] == b"noreply"
+        level = _parse_uint(tokens[1], U32_MAX)
         if level is None:
-            return BAD_FORMAT
+            return _quiet(BAD_FORMAT, noreply)
         return Verbosity(level, noreply)
 
     def _quit(self, tokens: list[bytes]) -> TextEvent:

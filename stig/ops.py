@@ -55,7 +55,11 @@ def parse_counter(value: bytes) -> int | None:
     Trailing spaces are allowed because memcached may space-pad after a decr.
     """
     digits = value.rstrip(b" ")
-    if not digits.isdigit() or len(digits) > 20:
+    if not digits.isdigit():
+        return None
+    # Leading zeros are fine (memcached's strtoull takes them: "007" is 7);
+    # the length bound only keeps int() away from huge digit strings.
+    if len(digits) > 20 and len(digits.lstrip(b"0")) > 20:
         return None
     number = int(digits)
     return number if number < U64 else None
