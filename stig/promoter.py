@@ -124,6 +124,23 @@ class Promoter:
                 promotion.on_done(promotion)
             promotion.done.set()
 
+    def commit_queued_now(self) -> None:
+        """Commit everything queued on the calling thread, blocking.
+
+        For synchronous tools and model-based tests that step the promoter
+        themselves; the server always uses :meth:`run`.
+        """
+        while self._queue:
+            group = self._take_group()
+            while True:
+                try:
+                    results = self.store.apply([p.ops for p in group])
+                    break
+                except MapFull:
+                    self.store.grow()
+            self.stats.record_commit(len(group), 0.0)
+            self._finish(group, results, None)
+
     async def close(self) -> None:
         """Commit everything queued, then stop (also when the run task was cancelled)."""
         self._closing = True

@@ -70,6 +70,10 @@ class Session:
         self._run_keys: dict[bytes, int] = {}
         self._run_bytes = 0
         self._run_answered = False  # the run holds writes answered from the POV
+        # What the open run replaced, so that discarding it restores the POV:
+        # the overlay entry (None: none) and unresolved seq of each key it touched.
+        self._run_undo: dict[bytes, _Pending | None] = {}
+        self._run_unresolved_undo: dict[bytes | None, int | None] = {}
         self._closed: list[Promotion] = []
         self._last: Promotion | None = None
         self.pending_bytes = 0  # recorded but not yet committed
@@ -113,6 +117,8 @@ class Session:
 
     def _record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
         self._seq += 1
+        if key not in self._run_undo:
+            self._run_undo[key] = self._overlay.get(key)
         self._overlay[key] = _Pending(self._seq, after)
         self._run.append(op)
         self._run_keys[key] = self._seq
@@ -164,6 +170,8 @@ class Session:
         """Add a conditional write to the open run (its outcome comes at commit)."""
         self._seq += 1
         self._run.append(op)
+        if key not in self._run_unresolved_undo:
+            self._run_unresolved_undo[key] = self.unresolved.get(key)
         self.unresolved[key] = self._seq
         if key is not None:
             # Once this commits, this session's older writes to the key are
@@ -205,20 +213,32 @@ class Session:
         self._run_keys = {}
         self._run_bytes = 0
         self._run_answered = False
+        self._run_undo = {}
+        self._run_unresolved_undo = {}
         self._closed.append(promotion)
         return promotion
 
     def discard_run(self) -> None:
         """Forget the open run (a dropped connection, a truncated command)."""
-        for key, seq in self._run_keys.items():
-            pending = self._overlay.get(key)
-            if pending is not None and pending.seq >= seq:
-                del self._overlay[key]
+        # Put back what the run replaced: an older write of a closed run is
+        # still pending and still seen; a conditional's verdict still awaited.
+        for key, before in self._run_undo.items():
+            if before is None:
+                self._overlay.pop(key, None)
+            else:
+                self._overlay[key] = before
+        for ukey, useq in self._run_unresolved_undo.items():
+            if useq is None:
+                self.unresolved.pop(ukey, None)
+            else:
+                self.unresolved[ukey] = useq
         self.pending_bytes -= self._run_bytes
         self._run = []
         self._run_keys = {}
         self._run_bytes = 0
         self._run_answered = False
+        self._run_undo = {}
+        self._run_unresolved_undo = {}
 
     def submit(self) -> None:
         """Hand every closed run to the promoter, in order, in one step."""
@@ -249,11 +269,19 @@ class Session:
         if self.unresolved:
             top = promotion.last_seq
             self.unresolved = {k: s for k, s in self.unresolved.items() if s > top}
+            undo_unresolved = self._run_unresolved_undo
+            for ukey, useq in undo_unresolved.items():
+                if useq is not None and useq <= top:
+                    undo_unresolved[ukey] = None
         overlay = self._overlay
+        undo = self._run_undo
         for key, seq in promotion.key_seqs.items():
             pending = overlay.get(key)
             if pending is not None and pending.seq <= seq:
                 del overlay[key]
+            before = undo.get(key)
+            if before is not None and before.seq <= seq:
+                undo[key] = None  # committed meanwhile: nothing to put back
         self.pending_bytes -= promotion.nbytes
         if promotion.error is not None and promotion.answered_early and self.failure is None:
             self.failure = promotion.error
