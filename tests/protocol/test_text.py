@@ -1,0 +1,666 @@
+"""The classic text-protocol parser: bytes in, events out.
+
+Expected events and error lines are written out by hand from memcached 1.6's
+``doc/protocol.txt`` and ``proto_text.c`` (never taken from the parser's own
+constants), so a wrong string in the parser shows.  Every table row is also
+fed one byte at a time, and followed by ``version`` to prove the stream is
+still in step.  Hypothesis then checks that chunking never matters, that no
+input raises anything but ``ProtocolError``, and that rendered commands parse
+back to themselves.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from protocol import text
+from protocol.commands import (
+    Arithmetic,
+    Delete,
+    FlushAll,
+    Quit,
+    Retrieve,
+    Stats,
+    Store,
+    StoreMode,
+    Touch,
+    Verbosity,
+    Version,
+)
+from protocol.errors import ErrorKind, InvalidCommand, ProtocolError
+from protocol.events import NEED_DATA
+from protocol.limits import Limits
+from protocol.text import QuietError, TextParser
+
+# -- the error lines, as memcached spells them ---------------------------------
+
+ERROR = InvalidCommand(ErrorKind.ERROR)
+BAD_FORMAT = InvalidCommand(ErrorKind.CLIENT_ERROR, "bad command line format")
+BAD_CHUNK = InvalidCommand(ErrorKind.CLIENT_ERROR, "bad data chunk")
+BAD_DELTA = InvalidCommand(ErrorKind.CLIENT_ERROR, "invalid numeric delta argument")
+BAD_EXPTIME = InvalidCommand(ErrorKind.CLIENT_ERROR, "invalid exptime argument")
+BAD_DELETE = InvalidCommand(
+    ErrorKind.CLIENT_ERROR, "bad command line format.  Usage: delete <key> [noreply]"
+)
+TOO_LARGE = InvalidCommand(ErrorKind.SERVER_ERROR, "object too large for cache")
+LINE_TOO_LONG = InvalidCommand(ErrorKind.CLIENT_ERROR, "line too long", close=True)
+
+SET, ADD, REPLACE = StoreMode.SET, StoreMode.ADD, StoreMode.REPLACE
+APPEND, PREPEND, CAS = StoreMode.APPEND, StoreMode.PREPEND, StoreMode.CAS
+
+K250 = b"k" * 250
+K251 = b"k" * 251
+
+
+def Q(error: InvalidCommand) -> QuietError:
+    return QuietError(error)
+
+
+# -- driving the parser --------------------------------------------------------
+
+
+def drain(parser: TextParser) -> list[object]:
+    events = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        events.append(event)
+    return events
+
+
+def parse(data: bytes, limits: Limits = Limits()) -> list[object]:
+    parser = TextParser(limits)
+    parser.feed(data)
+    events = drain(parser)
+    assert parser.at_boundary, "a complete stream must leave the parser between commands"
+    return events
+
+
+def outcome(chunks: list[bytes], limits: Limits = Limits()) -> list[object]:
+    """Events of ``chunks`` fed one by one, then the ProtocolError's hint if one ends the stream."""
+    parser = TextParser(limits)
+    events: list[object] = []
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            while (event := parser.next_event()) is not NEED_DATA:
+                events.append(event)
+            assert parser.buffered <= max(limits.max_get_line_length, limits.max_item_size + 1)
+            if parser.at_boundary:
+                assert parser.buffered == 0
+    except ProtocolError as error:
+        events.append(("ProtocolError", error.hint))
+    return events
+
+
+def bytewise(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+# -- bytes -> events, every classic command ------------------------------------
+
+CASES: list[tuple[bytes, list[object]]] = [
+    # retrieval
+    (b"get k\r\n", [Retrieve([b"k"])]),
+    (b"get a b c\r\n", [Retrieve([b"a", b"b", b"c"])]),
+    (b"get   a   b  \r\n", [Retrieve([b"a", b"b"])]),
+    (b"get a a\r\n", [Retrieve([b"a", b"a"])]),
+    (b"gets a b\r\n", [Retrieve([b"a", b"b"], with_cas=True)]),
+    (b"gat 100 a b\r\n", [Retrieve([b"a", b"b"], touch=True, exptime=100)]),
+    (b"gats -1 a\r\n", [Retrieve([b"a"], with_cas=True, touch=True, exptime=-1)]),
+    (b"gat 2147483647 a\r\n", [Retrieve([b"a"], touch=True, exptime=2**31 - 1)]),
+    (b"get \xc3\xa9t\xc3\xa9\r\n", [Retrieve(["été".encode()])]),
+    (b"get " + K250 + b"\r\n", [Retrieve([K250])]),
+    (b"get\r\n", [ERROR]),
+    (b"gets\r\n", [ERROR]),
+    (b"gat\r\n", [ERROR]),
+    (b"gat abc k\r\n", [BAD_EXPTIME]),
+    (b"gats 2147483648 k\r\n", [BAD_EXPTIME]),
+    (b"gat " + b"1" * 5000 + b" k\r\n", [BAD_EXPTIME]),
+    (b"gat " + b"0" * 5000 + b"1 k\r\n", [Retrieve([b"k"], touch=True, exptime=1)]),
+    (b"gat -" + b"0" * 5000 + b"1 k\r\n", [Retrieve([b"k"], touch=True, exptime=-1)]),
+    (b"gat -2147483648 k\r\n", [Retrieve([b"k"], touch=True, exptime=-(2**31))]),
+    (b"gat -2147483649 k\r\n", [BAD_EXPTIME]),
+    (b"gat - k\r\n", [BAD_EXPTIME]),
+    (b"get " + K251 + b"\r\n", [BAD_FORMAT]),
+    (b"get a " + K251 + b" b\r\n", [BAD_FORMAT]),
+    (b"gets a " + K251 + b"\r\n", [BAD_FORMAT]),
+    # storage
+    *[
+        (b"%b k 5 0 3\r\nabc\r\n" % mode.value.encode(), [Store(mode, b"k", 5, 0, b"abc")])
+        for mode in (SET, ADD, REPLACE, APPEND, PREPEND)
+    ],
+    *[
+        (
+            b"%b k 5 0 3 noreply\r\nabc\r\n" % mode.value.encode(),
+            [Store(mode, b"k", 5, 0, b"abc", noreply=True)],
+        )
+        for mode in (SET, ADD, REPLACE, APPEND, PREPEND)
+    ],
+    (b"cas k 1 0 3 99\r\nabc\r\n", [Store(CAS, b"k", 1, 0, b"abc", cas_unique=99)]),
+    (b"cas k 1 0 3 99 noreply\r\nabc\r\n", [Store(CAS, b"k", 1, 0, b"abc", 99, True)]),
+    (
+        b"cas k 0 0 1 18446744073709551615\r\nx\r\n",
+        [Store(CAS, b"k", 0, 0, b"x", cas_unique=2**64 - 1)],
+    ),
+    (b"set k 0 0 0\r\n\r\n", [Store(SET, b"k", 0, 0, b"")]),
+    (b"set k 0 0 4\r\n\r\n\r\n\r\n", [Store(SET, b"k", 0, 0, b"\r\n\r\n")]),
+    (b"set k 0 0 8\r\nget k\r\nx\r\n", [Store(SET, b"k", 0, 0, b"get k\r\nx")]),
+    (b"set k 4294967295 0 1\r\nx\r\n", [Store(SET, b"k", 2**32 - 1, 0, b"x")]),
+    (b"set k 0 -1 1\r\nx\r\n", [Store(SET, b"k", 0, -1, b"x")]),
+    (b"set k 0 2592000 1\r\nx\r\n", [Store(SET, b"k", 0, 2592000, b"x")]),
+    (b"set k 0 0 1\nx\r\n", [Store(SET, b"k", 0, 0, b"x")]),
+    (b"set " + K250 + b" 0 0 1\r\nx\r\n", [Store(SET, K250, 0, 0, b"x")]),
+    # memcached ignores a last token that is not "noreply" (set_noreply_maybe)
+    (b"set k 0 0 1 extra\r\nx\r\n", [Store(SET, b"k", 0, 0, b"x")]),
+    (b"set k 0 0 11 extra\r\nflush_all\r\n\r\n", [Store(SET, b"k", 0, 0, b"flush_all\r\n")]),
+    (b"set k 0 0\r\n", [BAD_FORMAT]),
+    (b"set k 0 0 x\r\n", [BAD_FORMAT]),
+    (b"set k 0 0 -1\r\n", [BAD_FORMAT]),
+    (b"set k 0 0 1 noreply extra\r\n", [BAD_FORMAT]),
+    # the line is bad but its length is readable: the data block is swallowed
+    (b"set k abc 0 1\r\nx\r\n", [BAD_FORMAT]),
+    (b"set k 4294967296 0 1\r\nx\r\n", [BAD_FORMAT]),
+    (b"set k -1 0 1\r\nx\r\n", [BAD_FORMAT]),
+    (b"set k 0 x 1\r\nx\r\n", [BAD_FORMAT]),
+    (b"set k 0 2147483648 1\r\nx\r\n", [BAD_FORMAT]),
+    (b"cas k 0 0 1 x\r\nx\r\n", [BAD_FORMAT]),
+    (b"cas k 0 0 1 18446744073709551616\r\nx\r\n", [BAD_FORMAT]),
+    (b"set " + K251 + b" 0 0 5\r\nhello\r\n", [BAD_FORMAT]),
+    (b"set " + K251 + b" 0 0 5 noreply\r\nhello\r\n", [Q(BAD_FORMAT)]),
+    (b"set k abc 0 1 noreply\r\nx\r\n", [Q(BAD_FORMAT)]),
+    (b"set a\tb 0 0 1\r\nx\r\n", [BAD_FORMAT]),
+    (b"cas k 0 0 1\r\nx\r\n", [BAD_FORMAT, ERROR]),
+    # a data block not ended by \r\n; the stream goes on after it
+    (b"set k 0 0 3\r\nabcXY", [BAD_CHUNK]),
+    (b"set k 0 0 3\r\nabc\n\r", [BAD_CHUNK]),
+    (b"set k 0 0 3\r\nabcd\r\n", [BAD_CHUNK, ERROR]),
+    (b"set k 0 0 3 noreply\r\nabcXY", [Q(BAD_CHUNK)]),
+    # delete
+    (b"delete k\r\n", [Delete(b"k")]),
+    (b"delete k 0\r\n", [Delete(b"k")]),
+    (b"delete k noreply\r\n", [Delete(b"k", noreply=True)]),
+    (b"delete k 0 noreply\r\n", [Delete(b"k", noreply=True)]),
+    (b"delete noreply\r\n", [Delete(b"noreply")]),
+    (b"delete " + K250 + b"\r\n", [Delete(K250)]),
+    (b"delete k 1\r\n", [BAD_DELETE]),
+    (b"delete k 0 0\r\n", [BAD_DELETE]),
+    (b"delete k noreply 0\r\n", [BAD_DELETE]),
+    (b"delete k 10 noreply\r\n", [Q(BAD_DELETE)]),
+    (b"delete\r\n", [ERROR]),
+    (b"delete k 0 noreply x\r\n", [ERROR]),
+    (b"delete " + K251 + b"\r\n", [BAD_FORMAT]),
+    (b"delete " + K251 + b" noreply\r\n", [Q(BAD_FORMAT)]),
+    (b"delete a\x00b\r\n", [BAD_FORMAT]),
+    # incr / decr
+    (b"incr k 1\r\n", [Arithmetic(b"k", 1, incr=True)]),
+    (b"decr k 1\r\n", [Arithmetic(b"k", 1, incr=False)]),
+    (b"incr k 0\r\n", [Arithmetic(b"k", 0, incr=True)]),
+    (b"incr k 18446744073709551615\r\n", [Arithmetic(b"k", 2**64 - 1, incr=True)]),
+    (b"incr k 5 noreply\r\n", [Arithmetic(b"k", 5, incr=True, noreply=True)]),
+    (b"decr k 5 noreply\r\n", [Arithmetic(b"k", 5, incr=False, noreply=True)]),
+    (b"incr k 1 extra\r\n", [Arithmetic(b"k", 1, incr=True)]),
+    (b"incr k abc\r\n", [BAD_DELTA]),
+    (b"incr k -1\r\n", [BAD_DELTA]),
+    (b"decr k 1.5\r\n", [BAD_DELTA]),
+    (b"incr k 18446744073709551616\r\n", [BAD_DELTA]),
+    (b"incr k " + b"9" * 1000 + b"\r\n", [BAD_DELTA]),
+    (b"incr k " + b"0" * 1000 + b"7\r\n", [Arithmetic(b"k", 7, incr=True)]),
+    (b"incr k abc noreply\r\n", [Q(BAD_DELTA)]),
+    (b"incr " + K251 + b" 1\r\n", [BAD_FORMAT]),
+    (b"decr " + K251 + b" 1 noreply\r\n", [Q(BAD_FORMAT)]),
+    (b"incr k\r\n", [ERROR]),
+    (b"decr\r\n", [ERROR]),
+    (b"incr k 1 noreply x\r\n", [ERROR]),
+    # touch
+    (b"touch k 10\r\n", [Touch(b"k", 10)]),
+    (b"touch k -1\r\n", [Touch(b"k", -1)]),
+    (b"touch k 10 noreply\r\n", [Touch(b"k", 10, noreply=True)]),
+    (b"touch k x\r\n", [BAD_EXPTIME]),
+    (b"touch k 2147483648\r\n", [BAD_EXPTIME]),
+    (b"touch k x noreply\r\n", [Q(BAD_EXPTIME)]),
+    (b"touch " + K251 + b" 10\r\n", [BAD_FORMAT]),
+    (b"touch k\r\n", [ERROR]),
+    (b"touch k 1 noreply x\r\n", [ERROR]),
+    # flush_all
+    (b"flush_all\r\n", [FlushAll()]),
+    (b"flush_all 0\r\n", [FlushAll()]),
+    (b"flush_all 10\r\n", [FlushAll(10)]),
+    (b"flush_all -1\r\n", [FlushAll(-1)]),
+    (b"flush_all noreply\r\n", [FlushAll(noreply=True)]),
+    (b"flush_all 10 noreply\r\n", [FlushAll(10, noreply=True)]),
+    (b"flush_all x\r\n", [BAD_EXPTIME]),
+    (b"flush_all x noreply\r\n", [Q(BAD_EXPTIME)]),
+    (b"flush_all 1 2 3\r\n", [ERROR]),
+    # version, verbosity, quit, stats
+    (b"version\r\n", [Version()]),
+    (b"verbosity 1\r\n", [Verbosity(1)]),
+    (b"verbosity 0 noreply\r\n", [Verbosity(0, noreply=True)]),
+    (b"verbosity x\r\n", [BAD_FORMAT]),
+    (b"verbosity x noreply\r\n", [Q(BAD_FORMAT)]),
+    (b"verbosity\r\n", [ERROR]),
+    (b"verbosity 1 noreply x\r\n", [ERROR]),
+    (b"quit\r\n", [Quit()]),
+    (b"stats\r\n", [Stats()]),
+    (b"stats items\r\n", [Stats(b"items")]),
+    (b"stats slabs\r\n", [Stats(b"slabs")]),
+    (b"stats settings\r\n", [Stats(b"settings")]),
+    (b"stats reset\r\n", [Stats(b"reset")]),
+    (b"stats detail dump\r\n", [Stats(b"detail", (b"dump",))]),
+    # unknown commands, empty lines, bare \n
+    (b"foo\r\n", [ERROR]),
+    (b"GET k\r\n", [ERROR]),
+    (b"getx k\r\n", [ERROR]),
+    (b"sets k 0 0 1\r\n", [ERROR]),
+    (b"\r\n", [ERROR]),
+    (b"\n", [ERROR]),
+    (b"   \r\n", [ERROR]),
+    (b"\r\r\n", [ERROR]),
+    (b"get k\nversion\n", [Retrieve([b"k"]), Version()]),
+    (b"get a\nget b\r\n", [Retrieve([b"a"]), Retrieve([b"b"])]),
+    # control characters and other whitespace never split or make a key
+    (b"get a\x01b\r\n", [BAD_FORMAT]),
+    (b"get a\tb\r\n", [BAD_FORMAT]),
+    (b"get a\x7fb\r\n", [BAD_FORMAT]),
+    (b"get a\x00\r\n", [BAD_FORMAT]),
+    (b"get k\r\r\n", [BAD_FORMAT]),
+]
+
+
+def _case_id(case: tuple[bytes, list[object]]) -> str:
+    data = case[0]
+    return repr(data if len(data) < 40 else data[:30] + b"..%d" % len(data))[2:-1]
+
+
+@pytest.mark.parametrize("data, expected", CASES, ids=[_case_id(case) for case in CASES])
+def test_bytes_to_events(data: bytes, expected: list[object]) -> None:
+    assert parse(data) == expected
+    assert outcome(bytewise(data)) == expected
+    # The stream is still in step: the next command parses.
+    assert parse(data + b"version\r\n") == [*expected, Version()]
+
+
+def _expected_events():
+    return [event for _, events in CASES for event in events]
+
+
+def test_the_error_lines_are_memcached_s_bytes() -> None:
+    replies = {
+        ERROR: b"ERROR\r\n",
+        BAD_FORMAT: b"CLIENT_ERROR bad command line format\r\n",
+        BAD_CHUNK: b"CLIENT_ERROR bad data chunk\r\n",
+        BAD_DELTA: b"CLIENT_ERROR invalid numeric delta argument\r\n",
+        BAD_EXPTIME: b"CLIENT_ERROR invalid exptime argument\r\n",
+        BAD_DELETE: b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
+        TOO_LARGE: b"SERVER_ERROR object too large for cache\r\n",
+        LINE_TOO_LONG: b"CLIENT_ERROR line too long\r\n",
+    }
+    for error, reply in replies.items():
+        assert error.text_reply() == reply
+    errors = {e for e in _expected_events() if isinstance(e, InvalidCommand)}
+    assert errors <= replies.keys()
+    assert not any(error.close for error in errors)
+
+
+def test_every_command_family_is_in_the_table() -> None:
+    kinds = {type(event) for event in _expected_events()}
+    assert {Retrieve, Store, Delete, Arithmetic, Touch, FlushAll, Version, Verbosity, Quit, Stats} <= kinds
+    modes = {event.mode for event in _expected_events() if isinstance(event, Store)}
+    assert modes == set(StoreMode)
+
+
+def test_a_pipeline_of_every_case_parses_as_the_concatenation() -> None:
+    # Cases that end mid-garbage (bad chunks without \r\n) still leave the
+    # parser at a boundary, so the whole table can be sent as one stream.
+    stream = b"".join(data for data, _ in CASES)
+    assert parse(stream) == _expected_events()
+    assert outcome([stream[i : i + 7] for i in range(0, len(stream), 7)]) == _expected_events()
+
+
+# -- limits --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template",
+    [b"get %b\r\n", b"gets a %b\r\n", b"gat 0 %b\r\n", b"delete %b\r\n", b"incr %b 1\r\n", b"touch %b 1\r\n"],
+)
+def test_key_length_limit(template: bytes) -> None:
+    (ok,) = parse(template % K250)
+    assert not isinstance(ok, (InvalidCommand, QuietError))
+    assert parse(template % K251) == [BAD_FORMAT]
+
+
+def test_key_length_limit_is_a_setting() -> None:
+    limits = Limits(max_key_length=16)
+    assert parse(b"get " + b"k" * 16 + b"\r\n", limits) == [Retrieve([b"k" * 16])]
+    assert parse(b"get " + b"k" * 17 + b"\r\n", limits) == [BAD_FORMAT]
+    assert parse(b"set " + b"k" * 17 + b" 0 0 1\r\nx\r\nversion\r\n", limits) == [BAD_FORMAT, Version()]
+
+
+@pytest.mark.parametrize("char", sorted(set(range(0x21)) - {0x20, 0x0A} | {0x7F}))
+def test_control_characters_in_keys(char: int) -> None:
+    key = b"a%cb" % char
+    assert parse(b"get x " + key + b"\r\n") == [BAD_FORMAT]
+    # The data block of a storage command is swallowed all the same.
+    assert parse(b"set " + key + b" 0 0 3\r\nabc\r\nversion\r\n") == [BAD_FORMAT, Version()]
+
+
+def test_value_of_max_item_size_is_accepted() -> None:
+    limits = Limits(max_item_size=1000)
+    value = b"v" * 1000
+    assert parse(b"set k 0 0 1000\r\n" + value + b"\r\n", limits) == [Store(SET, b"k", 0, 0, value)]
+    assert parse(b"set k 0 0 1001\r\n" + value + b"v\r\nversion\r\n", limits) == [TOO_LARGE, Version()]
+
+
+def test_too_large_value_is_swallowed_without_being_buffered() -> None:
+    parser = TextParser()  # max_item_size 1 MiB
+    size = 10 * 1024 * 1024
+    parser.feed(b"set k 0 0 %d\r\n" % size)
+    # The answer comes at once: memcached replies before the data arrives.
+    assert parser.next_event() == TOO_LARGE
+    data = b"x" * size + b"\r\n"
+    chunk = 65536
+    for start in range(0, len(data), chunk):
+        parser.feed(data[start : start + chunk])
+        assert parser.next_event() is NEED_DATA
+        assert parser.buffered == 0
+        assert parser.at_boundary == (start + chunk >= len(data))
+    parser.feed(b"get k\r\n")
+    assert drain(parser) == [Retrieve([b"k"])]
+    assert parser.at_boundary
+
+
+def test_too_large_value_in_one_feed_then_the_next_command() -> None:
+    size = Limits().max_item_size + 1
+    stream = b"set k 0 0 %d\r\n" % size + b"x" * size + b"\r\nversion\r\n"
+    assert parse(stream) == [TOO_LARGE, Version()]
+    noreply = b"set k 0 0 %d noreply\r\n" % size + b"x" * size + b"\r\nversion\r\n"
+    assert parse(noreply) == [Q(TOO_LARGE), Version()]
+    # A bad line announcing a too-large block: swallowed the same way.
+    bad = b"set k x 0 %d\r\n" % size + b"x" * size + b"\r\nversion\r\n"
+    assert parse(bad) == [BAD_FORMAT, Version()]
+
+
+def test_too_large_length_that_is_not_a_number_is_not_swallowed() -> None:
+    # Above INT_MAX - 2 memcached refuses the line and swallows nothing.
+    assert parse(b"set k 0 0 2147483646\r\nversion\r\n") == [BAD_FORMAT, Version()]
+    assert parse(b"set k 0 0 99999999999999999999999\r\nversion\r\n") == [BAD_FORMAT, Version()]
+
+
+def test_bad_data_chunk_then_the_stream_goes_on() -> None:
+    parser = TextParser()
+    parser.feed(b"set k 0 0 3\r\nabcXY")
+    assert drain(parser) == [BAD_CHUNK]
+    assert parser.at_boundary
+    parser.feed(b"set k 0 0 3\r\nabc\r\n")
+    assert drain(parser) == [Store(SET, b"k", 0, 0, b"abc")]
+
+
+def test_line_too_long_without_newline_closes() -> None:
+    parser = TextParser()
+    parser.feed(b"set " + b"x" * 2044)  # 2048 bytes: still allowed to grow a newline
+    assert parser.next_event() is NEED_DATA
+    parser.feed(b"x")
+    with pytest.raises(ProtocolError) as caught:
+        parser.next_event()
+    assert caught.value.hint == LINE_TOO_LONG
+    assert caught.value.hint.text_reply() == b"CLIENT_ERROR line too long\r\n"
+
+
+def test_line_too_long_with_newline_closes_too() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse(b"delete " + b"x" * 2100 + b"\r\n")
+    assert caught.value.hint == LINE_TOO_LONG
+
+
+@pytest.mark.parametrize("length", [2046, 2047, 2048, 2049])
+def test_line_length_boundary_does_not_depend_on_chunking(length: int) -> None:
+    line = b"foo " + b"x" * (length - 4)
+    for ending in (b"\n", b"\r\n"):
+        data = line + ending
+        whole = outcome([data])
+        assert outcome(bytewise(data)) == whole
+        assert outcome([line, ending]) == whole
+
+
+def test_long_multiget_is_accepted() -> None:
+    keys = [b"%040d" % i for i in range(100)]
+    for command, event in [
+        (b"get", Retrieve(keys)),
+        (b"gets", Retrieve(keys, with_cas=True)),
+        (b"gat 0", Retrieve(keys, touch=True)),
+        (b"gats 0", Retrieve(keys, with_cas=True, touch=True)),
+    ]:
+        data = command + b" " + b" ".join(keys) + b"\r\n"
+        assert len(data) > 4096
+        assert parse(data) == [event]
+        assert outcome([data[i : i + 100] for i in range(0, len(data), 100)]) == [event]
+
+
+def test_multiget_line_limit_holds_whatever_the_chunking() -> None:
+    limits = Limits(max_get_line_length=4096)
+    keys = b" ".join(b"%040d" % i for i in range(200))
+    data = b"get " + keys + b"\r\n"
+    expected = [("ProtocolError", LINE_TOO_LONG)]
+    assert outcome([data], limits) == expected
+    assert outcome([data[i : i + 512] for i in range(0, len(data), 512)], limits) == expected
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"set " + K251 + b" 0 0 1 noreply\r\nx\r\n", BAD_FORMAT),
+        (b"set k 0 0 1 noreply\r\nxyz", BAD_CHUNK),
+        (b"set k 0 0 %d noreply\r\n" % (2**20 + 1), TOO_LARGE),
+        (b"delete k 5 noreply\r\n", BAD_DELETE),
+        (b"incr k x noreply\r\n", BAD_DELTA),
+        (b"touch k x noreply\r\n", BAD_EXPTIME),
+        (b"flush_all x noreply\r\n", BAD_EXPTIME),
+        (b"verbosity x noreply\r\n", BAD_FORMAT),
+    ],
+)
+def test_noreply_errors_are_quiet(data: bytes, error: InvalidCommand) -> None:
+    parser = TextParser()
+    parser.feed(data)
+    assert parser.next_event() == QuietError(error)
+
+
+def test_wrong_token_counts_are_answered_even_with_noreply() -> None:
+    # memcached checks the count before it looks for "noreply".
+    assert parse(b"incr k 1 2 noreply\r\n") == [ERROR]
+    assert parse(b"delete k 0 0 noreply\r\n") == [ERROR]
+
+
+# -- at_boundary ---------------------------------------------------------------
+
+
+def test_at_boundary_only_between_commands() -> None:
+    parser = TextParser()
+    assert parser.at_boundary
+    parser.feed(b"get")
+    assert parser.next_event() is NEED_DATA and not parser.at_boundary
+    parser.feed(b" k\r")
+    assert parser.next_event() is NEED_DATA and not parser.at_boundary
+    parser.feed(b"\nset k 0 0 5\r\nhe")
+    assert not parser.at_boundary  # bytes buffered, not parsed yet
+    assert parser.next_event() == Retrieve([b"k"])
+    assert not parser.at_boundary  # the set line is still buffered
+    assert parser.next_event() is NEED_DATA and not parser.at_boundary  # mid-data
+    parser.feed(b"llo\r")
+    assert parser.next_event() is NEED_DATA and not parser.at_boundary
+    parser.feed(b"\n")
+    assert parser.next_event() == Store(SET, b"k", 0, 0, b"hello")
+    assert parser.at_boundary and parser.buffered == 0
+
+
+def test_at_boundary_is_false_while_swallowing() -> None:
+    parser = TextParser(Limits(max_item_size=10))
+    parser.feed(b"set k 0 0 20\r\n0123456789")
+    assert parser.next_event() == TOO_LARGE
+    assert parser.next_event() is NEED_DATA and not parser.at_boundary
+    parser.feed(b"0123456789\r")
+    assert parser.next_event() is NEED_DATA and not parser.at_boundary
+    parser.feed(b"\n")
+    assert parser.next_event() is NEED_DATA and parser.at_boundary
+
+
+# -- properties ----------------------------------------------------------------
+
+SMALL = Limits(max_key_length=16, max_item_size=64, max_line_length=128, max_get_line_length=512)
+
+keys = st.binary(min_size=1, max_size=16).map(
+    lambda raw: bytes(c if 0x20 < c != 0x7F else 0x61 for c in raw)
+)
+u32 = st.integers(0, 2**32 - 1)
+i32 = st.integers(-(2**31), 2**31 - 1)
+u64 = st.integers(0, 2**64 - 1)
+tokens = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10).map(str.encode)
+
+
+@st.composite
+def stores(draw: st.DrawFn) -> Store:
+    mode = draw(st.sampled_from(StoreMode))
+    return Store(
+        mode,
+        draw(keys),
+        draw(u32),
+        draw(i32),
+        draw(st.binary(max_size=64)),
+        draw(u64) if mode is StoreMode.CAS else 0,
+        draw(st.booleans()),
+    )
+
+
+@st.composite
+def retrieves(draw: st.DrawFn) -> Retrieve:
+    touch = draw(st.booleans())
+    return Retrieve(
+        draw(st.lists(keys, min_size=1, max_size=8)),
+        with_cas=draw(st.booleans()),
+        touch=touch,
+        exptime=draw(i32) if touch else 0,
+    )
+
+
+@st.composite
+def all_stats(draw: st.DrawFn) -> Stats:
+    group = draw(st.one_of(st.just(b""), tokens))
+    return Stats(group, tuple(draw(st.lists(tokens, max_size=3))) if group else ())
+
+
+commands = st.one_of(
+    retrieves(),
+    stores(),
+    st.builds(Delete, keys, st.booleans()),
+    st.builds(Arithmetic, keys, u64, st.booleans(), st.booleans()),
+    st.builds(Touch, keys, i32, st.booleans()),
+    st.builds(FlushAll, i32, st.booleans()),
+    st.builds(Verbosity, u32, st.booleans()),
+    st.just(Version()),
+    st.just(Quit()),
+    all_stats(),
+)
+
+
+def render(command: object) -> bytes:
+    """The request line (and data block) a client sends for ``command``."""
+    noreply = b" noreply" if getattr(command, "noreply", False) else b""
+    match command:
+        case Retrieve(keys=keys, with_cas=with_cas, touch=touch, exptime=exptime):
+            name = (b"gat" if touch else b"get") + (b"s" if with_cas else b"")
+            args = [b"%d" % exptime] if touch else []
+            return b" ".join([name, *args, *keys]) + b"\r\n"
+        case Store(mode=mode, key=key, flags=flags, exptime=exptime, value=value):
+            cas = b" %d" % command.cas_unique if mode is StoreMode.CAS else b""
+            line = b"%b %b %d %d %d%b" % (mode.value.encode(), key, flags, exptime, len(value), cas)
+            return line + noreply + b"\r\n" + value + b"\r\n"
+        case Delete(key=key):
+            return b"delete " + key + noreply + b"\r\n"
+        case Arithmetic(key=key, delta=delta, incr=incr):
+            return b"%b %b %d" % (b"incr" if incr else b"decr", key, delta) + noreply + b"\r\n"
+        case Touch(key=key, exptime=exptime):
+            return b"touch %b %d" % (key, exptime) + noreply + b"\r\n"
+        case FlushAll(delay=delay):
+            return b"flush_all" + (b" %d" % delay if delay else b"") + noreply + b"\r\n"
+        case Verbosity(level=level):
+            return b"verbosity %d" % level + noreply + b"\r\n"
+        case Version():
+            return b"version\r\n"
+        case Quit():
+            return b"quit\r\n"
+        case Stats(group=group, args=args):
+            return b" ".join([b"stats", *([group] if group else []), *args]) + b"\r\n"
+    raise AssertionError(f"cannot render {command!r}")
+
+
+@given(commands)
+def test_rendered_command_parses_back(command: object) -> None:
+    assert parse(render(command), SMALL) == [command]
+
+
+@given(st.lists(commands, max_size=8), st.data())
+def test_any_chunking_gives_the_same_events(cmds: list[object], data: st.DataObject) -> None:
+    stream = b"".join(map(render, cmds))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    assert outcome(chunks, SMALL) == cmds
+    assert outcome(bytewise(stream), SMALL) == cmds
+
+
+JUNK_PIECES = [
+    b"get ", b"gets ", b"gat ", b"set ", b"cas ", b"add ", b"delete ", b"incr ",
+    b"touch ", b"flush_all", b"verbosity ", b"stats", b"version", b"quit",
+    b" ", b"\r\n", b"\n", b"\r", b"\t", b"\x00", b"0", b"1", b"-1", b"64", b"65",
+    b"100", b"noreply", b"k", b"x" * 17, b"x" * 129, b"99999999999999999999999",
+]
+junk = st.one_of(
+    st.binary(max_size=40),
+    st.lists(st.sampled_from(JUNK_PIECES), max_size=12).map(b"".join),
+    commands.map(render),
+)
+streams = st.lists(junk, max_size=10).map(b"".join)
+
+
+def _meta_free(data: bytes) -> bool:
+    # protocol.text imports protocol.meta only once it exists; until then a
+    # meta command would reach a missing module, which is not this file's concern.
+    return text.meta is not None or re.search(rb"m[gsdnae]", data) is None
+
+
+KNOWN_EVENTS = (
+    Retrieve, Store, Delete, Arithmetic, Touch, FlushAll, Version, Verbosity, Quit, Stats,
+    InvalidCommand, QuietError,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=2000), streams), st.data())
+def test_arbitrary_bytes_only_raise_protocol_error(stream: bytes, data: st.DataObject) -> None:
+    assume(_meta_free(stream))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    whole = outcome([stream], SMALL)  # raises anything but ProtocolError
+    assert outcome(chunks, SMALL) == whole
+    for event in whole:
+        if isinstance(event, tuple):
+            assert event == ("ProtocolError", LINE_TOO_LONG)
+            assert event is whole[-1]
+        elif text.meta is None or not type(event).__module__.startswith("protocol.meta"):
+            assert isinstance(event, KNOWN_EVENTS)
+
+
+@given(st.lists(st.one_of(commands.map(render), st.binary(max_size=30)), max_size=10))
+def test_junk_with_default_limits_never_crashes(pieces: list[bytes]) -> None:
+    stream = b"".join(pieces)
+    assume(_meta_free(stream))
+    events = outcome([stream])
+    assert outcome(bytewise(stream)) == events
+
+
+@given(i32, st.integers(0, 6000))
+def test_numbers_with_leading_zeros(exptime: int, zeros: int) -> None:
+    sign = b"-" if exptime < 0 else b""
+    token = sign + b"0" * zeros + b"%d" % abs(exptime)
+    assert parse(b"gat " + token + b" k\r\n") == [Retrieve([b"k"], touch=True, exptime=exptime)]
