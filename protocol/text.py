@@ -28,10 +28,7 @@ from typing import Callable
 
 import attrs
 
-try:
-    from protocol import meta
-except ImportError:  # TEMPORARY while meta.py is being written
-    meta = None  # type: ignore[assignment]
+from protocol import meta
 from protocol.commands import (
     Arithmetic,
     Delete,
@@ -385,5 +382,5 @@ _COMMANDS: dict[bytes, Callable[[TextParser, list[bytes]], TextEvent | _NeedData
     b"verbosity": TextParser._verbosity,
     b"quit": TextParser._quit,
     b"stats": TextParser._stats,
-    **{name: TextParser._meta for name in (b"mg", b"ms", b"md", b"ma", b"mn", b"me")},
+    **{name: TextParser._meta for name in meta.META_COMMAND_NAMES},
 }
