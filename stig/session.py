@@ -139,11 +139,22 @@ class Session:
         self._record(Remove(key), key, None, 0)
         return True
 
-    def adjust(self, key: bytes, delta: int, incr: bool) -> int | Outcome:
-        """incr/decr: the new value as this POV sees it, or NOT_FOUND / NON_NUMERIC."""
+    def adjust(
+        self, key: bytes, delta: int, incr: bool, initial: int | None = None, flags: int = 0
+    ) -> int | Outcome:
+        """incr/decr: the new value as this POV sees it, or NOT_FOUND / NON_NUMERIC.
+
+        With ``initial``, a counter missing from this POV is created with that
+        value (delta not applied, as memcached does); at promotion the delta
+        is applied instead if another session created it meanwhile.
+        """
         item = self.get(key)
         if item is None:
-            return Outcome.NOT_FOUND
+            if initial is None:
+                return Outcome.NOT_FOUND
+            after = Item(b"%d" % initial, flags)
+            self._record(Adjust(key, delta, incr, initial, flags), key, after, 8)
+            return initial
         current = parse_counter(item.value)
         if current is None:
             return Outcome.NON_NUMERIC

@@ -28,9 +28,9 @@ from protocol.commands import (
 from protocol.errors import InvalidCommand, ProtocolError
 from protocol.text import QuietError, TextParser
 from stig.engine import PROTOCOL_VERSION, Engine
-from stig.ops import Add, Cas, Clear, Outcome, Replace
+from stig.core import Core
+from stig.ops import Add, Cas, Clear, Op, Outcome, Replace
 from stig.session import CommitFailed, Session
-from stig.settings import TtlPolicy
 from stig.stats_report import general_stats, settings_stats
 
 EXPTIME_REJECTED = R.client_error(
@@ -55,11 +55,10 @@ class TextHandler:
     def __init__(self, engine: Engine, session: Session) -> None:
         self.engine = engine
         self.session = session
-        self.stats = engine.stats
         self.parser = TextParser(engine.settings.limits)
         self.out = bytearray()
         self.closing = False
-        self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
+        self.core = Core(engine, session)
         self._dispatch: dict[type, Callable[[object], Awaitable[None] | None]] = {
             Retrieve: self._retrieve,  # type: ignore[dict-item]
             Store: self._store,  # type: ignore[dict-item]
@@ -85,13 +84,13 @@ class TextHandler:
                 self._dispatch[command_type] = self.meta.handle  # type: ignore[assignment]
 
     async def handle(self, event: object) -> None:
-        """Execute one parsed event."""
-        result = self._dispatch[type(event)](event)
-        if result is not None:
-            await result
-
-    def _ttl_refused(self, exptime: int) -> bool:
-        return exptime != 0 and self._reject_ttl
+        """Execute one parsed event; a failed commit is answered SERVER_ERROR."""
+        try:
+            result = self._dispatch[type(event)](event)
+            if result is not None:
+                await result
+        except CommitFailed as exc:
+            self.out += R.server_error(str(exc))
 
     def _reply(self, noreply: bool, data: bytes) -> None:
         """Answer a write: noreply keeps the run open, a reply closes it."""
@@ -104,112 +103,50 @@ class TextHandler:
     # -- retrieval -----------------------------------------------------------
 
     async def _retrieve(self, command: Retrieve) -> None:
-        session = self.session
-        session.close_run()
+        if command.touch and self.core.ttl_refused(command.exptime):
+            self.session.close_run()
+            self.out += EXPTIME_REJECTED
+            return
         keys = command.keys
-        stats = self.stats
-        if command.touch:
-            stats.cmd_touch += len(keys)
-            if self._ttl_refused(command.exptime):
-                self.out += EXPTIME_REJECTED
-                return
-        if (command.with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
-            if not await self._promote_pending():
-                return
-        items = session.get_many(keys) if len(keys) > 1 else [session.get(keys[0])]
+        items = await self.core.read(keys, with_cas=command.with_cas, touch=command.touch)
         out = self.out
-        hits = 0
         for key, item in zip(keys, items):
             if item is not None:
-                hits += 1
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
-        stats.cmd_get += len(keys)
-        stats.get_hits += hits
-        stats.get_misses += len(keys) - hits
-        if command.touch:
-            stats.touch_hits += hits
-            stats.touch_misses += len(keys) - hits
-
-    async def _promote_pending(self) -> bool:
-        try:
-            await self.session.promote_pending()
-        except CommitFailed as exc:
-            self.out += R.server_error(str(exc))
-            return False
-        return True
 
     # -- writes ----------------------------------------------------------------
 
     async def _store(self, command: Store) -> None:
-        self.stats.cmd_set += 1
-        session = self.session
-        if self._ttl_refused(command.exptime):
-            if not command.noreply:
-                session.close_run()
-                self.out += EXPTIME_REJECTED
+        core = self.core
+        if core.ttl_refused(command.exptime):
+            core.stats.cmd_set += 1
+            self._reply(command.noreply, EXPTIME_REJECTED)
             return
         mode = command.mode
         if mode is StoreMode.SET:
-            session.set(command.key, command.value, command.flags)
+            core.set(command.key, command.value, command.flags)
             self._reply(command.noreply, R.STORED)
         elif mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
-            if session.unresolved and not await self._resolve(command.key):
-                return
-            stored = session.concat(command.key, command.value, mode is StoreMode.PREPEND)
+            stored = await core.concat(command.key, command.value, mode is StoreMode.PREPEND)
             self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
         else:
             if mode is StoreMode.CAS:
-                op = Cas(command.key, command.value, command.flags, command.cas_unique)
+                op: Op = Cas(command.key, command.value, command.flags, command.cas_unique)
             else:
                 op = _CONDITIONAL[mode](command.key, command.value, command.flags)
             if command.noreply:
-                session.add_conditional(op, command.key, len(command.value))
+                core.queue_conditional(op, command.key, len(command.value))
                 return
-            await self._conditional(op, command.key, len(command.value), mode is StoreMode.CAS)
-
-    async def _conditional(self, op: object, key: bytes | None, size: int, is_cas: bool) -> None:
-        try:
-            outcome = await self.session.conditional(op, key, size)  # type: ignore[arg-type]
-        except CommitFailed as exc:
-            self.out += R.server_error(str(exc))
-            return
-        if is_cas:
-            if outcome is Outcome.STORED:
-                self.stats.cas_hits += 1
-            elif outcome is Outcome.EXISTS:
-                self.stats.cas_badval += 1
-            else:
-                self.stats.cas_misses += 1
-        self.out += _STORE_REPLIES[outcome]
-
-    async def _resolve(self, key: bytes) -> bool:
-        """Wait for a pending conditional write on ``key``; False if its commit failed."""
-        if not self.session.is_unresolved((key,)):
-            return True
-        return await self._promote_pending()
+            outcome = await core.conditional(op, command.key, len(command.value))
+            self.out += _STORE_REPLIES[outcome]
 
     async def _delete(self, command: Delete) -> None:
-        if self.session.unresolved and not await self._resolve(command.key):
-            return
-        found = self.session.delete(command.key)
-        if found:
-            self.stats.delete_hits += 1
-        else:
-            self.stats.delete_misses += 1
+        found = await self.core.delete(command.key)
         self._reply(command.noreply, R.DELETED if found else R.NOT_FOUND)
 
     async def _arithmetic(self, command: Arithmetic) -> None:
-        if self.session.unresolved and not await self._resolve(command.key):
-            return
-        result = self.session.adjust(command.key, command.delta, command.incr)
-        hit = not isinstance(result, Outcome)
-        if command.incr:
-            self.stats.incr_hits += hit
-            self.stats.incr_misses += not hit
-        else:
-            self.stats.decr_hits += hit
-            self.stats.decr_misses += not hit
+        result = await self.core.adjust(command.key, command.delta, command.incr)
         if result is Outcome.NOT_FOUND:
             self._reply(command.noreply, R.NOT_FOUND)
         elif result is Outcome.NON_NUMERIC:
@@ -218,36 +155,23 @@ class TextHandler:
             self._reply(command.noreply, R.number(result))  # type: ignore[arg-type]
 
     async def _touch(self, command: Touch) -> None:
-        self.stats.cmd_touch += 1
-        if self._ttl_refused(command.exptime):
+        if self.core.ttl_refused(command.exptime):
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
-        if self.session.unresolved and not await self._resolve(command.key):
-            return
-        found = self.session.get(command.key) is not None
-        if found:
-            self.stats.touch_hits += 1
-        else:
-            self.stats.touch_misses += 1
+        found = await self.core.touch(command.key)
         self._reply(command.noreply, R.TOUCHED if found else R.NOT_FOUND)
 
     async def _flush_all(self, command: FlushAll) -> None:
-        settings = self.engine.settings
-        if settings.disable_flush_all:
+        if not self.core.flush_enabled:
             self._reply(command.noreply, FLUSH_DISABLED)
             return
         if command.delay != 0:
             self._reply(command.noreply, FLUSH_DELAY)
             return
-        self.stats.cmd_flush += 1
         if command.noreply:
-            self.session.add_conditional(Clear(), None, 0)
+            self.core.queue_conditional(Clear(), None)
             return
-        try:
-            await self.session.conditional(Clear(), None)
-        except CommitFailed as exc:
-            self.out += R.server_error(str(exc))
-            return
+        await self.core.flush_all()
         self.out += R.OK
 
     # -- everything else ---------------------------------------------------

@@ -1,0 +1,158 @@
+"""The command core every protocol shares: what a read or write does to a POV.
+
+memcached's text, meta and binary front ends all call one core that knows
+nothing of connections; so do Stig's handlers.  A :class:`Core` belongs to one
+connection.  It runs each command on the session (docs/pov.md), keeps the
+``stats`` counters, and answers with plain values — items, outcomes, numbers
+— that each handler turns into its own wire replies.
+
+Reads and unconditional writes are answered from the POV; they first wait
+for a pending conditional write of this session when its verdict could change
+what they see.  Conditional writes answer after their commit.  Commit
+failures surface as :class:`~stig.session.CommitFailed`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from stig.engine import Engine
+from stig.ops import Cas, Clear, Op, Outcome
+from stig.records import Item
+from stig.session import Session
+from stig.settings import TtlPolicy
+
+
+class Core:
+    """One connection's command core; see the module docstring."""
+
+    def __init__(self, engine: Engine, session: Session) -> None:
+        self.engine = engine
+        self.session = session
+        self.stats = engine.stats
+        self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
+
+    def ttl_refused(self, exptime: int) -> bool:
+        """A non-zero exptime under ``--ttl-policy reject``: store nothing."""
+        return exptime != 0 and self._reject_ttl
+
+    @property
+    def flush_enabled(self) -> bool:
+        return not self.engine.settings.disable_flush_all
+
+    async def _resolve(self, keys: Sequence[bytes]) -> None:
+        """Wait for this session's conditional writes that may change ``keys``."""
+        session = self.session
+        if session.unresolved and session.is_unresolved(keys):
+            await session.promote_pending()
+
+    # -- reads -----------------------------------------------------------------
+
+    async def read(
+        self, keys: Sequence[bytes], *, with_cas: bool = False, touch: bool = False
+    ) -> list[Item | None]:
+        """Every key as of one snapshot, with this session's writes laid over it.
+
+        ``with_cas`` promotes this session's pending writes to those keys
+        first, so that every cas returned is a committed one.
+        """
+        session = self.session
+        session.close_run()
+        if (with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
+            await session.promote_pending()
+        items = session.get_many(keys) if len(keys) > 1 else [session.get(keys[0])]
+        hits = sum(item is not None for item in items)
+        stats = self.stats
+        stats.cmd_get += len(keys)
+        stats.get_hits += hits
+        stats.get_misses += len(keys) - hits
+        if touch:
+            stats.cmd_touch += len(keys)
+            stats.touch_hits += hits
+            stats.touch_misses += len(keys) - hits
+        return items
+
+    # -- unconditional writes: answered from the POV ---------------------------
+
+    def set(self, key: bytes, value: bytes, flags: int) -> None:
+        self.stats.cmd_set += 1
+        self.session.set(key, value, flags)
+
+    async def concat(self, key: bytes, data: bytes, prepend: bool) -> bool:
+        """append/prepend; False if the key is absent from this POV."""
+        self.stats.cmd_set += 1
+        await self._resolve((key,))
+        return self.session.concat(key, data, prepend)
+
+    async def delete(self, key: bytes) -> bool:
+        await self._resolve((key,))
+        found = self.session.delete(key)
+        if found:
+            self.stats.delete_hits += 1
+        else:
+            self.stats.delete_misses += 1
+        return found
+
+    async def adjust(
+        self, key: bytes, delta: int, incr: bool, initial: int | None = None, flags: int = 0
+    ) -> int | Outcome:
+        """incr/decr: the value this POV sees afterwards, or NOT_FOUND / NON_NUMERIC.
+
+        ``initial`` (if not None) creates a missing counter with that value.
+        """
+        await self._resolve((key,))
+        result = self.session.adjust(key, delta, incr, initial, flags)
+        hit = not isinstance(result, Outcome)
+        stats = self.stats
+        if incr:
+            stats.incr_hits += hit
+            stats.incr_misses += not hit
+        else:
+            stats.decr_hits += hit
+            stats.decr_misses += not hit
+        return result
+
+    async def touch(self, key: bytes) -> bool:
+        """Whether the key exists: touch changes nothing, items never expire."""
+        self.stats.cmd_touch += 1
+        await self._resolve((key,))
+        found = self.session.get(key) is not None
+        if found:
+            self.stats.touch_hits += 1
+        else:
+            self.stats.touch_misses += 1
+        return found
+
+    # -- conditional writes: checked against the global state at promotion ----
+
+    def queue_conditional(self, op: Op, key: bytes | None, size: int = 0) -> None:
+        """A conditional write whose client wants no answer: it joins the open run."""
+        self._count_write(op)
+        self.session.add_conditional(op, key, size)
+
+    async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
+        """A conditional write, answered with its outcome after its commit."""
+        self._count_write(op)
+        outcome = await self.session.conditional(op, key, size)
+        if isinstance(op, Cas):
+            self.count_cas(outcome)
+        return outcome
+
+    def count_cas(self, outcome: Outcome) -> None:
+        stats = self.stats
+        if outcome is Outcome.STORED:
+            stats.cas_hits += 1
+        elif outcome is Outcome.EXISTS:
+            stats.cas_badval += 1
+        else:
+            stats.cas_misses += 1
+
+    def _count_write(self, op: Op) -> None:
+        if isinstance(op, Clear):
+            self.stats.cmd_flush += 1
+        elif hasattr(op, "value"):
+            self.stats.cmd_set += 1
+
+    async def flush_all(self) -> None:
+        """Delete every item in one transaction, answered after its commit."""
+        await self.conditional(Clear(), None)
