@@ -75,6 +75,8 @@ def main() -> None:
               help="A run of noreply/quiet writes commits after this much input silence.")
 @click.option("--idle-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Close connections idle this many seconds (0: never).")
+@click.option("--map-size", default="256m", show_default=True, type=SizeParam(),
+              help="Initial LMDB map size; the map doubles by itself whenever it is full.")
 @click.option("--disable-flush-all", is_flag=True, help="Refuse flush_all.")
 @click.option("--auth-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               default=None, help="Require SASL PLAIN logins from this file of user:password lines.")
@@ -93,6 +95,7 @@ def serve(
     ttl_policy: str,
     batch_idle_ms: float,
     idle_timeout: float,
+    map_size: int,
     disable_flush_all: bool,
     auth_file: Path | None,
     log_level: str,
@@ -113,6 +116,7 @@ def serve(
         ttl_policy=TtlPolicy(ttl_policy),
         batch_idle_ms=batch_idle_ms,
         idle_timeout=idle_timeout,
+        map_size=map_size,
         disable_flush_all=disable_flush_all,
         auth_file=auth_file,
         log_level=log_level,

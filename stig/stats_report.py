@@ -89,5 +89,6 @@ def settings_stats(settings: Settings) -> Iterable[tuple[str, object]]:
         ("stig_ttl_policy", settings.ttl_policy.value),
         ("stig_batch_idle_ms", settings.batch_idle_ms),
         ("stig_max_pending_bytes", settings.max_pending_bytes),
+        ("stig_initial_map_size", settings.map_size),
         ("stig_auth", "yes" if settings.auth_file else "no"),
     ]

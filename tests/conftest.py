@@ -143,6 +143,8 @@ class StigProcess:
         self.starts = 0
         self._connections: list[RawConnection] = []
         self._clients: list[object] = []
+        #: Runs in the child before exec (e.g. to set a resource limit).
+        self.preexec_fn: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -164,7 +166,8 @@ class StigProcess:
         self.stderr_path = self.log_dir / f"stderr.{self.starts}"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO
+                self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
