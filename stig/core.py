@@ -132,11 +132,35 @@ class Core:
 
     async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
         """A conditional write, answered with its outcome after its commit."""
+        return (await self.conditional_result(op, key, size))[0]
+
+    async def conditional_result(
+        self, op: Op, key: bytes | None, size: int = 0
+    ) -> tuple[Outcome, Item | None]:
+        """A conditional write's outcome and the item it stored, after its commit."""
         self._count_write(op)
-        outcome = await self.session.conditional(op, key, size)
+        self.session.add_conditional(op, key, size)
+        outcome, item = await self.committed()
         if isinstance(op, Cas):
             self.count_cas(outcome)
-        return outcome
+        return outcome, item
+
+    async def committed(self) -> tuple[Outcome, Item | None]:
+        """Commit the open run, whose last member is the write just made.
+
+        Its outcome at promotion and the item it stored (None if it stored
+        nothing), after the commit: for replies that must carry the cas a
+        write got, which only the commit assigns (the binary protocol).
+        """
+        promotion = await self.session.commit_run()
+        return promotion.outcomes[-1], promotion.written  # type: ignore[index]
+
+    async def barrier(self) -> None:
+        """Wait until everything this connection sent so far is committed on disk.
+
+        Closes the open run first: the binary No-op's guarantee (docs/pov.md).
+        """
+        await self.session.promote_pending()
 
     def count_cas(self, outcome: Outcome) -> None:
         stats = self.stats

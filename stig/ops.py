@@ -20,7 +20,7 @@ from typing import Protocol
 
 import attrs
 
-from stig.records import STALE, Item
+from stig.records import STALE, WIN_SENT, Item
 
 U64 = 2**64
 
@@ -40,8 +40,10 @@ class View(Protocol):
 
     def get(self, key: bytes) -> Item | None: ...
 
-    def put(self, key: bytes, value: bytes, flags: int, state: int = 0) -> int:
-        """Store an item under a fresh cas unique, which is returned."""
+    def put(
+        self, key: bytes, value: bytes, flags: int, state: int = 0, cas: int | None = None
+    ) -> int:
+        """Store an item under ``cas`` (None: a fresh cas unique); its cas is returned."""
         ...
 
     def delete(self, key: bytes) -> bool: ...
@@ -74,12 +76,15 @@ def adjust_counter(current: int, delta: int, incr: bool) -> int:
 
 @attrs.frozen(slots=True)
 class Put:
+    """set; ``new_cas`` (meta ``E``) stores under that cas instead of a fresh one."""
+
     key: bytes
     value: bytes
     flags: int
+    new_cas: int | None = None
 
     def apply(self, view: View) -> Outcome:
-        view.put(self.key, self.value, self.flags)
+        view.put(self.key, self.value, self.flags, cas=self.new_cas)
         return Outcome.STORED
 
 
@@ -93,13 +98,18 @@ class Remove:
 
 @attrs.frozen(slots=True)
 class Adjust:
-    """incr/decr by ``delta``; ``initial`` (if not None) creates a missing item."""
+    """incr/decr by ``delta``; ``initial`` (if not None) creates a missing item.
+
+    A non-zero ``expected`` makes it conditional (binary Increment with a
+    cas): an existing item whose cas differs is left alone, EXISTS.
+    """
 
     key: bytes
     delta: int
     incr: bool
     initial: int | None = None
     flags: int = 0
+    expected: int = 0
 
     def apply(self, view: View) -> Outcome:
         item = view.get(self.key)
@@ -108,6 +118,8 @@ class Adjust:
                 return Outcome.SKIPPED
             view.put(self.key, b"%d" % self.initial, self.flags)
             return Outcome.STORED
+        if self.expected and item.cas != self.expected:
+            return Outcome.EXISTS
         current = parse_counter(item.value)
         if current is None:
             return Outcome.NON_NUMERIC
@@ -118,12 +130,17 @@ class Adjust:
 
 @attrs.frozen(slots=True)
 class Concat:
-    """append/prepend; ``vivify_flags`` (if not None) creates a missing item."""
+    """append/prepend; ``vivify_flags`` (if not None) creates a missing item.
+
+    A non-zero ``expected`` makes it conditional (binary Append with a cas):
+    an existing item whose cas differs is left alone, EXISTS.
+    """
 
     key: bytes
     data: bytes
     prepend: bool
     vivify_flags: int | None = None
+    expected: int = 0
 
     def apply(self, view: View) -> Outcome:
         item = view.get(self.key)
@@ -132,6 +149,8 @@ class Concat:
                 return Outcome.NOT_STORED
             view.put(self.key, self.data, self.vivify_flags)
             return Outcome.STORED
+        if self.expected and item.cas != self.expected:
+            return Outcome.EXISTS
         value = self.data + item.value if self.prepend else item.value + self.data
         view.put(self.key, value, item.flags)
         return Outcome.STORED
@@ -139,20 +158,30 @@ class Concat:
 
 @attrs.frozen(slots=True)
 class Cas:
-    """Store only if the item's cas unique is still ``expected``."""
+    """Store only if the item's cas unique is still ``expected``.
+
+    ``invalidate`` (meta ``ms I``): when ``expected`` is *older* than the
+    item's cas, store anyway but marked stale, keeping a win already handed
+    out — as memcached does, so a late writer cannot make stale data fresh.
+    """
 
     key: bytes
     value: bytes
     flags: int
     expected: int
+    new_cas: int | None = None
+    invalidate: bool = False
 
     def apply(self, view: View) -> Outcome:
         item = view.get(self.key)
         if item is None:
             return Outcome.NOT_FOUND
+        state = 0
         if item.cas != self.expected:
-            return Outcome.EXISTS
-        view.put(self.key, self.value, self.flags)
+            if not (self.invalidate and self.expected < item.cas):
+                return Outcome.EXISTS
+            state = STALE | (item.state & WIN_SENT)
+        view.put(self.key, self.value, self.flags, state, cas=self.new_cas)
         return Outcome.STORED
 
 
@@ -163,11 +192,12 @@ class Add:
     key: bytes
     value: bytes
     flags: int
+    new_cas: int | None = None
 
     def apply(self, view: View) -> Outcome:
         if view.get(self.key) is not None:
             return Outcome.NOT_STORED
-        view.put(self.key, self.value, self.flags)
+        view.put(self.key, self.value, self.flags, cas=self.new_cas)
         return Outcome.STORED
 
 
@@ -178,11 +208,12 @@ class Replace:
     key: bytes
     value: bytes
     flags: int
+    new_cas: int | None = None
 
     def apply(self, view: View) -> Outcome:
         if view.get(self.key) is None:
             return Outcome.NOT_STORED
-        view.put(self.key, self.value, self.flags)
+        view.put(self.key, self.value, self.flags, cas=self.new_cas)
         return Outcome.STORED
 
 
@@ -205,10 +236,17 @@ class CompareRemove:
 
 @attrs.frozen(slots=True)
 class MarkStale:
-    """The meta protocol's invalidating delete: keep the value, mark it stale."""
+    """The meta protocol's invalidating delete (``md I``): keep the value, mark it stale.
+
+    The cas is bumped (or set to ``new_cas``) and any win already handed out
+    is withdrawn, so that the next reader wins the right to recache.
+    ``blank_flags`` (``md I x``) also empties the value and sets these flags.
+    """
 
     key: bytes
     expected: int = 0
+    new_cas: int | None = None
+    blank_flags: int | None = None
 
     def apply(self, view: View) -> Outcome:
         item = view.get(self.key)
@@ -216,28 +254,70 @@ class MarkStale:
             return Outcome.NOT_FOUND
         if self.expected and item.cas != self.expected:
             return Outcome.EXISTS
-        view.put(self.key, item.value, item.flags, item.state | STALE)
+        value, flags = (item.value, item.flags) if self.blank_flags is None else (b"", self.blank_flags)
+        view.put(self.key, value, flags, (item.state | STALE) & ~WIN_SENT, cas=self.new_cas)
         return Outcome.DELETED
 
 
 @attrs.frozen(slots=True)
-class SetState:
-    """Replace an item's state bits, keeping value and flags (meta leases).
-
-    Only applies while the item's cas unique is still ``expected``.
-    """
+class Blank:
+    """``md x``: empty the value and set ``flags``, keeping the item and its cas."""
 
     key: bytes
-    state: int
-    expected: int
+    flags: int = 0
+    expected: int = 0
+    new_cas: int | None = None
 
     def apply(self, view: View) -> Outcome:
         item = view.get(self.key)
         if item is None:
             return Outcome.NOT_FOUND
-        if item.cas != self.expected:
+        if self.expected and item.cas != self.expected:
             return Outcome.EXISTS
-        view.put(self.key, item.value, item.flags, self.state)
+        cas = item.cas if self.new_cas is None else self.new_cas
+        view.put(self.key, b"", self.flags, cas=cas)
+        return Outcome.DELETED
+
+
+@attrs.frozen(slots=True)
+class Vivify:
+    """``mg N`` on a miss: create an empty placeholder whose creator wins the lease.
+
+    Of concurrent vivifying reads of one absent key exactly one is STORED
+    (it won); the others find the placeholder (NOT_STORED).
+    """
+
+    key: bytes
+    new_cas: int | None = None
+
+    def apply(self, view: View) -> Outcome:
+        if view.get(self.key) is not None:
+            return Outcome.NOT_STORED
+        view.put(self.key, b"", 0, WIN_SENT, cas=self.new_cas)
+        return Outcome.STORED
+
+
+@attrs.frozen(slots=True)
+class SetState:
+    """Replace an item's state bits, keeping value, flags and cas (meta win hand-out).
+
+    Only applies while the item is unchanged: its cas unique is still
+    ``expected`` and its state bits still ``previous``, so of concurrent
+    readers of a stale item exactly one takes the win.
+    """
+
+    key: bytes
+    state: int
+    expected: int
+    previous: int
+
+    def apply(self, view: View) -> Outcome:
+        item = view.get(self.key)
+        if item is None:
+            return Outcome.NOT_FOUND
+        if item.cas != self.expected or item.state != self.previous:
+            return Outcome.EXISTS
+        view.put(self.key, item.value, item.flags, self.state, cas=item.cas)
         return Outcome.STORED
 
 
@@ -250,4 +330,7 @@ class Clear:
         return Outcome.DELETED
 
 
-Op = Put | Remove | Adjust | Concat | Cas | Add | Replace | CompareRemove | MarkStale | SetState | Clear
+Op = (
+    Put | Remove | Adjust | Concat | Cas | Add | Replace | CompareRemove | MarkStale | Blank
+    | Vivify | SetState | Clear
+)

@@ -23,8 +23,9 @@ import lmdb
 import trio
 
 from stig.ops import Op, Outcome
+from stig.records import Item
 from stig.stats import PromoterStats
-from stig.store import MapFull, Store
+from stig.store import Applied, MapFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Promotion:
     answered_early: bool = False  # holds writes already acknowledged from a POV
     last_seq: int = 0  # the session's write sequence number at the run's end
     outcomes: list[Outcome] | None = None
+    written: Item | None = None  # what the run's last operation stored, cas included
     error: str | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -114,11 +116,12 @@ class Promoter:
         self._finish(group, results, None)
 
     def _finish(
-        self, group: list[Promotion], results: list[list[Outcome]] | None, error: str | None
+        self, group: list[Promotion], results: list[Applied] | None, error: str | None
     ) -> None:
         for index, promotion in enumerate(group):
             self.stats.pending_bytes -= promotion.nbytes
-            promotion.outcomes = None if results is None else results[index]
+            if results is not None:
+                promotion.outcomes, promotion.written = results[index]
             promotion.error = error
             if promotion.on_done is not None:
                 promotion.on_done(promotion)

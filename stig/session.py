@@ -76,6 +76,7 @@ class Session:
         self._run_unresolved_undo: dict[bytes | None, int | None] = {}
         self._closed: list[Promotion] = []
         self._last: Promotion | None = None
+        self.last_closed: Promotion | None = None  # the run close_run() made last
         self.pending_bytes = 0  # recorded but not yet committed
         self.failure: str | None = None  # a commit of acknowledged writes failed
         self.unacked_writes = False  # replied-to writes not yet known durable
@@ -198,13 +199,23 @@ class Session:
         It closes the open run as that run's last member.
         """
         self.add_conditional(op, key, size)
+        promotion = await self.commit_run()
+        return promotion.outcomes[-1]  # type: ignore[index]
+
+    async def commit_run(self) -> Promotion:
+        """Close the open run, submit it and wait for its commit.
+
+        The write just recorded is the run's last member: the promotion's
+        ``outcomes[-1]`` and ``written`` are its verdict and the item (with
+        its cas) it stored.  The run must not be empty.
+        """
         promotion = self.close_run()
+        assert promotion is not None, "commit_run() of an empty run"
         self.submit()
-        assert promotion is not None
         await promotion.done.wait()
         if promotion.error is not None or promotion.outcomes is None:
             raise CommitFailed(promotion.error or "commit failed")
-        return promotion.outcomes[-1]
+        return promotion
 
     # -- transaction boundaries ---------------------------------------------
 
@@ -227,6 +238,7 @@ class Session:
         self._run_undo = {}
         self._run_unresolved_undo = {}
         self._closed.append(promotion)
+        self.last_closed = promotion
         return promotion
 
     def discard_run(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import lmdb
 
@@ -29,6 +29,14 @@ _U64 = struct.Struct(">Q")
 _CAS_KEY = b"cas"
 _BYTES_KEY = b"bytes"
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
+
+
+class Applied(NamedTuple):
+    """What one batch did: each operation's outcome, and the item its last
+    operation stored (with its fresh cas), or None."""
+
+    outcomes: list[Outcome]
+    written: Item | None
 
 
 class MapFull(Exception):
@@ -44,6 +52,7 @@ class _WriteView:
         self.next_cas = next_cas
         self.byte_delta = 0
         self.cleared = False
+        self.last_put: Item | None = None  # the item the latest put stored
 
     def get(self, key: bytes) -> Item | None:
         record = self._txn.get(key, db=self._items)
@@ -52,7 +61,8 @@ class _WriteView:
     def put(self, key: bytes, value: bytes, flags: int, state: int = 0) -> int:
         self.next_cas += 1
         cas = self.next_cas
-        old = self._txn.replace(key, encode(Item(value, flags, cas, state)), db=self._items)
+        item = self.last_put = Item(value, flags, cas, state)
+        old = self._txn.replace(key, encode(item), db=self._items)
         self.byte_delta += len(value) - (0 if old is None else len(old) - 13)
         return cas
 
@@ -126,19 +136,27 @@ class Store:
 
     # -- writes (the promoter's worker thread only) --------------------------
 
-    def apply(self, batches: Iterable[Sequence[Op]]) -> list[list[Outcome]]:
+    def apply(self, batches: Iterable[Sequence[Op]]) -> list[Applied]:
         """Apply every batch of operations, in order, in ONE durable transaction.
 
-        Returns each operation's outcome.  Raises :class:`MapFull` (nothing
-        applied) when the map must grow, or ``lmdb.Error`` (nothing applied)
-        when the disk refuses the commit.
+        Returns, per batch, each operation's outcome and the item its last
+        operation stored (None if it stored nothing): that item's cas is the
+        one a binary-protocol reply reports.  Raises :class:`MapFull`
+        (nothing applied) when the map must grow, or ``lmdb.Error`` (nothing
+        applied) when the disk refuses the commit.
         """
-        outcomes: list[list[Outcome]] = []
+        results: list[Applied] = []
         try:
             with self.env.begin(write=True) as txn:
                 view = _WriteView(txn, self._items, self.last_cas)
                 for ops in batches:
-                    outcomes.append([op.apply(view) for op in ops])
+                    if not ops:
+                        results.append(Applied([], None))
+                        continue
+                    outcomes = [op.apply(view) for op in ops[:-1]]
+                    view.last_put = None
+                    outcomes.append(ops[-1].apply(view))
+                    results.append(Applied(outcomes, view.last_put))
                 total = (0 if view.cleared else self.total_bytes) + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
                 txn.put(_BYTES_KEY, _U64.pack(max(total, 0)), db=self._meta)
@@ -146,7 +164,7 @@ class Store:
             raise MapFull() from exc
         self.last_cas = view.next_cas
         self.total_bytes = max(total, 0)
-        return outcomes
+        return results
 
     def grow(self) -> int:
         """Double the map size.  No transaction may be open in this process."""
