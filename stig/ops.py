@@ -9,8 +9,13 @@ Unconditional operations (:class:`Put`, :class:`Remove`, :class:`Adjust`,
 :class:`Concat`) re-apply their intent to the state current at promotion:
 an increment adds its delta to whatever value is there then, so every
 increment counts.  Conditional operations (:class:`Cas`, :class:`Add`,
-:class:`Replace`, :class:`CompareRemove`, :class:`Clear`) are checked against
-that state and their :class:`Outcome` is what the client is told.
+:class:`Replace`, :class:`CompareRemove`, :class:`Clear`, and the meta
+protocol's :class:`MarkStale`, :class:`Blank`, :class:`Vivify`,
+:class:`SetState`) are checked against that state and their
+:class:`Outcome` is what the client is told.
+
+A ``new_cas`` (meta ``E``) stores the item under that cas instead of a
+fresh one; see :meth:`View.put` for what it does to the cas counter.
 """
 
 from __future__ import annotations
@@ -110,13 +115,14 @@ class Adjust:
     initial: int | None = None
     flags: int = 0
     expected: int = 0
+    new_cas: int | None = None  #: meta ``ma E``: store under this cas
 
     def apply(self, view: View) -> Outcome:
         item = view.get(self.key)
         if item is None:
             if self.initial is None:
                 return Outcome.SKIPPED
-            view.put(self.key, b"%d" % self.initial, self.flags)
+            view.put(self.key, b"%d" % self.initial, self.flags, cas=self.new_cas)
             return Outcome.STORED
         if self.expected and item.cas != self.expected:
             return Outcome.EXISTS
@@ -124,7 +130,7 @@ class Adjust:
         if current is None:
             return Outcome.NON_NUMERIC
         result = adjust_counter(current, self.delta, self.incr)
-        view.put(self.key, b"%d" % result, item.flags)
+        view.put(self.key, b"%d" % result, item.flags, cas=self.new_cas)
         return Outcome.STORED
 
 
@@ -141,18 +147,19 @@ class Concat:
     prepend: bool
     vivify_flags: int | None = None
     expected: int = 0
+    new_cas: int | None = None  #: meta ``ms E``: store under this cas
 
     def apply(self, view: View) -> Outcome:
         item = view.get(self.key)
         if item is None:
             if self.vivify_flags is None:
                 return Outcome.NOT_STORED
-            view.put(self.key, self.data, self.vivify_flags)
+            view.put(self.key, self.data, self.vivify_flags, cas=self.new_cas)
             return Outcome.STORED
         if self.expected and item.cas != self.expected:
             return Outcome.EXISTS
         value = self.data + item.value if self.prepend else item.value + self.data
-        view.put(self.key, value, item.flags)
+        view.put(self.key, value, item.flags, cas=self.new_cas)
         return Outcome.STORED
 
 

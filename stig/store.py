@@ -29,6 +29,7 @@ _U64 = struct.Struct(">Q")
 _CAS_KEY = b"cas"
 _BYTES_KEY = b"bytes"
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
+_CAS_CEILING = 2**63  # explicit cas values at or above this do not move the counter
 
 
 class Applied(NamedTuple):
@@ -58,9 +59,21 @@ class _WriteView:
         record = self._txn.get(key, db=self._items)
         return None if record is None else decode(record)
 
-    def put(self, key: bytes, value: bytes, flags: int, state: int = 0) -> int:
-        self.next_cas += 1
-        cas = self.next_cas
+    def put(
+        self, key: bytes, value: bytes, flags: int, state: int = 0, cas: int | None = None
+    ) -> int:
+        """Store an item under ``cas``, or under a fresh cas unique when None.
+
+        An explicit cas (meta ``E``, or an unchanged item keeping its own)
+        raises the counter to it when larger — up to 2**63, so the counter
+        can never run out — so fresh cas values stay above explicit ones and
+        the counter never goes back, also across restarts.
+        """
+        if cas is None:
+            self.next_cas += 1
+            cas = self.next_cas
+        elif self.next_cas < cas < _CAS_CEILING:
+            self.next_cas = cas
         item = self.last_put = Item(value, flags, cas, state)
         old = self._txn.replace(key, encode(item), db=self._items)
         self.byte_delta += len(value) - (0 if old is None else len(old) - 13)
