@@ -10,6 +10,7 @@ import time
 
 import trio
 
+from stig.auth import Authenticator
 from stig.promoter import Promoter
 from stig.settings import Settings
 from stig.stats import CommandStats, PromoterStats
@@ -29,6 +30,8 @@ class Engine:
         self.stats = CommandStats()
         self.promoter = Promoter(self.store, self.promoter_stats)
         self.started = time.time()
+        #: Password logins (``--auth-file``); None when anyone may connect.
+        self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None
 
     async def run_promoter(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.promoter.run(task_status=task_status)

@@ -19,7 +19,7 @@ The exact rules are in docs/pov.md.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import attrs
 import trio
@@ -76,7 +76,9 @@ class Session:
         self._run_unresolved_undo: dict[bytes | None, int | None] = {}
         self._closed: list[Promotion] = []
         self._last: Promotion | None = None
-        self.last_closed: Promotion | None = None  # the run close_run() made last
+        # Called with each run as close_run() closes it (whoever closes it):
+        # the binary handler learns there which run its quiet writes are in.
+        self.on_close: Callable[[Promotion], None] | None = None
         self.pending_bytes = 0  # recorded but not yet committed
         self.failure: str | None = None  # a commit of acknowledged writes failed
         self.unacked_writes = False  # replied-to writes not yet known durable
@@ -223,6 +225,11 @@ class Session:
     def run_open(self) -> bool:
         return bool(self._run)
 
+    @property
+    def run_length(self) -> int:
+        """Operations in the open run: the last one recorded is at ``run_length - 1``."""
+        return len(self._run)
+
     def close_run(self) -> Promotion | None:
         """End the open run: it becomes one atomic promotion, queued for submit."""
         if not self._run:
@@ -238,7 +245,8 @@ class Session:
         self._run_undo = {}
         self._run_unresolved_undo = {}
         self._closed.append(promotion)
-        self.last_closed = promotion
+        if self.on_close is not None:
+            self.on_close(promotion)
         return promotion
 
     def discard_run(self) -> None:

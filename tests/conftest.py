@@ -130,6 +130,35 @@ class RawConnection:
         self.close()
 
 
+class BinaryConnection(RawConnection):
+    """A raw connection speaking the binary protocol: requests out, decoded responses in."""
+
+    def request(self, opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"",
+                **fields: int) -> None:
+        """Send one request (``cas``, ``opaque``, ``magic``… as keywords)."""
+        from protocol.binary import encode_request
+
+        self.send(encode_request(opcode, key, value, extras, **fields))
+
+    def response(self, timeout: float = IO_TIMEOUT):  # -> protocol.binary.BinaryResponse
+        """The next response, whole."""
+        import struct
+
+        from protocol.binary import decode_response
+
+        header = self.recv_exact(24, timeout)
+        body_length = struct.unpack_from(">I", header, 8)[0]
+        decoded = decode_response(header + self.recv_exact(body_length, timeout))
+        assert decoded is not None
+        return decoded[0]
+
+    def call(self, opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"",
+             **fields: int):  # -> protocol.binary.BinaryResponse
+        """Send one request and return its response."""
+        self.request(opcode, key, value, extras, **fields)
+        return self.response()
+
+
 class StigProcess:
     """A Stig server subprocess; see the module docstring."""
 
@@ -236,6 +265,12 @@ class StigProcess:
     def connect(self, timeout: float = IO_TIMEOUT) -> RawConnection:
         """A raw connection, closed at teardown if the test did not."""
         conn = RawConnection(self.host, self.port, timeout)
+        self._connections.append(conn)
+        return conn
+
+    def connect_binary(self, timeout: float = IO_TIMEOUT) -> BinaryConnection:
+        """A binary-protocol connection, closed at teardown if the test did not."""
+        conn = BinaryConnection(self.host, self.port, timeout)
         self._connections.append(conn)
         return conn
 

@@ -1,0 +1,449 @@
+"""Executes binary-protocol requests on a session and writes their responses.
+
+The bridge between :mod:`protocol.binary` (bytes ⇄ requests, responses) and
+:class:`stig.core.Core` (what each command does to the POV).  One handler per
+connection; responses are appended to :attr:`BinaryHandler.out` and sent by
+the connection once per burst.  The rules (docs/pov.md):
+
+* **Quiet writes** (SetQ, AddQ, …) join the session's open run; the first
+  non-quiet request closes it, so a run of them is one atomic transaction.
+  They answer only on failure.  A quiet *conditional* write (AddQ, ReplaceQ,
+  anything with a CAS, FlushQ) learns its verdict at the run's commit: the
+  failure is written before the reply of the request that closed the run
+  (or, if the idle timer closed it, before the next reply).
+* **Loud writes whose response carries a cas** (Set, Add, Replace, Append,
+  Prepend, Increment, Decrement) answer after their commit, with the cas the
+  commit gave the item — the only cas a client may use in a later CAS.
+  Delete, whose response has no cas, answers from the POV.
+* **Quiet gets** (GetQ, GetKQ) are buffered; the run of them is read in one
+  snapshot when any other request arrives, hits written in order.
+* **No-op is a durability barrier**: it answers once everything sent before
+  it is committed on disk.
+* With ``--auth-file``, everything but SASL and Version gets AUTH_ERROR
+  until a SASL PLAIN login succeeds.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+import attrs
+
+from protocol.binary import (
+    BinaryParser,
+    BinaryProtocolError,
+    BinaryRequest,
+    InvalidBinaryRequest,
+    Opcode,
+    Status,
+    counter_response,
+    encode_response,
+    error_response,
+    get_miss_response,
+    get_response,
+    is_quiet,
+    stat_end_response,
+    stat_response,
+)
+from protocol.errors import ProtocolError
+from stig.auth import MECHANISMS
+from stig.core import Core
+from stig.engine import PROTOCOL_VERSION, Engine
+from stig.ops import Add, Adjust, Cas, Clear, CompareRemove, Concat, Op, Outcome, Replace
+from stig.promoter import Promotion
+from stig.records import Item
+from stig.session import CommitFailed, Session
+from stig.stats_report import general_stats, settings_stats
+
+#: Increment/Decrement's expiration that means "do not create a missing counter".
+NO_CREATE = 0xFFFFFFFF
+EXPTIME_REJECTED = "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
+FLUSH_DELAY = "flush_all delay must be 0: Stig items never expire"
+FLUSH_DISABLED = "flush_all not allowed"
+AUTHENTICATED = b"Authenticated"
+
+Failures = dict[Outcome, Status]
+#: Per kind of write: the outcomes that are failures, and the status each gets
+#: (memcached's complete_update_bin, process_bin_delete, complete_incr_bin).
+CAS_FAILURES: Failures = {Outcome.EXISTS: Status.KEY_EEXISTS, Outcome.NOT_FOUND: Status.KEY_ENOENT}
+ADD_FAILURES: Failures = {Outcome.NOT_STORED: Status.KEY_EEXISTS}
+REPLACE_FAILURES: Failures = {Outcome.NOT_STORED: Status.KEY_ENOENT}
+CONCAT_FAILURES: Failures = {Outcome.NOT_STORED: Status.NOT_STORED, Outcome.EXISTS: Status.KEY_EEXISTS}
+DELETE_FAILURES: Failures = {Outcome.NOT_FOUND: Status.KEY_ENOENT, Outcome.EXISTS: Status.KEY_EEXISTS}
+ADJUST_FAILURES: Failures = {
+    Outcome.EXISTS: Status.KEY_EEXISTS,
+    Outcome.NOT_FOUND: Status.KEY_ENOENT,
+    Outcome.SKIPPED: Status.KEY_ENOENT,
+    Outcome.NON_NUMERIC: Status.DELTA_BADVAL,
+}
+NO_FAILURES: Failures = {}
+
+#: Requests allowed before a login when ``--auth-file`` is on (as memcached).
+_WITHOUT_LOGIN = frozenset({Opcode.SASLListMechs, Opcode.SASLAuth, Opcode.SASLStep, Opcode.Version})
+_QUIET_GETS = frozenset({Opcode.GetQ, Opcode.GetKQ})
+_GET_GROUPS_WITHOUT_STATS = (b"items", b"slabs", b"sizes", b"conns", b"extstore")
+
+
+@attrs.define(slots=True)
+class _QuietCheck:
+    """A quiet conditional write waiting for its run's verdict."""
+
+    opcode: Opcode
+    opaque: int
+    index: int  # its position in the run's operations
+    failures: Failures
+
+
+class BinaryHandler:
+    """Runs each binary request against the session; see the module docstring."""
+
+    def __init__(self, engine: Engine, session: Session) -> None:
+        self.engine = engine
+        self.session = session
+        self.parser = BinaryParser(engine.settings.limits)
+        self.out = bytearray()
+        self.closing = False
+        self.core = Core(engine, session)
+        self.auth = engine.auth
+        self.authenticated = self.auth is None
+        self._max_gets_bytes = engine.settings.limits.max_get_line_length
+        self._gets: list[BinaryRequest] = []  # the open run of GetQ/GetKQ
+        self._gets_bytes = 0
+        self._checks: list[_QuietCheck] = []  # quiet conditionals of the open run
+        self._verdicts: list[tuple[Promotion, list[_QuietCheck]]] = []  # closed runs' checks
+        self._current: tuple[int, int] = (Opcode.Noop, 0)  # opcode and opaque being served
+        session.on_close = self._run_closed
+        handlers: dict[Opcode, Callable[[BinaryRequest], Awaitable[None]]] = {
+            Opcode.Get: self._get,
+            Opcode.GetK: self._get,
+            Opcode.GAT: self._get,
+            Opcode.GATQ: self._get,
+            Opcode.GATK: self._get,
+            Opcode.GATKQ: self._get,
+            Opcode.Touch: self._get,
+            Opcode.Set: self._store,
+            Opcode.Add: self._store,
+            Opcode.Replace: self._store,
+            Opcode.Append: self._concat,
+            Opcode.Prepend: self._concat,
+            Opcode.Delete: self._delete,
+            Opcode.Increment: self._adjust,
+            Opcode.Decrement: self._adjust,
+            Opcode.Flush: self._flush,
+            Opcode.Noop: self._noop,
+            Opcode.Quit: self._quit,
+            Opcode.Version: self._version,
+            Opcode.Verbosity: self._verbosity,
+            Opcode.Stat: self._stat,
+            Opcode.SASLListMechs: self._sasl_list,
+            Opcode.SASLAuth: self._sasl_auth,
+            Opcode.SASLStep: self._sasl_step,
+        }
+        # Quiet variants share their loud opcode's handler (GetQ/GetKQ are buffered).
+        for quiet, loud in (
+            (Opcode.SetQ, Opcode.Set), (Opcode.AddQ, Opcode.Add),
+            (Opcode.ReplaceQ, Opcode.Replace), (Opcode.AppendQ, Opcode.Append),
+            (Opcode.PrependQ, Opcode.Prepend), (Opcode.DeleteQ, Opcode.Delete),
+            (Opcode.IncrementQ, Opcode.Increment), (Opcode.DecrementQ, Opcode.Decrement),
+            (Opcode.FlushQ, Opcode.Flush), (Opcode.QuitQ, Opcode.Quit),
+        ):  # fmt: skip
+            handlers[quiet] = handlers[loud]
+        self._handlers = handlers
+
+    # -- the connection loop's interface -----------------------------------------
+
+    async def handle(self, event: object) -> None:
+        """Execute one request; a failed commit answers EINTERNAL."""
+        if isinstance(event, InvalidBinaryRequest):
+            await self._refused(event)
+            return
+        assert isinstance(event, BinaryRequest)
+        opcode = event.opcode
+        self._current = (opcode, event.opaque)
+        try:
+            if not self.authenticated and opcode not in _WITHOUT_LOGIN:
+                await self._fail(event, Status.AUTH_ERROR)
+            elif opcode in _QUIET_GETS:
+                self._gets.append(event)
+                self._gets_bytes += len(event.key)
+                if self._gets_bytes > self._max_gets_bytes:
+                    await self._flush_gets()  # bounded memory: the snapshot run ends here
+            else:
+                await self._flush_gets()
+                await self._handlers[opcode](event)
+        except CommitFailed as exc:
+            self.out += error_response(opcode, event.opaque, Status.EINTERNAL, str(exc))
+
+    def fatal_error(self, message: str) -> None:
+        opcode, opaque = self._current
+        self.out += error_response(opcode, opaque, Status.EINTERNAL, message)
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        if isinstance(error, BinaryProtocolError) and error.binary_hint is not None:
+            self.out += error.binary_hint.reply()
+
+    # -- runs, verdicts and snapshots ----------------------------------------------
+
+    def _run_closed(self, promotion: Promotion) -> None:
+        """Session hook: the open run was closed; its quiet conditionals await this commit."""
+        if self._checks:
+            self._verdicts.append((promotion, self._checks))
+            self._checks = []
+
+    async def _report_verdicts(self) -> None:
+        """Write the failures of quiet conditionals in closed runs, once committed."""
+        if not self._verdicts:
+            return
+        self.session.submit()
+        verdicts, self._verdicts = self._verdicts, []
+        for promotion, checks in verdicts:
+            await promotion.done.wait()
+            outcomes = promotion.outcomes
+            if outcomes is None:
+                raise CommitFailed(promotion.error or "commit failed")
+            for check in checks:
+                status = check.failures.get(outcomes[check.index])
+                if status is not None:
+                    self.out += error_response(check.opcode, check.opaque, status)
+
+    async def _settle(self) -> None:
+        """Before a non-quiet reply: close the open run and report its quiet failures."""
+        self.session.close_run()
+        await self._report_verdicts()
+
+    async def _flush_gets(self) -> None:
+        """Read the buffered GetQ/GetKQ run in one snapshot and write its hits."""
+        if not self._gets:
+            return
+        gets, self._gets, self._gets_bytes = self._gets, [], 0
+        await self._settle()
+        items = await self.core.read([request.key for request in gets], with_cas=True)
+        out = self.out
+        for request, item in zip(gets, items):
+            if item is not None:
+                out += get_response(
+                    request.opcode, request.opaque, item.flags, item.cas, item.value, request.key
+                )
+
+    async def _fail(self, request: BinaryRequest, status: Status, message: str = "") -> None:
+        """Answer a failed request: quiet ones leave the run open, loud ones close it."""
+        if request.quiet:
+            await self._report_verdicts()
+        else:
+            await self._settle()
+        self.out += error_response(request.opcode, request.opaque, status, message)
+
+    async def _refused(self, event: InvalidBinaryRequest) -> None:
+        """A request the parser refused (bad shape, key too long, too large, unknown)."""
+        self._current = (event.opcode, event.opaque)
+        await self._flush_gets()
+        if not self.authenticated and event.opcode not in _WITHOUT_LOGIN:
+            reply = error_response(event.opcode, event.opaque, Status.AUTH_ERROR)
+        else:
+            reply = event.reply()
+        if is_quiet(event.opcode):
+            await self._report_verdicts()
+        else:
+            await self._settle()
+        self.out += reply
+
+    def _queue(self, request: BinaryRequest, op: Op, key: bytes | None, size: int, failures: Failures) -> None:
+        """A quiet conditional write: it joins the run; its verdict comes at commit."""
+        self.core.queue_conditional(op, key, size)
+        self._checks.append(
+            _QuietCheck(request.opcode, request.opaque, self.session.run_length - 1, failures)
+        )
+
+    async def _answer_committed(
+        self, request: BinaryRequest, outcome: Outcome, item: Item | None, failures: Failures,
+        counter: bool = False,
+    ) -> None:
+        """Reply to a loud write after its commit: a failure, or success with its cas."""
+        await self._report_verdicts()
+        status = failures.get(outcome)
+        if status is not None:
+            self.out += error_response(request.opcode, request.opaque, status)
+            return
+        cas = item.cas if item is not None else 0
+        if counter:
+            value = int(item.value) if item is not None else 0
+            self.out += counter_response(request.opcode, request.opaque, cas, value)
+        else:
+            self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, cas)
+
+    async def _conditional(self, request: BinaryRequest, op: Op, size: int, failures: Failures,
+                           counter: bool = False) -> None:
+        """A write checked against the committed state: queued if quiet, else answered after commit."""
+        if request.quiet:
+            self._queue(request, op, request.key or None, size, failures)
+            return
+        outcome, item = await self.core.conditional_result(op, request.key or None, size)
+        await self._answer_committed(request, outcome, item, failures, counter)
+
+    async def _commit_loud(self, request: BinaryRequest, failures: Failures,
+                           counter: bool = False) -> None:
+        """A loud unconditional write just recorded: answer after its commit, with its cas."""
+        outcome, item = await self.core.committed()
+        await self._answer_committed(request, outcome, item, failures, counter)
+
+    # -- reads -------------------------------------------------------------------
+
+    async def _get(self, request: BinaryRequest) -> None:
+        """Get, GetK, Touch and GAT/GATK (and GATQ/GATKQ, read one by one)."""
+        touch = request.base in (Opcode.Touch, Opcode.GAT, Opcode.GATK)
+        if touch and self.core.ttl_refused(request.exptime):
+            await self._fail(request, Status.EINVAL, EXPTIME_REJECTED)
+            return
+        await self._settle()
+        [item] = await self.core.read([request.key], with_cas=True, touch=touch)
+        if item is not None:
+            self.out += get_response(
+                request.opcode, request.opaque, item.flags, item.cas, item.value, request.key
+            )
+        elif not request.quiet:
+            self.out += get_miss_response(request.opcode, request.opaque, request.key)
+
+    # -- writes ------------------------------------------------------------------
+
+    async def _store(self, request: BinaryRequest) -> None:
+        """Set, Add, Replace (and quiet): with a CAS all three are a cas write, as in memcached."""
+        core = self.core
+        if core.ttl_refused(request.exptime):
+            core.stats.cmd_set += 1
+            await self._fail(request, Status.EINVAL, EXPTIME_REJECTED)
+            return
+        key, value, flags, base = request.key, request.value, request.flags, request.base
+        if request.cas:
+            await self._conditional(request, Cas(key, value, flags, request.cas), len(value), CAS_FAILURES)
+        elif base is Opcode.Add:
+            await self._conditional(request, Add(key, value, flags), len(value), ADD_FAILURES)
+        elif base is Opcode.Replace:
+            await self._conditional(request, Replace(key, value, flags), len(value), REPLACE_FAILURES)
+        else:
+            core.set(key, value, flags)
+            if not request.quiet:
+                await self._commit_loud(request, NO_FAILURES)
+
+    async def _concat(self, request: BinaryRequest) -> None:
+        prepend = request.base is Opcode.Prepend
+        if request.cas:
+            op = Concat(request.key, request.value, prepend, expected=request.cas)
+            self.core.stats.cmd_set += 1
+            await self._conditional(request, op, len(request.value), CONCAT_FAILURES)
+            return
+        if not await self.core.concat(request.key, request.value, prepend):
+            await self._fail(request, Status.NOT_STORED)
+        elif not request.quiet:
+            await self._commit_loud(request, CONCAT_FAILURES)
+
+    async def _delete(self, request: BinaryRequest) -> None:
+        if request.cas:
+            await self._conditional(request, CompareRemove(request.key, request.cas), 0, DELETE_FAILURES)
+            return
+        if not await self.core.delete(request.key):
+            await self._fail(request, Status.KEY_ENOENT)
+        elif not request.quiet:
+            # No cas in a Delete response: answered from the POV, as in text.
+            await self._settle()
+            self.session.unacked_writes = True
+            self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
+
+    async def _adjust(self, request: BinaryRequest) -> None:
+        """Increment/Decrement; the expiration only matters when the counter is created."""
+        incr = request.base is Opcode.Increment
+        create = request.expiration != NO_CREATE
+        refused = create and self.core.ttl_refused(request.expiration)
+        initial = request.initial if create and not refused else None
+        if request.cas:
+            op = Adjust(request.key, request.delta, incr, initial, expected=request.cas)
+            await self._conditional(request, op, 8, ADJUST_FAILURES, counter=True)
+            return
+        result = await self.core.adjust(request.key, request.delta, incr, initial)
+        if result is Outcome.NOT_FOUND:
+            if refused:
+                await self._fail(request, Status.EINVAL, EXPTIME_REJECTED)
+            else:
+                await self._fail(request, Status.KEY_ENOENT)
+        elif result is Outcome.NON_NUMERIC:
+            await self._fail(request, Status.DELTA_BADVAL)
+        elif not request.quiet:
+            await self._commit_loud(request, ADJUST_FAILURES, counter=True)
+
+    async def _flush(self, request: BinaryRequest) -> None:
+        if not self.core.flush_enabled:
+            await self._fail(request, Status.AUTH_ERROR, FLUSH_DISABLED)  # memcached -F's status
+        elif request.exptime != 0:
+            await self._fail(request, Status.EINVAL, FLUSH_DELAY)
+        else:
+            await self._conditional(request, Clear(), 0, NO_FAILURES)
+
+    # -- everything else ------------------------------------------------------
+
+    async def _noop(self, request: BinaryRequest) -> None:
+        """The durability barrier: answered once all this connection sent is on disk."""
+        await self.core.barrier()
+        await self._report_verdicts()
+        self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
+
+    async def _quit(self, request: BinaryRequest) -> None:
+        await self._settle()
+        if not request.quiet:
+            self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
+        self.closing = True
+
+    async def _version(self, request: BinaryRequest) -> None:
+        await self._settle()
+        self.out += encode_response(
+            request.opcode, Status.NO_ERROR, request.opaque, value=PROTOCOL_VERSION.encode()
+        )
+
+    async def _verbosity(self, request: BinaryRequest) -> None:
+        await self._settle()
+        self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
+
+    async def _stat(self, request: BinaryRequest) -> None:
+        """Stat: general, "settings", "reset", and the groups text answers empty."""
+        await self._settle()
+        group = request.key
+        if group == b"":
+            pairs = general_stats(self.engine)
+        elif group == b"settings":
+            pairs = list(settings_stats(self.engine.settings))
+        elif group == b"reset":
+            self.engine.stats.reset()
+            self.engine.promoter_stats.reset()
+            pairs = []
+        elif group in _GET_GROUPS_WITHOUT_STATS:
+            pairs = []  # no slab allocator, no LRU: nothing to list
+        else:
+            self.out += error_response(request.opcode, request.opaque, Status.KEY_ENOENT)
+            return
+        out = self.out
+        for name, value in pairs:
+            out += stat_response(request.opaque, name, str(value))
+        out += stat_end_response(request.opaque)
+
+    # -- SASL PLAIN -----------------------------------------------------------
+
+    async def _sasl_list(self, request: BinaryRequest) -> None:
+        await self._settle()
+        if self.auth is None:
+            self.out += error_response(request.opcode, request.opaque, Status.UNKNOWN_COMMAND)
+        else:
+            self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, value=MECHANISMS)
+
+    async def _sasl_auth(self, request: BinaryRequest) -> None:
+        await self._settle()
+        if self.auth is None:
+            self.out += error_response(request.opcode, request.opaque, Status.UNKNOWN_COMMAND)
+        elif request.key == MECHANISMS and self.auth.check_plain(request.value):
+            self.authenticated = True
+            self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, value=AUTHENTICATED)
+        else:
+            self.out += error_response(request.opcode, request.opaque, Status.AUTH_ERROR)
+
+    async def _sasl_step(self, request: BinaryRequest) -> None:
+        """PLAIN finishes in one step: there is never a step to continue."""
+        await self._settle()
+        status = Status.UNKNOWN_COMMAND if self.auth is None else Status.AUTH_ERROR
+        self.out += error_response(request.opcode, request.opaque, status)
