@@ -17,10 +17,16 @@ from __future__ import annotations
 from typing import Sequence
 
 from stig.engine import Engine
-from stig.ops import Cas, Clear, Op, Outcome
+from stig.ops import Cas, Clear, Concat, Op, Outcome
 from stig.records import Item
 from stig.session import Session
 from stig.settings import TtlPolicy
+
+
+#: Why a non-zero TTL is refused (``--ttl-policy reject``), in every protocol.
+TTL_REFUSED = "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
+#: memcached's words for incr/decr of a value that is not a number.
+NON_NUMERIC = "cannot increment or decrement non-numeric value"
 
 
 class Core:
@@ -78,11 +84,22 @@ class Core:
         self.stats.cmd_set += 1
         self.session.set(key, value, flags)
 
-    async def concat(self, key: bytes, data: bytes, prepend: bool) -> bool:
-        """append/prepend; False if the key is absent from this POV."""
+    async def concat(
+        self, key: bytes, data: bytes, prepend: bool, vivify_flags: int | None = None
+    ) -> bool:
+        """append/prepend; False if the key is absent from this POV.
+
+        With ``vivify_flags`` (meta ``ms MA N``) an absent key is created
+        with the data and these flags instead.
+        """
         self.stats.cmd_set += 1
         await self._resolve((key,))
-        return self.session.concat(key, data, prepend)
+        session = self.session
+        if vivify_flags is not None and session.get(key) is None:
+            op = Concat(key, data, prepend, vivify_flags)
+            session.record(op, key, Item(data, vivify_flags), len(data))
+            return True
+        return session.concat(key, data, prepend)
 
     async def delete(self, key: bytes) -> bool:
         await self._resolve((key,))
@@ -117,11 +134,15 @@ class Core:
         self.stats.cmd_touch += 1
         await self._resolve((key,))
         found = self.session.get(key) is not None
+        self.count_touch(found)
+        return found
+
+    def count_touch(self, found: bool) -> None:
+        """Count a touch hit or miss (``cmd_touch`` is counted by the caller)."""
         if found:
             self.stats.touch_hits += 1
         else:
             self.stats.touch_misses += 1
-        return found
 
     # -- conditional writes: checked against the global state at promotion ----
 

@@ -28,17 +28,16 @@ from protocol.commands import (
 from protocol.errors import InvalidCommand, ProtocolError
 from protocol.text import QuietError, TextParser
 from stig.engine import PROTOCOL_VERSION, Engine
-from stig.core import Core
+from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE, TTL_REFUSED, Core
+from stig.meta_handler import MetaHandler
 from stig.ops import Add, Cas, Clear, Op, Outcome, Replace
 from stig.session import CommitFailed, Session
 from stig.stats_report import general_stats, settings_stats
 
-EXPTIME_REJECTED = R.client_error(
-    "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
-)
+EXPTIME_REJECTED = R.client_error(TTL_REFUSED)
 FLUSH_DISABLED = R.client_error("flush_all not allowed")
 FLUSH_DELAY = R.client_error("flush_all delay must be 0: Stig items never expire")
-NON_NUMERIC = R.client_error("cannot increment or decrement non-numeric value")
+NON_NUMERIC = R.client_error(NON_NUMERIC_MESSAGE)
 
 _STORE_REPLIES = {
     Outcome.STORED: R.STORED,
@@ -73,24 +72,28 @@ class TextHandler:
             InvalidCommand: self._invalid,  # type: ignore[dict-item]
             QuietError: self._quiet_error,  # type: ignore[dict-item]
         }
-        self.meta = None
-        try:
-            from stig.meta_handler import MetaHandler
-        except ImportError:  # pragma: no cover - meta commands not built yet
-            pass
-        else:
-            self.meta = MetaHandler(engine, session, self.out)
-            for command_type in self.meta.command_types:
-                self._dispatch[command_type] = self.meta.handle  # type: ignore[assignment]
+        self.meta = MetaHandler(self.core, session, self.out, self.parser.next_event)
+        for command_type in self.meta.command_types:
+            self._dispatch[command_type] = self.meta.handle  # type: ignore[assignment]
 
     async def handle(self, event: object) -> None:
-        """Execute one parsed event; a failed commit is answered SERVER_ERROR."""
-        try:
-            result = self._dispatch[type(event)](event)
-            if result is not None:
-                await result
-        except CommitFailed as exc:
-            self.out += R.server_error(str(exc))
+        """Execute one parsed event; a failed commit is answered SERVER_ERROR.
+
+        A run of meta ``mg`` reads the commands behind it ahead and hands back
+        the first one it did not handle, which is handled next.  After each
+        command, failures of quiet meta writes whose run has closed are
+        written before its reply.
+        """
+        next_event: object | None = event
+        while next_event is not None:
+            mark = len(self.out)
+            try:
+                result = self._dispatch[type(next_event)](next_event)
+                next_event = None if result is None else await result
+                await self.meta.report_quiet_failures(mark)
+            except CommitFailed as exc:
+                next_event = None
+                self.out += R.server_error(str(exc))
 
     def _reply(self, noreply: bool, data: bytes) -> None:
         """Answer a write: noreply keeps the run open, a reply closes it."""

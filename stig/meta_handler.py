@@ -1,0 +1,453 @@
+"""Executes meta commands (``mg ms md ma mn me``) on a session and writes their replies.
+
+The text handler passes every meta command here; both share the session,
+the :class:`~stig.core.Core` and the reply buffer.  What each command does is
+decided by the core and the operations of :mod:`stig.ops`; this module only
+maps flags to them and outcomes to meta replies (docs/pov.md, "Meta
+commands").
+
+* ``ms`` in set/append/prepend mode, ``md`` and ``ma`` without ``C``/``E``/
+  ``I``/``x`` answer from the POV.  ``ms`` with ``C`` or ``E`` or in add/
+  replace mode, ``md`` with ``C``/``I``/``x``, ``ma`` with ``C``/``E`` are
+  conditional writes answered after their commit.  A reply that must carry
+  a cas (``c``) waits for the commit that assigns it.
+* A run of ``mg`` read together (one burst of pipelined input, as clients
+  send a multi-get) reads one snapshot: the handler pulls the following
+  ``mg`` commands from the parser before it reads, and hands back the first
+  other event.
+* The win of a lease (``mg N`` on a miss) or of a stale item is a
+  conditional write checked at promotion: of any number of readers on any
+  connections exactly one gets ``W``.
+* Quiet (``q``) writes stay in the open run, so a run of them closed by
+  ``mn`` (or any command that replies) is one transaction.  ``mn`` answers
+  ``MN`` once all of it is on disk.  A quiet conditional write's failure is
+  known only at its commit; it is written before the reply of the command
+  during which its run was closed (:meth:`MetaHandler.report_quiet_failures`).
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+import attrs
+
+from protocol.errors import ProtocolError
+from protocol.events import NEED_DATA
+from protocol.meta import (
+    EN,
+    EX,
+    HD,
+    MN,
+    NF,
+    NS,
+    VA,
+    ArithmeticMode,
+    ItemFacts,
+    MetaArithmetic,
+    MetaDebug,
+    MetaDelete,
+    MetaGet,
+    MetaNoop,
+    MetaResponse,
+    MetaSet,
+    ReturnFlag,
+    SetMode,
+    debug_response,
+    encode_meta_response,
+    meta_response,
+    suppressed_in_quiet,
+)
+from protocol.text_replies import client_error, server_error
+from stig.core import NON_NUMERIC, TTL_REFUSED, Core
+from stig.ops import (
+    Add,
+    Adjust,
+    Blank,
+    Cas,
+    CompareRemove,
+    Concat,
+    MarkStale,
+    Op,
+    Outcome,
+    Put,
+    Replace,
+    SetState,
+    Vivify,
+)
+from stig.promoter import Promotion
+from stig.records import WIN_SENT, Item
+from stig.session import CommitFailed, Session
+
+TTL_REJECTED = client_error(TTL_REFUSED)
+NON_NUMERIC_REPLY = client_error(NON_NUMERIC)
+
+#: The meta code for each outcome of a write.
+_CODES = {
+    Outcome.STORED: HD,
+    Outcome.DELETED: HD,
+    Outcome.NOT_STORED: NS,
+    Outcome.EXISTS: EX,
+    Outcome.NOT_FOUND: NF,
+    Outcome.SKIPPED: NF,  # an arithmetic that found no item at promotion
+}
+
+#: How often a reader retries taking the win of a stale item that changed meanwhile.
+_WIN_ATTEMPTS = 3
+
+Keyed = MetaGet | MetaSet | MetaDelete | MetaArithmetic
+
+
+@attrs.define(slots=True)
+class _QuietCheck:
+    """A quiet conditional write whose failure must still be reported."""
+
+    command: Keyed
+    index: int  #: its position in its run
+    promotion: Promotion | None = None  #: its run, once closed
+
+
+def _facts(item: Item, won: bool = False) -> ItemFacts:
+    """What a reply may say about ``item``; ``won``: this reader took its win."""
+    return ItemFacts(
+        cas=item.cas,
+        client_flags=item.flags,
+        size=len(item.value),
+        stale=item.stale,
+        win_sent=item.win_sent and not won,  # memcached never sends W with Z
+        won=won,
+    )
+
+
+class MetaHandler:
+    """Runs the meta commands of one text connection; see the module docstring."""
+
+    command_types = (MetaGet, MetaSet, MetaDelete, MetaArithmetic, MetaNoop, MetaDebug)
+
+    def __init__(
+        self, core: Core, session: Session, out: bytearray, next_event: Callable[[], object]
+    ) -> None:
+        self.core = core
+        self.session = session
+        self.out = out
+        self._next_event = next_event  # the parser's, to read a run of mg ahead
+        self._open: list[_QuietCheck] = []  # quiet conditionals of the open run
+        self._closed: list[_QuietCheck] = []  # ... of closed runs, not reported yet
+        session.on_close = self._run_closed
+        self._dispatch: dict[type, Callable[[object], Awaitable[object]]] = {
+            MetaGet: self._get_run,  # type: ignore[dict-item]
+            MetaSet: self._set,  # type: ignore[dict-item]
+            MetaDelete: self._delete,  # type: ignore[dict-item]
+            MetaArithmetic: self._arithmetic,  # type: ignore[dict-item]
+            MetaNoop: self._noop,  # type: ignore[dict-item]
+            MetaDebug: self._debug,  # type: ignore[dict-item]
+        }
+
+    async def handle(self, command: object) -> object | None:
+        """Execute one meta command.
+
+        Returns an event the handler read ahead and did not handle (the
+        command after a run of ``mg``), or None.
+        """
+        return await self._dispatch[type(command)](command)
+
+    # -- replies ---------------------------------------------------------------
+
+    def _reply(self, command: Keyed, code: bytes, item: ItemFacts | None = None,
+               value: bytes | None = None) -> None:
+        """Write ``code`` for ``command``, unless quiet mode hides it."""
+        if not suppressed_in_quiet(command, code):
+            self.out += encode_meta_response(meta_response(command, code, item, value))
+
+    def _answered_write(self, command: Keyed) -> None:
+        """A write answered from the POV: a replying one closes the run (docs/pov.md)."""
+        if not command.quiet:
+            self.session.close_run()
+            self.session.unacked_writes = True
+
+    def _ttl_refused(self, *ttls: int | None) -> bool:
+        return any(ttl is not None and self.core.ttl_refused(ttl) for ttl in ttls)
+
+    # -- quiet conditional writes: failures reported when their run commits ----
+
+    def _queue(self, command: Keyed, op: Op, size: int = 0) -> None:
+        """A quiet conditional write joins the open run; its verdict comes later."""
+        self.core.queue_conditional(op, command.key, size)
+        self._open.append(_QuietCheck(command, self.session.run_length - 1))
+
+    def _run_closed(self, promotion: Promotion) -> None:
+        """The session closed a run (whoever closed it): its quiet checks can be awaited."""
+        if self._open:
+            for check in self._open:
+                check.promotion = promotion
+            self._closed += self._open
+            self._open = []
+
+    async def report_quiet_failures(self, mark: int) -> None:
+        """Write the failures of quiet conditionals whose run is closed, at ``out[mark]``.
+
+        ``mark`` is where the reply of the command being handled begins, so
+        the failures come before it.  Waits for those runs' commits.
+        """
+        if not self._closed:
+            return
+        checks, self._closed = self._closed, []
+        self.session.submit()
+        lines = bytearray()
+        for check in checks:
+            promotion = check.promotion
+            assert promotion is not None
+            await promotion.done.wait()
+            if promotion.error is not None or promotion.outcomes is None:
+                raise CommitFailed(promotion.error or "commit failed")
+            outcome = promotion.outcomes[check.index]
+            if outcome is Outcome.NON_NUMERIC:
+                lines += NON_NUMERIC_REPLY
+                continue
+            code = _CODES[outcome]
+            if not suppressed_in_quiet(check.command, code):
+                lines += encode_meta_response(meta_response(check.command, code))
+        self.out[mark:mark] = lines
+
+    async def _conditional(
+        self, command: Keyed, op: Op, size: int = 0
+    ) -> tuple[Outcome, Item | None] | None:
+        """A conditional write: queued if quiet (None), else its verdict after commit."""
+        if command.quiet:
+            self._queue(command, op, size)
+            return None
+        return await self.core.conditional_result(op, command.key, size)
+
+    # -- mg: a run of them reads one snapshot ------------------------------------
+
+    async def _get_run(self, first: MetaGet) -> object | None:
+        """Read ``first`` and every mg right behind it in one snapshot."""
+        commands = [first]
+        leftover: object | None = None
+        error: ProtocolError | None = None
+        while True:
+            try:
+                event = self._next_event()
+            except ProtocolError as exc:
+                error = exc  # raised once the run before it is answered
+                break
+            if not isinstance(event, MetaGet):
+                leftover = None if event is NEED_DATA else event
+                break
+            commands.append(event)
+        await self._get_many(commands)
+        if error is not None:
+            raise error
+        return leftover
+
+    async def _get_many(self, commands: list[MetaGet]) -> None:
+        readable = [c for c in commands if not self._ttl_refused(c.ttl, c.vivify_ttl)]
+        items: dict[int, Item | None] = {}
+        if readable:
+            try:
+                found = await self.core.read(
+                    [c.key for c in readable],
+                    with_cas=any(c.wants(ReturnFlag.CAS) for c in readable),
+                )
+            except CommitFailed as exc:
+                self.out += server_error(str(exc))
+                return
+            items = {id(c): item for c, item in zip(readable, found)}
+        for command in commands:
+            if id(command) not in items:
+                self.out += TTL_REJECTED
+                continue
+            try:
+                await self._get_one(command, items[id(command)])
+            except CommitFailed as exc:
+                self.out += server_error(str(exc))
+
+    async def _get_one(self, command: MetaGet, item: Item | None) -> None:
+        """Answer one mg from the item the snapshot gave; hand out a win if due."""
+        won = False
+        if item is None and command.vivify_ttl is not None:
+            item, won = await self._vivify(command)
+        elif item is not None and item.stale and not item.win_sent:
+            item, won = await self._take_win(command.key, item)
+        # R (recache when the TTL left is below its token) never wins in
+        # Stig: items never expire, the TTL left is always infinite.
+        if command.ttl is not None:
+            self.core.stats.cmd_touch += 1
+            self.core.count_touch(item is not None)
+        if item is None:
+            self._reply(command, EN)
+            return
+        if command.return_value:
+            self._reply(command, VA, _facts(item, won), item.value)
+        else:
+            self._reply(command, HD, _facts(item, won))
+
+    async def _vivify(self, command: MetaGet) -> tuple[Item | None, bool]:
+        """A miss with N: create the lease placeholder; its creator alone wins."""
+        key = command.key
+        outcome, written = await self.core.conditional_result(Vivify(key, command.new_cas), key)
+        if outcome is Outcome.STORED:
+            return written, True
+        return self.session.get(key), False  # another reader's placeholder (or value)
+
+    async def _take_win(self, key: bytes, item: Item) -> tuple[Item | None, bool]:
+        """A stale item nobody won yet: try to take its win, checked at promotion."""
+        for _ in range(_WIN_ATTEMPTS):
+            op = SetState(key, item.state | WIN_SENT, item.cas, item.state)
+            outcome, written = await self.core.conditional_result(op, key)
+            if outcome is Outcome.STORED:
+                return written, True
+            # Changed meanwhile (another reader won, a write, a delete).
+            current = self.session.get(key)
+            if current is None or not current.stale or current.win_sent:
+                return current, False
+            item = current
+        return item, False
+
+    # -- ms --------------------------------------------------------------------
+
+    async def _set(self, command: MetaSet) -> None:
+        if self._ttl_refused(command.ttl, command.vivify_ttl):
+            self.core.stats.cmd_set += 1
+            self.out += TTL_REJECTED
+            return
+        op = self._conditional_set(command)
+        if op is not None:
+            result = await self._conditional(command, op, len(command.value))
+            if result is not None:
+                self._write_reply(command, *result)
+            return
+        key, value = command.key, command.value
+        if command.mode is SetMode.SET:
+            self.core.set(key, value, command.client_flags)
+            stored = True
+        else:
+            vivify = command.client_flags if command.vivify_ttl is not None else None
+            stored = await self.core.concat(
+                key, value, command.mode is SetMode.PREPEND, vivify
+            )
+        await self._pov_write_reply(command, Outcome.STORED if stored else Outcome.NOT_STORED)
+
+    def _conditional_set(self, command: MetaSet) -> Op | None:
+        """The conditional op an ms stands for, or None if it answers from the POV."""
+        key, value, flags, new_cas = command.key, command.value, command.client_flags, command.new_cas
+        mode, cas = command.mode, command.cas
+        if mode is SetMode.ADD:
+            return Add(key, value, flags, new_cas)  # memcached ignores C in add mode
+        if cas is not None and mode in (SetMode.SET, SetMode.REPLACE):
+            return Cas(key, value, flags, cas, new_cas, command.invalidate)
+        if mode is SetMode.REPLACE:
+            return Replace(key, value, flags, new_cas)
+        if cas is None and new_cas is None:
+            return None
+        if mode is SetMode.SET:
+            return Put(key, value, flags, new_cas)
+        vivify = flags if command.vivify_ttl is not None else None
+        return Concat(key, value, mode is SetMode.PREPEND, vivify, cas or 0, new_cas)
+
+    async def _pov_write_reply(self, command: Keyed, outcome: Outcome) -> None:
+        """Answer a write made in the POV; a cas to return waits for its commit."""
+        written = None
+        code = _CODES[outcome]
+        if (
+            outcome is Outcome.STORED
+            and command.wants(ReturnFlag.CAS)
+            and not suppressed_in_quiet(command, code)
+        ):
+            written = (await self.core.committed())[1]
+        self._answered_write(command)
+        self._write_reply(command, outcome, written)
+
+    def _write_reply(self, command: Keyed, outcome: Outcome, written: Item | None) -> None:
+        facts = None
+        if outcome is Outcome.STORED and isinstance(command, MetaSet):
+            facts = ItemFacts(
+                cas=written.cas if written is not None else 0,
+                client_flags=command.client_flags,
+                size=len(written.value) if written is not None else len(command.value),
+            )
+        self._reply(command, _CODES[outcome], facts)
+
+    # -- md --------------------------------------------------------------------
+
+    async def _delete(self, command: MetaDelete) -> None:
+        if command.invalidate and self._ttl_refused(command.ttl):
+            self.out += TTL_REJECTED
+            return
+        key, expected, new_cas = command.key, command.cas or 0, command.new_cas
+        op: Op | None = None
+        if command.invalidate:
+            blank = 0 if command.remove_value else None
+            op = MarkStale(key, expected, new_cas, blank)
+        elif command.remove_value:
+            op = Blank(key, 0, expected, new_cas)
+        elif command.cas is not None:
+            op = CompareRemove(key, command.cas)
+        if op is None:
+            found = await self.core.delete(key)
+            self._answered_write(command)
+            self._reply(command, HD if found else NF)
+            return
+        result = await self._conditional(command, op)
+        if result is not None:
+            self._reply(command, _CODES[result[0]])
+
+    # -- ma --------------------------------------------------------------------
+
+    async def _arithmetic(self, command: MetaArithmetic) -> None:
+        if self._ttl_refused(command.ttl, command.vivify_ttl):
+            self.out += TTL_REJECTED
+            return
+        key, delta = command.key, command.delta
+        incr = command.mode is ArithmeticMode.INCREMENT
+        initial = command.initial if command.vivify_ttl is not None else None
+        if command.cas is not None or command.new_cas is not None:
+            op = Adjust(key, delta, incr, initial, 0, command.cas or 0, command.new_cas)
+            result = await self._conditional(command, op)
+            if result is not None:
+                outcome, written = result
+                if outcome is Outcome.NON_NUMERIC:
+                    self.out += NON_NUMERIC_REPLY
+                elif outcome is Outcome.STORED and written is not None:
+                    self._number_reply(command, written.value, written.cas)
+                else:
+                    self._reply(command, _CODES[outcome])
+            return
+        number = await self.core.adjust(key, delta, incr, initial)
+        if number is Outcome.NOT_FOUND:
+            self._answered_write(command)
+            self._reply(command, NF)
+            return
+        if number is Outcome.NON_NUMERIC:
+            self._answered_write(command)
+            self.out += NON_NUMERIC_REPLY
+            return
+        value, cas = b"%d" % number, 0  # type: ignore[str-format]
+        if command.wants(ReturnFlag.CAS) and not suppressed_in_quiet(command, HD):
+            # The cas exists once committed: answer the committed item, so
+            # that value and cas belong together.
+            written = (await self.core.committed())[1]
+            if written is not None:
+                value, cas = written.value, written.cas
+        self._answered_write(command)
+        self._number_reply(command, value, cas)
+
+    def _number_reply(self, command: MetaArithmetic, value: bytes, cas: int) -> None:
+        facts = ItemFacts(cas=cas, size=len(value))
+        if command.return_value:
+            self._reply(command, VA, facts, value)
+        else:
+            self._reply(command, HD, facts)
+
+    # -- mn, me ----------------------------------------------------------------
+
+    async def _noop(self, command: MetaNoop) -> None:
+        """The barrier: MN once everything this connection sent is committed on disk."""
+        await self.core.barrier()
+        self.out += encode_meta_response(MetaResponse(MN))
+
+    async def _debug(self, command: MetaDebug) -> None:
+        (item,) = await self.core.read([command.key], with_cas=True)
+        if item is None:
+            self.out += encode_meta_response(MetaResponse(EN))
+            return
+        self.out += encode_meta_response(debug_response(command, _facts(item)))
