@@ -101,6 +101,13 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve the memcached text, meta and binary protocols on one port."""
+    if auth_file is not None:
+        from stig.auth import AuthFileError, Authenticator
+
+        try:
+            Authenticator.from_file(auth_file)
+        except AuthFileError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--auth-file'") from None
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

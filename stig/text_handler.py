@@ -39,6 +39,10 @@ FLUSH_DISABLED = R.client_error("flush_all not allowed")
 FLUSH_DELAY = R.client_error("flush_all delay must be 0: Stig items never expire")
 NON_NUMERIC = R.client_error(NON_NUMERIC_MESSAGE)
 
+UNAUTHENTICATED = R.client_error("unauthenticated")
+AUTH_FAILED = R.client_error("authentication failure")
+AUTH_BAD_FORMAT = R.client_error("bad authentication token format")
+
 _STORE_REPLIES = {
     Outcome.STORED: R.STORED,
     Outcome.NOT_STORED: R.NOT_STORED,
@@ -58,6 +62,8 @@ class TextHandler:
         self.out = bytearray()
         self.closing = False
         self.core = Core(engine, session)
+        self.auth = engine.auth
+        self.authenticated = self.auth is None
         self._dispatch: dict[type, Callable[[object], Awaitable[None] | None]] = {
             Retrieve: self._retrieve,  # type: ignore[dict-item]
             Store: self._store,  # type: ignore[dict-item]
@@ -84,6 +90,9 @@ class TextHandler:
         command, failures of quiet meta writes whose run has closed are
         written before its reply.
         """
+        if not self.authenticated:
+            self._login(event)
+            return
         next_event: object | None = event
         while next_event is not None:
             mark = len(self.out)
@@ -94,6 +103,24 @@ class TextHandler:
             except CommitFailed as exc:
                 next_event = None
                 self.out += R.server_error(str(exc))
+
+    def _login(self, event: object) -> None:
+        """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
+        with ``user password`` as data logs in; anything else is refused."""
+        assert self.auth is not None
+        if isinstance(event, Store) and event.mode is StoreMode.SET:
+            verdict = self.auth.check_text(event.value)
+            if verdict is None:
+                self.out += AUTH_BAD_FORMAT
+            elif verdict:
+                self.authenticated = True
+                self.out += R.STORED
+            else:
+                self.out += AUTH_FAILED
+            return
+        self.out += UNAUTHENTICATED
+        if isinstance(event, InvalidCommand) and event.close:
+            self.closing = True
 
     def _reply(self, noreply: bool, data: bytes) -> None:
         """Answer a write: noreply keeps the run open, a reply closes it."""
