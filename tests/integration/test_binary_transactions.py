@@ -1,0 +1,91 @@
+"""Binary transactions against a real server: quiet write runs are atomic,
+quiet get runs read one snapshot, No-op is a barrier, verdicts come in order."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from protocol.binary import Opcode, Status, encode_request
+
+EXTRAS = struct.pack(">II", 0, 0)
+
+
+def setq_run(items: dict[bytes, bytes]) -> bytes:
+    return b"".join(encode_request(Opcode.SetQ, k, v, EXTRAS) for k, v in items.items())
+
+
+def test_a_quiet_run_is_invisible_until_its_closing_command(stig_factory):
+    server = stig_factory("--batch-idle-ms", "60000")
+    conn = server.connect_binary()
+    items = {b"t%d" % i: b"v%d" % i for i in range(50)}
+    conn.send(setq_run(items))
+    deadline = time.monotonic() + 5
+    while int(server.stats()["cmd_set"]) < len(items):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    other = server.client()
+    assert other.get_many([k.decode() for k in items]) == {}
+    assert conn.call(Opcode.Noop).status == 0
+    # No-op answered: committed, so every connection sees the whole run at once.
+    assert other.get_many([k.decode() for k in items]) == {k.decode(): v for k, v in items.items()}
+
+
+def test_runs_are_atomic_and_quiet_get_runs_read_one_snapshot(stig_server):
+    keys = [b"g%d" % i for i in range(8)]
+    stop = threading.Event()
+
+    def write(writer: int) -> None:
+        conn = stig_server.connect_binary()
+        for n in range(100):
+            value = b"%d-%d" % (writer, n)
+            conn.send(setq_run({k: value for k in keys}))
+            assert conn.call(Opcode.Noop).opcode == Opcode.Noop
+
+    def read(_: int) -> int:
+        conn = stig_server.connect_binary()
+        full = 0
+        while not stop.is_set():
+            conn.send(b"".join(encode_request(Opcode.GetKQ, k) for k in keys))
+            conn.request(Opcode.Noop)
+            seen = {}
+            while (rsp := conn.response()).opcode != Opcode.Noop:
+                seen[rsp.key] = rsp.value
+            assert len(seen) in (0, len(keys)), seen
+            assert len(set(seen.values())) <= 1, f"a torn snapshot: {seen}"
+            full += bool(seen)
+        return full
+
+    with ThreadPoolExecutor(5) as pool:
+        readers = [pool.submit(read, i) for i in range(2)]
+        writers = [pool.submit(write, i) for i in range(3)]
+        for future in writers:
+            future.result()
+        stop.set()
+        assert sum(future.result() for future in readers) > 0
+
+
+def test_a_quiet_failure_closed_by_the_idle_timer_comes_before_the_next_reply(stig_server):
+    conn = stig_server.connect_binary()
+    assert conn.call(Opcode.Set, b"taken", b"x", EXTRAS).status == 0
+    conn.request(Opcode.AddQ, b"taken", b"y", EXTRAS, opaque=5)
+    assert conn.recv_some(0.3) == b""  # the run was closed by --batch-idle-ms, silently
+    conn.request(Opcode.Version, opaque=6)
+    failure, version = conn.response(), conn.response()
+    assert (failure.opcode, failure.status, failure.opaque) == (Opcode.AddQ, Status.KEY_EEXISTS, 5)
+    assert (version.opcode, version.opaque) == (Opcode.Version, 6)
+
+
+def test_a_loud_write_closes_the_run_as_its_last_member(stig_factory):
+    server = stig_factory("--batch-idle-ms", "60000")
+    conn = server.connect_binary()
+    assert conn.call(Opcode.Set, b"taken", b"x", EXTRAS).status == 0
+    conn.send(setq_run({b"a": b"1", b"b": b"2"}))
+    conn.request(Opcode.AddQ, b"taken", b"y", EXTRAS, opaque=3)
+    conn.request(Opcode.Set, b"c", b"3", EXTRAS, opaque=4)
+    failure, stored = conn.response(), conn.response()
+    assert (failure.opaque, failure.status) == (3, Status.KEY_EEXISTS)
+    assert (stored.opaque, stored.status) == (4, 0) and stored.cas != 0
+    assert server.client().get_many(["a", "b", "c"]) == {"a": b"1", "b": b"2", "c": b"3"}
