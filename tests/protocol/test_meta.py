@@ -712,3 +712,43 @@ def test_any_tokens_give_a_command_or_an_error(name: bytes, rest: list[bytes]) -
 def test_any_token_list_never_raises(tokens: list[bytes]) -> None:
     parsed = parse_meta(tokens, LIMITS)
     assert isinstance(parsed, (MetaParse, InvalidCommand))
+
+
+# -- chunking: a meta pipeline through the text parser, whole or in pieces -----------
+
+PIPELINE = (
+    b"mg a v k q\r\nms b 2 c T0\r\nhi\r\nms c 1 MX\r\nz\r\nma n N0 J5 v\r\n"
+    b"md d I q\r\nms e 0 q\r\n\r\nme a\r\nmg " + UNICODE_B64 + b" b k\r\nmn\r\n"
+)
+
+
+def _events(chunks: list[bytes]) -> list[object]:
+    from protocol.events import NEED_DATA
+    from protocol.text import TextParser
+
+    parser = TextParser(LIMITS)
+    events: list[object] = []
+    for chunk in chunks:
+        parser.feed(chunk)
+        while (event := parser.next_event()) is not NEED_DATA:
+            events.append(event)
+    assert parser.at_boundary
+    return events
+
+
+def test_meta_pipeline_gives_the_same_events_in_any_chunking() -> None:
+    whole = _events([PIPELINE])
+    assert [type(event) for event in whole] == [
+        MetaGet, MetaSet, InvalidCommand, MetaArithmetic, MetaDelete, MetaSet, MetaDebug,
+        MetaGet, MetaNoop,
+    ]
+    assert whole[1] == MetaSet(b"b", value=b"hi", returns=(R.CAS,))
+    assert whole[5] == MetaSet(b"e", value=b"", quiet=True)
+    assert _events([PIPELINE[i : i + 1] for i in range(len(PIPELINE))]) == whole
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(PIPELINE)), max_size=12))
+def test_meta_pipeline_split_anywhere(cuts: list[int]) -> None:
+    points = [0, *sorted(cuts), len(PIPELINE)]
+    chunks = [PIPELINE[a:b] for a, b in zip(points, points[1:])]
+    assert _events(chunks) == _events([PIPELINE])
