@@ -329,8 +329,8 @@ class MetaHandler:
 
     def _conditional_set(self, command: MetaSet) -> Op | None:
         """The conditional op an ms stands for, or None if it answers from the POV."""
-        key, value, flags, new_cas = command.key, command.value, command.client_flags, command.new_cas
-        mode, cas = command.mode, command.cas
+        key, value, flags = command.key, command.value, command.client_flags
+        mode, cas, new_cas = command.mode, command.cas, command.new_cas
         if mode is SetMode.ADD:
             return Add(key, value, flags, new_cas)  # memcached ignores C in add mode
         if cas is not None and mode in (SetMode.SET, SetMode.REPLACE):

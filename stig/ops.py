@@ -261,7 +261,9 @@ class MarkStale:
             return Outcome.NOT_FOUND
         if self.expected and item.cas != self.expected:
             return Outcome.EXISTS
-        value, flags = (item.value, item.flags) if self.blank_flags is None else (b"", self.blank_flags)
+        value, flags = item.value, item.flags
+        if self.blank_flags is not None:
+            value, flags = b"", self.blank_flags
         view.put(self.key, value, flags, (item.state | STALE) & ~WIN_SENT, cas=self.new_cas)
         return Outcome.DELETED
 

@@ -50,3 +50,18 @@ def test_quiet_run_without_mn_is_gone_after_sigkill(stig_factory):
     assert _read_back(server, "open") == b"MN\r\n"  # not one of them
     check = server.connect()
     assert check.send_recv(b"mg before v\r\nmn\r\n", b"MN\r\n") == b"VA 2\r\nok\r\nMN\r\n"
+
+
+def test_meta_writes_acknowledged_with_durable_acks_survive_sigkill(stig_factory):
+    server = stig_factory("--durable-acks")
+    conn = server.connect()
+    replies = conn.send_recv(
+        b"ms a 1\r\n1\r\nms b 1 MA N0\r\n2\r\nma n N0 J9\r\nmd gone\r\n", b"NF\r\n"
+    )
+    assert replies == b"HD\r\nHD\r\nHD\r\nNF\r\n"
+    server.kill()  # no mn: the replies alone promised durability
+    server.restart()
+    check = server.connect()
+    assert check.send_recv(b"mg a v\r\nmg b v\r\nmg n v\r\nmn\r\n", b"MN\r\n") == (
+        b"VA 1\r\n1\r\nVA 1\r\n2\r\nVA 1\r\n9\r\nMN\r\n"
+    )
