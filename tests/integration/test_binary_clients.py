@@ -126,7 +126,8 @@ def test_pylibmc_binary(stig_server):
     assert value == "hello" and db.cas("a", "new", cas) is True and db.cas("a", "n2", cas) is False
     assert db.add("a", "q") is False and db.replace("a", "r") is True
     assert db.append("y", b"+") and db.prepend("y", b"-") and db.get("y") == b"-2+"
-    assert db.touch("y", 0) is True
+    # (No touch: libmemcached 1.1's binary touch waits out its 5 s poll timeout
+    # after the reply, against memcached 1.6 too; the raw-socket tests cover Touch.)
     assert db.delete("a") is True and db.delete("a") is False
     assert db.delete_multi(["x", "y"]) is True
     assert db.get_multi(["x", "y"]) == {}
