@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -133,4 +134,10 @@ def serve(
     def ready(host: str, bound: int) -> None:
         print(f"stig listening on {host}:{bound}", flush=True)
 
+    # Everything imported so far lives as long as the process: keep it out of
+    # the cyclic collector's scans, and collect young objects less often —
+    # the hot path allocates many short-lived, acyclic objects (measured:
+    # +45% pipelined sets, docs/performance.md).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     trio.run(lambda: run_server(settings, on_ready=ready))

@@ -89,12 +89,18 @@ class Connection:
         self._idle_timeout = settings.idle_timeout or float("inf")
         self._durable = settings.durable_acks
         self._max_pending = settings.max_pending_bytes
+        self._failed = False  # an internal error ended the connection
 
     async def serve(self) -> None:
         try:
             await self._serve()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("connection dropped: %s", exc)
+        except Exception:
+            # A bug must cost one connection, never the server: its open run
+            # is discarded (it may be torn), everyone else goes on.
+            log.exception("internal error; closing this connection")
+            self._failed = True
         finally:
             self._end_session()
             self.sock.close()
@@ -102,7 +108,7 @@ class Connection:
     def _end_session(self) -> None:
         """Commit an open run left at a command boundary; discard a torn one."""
         handler = self.handler
-        if handler is not None and handler.parser.at_boundary:
+        if handler is not None and handler.parser.at_boundary and not self._failed:
             self.session.close_run()
             self.session.submit()
         else:
@@ -116,6 +122,8 @@ class Connection:
                 return await self.sock.recv(RECEIVE_SIZE)
             session.close_run()  # the client paused: its quiet run is complete
             session.submit()
+        if self._idle_timeout == float("inf"):
+            return await self.sock.recv(RECEIVE_SIZE)  # no cancel scope: the hot path
         with trio.move_on_after(self._idle_timeout):
             return await self.sock.recv(RECEIVE_SIZE)
         return None
