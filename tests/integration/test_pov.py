@@ -388,3 +388,15 @@ def test_a_run_larger_than_max_pending_bytes_is_refused_whole(stig_factory):
     assert other.send_recv(batch, b"STORED\r\n" * 20) == b"STORED\r\n" * 20
     server.settle()
     assert len(client.get_many([f"ok-{i}" for i in range(20)])) == 20
+
+
+def test_mn_is_a_durability_barrier_for_classic_noreply_runs(stig_factory):
+    """A classic noreply run closed by ``mn``: MN means all of it is on disk."""
+    server = stig_factory("--batch-idle-ms", "60000")
+    with server.connect() as conn:
+        conn.send(b"set a 0 0 1 noreply\r\n1\r\nset n 0 0 2 noreply\r\n10\r\nincr n 5 noreply\r\n")
+        assert conn.recv_some(0.2) == b""
+        assert conn.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+        server.kill()  # right after MN: nothing may be lost
+    server.start()
+    assert server.send_recv(b"get a n\r\n") == b"VALUE a 0 1\r\n1\r\nVALUE n 0 2\r\n15\r\nEND\r\n"
