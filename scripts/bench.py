@@ -13,6 +13,10 @@ processes, every reply verified), stops the server and prints one table.
 Absent servers, servers that fail to start and workloads a server does not
 speak are reported as ``skipped (reason)``, never estimated.
 
+The ``p99`` workload drives Stig and memcached open-loop (``loadgen --rate``)
+at half of Stig's closed-loop ``mix d=1`` peak and compares their p99
+latencies (measured from each request's scheduled send time).
+
 It also runs :mod:`lmdb_reference` (the ceiling for durable batch writes), the
 scale workload on Stig (bulk load, bytes per key on disk, RSS,
 restart-to-first-reply; 10M keys in full mode, 100k with ``--quick``) and, in
@@ -52,7 +56,9 @@ from servers import SCRIPTS, SERVERS, RunningServer, ServerSpec, StartError  # n
 from wire import Exchange, codec, key_for  # noqa: E402
 from workloads import build_exchange  # noqa: E402
 
-WORKLOAD_CHOICES = ("get", "set", "mix", "mget", "batch", "scale", "lmdb")
+WORKLOAD_CHOICES = ("get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb")
+P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
+P99_SERVERS = ("stig", "memcached")  # driven at the same fixed rate, back to back
 BATCH_MIN_WINDOW = 3.0  # seconds: the shortest measured window of a batch row (not in smoke)
 
 
@@ -85,20 +91,21 @@ class Plan:
         if mode == "smoke":
             # Correctness of the harness only: every code path, tiny and short.
             return cls(mode="smoke", duration=0.3, warmup=0.1, sizes=[100],
-                       workloads=[("get", 1), ("get", 4), ("set", 1), ("mget", 1), ("batch", 1)],
+                       workloads=[("get", 1), ("get", 4), ("set", 1), ("mget", 1), ("p99", 1),
+                                  ("batch", 1)],
                        keyspace=1_000, scale_keys=2_000, lmdb_txn_sizes=[100],
                        extra_clients=False, quiet_wait=0.0, connections=4, batch_size=100,
                        budget_s=25.0, servers=list(SERVERS))
         if mode == "quick":
             return cls(mode="quick", duration=1.5, warmup=0.3, sizes=[100],
                        workloads=[("get", 1), ("get", 16), ("set", 1), ("set", 16), ("mget", 1),
-                                  ("batch", 1)],
+                                  ("p99", 1), ("batch", 1)],
                        keyspace=10_000, scale_keys=100_000, lmdb_txn_sizes=[1000],
                        extra_clients=False, quiet_wait=0.5, budget_s=105.0,
                        servers=list(SERVERS))
         return cls(mode="full", duration=5.0, warmup=1.0, sizes=[100, 4096],
                    workloads=[("get", 1), ("get", 16), ("set", 1), ("set", 16), ("mix", 1),
-                              ("mix", 16), ("mget", 1), ("batch", 1)],
+                              ("mix", 16), ("p99", 1), ("mget", 1), ("batch", 1)],
                    keyspace=100_000, scale_keys=10_000_000, lmdb_txn_sizes=[1, 100, 1000],
                    extra_clients=True, quiet_wait=3.0, budget_s=3600.0, servers=list(SERVERS))
 
@@ -160,11 +167,18 @@ def _server_applies(spec: ServerSpec, workload: str) -> bool:
 
 
 def _loadgen_row(spec: ServerSpec, srv: RunningServer, plan: Plan, workload: str, depth: int,
-                 size: int, protocol: str, batch_style: str = "meta") -> Row:
-    """Probe, then run one timed load-generator row against a running server."""
+                 size: int, protocol: str, batch_style: str = "meta", rate: float = 0.0,
+                 label: str | None = None) -> Row:
+    """Probe, then run one timed load-generator row against a running server.
+
+    ``rate`` > 0 runs it open-loop at that many requests/s (see loadgen);
+    ``label`` is the row's workload name if it differs from ``workload``.
+    """
     client = "loadgen" if workload != "batch" else f"loadgen {protocol}" + (
         "" if protocol != "text" else (" meta" if batch_style == "meta" else " set"))
-    row = Row(spec.name, workload, depth, size, client, durable=spec.durable)
+    if rate:
+        client = f"loadgen fixed {rate:,.0f}/s"
+    row = Row(spec.name, label or workload, depth, size, client, durable=spec.durable)
     duration = plan.duration
     if workload == "batch" and plan.mode != "smoke":
         # one batch can take a second under load: a short window would count
@@ -174,7 +188,7 @@ def _loadgen_row(spec: ServerSpec, srv: RunningServer, plan: Plan, workload: str
                   connections=plan.connections, processes=plan.processes, depth=depth,
                   value_size=size, keyspace=plan.keyspace, duration=duration,
                   warmup=plan.warmup, hit=spec.hit, batch_size=plan.batch_size,
-                  batch_style=batch_style, server_pids=[srv.pid])
+                  batch_style=batch_style, rate=rate, server_pids=[srv.pid])
     err = probe(ls)
     if err:
         row.status = f"skipped (probe: {err[:90]})"
@@ -197,7 +211,70 @@ def _loadgen_row(spec: ServerSpec, srv: RunningServer, plan: Plan, workload: str
     row.peak_rss_mib = peak_rss_mib(srv.pid)
     row.extra = {k: res[k] for k in ("batches", "items", "stalled", "reconnects",
                                      "error_samples", "p999_us", "max_us", "other_top")}
+    if rate:
+        row.extra.update({k: res[k] for k in (
+            "offered_per_s", "scheduled_per_s", "unfinished", "send_lag_p50_us",
+            "send_lag_p99_us", "p50_from_send_us", "p99_from_send_us")})
     return row
+
+
+def bench_p99(fleet: "Fleet", specs: list[ServerSpec], plan: Plan, size: int, earlier: list[Row],
+              say: Callable[[str], None]) -> list[Row]:
+    """Latency at half of Stig's peak: Stig and memcached at the same fixed rate.
+
+    The peak is Stig's closed-loop ``mix d=1`` row of this size from earlier
+    in the run, or, if the plan has none (quick, smoke), one measured here and
+    reported as its own row.  Then Stig and memcached are driven open-loop,
+    back to back, at half that many requests/s; ``assign_ratios`` divides
+    Stig's p99 by memcached's (the target: at most 2).
+    """
+    names = {s.name: s for s in specs}
+    stig = names.get("stig")
+    if stig is None:
+        return []
+    rows: list[Row] = []
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        say(f"{row.server:<15}" + _oneline(row))
+
+    if late := plan.out_of_time():
+        add(Row("stig", "p99", 1, size, "-", status=late))
+        return rows
+    peak = next((r for r in reversed(earlier) if r.server == "stig" and r.workload == P99_BASE
+                 and r.depth == 1 and r.value_size == size and r.client == "loadgen"
+                 and r.status == "ok" and r.items_per_s), None)
+    if peak is None:
+        srv = fleet.ready(stig, size)
+        if isinstance(srv, str):
+            add(Row("stig", "p99", 1, size, "-", status=srv))
+            return rows
+        peak = _loadgen_row(stig, srv, plan, P99_BASE, 1, size, stig.protocol)
+        fleet.check(stig, peak)
+        peak.extra = {**(peak.extra or {}), "peak_for": "p99"}
+        add(peak)
+        if peak.status != "ok" or not peak.items_per_s:
+            add(Row("stig", "p99", 1, size, "-",
+                    status=f"skipped (no peak {P99_BASE} d=1 to halve: {peak.status[:80]})"))
+            return rows
+    rate = peak.items_per_s / 2
+    for name in P99_SERVERS:
+        spec = names.get(name)
+        if spec is None:
+            add(Row(name, "p99", 1, size, "-", status="skipped (not in --servers)"))
+            continue
+        late = plan.out_of_time()
+        srv = late or fleet.ready(spec, size)
+        if isinstance(srv, str):
+            add(Row(name, "p99", 1, size, "-", status=srv))
+            continue
+        row = _loadgen_row(spec, srv, plan, P99_BASE, 1, size, spec.protocol, rate=rate,
+                           label="p99")
+        fleet.check(spec, row)
+        if row.extra is not None:
+            row.extra["peak_per_s"] = peak.items_per_s
+        add(row)
+    return rows
 
 
 class Fleet:
@@ -283,6 +360,9 @@ def bench_servers(specs: list[ServerSpec], plan: Plan, say: Callable[[str], None
         for size in plan.sizes:
             for workload, depth in plan.workloads:
                 if not plan.wants(workload):
+                    continue
+                if workload == "p99":
+                    rows += bench_p99(fleet, specs, plan, size, rows, say)
                     continue
                 if workload == "batch" and not plan.out_of_time():
                     rows += bench_lmdb(plan, say, [size])  # its reference, right before it

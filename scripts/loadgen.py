@@ -18,6 +18,21 @@ previous one has arrived.  Latency is measured **per batch** (first byte sent
 to last reply byte), which for ``depth=1`` is per request.  Completions are
 counted in a window ``[warmup, warmup+duration]`` after every connection is up.
 
+With ``rate`` (``--rate R``) it is open-loop instead: requests (pipeline
+batches) are issued on a fixed schedule, ``R`` per second in aggregate, each
+connection sending every ``connections / R`` seconds at its own phase (or at
+exponential intervals with ``arrivals="poisson"``) whether or not its earlier
+replies have arrived; they simply queue behind each other on the connection,
+as a real client's would.  Latency is measured from each request's
+**scheduled** send time to the last byte of its reply, so a server pause (or a
+client that falls behind its schedule) shows up in the latency of every
+request scheduled during it instead of being hidden by fewer requests being
+sent (coordinated omission).  Requests scheduled in the window are counted;
+after the window the generator stops sending and waits (at most ``DRAIN_S``)
+for their replies; any still missing then are counted as ``unfinished`` with
+the latency they had reached (a lower bound), so they cannot flatter the
+tail.  Replies are verified exactly as in the closed loop.
+
 A mismatch counts the batch's unanswered or wrong replies as errors, keeps a
 short sample of what arrived, and reconnects that connection (the stream can
 no longer be trusted).  Even so the client is Python: expect it, not the
@@ -39,9 +54,11 @@ import random
 import select
 import socket
 import sys
+import heapq
 import threading
 import time
 from array import array
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -52,6 +69,9 @@ from workloads import WORKLOADS, build_exchange, load_exchange, template_count
 SCRATCH = 1 << 20
 NS = 1_000_000_000
 STALL_NS = NS  # an outstanding batch older than this (and 3x the median) at the end is "stalled"
+DRAIN_S = 2.0  # open loop: how long to wait after the window for replies still due
+COMPACT = 1 << 18  # open loop: drop verified expected-reply bytes past this offset
+ARRIVALS = ("uniform", "poisson")
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 EPOLLERRS = select.EPOLLERR | select.EPOLLHUP
 STARTED_PIDS: list[int] = []  # every worker process started here (for leak checks)
@@ -77,6 +97,8 @@ class LoadSpec:
     batch_size: int = 1000
     batch_style: str = "meta"  # or "set": pipelined classic sets, for servers without meta
     seed: int = 1
+    rate: float = 0.0  # > 0: open loop, this many batches/s in aggregate (requests/s at depth 1)
+    arrivals: str = "uniform"  # open loop: "uniform" (fixed interval) or "poisson"
     server_pids: list[int] = field(default_factory=list)
 
 
@@ -203,6 +225,10 @@ class _WorkerResult:
     stalled: int = 0
     samples: list[str] = field(default_factory=list)
     latencies: bytes = b""
+    lags: bytes = b""  # open loop: how late each request was sent after its scheduled time
+    from_send: bytes = b""  # open loop: latencies measured from the actual send instead
+    scheduled: int = 0  # open loop: batches scheduled in the window
+    unfinished: int = 0  # open loop: of those, still unanswered when the drain ended
     fatal: str | None = None
 
 
@@ -330,6 +356,243 @@ def _drive(conns: list[_Conn], spec: LoadSpec, w_start: int, w_end: int,
     ep.close()
     res.batches, res.items, res.latencies = batches, items, lat.tobytes()
 
+def _tight_timers() -> None:
+    """Ask Linux for 1 µs timer slack in this process (default 50 µs).
+
+    Timed waits of a normal thread may be woken up to 50 µs late; the open
+    loop would then send late, and its latency (measured from the schedule)
+    would include that.  Best effort: without prctl the lag is reported.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in ns
+    except (OSError, AttributeError):
+        pass
+
+
+class _OpenConn:
+    """One connection's state in the open-loop driver.
+
+    ``expect`` holds the reply bytes still owed for everything sent, ``got``
+    how many of them have been verified; ``fifo`` has, per request sent,
+    (absolute end offset of its reply, scheduled time ns, items, time it
+    was handed to the socket ns).  Offsets
+    are absolute (``shift`` + index in ``expect``) so verified bytes can be
+    dropped from the front without touching the fifo.
+    """
+
+    __slots__ = ("sock", "fd", "source", "out", "expect", "got", "shift", "fifo", "end")
+
+    def __init__(self, sock: socket.socket, source: Iterator[Exchange]) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.source = source
+        self.out = bytearray()  # request bytes the socket has not taken yet
+        self.expect = bytearray()
+        self.got = 0
+        self.shift = 0
+        self.fifo: deque[tuple[int, int, int, int]] = deque()
+        self.end = 0  # absolute offset of the end of everything expected
+
+
+def _drive_open(conns: list[_OpenConn], spec: LoadSpec, first_ids: list[int], t0: int,
+                w_start: int, w_end: int, res: _WorkerResult) -> None:
+    """Open loop: send on a fixed schedule, verify replies, time from the schedule.
+
+    Connection ``j`` of this worker (global id ``first_ids[j]``) sends every
+    ``spec.connections / spec.rate`` seconds, phase-shifted by its global id
+    so that the aggregate schedule over every worker is evenly spaced.  The
+    wait for the next due send uses ``select`` on the epoll descriptor, which
+    has microsecond resolution (``epoll.poll`` rounds up to milliseconds).
+    """
+    _tight_timers()
+    ep = select.epoll()
+    epfd = ep.fileno()
+    by_fd: dict[int, int] = {}  # fd -> index into conns
+    scratch = bytearray(SCRATCH)
+    lat, lag, svc = array("q"), array("q"), array("q")
+    mono = time.monotonic_ns
+    interval = spec.connections / spec.rate * NS
+    poisson = spec.arrivals == "poisson"
+    rng = random.Random(spec.seed * 7919 + first_ids[0] if first_ids else 0)
+    heap: list[tuple[int, int]] = []
+    for j, cid in enumerate(first_ids):
+        first = t0 + int(rng.expovariate(1.0) * interval if poisson
+                         else cid * interval / spec.connections)
+        heap.append((first, j))
+    heapq.heapify(heap)
+    batches = items = scheduled = 0
+
+    for j, c in enumerate(conns):
+        c.sock.setblocking(False)
+        by_fd[c.fd] = j
+        ep.register(c.fd, EPOLLIN)
+
+    def fail(j: int, why: str) -> None:
+        """Count every reply still owed on conns[j] as failed; replace the connection."""
+        c = conns[j]
+        res.errors += len(c.fifo)
+        if len(res.samples) < 5:
+            res.samples.append(why)
+        ep.unregister(c.fd)
+        del by_fd[c.fd]
+        c.sock.close()
+        res.reconnects += 1
+        try:
+            sock = connect(spec.host, spec.port)
+        except OSError as exc:
+            if len(res.samples) < 5:
+                res.samples.append(f"reconnect failed: {exc}")
+            sock = None
+        nc = _OpenConn(sock, c.source) if sock is not None else None
+        if nc is None:  # keep a dead placeholder: its sends fail and count as errors
+            conns[j] = c
+            c.fifo.clear()
+            c.sock = None  # type: ignore[assignment]
+            return
+        sock.setblocking(False)
+        conns[j] = nc
+        by_fd[nc.fd] = j
+        ep.register(nc.fd, EPOLLIN)
+
+    def flush(j: int) -> None:
+        c = conns[j]
+        try:
+            sent = c.sock.send(c.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            fail(j, f"send failed: {exc}")
+            return
+        if sent == len(c.out):
+            c.out.clear()
+            ep.modify(c.fd, EPOLLIN)
+        else:
+            del c.out[:sent]
+            ep.modify(c.fd, EPOLLIN | EPOLLOUT)
+
+    def complete(c: _OpenConn, done: int) -> None:
+        """Record every request on ``c`` whose reply ends at or before ``done``."""
+        nonlocal batches, items
+        fifo = c.fifo
+        t = mono()
+        while fifo and fifo[0][0] <= done:
+            _end, due, k, sent = fifo.popleft()
+            if w_start <= due < w_end:
+                batches += 1
+                items += k
+                lat.append(t - due)
+                svc.append(t - sent)
+
+    def on_event(j: int, ev: int) -> None:
+        c = conns[j]
+        if ev & EPOLLOUT and c.out:
+            flush(j)
+            if conns[j] is not c:  # the send failed and the connection was replaced
+                return
+        if not ev & (EPOLLIN | EPOLLERRS):
+            return
+        try:
+            n = c.sock.recv_into(scratch)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            fail(j, f"recv failed: {exc}")
+            return
+        got = c.got
+        if n > 0 and scratch[:n] == c.expect[got:got + n]:
+            got += n
+            if c.fifo and c.fifo[0][0] <= c.shift + got:
+                complete(c, c.shift + got)
+            if got >= COMPACT or (not c.fifo and got == len(c.expect)):
+                del c.expect[:got]
+                c.shift += got
+                got = 0
+            c.got = got
+            return
+        if n == 0:
+            why = f"server closed the connection with {len(c.fifo)} replies owed"
+        else:
+            want, data = bytes(c.expect[got:got + n]), bytes(scratch[:n])
+            why = describe_mismatch(want, data)
+            same = next((i for i in range(min(len(want), n)) if want[i] != data[i]),
+                        min(len(want), n))
+            complete(c, c.shift + got + same)  # replies wholly correct before the fault
+        fail(j, why)
+
+    def step() -> int:
+        return int(rng.expovariate(1.0) * interval) if poisson else int(interval)
+
+    give_up = w_end + int(DRAIN_S * NS)
+    while heap[0][0] < w_end:  # until every request due in the window has been sent
+        now = mono()
+        if now >= give_up:
+            break  # hopelessly behind: the rest are counted below, unsent
+        while heap[0][0] <= now and heap[0][0] < w_end:
+            due, j = heap[0]
+            heapq.heapreplace(heap, (due + step(), j))
+            c = conns[j]
+            ex = next(c.source)
+            in_window = w_start <= due
+            if in_window:
+                scheduled += 1
+            if c.sock is None:  # its reconnect failed: this request is lost
+                if in_window:
+                    res.errors += len(ex.reply_ends)
+                continue
+            c.expect += ex.reply
+            c.end += len(ex.reply)
+            c.fifo.append((c.end, due, ex.items, now))
+            if in_window:
+                lag.append(now - due)
+            was_idle = not c.out
+            c.out += ex.request
+            if was_idle:
+                flush(j)
+        wait = min(heap[0][0], w_end) - mono()
+        if wait > 0:
+            select.select([epfd], [], [], wait / NS)
+        for fd, ev in ep.poll(0):
+            j = by_fd.get(fd)
+            if j is not None:
+                on_event(j, ev)
+
+    # Drain: no more sends; wait for the replies of everything already sent.
+    drain_end = mono() + int(DRAIN_S * NS)
+    while any(c.fifo for c in conns if c.sock is not None):
+        left = drain_end - mono()
+        if left <= 0:
+            break
+        for fd, ev in ep.poll(min(left / NS, 0.05)):
+            j = by_fd.get(fd)
+            if j is not None:
+                on_event(j, ev)
+    end = mono()
+    stuck = 0
+    for due, _j in heap:  # due in the window but never sent (the client fell that far behind)
+        while due < w_end:
+            if due >= w_start:
+                scheduled += 1
+                res.unfinished += 1
+                lat.append(end - due)
+            due += step()
+    for c in conns:
+        owed = [(due, sent) for _e, due, _k, sent in c.fifo if w_start <= due < w_end]
+        if owed:
+            stuck += 1
+        for due, sent in owed:  # a lower bound of their latency: they cannot flatter the tail
+            res.unfinished += 1
+            lat.append(end - due)
+            svc.append(end - sent)
+        if c.sock is not None:
+            c.sock.close()
+    ep.close()
+    res.stalled = stuck
+    res.batches, res.items, res.scheduled = batches, items, scheduled
+    res.latencies, res.lags, res.from_send = lat.tobytes(), lag.tobytes(), svc.tobytes()
+
 
 def _worker(index: int, spec: LoadSpec, conn_ids: list[int], bulk: tuple[int, int] | None,
             barrier: mp.synchronize.Barrier, queue: mp.Queue) -> None:
@@ -357,7 +620,8 @@ def _worker(index: int, spec: LoadSpec, conn_ids: list[int], bulk: tuple[int, in
                 per = -(-total // nconn)
                 source = _bulk_source(spec.protocol, cid * per, min(total, (cid + 1) * per),
                                       spec.batch_size, spec.value_size, spec.batch_style)
-            conns.append(_Conn(connect(spec.host, spec.port), source))
+            conn_cls = _OpenConn if spec.rate > 0 and bulk is None else _Conn
+            conns.append(conn_cls(connect(spec.host, spec.port), source))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         res.fatal = f"worker {index}: {type(exc).__name__}: {exc}"
         barrier.abort()
@@ -376,7 +640,10 @@ def _worker(index: int, spec: LoadSpec, conn_ids: list[int], bulk: tuple[int, in
     else:
         w_start, w_end = t0, t0 + int(spec.duration * NS)
     try:
-        _drive(conns, spec, w_start, w_end, res)
+        if spec.rate > 0 and bulk is None:
+            _drive_open(conns, spec, conn_ids, t0, w_start, w_end, res)  # type: ignore[arg-type]
+        else:
+            _drive(conns, spec, w_start, w_end, res)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001
         res.fatal = f"worker {index}: {type(exc).__name__}: {exc}"
     queue.put(res)
@@ -453,6 +720,29 @@ def run(spec: LoadSpec, bulk_keys: int | None = None) -> dict:
         fatal.append(f"{nproc - len(results)} worker(s) never reported")
     batches = sum(r.batches for r in results)
     items = sum(r.items for r in results)
+    if spec.rate > 0 and bulk is None:
+        lags = array("q")
+        for r in results:
+            lags.frombytes(r.lags)
+        lags = array("q", sorted(lags))
+        svc = array("q")
+        for r in results:
+            svc.frombytes(r.from_send)
+        svc = array("q", sorted(svc))
+        scheduled = sum(r.scheduled for r in results)
+        out.update(
+            # offered: what the schedule asked for; achieved: what was answered in time
+            offered_per_s=spec.rate,
+            scheduled=scheduled,
+            scheduled_per_s=scheduled / elapsed if elapsed > 0 else 0.0,
+            unfinished=sum(r.unfinished for r in results),
+            send_lag_p50_us=_percentile(lags, 0.50),
+            send_lag_p99_us=_percentile(lags, 0.99),
+            # the same replies timed from when they were actually sent: the
+            # difference to p50_us/p99_us is the client's own lateness
+            p50_from_send_us=_percentile(svc, 0.50),
+            p99_from_send_us=_percentile(svc, 0.99),
+        )
     out.update(
         ok=not fatal,
         fatal=fatal,
@@ -461,7 +751,9 @@ def run(spec: LoadSpec, bulk_keys: int | None = None) -> dict:
         items=items,
         items_per_s=items / elapsed if elapsed > 0 else 0.0,
         batches_per_s=batches / elapsed if elapsed > 0 else 0.0,
-        latency_unit="per batch" if spec.depth > 1 or spec.workload == "batch" or bulk else "per request",
+        latency_unit=("per batch" if spec.depth > 1 or spec.workload == "batch" or bulk
+                      else "per request")
+        + (", from its scheduled send time" if spec.rate > 0 and bulk is None else ""),
         p50_us=_percentile(lat, 0.50),
         p99_us=_percentile(lat, 0.99),
         p999_us=_percentile(lat, 0.999),
@@ -502,6 +794,11 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--batch-style", choices=("meta", "set"), default=d.batch_style,
                    help="text batches: meta 'ms ... q' + 'mn', or pipelined classic sets")
+    p.add_argument("--rate", type=float, default=d.rate, metavar="R",
+                   help="open loop: send R batches/s in aggregate (requests/s at depth 1) on a "
+                        "fixed schedule, latency from each scheduled send time; 0: closed loop")
+    p.add_argument("--arrivals", choices=ARRIVALS, default=d.arrivals,
+                   help="open loop: fixed intervals per connection, or exponential (Poisson)")
     p.add_argument("--preload", action="store_true", help="store the key space first")
     p.add_argument("--bulk-load", type=int, metavar="N",
                    help="instead of a timed run: write keys 0..N-1 once in batches")
@@ -521,7 +818,11 @@ def main(argv: list[str] | None = None) -> int:
                     connections=a.connections, processes=a.processes, depth=a.depth,
                     value_size=a.value_size, keyspace=a.keyspace, duration=a.duration,
                     warmup=a.warmup, hit=not a.miss, mget_keys=a.mget_keys,
-                    batch_size=a.batch_size, batch_style=a.batch_style, server_pids=a.server_pid)
+                    batch_size=a.batch_size, batch_style=a.batch_style, rate=a.rate,
+                    arrivals=a.arrivals, server_pids=a.server_pid)
+    if spec.rate < 0 or (spec.rate > 0 and a.bulk_load is not None):
+        print("--rate must be > 0 and is not for --bulk-load", file=sys.stderr)
+        return 2
     if a.preload and spec.hit:
         print(f"preloaded {spec.keyspace} keys in "
               f"{preload(spec.host, spec.port, 'resp' if spec.protocol == 'resp' else 'text', spec.keyspace, spec.value_size):.2f}s",
@@ -546,6 +847,12 @@ def main(argv: list[str] | None = None) -> int:
               f"({res['latency_unit']}), errors {res['errors']}, stalled {res['stalled']}, "
               + (f"server cpu {res['server_cpu_s']}s, " if res["server_cpu_s"] is not None else "")
               + f"client cpu {res['client_cpu_s']}s, other cpu {res['other_cpu_s']}s")
+        if spec.rate > 0:
+            print(f"  open loop: offered {spec.rate:,.0f}/s, scheduled {res['scheduled_per_s']:,.0f}/s, "
+                  f"answered {res['batches_per_s']:,.0f}/s, unfinished {res['unfinished']}, "
+                  f"send lag p50 {_us(res['send_lag_p50_us'])} p99 {_us(res['send_lag_p99_us'])}; "
+                  f"from the actual send: p50 {_us(res['p50_from_send_us'])} "
+                  f"p99 {_us(res['p99_from_send_us'])}")
         for s in res["error_samples"]:
             print("  error:", s)
         for f in res["fatal"]:

@@ -9,7 +9,11 @@ reference measured in the same run:
 * sets/mixes on a server that acknowledges only durable writes
                          -> Redis ``appendfsync always``, same workload;
 * everything else        -> the bare trio server, same workload (its gets
-                            are misses: a slightly cheaper reply).
+                            are misses: a slightly cheaper reply);
+* ``p99`` rows (open loop at half of Stig's peak) -> memcached's ``p99`` row of
+                            the same value size, driven at the same rate: the
+                            ratio is of **p99 latency** (lower is better;
+                            target at most 2), not of throughput.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Row:
 
     @property
     def label(self) -> str:
+        if self.workload == "p99":
+            return f"p99 at ½ peak mix d=1 {self.value_size}B"
         if self.workload in ("get", "set", "mix", "mget"):
             return f"{self.workload} d={self.depth} {self.value_size}B"
         return f"{self.workload} {self.value_size}B" if self.value_size else self.workload
@@ -75,8 +81,19 @@ def assign_ratios(rows: list[Row], batch_size: int = 1000) -> None:
     redis = {_key(r): r for r in ok if r.server == "redis-always" and r.client == "loadgen"}
     lmdb = {r.value_size: r for r in ok
             if r.server == "lmdb_reference" and r.depth == batch_size}
+    p99_ref = {r.value_size: r for r in rows if r.server == "memcached" and r.workload == "p99"}
     for r in ok:
         ref: Row | None = None
+        if r.workload == "p99":
+            if r.server == "memcached":
+                continue
+            mc = p99_ref.get(r.value_size)
+            if mc is not None and mc.status == "ok" and mc.p99_us and r.p99_us is not None:
+                r.ratio, r.ref = r.p99_us / mc.p99_us, "memcached p99"
+            else:  # say why the comparison is missing instead of leaving it blank
+                why = mc.status if mc is not None else "skipped (no memcached p99 row)"
+                r.extra = {**(r.extra or {}), "vs_memcached": why}
+            continue
         if r.workload.startswith("batch") or r.workload == "scale-load":
             ref = lmdb.get(r.value_size)
         elif r.workload in ("set", "mix") and r.durable:
@@ -129,6 +146,17 @@ def _note(r: Row) -> str:
         notes.append("rough: the window was shorter than 3 median latencies")
     if extra.get("stalled"):
         notes.append(f"{extra['stalled']} connection(s) stalled at the end")
+    if extra.get("vs_memcached"):
+        notes.append(f"vs memcached: {extra['vs_memcached']}")
+    offered = extra.get("offered_per_s")
+    if offered and r.items_per_s is not None and r.items_per_s < 0.95 * offered * max(1, r.depth):
+        notes.append(f"answered {r.items_per_s:,.0f}/s of {offered:,.0f}/s offered")
+    if extra.get("unfinished"):
+        notes.append(f"{extra['unfinished']} unanswered at the end (counted at their age)")
+    if offered and (extra.get("send_lag_p99_us") or 0) > 1000:
+        notes.append(f"client sent late: lag p99 {extra['send_lag_p99_us']:,.0f} µs")
+    if extra.get("peak_for"):
+        notes.append(f"Stig's peak for the {extra['peak_for']} rows")
     if extra.get("get_misses"):
         notes.append(f"{extra['get_misses']} misses")
     if r.other_cpu_s and r.seconds and r.other_cpu_s > 0.1 * r.seconds and extra.get("other_top"):

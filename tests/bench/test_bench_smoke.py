@@ -2,7 +2,9 @@
 
 Runs ``scripts/bench.py --smoke`` (4 connections, 1k keys, 0.3 s rows) against
 Stig and the bare trio server, with memcached and Redis hidden from ``PATH``
-so the harness must report them skipped rather than fail or fake them.  It
+so the harness must report them skipped rather than fail or fake them (also
+the memcached side of the fixed-rate ``p99`` comparison, while Stig's own
+fixed-rate row still runs).  It
 checks that the harness itself works: it exits 0, prints the table, every
 row is present with its status, every reply was verified without error, and
 no process it started and no temporary directory it made outlives it.
@@ -68,6 +70,21 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert by[("bare-trio", workload, depth)]["status"] == "ok", by[("bare-trio", workload, depth)]
     for workload, depth in (("get", 1), ("get", 4), ("set", 1), ("mget", 1)):
         assert by[("stig", workload, depth)]["status"] == "ok", by[("stig", workload, depth)]
+    # p99 at half of Stig's peak: the peak (a closed-loop mix row), Stig's own
+    # open-loop row at half that rate, and memcached's, skipped here, so the
+    # comparison says why it is missing instead of showing a ratio.
+    peak = by[("stig", "mix", 1)]
+    assert peak["status"] == "ok" and peak["extra"]["peak_for"] == "p99", peak
+    p99 = by[("stig", "p99", 1)]
+    assert p99["status"] == "ok", p99
+    assert p99["extra"]["offered_per_s"] == peak["items_per_s"] / 2, (p99, peak)
+    assert p99["client"].startswith("loadgen fixed "), p99
+    assert "from its scheduled send time" in p99["latency_unit"], p99
+    assert p99["p50_us"] is not None and p99["p99_us"] >= p99["p50_us"], p99
+    assert p99["ratio"] is None and "not installed" in p99["extra"]["vs_memcached"], p99
+    mc = by[("memcached", "p99", 1)]["status"]
+    assert mc.startswith("skipped (") and "not installed" in mc, mc
+    assert "vs memcached: skipped (" in proc.stdout, proc.stdout
     # Batches need Stig's meta protocol; until it works the row must say why.
     batch = by[("stig", "batch", 1)]["status"]
     assert batch == "ok" or (batch.startswith(("failed (", "skipped (")) and len(batch) > 12), batch
