@@ -65,6 +65,9 @@ BAD_DELETE = InvalidCommand(
 _RETRIEVAL_PREFIXES = (b"get ", b"gets ", b"gat ", b"gats ")
 _STORE_MODES = {mode.value.encode(): mode for mode in StoreMode}
 _CONTROL = re.compile(rb"[\x00-\x20\x7f]")
+#: Every byte a key may hold, and the space: ``line.translate(None, _KEY_OR_SPACE)``
+#: is empty exactly when the line has no control character (``_CONTROL`` minus space).
+_KEY_OR_SPACE = bytes(b for b in range(256) if b == 0x20 or not (b <= 0x20 or b == 0x7F))
 
 
 @attrs.frozen
@@ -153,18 +156,72 @@ class TextParser:
         if self._pending is not None:
             return self._next_data_block(self._pending)
         buffer = self._buffer
-        newline = buffer.find(b"\n", self._start)
+        start = self._start
+        newline = buffer.find(b"\n", start)
         if newline < 0:
-            self._check_line_length()
+            if len(buffer) - start > self.limits.max_line_length:
+                self._check_line_length()
             return NEED_DATA
         # The same rule as for a line still waiting for its newline, so that
         # how the stream was cut never changes the outcome.
-        self._check_line_length(newline - self._start)
-        end = newline - 1 if newline > self._start and buffer[newline - 1] == 13 else newline
-        line = bytes(buffer[self._start : end])
+        if newline - start > self.limits.max_line_length:
+            self._check_line_length(newline - start)
+        end = newline - 1 if newline > start and buffer[newline - 1] == 13 else newline
+        line = bytes(buffer[start:end])
         self._start = newline + 1
-        self._compact()
+        if self._start > 65536:
+            self._compact()
+        if line[:4] == b"get ":
+            # The fast path for the commonest line; anything unusual about
+            # it (an invalid key, no key at all) goes the general way.
+            keys = self._plain_keys(line)
+            if keys is not None:
+                return Retrieve(keys)
         return self._parse_line(line)
+
+    def _plain_keys(self, line: bytes) -> tuple[bytes, ...] | None:
+        """The keys of a ``get <keys>`` line exactly as :meth:`_retrieve` would
+        take them, when all are valid; None when the general path must decide."""
+        rest = line[4:]
+        if rest.translate(None, _KEY_OR_SPACE):
+            return None  # a control character: an invalid key
+        keys = rest.split(b" ")
+        if b"" in keys:
+            keys = [key for key in keys if key]
+            if not keys:
+                return None
+        max_key = self.limits.max_key_length
+        if len(rest) > max_key:
+            for key in keys:
+                if len(key) > max_key:
+                    return None
+        return tuple(keys)
+
+    def next_plain_get(self) -> tuple[bytes, ...] | None:
+        """Consume the next line if it is a ``get`` that :meth:`next_event`
+        would return as ``Retrieve(keys)`` and return those keys; otherwise
+        consume nothing and return None.
+
+        Lets a handler answer a run of pipelined gets without building an
+        event for each.
+        """
+        if self._pending is not None or self._swallowing:
+            return None
+        buffer = self._buffer
+        start = self._start
+        if not buffer.startswith(b"get ", start):
+            return None
+        newline = buffer.find(b"\n", start)
+        if newline < 0 or newline - start > self.limits.max_line_length:
+            return None
+        end = newline - 1 if buffer[newline - 1] == 13 else newline
+        keys = self._plain_keys(bytes(buffer[start:end]))
+        if keys is None:
+            return None
+        self._start = newline + 1
+        if self._start > 65536:
+            self._compact()
+        return keys
 
     def _compact(self) -> None:
         if self._start > 65536 and self._start * 2 > len(self._buffer):

@@ -182,6 +182,11 @@ class MetaHandler:
             self._closed += self._open
             self._open = []
 
+    @property
+    def quiet_failures_due(self) -> bool:
+        """Whether :meth:`report_quiet_failures` has anything to do."""
+        return bool(self._closed)
+
     async def report_quiet_failures(self, mark: int) -> None:
         """Write the failures of quiet conditionals whose run is closed, at ``out[mark]``.
 

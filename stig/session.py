@@ -85,6 +85,12 @@ class Session:
 
     # -- reads ---------------------------------------------------------------
 
+    @property
+    def overlay(self) -> dict[bytes, _Pending]:
+        """This session's writes not yet committed, by key (``.item`` None:
+        deleted); readers lay them over a snapshot of the store.  Read only."""
+        return self._overlay
+
     def get(self, key: bytes) -> Item | None:
         pending = self._overlay.get(key)
         if pending is not None:

@@ -124,14 +124,30 @@ class Store:
     # -- reads (any thread) --------------------------------------------------
 
     def get(self, key: bytes) -> Item | None:
-        with self.env.begin(db=self._items) as txn:
+        txn = self.env.begin(db=self._items)
+        try:
             record = txn.get(key)
+        finally:
+            txn.abort()
         return None if record is None else decode(record)
+
+    def read_txn(self) -> lmdb.Transaction:
+        """A read-only snapshot of the items, for a caller that reads raw records
+        (``txn.get(key)``: the header of :mod:`stig.records`, then the value).
+
+        The caller must ``abort()`` it before anything that may wait: a read
+        transaction is never held across an ``await``.
+        """
+        return self.env.begin(db=self._items)
 
     def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
         """All ``keys`` read in one snapshot."""
-        with self.env.begin(db=self._items) as txn:
-            records = [txn.get(key) for key in keys]
+        txn = self.env.begin(db=self._items)
+        try:
+            get = txn.get
+            records = [get(key) for key in keys]
+        finally:
+            txn.abort()
         return [None if r is None else decode(r) for r in records]
 
     def item_count(self) -> int:

@@ -31,6 +31,7 @@ from stig.engine import PROTOCOL_VERSION, Engine
 from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE, TTL_REFUSED, Core
 from stig.meta_handler import MetaHandler
 from stig.ops import Add, Cas, Clear, Op, Outcome, Replace
+from stig.records import HEADER
 from stig.session import CommitFailed, Session
 from stig.stats_report import general_stats, settings_stats
 
@@ -62,6 +63,7 @@ class TextHandler:
         self.out = bytearray()
         self.closing = False
         self.core = Core(engine, session)
+        self._db = engine.store
         self.auth = engine.auth
         self.authenticated = self.auth is None
         self._dispatch: dict[type, Callable[[object], Awaitable[None] | None]] = {
@@ -94,12 +96,15 @@ class TextHandler:
             self._login(event)
             return
         next_event: object | None = event
+        dispatch = self._dispatch
+        meta = self.meta
         while next_event is not None:
             mark = len(self.out)
             try:
-                result = self._dispatch[type(next_event)](next_event)
+                result = dispatch[type(next_event)](next_event)
                 next_event = None if result is None else await result
-                await self.meta.report_quiet_failures(mark)
+                if meta.quiet_failures_due:
+                    await meta.report_quiet_failures(mark)
             except CommitFailed as exc:
                 next_event = None
                 self.out += R.server_error(str(exc))
@@ -133,6 +138,13 @@ class TextHandler:
     # -- retrieval -----------------------------------------------------------
 
     async def _retrieve(self, command: Retrieve) -> None:
+        session = self.session
+        if not command.touch and not session.unresolved:
+            with_cas = command.with_cas
+            session.close_run()
+            if not (with_cas and session.has_pending(command.keys)):
+                self._read_run(command.keys, with_cas)
+                return
         if command.touch and self.core.ttl_refused(command.exptime):
             self.session.close_run()
             self.out += EXPTIME_REJECTED
@@ -144,6 +156,59 @@ class TextHandler:
             if item is not None:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
+
+    def _read_run(self, keys: tuple[bytes, ...], with_cas: bool) -> None:
+        """Answer a get or gets, and the plain gets pipelined right behind it,
+        from one LMDB snapshot with this session's writes laid over it.
+
+        The same answers as :meth:`Core.read`, whose waits none of them needs
+        (no touch, no conditional write of this session awaiting its verdict,
+        no cas asked of a pending write).  Nothing here awaits, so the read
+        transaction never outlives this call.
+        """
+        out = self.out
+        overlay = self.session.overlay
+        stats = self.core.stats
+        unpack = HEADER.unpack_from
+        txn = self._db.read_txn()
+        try:
+            get = txn.get
+            while True:
+                hits = 0
+                for key in keys:
+                    if overlay and key in overlay:
+                        item = overlay[key].item
+                        if item is not None:
+                            hits += 1
+                            out += b"VALUE %b %d %d\r\n%b\r\n" % (
+                                key, item.flags, len(item.value), item.value
+                            )
+                        continue
+                    record = get(key)
+                    if record is not None:
+                        hits += 1
+                        flags, cas, _state = unpack(record)
+                        if with_cas:
+                            out += b"VALUE %b %d %d %d\r\n%b\r\n" % (
+                                key, flags, len(record) - 13, cas, record[13:]
+                            )
+                        else:
+                            out += b"VALUE %b %d %d\r\n%b\r\n" % (
+                                key, flags, len(record) - 13, record[13:]
+                            )
+                out += R.END
+                count = len(keys)
+                stats.cmd_get += count
+                stats.get_hits += hits
+                stats.get_misses += count - hits
+                if with_cas:
+                    return
+                next_keys = self.parser.next_plain_get()
+                if next_keys is None:
+                    return
+                keys = next_keys
+        finally:
+            txn.abort()
 
     # -- writes ----------------------------------------------------------------
 

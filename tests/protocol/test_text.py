@@ -664,3 +664,75 @@ def test_numbers_with_leading_zeros(exptime: int, zeros: int) -> None:
     sign = b"-" if exptime < 0 else b""
     token = sign + b"0" * zeros + b"%d" % abs(exptime)
     assert parse(b"gat " + token + b" k\r\n") == [Retrieve([b"k"], touch=True, exptime=exptime)]
+
+
+# -- the fast paths for get lines parse exactly as the general path -----------
+
+_GET_LINE_BYTES = st.sampled_from(
+    [b" ", b" ", b" ", b"a", b"k", b"0", b":", b"\t", b"\r", b"\x00", b"\x7f", b"\x80", b"\xff"]
+)
+
+
+@st.composite
+def _get_lines(draw: st.DrawFn) -> bytes:
+    """``get`` lines: mostly plain keys, with stray spaces, control bytes and
+    keys around the length limit mixed in."""
+    body = b"".join(draw(st.lists(_GET_LINE_BYTES, max_size=40)))
+    if draw(st.booleans()):
+        body += b" " + b"k" * draw(st.integers(min_value=8, max_value=12))
+    return b"get " + body
+
+
+def _general(line: bytes, limits: Limits) -> object:
+    """What the general path (no fast path) makes of one line."""
+    return TextParser(limits)._parse_line(line)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(_get_lines())
+def test_fast_get_path_parses_as_the_general_path(line: bytes) -> None:
+    limits = Limits(max_key_length=10)
+    parser = TextParser(limits)
+    parser.feed(line + b"\r\n")
+    assert parser.next_event() == _general(line, limits)
+    assert parser.next_event() is NEED_DATA and parser.at_boundary
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(_get_lines(), st.sampled_from([b"\r\n", b"\n"]), st.sampled_from([b"", b"version\r\n", b"get a b\r\n"]))
+def test_next_plain_get_takes_only_what_next_event_would_make_a_plain_retrieve(
+    line: bytes, ending: bytes, after: bytes
+) -> None:
+    limits = Limits(max_key_length=10)
+    parser = TextParser(limits)
+    parser.feed(line + ending + after)
+    keys = parser.next_plain_get()
+    # The parser drops one \r before the \n, whichever ending it came with.
+    seen = line[:-1] if ending == b"\n" and line.endswith(b"\r") else line
+    expected = _general(seen, limits)
+    if keys is None:
+        assert not (isinstance(expected, Retrieve) and expected == Retrieve(expected.keys))
+        assert parser.next_event() == expected  # nothing was consumed
+    else:
+        assert expected == Retrieve(keys)
+    rest = TextParser(limits)
+    rest.feed(after)
+    assert drain(parser) == drain(rest)
+
+
+def test_next_plain_get_consumes_nothing_before_a_whole_line() -> None:
+    parser = TextParser()
+    for piece in (b"get a", b" b\r", b"\n"):
+        assert parser.next_plain_get() is None
+        parser.feed(piece)
+    assert parser.next_plain_get() == (b"a", b"b")
+    assert parser.at_boundary
+
+
+def test_next_plain_get_leaves_other_commands_and_data_blocks() -> None:
+    parser = TextParser()
+    parser.feed(b"set k 0 0 5\r\nget a\r\n\r\ngets a\r\n")
+    assert parser.next_plain_get() is None
+    event = parser.next_event()
+    assert event == NEED_DATA or isinstance(event, Store)  # the block is still incomplete
+    assert parser.next_plain_get() is None  # inside the data block
