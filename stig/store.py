@@ -22,14 +22,15 @@ from typing import Iterable, NamedTuple, Sequence
 
 import lmdb
 
-from stig.ops import Op, Outcome
-from stig.records import Item, decode, encode
+from stig.ops import Op, Outcome, Put
+from stig.records import HEADER, Item, decode, encode
 
 _U64 = struct.Struct(">Q")
 _CAS_KEY = b"cas"
 _BYTES_KEY = b"bytes"
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
 _CAS_CEILING = 2**63  # explicit cas values at or above this do not move the counter
+_HEADER_PACK = HEADER.pack
 
 
 class Applied(NamedTuple):
@@ -90,6 +91,51 @@ class _WriteView:
         self._txn.drop(self._items, delete=False)
         self.cleared = True  # the byte total restarts from zero
         self.byte_delta = 0
+
+    def apply_batch(self, ops: Sequence[Op]) -> Applied:
+        """Apply one session's run in order: its outcomes and what its last op stored.
+
+        Plain sets (:class:`~stig.ops.Put` without an explicit cas) are the
+        bulk of every write load, so they skip ``Put.apply``/:meth:`put` and
+        the :class:`Item` they would build: the record is packed and replaced
+        right here, with the cas counter and byte delta in locals.  Only the
+        last op's stored item is materialized (a binary reply reports its
+        cas).  Every other op goes through its own ``apply``, with the
+        counters synced around it, so the two paths agree exactly.
+        """
+        outcomes: list[Outcome] = []
+        append = outcomes.append
+        replace = self._txn.replace
+        items = self._items
+        pack = _HEADER_PACK
+        stored = Outcome.STORED
+        cas = self.next_cas
+        delta = 0
+        fast_last = False  # whether the latest op took the fast path
+        for op in ops:
+            if op.__class__ is Put and op.new_cas is None:
+                cas += 1
+                value = op.value
+                old = replace(op.key, pack(op.flags, cas, 0) + value, db=items)
+                delta += len(value) if old is None else len(value) + 13 - len(old)
+                append(stored)
+                fast_last = True
+            else:
+                self.next_cas = cas
+                self.byte_delta += delta
+                delta = 0
+                self.last_put = None
+                append(op.apply(self))
+                cas = self.next_cas
+                fast_last = False
+        self.next_cas = cas
+        self.byte_delta += delta
+        if not ops:
+            return Applied(outcomes, None)
+        if fast_last:
+            last = ops[-1]
+            return Applied(outcomes, Item(last.value, last.flags, cas, 0))  # type: ignore[union-attr]
+        return Applied(outcomes, self.last_put)
 
 
 class Store:
@@ -174,18 +220,11 @@ class Store:
         (nothing applied) when the map must grow, or ``lmdb.Error`` (nothing
         applied) when the disk refuses the commit.
         """
-        results: list[Applied] = []
         try:
             with self.env.begin(write=True) as txn:
                 view = _WriteView(txn, self._items, self.last_cas)
-                for ops in batches:
-                    if not ops:
-                        results.append(Applied([], None))
-                        continue
-                    outcomes = [op.apply(view) for op in ops[:-1]]
-                    view.last_put = None
-                    outcomes.append(ops[-1].apply(view))
-                    results.append(Applied(outcomes, view.last_put))
+                apply_batch = view.apply_batch
+                results = [apply_batch(ops) for ops in batches]
                 total = (0 if view.cleared else self.total_bytes) + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
                 txn.put(_BYTES_KEY, _U64.pack(max(total, 0)), db=self._meta)
