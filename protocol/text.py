@@ -179,25 +179,27 @@ class TextParser:
                 return Retrieve(keys)
         return self._parse_line(line)
 
-    def _plain_keys(self, line: bytes) -> tuple[bytes, ...] | None:
+    def _plain_keys(self, line: bytes) -> tuple[bytes, ...] | list[bytes] | None:
         """The keys of a ``get <keys>`` line exactly as :meth:`_retrieve` would
         take them, when all are valid; None when the general path must decide."""
         rest = line[4:]
         if rest.translate(None, _KEY_OR_SPACE):
             return None  # a control character: an invalid key
+        max_key = self.limits.max_key_length
+        if len(rest) <= max_key and b" " not in rest:
+            return (rest,) if rest else None  # one key: the commonest line
         keys = rest.split(b" ")
         if b"" in keys:
             keys = [key for key in keys if key]
             if not keys:
                 return None
-        max_key = self.limits.max_key_length
         if len(rest) > max_key:
             for key in keys:
                 if len(key) > max_key:
                     return None
-        return tuple(keys)
+        return keys
 
-    def next_plain_get(self) -> tuple[bytes, ...] | None:
+    def next_plain_get(self) -> tuple[bytes, ...] | list[bytes] | None:
         """Consume the next line if it is a ``get`` that :meth:`next_event`
         would return as ``Retrieve(keys)`` and return those keys; otherwise
         consume nothing and return None.
@@ -205,17 +207,20 @@ class TextParser:
         Lets a handler answer a run of pipelined gets without building an
         event for each.
         """
-        if self._pending is not None or self._swallowing:
-            return None
         buffer = self._buffer
         start = self._start
-        if not buffer.startswith(b"get ", start):
+        if (
+            not buffer.startswith(b"get ", start)
+            or self._pending is not None
+            or self._swallowing
+        ):
             return None
         newline = buffer.find(b"\n", start)
         if newline < 0 or newline - start > self.limits.max_line_length:
             return None
-        end = newline - 1 if buffer[newline - 1] == 13 else newline
-        keys = self._plain_keys(bytes(buffer[start:end]))
+        keys = self._plain_keys(
+            bytes(buffer[start : newline - 1 if buffer[newline - 1] == 13 else newline])
+        )
         if keys is None:
             return None
         self._start = newline + 1

@@ -137,15 +137,23 @@ class Connection:
         handler = self.handler = make_handler(self.engine, session, data[0])
         parser = handler.parser
         out = handler.out
+        # A handler may answer some events synchronously (no coroutine).
+        handle_now = getattr(handler, "handle_now", None) or (lambda event: False)
+        answer_buffered = getattr(handler, "answer_plain_gets", None) or (lambda: False)
+        sock = self.sock
+        plain_receive = self._idle_timeout == float("inf")
         while True:
             stats.bytes_read += len(data)
             parser.feed(data)
             try:
                 while not handler.closing:
+                    if answer_buffered():
+                        continue
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break
-                    await handler.handle(event)
+                    if not handle_now(event):
+                        await handler.handle(event)
             except ProtocolError as exc:
                 handler.protocol_error(exc)
                 handler.closing = True
@@ -163,13 +171,19 @@ class Connection:
                 handler.fatal_error(f"{session.failure}; acknowledged writes were lost")
                 handler.closing = True
             if out:
-                stats.bytes_written += len(out)
-                await send_all(self.sock, out)
+                size = len(out)
+                stats.bytes_written += size
+                sent = await sock.send(out)
+                if sent < size:
+                    await send_all(sock, out[sent:])  # rare: a partial send
                 out.clear()
             if handler.closing:
                 return
             if session.pending_bytes > self._max_pending:
                 await session.wait_committed()  # backpressure: stop reading
-            data = await self._receive()
+            if plain_receive and not session.run_open:
+                data = await sock.recv(RECEIVE_SIZE)  # the hot path: no cancel scope
+            else:
+                data = await self._receive()
             if not data:
                 return

@@ -109,6 +109,39 @@ class TextHandler:
                 next_event = None
                 self.out += R.server_error(str(exc))
 
+    def handle_now(self, event: object) -> bool:
+        """Answer a plain get or gets at once, without a coroutine, when nothing
+        needs waiting for; False (nothing done) sends it to :meth:`handle`.
+
+        The same answer :meth:`handle` would give: no run is open (so none
+        closes here, and no quiet failure comes due), no conditional write
+        awaits its verdict, no cas is asked of a pending write.
+        """
+        if type(event) is not Retrieve or event.touch or not self.authenticated:
+            return False
+        session = self.session
+        if session.run_open or session.unresolved:
+            return False
+        if event.with_cas and session.has_pending(event.keys):
+            return False
+        self._read_run(event.keys, event.with_cas)
+        return True
+
+    def answer_plain_gets(self) -> bool:
+        """Answer the plain ``get`` lines at the head of the parser's buffer
+        straight from its bytes, with no event built; False when there is none
+        or something needs waiting for (the events then go the usual way)."""
+        if not self.authenticated:
+            return False
+        session = self.session
+        if session.run_open or session.unresolved:
+            return False
+        keys = self.parser.next_plain_get()
+        if keys is None:
+            return False
+        self._read_run(keys, False)
+        return True
+
     def _login(self, event: object) -> None:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
         with ``user password`` as data logs in; anything else is refused."""

@@ -714,7 +714,7 @@ def test_next_plain_get_takes_only_what_next_event_would_make_a_plain_retrieve(
         assert not (isinstance(expected, Retrieve) and expected == Retrieve(expected.keys))
         assert parser.next_event() == expected  # nothing was consumed
     else:
-        assert expected == Retrieve(keys)
+        assert expected == Retrieve(tuple(keys))
     rest = TextParser(limits)
     rest.feed(after)
     assert drain(parser) == drain(rest)
@@ -725,7 +725,7 @@ def test_next_plain_get_consumes_nothing_before_a_whole_line() -> None:
     for piece in (b"get a", b" b\r", b"\n"):
         assert parser.next_plain_get() is None
         parser.feed(piece)
-    assert parser.next_plain_get() == (b"a", b"b")
+    assert list(parser.next_plain_get() or ()) == [b"a", b"b"]
     assert parser.at_boundary
 
 
