@@ -43,7 +43,28 @@ class Promotion:
     outcomes: list[Outcome] | None = None
     written: Item | None = None  # what the run's last operation stored, cas included
     error: str | None = None
-    done: trio.Event = attrs.field(factory=trio.Event)
+    finished: bool = False  # committed (or failed): outcomes/written/error are final
+    _event: trio.Event | None = attrs.field(default=None, init=False)
+
+    @property
+    def done(self) -> trio.Event:
+        """Set once the promotion is finished.
+
+        Made on first use: most promotions (every POV-acknowledged write) are
+        never waited on, and a trio.Event per write is measurable.
+        """
+        event = self._event
+        if event is None:
+            event = self._event = trio.Event()
+            if self.finished:
+                event.set()
+        return event
+
+    def finish(self) -> None:
+        """Mark it finished and wake whoever waits on :attr:`done`."""
+        self.finished = True
+        if self._event is not None:
+            self._event.set()
 
 
 class Promoter:
@@ -118,14 +139,15 @@ class Promoter:
     def _finish(
         self, group: list[Promotion], results: list[Applied] | None, error: str | None
     ) -> None:
+        self.stats.pending_bytes -= sum([promotion.nbytes for promotion in group])
         for index, promotion in enumerate(group):
-            self.stats.pending_bytes -= promotion.nbytes
             if results is not None:
                 promotion.outcomes, promotion.written = results[index]
             promotion.error = error
-            if promotion.on_done is not None:
-                promotion.on_done(promotion)
-            promotion.done.set()
+            on_done = promotion.on_done
+            if on_done is not None:
+                on_done(promotion)
+            promotion.finish()
 
     def commit_queued_now(self) -> None:
         """Commit everything queued on the calling thread, blocking.
