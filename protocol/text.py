@@ -24,7 +24,7 @@ caller which error line to answer.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
 import attrs
 
@@ -62,6 +62,8 @@ BAD_DELETE = InvalidCommand(
     ErrorKind.CLIENT_ERROR, "bad command line format.  Usage: delete <key> [noreply]"
 )
 
+#: How far :meth:`TextParser.plain_gets` looks ahead for whole lines.
+_PLAIN_WINDOW = 65536
 _RETRIEVAL_PREFIXES = (b"get ", b"gets ", b"gat ", b"gats ")
 _STORE_MODES = {mode.value.encode(): mode for mode in StoreMode}
 _CONTROL = re.compile(rb"[\x00-\x20\x7f]")
@@ -227,6 +229,51 @@ class TextParser:
         if self._start > 65536:
             self._compact()
         return keys
+
+    def plain_gets(self) -> list[Sequence[bytes]]:
+        """Consume the run of lines at the head of the buffer that are ``get``
+        lines :meth:`next_event` would return as ``Retrieve(keys)``, and return
+        their keys, in order; stop (consuming nothing more) at the first other
+        line, incomplete line or data.
+
+        Lets a handler answer a burst of pipelined gets with no event and no
+        call per line.  Looks at most ``_PLAIN_WINDOW`` bytes ahead.
+        """
+        buffer = self._buffer
+        start = self._start
+        if (
+            not buffer.startswith(b"get ", start)
+            or self._pending is not None
+            or self._swallowing
+        ):
+            return []
+        last = buffer.rfind(b"\n", start, start + _PLAIN_WINDOW)
+        if last < 0:
+            return []
+        max_line = self.limits.max_line_length
+        max_key = self.limits.max_key_length
+        plain_keys = self._plain_keys
+        found: list[Sequence[bytes]] = []
+        consumed = 0
+        for line in bytes(buffer[start:last]).split(b"\n"):
+            size = len(line) + 1
+            if size > max_line + 1 or line[:4] != b"get ":
+                break
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            rest = line[4:]
+            if 0 < len(rest) <= max_key and b" " not in rest and not rest.translate(None, _KEY_OR_SPACE):
+                found.append((rest,))
+            else:
+                keys = plain_keys(line)
+                if keys is None:
+                    break
+                found.append(keys)
+            consumed += size
+        self._start = start + consumed
+        if self._start > 65536:
+            self._compact()
+        return found
 
     def _compact(self) -> None:
         if self._start > 65536 and self._start * 2 > len(self._buffer):

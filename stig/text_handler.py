@@ -9,7 +9,7 @@ handler.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from protocol import text_replies as R
 from protocol.commands import (
@@ -124,7 +124,7 @@ class TextHandler:
             return False
         if event.with_cas and session.has_pending(event.keys):
             return False
-        self._read_run(event.keys, event.with_cas)
+        self._read_run([event.keys], event.with_cas)
         return True
 
     def answer_plain_gets(self) -> bool:
@@ -136,10 +136,10 @@ class TextHandler:
         session = self.session
         if session.run_open or session.unresolved:
             return False
-        keys = self.parser.next_plain_get()
-        if keys is None:
+        runs = self.parser.plain_gets()
+        if not runs:
             return False
-        self._read_run(keys, False)
+        self._read_run(runs, False)
         return True
 
     def _login(self, event: object) -> None:
@@ -176,7 +176,7 @@ class TextHandler:
             with_cas = command.with_cas
             session.close_run()
             if not (with_cas and session.has_pending(command.keys)):
-                self._read_run(command.keys, with_cas)
+                self._read_run([command.keys], with_cas)
                 return
         if command.touch and self.core.ttl_refused(command.exptime):
             self.session.close_run()
@@ -190,58 +190,60 @@ class TextHandler:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
 
-    def _read_run(self, keys: tuple[bytes, ...], with_cas: bool) -> None:
+    def _read_run(self, runs: list[Sequence[bytes]], with_cas: bool) -> None:
         """Answer a get or gets, and the plain gets pipelined right behind it,
         from one LMDB snapshot with this session's writes laid over it.
 
-        The same answers as :meth:`Core.read`, whose waits none of them needs
-        (no touch, no conditional write of this session awaiting its verdict,
-        no cas asked of a pending write).  Nothing here awaits, so the read
-        transaction never outlives this call.
+        ``runs`` holds each command's keys.  The same answers as
+        :meth:`Core.read`, whose waits none of them needs (no touch, no
+        conditional write of this session awaiting its verdict, no cas asked
+        of a pending write).  Nothing here awaits, so the read transaction
+        never outlives this call.
         """
         out = self.out
         overlay = self.session.overlay
-        stats = self.core.stats
         unpack = HEADER.unpack_from
+        end = R.END
+        count = hits = 0
         txn = self._db.read_txn()
         try:
             get = txn.get
             while True:
-                hits = 0
-                for key in keys:
-                    if overlay and key in overlay:
-                        item = overlay[key].item
-                        if item is not None:
+                for keys in runs:
+                    count += len(keys)
+                    for key in keys:
+                        if overlay and key in overlay:
+                            item = overlay[key].item
+                            if item is not None:
+                                hits += 1
+                                out += b"VALUE %b %d %d\r\n%b\r\n" % (
+                                    key, item.flags, len(item.value), item.value
+                                )
+                            continue
+                        record = get(key)
+                        if record is not None:
                             hits += 1
-                            out += b"VALUE %b %d %d\r\n%b\r\n" % (
-                                key, item.flags, len(item.value), item.value
-                            )
-                        continue
-                    record = get(key)
-                    if record is not None:
-                        hits += 1
-                        flags, cas, _state = unpack(record)
-                        if with_cas:
-                            out += b"VALUE %b %d %d %d\r\n%b\r\n" % (
-                                key, flags, len(record) - 13, cas, record[13:]
-                            )
-                        else:
-                            out += b"VALUE %b %d %d\r\n%b\r\n" % (
-                                key, flags, len(record) - 13, record[13:]
-                            )
-                out += R.END
-                count = len(keys)
-                stats.cmd_get += count
-                stats.get_hits += hits
-                stats.get_misses += count - hits
+                            if with_cas:
+                                flags, cas, _state = unpack(record)
+                                out += b"VALUE %b %d %d %d\r\n%b\r\n" % (
+                                    key, flags, len(record) - 13, cas, record[13:]
+                                )
+                            else:
+                                out += b"VALUE %b %d %d\r\n%b\r\n" % (
+                                    key, unpack(record)[0], len(record) - 13, record[13:]
+                                )
+                    out += end
                 if with_cas:
-                    return
-                next_keys = self.parser.next_plain_get()
-                if next_keys is None:
-                    return
-                keys = next_keys
+                    break
+                runs = self.parser.plain_gets()
+                if not runs:
+                    break
         finally:
             txn.abort()
+            stats = self.core.stats
+            stats.cmd_get += count
+            stats.get_hits += hits
+            stats.get_misses += count - hits
 
     # -- writes ----------------------------------------------------------------
 

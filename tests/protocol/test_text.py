@@ -736,3 +736,34 @@ def test_next_plain_get_leaves_other_commands_and_data_blocks() -> None:
     event = parser.next_event()
     assert event == NEED_DATA or isinstance(event, Store)  # the block is still incomplete
     assert parser.next_plain_get() is None  # inside the data block
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            _get_lines().map(lambda line: line + b"\r\n"),
+            _get_lines().map(lambda line: line + b"\n"),
+            st.sampled_from(
+                [b"gets a\r\n", b"version\r\n", b"set k 0 0 3\r\nget\r\n", b"get a", b"\r\n", b"get " + b"k" * 40 + b"\r\n"]
+            ),
+        ),
+        max_size=8,
+    )
+)
+def test_plain_gets_takes_a_prefix_of_what_next_event_makes_plain_retrieves(pieces: list[bytes]) -> None:
+    limits = Limits(max_key_length=10, max_line_length=30)
+    stream = b"".join(pieces)
+    general = TextParser(limits)
+    general.feed(stream)
+    try:
+        expected = drain(general)
+    except ProtocolError:
+        return  # a line too long: the general path decides, tested elsewhere
+    parser = TextParser(limits)
+    parser.feed(stream)
+    taken = [Retrieve(tuple(keys)) for keys in parser.plain_gets()]
+    assert taken == expected[: len(taken)]
+    assert drain(parser) == expected[len(taken) :]
+    if len(taken) < len(expected):
+        assert expected[len(taken)] != Retrieve(getattr(expected[len(taken)], "keys", ()))
