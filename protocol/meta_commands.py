@@ -172,8 +172,10 @@ class MetaGet(_Keyed):
 class MetaSet(_Keyed):
     """``ms <key> <datalen> <flags>*`` then a data block.
 
-    The data length is ``len(value)``; the parser fills ``value`` with
-    ``attrs.evolve`` once the block has arrived.
+    The data length is ``len(value)``; the text parser fills ``value`` in
+    once the block has arrived — in place, since nothing else holds the
+    command yet, so it is built and validated once (``attrs.evolve`` gives
+    the same result at the cost of a second build).
     """
 
     value: bytes = attrs.field(default=b"", kw_only=True)

@@ -471,7 +471,11 @@ class TextParser:
             return self._swallow_block(length, error, noreply=False)
 
         def finish(value: bytes) -> TextEvent:
-            return attrs.evolve(command, value=value)
+            # The command was built and validated from its line, and nothing
+            # else holds it yet: give it its value in place instead of
+            # building (and validating) it again with attrs.evolve.
+            object.__setattr__(command, "value", value)
+            return command
 
         return self._expect_data(length, finish)
 
