@@ -147,8 +147,9 @@ class Connection:
             parser.feed(data)
             try:
                 while not handler.closing:
-                    if answer_buffered():
-                        continue
+                    # Plain gets first (they take every one buffered), then
+                    # whatever follows them as an event.
+                    answer_buffered()
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break

@@ -136,10 +136,13 @@ class TextHandler:
         session = self.session
         if session.run_open or session.unresolved:
             return False
-        runs = self.parser.plain_gets()
+        parser = self.parser
+        runs = parser.plain_gets()
         if not runs:
             return False
-        self._read_run(runs, False)
+        # plain_gets() took every plain get buffered unless its look-ahead
+        # window ended first: look again only if the buffer is not empty.
+        self._read_run(runs, False, parser.buffered > 0)
         return True
 
     def _login(self, event: object) -> None:
@@ -190,11 +193,14 @@ class TextHandler:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
 
-    def _read_run(self, runs: list[Sequence[bytes]], with_cas: bool) -> None:
+    def _read_run(
+        self, runs: list[Sequence[bytes]], with_cas: bool, look_ahead: bool = True
+    ) -> None:
         """Answer a get or gets, and the plain gets pipelined right behind it,
         from one LMDB snapshot with this session's writes laid over it.
 
-        ``runs`` holds each command's keys.  The same answers as
+        ``runs`` holds each command's keys; ``look_ahead`` False when they
+        already are every plain get buffered.  The same answers as
         :meth:`Core.read`, whose waits none of them needs (no touch, no
         conditional write of this session awaiting its verdict, no cas asked
         of a pending write).  Nothing here awaits, so the read transaction
@@ -233,7 +239,7 @@ class TextHandler:
                                     key, unpack(record)[0], len(record) - 13, record[13:]
                                 )
                     out += end
-                if with_cas:
+                if with_cas or not look_ahead:
                     break
                 runs = self.parser.plain_gets()
                 if not runs:
