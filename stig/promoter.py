@@ -15,6 +15,7 @@ promotion of the group and leaves the store as it was.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -28,6 +29,13 @@ from stig.stats import PromoterStats
 from stig.store import Applied, MapFull, Store
 
 log = logging.getLogger(__name__)
+
+#: The GIL switch interval while the promoter runs (CPython's default: 5 ms).
+#: The commit thread gives the GIL up around every LMDB commit (fsync) and then
+#: waits for a busy event loop to hand it back, which by default may take a
+#: whole 5 ms interval per hand-over; that latency sits on every group commit.
+#: 0.5 ms measured +25-30 % sets/s at d=1 (bench --quick, A/B).
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 @attrs.define(eq=False, slots=True)
@@ -88,8 +96,14 @@ class Promoter:
         self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Commit groups until :meth:`close` is called and the queue is empty."""
+        """Commit groups until :meth:`close` is called and the queue is empty.
+
+        Shortens the GIL switch interval meanwhile (see
+        :data:`GIL_SWITCH_INTERVAL`) and puts the old one back at the end.
+        """
         self._running = True
+        previous_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(previous_interval, GIL_SWITCH_INTERVAL))
         task_status.started()
         try:
             while True:
@@ -103,6 +117,7 @@ class Promoter:
                 with trio.CancelScope(shield=True):
                     await self._commit(group)
         finally:
+            sys.setswitchinterval(previous_interval)
             self._stopped.set()
 
     def _take_group(self) -> list[Promotion]:
