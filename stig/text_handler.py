@@ -137,9 +137,14 @@ class TextHandler:
         if session.run_open or session.unresolved:
             return False
         parser = self.parser
+        singles = parser.plain_single_gets()
+        if singles:
+            self._read_singles(singles)
+            if not parser.buffered:
+                return True
         runs = parser.plain_gets()
         if not runs:
-            return False
+            return bool(singles)
         # plain_gets() took every plain get buffered unless its look-ahead
         # window ended first: look again only if the buffer is not empty.
         self._read_run(runs, False, parser.buffered > 0)
@@ -192,6 +197,43 @@ class TextHandler:
             if item is not None:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
+
+    def _read_singles(self, keys: list[bytes]) -> None:
+        """Answer pipelined ``get <key>`` commands of one key each, one snapshot
+        for all: the commonest burst, as :meth:`_read_run` would answer it."""
+        out = self.out
+        overlay = self.session.overlay
+        unpack = HEADER.unpack_from
+        end = R.END
+        hits = 0
+        txn = self._db.read_txn()
+        try:
+            get = txn.get
+            for key in keys:
+                if overlay and key in overlay:
+                    item = overlay[key].item
+                    if item is None:
+                        out += end
+                    else:
+                        hits += 1
+                        out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+                            key, item.flags, len(item.value), item.value
+                        )
+                    continue
+                record = get(key)
+                if record is None:
+                    out += end
+                else:
+                    hits += 1
+                    out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+                        key, unpack(record)[0], len(record) - 13, record[13:]
+                    )
+        finally:
+            txn.abort()
+            stats = self.core.stats
+            stats.cmd_get += len(keys)
+            stats.get_hits += hits
+            stats.get_misses += len(keys) - hits
 
     def _read_run(
         self, runs: list[Sequence[bytes]], with_cas: bool, look_ahead: bool = True

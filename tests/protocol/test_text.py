@@ -767,3 +767,34 @@ def test_plain_gets_takes_a_prefix_of_what_next_event_makes_plain_retrieves(piec
     assert drain(parser) == expected[len(taken) :]
     if len(taken) < len(expected):
         assert expected[len(taken)] != Retrieve(getattr(expected[len(taken)], "keys", ()))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            _get_lines().map(lambda line: line + b"\r\n"),
+            _get_lines().map(lambda line: line + b"\n"),
+            st.sampled_from(
+                [b"get a\r\n", b"get kkkkkkkkkk\n", b"get a b\r\n", b"get a\r\r\n", b"gets a\r\n",
+                 b"version\r\n", b"set k 0 0 3\r\nget\r\n", b"get a", b"get\r\n", b"\r\n"]
+            ),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([Limits(max_key_length=10, max_line_length=30), Limits(max_key_length=10, max_line_length=12), Limits()]),
+)
+def test_plain_single_gets_takes_a_prefix_of_one_key_retrieves(pieces: list[bytes], limits: Limits) -> None:
+    stream = b"".join(pieces)
+    general = TextParser(limits)
+    general.feed(stream)
+    try:
+        expected = drain(general)
+    except ProtocolError:
+        return  # a line too long: the general path decides, tested elsewhere
+    parser = TextParser(limits)
+    parser.feed(stream)
+    taken = [Retrieve((key,)) for key in parser.plain_single_gets()]
+    assert all(type(event.keys[0]) is bytes for event in taken)
+    assert taken == expected[: len(taken)]
+    assert drain(parser) == expected[len(taken) :]
