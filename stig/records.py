@@ -9,17 +9,20 @@ restart like everything else.
 from __future__ import annotations
 
 import struct
-
-import attrs
+from typing import NamedTuple
 
 HEADER = struct.Struct(">IQB")
 STALE = 0x01
 WIN_SENT = 0x02
 
 
-@attrs.frozen(slots=True)
-class Item:
-    """One stored item.  ``cas`` is 0 for a write that is not committed yet."""
+class Item(NamedTuple):
+    """One stored item.  ``cas`` is 0 for a write that is not committed yet.
+
+    A NamedTuple (immutable, about twice as cheap to build as a frozen attrs
+    class): every set builds one for its session's point of view, and every
+    read of a stored record decodes into one.
+    """
 
     value: bytes
     flags: int = 0

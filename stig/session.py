@@ -80,6 +80,7 @@ class Session:
         # the binary handler learns there which run its quiet writes are in.
         self.on_close: Callable[[Promotion], None] | None = None
         self.pending_bytes = 0  # recorded but not yet committed
+        self._max_run_bytes = engine.settings.max_pending_bytes
         self.failure: str | None = None  # a commit of acknowledged writes failed
         self.unacked_writes = False  # replied-to writes not yet known durable
 
@@ -135,7 +136,7 @@ class Session:
         size += len(key) + _OP_OVERHEAD
         self._run_bytes += size
         self.pending_bytes += size
-        if self._run_bytes > self.engine.settings.max_pending_bytes:
+        if self._run_bytes > self._max_run_bytes:
             self.discard_run()
             raise RunTooLarge()
 
@@ -303,6 +304,29 @@ class Session:
         await self.wait_committed()
 
     def _promoted(self, promotion: Promotion) -> None:
+        """A promotion of this session finished: drop the POV entries it covered."""
+        if promotion.last_seq == self._seq:
+            self._all_promoted()
+        else:
+            self._drop_promoted(promotion)
+        self.pending_bytes -= promotion.nbytes
+        if promotion.error is not None and promotion.answered_early and self.failure is None:
+            self.failure = promotion.error
+
+    def _all_promoted(self) -> None:
+        """The common case: the finished promotion holds this session's newest write.
+
+        A session's promotions finish in the order they were recorded, and
+        every write bumps ``_seq``, so every older write has finished too and
+        the open run is empty: the whole overlay and every awaited verdict
+        can go at once, without a look-up per key.
+        """
+        self._overlay.clear()
+        if self.unresolved:
+            self.unresolved = {}
+
+    def _drop_promoted(self, promotion: Promotion) -> None:
+        """Drop the overlay entries and verdicts the promotion covered, key by key."""
         if self.unresolved:
             top = promotion.last_seq
             self.unresolved = {k: s for k, s in self.unresolved.items() if s > top}
@@ -319,6 +343,3 @@ class Session:
             before = undo.get(key)
             if before is not None and before.seq <= seq:
                 undo[key] = None  # committed meanwhile: nothing to put back
-        self.pending_bytes -= promotion.nbytes
-        if promotion.error is not None and promotion.answered_early and self.failure is None:
-            self.failure = promotion.error
