@@ -151,6 +151,8 @@ class TextParser:
         self._start = 0  # where the unparsed bytes begin in _buffer
         self._pending: _PendingData | None = None
         self._swallowing = 0  # bytes of an oversized block still to drop
+        self._single_limits: Limits | None = None  # what _single_pattern is for
+        self._single_pattern: re.Pattern[bytes] | None = None
 
     # -- feeding -----------------------------------------------------------
 
@@ -218,10 +220,8 @@ class TextParser:
             keys = [key for key in keys if key]
             if not keys:
                 return None
-        if len(rest) > max_key:
-            for key in keys:
-                if len(key) > max_key:
-                    return None
+        if len(rest) > max_key and max(map(len, keys)) > max_key:
+            return None
         return keys
 
     def next_plain_get(self) -> tuple[bytes, ...] | list[bytes] | None:
@@ -259,7 +259,11 @@ class TextParser:
         expression over the buffer.  Returns one key per line (empty: none)."""
         if self._pending is not None or self._swallowing:
             return []
-        pattern = _single_gets(self.limits)
+        limits = self.limits
+        if limits is not self._single_limits:  # the pattern for these limits, once
+            self._single_limits = limits
+            self._single_pattern = _single_gets(limits)
+        pattern = self._single_pattern
         if pattern is None:
             return []
         start = self._start
