@@ -149,7 +149,8 @@ class Connection:
                 while not handler.closing:
                     # Plain gets first (they take every one buffered), then
                     # whatever follows them as an event.
-                    answer_buffered()
+                    if answer_buffered():
+                        break  # the commonest end of a burst: all of it answered
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break

@@ -129,8 +129,12 @@ class TextHandler:
 
     def answer_plain_gets(self) -> bool:
         """Answer the plain ``get`` lines at the head of the parser's buffer
-        straight from its bytes, with no event built; False when there is none
-        or something needs waiting for (the events then go the usual way)."""
+        straight from its bytes, with no event built (none may be there, or
+        something may need waiting for: the events then go the usual way).
+
+        True when it answered gets and nothing is left buffered, so that the
+        parser has no event to give (the burst is done).
+        """
         if not self.authenticated:
             return False
         session = self.session
@@ -144,11 +148,11 @@ class TextHandler:
                 return True
         runs = parser.plain_gets()
         if not runs:
-            return bool(singles)
+            return False
         # plain_gets() took every plain get buffered unless its look-ahead
         # window ended first: look again only if the buffer is not empty.
         self._read_run(runs, False, parser.buffered > 0)
-        return True
+        return not parser.buffered
 
     def _login(self, event: object) -> None:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
