@@ -92,50 +92,54 @@ class _WriteView:
         self.cleared = True  # the byte total restarts from zero
         self.byte_delta = 0
 
-    def apply_batch(self, ops: Sequence[Op]) -> Applied:
-        """Apply one session's run in order: its outcomes and what its last op stored.
+    def apply_batches(self, batches: Iterable[Sequence[Op]]) -> list[Applied]:
+        """Apply each session's run in order: per run, its outcomes and what its last op stored.
 
         Plain sets (:class:`~stig.ops.Put` without an explicit cas) are the
         bulk of every write load, so they skip ``Put.apply``/:meth:`put` and
         the :class:`Item` they would build: the record is packed and replaced
-        right here, with the cas counter and byte delta in locals.  Only the
-        last op's stored item is materialized (a binary reply reports its
-        cas).  Every other op goes through its own ``apply``, with the
-        counters synced around it, so the two paths agree exactly.
+        right here, with the cas counter and byte delta in locals set up once
+        per transaction (a POV-acked set is a run of its own, so per-run
+        set-up counts too).  Only a run's last stored item is materialized (a
+        binary reply reports its cas).  Every other op goes through its own
+        ``apply``, with the counters synced around it, so both paths agree.
         """
-        outcomes: list[Outcome] = []
-        append = outcomes.append
+        results: list[Applied] = []
         replace = self._txn.replace
         items = self._items
         pack = _HEADER_PACK
         stored = Outcome.STORED
         cas = self.next_cas
         delta = 0
-        fast_last = False  # whether the latest op took the fast path
-        for op in ops:
-            if op.__class__ is Put and op.new_cas is None:
-                cas += 1
-                value = op.value
-                old = replace(op.key, pack(op.flags, cas, 0) + value, db=items)
-                delta += len(value) if old is None else len(value) + 13 - len(old)
-                append(stored)
-                fast_last = True
+        for ops in batches:
+            outcomes: list[Outcome] = []
+            append = outcomes.append
+            fast_last = False  # whether the run's latest op took the fast path
+            for op in ops:
+                if op.__class__ is Put and op.new_cas is None:
+                    cas += 1
+                    value = op.value
+                    old = replace(op.key, pack(op.flags, cas, 0) + value, db=items)
+                    delta += len(value) if old is None else len(value) + 13 - len(old)
+                    append(stored)
+                    fast_last = True
+                else:
+                    self.next_cas = cas
+                    self.byte_delta += delta
+                    delta = 0
+                    self.last_put = None
+                    append(op.apply(self))
+                    cas = self.next_cas
+                    fast_last = False
+            if fast_last:
+                last = ops[-1]
+                written = Item(last.value, last.flags, cas, 0)  # type: ignore[union-attr]
             else:
-                self.next_cas = cas
-                self.byte_delta += delta
-                delta = 0
-                self.last_put = None
-                append(op.apply(self))
-                cas = self.next_cas
-                fast_last = False
+                written = self.last_put if ops else None
+            results.append(Applied(outcomes, written))
         self.next_cas = cas
         self.byte_delta += delta
-        if not ops:
-            return Applied(outcomes, None)
-        if fast_last:
-            last = ops[-1]
-            return Applied(outcomes, Item(last.value, last.flags, cas, 0))  # type: ignore[union-attr]
-        return Applied(outcomes, self.last_put)
+        return results
 
 
 class Store:
@@ -223,8 +227,7 @@ class Store:
         try:
             with self.env.begin(write=True) as txn:
                 view = _WriteView(txn, self._items, self.last_cas)
-                apply_batch = view.apply_batch
-                results = [apply_batch(ops) for ops in batches]
+                results = view.apply_batches(batches)
                 total = (0 if view.cleared else self.total_bytes) + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
                 txn.put(_BYTES_KEY, _U64.pack(max(total, 0)), db=self._meta)
