@@ -198,13 +198,55 @@ class TextParser:
         self._start = newline + 1
         if self._start > 65536:
             self._compact()
-        if line[:4] == b"get ":
+        head = line[:4]
+        if head == b"get ":
             # The fast path for the commonest line; anything unusual about
             # it (an invalid key, no key at all) goes the general way.
             keys = self._plain_keys(line)
             if keys is not None:
                 return Retrieve(keys)
+        elif head == b"set ":
+            event = self._plain_set(line)
+            if event is not None:
+                return event
         return self._parse_line(line)
+
+    def _plain_set(self, line: bytes) -> Store | None:
+        """``set <key> <flags> <exptime> <bytes> [noreply]`` with plain small
+        numbers, a valid key and its whole data block, well ended, already
+        buffered: the :class:`Store` :meth:`_store` would give, the block
+        consumed.  None (nothing consumed) when the general path must decide."""
+        parts = line.split(b" ")
+        count = len(parts)
+        if count == 5:
+            noreply = False
+        elif count == 6 and parts[5] == b"noreply":
+            noreply = True
+        else:
+            return None
+        key, flags, exptime, length = parts[1], parts[2], parts[3], parts[4]
+        # Up to 9 ASCII digits: within every bound _parse_uint/_parse_int check.
+        if not (
+            0 < len(flags) < 10 and flags.isdigit()
+            and 0 < len(exptime) < 10 and exptime.isdigit()
+            and 0 < len(length) < 10 and length.isdigit()
+            and 0 < len(key) <= self.limits.max_key_length
+            and not key.translate(None, _KEY_OR_SPACE)
+        ):
+            return None
+        size = int(length)
+        if size > self.limits.max_item_size:
+            return None
+        buffer = self._buffer
+        start = self._start
+        end = start + size
+        if len(buffer) < end + 2 or buffer[end] != 13 or buffer[end + 1] != 10:
+            return None
+        value = bytes(buffer[start:end])
+        self._start = end + 2
+        if self._start > 65536:
+            self._compact()
+        return Store(StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply)
 
     def _plain_keys(self, line: bytes) -> tuple[bytes, ...] | list[bytes] | None:
         """The keys of a ``get <keys>`` line exactly as :meth:`_retrieve` would
