@@ -209,6 +209,10 @@ class TextParser:
             event = self._plain_set(line)
             if event is not None:
                 return event
+        elif line[:3] == b"ms ":
+            meta_set = self._plain_meta_set(line)
+            if meta_set is not None:
+                return meta_set
         return self._parse_line(line)
 
     def _plain_set(self, line: bytes) -> Store | None:
@@ -247,6 +251,56 @@ class TextParser:
         if self._start > 65536:
             self._compact()
         return Store(StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply)
+
+    def _plain_meta_set(self, line: bytes) -> meta.MetaSet | None:
+        """``ms <key> <bytes> [q] [T<ttl>] [F<flags>]`` (those flags once each,
+        in any order) with plain small numbers, a text key and its whole data
+        block, well ended, already buffered: the :class:`~protocol.meta.MetaSet`
+        :meth:`_meta` would give, the block consumed.  None (nothing consumed)
+        when the general path must decide."""
+        parts = line.split(b" ")
+        count = len(parts)
+        if count > 6:
+            return None
+        key, length = parts[1], parts[2] if count > 2 else b""
+        # Up to 9 ASCII digits: within every bound the meta reader checks.
+        if not (
+            0 < len(length) < 10 and length.isdigit()
+            and 0 < len(key) <= self.limits.max_key_length
+            and not key.translate(None, _KEY_OR_SPACE)
+        ):
+            return None
+        quiet = False
+        client_flags = ttl = None
+        for token in parts[3:]:
+            if token == b"q":
+                if quiet:
+                    return None
+                quiet = True
+                continue
+            argument = token[1:]
+            if not (0 < len(argument) < 10 and argument.isdigit()):
+                return None
+            letter = token[0]
+            if letter == 84 and ttl is None:  # T
+                ttl = int(argument)
+            elif letter == 70 and client_flags is None:  # F
+                client_flags = int(argument)
+            else:
+                return None
+        size = int(length)
+        if size > self.limits.max_item_size:
+            return None
+        buffer = self._buffer
+        start = self._start
+        end = start + size
+        if len(buffer) < end + 2 or buffer[end] != 13 or buffer[end + 1] != 10:
+            return None
+        value = bytes(buffer[start:end])
+        self._start = end + 2
+        if self._start > 65536:
+            self._compact()
+        return meta.MetaSet.plain(key, value, quiet, client_flags or 0, ttl or 0)
 
     def _plain_keys(self, line: bytes) -> tuple[bytes, ...] | list[bytes] | None:
         """The keys of a ``get <keys>`` line exactly as :meth:`_retrieve` would

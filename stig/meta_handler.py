@@ -133,9 +133,13 @@ class MetaHandler:
         self._open: list[_QuietCheck] = []  # quiet conditionals of the open run
         self._closed: list[_QuietCheck] = []  # ... of closed runs, not reported yet
         session.on_close = self._run_closed
-        self._dispatch: dict[type, Callable[[object], Awaitable[object]]] = {
+        #: command type -> a function that executes the command and returns
+        #: None (done, nothing to wait for) or an awaitable giving what
+        #: :meth:`handle` returns.  The text handler calls these directly, so
+        #: that a common ``ms`` costs no coroutine.
+        self.handlers: dict[type, Callable[[object], Awaitable[object] | None]] = {
             MetaGet: self._get_run,  # type: ignore[dict-item]
-            MetaSet: self._set,  # type: ignore[dict-item]
+            MetaSet: self._set_now,  # type: ignore[dict-item]
             MetaDelete: self._delete,  # type: ignore[dict-item]
             MetaArithmetic: self._arithmetic,  # type: ignore[dict-item]
             MetaNoop: self._noop,  # type: ignore[dict-item]
@@ -148,7 +152,8 @@ class MetaHandler:
         Returns an event the handler read ahead and did not handle (the
         command after a run of ``mg``), or None.
         """
-        return await self._dispatch[type(command)](command)
+        result = self.handlers[type(command)](command)
+        return None if result is None else await result
 
     # -- replies ---------------------------------------------------------------
 
@@ -309,6 +314,25 @@ class MetaHandler:
         return item, False
 
     # -- ms --------------------------------------------------------------------
+
+    def _set_now(self, command: MetaSet) -> Awaitable[None] | None:
+        """An unconditional quiet set (the bulk of a pipelined load) done at
+        once, as a text ``set … noreply``; any other ms goes to :meth:`_set`.
+
+        The same as :meth:`_set` would do: no TTL to refuse, no conditional
+        op (mode S without C or E), a stored HD that ``q`` hides, so no cas
+        to wait for and no run to close."""
+        if (
+            command.quiet
+            and command.mode is SetMode.SET
+            and command.cas is None
+            and command.new_cas is None
+            and command.vivify_ttl is None
+            and not self.core.ttl_refused(command.ttl)
+        ):
+            self.core.set(command.key, command.value, command.client_flags)
+            return None
+        return self._set(command)
 
     async def _set(self, command: MetaSet) -> None:
         if self._ttl_refused(command.ttl, command.vivify_ttl):

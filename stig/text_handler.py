@@ -81,8 +81,9 @@ class TextHandler:
             QuietError: self._quiet_error,  # type: ignore[dict-item]
         }
         self.meta = MetaHandler(self.core, session, self.out, self.parser.next_event)
-        for command_type in self.meta.command_types:
-            self._dispatch[command_type] = self.meta.handle  # type: ignore[assignment]
+        # Each meta command type straight to its handler (which returns None
+        # when done at once, or an awaitable), saving a coroutine per command.
+        self._dispatch.update(self.meta.handlers)  # type: ignore[arg-type]
 
     async def handle(self, event: object) -> None:
         """Execute one parsed event; a failed commit is answered SERVER_ERROR.

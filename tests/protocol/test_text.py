@@ -846,3 +846,86 @@ def test_fast_set_path_takes_a_plain_set() -> None:
     parser.feed(b"set k 7 0 3 noreply\r\nabc\r\nset k 0 0 2\r\nhi\r\n")
     assert drain(parser) == [Store(SET, b"k", 7, 0, b"abc", 0, True), Store(SET, b"k", 0, 0, b"hi", 0, False)]
     assert parser.at_boundary
+
+
+class _GeneralMetaOnly(TextParser):
+    """The parser with its meta set fast path switched off: the reference."""
+
+    def _plain_meta_set(self, line: bytes) -> None:
+        return None
+
+
+_MS_KEYS = st.sampled_from([b"k", b"k", b"k", b"kkkkkkkkkk", b"kkkkkkkkkkk", b"k\x7f", b"k\tk", b"\xff", b"q", b"T1", b""])
+_MS_LENGTHS = st.sampled_from([b"0", b"00", b"3", b"3", b"4", b"5", b"123456789", b"1234567890", b"-1", b"+3", b"x", b""])
+_MS_SIMPLE_FLAGS = st.sampled_from(
+    [b"q", b"T0", b"T5", b"T123456789", b"T2147483648", b"F0", b"F7", b"F999999999", b"F4294967296"]
+)
+_MS_OTHER_FLAGS = st.sampled_from(
+    [b"qq", b"q1", b"q1", b"T-1", b"T+1", b"T", b"Tx", b"F00", b"F", b"F-1", b"k", b"O1", b"b", b"MS", b"ME",
+     b"C5", b"E5", b"I", b"N5", b"s", b"c", b"", b"\xff", b"Z"]
+)
+_MS_FLAGS = st.one_of(_MS_SIMPLE_FLAGS, _MS_SIMPLE_FLAGS, _MS_SIMPLE_FLAGS, _MS_OTHER_FLAGS)
+
+
+@st.composite
+def _meta_set_streams(draw: st.DrawFn) -> bytes:
+    tokens = [draw(_MS_KEYS), draw(_MS_LENGTHS)] + draw(st.lists(_MS_FLAGS, max_size=4))
+    cut = draw(st.integers(0, len(tokens)))
+    line = b"ms " + b" ".join(tokens[:cut] if draw(st.integers(0, 9)) == 0 else tokens)
+    size = int(tokens[1]) if tokens[1].isdigit() and int(tokens[1]) < 9 else 3
+    data = b"x" * (size if draw(st.integers(0, 3)) else draw(st.integers(min_value=0, max_value=6)))
+    ending = draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"xx"]))
+    follow = draw(st.sampled_from([b"mn\r\n", b"get k\r\n", b"ms k 1\r\n"]))
+    return line + draw(st.sampled_from([b"\r\n", b"\n"])) + data + ending + follow
+
+
+def _all_events(parser: TextParser, stream: bytes, bytewise: bool) -> tuple[list[object], bool]:
+    events: list[object] = []
+    try:
+        for piece in ([stream[i : i + 1] for i in range(len(stream))] if bytewise else [stream]):
+            parser.feed(piece)
+            events += drain(parser)
+    except ProtocolError as exc:
+        events.append(exc.args)
+    return events, parser.at_boundary
+
+
+@settings(max_examples=2500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_meta_set_streams(), min_size=1, max_size=4), st.booleans())
+def test_fast_meta_set_path_parses_as_the_general_path(streams: list[bytes], bytewise: bool) -> None:
+    import attrs
+
+    from protocol.meta import MetaSet
+
+    limits = Limits(max_key_length=10, max_item_size=4)
+    stream = b"".join(streams)
+    fast = _all_events(TextParser(limits), stream, bytewise)
+    general = _all_events(_GeneralMetaOnly(limits), stream, bytewise)
+    assert fast == general
+    assert repr(fast) == repr(general)  # same field types too (no 1 for True)
+    for event in fast[0]:
+        if isinstance(event, MetaSet):
+            assert attrs.evolve(event) == event  # the validators accept it
+
+
+def test_fast_meta_set_path_takes_a_plain_ms() -> None:
+    from protocol.meta import MetaSet
+
+    taken: list[object] = []
+
+    class Counting(TextParser):
+        def _plain_meta_set(self, line: bytes) -> MetaSet | None:
+            result = super()._plain_meta_set(line)
+            taken.append(result)
+            return result
+
+    parser = Counting()
+    parser.feed(b"ms k 3 q\r\nabc\r\nms k 2 F7 T0 q\r\nhi\r\nms k 0\r\n\r\n")
+    expected = [
+        MetaSet(b"k", value=b"abc", quiet=True),
+        MetaSet(b"k", value=b"hi", quiet=True, client_flags=7),
+        MetaSet(b"k"),
+    ]
+    assert drain(parser) == expected
+    assert taken == expected
+    assert parser.at_boundary
