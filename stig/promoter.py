@@ -2,9 +2,15 @@
 
 Sessions hand it closed transactions (:class:`Promotion`).  It takes every
 promotion that is waiting, applies them in order in ONE LMDB write
-transaction on a worker thread, commits with fsync, then wakes whoever waits
-on any of them — group commit: the more writers wait, the more each fsync
-carries.  The event loop never blocks on the disk.
+transaction on its commit thread, commits with fsync, then wakes whoever
+waits on any of them — group commit: the more writers wait, the more each
+fsync carries.  The event loop never blocks on the disk.
+
+The commit thread is one persistent thread fed through a queue (not a
+``trio.to_thread`` call per group): ``submit`` hands a group straight to it
+when it is idle, and the thread reports back with
+``TrioToken.run_sync_soon``, whose callback finishes the group and hands over
+the next one — no promoter task to wake, no thread-cache hand-off per group.
 
 A full LMDB map is grown (on the event-loop thread, where no read
 transaction is ever open across a checkpoint) and the group retried; the
@@ -15,7 +21,9 @@ promotion of the group and leaves the store as it was.
 from __future__ import annotations
 
 import logging
+import queue
 import sys
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -88,12 +96,25 @@ class Promoter:
         self._stopped = trio.Event()
         self._running = False
         self._limiter = trio.CapacityLimiter(1)
+        # The commit thread (while run() runs): its job queue, the group it
+        # holds (None: idle), the trio token it reports through.
+        self._jobs: queue.SimpleQueue[list[Sequence[Op]] | None] | None = None
+        self._in_flight: list[Promotion] | None = None
+        self._started_at = 0.0
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._crash: BaseException | None = None
+        self._dispatch_due = False  # a _dispatch_soon callback is scheduled
+        self._draining = False  # run() is ending: it waits for the group in flight
 
     def submit(self, promotions: Sequence[Promotion]) -> None:
         """Queue promotions; they commit in the order they were submitted."""
         self._queue.extend(promotions)
-        self.stats.pending_bytes += sum(p.nbytes for p in promotions)
-        self._wakeup.set()
+        self.stats.pending_bytes += sum([p.nbytes for p in promotions])
+        if self._in_flight is None and self._jobs is not None and not self._dispatch_due:
+            # Not at once: the callback runs after the tasks runnable now, so
+            # their submissions join the same group (one fsync for all).
+            self._dispatch_due = True
+            self._token.run_sync_soon(self._dispatch_soon)  # type: ignore[union-attr]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit groups until :meth:`close` is called and the queue is empty.
@@ -104,21 +125,88 @@ class Promoter:
         self._running = True
         previous_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(previous_interval, GIL_SWITCH_INTERVAL))
+        self._token = trio.lowlevel.current_trio_token()
+        jobs: queue.SimpleQueue[list[Sequence[Op]] | None] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._work, args=(jobs,), name="stig-commit", daemon=True)
+        thread.start()
+        self._jobs = jobs
         task_status.started()
         try:
+            if self._queue and self._in_flight is None:
+                self._dispatch()
             while True:
-                if not self._queue:
-                    if self._closing:
-                        return
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                if self._crash is not None:
+                    raise self._crash
+                if self._closing and not self._queue and self._in_flight is None:
+                    return
+        finally:
+            self._draining = True
+            with trio.CancelScope(shield=True):
+                # The group the thread holds is finished before it stops.
+                while self._in_flight is not None and self._crash is None:
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
-                    continue
-                group = self._take_group()
-                with trio.CancelScope(shield=True):
-                    await self._commit(group)
-        finally:
+            self._jobs = None
+            jobs.put(None)
             sys.setswitchinterval(previous_interval)
             self._stopped.set()
+
+    def _work(self, jobs: "queue.SimpleQueue[list[Sequence[Op]] | None]") -> None:
+        """The commit thread: begins, applies and commits each group's transaction."""
+        apply = self.store.apply
+        token = self._token
+        assert token is not None
+        committed = self._committed
+        while True:
+            batches = jobs.get()
+            if batches is None:
+                return
+            try:
+                result: object = apply(batches)
+            except BaseException as exc:  # MapFull, lmdb.Error, a bug: the loop decides
+                result = exc
+            token.run_sync_soon(committed, result)
+
+    def _dispatch_soon(self) -> None:
+        self._dispatch_due = False
+        if self._in_flight is None and self._queue and self._jobs is not None:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand the next group to the idle commit thread (event loop only)."""
+        group = self._in_flight = self._take_group()
+        self._started_at = time.perf_counter()
+        self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
+
+    def _committed(self, result: object) -> None:
+        """The commit thread finished the group in flight (runs on the event loop)."""
+        group = self._in_flight
+        assert group is not None
+        try:
+            if isinstance(result, MapFull):
+                new_size = self.store.grow()  # no transaction is open: safe here
+                log.info("LMDB map grown to %d bytes", new_size)
+                self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
+                return
+            self._in_flight = None
+            if isinstance(result, lmdb.Error):
+                log.error("commit of %d promotions failed: %s", len(group), result)
+                self.stats.failed_commits += 1
+                self._finish(group, None, f"commit failed: {result}")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self.stats.record_commit(len(group), time.perf_counter() - self._started_at)
+                self._finish(group, result, None)  # type: ignore[arg-type]
+            if self._queue and self._jobs is not None:
+                self._dispatch()
+            elif self._closing or self._draining:
+                self._wakeup.set()  # run() may be waiting for the thread to go idle
+        except BaseException as exc:  # a bug: crash run(), as a failed commit task would
+            self._crash = exc
+            self._wakeup.set()
 
     def _take_group(self) -> list[Promotion]:
         size = 0
@@ -132,6 +220,7 @@ class Promoter:
         return group
 
     async def _commit(self, group: list[Promotion]) -> None:
+        """Commit one group on a trio worker thread (close() after run() has stopped)."""
         started = time.perf_counter()
         batches = [p.ops for p in group]
         while True:
