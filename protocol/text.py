@@ -238,7 +238,15 @@ class TextParser:
             and not key.translate(None, _KEY_OR_SPACE)
         ):
             return None
-        size = int(length)
+        value = self._take_buffered_block(int(length))
+        if value is None:
+            return None
+        return Store(StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply)
+
+    def _take_buffered_block(self, size: int) -> bytes | None:
+        """The fast paths' data block: ``size`` bytes and ``\\r\\n``, taken only
+        when all of it is buffered and within the item limit; None (nothing
+        consumed) leaves the case to the general path."""
         if size > self.limits.max_item_size:
             return None
         buffer = self._buffer
@@ -250,7 +258,7 @@ class TextParser:
         self._start = end + 2
         if self._start > 65536:
             self._compact()
-        return Store(StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply)
+        return value
 
     def _plain_meta_set(self, line: bytes) -> meta.MetaSet | None:
         """``ms <key> <bytes> [q] [T<ttl>] [F<flags>]`` (those flags once each,
@@ -288,18 +296,9 @@ class TextParser:
                 client_flags = int(argument)
             else:
                 return None
-        size = int(length)
-        if size > self.limits.max_item_size:
+        value = self._take_buffered_block(int(length))
+        if value is None:
             return None
-        buffer = self._buffer
-        start = self._start
-        end = start + size
-        if len(buffer) < end + 2 or buffer[end] != 13 or buffer[end + 1] != 10:
-            return None
-        value = bytes(buffer[start:end])
-        self._start = end + 2
-        if self._start > 65536:
-            self._compact()
         return meta.MetaSet.plain(key, value, quiet, client_flags or 0, ttl or 0)
 
     def _plain_keys(self, line: bytes) -> tuple[bytes, ...] | list[bytes] | None:
