@@ -109,6 +109,26 @@ def connect(host: str, port: int, timeout: float = 3.0) -> socket.socket:
     return sock
 
 
+
+def _replace_socket(res, ep, by_fd: dict, fd: int, sock: socket.socket, spec, why: str):
+    """After a bad reply: note why, drop the connection, open a new one.
+
+    Returns the new socket, or None if reconnecting failed (also noted).
+    Both the closed-loop and the fixed-rate drivers use it.
+    """
+    if len(res.samples) < 5:
+        res.samples.append(why)
+    ep.unregister(fd)
+    del by_fd[fd]
+    sock.close()
+    res.reconnects += 1
+    try:
+        return connect(spec.host, spec.port)
+    except OSError as exc:
+        if len(res.samples) < 5:
+            res.samples.append(f"reconnect failed: {exc}")
+        return None
+
 def exchange_once(sock: socket.socket, ex: Exchange, timeout: float = 10.0) -> str | None:
     """Send ``ex`` on a blocking socket and check the reply; None if it matched."""
     sock.settimeout(timeout)
@@ -263,17 +283,8 @@ def _drive(conns: list[_Conn], spec: LoadSpec, w_start: int, w_end: int,
         assert c.ex is not None
         ok = sum(1 for e in c.ex.reply_ends if e <= matched)
         res.errors += len(c.ex.reply_ends) - ok
-        if len(res.samples) < 5:
-            res.samples.append(why)
-        ep.unregister(c.fd)
-        del by_fd[c.fd]
-        c.sock.close()
-        res.reconnects += 1
-        try:
-            sock = connect(spec.host, spec.port)
-        except OSError as exc:
-            if len(res.samples) < 5:
-                res.samples.append(f"reconnect failed: {exc}")
+        sock = _replace_socket(res, ep, by_fd, c.fd, c.sock, spec, why)
+        if sock is None:
             return None
         sock.setblocking(False)
         nc = _Conn(sock, c.source)
@@ -434,18 +445,7 @@ def _drive_open(conns: list[_OpenConn], spec: LoadSpec, first_ids: list[int], t0
         """Count every reply still owed on conns[j] as failed; replace the connection."""
         c = conns[j]
         res.errors += len(c.fifo)
-        if len(res.samples) < 5:
-            res.samples.append(why)
-        ep.unregister(c.fd)
-        del by_fd[c.fd]
-        c.sock.close()
-        res.reconnects += 1
-        try:
-            sock = connect(spec.host, spec.port)
-        except OSError as exc:
-            if len(res.samples) < 5:
-                res.samples.append(f"reconnect failed: {exc}")
-            sock = None
+        sock = _replace_socket(res, ep, by_fd, c.fd, c.sock, spec, why)
         nc = _OpenConn(sock, c.source) if sock is not None else None
         if nc is None:  # keep a dead placeholder: its sends fail and count as errors
             conns[j] = c
