@@ -152,6 +152,14 @@ class BinaryHandler:
 
     # -- the connection loop's interface -----------------------------------------
 
+    def handle_now(self, event: object) -> bool:
+        """No binary request is answered synchronously: all go to :meth:`handle`."""
+        return False
+
+    def answer_plain_gets(self) -> bool:
+        """No fast path for binary gets: GetQ runs need their snapshot logic."""
+        return False
+
     async def handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""
         if isinstance(event, InvalidBinaryRequest):

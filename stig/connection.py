@@ -50,6 +50,16 @@ class Handler(Protocol):
 
     async def handle(self, event: object) -> None: ...
 
+    def handle_now(self, event: object) -> bool:
+        """Answer ``event`` synchronously if it can be (True), else leave it to
+        :meth:`handle`: the common commands then cost no coroutine."""
+        ...
+
+    def answer_plain_gets(self) -> bool:
+        """Answer buffered reads straight from the parser's bytes; True when
+        that emptied the buffer (the burst is done)."""
+        ...
+
     def fatal_error(self, message: str) -> None:
         """Write a protocol-appropriate server error; the connection will close."""
         ...
@@ -137,9 +147,8 @@ class Connection:
         handler = self.handler = make_handler(self.engine, session, data[0])
         parser = handler.parser
         out = handler.out
-        # A handler may answer some events synchronously (no coroutine).
-        handle_now = getattr(handler, "handle_now", None) or (lambda event: False)
-        answer_buffered = getattr(handler, "answer_plain_gets", None) or (lambda: False)
+        handle_now = handler.handle_now
+        answer_buffered = handler.answer_plain_gets
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
         while True:
