@@ -49,12 +49,15 @@ SUPPORT = Path(__file__).resolve().parent
 REPO = SUPPORT.parents[1]
 LAZYFS = SUPPORT / "lazyfs.py"
 BROKEN = SUPPORT / "broken_stig.py"
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import RawConnection, StigProcess  # noqa: E402
 
 MOUNT_TIMEOUT = 20.0
+READY = "lazyfs mounted on "  # lazyfs.READY (not imported: it needs pyfuse3)
 PROTOCOLS = ("text", "meta", "binary")
 #: Server options per protocol.  Text replies promise durability only under
 #: --durable-acks; meta and binary are run without it, so ``mn``, No-op and
@@ -86,34 +89,63 @@ class RigFailure(AssertionError):
 
 
 class LazyMount:
-    """One lazyfs process at a time over ``backing``, mounted at ``mount``."""
+    """One lazyfs process over ``backing``, mounted at ``mount``, remounting after each cut."""
 
     def __init__(self, backing: Path, mount: Path, log_dir: Path) -> None:
         self.backing, self.mount, self.log_dir = backing, mount, log_dir
         for path in (backing, mount, log_dir):
             path.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.mounts = 0
+        self.starts = 0
 
-    def start(self, torn: str, seed: int, dirs: str = "journal") -> None:
-        self.mounts += 1
-        self.out_path = self.log_dir / f"lazyfs.{self.mounts}.out"
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _lines(self) -> list[str]:
+        return self.out_path.read_text().splitlines()
+
+    def _mounted_count(self) -> int:
+        return sum(line.startswith(READY) for line in self._lines())
+
+    def _wait_mounted(self, count: int) -> None:
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not (self._mounted_count() >= count and os.path.ismount(self.mount)):
+            if not self.running or time.monotonic() > deadline:
+                self.kill()
+                raise RigFailure(f"lazyfs did not mount:\n{self.out_path.read_text()}")
+            time.sleep(0.01)
+
+    def start(self, seed: int, torn: str = "random", dirs: str = "journal") -> None:
+        """Mount; each cut keeps what ``torn`` says (random: chosen per cut)."""
+        self.starts += 1
+        self.out_path = self.log_dir / f"lazyfs.{self.starts}.out"
         with open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, str(LAZYFS), str(self.backing), str(self.mount),
+                [sys.executable, str(LAZYFS), str(self.backing), str(self.mount), "--remount",
                  "--torn", torn, "--seed", str(seed), "--dirs", dirs],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not (self.out_path.read_text().startswith("lazyfs mounted") and os.path.ismount(self.mount)):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RigFailure(f"lazyfs did not mount:\n{self.out_path.read_text()}")
-            time.sleep(0.02)
+        self._wait_mounted(1)
 
-    def _finish(self, signum: int) -> dict[str, int]:
+    def _counters(self) -> dict[str, object]:
+        lines = [line for line in self._lines() if line.startswith("{")]
+        if not lines:
+            raise RigFailure(f"lazyfs printed no counters:\n{self.out_path.read_text()}")
+        return json.loads(lines[-1])
+
+    def cut(self) -> dict[str, object]:
+        """Power cut, then a fresh mount of what the disk kept; the cut's counters."""
         assert self.proc is not None
-        self.proc.send_signal(signum)
+        mounted = self._mounted_count()
+        self.proc.send_signal(signal.SIGUSR1)
+        self._wait_mounted(mounted + 1)
+        return self._counters()
+
+    def stop(self) -> dict[str, object]:
+        """Clean shutdown: everything synced, unmounted."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(MOUNT_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -121,18 +153,7 @@ class LazyMount:
             raise RigFailure(f"lazyfs did not exit:\n{self.out_path.read_text()}")
         self.proc = None
         self._unmount()
-        lines = [line for line in self.out_path.read_text().splitlines() if line.startswith("{")]
-        if not lines:
-            raise RigFailure(f"lazyfs printed no counters:\n{self.out_path.read_text()}")
-        return json.loads(lines[-1])
-
-    def cut(self) -> dict[str, int]:
-        """Power cut; lazyfs's counters (pages kept, dropped...)."""
-        return self._finish(signal.SIGUSR1)
-
-    def stop(self) -> dict[str, int]:
-        """Clean shutdown: everything synced."""
-        return self._finish(signal.SIGTERM)
+        return self._counters()
 
     def _unmount(self) -> None:
         if os.path.ismount(self.mount):
@@ -323,7 +344,7 @@ class Client:
         except (ConnectionError, OSError, TimeoutError):
             if not stop.is_set():
                 self.error = traceback.format_exc()
-        except AssertionError:
+        except Exception:  # a bad reply (AssertionError) or a bug: fails the cycle
             if not stop.is_set():
                 self.error = traceback.format_exc()
         finally:
@@ -349,7 +370,7 @@ class TextClient(Client):
 
     def step(self) -> None:
         conn, rng = self.conn, self.rng
-        if self.counter not in self.state:
+        if self.state.get(self.counter) is None:
             self.begin({self.counter: b"1000"})
             self.expect(conn.send_recv(self._set(b"add", self.counter, b"1000"), b"\r\n"), b"STORED\r\n")
             return self.acked()
@@ -424,7 +445,7 @@ class MetaClient(Client):
 
     def step(self) -> None:
         conn, rng = self.conn, self.rng
-        if self.counter not in self.state:
+        if self.state.get(self.counter) is None:
             self.begin({self.counter: b"1000"})
             self.expect(conn.send_recv(b"ms %s 4 q\r\n1000\r\nmn\r\n" % self.counter, b"MN\r\n"), b"MN\r\n")
             return self.acked()
@@ -523,7 +544,7 @@ class BinaryClient(Client):
     def step(self) -> None:
         rng = self.rng
         flags = struct.pack(">II", 0, 0)
-        if self.counter not in self.state:
+        if self.state.get(self.counter) is None:
             self.begin({self.counter: b"1000"})
             op, status, cas, value = self.loud(_binary(INCR, self.counter, extras=struct.pack(">QQI", 0, 1000, 0)))
             assert (op, status, value) == (INCR, 0, struct.pack(">Q", 1000)), (op, status, value)
@@ -645,8 +666,9 @@ class PowerCutRun:
         self.server.close_clients()
         self.fs.kill()
 
-    def _boot(self, torn: str) -> None:
-        self.fs.start(torn, self.rng.randrange(2**32))
+    def _boot(self) -> None:
+        if not self.fs.running:
+            self.fs.start(self.rng.randrange(2**32))
         self.server.start()
 
     def _check(self) -> None:
@@ -671,9 +693,7 @@ class PowerCutRun:
 
     def cycle(self) -> None:
         """Boot, check (after a cut), load, kill, cut."""
-        torn = self.rng.choice(("none", "subset", "prefix"))
-        self.torn_counts[torn] += 1
-        self._boot(torn)
+        self._boot()
         if self.cuts:
             self._check()
         stop = threading.Event()
@@ -692,9 +712,11 @@ class PowerCutRun:
                 raise RigFailure(f"client {client.name!r} failed before the cut:\n{client.error}\n"
                                  f"server stderr:\n{self.server.stderr}")
         self.cuts += 1
+        torn = str(counters["torn"])
+        self.torn_counts[torn] += 1
         self.cas_ceiling = max(client.max_cas for client in self.clients)
         for name in self.cut_pages:
-            self.cut_pages[name] += counters[name]
+            self.cut_pages[name] += int(counters[name])  # type: ignore[call-overload]
         try:
             lmdb_walk(self.fs.backing / "data")
         except Exception as error:  # noqa: BLE001 - any error is the finding
@@ -705,7 +727,7 @@ class PowerCutRun:
 
     def finish(self) -> None:
         """Boot once more, check the last cut, and shut down cleanly."""
-        self._boot("none")
+        self._boot()
         self._check()
         self.server.terminate()
         self.fs.stop()

@@ -2,8 +2,8 @@
 
 Run as its own process::
 
-    python tests/support/lazyfs.py BACKING MOUNT [--torn none|subset|prefix] [--seed N]
-                                                 [--dirs journal|strict]
+    python tests/support/lazyfs.py BACKING MOUNT [--torn none|subset|prefix|random]
+                                   [--seed N] [--dirs journal|strict] [--remount]
 
 It mirrors the directory BACKING at MOUNT, except that file data written
 through MOUNT stays in this process's memory, page by page (4 KiB), until the
@@ -17,10 +17,13 @@ Signals drive it:
 * ``SIGUSR1`` — **power cut**: every unsynced page is thrown away (with
   ``--torn subset``, a random subset of them is kept instead; with
   ``--torn prefix``, the pages first dirtied earliest, up to a random count:
-  a write torn at page granularity, as Jepsen's LazyFS "torn-op" fault does);
-  files and directories created since the last sync are removed; then the
-  filesystem unmounts itself and the process exits 0.  BACKING then holds
-  what a disk would hold after losing power.
+  a write torn at page granularity, as Jepsen's LazyFS "torn-op" fault does;
+  ``--torn random`` picks one of the three per cut); files and directories
+  created since the last sync are removed; then the filesystem unmounts
+  itself.  BACKING then holds what a disk would hold after losing power.
+  The process exits 0, or with ``--remount`` mounts BACKING again at once
+  (a fresh mount: no kernel cache, nothing unsynced) and serves on, which
+  spares the power-cut suite a process start per cut.
 * ``SIGTERM``/``SIGINT`` — clean shutdown: everything is synced, then unmount.
 
 Directory entries (``--dirs``): with ``journal`` (the default, what ext4 and
@@ -56,6 +59,7 @@ import trio
 
 PAGE = 4096
 READY = "lazyfs mounted on "
+TORN = ("none", "subset", "prefix")
 TIMEOUT = 1.0  # seconds the kernel may cache names and attributes
 
 
@@ -451,21 +455,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("backing", type=Path)
     parser.add_argument("mount", type=Path)
-    parser.add_argument("--torn", choices=("none", "subset", "prefix"), default="none")
+    parser.add_argument("--torn", choices=(*TORN, "random"), default="none",
+                        help="what a cut keeps of unsynced pages; random: chosen per cut")
     parser.add_argument("--dirs", choices=("journal", "strict"), default="journal")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--remount", action="store_true",
+                        help="after a cut, mount again (fresh kernel cache, nothing unsynced) "
+                             "instead of exiting; the process ends on SIGTERM")
     args = parser.parse_args(argv)
-    fs = LazyFS(args.backing.resolve(), args.torn, args.dirs, args.seed)
+    rng = random.Random(args.seed)
     options = set(pyfuse3.default_options)
     options.add("fsname=lazyfs")
-    pyfuse3.init(fs, str(args.mount), options)
-    print(READY + str(args.mount), flush=True)
-    try:
-        ending = trio.run(_serve, fs)
-    finally:
-        pyfuse3.close(unmount=True)
-    print(json.dumps({"event": ending, **fs.counters}), flush=True)
-    return 0
+    while True:
+        torn = rng.choice(TORN) if args.torn == "random" else args.torn
+        fs = LazyFS(args.backing.resolve(), torn, args.dirs, rng.randrange(2**32))
+        pyfuse3.init(fs, str(args.mount), options)
+        print(READY + str(args.mount), flush=True)
+        try:
+            ending = trio.run(_serve, fs)
+        finally:
+            pyfuse3.close(unmount=True)
+        print(json.dumps({"event": ending, "torn": torn, **fs.counters}), flush=True)
+        if ending != "cut" or not args.remount:
+            return 0
 
 
 if __name__ == "__main__":
