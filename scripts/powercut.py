@@ -2,6 +2,7 @@
 
     python scripts/powercut.py --cuts 500 [--protocol text|meta|binary|all]
                                [--broken nosync|nometasync] [--seed N] [--keep DIR]
+                               [--window N] [--dirs journal|strict]
 
 Each cut: Stig on a lazyfs mount under load, SIGKILL, unsynced pages dropped
 or torn, remount, restart, and every client's acknowledged writes checked
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +33,10 @@ def main() -> int:
     parser.add_argument("--broken", choices=("nosync", "nometasync"), default=None)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--window", type=int, default=50,
+                        help="check keys written in the last N cuts (0: all, as CI does; grows quadratically)")
+    parser.add_argument("--dirs", choices=("journal", "strict"), default="journal",
+                        help="lazyfs directory model: strict = a new name is durable only after fsync of its dir")
     parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (default: a temporary one)")
     parser.add_argument("--quiet", action="store_true", help="no line per cut")
     args = parser.parse_args()
@@ -43,7 +49,7 @@ def main() -> int:
     for protocol in protocols:
         workdir = Path(tempfile.mkdtemp(prefix=f"powercut-{protocol}-", dir=args.keep))
         run = PowerCutRun(workdir, protocol, args.seed, clients=args.clients, broken=args.broken,
-                          log=(lambda _: None) if args.quiet else print)
+                          window=args.window, dirs=args.dirs, log=(lambda _: None) if args.quiet else print)
         started = time.monotonic()
         try:
             for _ in range(args.cuts):
@@ -58,6 +64,8 @@ def main() -> int:
             print("FAIL", failure)
         print(json.dumps(summary), flush=True)
         failed |= bool(run.failures)
+        if not run.failures and args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 
 

@@ -197,8 +197,11 @@ def lmdb_walk(backing_data: Path) -> int:
         return 0
     env = lmdb.open(str(backing_data), readonly=True, lock=False, max_dbs=2, create=False)
     try:
-        items = env.open_db(b"items", create=False)
-        meta = env.open_db(b"meta", create=False)
+        try:
+            items = env.open_db(b"items", create=False)
+            meta = env.open_db(b"meta", create=False)
+        except lmdb.NotFoundError:  # cut before Stig's first commit
+            return 0
         count = 0
         with env.begin() as txn:
             for db in (items, meta):
@@ -234,6 +237,8 @@ class Client:
         self.max_cas = 0
         self.acked_groups = 0
         self.error: str | None = None
+        self.cycle = 0  # set by the rig: the cycle writes are acknowledged in
+        self.written_at: dict[bytes, int] = {}
 
     # ledger ------------------------------------------------------------
 
@@ -256,6 +261,7 @@ class Client:
             self.state.update(step)
             for key in step:
                 self.cas.pop(key, None)
+                self.written_at[key] = self.cycle
         if cas:
             self.cas.update(cas)
             self.max_cas = max(self.max_cas, *cas.values())
@@ -264,6 +270,18 @@ class Client:
                 self.runs[index] = (run, True)
         self.pending = []
         self.acked_groups += 1
+
+    def forget(self, before: int) -> None:
+        """Stop checking keys last acknowledged before cycle ``before`` (long runs stay linear)."""
+        old = {k for k, cycle in self.written_at.items() if cycle < before and k != self.counter}
+        if not old:
+            return
+        for key in old:
+            self.state.pop(key, None)
+            self.cas.pop(key, None)
+            del self.written_at[key]
+        self.singles = [k for k in self.singles if k not in old]
+        self.runs = [(run, done) for run, done in self.runs if not run.keys() & old]
 
     def saw_cas(self, cas: int) -> None:
         self.max_cas = max(self.max_cas, cas)
@@ -321,6 +339,8 @@ class Client:
                                 f"e.g. {next(iter(run))!r}")
         # Follow what the server shows, so later cycles check from here.
         self.state = {k: v for k, v in seen.items() if v is not None or k in self.state}
+        for key in self.state:
+            self.written_at.setdefault(key, self.cycle)
         self.cas = {k: observed[k][1] for k in keys if k in observed}
         for key, (_, cas) in observed.items():
             if key in keys:
@@ -640,12 +660,15 @@ class PowerCutRun:
 
     def __init__(self, workdir: Path, protocol: str, seed: int, clients: int = 3,
                  broken: str | None = None, log: Callable[[str], None] = lambda _: None,
-                 min_load: float = 0.1, max_load: float = 0.5) -> None:
+                 min_load: float = 0.1, max_load: float = 0.5, window: int = 0,
+                 dirs: str = "journal") -> None:
         self.protocol = protocol
         self.rng = random.Random(seed)
         self.seed = seed
         self.log = log
         self.min_load, self.max_load = min_load, max_load
+        self.window = window  # >0: check only keys written in the last `window` cycles
+        self.dirs = dirs
         self.fs = LazyMount(workdir / "backing", workdir / "mount", workdir / "logs")
         self.server = RigStig(workdir / "mount" / "data", workdir / "logs", SERVER_ARGS[protocol], broken)
         self.clients = [CLIENTS[protocol](i, self.rng.randrange(2**32)) for i in range(clients)]
@@ -668,7 +691,7 @@ class PowerCutRun:
 
     def _boot(self) -> None:
         if not self.fs.running:
-            self.fs.start(self.rng.randrange(2**32))
+            self.fs.start(self.rng.randrange(2**32), dirs=self.dirs)
         self.server.start()
 
     def _check(self) -> None:
@@ -690,6 +713,9 @@ class PowerCutRun:
                                  f"a client had seen {self.cas_ceiling} before the cut")
         for client in clients:
             client.saw_cas(fresh)
+            client.cycle = self.cuts
+            if self.window:
+                client.forget(self.cuts - self.window)
 
     def cycle(self) -> None:
         """Boot, check (after a cut), load, kill, cut."""
