@@ -1,7 +1,7 @@
 """Power-cut runner: many cuts per protocol on lazyfs, beyond what CI runs.
 
     python scripts/powercut.py --cuts 500 [--protocol text|meta|binary|all]
-                               [--broken nosync|nometasync] [--seed N] [--keep DIR]
+                               [--broken nosync|nometasync|ackearly] [--seed N] [--keep DIR]
                                [--window N] [--dirs journal|strict]
 
 Each cut: Stig on a lazyfs mount under load, SIGKILL, unsynced pages dropped
@@ -30,7 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuts", type=int, default=500, help="power cuts per protocol")
     parser.add_argument("--protocol", choices=(*PROTOCOLS, "all"), default="all")
-    parser.add_argument("--broken", choices=("nosync", "nometasync"), default=None)
+    parser.add_argument("--broken", choices=("nosync", "nometasync", "ackearly"), default=None)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--window", type=int, default=50,

@@ -43,7 +43,6 @@ def _run_all(workdir: Path, protocols: tuple[str, ...], cuts: int, broken: str |
              seed: int = SEED) -> dict[str, PowerCutRun]:
     """Each protocol through ``cuts`` power cuts, in parallel; the runs, finished."""
     runs = {p: PowerCutRun(workdir / p, p, seed + i, broken=broken) for i, p in enumerate(protocols)}
-    errors: dict[str, BaseException] = {}
 
     def drive(run: PowerCutRun) -> None:
         try:
@@ -51,7 +50,7 @@ def _run_all(workdir: Path, protocols: tuple[str, ...], cuts: int, broken: str |
                 run.cycle()
             run.finish()
         except BaseException as error:  # reported by the test of that protocol
-            errors[run.protocol] = error
+            run.error = error
         finally:
             run.close()
 
@@ -60,8 +59,6 @@ def _run_all(workdir: Path, protocols: tuple[str, ...], cuts: int, broken: str |
         thread.start()
     for thread in threads:
         thread.join()
-    for protocol, error in errors.items():
-        runs[protocol].error = error  # type: ignore[attr-defined]
     return runs
 
 
@@ -78,9 +75,8 @@ def powercut_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PowerCu
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_acknowledged_writes_survive_power_cuts(powercut_runs, protocol):
     run = powercut_runs[protocol]
-    error = getattr(run, "error", None)
-    if error is not None:
-        raise error
+    if run.error is not None:
+        raise run.error
     assert run.cuts == CUTS
     assert not run.failures, "\n".join(run.failures[:20])
     # The check proved something only if writes were acknowledged and checked.
@@ -91,8 +87,7 @@ def test_acknowledged_writes_survive_power_cuts(powercut_runs, protocol):
 def test_the_suite_fails_when_stig_does_not_sync(tmp_path):
     """Self-check: LMDB opened with sync=False (tests/support/broken_stig.py) must be caught."""
     run = _run_all(tmp_path, ("text",), cuts=3, broken="nosync")["text"]
-    error = getattr(run, "error", None)
-    if error is not None:
-        raise error
+    if run.error is not None:
+        raise run.error
     assert run.failures, f"a Stig that never syncs passed the power-cut checks: {run.summary()}"
     assert any("acknowledged" in failure for failure in run.failures), run.failures[:5]

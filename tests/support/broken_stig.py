@@ -8,9 +8,12 @@ MODE says what is broken before ``stig.cli`` runs:
   fdatasync, so acknowledgements are sent for data only in the page cache;
 * ``nometasync`` — LMDB is opened with ``metasync=False``: a commit's data
   pages are synced but its meta page is not, so the last commit before a
-  power cut is lost (a subtle break: the suite must still see it).
+  power cut is lost (a subtle break: the suite must still see it);
+* ``ackearly`` — ``--durable-acks`` is dropped from the command line while
+  the clients still count on it: replies are sent before the commit.
 
-Nothing in ``stig/`` changes: ``lmdb.open`` is wrapped in this process only.
+Nothing in ``stig/`` changes: ``lmdb.open`` is wrapped, or the options
+edited, in this process only.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from pathlib import Path
 
 import lmdb
 
-BREAKS = {"nosync": {"sync": False}, "nometasync": {"metasync": False}}
+BREAKS = {"nosync": {"sync": False}, "nometasync": {"metasync": False}, "ackearly": {}}
 
 
 def main() -> None:
     mode = sys.argv.pop(1)
     overrides = BREAKS[mode]
+    if mode == "ackearly" and "--durable-acks" in sys.argv:
+        sys.argv.remove("--durable-acks")
     real_open = lmdb.open
 
     def broken_open(path: str, **options: object) -> lmdb.Environment:

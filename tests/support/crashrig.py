@@ -75,6 +75,10 @@ def fuse_unavailable() -> str | None:
     if shutil.which("fusermount3") is None:
         return "fusermount3 missing (Debian package fuse3)"
     try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as error:
+        return f"/dev/fuse cannot be opened ({error})"
+    try:
         import pyfuse3  # noqa: F401
     except ImportError as error:
         return f"pyfuse3 not importable ({error}); pip install pyfuse3"
@@ -673,6 +677,7 @@ class PowerCutRun:
         self.server = RigStig(workdir / "mount" / "data", workdir / "logs", SERVER_ARGS[protocol], broken)
         self.clients = [CLIENTS[protocol](i, self.rng.randrange(2**32)) for i in range(clients)]
         self.cuts = 0
+        self.error: BaseException | None = None  # set by a driver whose cycle raised
         self.failures: list[str] = []  # "cut N: problem"
         self.checked_keys = 0
         self.cut_pages = {"kept_pages": 0, "dropped_pages": 0}
