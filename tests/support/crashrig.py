@@ -146,6 +146,21 @@ class LazyMount:
         self._wait_mounted(mounted + 1)
         return self._counters()
 
+    def freeze(self, timeout: float = 3.0) -> bool:
+        """Freeze the disk a few write/fsync requests from now (lazyfs SIGUSR2).
+
+        True once it froze; False if nothing wrote within ``timeout``.
+        """
+        assert self.proc is not None
+        before = sum(line.startswith("frozen") for line in self._lines())
+        self.proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(line.startswith("frozen") for line in self._lines()) > before:
+                return True
+            time.sleep(0.005)
+        return False
+
     def stop(self) -> dict[str, object]:
         """Clean shutdown: everything synced, unmounted."""
         assert self.proc is not None
@@ -222,6 +237,13 @@ def lmdb_walk(backing_data: Path) -> int:
 Step = dict[bytes, "bytes | None"]
 
 
+def _brief(value: bytes | None) -> str:
+    """A value as its first write tag and length (values repeat ``key#seq:``)."""
+    if value is None:
+        return "absent"
+    return f"{value.split(b':', 1)[0].decode(errors='replace')}:.. ({len(value)} B)"
+
+
 class Client:
     """One connection's workload and its ledger (see the module docstring)."""
 
@@ -253,6 +275,7 @@ class Client:
     def value(self, key: bytes) -> bytes:
         """A value naming its key and write, sometimes spanning pages."""
         size = self.rng.choice((8, 40, 200, 1500, 6000))
+        self.seq += 1
         head = b"%s#%d:" % (key, self.seq)
         return (head * (size // len(head) + 1))[:size]
 
@@ -327,7 +350,7 @@ class Client:
                     and not any(k in step and seen.get(k) == step[k] for step in self.pending)]
             if lost:
                 problems.append(f"{self.name.decode()}: {len(lost)} acknowledged writes lost or wrong, "
-                                f"e.g. {[(k, self.state[k] and self.state[k][:24], seen.get(k) and seen[k][:24]) for k in lost[:3]]}")
+                                f"e.g. (key, acknowledged, found) {[(k, _brief(self.state[k]), _brief(seen.get(k))) for k in lost[:3]]}")
             bad_cas = [k for k, c in self.cas.items() if k in observed and observed[k][1] != c]
             if bad_cas:
                 problems.append(f"{self.name.decode()}: cas changed for {bad_cas[:3]}")
@@ -683,6 +706,7 @@ class PowerCutRun:
         self.cut_pages = {"kept_pages": 0, "dropped_pages": 0}
         self.torn_counts = {"none": 0, "subset": 0, "prefix": 0}
         self.cas_ceiling = 0  # the largest cas any client saw before the latest cut
+        self.frozen = 0  # cuts that froze the disk mid-write first
 
     @property
     def acked_groups(self) -> int:
@@ -690,9 +714,13 @@ class PowerCutRun:
 
     def close(self) -> None:
         """Kill whatever is left (always call: a test may fail midway)."""
-        self.server.kill()
-        self.server.close_clients()
-        self.fs.kill()
+        if self.server.running:
+            self.server.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        self.fs.kill()  # answers a frozen request, if any, so the server can die
+        try:
+            self.server.kill()
+        finally:
+            self.server.close_clients()
 
     def _boot(self) -> None:
         if not self.fs.running:
@@ -733,9 +761,18 @@ class PowerCutRun:
         for thread in threads:
             thread.start()
         time.sleep(self.rng.uniform(self.min_load, self.max_load))
+        # Half the cuts land at a random instant; the other half freeze the
+        # disk a few requests on first, so that Stig dies in mid-commit.
+        froze = self.rng.random() < 0.5 and self.fs.freeze()
+        self.frozen += froze
         stop.set()
-        self.server.kill()
+        # SIGKILL first; a process stuck in a frozen FUSE request dies only
+        # once that request is answered, which the cut does (EIO, after
+        # dropping what was unsynced), so reap it after the cut.
+        assert self.server.proc is not None
+        self.server.proc.send_signal(signal.SIGKILL)
         counters = self.fs.cut()
+        self.server.proc.wait(MOUNT_TIMEOUT)
         for thread in threads:
             thread.join(30)
         for client in self.clients:
@@ -752,7 +789,7 @@ class PowerCutRun:
             lmdb_walk(self.fs.backing / "data")
         except Exception as error:  # noqa: BLE001 - any error is the finding
             self.failures.append(f"cut {self.cuts}: LMDB does not open as the cut left it: {error!r}")
-        self.log(f"{self.protocol} cut {self.cuts} ({torn}): acked groups so far {self.acked_groups}, "
+        self.log(f"{self.protocol} cut {self.cuts} ({torn}{', frozen' if froze else ''}): acked groups so far {self.acked_groups}, "
                  f"pages dropped {counters['dropped_pages']} kept {counters['kept_pages']}, "
                  f"failures so far {len(self.failures)}")
 
@@ -768,6 +805,6 @@ class PowerCutRun:
             "protocol": self.protocol, "seed": self.seed, "cuts": self.cuts,
             "acked_groups": self.acked_groups, "keys_checked": self.checked_keys,
             "runs_checked": sum(len(c.runs) for c in self.clients),
-            "torn": self.torn_counts, **self.cut_pages,
+            "torn": self.torn_counts, "frozen_mid_write": self.frozen, **self.cut_pages,
             "failures": len(self.failures),
         }

@@ -24,6 +24,13 @@ Signals drive it:
   The process exits 0, or with ``--remount`` mounts BACKING again at once
   (a fresh mount: no kernel cache, nothing unsynced) and serves on, which
   spares the power-cut suite a process start per cut.
+* ``SIGUSR2`` — **freeze** the disk a few requests from now: after 1 to 12
+  more ``write``/``fsync`` requests (chosen at random), the next one hangs
+  unapplied, and so does every later one, until the cut.  The program on the
+  mount stops in the middle of whatever it was writing (between a commit's
+  page writes and its fdatasync, say); a line ``frozen ...`` is printed.  A
+  SIGKILL still ends the program, and the cut then tears exactly that
+  unfinished work, which a cut at a random instant rarely hits.
 * ``SIGTERM``/``SIGINT`` — clean shutdown: everything is synced, then unmount.
 
 Directory entries (``--dirs``): with ``journal`` (the default, what ext4 and
@@ -128,23 +135,30 @@ class FileData:
 
     def sync(self) -> int:
         """Write every dirty page to the backing file; the pages it wrote."""
-        written = self._persist(list(self.dirty))
+        if self.floor < os.fstat(self.fd).st_size:
+            os.ftruncate(self.fd, self.floor)  # bytes truncated away are zeros if it regrows
+        written = self._persist(list(self.dirty), self.size)
         os.ftruncate(self.fd, self.size)
         self.dirty.clear()
         self.floor = self.size
         return written
 
-    def _persist(self, indexes: list[int]) -> int:
+    def _persist(self, indexes: list[int], limit: int) -> int:
+        """Write the pages ``indexes`` (whole, up to byte ``limit``); how many."""
         written = 0
         for index in indexes:
             start = index * PAGE
-            if start < self.size:
-                os.pwrite(self.fd, bytes(self.dirty[index][: self.size - start]), start)
+            if start < limit:
+                os.pwrite(self.fd, bytes(self.dirty[index][: limit - start]), start)
                 written += 1
         return written
 
     def cut(self, torn: str, rng: random.Random) -> tuple[int, int]:
-        """Power loss: keep no dirty page, a random subset, or a prefix; (kept, dropped)."""
+        """Power loss: keep no dirty page, a random subset, or a prefix; (kept, dropped).
+
+        A kept page lands whole (its bytes past a truncation are zeros), but
+        the size change that came with it is lost: sizes change at a sync.
+        """
         order = list(self.dirty)
         if torn == "subset":
             kept = [index for index in order if rng.random() < 0.5]
@@ -152,7 +166,7 @@ class FileData:
             kept = order[: rng.randint(0, len(order))]
         else:
             kept = []
-        written = self._persist(kept)
+        written = self._persist(kept, max(self.size, os.fstat(self.fd).st_size))
         self.dirty.clear()
         return written, len(order) - written
 
@@ -177,14 +191,35 @@ class LazyFS(pyfuse3.Operations):
         self.next_fh = 1
         self.unsynced_names: list[str] = []  # created since the last sync, oldest first
         self.powered = True
+        self.freeze_countdown: int | None = None  # requests until the freeze (armed by SIGUSR2)
+        self.frozen = False
+        self.thaw: trio.Event | None = None  # set at the cut: frozen requests fail
         self.counters = {"writes": 0, "syncs": 0, "synced_pages": 0, "cuts": 0,
-                         "kept_pages": 0, "dropped_pages": 0, "removed_names": 0}
+                         "kept_pages": 0, "dropped_pages": 0, "removed_names": 0, "frozen": 0}
 
     # -- helpers -------------------------------------------------------------
 
     def _check_power(self) -> None:
         if not self.powered:
             raise pyfuse3.FUSEError(errno.EIO)
+
+    async def _gate(self, what: str) -> None:
+        """Power check for a request that changes the disk; hangs it once frozen."""
+        self._check_power()
+        if not self.frozen and self.freeze_countdown is not None:
+            self.freeze_countdown -= 1
+            if self.freeze_countdown <= 0:
+                self.frozen = True
+                self.counters["frozen"] = 1
+                print(f"frozen at a {what} after {self.counters['writes']} writes", flush=True)
+        if self.frozen:
+            assert self.thaw is not None
+            await self.thaw.wait()
+            raise pyfuse3.FUSEError(errno.EIO)
+
+    def arm_freeze(self) -> None:
+        if self.freeze_countdown is None:
+            self.freeze_countdown = self.rng.randint(1, 12)
 
     def _full(self, path: str) -> str:
         return os.path.join(self.backing, path) if path else str(self.backing)
@@ -300,7 +335,7 @@ class LazyFS(pyfuse3.Operations):
         pass
 
     async def fsyncdir(self, fh, datasync):
-        self._check_power()
+        await self._gate("fsyncdir")
         self.counters["syncs"] += 1
         self._commit_names(self.paths[fh])
 
@@ -379,7 +414,7 @@ class LazyFS(pyfuse3.Operations):
         return self._data(self.handles[fh][0]).read(off, size)
 
     async def write(self, fh, off, buf):
-        self._check_power()
+        await self._gate("write")
         inode, flags = self.handles[fh]
         data = self._data(inode)
         data.write(off, buf)
@@ -389,7 +424,7 @@ class LazyFS(pyfuse3.Operations):
         return len(buf)
 
     async def fsync(self, fh, datasync):
-        self._check_power()
+        await self._gate("fsync")
         self._sync_file(self.handles[fh][0])
 
     async def flush(self, fh):
@@ -408,6 +443,8 @@ class LazyFS(pyfuse3.Operations):
     def cut(self) -> None:
         """Lose power: see the module docstring.  Nothing is served afterwards."""
         self.powered = False
+        if self.thaw is not None:
+            self.thaw.set()
         self.counters["cuts"] += 1
         for data in self.files.values():
             kept, dropped = data.cut(self.torn, self.rng)
@@ -426,15 +463,25 @@ class LazyFS(pyfuse3.Operations):
         self.unsynced_names.clear()
 
 
-async def _serve(fs: LazyFS) -> str:
-    """Run the FUSE loop until a signal; which ending it was."""
+async def _serve(fs: LazyFS, ready: str) -> str:
+    """Run the FUSE loop until a signal; which ending it was.
+
+    ``ready`` is printed once the signals are watched, so a controller that
+    waits for it can never signal a process that would die of it.
+    """
     ending = "unmounted"
+    fs.thaw = trio.Event()
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
             nonlocal ending
-            with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT) as signals:
+            watched = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+            with trio.open_signal_receiver(*watched) as signals:
+                print(ready, flush=True)
                 async for signum in signals:
+                    if signum == signal.SIGUSR2:
+                        fs.arm_freeze()
+                        continue
                     if signum == signal.SIGUSR1:
                         fs.cut()
                         ending = "cut"
@@ -470,9 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         torn = rng.choice(TORN) if args.torn == "random" else args.torn
         fs = LazyFS(args.backing.resolve(), torn, args.dirs, rng.randrange(2**32))
         pyfuse3.init(fs, str(args.mount), options)
-        print(READY + str(args.mount), flush=True)
         try:
-            ending = trio.run(_serve, fs)
+            ending = trio.run(_serve, fs, READY + str(args.mount))
         finally:
             pyfuse3.close(unmount=True)
         print(json.dumps({"event": ending, "torn": torn, **fs.counters}), flush=True)
