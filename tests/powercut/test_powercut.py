@@ -16,7 +16,8 @@ tests/support/crashrig.py and docs/powercut.md):
 * LMDB opens, read-only, as the cut left it: no recovery step.
 
 The three protocols run side by side (each on its own mount) to keep the
-suite short; the self-check runs Stig with LMDB's sync off and must fail.
+suite short; the self-check runs a Stig broken on purpose (LMDB's sync off;
+replies before the commit) and must fail.
 """
 
 from __future__ import annotations
@@ -84,10 +85,12 @@ def test_acknowledged_writes_survive_power_cuts(powercut_runs, protocol):
     assert run.checked_keys > 0
 
 
-def test_the_suite_fails_when_stig_does_not_sync(tmp_path):
-    """Self-check: LMDB opened with sync=False (tests/support/broken_stig.py) must be caught."""
-    run = _run_all(tmp_path, ("text",), cuts=3, broken="nosync")["text"]
+@pytest.mark.parametrize("broken", ["nosync", "ackearly"])
+def test_the_suite_fails_against_a_broken_stig(tmp_path, broken):
+    """Self-check (tests/support/broken_stig.py): LMDB opened with sync=False,
+    or replies sent before the commit (--durable-acks dropped), must be caught."""
+    run = _run_all(tmp_path, ("text",), cuts=3, broken=broken)["text"]
     if run.error is not None:
         raise run.error
-    assert run.failures, f"a Stig that never syncs passed the power-cut checks: {run.summary()}"
+    assert run.failures, f"a broken Stig ({broken}) passed the power-cut checks: {run.summary()}"
     assert any("acknowledged" in failure for failure in run.failures), run.failures[:5]
