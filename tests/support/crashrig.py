@@ -255,7 +255,6 @@ class Client:
         self.state: dict[bytes, bytes | None] = {}
         self.cas: dict[bytes, int] = {}  # committed cas reported by acknowledged replies
         self.pending: list[Step] = []
-        self.pending_cas: dict[bytes, int] = {}
         self.runs: list[tuple[dict[bytes, bytes], bool]] = []  # (run, acknowledged)
         self.singles: list[bytes] = []  # keys that overwrite/cas/delete may touch
         self.counter = self.name + b".ctr"
@@ -265,6 +264,8 @@ class Client:
         self.error: str | None = None
         self.cycle = 0  # set by the rig: the cycle writes are acknowledged in
         self.written_at: dict[bytes, int] = {}
+        self.lost = 0  # acknowledged writes found missing or wrong, over all checks
+        self.half_runs = 0  # runs found partly present
 
     # ledger ------------------------------------------------------------
 
@@ -348,6 +349,7 @@ class Client:
         if matched is None:
             lost = [k for k, v in self.state.items() if seen.get(k) != v
                     and not any(k in step and seen.get(k) == step[k] for step in self.pending)]
+            self.lost += len(lost)
             if lost:
                 problems.append(f"{self.name.decode()}: {len(lost)} acknowledged writes lost or wrong, "
                                 f"e.g. (key, acknowledged, found) {[(k, _brief(self.state[k]), _brief(seen.get(k))) for k in lost[:3]]}")
@@ -359,9 +361,10 @@ class Client:
         for run, acknowledged in self.runs:
             present = sum(seen.get(k) == v for k, v in run.items())
             if 0 < present < len(run):
+                self.half_runs += 1
                 problems.append(f"{self.name.decode()}: half a run: {present} of {len(run)} keys, "
                                 f"e.g. {next(iter(run))!r}")
-            elif acknowledged and present == 0:
+            elif acknowledged and present == 0:  # its keys are counted in `lost` too
                 problems.append(f"{self.name.decode()}: acknowledged run of {len(run)} lost, "
                                 f"e.g. {next(iter(run))!r}")
         # Follow what the server shows, so later cycles check from here.
@@ -707,6 +710,7 @@ class PowerCutRun:
         self.torn_counts = {"none": 0, "subset": 0, "prefix": 0}
         self.cas_ceiling = 0  # the largest cas any client saw before the latest cut
         self.frozen = 0  # cuts that froze the disk mid-write first
+        self.cas_reused = 0  # restarts whose fresh cas was not above every cas seen
 
     @property
     def acked_groups(self) -> int:
@@ -742,6 +746,7 @@ class PowerCutRun:
             reply = conn.send_recv(b"gets %s\r\n" % probe, timeout=30.0)
         fresh = int(reply.split(b"\r\n")[0].split()[4])
         if fresh <= self.cas_ceiling:
+            self.cas_reused += 1
             self.failures.append(f"cut {self.cuts}: cas reused: a fresh write got {fresh}, "
                                  f"a client had seen {self.cas_ceiling} before the cut")
         for client in clients:
@@ -806,5 +811,8 @@ class PowerCutRun:
             "acked_groups": self.acked_groups, "keys_checked": self.checked_keys,
             "runs_checked": sum(len(c.runs) for c in self.clients),
             "torn": self.torn_counts, "frozen_mid_write": self.frozen, **self.cut_pages,
+            "lost": sum(c.lost for c in self.clients),
+            "half_runs": sum(c.half_runs for c in self.clients),
+            "cas_reused": self.cas_reused,
             "failures": len(self.failures),
         }
