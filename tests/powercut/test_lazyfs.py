@@ -5,7 +5,9 @@
   clean cut the backing file holds exactly the bytes of the last sync;
 * on a real mount: ``pwrite`` is seen through ``mmap``, fsynced data
   survives a cut, unsynced data and unsynced new files do not, an
-  ``O_DSYNC`` write is synced, and ``flock`` excludes a second holder.
+  ``O_DSYNC`` write is synced, and ``flock`` excludes a second holder;
+* a frozen disk (SIGUSR2) hangs the writer and applies nothing more; the cut
+  releases it with an error.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import fcntl
 import mmap
 import os
 import random
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -126,5 +130,42 @@ def test_a_mount_serves_mmap_keeps_synced_data_and_forgets_the_rest(tmp_path):
         assert (mount / "synced").read_bytes() == b"a" * PAGE + b"b" * 10 + b"a" * (PAGE - 10)
         assert (mount / "old").read_bytes() == b"d" * 5 + b"o" * (PAGE - 5)
         assert not (mount / "unsynced-new").exists()
+    finally:
+        fs.kill()
+
+
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=f"needs FUSE: {fuse_unavailable()}")
+def test_a_frozen_disk_applies_nothing_more_and_the_cut_releases_the_writer(tmp_path):
+    fs = LazyMount(tmp_path / "backing", tmp_path / "mount", tmp_path / "logs")
+    fs.start(seed=2, torn="none")
+    try:
+        fd = os.open(tmp_path / "mount" / "f", os.O_RDWR | os.O_CREAT)
+        os.pwrite(fd, b"s" * PAGE, 0)
+        os.fsync(fd)
+        outcome: list[BaseException | int] = []
+
+        def writer() -> None:
+            try:
+                for index in range(1, 1000):  # each pwrite+fsync is two requests
+                    os.pwrite(fd, b"w" * PAGE, index * PAGE)
+                    os.fsync(fd)
+                outcome.append(0)
+            except OSError as error:
+                outcome.append(error)
+
+        assert fs.proc is not None
+        fs.proc.send_signal(signal.SIGUSR2)  # arm before the writer starts
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive(), f"the writer was not frozen: {outcome}"
+        assert any(line.startswith("frozen") for line in fs.out_path.read_text().splitlines())
+        synced_before = (tmp_path / "backing" / "f").read_bytes()
+        fs.cut()
+        thread.join(20.0)
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], OSError)  # the frozen request failed (EIO)
+        assert (tmp_path / "backing" / "f").read_bytes() == synced_before  # nothing after the freeze
+        os.close(fd)
     finally:
         fs.kill()
