@@ -46,9 +46,9 @@ def main() -> int:
         return 2
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
     failed = False
-    for protocol in protocols:
+    for index, protocol in enumerate(protocols):
         workdir = Path(tempfile.mkdtemp(prefix=f"powercut-{protocol}-", dir=args.keep))
-        run = PowerCutRun(workdir, protocol, args.seed, clients=args.clients, broken=args.broken,
+        run = PowerCutRun(workdir, protocol, args.seed + index, clients=args.clients, broken=args.broken,
                           window=args.window, dirs=args.dirs, log=(lambda _: None) if args.quiet else print)
         started = time.monotonic()
         try:
