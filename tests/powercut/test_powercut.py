@@ -5,7 +5,8 @@ survives a killed process.  Here Stig's data directory is a lazyfs mount
 (tests/support/lazyfs.py); every cycle kills Stig **and** cuts the power,
 which throws away (or tears, page by page) everything not yet fsynced, then
 restarts Stig on what the disk kept and checks every client's ledger (see
-tests/support/crashrig.py and docs/powercut.md):
+tests/support/crashrig.py, tests/support/powercut_clients.py and
+docs/powercut.md):
 
 * every acknowledged durable write is present (text under --durable-acks;
   meta ``mn``; binary No-op; conditional and binary loud writes);
