@@ -121,7 +121,7 @@ class TextHandler:
         if type(event) is not Retrieve or event.touch or not self.authenticated:
             return False
         session = self.session
-        if session.run_open or session.unresolved:
+        if session.run_open or session.unresolved or not session.sees_acked(event.keys):
             return False
         if event.with_cas and session.has_pending(event.keys):
             return False
@@ -139,8 +139,8 @@ class TextHandler:
         if not self.authenticated:
             return False
         session = self.session
-        if session.run_open or session.unresolved:
-            return False
+        if session.run_open or session.unresolved or not session.sees_acked():
+            return False  # (a write in flight: the keys are known only once taken)
         parser = self.parser
         singles = parser.plain_single_gets()
         if singles:
@@ -185,7 +185,7 @@ class TextHandler:
 
     async def _retrieve(self, command: Retrieve) -> None:
         session = self.session
-        if not command.touch and not session.unresolved:
+        if not command.touch and not session.unresolved and session.sees_acked(command.keys):
             with_cas = command.with_cas
             session.close_run()
             if not (with_cas and session.has_pending(command.keys)):
