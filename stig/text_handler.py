@@ -254,7 +254,11 @@ class TextHandler:
         never outlives this call.
         """
         out = self.out
-        overlay = self.session.overlay
+        session = self.session
+        overlay = session.overlay
+        # The gets behind these were checked by nobody: take them only while
+        # no write of any session is in flight (else they go one by one).
+        look_ahead = look_ahead and session.sees_acked()
         unpack = HEADER.unpack_from
         end = R.END
         count = hits = 0

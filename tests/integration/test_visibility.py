@@ -180,6 +180,23 @@ def test_text_pipelined_sets_then_multi_get_elsewhere(server):
         assert reply == expected + b"END\r\n", n
 
 
+def test_text_pipelined_gets_behind_another_get(server):
+    """The reader pipelines gets: each one, not just the first, waits for a write
+    in flight to its key (the fast path reads gets ahead in one snapshot)."""
+    a, b = server.connect(), server.connect()
+    assert b.send_recv(b"set unrelated 0 0 1\r\nu\r\n", b"\r\n") == b"STORED\r\n"
+    for n in range(300):
+        value = b"%d" % n
+        assert a.send_recv(b"set g 0 0 %d\r\n%b\r\n" % (len(value), value), b"\r\n") == b"STORED\r\n"
+        b.send(b"get unrelated\r\nget g\r\ngets g\r\n")
+        reply = b""
+        while reply.count(b"END\r\n") < 3:
+            reply += b.recv_until(b"END\r\n")
+        assert reply.startswith(b"VALUE unrelated 0 1\r\nu\r\nEND\r\nVALUE g 0 %d\r\n%b\r\nEND\r\n"
+                                % (len(value), value)), (n, reply)
+        assert reply.split(b"\r\n")[6].startswith(b"VALUE g 0 %d " % len(value)), (n, reply)
+
+
 def test_meta_hd_then_mg_elsewhere(server):
     a, b = server.connect(), server.connect()
     for n in range(ROUNDS):
