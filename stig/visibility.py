@@ -40,10 +40,12 @@ if TYPE_CHECKING:
 class InFlight:
     """Keys with a submitted promotion not finished yet; see the module docstring."""
 
-    __slots__ = ("_keys", "_everything")
+    __slots__ = ("_keys", "_everything", "waits")
 
     def __init__(self) -> None:
         self._keys: dict[bytes, Promotion] = {}
+        #: Reads that waited for a write in flight (``stats``: stig_read_waits).
+        self.waits = 0
         #: The newest unfinished promotion that clears every key (flush_all).
         self._everything: Promotion | None = None
 
@@ -133,5 +135,8 @@ class InFlight:
         the read began: the read may see them or not, so they are not
         waited for.
         """
-        for promotion in self.blocking(keys, own):
+        blocking = self.blocking(keys, own)
+        if blocking:
+            self.waits += 1
+        for promotion in blocking:
             await promotion.done.wait()

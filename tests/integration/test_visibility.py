@@ -289,3 +289,14 @@ def test_open_run_stays_invisible_and_a_closed_run_becomes_visible_whole(stig_fa
         assert b.send_recv(b"get r1 r2\r\n") == (
             b"VALUE r1 0 3\r\n%b\r\nVALUE r2 0 3\r\n%b\r\nEND\r\n" % (value, value)
         ), n
+
+
+def test_stats_show_reads_that_waited(server):
+    a, b = server.connect(), server.connect()
+    for n in range(50):
+        assert a.send_recv(b"set w 0 0 1\r\n%d\r\n" % (n % 10), b"\r\n") == b"STORED\r\n"
+        assert b.send_recv(b"get w\r\n") == b"VALUE w 0 1\r\n%d\r\nEND\r\n" % (n % 10)
+    server.settle()
+    stats = server.stats()
+    assert int(stats["stig_read_waits"]) >= 0
+    assert stats["stig_keys_in_flight"] == "0"  # every promotion released its keys
