@@ -36,14 +36,24 @@ from typing import TYPE_CHECKING, Collection, Iterable, Mapping, Sequence
 if TYPE_CHECKING:
     from stig.promoter import Promotion
 
+#: Entries of finished promotions tolerated beyond twice the live ones.
+_PURGE_SLACK = 4096
+
 
 class InFlight:
     """Keys with a submitted promotion not finished yet; see the module docstring."""
 
-    __slots__ = ("_keys", "_everything", "waits")
+    __slots__ = ("_keys", "_everything", "_live", "_live_keys", "waits")
 
     def __init__(self) -> None:
+        #: key -> the newest promotion published for it.  Entries of finished
+        #: promotions are dropped lazily (readers skip them: ``finished``):
+        #: all at once when nothing is left in flight, else when they
+        #: outnumber the live ones — a key-by-key release cost more than the
+        #: rest of a 1,000-item batch's bookkeeping.
         self._keys: dict[bytes, Promotion] = {}
+        self._live = 0  # published promotions not finished yet
+        self._live_keys = 0  # their keys (an upper bound: a key may repeat)
         #: Reads that waited for a write in flight (``stats``: stig_read_waits).
         self.waits = 0
         #: The newest unfinished promotion that clears every key (flush_all).
@@ -51,30 +61,35 @@ class InFlight:
 
     def __len__(self) -> int:
         """Keys with a promotion in flight (the ``everything`` marker counts as one)."""
-        return len(self._keys) + (self._everything is not None)
-
-    @property
-    def idle(self) -> bool:
-        """True when no write of any session is in flight."""
-        return not self._keys and self._everything is None
+        live = sum([not promotion.finished for promotion in self._keys.values()])
+        return live + (self._everything is not None)
 
     def publish(self, promotions: Iterable[Promotion]) -> None:
         """Record submitted promotions, oldest first (the newest of a key wins)."""
         keys = self._keys
         for promotion in promotions:
-            for key in promotion.key_seqs:
-                keys[key] = promotion
+            seqs = promotion.key_seqs
+            if len(seqs) == 1:  # a POV-acked write: its own run
+                for key in seqs:
+                    keys[key] = promotion
+            else:
+                keys.update(dict.fromkeys(seqs, promotion))
+            self._live += 1
+            self._live_keys += len(seqs)
             if promotion.clears_all:
                 self._everything = promotion
 
     def release(self, promotion: Promotion) -> None:
-        """A promotion finished: forget the keys that still point at it."""
-        keys = self._keys
-        for key in promotion.key_seqs:
-            if keys.get(key) is promotion:
-                del keys[key]
+        """A promotion finished (called just before it is marked finished)."""
+        self._live -= 1
+        self._live_keys -= len(promotion.key_seqs)
         if self._everything is promotion:
             self._everything = None
+        keys = self._keys
+        if not self._live:
+            keys.clear()
+        elif len(keys) > 2 * self._live_keys + _PURGE_SLACK:
+            self._keys = {k: p for k, p in keys.items() if not p.finished and p is not promotion}
 
     def blocking(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
@@ -85,10 +100,10 @@ class InFlight:
         overlay), which need no wait.  ``keys`` None: every key (a caller
         that does not know its keys yet) — then every promotion in flight.
         """
+        if not self._live:
+            return []
         inflight = self._keys
         everything = self._everything
-        if not inflight and everything is None:
-            return []
         found: dict[int, Promotion] = {}
         if keys is None:
             candidates: list[Promotion | None] = list(inflight.values())
@@ -110,12 +125,14 @@ class InFlight:
 
         The same answer as ``not blocking(keys, own)``, without building a list.
         """
-        inflight = self._keys
-        everything = self._everything
-        if not inflight and everything is None:
+        if not self._live:
             return True
         if keys is None:
             return False
+        inflight = self._keys
+        everything = self._everything
+        if everything is None and len(keys) > 8 and inflight.keys().isdisjoint(keys):
+            return True  # a multi-get: one pass in C
         for key in keys:
             if key in own:
                 continue
