@@ -300,3 +300,38 @@ def test_stats_show_reads_that_waited(server):
     stats = server.stats()
     assert int(stats["stig_read_waits"]) >= 0
     assert stats["stig_keys_in_flight"] == "0"  # every promotion released its keys
+
+
+def _limit_file_size() -> None:
+    import resource
+
+    limit = 3 << 20  # a full disk, as tests/durability/test_disk.py makes one
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_reader_waiting_for_a_commit_that_fails_goes_on(stig_factory):
+    """The write a reader waits for is lost (full disk): the read answers the
+    state without it, the writer's connection is told and closed."""
+    server = stig_factory()
+    server.preexec_fn = _limit_file_size
+    server.restart()
+    big = b"v" * 100_000
+    a, b = server.connect(), server.connect()
+    lost = None
+    for index in range(100):  # ~10 MB against a 3 MiB file limit
+        reply = a.send_recv(b"set f%d 0 0 %d\r\n%b\r\n" % (index, len(big), big), b"\r\n")
+        if reply != b"STORED\r\n":
+            # The loss of an earlier acknowledged write, reported on its connection.
+            assert reply.startswith(b"SERVER_ERROR ") and b"lost" in reply, reply
+            assert a.is_closed_by_peer()
+            break
+        got = b.send_recv(b"get f%d\r\n" % index, b"END\r\n", timeout=30)
+        if got == b"END\r\n":  # its commit failed: the read went on without it
+            lost = index
+            continue
+        assert got == b"VALUE f%d 0 %d\r\n%b\r\nEND\r\n" % (index, len(big), big), index
+    else:
+        raise AssertionError("the file limit never refused a commit")
+    assert lost is not None and lost == index - 1
+    assert int(server.stats()["stig_failed_commits"]) >= 1
+    assert server.stats()["stig_keys_in_flight"] == "0"
