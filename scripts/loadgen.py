@@ -946,8 +946,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     if a.bulk_load is None:
         err = probe(spec)
-        # Stig shows a write to other connections only once it is committed
-        # (milliseconds later): give a fresh preload a moment to become visible.
+        # A server that shows acknowledged writes to other connections only
+        # once committed (Stig before issue 9 did) gets a moment after a preload.
         deadline = time.monotonic() + (10.0 if a.preload else 0.0)
         while err and time.monotonic() < deadline:
             time.sleep(0.05)
