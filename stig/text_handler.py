@@ -142,6 +142,8 @@ class TextHandler:
         if session.run_open or session.unresolved or not session.sees_acked():
             return False  # (a write in flight: the keys are known only once taken)
         parser = self.parser
+        if not parser.buffered:
+            return False  # the end of a burst: nothing to look at (most writes end here)
         singles = parser.plain_single_gets()
         if singles:
             self._read_singles(singles)
