@@ -50,6 +50,8 @@ class Row:
     def label(self) -> str:
         if self.workload == "p99":
             return f"p99 at ½ peak mix d=1 {self.value_size}B"
+        if self.workload == "pooled":
+            return f"pooled set, get elsewhere {self.value_size}B"
         if self.workload in ("get", "set", "mix", "mget"):
             return f"{self.workload} d={self.depth} {self.value_size}B"
         return f"{self.workload} {self.value_size}B" if self.value_size else self.workload
@@ -139,6 +141,8 @@ def _note(r: Row) -> str:
     """Free text for an ok row: why errors happened, what the client skipped."""
     notes = []
     extra = r.extra or {}
+    if "stale" in extra:
+        notes.append(f"stale reads: {extra['stale']}" + (" (must be 0)" if extra["stale"] else ""))
     if r.errors and extra.get("error_samples"):
         notes.append(f"first error: {extra['error_samples'][0][:100]}")
     if (r.p50_us and r.seconds and r.p50_us * 3 > r.seconds * 1e6

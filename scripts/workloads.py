@@ -15,6 +15,13 @@ measures.  A template is one pipeline batch:
   pipelined classic ``set`` commands (every ``STORED`` is read), for servers
   without the meta protocol.
 
+* ``pooled`` - visibility through a connection pool: connections work in
+  pairs; one sets the pair's key to a new value and reads its reply, then the
+  *other* connection gets the key.  A get that returns an older value is a
+  **stale read** (counted, must be 0).  Values change every round, so this
+  one is driven by :func:`loadgen.run` with :func:`pooled_round`, not from
+  pre-built templates; ``depth`` does not apply.  Each round is 2 items.
+
 ``items`` counts keys read or written, so multi-get and batch figures are keys
 per second, comparable with single-key ones.
 """
@@ -25,7 +32,7 @@ import random
 
 from wire import Exchange, Text, codec, key_for
 
-WORKLOADS = ("get", "set", "mix", "mget", "batch")
+WORKLOADS = ("get", "set", "mix", "mget", "batch", "pooled")
 GET_FRACTION = 0.9
 
 
@@ -65,6 +72,8 @@ def build_exchange(
 ) -> Exchange:
     """One pipeline batch of ``workload`` over keys ``0..keyspace-1``."""
     c = codec(protocol)
+    if workload == "pooled":  # the probe's exchange: one set (rounds are built live)
+        return _join([c.set(key_for(keyspace), value_size)], 1)
     if workload == "batch":
         keys = [key_for(rng.randrange(keyspace)) for _ in range(batch_size)]
         return _join([_batch(protocol, keys, value_size, batch_style)], batch_size)
@@ -99,3 +108,18 @@ def load_exchange(protocol: str, start: int, count: int, value_size: int,
 def template_count(exchange_bytes: int, wanted: int = 128, budget: int = 48 << 20) -> int:
     """How many templates fit ``budget`` bytes per worker (at least 2)."""
     return max(2, min(wanted, budget // max(1, exchange_bytes)))
+
+
+def pooled_round(protocol: str, key: bytes, round_no: int, value_size: int
+                 ) -> tuple[bytes, bytes, bytes, bytes]:
+    """One round of the ``pooled`` workload: the write, its reply, the read on
+    the other connection, and the reply that read must get if it sees the write.
+
+    The value carries the round number, so an older value differs.
+    """
+    if protocol != "text":
+        raise ValueError("the pooled workload speaks the text protocol")
+    value = (b"%010d" % round_no + b"." * value_size)[:max(value_size, 10)]
+    write = b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value)
+    read = b"get %s\r\n" % key
+    return write, b"STORED\r\n", read, b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key, len(value), value)

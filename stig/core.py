@@ -47,10 +47,14 @@ class Core:
         return not self.engine.settings.disable_flush_all
 
     async def _resolve(self, keys: Sequence[bytes]) -> None:
-        """Wait for this session's conditional writes that may change ``keys``."""
+        """Wait for this session's conditional writes that may change ``keys``,
+        and for other sessions' writes to them that are in flight (acknowledged
+        writes are visible everywhere: docs/pov.md)."""
         session = self.session
         if session.unresolved and session.is_unresolved(keys):
             await session.promote_pending()
+        if not session.sees_acked(keys):
+            await session.await_acked(keys)
 
     # -- reads -----------------------------------------------------------------
 
@@ -60,12 +64,15 @@ class Core:
         """Every key as of one snapshot, with this session's writes laid over it.
 
         ``with_cas`` promotes this session's pending writes to those keys
-        first, so that every cas returned is a committed one.
+        first, so that every cas returned is a committed one.  Other
+        sessions' writes in flight to those keys are waited for first.
         """
         session = self.session
         session.close_run()
         if (with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
             await session.promote_pending()
+        if not session.sees_acked(keys):
+            await session.await_acked(keys)  # then one snapshot for all keys
         items = session.get_many(keys) if len(keys) > 1 else [session.get(keys[0])]
         hits = sum(item is not None for item in items)
         stats = self.stats

@@ -35,6 +35,7 @@ from stig.ops import Op, Outcome
 from stig.records import Item
 from stig.stats import PromoterStats
 from stig.store import Applied, MapFull, Store
+from stig.visibility import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Promotion:
     on_done: Callable[["Promotion"], None] | None = None
     answered_early: bool = False  # holds writes already acknowledged from a POV
     last_seq: int = 0  # the session's write sequence number at the run's end
+    clears_all: bool = False  # holds a flush_all: every key is written
     outcomes: list[Outcome] | None = None
     written: Item | None = None  # what the run's last operation stored, cas included
     error: str | None = None
@@ -94,6 +96,9 @@ class Promoter:
         self.store = store
         self.stats = stats
         self.max_group_bytes = max_group_bytes
+        #: Keys written by submitted, unfinished promotions: what a read on
+        #: another session waits for (stig/visibility.py).
+        self.in_flight = InFlight()
         self._queue: list[Promotion] = []
         self._wakeup = trio.Event()
         self._closing = False
@@ -111,7 +116,13 @@ class Promoter:
         self._draining = False  # run() is ending: it waits for the group in flight
 
     def submit(self, promotions: Sequence[Promotion]) -> None:
-        """Queue promotions; they commit in the order they were submitted."""
+        """Queue promotions; they commit in the order they were submitted.
+
+        Published in :attr:`in_flight` here, before any reply acknowledging
+        them can be sent: from now on a read of their keys on any session
+        waits for their commit.
+        """
+        self.in_flight.publish(promotions)
         self._queue.extend(promotions)
         self.stats.pending_bytes += sum([p.nbytes for p in promotions])
         if self._in_flight is None and self._jobs is not None and not self._dispatch_due:
@@ -252,6 +263,7 @@ class Promoter:
             if results is not None:
                 promotion.outcomes, promotion.written = results[index]
             promotion.error = error
+            self.in_flight.release(promotion)
             on_done = promotion.on_done
             if on_done is not None:
                 on_done(promotion)

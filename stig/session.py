@@ -70,6 +70,7 @@ class Session:
         self._run_keys: dict[bytes, int] = {}
         self._run_bytes = 0
         self._run_answered = False  # the run holds writes answered from the POV
+        self._run_clears = False  # the run holds a flush_all (every key)
         # What the open run replaced, so that discarding it restores the POV:
         # the overlay entry (None: none) and unresolved seq of each key it touched.
         self._run_undo: dict[bytes, _Pending | None] = {}
@@ -83,6 +84,7 @@ class Session:
         self._max_run_bytes = engine.settings.max_pending_bytes
         self.failure: str | None = None  # a commit of acknowledged writes failed
         self.unacked_writes = False  # replied-to writes not yet known durable
+        self._in_flight = engine.promoter.in_flight
 
     # -- reads ---------------------------------------------------------------
 
@@ -108,6 +110,28 @@ class Session:
                 if pending is not None:
                     items[index] = pending.item
         return items
+
+    # -- other sessions' acknowledged writes (stig/visibility.py) -------------
+
+    def sees_acked(self, keys: Sequence[bytes] | None = None) -> bool:
+        """Whether reading ``keys`` now sees every write acknowledged to any client.
+
+        False when another session's write to one of them (``keys`` None:
+        to any key) is submitted but not committed yet: the read must
+        :meth:`await_acked` first.  Keys this session has written itself
+        are read from its POV and never waited for.  Every read of the
+        store goes through this check (docs/pov.md, "Other sessions").
+        """
+        return self._in_flight.clear_for(keys, self._overlay)
+
+    async def await_acked(self, keys: Sequence[bytes] | None = None) -> None:
+        """Wait until the writes in flight to ``keys`` (None: any) are committed.
+
+        Hands this session's closed runs over first, so that they join the
+        next group commit instead of waiting behind this read.
+        """
+        self.submit()
+        await self._in_flight.wait(keys, self._overlay)
 
     def has_pending(self, keys: Sequence[bytes]) -> bool:
         overlay = self._overlay
@@ -194,7 +218,9 @@ class Session:
         if key not in self._run_unresolved_undo:
             self._run_unresolved_undo[key] = self.unresolved.get(key)
         self.unresolved[key] = self._seq
-        if key is not None:
+        if key is None:
+            self._run_clears = True
+        else:
             # Once this commits, this session's older writes to the key are
             # in the global state: the overlay entry can go.
             self._run_keys[key] = self._seq
@@ -243,12 +269,13 @@ class Session:
             return None
         promotion = Promotion(
             self._run, self._run_keys, self._run_bytes, self._promoted, self._run_answered,
-            last_seq=self._seq,
+            last_seq=self._seq, clears_all=self._run_clears,
         )
         self._run = []
         self._run_keys = {}
         self._run_bytes = 0
         self._run_answered = False
+        self._run_clears = False
         self._run_undo = {}
         self._run_unresolved_undo = {}
         self._closed.append(promotion)
@@ -275,6 +302,7 @@ class Session:
         self._run_keys = {}
         self._run_bytes = 0
         self._run_answered = False
+        self._run_clears = False
         self._run_undo = {}
         self._run_unresolved_undo = {}
 

@@ -66,6 +66,9 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_failed_commits", promoter.failed_commits),
         ("stig_pending_promotion_bytes", promoter.pending_bytes),
         ("stig_durable_acks", int(engine.settings.durable_acks)),
+        # Acknowledged writes visible everywhere (stig/visibility.py):
+        ("stig_keys_in_flight", len(engine.promoter.in_flight)),
+        ("stig_read_waits", engine.promoter.in_flight.waits),
     ]
     return pairs
 

@@ -121,7 +121,7 @@ class TextHandler:
         if type(event) is not Retrieve or event.touch or not self.authenticated:
             return False
         session = self.session
-        if session.run_open or session.unresolved:
+        if session.run_open or session.unresolved or not session.sees_acked(event.keys):
             return False
         if event.with_cas and session.has_pending(event.keys):
             return False
@@ -139,9 +139,11 @@ class TextHandler:
         if not self.authenticated:
             return False
         session = self.session
-        if session.run_open or session.unresolved:
-            return False
+        if session.run_open or session.unresolved or not session.sees_acked():
+            return False  # (a write in flight: the keys are known only once taken)
         parser = self.parser
+        if not parser.buffered:
+            return False  # the end of a burst: nothing to look at (most writes end here)
         singles = parser.plain_single_gets()
         if singles:
             self._read_singles(singles)
@@ -185,7 +187,7 @@ class TextHandler:
 
     async def _retrieve(self, command: Retrieve) -> None:
         session = self.session
-        if not command.touch and not session.unresolved:
+        if not command.touch and not session.unresolved and session.sees_acked(command.keys):
             with_cas = command.with_cas
             session.close_run()
             if not (with_cas and session.has_pending(command.keys)):
@@ -254,7 +256,11 @@ class TextHandler:
         never outlives this call.
         """
         out = self.out
-        overlay = self.session.overlay
+        session = self.session
+        overlay = session.overlay
+        # The gets behind these were checked by nobody: take them only while
+        # no write of any session is in flight (else they go one by one).
+        look_ahead = look_ahead and session.sees_acked()
         unpack = HEADER.unpack_from
         end = R.END
         count = hits = 0

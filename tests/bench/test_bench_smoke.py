@@ -70,6 +70,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert by[("bare-trio", workload, depth)]["status"] == "ok", by[("bare-trio", workload, depth)]
     for workload, depth in (("get", 1), ("get", 4), ("set", 1), ("mget", 1)):
         assert by[("stig", workload, depth)]["status"] == "ok", by[("stig", workload, depth)]
+    # The pooled visibility row: a write answered on one connection, read on
+    # another, never stale; only for servers that store (not bare-trio).
+    pooled = by[("stig", "pooled", 1)]
+    assert pooled["status"] == "ok" and pooled["extra"]["stale"] == 0, pooled
+    assert "stale reads: 0" in proc.stdout, proc.stdout
+    assert ("bare-trio", "pooled", 1) not in by
+    assert any(r["server"] == "stig" and r["depth"] == 1 and r["ratio"] > 0
+               for r in data["cpu_set_over_get"]), data["cpu_set_over_get"]
     # p99 at half of Stig's peak: the peak (a closed-loop mix row), Stig's own
     # open-loop row at half that rate, and memcached's, skipped here, so the
     # comparison says why it is missing instead of showing a ratio.

@@ -519,6 +519,51 @@ class PovMachine(RuleBasedStateMachine):
         elif exclusive:
             assert outcomes == [Outcome.STORED, Outcome.NOT_STORED]
 
+    # -- acknowledged writes are visible to every session --------------------------
+
+    def _read(self, s: int, probe: list[bytes]) -> None:
+        """Read ``probe`` on session ``s`` as the command core does, and check it.
+
+        A run is acknowledged once it is submitted: a connection hands its
+        closed runs over before it sends the replies of the burst that
+        closed them.  So the rule "after a write's reply, reads from any
+        session see it or something newer" reads here: a read must wait
+        (``sees_acked`` False) exactly when another session's *submitted*
+        run still in the queue writes one of its keys (or clears them all),
+        and then — after the commit it waits for — it sees that run whole.
+        Runs still open or closed but not handed over are invisible, and
+        keys the session wrote itself come from its POV without a wait.
+        """
+        session = self.sessions[s]
+        if session.is_unresolved(probe):  # the core first awaits its own verdicts
+            self._close(s)
+            self._submit(s)
+            self._commit()
+        model = self.model
+        own = {i.key for i in model.uncommitted(s)}
+        foreign = {key for key in probe if key not in own}
+        in_flight = bool(foreign) and any(
+            i.key is None or i.key in foreign for run in model.queue for i in run.intents
+        )
+        assert session.sees_acked(probe) is (not in_flight), (s, probe, in_flight)
+        if in_flight:
+            event("read waited for another session's write in flight")
+            self._commit()  # what await_acked waits for
+            assert session.sees_acked(probe)
+        got = session.get_many(probe)
+        expected = [model.view(s, key) for key in probe]
+        assert got == expected, (s, [_shown(i) for i in got], [_shown(i) for i in expected])
+
+    @rule(s=sessions, key=keys)
+    def read_after_reply(self, s: int, key: bytes) -> None:
+        """A single-key read on any session sees every acknowledged write."""
+        self._read(s, [key])
+
+    @rule(s=sessions)
+    def multi_read_after_reply(self, s: int) -> None:
+        """A multi-key read: one snapshot, each acknowledged run in it whole."""
+        self._read(s, KEYS)
+
     # -- run boundaries and the promoter ------------------------------------------
 
     def _any_open(self) -> bool:

@@ -1,0 +1,159 @@
+"""Which keys have a write in flight: what makes an acknowledged write visible everywhere.
+
+A write answered from a session's POV is in LMDB only once its promotion
+commits, a few milliseconds later.  Without help, another connection that
+reads the key in between sees the old value although the writer already
+has its reply — a stale read through any connection pool.  The rule
+(docs/pov.md, "Other sessions"): once a client has a reply that acknowledges
+a write, every read that starts afterwards, on any connection, sees that
+write or a later one.
+
+:class:`InFlight` is the engine-wide record that keeps the rule cheap: key →
+the newest submitted promotion that writes it and has not finished yet, and
+one marker for a promotion that clears every key (``flush_all``).  The
+promoter *publishes* promotions as they are submitted — which is always
+before any reply that acknowledges them can leave the server: a connection
+sends a burst's replies only after handing its closed runs over — and
+*releases* them when they finish (committed or failed).  A read checks its
+keys here: if one has a promotion in flight, the read first waits for that
+promotion's commit, then reads its snapshot.  The writer never waits; only
+a reader of a key with a write in flight does, and only for that commit.
+
+Why "newest wins" is enough: promotions commit in the order they are
+submitted, and publishing happens at submission, so when the newest one of
+a key has finished, every older one has too.  Why a finished promotion is
+visible: the commit thread returns from LMDB's commit before the event loop
+finishes the promotion, so a read transaction begun after that sees it.
+
+A session's own writes are read from its POV overlay, never waited for
+here.  An open run is in no promotion yet, so it stays invisible to others.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Collection, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from stig.promoter import Promotion
+
+#: Entries of finished promotions tolerated beyond twice the live ones.
+_PURGE_SLACK = 4096
+
+
+class InFlight:
+    """Keys with a submitted promotion not finished yet; see the module docstring."""
+
+    __slots__ = ("_keys", "_everything", "_live", "_live_keys", "waits")
+
+    def __init__(self) -> None:
+        #: key -> the newest promotion published for it.  Entries of finished
+        #: promotions are dropped lazily (readers skip them: ``finished``):
+        #: all at once when nothing is left in flight, else when they
+        #: outnumber the live ones — a key-by-key release cost more than the
+        #: rest of a 1,000-item batch's bookkeeping.
+        self._keys: dict[bytes, Promotion] = {}
+        self._live = 0  # published promotions not finished yet
+        self._live_keys = 0  # their keys (an upper bound: a key may repeat)
+        #: Reads that waited for a write in flight (``stats``: stig_read_waits).
+        self.waits = 0
+        #: The newest unfinished promotion that clears every key (flush_all).
+        self._everything: Promotion | None = None
+
+    def __len__(self) -> int:
+        """Keys with a promotion in flight (the ``everything`` marker counts as one)."""
+        live = sum([not promotion.finished for promotion in self._keys.values()])
+        return live + (self._everything is not None)
+
+    def publish(self, promotions: Iterable[Promotion]) -> None:
+        """Record submitted promotions, oldest first (the newest of a key wins)."""
+        keys = self._keys
+        for promotion in promotions:
+            seqs = promotion.key_seqs
+            if len(seqs) == 1:  # a POV-acked write: its own run
+                for key in seqs:
+                    keys[key] = promotion
+            else:
+                keys.update(dict.fromkeys(seqs, promotion))
+            self._live += 1
+            self._live_keys += len(seqs)
+            if promotion.clears_all:
+                self._everything = promotion
+
+    def release(self, promotion: Promotion) -> None:
+        """A promotion finished (called just before it is marked finished)."""
+        self._live -= 1
+        self._live_keys -= len(promotion.key_seqs)
+        if self._everything is promotion:
+            self._everything = None
+        keys = self._keys
+        if not self._live:
+            keys.clear()
+        elif len(keys) > 2 * self._live_keys + _PURGE_SLACK:
+            self._keys = {k: p for k, p in keys.items() if not p.finished and p is not promotion}
+
+    def blocking(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> list[Promotion]:
+        """The unfinished promotions a read of ``keys`` must wait for.
+
+        ``own``: keys the reading session answers from its own POV (its
+        overlay), which need no wait.  ``keys`` None: every key (a caller
+        that does not know its keys yet) — then every promotion in flight.
+        """
+        if not self._live:
+            return []
+        inflight = self._keys
+        everything = self._everything
+        found: dict[int, Promotion] = {}
+        if keys is None:
+            candidates: list[Promotion | None] = list(inflight.values())
+            needs_everything = True
+        else:
+            candidates = [inflight.get(key) for key in keys if key not in own]
+            needs_everything = bool(candidates)
+        if needs_everything and everything is not None:
+            candidates.append(everything)
+        for promotion in candidates:
+            if promotion is not None and not promotion.finished:
+                found[id(promotion)] = promotion
+        return list(found.values())
+
+    def clear_for(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> bool:
+        """True when a read of ``keys`` (None: any key) needs no wait: the hot check.
+
+        The same answer as ``not blocking(keys, own)``, without building a list.
+        """
+        if not self._live:
+            return True
+        if keys is None:
+            return False
+        inflight = self._keys
+        everything = self._everything
+        if everything is None and len(keys) > 8 and inflight.keys().isdisjoint(keys):
+            return True  # a multi-get: one pass in C
+        for key in keys:
+            if key in own:
+                continue
+            if everything is not None and not everything.finished:
+                return False
+            promotion = inflight.get(key)
+            if promotion is not None and not promotion.finished:
+                return False
+        return True
+
+    async def wait(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> None:
+        """Wait until every write in flight to ``keys`` (not in ``own``) has finished.
+
+        Promotions published while this waits are writes acknowledged after
+        the read began: the read may see them or not, so they are not
+        waited for.
+        """
+        blocking = self.blocking(keys, own)
+        if blocking:
+            self.waits += 1
+        for promotion in blocking:
+            await promotion.done.wait()
