@@ -98,6 +98,17 @@ async def open_listeners(settings: Settings) -> list[Listener]:
     return [Listener(main), Listener(await _listen_tcp(settings.listen, settings.tls_port), tls=True)]
 
 
+def _bound(settings: Settings, listeners: list[Listener]) -> Settings:
+    """The settings with the ports actually bound (``0`` picks one), as
+    ``stats settings`` shows them."""
+    if settings.unix_socket is not None:
+        return settings
+    ports = [listener.sock.getsockname()[1] for listener in listeners]
+    if settings.tls_port is not None:
+        return attrs.evolve(settings, port=ports[0], tls_port=ports[1])
+    return attrs.evolve(settings, port=ports[0])
+
+
 async def _reject(sock: trio.socket.SocketType) -> None:
     """memcached's answer when --max-connections is reached."""
     try:
@@ -165,6 +176,7 @@ async def serve(
         async with trio.open_nursery() as system:
             await system.start(engine.run_promoter)
             listeners = await open_listeners(settings)
+            engine.settings = _bound(settings, listeners)
             for listener in listeners:
                 log.info("stig listening on %s%s, data in %s", listener.address,
                          " (TLS)" if listener.tls else "", settings.data_dir)

@@ -118,8 +118,8 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("flush_enabled", _yes(not settings.disable_flush_all)),
         ("idle_timeout", settings.idle_timeout),
         ("ssl_enabled", _yes(tls)),
-        ("ssl_chain_cert", _path(settings.tls_cert)),
-        ("ssl_key", _path(settings.tls_key)),
+        ("ssl_chain_cert", "(null)" if settings.tls_cert is None else settings.tls_cert),
+        ("ssl_key", "(null)" if settings.tls_key is None else settings.tls_key),
         ("ssl_verify_mode", 2 if settings.tls_verify_clients else 0),
         ("ssl_keyformat", 1),  # PEM
         ("ssl_ciphers", "NULL"),
