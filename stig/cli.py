@@ -201,4 +201,9 @@ def serve(
     # +45% pipelined sets, docs/performance.md).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    trio.run(lambda: run_server(settings, on_ready=ready))
+    from stig.server import ListenError
+
+    try:
+        trio.run(lambda: run_server(settings, on_ready=ready))
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None

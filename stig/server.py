@@ -86,8 +86,23 @@ async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
     return sock
 
 
+class ListenError(Exception):
+    """A listening socket could not be opened (address in use, no permission…)."""
+
+
 async def open_listeners(settings: Settings) -> list[Listener]:
-    """The sockets the settings ask for; the first is the main one."""
+    """The sockets the settings ask for; the first is the main one.
+
+    Raises :class:`ListenError` naming the address that failed.
+    """
+    try:
+        return await _open_listeners(settings)
+    except OSError as exc:
+        where = settings.unix_socket or f"{settings.listen}:{exc.filename or settings.port}"
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+
+
+async def _open_listeners(settings: Settings) -> list[Listener]:
     if settings.unix_socket is not None:
         return [Listener(await _listen_unix(settings.unix_socket, settings.unix_mask), unix=True)]
     main = await _listen_tcp(settings.listen, settings.port)
@@ -173,10 +188,10 @@ async def serve(
     engine = Engine(settings)
     engine.tls = tls
     try:
+        listeners = await open_listeners(settings)
+        engine.settings = _bound(settings, listeners)
         async with trio.open_nursery() as system:
             await system.start(engine.run_promoter)
-            listeners = await open_listeners(settings)
-            engine.settings = _bound(settings, listeners)
             for listener in listeners:
                 log.info("stig listening on %s%s, data in %s", listener.address,
                          " (TLS)" if listener.tls else "", settings.data_dir)

@@ -207,3 +207,10 @@ def test_unusable_certificate_refuses_to_start(stig_factory, certs, tmp_path):
 
     with pytest.raises(ServerFailed, match="certificate"):
         stig_factory("--tls-cert", str(certs / "ca.key"))  # a key is no certificate
+
+
+def test_connection_limit_is_answered_in_clear_before_the_handshake(stig_factory, certs, tmp_path):
+    server = _tls_server(stig_factory, certs, tmp_path, "--max-connections", "1")
+    first = _tls_connect(server, _client_context(certs))
+    assert first.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+    assert server.connect().recv_until(None) == b"ERROR Too many open connections\r\n"

@@ -94,3 +94,17 @@ def test_stale_socket_file_is_replaced(tmp_path):
             assert raw.recv(100).startswith(b"VERSION ")
     finally:
         second.stop()
+
+
+def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path):
+    path = Path(f"/tmp/stig-test-{os.getpid()}-{time.monotonic_ns()}.notsock")
+    path.write_text("precious\n")
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "stig", "serve", "--data-dir", str(tmp_path / "data"),
+             "--unix-socket", str(path)], cwd=REPO, capture_output=True, timeout=60,
+        )
+        assert run.returncode != 0
+        assert path.read_text() == "precious\n"
+    finally:
+        path.unlink()
