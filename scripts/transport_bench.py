@@ -98,7 +98,15 @@ def _client(address: str, tls_file: str | None, workload: str, conns: int, depth
     results.put((done, errors))
 
 
-def run(address: str, tls_file: str | None, workload: str, args: argparse.Namespace) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(address: str, tls_file: str | None, workload: str, args: argparse.Namespace,
+        server_pid: int) -> tuple[float, float]:
+    """Requests per second, and the server's CPU microseconds per request."""
     results: mp.Queue = mp.Queue()
     start_at = time.time() + 1.0
     procs = [mp.Process(target=_client, args=(address, tls_file, workload, args.conns, args.depth,
@@ -106,12 +114,17 @@ def run(address: str, tls_file: str | None, workload: str, args: argparse.Namesp
              for _ in range(args.procs)]
     for proc in procs:
         proc.start()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    cpu_before = _cpu_seconds(server_pid)
     counts = [results.get(timeout=args.seconds + 60) for _ in procs]
+    cpu = _cpu_seconds(server_pid) - cpu_before
     for proc in procs:
         proc.join()
     if sum(errors for _, errors in counts):
         raise SystemExit(f"{workload} over {address}: wrong replies")
-    return sum(done for done, _ in counts) / args.seconds
+    done = sum(done for done, _ in counts)
+    return done / args.seconds, cpu / done * 1e6
 
 
 def main() -> None:
@@ -132,6 +145,7 @@ def main() -> None:
             ("unix", ("--unix-socket", sock_path), None),
         ]
         rates: dict[tuple[str, str], float] = {}
+        cpu: dict[tuple[str, str], float] = {}
         for name, extra, tls_file in setups:
             data = tmpdir / f"data-{name}"
             proc, address = _start(data, *extra)
@@ -145,7 +159,9 @@ def main() -> None:
                         got += preload.recv(65536)
                 preload.close()
                 for workload in ("get", "set"):
-                    rates[name, workload] = run(address, tls_file, workload, args)
+                    rates[name, workload], cpu[name, workload] = run(
+                        address, tls_file, workload, args, proc.pid
+                    )
             finally:
                 proc.terminate()
                 proc.wait(30)
@@ -153,11 +169,12 @@ def main() -> None:
         print(f"{args.procs} client process(es) x {args.conns} connections, depth {args.depth}, "
               f"{len(VALUE)}-byte values, {args.seconds:g} s per figure")
         print(f"{'workload':<10}{'tcp ops/s':>12}{'tls ops/s':>12}{'tls/tcp':>9}"
-              f"{'unix ops/s':>12}{'unix/tcp':>10}")
+              f"{'unix ops/s':>12}{'unix/tcp':>10}   server CPU µs/request tcp / tls / unix")
         for workload in ("get", "set"):
             tcp, tls, unix = (rates[t, workload] for t in ("tcp", "tls", "unix"))
+            costs = " / ".join(f"{cpu[t, workload]:.1f}" for t in ("tcp", "tls", "unix"))
             print(f"{workload:<10}{tcp:>12,.0f}{tls:>12,.0f}{tls / tcp:>9.2f}{unix:>12,.0f}"
-                  f"{unix / tcp:>10.2f}")
+                  f"{unix / tcp:>10.2f}   {costs}")
 
 
 if __name__ == "__main__":

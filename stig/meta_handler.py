@@ -323,18 +323,20 @@ class MetaHandler:
         """An unconditional quiet set (the bulk of a pipelined load) done at
         once, as a text ``set … noreply``; any other ms goes to :meth:`_set`.
 
-        The same as :meth:`_set` would do: no TTL to refuse, no conditional
-        op (mode S without C or E), a stored HD that ``q`` hides, so no cas
-        to wait for and no run to close."""
+        The same as :meth:`_set` would do: no TTL to refuse or already
+        past, no conditional op (mode S without C or E), a stored HD that
+        ``q`` hides, so no cas to wait for and no run to close."""
+        ttl = command.ttl
+        core = self.core
         if (
             command.quiet
             and command.mode is SetMode.SET
             and command.cas is None
             and command.new_cas is None
             and command.vivify_ttl is None
-            and not command.ttl
+            and not (ttl and (core.ttl_refused(ttl) or core.expired(ttl)))
         ):
-            self.core.set(command.key, command.value, command.client_flags)
+            core.set(command.key, command.value, command.client_flags)
             return None
         return self._set(command)
 
