@@ -66,7 +66,7 @@ from protocol.events import NEED_DATA, _NeedData
 from protocol.limits import Limits
 
 #: A too-large value for these deletes the key (memcached's process_bin_update).
-_DISCARDING = frozenset({0x01, 0x11})  # Set, SetQ
+_DISCARDING = frozenset({Opcode.Set, Opcode.SetQ})
 
 __all__ = [
     "NEED_DATA",
