@@ -60,11 +60,15 @@ def _client_context(certs: Path, client_cert: bool = False) -> ssl.SSLContext:
 
 
 def _tls_server(stig_factory, certs: Path, tmp_path: Path, *extra: str):
-    """A server whose certificate files are copies (so that a test may replace them)."""
+    """A server whose certificate files are copies (so that a test may replace them).
+
+    ``--durable-acks``: a write is answered once committed, so that the
+    tests' other connections see it at once.
+    """
     for name in ("server.pem", "server.key"):
         shutil.copy(certs / name, tmp_path / name)
     return stig_factory("--tls-cert", str(tmp_path / "server.pem"),
-                        "--tls-key", str(tmp_path / "server.key"), *extra)
+                        "--tls-key", str(tmp_path / "server.key"), "--durable-acks", *extra)
 
 
 def _tls_connect(server, context: ssl.SSLContext, port: int | None = None):

@@ -42,7 +42,9 @@ class UnixServer:
 
 @pytest.fixture
 def unix_server(tmp_path: Path) -> Iterator[UnixServer]:
-    server = UnixServer(tmp_path, "--unix-mask", "770")
+    # --durable-acks: a write is answered once committed, so that another
+    # connection (another client) sees it at once.
+    server = UnixServer(tmp_path, "--unix-mask", "770", "--durable-acks")
     yield server
     server.stop()
     if server.proc.poll() is None:
