@@ -32,6 +32,8 @@ from __future__ import annotations
 import struct
 from typing import NoReturn
 
+import attrs
+
 from protocol.binary_codes import (
     HEADER,
     HEADER_SIZE,
@@ -62,6 +64,9 @@ from protocol.binary_writer import (
 )
 from protocol.events import NEED_DATA, _NeedData
 from protocol.limits import Limits
+
+#: A too-large value for these deletes the key (memcached's process_bin_update).
+_DISCARDING = frozenset({Opcode.Set, Opcode.SetQ})
 
 __all__ = [
     "NEED_DATA",
@@ -170,6 +175,14 @@ class BinaryParser:
             self._fail(hint, f"key and extras ({key_len}+{extras_len}) exceed body ({body_len})")
         refusal = self._refusal(opcode, opaque, key_len, extras_len, body_len)
         if refusal is not None:
+            if refusal.status is Status.E2BIG and opcode in _DISCARDING:
+                # The key comes before the value: wait for it (a few hundred
+                # bytes at most), so that the refusal can name it.
+                key_start = self._start + HEADER_SIZE + extras_len
+                if len(self._buffer) < key_start + key_len:
+                    return NEED_DATA
+                key = bytes(self._buffer[key_start : key_start + key_len])
+                refusal = attrs.evolve(refusal, discard_key=key)
             return self._skip(HEADER_SIZE + body_len, refusal)
         if len(self._buffer) - self._start < HEADER_SIZE + body_len:
             return NEED_DATA

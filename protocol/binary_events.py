@@ -116,12 +116,15 @@ class InvalidBinaryRequest:
 
     ``opcode`` is the raw byte (it may be no known :class:`Opcode`);
     ``message`` is memcached's text for ``status``, sent as the reply value.
+    ``discard_key``: a Set refused as too large, whose key memcached then
+    deletes so that the old value does not outlive it.
     """
 
     opcode: int
     opaque: int
     status: Status
     message: str = attrs.field()
+    discard_key: bytes | None = attrs.field(default=None, kw_only=True, eq=False)
 
     @message.default
     def _default_message(self) -> str:

@@ -106,4 +106,12 @@ class Stats:
     args: tuple[bytes, ...] = ()
 
 
-TextCommand = Retrieve | Store | Delete | Arithmetic | Touch | FlushAll | Version | Verbosity | Quit | Stats
+@attrs.frozen
+class RefreshCerts:
+    """``refresh_certs``: reload the TLS certificate and key (memcached with TLS)."""
+
+
+TextCommand = (
+    Retrieve | Store | Delete | Arithmetic | Touch | FlushAll | Version | Verbosity | Quit | Stats
+    | RefreshCerts
+)

@@ -24,12 +24,16 @@ class InvalidCommand:
     """An event: one command was bad, answer ``kind message`` and go on.
 
     ``close`` says the stream cannot be resynchronised and the connection
-    must be closed after the reply is sent.
+    must be closed after the reply is sent.  ``discard_key`` is set on a
+    write refused as too large whose key memcached then deletes (``set``,
+    ``ms``), so that the old value does not outlive it; it is no part of
+    the reply, nor of equality.
     """
 
     kind: ErrorKind
     message: str = ""
     close: bool = False
+    discard_key: bytes | None = attrs.field(default=None, eq=False)  #: not part of the reply
 
     def text_reply(self) -> bytes:
         if self.message:

@@ -369,7 +369,8 @@ def _parse_set(tokens: Sequence[bytes], limits: Limits) -> MetaResult:
     if isinstance(built, InvalidCommand):
         return MetaParse(None, length, built)
     if length > limits.max_item_size:
-        return MetaParse(None, length, TOO_LARGE)
+        # memcached drops the key of a too-large ms, whatever its mode.
+        return MetaParse(None, length, attrs.evolve(TOO_LARGE, discard_key=built.key))
     return MetaParse(built, length)
 
 

@@ -14,7 +14,8 @@ Returned flags, as memcached writes them:
   key, base64-encoded again and followed by ``b`` if the key was binary;
 * item flags (``c f s t h l`` for ``mg``, ``c s`` for ``ms``, ``c t`` for
   ``ma``) only when there is an item to describe (a hit, a store, a
-  successful arithmetic); on a miss only ``O`` and ``k``;
+  successful arithmetic); on a miss only ``O`` and ``k`` — except that a
+  failed ``ms`` (``NS EX NF``) answers ``c`` with ``c0``, as memcached 1.6;
 * after them, for ``mg`` only: ``Z`` (a win token was already sent), ``X``
   (item is stale), ``W`` (this client won the right to recache).
 
@@ -175,6 +176,8 @@ def response_flags(
             flags.extend(_key_flags(command))
         elif item is not None:
             flags.append((flag.letter, _ITEM_FLAG[flag](item)))
+        elif flag is ReturnFlag.CAS and isinstance(command, MetaSet):
+            flags.append((b"c", b"0"))  # memcached 1.6: an ms that failed says c0
     if isinstance(command, MetaGet) and item is not None:
         flags.extend(_win_flags(item))
     return tuple(flags)

@@ -34,6 +34,7 @@ from protocol.commands import (
     Delete,
     FlushAll,
     Quit,
+    RefreshCerts,
     Retrieve,
     Stats,
     Store,
@@ -448,12 +449,15 @@ class TextParser:
         return pending.finish(value)
 
     def _expect_data(
-        self, length: int, finish: Callable[[bytes], TextEvent], noreply: bool = False
+        self, length: int, finish: Callable[[bytes], TextEvent], noreply: bool = False,
+        discard_key: bytes | None = None,
     ) -> TextEvent | _NeedData:
-        """Arrange for the next ``length`` bytes (+\\r\\n) to be a data block."""
+        """Arrange for the next ``length`` bytes (+\\r\\n) to be a data block;
+        a too-large block's error carries ``discard_key`` (see InvalidCommand)."""
         if length > self.limits.max_item_size:
             self._skip(length + 2)
-            return QuietError(TOO_LARGE) if noreply else TOO_LARGE
+            error = TOO_LARGE if discard_key is None else attrs.evolve(TOO_LARGE, discard_key=discard_key)
+            return QuietError(error) if noreply else error
         self._pending = _PendingData(length, finish, noreply)
         return self._next_data_block(self._pending)
 
@@ -522,7 +526,7 @@ class TextParser:
         def finish(value: bytes) -> Store:
             return Store(mode, key, flags, exptime, value, cas_unique, noreply)
 
-        return self._expect_data(length, finish, noreply)
+        return self._expect_data(length, finish, noreply, key if mode is StoreMode.SET else None)
 
     def _swallow_block(
         self, length: int, error: InvalidCommand, noreply: bool
@@ -598,6 +602,9 @@ class TextParser:
     def _quit(self, tokens: list[bytes]) -> TextEvent:
         return Quit()
 
+    def _refresh_certs(self, tokens: list[bytes]) -> TextEvent:
+        return RefreshCerts()
+
     def _stats(self, tokens: list[bytes]) -> TextEvent:
         group = tokens[1] if len(tokens) > 1 else b""
         return Stats(group, tuple(tokens[2:]))
@@ -636,6 +643,7 @@ _COMMANDS: dict[bytes, Callable[[TextParser, list[bytes]], TextEvent | _NeedData
     b"version": TextParser._version,
     b"verbosity": TextParser._verbosity,
     b"quit": TextParser._quit,
+    b"refresh_certs": TextParser._refresh_certs,
     b"stats": TextParser._stats,
     **{name: TextParser._meta for name in meta.META_COMMAND_NAMES},
 }

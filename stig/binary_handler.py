@@ -47,7 +47,7 @@ from protocol.binary import (
 )
 from protocol.errors import ProtocolError
 from stig.auth import MECHANISMS
-from stig.core import Core
+from stig.core import Core, expired_variant
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.ops import Add, Adjust, Cas, Clear, CompareRemove, Concat, Op, Outcome, Replace
 from stig.promoter import Promotion
@@ -249,6 +249,9 @@ class BinaryHandler:
             reply = error_response(event.opcode, event.opaque, Status.AUTH_ERROR)
         else:
             reply = event.reply()
+            if event.discard_key is not None:
+                self.core.count_prefix_set(event.discard_key)
+                self.core.discard_too_large(event.discard_key)
         if is_quiet(event.opcode):
             await self._report_verdicts()
         else:
@@ -304,6 +307,8 @@ class BinaryHandler:
             return
         await self._settle()
         [item] = await self.core.read([request.key], with_cas=True, touch=touch)
+        if touch and item is not None and self.core.expired(request.exptime):
+            self.core.remove(request.key)  # touched to a time already past: answered, then gone
         if item is not None:
             self.out += get_response(
                 request.opcode, request.opaque, item.flags, item.cas, item.value, request.key
@@ -316,23 +321,33 @@ class BinaryHandler:
     async def _store(self, request: BinaryRequest) -> None:
         """Set, Add, Replace (and quiet): with a CAS all three are a cas write, as in memcached."""
         core = self.core
+        core.count_prefix_set(request.key)
         if core.ttl_refused(request.exptime):
             core.stats.cmd_set += 1
             await self._fail(request, Status.EINVAL, EXPTIME_REJECTED)
             return
         key, value, flags, base = request.key, request.value, request.flags, request.base
+        expired = core.expired(request.exptime)  # nothing is kept (docs/pov.md)
+        op: Op | None = None
+        failures = NO_FAILURES
         if request.cas:
-            await self._conditional(request, Cas(key, value, flags, request.cas), len(value), CAS_FAILURES)
+            op, failures = Cas(key, value, flags, request.cas), CAS_FAILURES
         elif base is Opcode.Add:
-            await self._conditional(request, Add(key, value, flags), len(value), ADD_FAILURES)
+            op, failures = Add(key, value, flags), ADD_FAILURES
         elif base is Opcode.Replace:
-            await self._conditional(request, Replace(key, value, flags), len(value), REPLACE_FAILURES)
+            op, failures = Replace(key, value, flags), REPLACE_FAILURES
+        if op is not None:
+            await self._conditional(request, expired_variant(op) if expired else op, len(value), failures)
         else:
-            core.set(key, value, flags)
+            if expired:
+                core.set_expired(key)
+            else:
+                core.set(key, value, flags)
             if not request.quiet:
                 await self._commit_loud(request, NO_FAILURES)
 
     async def _concat(self, request: BinaryRequest) -> None:
+        self.core.count_prefix_set(request.key)
         prepend = request.base is Opcode.Prepend
         if request.cas:
             op = Concat(request.key, request.value, prepend, expected=request.cas)
@@ -345,6 +360,7 @@ class BinaryHandler:
             await self._commit_loud(request, CONCAT_FAILURES)
 
     async def _delete(self, request: BinaryRequest) -> None:
+        self.core.count_prefix_delete(request.key)
         if request.cas:
             await self._conditional(request, CompareRemove(request.key, request.cas), 0, DELETE_FAILURES)
             return
@@ -359,7 +375,8 @@ class BinaryHandler:
     async def _adjust(self, request: BinaryRequest) -> None:
         """Increment/Decrement; the expiration only matters when the counter is created."""
         incr = request.base is Opcode.Increment
-        create = request.expiration != NO_CREATE
+        # A counter created already expired would be gone at once: none is.
+        create = request.expiration != NO_CREATE and not self.core.expired(request.expiration)
         refused = create and self.core.ttl_refused(request.expiration)
         initial = request.initial if create and not refused else None
         if request.cas:
@@ -410,17 +427,25 @@ class BinaryHandler:
         self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
 
     async def _stat(self, request: BinaryRequest) -> None:
-        """Stat: general, "settings", "reset", and the groups text answers empty."""
+        """Stat: general, "settings", "reset", "detail on|off|dump", and the
+        groups text answers empty."""
         await self._settle()
         group = request.key
         if group == b"":
             pairs = general_stats(self.engine)
         elif group == b"settings":
-            pairs = list(settings_stats(self.engine.settings))
+            pairs = list(settings_stats(self.engine))
         elif group == b"reset":
             self.engine.stats.reset()
             self.engine.promoter_stats.reset()
+            self.engine.prefixes.clear()
             pairs = []
+        elif group in (b"detail on", b"detail off"):
+            self.engine.prefixes.enabled = group == b"detail on"
+            pairs = []
+        elif group == b"detail dump":
+            # memcached: one stat named "detailed" holding the text dump.
+            pairs = [("detailed", self.engine.prefixes.dump())]
         elif group in _GET_GROUPS_WITHOUT_STATS:
             pairs = []  # no slab allocator, no LRU: nothing to list
         else:
@@ -428,7 +453,7 @@ class BinaryHandler:
             return
         out = self.out
         for name, value in pairs:
-            out += stat_response(request.opaque, name, str(value))
+            out += stat_response(request.opaque, name, value if isinstance(value, bytes) else str(value))
         out += stat_end_response(request.opaque)
 
     # -- SASL PLAIN -----------------------------------------------------------

@@ -36,6 +36,29 @@ class SizeParam(click.ParamType):
             self.fail(f"{value!r} is not a size such as 1048576, 512k or 1m", param, ctx)
 
 
+def _octal(text: str, param: click.Parameter) -> int:
+    try:
+        mask = int(text, 8)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an octal mask such as 700") from None
+    if not 0 <= mask <= 0o777:
+        raise click.BadParameter(f"{text!r} is not between 000 and 777")
+    return mask
+
+
+def _check_transport(
+    unix_socket: Path | None, tls_cert: Path | None, tls_key: Path | None,
+    tls_ca: Path | None, tls_verify_clients: bool, tls_port: int | None,
+) -> None:
+    """Refuse combinations of transport options that cannot mean anything."""
+    if tls_cert is None and (tls_key or tls_ca or tls_verify_clients or tls_port is not None):
+        raise click.UsageError("--tls-key, --tls-ca, --tls-verify-clients and --tls-port need --tls-cert")
+    if tls_verify_clients and tls_ca is None:
+        raise click.UsageError("--tls-verify-clients needs --tls-ca")
+    if unix_socket is not None and tls_cert is not None:
+        raise click.UsageError("--unix-socket replaces TCP; TLS is for TCP only")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(VERSION, prog_name="stig")
 def main() -> None:
@@ -65,7 +88,7 @@ def main() -> None:
 @click.option("--max-line-length", default=LINE_MAX_LENGTH, show_default=True,
               type=click.IntRange(64), help="Longest command line without a newline.")
 @click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(1),
-              help="Connections beyond this get 'SERVER_ERROR Too many open connections'.")
+              help="Connections beyond this get 'ERROR Too many open connections'.")
 @click.option("--max-pending-bytes", default="64m", show_default=True, type=SizeParam(),
               help="Per connection: unpromoted write bytes before it stops reading (backpressure); "
                    "also the largest single transaction.")
@@ -81,6 +104,20 @@ def main() -> None:
 @click.option("--disable-flush-all", is_flag=True, help="Refuse flush_all.")
 @click.option("--auth-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               default=None, help="Require SASL PLAIN logins from this file of user:password lines.")
+@click.option("--unix-socket", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Listen on this unix domain socket instead of TCP (memcached's -s).")
+@click.option("--unix-mask", default="700", show_default=True, callback=lambda c, p, v: _octal(v, p),
+              help="Permission bits of the unix socket, in octal (memcached's -a).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Serve TLS with this PEM certificate chain (memcached's -Z).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="PEM private key of --tls-cert (if not in the same file).")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="PEM CA certificates that client certificates must chain to.")
+@click.option("--tls-verify-clients", is_flag=True,
+              help="Require a client certificate signed by --tls-ca.")
+@click.option("--tls-port", default=None, type=click.IntRange(0, 65535),
+              help="Serve TLS on this port and keep --port plain (default: --port is TLS).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Logging threshold.")
 def serve(
@@ -99,9 +136,17 @@ def serve(
     map_size: int,
     disable_flush_all: bool,
     auth_file: Path | None,
+    unix_socket: Path | None,
+    unix_mask: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    tls_verify_clients: bool,
+    tls_port: int | None,
     log_level: str,
 ) -> None:
     """Serve the memcached text, meta and binary protocols on one port."""
+    _check_transport(unix_socket, tls_cert, tls_key, tls_ca, tls_verify_clients, tls_port)
     if auth_file is not None:
         from stig.auth import AuthFileError, Authenticator
 
@@ -128,11 +173,27 @@ def serve(
         disable_flush_all=disable_flush_all,
         auth_file=auth_file,
         log_level=log_level,
+        unix_socket=unix_socket,
+        unix_mask=unix_mask,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        tls_verify_clients=tls_verify_clients,
+        tls_port=tls_port,
     )
-    from stig.server import serve as run_server
+    from stig.server import Listener, serve as run_server
+    from stig.tls import TlsError, build_context
 
-    def ready(host: str, bound: int) -> None:
-        print(f"stig listening on {host}:{bound}", flush=True)
+    if tls_cert is not None:
+        try:
+            build_context(settings)  # refuse bad files before anything starts
+        except TlsError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--tls-cert'") from None
+
+    def ready(listeners: list[Listener]) -> None:
+        for listener in listeners:
+            how = "for TLS " if listener.tls and len(listeners) > 1 else ""
+            print(f"stig listening {how}on {listener.address}", flush=True)
 
     # Everything imported so far lives as long as the process: keep it out of
     # the cyclic collector's scans, and collect young objects less often —
@@ -140,4 +201,9 @@ def serve(
     # +45% pipelined sets, docs/performance.md).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    trio.run(lambda: run_server(settings, on_ready=ready))
+    from stig.server import ListenError
+
+    try:
+        trio.run(lambda: run_server(settings, on_ready=ready))
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -14,10 +14,11 @@ failures surface as :class:`~stig.session.CommitFailed`.
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 from stig.engine import Engine
-from stig.ops import Cas, Clear, Concat, Op, Outcome
+from stig.ops import Add, Cas, Clear, Concat, ExpiredMode, ExpiredStore, Op, Outcome, Remove, Replace
 from stig.records import Item
 from stig.session import Session
 from stig.settings import TtlPolicy
@@ -27,6 +28,25 @@ from stig.settings import TtlPolicy
 TTL_REFUSED = "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
 #: memcached's words for incr/decr of a value that is not a number.
 NON_NUMERIC = "cannot increment or decrement non-numeric value"
+#: memcached's REALTIME_MAXDELTA: a larger exptime is an absolute Unix time.
+THIRTY_DAYS = 60 * 60 * 24 * 30
+
+
+def already_expired(exptime: int, now: float) -> bool:
+    """memcached's rule for an exptime that is past as it arrives: negative,
+    or an absolute Unix time (above 30 days) not after ``now``."""
+    return exptime < 0 or THIRTY_DAYS < exptime <= now
+
+
+def expired_variant(op: Op) -> Op:
+    """What a conditional store becomes when its exptime is already past."""
+    if isinstance(op, Add):
+        return ExpiredStore(op.key, ExpiredMode.ADD)
+    if isinstance(op, Replace):
+        return ExpiredStore(op.key, ExpiredMode.REPLACE)
+    if isinstance(op, Cas):
+        return ExpiredStore(op.key, ExpiredMode.CAS, op.expected)
+    return op
 
 
 class Core:
@@ -37,10 +57,56 @@ class Core:
         self.session = session
         self.stats = engine.stats
         self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
+        self.prefixes = engine.prefixes
+
+    # -- exptimes: never a future TTL (docs/pov.md) ------------------------------
 
     def ttl_refused(self, exptime: int) -> bool:
-        """A non-zero exptime under ``--ttl-policy reject``: store nothing."""
-        return exptime != 0 and self._reject_ttl
+        """A future exptime under ``--ttl-policy reject``: store nothing.
+
+        An exptime already past is never refused: see :meth:`expired`.
+        """
+        return exptime != 0 and self._reject_ttl and not already_expired(exptime, time.time())
+
+    @staticmethod
+    def expired(exptime: int | None) -> bool:
+        """An exptime already past, under either ``--ttl-policy``: the write
+        happens as memcached's does, then the item is gone at once."""
+        return exptime is not None and exptime != 0 and already_expired(exptime, time.time())
+
+    def set_expired(self, key: bytes) -> None:
+        """A set whose exptime is past: memcached stores an item already
+        expired, so the key is simply gone (from this POV at once)."""
+        self.stats.cmd_set += 1
+        self.remove(key)
+
+    def remove(self, key: bytes) -> None:
+        """Drop ``key`` whether this POV sees it or not (its promotion removes
+        whatever is there then); no counter moves: it is a side effect."""
+        self.session.record(Remove(key), key, None, 0)
+
+    def expire_found(self, keys: Sequence[bytes], items: Sequence[object]) -> None:
+        """After a touch or gat with an exptime already past: the items found go."""
+        for key, item in zip(keys, items):
+            if item is not None:
+                self.remove(key)
+
+    # -- a write too large for --max-item-size ---------------------------------
+
+    def discard_too_large(self, key: bytes) -> None:
+        """memcached drops the key a too-large set failed to replace, so that
+        stale data does not outlive the write that was meant to replace it."""
+        self.remove(key)
+
+    # -- stats detail ------------------------------------------------------------
+
+    def count_prefix_set(self, key: bytes) -> None:
+        if self.prefixes.enabled:
+            self.prefixes.record_set(key)
+
+    def count_prefix_delete(self, key: bytes) -> None:
+        if self.prefixes.enabled:
+            self.prefixes.record_delete(key)
 
     @property
     def flush_enabled(self) -> bool:
@@ -59,13 +125,16 @@ class Core:
     # -- reads -----------------------------------------------------------------
 
     async def read(
-        self, keys: Sequence[bytes], *, with_cas: bool = False, touch: bool = False
+        self, keys: Sequence[bytes], *, with_cas: bool = False, touch: bool = False,
+        detail: bool = True,
     ) -> list[Item | None]:
         """Every key as of one snapshot, with this session's writes laid over it.
 
         ``with_cas`` promotes this session's pending writes to those keys
         first, so that every cas returned is a committed one.  Other
         sessions' writes in flight to those keys are waited for first.
+        ``detail`` False keeps the read out of ``stats detail`` (meta, as
+        memcached).
         """
         session = self.session
         session.close_run()
@@ -83,6 +152,8 @@ class Core:
             stats.cmd_touch += len(keys)
             stats.touch_hits += hits
             stats.touch_misses += len(keys) - hits
+        if detail and self.prefixes.enabled:
+            self.prefixes.record_gets(keys, [item is not None for item in items])
         return items
 
     # -- unconditional writes: answered from the POV ---------------------------
@@ -169,7 +240,7 @@ class Core:
         self._count_write(op)
         self.session.add_conditional(op, key, size)
         outcome, item = await self.committed()
-        if isinstance(op, Cas):
+        if isinstance(op, Cas) or (isinstance(op, ExpiredStore) and op.mode is ExpiredMode.CAS):
             self.count_cas(outcome)
         return outcome, item
 
@@ -202,7 +273,7 @@ class Core:
     def _count_write(self, op: Op) -> None:
         if isinstance(op, Clear):
             self.stats.cmd_flush += 1
-        elif hasattr(op, "value"):
+        elif hasattr(op, "value") or isinstance(op, ExpiredStore):
             self.stats.cmd_set += 1
 
     async def flush_all(self) -> None:

@@ -7,14 +7,19 @@ no sockets.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import trio
 
 from stig.auth import Authenticator
 from stig.promoter import Promoter
 from stig.settings import Settings
+from stig.prefix_stats import PrefixStats
 from stig.stats import CommandStats, PromoterStats
 from stig.store import Store
+
+if TYPE_CHECKING:
+    from stig.tls import TlsCertificates
 
 VERSION = "0.1.0"
 #: What ``version`` answers: a memcached-style number (libmemcached parses it)
@@ -32,6 +37,10 @@ class Engine:
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None
+        #: Per-prefix counters of ``stats detail`` (off until ``stats detail on``).
+        self.prefixes = PrefixStats()
+        #: The TLS certificates (``refresh_certs`` reloads them); None without TLS.
+        self.tls: TlsCertificates | None = None
 
     async def run_promoter(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.promoter.run(task_status=task_status)

@@ -58,7 +58,7 @@ from protocol.meta import (
     suppressed_in_quiet,
 )
 from protocol.text_replies import client_error, server_error
-from stig.core import NON_NUMERIC, TTL_REFUSED, Core
+from stig.core import NON_NUMERIC, TTL_REFUSED, Core, expired_variant
 from stig.ops import (
     Add,
     Adjust,
@@ -257,11 +257,15 @@ class MetaHandler:
                 found = await self.core.read(
                     [c.key for c in readable],
                     with_cas=any(c.wants(ReturnFlag.CAS) for c in readable),
+                    detail=False,
                 )
             except CommitFailed as exc:
                 self.out += server_error(str(exc))
                 return
             items = {id(c): item for c, item in zip(readable, found)}
+            for command, item in zip(readable, found):
+                if item is not None and self.core.expired(command.ttl):
+                    self.core.remove(command.key)  # touched to a time past: answered, then gone
         for command in commands:
             if id(command) not in items:
                 self.out += TTL_REJECTED
@@ -274,7 +278,7 @@ class MetaHandler:
     async def _get_one(self, command: MetaGet, item: Item | None) -> None:
         """Answer one mg from the item the snapshot gave; hand out a win if due."""
         won = False
-        if item is None and command.vivify_ttl is not None:
+        if item is None and command.vivify_ttl is not None and not self.core.expired(command.vivify_ttl):
             item, won = await self._vivify(command)
         elif item is not None and item.stale and not item.win_sent:
             item, won = await self._take_win(command.key, item)
@@ -319,27 +323,37 @@ class MetaHandler:
         """An unconditional quiet set (the bulk of a pipelined load) done at
         once, as a text ``set … noreply``; any other ms goes to :meth:`_set`.
 
-        The same as :meth:`_set` would do: no TTL to refuse, no conditional
-        op (mode S without C or E), a stored HD that ``q`` hides, so no cas
-        to wait for and no run to close."""
+        The same as :meth:`_set` would do: no TTL to refuse or already
+        past, no conditional op (mode S without C or E), a stored HD that
+        ``q`` hides, so no cas to wait for and no run to close."""
+        ttl = command.ttl
+        core = self.core
         if (
             command.quiet
             and command.mode is SetMode.SET
             and command.cas is None
             and command.new_cas is None
             and command.vivify_ttl is None
-            and not self.core.ttl_refused(command.ttl)
+            and not (ttl and (core.ttl_refused(ttl) or core.expired(ttl)))
         ):
-            self.core.set(command.key, command.value, command.client_flags)
+            core.set(command.key, command.value, command.client_flags)
             return None
         return self._set(command)
 
     async def _set(self, command: MetaSet) -> None:
-        if self._ttl_refused(command.ttl, command.vivify_ttl):
+        concat = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
+        ttl = None if concat else command.ttl  # memcached ignores T when appending
+        if self._ttl_refused(ttl, command.vivify_ttl):
             self.core.stats.cmd_set += 1
             self.out += TTL_REJECTED
             return
         op = self._conditional_set(command)
+        if self.core.expired(ttl):
+            if op is None or isinstance(op, Put):
+                self.core.set_expired(command.key)
+                await self._pov_write_reply(command, Outcome.STORED)
+                return
+            op = expired_variant(op)
         if op is not None:
             result = await self._conditional(command, op, len(command.value))
             if result is not None:
@@ -404,10 +418,12 @@ class MetaHandler:
             return
         key, expected, new_cas = command.key, command.cas or 0, command.new_cas
         op: Op | None = None
-        if command.invalidate:
+        # Invalidated to a TTL already past: memcached's stale item is gone at once.
+        invalidate = command.invalidate and not self.core.expired(command.ttl)
+        if invalidate:
             blank = 0 if command.remove_value else None
             op = MarkStale(key, expected, new_cas, blank)
-        elif command.remove_value:
+        elif command.remove_value and not command.invalidate:
             op = Blank(key, 0, expected, new_cas)
         elif command.cas is not None:
             op = CompareRemove(key, command.cas)
@@ -428,7 +444,8 @@ class MetaHandler:
             return
         key, delta = command.key, command.delta
         incr = command.mode is ArithmeticMode.INCREMENT
-        initial = command.initial if command.vivify_ttl is not None else None
+        vivify = command.vivify_ttl is not None and not self.core.expired(command.vivify_ttl)
+        initial = command.initial if vivify else None
         if command.cas is not None or command.new_cas is not None:
             op = Adjust(key, delta, incr, initial, 0, command.cas or 0, command.new_cas)
             result = await self._conditional(command, op)
@@ -475,7 +492,7 @@ class MetaHandler:
         self.out += encode_meta_response(MetaResponse(MN))
 
     async def _debug(self, command: MetaDebug) -> None:
-        (item,) = await self.core.read([command.key], with_cas=True)
+        (item,) = await self.core.read([command.key], with_cas=True, detail=False)
         if item is None:
             self.out += encode_meta_response(MetaResponse(EN))
             return

@@ -343,7 +343,41 @@ class Clear:
         return Outcome.DELETED
 
 
+class ExpiredMode(enum.Enum):
+    """Which conditional store an :class:`ExpiredStore` stands for."""
+
+    ADD = "add"
+    REPLACE = "replace"
+    CAS = "cas"
+
+
+@attrs.frozen(slots=True)
+class ExpiredStore:
+    """add/replace/cas with an exptime already past: memcached stores an item
+    that is expired at once, so nothing is kept (docs/pov.md).
+
+    The verdict is the store's own: ``add`` of a present key NOT_STORED (what
+    libmemcached's ``memcached_exist`` relies on), else STORED and nothing
+    written; ``replace`` and ``cas`` that would store remove the key instead.
+    """
+
+    key: bytes
+    mode: ExpiredMode
+    expected: int = 0  #: the cas unique a CAS compares
+
+    def apply(self, view: View) -> Outcome:
+        item = view.get(self.key)
+        if self.mode is ExpiredMode.ADD:
+            return Outcome.STORED if item is None else Outcome.NOT_STORED
+        if item is None:
+            return Outcome.NOT_FOUND if self.mode is ExpiredMode.CAS else Outcome.NOT_STORED
+        if self.mode is ExpiredMode.CAS and item.cas != self.expected:
+            return Outcome.EXISTS
+        view.delete(self.key)
+        return Outcome.STORED
+
+
 Op = (
     Put | Remove | Adjust | Concat | Cas | Add | Replace | CompareRemove | MarkStale | Blank
-    | Vivify | SetState | Clear
+    | Vivify | SetState | Clear | ExpiredStore
 )

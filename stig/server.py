@@ -1,4 +1,11 @@
-"""The listener: accept connections, run the promoter, shut down cleanly.
+"""The listeners: accept connections, run the promoter, shut down cleanly.
+
+Listeners (docs/security.md): the TCP port, plain or TLS (``--tls-cert``;
+with ``--tls-port`` TLS gets a port of its own beside the plain one), or a
+unix domain socket instead of TCP (``--unix-socket``, as memcached's
+``-s``).  Connections beyond ``--max-connections`` are told
+``ERROR Too many open connections`` and closed (counted in
+``rejected_connections``).  SIGHUP reloads the TLS certificates.
 
 Shutdown (SIGINT/SIGTERM, or cancelling :func:`serve`): stop accepting,
 end every connection — an open run at a command boundary is committed, a torn
@@ -10,28 +17,111 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
+import stat
+from pathlib import Path
 from typing import Callable
 
+import attrs
 import trio
 
 from stig.connection import Connection, send_all
 from stig.engine import Engine
 from stig.settings import Settings
+from stig.tls import TlsCertificates, TlsError
 
 log = logging.getLogger(__name__)
 
-TOO_MANY = b"SERVER_ERROR Too many open connections\r\n"
+#: memcached's words (with its default maxconns_fast) to a connection over the limit.
+TOO_MANY = b"ERROR Too many open connections\r\n"
 
 
-async def _listen(settings: Settings) -> trio.socket.SocketType:
-    family = socket.AF_INET6 if ":" in settings.listen else socket.AF_INET
+@attrs.frozen
+class Listener:
+    """One listening socket and how its connections are served."""
+
+    sock: trio.socket.SocketType
+    tls: bool = False
+    unix: bool = False
+
+    @property
+    def address(self) -> str:
+        """What the ready line says: ``HOST:PORT`` or ``unix:PATH``."""
+        if self.unix:
+            return f"unix:{self.sock.getsockname()}"
+        host, port = self.sock.getsockname()[:2]
+        return f"{host}:{port}"
+
+
+async def _listen_tcp(host: str, port: int) -> trio.socket.SocketType:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    await sock.bind((settings.listen, settings.port))
+    await sock.bind((host, port))
     sock.listen(1024)
     return sock
+
+
+async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
+    """Bind ``path`` with permission bits ``mask``, as memcached's ``-s``/``-a``.
+
+    A stale socket file left by an earlier run is removed; any other file
+    there is an error.  The umask is set around bind, so the file is never
+    reachable with wider permissions, even for a moment.
+    """
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(~mask & 0o777)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(1024)
+    return sock
+
+
+class ListenError(Exception):
+    """A listening socket could not be opened (address in use, no permission…)."""
+
+
+async def open_listeners(settings: Settings) -> list[Listener]:
+    """The sockets the settings ask for; the first is the main one.
+
+    Raises :class:`ListenError` naming the address that failed.
+    """
+    try:
+        return await _open_listeners(settings)
+    except OSError as exc:
+        where = settings.unix_socket or f"{settings.listen}:{exc.filename or settings.port}"
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+
+
+async def _open_listeners(settings: Settings) -> list[Listener]:
+    if settings.unix_socket is not None:
+        return [Listener(await _listen_unix(settings.unix_socket, settings.unix_mask), unix=True)]
+    main = await _listen_tcp(settings.listen, settings.port)
+    if not settings.tls_enabled:
+        return [Listener(main)]
+    if settings.tls_port is None:
+        return [Listener(main, tls=True)]
+    return [Listener(main), Listener(await _listen_tcp(settings.listen, settings.tls_port), tls=True)]
+
+
+def _bound(settings: Settings, listeners: list[Listener]) -> Settings:
+    """The settings with the ports actually bound (``0`` picks one), as
+    ``stats settings`` shows them."""
+    if settings.unix_socket is not None:
+        return settings
+    ports = [listener.sock.getsockname()[1] for listener in listeners]
+    if settings.tls_port is not None:
+        return attrs.evolve(settings, port=ports[0], tls_port=ports[1])
+    return attrs.evolve(settings, port=ports[0])
 
 
 async def _reject(sock: trio.socket.SocketType) -> None:
@@ -45,62 +135,85 @@ async def _reject(sock: trio.socket.SocketType) -> None:
         sock.close()
 
 
-async def _handle(engine: Engine, sock: trio.socket.SocketType) -> None:
+async def _handle(engine: Engine, sock: trio.socket.SocketType, tls: TlsCertificates | None) -> None:
     stats = engine.stats
     stats.curr_connections += 1
     stats.total_connections += 1
     try:
-        await Connection(engine, sock).serve()
+        connection = sock if tls is None else tls.wrap(sock)
+        await Connection(engine, connection).serve()  # type: ignore[arg-type]
     finally:
         stats.curr_connections -= 1
 
 
 async def _accept_loop(
-    engine: Engine, listener: trio.socket.SocketType, nursery: trio.Nursery
+    engine: Engine, listener: Listener, nursery: trio.Nursery, tls: TlsCertificates | None
 ) -> None:
     stats = engine.stats
     limit = engine.settings.max_connections
+    tcp = not listener.unix
+    listener_sock = listener.sock
+    tls = tls if listener.tls else None
     while True:
         try:
-            sock, _ = await listener.accept()
+            sock, _ = await listener_sock.accept()
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.warning("accept failed (%s); pausing", exc)
                 await trio.sleep(0.1)
                 continue
             raise
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if stats.curr_connections >= limit:
+            # Before any TLS handshake, as memcached: the refusal is in the clear.
             stats.rejected_connections += 1
             nursery.start_soon(_reject, sock)
             continue
-        nursery.start_soon(_handle, engine, sock)
+        nursery.start_soon(_handle, engine, sock, tls)
 
 
 async def serve(
     settings: Settings,
     *,
-    on_ready: Callable[[str, int], None] | None = None,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    on_ready: Callable[[list[Listener]], None] | None = None,
+    task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled or signalled; ``task_status`` gets the bound port."""
+    """Serve until cancelled or signalled; ``task_status`` gets the listeners.
+
+    Raises :class:`~stig.tls.TlsError` before listening if the TLS files
+    cannot be used.
+    """
+    tls = TlsCertificates(settings) if settings.tls_enabled else None
     engine = Engine(settings)
+    engine.tls = tls
     try:
+        listeners = await open_listeners(settings)
+        engine.settings = _bound(settings, listeners)
         async with trio.open_nursery() as system:
             await system.start(engine.run_promoter)
-            listener = await _listen(settings)
-            port = listener.getsockname()[1]
-            log.info("stig listening on %s:%d, data in %s", settings.listen, port, settings.data_dir)
+            for listener in listeners:
+                log.info("stig listening on %s%s, data in %s", listener.address,
+                         " (TLS)" if listener.tls else "", settings.data_dir)
             if on_ready is not None:
-                on_ready(settings.listen, port)
-            task_status.started(port)
+                on_ready(listeners)
+            task_status.started(listeners)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     connections.start_soon(_wait_for_signal, connections_scope)
+                    if tls is not None:
+                        connections.start_soon(_reload_on_sighup, tls)
                     try:
-                        await _accept_loop(engine, listener, connections)
+                        async with trio.open_nursery() as accepting:
+                            for listener in listeners:
+                                accepting.start_soon(
+                                    _accept_loop, engine, listener, connections, tls
+                                )
                     finally:
-                        listener.close()
+                        for listener in listeners:
+                            listener.sock.close()
+                        if settings.unix_socket is not None:
+                            settings.unix_socket.unlink(missing_ok=True)
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
     finally:
@@ -115,3 +228,13 @@ async def _wait_for_signal(scope: trio.CancelScope) -> None:
             log.info("received %s: shutting down", signal.Signals(signum).name)
             scope.cancel()
             return
+
+
+async def _reload_on_sighup(tls: TlsCertificates) -> None:
+    """SIGHUP reloads the certificates, as ``refresh_certs`` does."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            try:
+                tls.reload()
+            except TlsError as exc:
+                log.error("SIGHUP: certificates not reloaded, the old ones stay: %s", exc)

@@ -33,3 +33,22 @@ class Settings:
     map_size: int = 256 << 20  #: initial LMDB map; it grows by itself
     log_level: str = "info"
     auth_file: Path | None = None
+    #: listen on this unix domain socket instead of TCP (memcached's ``-s``)
+    unix_socket: Path | None = None
+    unix_mask: int = 0o700  #: permission bits of the socket file (memcached's ``-a``)
+    #: TLS (memcached's ``-Z``): certificate chain and private key, PEM
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  #: CA file that client certificates must chain to
+    tls_verify_clients: bool = False  #: require a client certificate signed by ``tls_ca``
+    #: a separate TLS port (None: with a certificate, ``port`` itself speaks TLS)
+    tls_port: int | None = None
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def plain_tcp(self) -> bool:
+        """Whether ``port`` speaks plain TCP (no TLS on it, no unix socket instead)."""
+        return self.unix_socket is None and (not self.tls_enabled or self.tls_port is not None)

@@ -8,7 +8,7 @@ import time
 from typing import Iterable
 
 from stig.engine import PROTOCOL_VERSION, Engine
-from stig.settings import Settings
+from stig.prefix_stats import DELIMITER, MAX_PREFIXES
 
 
 def general_stats(engine: Engine) -> list[tuple[str, object]]:
@@ -31,6 +31,11 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("total_connections", stats.total_connections),
         ("rejected_connections", stats.rejected_connections),
     ]
+    if engine.tls is not None:
+        pairs += [
+            ("ssl_handshake_errors", engine.tls.handshake_errors),
+            ("time_since_server_cert_refresh", engine.tls.seconds_since_reload),
+        ]
     pairs += [
         (name, getattr(stats, name))
         for name in (
@@ -73,25 +78,68 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
     return pairs
 
 
-def settings_stats(settings: Settings) -> Iterable[tuple[str, object]]:
-    """``stats settings``: every knob, memcached's names where they exist."""
+def _path(path: object | None) -> object:
+    """memcached writes an unset path as NULL."""
+    return "NULL" if path is None else path
+
+
+def _yes(flag: object) -> str:
+    return "yes" if flag else "no"
+
+
+def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
+    """``stats settings``: every knob, memcached's names where they exist.
+
+    memcached's fields that mean something for Stig come first, with its
+    spelling of values (``yes``/``no``, ``NULL``, an octal ``umask``); the
+    ones about slabs, LRUs, threads and extstore are left out: Stig has none.
+    """
+    settings = engine.settings
     limits = settings.limits
+    tls = settings.tls_enabled
     return [
-        ("interface", settings.listen),
-        ("tcpport", settings.port),
+        ("maxbytes", settings.map_size),
         ("maxconns", settings.max_connections),
+        ("tcpport", 0 if settings.unix_socket is not None else settings.port),
+        ("udpport", 0),
+        ("inter", "NULL" if settings.unix_socket is not None else settings.listen),
+        ("verbosity", 0),
+        ("evictions", "off"),
+        ("domain_socket", _path(settings.unix_socket)),
+        ("umask", f"{settings.unix_mask:o}"),
+        ("shutdown_command", "no"),
+        ("num_threads", 1),
+        ("stat_key_prefix", DELIMITER.decode()),
+        ("detail_enabled", _yes(engine.prefixes.enabled)),
+        ("cas_enabled", "yes"),
+        ("tcp_backlog", 1024),
+        ("binding_protocol", "auto-negotiate"),
+        ("auth_enabled_sasl", _yes(settings.auth_file)),
+        ("auth_enabled_ascii", _yes(settings.auth_file)),
         ("item_size_max", limits.max_item_size),
+        ("maxconns_fast", "yes"),
+        ("flush_enabled", _yes(not settings.disable_flush_all)),
+        ("idle_timeout", settings.idle_timeout),
+        ("ssl_enabled", _yes(tls)),
+        ("ssl_chain_cert", "(null)" if settings.tls_cert is None else settings.tls_cert),
+        ("ssl_key", "(null)" if settings.tls_key is None else settings.tls_key),
+        ("ssl_verify_mode", 2 if settings.tls_verify_clients else 0),
+        ("ssl_keyformat", 1),  # PEM
+        ("ssl_ciphers", "NULL"),
+        ("ssl_ca_cert", _path(settings.tls_ca)),
+        ("ssl_min_version", "tlsv1.2"),
+        ("interface", settings.listen),
         ("key_max_length", limits.max_key_length),
         ("line_max_length", limits.max_line_length),
         ("get_line_max_length", limits.max_get_line_length),
-        ("idle_timeout", settings.idle_timeout),
-        ("flush_enabled", "no" if settings.disable_flush_all else "yes"),
-        ("evictions", "off"),
         ("stig_data_dir", settings.data_dir),
-        ("stig_durable_acks", "yes" if settings.durable_acks else "no"),
+        ("stig_durable_acks", _yes(settings.durable_acks)),
         ("stig_ttl_policy", settings.ttl_policy.value),
         ("stig_batch_idle_ms", settings.batch_idle_ms),
         ("stig_max_pending_bytes", settings.max_pending_bytes),
         ("stig_initial_map_size", settings.map_size),
-        ("stig_auth", "yes" if settings.auth_file else "no"),
+        ("stig_auth", _yes(settings.auth_file)),
+        ("stig_tls_port", settings.tls_port if tls and settings.tls_port is not None
+         else (settings.port if tls else 0)),
+        ("stig_detail_max_prefixes", MAX_PREFIXES),
     ]

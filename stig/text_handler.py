@@ -17,6 +17,7 @@ from protocol.commands import (
     Delete,
     FlushAll,
     Quit,
+    RefreshCerts,
     Retrieve,
     Stats,
     Store,
@@ -28,12 +29,13 @@ from protocol.commands import (
 from protocol.errors import InvalidCommand, ProtocolError
 from protocol.text import QuietError, TextParser
 from stig.engine import PROTOCOL_VERSION, Engine
-from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE, TTL_REFUSED, Core
+from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE, TTL_REFUSED, Core, expired_variant
 from stig.meta_handler import MetaHandler
 from stig.ops import Add, Cas, Clear, Op, Outcome, Replace
 from stig.records import HEADER
 from stig.session import CommitFailed, Session
 from stig.stats_report import general_stats, settings_stats
+from stig.tls import TlsError
 
 EXPTIME_REJECTED = R.client_error(TTL_REFUSED)
 FLUSH_DISABLED = R.client_error("flush_all not allowed")
@@ -43,6 +45,8 @@ NON_NUMERIC = R.client_error(NON_NUMERIC_MESSAGE)
 UNAUTHENTICATED = R.client_error("unauthenticated")
 AUTH_FAILED = R.client_error("authentication failure")
 AUTH_BAD_FORMAT = R.client_error("bad authentication token format")
+DETAIL_USAGE = R.client_error("usage: stats detail on|off|dump")
+TLS_OFF = b"Error TLS not enabled\r\n"  #: memcached's words, as they are
 
 _STORE_REPLIES = {
     Outcome.STORED: R.STORED,
@@ -77,6 +81,7 @@ class TextHandler:
             Verbosity: self._verbosity,  # type: ignore[dict-item]
             Quit: self._quit,  # type: ignore[dict-item]
             Stats: self._stats,  # type: ignore[dict-item]
+            RefreshCerts: self._refresh_certs,  # type: ignore[dict-item]
             InvalidCommand: self._invalid,  # type: ignore[dict-item]
             QuietError: self._quiet_error,  # type: ignore[dict-item]
         }
@@ -120,6 +125,8 @@ class TextHandler:
         """
         if type(event) is not Retrieve or event.touch or not self.authenticated:
             return False
+        if self.core.prefixes.enabled:
+            return False  # stats detail counts per key: the general path does
         session = self.session
         if session.run_open or session.unresolved or not session.sees_acked(event.keys):
             return False
@@ -136,7 +143,7 @@ class TextHandler:
         True when it answered gets and nothing is left buffered, so that the
         parser has no event to give (the burst is done).
         """
-        if not self.authenticated:
+        if not self.authenticated or self.core.prefixes.enabled:
             return False
         session = self.session
         if session.run_open or session.unresolved or not session.sees_acked():
@@ -187,7 +194,12 @@ class TextHandler:
 
     async def _retrieve(self, command: Retrieve) -> None:
         session = self.session
-        if not command.touch and not session.unresolved and session.sees_acked(command.keys):
+        if (
+            not command.touch
+            and not session.unresolved
+            and not self.core.prefixes.enabled
+            and session.sees_acked(command.keys)
+        ):
             with_cas = command.with_cas
             session.close_run()
             if not (with_cas and session.has_pending(command.keys)):
@@ -199,6 +211,8 @@ class TextHandler:
             return
         keys = command.keys
         items = await self.core.read(keys, with_cas=command.with_cas, touch=command.touch)
+        if command.touch and self.core.expired(command.exptime):
+            self.core.expire_found(keys, items)  # answered, then gone (memcached)
         out = self.out
         for key, item in zip(keys, items):
             if item is not None:
@@ -308,22 +322,31 @@ class TextHandler:
 
     async def _store(self, command: Store) -> None:
         core = self.core
+        core.count_prefix_set(command.key)
+        mode = command.mode
+        if mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
+            # memcached ignores their exptime: the item keeps its own.
+            stored = await core.concat(command.key, command.value, mode is StoreMode.PREPEND)
+            self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
+            return
         if core.ttl_refused(command.exptime):
             core.stats.cmd_set += 1
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
-        mode = command.mode
+        expired = core.expired(command.exptime)
         if mode is StoreMode.SET:
-            core.set(command.key, command.value, command.flags)
+            if expired:
+                core.set_expired(command.key)
+            else:
+                core.set(command.key, command.value, command.flags)
             self._reply(command.noreply, R.STORED)
-        elif mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
-            stored = await core.concat(command.key, command.value, mode is StoreMode.PREPEND)
-            self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
         else:
             if mode is StoreMode.CAS:
                 op: Op = Cas(command.key, command.value, command.flags, command.cas_unique)
             else:
                 op = _CONDITIONAL[mode](command.key, command.value, command.flags)
+            if expired:
+                op = expired_variant(op)
             if command.noreply:
                 core.queue_conditional(op, command.key, len(command.value))
                 return
@@ -331,6 +354,7 @@ class TextHandler:
             self.out += _STORE_REPLIES[outcome]
 
     async def _delete(self, command: Delete) -> None:
+        self.core.count_prefix_delete(command.key)
         found = await self.core.delete(command.key)
         self._reply(command.noreply, R.DELETED if found else R.NOT_FOUND)
 
@@ -348,6 +372,8 @@ class TextHandler:
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
         found = await self.core.touch(command.key)
+        if found and self.core.expired(command.exptime):
+            self.core.remove(command.key)  # touched to a time already past: gone
         self._reply(command.noreply, R.TOUCHED if found else R.NOT_FOUND)
 
     async def _flush_all(self, command: FlushAll) -> None:
@@ -382,17 +408,47 @@ class TextHandler:
         if group == b"":
             self.out += R.stats(general_stats(self.engine))
         elif group == b"settings":
-            self.out += R.stats(settings_stats(self.engine.settings))
+            self.out += R.stats(settings_stats(self.engine))
         elif group == b"reset":
             self.engine.stats.reset()
             self.engine.promoter_stats.reset()
+            self.engine.prefixes.clear()
             self.out += R.RESET
+        elif group == b"detail":
+            self._stats_detail(command.args[:1])
         elif group in (b"items", b"slabs", b"sizes", b"conns", b"extstore"):
             self.out += R.END  # no slab allocator, no LRU: nothing to list
         else:
             self.out += R.ERROR
 
+    def _stats_detail(self, args: tuple[bytes, ...]) -> None:
+        """``stats detail on|off|dump``, as memcached (prefix_stats.py)."""
+        prefixes = self.engine.prefixes
+        if args == (b"on",) or args == (b"off",):
+            prefixes.enabled = args[0] == b"on"
+            self.out += R.OK
+        elif args == (b"dump",):
+            self.out += prefixes.dump()
+        else:
+            self.out += DETAIL_USAGE
+
+    def _refresh_certs(self, command: RefreshCerts) -> None:
+        """Reload the TLS certificates: new connections get them (memcached)."""
+        self.session.close_run()
+        tls = self.engine.tls
+        if tls is None:
+            self.out += TLS_OFF
+            return
+        try:
+            tls.reload()
+        except TlsError as exc:
+            self.out += b"Error %b\r\n" % str(exc).encode(errors="replace")
+            return
+        self.out += R.OK
+
     def _invalid(self, event: InvalidCommand) -> None:
+        if event.discard_key is not None:
+            self.core.discard_too_large(event.discard_key)
         self.session.close_run()
         self.out += event.text_reply()
         if event.close:
@@ -400,6 +456,8 @@ class TextHandler:
 
     def _quiet_error(self, event: QuietError) -> None:
         """A noreply command failed: memcached stays silent, so do we."""
+        if event.error.discard_key is not None:
+            self.core.discard_too_large(event.error.discard_key)
 
     # -- what the connection loop asks of every handler ------------------------
 

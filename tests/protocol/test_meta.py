@@ -408,7 +408,7 @@ BUILT_TABLE = [
     # ms: O k c s
     (b"ms foo 2 c k s O3 T9", HD, ItemFacts(cas=8, size=2), None, b"HD c8 kfoo s2 O3\r\n"),
     (b"ms foo 2 O3 k", NS, None, None, b"NS O3 kfoo\r\n"),
-    (b"ms foo 2 c", EX, None, None, b"EX\r\n"),
+    (b"ms foo 2 c", EX, None, None, b"EX c0\r\n"),  # memcached 1.6: a failed ms says c0
     # md: O k
     (b"md foo k O1 q", HD, None, None, b"HD kfoo O1\r\n"),
     (b"md foo O1", NF, None, None, b"NF O1\r\n"),

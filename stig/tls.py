@@ -1,0 +1,127 @@
+"""TLS for client connections (``--tls-cert``/``--tls-key``, like memcached's ``-Z``).
+
+:class:`TlsCertificates` holds the server's :class:`ssl.SSLContext` and
+builds a new one on :meth:`~TlsCertificates.reload` (``refresh_certs`` or
+SIGHUP): connections already open keep the context they were accepted
+with, new ones get the new certificate — without a restart, as memcached.
+A reload that fails (a missing or mismatched file) keeps the old context.
+
+:class:`TlsSocket` makes a :class:`trio.SSLStream` look like the raw trio
+socket the connection loop reads and writes (``recv``/``send``/``close``),
+so that the plain-TCP hot path stays exactly as it is and TLS costs the
+loop nothing when it is off.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from pathlib import Path
+
+import trio
+
+from stig.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long a client may take to finish the TLS handshake before it is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class TlsError(Exception):
+    """The certificate, key or CA file cannot be used."""
+
+
+def build_context(settings: Settings) -> ssl.SSLContext:
+    """A server context from the settings' files: TLS 1.2 or newer (memcached's
+    default ``ssl_min_version``), client certificates required against
+    ``--tls-ca`` when ``--tls-verify-clients`` is on."""
+    assert settings.tls_cert is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"loading the certificate chain {settings.tls_cert}: {_reason(exc)}") from exc
+    if settings.tls_ca is not None:
+        try:
+            context.load_verify_locations(cafile=settings.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(f"loading the CA file {settings.tls_ca}: {_reason(exc)}") from exc
+    if settings.tls_verify_clients:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+class TlsCertificates:
+    """The current server context; :meth:`reload` swaps in a new one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.context = build_context(settings)
+        self.loaded_at = time.monotonic()
+        self.handshake_errors = 0
+
+    def reload(self) -> None:
+        """Read the files again; raises :class:`TlsError` and keeps the old
+        context if they cannot be used."""
+        self.context = build_context(self.settings)
+        self.loaded_at = time.monotonic()
+        log.info("TLS certificates reloaded from %s", self.settings.tls_cert)
+
+    @property
+    def seconds_since_reload(self) -> int:
+        return int(time.monotonic() - self.loaded_at)
+
+    def wrap(self, sock: trio.socket.SocketType) -> "TlsSocket":
+        stream = trio.SSLStream(
+            trio.SocketStream(sock), self.context, server_side=True, https_compatible=True
+        )
+        return TlsSocket(stream, self)
+
+
+class TlsSocket:
+    """A TLS connection with the three socket methods the connection loop uses.
+
+    The handshake runs on the first ``recv`` (bounded by
+    :data:`HANDSHAKE_TIMEOUT`); a client that fails it is counted in
+    ``ssl_handshake_errors`` and dropped, as a closed connection.
+    """
+
+    def __init__(self, stream: trio.SSLStream, certificates: TlsCertificates) -> None:
+        self.stream = stream
+        self._certificates = certificates
+        self._handshaken = False
+
+    async def _handshake(self) -> bool:
+        self._handshaken = True
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            try:
+                await self.stream.do_handshake()
+                return True
+            except trio.BrokenResourceError as exc:
+                log.debug("TLS handshake failed: %s", exc.__cause__ or exc)
+        self._certificates.handshake_errors += 1
+        return False
+
+    async def recv(self, size: int) -> bytes:
+        if not self._handshaken and not await self._handshake():
+            return b""
+        return await self.stream.receive_some(size)
+
+    async def send(self, data: bytes | bytearray | memoryview) -> int:
+        await self.stream.send_all(data)
+        return len(data)
+
+    def close(self) -> None:
+        """Close the socket at once: no close_notify (``https_compatible``: a
+        peer's missing one is a clean end of input too), as the loop's close
+        is synchronous."""
+        self.stream.transport_stream.socket.close()  # type: ignore[attr-defined]

@@ -1,0 +1,220 @@
+"""TLS (``--tls-cert``/``--tls-key``, like memcached's ``-Z``): every protocol,
+logins, client certificates, a second port, and certificate reloads.
+
+Certificates are made for each test run by the ``openssl`` command line
+tool (Debian's ``openssl``): a CA, server certificates for 127.0.0.1 and a
+client certificate, all signed by it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from protocol.binary import Opcode, Status
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+
+SET_EXTRAS = struct.pack(">II", 0, 0)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _signed(directory: Path, name: str, subject: str, extensions: str) -> None:
+    """``name.key`` and ``name.pem``, signed by the CA in ``directory``."""
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", subject, cwd=directory)
+    (directory / f"{name}.ext").write_text(extensions)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+             cwd=directory)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("certs")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+             "-days", "2", "-subj", "/CN=stig-test-ca", cwd=directory)
+    server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    _signed(directory, "server", "/CN=stig-server-one", server_ext)
+    _signed(directory, "server2", "/CN=stig-server-two", server_ext)
+    _signed(directory, "client", "/CN=stig-client", "extendedKeyUsage=clientAuth\n")
+    return directory
+
+
+def _client_context(certs: Path, client_cert: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    if client_cert:
+        context.load_cert_chain(certs / "client.pem", certs / "client.key")
+    return context
+
+
+def _tls_server(stig_factory, certs: Path, tmp_path: Path, *extra: str):
+    """A server whose certificate files are copies (so that a test may replace them).
+
+    ``--durable-acks``: a write is answered once committed, so that the
+    tests' other connections see it at once.
+    """
+    for name in ("server.pem", "server.key"):
+        shutil.copy(certs / name, tmp_path / name)
+    return stig_factory("--tls-cert", str(tmp_path / "server.pem"),
+                        "--tls-key", str(tmp_path / "server.key"), "--durable-acks", *extra)
+
+
+def _tls_connect(server, context: ssl.SSLContext, port: int | None = None):
+    """A conftest RawConnection whose socket speaks TLS."""
+    conn = server.connect()
+    conn.sock = context.wrap_socket(conn.sock, server_hostname="127.0.0.1")
+    return conn
+
+
+def _peer_name(conn) -> str:
+    subject = dict(pair[0] for pair in conn.sock.getpeercert()["subject"])
+    return subject["commonName"]
+
+
+def test_text_meta_and_binary_over_tls(stig_factory, certs, tmp_path):
+    from pymemcache.client.base import Client
+
+    import bmemcached
+
+    server = _tls_server(stig_factory, certs, tmp_path)
+    context = _client_context(certs)
+    text = Client((server.host, server.port), tls_context=context, timeout=10, connect_timeout=10)
+    assert text.set("greeting", b"hello", noreply=False) is True
+    assert text.get("greeting") == b"hello"
+    conn = _tls_connect(server, context)
+    assert conn.send_recv(b"ms m 2 c\r\nhi\r\nmg m v\r\n", b"hi\r\n").endswith(b"VA 2\r\nhi\r\n")
+    binary = bmemcached.Client((f"{server.host}:{server.port}",), tls_context=context)
+    assert binary.set("b", "value")
+    assert binary.get("b") == "value"
+    assert text.get("b") == b"value"
+    # A plain client on a TLS port gets no reply at all, and is counted.
+    with socket.create_connection((server.host, server.port), timeout=10) as plain:
+        plain.sendall(b"get greeting\r\n")
+        plain.settimeout(15)
+        received = b""
+        try:
+            while chunk := plain.recv(4096):
+                received += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+        assert b"VALUE" not in received
+    stats = text.stats()
+    assert stats[b"ssl_handshake_errors"] == 1
+    settings = text.stats("settings")
+    assert settings[b"ssl_enabled"] is True or settings[b"ssl_enabled"] == b"yes"
+
+
+def test_openssl_s_client(stig_factory, certs, tmp_path):
+    server = _tls_server(stig_factory, certs, tmp_path)
+    run = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{server.host}:{server.port}", "-quiet",
+         "-CAfile", str(certs / "ca.pem"), "-verify_return_error"],
+        input=b"set k 0 0 3\r\nabc\r\nget k\r\nquit\r\n", capture_output=True, timeout=60,
+    )
+    assert run.stdout == b"STORED\r\nVALUE k 0 3\r\nabc\r\nEND\r\n"
+
+
+def test_logins_over_tls(stig_factory, certs, tmp_path):
+    import bmemcached
+
+    users = tmp_path / "users"
+    users.write_text("app:secret\n")
+    server = _tls_server(stig_factory, certs, tmp_path, "--auth-file", str(users))
+    context = _client_context(certs)
+    conn = _tls_connect(server, context)
+    assert conn.send_recv(b"get k\r\n", b"\r\n") == b"CLIENT_ERROR unauthenticated\r\n"
+    assert conn.send_recv(b"set auth 0 0 10\r\napp secret\r\n", b"\r\n") == b"STORED\r\n"
+    assert conn.send_recv(b"get k\r\n") == b"END\r\n"
+    sasl = bmemcached.Client((f"{server.host}:{server.port}",), username="app", password="secret",
+                             tls_context=context)
+    assert sasl.set("k", "v")
+    assert sasl.get("k") == "v"
+
+
+def test_separate_tls_port_and_client_certificates(stig_factory, certs, tmp_path):
+    server = _tls_server(stig_factory, certs, tmp_path, "--tls-port", "0",
+                         "--tls-ca", str(certs / "ca.pem"), "--tls-verify-clients")
+    # The main port stays plain.
+    assert server.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+    tls_port = int(server.stats("settings")["stig_tls_port"])
+    assert tls_port not in (0, server.port)
+    assert f"stig listening for TLS on {server.host}:{tls_port}" in server.stdout_path.read_text()
+    # With a client certificate signed by --tls-ca: served.
+    with socket.create_connection((server.host, tls_port), timeout=10) as raw:
+        with _client_context(certs, client_cert=True).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"get k\r\n")
+            reply = b""
+            while not reply.endswith(b"END\r\n"):
+                reply += tls.recv(4096)
+            assert reply == b"VALUE k 0 1\r\nx\r\nEND\r\n"
+    # Without one: the handshake (or the first read after it, in TLS 1.3) fails.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with socket.create_connection((server.host, tls_port), timeout=10) as raw:
+            with _client_context(certs).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"get k\r\n")
+                if not tls.recv(4096):
+                    raise ConnectionError("closed")
+
+
+def _wait_for_peer(server, context, name: str) -> object:
+    deadline = time.monotonic() + 20
+    while True:
+        conn = _tls_connect(server, context)
+        if _peer_name(conn) == name:
+            return conn
+        conn.close()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server never presented {name}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["refresh_certs", "SIGHUP"])
+def test_certificates_reload_without_restart(stig_factory, certs, tmp_path, how):
+    server = _tls_server(stig_factory, certs, tmp_path)
+    context = _client_context(certs)
+    old = _tls_connect(server, context)
+    assert _peer_name(old) == "stig-server-one"
+    assert old.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+    for name in ("pem", "key"):
+        shutil.copy(certs / f"server2.{name}", tmp_path / f"server.{name}")
+    if how == "refresh_certs":
+        assert old.send_recv(b"refresh_certs\r\n", b"\r\n") == b"OK\r\n"
+    else:
+        server.proc.send_signal(signal.SIGHUP)
+    new = _wait_for_peer(server, context, "stig-server-two")
+    assert new.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"
+    assert old.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"  # still open
+    # A broken file is refused and the working certificate stays.
+    (tmp_path / "server.pem").write_text("not a certificate\n")
+    assert old.send_recv(b"refresh_certs\r\n", b"\r\n").startswith(b"Error loading the certificate chain")
+    assert _peer_name(_tls_connect(server, context)) == "stig-server-two"
+
+
+def test_refresh_certs_without_tls_answers_as_memcached(stig_server):
+    assert stig_server.send_recv(b"refresh_certs\r\n", b"\r\n") == b"Error TLS not enabled\r\n"
+
+
+def test_unusable_certificate_refuses_to_start(stig_factory, certs, tmp_path):
+    from conftest import ServerFailed
+
+    with pytest.raises(ServerFailed, match="certificate"):
+        stig_factory("--tls-cert", str(certs / "ca.key"))  # a key is no certificate
+
+
+def test_connection_limit_is_answered_in_clear_before_the_handshake(stig_factory, certs, tmp_path):
+    server = _tls_server(stig_factory, certs, tmp_path, "--max-connections", "1")
+    first = _tls_connect(server, _client_context(certs))
+    assert first.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+    assert server.connect().recv_until(None) == b"ERROR Too many open connections\r\n"
