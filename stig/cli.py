@@ -11,6 +11,7 @@ import click
 import trio
 
 from protocol.limits import ITEM_SIZE_MAX, KEY_MAX_LENGTH, LINE_MAX_LENGTH, Limits
+from stig.dirlock import DataDirInUse
 from stig.engine import VERSION
 from stig.settings import Settings, TtlPolicy
 
@@ -140,4 +141,7 @@ def serve(
     # +45% pipelined sets, docs/performance.md).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    trio.run(lambda: run_server(settings, on_ready=ready))
+    try:
+        trio.run(lambda: run_server(settings, on_ready=ready))
+    except DataDirInUse as exc:
+        raise click.ClickException(str(exc)) from None

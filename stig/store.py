@@ -22,6 +22,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 import lmdb
 
+from stig.dirlock import DirLock
 from stig.ops import Op, Outcome, Put
 from stig.records import HEADER, Item, decode, encode
 
@@ -147,7 +148,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], map_size: int = INITIAL_MAP_SIZE) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = DirLock(self.path)  # one writer per directory, until close()
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,
@@ -226,7 +227,10 @@ class Store:
         """
         try:
             with self.env.begin(write=True) as txn:
-                view = _WriteView(txn, self._items, self.last_cas)
+                # The counter as committed, read inside this transaction: never a
+                # cached copy another writer of the environment could have outrun.
+                raw_cas = txn.get(_CAS_KEY, db=self._meta)
+                view = _WriteView(txn, self._items, 0 if raw_cas is None else _U64.unpack(raw_cas)[0])
                 results = view.apply_batches(batches)
                 total = (0 if view.cleared else self.total_bytes) + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
@@ -245,3 +249,4 @@ class Store:
 
     def close(self) -> None:
         self.env.close()
+        self._lock.release()
