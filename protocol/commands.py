@@ -106,4 +106,12 @@ class Stats:
     args: tuple[bytes, ...] = ()
 
 
-TextCommand = Retrieve | Store | Delete | Arithmetic | Touch | FlushAll | Version | Verbosity | Quit | Stats
+@attrs.frozen
+class LruCrawler:
+    """``lru_crawler metadump <classes>``: list keys (the only sub-command Stig has)."""
+
+    subcommand: bytes
+    spec: bytes
+
+
+TextCommand = Retrieve | Store | Delete | Arithmetic | Touch | FlushAll | Version | Verbosity | Quit | Stats | LruCrawler

@@ -163,6 +163,8 @@ class Store:
         )
         self._items = self.env.open_db(b"items")
         self._meta = self.env.open_db(b"meta")
+        #: Snapshots held across awaits (key listings); grow() ends them first.
+        self.long_reads: set[lmdb.Transaction] = set()
         with self.env.begin(db=self._meta) as txn:
             self.last_cas = self._read_u64(txn, _CAS_KEY)
             self.total_bytes = self._read_u64(txn, _BYTES_KEY)
@@ -182,14 +184,14 @@ class Store:
             txn.abort()
         return None if record is None else decode(record)
 
-    def read_txn(self) -> lmdb.Transaction:
+    def read_txn(self, buffers: bool = False) -> lmdb.Transaction:
         """A read-only snapshot of the items, for a caller that reads raw records
         (``txn.get(key)``: the header of :mod:`stig.records`, then the value).
 
         The caller must ``abort()`` it before anything that may wait: a read
         transaction is never held across an ``await``.
         """
-        return self.env.begin(db=self._items)
+        return self.env.begin(db=self._items, buffers=buffers)
 
     def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
         """All ``keys`` read in one snapshot."""
@@ -244,6 +246,9 @@ class Store:
     def grow(self) -> int:
         """Double the map size.  No transaction may be open in this process."""
         new_size = self.map_size * 2
+        for txn in list(self.long_reads):  # remapping would leave them dangling
+            txn.abort()  # py-lmdb invalidates their cursors: the listing ends
+        self.long_reads.clear()
         self.env.set_mapsize(new_size)
         return new_size
 
