@@ -246,7 +246,7 @@ class Store:
     def grow(self) -> int:
         """Double the map size.  No transaction may be open in this process."""
         new_size = self.map_size * 2
-        for txn in list(self.long_reads):  # remapping would leave them dangling
+        for txn in list(self.long_reads):  # a remap leaves cursors dangling (py-lmdb 3 ends them too)
             txn.abort()  # py-lmdb invalidates their cursors: the listing ends
         self.long_reads.clear()
         self.env.set_mapsize(new_size)
