@@ -421,6 +421,8 @@ class TextHandler:
         """Write a listing chunk by chunk, sending each before making the next,
         so the reply never sits whole in memory (see :mod:`stig.listing`)."""
         out = self.out
+        if self.meta.quiet_failures_due:  # they come before this reply, which
+            await self.meta.report_quiet_failures(len(out))  # leaves in parts
         with contextlib.closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
                 out += chunk

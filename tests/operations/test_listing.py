@@ -199,3 +199,15 @@ def test_listing_ends_cleanly_when_the_map_grows_under_it(stig_factory):
     assert reply.endswith(b"SERVER_ERROR listing interrupted: the database map grew; list again\r\n")
     big = len(range(0, start_map // 100_000 + 1, 20)) * 20
     assert len(_metadump_keys(port)) == len(keys) + big  # listed again: whole
+
+
+def test_failures_of_a_quiet_run_come_before_the_listing(stig_server):
+    """A listing closes the session's quiet run; a refused quiet add of that run
+    is answered before the listing, as before any other reply."""
+    port = stig_server.port
+    keys = [b"%04d" % i + b"p" * 100 for i in range(3000)]  # a listing of several chunks
+    _write_keys(port, keys)
+    stig_server.settle()
+    reply = exchange(port, b"ms %b 1 ME q\r\ny\r\nlru_crawler metadump all\r\n" % keys[0], b"END\r\n")
+    assert reply.startswith(b"NS\r\nkey=0000p") and reply.count(b"key=") == len(keys)
+    assert reply.count(b"NS\r\n") == 1
