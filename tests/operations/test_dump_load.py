@@ -94,7 +94,10 @@ def test_migration_from_a_real_memcached(stig_server):
 
 
 class RunWriter(threading.Thread):
-    """Quiet runs of 5 keys, each run numbered; runs of one writer commit in order."""
+    """Quiet runs, numbered n = 0, 1, …: each writes ``a:<name>`` = n, three keys
+    ``r:<name>:<n>:<j>``, and ``z:<name>`` = n, as one transaction.  ``a:`` and
+    ``z:`` are at the two ends of the key space, so a dump read in key order
+    from more than one snapshot sees them disagree."""
 
     def __init__(self, port: int, name: bytes) -> None:
         super().__init__(daemon=True)
@@ -108,8 +111,9 @@ class RunWriter(threading.Thread):
             with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
                 while not self.stop.is_set():
                     n = self.runs
-                    sock.sendall(b"".join(b"ms %b:%d:%d 8 q\r\n%08d\r\n" % (self.name_, n, j, n)
-                                          for j in range(5)) + b"mn\r\n")
+                    keys = [b"a:%b" % self.name_] + [b"r:%b:%d:%d" % (self.name_, n, j) for j in range(3)]
+                    keys.append(b"z:%b" % self.name_)
+                    sock.sendall(b"".join(b"ms %b 8 q\r\n%08d\r\n" % (k, n) for k in keys) + b"mn\r\n")
                     reply = b""
                     while not reply.endswith(b"\r\n"):
                         reply += sock.recv(100)
@@ -120,10 +124,12 @@ class RunWriter(threading.Thread):
 
 
 def test_dump_of_a_live_server_under_load_is_one_snapshot(stig_server):
-    """While writers commit runs, ``stig dump --data-dir`` sees, per writer, runs
-    0..k exactly (a prefix: later runs commit later) and every run whole."""
+    """While writers commit runs, ``stig dump --data-dir`` (key order, 20k keys
+    between the ends) sees, per writer, ``a:`` = ``z:`` = the last run, runs
+    0..k exactly, each whole."""
     client = stig_server.client()
-    client.set_many({f"pad-{i}": b"p" * 2000 for i in range(5000)}, noreply=False)  # a longer dump
+    for start in range(0, 20_000, 2000):  # between a: and z:, so the dump takes a while
+        client.set_many({f"pad-{i:06d}": b"p" * 500 for i in range(start, start + 2000)}, noreply=False)
     writers = [RunWriter(stig_server.port, b"w%d" % i) for i in range(3)]
     for writer in writers:
         writer.start()
@@ -139,14 +145,17 @@ def test_dump_of_a_live_server_under_load_is_one_snapshot(stig_server):
     for dump in dumps:
         items = _parse(dump)
         for writer, done_before in zip(writers, before):
+            first = int(items[b"a:" + writer.name_][0])
+            last = int(items[b"z:" + writer.name_][0])
+            assert first == last, "the two ends of the key space are from different moments"
             runs: dict[int, int] = {}
             for key in items:
-                if key.startswith(writer.name_ + b":"):
-                    _, n, _ = key.split(b":")
-                    runs[int(n)] = runs.get(int(n), 0) + 1
-            assert set(runs.values()) <= {5}, "a run is torn in the dump"
-            assert sorted(runs) == list(range(len(runs))), "not a prefix: not one snapshot"
-            assert len(runs) >= done_before
+                if key.startswith(b"r:" + writer.name_ + b":"):
+                    n = int(key.split(b":")[2])
+                    runs[n] = runs.get(n, 0) + 1
+            assert set(runs.values()) == {3}, "a run is torn in the dump"
+            assert sorted(runs) == list(range(first + 1)), "not every run up to the last one"
+            assert first + 1 >= done_before
 
 
 def test_load_names_refused_keys_and_exits_non_zero(stig_server, tmp_path):
