@@ -171,3 +171,19 @@ def test_check_finds_a_record_damaged_on_purpose(stig_server, tmp_path, damage, 
     assert proc.returncode == 1
     assert b"key b'victim'" in proc.stderr and message in proc.stderr
     assert b"101 keys" in proc.stdout
+
+
+def test_a_backup_is_a_data_directory_and_restore_reads_a_live_one(stig_factory, tmp_path):
+    server = stig_factory()
+    server.client().set_many({f"k{i}": b"v%d" % i for i in range(100)}, noreply=False)
+    server.settle()
+    backup_dir = tmp_path / "backup"
+    run_stig("backup", str(backup_dir), "--data-dir", str(server.data_dir))
+    assert [p.name for p in backup_dir.iterdir()] == ["data.mdb"]
+    # SRC may be the live directory itself: read in one snapshot.
+    restored = tmp_path / "restored"
+    run_stig("restore", str(server.data_dir), "--data-dir", str(restored))
+    assert b"ok" in run_stig("check", "--data-dir", str(restored)).stdout
+    # The backup directory serves as it is.
+    served = stig_factory(data_dir=backup_dir)
+    assert served.client().get_many([f"k{i}" for i in range(100)]) == {f"k{i}": b"v%d" % i for i in range(100)}
