@@ -19,7 +19,6 @@ keys (tests/operations/test_dump_load.py) and checks the result is equal.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import signal
@@ -34,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stig import dumpfmt  # noqa: E402
-from stig.ops import Put  # noqa: E402
-from stig.store import Store  # noqa: E402
+from stig import dumpfmt
+from stig.ops import Put
+from stig.store import Store
 
 
 def stig(*args: str, **kwargs) -> subprocess.CompletedProcess[bytes]:

@@ -234,11 +234,9 @@ def check(data_dir: Path, quiet: bool) -> None:
     cas values never repeat), and that the stored byte total is right.
     Prints the counts, then each problem found.
     """
-    from stig.envtools import ToolError, check as run_check
+    from stig.envtools import ToolError, check as run_check, open_readonly
 
     try:
-        from stig.envtools import open_readonly
-
         env = open_readonly(data_dir)
         with env.env.begin() as txn:
             total = int(txn.stat(env.items)["entries"])
@@ -292,7 +290,7 @@ def dump(data_dir: Path | None, server: str | None, output, batch: int, quiet: b
     except ToolError as exc:
         raise click.ClickException(str(exc)) from None
     if not quiet:
-        click.echo(f"dumped {report.items:,} items, {report.bytes:,} value bytes", err=True)
+        click.echo(f"dumped {report.items:,} items, {report.value_bytes:,} value bytes", err=True)
 
 
 @main.command()
@@ -323,6 +321,6 @@ def load(file, server: str, batch: int, quiet: bool) -> None:
         click.echo(f"refused: key {key!r}: {reply}", err=True)
     if not quiet:
         click.echo(f"loaded {report.items - len(report.refused):,} of {report.items:,} items, "
-                   f"{report.bytes:,} value bytes", err=True)
+                   f"{report.value_bytes:,} value bytes", err=True)
     if report.refused:
         raise click.ClickException(f"{len(report.refused)} item(s) refused")

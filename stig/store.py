@@ -191,7 +191,9 @@ class Store:
         The caller must ``abort()`` it before anything that may wait: a read
         transaction is never held across an ``await``.
         """
-        return self.env.begin(db=self._items, buffers=buffers)
+        if buffers:  # values as memoryviews into the map: valid until the next cursor move
+            return self.env.begin(db=self._items, buffers=True)
+        return self.env.begin(db=self._items)
 
     def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
         """All ``keys`` read in one snapshot."""

@@ -41,7 +41,7 @@ IO_TIMEOUT = 60.0
 @attrs.define
 class TransferReport:
     items: int = 0
-    bytes: int = 0
+    value_bytes: int = 0
     refused: list[tuple[bytes, str]] = attrs.field(factory=list)
 
 
@@ -52,17 +52,17 @@ def _write_items(items: Iterable[DumpItem], out: BinaryIO, batch: int, progress:
     for key, value, flags in items:
         out.write(encode(key, value, flags))
         report.items += 1
-        report.bytes += len(value)
+        report.value_bytes += len(value)
         in_batch += 1
         if in_batch == batch:
             out.write(dumpfmt.BARRIER)
             in_batch = 0
             progress.add(batch, 0)
-            progress.bytes = report.bytes
+            progress.bytes = report.value_bytes
     if in_batch or not report.items:
         out.write(dumpfmt.BARRIER)
     progress.add(in_batch, 0)
-    progress.bytes = report.bytes
+    progress.bytes = report.value_bytes
     out.flush()
     return report
 
@@ -254,7 +254,7 @@ def load_server(
             conn.send(b"".join([encode(*item) for item in group]) + dumpfmt.BARRIER)
             in_flight.append(group)
             report.items += len(group)
-            report.bytes += sum(len(item.value) for item in group)
+            report.value_bytes += sum(len(item.value) for item in group)
             if len(in_flight) >= window:
                 settle_oldest()
         while in_flight:

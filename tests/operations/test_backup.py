@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from opstools import data_path, run_stig
 
 RUN_KEYS = 10  # keys per quiet run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from opstools import run_stig
 
 

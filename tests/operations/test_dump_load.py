@@ -11,10 +11,9 @@ import subprocess
 import sys
 import threading
 
-import pytest
-
 from conftest import REPO
 from opstools import exchange, memcached, run_stig
+
 from stig import dumpfmt
 
 #: Keys in the CI round trip.  The issue's target is 100k: on the shared

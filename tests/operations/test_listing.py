@@ -15,7 +15,6 @@ import socket
 import subprocess
 
 import pytest
-
 from opstools import exchange, memcached
 
 # Keys whose url-encoding shows memcached's rules: unreserved kept, the rest %XX.

@@ -12,8 +12,8 @@ import subprocess
 import time
 
 import pytest
-
 from opstools import exchange, free_port, wait_port
+
 from protocol.listing import url_decode
 
 
@@ -76,7 +76,7 @@ def test_twemproxy_in_front_of_two_stig_nodes(twemproxy):
     for node in nodes:
         node.settle()
     on_nodes = [_keys_on(node.port) for node in nodes]
-    everything = set(k.encode() for k in keys) | {b"hits"}
+    everything = {k.encode() for k in keys} | {b"hits"}
     assert on_nodes[0] | on_nodes[1] == everything
     assert not on_nodes[0] & on_nodes[1]  # every key on exactly one node
     assert all(len(keys_here) > 50 for keys_here in on_nodes)  # both nodes used
