@@ -111,7 +111,15 @@ class RefreshCerts:
     """``refresh_certs``: reload the TLS certificate and key (memcached with TLS)."""
 
 
+@attrs.frozen
+class LruCrawler:
+    """``lru_crawler metadump <classes>``: list keys (the only sub-command Stig has)."""
+
+    subcommand: bytes
+    spec: bytes
+
+
 TextCommand = (
     Retrieve | Store | Delete | Arithmetic | Touch | FlushAll | Version | Verbosity | Quit | Stats
-    | RefreshCerts
+    | RefreshCerts | LruCrawler
 )

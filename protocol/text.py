@@ -33,6 +33,7 @@ from protocol.commands import (
     Arithmetic,
     Delete,
     FlushAll,
+    LruCrawler,
     Quit,
     RefreshCerts,
     Retrieve,
@@ -609,6 +610,12 @@ class TextParser:
         group = tokens[1] if len(tokens) > 1 else b""
         return Stats(group, tuple(tokens[2:]))
 
+    def _lru_crawler(self, tokens: list[bytes]) -> TextEvent:
+        # Only the key listing; as memcached, a wrong token count is ERROR.
+        if len(tokens) != 3 or tokens[1] != b"metadump":
+            return UNKNOWN
+        return LruCrawler(tokens[1], tokens[2])
+
     def _meta(self, tokens: list[bytes]) -> TextEvent | _NeedData:
         parsed = meta.parse_meta(tokens, self.limits)
         if isinstance(parsed, InvalidCommand):
@@ -645,5 +652,6 @@ _COMMANDS: dict[bytes, Callable[[TextParser, list[bytes]], TextEvent | _NeedData
     b"quit": TextParser._quit,
     b"refresh_certs": TextParser._refresh_certs,
     b"stats": TextParser._stats,
+    b"lru_crawler": TextParser._lru_crawler,
     **{name: TextParser._meta for name in meta.META_COMMAND_NAMES},
 }

@@ -11,7 +11,9 @@ import click
 import trio
 
 from protocol.limits import ITEM_SIZE_MAX, KEY_MAX_LENGTH, LINE_MAX_LENGTH, Limits
+from stig.dirlock import DataDirInUse
 from stig.engine import VERSION
+from stig.progress import Progress
 from stig.settings import Settings, TtlPolicy
 
 
@@ -205,5 +207,183 @@ def serve(
 
     try:
         trio.run(lambda: run_server(settings, on_ready=ready))
-    except ListenError as exc:
+    except (ListenError, DataDirInUse) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# -- operating a database: backup, restore, check, dump, load ------------------
+
+_DATA_DIR = click.option(
+    "--data-dir", default="stig-data", show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The data directory (as given to 'stig serve').",
+)
+_QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr.")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+@main.command()
+@click.argument("dest", type=click.Path(path_type=Path))
+@_DATA_DIR
+@_QUIET
+def backup(dest: Path, data_dir: Path, quiet: bool) -> None:
+    """Copy the database into DEST while it serves: a hot backup.
+
+    DEST must be a new (or empty) directory.  The copy is one consistent
+    snapshot, compacted (free pages dropped), made with LMDB's own copy: it
+    reads, so the server goes on writing meanwhile.  Restore it with 'stig
+    restore DEST --data-dir DIR', or serve it directly with 'stig serve
+    --data-dir DEST'.
+
+    \b
+    Example:
+        stig backup /backups/stig-$(date +%F) --data-dir /var/lib/stig
+    """
+    from stig.envtools import ToolError, backup as run_backup, open_readonly, used_bytes
+
+    try:
+        env = open_readonly(data_dir)
+        estimate = used_bytes(env)
+        env.close()
+        progress = Progress("backup", unit="bytes", total=estimate, quiet=quiet)
+        report = run_backup(data_dir, dest, lambda n: progress.add(n - progress.items, 0))
+    except ToolError as exc:
+        raise click.ClickException(str(exc)) from None
+    progress.done()
+    click.echo(f"backup of {data_dir} in {dest}: {report.keys:,} keys, {_mb(report.bytes)} "
+               f"in {report.seconds:.2f} s ({report.bytes / 1e6 / max(report.seconds, 1e-9):,.1f} MB/s)")
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_DATA_DIR
+@click.option("--force", is_flag=True,
+              help="Replace the data already in the data directory (never while a server uses it).")
+@_QUIET
+def restore(src: Path, data_dir: Path, force: bool, quiet: bool) -> None:
+    """Make the data directory from the backup in SRC.
+
+    Refused while a server uses the data directory (stop it first), and when
+    the directory already holds data, unless --force.  The old data stays
+    whole until the new copy is complete and on disk.
+
+    \b
+    Example:
+        stig restore /backups/stig-2026-11-30 --data-dir /var/lib/stig
+    """
+    from stig.envtools import ToolError, restore as run_restore
+
+    progress = Progress("restore", unit="bytes", quiet=quiet)
+    try:
+        report = run_restore(src, data_dir, force, lambda n: progress.add(n - progress.items, 0))
+    except (ToolError, DataDirInUse) as exc:
+        raise click.ClickException(str(exc)) from None
+    progress.done()
+    click.echo(f"restored {src} into {data_dir}: {report.keys:,} keys, {_mb(report.bytes)} "
+               f"in {report.seconds:.2f} s")
+
+
+@main.command()
+@_DATA_DIR
+@_QUIET
+def check(data_dir: Path, quiet: bool) -> None:
+    """Verify every record of the database; exit status 1 on any problem.
+
+    Reads one snapshot (a running server goes on meanwhile) and checks each
+    record's format, that every cas is at most the stored cas counter (so
+    cas values never repeat), and that the stored byte total is right.
+    Prints the counts, then each problem found.
+    """
+    from stig.envtools import ToolError, check as run_check, open_readonly
+
+    try:
+        env = open_readonly(data_dir)
+        with env.env.begin() as txn:
+            total = int(txn.stat(env.items)["entries"])
+        env.close()
+        progress = Progress("check", total=total, quiet=quiet)
+        report = run_check(data_dir, lambda n, _b: progress.add(n, 0))
+    except ToolError as exc:
+        raise click.ClickException(str(exc)) from None
+    progress.done()
+    click.echo(f"{data_dir}: {report.keys:,} keys, {report.value_bytes:,} value bytes, "
+               f"cas counter {report.counter}, highest cas {report.max_cas}")
+    for text in report.problems:
+        click.echo(f"problem: {text}", err=True)
+    if report.problems:
+        raise click.ClickException(f"{len(report.problems)} problem(s) found in {data_dir}")
+    click.echo("ok: no problems found")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Read this data directory directly: one consistent snapshot, server or not.")
+@click.option("--server", default=None, metavar="HOST:PORT",
+              help="Read a running server (Stig or memcached 1.6) over the network.")
+@click.option("--output", "-o", type=click.File("wb"), default="-", show_default=True,
+              help="Where to write the dump ('-': stdout).")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1),
+              help="Items between 'mn' barriers (each group loads as one transaction).")
+@_QUIET
+def dump(data_dir: Path | None, server: str | None, output, batch: int, quiet: bool) -> None:
+    """Write every item as a stream of memcached meta commands.
+
+    The stream is 'ms <base64 key> <length> b F<flags> q' commands with
+    'mn' barriers (docs/operations.md#dump-format), so 'stig load' — or any
+    memcached-protocol server — can replay it.  Give exactly one source.
+
+    \b
+    Examples:
+        stig dump --data-dir /var/lib/stig > stig.dump
+        stig dump --server old-cache:11211 | stig load --server 127.0.0.1:11211
+    """
+    from stig.envtools import ToolError
+    from stig.transfer import dump_dir, dump_server, parse_address
+
+    if (data_dir is None) == (server is None):
+        raise click.UsageError("give exactly one of --data-dir DIR or --server HOST:PORT")
+    try:
+        if data_dir is not None:
+            report = dump_dir(data_dir, output, batch, quiet)
+        else:
+            report = dump_server(parse_address(server), output, batch, quiet)  # type: ignore[arg-type]
+    except ToolError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(f"dumped {report.items:,} items, {report.value_bytes:,} value bytes", err=True)
+
+
+@main.command()
+@click.argument("file", type=click.File("rb"), default="-")
+@click.option("--server", required=True, metavar="HOST:PORT", help="The server to load into.")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1),
+              help="Items per transaction (each closed by 'mn': atomic and durable on Stig).")
+@_QUIET
+def load(file, server: str, batch: int, quiet: bool) -> None:
+    """Replay a dump (FILE, or stdin when '-' or absent) into a server.
+
+    Items go in transactions of --batch items; on Stig each is atomic and on
+    disk once the server answers its 'mn'.  Exit status 1 if the server
+    refused any item; each refused key is printed with the server's reply.
+
+    \b
+    Example:
+        stig load --server 127.0.0.1:11211 stig.dump
+    """
+    from stig.envtools import ToolError
+    from stig.transfer import load_server, parse_address
+
+    try:
+        report = load_server(parse_address(server), file, batch, quiet)
+    except ToolError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, reply in report.refused:
+        click.echo(f"refused: key {key!r}: {reply}", err=True)
+    if not quiet:
+        click.echo(f"loaded {report.items - len(report.refused):,} of {report.items:,} items, "
+                   f"{report.value_bytes:,} value bytes", err=True)
+    if report.refused:
+        raise click.ClickException(f"{len(report.refused)} item(s) refused")

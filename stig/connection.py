@@ -19,7 +19,7 @@ Transaction edges the loop owns (docs/pov.md):
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 import trio
 
@@ -47,6 +47,7 @@ class Handler(Protocol):
     parser: Parser
     out: bytearray
     closing: bool
+    drain: Callable[[], Awaitable[None]] | None
 
     async def handle(self, event: object) -> None: ...
 
@@ -138,6 +139,15 @@ class Connection:
             return await self.sock.recv(RECEIVE_SIZE)
         return None
 
+    async def _drain(self) -> None:
+        """Send the replies written so far (a key listing streams in chunks)."""
+        assert self.handler is not None
+        out = self.handler.out
+        if out:
+            self.engine.stats.bytes_written += len(out)
+            await send_all(self.sock, bytes(out))
+            out.clear()
+
     async def _serve(self) -> None:
         stats = self.engine.stats
         session = self.session
@@ -145,6 +155,7 @@ class Connection:
         if not data:
             return
         handler = self.handler = make_handler(self.engine, session, data[0])
+        handler.drain = self._drain
         parser = handler.parser
         out = handler.out
         handle_now = handler.handle_now

@@ -22,6 +22,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 import lmdb
 
+from stig.dirlock import DirLock
 from stig.ops import Op, Outcome, Put
 from stig.records import HEADER, Item, decode, encode
 
@@ -147,7 +148,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], map_size: int = INITIAL_MAP_SIZE) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = DirLock(self.path)  # one writer per directory, until close()
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,
@@ -162,6 +163,8 @@ class Store:
         )
         self._items = self.env.open_db(b"items")
         self._meta = self.env.open_db(b"meta")
+        #: Snapshots held across awaits (key listings); grow() ends them first.
+        self.long_reads: set[lmdb.Transaction] = set()
         with self.env.begin(db=self._meta) as txn:
             self.last_cas = self._read_u64(txn, _CAS_KEY)
             self.total_bytes = self._read_u64(txn, _BYTES_KEY)
@@ -181,13 +184,15 @@ class Store:
             txn.abort()
         return None if record is None else decode(record)
 
-    def read_txn(self) -> lmdb.Transaction:
+    def read_txn(self, buffers: bool = False) -> lmdb.Transaction:
         """A read-only snapshot of the items, for a caller that reads raw records
         (``txn.get(key)``: the header of :mod:`stig.records`, then the value).
 
         The caller must ``abort()`` it before anything that may wait: a read
         transaction is never held across an ``await``.
         """
+        if buffers:  # values as memoryviews into the map: valid until the next cursor move
+            return self.env.begin(db=self._items, buffers=True)
         return self.env.begin(db=self._items)
 
     def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
@@ -226,7 +231,10 @@ class Store:
         """
         try:
             with self.env.begin(write=True) as txn:
-                view = _WriteView(txn, self._items, self.last_cas)
+                # The counter as committed, read inside this transaction: never a
+                # cached copy another writer of the environment could have outrun.
+                raw_cas = txn.get(_CAS_KEY, db=self._meta)
+                view = _WriteView(txn, self._items, 0 if raw_cas is None else _U64.unpack(raw_cas)[0])
                 results = view.apply_batches(batches)
                 total = (0 if view.cleared else self.total_bytes) + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
@@ -240,8 +248,12 @@ class Store:
     def grow(self) -> int:
         """Double the map size.  No transaction may be open in this process."""
         new_size = self.map_size * 2
+        for txn in list(self.long_reads):  # a remap leaves cursors dangling (py-lmdb 3 ends them too)
+            txn.abort()  # py-lmdb invalidates their cursors: the listing ends
+        self.long_reads.clear()
         self.env.set_mapsize(new_size)
         return new_size
 
     def close(self) -> None:
         self.env.close()
+        self._lock.release()

@@ -9,13 +9,16 @@ handler.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Sequence
+import contextlib
+from typing import Awaitable, Callable, Iterator, Sequence
 
+from protocol import listing as L
 from protocol import text_replies as R
 from protocol.commands import (
     Arithmetic,
     Delete,
     FlushAll,
+    LruCrawler,
     Quit,
     RefreshCerts,
     Retrieve,
@@ -28,6 +31,7 @@ from protocol.commands import (
 )
 from protocol.errors import InvalidCommand, ProtocolError
 from protocol.text import QuietError, TextParser
+from stig import listing
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE, TTL_REFUSED, Core, expired_variant
 from stig.meta_handler import MetaHandler
@@ -66,6 +70,9 @@ class TextHandler:
         self.parser = TextParser(engine.settings.limits)
         self.out = bytearray()
         self.closing = False
+        #: Sends what ``out`` holds so far (the connection sets it): a long
+        #: key listing goes out in chunks instead of growing ``out`` whole.
+        self.drain: Callable[[], Awaitable[None]] | None = None
         self.core = Core(engine, session)
         self._db = engine.store
         self.auth = engine.auth
@@ -82,6 +89,7 @@ class TextHandler:
             Quit: self._quit,  # type: ignore[dict-item]
             Stats: self._stats,  # type: ignore[dict-item]
             RefreshCerts: self._refresh_certs,  # type: ignore[dict-item]
+            LruCrawler: self._lru_crawler,  # type: ignore[dict-item]
             InvalidCommand: self._invalid,  # type: ignore[dict-item]
             QuietError: self._quiet_error,  # type: ignore[dict-item]
         }
@@ -402,7 +410,7 @@ class TextHandler:
         self.session.close_run()
         self.closing = True
 
-    def _stats(self, command: Stats) -> None:
+    def _stats(self, command: Stats) -> Awaitable[None] | None:
         self.session.close_run()
         group = command.group
         if group == b"":
@@ -416,10 +424,45 @@ class TextHandler:
             self.out += R.RESET
         elif group == b"detail":
             self._stats_detail(command.args[:1])
-        elif group in (b"items", b"slabs", b"sizes", b"conns", b"extstore"):
+        elif group == b"items":
+            store = self._db
+            self.out += R.stats(L.stats_items(store.item_count(), store.total_bytes))
+        elif group == b"cachedump":
+            request = L.parse_cachedump(command.args)
+            if isinstance(request, bytes):
+                self.out += request
+            elif not request.lists_items:
+                self.out += R.END
+            else:
+                return self._stream(listing.cachedump(self._db, request.limit))
+        elif group in (b"slabs", b"sizes", b"conns", b"extstore"):
             self.out += R.END  # no slab allocator, no LRU: nothing to list
         else:
             self.out += R.ERROR
+        return None
+
+    def _lru_crawler(self, command: LruCrawler) -> Awaitable[None] | None:
+        self.session.close_run()
+        request = L.parse_metadump(command.spec)
+        if isinstance(request, bytes):
+            self.out += request
+        elif not request.lists_items:
+            self.out += R.END
+        else:
+            return self._stream(listing.metadump(self._db))
+        return None
+
+    async def _stream(self, chunks: Iterator[bytes]) -> None:
+        """Write a listing chunk by chunk, sending each before making the next,
+        so the reply never sits whole in memory (see :mod:`stig.listing`)."""
+        out = self.out
+        if self.meta.quiet_failures_due:  # they come before this reply, which
+            await self.meta.report_quiet_failures(len(out))  # leaves in parts
+        with contextlib.closing(chunks):  # type: ignore[type-var]
+            for chunk in chunks:
+                out += chunk
+                if self.drain is not None and len(out) >= listing.CHUNK_BYTES:
+                    await self.drain()
 
     def _stats_detail(self, args: tuple[bytes, ...]) -> None:
         """``stats detail on|off|dump``, as memcached (prefix_stats.py)."""

@@ -1,0 +1,92 @@
+"""Key listings over the protocol, streamed from one LMDB snapshot.
+
+``lru_crawler metadump`` and ``stats cachedump`` list every key.  A listing
+of millions of keys must not be built in memory: :func:`stream` walks one
+read transaction with a cursor and yields the reply in chunks of about
+:data:`CHUNK_BYTES`, which the text handler sends one by one (waiting for
+the socket between them).  So the listing is one consistent snapshot, and
+the server holds one chunk of it at a time.
+
+The snapshot's read transaction stays open across those waits, which a
+short read never does.  Two consequences, both stated in docs/pov.md:
+
+* while it is open, LMDB cannot reuse the pages that later commits free, so
+  the data file can grow during a long listing (as during ``stig backup``);
+* if the map must grow meanwhile, :meth:`stig.store.Store.grow` ends the
+  snapshot first (remapping under an open cursor is unsafe), and the
+  listing ends with ``SERVER_ERROR listing interrupted …`` instead of
+  ``END``: list again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import lmdb
+
+from protocol import listing as L
+from stig.records import HEADER
+from stig.store import Store
+
+#: Roughly how many reply bytes are produced before the handler sends them.
+CHUNK_BYTES = 64 * 1024
+INTERRUPTED = b"SERVER_ERROR listing interrupted: the database map grew; list again\r\n"
+
+_unpack = HEADER.unpack_from
+_HEADER_SIZE = HEADER.size
+
+
+def stream(
+    store: Store, line: Callable[[bytes, memoryview], bytes], limit: int = 0
+) -> Iterator[bytes]:
+    """Reply chunks: ``line(key, record)`` for each item in key order (at most
+    ``limit`` items when non-zero), then ``END``; all from one snapshot.
+
+    Close the iterator (or exhaust it) to end the snapshot.
+    """
+    txn = store.read_txn(buffers=True)
+    store.long_reads.add(txn)
+    chunk = bytearray()
+    try:
+        cursor = txn.cursor()
+        count = 0
+        found = cursor.first()
+        while found:
+            chunk += line(bytes(cursor.key()), cursor.value())
+            count += 1
+            if count == limit:
+                break
+            if len(chunk) >= CHUNK_BYTES:
+                yield bytes(chunk)
+                chunk.clear()
+            found = cursor.next()
+        chunk += L.END
+        yield bytes(chunk)
+    except lmdb.Error:  # Store.grow() ended the snapshot under us
+        yield bytes(chunk) + INTERRUPTED
+    finally:
+        store.long_reads.discard(txn)
+        try:
+            txn.abort()
+        except lmdb.Error:
+            pass
+
+
+def metadump(store: Store) -> Iterator[bytes]:
+    """``lru_crawler metadump all``: every key with its cas and size."""
+    now = int(time.time())
+
+    def line(key: bytes, record: memoryview) -> bytes:
+        return L.metadump_line(key, _unpack(record)[1], len(key) + len(record), now)
+
+    return stream(store, line)
+
+
+def cachedump(store: Store, limit: int) -> Iterator[bytes]:
+    """``stats cachedump 1 <limit>``: every key (``limit`` of them when non-zero)."""
+
+    def line(key: bytes, record: memoryview) -> bytes:
+        return L.cachedump_line(key, len(record) - _HEADER_SIZE)
+
+    return stream(store, line, limit)

@@ -1,0 +1,31 @@
+"""The operations commands as a newcomer meets them: help, progress, --quiet."""
+
+from __future__ import annotations
+
+import pytest
+from opstools import run_stig
+
+
+@pytest.mark.parametrize("command, words", [
+    ("backup", [b"hot backup", b"Example"]),
+    ("restore", [b"backup", b"--force", b"Example"]),
+    ("check", [b"cas", b"exit status 1"]),
+    ("dump", [b"meta commands", b"--data-dir", b"--server", b"Examples"]),
+    ("load", [b"transactions", b"refused", b"Example"]),
+])
+def test_every_command_explains_itself(command, words):
+    text = run_stig(command, "--help").stdout
+    for word in words:
+        assert word in text, (command, word)
+    assert b"--quiet" in text
+
+
+def test_progress_shows_counts_and_rate_unless_quiet(stig_server):
+    stig_server.client().set_many({f"k{i}": b"v" for i in range(50)}, noreply=False)
+    stig_server.settle()
+    loud = run_stig("dump", "--data-dir", str(stig_server.data_dir))
+    assert b"50/50 keys" in loud.stderr and b"keys/s" in loud.stderr
+    quiet = run_stig("dump", "--data-dir", str(stig_server.data_dir), "--quiet")
+    assert quiet.stderr == b"" and quiet.stdout == loud.stdout
+    checked = run_stig("check", "--data-dir", str(stig_server.data_dir), "--quiet")
+    assert checked.stderr == b"" and b"50 keys" in checked.stdout

@@ -1,0 +1,129 @@
+"""Several Stig nodes behind the memcached world's sharding: twemproxy and pymemcache.
+
+docs/scaling.md promises that these work unchanged, that every key lives on
+exactly one node, and that a node restarting loses nothing (and, configured
+as the doc says, moves no key to another node).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+from opstools import exchange, free_port, wait_port
+
+from protocol.listing import url_decode
+
+
+def _keys_on(port: int) -> set[bytes]:
+    reply = exchange(port, b"lru_crawler metadump all\r\n", b"END\r\n", timeout=60)
+    return {url_decode(line.split(b" ")[0][4:]) for line in reply[:-5].split(b"\n")[:-1]}
+
+
+@pytest.fixture
+def twemproxy(stig_factory, tmp_path):
+    """nutcracker, with a generated config, in front of two Stig servers."""
+    if shutil.which("nutcracker") is None:
+        pytest.skip("nutcracker (twemproxy) not installed")
+    nodes = [stig_factory(), stig_factory()]
+    port, stats_port = free_port(), free_port()
+    config = tmp_path / "nutcracker.yml"
+    config.write_text(
+        "stig:\n"
+        f"  listen: 127.0.0.1:{port}\n"
+        "  hash: fnv1a_64\n"
+        "  distribution: ketama\n"
+        "  timeout: 5000\n"
+        "  redis: false\n"
+        "  auto_eject_hosts: false\n"
+        "  servers:\n"
+        + "".join(f"    - 127.0.0.1:{n.port}:1 stig{i}\n" for i, n in enumerate(nodes))
+    )
+    proxy = subprocess.Popen(
+        ["nutcracker", "-c", str(config), "-s", str(stats_port), "-a", "127.0.0.1",
+         "-o", str(tmp_path / "nutcracker.log")],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield port, nodes
+    finally:
+        proxy.kill()
+        proxy.wait(10)
+
+
+def test_twemproxy_in_front_of_two_stig_nodes(twemproxy):
+    from pymemcache.client.base import Client
+
+    port, nodes = twemproxy
+    client = Client(("127.0.0.1", port), connect_timeout=5, timeout=10, default_noreply=False)
+    keys = [f"user:{i}" for i in range(400)]
+    for key in keys:
+        assert client.set(key, key.upper(), flags=7)
+    got = client.get_many(keys)  # one multi-get, split by the proxy
+    assert got == {k: k.upper().encode() for k in keys}
+    value, cas = client.gets("user:1")
+    assert value == b"USER:1"
+    assert client.cas("user:1", b"changed", cas) is True
+    assert client.cas("user:1", b"again", cas) is False  # the cas moved on
+    assert client.get("user:1") == b"changed"
+    assert client.set("hits", b"0")
+    for _ in range(10):
+        client.incr("hits", 1)
+    assert client.get("hits") == b"10"
+    for node in nodes:
+        node.settle()
+    on_nodes = [_keys_on(node.port) for node in nodes]
+    everything = {k.encode() for k in keys} | {b"hits"}
+    assert on_nodes[0] | on_nodes[1] == everything
+    assert not on_nodes[0] & on_nodes[1]  # every key on exactly one node
+    assert all(len(keys_here) > 50 for keys_here in on_nodes)  # both nodes used
+
+
+def test_hash_client_over_three_nodes_one_restarting(stig_factory):
+    """pymemcache's HashClient, configured as docs/scaling.md says: while a node
+    is down its keys fail loudly (none silently missing, none moved to another
+    node); after it restarts every key is back where it was."""
+    from pymemcache.client.hash import HashClient
+    from pymemcache.exceptions import MemcacheError
+
+    nodes = [stig_factory("--port", str(free_port())) for _ in range(3)]
+    client = HashClient(
+        [("127.0.0.1", n.port) for n in nodes],
+        connect_timeout=2, timeout=5, default_noreply=False,
+        retry_attempts=10**9, retry_timeout=0, dead_timeout=3600, ignore_exc=False,
+    )
+    keys = [f"k{i}" for i in range(300)]
+    for key in keys:
+        assert client.set(key, f"v-{key}")
+    for node in nodes:
+        node.settle()
+    placement = [_keys_on(n.port) for n in nodes]
+    assert set().union(*placement) == {k.encode() for k in keys}
+    assert sum(len(p) for p in placement) == len(keys)
+
+    down = nodes[1]
+    down.terminate()
+    for key in keys:
+        if key.encode() in placement[1]:
+            with pytest.raises((MemcacheError, OSError)):
+                client.get(key)
+            with pytest.raises((MemcacheError, OSError)):
+                client.set(key, b"written while down")
+        else:
+            assert client.get(key) == f"v-{key}".encode()
+    down.start()  # same port (fixed), same data directory
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert client.get(keys[0]) == b"v-k0"
+            break
+        except (MemcacheError, OSError):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert client.get_many(keys) == {k: f"v-{k}".encode() for k in keys}
+    for node in nodes:
+        node.settle()
+    assert [_keys_on(n.port) for n in nodes] == placement  # nothing moved
