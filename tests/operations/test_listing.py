@@ -47,8 +47,11 @@ def test_replies_match_memcached(stig_server):
         exchange(stig_port, b"set a 5 0 3\r\nabc\r\n", b"STORED\r\n")
         stig_server.settle()
         one_item = b"stats cachedump 1 0\r\n"
-        assert exchange(stig_port, one_item, b"END\r\n") == exchange(mc_port, one_item, b"END\r\n") \
-            == b"ITEM a [3 b; 0 s]\r\nEND\r\n"
+        expected = b"ITEM a [3 b; 0 s]\r\nEND\r\n"
+        assert exchange(stig_port, one_item, b"END\r\n") == expected
+        # memcached lists only its HOT LRU, which its maintainer thread empties
+        # at a moment of its own choosing: a bare END from it is that race.
+        assert exchange(mc_port, one_item, b"END\r\n") in (expected, b"END\r\n")
         exchange(mc_port, b"flush_all\r\n", b"OK\r\n")
         exchange(stig_port, b"flush_all\r\n", b"OK\r\n")
         _load(mc_port)
