@@ -11,7 +11,7 @@ import time
 import trio
 
 from stig.auth import Authenticator
-from stig.promoter import Promoter
+from stig.promoter import Promoter, WriteBudget
 from stig.settings import Settings
 from stig.stats import CommandStats, PromoterStats
 from stig.store import Store
@@ -28,7 +28,8 @@ class Engine:
         self.store = Store(settings.data_dir, settings.map_size)
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
-        self.promoter = Promoter(self.store, self.promoter_stats)
+        self.budget = WriteBudget(settings.max_pending_bytes)
+        self.promoter = Promoter(self.store, self.promoter_stats, budget=self.budget)
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None

@@ -65,6 +65,14 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_commit_latency_max_us", int(promoter.commit_seconds_max * 1e6)),
         ("stig_failed_commits", promoter.failed_commits),
         ("stig_pending_promotion_bytes", promoter.pending_bytes),
+        ("stig_uncommitted_bytes", engine.budget.used),
+        ("stig_uncommitted_bytes_peak", engine.budget.peak),
+        ("stig_uncommitted_bytes_limit", engine.budget.limit),
+        ("stig_commit_lag_ms", int(engine.promoter.lag() * 1000)),
+        ("stig_commit_lag_max_ms", int(promoter.lag_seconds_max * 1000)),
+        ("stig_max_commit_lag_ms", engine.settings.max_commit_lag_ms),
+        ("stig_paused_connections", promoter.paused_connections),
+        ("stig_pauses", promoter.pauses),
         ("stig_durable_acks", int(engine.settings.durable_acks)),
     ]
     return pairs
@@ -89,6 +97,8 @@ def settings_stats(settings: Settings) -> Iterable[tuple[str, object]]:
         ("stig_ttl_policy", settings.ttl_policy.value),
         ("stig_batch_idle_ms", settings.batch_idle_ms),
         ("stig_max_pending_bytes", settings.max_pending_bytes),
+        ("stig_max_commit_lag_ms", settings.max_commit_lag_ms),
+        ("stig_max_reply_bytes", settings.max_reply_bytes),
         ("stig_initial_map_size", settings.map_size),
         ("stig_auth", "yes" if settings.auth_file else "no"),
     ]

@@ -171,6 +171,11 @@ class Store:
         raw = txn.get(key)
         return 0 if raw is None else _U64.unpack(raw)[0]
 
+    @staticmethod
+    def _read_u64_in(txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> int:
+        raw = txn.get(key, db=db)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
     # -- reads (any thread) --------------------------------------------------
 
     def get(self, key: bytes) -> Item | None:
@@ -226,9 +231,13 @@ class Store:
         """
         try:
             with self.env.begin(write=True) as txn:
-                view = _WriteView(txn, self._items, self.last_cas)
+                # The counters are read inside the write transaction, never
+                # from a copy: the stored values are the only truth.
+                meta = self._meta
+                view = _WriteView(txn, self._items, self._read_u64_in(txn, _CAS_KEY, meta))
                 results = view.apply_batches(batches)
-                total = (0 if view.cleared else self.total_bytes) + view.byte_delta
+                before = 0 if view.cleared else self._read_u64_in(txn, _BYTES_KEY, meta)
+                total = before + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
                 txn.put(_BYTES_KEY, _U64.pack(max(total, 0)), db=self._meta)
         except lmdb.MapFullError as exc:
