@@ -199,3 +199,24 @@ def test_a_run_lmdb_refuses_fails_alone(faulty):
     assert server.send_recv(b"get fine first poison\r\n") == (
         b"VALUE fine 0 1\r\ny\r\nVALUE first 0 1\r\nx\r\nEND\r\n"
     )
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_writer_paused_by_commit_lag_is_told_without_sending_more(faulty, kind):
+    """The loss lands while the connection waits on the lag brake, with no input behind it."""
+    server = faulty("--max-commit-lag-ms", "50")
+    _set_fault(server, "hold")
+    with server.connect(timeout=10) as conn:
+        assert conn.send_recv(b"set first 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        deadline = time.monotonic() + 10
+        while int(server.stats()["stig_commit_lag_ms"]) <= 50:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert conn.send_recv(b"set second 0 0 1\r\ny\r\n", b"\r\n") == b"STORED\r\n"
+        while server.stats()["stig_paused_connections"] == "0":
+            assert time.monotonic() < deadline, "the writer never paused"
+            time.sleep(0.02)
+        _set_fault(server, kind)
+        assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
+    _others_still_served(server)
