@@ -26,6 +26,7 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store(settings.data_dir, settings.map_size)
+        self.store.max_value_size = settings.limits.max_item_size
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
         self.budget = WriteBudget(settings.max_pending_bytes)

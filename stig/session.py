@@ -99,6 +99,7 @@ class Session:
         self.pending_bytes = 0  # recorded but not yet committed
         self._budget = engine.promoter.budget
         self._max_run_bytes = engine.settings.max_pending_bytes
+        self._max_value = engine.settings.limits.max_item_size
         self.failure: str | None = None  # a commit of acknowledged writes failed
         # A failed promotion no reply has reported yet (see wait_committed).
         self.unreported: str | None = None
@@ -198,8 +199,8 @@ class Session:
 
     def concat(self, key: bytes, data: bytes, prepend: bool) -> bool:
         item = self.get(key)
-        if item is None:
-            return False
+        if item is None or len(item.value) + len(data) > self._max_value:
+            return False  # absent, or would outgrow --max-item-size: NOT_STORED
         value = data + item.value if prepend else item.value + data
         self._record(Concat(key, data, prepend), key, Item(value, item.flags), len(value))
         return True

@@ -48,8 +48,12 @@ class MapFull(Exception):
 class _WriteView:
     """The :class:`~stig.ops.View` of one LMDB write transaction."""
 
-    def __init__(self, txn: lmdb.Transaction, items: lmdb._Database, next_cas: int) -> None:
+    def __init__(
+        self, txn: lmdb.Transaction, items: lmdb._Database, next_cas: int,
+        max_value_size: int = 2**62,
+    ) -> None:
         self._txn = txn
+        self.max_value_size = max_value_size
         self._items = items
         self.next_cas = next_cas
         self.byte_delta = 0
@@ -160,6 +164,9 @@ class Store:
             max_readers=1024,
             lock=True,
         )
+        #: The largest value an append/prepend may make (the engine sets
+        #: ``--max-item-size``); larger ones are NOT_STORED.
+        self.max_value_size = 2**62
         self._items = self.env.open_db(b"items")
         self._meta = self.env.open_db(b"meta")
         with self.env.begin(db=self._meta) as txn:
@@ -234,7 +241,9 @@ class Store:
                 # The counters are read inside the write transaction, never
                 # from a copy: the stored values are the only truth.
                 meta = self._meta
-                view = _WriteView(txn, self._items, self._read_u64_in(txn, _CAS_KEY, meta))
+                view = _WriteView(
+                    txn, self._items, self._read_u64_in(txn, _CAS_KEY, meta), self.max_value_size
+                )
                 results = view.apply_batches(batches)
                 before = 0 if view.cleared else self._read_u64_in(txn, _BYTES_KEY, meta)
                 total = before + view.byte_delta
