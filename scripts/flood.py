@@ -200,6 +200,12 @@ def flood(
     else:
         for w in writers:
             w.join(seconds + 60)
+    result["errors"] = sorted({
+        line.split(" ", 1)[1]
+        for path in logs
+        for line in Path(path).read_text().splitlines()
+        if line.startswith("error ")
+    })
     server.stop()
     return result
 
@@ -251,7 +257,7 @@ def unread(repo: Path, clients: int = 1, gets: int = 300, idle: int = 0) -> dict
     while still < 5:
         time.sleep(0.2)
         written = int(server.stats()["bytes_written"])
-        still = still + 1 if written == last else 0
+        still = still + 1 if written - last < 65536 else 0  # (stats replies count too)
         last = written
     rss = server.rss_mib()
     # A normal client is still served.
@@ -284,12 +290,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--gets", type=int, default=300)
     parser.add_argument("--idle", type=int, default=0)
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="an extra 'stig serve' option (repeat; e.g. --server-arg=--max-pending-bytes=8m)")
     args = parser.parse_args()
     if args.scenario == "unread":
         result = unread(args.repo.resolve(), args.clients, args.gets, args.idle)
     else:
         command = "set" if args.scenario == "noreply" else "add"
-        result = flood(args.repo.resolve(), args.conns, args.seconds, args.kill, command)
+        result = flood(args.repo.resolve(), args.conns, args.seconds, args.kill, command,
+                       tuple(args.server_arg))
     result["repo"] = str(args.repo)
     print(json.dumps(result))
 
