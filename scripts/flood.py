@@ -17,7 +17,7 @@ it, and prints one JSON line of numbers:
     python3 scripts/flood.py noreply --repo /work/main --kill
     python3 scripts/flood.py unread --repo . --clients 1 --gets 300
 
-The tests in tests/durability/test_bounds.py use the same functions.
+The tests in tests/durability/test_flood_bounds.py use the same functions.
 """
 
 from __future__ import annotations
