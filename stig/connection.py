@@ -280,7 +280,7 @@ class Connection:
                 out.clear()
             if handler.closing:
                 return
-            if session.pending_bytes:
+            if session.pending_bytes and self._brake_needed():  # no coroutine otherwise
                 await self._brake()
                 if session.failure is not None:
                     await self._report_loss(handler, out)
