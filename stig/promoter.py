@@ -269,7 +269,7 @@ class Promoter:
 
     def _apply_group(
         self, batches: list[Sequence[Op]]
-    ) -> tuple[list[Applied | _Failed], bool]:
+    ) -> tuple[Sequence[Applied | _Failed], bool]:
         """Commit one group (on a worker thread): per batch its result or failure.
 
         Returns the results of the leading batches that are finished and
@@ -298,7 +298,7 @@ class Promoter:
         return results, False
 
     def _settle(
-        self, group: list[Promotion], outcome: tuple[list[Applied | _Failed], bool], seconds: float
+        self, group: list[Promotion], outcome: tuple[Sequence[Applied | _Failed], bool], seconds: float
     ) -> list[Promotion]:
         """Finish the group's promotions that the commit finished (event loop);
         returns the rest, to retry once the map has grown (empty: none)."""
@@ -335,7 +335,7 @@ class Promoter:
         self._in_flight = group
         self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
 
-    def _committed(self, outcome: tuple[list[Applied | _Failed], bool]) -> None:
+    def _committed(self, outcome: tuple[Sequence[Applied | _Failed], bool]) -> None:
         """The commit thread finished the group in flight (runs on the event loop)."""
         group = self._in_flight
         assert group is not None
@@ -366,7 +366,7 @@ class Promoter:
         group, self._queue = self._queue[:count], self._queue[count:]
         return group
 
-    def _finish(self, group: list[Promotion], results: list[Applied | _Failed]) -> None:
+    def _finish(self, group: list[Promotion], results: Sequence[Applied | _Failed]) -> None:
         self.stats.pending_bytes -= sum([promotion.nbytes for promotion in group])
         for promotion, result in zip(group, results):
             if isinstance(result, _Failed):
