@@ -49,7 +49,9 @@ from protocol.errors import ProtocolError
 from stig.auth import MECHANISMS
 from stig.core import Core, expired_variant
 from stig.engine import PROTOCOL_VERSION, Engine
-from stig.ops import Add, Adjust, Cas, Clear, CompareRemove, Concat, Op, Outcome, Replace
+from stig.ops import (
+    Add, Adjust, Cas, Clear, CompareRemove, Concat, Op, Outcome, Remove, Replace,
+)
 from stig.promoter import Promotion
 from stig.records import Item
 from stig.session import CommitFailed, Session
@@ -208,7 +210,11 @@ class BinaryHandler:
             await promotion.done.wait()
             outcomes = promotion.outcomes
             if outcomes is None:
-                raise CommitFailed(promotion.error or "commit failed")
+                # Reported once: here, unless a barrier already did.
+                message = self.session.take_unreported()
+                if message is None:
+                    continue
+                raise CommitFailed(message)
             for check in checks:
                 status = check.failures.get(outcomes[check.index])
                 if status is not None:
@@ -354,6 +360,12 @@ class BinaryHandler:
             self.core.stats.cmd_set += 1
             await self._conditional(request, op, len(request.value), CONCAT_FAILURES)
             return
+        if request.quiet and self.core.as_intent(request.key):
+            # Runs stay whole: its verdict comes with the run's, as a conditional's.
+            self.core.stats.cmd_set += 1
+            op = Concat(request.key, request.value, prepend)
+            self._queue(request, op, request.key, len(request.value), CONCAT_FAILURES)
+            return
         if not await self.core.concat(request.key, request.value, prepend):
             await self._fail(request, Status.NOT_STORED)
         elif not request.quiet:
@@ -363,6 +375,9 @@ class BinaryHandler:
         self.core.count_prefix_delete(request.key)
         if request.cas:
             await self._conditional(request, CompareRemove(request.key, request.cas), 0, DELETE_FAILURES)
+            return
+        if request.quiet and self.core.as_intent(request.key):
+            self._queue(request, Remove(request.key), request.key, 0, DELETE_FAILURES)
             return
         if not await self.core.delete(request.key):
             await self._fail(request, Status.KEY_ENOENT)
@@ -382,6 +397,10 @@ class BinaryHandler:
         if request.cas:
             op = Adjust(request.key, request.delta, incr, initial, expected=request.cas)
             await self._conditional(request, op, 8, ADJUST_FAILURES, counter=True)
+            return
+        if request.quiet and self.core.as_intent(request.key):
+            op = Adjust(request.key, request.delta, incr, initial)
+            self._queue(request, op, request.key, 8, ADJUST_FAILURES)
             return
         result = await self.core.adjust(request.key, request.delta, incr, initial)
         if result is Outcome.NOT_FOUND:

@@ -92,8 +92,15 @@ def main() -> None:
 @click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(1),
               help="Connections beyond this get 'ERROR Too many open connections'.")
 @click.option("--max-pending-bytes", default="64m", show_default=True, type=SizeParam(),
-              help="Per connection: unpromoted write bytes before it stops reading (backpressure); "
+              help="Server-wide budget of uncommitted write bytes (at their memory cost): "
+                   "connections with pending writes stop reading while it is exceeded; "
                    "also the largest single transaction.")
+@click.option("--max-commit-lag-ms", default=100.0, show_default=True, type=click.FloatRange(1),
+              help="Connections with pending writes stop reading while the oldest "
+                   "uncommitted write has waited longer than this.")
+@click.option("--max-reply-bytes", default="1m", show_default=True, type=SizeParam(),
+              help="Per connection: replies buffered before they are sent; a client that "
+                   "does not read them is not read either.")
 @click.option("--ttl-policy", type=click.Choice([p.value for p in TtlPolicy]),
               default=TtlPolicy.REJECT.value, show_default=True,
               help="A non-zero exptime: 'reject' answers CLIENT_ERROR, 'ignore' stores forever.")
@@ -132,6 +139,8 @@ def serve(
     max_line_length: int,
     max_connections: int,
     max_pending_bytes: int,
+    max_commit_lag_ms: float,
+    max_reply_bytes: int,
     ttl_policy: str,
     batch_idle_ms: float,
     idle_timeout: float,
@@ -168,6 +177,8 @@ def serve(
                       max_line_length=max_line_length),
         max_connections=max_connections,
         max_pending_bytes=max_pending_bytes,
+        max_commit_lag_ms=max_commit_lag_ms,
+        max_reply_bytes=max_reply_bytes,
         ttl_policy=TtlPolicy(ttl_policy),
         batch_idle_ms=batch_idle_ms,
         idle_timeout=idle_timeout,

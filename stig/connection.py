@@ -12,13 +12,20 @@ Transaction edges the loop owns (docs/pov.md):
   ``--batch-idle-ms``, or when the client disconnects at a command
   boundary; a disconnect in the middle of a command discards it;
 * ``--durable-acks``: a burst's replies wait for its writes' commit;
-* backpressure: while a session's unpromoted bytes exceed
-  ``--max-pending-bytes``, nothing more is read from it.
+* brakes: a connection with uncommitted writes reads nothing more while the
+  engine-wide write budget (``--max-pending-bytes``) is exceeded or the
+  promoter is more than ``--max-commit-lag-ms`` behind;
+* replies are sent as they grow (every ``--max-reply-bytes``), and a
+  connection whose client does not read them is not read either;
+* acknowledged writes that failed to commit are reported at once, even to
+  an idle connection: the session wakes it (:meth:`Connection._wake`), it
+  writes the error line and closes.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Awaitable, Callable, Protocol
 
 import trio
@@ -31,6 +38,11 @@ from stig.session import CommitFailed, RunTooLarge, Session
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
+#: Commands handled between two yields to the scheduler: a burst of 256 KiB of
+#: small writes is ~2,000 commands, and without a yield the promoter's
+#: completion callbacks wait for every connection's whole burst (measured
+#: ~900 ms between two commits with eight flooding connections).
+YIELD_EVERY = 128
 BINARY_MAGIC = 0x80
 
 
@@ -99,8 +111,19 @@ class Connection:
         self._batch_idle = settings.batch_idle_ms / 1000.0
         self._idle_timeout = settings.idle_timeout or float("inf")
         self._durable = settings.durable_acks
-        self._max_pending = settings.max_pending_bytes
+        self._max_lag = settings.max_commit_lag_ms / 1000.0
+        self._reply_limit = settings.max_reply_bytes
         self._failed = False  # an internal error ended the connection
+        self.session.on_failure = self._wake
+
+    def _wake(self) -> None:
+        """Acknowledged writes were lost: stop reading, so that a connection
+        waiting for input wakes up (its receive sees the end of input) and
+        reports the loss; one busy elsewhere reports it after its burst."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
 
     async def serve(self) -> None:
         try:
@@ -148,6 +171,53 @@ class Connection:
             await send_all(self.sock, bytes(out))
             out.clear()
 
+    def _brake_needed(self) -> bool:
+        engine = self.engine
+        return engine.budget.over or engine.promoter.expected_lag() > self._max_lag
+
+    async def _brake(self) -> None:
+        """While this session has uncommitted writes, wait as long as the write
+        budget is exceeded or the promoter would lag more than
+        ``--max-commit-lag-ms`` (:meth:`Promoter.expected_lag`), or until its
+        writes fail.  Waits only for the promoter's progress, so
+        it always ends."""
+        session = self.session
+        engine = self.engine
+        budget = engine.budget
+        promoter = engine.promoter
+        max_lag = self._max_lag
+        if not (budget.over or promoter.expected_lag() > max_lag):
+            return
+        stats = engine.promoter_stats
+        stats.paused_connections += 1
+        stats.pauses += 1
+        try:
+            while (
+                session.pending_bytes > 0
+                and session.failure is None
+                and promoter.busy
+                and (budget.over or promoter.expected_lag() > max_lag)
+            ):
+                await promoter.wait_progress()
+        finally:
+            stats.paused_connections -= 1
+
+    async def _send(self, out: bytearray) -> None:
+        size = len(out)
+        self.engine.stats.bytes_written += size
+        sent = await self.sock.send(out)
+        if sent < size:
+            await send_all(self.sock, out[sent:])  # a partial send: the client is slow
+        out.clear()
+
+    async def _report_loss(self, handler: Handler, out: bytearray) -> None:
+        """Acknowledged writes were lost: say so instead of anything pending, and end
+        (the open run is discarded: nothing after the loss is applied)."""
+        self._failed = True
+        out.clear()
+        handler.fatal_error(f"{self.session.failure}; acknowledged writes were lost")
+        await self._send(out)
+
     async def _serve(self) -> None:
         stats = self.engine.stats
         session = self.session
@@ -156,20 +226,41 @@ class Connection:
             return
         handler = self.handler = make_handler(self.engine, session, data[0])
         handler.drain = self._drain
+        reply_limit = self._reply_limit
         parser = handler.parser
         out = handler.out
         handle_now = handler.handle_now
         answer_buffered = handler.answer_plain_gets
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
+        checkpoint = trio.lowlevel.checkpoint
         while True:
             stats.bytes_read += len(data)
             parser.feed(data)
             try:
+                budget = YIELD_EVERY
                 while not handler.closing:
+                    budget -= 1
+                    if not budget:
+                        budget = YIELD_EVERY
+                        session.submit()  # what is closed goes to the promoter now
+                        if session.pending_bytes and self._brake_needed():
+                            # Brake inside a long burst too (a run stays open:
+                            # reading pauses, nothing is split).
+                            if out:
+                                await self._send(out)
+                            await self._brake()
+                            if session.failure is not None:
+                                break  # reported just below
+                        else:
+                            await checkpoint()  # let the promoter's callbacks run
+                    if len(out) >= reply_limit:
+                        await self._send(out)  # send as replies grow: bounded memory
                     # Plain gets first (they take every one buffered), then
                     # whatever follows them as an event.
                     if answer_buffered():
+                        if len(out) >= reply_limit:
+                            continue  # it stopped at the reply bound: send, go on
                         break  # the commonest end of a burst: all of it answered
                     event = parser.next_event()
                     if event is NEED_DATA:
@@ -185,13 +276,12 @@ class Connection:
             session.submit()
             if self._durable and session.unacked_writes:
                 try:
-                    await session.wait_committed()
+                    await session.wait_committed(report=False)
                 except CommitFailed:
                     pass  # reported just below
             if session.failure is not None:
-                out.clear()
-                handler.fatal_error(f"{session.failure}; acknowledged writes were lost")
-                handler.closing = True
+                await self._report_loss(handler, out)
+                return
             if out:
                 size = len(out)
                 stats.bytes_written += size
@@ -201,11 +291,16 @@ class Connection:
                 out.clear()
             if handler.closing:
                 return
-            if session.pending_bytes > self._max_pending:
-                await session.wait_committed()  # backpressure: stop reading
+            if session.pending_bytes and self._brake_needed():  # no coroutine otherwise
+                await self._brake()
+                if session.failure is not None:
+                    await self._report_loss(handler, out)
+                    return
             if plain_receive and not session.run_open:
                 data = await sock.recv(RECEIVE_SIZE)  # the hot path: no cancel scope
             else:
                 data = await self._receive()
             if not data:
+                if session.failure is not None:  # woken by _wake: say why
+                    await self._report_loss(handler, out)
                 return

@@ -8,8 +8,11 @@ connection.  It runs each command on the session (docs/pov.md), keeps the
 
 Reads and unconditional writes are answered from the POV; they first wait
 for a pending conditional write of this session when its verdict could change
-what they see.  Conditional writes answer after their commit.  Commit
-failures surface as :class:`~stig.session.CommitFailed`.
+what they see — except when that verdict is in the session's own open run:
+waiting would split the run, so the write joins the run as an *intent*
+applied at promotion (:meth:`Core._intent`; docs/pov.md, "Runs stay whole").
+Conditional writes answer after their commit.  Commit failures surface as
+:class:`~stig.session.CommitFailed`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from typing import Sequence
 
 from stig.engine import Engine
-from stig.ops import Add, Cas, Clear, Concat, ExpiredMode, ExpiredStore, Op, Outcome, Remove, Replace
+from stig.ops import Add, Adjust, Cas, Clear, Concat, ExpiredMode, ExpiredStore, Op, Outcome, Remove, Replace
 from stig.records import Item
 from stig.session import Session
 from stig.settings import TtlPolicy
@@ -122,6 +125,14 @@ class Core:
         if not session.sees_acked(keys):
             await session.await_acked(keys)
 
+    def as_intent(self, key: bytes, quiet: bool = True) -> bool:
+        """Whether a quiet write of ``key`` must become an intent: the verdict
+        its POV answer needs is in the open run, and waiting for it would
+        split the run.  (A write expecting a reply ends the run anyway: it
+        waits for the verdict, as before.)"""
+        session = self.session
+        return quiet and bool(session.unresolved) and session.verdict_in_open_run(key)
+
     # -- reads -----------------------------------------------------------------
 
     async def read(
@@ -163,7 +174,8 @@ class Core:
         self.session.set(key, value, flags)
 
     async def concat(
-        self, key: bytes, data: bytes, prepend: bool, vivify_flags: int | None = None
+        self, key: bytes, data: bytes, prepend: bool, vivify_flags: int | None = None,
+        quiet: bool = False,
     ) -> bool:
         """append/prepend; False if the key is absent from this POV.
 
@@ -171,17 +183,24 @@ class Core:
         with the data and these flags instead.
         """
         self.stats.cmd_set += 1
-        await self._resolve((key,))
         session = self.session
+        if self.as_intent(key, quiet):
+            session.add_intent(Concat(key, data, prepend, vivify_flags), key, len(data))
+            return True  # nobody is told
+        await self._resolve((key,))
         if vivify_flags is not None and session.get(key) is None:
             op = Concat(key, data, prepend, vivify_flags)
             session.record(op, key, Item(data, vivify_flags), len(data))
             return True
         return session.concat(key, data, prepend)
 
-    async def delete(self, key: bytes) -> bool:
+    async def delete(self, key: bytes, quiet: bool = False) -> bool:
+        session = self.session
+        if self.as_intent(key, quiet):
+            session.add_intent(Remove(key), key, 0)
+            return True  # nobody is told
         await self._resolve((key,))
-        found = self.session.delete(key)
+        found = session.delete(key)
         if found:
             self.stats.delete_hits += 1
         else:
@@ -189,14 +208,20 @@ class Core:
         return found
 
     async def adjust(
-        self, key: bytes, delta: int, incr: bool, initial: int | None = None, flags: int = 0
+        self, key: bytes, delta: int, incr: bool, initial: int | None = None, flags: int = 0,
+        quiet: bool = False,
     ) -> int | Outcome:
         """incr/decr: the value this POV sees afterwards, or NOT_FOUND / NON_NUMERIC.
 
         ``initial`` (if not None) creates a missing counter with that value.
+        A quiet one that becomes an intent (see :meth:`as_intent`) answers 0.
         """
+        session = self.session
+        if self.as_intent(key, quiet):
+            session.add_intent(Adjust(key, delta, incr, initial, flags), key, 8)
+            return 0  # nobody is told
         await self._resolve((key,))
-        result = self.session.adjust(key, delta, incr, initial, flags)
+        result = session.adjust(key, delta, incr, initial, flags)
         hit = not isinstance(result, Outcome)
         stats = self.stats
         if incr:

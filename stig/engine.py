@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from stig.auth import Authenticator
-from stig.promoter import Promoter
+from stig.promoter import Promoter, WriteBudget
 from stig.settings import Settings
 from stig.prefix_stats import PrefixStats
 from stig.stats import CommandStats, PromoterStats
@@ -31,9 +31,11 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store(settings.data_dir, settings.map_size)
+        self.store.max_value_size = settings.limits.max_item_size
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
-        self.promoter = Promoter(self.store, self.promoter_stats)
+        self.budget = WriteBudget(settings.max_pending_bytes)
+        self.promoter = Promoter(self.store, self.promoter_stats, budget=self.budget)
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None

@@ -70,6 +70,7 @@ from stig.ops import (
     Op,
     Outcome,
     Put,
+    Remove,
     Replace,
     SetState,
     Vivify,
@@ -179,6 +180,15 @@ class MetaHandler:
         self.core.queue_conditional(op, command.key, size)
         self._open.append(_QuietCheck(command, self.session.run_length - 1))
 
+    def _intent(self, command: Keyed, op: Op, size: int = 0) -> bool:
+        """Runs stay whole: a quiet write whose POV answer needs a verdict of
+        the open run joins it as an intent, its verdict reported as a quiet
+        conditional's.  False: answer it from the POV as usual."""
+        if not (command.quiet and self.core.as_intent(command.key)):
+            return False
+        self._queue(command, op, size)
+        return True
+
     def _run_closed(self, promotion: Promotion) -> None:
         """The session closed a run (whoever closed it): its quiet checks can be awaited."""
         if self._open:
@@ -208,7 +218,12 @@ class MetaHandler:
             assert promotion is not None
             await promotion.done.wait()
             if promotion.error is not None or promotion.outcomes is None:
-                raise CommitFailed(promotion.error or "commit failed")
+                # Reported once: here, unless a barrier already did.
+                message = self.session.take_unreported()
+                if message is None:
+                    continue
+                self.out[mark:mark] = lines
+                raise CommitFailed(message)
             outcome = promotion.outcomes[check.index]
             if outcome is Outcome.NON_NUMERIC:
                 lines += NON_NUMERIC_REPLY
@@ -365,6 +380,9 @@ class MetaHandler:
             stored = True
         else:
             vivify = command.client_flags if command.vivify_ttl is not None else None
+            concat = Concat(key, value, command.mode is SetMode.PREPEND, vivify)
+            if self._intent(command, concat, len(value)):
+                return
             stored = await self.core.concat(
                 key, value, command.mode is SetMode.PREPEND, vivify
             )
@@ -428,6 +446,8 @@ class MetaHandler:
         elif command.cas is not None:
             op = CompareRemove(key, command.cas)
         if op is None:
+            if self._intent(command, Remove(key)):
+                return
             found = await self.core.delete(key)
             self._answered_write(command)
             self._reply(command, HD if found else NF)
@@ -457,6 +477,8 @@ class MetaHandler:
                     self._number_reply(command, written.value, written.cas)
                 else:
                     self._reply(command, _CODES[outcome])
+            return
+        if not command.return_value and self._intent(command, Adjust(key, delta, incr, initial)):
             return
         number = await self.core.adjust(key, delta, incr, initial)
         if number is Outcome.NOT_FOUND:

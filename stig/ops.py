@@ -43,6 +43,9 @@ class Outcome(enum.Enum):
 class View(Protocol):
     """The global state as a write transaction sees it."""
 
+    #: The largest value an append/prepend may make (``--max-item-size``).
+    max_value_size: int
+
     def get(self, key: bytes) -> Item | None: ...
 
     def put(
@@ -162,6 +165,8 @@ class Concat:
             return Outcome.STORED
         if self.expected and item.cas != self.expected:
             return Outcome.EXISTS
+        if len(item.value) + len(self.data) > view.max_value_size:
+            return Outcome.NOT_STORED  # memcached's answer too: the item stays as it was
         value = self.data + item.value if self.prepend else item.value + self.data
         view.put(self.key, value, item.flags, cas=self.new_cas)
         return Outcome.STORED

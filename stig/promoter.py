@@ -12,10 +12,23 @@ when it is idle, and the thread reports back with
 ``TrioToken.run_sync_soon``, whose callback finishes the group and hands over
 the next one — no promoter task to wake, no thread-cache hand-off per group.
 
-A full LMDB map is grown (on the event-loop thread, where no read
-transaction is ever open across a checkpoint) and the group retried; the
-client never sees it.  Any other commit failure (a full disk) fails every
-promotion of the group and leaves the store as it was.
+Failures, all handled by one commit function (:meth:`Promoter._apply_group`
+on the thread, :meth:`Promoter._settle` on the event loop) that the server,
+the shutdown and the model tests share:
+
+* a full LMDB map is grown (on the event-loop thread, where no read
+  transaction is ever open across a checkpoint) and the rest of the group
+  retried; the client never sees it;
+* any other failure of a group's transaction — an ``lmdb.Error`` (a full
+  disk, an operation LMDB refuses) or a bug in the commit path — leaves the
+  store as it was, and each promotion of the group is then retried in a
+  transaction of its own, so that one bad run fails alone; a run that fails
+  on its own is finished with an error (``commit failed: …``), logged (with
+  its traceback if it was not an ``lmdb.Error``), and the promoter goes on.
+
+The promoter also keeps the numbers the connections' brakes read: the bytes
+of writes not yet committed (:class:`WriteBudget`) and the commit lag (how
+long the oldest submitted promotion has waited).
 """
 
 from __future__ import annotations
@@ -51,6 +64,13 @@ log = logging.getLogger(__name__)
 GIL_SWITCH_INTERVAL = 0.002
 
 
+#: How long a group may wait for more submissions before it is committed
+#: (the idle commit thread otherwise waits until every task runnable at the
+#: first submission has run — under a flood, a whole burst each: measured
+#: ~900 ms between two commits with eight flooding connections).
+GATHER_SECONDS = 0.002
+
+
 @attrs.define(eq=False, slots=True)
 class Promotion:
     """One transaction of one session, waiting to be applied atomically."""
@@ -65,6 +85,7 @@ class Promotion:
     outcomes: list[Outcome] | None = None
     written: Item | None = None  # what the run's last operation stored, cas included
     error: str | None = None
+    submitted: float = 0.0  # time.monotonic() when handed to the promoter
     finished: bool = False  # committed (or failed): outcomes/written/error are final
     _event: trio.Event | None = attrs.field(default=None, init=False)
 
@@ -89,30 +110,66 @@ class Promotion:
             self._event.set()
 
 
+class WriteBudget:
+    """The engine-wide budget of uncommitted write bytes (``--max-pending-bytes``).
+
+    ``used`` counts every write recorded and not yet committed — open runs
+    and queued promotions, conditional writes included — at about its real
+    memory cost (see :mod:`stig.session`).  Sessions add and remove their
+    bytes; connections stop reading while it is over ``limit``.
+    """
+
+    __slots__ = ("limit", "used", "peak")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def add(self, nbytes: int) -> None:
+        used = self.used = self.used + nbytes
+        if used > self.peak:
+            self.peak = used
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
+
+
+class _Failed(str):
+    """A promotion's failure message, as :meth:`Promoter._apply_group` reports it."""
+
+
 class Promoter:
     """Group-commits promotions; see the module docstring."""
 
-    def __init__(self, store: Store, stats: PromoterStats, max_group_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, store: Store, stats: PromoterStats, max_group_bytes: int = 64 << 20,
+        budget: WriteBudget | None = None,
+    ) -> None:
         self.store = store
         self.stats = stats
         self.max_group_bytes = max_group_bytes
         #: Keys written by submitted, unfinished promotions: what a read on
         #: another session waits for (stig/visibility.py).
         self.in_flight = InFlight()
+        self.budget = budget if budget is not None else WriteBudget(1 << 62)
         self._queue: list[Promotion] = []
         self._wakeup = trio.Event()
         self._closing = False
         self._stopped = trio.Event()
         self._running = False
-        self._limiter = trio.CapacityLimiter(1)
+        # Set (and replaced) whenever a group finishes: connections waiting
+        # for the budget or the commit lag to come down wait on it.
+        self._progress: trio.Event | None = None
         # The commit thread (while run() runs): its job queue, the group it
         # holds (None: idle), the trio token it reports through.
         self._jobs: queue.SimpleQueue[list[Sequence[Op]] | None] | None = None
         self._in_flight: list[Promotion] | None = None
         self._started_at = 0.0
         self._token: trio.lowlevel.TrioToken | None = None
-        self._crash: BaseException | None = None
         self._dispatch_due = False  # a _dispatch_soon callback is scheduled
+        self._commit_seconds = 0.0  # moving average of a group commit's duration
         self._draining = False  # run() is ending: it waits for the group in flight
 
     def submit(self, promotions: Sequence[Promotion]) -> None:
@@ -123,13 +180,53 @@ class Promoter:
         waits for their commit.
         """
         self.in_flight.publish(promotions)
+        now = time.monotonic()
+        nbytes = 0
+        for promotion in promotions:
+            promotion.submitted = now
+            nbytes += promotion.nbytes
         self._queue.extend(promotions)
-        self.stats.pending_bytes += sum([p.nbytes for p in promotions])
-        if self._in_flight is None and self._jobs is not None and not self._dispatch_due:
-            # Not at once: the callback runs after the tasks runnable now, so
-            # their submissions join the same group (one fsync for all).
-            self._dispatch_due = True
-            self._token.run_sync_soon(self._dispatch_soon)  # type: ignore[union-attr]
+        self.stats.pending_bytes += nbytes
+        if self._in_flight is None and self._jobs is not None:
+            if not self._dispatch_due:
+                # Not at once: the callback runs after the tasks runnable now, so
+                # their submissions join the same group (one fsync for all).
+                self._dispatch_due = True
+                self._token.run_sync_soon(self._dispatch_soon)  # type: ignore[union-attr]
+            elif now - self._queue[0].submitted > GATHER_SECONDS:
+                # Under a flood those tasks run long (a whole burst each): the
+                # group has waited for company long enough, commit it now.
+                self._dispatch()
+
+    # -- what the brakes read ------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether promotions are queued or being committed."""
+        return bool(self._queue) or self._in_flight is not None
+
+    def lag(self) -> float:
+        """Seconds the oldest submitted, uncommitted promotion has waited (0: none)."""
+        group = self._in_flight
+        oldest = group[0] if group else (self._queue[0] if self._queue else None)
+        return 0.0 if oldest is None else max(time.monotonic() - oldest.submitted, 0.0)
+
+    def expected_lag(self) -> float:
+        """What the oldest uncommitted promotion will have waited once committed:
+        its wait so far plus one group commit (a moving average), the time its
+        group still needs at most.  The brake reads this, so that writers stop
+        before the bound is crossed, not after."""
+        age = self.lag()
+        return age + self._commit_seconds if age else 0.0
+
+    async def wait_progress(self) -> None:
+        """Wait until the promoter finishes its next group (or is idle)."""
+        if not self.busy:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._progress is None:
+            self._progress = trio.Event()
+        await self._progress.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit groups until :meth:`close` is called and the queue is empty.
@@ -152,15 +249,13 @@ class Promoter:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                if self._crash is not None:
-                    raise self._crash
                 if self._closing and not self._queue and self._in_flight is None:
                     return
         finally:
             self._draining = True
             with trio.CancelScope(shield=True):
                 # The group the thread holds is finished before it stops.
-                while self._in_flight is not None and self._crash is None:
+                while self._in_flight is not None:
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
             self._jobs = None
@@ -169,8 +264,8 @@ class Promoter:
             self._stopped.set()
 
     def _work(self, jobs: "queue.SimpleQueue[list[Sequence[Op]] | None]") -> None:
-        """The commit thread: begins, applies and commits each group's transaction."""
-        apply = self.store.apply
+        """The commit thread: applies and commits each group it is handed."""
+        apply_group = self._apply_group
         token = self._token
         assert token is not None
         committed = self._committed
@@ -178,50 +273,98 @@ class Promoter:
             batches = jobs.get()
             if batches is None:
                 return
-            try:
-                result: object = apply(batches)
-            except BaseException as exc:  # MapFull, lmdb.Error, a bug: the loop decides
-                result = exc
+            result = apply_group(batches)
             token.run_sync_soon(committed, result)
+
+    # -- the one commit function ------------------------------------------------------
+
+    def _apply_group(
+        self, batches: list[Sequence[Op]]
+    ) -> tuple[Sequence[Applied | _Failed], bool]:
+        """Commit one group (on a worker thread): per batch its result or failure.
+
+        Returns the results of the leading batches that are finished and
+        whether the map must grow before the rest (in order) is retried.
+        A failed group transaction leaves the store unchanged; each batch is
+        then retried alone, so that only the runs that fail by themselves fail.
+        Never raises.
+        """
+        apply = self.store.apply
+        try:
+            return apply(batches), False
+        except MapFull:
+            return [], True
+        except BaseException as exc:  # lmdb.Error or a bug: find which runs fail
+            if len(batches) == 1:
+                return [_failure(exc, 1)], False
+            log.warning("commit of %d runs failed (%s); retrying each alone", len(batches), exc)
+        results: list[Applied | _Failed] = []
+        for batch in batches:
+            try:
+                results += apply([batch])
+            except MapFull:
+                return results, True
+            except BaseException as exc:
+                results.append(_failure(exc, 1))
+        return results, False
+
+    def _settle(
+        self, group: list[Promotion], outcome: tuple[Sequence[Applied | _Failed], bool], seconds: float
+    ) -> list[Promotion]:
+        """Finish the group's promotions that the commit finished (event loop);
+        returns the rest, to retry once the map has grown (empty: none)."""
+        results, grow = outcome
+        done, rest = group[: len(results)], group[len(results) :]
+        if done:
+            lag = time.monotonic() - done[0].submitted
+            if lag > self.stats.lag_seconds_max:
+                self.stats.lag_seconds_max = lag
+            failed = sum(isinstance(result, _Failed) for result in results)
+            self.stats.failed_commits += failed
+            if failed < len(done):
+                self.stats.record_commit(len(done) - failed, seconds)
+                self._commit_seconds = 0.7 * self._commit_seconds + 0.3 * seconds
+            self._finish(done, results)
+        if grow:
+            new_size = self.store.grow()  # no transaction is open: safe here
+            log.info("LMDB map grown to %d bytes", new_size)
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+        return rest
 
     def _dispatch_soon(self) -> None:
         self._dispatch_due = False
         if self._in_flight is None and self._queue and self._jobs is not None:
             self._dispatch()
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, group: list[Promotion] | None = None) -> None:
         """Hand the next group to the idle commit thread (event loop only)."""
-        group = self._in_flight = self._take_group()
-        self._started_at = time.perf_counter()
+        if group is None:
+            group = self._take_group()
+            self._started_at = time.perf_counter()
+        self._in_flight = group
         self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
 
-    def _committed(self, result: object) -> None:
+    def _committed(self, outcome: tuple[Sequence[Applied | _Failed], bool]) -> None:
         """The commit thread finished the group in flight (runs on the event loop)."""
         group = self._in_flight
         assert group is not None
         try:
-            if isinstance(result, MapFull):
-                new_size = self.store.grow()  # no transaction is open: safe here
-                log.info("LMDB map grown to %d bytes", new_size)
-                self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
-                return
-            self._in_flight = None
-            if isinstance(result, lmdb.Error):
-                log.error("commit of %d promotions failed: %s", len(group), result)
-                self.stats.failed_commits += 1
-                self._finish(group, None, f"commit failed: {result}")
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                self.stats.record_commit(len(group), time.perf_counter() - self._started_at)
-                self._finish(group, result, None)  # type: ignore[arg-type]
-            if self._queue and self._jobs is not None:
-                self._dispatch()
-            elif self._closing or self._draining:
-                self._wakeup.set()  # run() may be waiting for the thread to go idle
-        except BaseException as exc:  # a bug: crash run(), as a failed commit task would
-            self._crash = exc
-            self._wakeup.set()
+            rest = self._settle(group, outcome, time.perf_counter() - self._started_at)
+        except Exception:  # a bug in a completion callback: never the promoter's end
+            log.exception("finishing a group commit failed")
+            rest = []
+        if rest and self._jobs is not None:
+            self._dispatch(rest)
+            return
+        self._in_flight = None
+        if rest:  # the thread is gone: close() commits them
+            self._queue[:0] = rest
+        if self._queue and self._jobs is not None:
+            self._dispatch()
+        elif self._closing or self._draining:
+            self._wakeup.set()  # run() may be waiting for the thread to go idle
 
     def _take_group(self) -> list[Promotion]:
         size = 0
@@ -234,57 +377,35 @@ class Promoter:
         group, self._queue = self._queue[:count], self._queue[count:]
         return group
 
-    async def _commit(self, group: list[Promotion]) -> None:
-        """Commit one group on a trio worker thread (close() after run() has stopped)."""
-        started = time.perf_counter()
-        batches = [p.ops for p in group]
-        while True:
-            try:
-                results = await trio.to_thread.run_sync(
-                    self.store.apply, batches, limiter=self._limiter
-                )
-                break
-            except MapFull:
-                new_size = self.store.grow()
-                log.info("LMDB map grown to %d bytes", new_size)
-            except lmdb.Error as exc:
-                log.error("commit of %d promotions failed: %s", len(group), exc)
-                self.stats.failed_commits += 1
-                self._finish(group, None, f"commit failed: {exc}")
-                return
-        self.stats.record_commit(len(group), time.perf_counter() - started)
-        self._finish(group, results, None)
-
-    def _finish(
-        self, group: list[Promotion], results: list[Applied] | None, error: str | None
-    ) -> None:
+    def _finish(self, group: list[Promotion], results: Sequence[Applied | _Failed]) -> None:
         self.stats.pending_bytes -= sum([promotion.nbytes for promotion in group])
-        for index, promotion in enumerate(group):
-            if results is not None:
-                promotion.outcomes, promotion.written = results[index]
-            promotion.error = error
+        for promotion, result in zip(group, results):
+            if isinstance(result, _Failed):
+                promotion.error = str(result)
+            else:
+                promotion.outcomes, promotion.written = result
             self.in_flight.release(promotion)
             on_done = promotion.on_done
             if on_done is not None:
-                on_done(promotion)
+                try:
+                    on_done(promotion)
+                except Exception:
+                    log.exception("a promotion's completion callback failed")
             promotion.finish()
 
     def commit_queued_now(self) -> None:
         """Commit everything queued on the calling thread, blocking.
 
         For synchronous tools and model-based tests that step the promoter
-        themselves; the server always uses :meth:`run`.
+        themselves; the server always uses :meth:`run`.  The same commit
+        function as the server's.
         """
         while self._queue:
             group = self._take_group()
-            while True:
-                try:
-                    results = self.store.apply([p.ops for p in group])
-                    break
-                except MapFull:
-                    self.store.grow()
-            self.stats.record_commit(len(group), 0.0)
-            self._finish(group, results, None)
+            while group:
+                started = time.perf_counter()
+                outcome = self._apply_group([p.ops for p in group])
+                group = self._settle(group, outcome, time.perf_counter() - started)
 
     async def close(self) -> None:
         """Commit everything queued, then stop (also when the run task was cancelled)."""
@@ -294,4 +415,19 @@ class Promoter:
             if self._running:
                 await self._stopped.wait()
             while self._queue:
-                await self._commit(self._take_group())
+                group = self._take_group()
+                while group:
+                    started = time.perf_counter()
+                    outcome = await trio.to_thread.run_sync(
+                        self._apply_group, [p.ops for p in group]
+                    )
+                    group = self._settle(group, outcome, time.perf_counter() - started)
+
+
+def _failure(exc: BaseException, runs: int) -> _Failed:
+    """Log a failed commit and say what the client is told."""
+    if isinstance(exc, lmdb.Error):
+        log.error("commit of %d run(s) failed: %s", runs, exc)
+        return _Failed(f"commit failed: {exc}")
+    log.error("commit of %d run(s) failed: internal error", runs, exc_info=exc)
+    return _Failed("commit failed: internal error (see the server log)")

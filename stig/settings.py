@@ -29,7 +29,15 @@ class Settings:
     batch_idle_ms: float = 50.0
     disable_flush_all: bool = False
     idle_timeout: float = 0.0  #: seconds; 0 never closes an idle connection
-    max_pending_bytes: int = 64 << 20  #: per session, unpromoted writes
+    #: Engine-wide budget of uncommitted write bytes (open runs and queued
+    #: promotions, at their memory cost); also the largest transaction.
+    max_pending_bytes: int = 64 << 20
+    #: Connections with uncommitted writes stop reading while the oldest
+    #: submitted promotion has waited longer than this.
+    max_commit_lag_ms: float = 100.0
+    #: Per connection: reply bytes buffered before they are sent (and the
+    #: connection reads nothing more until the client has taken them).
+    max_reply_bytes: int = 1 << 20
     map_size: int = 256 << 20  #: initial LMDB map; it grows by itself
     log_level: str = "info"
     auth_file: Path | None = None

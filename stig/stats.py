@@ -14,8 +14,11 @@ class PromoterStats:
     max_group: int = 0
     commit_seconds_total: float = 0.0
     commit_seconds_max: float = 0.0
-    failed_commits: int = 0
+    failed_commits: int = 0  #: runs that failed to commit
     pending_bytes: int = 0
+    lag_seconds_max: float = 0.0  #: the oldest promotion's wait, at its commit
+    paused_connections: int = 0  #: connections waiting for budget or lag now
+    pauses: int = 0  #: times a connection stopped reading for budget or lag
 
     def record_commit(self, group_size: int, seconds: float) -> None:
         self.commits += 1
@@ -25,9 +28,9 @@ class PromoterStats:
         self.commit_seconds_max = max(self.commit_seconds_max, seconds)
 
     def reset(self) -> None:
-        pending = self.pending_bytes
+        pending, paused = self.pending_bytes, self.paused_connections
         self.__init__()  # type: ignore[misc]
-        self.pending_bytes = pending
+        self.pending_bytes, self.paused_connections = pending, paused
 
 
 @attrs.define

@@ -70,6 +70,14 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_commit_latency_max_us", int(promoter.commit_seconds_max * 1e6)),
         ("stig_failed_commits", promoter.failed_commits),
         ("stig_pending_promotion_bytes", promoter.pending_bytes),
+        ("stig_uncommitted_bytes", engine.budget.used),
+        ("stig_uncommitted_bytes_peak", engine.budget.peak),
+        ("stig_uncommitted_bytes_limit", engine.budget.limit),
+        ("stig_commit_lag_ms", int(engine.promoter.lag() * 1000)),
+        ("stig_commit_lag_max_ms", int(promoter.lag_seconds_max * 1000)),
+        ("stig_max_commit_lag_ms", engine.settings.max_commit_lag_ms),
+        ("stig_paused_connections", promoter.paused_connections),
+        ("stig_pauses", promoter.pauses),
         ("stig_durable_acks", int(engine.settings.durable_acks)),
         # Acknowledged writes visible everywhere (stig/visibility.py):
         ("stig_keys_in_flight", len(engine.promoter.in_flight)),
@@ -137,6 +145,8 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("stig_ttl_policy", settings.ttl_policy.value),
         ("stig_batch_idle_ms", settings.batch_idle_ms),
         ("stig_max_pending_bytes", settings.max_pending_bytes),
+        ("stig_max_commit_lag_ms", settings.max_commit_lag_ms),
+        ("stig_max_reply_bytes", settings.max_reply_bytes),
         ("stig_initial_map_size", settings.map_size),
         ("stig_auth", _yes(settings.auth_file)),
         ("stig_tls_port", settings.tls_port if tls and settings.tls_port is not None

@@ -49,8 +49,12 @@ class MapFull(Exception):
 class _WriteView:
     """The :class:`~stig.ops.View` of one LMDB write transaction."""
 
-    def __init__(self, txn: lmdb.Transaction, items: lmdb._Database, next_cas: int) -> None:
+    def __init__(
+        self, txn: lmdb.Transaction, items: lmdb._Database, next_cas: int,
+        max_value_size: int = 2**62,
+    ) -> None:
         self._txn = txn
+        self.max_value_size = max_value_size
         self._items = items
         self.next_cas = next_cas
         self.byte_delta = 0
@@ -161,6 +165,9 @@ class Store:
             max_readers=1024,
             lock=True,
         )
+        #: The largest value an append/prepend may make (the engine sets
+        #: ``--max-item-size``); larger ones are NOT_STORED.
+        self.max_value_size = 2**62
         self._items = self.env.open_db(b"items")
         self._meta = self.env.open_db(b"meta")
         #: Snapshots held across awaits (key listings); grow() ends them first.
@@ -172,6 +179,11 @@ class Store:
     @staticmethod
     def _read_u64(txn: lmdb.Transaction, key: bytes) -> int:
         raw = txn.get(key)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    @staticmethod
+    def _read_u64_in(txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> int:
+        raw = txn.get(key, db=db)
         return 0 if raw is None else _U64.unpack(raw)[0]
 
     # -- reads (any thread) --------------------------------------------------
@@ -231,12 +243,15 @@ class Store:
         """
         try:
             with self.env.begin(write=True) as txn:
-                # The counter as committed, read inside this transaction: never a
-                # cached copy another writer of the environment could have outrun.
-                raw_cas = txn.get(_CAS_KEY, db=self._meta)
-                view = _WriteView(txn, self._items, 0 if raw_cas is None else _U64.unpack(raw_cas)[0])
+                # The counters are read inside the write transaction, never
+                # from a copy: the stored values are the only truth.
+                meta = self._meta
+                view = _WriteView(
+                    txn, self._items, self._read_u64_in(txn, _CAS_KEY, meta), self.max_value_size
+                )
                 results = view.apply_batches(batches)
-                total = (0 if view.cleared else self.total_bytes) + view.byte_delta
+                before = 0 if view.cleared else self._read_u64_in(txn, _BYTES_KEY, meta)
+                total = before + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
                 txn.put(_BYTES_KEY, _U64.pack(max(total, 0)), db=self._meta)
         except lmdb.MapFullError as exc:

@@ -75,6 +75,12 @@ class TextHandler:
         self.drain: Callable[[], Awaitable[None]] | None = None
         self.core = Core(engine, session)
         self._db = engine.store
+        # Replies are sent as they grow: a burst of plain gets stops answering
+        # once this much is waiting and keeps the rest here, answered first
+        # when the connection asks again (answer_plain_gets).
+        self._reply_limit = engine.settings.max_reply_bytes
+        self._backlog: list[bytes] = []  # single-key gets not answered yet
+        self._backlog_runs: list[Sequence[bytes]] = []  # get lines not answered yet
         self.auth = engine.auth
         self.authenticated = self.auth is None
         self._dispatch: dict[type, Callable[[object], Awaitable[None] | None]] = {
@@ -149,7 +155,9 @@ class TextHandler:
         something may need waiting for: the events then go the usual way).
 
         True when it answered gets and nothing is left buffered, so that the
-        parser has no event to give (the burst is done).
+        parser has no event to give (the burst is done) — or when it stopped
+        at the reply bound (``--max-reply-bytes``) with gets left to answer:
+        the connection sends and asks again, and those come first.
         """
         if not self.authenticated or self.core.prefixes.enabled:
             return False
@@ -157,12 +165,21 @@ class TextHandler:
         if session.run_open or session.unresolved or not session.sees_acked():
             return False  # (a write in flight: the keys are known only once taken)
         parser = self.parser
+        if self._backlog or self._backlog_runs:
+            if self._backlog:
+                keys, self._backlog = self._backlog, []
+                self._read_singles(keys)
+            if self._backlog_runs and not self._backlog:
+                runs, self._backlog_runs = self._backlog_runs, []
+                self._read_run(runs, False, False)
+            if self._backlog or self._backlog_runs or not parser.buffered:
+                return True
         if not parser.buffered:
             return False  # the end of a burst: nothing to look at (most writes end here)
         singles = parser.plain_single_gets()
         if singles:
             self._read_singles(singles)
-            if not parser.buffered:
+            if self._backlog or not parser.buffered:
                 return True
         runs = parser.plain_gets()
         if not runs:
@@ -170,7 +187,7 @@ class TextHandler:
         # plain_gets() took every plain get buffered unless its look-ahead
         # window ended first: look again only if the buffer is not empty.
         self._read_run(runs, False, parser.buffered > 0)
-        return not parser.buffered
+        return not parser.buffered or bool(self._backlog_runs)
 
     def _login(self, event: object) -> None:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
@@ -234,35 +251,41 @@ class TextHandler:
         overlay = self.session.overlay
         unpack = HEADER.unpack_from
         end = R.END
+        limit = self._reply_limit
         hits = 0
+        count = len(keys)
         txn = self._db.read_txn()
         try:
             get = txn.get
-            for key in keys:
+            for index, key in enumerate(keys):
                 if overlay and key in overlay:
                     item = overlay[key].item
                     if item is None:
                         out += end
-                    else:
-                        hits += 1
-                        out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
-                            key, item.flags, len(item.value), item.value
-                        )
-                    continue
-                record = get(key)
-                if record is None:
-                    out += end
+                        continue
+                    hits += 1
+                    out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+                        key, item.flags, len(item.value), item.value
+                    )
                 else:
+                    record = get(key)
+                    if record is None:
+                        out += end
+                        continue
                     hits += 1
                     out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
                         key, unpack(record)[0], len(record) - 13, record[13:]
                     )
+                if len(out) >= limit and index + 1 < count:
+                    self._backlog = keys[index + 1 :]  # the rest after a send
+                    count = index + 1
+                    break
         finally:
             txn.abort()
             stats = self.core.stats
-            stats.cmd_get += len(keys)
+            stats.cmd_get += count
             stats.get_hits += hits
-            stats.get_misses += len(keys) - hits
+            stats.get_misses += count - hits
 
     def _read_run(
         self, runs: list[Sequence[bytes]], with_cas: bool, look_ahead: bool = True
@@ -286,11 +309,15 @@ class TextHandler:
         unpack = HEADER.unpack_from
         end = R.END
         count = hits = 0
+        limit = self._reply_limit
         txn = self._db.read_txn()
         try:
             get = txn.get
             while True:
-                for keys in runs:
+                for index, keys in enumerate(runs):
+                    if index and len(out) >= limit:
+                        self._backlog_runs = list(runs[index:])  # the rest after a send
+                        break
                     count += len(keys)
                     for key in keys:
                         if overlay and key in overlay:
@@ -314,7 +341,7 @@ class TextHandler:
                                     key, unpack(record)[0], len(record) - 13, record[13:]
                                 )
                     out += end
-                if with_cas or not look_ahead:
+                if with_cas or not look_ahead or self._backlog_runs:
                     break
                 runs = self.parser.plain_gets()
                 if not runs:
@@ -334,7 +361,9 @@ class TextHandler:
         mode = command.mode
         if mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
             # memcached ignores their exptime: the item keeps its own.
-            stored = await core.concat(command.key, command.value, mode is StoreMode.PREPEND)
+            stored = await core.concat(
+                command.key, command.value, mode is StoreMode.PREPEND, quiet=command.noreply
+            )
             self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
             return
         if core.ttl_refused(command.exptime):
@@ -363,11 +392,13 @@ class TextHandler:
 
     async def _delete(self, command: Delete) -> None:
         self.core.count_prefix_delete(command.key)
-        found = await self.core.delete(command.key)
+        found = await self.core.delete(command.key, quiet=command.noreply)
         self._reply(command.noreply, R.DELETED if found else R.NOT_FOUND)
 
     async def _arithmetic(self, command: Arithmetic) -> None:
-        result = await self.core.adjust(command.key, command.delta, command.incr)
+        result = await self.core.adjust(
+            command.key, command.delta, command.incr, quiet=command.noreply
+        )
         if result is Outcome.NOT_FOUND:
             self._reply(command.noreply, R.NOT_FOUND)
         elif result is Outcome.NON_NUMERIC:

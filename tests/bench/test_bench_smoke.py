@@ -93,9 +93,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     mc = by[("memcached", "p99", 1)]["status"]
     assert mc.startswith("skipped (") and "not installed" in mc, mc
     assert "vs memcached: skipped (" in proc.stdout, proc.stdout
-    # Batches need Stig's meta protocol; until it works the row must say why.
+    # Batches use Stig's meta and binary protocols, which work: a failed row fails.
     batch = by[("stig", "batch", 1)]["status"]
-    assert batch == "ok" or (batch.startswith(("failed (", "skipped (")) and len(batch) > 12), batch
+    assert batch == "ok", batch
     assert any(r["server"] == "lmdb_reference" and r["status"] == "ok" for r in rows)
     scale = next(r for r in rows if r["server"] == "stig" and r["workload"] == "scale-load")
     assert scale["status"] == "ok", scale

@@ -70,8 +70,16 @@ def test_runs_are_atomic_and_quiet_get_runs_read_one_snapshot(stig_server):
 def test_a_quiet_failure_closed_by_the_idle_timer_comes_before_the_next_reply(stig_server):
     conn = stig_server.connect_binary()
     assert conn.call(Opcode.Set, b"taken", b"x", EXTRAS).status == 0
+    stig_server.settle()
+    before = int(stig_server.stats()["stig_promotions"])
     conn.request(Opcode.AddQ, b"taken", b"y", EXTRAS, opaque=5)
-    assert conn.recv_some(0.3) == b""  # the run was closed by --batch-idle-ms, silently
+    # The timer, not the Version below, must close and commit the run: wait
+    # until the server has committed it (nothing else is sent meanwhile).
+    deadline = time.monotonic() + 10
+    while int(stig_server.stats()["stig_promotions"]) == before:
+        assert time.monotonic() < deadline, "--batch-idle-ms never closed the quiet run"
+        time.sleep(0.01)
+    assert conn.recv_some(0.1) == b""  # silently
     conn.request(Opcode.Version, opaque=6)
     failure, version = conn.response(), conn.response()
     assert (failure.opcode, failure.status, failure.opaque) == (Opcode.AddQ, Status.KEY_EEXISTS, 5)

@@ -80,7 +80,7 @@ from stig.ops import (
 )
 from stig.promoter import Promotion
 from stig.records import Item
-from stig.session import RunTooLarge, Session
+from stig.session import _OP_OVERHEAD, _RUN_OVERHEAD, RunTooLarge, Session
 from stig.settings import Settings
 
 U64 = 2**64
@@ -92,7 +92,8 @@ MAP_SIZE = 64 * 1024
 MAX_RUN_BYTES = 100_000
 #: ... and that a group commit of them is split into several transactions.
 MAX_GROUP_BYTES = 50_000
-OVERHEAD = 64  # what a session counts per pending write on top of key and value
+OVERHEAD = _OP_OVERHEAD  # what a session counts per pending write on top of key and value
+RUN_OVERHEAD = _RUN_OVERHEAD  # ... and per closed run
 
 
 class _Big(bytes):
@@ -256,7 +257,7 @@ class Model:
 
 
 def _size(key: bytes | None, value: bytes) -> int:
-    """What a session counts for a conditional write (it never refuses one)."""
+    """What a session counts for a conditional write."""
     return len(value) + (len(key) if key else 0) + OVERHEAD
 
 
@@ -305,6 +306,23 @@ class PovMachine(RuleBasedStateMachine):
         assert run_bytes <= MAX_RUN_BYTES
         msession.open.append(Intent(op, key, False, pov, size))
         return result
+
+    def _add_conditional(self, s: int, op: Op, op_key: bytes | None, value: bytes) -> bool:
+        """Add a conditional write to the open run; False if that made the run
+        too large (RunTooLarge: the run is discarded, as for any write)."""
+        msession = self.model.sessions[s]
+        size = _size(op_key, value)
+        run_bytes = sum(i.size for i in msession.open) + size
+        try:
+            self.sessions[s].add_conditional(op, op_key, len(value))
+        except RunTooLarge:
+            assert run_bytes > MAX_RUN_BYTES
+            msession.open = []
+            event("conditional run too large: discarded")
+            return False
+        assert run_bytes <= MAX_RUN_BYTES
+        msession.open.append(Intent(op, op_key, True, size=size))
+        return True
 
     def _known_view(self, s: int, key: bytes) -> Item | None:
         view = self.model.view(s, key)
@@ -456,8 +474,8 @@ class PovMachine(RuleBasedStateMachine):
             i.key in (key, None) for i in self.model.sessions[s].open
         ) or any(i.key in (key, None) for r in self.model.sessions[s].closed for i in r.intents)
         committed_before = self.engine.store.get(key)
-        session.add_conditional(op, op_key, len(value))
-        self.model.sessions[s].open.append(Intent(op, op_key, True, size=_size(op_key, value)))
+        if not self._add_conditional(s, op, op_key, value):
+            return
         promotion = self._close(s)
         assert promotion is not None
         self._submit(s)
@@ -487,8 +505,7 @@ class PovMachine(RuleBasedStateMachine):
         """A noreply conditional write joins the open run; nobody waits for it."""
         op = self._conditional_op(kind, key, value, flags, fresh)
         op_key = None if kind == "flush_all" else key
-        self.sessions[s].add_conditional(op, op_key, len(value))
-        self.model.sessions[s].open.append(Intent(op, op_key, True, size=_size(op_key, value)))
+        self._add_conditional(s, op, op_key, value)
 
     @rule(pair=st.permutations(range(N_SESSIONS)), key=keys, value=values)
     def add_race(self, pair: Sequence[int], key: bytes, value: bytes) -> None:
@@ -508,8 +525,9 @@ class PovMachine(RuleBasedStateMachine):
         exclusive = not any(i.key in (key, None) for i in between)
         promotions = []
         for s in (first, second):
-            self.sessions[s].add_conditional(Add(key, value, s), key, len(value))
-            model.sessions[s].open.append(Intent(Add(key, value, s), key, True, size=_size(key, value)))
+            if not self._add_conditional(s, Add(key, value, s), key, value):
+                self._commit()
+                return
             promotions.append(self._close(s))
             self._submit(s)
         self._commit()
@@ -649,8 +667,13 @@ class PovMachine(RuleBasedStateMachine):
     def pending_bytes(self) -> None:
         """Each session counts exactly its uncommitted writes; the promoter its queue."""
         for s, session in enumerate(self.sessions):
-            assert session.pending_bytes == sum(i.size for i in self.model.uncommitted(s)), s
+            runs = sum(r.session == s for r in self.model.queue) + len(self.model.sessions[s].closed)
+            expected = sum(i.size for i in self.model.uncommitted(s)) + RUN_OVERHEAD * runs
+            assert session.pending_bytes == expected, s
         queued = sum(i.size for run in self.model.queue for i in run.intents)
+        queued += RUN_OVERHEAD * len(self.model.queue)
+        # The engine-wide budget counts every session's uncommitted bytes.
+        assert self.engine.budget.used == sum(x.pending_bytes for x in self.sessions)
         assert self.engine.promoter_stats.pending_bytes == queued
 
 

@@ -1,0 +1,222 @@
+"""Failures always surface: a real server whose commits fail on demand.
+
+The server runs through tests/support/fault_server.py, which makes
+``Store.apply`` fail with a real ``lmdb.Error`` or a Python bug when the
+test says so (see that module).  Every path a failed commit can take is
+checked for the exact error the client sees, and for the server going on
+serving other connections.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, BinaryConnection, StigProcess
+
+sys.path.insert(0, str(REPO))
+from protocol.binary_codes import Opcode, Status  # noqa: E402
+
+LAUNCHER = REPO / "tests" / "support" / "fault_server.py"
+LMDB_ERROR = (
+    b"commit failed: mdb_put: MDB_BAD_VALSIZE: Unsupported size of key/DB name/data, "
+    b"or wrong DUPFIXED size"
+)
+BUG_ERROR = b"commit failed: internal error (see the server log)"
+LOST = b"; acknowledged writes were lost"
+ERRORS = {"lmdb": LMDB_ERROR, "bug": BUG_ERROR}
+
+
+class FaultyStig(StigProcess):
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, str(LAUNCHER), *super().command[3:]]
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    faults = tmp_path / "faults"
+    faults.write_text("")
+    monkeypatch.setenv("STIG_FAULT_FILE", str(faults))
+    servers: list[FaultyStig] = []
+
+    def start(*args: str) -> FaultyStig:
+        log_dir = tmp_path / f"logs{len(servers)}"
+        log_dir.mkdir()
+        server = FaultyStig(tmp_path / f"data{len(servers)}", log_dir, args)
+        server.faults = faults  # type: ignore[attr-defined]
+        servers.append(server)
+        return server.start()  # type: ignore[return-value]
+
+    yield start
+    for server in servers:
+        server.kill()
+        server.close_clients()
+
+
+def _set_fault(server: FaultyStig, fault: str) -> None:
+    """Replace the fault file at once: the server never reads a half-written one."""
+    faults: Path = server.faults  # type: ignore[attr-defined]
+    fresh = faults.with_suffix(".new")
+    fresh.write_text(fault)
+    fresh.replace(faults)
+
+
+def _wait_held(server: FaultyStig, timeout: float = 10.0) -> None:
+    held = Path(str(server.faults) + ".held")  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while not held.exists():
+        assert time.monotonic() < deadline, "no commit was held"
+        time.sleep(0.01)
+
+
+def _others_still_served(server: FaultyStig) -> None:
+    _set_fault(server, "")
+    with server.connect() as other:
+        assert other.send_recv(b"set other 0 0 2\r\nok\r\n", b"\r\n") == b"STORED\r\n"
+        assert other.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+    assert server.send_recv(b"get other\r\n") == b"VALUE other 0 2\r\nok\r\nEND\r\n"
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_loud_conditional_write_answers_the_error(faulty, kind):
+    server = faulty()
+    _set_fault(server, kind)
+    with server.connect() as conn:
+        reply = conn.send_recv(b"add k 0 0 1\r\nx\r\n", b"\r\n")
+        assert reply == b"SERVER_ERROR " + ERRORS[kind] + b"\r\n"
+        # Reported once: the next barrier has nothing more to say.
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+        assert conn.send_recv(b"get k\r\n") == b"END\r\n"
+    _others_still_served(server)
+    if kind == "bug":
+        assert "Traceback" in server.stderr and "ZeroDivisionError" in server.stderr
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+@pytest.mark.parametrize(
+    "run",
+    [b"ms q1 1 q ME\r\nx\r\n", b"add q1 0 0 1 noreply\r\nx\r\n"],
+    ids=["meta-quiet-add", "text-noreply-add"],
+)
+def test_quiet_conditional_run_then_mn_answers_the_error(faulty, kind, run):
+    server = faulty()
+    _set_fault(server, kind)
+    with server.connect() as conn:
+        reply = conn.send_recv(run + b"mn\r\n", b"\r\n")
+        assert reply == b"SERVER_ERROR " + ERRORS[kind] + b"\r\n"
+        assert conn.recv_some(0.3) == b""  # no MN, no stray line after it
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+    _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
+    """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
+    server = faulty("--batch-idle-ms", "1")
+    _set_fault(server, kind)
+    with server.connect() as conn:
+        conn.send(b"add alone 0 0 1 noreply\r\nx\r\n")
+        deadline = time.monotonic() + 10
+        while server.stats()["stig_failed_commits"] == "0":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"SERVER_ERROR " + ERRORS[kind] + b"\r\n"
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+    _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_binary_quiet_run_then_noop_answers_the_error(faulty, kind):
+    server = faulty()
+    _set_fault(server, kind)
+    conn: BinaryConnection = server.connect_binary()
+    extras = b"\x00" * 8
+    conn.request(Opcode.AddQ, b"bq", b"1", extras, opaque=1)
+    conn.request(Opcode.Noop, opaque=2)
+    reply = conn.response()
+    assert (reply.opcode, reply.status, reply.opaque) == (Opcode.Noop, Status.EINTERNAL, 2)
+    assert reply.value == ERRORS[kind]
+    _set_fault(server, "")
+    conn.request(Opcode.Noop, opaque=3)
+    reply = conn.response()
+    assert (reply.opcode, reply.status, reply.opaque) == (Opcode.Noop, Status.NO_ERROR, 3)
+    _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_idle_acknowledged_writer_is_told_at_once(faulty, kind):
+    server = faulty()
+    _set_fault(server, "hold")
+    with server.connect() as conn:
+        assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        _set_fault(server, kind)  # the held commit fails; the client sends nothing more
+        assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
+    _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_writer_waiting_on_backpressure_is_told(faulty, kind):
+    server = faulty("--max-pending-bytes", "256k")
+    _set_fault(server, "hold")
+    value = b"v" * 1000
+    with server.connect(timeout=10) as conn:
+        assert conn.send_recv(b"set first 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        # Far more than the budget: the server stops reading this connection.
+        conn.send(b"".join(b"set k%d 0 0 1000\r\n%b\r\n" % (i, value) for i in range(300)))
+        conn.send(b"set last 0 0 1\r\nx\r\n")
+        deadline = time.monotonic() + 10
+        while server.stats()["stig_paused_connections"] == "0":
+            assert time.monotonic() < deadline, "the writer never paused"
+            time.sleep(0.02)
+        _set_fault(server, kind)
+        reply = conn.recv_until(None, timeout=10)
+        assert reply.endswith(b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"), reply[-200:]
+    _others_still_served(server)
+
+
+def test_a_run_lmdb_refuses_fails_alone(faulty):
+    """One bad run in a group commit fails alone: the group is retried without it."""
+    server = faulty()
+    _set_fault(server, "hold")
+    with server.connect() as first, server.connect() as bad, server.connect() as good:
+        assert first.send_recv(b"set first 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        # These two queue behind the held commit: the next group holds both.
+        assert bad.send_recv(b"set poison 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        assert good.send_recv(b"set fine 0 0 1\r\ny\r\n", b"\r\n") == b"STORED\r\n"
+        _set_fault(server, "lmdb poison")
+        assert bad.recv_until(None, timeout=10) == b"SERVER_ERROR " + LMDB_ERROR + LOST + b"\r\n"
+        assert good.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+    assert server.send_recv(b"get fine first poison\r\n") == (
+        b"VALUE fine 0 1\r\ny\r\nVALUE first 0 1\r\nx\r\nEND\r\n"
+    )
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_writer_paused_by_commit_lag_is_told_without_sending_more(faulty, kind):
+    """The loss lands while the connection waits on the lag brake, with no input behind it."""
+    server = faulty("--max-commit-lag-ms", "50")
+    _set_fault(server, "hold")
+    with server.connect(timeout=10) as conn:
+        assert conn.send_recv(b"set first 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        deadline = time.monotonic() + 10
+        while int(server.stats()["stig_commit_lag_ms"]) <= 50:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert conn.send_recv(b"set second 0 0 1\r\ny\r\n", b"\r\n") == b"STORED\r\n"
+        while server.stats()["stig_paused_connections"] == "0":
+            assert time.monotonic() < deadline, "the writer never paused"
+            time.sleep(0.02)
+        _set_fault(server, kind)
+        assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
+    _others_still_served(server)
