@@ -31,6 +31,8 @@ def test_acknowledged_writes_survive_sigkill_with_durable_acks(stig_factory):
     # died: it may or may not have been committed.
     in_flight: dict[int, dict[str, bytes]] = {}
     killed = threading.Event()  # the writers run until the server dies
+    enough = threading.Event()  # every writer has had 50 writes acknowledged
+    counts = [0] * 4
 
     def write(writer: int) -> None:
         mine = acked[writer] = {}
@@ -61,6 +63,9 @@ def test_acknowledged_writes_survive_sigkill_with_durable_acks(stig_factory):
                     ) == b"STORED\r\n"
                 mine.update(unsure)
                 unsure.clear()
+                counts[writer] += 1
+                if min(counts) >= 50:
+                    enough.set()
                 # Overwrites of acknowledged keys must survive too.
                 if mine and rng.random() < 0.2:
                     key = rng.choice(list(mine))
@@ -77,7 +82,9 @@ def test_acknowledged_writes_survive_sigkill_with_durable_acks(stig_factory):
 
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(write, i) for i in range(4)]
-        time.sleep(0.8)
+        # Kill mid-stream once every writer has something acknowledged to lose
+        # (a fixed sleep acknowledged nothing on a loaded machine).
+        assert enough.wait(60), f"writers stalled: {counts} acknowledged"
         killed.set()
         server.kill()  # mid-stream: writers are between send and reply
         for future in futures:
@@ -140,10 +147,12 @@ def test_noreply_runs_are_all_or_nothing_after_sigkill(stig_factory):
         # Kill only once some runs are committed (visible to another connection).
         probe = server.client()
         deadline = time.monotonic() + 5
-        while not probe.get_many([f"r{w}-3-{RUN_LENGTH - 1}" for w in range(writers)]):
+        # Each writer's 6th run closed and committed: earlier runs are whole,
+        # later ones are in every state when the kill comes.
+        marks = [f"r{w}-6-{RUN_LENGTH - 1}" for w in range(writers)]
+        while len(probe.get_many(marks)) < writers:
             assert time.monotonic() < deadline, "no run was ever committed"
             time.sleep(0.01)
-        time.sleep(0.3)
         killed.set()
         server.kill()
         for future in futures:
@@ -215,8 +224,14 @@ def test_sigterm_commits_an_open_run_left_at_a_command_boundary(stig_factory):
     # ... yet no other connection sees them: the run is open.
     assert server.client().get_many(keys) == {}
     torn = server.connect()
-    torn.send(b"set torn 0 0 10 noreply\r\nabc")  # a command cut in the middle
-    time.sleep(0.05)
+    read_before = int(server.stats()["bytes_read"])
+    torn_bytes = b"set torn 0 0 10 noreply\r\nabc"  # a command cut in the middle
+    torn.send(torn_bytes)
+    # Until the server has read it (the stats request adds its own bytes too).
+    deadline = time.monotonic() + 5
+    while int(server.stats()["bytes_read"]) < read_before + len(torn_bytes):
+        assert time.monotonic() < deadline, "the server never read the torn command"
+        time.sleep(0.01)
     assert server.terminate() == 0
     server.start()
     found = server.client().get_many(keys + ["torn"])

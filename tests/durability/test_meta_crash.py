@@ -43,8 +43,12 @@ def test_quiet_run_without_mn_is_gone_after_sigkill(stig_factory):
     # Something committed before, to show the store itself survived.
     assert conn.send_recv(b"ms before 2\r\nok\r\nmn\r\n", b"MN\r\n") == b"HD\r\nMN\r\n"
     conn.send(_quiet_run("open"))
-    assert conn.recv_some(0.5) == b""  # quiet: nothing to say, and the run stays open
-    time.sleep(0.2)
+    # The server has executed the whole run (it is open, not waiting in a buffer)...
+    deadline = time.monotonic() + 5
+    while int(server.stats()["cmd_set"]) < RUN + 1:
+        assert time.monotonic() < deadline, "the server never read the run"
+        time.sleep(0.01)
+    assert conn.recv_some(0.5) == b""  # ...and, quiet, said nothing: the run stays open
     server.kill()
     server.restart()
     assert _read_back(server, "open") == b"MN\r\n"  # not one of them
