@@ -43,7 +43,7 @@ if str(SUPPORT) not in sys.path:
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import RawConnection, StigProcess  # noqa: E402
+from conftest import RawConnection, ServerFailed, StigProcess  # noqa: E402
 from powercut_clients import CLIENTS  # noqa: E402
 
 MOUNT_TIMEOUT = 20.0
@@ -261,6 +261,7 @@ class PowerCutRun:
         self.cuts = 0
         self.error: BaseException | None = None  # set by a driver whose cycle raised
         self.failures: list[str] = []  # "cut N: problem"
+        self.dead = False  # Stig could not start after a cut: the run ended there
         self.checked_keys = 0
         self.cut_pages = {"kept_pages": 0, "dropped_pages": 0}
         self.torn_counts = {"none": 0, "subset": 0, "prefix": 0}
@@ -282,10 +283,22 @@ class PowerCutRun:
         finally:
             self.server.close_clients()
 
-    def _boot(self) -> None:
+    def _boot(self) -> bool:
+        """Start the filesystem and Stig; False (a finding, recorded) when Stig
+        cannot start on what a power cut left: the run is over."""
         if not self.fs.running:
             self.fs.start(self.rng.randrange(2**32), dirs=self.dirs)
-        self.server.start()
+        try:
+            self.server.start()
+        except ServerFailed as error:
+            if not self.cuts:
+                raise  # before any cut: the rig itself is broken
+            self.dead = True
+            self.failures.append(f"cut {self.cuts}: Stig does not start on what the cut left, "
+                                 f"so every acknowledged write is lost: "
+                                 f"{str(error).splitlines()[0]}\n{self.server.stderr[-600:]}")
+            return False
+        return True
 
     def _check(self) -> None:
         clients = self.clients
@@ -312,8 +325,10 @@ class PowerCutRun:
                 client.forget(self.cuts - self.window)
 
     def cycle(self) -> None:
-        """Boot, check (after a cut), load, kill, cut."""
-        self._boot()
+        """Boot, check (after a cut), load, kill, cut.  Nothing once the run is
+        dead (Stig could not start after a cut)."""
+        if self.dead or not self._boot():
+            return
         if self.cuts:
             self._check()
         stop = threading.Event()
@@ -356,7 +371,9 @@ class PowerCutRun:
 
     def finish(self) -> None:
         """Boot once more, check the last cut, and shut down cleanly."""
-        self._boot()
+        if self.dead or not self._boot():
+            self.fs.stop()
+            return
         self._check()
         self.server.terminate()
         self.fs.stop()
