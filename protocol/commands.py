@@ -7,6 +7,7 @@ server executes them.  They know nothing of storage or sockets.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 import attrs
 
@@ -22,8 +23,8 @@ class StoreMode(enum.Enum):
     CAS = "cas"
 
 
-def _keys_tuple(keys: object) -> tuple[bytes, ...]:
-    return tuple(keys)  # type: ignore[call-overload]
+def _keys_tuple(keys: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(keys)
 
 
 @attrs.frozen
@@ -106,4 +107,6 @@ class Stats:
     args: tuple[bytes, ...] = ()
 
 
-TextCommand = Retrieve | Store | Delete | Arithmetic | Touch | FlushAll | Version | Verbosity | Quit | Stats
+TextCommand = (
+    Retrieve | Store | Delete | Arithmetic | Touch | FlushAll | Version | Verbosity | Quit | Stats
+)

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Union
+from collections.abc import Callable
 
 import attrs
 
 from protocol.meta_commands import (
+    U64_MAX,
     MetaArithmetic,
     MetaCommand,
     MetaDebug,
@@ -39,7 +40,6 @@ from protocol.meta_commands import (
     MetaGet,
     MetaSet,
     ReturnFlag,
-    U64_MAX,
 )
 
 HD = b"HD"  #: success, no value
@@ -106,7 +106,7 @@ class MetaDebugResponse:
         _check_flags(self.fields, b"=")
 
 
-AnyMetaResponse = Union[MetaResponse, MetaDebugResponse]
+AnyMetaResponse = MetaResponse | MetaDebugResponse
 
 NOOP_RESPONSE = MetaResponse(MN)
 
@@ -137,7 +137,7 @@ def _number(value: int) -> bytes:
     return str(value).encode()
 
 
-_ITEM_FLAG = {
+_ITEM_FLAG: dict[ReturnFlag, Callable[[ItemFacts], bytes]] = {
     ReturnFlag.CAS: lambda item: _number(item.cas),
     ReturnFlag.CLIENT_FLAGS: lambda item: _number(item.client_flags),
     ReturnFlag.SIZE: lambda item: _number(item.size),

@@ -19,7 +19,7 @@ Transaction edges the loop owns (docs/pov.md):
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Awaitable, Protocol
 
 import trio
 
@@ -48,16 +48,9 @@ class Handler(Protocol):
     out: bytearray
     closing: bool
 
-    async def handle(self, event: object) -> None: ...
-
-    def handle_now(self, event: object) -> bool:
-        """Answer ``event`` synchronously if it can be (True), else leave it to
-        :meth:`handle`: the common commands then cost no coroutine."""
-        ...
-
-    def answer_plain_gets(self) -> bool:
-        """Answer buffered reads straight from the parser's bytes; True when
-        that emptied the buffer (the burst is done)."""
+    def handle(self, event: object) -> Awaitable[None] | None:
+        """Execute one event: None when it was answered at once (the common
+        commands then cost no coroutine), else an awaitable to await."""
         ...
 
     def fatal_error(self, message: str) -> None:
@@ -147,8 +140,7 @@ class Connection:
         handler = self.handler = make_handler(self.engine, session, data[0])
         parser = handler.parser
         out = handler.out
-        handle_now = handler.handle_now
-        answer_buffered = handler.answer_plain_gets
+        handle = handler.handle
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
         while True:
@@ -156,15 +148,12 @@ class Connection:
             parser.feed(data)
             try:
                 while not handler.closing:
-                    # Plain gets first (they take every one buffered), then
-                    # whatever follows them as an event.
-                    if answer_buffered():
-                        break  # the commonest end of a burst: all of it answered
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break
-                    if not handle_now(event):
-                        await handler.handle(event)
+                    pending = handle(event)
+                    if pending is not None:
+                        await pending
             except ProtocolError as exc:
                 handler.protocol_error(exc)
                 handler.closing = True

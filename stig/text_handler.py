@@ -85,7 +85,14 @@ class TextHandler:
         # when done at once, or an awaitable), saving a coroutine per command.
         self._dispatch.update(self.meta.handlers)  # type: ignore[arg-type]
 
-    async def handle(self, event: object) -> None:
+    def handle(self, event: object) -> Awaitable[None] | None:
+        """Execute one parsed event: a plain get or gets is answered at once
+        (None: no coroutine), anything else returns an awaitable to await."""
+        if self._answer_now(event):
+            return None
+        return self._handle(event)
+
+    async def _handle(self, event: object) -> None:
         """Execute one parsed event; a failed commit is answered SERVER_ERROR.
 
         A run of meta ``mg`` reads the commands behind it ahead and hands back
@@ -110,11 +117,11 @@ class TextHandler:
                 next_event = None
                 self.out += R.server_error(str(exc))
 
-    def handle_now(self, event: object) -> bool:
-        """Answer a plain get or gets at once, without a coroutine, when nothing
-        needs waiting for; False (nothing done) sends it to :meth:`handle`.
+    def _answer_now(self, event: object) -> bool:
+        """Answer a plain get or gets, and the plain gets right behind it, at
+        once when nothing needs waiting for; False (nothing done) otherwise.
 
-        The same answer :meth:`handle` would give: no run is open (so none
+        The same answer :meth:`_handle` would give: no run is open (so none
         closes here, and no quiet failure comes due), no conditional write
         awaits its verdict, no cas is asked of a pending write.
         """
@@ -127,33 +134,6 @@ class TextHandler:
             return False
         self._read_run([event.keys], event.with_cas)
         return True
-
-    def answer_plain_gets(self) -> bool:
-        """Answer the plain ``get`` lines at the head of the parser's buffer
-        straight from its bytes, with no event built (none may be there, or
-        something may need waiting for: the events then go the usual way).
-
-        True when it answered gets and nothing is left buffered, so that the
-        parser has no event to give (the burst is done).
-        """
-        if not self.authenticated:
-            return False
-        session = self.session
-        if session.run_open or session.unresolved:
-            return False
-        parser = self.parser
-        singles = parser.plain_single_gets()
-        if singles:
-            self._read_singles(singles)
-            if not parser.buffered:
-                return True
-        runs = parser.plain_gets()
-        if not runs:
-            return False
-        # plain_gets() took every plain get buffered unless its look-ahead
-        # window ended first: look again only if the buffer is not empty.
-        self._read_run(runs, False, parser.buffered > 0)
-        return not parser.buffered
 
     def _login(self, event: object) -> None:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
@@ -203,51 +183,11 @@ class TextHandler:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
 
-    def _read_singles(self, keys: list[bytes]) -> None:
-        """Answer pipelined ``get <key>`` commands of one key each, one snapshot
-        for all: the commonest burst, as :meth:`_read_run` would answer it."""
-        out = self.out
-        overlay = self.session.overlay
-        unpack = HEADER.unpack_from
-        end = R.END
-        hits = 0
-        txn = self._db.read_txn()
-        try:
-            get = txn.get
-            for key in keys:
-                if overlay and key in overlay:
-                    item = overlay[key].item
-                    if item is None:
-                        out += end
-                    else:
-                        hits += 1
-                        out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
-                            key, item.flags, len(item.value), item.value
-                        )
-                    continue
-                record = get(key)
-                if record is None:
-                    out += end
-                else:
-                    hits += 1
-                    out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
-                        key, unpack(record)[0], len(record) - 13, record[13:]
-                    )
-        finally:
-            txn.abort()
-            stats = self.core.stats
-            stats.cmd_get += len(keys)
-            stats.get_hits += hits
-            stats.get_misses += len(keys) - hits
-
-    def _read_run(
-        self, runs: list[Sequence[bytes]], with_cas: bool, look_ahead: bool = True
-    ) -> None:
+    def _read_run(self, runs: list[Sequence[bytes]], with_cas: bool) -> None:
         """Answer a get or gets, and the plain gets pipelined right behind it,
         from one LMDB snapshot with this session's writes laid over it.
 
-        ``runs`` holds each command's keys; ``look_ahead`` False when they
-        already are every plain get buffered.  The same answers as
+        ``runs`` holds each command's keys.  The same answers as
         :meth:`Core.read`, whose waits none of them needs (no touch, no
         conditional write of this session awaiting its verdict, no cas asked
         of a pending write).  Nothing here awaits, so the read transaction
@@ -286,9 +226,9 @@ class TextHandler:
                                     key, unpack(record)[0], len(record) - 13, record[13:]
                                 )
                     out += end
-                if with_cas or not look_ahead:
+                if with_cas:
                     break
-                runs = self.parser.plain_gets()
+                runs = [event.keys for event in self.parser.plain_gets()]
                 if not runs:
                     break
         finally:

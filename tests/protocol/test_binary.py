@@ -35,6 +35,7 @@ from protocol.binary import (
     is_quiet,
     max_request_size,
     pack_request,
+    refusal_response,
     returns_key,
     stat_end_response,
     stat_response,
@@ -402,7 +403,7 @@ def test_lengths_that_do_not_add_up_are_a_protocol_error() -> None:
         parser.next_event()
     hint = caught.value.binary_hint
     assert hint == InvalidBinaryRequest(Opcode.Set, 4, Status.UNKNOWN_COMMAND)
-    assert hint.reply() == error_response(Opcode.Set, 4, Status.UNKNOWN_COMMAND)
+    assert refusal_response(hint) == error_response(Opcode.Set, 4, Status.UNKNOWN_COMMAND)
 
 
 def test_at_boundary_tracks_partial_requests() -> None:
@@ -566,7 +567,7 @@ def test_stat_responses() -> None:
 def test_invalid_request_reply() -> None:
     refusal = InvalidBinaryRequest(0x42, 6, Status.UNKNOWN_COMMAND)
     assert refusal.message == "Unknown command"
-    assert refusal.reply() == error_response(0x42, 6, Status.UNKNOWN_COMMAND, "Unknown command")
+    assert refusal_response(refusal) == error_response(0x42, 6, Status.UNKNOWN_COMMAND, "Unknown command")
 
 
 @given(
