@@ -44,9 +44,11 @@ class Parser(Protocol):
 class Handler(Protocol):
     """What the connection loop needs of a protocol handler."""
 
-    parser: Parser
     out: bytearray
     closing: bool
+
+    @property
+    def parser(self) -> Parser: ...
 
     def handle(self, event: object) -> Awaitable[None] | None:
         """Execute one event: None when it was answered at once (the common
@@ -69,7 +71,7 @@ def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
         return BinaryHandler(engine, session)
     from stig.text_handler import TextHandler
 
-    return TextHandler(engine, session)  # type: ignore[return-value]
+    return TextHandler(engine, session)
 
 
 async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray) -> None:

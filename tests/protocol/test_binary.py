@@ -215,12 +215,13 @@ def requests(draw: st.DrawFn, opcode: Opcode | None = None) -> BinaryRequest:
 
 @pytest.mark.parametrize("opcode", list(Opcode), ids=lambda op: op.name)
 @given(data=st.data())
-@settings(max_examples=25)
+@settings(max_examples=25, deadline=None)
 def test_every_opcode_round_trips(opcode: Opcode, data: st.DataObject) -> None:
     request = data.draw(requests(opcode))
     assert events_of(pack_request(request), SMALL) == [request]
 
 
+@settings(deadline=None)  # a shared machine: no test depends on timing
 @given(st.lists(requests(), max_size=20), st.data())
 def test_any_chunking_gives_the_same_events(
     batch: list[BinaryRequest], data: st.DataObject
@@ -277,7 +278,7 @@ streams = st.one_of(
 
 
 @given(streams, st.lists(st.integers(1, 64), max_size=20))
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_bytes_give_events_or_protocol_error(stream: bytes, sizes: list[int]) -> None:
     parser = BinaryParser(SMALL)
     bound = max_request_size(SMALL)
@@ -570,6 +571,7 @@ def test_invalid_request_reply() -> None:
     assert refusal_response(refusal) == error_response(0x42, 6, Status.UNKNOWN_COMMAND, "Unknown command")
 
 
+@settings(deadline=None)  # a shared machine: no test depends on timing
 @given(
     st.integers(0, 255), st.sampled_from(Status), _U32, _U64,
     st.binary(max_size=20), st.binary(max_size=20), st.binary(max_size=20),
