@@ -76,6 +76,15 @@ def test_an_http_request_hangs_up_without_a_byte(stig_server, request_bytes: byt
     assert stig_server.send_recv(b"get k\r\n") == b"END\r\n"
 
 
+def test_replies_before_an_http_line_are_sent(stig_server) -> None:
+    # memcached may drop them (docs/pov.md, Differences from memcached).
+    with stig_server.connect() as conn:
+        conn.send(b"version\r\nset k 0 0 1\r\nx\r\nGET / HTTP/1.1\r\n")
+        assert conn.is_closed_by_peer()
+        assert conn.buffer.startswith(b"VERSION ")
+        assert conn.buffer.endswith(b"\r\nSTORED\r\n")
+
+
 def test_commands_before_an_http_line_are_done(stig_server) -> None:
     with stig_server.connect() as conn:
         conn.send(b"set k 0 0 2 noreply\r\nhi\r\nGET / HTTP/1.1\r\n")
