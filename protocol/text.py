@@ -49,6 +49,7 @@ class TextParser:
         self.limits = limits
         self.fast = fast
         self._framer = Framer(limits)
+        self._singles = text_fast.single_gets_pattern(limits)
         self._pending: BlockFollows | None = None  # a line whose block is arriving
         self._hung_up = False  # an HTTP request line was seen: read nothing more
 
@@ -109,7 +110,7 @@ class TextParser:
         """
         if not self.fast or self._pending is not None or self._framer.skipping:
             return []
-        return text_fast.plain_gets(self._framer, self.limits)
+        return text_fast.plain_gets(self._framer, self.limits, self._singles)
 
     def _data_block(self, pending: BlockFollows) -> TextEvent | _NeedData:
         block = self._framer.block(pending.length)

@@ -184,7 +184,7 @@ def _retrieve(tokens: list[bytes], limits: Limits) -> TextEvent:
     for key in keys:
         if not valid_key(key, max_key):
             return BAD_FORMAT
-    return Retrieve(keys, with_cas=name.endswith(b"s"), touch=touch, exptime=exptime)
+    return Retrieve(tuple(keys), with_cas=name.endswith(b"s"), touch=touch, exptime=exptime)
 
 
 def _store(tokens: list[bytes], limits: Limits) -> TextEvent | BlockFollows:

@@ -30,7 +30,7 @@ from protocol.text_framing import Framer
 _KEY_OR_SPACE = bytes(b for b in range(256) if b == 0x20 or not (b <= 0x20 or b == 0x7F))
 #: How far :func:`plain_gets` looks ahead for whole lines.
 WINDOW = 65536
-#: The key of each line of a run that :func:`_single_gets` matched.
+#: The key of each line of a run that :func:`single_gets_pattern` matched.
 _ONE_KEY = re.compile(rb"get ([^\r\n]+)\r?\n")
 _SINGLE_GETS: dict[Limits, re.Pattern[bytes] | None] = {}
 
@@ -52,7 +52,7 @@ def plain_get(line: bytes, limits: Limits) -> Retrieve | None:
     max_key = limits.max_key_length
     if len(rest) <= max_key and b" " not in rest:
         return Retrieve((rest,)) if rest else None  # one key: the commonest line
-    keys = [key for key in rest.split(b" ") if key]
+    keys = tuple(key for key in rest.split(b" ") if key)
     if not keys or max(map(len, keys)) > max_key:
         return None
     return Retrieve(keys)
@@ -120,7 +120,7 @@ def plain_meta_set(line: bytes, framer: Framer, limits: Limits) -> MetaSet | Non
     return MetaSet(key, value=value, quiet=quiet, client_flags=client_flags or 0, ttl=ttl or 0)
 
 
-def _single_gets(limits: Limits) -> re.Pattern[bytes] | None:
+def single_gets_pattern(limits: Limits) -> re.Pattern[bytes] | None:
     """A pattern matching a run of ``get <key>`` lines, each with one valid key
     (1..max_key_length bytes, none a control character or space) and an
     optional ``\\r`` before its ``\\n``; None when such a line could be
@@ -136,20 +136,20 @@ def _single_gets(limits: Limits) -> re.Pattern[bytes] | None:
     return pattern
 
 
-def plain_gets(framer: Framer, limits: Limits) -> list[Retrieve]:
+def plain_gets(framer: Framer, limits: Limits, singles: re.Pattern[bytes] | None) -> list[Retrieve]:
     """Consume the run of plain ``get`` lines at the head of the buffer and
     return their events, in order; stop (consuming nothing more) at the first
     other line, incomplete line or line :func:`plain_get` leaves to the
-    general path.  Looks at most :data:`WINDOW` bytes ahead."""
+    general path.  Looks at most :data:`WINDOW` bytes ahead.  ``singles`` is
+    :func:`single_gets_pattern` for ``limits``."""
     buffer = framer.buffer
     start = framer.start
     if not buffer.startswith(b"get ", start):
         return []
     found: list[Retrieve] = []
     # The commonest burst first: one key per line, found by one regex.
-    pattern = _single_gets(limits)
-    if pattern is not None:
-        match = pattern.match(buffer, start, start + WINDOW)
+    if singles is not None:
+        match = singles.match(buffer, start, start + WINDOW)
         if match is not None:
             start = match.end()
             found = [Retrieve((key,)) for key in _ONE_KEY.findall(buffer, framer.start, start)]

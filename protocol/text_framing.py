@@ -72,10 +72,13 @@ class Framer:
         buffer = self.buffer
         start = self.start
         newline = buffer.find(b"\n", start)
+        longest = self.limits.max_line_length
         if newline < 0:
-            self._check_line_length(len(buffer) - start)
+            if len(buffer) - start > longest:
+                self._check_line_length(len(buffer) - start)
             return None
-        self._check_line_length(newline - start)
+        if newline - start > longest:
+            self._check_line_length(newline - start)
         end = newline - 1 if newline > start and buffer[newline - 1] == 13 else newline
         line = bytes(buffer[start:end])
         self.consume_to(newline + 1)
@@ -119,10 +122,10 @@ class Framer:
             self.start = 0
 
     def _check_line_length(self, waiting: int) -> None:
-        """Raise if the line at ``start`` (``waiting`` bytes before any \\n) is too long."""
+        """Raise unless the line at ``start`` (``waiting`` bytes, more than
+        ``max_line_length``, before any \\n) is a retrieval line within
+        ``max_get_line_length``."""
         limits = self.limits
-        if waiting <= limits.max_line_length:
-            return
         head = bytes(self.buffer[self.start : self.start + 8]).lstrip(b" ")
         if head.startswith(_RETRIEVAL_PREFIXES) and waiting <= limits.max_get_line_length:
             return

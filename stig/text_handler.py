@@ -132,7 +132,7 @@ class TextHandler:
             return False
         if event.with_cas and session.has_pending(event.keys):
             return False
-        self._read_run([event.keys], event.with_cas)
+        self._read_run([event], event.with_cas)
         return True
 
     def _login(self, event: object) -> None:
@@ -169,7 +169,7 @@ class TextHandler:
             with_cas = command.with_cas
             session.close_run()
             if not (with_cas and session.has_pending(command.keys)):
-                self._read_run([command.keys], with_cas)
+                self._read_run([command], with_cas)
                 return
         if command.touch and self.core.ttl_refused(command.exptime):
             self.session.close_run()
@@ -183,15 +183,14 @@ class TextHandler:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
 
-    def _read_run(self, runs: list[Sequence[bytes]], with_cas: bool) -> None:
+    def _read_run(self, commands: Sequence[Retrieve], with_cas: bool) -> None:
         """Answer a get or gets, and the plain gets pipelined right behind it,
         from one LMDB snapshot with this session's writes laid over it.
 
-        ``runs`` holds each command's keys.  The same answers as
-        :meth:`Core.read`, whose waits none of them needs (no touch, no
-        conditional write of this session awaiting its verdict, no cas asked
-        of a pending write).  Nothing here awaits, so the read transaction
-        never outlives this call.
+        The same answers as :meth:`Core.read`, whose waits none of them needs
+        (no touch, no conditional write of this session awaiting its verdict,
+        no cas asked of a pending write).  Nothing here awaits, so the read
+        transaction never outlives this call.
         """
         out = self.out
         overlay = self.session.overlay
@@ -202,7 +201,31 @@ class TextHandler:
         try:
             get = txn.get
             while True:
-                for keys in runs:
+                for command in commands:
+                    keys = command.keys
+                    if len(keys) == 1 and not with_cas:
+                        # The commonest line, one key: its reply in one piece.
+                        key = keys[0]
+                        count += 1
+                        if overlay and key in overlay:
+                            item = overlay[key].item
+                            if item is None:
+                                out += end
+                            else:
+                                hits += 1
+                                out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+                                    key, item.flags, len(item.value), item.value
+                                )
+                            continue
+                        record = get(key)
+                        if record is None:
+                            out += end
+                        else:
+                            hits += 1
+                            out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+                                key, unpack(record)[0], len(record) - 13, record[13:]
+                            )
+                        continue
                     count += len(keys)
                     for key in keys:
                         if overlay and key in overlay:
@@ -228,8 +251,8 @@ class TextHandler:
                     out += end
                 if with_cas:
                     break
-                runs = [event.keys for event in self.parser.plain_gets()]
-                if not runs:
+                commands = self.parser.plain_gets()
+                if not commands:
                     break
         finally:
             txn.abort()
