@@ -59,6 +59,7 @@ from protocol.binary_writer import (
     get_miss_response,
     get_response,
     pack_request,
+    refusal_response,
     stat_end_response,
     stat_response,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "is_quiet",
     "max_request_size",
     "pack_request",
+    "refusal_response",
     "returns_key",
     "stat_end_response",
     "stat_response",
@@ -238,7 +240,7 @@ class BinaryParser:
         extras: dict[str, int] = {}
         if extras_len:
             decoder, names = _EXTRAS[opcode]
-            extras = dict(zip(names, decoder.unpack_from(self._buffer, extras_at)))
+            extras = dict(zip(names, decoder.unpack_from(self._buffer, extras_at), strict=False))
         with memoryview(self._buffer) as view:
             key = bytes(view[key_at:value_at])
             value = bytes(view[value_at:end])
@@ -254,4 +256,3 @@ class BinaryParser:
         elif self._start > _COMPACT_AFTER and self._start * 2 > len(self._buffer):
             del self._buffer[: self._start]
             self._start = 0
-

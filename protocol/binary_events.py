@@ -5,9 +5,12 @@ hands out.
   fields.  It checks itself when built, so nobody holds a malformed one.
 * :class:`InvalidBinaryRequest` — one request was refused (bad shape, key too
   long, value too large, unknown opcode); its bytes are gone from the stream,
-  answer ``reply()`` and go on.
-* :class:`BinaryProtocolError` — the stream cannot be trusted any more; send
-  ``binary_hint.reply()`` if there is a hint, then close.
+  answer it and go on.
+* :class:`BinaryProtocolError` — the stream cannot be trusted any more; answer
+  its ``binary_hint`` if there is one, then close.
+
+Events are values only: :mod:`protocol.binary_writer` turns them into bytes
+(:func:`~protocol.binary_writer.refusal_response`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from protocol.binary_codes import (
     is_quiet,
     returns_key,
 )
-from protocol.binary_writer import error_response
 from protocol.errors import ProtocolError
 
 #: The typed extras fields and their bounds; fields the opcode does not
@@ -129,10 +131,6 @@ class InvalidBinaryRequest:
     @message.default
     def _default_message(self) -> str:
         return STATUS_MESSAGES.get(self.status, "")
-
-    def reply(self) -> bytes:
-        """The error response memcached sends for this refusal."""
-        return error_response(self.opcode, self.opaque, self.status, self.message)
 
 
 class BinaryProtocolError(ProtocolError):

@@ -9,7 +9,6 @@ clients and tests; the server reads with :class:`~protocol.binary.BinaryParser`.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
 import attrs
 
@@ -25,9 +24,7 @@ from protocol.binary_codes import (
     Status,
     returns_key,
 )
-
-if TYPE_CHECKING:
-    from protocol.binary_events import BinaryRequest
+from protocol.binary_events import BinaryRequest, InvalidBinaryRequest
 
 _FLAGS = struct.Struct(">I")
 _COUNTER = struct.Struct(">Q")
@@ -105,6 +102,11 @@ def error_response(opcode: int, opaque: int, status: int, message: str = "") -> 
     """An error: the status, and its text (memcached's by default) as value."""
     text = message or STATUS_MESSAGES.get(status, "")
     return encode_response(opcode, status, opaque, value=text.encode())
+
+
+def refusal_response(refusal: InvalidBinaryRequest) -> bytes:
+    """The error response memcached sends for a request the parser refused."""
+    return error_response(refusal.opcode, refusal.opaque, refusal.status, refusal.message)
 
 
 def stat_response(opaque: int, name: bytes | str, value: bytes | str) -> bytes:

@@ -33,9 +33,7 @@ END = b"END\r\n"
 # memcached's uriencode keeps ASCII letters, digits and "-._~"; every other
 # byte becomes %XX in upper-case hex.
 _PLAIN = re.compile(rb"[A-Za-z0-9._~-]*")
-_ENCODED = [
-    bytes([b]) if _PLAIN.fullmatch(bytes([b])) else b"%%%02X" % b for b in range(256)
-]
+_ENCODED = [bytes([b]) if _PLAIN.fullmatch(bytes([b])) else b"%%%02X" % b for b in range(256)]
 
 
 def url_encode(key: bytes) -> bytes:
@@ -60,9 +58,8 @@ def url_decode(text: bytes) -> bytes:
 def metadump_line(key: bytes, cas: int, size: int, last_access: int) -> bytes:
     """One metadump line.  Stig items never expire (``exp=-1``) and Stig does
     not track fetches, so ``fetch=no``; ``la`` is the listing's time."""
-    return b"key=%b exp=-1 la=%d cas=%d fetch=no cls=1 size=%d\n" % (
-        url_encode(key), last_access, cas, size
-    )
+    line = b"key=%b exp=-1 la=%d cas=%d fetch=no cls=1 size=%d\n"
+    return line % (url_encode(key), last_access, cas, size)
 
 
 def cachedump_line(key: bytes, value_length: int) -> bytes:
@@ -124,7 +121,7 @@ def stats_items(count: int, value_bytes: int) -> list[tuple[str, int]]:
         "evicted_active", "crawler_reclaimed", "crawler_items_checked",
         "lrutail_reflocked", "moves_to_cold", "moves_to_warm", "moves_within_lru",
         "direct_reclaims", "hits_to_hot", "hits_to_warm", "hits_to_cold", "hits_to_temp",
-    )
+    )  # fmt: skip
     values = dict.fromkeys(names, 0)
     values["number"] = values["number_cold"] = count
     values["mem_requested"] = value_bytes

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import binascii
 import re
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 import attrs
 
@@ -107,7 +108,7 @@ _ARITHMETIC_MODES = {
     b"-": ArithmeticMode.DECREMENT,
 }
 
-MetaResult = Union[MetaParse, InvalidCommand]
+MetaResult = MetaParse | InvalidCommand
 
 
 # -- numbers ------------------------------------------------------------------
@@ -122,7 +123,7 @@ def parse_number(token: bytes, low: int, high: int) -> int | None:
     return value if low <= value <= high else None
 
 
-_Check = Callable[[bytes], Union[InvalidCommand, None]]
+_Check = Callable[[bytes], InvalidCommand | None]
 
 
 def _checker(low: int, high: int, error: InvalidCommand) -> _Check:
@@ -258,10 +259,19 @@ def _read_flags(
 # -- one builder per command ----------------------------------------------------
 
 
-def _common(flags: _Flags, command: type) -> dict[str, object]:
+class _Common(TypedDict):
+    """The fields every keyed command takes from its flags."""
+
+    key_binary: bool
+    returns: tuple[ReturnFlag, ...]
+    opaque: bytes | None
+    quiet: bool
+
+
+def _common(flags: _Flags, allowed: frozenset[ReturnFlag]) -> _Common:
     return {
         "key_binary": flags.key_binary,
-        "returns": flags.returns(command.ALLOWED_RETURNS),
+        "returns": flags.returns(allowed),
         "opaque": flags.opaque(),
         "quiet": flags.has("q"),
     }
@@ -270,7 +280,7 @@ def _common(flags: _Flags, command: type) -> dict[str, object]:
 def _build_get(flags: _Flags) -> MetaGet:
     return MetaGet(
         flags.key,
-        **_common(flags, MetaGet),  # type: ignore[arg-type]
+        **_common(flags, MetaGet.ALLOWED_RETURNS),
         return_value=flags.has("v"),
         no_lru_bump=flags.has("u"),
         ttl=flags.number("T"),
@@ -289,7 +299,7 @@ def _build_set(flags: _Flags) -> MetaSet | InvalidCommand:
         mode = found
     return MetaSet(
         flags.key,
-        **_common(flags, MetaSet),  # type: ignore[arg-type]
+        **_common(flags, MetaSet.ALLOWED_RETURNS),
         mode=mode,
         client_flags=flags.number("F") or 0,
         ttl=flags.number("T") or 0,
@@ -303,7 +313,7 @@ def _build_set(flags: _Flags) -> MetaSet | InvalidCommand:
 def _build_delete(flags: _Flags) -> MetaDelete:
     return MetaDelete(
         flags.key,
-        **_common(flags, MetaDelete),  # type: ignore[arg-type]
+        **_common(flags, MetaDelete.ALLOWED_RETURNS),
         cas=flags.number("C"),
         new_cas=flags.number("E"),
         invalidate=flags.has("I"),
@@ -322,7 +332,7 @@ def _build_arithmetic(flags: _Flags) -> MetaArithmetic | InvalidCommand:
     delta = flags.number("D")
     return MetaArithmetic(
         flags.key,
-        **_common(flags, MetaArithmetic),  # type: ignore[arg-type]
+        **_common(flags, MetaArithmetic.ALLOWED_RETURNS),
         return_value=flags.has("v"),
         mode=mode,
         delta=1 if delta is None else delta,
@@ -334,7 +344,7 @@ def _build_arithmetic(flags: _Flags) -> MetaArithmetic | InvalidCommand:
     )
 
 
-_Builder = Callable[[_Flags], Union[MetaCommand, InvalidCommand]]
+_Builder = Callable[[_Flags], MetaCommand | InvalidCommand]
 
 #: command name -> (builder, collapse flag errors into "invalid or duplicate flag")
 _KEYED: dict[bytes, tuple[_Builder, bool]] = {

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Union
+from collections.abc import Callable
 
 import attrs
 
 from protocol.meta_commands import (
+    U64_MAX,
     MetaArithmetic,
     MetaCommand,
     MetaDebug,
@@ -40,7 +41,6 @@ from protocol.meta_commands import (
     MetaGet,
     MetaSet,
     ReturnFlag,
-    U64_MAX,
 )
 
 HD = b"HD"  #: success, no value
@@ -107,7 +107,7 @@ class MetaDebugResponse:
         _check_flags(self.fields, b"=")
 
 
-AnyMetaResponse = Union[MetaResponse, MetaDebugResponse]
+AnyMetaResponse = MetaResponse | MetaDebugResponse
 
 NOOP_RESPONSE = MetaResponse(MN)
 
@@ -138,7 +138,7 @@ def _number(value: int) -> bytes:
     return str(value).encode()
 
 
-_ITEM_FLAG = {
+_ITEM_FLAG: dict[ReturnFlag, Callable[[ItemFacts], bytes]] = {
     ReturnFlag.CAS: lambda item: _number(item.cas),
     ReturnFlag.CLIENT_FLAGS: lambda item: _number(item.client_flags),
     ReturnFlag.SIZE: lambda item: _number(item.size),

@@ -6,7 +6,7 @@ builds a reply line anywhere else.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"

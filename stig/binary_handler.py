@@ -42,6 +42,7 @@ from protocol.binary import (
     get_miss_response,
     get_response,
     is_quiet,
+    refusal_response,
     stat_end_response,
     stat_response,
 )
@@ -154,14 +155,6 @@ class BinaryHandler:
 
     # -- the connection loop's interface -----------------------------------------
 
-    def handle_now(self, event: object) -> bool:
-        """No binary request is answered synchronously: all go to :meth:`handle`."""
-        return False
-
-    def answer_plain_gets(self) -> bool:
-        """No fast path for binary gets: GetQ runs need their snapshot logic."""
-        return False
-
     async def handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""
         if isinstance(event, InvalidBinaryRequest):
@@ -190,7 +183,7 @@ class BinaryHandler:
 
     def protocol_error(self, error: ProtocolError) -> None:
         if isinstance(error, BinaryProtocolError) and error.binary_hint is not None:
-            self.out += error.binary_hint.reply()
+            self.out += refusal_response(error.binary_hint)
 
     # -- runs, verdicts and snapshots ----------------------------------------------
 
@@ -254,7 +247,7 @@ class BinaryHandler:
         if not self.authenticated and event.opcode not in _WITHOUT_LOGIN:
             reply = error_response(event.opcode, event.opaque, Status.AUTH_ERROR)
         else:
-            reply = event.reply()
+            reply = refusal_response(event)
             if event.discard_key is not None:
                 self.core.count_prefix_set(event.discard_key)
                 self.core.discard_too_large(event.discard_key)

@@ -56,21 +56,16 @@ class Parser(Protocol):
 class Handler(Protocol):
     """What the connection loop needs of a protocol handler."""
 
-    parser: Parser
     out: bytearray
     closing: bool
     drain: Callable[[], Awaitable[None]] | None
 
-    async def handle(self, event: object) -> None: ...
+    @property
+    def parser(self) -> Parser: ...
 
-    def handle_now(self, event: object) -> bool:
-        """Answer ``event`` synchronously if it can be (True), else leave it to
-        :meth:`handle`: the common commands then cost no coroutine."""
-        ...
-
-    def answer_plain_gets(self) -> bool:
-        """Answer buffered reads straight from the parser's bytes; True when
-        that emptied the buffer (the burst is done)."""
+    def handle(self, event: object) -> Awaitable[None] | None:
+        """Execute one event: None when it was answered at once (the common
+        commands then cost no coroutine), else an awaitable to await."""
         ...
 
     def fatal_error(self, message: str) -> None:
@@ -89,7 +84,7 @@ def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
         return BinaryHandler(engine, session)
     from stig.text_handler import TextHandler
 
-    return TextHandler(engine, session)  # type: ignore[return-value]
+    return TextHandler(engine, session)
 
 
 async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray) -> None:
@@ -229,8 +224,7 @@ class Connection:
         reply_limit = self._reply_limit
         parser = handler.parser
         out = handler.out
-        handle_now = handler.handle_now
-        answer_buffered = handler.answer_plain_gets
+        handle = handler.handle
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
         checkpoint = trio.lowlevel.checkpoint
@@ -255,18 +249,16 @@ class Connection:
                         else:
                             await checkpoint()  # let the promoter's callbacks run
                     if len(out) >= reply_limit:
-                        await self._send(out)  # send as replies grow: bounded memory
-                    # Plain gets first (they take every one buffered), then
-                    # whatever follows them as an event.
-                    if answer_buffered():
-                        if len(out) >= reply_limit:
-                            continue  # it stopped at the reply bound: send, go on
-                        break  # the commonest end of a burst: all of it answered
+                        # Send as replies grow: bounded memory.  Gets read
+                        # ahead stop at this bound too, and the parser hands
+                        # the rest out next (TextHandler._read_run).
+                        await self._send(out)
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break
-                    if not handle_now(event):
-                        await handler.handle(event)
+                    pending = handle(event)
+                    if pending is not None:
+                        await pending
             except ProtocolError as exc:
                 handler.protocol_error(exc)
                 handler.closing = True

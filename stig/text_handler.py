@@ -75,12 +75,9 @@ class TextHandler:
         self.drain: Callable[[], Awaitable[None]] | None = None
         self.core = Core(engine, session)
         self._db = engine.store
-        # Replies are sent as they grow: a burst of plain gets stops answering
-        # once this much is waiting and keeps the rest here, answered first
-        # when the connection asks again (answer_plain_gets).
+        # Replies are sent as they grow: gets read ahead stop once this much
+        # is waiting and go back to the parser, handled after a send (_read_run).
         self._reply_limit = engine.settings.max_reply_bytes
-        self._backlog: list[bytes] = []  # single-key gets not answered yet
-        self._backlog_runs: list[Sequence[bytes]] = []  # get lines not answered yet
         self.auth = engine.auth
         self.authenticated = self.auth is None
         self._dispatch: dict[type, Callable[[object], Awaitable[None] | None]] = {
@@ -104,7 +101,14 @@ class TextHandler:
         # when done at once, or an awaitable), saving a coroutine per command.
         self._dispatch.update(self.meta.handlers)  # type: ignore[arg-type]
 
-    async def handle(self, event: object) -> None:
+    def handle(self, event: object) -> Awaitable[None] | None:
+        """Execute one parsed event: a plain get or gets is answered at once
+        (None: no coroutine), anything else returns an awaitable to await."""
+        if self._answer_now(event):
+            return None
+        return self._handle(event)
+
+    async def _handle(self, event: object) -> None:
         """Execute one parsed event; a failed commit is answered SERVER_ERROR.
 
         A run of meta ``mg`` reads the commands behind it ahead and hands back
@@ -129,11 +133,11 @@ class TextHandler:
                 next_event = None
                 self.out += R.server_error(str(exc))
 
-    def handle_now(self, event: object) -> bool:
-        """Answer a plain get or gets at once, without a coroutine, when nothing
-        needs waiting for; False (nothing done) sends it to :meth:`handle`.
+    def _answer_now(self, event: object) -> bool:
+        """Answer a plain get or gets, and the plain gets right behind it, at
+        once when nothing needs waiting for; False (nothing done) otherwise.
 
-        The same answer :meth:`handle` would give: no run is open (so none
+        The same answer :meth:`_handle` would give: no run is open (so none
         closes here, and no quiet failure comes due), no conditional write
         awaits its verdict, no cas is asked of a pending write.
         """
@@ -146,48 +150,8 @@ class TextHandler:
             return False
         if event.with_cas and session.has_pending(event.keys):
             return False
-        self._read_run([event.keys], event.with_cas)
+        self._read_run([event], event.with_cas)
         return True
-
-    def answer_plain_gets(self) -> bool:
-        """Answer the plain ``get`` lines at the head of the parser's buffer
-        straight from its bytes, with no event built (none may be there, or
-        something may need waiting for: the events then go the usual way).
-
-        True when it answered gets and nothing is left buffered, so that the
-        parser has no event to give (the burst is done) — or when it stopped
-        at the reply bound (``--max-reply-bytes``) with gets left to answer:
-        the connection sends and asks again, and those come first.
-        """
-        if not self.authenticated or self.core.prefixes.enabled:
-            return False
-        session = self.session
-        if session.run_open or session.unresolved or not session.sees_acked():
-            return False  # (a write in flight: the keys are known only once taken)
-        parser = self.parser
-        if self._backlog or self._backlog_runs:
-            if self._backlog:
-                keys, self._backlog = self._backlog, []
-                self._read_singles(keys)
-            if self._backlog_runs and not self._backlog:
-                runs, self._backlog_runs = self._backlog_runs, []
-                self._read_run(runs, False, False)
-            if self._backlog or self._backlog_runs or not parser.buffered:
-                return True
-        if not parser.buffered:
-            return False  # the end of a burst: nothing to look at (most writes end here)
-        singles = parser.plain_single_gets()
-        if singles:
-            self._read_singles(singles)
-            if self._backlog or not parser.buffered:
-                return True
-        runs = parser.plain_gets()
-        if not runs:
-            return False
-        # plain_gets() took every plain get buffered unless its look-ahead
-        # window ended first: look again only if the buffer is not empty.
-        self._read_run(runs, False, parser.buffered > 0)
-        return not parser.buffered or bool(self._backlog_runs)
 
     def _login(self, event: object) -> None:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
@@ -228,7 +192,7 @@ class TextHandler:
             with_cas = command.with_cas
             session.close_run()
             if not (with_cas and session.has_pending(command.keys)):
-                self._read_run([command.keys], with_cas)
+                self._read_run([command], with_cas)
                 return
         if command.touch and self.core.ttl_refused(command.exptime):
             self.session.close_run()
@@ -244,80 +208,70 @@ class TextHandler:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
 
-    def _read_singles(self, keys: list[bytes]) -> None:
-        """Answer pipelined ``get <key>`` commands of one key each, one snapshot
-        for all: the commonest burst, as :meth:`_read_run` would answer it."""
-        out = self.out
-        overlay = self.session.overlay
-        unpack = HEADER.unpack_from
-        end = R.END
-        limit = self._reply_limit
-        hits = 0
-        count = len(keys)
-        txn = self._db.read_txn()
-        try:
-            get = txn.get
-            for index, key in enumerate(keys):
-                if overlay and key in overlay:
-                    item = overlay[key].item
-                    if item is None:
-                        out += end
-                        continue
-                    hits += 1
-                    out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
-                        key, item.flags, len(item.value), item.value
-                    )
-                else:
-                    record = get(key)
-                    if record is None:
-                        out += end
-                        continue
-                    hits += 1
-                    out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
-                        key, unpack(record)[0], len(record) - 13, record[13:]
-                    )
-                if len(out) >= limit and index + 1 < count:
-                    self._backlog = keys[index + 1 :]  # the rest after a send
-                    count = index + 1
-                    break
-        finally:
-            txn.abort()
-            stats = self.core.stats
-            stats.cmd_get += count
-            stats.get_hits += hits
-            stats.get_misses += count - hits
-
-    def _read_run(
-        self, runs: list[Sequence[bytes]], with_cas: bool, look_ahead: bool = True
-    ) -> None:
+    def _read_run(self, commands: Sequence[Retrieve], with_cas: bool) -> None:
         """Answer a get or gets, and the plain gets pipelined right behind it,
         from one LMDB snapshot with this session's writes laid over it.
 
-        ``runs`` holds each command's keys; ``look_ahead`` False when they
-        already are every plain get buffered.  The same answers as
-        :meth:`Core.read`, whose waits none of them needs (no touch, no
-        conditional write of this session awaiting its verdict, no cas asked
-        of a pending write).  Nothing here awaits, so the read transaction
-        never outlives this call.
+        The same answers as :meth:`Core.read`, whose waits none of them needs
+        (no touch, no conditional write of this session awaiting its verdict,
+        no cas asked of a pending write).  Nothing here awaits, so the read
+        transaction never outlives this call.
+
+        The caller checked ``commands``; each get read ahead behind them (from
+        :meth:`TextParser.plain_gets`) is checked here before it is answered:
+        it must see every acknowledged write (no write of another session in
+        flight to its keys, :meth:`Session.sees_acked`), and fewer than
+        ``--max-reply-bytes`` may be waiting to be sent.  The first that fails
+        either goes back to the parser (:meth:`TextParser.give_back`) with the
+        gets behind it: the connection sends what is written, then hands it
+        to :meth:`handle` again — which answers it, or waits for the write in
+        flight the general way.
         """
         out = self.out
         session = self.session
         overlay = session.overlay
-        # The gets behind these were checked by nobody: take them only while
-        # no write of any session is in flight (else they go one by one).
-        look_ahead = look_ahead and session.sees_acked()
+        parser = self.parser
+        limit = self._reply_limit
+        # No write in flight anywhere (the common case): no get read ahead
+        # needs a check of its own.  Nothing changes that during this call.
+        all_clear = session.sees_acked()
+        sees_acked = session.sees_acked
         unpack = HEADER.unpack_from
         end = R.END
         count = hits = 0
-        limit = self._reply_limit
+        ahead = False  # whether ``commands`` were read ahead (and need the checks)
         txn = self._db.read_txn()
         try:
             get = txn.get
             while True:
-                for index, keys in enumerate(runs):
-                    if index and len(out) >= limit:
-                        self._backlog_runs = list(runs[index:])  # the rest after a send
-                        break
+                for index, command in enumerate(commands):
+                    keys = command.keys
+                    if ahead and (len(out) >= limit or not (all_clear or sees_acked(keys))):
+                        parser.give_back(commands[index:])
+                        return
+                    if len(keys) == 1 and not with_cas:
+                        # The commonest line, one key: its reply in one piece.
+                        key = keys[0]
+                        count += 1
+                        if overlay and key in overlay:
+                            item = overlay[key].item
+                            if item is None:
+                                out += end
+                            else:
+                                hits += 1
+                                out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+                                    key, item.flags, len(item.value), item.value
+                                )
+                            continue
+                        record = get(key)
+                        if record is None:
+                            out += end
+                        else:
+                            hits += 1
+                            out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+                                key, unpack(record)[0], len(record) - 13, record[13:]
+                            )
+                        continue
                     count += len(keys)
                     for key in keys:
                         if overlay and key in overlay:
@@ -341,11 +295,12 @@ class TextHandler:
                                     key, unpack(record)[0], len(record) - 13, record[13:]
                                 )
                     out += end
-                if with_cas or not look_ahead or self._backlog_runs:
+                if with_cas:
                     break
-                runs = self.parser.plain_gets()
-                if not runs:
+                commands = parser.plain_gets()
+                if not commands:
                     break
+                ahead = True
         finally:
             txn.abort()
             stats = self.core.stats

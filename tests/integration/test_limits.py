@@ -1,4 +1,4 @@
-"""Connection-level limits: idle timeout, and backpressure on unpromoted bytes."""
+"""Connection-level limits: idle timeout, backpressure on unpromoted bytes, the reply bound."""
 
 from __future__ import annotations
 
@@ -62,3 +62,56 @@ def test_append_past_max_item_size_is_not_stored(stig_factory):
         assert conn.send_recv(b"append k 0 0 600 noreply\r\n%b\r\nmn\r\n" % extra, b"\r\n") == b"MN\r\n"
         assert conn.send_recv(b"get k\r\n") == b"VALUE k 0 1500\r\n%b\r\nEND\r\n" % body
     assert server.send_recv(b"get k\r\n") == b"VALUE k 0 1500\r\n%b\r\nEND\r\n" % body
+
+
+def test_pipelined_gets_past_max_reply_bytes_are_all_answered_in_order(stig_factory):
+    """Gets read ahead behind a get stop at the reply bound and go on after a
+    send: every one is answered, in order, whatever the bound cuts through
+    (single- and multi-key lines, a miss, a gets, a write in between)."""
+    server = stig_factory("--max-reply-bytes", "4k")
+    values = {b"k%d" % i: bytes([97 + i]) * 1000 for i in range(10)}
+    lines, expected = [], []
+    with server.connect(timeout=30) as conn:
+        for key, value in values.items():
+            assert conn.send_recv(b"set %b 3 0 1000\r\n%b\r\n" % (key, value), b"\r\n") == b"STORED\r\n"
+        before = server.stats()
+
+        def hit(key: bytes) -> bytes:
+            return b"VALUE %b 3 1000\r\n%b\r\n" % (key, values[key])
+
+        for n in range(600):
+            a, b = b"k%d" % (n % 10), b"k%d" % (n * 7 % 10)
+            if n % 5 == 0:
+                lines.append(b"get %b %b\r\n" % (a, b))
+                expected.append(hit(a) + hit(b) + b"END\r\n")
+            elif n % 11 == 0:
+                lines.append(b"get missing\r\n")
+                expected.append(b"END\r\n")
+            else:
+                lines.append(b"get %b\r\n" % a)
+                expected.append(hit(a) + b"END\r\n")
+            if n == 300:
+                values[b"k0"] = b"z" * 1000
+                lines.append(b"set k0 3 0 1000\r\n%b\r\n" % values[b"k0"])
+                expected.append(b"STORED\r\n")
+            if n == 400:
+                lines.append(b"gets k9 nothing\r\n")
+                expected.append(None)  # its cas is not known here: checked by shape
+        lines.append(b"version\r\n")
+        conn.send(b"".join(lines))
+        reply = b""
+        while not reply.endswith(b"\r\n") or b"VERSION " not in reply[-40:]:
+            reply += conn.recv_until(b"\r\n", timeout=30)
+    cut = 0
+    for want in expected:
+        if want is None:
+            end = reply.index(b"END\r\n", cut) + 5
+            assert reply[cut:end].startswith(b"VALUE k9 3 1000 "), reply[cut : cut + 40]
+            cut = end
+            continue
+        assert reply[cut : cut + len(want)] == want, (cut, reply[cut : cut + 60])
+        cut += len(want)
+    assert reply[cut:].startswith(b"VERSION ")
+    after = server.stats()
+    gets = sum(line.count(b" ") for line in lines if line.startswith(b"get"))
+    assert int(after["cmd_get"]) - int(before["cmd_get"]) == gets

@@ -35,6 +35,7 @@ from protocol.binary import (
     is_quiet,
     max_request_size,
     pack_request,
+    refusal_response,
     returns_key,
     stat_end_response,
     stat_response,
@@ -214,12 +215,13 @@ def requests(draw: st.DrawFn, opcode: Opcode | None = None) -> BinaryRequest:
 
 @pytest.mark.parametrize("opcode", list(Opcode), ids=lambda op: op.name)
 @given(data=st.data())
-@settings(max_examples=25)
+@settings(max_examples=25, deadline=None)
 def test_every_opcode_round_trips(opcode: Opcode, data: st.DataObject) -> None:
     request = data.draw(requests(opcode))
     assert events_of(pack_request(request), SMALL) == [request]
 
 
+@settings(deadline=None)  # a shared machine: no test depends on timing
 @given(st.lists(requests(), max_size=20), st.data())
 def test_any_chunking_gives_the_same_events(
     batch: list[BinaryRequest], data: st.DataObject
@@ -276,7 +278,7 @@ streams = st.one_of(
 
 
 @given(streams, st.lists(st.integers(1, 64), max_size=20))
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_bytes_give_events_or_protocol_error(stream: bytes, sizes: list[int]) -> None:
     parser = BinaryParser(SMALL)
     bound = max_request_size(SMALL)
@@ -402,7 +404,7 @@ def test_lengths_that_do_not_add_up_are_a_protocol_error() -> None:
         parser.next_event()
     hint = caught.value.binary_hint
     assert hint == InvalidBinaryRequest(Opcode.Set, 4, Status.UNKNOWN_COMMAND)
-    assert hint.reply() == error_response(Opcode.Set, 4, Status.UNKNOWN_COMMAND)
+    assert refusal_response(hint) == error_response(Opcode.Set, 4, Status.UNKNOWN_COMMAND)
 
 
 def test_at_boundary_tracks_partial_requests() -> None:
@@ -566,9 +568,10 @@ def test_stat_responses() -> None:
 def test_invalid_request_reply() -> None:
     refusal = InvalidBinaryRequest(0x42, 6, Status.UNKNOWN_COMMAND)
     assert refusal.message == "Unknown command"
-    assert refusal.reply() == error_response(0x42, 6, Status.UNKNOWN_COMMAND, "Unknown command")
+    assert refusal_response(refusal) == error_response(0x42, 6, Status.UNKNOWN_COMMAND, "Unknown command")
 
 
+@settings(deadline=None)  # a shared machine: no test depends on timing
 @given(
     st.integers(0, 255), st.sampled_from(Status), _U32, _U64,
     st.binary(max_size=20), st.binary(max_size=20), st.binary(max_size=20),

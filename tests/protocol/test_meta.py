@@ -589,7 +589,7 @@ commands = st.one_of(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(commands)
 def test_requests_round_trip(command: object) -> None:
     assert parse_request(encode_meta_request(command)) == command  # type: ignore[arg-type]
@@ -694,7 +694,7 @@ flag_tokens = st.one_of(
 )
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None)
 @given(names, st.lists(flag_tokens | st.binary(max_size=300), max_size=24))
 def test_any_tokens_give_a_command_or_an_error(name: bytes, rest: list[bytes]) -> None:
     parsed = parse_meta([name, *rest], LIMITS)
@@ -709,6 +709,7 @@ def test_any_tokens_give_a_command_or_an_error(name: bytes, rest: list[bytes]) -
         assert parsed.data_length is not None and parsed.data_length <= LIMITS.max_item_size
 
 
+@settings(deadline=None)  # a shared machine: no test depends on timing
 @given(st.lists(st.binary(max_size=40), max_size=8))
 def test_any_token_list_never_raises(tokens: list[bytes]) -> None:
     parsed = parse_meta(tokens, LIMITS)
@@ -748,6 +749,7 @@ def test_meta_pipeline_gives_the_same_events_in_any_chunking() -> None:
     assert _events([PIPELINE[i : i + 1] for i in range(len(PIPELINE))]) == whole
 
 
+@settings(deadline=None)  # a shared machine: no test depends on timing
 @given(st.lists(st.integers(min_value=0, max_value=len(PIPELINE)), max_size=12))
 def test_meta_pipeline_split_anywhere(cuts: list[int]) -> None:
     points = [0, *sorted(cuts), len(PIPELINE)]

@@ -1,0 +1,176 @@
+"""Fast paths of the text parser for the commonest lines.
+
+Each function here recognises a line that is plain beyond doubt and builds
+**the same event** :func:`protocol.text_commands.parse_line` would build
+from it (and the same data block consumed); for anything unusual it returns
+None and consumes nothing, leaving the case to the general path.  They only
+save work: tests/protocol/test_text.py feeds any byte stream to a parser with
+them and one without, whole and byte by byte, and requires identical events.
+
+* :func:`plain_get`: ``get <keys>`` with every key valid.
+* :func:`plain_set`: ``set <key> <flags> <exptime> <bytes> [noreply]`` with
+  small plain numbers and its whole block, well ended, already buffered.
+* :func:`plain_meta_set`: ``ms <key> <bytes> [q] [T<ttl>] [F<flags>]`` the
+  same way.
+* :func:`plain_gets`: the run of plain ``get`` lines at the head of the
+  buffer, as many events, so that a burst of pipelined gets costs one call.
+"""
+
+from __future__ import annotations
+
+import re
+
+from protocol.commands import Retrieve, Store, StoreMode
+from protocol.limits import Limits
+from protocol.meta_commands import MetaSet
+from protocol.text_framing import Framer
+
+#: Every byte a key may hold, and the space: ``line.translate(None, _KEY_OR_SPACE)``
+#: is empty exactly when the line has no control character but spaces.
+_KEY_OR_SPACE = bytes(b for b in range(256) if b == 0x20 or not (b <= 0x20 or b == 0x7F))
+#: How far :func:`plain_gets` looks ahead for whole lines.
+WINDOW = 65536
+#: The key of each line of a run that :func:`single_gets_pattern` matched.
+_ONE_KEY = re.compile(rb"get ([^\r\n]+)\r?\n")
+_SINGLE_GETS: dict[Limits, re.Pattern[bytes] | None] = {}
+
+
+def _plain_key(key: bytes, max_key: int) -> bool:
+    return 0 < len(key) <= max_key and not key.translate(None, _KEY_OR_SPACE)
+
+
+def _small_number(token: bytes) -> bool:
+    """Up to 9 ASCII digits: within every bound the general path checks."""
+    return 0 < len(token) < 10 and token.isdigit()
+
+
+def plain_get(line: bytes, limits: Limits) -> Retrieve | None:
+    """The event of a ``get`` line whose keys are all valid, else None."""
+    rest = line[4:]
+    if rest.translate(None, _KEY_OR_SPACE):
+        return None  # a control character: an invalid key
+    max_key = limits.max_key_length
+    if len(rest) <= max_key and b" " not in rest:
+        return Retrieve((rest,)) if rest else None  # one key: the commonest line
+    keys = tuple(key for key in rest.split(b" ") if key)
+    if not keys or max(map(len, keys)) > max_key:
+        return None
+    return Retrieve(keys)
+
+
+def plain_set(line: bytes, framer: Framer, limits: Limits) -> Store | None:
+    """The :class:`Store` of a plain ``set`` line whose block is buffered, else None."""
+    parts = line.split(b" ")
+    count = len(parts)
+    if count == 5:
+        noreply = False
+    elif count == 6 and parts[5] == b"noreply":
+        noreply = True
+    else:
+        return None
+    key, flags, exptime, length = parts[1], parts[2], parts[3], parts[4]
+    if not (
+        _small_number(flags)
+        and _small_number(exptime)
+        and _small_number(length)
+        and _plain_key(key, limits.max_key_length)
+    ):
+        return None
+    size = int(length)
+    if size > limits.max_item_size:
+        return None
+    value = framer.complete_block(size)
+    if value is None:
+        return None
+    return Store(StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply)
+
+
+def plain_meta_set(line: bytes, framer: Framer, limits: Limits) -> MetaSet | None:
+    """The :class:`~protocol.meta_commands.MetaSet` of a plain ``ms`` line
+    (``q``, ``T``, ``F`` at most once each) whose block is buffered, else None."""
+    parts = line.split(b" ")
+    count = len(parts)
+    if count < 3 or count > 6:
+        return None
+    key, length = parts[1], parts[2]
+    if not (_small_number(length) and _plain_key(key, limits.max_key_length)):
+        return None
+    quiet = False
+    client_flags = ttl = None
+    for token in parts[3:]:
+        if token == b"q" and not quiet:
+            quiet = True
+            continue
+        argument = token[1:]
+        if not _small_number(argument):
+            return None
+        letter = token[:1]
+        if letter == b"T" and ttl is None:
+            ttl = int(argument)
+        elif letter == b"F" and client_flags is None:
+            client_flags = int(argument)
+        else:
+            return None
+    size = int(length)
+    if size > limits.max_item_size:
+        return None
+    value = framer.complete_block(size)
+    if value is None:
+        return None
+    return MetaSet(key, value=value, quiet=quiet, client_flags=client_flags or 0, ttl=ttl or 0)
+
+
+def single_gets_pattern(limits: Limits) -> re.Pattern[bytes] | None:
+    """A pattern matching a run of ``get <key>`` lines, each with one valid key
+    (1..max_key_length bytes, none a control character or space) and an
+    optional ``\\r`` before its ``\\n``; None when such a line could be
+    longer than ``max_line_length`` (the general path must judge it)."""
+    try:
+        return _SINGLE_GETS[limits]
+    except KeyError:
+        pass
+    pattern = None
+    if limits.max_key_length + 5 <= limits.max_line_length:
+        pattern = re.compile(rb"(?:get [\x21-\x7e\x80-\xff]{1,%d}\r?\n)+" % limits.max_key_length)
+    _SINGLE_GETS[limits] = pattern
+    return pattern
+
+
+def plain_gets(framer: Framer, limits: Limits, singles: re.Pattern[bytes] | None) -> list[Retrieve]:
+    """Consume the run of plain ``get`` lines at the head of the buffer and
+    return their events, in order; stop (consuming nothing more) at the first
+    other line, incomplete line or line :func:`plain_get` leaves to the
+    general path.  Looks at most :data:`WINDOW` bytes ahead.  ``singles`` is
+    :func:`single_gets_pattern` for ``limits``."""
+    buffer = framer.buffer
+    start = framer.start
+    if not buffer.startswith(b"get ", start):
+        return []
+    found: list[Retrieve] = []
+    # The commonest burst first: one key per line, found by one regex.
+    if singles is not None:
+        match = singles.match(buffer, start, start + WINDOW)
+        if match is not None:
+            start = match.end()
+            found = [Retrieve((key,)) for key in _ONE_KEY.findall(buffer, framer.start, start)]
+            framer.consume_to(start)
+            buffer = framer.buffer
+            start = framer.start
+            if not buffer.startswith(b"get ", start):
+                return found
+    last = buffer.rfind(b"\n", start, start + WINDOW)
+    if last < 0:
+        return found
+    max_line = limits.max_line_length
+    consumed = 0
+    for line in bytes(buffer[start:last]).split(b"\n"):
+        size = len(line) + 1
+        if size > max_line + 1 or line[:4] != b"get ":
+            break
+        event = plain_get(line[:-1] if line[-1:] == b"\r" else line, limits)
+        if event is None:
+            break
+        found.append(event)
+        consumed += size
+    framer.consume_to(start + consumed)
+    return found
