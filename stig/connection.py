@@ -167,9 +167,25 @@ class Connection:
         assert self.handler is not None
         out = self.handler.out
         if out:
+            await self._release_replies()
+            if self.session.failure is not None:
+                raise CommitFailed(self.session.failure)  # the loop reports it
             self.engine.stats.bytes_written += len(out)
             await send_all(self.sock, bytes(out))
             out.clear()
+
+    async def _release_replies(self) -> None:
+        """Before replies leave in the middle of a burst: the writes they
+        acknowledge must be handed over (from then on every read waits for
+        them: docs/pov.md, "Other sessions") and, with ``--durable-acks``, be
+        on disk.  At the end of a burst the loop does the same."""
+        session = self.session
+        session.submit()
+        if self._durable and session.unacked_writes:
+            try:
+                await session.wait_committed(report=False)
+            except CommitFailed:
+                pass  # session.failure: the caller reports it, nothing is sent
 
     def _brake_needed(self) -> bool:
         engine = self.engine
@@ -203,6 +219,11 @@ class Connection:
             stats.paused_connections -= 1
 
     async def _send(self, out: bytearray) -> None:
+        """Send the replies of a burst so far (mid-burst: see :meth:`_release_replies`);
+        nothing is sent once acknowledged writes are known lost."""
+        await self._release_replies()
+        if self.session.failure is not None:
+            return  # the loop reports the loss instead of these replies
         size = len(out)
         self.engine.stats.bytes_written += size
         sent = await self.sock.send(out)
@@ -216,7 +237,9 @@ class Connection:
         self._failed = True
         out.clear()
         handler.fatal_error(f"{self.session.failure}; acknowledged writes were lost")
-        await self._send(out)
+        self.engine.stats.bytes_written += len(out)
+        await send_all(self.sock, out)
+        out.clear()
 
     async def _serve(self) -> None:
         stats = self.engine.stats
@@ -256,6 +279,8 @@ class Connection:
                             await checkpoint()  # let the promoter's callbacks run
                     if len(out) >= reply_limit:
                         await self._send(out)  # send as replies grow: bounded memory
+                        if session.failure is not None:
+                            break  # reported just below
                     # Plain gets first (they take every one buffered), then
                     # whatever follows them as an event.
                     if answer_buffered():
