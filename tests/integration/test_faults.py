@@ -116,6 +116,23 @@ def test_quiet_conditional_run_then_mn_answers_the_error(faulty, kind, run):
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_quiet_failure_reported_by_a_read_keeps_the_stream_in_step(faulty, kind):
+    """A quiet conditional whose run is closed by a run of ``mg`` (which reads
+    the ``mn`` behind it ahead): the failure is written in the quiet write's
+    place, before the ``mg`` replies, and the ``mn`` is still answered
+    (before, the error came after the replies and the ``mn`` was dropped:
+    the client waited for its ``MN`` forever)."""
+    server = faulty()
+    _set_fault(server, f"{kind} q1")
+    with server.connect() as conn:
+        reply = conn.send_recv(b"ms q1 1 q ME\r\nx\r\nmg a v\r\nmg b v\r\nmn\r\n", b"MN\r\n")
+        assert reply == b"SERVER_ERROR " + ERRORS[kind] + b"\r\nEN\r\nEN\r\nMN\r\n"
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
     server = faulty("--batch-idle-ms", "1")
