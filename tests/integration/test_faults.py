@@ -9,6 +9,9 @@ serving other connections.
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -177,6 +180,29 @@ def test_idle_acknowledged_writer_is_told_at_once(faulty, kind):
         _set_fault(server, kind)  # the held commit fails; the client sends nothing more
         assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
     _others_still_served(server)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_idle_acknowledged_writer_over_tls_is_told_at_once(faulty, tmp_path):
+    """The same over TLS (before, waking the connection called a ``shutdown``
+    the TLS socket did not have: the error was logged as a failed callback
+    and the idle client never heard of its lost write)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
+         "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1"],
+        cwd=tmp_path, check=True, capture_output=True, timeout=60,
+    )
+    server = faulty("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    context.check_hostname = False
+    _set_fault(server, "hold")
+    with server.connect() as conn:
+        conn.sock = context.wrap_socket(conn.sock, server_hostname="127.0.0.1")
+        assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        _set_fault(server, "lmdb")
+        assert conn.recv_until(b"\r\n", timeout=10) == b"SERVER_ERROR " + LMDB_ERROR + LOST + b"\r\n"
+    assert "completion callback failed" not in server.stderr
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
