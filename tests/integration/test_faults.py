@@ -171,6 +171,36 @@ def test_binary_quiet_run_then_noop_answers_the_error(faulty, kind):
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_binary_quiet_failure_does_not_fail_the_next_loud_write(faulty, kind):
+    """An AddQ whose run (closed by --batch-idle-ms) failed to commit, then a
+    loud Increment of another key that commits: the failure is answered with
+    the AddQ's opaque, and the Increment with its own success (before, the
+    Increment was answered EINTERNAL although it was counted: a client that
+    retries it counts it twice)."""
+    server = faulty("--batch-idle-ms", "1")
+    conn: BinaryConnection = server.connect_binary()
+    conn.request(Opcode.Set, b"n", b"10", b"\x00" * 8, opaque=1)
+    assert conn.response().status == Status.NO_ERROR
+    _set_fault(server, f"{kind} bq")
+    conn.request(Opcode.AddQ, b"bq", b"1", b"\x00" * 8, opaque=2)
+    deadline = time.monotonic() + 10
+    while server.stats()["stig_failed_commits"] == "0":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    _set_fault(server, "")
+    conn.request(Opcode.Increment, b"n", extras=(1).to_bytes(8, "big") + bytes(8) + bytes(4), opaque=3)
+    failed = conn.response()
+    assert (failed.opcode, failed.status, failed.opaque) == (Opcode.AddQ, Status.EINTERNAL, 2)
+    assert failed.value == ERRORS[kind]
+    counted = conn.response()
+    assert (counted.opcode, counted.status, counted.opaque) == (Opcode.Increment, Status.NO_ERROR, 3)
+    assert int.from_bytes(counted.value, "big") == 11
+    conn.request(Opcode.Noop, opaque=4)  # reported once
+    assert conn.response().status == Status.NO_ERROR
+    _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_idle_acknowledged_writer_is_told_at_once(faulty, kind):
     server = faulty()
     _set_fault(server, "hold")
