@@ -203,11 +203,17 @@ class BinaryHandler:
             await promotion.done.wait()
             outcomes = promotion.outcomes
             if outcomes is None:
-                # Reported once: here, unless a barrier already did.
+                # Reported once: here, unless a barrier already did — as the
+                # failed quiet writes' own responses (their opaques), so the
+                # request being served still gets its own: a loud write that
+                # committed must not be answered as failed (a client would
+                # retry an Increment that was counted).
                 message = self.session.take_unreported()
                 if message is None:
                     continue
-                raise CommitFailed(message)
+                for check in checks:
+                    self.out += error_response(check.opcode, check.opaque, Status.EINTERNAL, message)
+                continue
             for check in checks:
                 status = check.failures.get(outcomes[check.index])
                 if status is not None:

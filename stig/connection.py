@@ -162,9 +162,25 @@ class Connection:
         assert self.handler is not None
         out = self.handler.out
         if out:
+            await self._release_replies()
+            if self.session.failure is not None:
+                raise CommitFailed(self.session.failure)  # the loop reports it
             self.engine.stats.bytes_written += len(out)
             await send_all(self.sock, bytes(out))
             out.clear()
+
+    async def _release_replies(self) -> None:
+        """Before replies leave in the middle of a burst: the writes they
+        acknowledge must be handed over (from then on every read waits for
+        them: docs/pov.md, "Other sessions") and, with ``--durable-acks``, be
+        on disk.  At the end of a burst the loop does the same."""
+        session = self.session
+        session.submit()
+        if self._durable and session.unacked_writes:
+            try:
+                await session.wait_committed(report=False)
+            except CommitFailed:
+                pass  # session.failure: the caller reports it, nothing is sent
 
     def _brake_needed(self) -> bool:
         engine = self.engine
@@ -198,6 +214,11 @@ class Connection:
             stats.paused_connections -= 1
 
     async def _send(self, out: bytearray) -> None:
+        """Send the replies of a burst so far (mid-burst: see :meth:`_release_replies`);
+        nothing is sent once acknowledged writes are known lost."""
+        await self._release_replies()
+        if self.session.failure is not None:
+            return  # the loop reports the loss instead of these replies
         size = len(out)
         self.engine.stats.bytes_written += size
         sent = await self.sock.send(out)
@@ -211,7 +232,9 @@ class Connection:
         self._failed = True
         out.clear()
         handler.fatal_error(f"{self.session.failure}; acknowledged writes were lost")
-        await self._send(out)
+        self.engine.stats.bytes_written += len(out)
+        await send_all(self.sock, out)
+        out.clear()
 
     async def _serve(self) -> None:
         stats = self.engine.stats
@@ -253,6 +276,8 @@ class Connection:
                         # ahead stop at this bound too, and the parser hands
                         # the rest out next (TextHandler._read_run).
                         await self._send(out)
+                        if session.failure is not None:
+                            break  # reported just below
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break

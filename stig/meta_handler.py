@@ -218,12 +218,14 @@ class MetaHandler:
             assert promotion is not None
             await promotion.done.wait()
             if promotion.error is not None or promotion.outcomes is None:
-                # Reported once: here, unless a barrier already did.
+                # Reported once: here, unless a barrier already did — in its
+                # place in the stream, as the quiet write's own reply, so the
+                # reply of the command being handled (and any command read
+                # ahead behind it) still follows.
                 message = self.session.take_unreported()
-                if message is None:
-                    continue
-                self.out[mark:mark] = lines
-                raise CommitFailed(message)
+                if message is not None:
+                    lines += server_error(message)
+                continue
             outcome = promotion.outcomes[check.index]
             if outcome is Outcome.NON_NUMERIC:
                 lines += NON_NUMERIC_REPLY

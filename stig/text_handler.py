@@ -444,6 +444,12 @@ class TextHandler:
         out = self.out
         if self.meta.quiet_failures_due:  # they come before this reply, which
             await self.meta.report_quiet_failures(len(out))  # leaves in parts
+        # The snapshot is taken at the first chunk: first every write in
+        # flight (acknowledged to some client, or this session's own) is
+        # committed, so that the listing holds it (docs/pov.md, "Other sessions").
+        session = self.session
+        if not session.sees_acked():
+            await session.await_acked()
         with contextlib.closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
                 out += chunk

@@ -99,6 +99,11 @@ class TlsSocket:
         self.stream = stream
         self._certificates = certificates
         self._handshaken = False
+        # The wake-up (shutdown): cancels a pending receive, which then
+        # reads as the end of input.  Not a real TCP shutdown: an SSLStream
+        # that saw end of input is broken, and the error line could not be sent.
+        self._receiving: trio.CancelScope | None = None
+        self._woken = False
 
     async def _handshake(self) -> bool:
         self._handshaken = True
@@ -114,11 +119,29 @@ class TlsSocket:
     async def recv(self, size: int) -> bytes:
         if not self._handshaken and not await self._handshake():
             return b""
-        return await self.stream.receive_some(size)
+        if self._woken:
+            return b""
+        with trio.CancelScope() as scope:
+            self._receiving = scope
+            try:
+                return await self.stream.receive_some(size)
+            finally:
+                self._receiving = None
+        return b""  # woken by shutdown()
 
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         await self.stream.send_all(data)
         return len(data)
+
+    def shutdown(self, how: int) -> None:
+        """Stop reading (the connection's wake-up on a lost write): a pending
+        or later ``recv`` sees the end of input; replies can still be sent.
+        Cancelling a TLS receive while it waits for the transport loses no
+        data and leaves the stream usable (trio's SSLStream breaks only on a
+        cancelled send or handshake)."""
+        self._woken = True
+        if self._receiving is not None:
+            self._receiving.cancel()
 
     def close(self) -> None:
         """Close the socket at once: no close_notify (``https_compatible``: a

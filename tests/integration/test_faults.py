@@ -9,6 +9,9 @@ serving other connections.
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,6 +119,23 @@ def test_quiet_conditional_run_then_mn_answers_the_error(faulty, kind, run):
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_quiet_failure_reported_by_a_read_keeps_the_stream_in_step(faulty, kind):
+    """A quiet conditional whose run is closed by a run of ``mg`` (which reads
+    the ``mn`` behind it ahead): the failure is written in the quiet write's
+    place, before the ``mg`` replies, and the ``mn`` is still answered
+    (before, the error came after the replies and the ``mn`` was dropped:
+    the client waited for its ``MN`` forever)."""
+    server = faulty()
+    _set_fault(server, f"{kind} q1")
+    with server.connect() as conn:
+        reply = conn.send_recv(b"ms q1 1 q ME\r\nx\r\nmg a v\r\nmg b v\r\nmn\r\n", b"MN\r\n")
+        assert reply == b"SERVER_ERROR " + ERRORS[kind] + b"\r\nEN\r\nEN\r\nMN\r\n"
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
     server = faulty("--batch-idle-ms", "1")
@@ -151,6 +171,36 @@ def test_binary_quiet_run_then_noop_answers_the_error(faulty, kind):
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_binary_quiet_failure_does_not_fail_the_next_loud_write(faulty, kind):
+    """An AddQ whose run (closed by --batch-idle-ms) failed to commit, then a
+    loud Increment of another key that commits: the failure is answered with
+    the AddQ's opaque, and the Increment with its own success (before, the
+    Increment was answered EINTERNAL although it was counted: a client that
+    retries it counts it twice)."""
+    server = faulty("--batch-idle-ms", "1")
+    conn: BinaryConnection = server.connect_binary()
+    conn.request(Opcode.Set, b"n", b"10", b"\x00" * 8, opaque=1)
+    assert conn.response().status == Status.NO_ERROR
+    _set_fault(server, f"{kind} bq")
+    conn.request(Opcode.AddQ, b"bq", b"1", b"\x00" * 8, opaque=2)
+    deadline = time.monotonic() + 10
+    while server.stats()["stig_failed_commits"] == "0":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    _set_fault(server, "")
+    conn.request(Opcode.Increment, b"n", extras=(1).to_bytes(8, "big") + bytes(8) + bytes(4), opaque=3)
+    failed = conn.response()
+    assert (failed.opcode, failed.status, failed.opaque) == (Opcode.AddQ, Status.EINTERNAL, 2)
+    assert failed.value == ERRORS[kind]
+    counted = conn.response()
+    assert (counted.opcode, counted.status, counted.opaque) == (Opcode.Increment, Status.NO_ERROR, 3)
+    assert int.from_bytes(counted.value, "big") == 11
+    conn.request(Opcode.Noop, opaque=4)  # reported once
+    assert conn.response().status == Status.NO_ERROR
+    _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_idle_acknowledged_writer_is_told_at_once(faulty, kind):
     server = faulty()
     _set_fault(server, "hold")
@@ -160,6 +210,29 @@ def test_idle_acknowledged_writer_is_told_at_once(faulty, kind):
         _set_fault(server, kind)  # the held commit fails; the client sends nothing more
         assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
     _others_still_served(server)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_idle_acknowledged_writer_over_tls_is_told_at_once(faulty, tmp_path):
+    """The same over TLS (before, waking the connection called a ``shutdown``
+    the TLS socket did not have: the error was logged as a failed callback
+    and the idle client never heard of its lost write)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
+         "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1"],
+        cwd=tmp_path, check=True, capture_output=True, timeout=60,
+    )
+    server = faulty("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    context.check_hostname = False
+    _set_fault(server, "hold")
+    with server.connect() as conn:
+        conn.sock = context.wrap_socket(conn.sock, server_hostname="127.0.0.1")
+        assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        _set_fault(server, "lmdb")
+        assert conn.recv_until(b"\r\n", timeout=10) == b"SERVER_ERROR " + LMDB_ERROR + LOST + b"\r\n"
+    assert "completion callback failed" not in server.stderr
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])

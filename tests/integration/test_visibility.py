@@ -335,3 +335,41 @@ def test_a_reader_waiting_for_a_commit_that_fails_goes_on(stig_factory):
     assert lost is not None and lost == index - 1
     assert int(server.stats()["stig_failed_commits"]) >= 1
     assert server.stats()["stig_keys_in_flight"] == "0"
+
+
+# -- replies sent in the middle of a burst -----------------------------------------
+
+
+def _write_then_big_gets(server, big_gets: int = 40):
+    """A connection sends ``set k new`` and, in the same burst, enough big gets
+    that the server sends its replies in parts (``--max-reply-bytes``) — the
+    ``STORED`` leaves with the first part — and then stops reading, so the
+    rest of the burst cannot be sent.  Returns that connection, once it holds
+    the ``STORED``."""
+    server.send_recv(b"set big 0 0 1000000\r\n" + b"x" * 1_000_000 + b"\r\nset k 0 0 3\r\nold\r\n",
+                     until=b"STORED\r\nSTORED\r\n")
+    server.settle()  # nothing in flight: the gets below take the fast path
+    writer = server.connect()
+    writer.send(b"set k 0 0 3\r\nnew\r\n" + b"get big\r\n" * big_gets)
+    assert writer.recv_exact(len(b"STORED\r\n")) == b"STORED\r\n"
+    return writer
+
+
+def test_a_write_acknowledged_mid_burst_is_visible(server):
+    """The ``STORED`` of a write left with the first part of a burst's replies:
+    another connection must see the write, although the rest of the burst is
+    still being answered (before, its run was handed over only at the end of
+    the burst — never, while the writer did not read — and every other
+    connection read the old value)."""
+    writer = _write_then_big_gets(server)
+    assert server.send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+    writer.close()
+
+
+def test_durable_ack_sent_mid_burst_survives_a_crash(stig_factory, data_dir):
+    """``--durable-acks``: a ``STORED`` that left mid-burst is on disk (before,
+    it left before the commit, and SIGKILL lost the write)."""
+    server = stig_factory("--durable-acks", data_dir=data_dir)
+    _write_then_big_gets(server)
+    server.restart("--durable-acks", kill=True)
+    assert server.send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"

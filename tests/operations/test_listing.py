@@ -213,3 +213,21 @@ def test_failures_of_a_quiet_run_come_before_the_listing(stig_server):
     reply = exchange(port, b"ms %b 1 ME q\r\ny\r\nlru_crawler metadump all\r\n" % keys[0], b"END\r\n")
     assert reply.startswith(b"NS\r\nkey=0000p") and reply.count(b"key=") == len(keys)
     assert reply.count(b"NS\r\n") == 1
+
+
+def test_listing_holds_every_acknowledged_write(stig_server):
+    """A key whose ``STORED`` another connection already holds is listed, even
+    while its commit is still in flight (before, the listing's snapshot was
+    taken without waiting: the key was missing, as for a stale read; a
+    migration copying the listed keys lost it).  Other connections keep
+    writing so that commits are often in flight."""
+    writer = stig_server.connect()
+    lister = stig_server.connect()
+    busy = stig_server.connect()
+    noise = b"".join(b"set noise%d 0 0 100 noreply\r\n%b\r\n" % (n, b"z" * 100) for n in range(50))
+    for n in range(100):
+        busy.send(noise + b"mn\r\n")
+        assert writer.send_recv(b"set listed%d 0 0 1\r\nx\r\n" % n, b"\r\n") == b"STORED\r\n"
+        assert b"ITEM listed%d [1 b; " % n in lister.send_recv(b"stats cachedump 1 0\r\n")
+        assert b"key=listed%d " % n in lister.send_recv(b"lru_crawler metadump all\r\n")
+        busy.recv_until(b"MN\r\n")
