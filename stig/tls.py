@@ -7,7 +7,7 @@ with, new ones get the new certificate — without a restart, as memcached.
 A reload that fails (a missing or mismatched file) keeps the old context.
 
 :class:`TlsSocket` makes a :class:`trio.SSLStream` look like the raw trio
-socket the connection loop reads and writes (``recv``/``send``/``close``),
+socket the connection loop reads and writes (``recv``/``send``/``shutdown``/``close``),
 so that the plain-TCP hot path stays exactly as it is and TLS costs the
 loop nothing when it is off.
 """
@@ -88,7 +88,7 @@ class TlsCertificates:
 
 
 class TlsSocket:
-    """A TLS connection with the three socket methods the connection loop uses.
+    """A TLS connection with the socket methods the connection loop uses.
 
     The handshake runs on the first ``recv`` (bounded by
     :data:`HANDSHAKE_TIMEOUT`); a client that fails it is counted in
@@ -99,6 +99,8 @@ class TlsSocket:
         self.stream = stream
         self._certificates = certificates
         self._handshaken = False
+        self._read_shut = False  # shutdown(SHUT_RD) was called: input has ended
+        self._receiving: trio.CancelScope | None = None
 
     async def _handshake(self) -> bool:
         self._handshaken = True
@@ -114,7 +116,22 @@ class TlsSocket:
     async def recv(self, size: int) -> bytes:
         if not self._handshaken and not await self._handshake():
             return b""
-        return await self.stream.receive_some(size)
+        if self._read_shut:
+            return b""
+        with trio.CancelScope() as self._receiving:
+            return await self.stream.receive_some(size)
+        return b""  # cancelled by shutdown(): the end of input
+
+    def shutdown(self, how: int) -> None:
+        """End the input as ``socket.shutdown(SHUT_RD)`` does (the connection's
+        wake-up when acknowledged writes failed to commit), but keep the TLS
+        stream able to send the error: a TCP-level shutdown would make the
+        pending receive see a TLS EOF, after which trio's stream refuses to
+        send.  Cancelling a receive that waits for the peer leaves the
+        stream whole."""
+        self._read_shut = True
+        if self._receiving is not None:
+            self._receiving.cancel()
 
     async def send(self, data: bytes | bytearray | memoryview) -> int:
         await self.stream.send_all(data)

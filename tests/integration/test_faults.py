@@ -9,6 +9,8 @@ serving other connections.
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -160,6 +162,25 @@ def test_idle_acknowledged_writer_is_told_at_once(faulty, kind):
         _set_fault(server, kind)  # the held commit fails; the client sends nothing more
         assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
     _others_still_served(server)
+
+
+def test_idle_acknowledged_tls_writer_is_told_at_once(faulty, tmp_path):
+    """Over TLS too: the wake-up shuts the socket under the TLS stream (it
+    once failed with AttributeError in the promoter, and the client waited)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
+                    "-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    server = faulty("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    _set_fault(server, "hold")
+    with server.connect() as conn:
+        conn.sock = context.wrap_socket(conn.sock)
+        assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        _set_fault(server, "lmdb")
+        assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + LMDB_ERROR + LOST + b"\r\n"
 
 
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
