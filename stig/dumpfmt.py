@@ -22,6 +22,10 @@ from typing import BinaryIO, Iterator, NamedTuple
 BARRIER = b"mn\r\n"
 #: The longest ms line a valid dump holds (a 250-byte key is 336 base64 bytes).
 MAX_LINE = 1024
+#: The longest value a dump may announce (LMDB cannot store more than 4 GiB
+#: anyway): a larger length is a damaged or hostile stream, refused before
+#: anything is allocated for it.
+MAX_VALUE = 1 << 31
 
 
 class DumpItem(NamedTuple):
@@ -79,6 +83,8 @@ def read(stream: BinaryIO) -> Iterator[DumpItem | None]:
             except binascii.Error:
                 raise DumpFormatError(f"{where}: key is not base64: {raw_key[:60]!r}") from None
         length = int(length_text)
+        if length > MAX_VALUE:
+            raise DumpFormatError(f"{where}: value length {length} of key {key[:60]!r} is over {MAX_VALUE}")
         block = stream.read(length + 2)
         offset += len(block)
         if len(block) != length + 2 or not block.endswith(b"\r\n"):

@@ -58,15 +58,31 @@ class ReadOnlyEnv:
 
 
 def open_readonly(path: Path) -> ReadOnlyEnv:
-    """Open the Stig environment in ``path`` for reading; ToolError if there is none."""
+    """Open the Stig environment in ``path`` for reading; ToolError if there is none
+    or if its file is shorter than its pages."""
     if not (path / DATA_FILE).is_file():
         raise ToolError(f"no Stig data in {str(path)!r} (no {DATA_FILE})")
     try:
         env = lmdb.open(str(path), readonly=True, lock=True, max_dbs=2, create=False)
+    except lmdb.Error as exc:
+        raise ToolError(f"{str(path)!r} is not a readable Stig environment: {exc}") from None
+    try:
+        # LMDB maps the file and trusts its meta page: reading a page past the
+        # end of a truncated file (a copy cut short) kills the process with
+        # SIGBUS.  The meta page alone is read before this check.
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = (path / DATA_FILE).stat().st_size
+        if size < needed:
+            raise ToolError(f"{str(path)!r} is damaged: {DATA_FILE} is {size:,} bytes, "
+                            f"but its pages reach byte {needed:,} (a truncated copy?)")
         items = env.open_db(b"items", create=False)
         meta = env.open_db(b"meta", create=False)
     except lmdb.Error as exc:
+        env.close()
         raise ToolError(f"{str(path)!r} is not a readable Stig environment: {exc}") from None
+    except ToolError:
+        env.close()
+        raise
     return ReadOnlyEnv(env, items, meta)
 
 
@@ -165,12 +181,16 @@ def restore(
         raise ToolError(f"{str(data_dir)!r} is not a directory") from None
     try:
         existing = data_dir / DATA_FILE
-        held = _entries(data_dir) if existing.exists() else 0
-        if held and not force:
-            raise ToolError(
-                f"data directory {str(data_dir)!r} already holds data ({held:,} keys); "
-                "pass --force to replace it"
-            )
+        if existing.exists():
+            try:
+                held = f"{_entries(data_dir):,} keys"
+            except ToolError as exc:  # damaged: replacing it is what restore is for
+                held = f"unreadable: {exc}"
+            if held != "0 keys" and not force:
+                raise ToolError(
+                    f"data directory {str(data_dir)!r} already holds data ({held}); "
+                    "pass --force to replace it"
+                )
         source = open_readonly(src)
         staging = data_dir / ".stig-restore"
         shutil.rmtree(staging, ignore_errors=True)

@@ -64,15 +64,41 @@ async def _listen_tcp(host: str, port: int) -> trio.socket.SocketType:
     return sock
 
 
+class ListenError(Exception):
+    """A listening socket could not be opened (address in use, no permission…)."""
+
+
+def _listened_on(path: Path) -> bool:
+    """Whether a process accepts connections on the unix socket ``path`` (a
+    non-blocking connect: it never waits on that process)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False  # nobody listens: a stale file
+    except BlockingIOError:
+        return True  # listening, its backlog full
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
     """Bind ``path`` with permission bits ``mask``, as memcached's ``-s``/``-a``.
 
-    A stale socket file left by an earlier run is removed; any other file
-    there is an error.  The umask is set around bind, so the file is never
-    reachable with wider permissions, even for a moment.
+    A stale socket file left by an earlier run is removed; a socket some
+    process still listens on (another server: clients would silently reach
+    the wrong database) and any other file there are errors.  The umask is
+    set around bind, so the file is never reachable with wider permissions,
+    even for a moment.
     """
     try:
         if stat.S_ISSOCK(path.lstat().st_mode):
+            if _listened_on(path):
+                raise ListenError(f"cannot listen on {path}: the socket is in use by a running server")
             path.unlink()
     except FileNotFoundError:
         pass
@@ -86,8 +112,6 @@ async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
     return sock
 
 
-class ListenError(Exception):
-    """A listening socket could not be opened (address in use, no permission…)."""
 
 
 async def open_listeners(settings: Settings) -> list[Listener]:

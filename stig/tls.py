@@ -7,7 +7,7 @@ with, new ones get the new certificate — without a restart, as memcached.
 A reload that fails (a missing or mismatched file) keeps the old context.
 
 :class:`TlsSocket` makes a :class:`trio.SSLStream` look like the raw trio
-socket the connection loop reads and writes (``recv``/``send``/``close``),
+socket the connection loop reads and writes (``recv``/``send``/``shutdown``/``close``),
 so that the plain-TCP hot path stays exactly as it is and TLS costs the
 loop nothing when it is off.
 """
@@ -88,7 +88,7 @@ class TlsCertificates:
 
 
 class TlsSocket:
-    """A TLS connection with the three socket methods the connection loop uses.
+    """A TLS connection with the socket methods the connection loop uses.
 
     The handshake runs on the first ``recv`` (bounded by
     :data:`HANDSHAKE_TIMEOUT`); a client that fails it is counted in

@@ -36,6 +36,15 @@ from stig.records import HEADER
 DEFAULT_BATCH = 1000
 FETCH_BATCH = 500
 IO_TIMEOUT = 60.0
+#: The largest transaction ``load`` sends, in bytes of memory cost on the
+#: server (value, key and ~400 bytes of bookkeeping per item): far below
+#: Stig's default ``--max-pending-bytes`` (64 MiB), which a single
+#: transaction must not exceed — the server drops the connection then.
+MAX_BATCH_COST = 16 << 20
+ITEM_OVERHEAD = 512
+#: A Stig server's batch budget is a quarter of its --max-pending-bytes, as
+#: up to four transactions are in flight.
+WINDOW = 4
 
 
 @attrs.define
@@ -181,6 +190,13 @@ def _fetched(conn: _Conn, keys: list[bytes]) -> Iterator[DumpItem]:
 
 
 def dump_server(address: tuple[str, int], out: BinaryIO, batch: int, quiet: bool) -> TransferReport:
+    try:
+        return _dump_server(address, out, batch, quiet)
+    except OSError as exc:
+        raise ToolError(f"connection to the server lost: {exc}") from None
+
+
+def _dump_server(address: tuple[str, int], out: BinaryIO, batch: int, quiet: bool) -> TransferReport:
     lister, fetcher = _Conn(address), _Conn(address)
     try:
         progress = Progress("dump", quiet=quiet)
@@ -206,30 +222,54 @@ def dump_server(address: tuple[str, int], out: BinaryIO, batch: int, quiet: bool
 # -- load -----------------------------------------------------------------------
 
 
-def _batches(stream: BinaryIO, batch: int) -> Iterator[list[DumpItem]]:
-    """Items in groups of at most ``batch``; a barrier in the stream also ends one."""
+def _batches(stream: BinaryIO, batch: int, max_cost: int = MAX_BATCH_COST) -> Iterator[list[DumpItem]]:
+    """Items in groups of at most ``batch`` items and ``max_cost`` bytes of
+    server memory (an item bigger than that goes alone); a barrier in the
+    stream also ends a group."""
     group: list[DumpItem] = []
+    cost = 0
     for entry in dumpfmt.read(stream):
         if entry is None:
             if group:
                 yield group
-                group = []
+                group, cost = [], 0
             continue
+        item_cost = len(entry.key) + len(entry.value) + ITEM_OVERHEAD
+        if group and cost + item_cost > max_cost:
+            yield group
+            group, cost = [], 0
         group.append(entry)
+        cost += item_cost
         if len(group) == batch:
             yield group
-            group = []
+            group, cost = [], 0
     if group:
         yield group
 
 
+def _batch_budget(conn: _Conn) -> int:
+    """The largest transaction to send: :data:`MAX_BATCH_COST`, or less when
+    the server is a Stig whose ``--max-pending-bytes`` is small."""
+    conn.send(b"stats settings\r\n")
+    budget = MAX_BATCH_COST
+    while True:
+        line = conn.line()
+        if line == b"END\r\n" or not line.startswith(b"STAT "):
+            return budget
+        fields = line.split()
+        if len(fields) == 3 and fields[1] == b"stig_max_pending_bytes" and fields[2].isdigit():
+            budget = min(budget, max(int(fields[2]) // WINDOW, 1))
+
+
 def load_server(
-    address: tuple[str, int], stream: BinaryIO, batch: int, quiet: bool, window: int = 4
+    address: tuple[str, int], stream: BinaryIO, batch: int, quiet: bool, window: int = WINDOW
 ) -> TransferReport:
     """Send every item, ``batch`` at a time, each batch a quiet run closed by ``mn``.
 
     Up to ``window`` batches are in flight, so the server's commit of one
-    overlaps the sending of the next.
+    overlaps the sending of the next.  A batch is also cut at
+    :func:`_batch_budget` bytes, so that no transaction exceeds what the
+    server accepts.
     """
     conn = _Conn(address)
     report = TransferReport()
@@ -238,42 +278,65 @@ def load_server(
     encode = dumpfmt.encode_item
 
     def settle_oldest() -> None:
-        group = in_flight.popleft()
-        errors = []
+        """Read the oldest batch's replies up to its ``MN``.  If it had errors,
+        first read every later batch's replies too (they are already on the
+        wire), then find the refused keys of each batch that had errors."""
+        errored = []
         while True:
-            line = conn.line()
-            if line == b"MN\r\n":
+            group = in_flight.popleft()
+            if _replies_have_errors(conn):
+                errored.append(group)
+            progress.add(len(group), sum(len(item.value) for item in group))
+            if not errored or not in_flight:
                 break
-            errors.append(line)
-        if errors:
+        for group in errored:
             _name_refused(conn, group, report)
-        progress.add(len(group), sum(len(item.value) for item in group))
 
     try:
-        for group in _batches(stream, batch):
-            conn.send(b"".join([encode(*item) for item in group]) + dumpfmt.BARRIER)
-            in_flight.append(group)
-            report.items += len(group)
-            report.value_bytes += sum(len(item.value) for item in group)
-            if len(in_flight) >= window:
+        try:
+            budget = _batch_budget(conn)
+            for group in _batches(stream, batch, budget):
+                conn.send(b"".join([encode(*item) for item in group]) + dumpfmt.BARRIER)
+                in_flight.append(group)
+                report.items += len(group)
+                report.value_bytes += sum(len(item.value) for item in group)
+                if len(in_flight) >= window:
+                    settle_oldest()
+            while in_flight:
                 settle_oldest()
-        while in_flight:
-            settle_oldest()
-    except dumpfmt.DumpFormatError as exc:
-        while in_flight:
-            settle_oldest()
-        raise ToolError(f"bad dump: {exc}") from None
+        except dumpfmt.DumpFormatError as exc:
+            while in_flight:
+                settle_oldest()
+            raise ToolError(f"bad dump: {exc}") from None
+        except OSError as exc:
+            raise ToolError(f"connection to the server lost: {exc}") from None
     finally:
         conn.close()
     progress.done()
     return report
 
 
+def _replies_have_errors(conn: _Conn) -> bool:
+    """Read one batch's replies up to its ``MN``; whether any error came before it."""
+    errors = False
+    while True:
+        line = conn.line()
+        if line == b"MN\r\n":
+            return errors
+        errors = True
+
+
 def _name_refused(conn: _Conn, group: list[DumpItem], report: TransferReport) -> None:
     """A quiet batch answered errors, which do not say their key: send each item
-    again loudly (rewriting a value is harmless) and record the ones refused."""
+    again loudly (rewriting a value is harmless), each followed by ``mn`` so
+    that a reply of several lines (memcached answers a bad command line, then
+    ``ERROR`` for the value it did not read) cannot shift the next one, and
+    record the ones refused."""
     for key, value, flags in group:
-        conn.send(b"ms %b %d b F%d\r\n%b\r\n" % (base64.b64encode(key), len(value), flags, value))
-        line = conn.line()
-        if not line.startswith(b"HD"):
-            report.refused.append((key, line.strip().decode(errors="replace")))
+        conn.send(b"ms %b %d b F%d\r\n%b\r\n" % (base64.b64encode(key), len(value), flags, value)
+                  + dumpfmt.BARRIER)
+        replies = []
+        while (line := conn.line()) != b"MN\r\n":
+            replies.append(line.strip().decode(errors="replace"))
+        if replies[:1] != ["HD"]:
+            report.refused.append((key, " / ".join(replies) or "no reply"))

@@ -110,3 +110,29 @@ def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path):
         assert path.read_text() == "precious\n"
     finally:
         path.unlink()
+
+
+def test_a_socket_another_server_listens_on_is_not_taken_over(tmp_path):
+    """Only a stale socket is replaced: a second server given the path of a
+    live one (another data directory!) once unlinked it and took its clients."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = UnixServer(tmp_path / "a")
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "stig", "serve", "--data-dir", str(tmp_path / "b" / "data"),
+             "--unix-socket", str(first.path)], cwd=REPO, capture_output=True, timeout=60,
+        )
+        assert run.returncode == 1 and b"in use by a running server" in run.stderr, run
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.settimeout(10)
+            raw.connect(str(first.path))
+            raw.sendall(b"stats settings\r\n")
+            reply = b""
+            while not reply.endswith(b"END\r\n"):
+                chunk = raw.recv(65536)
+                assert chunk, reply
+                reply += chunk
+        assert f"STAT stig_data_dir {tmp_path / 'a' / 'data'}\r\n".encode() in reply
+    finally:
+        first.stop()

@@ -186,3 +186,22 @@ def test_a_backup_is_a_data_directory_and_restore_reads_a_live_one(stig_factory,
     # The backup directory serves as it is.
     served = stig_factory(data_dir=backup_dir)
     assert served.client().get_many([f"k{i}" for i in range(100)]) == {f"k{i}": b"v%d" % i for i in range(100)}
+
+
+def test_a_truncated_copy_is_reported_and_a_damaged_directory_can_be_restored(stig_server, tmp_path):
+    """A copy cut short (a full disk during cp) once killed check and restore
+    with SIGBUS; and restore --force refused to replace data it could not read,
+    which is when one needs it most."""
+    client = stig_server.client()
+    client.set_many({f"k{i}": b"v" * 200 for i in range(2000)}, noreply=False)
+    good = tmp_path / "good"
+    run_stig("backup", "-q", str(good), "--data-dir", str(stig_server.data_dir))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    data_path(damaged).write_bytes(data_path(good).read_bytes()[:12288])
+    proc = run_stig("check", "--data-dir", str(damaged), check=False)
+    assert proc.returncode == 1 and b"truncated copy" in proc.stderr, proc
+    proc = run_stig("restore", "-q", str(good), "--data-dir", str(damaged), check=False)
+    assert proc.returncode == 1 and b"already holds data (unreadable" in proc.stderr, proc
+    run_stig("restore", "-q", str(good), "--data-dir", str(damaged), "--force")
+    assert b"2,000 keys" in run_stig("check", "--data-dir", str(damaged)).stdout

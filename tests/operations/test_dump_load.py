@@ -181,3 +181,41 @@ def test_dump_wants_exactly_one_source(stig_server):
     for args in ((), ("--data-dir", "x", "--server", "h:1")):
         proc = run_stig("dump", *args, check=False)
         assert proc.returncode == 2 and b"exactly one of" in proc.stderr
+
+
+def test_load_names_a_refused_key_while_later_transactions_are_in_flight(stig_server, tmp_path):
+    """The refused item is in the first of several transactions, all sent before
+    its replies are read: the later ones' replies must not be taken for the
+    loud re-send's (load once hung 60 s and died with a traceback)."""
+    dump = tmp_path / "d"
+    parts = [dumpfmt.encode_item(b"huge", b"x" * 2_000_000, 0), dumpfmt.encode_item(b"first", b"1", 0)]
+    parts += [dumpfmt.encode_item(b"later-%d" % i, b"%d" % i, i) for i in range(12)]
+    dump.write_bytes(b"".join(parts) + b"mn\r\n")
+    proc = run_stig("load", "--batch", "2", "--server", f"127.0.0.1:{stig_server.port}", str(dump), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert b"refused: key b'huge': SERVER_ERROR object too large for cache" in proc.stderr
+    assert b"1 item(s) refused" in proc.stderr and b"Traceback" not in proc.stderr
+    client = stig_server.client()
+    assert client.get("first") == b"1"
+    assert client.get_many([f"later-{i}" for i in range(12)]) == {f"later-{i}": b"%d" % i for i in range(12)}
+
+
+def test_load_keeps_each_transaction_within_the_servers_write_budget(stig_factory, tmp_path):
+    """1000 items per transaction of 1 MB values would be a 1 GB transaction,
+    which Stig refuses (it drops the connection): load cuts transactions by
+    bytes too, under the server's --max-pending-bytes."""
+    server = stig_factory("--max-pending-bytes", "4m")
+    dump = tmp_path / "d"
+    dump.write_bytes(b"".join(dumpfmt.encode_item(b"big-%d" % i, bytes([65 + i]) * 1_000_000, i)
+                              for i in range(10)) + b"mn\r\n")
+    run_stig("load", "-q", "--server", f"127.0.0.1:{server.port}", str(dump))
+    client = server.client()
+    for i in range(10):
+        assert client.get(f"big-{i}") == bytes([65 + i]) * 1_000_000
+
+
+def test_load_refuses_an_absurd_value_length_without_allocating_it(stig_server, tmp_path):
+    dump = tmp_path / "d"
+    dump.write_bytes(b"ms YQ== 1000000000000 b q\r\nab")
+    proc = run_stig("load", "--server", f"127.0.0.1:{stig_server.port}", str(dump), check=False)
+    assert proc.returncode == 1 and b"bad dump" in proc.stderr and b"Traceback" not in proc.stderr
