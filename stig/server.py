@@ -216,17 +216,20 @@ async def serve(
         engine.settings = _bound(settings, listeners)
         async with trio.open_nursery() as system:
             await system.start(engine.run_promoter)
-            for listener in listeners:
-                log.info("stig listening on %s%s, data in %s", listener.address,
-                         " (TLS)" if listener.tls else "", settings.data_dir)
-            if on_ready is not None:
-                on_ready(listeners)
-            task_status.started(listeners)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
-                    connections.start_soon(_wait_for_signal, connections_scope)
+                    # Signal handlers first, then "listening": a SIGTERM sent
+                    # as soon as the server says it is up is a clean shutdown,
+                    # never the default action (death by signal, -15).
+                    await connections.start(_wait_for_signal, connections_scope)
                     if tls is not None:
-                        connections.start_soon(_reload_on_sighup, tls)
+                        await connections.start(_reload_on_sighup, tls)
+                    for listener in listeners:
+                        log.info("stig listening on %s%s, data in %s", listener.address,
+                                 " (TLS)" if listener.tls else "", settings.data_dir)
+                    if on_ready is not None:
+                        on_ready(listeners)
+                    task_status.started(listeners)
                     try:
                         async with trio.open_nursery() as accepting:
                             for listener in listeners:
@@ -246,17 +249,23 @@ async def serve(
         log.info("stig stopped; LMDB closed")
 
 
-async def _wait_for_signal(scope: trio.CancelScope) -> None:
+async def _wait_for_signal(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("received %s: shutting down", signal.Signals(signum).name)
             scope.cancel()
             return
 
 
-async def _reload_on_sighup(tls: TlsCertificates) -> None:
+async def _reload_on_sighup(
+    tls: TlsCertificates, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """SIGHUP reloads the certificates, as ``refresh_certs`` does."""
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        task_status.started()
         async for _ in signals:
             try:
                 tls.reload()
