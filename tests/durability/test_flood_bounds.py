@@ -67,3 +67,10 @@ def test_add_noreply_flood_is_bounded_by_the_write_budget():
     assert result["errors"] == [
         "b'SERVER_ERROR transaction larger than --max-pending-bytes; discarded'"
     ], result
+
+
+def test_a_multi_get_of_one_big_value_1000_times_is_bounded():
+    """4 KB of request asking for 1 GB of reply: the reply is sent as it is
+    read from one snapshot, never built whole (main peaked near 3 GB)."""
+    result = flood.big_reply(REPO, b"get" + b" big" * 1000 + b"\r\n")
+    assert result["peak_growth_mib"] < 150, result

@@ -115,3 +115,32 @@ def test_pipelined_gets_past_max_reply_bytes_are_all_answered_in_order(stig_fact
     after = server.stats()
     gets = sum(line.count(b" ") for line in lines if line.startswith(b"get"))
     assert int(after["cmd_get"]) - int(before["cmd_get"]) == gets
+
+
+def test_a_multi_get_past_max_reply_bytes_streams_one_snapshot(stig_factory):
+    """A get of many big values is sent as it is read (never built whole),
+    yet from ONE snapshot: a write acknowledged to another client while the
+    reply is on its way is not in it; the session's own earlier write is."""
+    server = stig_factory("--max-reply-bytes", "4k")
+    size, count = 100_000, 200
+    old = {b"k%d" % i: bytes([97 + i % 26]) * size for i in range(count)}
+    with server.connect(timeout=30) as conn:
+        for key, value in old.items():
+            conn.send(b"set %b 0 0 %d noreply\r\n%b\r\n" % (key, size, value))
+        assert conn.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+    with server.connect(timeout=60) as reader, server.connect() as writer:
+        keys = b" ".join(old)
+        reader.send(b"set k150 0 0 3 noreply\r\nnew\r\nget %b\r\n" % keys)
+        first = reader.recv_until(b"\r\n", timeout=30)  # the reply has begun
+        assert first.startswith(b"VALUE k0 0 %d\r\n" % size), first[:40]
+        # 20 MB of reply cannot all be in socket buffers: the server is mid-reply.
+        assert writer.send_recv(b"set k199 0 0 5\r\nlater\r\n", b"\r\n") == b"STORED\r\n"
+        reply = first
+        while not reply.endswith(b"\r\nEND\r\n"):
+            reply += reader.recv_until(b"END\r\n", timeout=60)
+        expected = b"".join(
+            b"VALUE %b 0 %d\r\n%b\r\n" % (key, len(value), value)
+            for key, value in {**old, b"k150": b"new"}.items()
+        )
+        assert reply == expected + b"END\r\n"
+        assert reader.send_recv(b"get k199\r\n") == b"VALUE k199 0 5\r\nlater\r\nEND\r\n"
