@@ -144,3 +144,51 @@ def test_a_multi_get_past_max_reply_bytes_streams_one_snapshot(stig_factory):
         )
         assert reply == expected + b"END\r\n"
         assert reader.send_recv(b"get k199\r\n") == b"VALUE k199 0 5\r\nlater\r\nEND\r\n"
+
+
+def test_open_runs_of_many_connections_stay_within_the_write_budget(stig_factory):
+    """--max-pending-bytes bounds the open runs of all connections together:
+    eight connections each sending one 7.5 MB noreply run against an 8 MiB
+    budget (main reached a 60 MB peak).  A run that grows while the open runs
+    fill the budget is refused whole; every run that closes lands whole."""
+    import threading
+
+    limit = 8 << 20
+    server = stig_factory("--max-pending-bytes", "8m")
+    value = b"v" * 100_000
+    replies: dict[int, bytes] = {}
+
+    def writer(index: int) -> None:
+        burst = b"".join(
+            b"set c%dk%d 0 0 %d noreply\r\n%b\r\n" % (index, j, len(value), value)
+            for j in range(75)
+        )
+        with server.connect(timeout=60) as conn:
+            try:
+                conn.send(burst + b"version\r\n")
+                replies[index] = conn.recv_until(b"\r\n", timeout=60)
+            except OSError as exc:  # refused and closed while still sending
+                replies[index] = b"closed: %s" % str(exc).encode()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    stats = server.stats()
+    peak = int(stats["stig_uncommitted_bytes_peak"])
+    # The open runs: the budget plus one write; queued commits: one receive
+    # per connection at most before its brake (at memory cost).
+    assert peak <= limit + 2 * 1024 * 1024, (peak, replies)
+    assert int(stats["stig_open_run_bytes"]) == 0
+    refused = b"SERVER_ERROR transaction larger than --max-pending-bytes; discarded\r\n"
+    assert all(r == refused or r.startswith((b"VERSION ", b"closed: ")) for r in replies.values())
+    assert any(not r.startswith(b"VERSION ") for r in replies.values()), replies
+    server.settle()
+    client = server.client()
+    for index, reply in replies.items():
+        found = client.get_many([f"c{index}k{j}" for j in range(75)])
+        if reply.startswith(b"VERSION "):
+            assert len(found) == 75, index  # a closed run lands whole
+        else:
+            assert not found, index  # a refused run leaves nothing
