@@ -192,3 +192,44 @@ def test_open_runs_of_many_connections_stay_within_the_write_budget(stig_factory
             assert len(found) == 75, index  # a closed run lands whole
         else:
             assert not found, index  # a refused run leaves nothing
+
+
+def test_a_streamed_multi_get_ends_cleanly_when_the_map_grows_under_it(stig_factory):
+    """Growing the LMDB map ends the snapshot a streamed multi-get holds: its
+    reply ends with SERVER_ERROR instead of END, and the server goes on."""
+    import socket
+
+    server = stig_factory("--map-size", "4m", "--max-reply-bytes", "4k")
+    size, count = 100_000, 100
+    value = b"m" * size
+    with server.connect(timeout=60) as conn:
+        for i in range(count):
+            conn.send(b"set k%d 0 0 %d noreply\r\n%b\r\n" % (i, size, value))
+        assert conn.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+    server.settle(60)
+    start_map = int(server.stats()["limit_maxbytes"])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.settimeout(60)
+    try:
+        sock.sendall(b"get " + b" ".join(b"k%d" % i for i in range(count)) * 3 + b"\r\n")
+        reply = sock.recv(65536)
+        assert reply.startswith(b"VALUE k0 ")
+        with server.connect(timeout=120) as writer:
+            start = 0
+            while int(server.stats()["limit_maxbytes"]) <= start_map:
+                writer.send(b"".join(b"set big%d 0 0 %d noreply\r\n%b\r\n" % (i, size, value)
+                                     for i in range(start, start + 20)))
+                assert writer.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+                start += 20
+        while not reply.endswith(b"\r\n") or not (
+            reply.endswith(b"\r\nEND\r\n") or b"SERVER_ERROR" in reply[-200:]
+        ):
+            chunk = sock.recv(1 << 20)
+            assert chunk, reply[-200:]
+            reply += chunk
+    finally:
+        sock.close()
+    assert reply.endswith(b"SERVER_ERROR read interrupted: the database map grew; read again\r\n")
+    assert server.send_recv(b"get k7\r\n") == b"VALUE k7 0 %d\r\n%b\r\nEND\r\n" % (size, value)
