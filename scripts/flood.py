@@ -58,12 +58,13 @@ class Server:
         self.port = int(line.rsplit(":", 1)[1])
         return self
 
-    def rss_mib(self) -> float:
+    def rss_mib(self, field: str = "VmRSS") -> float:
+        """Resident memory now (``VmHWM``: the peak so far), in MiB."""
         with open(f"/proc/{self.proc.pid}/status") as f:  # type: ignore[union-attr]
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
+        raise AssertionError("no " + field)
 
     def stats(self) -> dict[str, str]:
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
@@ -278,6 +279,40 @@ def unread(repo: Path, clients: int = 1, gets: int = 300, idle: int = 0) -> dict
         "rss_mib": round(rss, 1), "growth_mib": round(rss - base, 1),
         "normal_client_100_set_get_ms": round(normal_ms, 1),
     }
+
+
+def big_reply(repo: Path, request: bytes) -> dict[str, object]:
+    """One client sends ``request`` (a few KB asking for a 1 MB value many
+    times over) and never reads; the server's peak RSS growth once it stops
+    sending, and whether a normal client is still answered."""
+    tmp = Path(tempfile.mkdtemp(prefix="stig-bigreply-"))
+    server = Server(repo, tmp / "data").start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        value = b"b" * 1_000_000
+        sock.sendall(b"set big 0 0 %d\r\n%s\r\n" % (len(value), value))
+        assert sock.recv(100) == b"STORED\r\n"
+    time.sleep(0.3)
+    base = server.rss_mib("VmHWM")
+    hostile = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    hostile.sendall(request)
+    last, still = -1, 0
+    while still < 5:  # until the server stops sending (the client's buffer is full)
+        time.sleep(0.2)
+        written = int(server.stats()["bytes_written"])
+        still = still + 1 if written - last < 65536 else 0
+        last = written
+    peak = server.rss_mib("VmHWM")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"set n 0 0 1\r\nx\r\nget n\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            data += sock.recv(65536)
+        assert data == b"STORED\r\nVALUE n 0 1\r\nx\r\nEND\r\n", data
+    hostile.close()
+    server.stop()
+    return {"request_bytes": len(request), "peak_base_mib": round(base, 1),
+            "peak_mib": round(peak, 1), "peak_growth_mib": round(peak - base, 1)}
 
 
 def main() -> None:

@@ -87,11 +87,16 @@ def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
     return TextHandler(engine, session)
 
 
-async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        sent = await sock.send(view)
-        view = view[sent:]
+async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray, start: int = 0) -> None:
+    """Send ``data[start:]`` whole, without copying it (a reply can be megabytes).
+
+    The views are released before returning, so a bytearray can be cleared
+    right after.
+    """
+    with memoryview(data) as whole:
+        while start < len(whole):
+            with whole[start:] as view:
+                start += await sock.send(view)
 
 
 class Connection:
@@ -166,7 +171,7 @@ class Connection:
             if self.session.failure is not None:
                 raise CommitFailed(self.session.failure)  # the loop reports it
             self.engine.stats.bytes_written += len(out)
-            await send_all(self.sock, bytes(out))
+            await send_all(self.sock, out)
             out.clear()
 
     async def _release_replies(self) -> None:
@@ -223,7 +228,7 @@ class Connection:
         self.engine.stats.bytes_written += size
         sent = await self.sock.send(out)
         if sent < size:
-            await send_all(self.sock, out[sent:])  # a partial send: the client is slow
+            await send_all(self.sock, out, sent)  # a partial send: the client is slow
         out.clear()
 
     async def _report_loss(self, handler: Handler, out: bytearray) -> None:
@@ -304,7 +309,7 @@ class Connection:
                 stats.bytes_written += size
                 sent = await sock.send(out)
                 if sent < size:
-                    await send_all(sock, out[sent:])  # rare: a partial send
+                    await send_all(sock, out, sent)  # rare: a partial send
                 out.clear()
             if handler.closing:
                 return

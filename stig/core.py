@@ -135,6 +135,19 @@ class Core:
 
     # -- reads -----------------------------------------------------------------
 
+    async def prepare_read(self, keys: Sequence[bytes], with_cas: bool = False) -> None:
+        """What a read of ``keys`` waits for before its snapshot: this
+        session's run closes; its pending writes to them are promoted when
+        cas is asked (every cas returned is a committed one) or a conditional
+        write may change them; other sessions' writes in flight to them are
+        committed."""
+        session = self.session
+        session.close_run()
+        if (with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
+            await session.promote_pending()
+        if not session.sees_acked(keys):
+            await session.await_acked(keys)
+
     async def read(
         self, keys: Sequence[bytes], *, with_cas: bool = False, touch: bool = False,
         detail: bool = True,
@@ -147,12 +160,8 @@ class Core:
         ``detail`` False keeps the read out of ``stats detail`` (meta, as
         memcached).
         """
+        await self.prepare_read(keys, with_cas)  # then one snapshot for all keys
         session = self.session
-        session.close_run()
-        if (with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
-            await session.promote_pending()
-        if not session.sees_acked(keys):
-            await session.await_acked(keys)  # then one snapshot for all keys
         items = session.get_many(keys) if len(keys) > 1 else [session.get(keys[0])]
         hits = sum(item is not None for item in items)
         stats = self.stats

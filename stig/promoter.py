@@ -116,15 +116,18 @@ class WriteBudget:
     ``used`` counts every write recorded and not yet committed — open runs
     and queued promotions, conditional writes included — at about its real
     memory cost (see :mod:`stig.session`).  Sessions add and remove their
-    bytes; connections stop reading while it is over ``limit``.
+    bytes; connections stop reading while it is over ``limit``.  ``open``
+    is the part held by open runs, which no brake can shrink: a run that
+    grows while it is over ``limit`` is refused (:meth:`Session._grow_run`).
     """
 
-    __slots__ = ("limit", "used", "peak")
+    __slots__ = ("limit", "open", "peak", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.peak = 0
+        self.open = 0
 
     def add(self, nbytes: int) -> None:
         used = self.used = self.used + nbytes

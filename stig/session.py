@@ -99,7 +99,6 @@ class Session:
         self.on_close: Callable[[Promotion], None] | None = None
         self.pending_bytes = 0  # recorded but not yet committed
         self._budget = engine.promoter.budget
-        self._max_run_bytes = engine.settings.max_pending_bytes
         self._max_value = engine.settings.limits.max_item_size
         self.failure: str | None = None  # a commit of acknowledged writes failed
         # A failed promotion no reply has reported yet (see wait_committed).
@@ -180,13 +179,7 @@ class Session:
         self._run.append(op)
         self._run_keys[key] = self._seq
         self._run_answered = True
-        size += len(key) + _OP_OVERHEAD
-        self._run_bytes += size
-        self.pending_bytes += size
-        self._budget.add(size)
-        if self._run_bytes > self._max_run_bytes:
-            self.discard_run()
-            raise RunTooLarge()
+        self._grow_run(size + len(key) + _OP_OVERHEAD)
 
     def set(self, key: bytes, value: bytes, flags: int) -> None:
         self._record(Put(key, value, flags), key, Item(value, flags), len(value))
@@ -248,11 +241,25 @@ class Session:
             # Once this commits, this session's older writes to the key are
             # in the global state: the overlay entry can go.
             self._run_keys[key] = self._seq
-        size += _OP_OVERHEAD + (len(key) if key else 0)
+        self._grow_run(size + _OP_OVERHEAD + (len(key) if key else 0))
+
+    def _grow_run(self, size: int) -> None:
+        """Count ``size`` more bytes of the open run against the write budget.
+
+        Open runs are never committed before they close, so no brake can
+        make them shrink: a run that grows while the open runs of all
+        sessions together exceed ``--max-pending-bytes`` (this one alone, or
+        with others) is discarded, and :class:`RunTooLarge` raised — the
+        client is told "transaction larger than --max-pending-bytes".  So the
+        open runs never hold more than the budget plus one write
+        (docs/pov.md, "Bounds").
+        """
         self._run_bytes += size
         self.pending_bytes += size
-        self._budget.add(size)
-        if self._run_bytes > self._max_run_bytes:
+        budget = self._budget
+        budget.add(size)
+        budget.open += size
+        if budget.open > budget.limit:
             self.discard_run()
             raise RunTooLarge()
 
@@ -315,6 +322,7 @@ class Session:
             return None
         self.pending_bytes += _RUN_OVERHEAD
         self._budget.add(_RUN_OVERHEAD)
+        self._budget.open -= self._run_bytes
         promotion = Promotion(
             self._run, self._run_keys, self._run_bytes + _RUN_OVERHEAD, self._promoted,
             self._run_answered, last_seq=self._seq, clears_all=self._run_clears,
@@ -347,6 +355,7 @@ class Session:
                 self.unresolved[ukey] = useq
         self.pending_bytes -= self._run_bytes
         self._budget.used -= self._run_bytes
+        self._budget.open -= self._run_bytes
         self._run = []
         self._run_keys = {}
         self._run_bytes = 0

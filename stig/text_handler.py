@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 from typing import Awaitable, Callable, Iterator, Sequence
 
+import lmdb
+
 from protocol import listing as L
 from protocol import text_replies as R
 from protocol.commands import (
@@ -36,7 +38,7 @@ from stig.engine import PROTOCOL_VERSION, Engine
 from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE, TTL_REFUSED, Core, expired_variant
 from stig.meta_handler import MetaHandler
 from stig.ops import Add, Cas, Clear, Op, Outcome, Replace
-from stig.records import HEADER
+from stig.records import HEADER, Item
 from stig.session import CommitFailed, Session
 from stig.stats_report import general_stats, settings_stats
 from stig.tls import TlsError
@@ -51,6 +53,10 @@ AUTH_FAILED = R.client_error("authentication failure")
 AUTH_BAD_FORMAT = R.client_error("bad authentication token format")
 DETAIL_USAGE = R.client_error("usage: stats detail on|off|dump")
 TLS_OFF = b"Error TLS not enabled\r\n"  #: memcached's words, as they are
+#: A multi-get's snapshot ended by Store.grow() while its reply was being sent.
+READ_INTERRUPTED = R.server_error("read interrupted: the database map grew; read again")
+#: _answer_now's "not answered here" (None means "answered, nothing to await").
+_NOT_NOW = object()
 
 _STORE_REPLIES = {
     Outcome.STORED: R.STORED,
@@ -104,9 +110,10 @@ class TextHandler:
     def handle(self, event: object) -> Awaitable[None] | None:
         """Execute one parsed event: a plain get or gets is answered at once
         (None: no coroutine), anything else returns an awaitable to await."""
-        if self._answer_now(event):
-            return None
-        return self._handle(event)
+        result = self._answer_now(event)
+        if result is _NOT_NOW:
+            return self._handle(event)
+        return result  # type: ignore[return-value]
 
     async def _handle(self, event: object) -> None:
         """Execute one parsed event; a failed commit is answered SERVER_ERROR.
@@ -133,25 +140,25 @@ class TextHandler:
                 next_event = None
                 self.out += R.server_error(str(exc))
 
-    def _answer_now(self, event: object) -> bool:
+    def _answer_now(self, event: object) -> object:
         """Answer a plain get or gets, and the plain gets right behind it, at
-        once when nothing needs waiting for; False (nothing done) otherwise.
+        once when nothing needs waiting for (None, or the awaitable that sends
+        the rest of a big multi-get); ``_NOT_NOW`` (nothing done) otherwise.
 
         The same answer :meth:`_handle` would give: no run is open (so none
         closes here, and no quiet failure comes due), no conditional write
         awaits its verdict, no cas is asked of a pending write.
         """
         if type(event) is not Retrieve or event.touch or not self.authenticated:
-            return False
+            return _NOT_NOW
         if self.core.prefixes.enabled:
-            return False  # stats detail counts per key: the general path does
+            return _NOT_NOW  # stats detail counts per key: the general path does
         session = self.session
         if session.run_open or session.unresolved or not session.sees_acked(event.keys):
-            return False
+            return _NOT_NOW
         if event.with_cas and session.has_pending(event.keys):
-            return False
-        self._read_run([event], event.with_cas)
-        return True
+            return _NOT_NOW
+        return self._read_run([event], event.with_cas)
 
     def _login(self, event: object) -> None:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
@@ -192,8 +199,17 @@ class TextHandler:
             with_cas = command.with_cas
             session.close_run()
             if not (with_cas and session.has_pending(command.keys)):
-                self._read_run([command], with_cas)
+                rest = self._read_run([command], with_cas)
+                if rest is not None:
+                    await rest
                 return
+        if not command.touch and not self.core.prefixes.enabled:
+            # Wait for what the answer depends on, then the same streamed read.
+            await self.core.prepare_read(command.keys, command.with_cas)
+            rest = self._read_run([command], command.with_cas)
+            if rest is not None:
+                await rest
+            return
         if command.touch and self.core.ttl_refused(command.exptime):
             self.session.close_run()
             self.out += EXPTIME_REJECTED
@@ -208,7 +224,9 @@ class TextHandler:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
 
-    def _read_run(self, commands: Sequence[Retrieve], with_cas: bool) -> None:
+    def _read_run(
+        self, commands: Sequence[Retrieve], with_cas: bool
+    ) -> Awaitable[None] | None:
         """Answer a get or gets, and the plain gets pipelined right behind it,
         from one LMDB snapshot with this session's writes laid over it.
 
@@ -226,6 +244,13 @@ class TextHandler:
         gets behind it: the connection sends what is written, then hands it
         to :meth:`handle` again — which answers it, or waits for the write in
         flight the general way.
+
+        A get of many keys whose reply passes ``--max-reply-bytes`` is not
+        built whole: the snapshot is kept (registered in
+        ``Store.long_reads``, like a key listing) and the awaitable returned
+        (:meth:`_rest_of_get`) writes and sends the rest of that reply from
+        it, so a few bytes of request never hold more than the bound plus
+        one item of reply.
         """
         out = self.out
         session = self.session
@@ -241,6 +266,7 @@ class TextHandler:
         count = hits = 0
         ahead = False  # whether ``commands`` were read ahead (and need the checks)
         txn = self._db.read_txn()
+        handed_over = False
         try:
             get = txn.get
             while True:
@@ -273,7 +299,15 @@ class TextHandler:
                             )
                         continue
                     count += len(keys)
-                    for key in keys:
+                    for position, key in enumerate(keys):
+                        if len(out) >= limit and position:
+                            # A big reply: the rest from this snapshot, sent as it grows.
+                            parser.give_back(commands[index + 1 :])
+                            rest = keys[position:]
+                            mine = {k: overlay[k].item for k in rest if k in overlay}
+                            self._db.long_reads.add(txn)
+                            handed_over = True
+                            return self._rest_of_get(txn, rest, mine, with_cas)
                         if overlay and key in overlay:
                             item = overlay[key].item
                             if item is not None:
@@ -302,11 +336,66 @@ class TextHandler:
                     break
                 ahead = True
         finally:
-            txn.abort()
+            if not handed_over:
+                txn.abort()
             stats = self.core.stats
             stats.cmd_get += count
             stats.get_hits += hits
             stats.get_misses += count - hits
+
+    async def _rest_of_get(
+        self, txn: lmdb.Transaction, keys: Sequence[bytes], mine: dict[bytes, Item | None],
+        with_cas: bool,
+    ) -> None:
+        """The rest of a big multi-get's reply (see :meth:`_read_run`): each
+        key from the snapshot ``txn`` (or this session's write of it,
+        ``mine``, taken before the first send: a commit meanwhile moves it
+        out of the overlay), sending whenever ``--max-reply-bytes`` wait.
+
+        Ends the snapshot.  If :meth:`stig.store.Store.grow` ended it first,
+        the reply ends with ``SERVER_ERROR read interrupted …`` instead of
+        ``END``.  (Hits and misses were counted when the read began, as
+        misses; the hits found here are counted here.)
+        """
+        out = self.out
+        limit = self._reply_limit
+        unpack = HEADER.unpack_from
+        hits = 0
+        try:
+            for key in keys:
+                if len(out) >= limit and self.drain is not None:
+                    await self.drain()
+                if key in mine:
+                    item = mine[key]
+                    if item is not None:
+                        hits += 1
+                        out += b"VALUE %b %d %d\r\n%b\r\n" % (
+                            key, item.flags, len(item.value), item.value
+                        )
+                    continue
+                record = txn.get(key)
+                if record is not None:
+                    hits += 1
+                    flags, cas, _state = unpack(record)
+                    if with_cas:
+                        out += b"VALUE %b %d %d %d\r\n" % (key, flags, len(record) - 13, cas)
+                    else:
+                        out += b"VALUE %b %d %d\r\n" % (key, flags, len(record) - 13)
+                    out += memoryview(record)[13:]
+                    out += b"\r\n"
+                    del record
+            out += R.END
+        except lmdb.Error:  # Store.grow() ended the snapshot under us
+            out += READ_INTERRUPTED
+        except CommitFailed as exc:  # the drain found this session's writes lost
+            out += R.server_error(str(exc))
+        finally:
+            self._db.long_reads.discard(txn)
+            with contextlib.suppress(lmdb.Error):
+                txn.abort()
+            stats = self.core.stats
+            stats.get_hits += hits
+            stats.get_misses -= hits
 
     # -- writes ----------------------------------------------------------------
 

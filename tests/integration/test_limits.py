@@ -115,3 +115,121 @@ def test_pipelined_gets_past_max_reply_bytes_are_all_answered_in_order(stig_fact
     after = server.stats()
     gets = sum(line.count(b" ") for line in lines if line.startswith(b"get"))
     assert int(after["cmd_get"]) - int(before["cmd_get"]) == gets
+
+
+def test_a_multi_get_past_max_reply_bytes_streams_one_snapshot(stig_factory):
+    """A get of many big values is sent as it is read (never built whole),
+    yet from ONE snapshot: a write acknowledged to another client while the
+    reply is on its way is not in it; the session's own earlier write is."""
+    server = stig_factory("--max-reply-bytes", "4k")
+    size, count = 100_000, 200
+    old = {b"k%d" % i: bytes([97 + i % 26]) * size for i in range(count)}
+    with server.connect(timeout=30) as conn:
+        for key, value in old.items():
+            conn.send(b"set %b 0 0 %d noreply\r\n%b\r\n" % (key, size, value))
+        assert conn.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+    with server.connect(timeout=60) as reader, server.connect() as writer:
+        keys = b" ".join(old)
+        reader.send(b"set k150 0 0 3 noreply\r\nnew\r\nget %b\r\n" % keys)
+        first = reader.recv_until(b"\r\n", timeout=30)  # the reply has begun
+        assert first.startswith(b"VALUE k0 0 %d\r\n" % size), first[:40]
+        # 20 MB of reply cannot all be in socket buffers: the server is mid-reply.
+        assert writer.send_recv(b"set k199 0 0 5\r\nlater\r\n", b"\r\n") == b"STORED\r\n"
+        reply = first
+        while not reply.endswith(b"\r\nEND\r\n"):
+            reply += reader.recv_until(b"END\r\n", timeout=60)
+        expected = b"".join(
+            b"VALUE %b 0 %d\r\n%b\r\n" % (key, len(value), value)
+            for key, value in {**old, b"k150": b"new"}.items()
+        )
+        assert reply == expected + b"END\r\n"
+        assert reader.send_recv(b"get k199\r\n") == b"VALUE k199 0 5\r\nlater\r\nEND\r\n"
+
+
+def test_open_runs_of_many_connections_stay_within_the_write_budget(stig_factory):
+    """--max-pending-bytes bounds the open runs of all connections together:
+    eight connections each sending one 7.5 MB noreply run against an 8 MiB
+    budget (main reached a 60 MB peak).  A run that grows while the open runs
+    fill the budget is refused whole; every run that closes lands whole."""
+    import threading
+
+    limit = 8 << 20
+    server = stig_factory("--max-pending-bytes", "8m")
+    value = b"v" * 100_000
+    replies: dict[int, bytes] = {}
+
+    def writer(index: int) -> None:
+        burst = b"".join(
+            b"set c%dk%d 0 0 %d noreply\r\n%b\r\n" % (index, j, len(value), value)
+            for j in range(75)
+        )
+        with server.connect(timeout=60) as conn:
+            try:
+                conn.send(burst + b"version\r\n")
+                replies[index] = conn.recv_until(b"\r\n", timeout=60)
+            except OSError as exc:  # refused and closed while still sending
+                replies[index] = b"closed: %s" % str(exc).encode()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    stats = server.stats()
+    peak = int(stats["stig_uncommitted_bytes_peak"])
+    # The open runs: the budget plus one write; queued commits: one receive
+    # per connection at most before its brake (at memory cost).
+    assert peak <= limit + 2 * 1024 * 1024, (peak, replies)
+    assert int(stats["stig_open_run_bytes"]) == 0
+    refused = b"SERVER_ERROR transaction larger than --max-pending-bytes; discarded\r\n"
+    assert all(r == refused or r.startswith((b"VERSION ", b"closed: ")) for r in replies.values())
+    assert any(not r.startswith(b"VERSION ") for r in replies.values()), replies
+    server.settle()
+    client = server.client()
+    for index, reply in replies.items():
+        found = client.get_many([f"c{index}k{j}" for j in range(75)])
+        if reply.startswith(b"VERSION "):
+            assert len(found) == 75, index  # a closed run lands whole
+        else:
+            assert not found, index  # a refused run leaves nothing
+
+
+def test_a_streamed_multi_get_ends_cleanly_when_the_map_grows_under_it(stig_factory):
+    """Growing the LMDB map ends the snapshot a streamed multi-get holds: its
+    reply ends with SERVER_ERROR instead of END, and the server goes on."""
+    import socket
+
+    server = stig_factory("--map-size", "4m", "--max-reply-bytes", "4k")
+    size, count = 100_000, 100
+    value = b"m" * size
+    with server.connect(timeout=60) as conn:
+        for i in range(count):
+            conn.send(b"set k%d 0 0 %d noreply\r\n%b\r\n" % (i, size, value))
+        assert conn.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+    server.settle(60)
+    start_map = int(server.stats()["limit_maxbytes"])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.settimeout(60)
+    try:
+        sock.sendall(b"get " + b" ".join(b"k%d" % i for i in range(count)) * 3 + b"\r\n")
+        reply = sock.recv(65536)
+        assert reply.startswith(b"VALUE k0 ")
+        with server.connect(timeout=120) as writer:
+            start = 0
+            while int(server.stats()["limit_maxbytes"]) <= start_map:
+                writer.send(b"".join(b"set big%d 0 0 %d noreply\r\n%b\r\n" % (i, size, value)
+                                     for i in range(start, start + 20)))
+                assert writer.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+                start += 20
+        while not reply.endswith(b"\r\n") or not (
+            reply.endswith(b"\r\nEND\r\n") or b"SERVER_ERROR" in reply[-200:]
+        ):
+            chunk = sock.recv(1 << 20)
+            assert chunk, reply[-200:]
+            reply += chunk
+    finally:
+        sock.close()
+    assert reply.endswith(b"SERVER_ERROR read interrupted: the database map grew; read again\r\n")
+    assert server.send_recv(b"get k7\r\n") == b"VALUE k7 0 %d\r\n%b\r\nEND\r\n" % (size, value)

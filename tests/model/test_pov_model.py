@@ -288,14 +288,20 @@ class PovMachine(RuleBasedStateMachine):
 
     # -- helpers ------------------------------------------------------------
 
+    def _open_bytes(self) -> int:
+        """The bytes of every session's open run: together they may not pass
+        ``max_pending_bytes`` (docs/pov.md, "Bounds")."""
+        return sum(i.size for m in self.model.sessions for i in m.open)
+
     def _write(self, s: int, write, op: Op, key: bytes, pov: Item | None, size: int) -> object:
         """Do an unconditional write that records ``op``; the model follows.
 
-        A run that outgrows ``max_pending_bytes`` is discarded whole
-        (RunTooLarge) and the POV is as it was before the run.
+        A run that grows while the open runs of all sessions pass
+        ``max_pending_bytes`` is discarded whole (RunTooLarge) and the POV
+        is as it was before the run.
         """
         msession = self.model.sessions[s]
-        run_bytes = sum(i.size for i in msession.open) + size
+        run_bytes = self._open_bytes() + size
         try:
             result = write()
         except RunTooLarge:
@@ -312,7 +318,7 @@ class PovMachine(RuleBasedStateMachine):
         too large (RunTooLarge: the run is discarded, as for any write)."""
         msession = self.model.sessions[s]
         size = _size(op_key, value)
-        run_bytes = sum(i.size for i in msession.open) + size
+        run_bytes = self._open_bytes() + size
         try:
             self.sessions[s].add_conditional(op, op_key, len(value))
         except RunTooLarge:
