@@ -146,17 +146,30 @@ def used_bytes(env: ReadOnlyEnv) -> int:
     return int((info["last_pgno"] + 1) * stat["psize"])
 
 
+#: Where ``backup`` builds its copy inside DEST until it is complete.
+PARTIAL_DIR = ".stig-backup-partial"
+
+
 def backup(data_dir: Path, dest: Path, on_bytes: Callable[[int], None] = lambda n: None) -> CopyReport:
     """A consistent, compacted copy of ``data_dir`` in the new directory ``dest``."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ToolError(f"backup destination {str(dest)!r} exists and is not an empty directory")
     src = open_readonly(data_dir)
     started = time.monotonic()
-    dest.mkdir(parents=True, exist_ok=True)
+    # The copy is made in a staging directory inside DEST and moved into place
+    # once complete and on disk: an interrupted backup leaves no data.mdb that
+    # looks like a whole one (serving a torn copy would crash the server).
+    staging = dest / PARTIAL_DIR
+    staging.mkdir(parents=True)
     try:
-        _copy_compacted(src, dest, on_bytes)
+        _copy_compacted(src, staging, on_bytes)
     finally:
         src.close()
+    os.rename(staging / DATA_FILE, dest / DATA_FILE)
+    for leftover in staging.iterdir():
+        leftover.unlink()
+    staging.rmdir()
+    _fsync_path(dest)
     seconds = time.monotonic() - started
     size = (dest / DATA_FILE).stat().st_size
     keys = _entries(dest)

@@ -205,3 +205,42 @@ def test_a_truncated_copy_is_reported_and_a_damaged_directory_can_be_restored(st
     assert proc.returncode == 1 and b"already holds data (unreadable" in proc.stderr, proc
     run_stig("restore", "-q", str(good), "--data-dir", str(damaged), "--force")
     assert b"2,000 keys" in run_stig("check", "--data-dir", str(damaged)).stdout
+
+
+def test_an_interrupted_backup_leaves_no_data_file_that_looks_whole(tmp_path):
+    """SIGKILL in the middle of the copy: DEST holds no data.mdb (serving a torn
+    copy crashed the server with SIGBUS); a finished backup holds only it."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from stig.envtools import PARTIAL_DIR
+    from stig.ops import Put
+    from stig.store import Store
+
+    data = tmp_path / "data"
+    store = Store(data, map_size=1 << 30)
+    value = b"x" * (1 << 20)
+    for start in range(0, 300, 50):  # 300 MB: the copy takes a while
+        store.apply([[Put(b"k%d" % i, value, 0) for i in range(start, start + 50)]])
+    store.close()
+    dest = tmp_path / "bk"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stig", "backup", str(dest), "--data-dir", str(data), "--quiet"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    partial = dest / PARTIAL_DIR / "data.mdb"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 0):
+        assert proc.poll() is None, "the backup ended before it could be interrupted"
+        assert time.monotonic() < deadline, "the backup never started copying"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert not (dest / "data.mdb").exists()
+    # Run to the end, a backup leaves DEST with the data file and nothing else.
+    whole = tmp_path / "bk2"
+    run_stig("backup", str(whole), "--data-dir", str(data), "--quiet")
+    assert sorted(p.name for p in whole.iterdir()) == ["data.mdb"]
