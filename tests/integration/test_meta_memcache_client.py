@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-meta_memcache = pytest.importorskip("meta_memcache")
-
-from meta_memcache import (  # noqa: E402
+import meta_memcache
+from meta_memcache import (
     CacheClient,
     Key,
     LeasePolicy,

@@ -32,6 +32,11 @@ def wait_for(fetch: Callable[[], T], ready: Callable[[T], bool], timeout: float 
         time.sleep(0.005)
 
 
+def wait_until_read(server, sets: int) -> None:
+    """Until the server has executed ``sets`` sets in all (read, not just sent)."""
+    wait_for(lambda: int(server.stats()["cmd_set"]), lambda n: n >= sets)
+
+
 def run_threads(count: int, target: Callable[[int], T]) -> list[T]:
     """Run ``target(i)`` on ``count`` threads at once; re-raise the first failure."""
     with ThreadPoolExecutor(count) as pool:
@@ -51,7 +56,7 @@ def test_read_your_writes_before_the_commit(stig_factory):
     server = stig_factory("--batch-idle-ms", "2000")
     writer, other = server.connect(), server.connect()
     writer.send(b"set ryw 0 0 5 noreply\r\nfirst\r\n")
-    time.sleep(0.1)
+    wait_until_read(server, 1)
     # The run is still open (2 s of batching): only the writer sees it.
     assert other.send_recv(b"get ryw\r\n") == b"END\r\n"
     assert writer.send_recv(b"get ryw\r\n") == b"VALUE ryw 0 5\r\nfirst\r\nEND\r\n"
@@ -84,7 +89,7 @@ def test_noreply_run_is_invisible_until_closed_then_fully_visible(stig_factory):
     writer = server.connect()
     reader = server.client()
     writer.send(noreply_sets({k: b"v-" + k.encode() for k in keys[:10]}))
-    time.sleep(0.05)
+    wait_until_read(server, 10)
     writer.send(noreply_sets({k: b"v-" + k.encode() for k in keys[10:]}))
     # Well within the 2 s of batching, other connections see none of the run.
     deadline = time.monotonic() + 0.4
@@ -140,7 +145,7 @@ def test_open_run_commits_when_the_client_leaves_at_a_command_boundary(stig_fact
     keys = [f"leave-{i}" for i in range(25)]
     writer = server.connect()
     writer.send(noreply_sets({k: b"x" for k in keys}))
-    time.sleep(0.1)
+    wait_until_read(server, len(keys))
     writer.close()
     reader = server.client()
     wait_for(lambda: reader.get_many(keys), lambda seen: len(seen) == len(keys), timeout=3.0)
