@@ -46,21 +46,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import extra_clients  # noqa: E402
-import loadgen  # noqa: E402
-import servers  # noqa: E402
-from loadgen import LoadSpec, connect, exchange_once, preload, probe, run  # noqa: E402
-from procstat import peak_rss_mib, rss_mib, status_kib, wait_quiet  # noqa: E402
-from report import Row, assign_ratios, table  # noqa: E402
-from servers import SCRIPTS, SERVERS, RunningServer, ServerSpec, StartError  # noqa: E402
-from wire import Exchange, codec, key_for  # noqa: E402
-from workloads import build_exchange  # noqa: E402
+import extra_clients
+import loadgen
+import servers
+from loadgen import LoadSpec, connect, exchange_once, preload, probe, run
+from procstat import peak_rss_mib, rss_mib, status_kib, wait_quiet
+from report import Row, assign_ratios, table
+from servers import SCRIPTS, SERVERS, RunningServer, ServerSpec, StartError
+from wire import Exchange, codec, key_for
+from workloads import build_exchange
 
 WORKLOAD_CHOICES = ("get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb", "pooled")
 P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
@@ -96,24 +96,79 @@ class Plan:
         """``smoke`` (harness check, seconds), ``quick`` (< 2 minutes) or ``full``."""
         if mode == "smoke":
             # Correctness of the harness only: every code path, tiny and short.
-            return cls(mode="smoke", duration=0.3, warmup=0.1, sizes=[100],
-                       workloads=[("get", 1), ("get", 4), ("set", 1), ("pooled", 1), ("mget", 1),
-                                  ("p99", 1), ("batch", 1)],
-                       keyspace=1_000, scale_keys=2_000, lmdb_txn_sizes=[100],
-                       extra_clients=False, quiet_wait=0.0, connections=4, batch_size=100,
-                       budget_s=25.0, servers=list(SERVERS))
+            return cls(
+                mode="smoke",
+                duration=0.3,
+                warmup=0.1,
+                sizes=[100],
+                workloads=[
+                    ("get", 1),
+                    ("get", 4),
+                    ("set", 1),
+                    ("pooled", 1),
+                    ("mget", 1),
+                    ("p99", 1),
+                    ("batch", 1),
+                ],
+                keyspace=1_000,
+                scale_keys=2_000,
+                lmdb_txn_sizes=[100],
+                extra_clients=False,
+                quiet_wait=0.0,
+                connections=4,
+                batch_size=100,
+                budget_s=25.0,
+                servers=list(SERVERS),
+            )
         if mode == "quick":
-            return cls(mode="quick", duration=1.5, warmup=0.3, sizes=[100],
-                       workloads=[("get", 1), ("get", 16), ("set", 1), ("set", 16), ("pooled", 1),
-                                  ("mget", 1), ("p99", 1), ("batch", 1)],
-                       keyspace=10_000, scale_keys=100_000, lmdb_txn_sizes=[1000],
-                       extra_clients=False, quiet_wait=0.5, budget_s=115.0,
-                       servers=list(SERVERS))
-        return cls(mode="full", duration=5.0, warmup=1.0, sizes=[100, 4096],
-                   workloads=[("get", 1), ("get", 16), ("set", 1), ("set", 16), ("pooled", 1),
-                              ("mix", 1), ("mix", 16), ("p99", 1), ("mget", 1), ("batch", 1)],
-                   keyspace=100_000, scale_keys=10_000_000, lmdb_txn_sizes=[1, 100, 1000],
-                   extra_clients=True, quiet_wait=3.0, budget_s=3600.0, servers=list(SERVERS))
+            return cls(
+                mode="quick",
+                duration=1.5,
+                warmup=0.3,
+                sizes=[100],
+                workloads=[
+                    ("get", 1),
+                    ("get", 16),
+                    ("set", 1),
+                    ("set", 16),
+                    ("pooled", 1),
+                    ("mget", 1),
+                    ("p99", 1),
+                    ("batch", 1),
+                ],
+                keyspace=10_000,
+                scale_keys=100_000,
+                lmdb_txn_sizes=[1000],
+                extra_clients=False,
+                quiet_wait=0.5,
+                budget_s=115.0,
+                servers=list(SERVERS),
+            )
+        return cls(
+            mode="full",
+            duration=5.0,
+            warmup=1.0,
+            sizes=[100, 4096],
+            workloads=[
+                ("get", 1),
+                ("get", 16),
+                ("set", 1),
+                ("set", 16),
+                ("pooled", 1),
+                ("mix", 1),
+                ("mix", 16),
+                ("p99", 1),
+                ("mget", 1),
+                ("batch", 1),
+            ],
+            keyspace=100_000,
+            scale_keys=10_000_000,
+            lmdb_txn_sizes=[1, 100, 1000],
+            extra_clients=True,
+            quiet_wait=3.0,
+            budget_s=3600.0,
+            servers=list(SERVERS),
+        )
 
     @property
     def quick(self) -> bool:
@@ -145,17 +200,24 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
-            "python": platform.python_version(), "loadavg": os.getloadavg(),
-            "stig": stig_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg": os.getloadavg(),
+        "stig": stig_version(),
+    }
 
 
 def stig_version() -> str:
     """The commit Stig was measured at, marked ``+uncommitted`` if stig/ or protocol/ differ."""
+
     def git(*args: str) -> str:
         try:
-            proc = subprocess.run(["git", *args], cwd=servers.REPO, capture_output=True,
-                                  text=True, timeout=10)
+            proc = subprocess.run(
+                ["git", *args], cwd=servers.REPO, capture_output=True, text=True, timeout=10
+            )
         except (OSError, subprocess.TimeoutExpired):
             return ""
         return proc.stdout.strip() if proc.returncode == 0 else ""
@@ -175,16 +237,29 @@ def _server_applies(spec: ServerSpec, workload: str) -> bool:
     return not (spec.name == "redis-everysec" and workload in ("get", "mget"))
 
 
-def _loadgen_row(spec: ServerSpec, srv: RunningServer, plan: Plan, workload: str, depth: int,
-                 size: int, protocol: str, batch_style: str = "meta", rate: float = 0.0,
-                 label: str | None = None) -> Row:
+def _loadgen_row(
+    spec: ServerSpec,
+    srv: RunningServer,
+    plan: Plan,
+    workload: str,
+    depth: int,
+    size: int,
+    protocol: str,
+    batch_style: str = "meta",
+    rate: float = 0.0,
+    label: str | None = None,
+) -> Row:
     """Probe, then run one timed load-generator row against a running server.
 
     ``rate`` > 0 runs it open-loop at that many requests/s (see loadgen);
     ``label`` is the row's workload name if it differs from ``workload``.
     """
-    client = "loadgen" if workload != "batch" else f"loadgen {protocol}" + (
-        "" if protocol != "text" else (" meta" if batch_style == "meta" else " set"))
+    client = (
+        "loadgen"
+        if workload != "batch"
+        else f"loadgen {protocol}"
+        + ("" if protocol != "text" else (" meta" if batch_style == "meta" else " set"))
+    )
     if rate:
         client = f"loadgen fixed {rate:,.0f}/s"
     row = Row(spec.name, label or workload, depth, size, client, durable=spec.durable)
@@ -193,11 +268,23 @@ def _loadgen_row(spec: ServerSpec, srv: RunningServer, plan: Plan, workload: str
         # one batch can take a second under load: a short window would count
         # only a handful of completions per connection
         duration = max(duration, BATCH_MIN_WINDOW)
-    ls = LoadSpec(port=srv.port, protocol=protocol, workload=workload,
-                  connections=plan.connections, processes=plan.processes, depth=depth,
-                  value_size=size, keyspace=plan.keyspace, duration=duration,
-                  warmup=plan.warmup, hit=spec.hit, batch_size=plan.batch_size,
-                  batch_style=batch_style, rate=rate, server_pids=[srv.pid])
+    ls = LoadSpec(
+        port=srv.port,
+        protocol=protocol,
+        workload=workload,
+        connections=plan.connections,
+        processes=plan.processes,
+        depth=depth,
+        value_size=size,
+        keyspace=plan.keyspace,
+        duration=duration,
+        warmup=plan.warmup,
+        hit=spec.hit,
+        batch_size=plan.batch_size,
+        batch_style=batch_style,
+        rate=rate,
+        server_pids=[srv.pid],
+    )
     err = probe(ls)
     if err:
         row.status = f"skipped (probe: {err[:90]})"
@@ -209,8 +296,10 @@ def _loadgen_row(spec: ServerSpec, srv: RunningServer, plan: Plan, workload: str
         row.status = f"failed ({'; '.join(res['fatal'])[:100]})"
         return row
     if not res["items"]:
-        sample = (res["error_samples"] or [f"{res['stalled']} of {plan.connections} "
-                                           "connections had a request outstanding"])[0]
+        sample = (
+            res["error_samples"]
+            or [f"{res['stalled']} of {plan.connections} connections had a request outstanding"]
+        )[0]
         row.status = f"failed (no reply completed in the {duration:g}s window: {sample[:80]})"
         return row
     row.items_per_s, row.p50_us, row.p99_us = res["items_per_s"], res["p50_us"], res["p99_us"]
@@ -218,19 +307,47 @@ def _loadgen_row(spec: ServerSpec, srv: RunningServer, plan: Plan, workload: str
     row.server_cpu_s, row.client_cpu_s = res["server_cpu_s"], res["client_cpu_s"]
     row.other_cpu_s, row.errors, row.seconds = res["other_cpu_s"], res["errors"], res["seconds"]
     row.peak_rss_mib = peak_rss_mib(srv.pid)
-    row.extra = {k: res[k] for k in ("batches", "items", "stalled", "reconnects",
-                                     "error_samples", "p999_us", "max_us", "other_top")}
+    row.extra = {
+        k: res[k]
+        for k in (
+            "batches",
+            "items",
+            "stalled",
+            "reconnects",
+            "error_samples",
+            "p999_us",
+            "max_us",
+            "other_top",
+        )
+    }
     if workload == "pooled":
         row.extra["stale"] = res["stale"]  # reads that missed an answered write: must be 0
     if rate:
-        row.extra.update({k: res[k] for k in (
-            "offered_per_s", "scheduled_per_s", "unfinished", "send_lag_p50_us",
-            "send_lag_p99_us", "p50_from_send_us", "p99_from_send_us")})
+        row.extra.update(
+            {
+                k: res[k]
+                for k in (
+                    "offered_per_s",
+                    "scheduled_per_s",
+                    "unfinished",
+                    "send_lag_p50_us",
+                    "send_lag_p99_us",
+                    "p50_from_send_us",
+                    "p99_from_send_us",
+                )
+            }
+        )
     return row
 
 
-def bench_p99(fleet: "Fleet", specs: list[ServerSpec], plan: Plan, size: int, earlier: list[Row],
-              say: Callable[[str], None]) -> list[Row]:
+def bench_p99(
+    fleet: Fleet,
+    specs: list[ServerSpec],
+    plan: Plan,
+    size: int,
+    earlier: list[Row],
+    say: Callable[[str], None],
+) -> list[Row]:
     """Latency at half of Stig's peak: Stig and memcached at the same fixed rate.
 
     The peak is Stig's closed-loop ``mix d=1`` row of this size from earlier
@@ -252,9 +369,20 @@ def bench_p99(fleet: "Fleet", specs: list[ServerSpec], plan: Plan, size: int, ea
     if late := plan.out_of_time():
         add(Row("stig", "p99", 1, size, "-", status=late))
         return rows
-    peak = next((r for r in reversed(earlier) if r.server == "stig" and r.workload == P99_BASE
-                 and r.depth == 1 and r.value_size == size and r.client == "loadgen"
-                 and r.status == "ok" and r.items_per_s), None)
+    peak = next(
+        (
+            r
+            for r in reversed(earlier)
+            if r.server == "stig"
+            and r.workload == P99_BASE
+            and r.depth == 1
+            and r.value_size == size
+            and r.client == "loadgen"
+            and r.status == "ok"
+            and r.items_per_s
+        ),
+        None,
+    )
     if peak is None:
         srv = fleet.ready(stig, size)
         if isinstance(srv, str):
@@ -265,8 +393,16 @@ def bench_p99(fleet: "Fleet", specs: list[ServerSpec], plan: Plan, size: int, ea
         peak.extra = {**(peak.extra or {}), "peak_for": "p99"}
         add(peak)
         if peak.status != "ok" or not peak.items_per_s:
-            add(Row("stig", "p99", 1, size, "-",
-                    status=f"skipped (no peak {P99_BASE} d=1 to halve: {peak.status[:80]})"))
+            add(
+                Row(
+                    "stig",
+                    "p99",
+                    1,
+                    size,
+                    "-",
+                    status=f"skipped (no peak {P99_BASE} d=1 to halve: {peak.status[:80]})",
+                )
+            )
             return rows
     rate = peak.items_per_s / 2
     for name in P99_SERVERS:
@@ -279,8 +415,9 @@ def bench_p99(fleet: "Fleet", specs: list[ServerSpec], plan: Plan, size: int, ea
         if isinstance(srv, str):
             add(Row(name, "p99", 1, size, "-", status=srv))
             continue
-        row = _loadgen_row(spec, srv, plan, P99_BASE, 1, size, spec.protocol, rate=rate,
-                           label="p99")
+        row = _loadgen_row(
+            spec, srv, plan, P99_BASE, 1, size, spec.protocol, rate=rate, label="p99"
+        )
         fleet.check(spec, row)
         if row.extra is not None:
             row.extra["peak_per_s"] = peak.items_per_s
@@ -340,8 +477,10 @@ class Fleet:
                     raise RuntimeError(f"not readable {seen_s:.1f}s after preload: {err}")
             except (RuntimeError, OSError) as exc:
                 return f"failed (preload: {str(exc)[:100]})"
-            self.say(f"{spec.name}: preloaded {self.plan.keyspace} x {size} B in {took:.2f}s, "
-                     f"readable from another connection after {seen_s:.2f}s")
+            self.say(
+                f"{spec.name}: preloaded {self.plan.keyspace} x {size} B in {took:.2f}s, "
+                f"readable from another connection after {seen_s:.2f}s"
+            )
             self.preloaded[spec.name] = size
         return srv
 
@@ -391,8 +530,14 @@ def bench_servers(specs: list[ServerSpec], plan: Plan, say: Callable[[str], None
                                 continue  # one row per server says it is missing
                             said.add((spec.name, srv))
                             missing = srv.startswith("skipped") and not late
-                            row = Row(spec.name, "*" if missing else workload, depth, size,
-                                      "-", status=srv)
+                            row = Row(
+                                spec.name,
+                                "*" if missing else workload,
+                                depth,
+                                size,
+                                "-",
+                                status=srv,
+                            )
                         else:
                             row = _loadgen_row(spec, srv, plan, workload, depth, size, proto)
                             fleet.check(spec, row)
@@ -426,11 +571,14 @@ def _died(srv: RunningServer, grace: float = 0.0) -> str | None:
 def _oneline(r: Row) -> str:
     if r.status != "ok":
         return f"{r.label:<18} {r.client:<16} {r.status}"
+
     def us(x: float | None) -> str:
         return "       -" if x is None else f"{x:>8.0f}"
 
-    return (f"{r.label:<18} {r.client:<16} {r.items_per_s:>12,.0f} items/s  p50 {us(r.p50_us)} µs"
-            f"  p99 {us(r.p99_us)} µs  srv cpu {r.server_cpu_s}  errors {r.errors}")
+    return (
+        f"{r.label:<18} {r.client:<16} {r.items_per_s:>12,.0f} items/s  p50 {us(r.p50_us)} µs"
+        f"  p99 {us(r.p99_us)} µs  srv cpu {r.server_cpu_s}  errors {r.errors}"
+    )
 
 
 def bench_lmdb(plan: Plan, say: Callable[[str], None], sizes: list[int]) -> list[Row]:
@@ -438,27 +586,55 @@ def bench_lmdb(plan: Plan, say: Callable[[str], None], sizes: list[int]) -> list
     rows = []
     for size in sizes:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cmd = [sys.executable, str(SCRIPTS / "lmdb_reference.py"), "--json", "--value-size",
-               str(size), "--keyspace", str(plan.keyspace), "--duration", str(plan.duration),
-               "--txn-size", *map(str, plan.lmdb_txn_sizes)]
+        cmd = [
+            sys.executable,
+            str(SCRIPTS / "lmdb_reference.py"),
+            "--json",
+            "--value-size",
+            str(size),
+            "--keyspace",
+            str(plan.keyspace),
+            "--duration",
+            str(plan.duration),
+            "--txn-size",
+            *map(str, plan.lmdb_txn_sizes),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
-            rows.append(Row("lmdb_reference", "lmdb", 0, size, "py-lmdb",
-                            status=f"failed ({proc.stderr.strip()[-100:]})"))
+            rows.append(
+                Row(
+                    "lmdb_reference",
+                    "lmdb",
+                    0,
+                    size,
+                    "py-lmdb",
+                    status=f"failed ({proc.stderr.strip()[-100:]})",
+                )
+            )
             continue
         data = json.loads(proc.stdout)
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         total_s = sum(r["seconds"] for r in data["runs"])
         for r in data["runs"]:
-            row = Row("lmdb_reference", f"lmdb txn={r['txn_size']}", r["txn_size"], size,
-                      "py-lmdb", items_per_s=r["puts_per_s"], p50_us=r["txn_ms"] * 1000,
-                      latency_unit="mean per txn", seconds=r["seconds"],
-                      server_cpu_s=round(cpu * r["seconds"] / total_s, 3),
-                      extra={"fdatasync_us": data["fdatasync_us"]})
+            row = Row(
+                "lmdb_reference",
+                f"lmdb txn={r['txn_size']}",
+                r["txn_size"],
+                size,
+                "py-lmdb",
+                items_per_s=r["puts_per_s"],
+                p50_us=r["txn_ms"] * 1000,
+                latency_unit="mean per txn",
+                seconds=r["seconds"],
+                server_cpu_s=round(cpu * r["seconds"] / total_s, 3),
+                extra={"fdatasync_us": data["fdatasync_us"]},
+            )
             rows.append(row)
-            say(f"lmdb_reference txn={r['txn_size']} {size} B: {r['puts_per_s']:,.0f} puts/s, "
-                f"{r['txn_ms']:.2f} ms/txn (fdatasync {data['fdatasync_us']:.0f} µs)")
+            say(
+                f"lmdb_reference txn={r['txn_size']} {size} B: {r['puts_per_s']:,.0f} puts/s, "
+                f"{r['txn_ms']:.2f} ms/txn (fdatasync {data['fdatasync_us']:.0f} µs)"
+            )
     return rows
 
 
@@ -473,8 +649,9 @@ def _disk_bytes(path: str) -> tuple[int, int]:
     return alloc, apparent
 
 
-def _sample_ok(port: int, keys: int, size: int, n: int = 100, protocol: str = "text",
-               last: bool = False) -> str | None:
+def _sample_ok(
+    port: int, keys: int, size: int, n: int = 100, protocol: str = "text", last: bool = False
+) -> str | None:
     """Read ``n`` loaded keys back with one multi-get; None if all correct.
 
     ``last`` reads the ``n`` most recently written keys instead of random ones.
@@ -489,8 +666,9 @@ def _sample_ok(port: int, keys: int, size: int, n: int = 100, protocol: str = "t
         return exchange_once(sock, ex)
 
 
-def wait_visible(port: int, keys: int, size: int, protocol: str = "text",
-                 timeout: float = 10.0) -> tuple[float, str | None]:
+def wait_visible(
+    port: int, keys: int, size: int, protocol: str = "text", timeout: float = 10.0
+) -> tuple[float, str | None]:
     """Poll from a fresh connection until freshly written keys read back.
 
     Acknowledged writes should be visible to every connection at once (Stig
@@ -501,7 +679,8 @@ def wait_visible(port: int, keys: int, size: int, protocol: str = "text",
     t0 = time.monotonic()
     while True:
         err = _sample_ok(port, keys, size, protocol=protocol, last=True) or _sample_ok(
-            port, keys, size, protocol=protocol)
+            port, keys, size, protocol=protocol
+        )
         if err is None or time.monotonic() - t0 > timeout:
             return time.monotonic() - t0, err
         time.sleep(0.02)
@@ -526,11 +705,20 @@ def bench_scale(plan: Plan, say: Callable[[str], None], server: str = "stig") ->
             row.status = f"skipped (did not start: {str(exc)[:100]})"
             return [row]
         style = "meta"
-        ls = LoadSpec(port=srv.port, protocol="text", workload="batch", keyspace=n,
-                      connections=plan.connections, processes=plan.processes, value_size=size,
-                      batch_size=plan.batch_size, batch_style=style, server_pids=[srv.pid],
-                      # a safety deadline only: the load ends when every key is written
-                      duration=max(5.0, min(1800.0, plan.remaining())))
+        ls = LoadSpec(
+            port=srv.port,
+            protocol="text",
+            workload="batch",
+            keyspace=n,
+            connections=plan.connections,
+            processes=plan.processes,
+            value_size=size,
+            batch_size=plan.batch_size,
+            batch_style=style,
+            server_pids=[srv.pid],
+            # a safety deadline only: the load ends when every key is written
+            duration=max(5.0, min(1800.0, plan.remaining())),
+        )
         if meta_err := probe(ls):  # no meta protocol yet: pipelined classic sets instead
             say(f"scale: meta batches refused ({meta_err[:80]}); using pipelined sets")
             if _died(srv, 0.5):  # the refusal killed it: start afresh
@@ -545,8 +733,10 @@ def bench_scale(plan: Plan, say: Callable[[str], None], server: str = "stig") ->
                 row.status = f"skipped (probe: {err[:90]})"
                 return [row]
         row.client = f"loadgen bulk {style}"
-        say(f"scale: loading {n:,} keys x {size} B into {server} ({style} batches of "
-            f"{plan.batch_size})")
+        say(
+            f"scale: loading {n:,} keys x {size} B into {server} ({style} batches of "
+            f"{plan.batch_size})"
+        )
         guard = RssGuard(srv, plan.max_server_rss_mib)
         guard.start()
         try:
@@ -554,8 +744,10 @@ def bench_scale(plan: Plan, say: Callable[[str], None], server: str = "stig") ->
         finally:
             guard.stop()
         if guard.tripped:
-            row.status = (f"failed ({guard.tripped} after {res['items']:,} keys at "
-                          f"{res['items_per_s']:,.0f} keys/s)")
+            row.status = (
+                f"failed ({guard.tripped} after {res['items']:,} keys at "
+                f"{res['items_per_s']:,.0f} keys/s)"
+            )
             return [row]
         if res["fatal"]:
             row.status = f"failed ({'; '.join(res['fatal'])[:100]})"
@@ -582,20 +774,31 @@ def bench_scale(plan: Plan, say: Callable[[str], None], server: str = "stig") ->
             rss_restarted = rss_mib(srv2.pid)
         finally:
             srv2.stop()
-        row.extra = {"keys": n, "loaded": loaded, "load_s": res["seconds"],
-                     "disk_bytes": alloc, "disk_apparent_bytes": apparent,
-                     "disk_bytes_per_key": alloc / max(1, loaded),
-                     "rss_after_load_mib": rss_loaded, "rss_anon_after_load_mib": anon_loaded,
-                     "rss_after_restart_mib": rss_restarted,
-                     "stop_s": stop_s, "restart_to_first_reply_s": restart_s,
-                     "restart_to_first_hit_s": first_hit_s,
-                     "visible_to_other_connections_s": visible_s,
-                     "readback_before_restart": check_before or "ok",
-                     "readback_after_restart": check_after or "ok"}
+        row.extra = {
+            "keys": n,
+            "loaded": loaded,
+            "load_s": res["seconds"],
+            "disk_bytes": alloc,
+            "disk_apparent_bytes": apparent,
+            "disk_bytes_per_key": alloc / max(1, loaded),
+            "rss_after_load_mib": rss_loaded,
+            "rss_anon_after_load_mib": anon_loaded,
+            "rss_after_restart_mib": rss_restarted,
+            "stop_s": stop_s,
+            "restart_to_first_reply_s": restart_s,
+            "restart_to_first_hit_s": first_hit_s,
+            "visible_to_other_connections_s": visible_s,
+            "readback_before_restart": check_before or "ok",
+            "readback_after_restart": check_after or "ok",
+        }
         if check_before or check_after:
             row.errors += 1
-        say("scale: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in row.extra.items()))
+        say(
+            "scale: "
+            + ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.extra.items()
+            )
+        )
         return [row]
     finally:
         srv.stop()
@@ -629,44 +832,73 @@ class RssGuard(threading.Thread):
 
 
 def scale_table(rows: list[Row]) -> str:
-    lines = ["| server | keys | load s | keys/s | disk B/key | RSS after load MiB (anon) | "
-             "peak RSS MiB | restart→first reply s | read-back |", "|" + "---|" * 9]
+    lines = [
+        "| server | keys | load s | keys/s | disk B/key | RSS after load MiB (anon) | "
+        "peak RSS MiB | restart→first reply s | read-back |",
+        "|" + "---|" * 9,
+    ]
     for r in rows:
         if r.status != "ok" or not r.extra:
             lines.append(f"| {r.server} | {r.status} |" + " |" * 7)
             continue
         e = r.extra
-        lines.append(f"| {r.server} | {e['loaded']:,} | {e['load_s']:.1f} | {r.items_per_s:,.0f} | "
-                     f"{e['disk_bytes_per_key']:.0f} | {e['rss_after_load_mib']:.0f} "
-                     f"({e['rss_anon_after_load_mib']:.0f}) | "
-                     f"{r.peak_rss_mib:.0f} | {e['restart_to_first_reply_s']:.2f} | "
-                     f"{'ok' if e['readback_after_restart'] == 'ok' else 'FAILED'} |")
+        lines.append(
+            f"| {r.server} | {e['loaded']:,} | {e['load_s']:.1f} | {r.items_per_s:,.0f} | "
+            f"{e['disk_bytes_per_key']:.0f} | {e['rss_after_load_mib']:.0f} "
+            f"({e['rss_anon_after_load_mib']:.0f}) | "
+            f"{r.peak_rss_mib:.0f} | {e['restart_to_first_reply_s']:.2f} | "
+            f"{'ok' if e['readback_after_restart'] == 'ok' else 'FAILED'} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="short rows, 100 B only: < 2 minutes")
-    mode.add_argument("--smoke", action="store_true",
-                      help="the harness's own check: tiny rows (4 connections, 1k keys, 0.3 s), "
-                           "every code path once, < 30 s; its figures mean nothing")
-    ap.add_argument("--only", action="append", choices=WORKLOAD_CHOICES, default=[],
-                    help="run only these workloads (repeatable)")
-    ap.add_argument("--servers", default=None,
-                    help=f"comma-separated subset of: {','.join(SERVERS)}")
+    mode.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the harness's own check: tiny rows (4 connections, 1k keys, 0.3 s), "
+        "every code path once, < 30 s; its figures mean nothing",
+    )
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=WORKLOAD_CHOICES,
+        default=[],
+        help="run only these workloads (repeatable)",
+    )
+    ap.add_argument(
+        "--servers", default=None, help=f"comma-separated subset of: {','.join(SERVERS)}"
+    )
     ap.add_argument("--duration", type=float, default=None, help="seconds per row")
-    ap.add_argument("--quiet-wait", type=float, default=None,
-                    help="before each row wait up to this long for other work on the machine "
-                         "to stop (default 0 smoke, 0.5 quick, 3 full)")
-    ap.add_argument("--budget", type=float, default=None, metavar="S",
-                    help="start no row after S seconds; later rows are reported skipped "
-                         "(default 25 smoke, 115 quick, 3600 full)")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="before each row wait up to this long for other work on the machine "
+        "to stop (default 0 smoke, 0.5 quick, 3 full)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="start no row after S seconds; later rows are reported skipped "
+        "(default 25 smoke, 115 quick, 3600 full)",
+    )
     ap.add_argument("--scale-keys", type=int, default=None, help="keys for the scale workload")
-    ap.add_argument("--max-server-rss-mib", type=float, default=4096.0,
-                    help="scale workload: stop the server if its RSS passes this")
+    ap.add_argument(
+        "--max-server-rss-mib",
+        type=float,
+        default=4096.0,
+        help="scale workload: stop the server if its RSS passes this",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write every row as JSON")
     a = ap.parse_args(argv)
 
@@ -698,8 +930,10 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    say(f"{plan.mode} run on {info['nproc']} x {info['cpu']}, "
-        f"kernel {info['kernel']}, load {info['loadavg'][0]:.2f}")
+    say(
+        f"{plan.mode} run on {info['nproc']} x {info['cpu']}, "
+        f"kernel {info['kernel']}, load {info['loadavg'][0]:.2f}"
+    )
     rows: list[Row] = []
     if (plan.wants("lmdb") or plan.wants("scale")) and not plan.wants("batch"):
         sizes = plan.sizes if plan.wants("lmdb") else [100]  # scale loads 100-byte values
@@ -714,39 +948,55 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = round(time.monotonic() - t0, 1)
 
-    print(f"\nStig benchmark ({plan.mode}, {time.strftime('%Y-%m-%d')}): {info['nproc']} cores "
-          f"{info['cpu']}, kernel {info['kernel']}, Python {info['python']}; "
-          f"Stig {info['stig']}; "
-          f"{plan.connections} connections, {plan.processes} client processes, "
-          f"{plan.duration:g}s per row after {plan.warmup:g}s warm-up; wall {info['wall_s']}s")
-    print("items/s: keys read or written per second (a multi-get of 100 keys is 100 items); "
-          f"p50/p99 per request at d=1, per pipeline batch otherwise, per {plan.batch_size}-item "
-          "batch for batch rows; bare-trio gets are misses.\n")
+    print(
+        f"\nStig benchmark ({plan.mode}, {time.strftime('%Y-%m-%d')}): {info['nproc']} cores "
+        f"{info['cpu']}, kernel {info['kernel']}, Python {info['python']}; "
+        f"Stig {info['stig']}; "
+        f"{plan.connections} connections, {plan.processes} client processes, "
+        f"{plan.duration:g}s per row after {plan.warmup:g}s warm-up; wall {info['wall_s']}s"
+    )
+    print(
+        "items/s: keys read or written per second (a multi-get of 100 keys is 100 items); "
+        f"p50/p99 per request at d=1, per pipeline batch otherwise, per {plan.batch_size}-item "
+        "batch for batch rows; bare-trio gets are misses.\n"
+    )
     print(table(rows))
     ratios = cpu_ratios(rows)
     if ratios:
         print("\nServer CPU per item, set ÷ get (same run, 100 B unless noted):\n")
         for line in ratios:
-            print(f"- {line['server']} d={line['depth']} {line['value_size']}B: "
-                  f"{line['ratio']:.2f}× ({line['set_us']:.1f} µs per set, "
-                  f"{line['get_us']:.1f} µs per get)")
+            print(
+                f"- {line['server']} d={line['depth']} {line['value_size']}B: "
+                f"{line['ratio']:.2f}× ({line['set_us']:.1f} µs per set, "
+                f"{line['get_us']:.1f} µs per get)"
+            )
     stale = [r for r in rows if r.workload == "pooled" and r.status == "ok"]
     if stale:
-        print("\nStale reads (pooled: set, then get on another connection; must be 0): "
-              + ", ".join(f"{r.server} {(r.extra or {}).get('stale', '?')}" for r in stale))
+        print(
+            "\nStale reads (pooled: set, then get on another connection; must be 0): "
+            + ", ".join(f"{r.server} {(r.extra or {}).get('stale', '?')}" for r in stale)
+        )
     if scale_rows:
         print("\nScale (100-byte values):\n")
         print(scale_table(scale_rows))
     if a.json:
-        Path(a.json).write_text(json.dumps(
-            {"machine": info, "plan": {k: (sorted(v) if isinstance(v, set) else v)
-                                       for k, v in plan.__dict__.items()},
-             "rows": [r.to_json() for r in rows],
-             "cpu_set_over_get": ratios,
-             # every process the run started (servers, load-generator workers),
-             # so a caller can check that none outlived it
-             "started_pids": sorted(set(servers.STARTED_PIDS) | set(loadgen.STARTED_PIDS))},
-            indent=2))
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "plan": {
+                        k: (sorted(v) if isinstance(v, set) else v)
+                        for k, v in plan.__dict__.items()
+                    },
+                    "rows": [r.to_json() for r in rows],
+                    "cpu_set_over_get": ratios,
+                    # every process the run started (servers, load-generator workers),
+                    # so a caller can check that none outlived it
+                    "started_pids": sorted(set(servers.STARTED_PIDS) | set(loadgen.STARTED_PIDS)),
+                },
+                indent=2,
+            )
+        )
         say(f"wrote {a.json}")
     bad = [r for r in rows if r.status == "ok" and (r.errors or (r.extra or {}).get("stale"))]
     return 1 if bad else 0
@@ -758,16 +1008,27 @@ def cpu_ratios(rows: list[Row]) -> list[dict]:
     The cost of a write relative to a read on the same server in the same
     run: the machine's noise hits both rows alike.
     """
-    per_item = {(r.server, r.workload, r.depth, r.value_size): r.cpu_us_per_item()
-                for r in rows if r.status == "ok" and r.client == "loadgen"}
+    per_item = {
+        (r.server, r.workload, r.depth, r.value_size): r.cpu_us_per_item()
+        for r in rows
+        if r.status == "ok" and r.client == "loadgen"
+    }
     out = []
     for (server, workload, depth, size), set_us in per_item.items():
         if workload != "set" or not set_us:
             continue
         get_us = per_item.get((server, "get", depth, size))
         if get_us:
-            out.append({"server": server, "depth": depth, "value_size": size,
-                        "set_us": set_us, "get_us": get_us, "ratio": set_us / get_us})
+            out.append(
+                {
+                    "server": server,
+                    "depth": depth,
+                    "value_size": size,
+                    "set_us": set_us,
+                    "get_us": get_us,
+                    "ratio": set_us / get_us,
+                }
+            )
     return out
 
 

@@ -37,15 +37,34 @@ MEMCASLAP_CFG = "key\n20 20 1\nvalue\n100 100 1\ncmd\n0 {set}\n1 {get}\n"
 def _memcaslap(spec: ServerSpec, srv: RunningServer, duration: float, op: str) -> Row:
     row = Row(spec.name, op, 1, 100, "memcaslap", durable=spec.durable)
     with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
-        f.write(MEMCASLAP_CFG.format(set="1.0" if op == "set" else "0.0",
-                                     get="1.0" if op == "get" else "0.0"))
+        f.write(
+            MEMCASLAP_CFG.format(
+                set="1.0" if op == "set" else "0.0", get="1.0" if op == "get" else "0.0"
+            )
+        )
         cfg = f.name
     try:
         cpu0 = cpu_seconds(srv.pid) or 0.0
         secs = max(1, round(duration))
-        proc = subprocess.run(["memcaslap", "-s", f"127.0.0.1:{srv.port}", "-T", "2", "-c", "50",
-                               "-t", f"{secs}s", "-F", cfg], capture_output=True, text=True,
-                              timeout=secs + 60, start_new_session=True)
+        proc = subprocess.run(
+            [
+                "memcaslap",
+                "-s",
+                f"127.0.0.1:{srv.port}",
+                "-T",
+                "2",
+                "-c",
+                "50",
+                "-t",
+                f"{secs}s",
+                "-F",
+                cfg,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=secs + 60,
+            start_new_session=True,
+        )
         cpu1 = cpu_seconds(srv.pid) or 0.0
     except subprocess.TimeoutExpired:
         row.status = "failed (memcaslap timed out)"
@@ -79,17 +98,37 @@ def _memcaslap(spec: ServerSpec, srv: RunningServer, duration: float, op: str) -
     return row
 
 
-def _redis_benchmark(spec: ServerSpec, srv: RunningServer, duration: float, op: str,
-                     depth: int, keyspace: int) -> Row:
+def _redis_benchmark(
+    spec: ServerSpec, srv: RunningServer, duration: float, op: str, depth: int, keyspace: int
+) -> Row:
     row = Row(spec.name, op, depth, 100, "redis-benchmark", durable=spec.durable)
     # Enough requests for about `duration` seconds at a generous rate; capped by timeout.
     n = int(duration * (60_000 if depth == 1 else 400_000))
-    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(srv.port), "-c", "50", "-n", str(n),
-           "-r", str(keyspace), "-d", "100", "-P", str(depth), "-t", op, "--csv"]
+    cmd = [
+        "redis-benchmark",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(srv.port),
+        "-c",
+        "50",
+        "-n",
+        str(n),
+        "-r",
+        str(keyspace),
+        "-d",
+        "100",
+        "-P",
+        str(depth),
+        "-t",
+        op,
+        "--csv",
+    ]
     cpu0 = cpu_seconds(srv.pid) or 0.0
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration * 6 + 30,
-                              start_new_session=True)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=duration * 6 + 30, start_new_session=True
+        )
     except subprocess.TimeoutExpired:
         row.status = "failed (redis-benchmark timed out)"
         return row

@@ -45,12 +45,24 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stig", "serve", "--port", "0", "--data-dir",
-             str(self.data_dir), *self.args],
-            cwd=self.repo, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "stig",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(self.data_dir),
+                *self.args,
+            ],
+            cwd=self.repo,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -132,11 +144,14 @@ def _writer(port: int, index: int, seconds: float, command: str, log_path: str) 
     sent = 0
     try:
         while time.monotonic() < deadline:
-            sock.sendall(b"".join(
-                b"%s c%d-%d-%d 0 0 100 noreply\r\n%s\r\n"
-                % (command.encode(), index, sent, i, value)
-                for i in range(20)
-            ) + closer)
+            sock.sendall(
+                b"".join(
+                    b"%s c%d-%d-%d 0 0 100 noreply\r\n%s\r\n"
+                    % (command.encode(), index, sent, i, value)
+                    for i in range(20)
+                )
+                + closer
+            )
             sent += 1
     except OSError:
         pass
@@ -148,7 +163,11 @@ def _writer(port: int, index: int, seconds: float, command: str, log_path: str) 
 
 
 def flood(
-    repo: Path, conns: int = 8, seconds: float = 4.0, kill: bool = False, command: str = "set",
+    repo: Path,
+    conns: int = 8,
+    seconds: float = 4.0,
+    kill: bool = False,
+    command: str = "set",
     extra: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """The noreply (or add) flood; see the module docstring."""
@@ -157,7 +176,9 @@ def flood(
     logs = [str(tmp / f"writer{i}.log") for i in range(conns)]
     ctx = multiprocessing.get_context("fork")
     writers = [
-        ctx.Process(target=_writer, args=(server.port, i, seconds + (10 if kill else 0), command, logs[i]))
+        ctx.Process(
+            target=_writer, args=(server.port, i, seconds + (10 if kill else 0), command, logs[i])
+        )
         for i in range(conns)
     ]
     for w in writers:
@@ -175,7 +196,9 @@ def flood(
         rss.append(server.rss_mib())
         cmd_set, items = int(stats["cmd_set"]), int(stats["curr_items"])
     result: dict[str, object] = {
-        "conns": conns, "seconds": seconds, "command": command,
+        "conns": conns,
+        "seconds": seconds,
+        "command": command,
         "rss_max_mib": round(max(rss), 1) if rss else None,
         "lag_sampled_max_ms": max(lags) if lags else None,
         "behind_at_end": cmd_set - items,
@@ -201,12 +224,14 @@ def flood(
     else:
         for w in writers:
             w.join(seconds + 60)
-    result["errors"] = sorted({
-        line.split(" ", 1)[1]
-        for path in logs
-        for line in Path(path).read_text().splitlines()
-        if line.startswith("error ")
-    })
+    result["errors"] = sorted(
+        {
+            line.split(" ", 1)[1]
+            for path in logs
+            for line in Path(path).read_text().splitlines()
+            if line.startswith("error ")
+        }
+    )
     server.stop()
     return result
 
@@ -275,8 +300,12 @@ def unread(repo: Path, clients: int = 1, gets: int = 300, idle: int = 0) -> dict
         sock.close()
     server.stop()
     return {
-        "clients": clients, "gets": gets, "idle": idle, "rss_base_mib": round(base, 1),
-        "rss_mib": round(rss, 1), "growth_mib": round(rss - base, 1),
+        "clients": clients,
+        "gets": gets,
+        "idle": idle,
+        "rss_base_mib": round(base, 1),
+        "rss_mib": round(rss, 1),
+        "growth_mib": round(rss - base, 1),
         "normal_client_100_set_get_ms": round(normal_ms, 1),
     }
 
@@ -311,8 +340,12 @@ def big_reply(repo: Path, request: bytes) -> dict[str, object]:
         assert data == b"STORED\r\nVALUE n 0 1\r\nx\r\nEND\r\n", data
     hostile.close()
     server.stop()
-    return {"request_bytes": len(request), "peak_base_mib": round(base, 1),
-            "peak_mib": round(peak, 1), "peak_growth_mib": round(peak - base, 1)}
+    return {
+        "request_bytes": len(request),
+        "peak_base_mib": round(base, 1),
+        "peak_mib": round(peak, 1),
+        "peak_growth_mib": round(peak - base, 1),
+    }
 
 
 def main() -> None:
@@ -325,15 +358,25 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--gets", type=int, default=300)
     parser.add_argument("--idle", type=int, default=0)
-    parser.add_argument("--server-arg", action="append", default=[],
-                        help="an extra 'stig serve' option (repeat; e.g. --server-arg=--max-pending-bytes=8m)")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="an extra 'stig serve' option (repeat; e.g. --server-arg=--max-pending-bytes=8m)",
+    )
     args = parser.parse_args()
     if args.scenario == "unread":
         result = unread(args.repo.resolve(), args.clients, args.gets, args.idle)
     else:
         command = "set" if args.scenario == "noreply" else "add"
-        result = flood(args.repo.resolve(), args.conns, args.seconds, args.kill, command,
-                       tuple(args.server_arg))
+        result = flood(
+            args.repo.resolve(),
+            args.conns,
+            args.seconds,
+            args.kill,
+            command,
+            tuple(args.server_arg),
+        )
     result["repo"] = str(args.repo)
     print(json.dumps(result))
 

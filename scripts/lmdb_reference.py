@@ -51,13 +51,22 @@ def fdatasync_us(directory: str, rounds: int = 50) -> float:
 
 def open_env(path: str) -> tuple[lmdb.Environment, lmdb._Database]:
     """An environment configured like ``stig.store.Store``."""
-    env = lmdb.open(path, map_size=8 << 30, max_dbs=2, sync=True, metasync=True,
-                    writemap=False, map_async=False, readahead=False)
+    env = lmdb.open(
+        path,
+        map_size=8 << 30,
+        max_dbs=2,
+        sync=True,
+        metasync=True,
+        writemap=False,
+        map_async=False,
+        readahead=False,
+    )
     return env, env.open_db(b"items")
 
 
-def run(txn_size: int, value_size: int, keyspace: int, duration: float,
-        directory: str | None = None) -> dict:
+def run(
+    txn_size: int, value_size: int, keyspace: int, duration: float, directory: str | None = None
+) -> dict:
     """Durable transactions of ``txn_size`` puts for ``duration`` seconds."""
     root = tempfile.mkdtemp(prefix="lmdb-ref-", dir=directory)
     try:
@@ -79,22 +88,29 @@ def run(txn_size: int, value_size: int, keyspace: int, duration: float,
             with env.begin(write=True, db=db) as txn:
                 for k in batch:
                     cas += 1
-                    txn.put(k, HEADER.pack(0, cas, 0) + record[HEADER.size:])
+                    txn.put(k, HEADER.pack(0, cas, 0) + record[HEADER.size :])
             commit_s += time.perf_counter() - t
             puts += txn_size
             txns += 1
         elapsed = time.perf_counter() - t0
         env.close()
-        return {"txn_size": txn_size, "value_size": value_size, "puts": puts, "txns": txns,
-                "seconds": round(elapsed, 3), "puts_per_s": puts / elapsed,
-                "txn_ms": commit_s / max(1, txns) * 1e3}
+        return {
+            "txn_size": txn_size,
+            "value_size": value_size,
+            "puts": puts,
+            "txns": txns,
+            "seconds": round(elapsed, 3),
+            "puts_per_s": puts / elapsed,
+            "txn_ms": commit_s / max(1, txns) * 1e3,
+        }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--txn-size", type=int, nargs="+", default=[1000], help="puts per transaction")
     p.add_argument("--value-size", type=int, default=100)
     p.add_argument("--keyspace", type=int, default=100_000)
@@ -102,15 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=None, help="where to make the temporary environment")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    results = {"fdatasync_us": fdatasync_us(a.dir or tempfile.gettempdir()),
-               "runs": [run(n, a.value_size, a.keyspace, a.duration, a.dir) for n in a.txn_size]}
+    results = {
+        "fdatasync_us": fdatasync_us(a.dir or tempfile.gettempdir()),
+        "runs": [run(n, a.value_size, a.keyspace, a.duration, a.dir) for n in a.txn_size],
+    }
     if a.json:
         print(json.dumps(results, indent=2))
     else:
         print(f"fdatasync (4 KiB write): {results['fdatasync_us']:.0f} us median")
         for r in results["runs"]:
-            print(f"{r['txn_size']:>6} puts/txn x {r['value_size']} B: {r['puts_per_s']:>10,.0f} puts/s"
-                  f"  ({r['txn_ms']:.2f} ms per txn)")
+            print(
+                f"{r['txn_size']:>6} puts/txn x {r['value_size']} B: {r['puts_per_s']:>10,.0f} puts/s"
+                f"  ({r['txn_ms']:.2f} ms per txn)"
+            )
     return 0
 
 

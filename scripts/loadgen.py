@@ -47,6 +47,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import multiprocessing as mp
 import os
@@ -54,13 +55,12 @@ import random
 import select
 import socket
 import sys
-import heapq
 import threading
 import time
 from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 from procstat import snapshot_all, system_busy_seconds, top_others, total_cpu
 from wire import PROTOCOLS, Exchange, codec, key_for
@@ -109,7 +109,6 @@ def connect(host: str, port: int, timeout: float = 3.0) -> socket.socket:
     return sock
 
 
-
 def _replace_socket(res, ep, by_fd: dict, fd: int, sock: socket.socket, spec, why: str):
     """After a bad reply: note why, drop the connection, open a new one.
 
@@ -129,9 +128,11 @@ def _replace_socket(res, ep, by_fd: dict, fd: int, sock: socket.socket, spec, wh
             res.samples.append(f"reconnect failed: {exc}")
         return None
 
+
 def exchange_once(sock: socket.socket, ex: Exchange, timeout: float = 10.0) -> str | None:
     """Send ``ex`` on a blocking socket and check the reply; None if it matched."""
     sock.settimeout(timeout)
+
     def send() -> None:
         try:
             sock.sendall(ex.request)
@@ -150,7 +151,7 @@ def exchange_once(sock: socket.socket, ex: Exchange, timeout: float = 10.0) -> s
             got += chunk
             if got[:want] != ex.reply[: len(got)]:
                 return describe_mismatch(ex.reply, bytes(got))
-    except socket.timeout:
+    except TimeoutError:
         return f"timed out after {timeout}s, got {bytes(got[:120])!r} of {want} bytes"
     finally:
         sender.join(timeout)
@@ -159,10 +160,12 @@ def exchange_once(sock: socket.socket, ex: Exchange, timeout: float = 10.0) -> s
 
 def describe_mismatch(expected: bytes, got: bytes) -> str:
     """A short human description of where ``got`` first departs from ``expected``."""
-    i = next((j for j in range(min(len(expected), len(got))) if expected[j] != got[j]),
-             min(len(expected), len(got)))
+    i = next(
+        (j for j in range(min(len(expected), len(got))) if expected[j] != got[j]),
+        min(len(expected), len(got)),
+    )
     lo = max(0, i - 20)
-    return f"at byte {i}: expected {expected[lo:i + 40]!r}, got {got[lo:i + 60]!r}"
+    return f"at byte {i}: expected {expected[lo : i + 40]!r}, got {got[lo : i + 60]!r}"
 
 
 def probe(spec: LoadSpec) -> str | None:
@@ -171,9 +174,18 @@ def probe(spec: LoadSpec) -> str | None:
     Used before a timed run so an unsupported command yields a clear reason
     instead of a row full of errors.
     """
-    ex = build_exchange(spec.workload, spec.protocol, random.Random(spec.seed), spec.keyspace,
-                        spec.depth, spec.value_size, spec.hit, spec.mget_keys, spec.batch_size,
-                        spec.batch_style)
+    ex = build_exchange(
+        spec.workload,
+        spec.protocol,
+        random.Random(spec.seed),
+        spec.keyspace,
+        spec.depth,
+        spec.value_size,
+        spec.hit,
+        spec.mget_keys,
+        spec.batch_size,
+        spec.batch_style,
+    )
     try:
         with connect(spec.host, spec.port) as sock:
             return exchange_once(sock, ex)
@@ -181,8 +193,9 @@ def probe(spec: LoadSpec) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def preload(host: str, port: int, protocol: str, keyspace: int, value_size: int,
-            chunk: int = 1000) -> float:
+def preload(
+    host: str, port: int, protocol: str, keyspace: int, value_size: int, chunk: int = 1000
+) -> float:
     """Store every key of the key space with its value; returns seconds taken.
 
     Uses plain pipelined ``set`` (text) or ``MSET`` (RESP), which every target
@@ -207,7 +220,7 @@ def preload(host: str, port: int, protocol: str, keyspace: int, value_size: int,
 class _Conn:
     """One connection's state in a worker's epoll loop."""
 
-    __slots__ = ("sock", "fd", "ex", "reply", "want", "got", "t_send", "pending", "source")
+    __slots__ = ("ex", "fd", "got", "pending", "reply", "sock", "source", "t_send", "want")
 
     def __init__(self, sock: socket.socket, source: Iterator[Exchange]) -> None:
         self.sock = sock
@@ -229,8 +242,9 @@ def _cycle(templates: list[Exchange], start: int) -> Iterator[Exchange]:
         i = (i + 1) % n
 
 
-def _bulk_source(protocol: str, start: int, stop: int, batch: int, value_size: int,
-                 style: str) -> Iterator[Exchange]:
+def _bulk_source(
+    protocol: str, start: int, stop: int, batch: int, value_size: int, style: str
+) -> Iterator[Exchange]:
     for s in range(start, stop, batch):
         yield load_exchange(protocol, s, min(batch, stop - s), value_size, style)
 
@@ -253,8 +267,9 @@ class _WorkerResult:
     fatal: str | None = None
 
 
-def _drive(conns: list[_Conn], spec: LoadSpec, w_start: int, w_end: int,
-           res: _WorkerResult) -> None:
+def _drive(
+    conns: list[_Conn], spec: LoadSpec, w_start: int, w_end: int, res: _WorkerResult
+) -> None:
     """The epoll loop: keep one batch in flight per connection until ``w_end``.
 
     Completions before ``w_start`` (warm-up) are not counted.  A connection
@@ -333,7 +348,7 @@ def _drive(conns: list[_Conn], spec: LoadSpec, w_start: int, w_end: int,
             except OSError as exc:
                 n, why = -1, f"recv failed: {exc}"
             got = c.got
-            if n > 0 and scratch[:n] == c.reply[got:got + n]:
+            if n > 0 and scratch[:n] == c.reply[got : got + n]:
                 got += n
                 if got < c.want:
                     c.got = got
@@ -351,8 +366,10 @@ def _drive(conns: list[_Conn], spec: LoadSpec, w_start: int, w_end: int,
             elif n > 0:
                 data = bytes(scratch[:n])
                 why = describe_mismatch(c.reply[got:], data)
-                got += next((j for j in range(min(n, c.want - got))
-                             if data[j] != c.reply[got + j]), min(n, c.want - got))
+                got += next(
+                    (j for j in range(min(n, c.want - got)) if data[j] != c.reply[got + j]),
+                    min(n, c.want - got),
+                )
             nc = fail(c, why, got)
             if nc is None or not start_batch(nc, mono()):
                 active -= 1
@@ -361,18 +378,30 @@ def _drive(conns: list[_Conn], spec: LoadSpec, w_start: int, w_end: int,
     # Outstanding much longer than usual (and than a second): stuck, not slow.
     usual = sorted(lat)[len(lat) // 2] if lat else 0
     limit = max(STALL_NS, 3 * usual)
-    res.stalled = sum(1 for c in by_fd.values() if c.ex is not None and c.got < c.want
-                      and end - c.t_send > limit)
+    res.stalled = sum(
+        1 for c in by_fd.values() if c.ex is not None and c.got < c.want and end - c.t_send > limit
+    )
     for c in by_fd.values():
         c.sock.close()
     ep.close()
     res.batches, res.items, res.latencies = batches, items, lat.tobytes()
 
+
 class _Pair:
     """The ``pooled`` workload: a writer and a reader connection sharing one key."""
 
-    __slots__ = ("writer", "reader", "key", "round", "phase", "buf", "want", "read_request",
-                 "read_reply", "t0")
+    __slots__ = (
+        "buf",
+        "key",
+        "phase",
+        "read_reply",
+        "read_request",
+        "reader",
+        "round",
+        "t0",
+        "want",
+        "writer",
+    )
 
     def __init__(self, writer: socket.socket, reader: socket.socket, key: bytes) -> None:
         self.writer, self.reader, self.key = writer, reader, key
@@ -385,8 +414,9 @@ class _Pair:
         self.t0 = 0
 
 
-def _drive_pooled(pairs: list[_Pair], spec: LoadSpec, w_start: int, w_end: int,
-                  res: _WorkerResult) -> None:
+def _drive_pooled(
+    pairs: list[_Pair], spec: LoadSpec, w_start: int, w_end: int, res: _WorkerResult
+) -> None:
     """The epoll loop of the ``pooled`` workload (see :mod:`workloads`).
 
     Per pair, one round at a time: set on the writer, wait for ``STORED``,
@@ -403,7 +433,8 @@ def _drive_pooled(pairs: list[_Pair], spec: LoadSpec, w_start: int, w_end: int,
     def send_write(p: _Pair) -> None:
         p.round += 1
         write, write_reply, p.read_request, p.read_reply = pooled_round(
-            protocol, p.key, p.round, size)
+            protocol, p.key, p.round, size
+        )
         p.phase, p.want, p.t0 = 0, write_reply, mono()
         p.buf.clear()
         p.writer.sendall(write)
@@ -499,7 +530,7 @@ class _OpenConn:
     dropped from the front without touching the fifo.
     """
 
-    __slots__ = ("sock", "fd", "source", "out", "expect", "got", "shift", "fifo", "end")
+    __slots__ = ("end", "expect", "fd", "fifo", "got", "out", "shift", "sock", "source")
 
     def __init__(self, sock: socket.socket, source: Iterator[Exchange]) -> None:
         self.sock = sock
@@ -513,8 +544,15 @@ class _OpenConn:
         self.end = 0  # absolute offset of the end of everything expected
 
 
-def _drive_open(conns: list[_OpenConn], spec: LoadSpec, first_ids: list[int], t0: int,
-                w_start: int, w_end: int, res: _WorkerResult) -> None:
+def _drive_open(
+    conns: list[_OpenConn],
+    spec: LoadSpec,
+    first_ids: list[int],
+    t0: int,
+    w_start: int,
+    w_end: int,
+    res: _WorkerResult,
+) -> None:
     """Open loop: send on a fixed schedule, verify replies, time from the schedule.
 
     Connection ``j`` of this worker (global id ``first_ids[j]``) sends every
@@ -535,8 +573,9 @@ def _drive_open(conns: list[_OpenConn], spec: LoadSpec, first_ids: list[int], t0
     rng = random.Random(spec.seed * 7919 + first_ids[0] if first_ids else 0)
     heap: list[tuple[int, int]] = []
     for j, cid in enumerate(first_ids):
-        first = t0 + int(rng.expovariate(1.0) * interval if poisson
-                         else cid * interval / spec.connections)
+        first = t0 + int(
+            rng.expovariate(1.0) * interval if poisson else cid * interval / spec.connections
+        )
         heap.append((first, j))
     heapq.heapify(heap)
     batches = items = scheduled = 0
@@ -607,7 +646,7 @@ def _drive_open(conns: list[_OpenConn], spec: LoadSpec, first_ids: list[int], t0
             fail(j, f"recv failed: {exc}")
             return
         got = c.got
-        if n > 0 and scratch[:n] == c.expect[got:got + n]:
+        if n > 0 and scratch[:n] == c.expect[got : got + n]:
             got += n
             if c.fifo and c.fifo[0][0] <= c.shift + got:
                 complete(c, c.shift + got)
@@ -620,10 +659,11 @@ def _drive_open(conns: list[_OpenConn], spec: LoadSpec, first_ids: list[int], t0
         if n == 0:
             why = f"server closed the connection with {len(c.fifo)} replies owed"
         else:
-            want, data = bytes(c.expect[got:got + n]), bytes(scratch[:n])
+            want, data = bytes(c.expect[got : got + n]), bytes(scratch[:n])
             why = describe_mismatch(want, data)
-            same = next((i for i in range(min(len(want), n)) if want[i] != data[i]),
-                        min(len(want), n))
+            same = next(
+                (i for i in range(min(len(want), n)) if want[i] != data[i]), min(len(want), n)
+            )
             complete(c, c.shift + got + same)  # replies wholly correct before the fault
         fail(j, why)
 
@@ -699,8 +739,14 @@ def _drive_open(conns: list[_OpenConn], spec: LoadSpec, first_ids: list[int], t0
     res.latencies, res.lags, res.from_send = lat.tobytes(), lag.tobytes(), svc.tobytes()
 
 
-def _worker(index: int, spec: LoadSpec, conn_ids: list[int], bulk: tuple[int, int] | None,
-            barrier: mp.synchronize.Barrier, queue: mp.Queue) -> None:
+def _worker(
+    index: int,
+    spec: LoadSpec,
+    conn_ids: list[int],
+    bulk: tuple[int, int] | None,
+    barrier: mp.synchronize.Barrier,
+    queue: mp.Queue,
+) -> None:
     """One process: connect its connections, build sources, wait, drive, report."""
     res = _WorkerResult(index)
     pairs: list[_Pair] = []
@@ -711,18 +757,41 @@ def _worker(index: int, spec: LoadSpec, conn_ids: list[int], bulk: tuple[int, in
             # conn_ids two by two: writer and reader; the key is beyond the
             # preloaded key space and the pair's own.
             for a, b in zip(conn_ids[::2], conn_ids[1::2]):
-                pairs.append(_Pair(connect(spec.host, spec.port), connect(spec.host, spec.port),
-                                   key_for(spec.keyspace + a)))
+                pairs.append(
+                    _Pair(
+                        connect(spec.host, spec.port),
+                        connect(spec.host, spec.port),
+                        key_for(spec.keyspace + a),
+                    )
+                )
             conn_ids = []
         if bulk is None and spec.workload != "pooled":
-            first = build_exchange(spec.workload, spec.protocol, rng, spec.keyspace, spec.depth,
-                                   spec.value_size, spec.hit, spec.mget_keys, spec.batch_size,
-                                   spec.batch_style)
+            first = build_exchange(
+                spec.workload,
+                spec.protocol,
+                rng,
+                spec.keyspace,
+                spec.depth,
+                spec.value_size,
+                spec.hit,
+                spec.mget_keys,
+                spec.batch_size,
+                spec.batch_style,
+            )
             size = len(first.request) + len(first.reply)
             templates = [first] + [
-                build_exchange(spec.workload, spec.protocol, rng, spec.keyspace, spec.depth,
-                               spec.value_size, spec.hit, spec.mget_keys, spec.batch_size,
-                                   spec.batch_style)
+                build_exchange(
+                    spec.workload,
+                    spec.protocol,
+                    rng,
+                    spec.keyspace,
+                    spec.depth,
+                    spec.value_size,
+                    spec.hit,
+                    spec.mget_keys,
+                    spec.batch_size,
+                    spec.batch_style,
+                )
                 for _ in range(template_count(size) - 1)
             ]
         for j, cid in enumerate(conn_ids):
@@ -731,18 +800,24 @@ def _worker(index: int, spec: LoadSpec, conn_ids: list[int], bulk: tuple[int, in
             else:
                 total, nconn = bulk
                 per = -(-total // nconn)
-                source = _bulk_source(spec.protocol, cid * per, min(total, (cid + 1) * per),
-                                      spec.batch_size, spec.value_size, spec.batch_style)
+                source = _bulk_source(
+                    spec.protocol,
+                    cid * per,
+                    min(total, (cid + 1) * per),
+                    spec.batch_size,
+                    spec.value_size,
+                    spec.batch_style,
+                )
             conn_cls = _OpenConn if spec.rate > 0 and bulk is None else _Conn
             conns.append(conn_cls(connect(spec.host, spec.port), source))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception as exc:
         res.fatal = f"worker {index}: {type(exc).__name__}: {exc}"
         barrier.abort()
         queue.put(res)
         return
     try:
         barrier.wait()
-    except Exception:  # noqa: BLE001 - another worker failed
+    except Exception:
         res.fatal = res.fatal or f"worker {index}: start barrier broken"
         queue.put(res)
         return
@@ -759,7 +834,7 @@ def _worker(index: int, spec: LoadSpec, conn_ids: list[int], bulk: tuple[int, in
             _drive_open(conns, spec, conn_ids, t0, w_start, w_end, res)  # type: ignore[arg-type]
         else:
             _drive(conns, spec, w_start, w_end, res)  # type: ignore[arg-type]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         res.fatal = f"worker {index}: {type(exc).__name__}: {exc}"
     queue.put(res)
 
@@ -783,8 +858,10 @@ def run(spec: LoadSpec, bulk_keys: int | None = None) -> dict:
     barrier = ctx.Barrier(nproc + 1, timeout=120)
     queue: mp.Queue = ctx.Queue()
     bulk = None if bulk_keys is None else (bulk_keys, spec.connections)
-    procs = [ctx.Process(target=_worker, args=(i, spec, g, bulk, barrier, queue), daemon=True)
-             for i, g in enumerate(groups)]
+    procs = [
+        ctx.Process(target=_worker, args=(i, spec, g, bulk, barrier, queue), daemon=True)
+        for i, g in enumerate(groups)
+    ]
     for p in procs:
         p.start()
         if p.pid:
@@ -796,14 +873,14 @@ def run(spec: LoadSpec, bulk_keys: int | None = None) -> dict:
         while len(results) < nproc and time.monotonic() < deadline:
             try:
                 results.append(queue.get(timeout=0.2))
-            except Exception:  # noqa: BLE001 - queue.Empty: keep waiting while workers live
+            except Exception:
                 if not any(p.is_alive() for p in procs) and queue.empty():
                     return
 
     try:
         try:
             barrier.wait()
-        except Exception:  # noqa: BLE001 - a worker failed to start; its result says why
+        except Exception:
             pass
         pids = [p.pid for p in procs if p.pid]
         m0 = time.monotonic()
@@ -866,9 +943,13 @@ def run(spec: LoadSpec, bulk_keys: int | None = None) -> dict:
         items=items,
         items_per_s=items / elapsed if elapsed > 0 else 0.0,
         batches_per_s=batches / elapsed if elapsed > 0 else 0.0,
-        latency_unit=("per round (set, then get elsewhere)" if spec.workload == "pooled"
-                      else "per batch" if spec.depth > 1 or spec.workload == "batch" or bulk
-                      else "per request")
+        latency_unit=(
+            "per round (set, then get elsewhere)"
+            if spec.workload == "pooled"
+            else "per batch"
+            if spec.depth > 1 or spec.workload == "batch" or bulk
+            else "per request"
+        )
         + (", from its scheduled send time" if spec.rate > 0 and bulk is None else ""),
         p50_us=_percentile(lat, 0.50),
         p99_us=_percentile(lat, 0.99),
@@ -882,21 +963,31 @@ def run(spec: LoadSpec, bulk_keys: int | None = None) -> dict:
         server_cpu_s=round(s_cpu1 - s_cpu0, 3) if spec.server_pids else None,
         client_cpu_s=round(c_cpu1 - c_cpu0, 3),
         # busy CPU of everything else on the machine in the window (noise)
-        other_cpu_s=round(max(0.0, (b1 - b0) - (c_cpu1 - c_cpu0)
-                              - ((s_cpu1 - s_cpu0) if spec.server_pids else 0.0)), 3),
+        other_cpu_s=round(
+            max(
+                0.0,
+                (b1 - b0) - (c_cpu1 - c_cpu0) - ((s_cpu1 - s_cpu0) if spec.server_pids else 0.0),
+            ),
+            3,
+        ),
         other_top=others,  # [(process, cpu s)]: who the noise was
     )
     return out
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     d = LoadSpec()
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--protocol", choices=PROTOCOLS, default=d.protocol,
-                   help="text (memcached text + meta for batch), binary (batch only), resp (Redis)")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=d.protocol,
+        help="text (memcached text + meta for batch), binary (batch only), resp (Redis)",
+    )
     p.add_argument("--workload", choices=WORKLOADS, default=d.workload)
     p.add_argument("--connections", "-c", type=int, default=d.connections)
     p.add_argument("--processes", "-P", type=int, default=d.processes, help="worker processes")
@@ -905,22 +996,47 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keyspace", type=int, default=d.keyspace, help="keys 0..N-1")
     p.add_argument("--duration", type=float, default=d.duration, help="measured seconds")
     p.add_argument("--warmup", type=float, default=d.warmup, help="unmeasured seconds first")
-    p.add_argument("--miss", action="store_true",
-                   help="expect misses (for servers that store nothing, e.g. bare_trio_server)")
+    p.add_argument(
+        "--miss",
+        action="store_true",
+        help="expect misses (for servers that store nothing, e.g. bare_trio_server)",
+    )
     p.add_argument("--mget-keys", type=int, default=d.mget_keys)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--batch-style", choices=("meta", "set"), default=d.batch_style,
-                   help="text batches: meta 'ms ... q' + 'mn', or pipelined classic sets")
-    p.add_argument("--rate", type=float, default=d.rate, metavar="R",
-                   help="open loop: send R batches/s in aggregate (requests/s at depth 1) on a "
-                        "fixed schedule, latency from each scheduled send time; 0: closed loop")
-    p.add_argument("--arrivals", choices=ARRIVALS, default=d.arrivals,
-                   help="open loop: fixed intervals per connection, or exponential (Poisson)")
+    p.add_argument(
+        "--batch-style",
+        choices=("meta", "set"),
+        default=d.batch_style,
+        help="text batches: meta 'ms ... q' + 'mn', or pipelined classic sets",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=d.rate,
+        metavar="R",
+        help="open loop: send R batches/s in aggregate (requests/s at depth 1) on a "
+        "fixed schedule, latency from each scheduled send time; 0: closed loop",
+    )
+    p.add_argument(
+        "--arrivals",
+        choices=ARRIVALS,
+        default=d.arrivals,
+        help="open loop: fixed intervals per connection, or exponential (Poisson)",
+    )
     p.add_argument("--preload", action="store_true", help="store the key space first")
-    p.add_argument("--bulk-load", type=int, metavar="N",
-                   help="instead of a timed run: write keys 0..N-1 once in batches")
-    p.add_argument("--server-pid", type=int, action="append", default=[],
-                   help="charge this process's CPU time in the window (repeatable)")
+    p.add_argument(
+        "--bulk-load",
+        type=int,
+        metavar="N",
+        help="instead of a timed run: write keys 0..N-1 once in batches",
+    )
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="charge this process's CPU time in the window (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p.parse_args(argv)
 
@@ -931,19 +1047,35 @@ def _us(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parse_args(argv)
-    spec = LoadSpec(host=a.host, port=a.port, protocol=a.protocol, workload=a.workload,
-                    connections=a.connections, processes=a.processes, depth=a.depth,
-                    value_size=a.value_size, keyspace=a.keyspace, duration=a.duration,
-                    warmup=a.warmup, hit=not a.miss, mget_keys=a.mget_keys,
-                    batch_size=a.batch_size, batch_style=a.batch_style, rate=a.rate,
-                    arrivals=a.arrivals, server_pids=a.server_pid)
+    spec = LoadSpec(
+        host=a.host,
+        port=a.port,
+        protocol=a.protocol,
+        workload=a.workload,
+        connections=a.connections,
+        processes=a.processes,
+        depth=a.depth,
+        value_size=a.value_size,
+        keyspace=a.keyspace,
+        duration=a.duration,
+        warmup=a.warmup,
+        hit=not a.miss,
+        mget_keys=a.mget_keys,
+        batch_size=a.batch_size,
+        batch_style=a.batch_style,
+        rate=a.rate,
+        arrivals=a.arrivals,
+        server_pids=a.server_pid,
+    )
     if spec.rate < 0 or (spec.rate > 0 and a.bulk_load is not None):
         print("--rate must be > 0 and is not for --bulk-load", file=sys.stderr)
         return 2
     if a.preload and spec.hit:
-        print(f"preloaded {spec.keyspace} keys in "
-              f"{preload(spec.host, spec.port, 'resp' if spec.protocol == 'resp' else 'text', spec.keyspace, spec.value_size):.2f}s",
-              file=sys.stderr)
+        print(
+            f"preloaded {spec.keyspace} keys in "
+            f"{preload(spec.host, spec.port, 'resp' if spec.protocol == 'resp' else 'text', spec.keyspace, spec.value_size):.2f}s",
+            file=sys.stderr,
+        )
     if a.bulk_load is None:
         err = probe(spec)
         # A server that shows acknowledged writes to other connections only
@@ -959,18 +1091,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"{spec.workload} d={spec.depth} {spec.value_size}B c={spec.connections}: "
-              f"{res['items_per_s']:,.0f} items/s, p50 {_us(res['p50_us'])}, p99 {_us(res['p99_us'])} "
-              f"({res['latency_unit']}), errors {res['errors']}, stalled {res['stalled']}, "
-              + (f"stale reads {res['stale']}, " if spec.workload == "pooled" else "")
-              + (f"server cpu {res['server_cpu_s']}s, " if res["server_cpu_s"] is not None else "")
-              + f"client cpu {res['client_cpu_s']}s, other cpu {res['other_cpu_s']}s")
+        print(
+            f"{spec.workload} d={spec.depth} {spec.value_size}B c={spec.connections}: "
+            f"{res['items_per_s']:,.0f} items/s, p50 {_us(res['p50_us'])}, p99 {_us(res['p99_us'])} "
+            f"({res['latency_unit']}), errors {res['errors']}, stalled {res['stalled']}, "
+            + (f"stale reads {res['stale']}, " if spec.workload == "pooled" else "")
+            + (f"server cpu {res['server_cpu_s']}s, " if res["server_cpu_s"] is not None else "")
+            + f"client cpu {res['client_cpu_s']}s, other cpu {res['other_cpu_s']}s"
+        )
         if spec.rate > 0:
-            print(f"  open loop: offered {spec.rate:,.0f}/s, scheduled {res['scheduled_per_s']:,.0f}/s, "
-                  f"answered {res['batches_per_s']:,.0f}/s, unfinished {res['unfinished']}, "
-                  f"send lag p50 {_us(res['send_lag_p50_us'])} p99 {_us(res['send_lag_p99_us'])}; "
-                  f"from the actual send: p50 {_us(res['p50_from_send_us'])} "
-                  f"p99 {_us(res['p99_from_send_us'])}")
+            print(
+                f"  open loop: offered {spec.rate:,.0f}/s, scheduled {res['scheduled_per_s']:,.0f}/s, "
+                f"answered {res['batches_per_s']:,.0f}/s, unfinished {res['unfinished']}, "
+                f"send lag p50 {_us(res['send_lag_p50_us'])} p99 {_us(res['send_lag_p99_us'])}; "
+                f"from the actual send: p50 {_us(res['p50_from_send_us'])} "
+                f"p99 {_us(res['p99_from_send_us'])}"
+            )
         for s in res["error_samples"]:
             print("  error:", s)
         for f in res["fatal"]:

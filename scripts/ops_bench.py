@@ -47,7 +47,9 @@ def build(data_dir: Path, keys: int, value_size: int) -> None:
     value = b"v" * value_size
     batch = 50_000
     for start in range(0, keys, batch):
-        ops = [Put(b"key:%010d" % i, value, i & 0xFFFF) for i in range(start, min(start + batch, keys))]
+        ops = [
+            Put(b"key:%010d" % i, value, i & 0xFFFF) for i in range(start, min(start + batch, keys))
+        ]
         while True:
             try:
                 store.apply([ops])
@@ -63,7 +65,10 @@ class Server:
     def __init__(self, data_dir: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stig", "serve", "--port", "0", "--data-dir", str(data_dir)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         line = self.proc.stdout.readline().decode()
         assert line.startswith("stig listening on "), line
@@ -98,7 +103,9 @@ class StallProbe(threading.Thread):
             self.count += 1
             n += 1
 
-    def measure(self, seconds: float | None = None, during: subprocess.Popen | None = None) -> tuple[float, int]:
+    def measure(
+        self, seconds: float | None = None, during: subprocess.Popen | None = None
+    ) -> tuple[float, int]:
         self.longest, self.count = 0.0, 0
         if during is not None:
             during.wait()
@@ -108,7 +115,9 @@ class StallProbe(threading.Thread):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--value-size", type=int, default=100)
     parser.add_argument("--transfer-keys", type=int, default=100_000)
@@ -118,21 +127,38 @@ def main() -> None:
         data = work / "data"
         t = time.perf_counter()
         build(data, args.keys, args.value_size)
-        print(f"data set: {args.keys:,} keys of {args.value_size} B, written in {time.perf_counter() - t:.1f} s")
+        print(
+            f"data set: {args.keys:,} keys of {args.value_size} B, written in {time.perf_counter() - t:.1f} s"
+        )
         server = Server(data)
         try:
             probe = StallProbe(server.port)
             probe.start()
             idle_stall, idle_runs = probe.measure(3)
-            print(f"writer alone: longest mn round trip {idle_stall * 1000:.1f} ms over {idle_runs} runs")
-            backup = subprocess.Popen([sys.executable, "-m", "stig", "backup", str(work / "backup"),
-                                       "--data-dir", str(data), "--quiet"], cwd=REPO)
+            print(
+                f"writer alone: longest mn round trip {idle_stall * 1000:.1f} ms over {idle_runs} runs"
+            )
+            backup = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "stig",
+                    "backup",
+                    str(work / "backup"),
+                    "--data-dir",
+                    str(data),
+                    "--quiet",
+                ],
+                cwd=REPO,
+            )
             t = time.perf_counter()
             stall, runs = probe.measure(during=backup)
             seconds = time.perf_counter() - t
             size = (work / "backup" / "data.mdb").stat().st_size
-            print(f"backup: {size / 1e6:.1f} MB in {seconds:.2f} s = {size / 1e6 / seconds:.1f} MB/s; "
-                  f"writer's longest mn round trip meanwhile {stall * 1000:.1f} ms over {runs} runs")
+            print(
+                f"backup: {size / 1e6:.1f} MB in {seconds:.2f} s = {size / 1e6 / seconds:.1f} MB/s; "
+                f"writer's longest mn round trip meanwhile {stall * 1000:.1f} ms over {runs} runs"
+            )
             probe.stop.set()
             t = time.perf_counter()
             stig("check", "--data-dir", str(work / "backup"), "--quiet", stdout=subprocess.DEVNULL)
@@ -152,7 +178,9 @@ def main() -> None:
         items = {}
         while len(items) < args.transfer_keys:
             items[rng.randbytes(rng.randint(1, 40)) + len(items).to_bytes(4, "big")] = (
-                rng.randbytes(rng.randint(0, 200)), rng.getrandbits(32))
+                rng.randbytes(rng.randint(0, 200)),
+                rng.getrandbits(32),
+            )
         source = work / "in.dump"
         source.write_bytes(b"".join(dumpfmt.encode_item(k, v, f) for k, (v, f) in items.items()))
         target = Server(work / "target")
@@ -160,7 +188,9 @@ def main() -> None:
             t = time.perf_counter()
             stig("load", "--server", f"127.0.0.1:{target.port}", str(source), "--quiet")
             seconds = time.perf_counter() - t
-            print(f"load: {len(items) / seconds:,.0f} keys/s ({len(items):,} keys, {seconds:.1f} s)")
+            print(
+                f"load: {len(items) / seconds:,.0f} keys/s ({len(items):,} keys, {seconds:.1f} s)"
+            )
             t = time.perf_counter()
             with open(work / "out.dump", "wb") as out:
                 stig("dump", "--server", f"127.0.0.1:{target.port}", "--quiet", stdout=out)

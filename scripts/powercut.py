@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
-from crashrig import PROTOCOLS, PowerCutRun, fuse_unavailable  # noqa: E402
+from crashrig import PROTOCOLS, PowerCutRun, fuse_unavailable
 
 
 def main() -> int:
@@ -33,11 +33,21 @@ def main() -> int:
     parser.add_argument("--broken", choices=("nosync", "nometasync", "ackearly"), default=None)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--window", type=int, default=50,
-                        help="check keys written in the last N cuts (0: all, as CI does; grows quadratically)")
-    parser.add_argument("--dirs", choices=("journal", "strict"), default="journal",
-                        help="lazyfs directory model: strict = a new name is durable only after fsync of its dir")
-    parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (default: a temporary one)")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=50,
+        help="check keys written in the last N cuts (0: all, as CI does; grows quadratically)",
+    )
+    parser.add_argument(
+        "--dirs",
+        choices=("journal", "strict"),
+        default="journal",
+        help="lazyfs directory model: strict = a new name is durable only after fsync of its dir",
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work directory to keep (default: a temporary one)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no line per cut")
     args = parser.parse_args()
     reason = fuse_unavailable()
@@ -48,8 +58,16 @@ def main() -> int:
     failed = False
     for index, protocol in enumerate(protocols):
         workdir = Path(tempfile.mkdtemp(prefix=f"powercut-{protocol}-", dir=args.keep))
-        run = PowerCutRun(workdir, protocol, args.seed + index, clients=args.clients, broken=args.broken,
-                          window=args.window, dirs=args.dirs, log=(lambda _: None) if args.quiet else print)
+        run = PowerCutRun(
+            workdir,
+            protocol,
+            args.seed + index,
+            clients=args.clients,
+            broken=args.broken,
+            window=args.window,
+            dirs=args.dirs,
+            log=(lambda _: None) if args.quiet else print,
+        )
         started = time.monotonic()
         try:
             for _ in range(args.cuts):

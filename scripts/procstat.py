@@ -107,8 +107,13 @@ def snapshot_all() -> dict[int, tuple[str, float]]:
     return out
 
 
-def top_others(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
-               exclude: set[int], n: int = 2, min_s: float = 0.05) -> list[tuple[str, float]]:
+def top_others(
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    exclude: set[int],
+    n: int = 2,
+    min_s: float = 0.05,
+) -> list[tuple[str, float]]:
     """The ``n`` processes (not in ``exclude``) that used the most CPU in between.
 
     Names are shortened command lines; processes that started in between are

@@ -81,8 +81,7 @@ def assign_ratios(rows: list[Row], batch_size: int = 1000) -> None:
     ok = [r for r in rows if r.status == "ok" and r.items_per_s]
     bare = {_key(r): r for r in ok if r.server == "bare-trio" and r.client == "loadgen"}
     redis = {_key(r): r for r in ok if r.server == "redis-always" and r.client == "loadgen"}
-    lmdb = {r.value_size: r for r in ok
-            if r.server == "lmdb_reference" and r.depth == batch_size}
+    lmdb = {r.value_size: r for r in ok if r.server == "lmdb_reference" and r.depth == batch_size}
     p99_ref = {r.value_size: r for r in rows if r.server == "memcached" and r.workload == "p99"}
     for r in ok:
         ref: Row | None = None
@@ -113,25 +112,51 @@ def _fmt(x: float | None, spec: str = ",.0f") -> str:
 
 def table(rows: list[Row]) -> str:
     """The result table as aligned plain text (also valid Markdown)."""
-    head = ["server", "workload", "client", "items/s", "p50 µs", "p99 µs", "srv CPU s",
-            "CPU µs/item", "peak RSS MiB", "vs reference", "errors", "other CPU s", "note"]
+    head = [
+        "server",
+        "workload",
+        "client",
+        "items/s",
+        "p50 µs",
+        "p99 µs",
+        "srv CPU s",
+        "CPU µs/item",
+        "peak RSS MiB",
+        "vs reference",
+        "errors",
+        "other CPU s",
+        "note",
+    ]
     lines = []
     for r in rows:
         if r.status != "ok":
             lines.append([r.server, r.label, r.client] + ["-"] * 9 + [r.status])
             continue
-        lines.append([
-            r.server, r.label, r.client, _fmt(r.items_per_s), _fmt(r.p50_us), _fmt(r.p99_us),
-            _fmt(r.server_cpu_s, ".2f"), _fmt(r.cpu_us_per_item(), ".1f"),
-            _fmt(r.peak_rss_mib, ".0f"),
-            f"{r.ratio:.2f}× {r.ref}" if r.ratio is not None else "-",
-            str(r.errors), _fmt(r.other_cpu_s, ".2f"), _note(r),
-        ])
-    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
-              for i, h in enumerate(head)]
+        lines.append(
+            [
+                r.server,
+                r.label,
+                r.client,
+                _fmt(r.items_per_s),
+                _fmt(r.p50_us),
+                _fmt(r.p99_us),
+                _fmt(r.server_cpu_s, ".2f"),
+                _fmt(r.cpu_us_per_item(), ".1f"),
+                _fmt(r.peak_rss_mib, ".0f"),
+                f"{r.ratio:.2f}× {r.ref}" if r.ratio is not None else "-",
+                str(r.errors),
+                _fmt(r.other_cpu_s, ".2f"),
+                _note(r),
+            ]
+        )
+    widths = [
+        max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)
+    ]
     widths[-1] = len(head[-1])  # the free-text note is not padded
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     for l in lines:
         out.append("| " + " | ".join(c.ljust(w) for c, w in zip(l, widths)) + " |")
     return "\n".join(out)
@@ -145,8 +170,13 @@ def _note(r: Row) -> str:
         notes.append(f"stale reads: {extra['stale']}" + (" (must be 0)" if extra["stale"] else ""))
     if r.errors and extra.get("error_samples"):
         notes.append(f"first error: {extra['error_samples'][0][:100]}")
-    if (r.p50_us and r.seconds and r.p50_us * 3 > r.seconds * 1e6
-            and r.client.startswith("loadgen") and r.workload != "scale-load"):
+    if (
+        r.p50_us
+        and r.seconds
+        and r.p50_us * 3 > r.seconds * 1e6
+        and r.client.startswith("loadgen")
+        and r.workload != "scale-load"
+    ):
         notes.append("rough: the window was shorter than 3 median latencies")
     if extra.get("stalled"):
         notes.append(f"{extra['stalled']} connection(s) stalled at the end")

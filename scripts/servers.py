@@ -17,9 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from loadgen import connect
 from wire import Resp, Text
@@ -68,8 +68,13 @@ def _which(binary: str) -> Callable[[], str | None]:
 
 
 def _stig_missing() -> str | None:
-    probe = subprocess.run([sys.executable, "-c", "import stig.cli, stig.server"], cwd=REPO,
-                           capture_output=True, text=True, timeout=30)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import stig.cli, stig.server"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         return f"stig not importable: {last}"
@@ -78,49 +83,139 @@ def _stig_missing() -> str | None:
 
 def _memcached(port: int, _d: str) -> list[str]:
     # -t 2: one worker thread per core of this machine; -U 0: no UDP.
-    return ["memcached", "-u", "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
-            "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "2", "-m", "4096", "-c", "4096"]
+    return [
+        "memcached",
+        "-u",
+        "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+        "-l",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        "0",
+        "-t",
+        "2",
+        "-m",
+        "4096",
+        "-c",
+        "4096",
+    ]
 
 
 def _redis(fsync: str) -> Callable[[int, str], list[str]]:
     def argv(port: int, d: str) -> list[str]:
-        return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", d,
-                "--appendonly", "yes", "--appendfsync", fsync, "--save", "",
-                "--auto-aof-rewrite-percentage", "0", "--daemonize", "no",
-                "--protected-mode", "no", "--logfile", os.path.join(d, "redis.log")]
+        return [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            d,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            fsync,
+            "--save",
+            "",
+            "--auto-aof-rewrite-percentage",
+            "0",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            os.path.join(d, "redis.log"),
+        ]
+
     return argv
 
 
 def _bare(port: int, _d: str) -> list[str]:
-    return [sys.executable, str(SCRIPTS / "bare_trio_server.py"), "--listen", "127.0.0.1",
-            "--port", str(port)]
+    return [
+        sys.executable,
+        str(SCRIPTS / "bare_trio_server.py"),
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 def _stig(durable: bool) -> Callable[[int, str], list[str]]:
     def argv(port: int, d: str) -> list[str]:
-        cmd = [sys.executable, "-m", "stig", "serve", "--listen", "127.0.0.1",
-               "--port", str(port), "--data-dir", os.path.join(d, "stig-data")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stig",
+            "serve",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            os.path.join(d, "stig-data"),
+        ]
         return cmd + (["--durable-acks"] if durable else [])
+
     return argv
 
 
 SERVERS: dict[str, ServerSpec] = {
     s.name: s
     for s in (
-        ServerSpec("memcached", "text", _memcached, _which("memcached"),
-                   batch_protocols=("text", "binary"), note="memcached -t 2, in memory"),
-        ServerSpec("redis-always", "resp", _redis("always"), _which("redis-server"),
-                   durable=True, batch_protocols=("resp",),
-                   note="redis-server appendonly yes, appendfsync always"),
-        ServerSpec("redis-everysec", "resp", _redis("everysec"), _which("redis-server"),
-                   batch_protocols=("resp",),
-                   note="redis-server appendonly yes, appendfsync everysec"),
-        ServerSpec("bare-trio", "text", _bare, lambda: None, hit=False,
-                   note="scripts/bare_trio_server.py: answers, stores nothing (gets miss)"),
-        ServerSpec("stig", "text", _stig(False), _stig_missing, cwd=REPO,
-                   batch_protocols=("text", "binary"), note="stig serve (POV acks)"),
-        ServerSpec("stig-durable", "text", _stig(True), _stig_missing, cwd=REPO, durable=True,
-                   batch_protocols=("text", "binary"), note="stig serve --durable-acks"),
+        ServerSpec(
+            "memcached",
+            "text",
+            _memcached,
+            _which("memcached"),
+            batch_protocols=("text", "binary"),
+            note="memcached -t 2, in memory",
+        ),
+        ServerSpec(
+            "redis-always",
+            "resp",
+            _redis("always"),
+            _which("redis-server"),
+            durable=True,
+            batch_protocols=("resp",),
+            note="redis-server appendonly yes, appendfsync always",
+        ),
+        ServerSpec(
+            "redis-everysec",
+            "resp",
+            _redis("everysec"),
+            _which("redis-server"),
+            batch_protocols=("resp",),
+            note="redis-server appendonly yes, appendfsync everysec",
+        ),
+        ServerSpec(
+            "bare-trio",
+            "text",
+            _bare,
+            lambda: None,
+            hit=False,
+            note="scripts/bare_trio_server.py: answers, stores nothing (gets miss)",
+        ),
+        ServerSpec(
+            "stig",
+            "text",
+            _stig(False),
+            _stig_missing,
+            cwd=REPO,
+            batch_protocols=("text", "binary"),
+            note="stig serve (POV acks)",
+        ),
+        ServerSpec(
+            "stig-durable",
+            "text",
+            _stig(True),
+            _stig_missing,
+            cwd=REPO,
+            durable=True,
+            batch_protocols=("text", "binary"),
+            note="stig serve --durable-acks",
+        ),
     )
 }
 
@@ -149,8 +244,9 @@ class RunningServer:
     reply, which for Stig includes opening LMDB (restart-to-first-reply).
     """
 
-    def __init__(self, spec: ServerSpec, data_dir: str | None = None,
-                 start_timeout: float = 20.0) -> None:
+    def __init__(
+        self, spec: ServerSpec, data_dir: str | None = None, start_timeout: float = 20.0
+    ) -> None:
         self.spec = spec
         self.port = free_port()
         self.own_dir = data_dir is None
@@ -168,13 +264,20 @@ class RunningServer:
     def start(self) -> RunningServer:
         env = {**os.environ, **self.spec.env}
         if self.spec.cwd is not None:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.spec.cwd),
-                                                              env.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(self.spec.cwd), env.get("PYTHONPATH")])
+            )
         with open(self.log_path, "ab") as log:
             t0 = time.monotonic()
-            self.proc = subprocess.Popen(self.spec.argv(self.port, self.data_dir), stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.spec.cwd, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.spec.argv(self.port, self.data_dir),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.spec.cwd,
+                env=env,
+                start_new_session=True,
+            )
         STARTED_PIDS.append(self.proc.pid)
         deadline = t0 + self.start_timeout
         while time.monotonic() < deadline:

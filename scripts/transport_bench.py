@@ -35,15 +35,33 @@ def _certs(directory: Path) -> None:
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out",
-            "cert.pem", "-days", "1", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+    )
 
 
 def _start(data: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "stig", "serve", "--port", "0", "--data-dir",
-                             str(data), *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stig", "serve", "--port", "0", "--data-dir", str(data), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = proc.stdout.readline().strip()  # type: ignore[union-attr]
     return proc, line.removeprefix("stig listening on ")
 
@@ -70,8 +88,16 @@ def _batch(workload: str, depth: int, start: int) -> tuple[bytes, bytes]:
     return request, reply
 
 
-def _client(address: str, tls_file: str | None, workload: str, conns: int, depth: int,
-            seconds: float, start_at: float, results: mp.Queue) -> None:
+def _client(
+    address: str,
+    tls_file: str | None,
+    workload: str,
+    conns: int,
+    depth: int,
+    seconds: float,
+    start_at: float,
+    results: mp.Queue,
+) -> None:
     context = None
     if tls_file:
         context = ssl.create_default_context(cafile=tls_file)
@@ -104,14 +130,28 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(address: str, tls_file: str | None, workload: str, args: argparse.Namespace,
-        server_pid: int) -> tuple[float, float]:
+def run(
+    address: str, tls_file: str | None, workload: str, args: argparse.Namespace, server_pid: int
+) -> tuple[float, float]:
     """Requests per second, and the server's CPU microseconds per request."""
     results: mp.Queue = mp.Queue()
     start_at = time.time() + 1.0
-    procs = [mp.Process(target=_client, args=(address, tls_file, workload, args.conns, args.depth,
-                                               args.seconds, start_at, results))
-             for _ in range(args.procs)]
+    procs = [
+        mp.Process(
+            target=_client,
+            args=(
+                address,
+                tls_file,
+                workload,
+                args.conns,
+                args.depth,
+                args.seconds,
+                start_at,
+                results,
+            ),
+        )
+        for _ in range(args.procs)
+    ]
     for proc in procs:
         proc.start()
     while time.time() < start_at:
@@ -140,8 +180,11 @@ def main() -> None:
         sock_path = f"/tmp/stig-bench-{os.getpid()}.sock"
         setups = [
             ("tcp", (), None),
-            ("tls", ("--tls-cert", str(tmpdir / "cert.pem"), "--tls-key", str(tmpdir / "key.pem")),
-             str(tmpdir / "cert.pem")),
+            (
+                "tls",
+                ("--tls-cert", str(tmpdir / "cert.pem"), "--tls-key", str(tmpdir / "key.pem")),
+                str(tmpdir / "cert.pem"),
+            ),
             ("unix", ("--unix-socket", sock_path), None),
         ]
         rates: dict[tuple[str, str], float] = {}
@@ -150,7 +193,9 @@ def main() -> None:
             data = tmpdir / f"data-{name}"
             proc, address = _start(data, *extra)
             try:
-                preload = _connect(address, ssl.create_default_context(cafile=tls_file) if tls_file else None)
+                preload = _connect(
+                    address, ssl.create_default_context(cafile=tls_file) if tls_file else None
+                )
                 for i in range(0, KEYS, args.depth):
                     request, reply = _batch("set", args.depth, i)
                     preload.sendall(request)
@@ -166,15 +211,21 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(30)
                 shutil.rmtree(data, ignore_errors=True)
-        print(f"{args.procs} client process(es) x {args.conns} connections, depth {args.depth}, "
-              f"{len(VALUE)}-byte values, {args.seconds:g} s per figure")
-        print(f"{'workload':<10}{'tcp ops/s':>12}{'tls ops/s':>12}{'tls/tcp':>9}"
-              f"{'unix ops/s':>12}{'unix/tcp':>10}   server CPU µs/request tcp / tls / unix")
+        print(
+            f"{args.procs} client process(es) x {args.conns} connections, depth {args.depth}, "
+            f"{len(VALUE)}-byte values, {args.seconds:g} s per figure"
+        )
+        print(
+            f"{'workload':<10}{'tcp ops/s':>12}{'tls ops/s':>12}{'tls/tcp':>9}"
+            f"{'unix ops/s':>12}{'unix/tcp':>10}   server CPU µs/request tcp / tls / unix"
+        )
         for workload in ("get", "set"):
             tcp, tls, unix = (rates[t, workload] for t in ("tcp", "tls", "unix"))
             costs = " / ".join(f"{cpu[t, workload]:.1f}" for t in ("tcp", "tls", "unix"))
-            print(f"{workload:<10}{tcp:>12,.0f}{tls:>12,.0f}{tls / tcp:>9.2f}{unix:>12,.0f}"
-                  f"{unix / tcp:>10.2f}   {costs}")
+            print(
+                f"{workload:<10}{tcp:>12,.0f}{tls:>12,.0f}{tls / tcp:>9.2f}{unix:>12,.0f}"
+                f"{unix / tcp:>10.2f}   {costs}"
+            )
 
 
 if __name__ == "__main__":

@@ -98,8 +98,9 @@ def build_exchange(
     return _join(pairs, items)
 
 
-def load_exchange(protocol: str, start: int, count: int, value_size: int,
-                  batch_style: str = "meta") -> Exchange:
+def load_exchange(
+    protocol: str, start: int, count: int, value_size: int, batch_style: str = "meta"
+) -> Exchange:
     """Quiet sets of keys ``start..start+count-1`` closed by a barrier (bulk load)."""
     keys = [key_for(i) for i in range(start, start + count)]
     return _join([_batch(protocol, keys, value_size, batch_style)], count)
@@ -110,8 +111,9 @@ def template_count(exchange_bytes: int, wanted: int = 128, budget: int = 48 << 2
     return max(2, min(wanted, budget // max(1, exchange_bytes)))
 
 
-def pooled_round(protocol: str, key: bytes, round_no: int, value_size: int
-                 ) -> tuple[bytes, bytes, bytes, bytes]:
+def pooled_round(
+    protocol: str, key: bytes, round_no: int, value_size: int
+) -> tuple[bytes, bytes, bytes, bytes]:
     """One round of the ``pooled`` workload: the write, its reply, the read on
     the other connection, and the reply that read must get if it sees the write.
 
@@ -119,7 +121,7 @@ def pooled_round(protocol: str, key: bytes, round_no: int, value_size: int
     """
     if protocol != "text":
         raise ValueError("the pooled workload speaks the text protocol")
-    value = (b"%010d" % round_no + b"." * value_size)[:max(value_size, 10)]
+    value = (b"%010d" % round_no + b"." * value_size)[: max(value_size, 10)]
     write = b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value)
     read = b"get %s\r\n" % key
     return write, b"STORED\r\n", read, b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key, len(value), value)

@@ -34,7 +34,7 @@ class Authenticator:
         self._entries = entries
 
     @classmethod
-    def from_file(cls, path: Path) -> "Authenticator":
+    def from_file(cls, path: Path) -> Authenticator:
         try:
             text = path.read_bytes()
         except OSError as exc:

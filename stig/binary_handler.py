@@ -25,7 +25,7 @@ the connection once per burst.  The rules (docs/pov.md):
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 
@@ -51,7 +51,16 @@ from stig.auth import MECHANISMS
 from stig.core import Core, expired_variant
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.ops import (
-    Add, Adjust, Cas, Clear, CompareRemove, Concat, Op, Outcome, Remove, Replace,
+    Add,
+    Adjust,
+    Cas,
+    Clear,
+    CompareRemove,
+    Concat,
+    Op,
+    Outcome,
+    Remove,
+    Replace,
 )
 from stig.promoter import Promotion
 from stig.records import Item
@@ -71,8 +80,14 @@ Failures = dict[Outcome, Status]
 CAS_FAILURES: Failures = {Outcome.EXISTS: Status.KEY_EEXISTS, Outcome.NOT_FOUND: Status.KEY_ENOENT}
 ADD_FAILURES: Failures = {Outcome.NOT_STORED: Status.KEY_EEXISTS}
 REPLACE_FAILURES: Failures = {Outcome.NOT_STORED: Status.KEY_ENOENT}
-CONCAT_FAILURES: Failures = {Outcome.NOT_STORED: Status.NOT_STORED, Outcome.EXISTS: Status.KEY_EEXISTS}
-DELETE_FAILURES: Failures = {Outcome.NOT_FOUND: Status.KEY_ENOENT, Outcome.EXISTS: Status.KEY_EEXISTS}
+CONCAT_FAILURES: Failures = {
+    Outcome.NOT_STORED: Status.NOT_STORED,
+    Outcome.EXISTS: Status.KEY_EEXISTS,
+}
+DELETE_FAILURES: Failures = {
+    Outcome.NOT_FOUND: Status.KEY_ENOENT,
+    Outcome.EXISTS: Status.KEY_EEXISTS,
+}
 ADJUST_FAILURES: Failures = {
     Outcome.EXISTS: Status.KEY_EEXISTS,
     Outcome.NOT_FOUND: Status.KEY_ENOENT,
@@ -212,7 +227,9 @@ class BinaryHandler:
                 if message is None:
                     continue
                 for check in checks:
-                    self.out += error_response(check.opcode, check.opaque, Status.EINTERNAL, message)
+                    self.out += error_response(
+                        check.opcode, check.opaque, Status.EINTERNAL, message
+                    )
                 continue
             for check in checks:
                 status = check.failures.get(outcomes[check.index])
@@ -263,7 +280,9 @@ class BinaryHandler:
             await self._settle()
         self.out += reply
 
-    def _queue(self, request: BinaryRequest, op: Op, key: bytes | None, size: int, failures: Failures) -> None:
+    def _queue(
+        self, request: BinaryRequest, op: Op, key: bytes | None, size: int, failures: Failures
+    ) -> None:
         """A quiet conditional write: it joins the run; its verdict comes at commit."""
         self.core.queue_conditional(op, key, size)
         self._checks.append(
@@ -271,7 +290,11 @@ class BinaryHandler:
         )
 
     async def _answer_committed(
-        self, request: BinaryRequest, outcome: Outcome, item: Item | None, failures: Failures,
+        self,
+        request: BinaryRequest,
+        outcome: Outcome,
+        item: Item | None,
+        failures: Failures,
         counter: bool = False,
     ) -> None:
         """Reply to a loud write after its commit: a failure, or success with its cas."""
@@ -287,8 +310,9 @@ class BinaryHandler:
         else:
             self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, cas)
 
-    async def _conditional(self, request: BinaryRequest, op: Op, size: int, failures: Failures,
-                           counter: bool = False) -> None:
+    async def _conditional(
+        self, request: BinaryRequest, op: Op, size: int, failures: Failures, counter: bool = False
+    ) -> None:
         """A write checked against the committed state: queued if quiet, else answered after commit."""
         if request.quiet:
             self._queue(request, op, request.key or None, size, failures)
@@ -296,8 +320,9 @@ class BinaryHandler:
         outcome, item = await self.core.conditional_result(op, request.key or None, size)
         await self._answer_committed(request, outcome, item, failures, counter)
 
-    async def _commit_loud(self, request: BinaryRequest, failures: Failures,
-                           counter: bool = False) -> None:
+    async def _commit_loud(
+        self, request: BinaryRequest, failures: Failures, counter: bool = False
+    ) -> None:
         """A loud unconditional write just recorded: answer after its commit, with its cas."""
         outcome, item = await self.core.committed()
         await self._answer_committed(request, outcome, item, failures, counter)
@@ -342,7 +367,9 @@ class BinaryHandler:
         elif base is Opcode.Replace:
             op, failures = Replace(key, value, flags), REPLACE_FAILURES
         if op is not None:
-            await self._conditional(request, expired_variant(op) if expired else op, len(value), failures)
+            await self._conditional(
+                request, expired_variant(op) if expired else op, len(value), failures
+            )
         else:
             if expired:
                 core.set_expired(key)
@@ -373,7 +400,9 @@ class BinaryHandler:
     async def _delete(self, request: BinaryRequest) -> None:
         self.core.count_prefix_delete(request.key)
         if request.cas:
-            await self._conditional(request, CompareRemove(request.key, request.cas), 0, DELETE_FAILURES)
+            await self._conditional(
+                request, CompareRemove(request.key, request.cas), 0, DELETE_FAILURES
+            )
             return
         if request.quiet and self.core.as_intent(request.key):
             self._queue(request, Remove(request.key), request.key, 0, DELETE_FAILURES)
@@ -471,7 +500,9 @@ class BinaryHandler:
             return
         out = self.out
         for name, value in pairs:
-            out += stat_response(request.opaque, name, value if isinstance(value, bytes) else str(value))
+            out += stat_response(
+                request.opaque, name, value if isinstance(value, bytes) else str(value)
+            )
         out += stat_end_response(request.opaque)
 
     # -- SASL PLAIN -----------------------------------------------------------
@@ -481,7 +512,9 @@ class BinaryHandler:
         if self.auth is None:
             self.out += error_response(request.opcode, request.opaque, Status.UNKNOWN_COMMAND)
         else:
-            self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, value=MECHANISMS)
+            self.out += encode_response(
+                request.opcode, Status.NO_ERROR, request.opaque, value=MECHANISMS
+            )
 
     async def _sasl_auth(self, request: BinaryRequest) -> None:
         await self._settle()
@@ -489,7 +522,9 @@ class BinaryHandler:
             self.out += error_response(request.opcode, request.opaque, Status.UNKNOWN_COMMAND)
         elif request.key == MECHANISMS and self.auth.check_plain(request.value):
             self.authenticated = True
-            self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, value=AUTHENTICATED)
+            self.out += encode_response(
+                request.opcode, Status.NO_ERROR, request.opaque, value=AUTHENTICATED
+            )
         else:
             self.out += error_response(request.opcode, request.opaque, Status.AUTH_ERROR)
 

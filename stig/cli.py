@@ -29,7 +29,9 @@ def _size(text: str) -> int:
 class SizeParam(click.ParamType):
     name = "SIZE"
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
         if isinstance(value, int):
             return value
         try:
@@ -49,12 +51,18 @@ def _octal(text: str, param: click.Parameter) -> int:
 
 
 def _check_transport(
-    unix_socket: Path | None, tls_cert: Path | None, tls_key: Path | None,
-    tls_ca: Path | None, tls_verify_clients: bool, tls_port: int | None,
+    unix_socket: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    tls_verify_clients: bool,
+    tls_port: int | None,
 ) -> None:
     """Refuse combinations of transport options that cannot mean anything."""
     if tls_cert is None and (tls_key or tls_ca or tls_verify_clients or tls_port is not None):
-        raise click.UsageError("--tls-key, --tls-ca, --tls-verify-clients and --tls-port need --tls-cert")
+        raise click.UsageError(
+            "--tls-key, --tls-ca, --tls-verify-clients and --tls-port need --tls-cert"
+        )
     if tls_verify_clients and tls_ca is None:
         raise click.UsageError("--tls-verify-clients needs --tls-ca")
     if unix_socket is not None and tls_cert is not None:
@@ -76,59 +84,158 @@ def main() -> None:
 
 @main.command()
 @click.option("--listen", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=11211, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port (0 picks a free one and prints it).")
-@click.option("--data-dir", default="stig-data", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Directory of the LMDB environment (created if missing).")
-@click.option("--durable-acks", is_flag=True,
-              help="Answer every write only after its commit is on disk.")
-@click.option("--max-item-size", default=str(ITEM_SIZE_MAX), show_default=True, type=SizeParam(),
-              help="Largest value accepted (bytes; k/m suffixes allowed).")
-@click.option("--max-key-length", default=KEY_MAX_LENGTH, show_default=True,
-              type=click.IntRange(1, 250), help="Longest key accepted.")
-@click.option("--max-line-length", default=LINE_MAX_LENGTH, show_default=True,
-              type=click.IntRange(64), help="Longest command line without a newline.")
-@click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(1),
-              help="Connections beyond this get 'ERROR Too many open connections'.")
-@click.option("--max-pending-bytes", default="64m", show_default=True, type=SizeParam(),
-              help="Server-wide budget of uncommitted write bytes (at their memory cost): "
-                   "connections with pending writes stop reading while it is exceeded; "
-                   "also the largest single transaction.")
-@click.option("--max-commit-lag-ms", default=100.0, show_default=True, type=click.FloatRange(1),
-              help="Connections with pending writes stop reading while the oldest "
-                   "uncommitted write has waited longer than this.")
-@click.option("--max-reply-bytes", default="1m", show_default=True, type=SizeParam(),
-              help="Per connection: replies buffered before they are sent; a client that "
-                   "does not read them is not read either.")
-@click.option("--ttl-policy", type=click.Choice([p.value for p in TtlPolicy]),
-              default=TtlPolicy.REJECT.value, show_default=True,
-              help="A non-zero exptime: 'reject' answers CLIENT_ERROR, 'ignore' stores forever.")
-@click.option("--batch-idle-ms", default=50.0, show_default=True, type=click.FloatRange(0),
-              help="A run of noreply/quiet writes commits after this much input silence.")
-@click.option("--idle-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
-              help="Close connections idle this many seconds (0: never).")
-@click.option("--map-size", default="256m", show_default=True, type=SizeParam(),
-              help="Initial LMDB map size; the map doubles by itself whenever it is full.")
+@click.option(
+    "--port",
+    default=11211,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port (0 picks a free one and prints it).",
+)
+@click.option(
+    "--data-dir",
+    default="stig-data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the LMDB environment (created if missing).",
+)
+@click.option(
+    "--durable-acks", is_flag=True, help="Answer every write only after its commit is on disk."
+)
+@click.option(
+    "--max-item-size",
+    default=str(ITEM_SIZE_MAX),
+    show_default=True,
+    type=SizeParam(),
+    help="Largest value accepted (bytes; k/m suffixes allowed).",
+)
+@click.option(
+    "--max-key-length",
+    default=KEY_MAX_LENGTH,
+    show_default=True,
+    type=click.IntRange(1, 250),
+    help="Longest key accepted.",
+)
+@click.option(
+    "--max-line-length",
+    default=LINE_MAX_LENGTH,
+    show_default=True,
+    type=click.IntRange(64),
+    help="Longest command line without a newline.",
+)
+@click.option(
+    "--max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Connections beyond this get 'ERROR Too many open connections'.",
+)
+@click.option(
+    "--max-pending-bytes",
+    default="64m",
+    show_default=True,
+    type=SizeParam(),
+    help="Server-wide budget of uncommitted write bytes (at their memory cost): "
+    "connections with pending writes stop reading while it is exceeded; "
+    "also the largest single transaction.",
+)
+@click.option(
+    "--max-commit-lag-ms",
+    default=100.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Connections with pending writes stop reading while the oldest "
+    "uncommitted write has waited longer than this.",
+)
+@click.option(
+    "--max-reply-bytes",
+    default="1m",
+    show_default=True,
+    type=SizeParam(),
+    help="Per connection: replies buffered before they are sent; a client that "
+    "does not read them is not read either.",
+)
+@click.option(
+    "--ttl-policy",
+    type=click.Choice([p.value for p in TtlPolicy]),
+    default=TtlPolicy.REJECT.value,
+    show_default=True,
+    help="A non-zero exptime: 'reject' answers CLIENT_ERROR, 'ignore' stores forever.",
+)
+@click.option(
+    "--batch-idle-ms",
+    default=50.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="A run of noreply/quiet writes commits after this much input silence.",
+)
+@click.option(
+    "--idle-timeout",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Close connections idle this many seconds (0: never).",
+)
+@click.option(
+    "--map-size",
+    default="256m",
+    show_default=True,
+    type=SizeParam(),
+    help="Initial LMDB map size; the map doubles by itself whenever it is full.",
+)
 @click.option("--disable-flush-all", is_flag=True, help="Refuse flush_all.")
-@click.option("--auth-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              default=None, help="Require SASL PLAIN logins from this file of user:password lines.")
-@click.option("--unix-socket", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Listen on this unix domain socket instead of TCP (memcached's -s).")
-@click.option("--unix-mask", default="700", show_default=True, callback=lambda c, p, v: _octal(v, p),
-              help="Permission bits of the unix socket, in octal (memcached's -a).")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Serve TLS with this PEM certificate chain (memcached's -Z).")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="PEM private key of --tls-cert (if not in the same file).")
-@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="PEM CA certificates that client certificates must chain to.")
-@click.option("--tls-verify-clients", is_flag=True,
-              help="Require a client certificate signed by --tls-ca.")
-@click.option("--tls-port", default=None, type=click.IntRange(0, 65535),
-              help="Serve TLS on this port and keep --port plain (default: --port is TLS).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]), help="Logging threshold.")
+@click.option(
+    "--auth-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Require SASL PLAIN logins from this file of user:password lines.",
+)
+@click.option(
+    "--unix-socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Listen on this unix domain socket instead of TCP (memcached's -s).",
+)
+@click.option(
+    "--unix-mask",
+    default="700",
+    show_default=True,
+    callback=lambda c, p, v: _octal(v, p),
+    help="Permission bits of the unix socket, in octal (memcached's -a).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Serve TLS with this PEM certificate chain (memcached's -Z).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM private key of --tls-cert (if not in the same file).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM CA certificates that client certificates must chain to.",
+)
+@click.option(
+    "--tls-verify-clients", is_flag=True, help="Require a client certificate signed by --tls-ca."
+)
+@click.option(
+    "--tls-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Serve TLS on this port and keep --port plain (default: --port is TLS).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Logging threshold.",
+)
 def serve(
     listen: str,
     port: int,
@@ -159,22 +266,27 @@ def serve(
     """Serve the memcached text, meta and binary protocols on one port."""
     _check_transport(unix_socket, tls_cert, tls_key, tls_ca, tls_verify_clients, tls_port)
     if auth_file is not None:
-        from stig.auth import AuthFileError, Authenticator
+        from stig.auth import Authenticator, AuthFileError
 
         try:
             Authenticator.from_file(auth_file)
         except AuthFileError as exc:
             raise click.BadParameter(str(exc), param_hint="'--auth-file'") from None
     logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = Settings(
         listen=listen,
         port=port,
         data_dir=data_dir,
         durable_acks=durable_acks,
-        limits=Limits(max_key_length=max_key_length, max_item_size=max_item_size,
-                      max_line_length=max_line_length),
+        limits=Limits(
+            max_key_length=max_key_length,
+            max_item_size=max_item_size,
+            max_line_length=max_line_length,
+        ),
         max_connections=max_connections,
         max_pending_bytes=max_pending_bytes,
         max_commit_lag_ms=max_commit_lag_ms,
@@ -194,7 +306,8 @@ def serve(
         tls_verify_clients=tls_verify_clients,
         tls_port=tls_port,
     )
-    from stig.server import Listener, serve as run_server
+    from stig.server import Listener
+    from stig.server import serve as run_server
     from stig.tls import TlsError, build_context
 
     if tls_cert is not None:
@@ -225,7 +338,9 @@ def serve(
 # -- operating a database: backup, restore, check, dump, load ------------------
 
 _DATA_DIR = click.option(
-    "--data-dir", default="stig-data", show_default=True,
+    "--data-dir",
+    default="stig-data",
+    show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="The data directory (as given to 'stig serve').",
 )
@@ -253,7 +368,8 @@ def backup(dest: Path, data_dir: Path, quiet: bool) -> None:
     Example:
         stig backup /backups/stig-$(date +%F) --data-dir /var/lib/stig
     """
-    from stig.envtools import ToolError, backup as run_backup, open_readonly, used_bytes
+    from stig.envtools import ToolError, open_readonly, used_bytes
+    from stig.envtools import backup as run_backup
 
     try:
         env = open_readonly(data_dir)
@@ -264,15 +380,20 @@ def backup(dest: Path, data_dir: Path, quiet: bool) -> None:
     except ToolError as exc:
         raise click.ClickException(str(exc)) from None
     progress.done()
-    click.echo(f"backup of {data_dir} in {dest}: {report.keys:,} keys, {_mb(report.bytes)} "
-               f"in {report.seconds:.2f} s ({report.bytes / 1e6 / max(report.seconds, 1e-9):,.1f} MB/s)")
+    click.echo(
+        f"backup of {data_dir} in {dest}: {report.keys:,} keys, {_mb(report.bytes)} "
+        f"in {report.seconds:.2f} s ({report.bytes / 1e6 / max(report.seconds, 1e-9):,.1f} MB/s)"
+    )
 
 
 @main.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_DATA_DIR
-@click.option("--force", is_flag=True,
-              help="Replace the data already in the data directory (never while a server uses it).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the data already in the data directory (never while a server uses it).",
+)
 @_QUIET
 def restore(src: Path, data_dir: Path, force: bool, quiet: bool) -> None:
     """Make the data directory from the backup in SRC.
@@ -285,7 +406,8 @@ def restore(src: Path, data_dir: Path, force: bool, quiet: bool) -> None:
     Example:
         stig restore /backups/stig-2026-11-30 --data-dir /var/lib/stig
     """
-    from stig.envtools import ToolError, restore as run_restore
+    from stig.envtools import ToolError
+    from stig.envtools import restore as run_restore
 
     progress = Progress("restore", unit="bytes", quiet=quiet)
     try:
@@ -293,8 +415,10 @@ def restore(src: Path, data_dir: Path, force: bool, quiet: bool) -> None:
     except (ToolError, DataDirInUse) as exc:
         raise click.ClickException(str(exc)) from None
     progress.done()
-    click.echo(f"restored {src} into {data_dir}: {report.keys:,} keys, {_mb(report.bytes)} "
-               f"in {report.seconds:.2f} s")
+    click.echo(
+        f"restored {src} into {data_dir}: {report.keys:,} keys, {_mb(report.bytes)} "
+        f"in {report.seconds:.2f} s"
+    )
 
 
 @main.command()
@@ -308,7 +432,8 @@ def check(data_dir: Path, quiet: bool) -> None:
     cas values never repeat), and that the stored byte total is right.
     Prints the counts, then each problem found.
     """
-    from stig.envtools import ToolError, check as run_check, open_readonly
+    from stig.envtools import ToolError, open_readonly
+    from stig.envtools import check as run_check
 
     try:
         env = open_readonly(data_dir)
@@ -320,8 +445,10 @@ def check(data_dir: Path, quiet: bool) -> None:
     except ToolError as exc:
         raise click.ClickException(str(exc)) from None
     progress.done()
-    click.echo(f"{data_dir}: {report.keys:,} keys, {report.value_bytes:,} value bytes, "
-               f"cas counter {report.counter}, highest cas {report.max_cas}")
+    click.echo(
+        f"{data_dir}: {report.keys:,} keys, {report.value_bytes:,} value bytes, "
+        f"cas counter {report.counter}, highest cas {report.max_cas}"
+    )
     for text in report.problems:
         click.echo(f"problem: {text}", err=True)
     if report.problems:
@@ -330,14 +457,33 @@ def check(data_dir: Path, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Read this data directory directly: one consistent snapshot, server or not.")
-@click.option("--server", default=None, metavar="HOST:PORT",
-              help="Read a running server (Stig or memcached 1.6) over the network.")
-@click.option("--output", "-o", type=click.File("wb"), default="-", show_default=True,
-              help="Where to write the dump ('-': stdout).")
-@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1),
-              help="Items between 'mn' barriers (each group loads as one transaction).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Read this data directory directly: one consistent snapshot, server or not.",
+)
+@click.option(
+    "--server",
+    default=None,
+    metavar="HOST:PORT",
+    help="Read a running server (Stig or memcached 1.6) over the network.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.File("wb"),
+    default="-",
+    show_default=True,
+    help="Where to write the dump ('-': stdout).",
+)
+@click.option(
+    "--batch",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Items between 'mn' barriers (each group loads as one transaction).",
+)
 @_QUIET
 def dump(data_dir: Path | None, server: str | None, output, batch: int, quiet: bool) -> None:
     """Write every item as a stream of memcached meta commands.
@@ -370,8 +516,13 @@ def dump(data_dir: Path | None, server: str | None, output, batch: int, quiet: b
 @main.command()
 @click.argument("file", type=click.File("rb"), default="-")
 @click.option("--server", required=True, metavar="HOST:PORT", help="The server to load into.")
-@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1),
-              help="Items per transaction (each closed by 'mn': atomic and durable on Stig).")
+@click.option(
+    "--batch",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Items per transaction (each closed by 'mn': atomic and durable on Stig).",
+)
 @_QUIET
 def load(file, server: str, batch: int, quiet: bool) -> None:
     """Replay a dump (FILE, or stdin when '-' or absent) into a server.
@@ -394,7 +545,10 @@ def load(file, server: str, batch: int, quiet: bool) -> None:
     for key, reply in report.refused:
         click.echo(f"refused: key {key!r}: {reply}", err=True)
     if not quiet:
-        click.echo(f"loaded {report.items - len(report.refused):,} of {report.items:,} items, "
-                   f"{report.value_bytes:,} value bytes", err=True)
+        click.echo(
+            f"loaded {report.items - len(report.refused):,} of {report.items:,} items, "
+            f"{report.value_bytes:,} value bytes",
+            err=True,
+        )
     if report.refused:
         raise click.ClickException(f"{len(report.refused)} item(s) refused")

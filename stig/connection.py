@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 

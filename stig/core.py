@@ -18,14 +18,25 @@ Conditional writes answer after their commit.  Commit failures surface as
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from stig.engine import Engine
-from stig.ops import Add, Adjust, Cas, Clear, Concat, ExpiredMode, ExpiredStore, Op, Outcome, Remove, Replace
+from stig.ops import (
+    Add,
+    Adjust,
+    Cas,
+    Clear,
+    Concat,
+    ExpiredMode,
+    ExpiredStore,
+    Op,
+    Outcome,
+    Remove,
+    Replace,
+)
 from stig.records import Item
 from stig.session import Session
 from stig.settings import TtlPolicy
-
 
 #: Why a non-zero TTL is refused (``--ttl-policy reject``), in every protocol.
 TTL_REFUSED = "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
@@ -149,7 +160,11 @@ class Core:
             await session.await_acked(keys)
 
     async def read(
-        self, keys: Sequence[bytes], *, with_cas: bool = False, touch: bool = False,
+        self,
+        keys: Sequence[bytes],
+        *,
+        with_cas: bool = False,
+        touch: bool = False,
         detail: bool = True,
     ) -> list[Item | None]:
         """Every key as of one snapshot, with this session's writes laid over it.
@@ -183,7 +198,11 @@ class Core:
         self.session.set(key, value, flags)
 
     async def concat(
-        self, key: bytes, data: bytes, prepend: bool, vivify_flags: int | None = None,
+        self,
+        key: bytes,
+        data: bytes,
+        prepend: bool,
+        vivify_flags: int | None = None,
         quiet: bool = False,
     ) -> bool:
         """append/prepend; False if the key is absent from this POV.
@@ -217,7 +236,12 @@ class Core:
         return found
 
     async def adjust(
-        self, key: bytes, delta: int, incr: bool, initial: int | None = None, flags: int = 0,
+        self,
+        key: bytes,
+        delta: int,
+        incr: bool,
+        initial: int | None = None,
+        flags: int = 0,
         quiet: bool = False,
     ) -> int | Outcome:
         """incr/decr: the value this POV sees afterwards, or NOT_FOUND / NON_NUMERIC.

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import BinaryIO, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import BinaryIO, NamedTuple
 
 BARRIER = b"mn\r\n"
 #: The longest ms line a valid dump holds (a 250-byte key is 336 base64 bytes).
@@ -84,9 +85,13 @@ def read(stream: BinaryIO) -> Iterator[DumpItem | None]:
                 raise DumpFormatError(f"{where}: key is not base64: {raw_key[:60]!r}") from None
         length = int(length_text)
         if length > MAX_VALUE:
-            raise DumpFormatError(f"{where}: value length {length} of key {key[:60]!r} is over {MAX_VALUE}")
+            raise DumpFormatError(
+                f"{where}: value length {length} of key {key[:60]!r} is over {MAX_VALUE}"
+            )
         block = stream.read(length + 2)
         offset += len(block)
         if len(block) != length + 2 or not block.endswith(b"\r\n"):
-            raise DumpFormatError(f"{where}: value of key {key[:60]!r} cut short or not ended by \\r\\n")
+            raise DumpFormatError(
+                f"{where}: value of key {key[:60]!r} cut short or not ended by \\r\\n"
+            )
         yield DumpItem(key, block[:-2], flags)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from stig.auth import Authenticator
+from stig.prefix_stats import PrefixStats
 from stig.promoter import Promoter, WriteBudget
 from stig.settings import Settings
-from stig.prefix_stats import PrefixStats
 from stig.stats import CommandStats, PromoterStats
 from stig.store import Store
 
@@ -44,7 +44,9 @@ class Engine:
         #: The TLS certificates (``refresh_certs`` reloads them); None without TLS.
         self.tls: TlsCertificates | None = None
 
-    async def run_promoter(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_promoter(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         await self.promoter.run(task_status=task_status)
 
     async def close(self) -> None:

@@ -15,8 +15,8 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import attrs
 import lmdb
@@ -73,8 +73,10 @@ def open_readonly(path: Path) -> ReadOnlyEnv:
         needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
         size = (path / DATA_FILE).stat().st_size
         if size < needed:
-            raise ToolError(f"{str(path)!r} is damaged: {DATA_FILE} is {size:,} bytes, "
-                            f"but its pages reach byte {needed:,} (a truncated copy?)")
+            raise ToolError(
+                f"{str(path)!r} is damaged: {DATA_FILE} is {size:,} bytes, "
+                f"but its pages reach byte {needed:,} (a truncated copy?)"
+            )
         items = env.open_db(b"items", create=False)
         meta = env.open_db(b"meta", create=False)
     except lmdb.Error as exc:
@@ -150,7 +152,9 @@ def used_bytes(env: ReadOnlyEnv) -> int:
 PARTIAL_DIR = ".stig-backup-partial"
 
 
-def backup(data_dir: Path, dest: Path, on_bytes: Callable[[int], None] = lambda n: None) -> CopyReport:
+def backup(
+    data_dir: Path, dest: Path, on_bytes: Callable[[int], None] = lambda n: None
+) -> CopyReport:
     """A consistent, compacted copy of ``data_dir`` in the new directory ``dest``."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ToolError(f"backup destination {str(dest)!r} exists and is not an empty directory")
@@ -178,7 +182,9 @@ def backup(data_dir: Path, dest: Path, on_bytes: Callable[[int], None] = lambda 
 
 
 def restore(
-    src: Path, data_dir: Path, force: bool = False,
+    src: Path,
+    data_dir: Path,
+    force: bool = False,
     on_bytes: Callable[[int], None] = lambda n: None,
 ) -> CopyReport:
     """Make ``data_dir`` from the backup in ``src``.
@@ -241,8 +247,11 @@ def _show(key: bytes) -> str:
     return repr(key) if len(key) <= 60 else repr(key[:60]) + "…"
 
 
-def check(data_dir: Path, on_item: Callable[[int, int], None] = lambda n, b: None,
-          max_problems: int = 1000) -> CheckReport:
+def check(
+    data_dir: Path,
+    on_item: Callable[[int, int], None] = lambda n, b: None,
+    max_problems: int = 1000,
+) -> CheckReport:
     """Walk every record of one snapshot and verify Stig's invariants.
 
     * every record holds the 13-byte header of :mod:`stig.records` and only
@@ -289,8 +298,10 @@ def check(data_dir: Path, on_item: Callable[[int, int], None] = lambda n, b: Non
                 if not 0 < len(key) <= MAX_KEY:
                     problem(f"key {_show(key)}: length {len(key)} outside 1..{MAX_KEY}")
                 if len(record) < header:
-                    problem(f"key {_show(key)}: record of {len(record)} bytes, shorter "
-                            f"than its {header}-byte header")
+                    problem(
+                        f"key {_show(key)}: record of {len(record)} bytes, shorter "
+                        f"than its {header}-byte header"
+                    )
                     continue
                 _flags, cas, state = unpack(record)
                 report.value_bytes += len(record) - header
@@ -299,7 +310,9 @@ def check(data_dir: Path, on_item: Callable[[int, int], None] = lambda n, b: Non
                 if cas < _CAS_CEILING:
                     report.max_cas = max(report.max_cas, cas)
                     if cas > counter:
-                        problem(f"key {_show(key)}: cas {cas} is above the stored counter {counter}")
+                        problem(
+                            f"key {_show(key)}: cas {cas} is above the stored counter {counter}"
+                        )
                 if done == 10_000:
                     on_item(done, 0)
                     done = 0
@@ -315,7 +328,9 @@ def check(data_dir: Path, on_item: Callable[[int, int], None] = lambda n, b: Non
     return report
 
 
-def _walk(txn: lmdb.Transaction, problem: Callable[[str], None]) -> Iterator[tuple[bytes, memoryview]]:
+def _walk(
+    txn: lmdb.Transaction, problem: Callable[[str], None]
+) -> Iterator[tuple[bytes, memoryview]]:
     """Every (key, record) of the items table; an LMDB error ends the walk as a problem."""
     try:
         cursor = txn.cursor()

@@ -21,7 +21,7 @@ short read never does.  Two consequences, both stated in docs/pov.md:
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import lmdb
 

@@ -27,7 +27,7 @@ commands").
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 
@@ -158,8 +158,9 @@ class MetaHandler:
 
     # -- replies ---------------------------------------------------------------
 
-    def _reply(self, command: Keyed, code: bytes, item: ItemFacts | None = None,
-               value: bytes | None = None) -> None:
+    def _reply(
+        self, command: Keyed, code: bytes, item: ItemFacts | None = None, value: bytes | None = None
+    ) -> None:
         """Write ``code`` for ``command``, unless quiet mode hides it."""
         if not suppressed_in_quiet(command, code):
             self.out += encode_meta_response(meta_response(command, code, item, value))
@@ -295,7 +296,11 @@ class MetaHandler:
     async def _get_one(self, command: MetaGet, item: Item | None) -> None:
         """Answer one mg from the item the snapshot gave; hand out a win if due."""
         won = False
-        if item is None and command.vivify_ttl is not None and not self.core.expired(command.vivify_ttl):
+        if (
+            item is None
+            and command.vivify_ttl is not None
+            and not self.core.expired(command.vivify_ttl)
+        ):
             item, won = await self._vivify(command)
         elif item is not None and item.stale and not item.win_sent:
             item, won = await self._take_win(command.key, item)
@@ -385,9 +390,7 @@ class MetaHandler:
             concat = Concat(key, value, command.mode is SetMode.PREPEND, vivify)
             if self._intent(command, concat, len(value)):
                 return
-            stored = await self.core.concat(
-                key, value, command.mode is SetMode.PREPEND, vivify
-            )
+            stored = await self.core.concat(key, value, command.mode is SetMode.PREPEND, vivify)
         await self._pov_write_reply(command, Outcome.STORED if stored else Outcome.NOT_STORED)
 
     def _conditional_set(self, command: MetaSet) -> Op | None:

@@ -383,6 +383,18 @@ class ExpiredStore:
 
 
 Op = (
-    Put | Remove | Adjust | Concat | Cas | Add | Replace | CompareRemove | MarkStale | Blank
-    | Vivify | SetState | Clear | ExpiredStore
+    Put
+    | Remove
+    | Adjust
+    | Concat
+    | Cas
+    | Add
+    | Replace
+    | CompareRemove
+    | MarkStale
+    | Blank
+    | Vivify
+    | SetState
+    | Clear
+    | ExpiredStore
 )

@@ -13,7 +13,7 @@ keys of further prefixes are not counted.  Shown in ``stats settings``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 #: memcached's MAX_PREFIX_COUNT: the counters' memory is bounded.
 MAX_PREFIXES = 1 << 16

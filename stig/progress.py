@@ -24,8 +24,12 @@ class Progress:
     """Counts ``items`` (of ``unit``) and bytes; call :meth:`add` as work is done."""
 
     def __init__(
-        self, label: str, unit: str = "keys", total: int | None = None,
-        quiet: bool = False, stream: TextIO | None = None,
+        self,
+        label: str,
+        unit: str = "keys",
+        total: int | None = None,
+        quiet: bool = False,
+        stream: TextIO | None = None,
     ) -> None:
         self.label = label
         self.unit = unit
@@ -58,11 +62,12 @@ class Progress:
         if self.total:
             fraction = min(self.items / self.total, 1.0)
             filled = int(fraction * 24)
-            text = (f"{self.label}: [{'#' * filled}{'.' * (24 - filled)}] {fraction:4.0%} "
-                    f"{self.items:,}/{self.total:,}")
+            text = (
+                f"{self.label}: [{'#' * filled}{'.' * (24 - filled)}] {fraction:4.0%} "
+                f"{self.items:,}/{self.total:,}"
+            )
         size = f", {_human(self.bytes)}B" if self.bytes else ""
         return f"{text} {self.unit}{size}, {_human(rate)} {self.unit}/s, {self.elapsed:.1f} s"
-
 
     def _draw(self, final: bool) -> None:
         if self.tty:

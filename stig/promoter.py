@@ -38,7 +38,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import lmdb
@@ -78,7 +78,7 @@ class Promotion:
     ops: Sequence[Op]
     key_seqs: dict[bytes, int]  # the session's newest write sequence per key
     nbytes: int
-    on_done: Callable[["Promotion"], None] | None = None
+    on_done: Callable[[Promotion], None] | None = None
     answered_early: bool = False  # holds writes already acknowledged from a POV
     last_seq: int = 0  # the session's write sequence number at the run's end
     clears_all: bool = False  # holds a flush_all: every key is written
@@ -147,7 +147,10 @@ class Promoter:
     """Group-commits promotions; see the module docstring."""
 
     def __init__(
-        self, store: Store, stats: PromoterStats, max_group_bytes: int = 64 << 20,
+        self,
+        store: Store,
+        stats: PromoterStats,
+        max_group_bytes: int = 64 << 20,
         budget: WriteBudget | None = None,
     ) -> None:
         self.store = store
@@ -266,7 +269,7 @@ class Promoter:
             sys.setswitchinterval(previous_interval)
             self._stopped.set()
 
-    def _work(self, jobs: "queue.SimpleQueue[list[Sequence[Op]] | None]") -> None:
+    def _work(self, jobs: queue.SimpleQueue[list[Sequence[Op]] | None]) -> None:
         """The commit thread: applies and commits each group it is handed."""
         apply_group = self._apply_group
         token = self._token
@@ -281,9 +284,7 @@ class Promoter:
 
     # -- the one commit function ------------------------------------------------------
 
-    def _apply_group(
-        self, batches: list[Sequence[Op]]
-    ) -> tuple[Sequence[Applied | _Failed], bool]:
+    def _apply_group(self, batches: list[Sequence[Op]]) -> tuple[Sequence[Applied | _Failed], bool]:
         """Commit one group (on a worker thread): per batch its result or failure.
 
         Returns the results of the leading batches that are finished and
@@ -312,7 +313,10 @@ class Promoter:
         return results, False
 
     def _settle(
-        self, group: list[Promotion], outcome: tuple[Sequence[Applied | _Failed], bool], seconds: float
+        self,
+        group: list[Promotion],
+        outcome: tuple[Sequence[Applied | _Failed], bool],
+        seconds: float,
     ) -> list[Promotion]:
         """Finish the group's promotions that the commit finished (event loop);
         returns the rest, to retry once the map has grown (empty: none)."""

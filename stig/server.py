@@ -21,8 +21,8 @@ import os
 import signal
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import trio
@@ -98,7 +98,9 @@ async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
     try:
         if stat.S_ISSOCK(path.lstat().st_mode):
             if _listened_on(path):
-                raise ListenError(f"cannot listen on {path}: the socket is in use by a running server")
+                raise ListenError(
+                    f"cannot listen on {path}: the socket is in use by a running server"
+                )
             path.unlink()
     except FileNotFoundError:
         pass
@@ -110,8 +112,6 @@ async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
         os.umask(old_umask)
     sock.listen(1024)
     return sock
-
-
 
 
 async def open_listeners(settings: Settings) -> list[Listener]:
@@ -134,7 +134,10 @@ async def _open_listeners(settings: Settings) -> list[Listener]:
         return [Listener(main)]
     if settings.tls_port is None:
         return [Listener(main, tls=True)]
-    return [Listener(main), Listener(await _listen_tcp(settings.listen, settings.tls_port), tls=True)]
+    return [
+        Listener(main),
+        Listener(await _listen_tcp(settings.listen, settings.tls_port), tls=True),
+    ]
 
 
 def _bound(settings: Settings, listeners: list[Listener]) -> Settings:
@@ -159,7 +162,9 @@ async def _reject(sock: trio.socket.SocketType) -> None:
         sock.close()
 
 
-async def _handle(engine: Engine, sock: trio.socket.SocketType, tls: TlsCertificates | None) -> None:
+async def _handle(
+    engine: Engine, sock: trio.socket.SocketType, tls: TlsCertificates | None
+) -> None:
     stats = engine.stats
     stats.curr_connections += 1
     stats.total_connections += 1
@@ -225,8 +230,12 @@ async def serve(
                     if tls is not None:
                         await connections.start(_reload_on_sighup, tls)
                     for listener in listeners:
-                        log.info("stig listening on %s%s, data in %s", listener.address,
-                                 " (TLS)" if listener.tls else "", settings.data_dir)
+                        log.info(
+                            "stig listening on %s%s, data in %s",
+                            listener.address,
+                            " (TLS)" if listener.tls else "",
+                            settings.data_dir,
+                        )
                     if on_ready is not None:
                         on_ready(listeners)
                     task_status.started(listeners)

@@ -32,10 +32,9 @@ The exact rules are in docs/pov.md.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
-import trio
 
 from stig.engine import Engine
 from stig.ops import (
@@ -324,8 +323,13 @@ class Session:
         self._budget.add(_RUN_OVERHEAD)
         self._budget.open -= self._run_bytes
         promotion = Promotion(
-            self._run, self._run_keys, self._run_bytes + _RUN_OVERHEAD, self._promoted,
-            self._run_answered, last_seq=self._seq, clears_all=self._run_clears,
+            self._run,
+            self._run_keys,
+            self._run_bytes + _RUN_OVERHEAD,
+            self._promoted,
+            self._run_answered,
+            last_seq=self._seq,
+            clears_all=self._run_clears,
         )
         self._run = []
         self._run_keys = {}

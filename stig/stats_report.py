@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.prefix_stats import DELIMITER, MAX_PREFIXES
@@ -39,13 +39,25 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
     pairs += [
         (name, getattr(stats, name))
         for name in (
-            "cmd_get", "cmd_set", "cmd_flush", "cmd_touch",
-            "get_hits", "get_misses",
-            "delete_misses", "delete_hits",
-            "incr_misses", "incr_hits", "decr_misses", "decr_hits",
-            "cas_misses", "cas_hits", "cas_badval",
-            "touch_hits", "touch_misses",
-            "bytes_read", "bytes_written",
+            "cmd_get",
+            "cmd_set",
+            "cmd_flush",
+            "cmd_touch",
+            "get_hits",
+            "get_misses",
+            "delete_misses",
+            "delete_hits",
+            "incr_misses",
+            "incr_hits",
+            "decr_misses",
+            "decr_hits",
+            "cas_misses",
+            "cas_hits",
+            "cas_badval",
+            "touch_hits",
+            "touch_misses",
+            "bytes_read",
+            "bytes_written",
         )
         if hasattr(stats, name)
     ]
@@ -150,7 +162,11 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("stig_max_reply_bytes", settings.max_reply_bytes),
         ("stig_initial_map_size", settings.map_size),
         ("stig_auth", _yes(settings.auth_file)),
-        ("stig_tls_port", settings.tls_port if tls and settings.tls_port is not None
-         else (settings.port if tls else 0)),
+        (
+            "stig_tls_port",
+            settings.tls_port
+            if tls and settings.tls_port is not None
+            else (settings.port if tls else 0),
+        ),
         ("stig_detail_max_prefixes", MAX_PREFIXES),
     ]

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import lmdb
 
@@ -50,7 +51,10 @@ class _WriteView:
     """The :class:`~stig.ops.View` of one LMDB write transaction."""
 
     def __init__(
-        self, txn: lmdb.Transaction, items: lmdb._Database, next_cas: int,
+        self,
+        txn: lmdb.Transaction,
+        items: lmdb._Database,
+        next_cas: int,
         max_value_size: int = 2**62,
     ) -> None:
         self._txn = txn
@@ -278,7 +282,9 @@ class Store:
     def grow(self) -> int:
         """Double the map size.  No transaction may be open in this process."""
         new_size = self.map_size * 2
-        for txn in list(self.long_reads):  # a remap leaves cursors dangling (py-lmdb 3 ends them too)
+        for txn in list(
+            self.long_reads
+        ):  # a remap leaves cursors dangling (py-lmdb 3 ends them too)
             txn.abort()  # py-lmdb invalidates their cursors: the listing ends
         self.long_reads.clear()
         self.env.set_mapsize(new_size)

@@ -10,7 +10,7 @@ handler.
 from __future__ import annotations
 
 import contextlib
-from typing import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import lmdb
 
@@ -34,8 +34,9 @@ from protocol.commands import (
 from protocol.errors import InvalidCommand, ProtocolError
 from protocol.text import QuietError, TextParser
 from stig import listing
+from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE
+from stig.core import TTL_REFUSED, Core, expired_variant
 from stig.engine import PROTOCOL_VERSION, Engine
-from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE, TTL_REFUSED, Core, expired_variant
 from stig.meta_handler import MetaHandler
 from stig.ops import Add, Cas, Clear, Op, Outcome, Replace
 from stig.records import HEADER, Item
@@ -224,9 +225,7 @@ class TextHandler:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
 
-    def _read_run(
-        self, commands: Sequence[Retrieve], with_cas: bool
-    ) -> Awaitable[None] | None:
+    def _read_run(self, commands: Sequence[Retrieve], with_cas: bool) -> Awaitable[None] | None:
         """Answer a get or gets, and the plain gets pipelined right behind it,
         from one LMDB snapshot with this session's writes laid over it.
 
@@ -286,7 +285,10 @@ class TextHandler:
                             else:
                                 hits += 1
                                 out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
-                                    key, item.flags, len(item.value), item.value
+                                    key,
+                                    item.flags,
+                                    len(item.value),
+                                    item.value,
                                 )
                             continue
                         record = get(key)
@@ -295,7 +297,10 @@ class TextHandler:
                         else:
                             hits += 1
                             out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
-                                key, unpack(record)[0], len(record) - 13, record[13:]
+                                key,
+                                unpack(record)[0],
+                                len(record) - 13,
+                                record[13:],
                             )
                         continue
                     count += len(keys)
@@ -313,7 +318,10 @@ class TextHandler:
                             if item is not None:
                                 hits += 1
                                 out += b"VALUE %b %d %d\r\n%b\r\n" % (
-                                    key, item.flags, len(item.value), item.value
+                                    key,
+                                    item.flags,
+                                    len(item.value),
+                                    item.value,
                                 )
                             continue
                         record = get(key)
@@ -322,11 +330,18 @@ class TextHandler:
                             if with_cas:
                                 flags, cas, _state = unpack(record)
                                 out += b"VALUE %b %d %d %d\r\n%b\r\n" % (
-                                    key, flags, len(record) - 13, cas, record[13:]
+                                    key,
+                                    flags,
+                                    len(record) - 13,
+                                    cas,
+                                    record[13:],
                                 )
                             else:
                                 out += b"VALUE %b %d %d\r\n%b\r\n" % (
-                                    key, unpack(record)[0], len(record) - 13, record[13:]
+                                    key,
+                                    unpack(record)[0],
+                                    len(record) - 13,
+                                    record[13:],
                                 )
                     out += end
                 if with_cas:
@@ -344,7 +359,10 @@ class TextHandler:
             stats.get_misses += count - hits
 
     async def _rest_of_get(
-        self, txn: lmdb.Transaction, keys: Sequence[bytes], mine: dict[bytes, Item | None],
+        self,
+        txn: lmdb.Transaction,
+        keys: Sequence[bytes],
+        mine: dict[bytes, Item | None],
         with_cas: bool,
     ) -> None:
         """The rest of a big multi-get's reply (see :meth:`_read_run`): each
@@ -370,7 +388,10 @@ class TextHandler:
                     if item is not None:
                         hits += 1
                         out += b"VALUE %b %d %d\r\n%b\r\n" % (
-                            key, item.flags, len(item.value), item.value
+                            key,
+                            item.flags,
+                            len(item.value),
+                            item.value,
                         )
                     continue
                 record = txn.get(key)

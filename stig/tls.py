@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from pathlib import Path
 
 import trio
 
@@ -43,7 +42,9 @@ def build_context(settings: Settings) -> ssl.SSLContext:
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"loading the certificate chain {settings.tls_cert}: {_reason(exc)}") from exc
+        raise TlsError(
+            f"loading the certificate chain {settings.tls_cert}: {_reason(exc)}"
+        ) from exc
     if settings.tls_ca is not None:
         try:
             context.load_verify_locations(cafile=settings.tls_ca)
@@ -80,7 +81,7 @@ class TlsCertificates:
     def seconds_since_reload(self) -> int:
         return int(time.monotonic() - self.loaded_at)
 
-    def wrap(self, sock: trio.socket.SocketType) -> "TlsSocket":
+    def wrap(self, sock: trio.socket.SocketType) -> TlsSocket:
         stream = trio.SSLStream(
             trio.SocketStream(sock), self.context, server_side=True, https_compatible=True
         )

@@ -21,8 +21,9 @@ from __future__ import annotations
 import base64
 import socket
 from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 import attrs
 
@@ -54,7 +55,9 @@ class TransferReport:
     refused: list[tuple[bytes, str]] = attrs.field(factory=list)
 
 
-def _write_items(items: Iterable[DumpItem], out: BinaryIO, batch: int, progress: Progress) -> TransferReport:
+def _write_items(
+    items: Iterable[DumpItem], out: BinaryIO, batch: int, progress: Progress
+) -> TransferReport:
     report = TransferReport()
     encode = dumpfmt.encode_item
     in_batch = 0
@@ -168,7 +171,7 @@ def _listed_keys(conn: _Conn) -> Iterator[bytes]:
             )
         first = False
         field = line.split(b" ", 1)[0]
-        yield url_decode(field[len(b"key="):])
+        yield url_decode(field[len(b"key=") :])
 
 
 def _fetched(conn: _Conn, keys: list[bytes]) -> Iterator[DumpItem]:
@@ -196,7 +199,9 @@ def dump_server(address: tuple[str, int], out: BinaryIO, batch: int, quiet: bool
         raise ToolError(f"connection to the server lost: {exc}") from None
 
 
-def _dump_server(address: tuple[str, int], out: BinaryIO, batch: int, quiet: bool) -> TransferReport:
+def _dump_server(
+    address: tuple[str, int], out: BinaryIO, batch: int, quiet: bool
+) -> TransferReport:
     lister, fetcher = _Conn(address), _Conn(address)
     try:
         progress = Progress("dump", quiet=quiet)
@@ -222,7 +227,9 @@ def _dump_server(address: tuple[str, int], out: BinaryIO, batch: int, quiet: boo
 # -- load -----------------------------------------------------------------------
 
 
-def _batches(stream: BinaryIO, batch: int, max_cost: int = MAX_BATCH_COST) -> Iterator[list[DumpItem]]:
+def _batches(
+    stream: BinaryIO, batch: int, max_cost: int = MAX_BATCH_COST
+) -> Iterator[list[DumpItem]]:
     """Items in groups of at most ``batch`` items and ``max_cost`` bytes of
     server memory (an item bigger than that goes alone); a barrier in the
     stream also ends a group."""
@@ -333,8 +340,10 @@ def _name_refused(conn: _Conn, group: list[DumpItem], report: TransferReport) ->
     ``ERROR`` for the value it did not read) cannot shift the next one, and
     record the ones refused."""
     for key, value, flags in group:
-        conn.send(b"ms %b %d b F%d\r\n%b\r\n" % (base64.b64encode(key), len(value), flags, value)
-                  + dumpfmt.BARRIER)
+        conn.send(
+            b"ms %b %d b F%d\r\n%b\r\n" % (base64.b64encode(key), len(value), flags, value)
+            + dumpfmt.BARRIER
+        )
         replies = []
         while (line := conn.line()) != b"MN\r\n":
             replies.append(line.strip().decode(errors="replace"))

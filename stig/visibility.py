@@ -31,7 +31,8 @@ here.  An open run is in no promotion yet, so it stays invisible to others.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from stig.promoter import Promotion
@@ -43,7 +44,7 @@ _PURGE_SLACK = 4096
 class InFlight:
     """Keys with a submitted promotion not finished yet; see the module docstring."""
 
-    __slots__ = ("_keys", "_everything", "_live", "_live_keys", "waits")
+    __slots__ = ("_everything", "_keys", "_live", "_live_keys", "waits")
 
     def __init__(self) -> None:
         #: key -> the newest promotion published for it.  Entries of finished

@@ -20,8 +20,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -29,9 +29,7 @@ from hypothesis import HealthCheck, settings
 # Hypothesis' per-example deadline is a timing assertion: on a shared 2-core
 # machine (CI, or a benchmark running beside the tests) a slow example is
 # load, not a bug.  Speed is measured in scripts/, never in tests.
-settings.register_profile(
-    "stig", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("stig", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("stig")
 
 READY_PREFIX = "stig listening on "
@@ -71,7 +69,7 @@ class RawConnection:
             self.sock.settimeout(remaining)
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except ConnectionResetError:
                 chunk = b""
@@ -83,7 +81,9 @@ class RawConnection:
         data, self.buffer = self.buffer, b""
         return data
 
-    def send_recv(self, data: bytes, until: bytes | None = b"END\r\n", timeout: float = IO_TIMEOUT) -> bytes:
+    def send_recv(
+        self, data: bytes, until: bytes | None = b"END\r\n", timeout: float = IO_TIMEOUT
+    ) -> bytes:
         self.send(data)
         return self.recv_until(until, timeout)
 
@@ -97,7 +97,7 @@ class RawConnection:
             self.sock.settimeout(remaining)
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not chunk:
                 raise ConnectionError(f"closed before {count} bytes; got {self.buffer!r}")
@@ -110,7 +110,7 @@ class RawConnection:
         self.sock.settimeout(timeout)
         try:
             data = self.buffer + self.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             data = self.buffer
         self.buffer = b""
         return data
@@ -126,13 +126,13 @@ class RawConnection:
                 self.buffer += chunk
         except ConnectionResetError:
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "RawConnection":
+    def __enter__(self) -> RawConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -142,8 +142,9 @@ class RawConnection:
 class BinaryConnection(RawConnection):
     """A raw connection speaking the binary protocol: requests out, decoded responses in."""
 
-    def request(self, opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"",
-                **fields: int) -> None:
+    def request(
+        self, opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"", **fields: int
+    ) -> None:
         """Send one request (``cas``, ``opaque``, ``magic``… as keywords)."""
         from protocol.binary import encode_request
 
@@ -161,8 +162,9 @@ class BinaryConnection(RawConnection):
         assert decoded is not None
         return decoded[0]
 
-    def call(self, opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"",
-             **fields: int):  # -> protocol.binary.BinaryResponse
+    def call(
+        self, opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"", **fields: int
+    ):  # -> protocol.binary.BinaryResponse
         """Send one request and return its response."""
         self.request(opcode, key, value, extras, **fields)
         return self.response()
@@ -189,12 +191,20 @@ class StigProcess:
     @property
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "stig", "serve",
-            "--listen", self.host, "--port", "0",
-            "--data-dir", str(self.data_dir), *self.args,
+            sys.executable,
+            "-m",
+            "stig",
+            "serve",
+            "--listen",
+            self.host,
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
         ]
 
-    def start(self, *args: str) -> "StigProcess":
+    def start(self, *args: str) -> StigProcess:
         """Start the server (``args`` replace the extra options if given)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         if args:
@@ -204,7 +214,11 @@ class StigProcess:
         self.stderr_path = self.log_dir / f"stderr.{self.starts}"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO,
+                self.command,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
                 preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -212,7 +226,7 @@ class StigProcess:
             text = self.stdout_path.read_text(errors="replace")
             for line in text.splitlines():
                 if line.startswith(READY_PREFIX):
-                    self.host, _, port = line[len(READY_PREFIX):].strip().rpartition(":")
+                    self.host, _, port = line[len(READY_PREFIX) :].strip().rpartition(":")
                     self.port = int(port)
                     return self
             if self.proc.poll() is not None:
@@ -260,7 +274,7 @@ class StigProcess:
             raise ServerFailed(f"stig exited with {code} after SIGTERM\n{self._output()}")
         return code
 
-    def restart(self, *args: str, kill: bool = False) -> "StigProcess":
+    def restart(self, *args: str, kill: bool = False) -> StigProcess:
         """Stop (SIGTERM, or SIGKILL with ``kill=True``) if running, then start again."""
         if self.running:
             if kill:
@@ -283,7 +297,9 @@ class StigProcess:
         self._connections.append(conn)
         return conn
 
-    def send_recv(self, data: bytes, until: bytes | None = b"END\r\n", timeout: float = IO_TIMEOUT) -> bytes:
+    def send_recv(
+        self, data: bytes, until: bytes | None = b"END\r\n", timeout: float = IO_TIMEOUT
+    ) -> bytes:
         """Send ``data`` on a fresh connection and return the exact reply bytes."""
         with RawConnection(self.host, self.port, timeout) as conn:
             return conn.send_recv(data, until, timeout)

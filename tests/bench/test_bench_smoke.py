@@ -47,9 +47,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "TMPDIR": str(tmp),
     }
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--servers", "stig,bare-trio,memcached,redis-always",
-         "--json", str(out_json)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            str(BENCH),
+            "--smoke",
+            "--servers",
+            "stig,bare-trio,memcached,redis-always",
+            "--json",
+            str(out_json),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| server" in proc.stdout and "vs reference" in proc.stdout, proc.stdout
@@ -67,7 +78,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
             assert row["errors"] == 0, row  # every reply verified and correct
             assert row["items_per_s"] and row["items_per_s"] > 0, row
     for workload, depth in (("get", 1), ("get", 4), ("set", 1), ("mget", 1), ("batch", 1)):
-        assert by[("bare-trio", workload, depth)]["status"] == "ok", by[("bare-trio", workload, depth)]
+        assert by[("bare-trio", workload, depth)]["status"] == "ok", by[
+            ("bare-trio", workload, depth)
+        ]
     for workload, depth in (("get", 1), ("get", 4), ("set", 1), ("mget", 1)):
         assert by[("stig", workload, depth)]["status"] == "ok", by[("stig", workload, depth)]
     # The pooled visibility row: a write answered on one connection, read on
@@ -76,8 +89,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert pooled["status"] == "ok" and pooled["extra"]["stale"] == 0, pooled
     assert "stale reads: 0" in proc.stdout, proc.stdout
     assert ("bare-trio", "pooled", 1) not in by
-    assert any(r["server"] == "stig" and r["depth"] == 1 and r["ratio"] > 0
-               for r in data["cpu_set_over_get"]), data["cpu_set_over_get"]
+    assert any(
+        r["server"] == "stig" and r["depth"] == 1 and r["ratio"] > 0
+        for r in data["cpu_set_over_get"]
+    ), data["cpu_set_over_get"]
     # p99 at half of Stig's peak: the peak (a closed-loop mix row), Stig's own
     # open-loop row at half that rate, and memcached's, skipped here, so the
     # comparison says why it is missing instead of showing a ratio.

@@ -57,7 +57,9 @@ def test_setq_run_cut_by_sigkill_before_its_closing_command_is_absent(stig_facto
 def test_setq_run_closed_by_noop_is_entirely_present_after_sigkill(stig_factory):
     server = stig_factory("--batch-idle-ms", "60000")
     conn = server.connect_binary()
-    conn.send(setq_run("closed") + struct.pack(">BBHBBHIIQ", 0x80, Opcode.Noop, 0, 0, 0, 0, 0, 99, 0))
+    conn.send(
+        setq_run("closed") + struct.pack(">BBHBBHIIQ", 0x80, Opcode.Noop, 0, 0, 0, 0, 0, 99, 0)
+    )
     rsp = conn.response()
     assert (rsp.opcode, rsp.status, rsp.opaque) == (Opcode.Noop, 0, 99)
     server.kill()  # right after the No-op's reply: the barrier says it is all on disk

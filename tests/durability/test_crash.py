@@ -58,9 +58,12 @@ def test_acknowledged_writes_survive_sigkill_with_durable_acks(stig_factory):
                 else:
                     key, value = f"w{writer}-{n}", b"value-%d-%d" % (writer, n)
                     unsure[key] = value
-                    assert conn.send_recv(
-                        b"set %b 0 0 %d\r\n%b\r\n" % (key.encode(), len(value), value), b"\r\n"
-                    ) == b"STORED\r\n"
+                    assert (
+                        conn.send_recv(
+                            b"set %b 0 0 %d\r\n%b\r\n" % (key.encode(), len(value), value), b"\r\n"
+                        )
+                        == b"STORED\r\n"
+                    )
                 mine.update(unsure)
                 unsure.clear()
                 counts[writer] += 1
@@ -71,9 +74,12 @@ def test_acknowledged_writes_survive_sigkill_with_durable_acks(stig_factory):
                     key = rng.choice(list(mine))
                     value = b"over-%d" % n
                     unsure[key] = value
-                    assert conn.send_recv(
-                        b"set %b 0 0 %d\r\n%b\r\n" % (key.encode(), len(value), value), b"\r\n"
-                    ) == b"STORED\r\n"
+                    assert (
+                        conn.send_recv(
+                            b"set %b 0 0 %d\r\n%b\r\n" % (key.encode(), len(value), value), b"\r\n"
+                        )
+                        == b"STORED\r\n"
+                    )
                     mine.update(unsure)
                     unsure.clear()
         except (ConnectionError, OSError, TimeoutError):
@@ -171,8 +177,11 @@ def test_noreply_runs_are_all_or_nothing_after_sigkill(stig_factory):
             count = sum(key in found for key in members)
             if count:
                 present += 1
-                assert all(found[k] == b"%s:%d" % (run_id.encode(), i)
-                           for i, k in enumerate(members) if k in found)
+                assert all(
+                    found[k] == b"%s:%d" % (run_id.encode(), i)
+                    for i, k in enumerate(members)
+                    if k in found
+                )
             if count == RUN_LENGTH:
                 complete += 1
             elif count:
@@ -261,8 +270,20 @@ def test_sigterm_right_after_the_ready_line_is_a_clean_shutdown(tmp_path):
 
     for attempt in range(10):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stig", "serve", "--port", "0", "--data-dir", str(tmp_path / str(attempt))],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "stig",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(tmp_path / str(attempt)),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith(b"stig listening on ")

@@ -37,7 +37,9 @@ def test_a_full_disk_refuses_writes_keeps_reads_and_corrupts_nothing(stig_factor
     refused = None
     with server.connect() as conn:
         for index in range(100):  # ~10 MB against a 3 MiB file limit
-            reply = conn.send_recv(b"set k%d 0 0 %d\r\n%b\r\n" % (index, len(VALUE), VALUE), b"\r\n")
+            reply = conn.send_recv(
+                b"set k%d 0 0 %d\r\n%b\r\n" % (index, len(VALUE), VALUE), b"\r\n"
+            )
             if reply == b"STORED\r\n":
                 stored.append(f"k{index}")
                 continue

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import sys
 
-import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-import flood  # noqa: E402
+import flood
 
 LAG_BOUND_MS = 1000
 

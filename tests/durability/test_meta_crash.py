@@ -14,9 +14,7 @@ RUN = 200
 
 
 def _quiet_run(prefix: str) -> bytes:
-    return b"".join(
-        b"ms %b-%d 5 q F3\r\nv%04d\r\n" % (prefix.encode(), i, i) for i in range(RUN)
-    )
+    return b"".join(b"ms %b-%d 5 q F3\r\nv%04d\r\n" % (prefix.encode(), i, i) for i in range(RUN))
 
 
 def _read_back(server, prefix: str) -> bytes:

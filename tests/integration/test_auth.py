@@ -36,7 +36,10 @@ def test_binary_commands_need_a_login_except_sasl_and_version(auth_server):
     ):  # fmt: skip
         rsp = conn.call(opcode, key, extras=extras, opaque=opcode)
         assert (rsp.opcode, rsp.status, rsp.opaque, rsp.value) == (
-            opcode, Status.AUTH_ERROR, opcode, b"Auth failure."
+            opcode,
+            Status.AUTH_ERROR,
+            opcode,
+            b"Auth failure.",
         )
     rsp = conn.call(Opcode.Version)
     assert rsp.status == 0 and rsp.value.startswith(b"1.6.21-stig-")
@@ -66,7 +69,9 @@ def test_wrong_user_and_wrong_password_look_the_same(auth_server):
 def test_other_mechanisms_and_steps_are_refused(auth_server):
     conn = auth_server.connect_binary()
     assert conn.call(Opcode.SASLAuth, b"CRAM-MD5", b"x").status == Status.AUTH_ERROR
-    assert conn.call(Opcode.SASLStep, b"PLAIN", plain(b"alice", b"s3cret")).status == Status.AUTH_ERROR
+    assert (
+        conn.call(Opcode.SASLStep, b"PLAIN", plain(b"alice", b"s3cret")).status == Status.AUTH_ERROR
+    )
     rsp = conn.call(Opcode.SASLAuth, b"PLAIN", plain(b"bob", b"with:colons", authzid=b"bob"))
     assert rsp.status == 0
 
@@ -86,8 +91,15 @@ def test_stats_settings_shows_auth(auth_server):
 
 def test_text_commands_before_login_are_refused(auth_server):
     conn = auth_server.connect()
-    for command in (b"get k\r\n", b"version\r\n", b"stats\r\n", b"mg k v\r\n", b"bogus\r\n",
-                    b"delete k\r\n", b"quit\r\n"):
+    for command in (
+        b"get k\r\n",
+        b"version\r\n",
+        b"stats\r\n",
+        b"mg k v\r\n",
+        b"bogus\r\n",
+        b"delete k\r\n",
+        b"quit\r\n",
+    ):
         assert conn.send_recv(command, b"\r\n") == b"CLIENT_ERROR unauthenticated\r\n"
 
 

@@ -61,11 +61,15 @@ def test_bmemcached_multi_set_and_get_are_quiet_runs(stig_server):
     assert db.get_multi([*items, "absent"]) == items
     # (key, 0) is an AddQ, (key, cas) a SetQ with CAS: failures come back by key.
     _, cas = db.gets("m1")
-    failed = db.set_multi({("m0", 0): "x", ("fresh", 0): "y", ("m1", cas): "z", ("m2", 12345): "w"},
-                          time=0)
+    failed = db.set_multi(
+        {("m0", 0): "x", ("fresh", 0): "y", ("m1", cas): "z", ("m2", 12345): "w"}, time=0
+    )
     assert sorted(key for key, _ in failed) == ["m0", "m2"]
     assert db.get_multi(["m0", "fresh", "m1", "m2"]) == {
-        "m0": "value-0", "fresh": "y", "m1": "z", "m2": "value-2",
+        "m0": "value-0",
+        "fresh": "y",
+        "m1": "z",
+        "m2": "value-2",
     }
 
 
@@ -91,8 +95,13 @@ def test_bmemcached_sasl_plain(stig_factory, tmp_path):
     server = stig_factory("--auth-file", str(auth_file))
     db = bmemcached_client(server, username="alice", password="s3cret")
     assert db.set("k", "v") and db.get("k") == "v"
-    assert db.set_multi({"a": "1", "b": "2"}, time=0) == [] and db.get_multi(["a", "b"]) == {"a": "1", "b": "2"}
-    colon = bmemcached_client(server, username="bob", password="pa:ss")  # everything after the first ':'
+    assert db.set_multi({"a": "1", "b": "2"}, time=0) == [] and db.get_multi(["a", "b"]) == {
+        "a": "1",
+        "b": "2",
+    }
+    colon = bmemcached_client(
+        server, username="bob", password="pa:ss"
+    )  # everything after the first ':'
     assert colon.get("k") == "v"
     import bmemcached.exceptions
 

@@ -61,8 +61,9 @@ def test_set_get_getk_and_their_misses(stig_server):
     rsp = conn.call(Opcode.GetK, b"k", opaque=8)
     assert (rsp.status, rsp.opaque, rsp.cas, rsp.key, rsp.value) == (0, 8, set_cas, b"k", b"value")
 
-    assert_error(conn.call(Opcode.Get, b"nope", opaque=9), Opcode.Get, Status.KEY_ENOENT,
-                 b"Not found", 9)
+    assert_error(
+        conn.call(Opcode.Get, b"nope", opaque=9), Opcode.Get, Status.KEY_ENOENT, b"Not found", 9
+    )
     # GetK's miss carries the key, as key and as value (memcached's write_bin_miss_response).
     rsp = conn.call(Opcode.GetK, b"nope")
     assert (rsp.status, rsp.key, rsp.value, rsp.cas) == (Status.KEY_ENOENT, b"nope", b"nope", 0)
@@ -93,21 +94,41 @@ def test_touch_gat_gatk_and_quiet_forms(stig_server):
     rsp = conn.call(Opcode.Touch, b"t", extras=touch_extras(0), opaque=1)
     # Touch: flags and cas, no value (memcached sends none).
     assert (rsp.status, rsp.opaque, rsp.cas, rsp.extras, rsp.value) == (
-        0, 1, cas, struct.pack(">I", 3), b""
+        0,
+        1,
+        cas,
+        struct.pack(">I", 3),
+        b"",
     )
     rsp = conn.call(Opcode.GAT, b"t", extras=touch_extras(0))
     assert (rsp.status, rsp.cas, rsp.key, rsp.value) == (0, cas, b"", b"tv")
     rsp = conn.call(Opcode.GATK, b"t", extras=touch_extras(0))
     assert (rsp.status, rsp.key, rsp.value) == (0, b"t", b"tv")
-    assert_error(conn.call(Opcode.Touch, b"nope", extras=touch_extras(0)), Opcode.Touch,
-                 Status.KEY_ENOENT, b"Not found")
-    assert_error(conn.call(Opcode.GAT, b"nope", extras=touch_extras(0)), Opcode.GAT,
-                 Status.KEY_ENOENT, b"Not found")
+    assert_error(
+        conn.call(Opcode.Touch, b"nope", extras=touch_extras(0)),
+        Opcode.Touch,
+        Status.KEY_ENOENT,
+        b"Not found",
+    )
+    assert_error(
+        conn.call(Opcode.GAT, b"nope", extras=touch_extras(0)),
+        Opcode.GAT,
+        Status.KEY_ENOENT,
+        b"Not found",
+    )
     # A non-zero exptime is refused: items never expire (--ttl-policy reject).
-    assert_error(conn.call(Opcode.GAT, b"t", extras=touch_extras(60)), Opcode.GAT,
-                 Status.EINVAL, EXPTIME_REJECTED)
-    assert_error(conn.call(Opcode.Touch, b"t", extras=touch_extras(60)), Opcode.Touch,
-                 Status.EINVAL, EXPTIME_REJECTED)
+    assert_error(
+        conn.call(Opcode.GAT, b"t", extras=touch_extras(60)),
+        Opcode.GAT,
+        Status.EINVAL,
+        EXPTIME_REJECTED,
+    )
+    assert_error(
+        conn.call(Opcode.Touch, b"t", extras=touch_extras(60)),
+        Opcode.Touch,
+        Status.EINVAL,
+        EXPTIME_REJECTED,
+    )
     # Quiet: a miss says nothing, a hit answers.
     conn.request(Opcode.GATQ, b"nope", extras=touch_extras(0), opaque=11)
     conn.request(Opcode.GATKQ, b"t", extras=touch_extras(0), opaque=12)
@@ -127,16 +148,28 @@ def test_set_with_cas_is_a_compare_and_swap(stig_server):
     cas = set_item(conn, b"c", b"one")
     rsp = conn.call(Opcode.Set, b"c", b"two", store_extras(), cas=cas)
     assert rsp.status == 0 and rsp.cas not in (0, cas)
-    assert_error(conn.call(Opcode.Set, b"c", b"three", store_extras(), cas=cas), Opcode.Set,
-                 Status.KEY_EEXISTS, b"Data exists for key.")
+    assert_error(
+        conn.call(Opcode.Set, b"c", b"three", store_extras(), cas=cas),
+        Opcode.Set,
+        Status.KEY_EEXISTS,
+        b"Data exists for key.",
+    )
     assert conn.call(Opcode.Get, b"c").value == b"two"
-    assert_error(conn.call(Opcode.Set, b"missing", b"x", store_extras(), cas=cas), Opcode.Set,
-                 Status.KEY_ENOENT, b"Not found")
+    assert_error(
+        conn.call(Opcode.Set, b"missing", b"x", store_extras(), cas=cas),
+        Opcode.Set,
+        Status.KEY_ENOENT,
+        b"Not found",
+    )
     # Add and Replace with a CAS are a CAS too (memcached's NREAD_CAS).
     new_cas = conn.call(Opcode.Get, b"c").cas
     assert conn.call(Opcode.Add, b"c", b"four", store_extras(), cas=new_cas).status == 0
-    assert_error(conn.call(Opcode.Replace, b"c", b"five", store_extras(), cas=new_cas),
-                 Opcode.Replace, Status.KEY_EEXISTS, b"Data exists for key.")
+    assert_error(
+        conn.call(Opcode.Replace, b"c", b"five", store_extras(), cas=new_cas),
+        Opcode.Replace,
+        Status.KEY_EEXISTS,
+        b"Data exists for key.",
+    )
     assert conn.call(Opcode.Get, b"c").value == b"four"
 
 
@@ -145,10 +178,18 @@ def test_add_and_replace(stig_server):
     rsp = conn.call(Opcode.Add, b"a", b"1", store_extras(flags=2))
     assert rsp.status == 0 and rsp.cas != 0
     assert conn.call(Opcode.Get, b"a").cas == rsp.cas
-    assert_error(conn.call(Opcode.Add, b"a", b"2", store_extras()), Opcode.Add,
-                 Status.KEY_EEXISTS, b"Data exists for key.")
-    assert_error(conn.call(Opcode.Replace, b"r", b"2", store_extras()), Opcode.Replace,
-                 Status.KEY_ENOENT, b"Not found")
+    assert_error(
+        conn.call(Opcode.Add, b"a", b"2", store_extras()),
+        Opcode.Add,
+        Status.KEY_EEXISTS,
+        b"Data exists for key.",
+    )
+    assert_error(
+        conn.call(Opcode.Replace, b"r", b"2", store_extras()),
+        Opcode.Replace,
+        Status.KEY_ENOENT,
+        b"Not found",
+    )
     rsp = conn.call(Opcode.Replace, b"a", b"3", store_extras(flags=9))
     assert rsp.status == 0 and rsp.cas != 0
     got = conn.call(Opcode.Get, b"a")
@@ -164,13 +205,19 @@ def test_append_and_prepend(stig_server):
     assert rsp.status == 0
     got = conn.call(Opcode.Get, b"s")
     assert (got.value, got.extras, got.cas) == (b"<mid>", struct.pack(">I", 4), rsp.cas)
-    assert_error(conn.call(Opcode.Append, b"nope", b"x"), Opcode.Append, Status.NOT_STORED,
-                 b"Not stored.")
-    assert_error(conn.call(Opcode.Prepend, b"nope", b"x"), Opcode.Prepend, Status.NOT_STORED,
-                 b"Not stored.")
+    assert_error(
+        conn.call(Opcode.Append, b"nope", b"x"), Opcode.Append, Status.NOT_STORED, b"Not stored."
+    )
+    assert_error(
+        conn.call(Opcode.Prepend, b"nope", b"x"), Opcode.Prepend, Status.NOT_STORED, b"Not stored."
+    )
     # With a CAS: applied only while the item's cas matches.
-    assert_error(conn.call(Opcode.Append, b"s", b"!", cas=rsp.cas + 1000), Opcode.Append,
-                 Status.KEY_EEXISTS, b"Data exists for key.")
+    assert_error(
+        conn.call(Opcode.Append, b"s", b"!", cas=rsp.cas + 1000),
+        Opcode.Append,
+        Status.KEY_EEXISTS,
+        b"Data exists for key.",
+    )
     assert conn.call(Opcode.Append, b"s", b"!", cas=rsp.cas).status == 0
     assert conn.call(Opcode.Get, b"s").value == b"<mid>!"
 
@@ -178,8 +225,12 @@ def test_append_and_prepend(stig_server):
 def test_delete(stig_server):
     conn = stig_server.connect_binary()
     cas = set_item(conn, b"d", b"x")
-    assert_error(conn.call(Opcode.Delete, b"d", cas=cas + 1000), Opcode.Delete,
-                 Status.KEY_EEXISTS, b"Data exists for key.")
+    assert_error(
+        conn.call(Opcode.Delete, b"d", cas=cas + 1000),
+        Opcode.Delete,
+        Status.KEY_EEXISTS,
+        b"Data exists for key.",
+    )
     rsp = conn.call(Opcode.Delete, b"d", cas=cas)
     assert (rsp.status, rsp.cas, rsp.value) == (0, 0, b"")
     assert_error(conn.call(Opcode.Delete, b"d"), Opcode.Delete, Status.KEY_ENOENT, b"Not found")
@@ -194,8 +245,13 @@ def test_values_over_the_item_limit_get_e2big_and_nothing_is_stored(stig_factory
     conn = server.connect_binary()
     big = b"x" * 1025
     for opcode in (Opcode.Set, Opcode.SetQ, Opcode.Add):
-        assert_error(conn.call(opcode, b"big", big, store_extras(), opaque=5), opcode,
-                     Status.E2BIG, b"Too large.", 5)
+        assert_error(
+            conn.call(opcode, b"big", big, store_extras(), opaque=5),
+            opcode,
+            Status.E2BIG,
+            b"Too large.",
+            5,
+        )
     assert_error(conn.call(Opcode.Append, b"big", big), Opcode.Append, Status.E2BIG, b"Too large.")
     assert conn.call(Opcode.Get, b"big").status == Status.KEY_ENOENT
     set_item(conn, b"fits", b"y" * 1024)  # the stream went on
@@ -205,8 +261,12 @@ def test_values_over_the_item_limit_get_e2big_and_nothing_is_stored(stig_factory
 def test_non_zero_exptime_is_refused_or_ignored_by_policy(stig_factory):
     strict = stig_factory().connect_binary()
     for opcode in (Opcode.Set, Opcode.Add, Opcode.Replace):
-        assert_error(strict.call(opcode, b"e", b"v", store_extras(exptime=60)), opcode,
-                     Status.EINVAL, EXPTIME_REJECTED)
+        assert_error(
+            strict.call(opcode, b"e", b"v", store_extras(exptime=60)),
+            opcode,
+            Status.EINVAL,
+            EXPTIME_REJECTED,
+        )
     assert strict.call(Opcode.Get, b"e").status == Status.KEY_ENOENT
     lenient = stig_factory("--ttl-policy", "ignore").connect_binary()
     assert lenient.call(Opcode.Set, b"e", b"v", store_extras(exptime=60)).status == 0
@@ -221,7 +281,10 @@ def test_increment_and_decrement(stig_server):
     # Missing, expiration 0: created with the initial value (the delta is not applied).
     rsp = conn.call(Opcode.Increment, b"n", extras=counter_extras(5, initial=10), opaque=2)
     assert (rsp.opcode, rsp.status, rsp.opaque, rsp.value) == (
-        Opcode.Increment, 0, 2, struct.pack(">Q", 10)
+        Opcode.Increment,
+        0,
+        2,
+        struct.pack(">Q", 10),
     )
     assert rsp.cas != 0 and conn.call(Opcode.Get, b"n").cas == rsp.cas
     rsp = conn.call(Opcode.Increment, b"n", extras=counter_extras(5))
@@ -234,13 +297,25 @@ def test_increment_and_decrement(stig_server):
     rsp = conn.call(Opcode.Increment, b"big", extras=counter_extras(2))
     assert struct.unpack(">Q", rsp.value)[0] == 1
     # 0xffffffff: do not create.
-    assert_error(conn.call(Opcode.Increment, b"none", extras=counter_extras(1, 0, NO_CREATE)),
-                 Opcode.Increment, Status.KEY_ENOENT, b"Not found")
-    assert_error(conn.call(Opcode.Decrement, b"none", extras=counter_extras(1, 0, NO_CREATE)),
-                 Opcode.Decrement, Status.KEY_ENOENT, b"Not found")
+    assert_error(
+        conn.call(Opcode.Increment, b"none", extras=counter_extras(1, 0, NO_CREATE)),
+        Opcode.Increment,
+        Status.KEY_ENOENT,
+        b"Not found",
+    )
+    assert_error(
+        conn.call(Opcode.Decrement, b"none", extras=counter_extras(1, 0, NO_CREATE)),
+        Opcode.Decrement,
+        Status.KEY_ENOENT,
+        b"Not found",
+    )
     set_item(conn, b"word", b"abc")
-    assert_error(conn.call(Opcode.Increment, b"word", extras=counter_extras(1)), Opcode.Increment,
-                 Status.DELTA_BADVAL, b"Non-numeric server-side value for incr or decr")
+    assert_error(
+        conn.call(Opcode.Increment, b"word", extras=counter_extras(1)),
+        Opcode.Increment,
+        Status.DELTA_BADVAL,
+        b"Non-numeric server-side value for incr or decr",
+    )
 
 
 def test_counter_expiration_matters_only_when_creating(stig_server):
@@ -250,16 +325,24 @@ def test_counter_expiration_matters_only_when_creating(stig_server):
     rsp = conn.call(Opcode.Increment, b"n", extras=counter_extras(1, 0, 1000000))
     assert struct.unpack(">Q", rsp.value)[0] == 8
     # Creating with a non-zero expiration follows --ttl-policy (reject).
-    assert_error(conn.call(Opcode.Increment, b"new", extras=counter_extras(1, 3, 1000000)),
-                 Opcode.Increment, Status.EINVAL, EXPTIME_REJECTED)
+    assert_error(
+        conn.call(Opcode.Increment, b"new", extras=counter_extras(1, 3, 1000000)),
+        Opcode.Increment,
+        Status.EINVAL,
+        EXPTIME_REJECTED,
+    )
     assert conn.call(Opcode.Get, b"new").status == Status.KEY_ENOENT
 
 
 def test_counter_with_cas(stig_server):
     conn = stig_server.connect_binary()
     cas = set_item(conn, b"n", b"1")
-    assert_error(conn.call(Opcode.Increment, b"n", extras=counter_extras(1), cas=cas + 1000),
-                 Opcode.Increment, Status.KEY_EEXISTS, b"Data exists for key.")
+    assert_error(
+        conn.call(Opcode.Increment, b"n", extras=counter_extras(1), cas=cas + 1000),
+        Opcode.Increment,
+        Status.KEY_EEXISTS,
+        b"Data exists for key.",
+    )
     rsp = conn.call(Opcode.Increment, b"n", extras=counter_extras(1), cas=cas)
     assert struct.unpack(">Q", rsp.value)[0] == 2 and rsp.cas not in (0, cas)
 
@@ -346,8 +429,12 @@ def test_flush_and_flushq(stig_server):
     conn.request(Opcode.FlushQ, extras=touch_extras(0))
     assert conn.call(Opcode.Noop).opcode == Opcode.Noop
     assert conn.call(Opcode.Get, b"f").status == Status.KEY_ENOENT
-    assert_error(conn.call(Opcode.Flush, extras=touch_extras(10)), Opcode.Flush, Status.EINVAL,
-                 b"flush_all delay must be 0: Stig items never expire")
+    assert_error(
+        conn.call(Opcode.Flush, extras=touch_extras(10)),
+        Opcode.Flush,
+        Status.EINVAL,
+        b"flush_all delay must be 0: Stig items never expire",
+    )
 
 
 def test_flush_disabled_gets_memcacheds_status(stig_factory):
@@ -360,7 +447,13 @@ def test_flush_disabled_gets_memcacheds_status(stig_factory):
 def test_noop_version_verbosity(stig_server):
     conn = stig_server.connect_binary()
     rsp = conn.call(Opcode.Noop, opaque=0xFFFFFFFF)
-    assert (rsp.opcode, rsp.status, rsp.opaque, rsp.cas, rsp.value) == (Opcode.Noop, 0, 0xFFFFFFFF, 0, b"")
+    assert (rsp.opcode, rsp.status, rsp.opaque, rsp.cas, rsp.value) == (
+        Opcode.Noop,
+        0,
+        0xFFFFFFFF,
+        0,
+        b"",
+    )
     rsp = conn.call(Opcode.Version, opaque=1)
     assert (rsp.status, rsp.opaque, rsp.cas) == (0, 1, 0)
     assert rsp.value.startswith(b"1.6.21-stig-")
@@ -387,7 +480,13 @@ def test_stat_groups(stig_server):
     stats = {}
     while True:
         rsp = conn.response()
-        assert (rsp.opcode, rsp.status, rsp.opaque, rsp.cas, rsp.extras) == (Opcode.Stat, 0, 3, 0, b"")
+        assert (rsp.opcode, rsp.status, rsp.opaque, rsp.cas, rsp.extras) == (
+            Opcode.Stat,
+            0,
+            3,
+            0,
+            b"",
+        )
         if not rsp.key:
             assert rsp.value == b""
             break
@@ -407,12 +506,24 @@ def test_stat_groups(stig_server):
 
 def test_sasl_without_auth_file_is_an_unknown_command(stig_server):
     conn = stig_server.connect_binary()
-    assert_error(conn.call(Opcode.SASLListMechs), Opcode.SASLListMechs, Status.UNKNOWN_COMMAND,
-                 b"Unknown command")
-    assert_error(conn.call(Opcode.SASLAuth, b"PLAIN", b"\0u\0p"), Opcode.SASLAuth,
-                 Status.UNKNOWN_COMMAND, b"Unknown command")
-    assert_error(conn.call(Opcode.SASLStep, b"PLAIN", b"x"), Opcode.SASLStep,
-                 Status.UNKNOWN_COMMAND, b"Unknown command")
+    assert_error(
+        conn.call(Opcode.SASLListMechs),
+        Opcode.SASLListMechs,
+        Status.UNKNOWN_COMMAND,
+        b"Unknown command",
+    )
+    assert_error(
+        conn.call(Opcode.SASLAuth, b"PLAIN", b"\0u\0p"),
+        Opcode.SASLAuth,
+        Status.UNKNOWN_COMMAND,
+        b"Unknown command",
+    )
+    assert_error(
+        conn.call(Opcode.SASLStep, b"PLAIN", b"x"),
+        Opcode.SASLStep,
+        Status.UNKNOWN_COMMAND,
+        b"Unknown command",
+    )
 
 
 # -- bad input ---------------------------------------------------------------------
@@ -420,16 +531,26 @@ def test_sasl_without_auth_file_is_an_unknown_command(stig_server):
 
 def test_unknown_opcode_is_answered_and_the_stream_goes_on(stig_server):
     conn = stig_server.connect_binary()
-    assert_error(conn.call(0x50, b"key", b"body", opaque=77), 0x50, Status.UNKNOWN_COMMAND,
-                 b"Unknown command", 77)
+    assert_error(
+        conn.call(0x50, b"key", b"body", opaque=77),
+        0x50,
+        Status.UNKNOWN_COMMAND,
+        b"Unknown command",
+        77,
+    )
     assert conn.call(Opcode.Noop).status == 0
 
 
 def test_key_over_250_bytes_is_refused_and_nothing_stored(stig_server):
     conn = stig_server.connect_binary()
     key = b"k" * 251
-    assert_error(conn.call(Opcode.Set, key, b"v", store_extras(), opaque=1), Opcode.Set,
-                 Status.EINVAL, b"Invalid arguments", 1)
+    assert_error(
+        conn.call(Opcode.Set, key, b"v", store_extras(), opaque=1),
+        Opcode.Set,
+        Status.EINVAL,
+        b"Invalid arguments",
+        1,
+    )
     assert_error(conn.call(Opcode.Get, key), Opcode.Get, Status.EINVAL, b"Invalid arguments")
     set_item(conn, b"k" * 250, b"longest")
     assert conn.call(Opcode.Get, b"k" * 250).value == b"longest"
@@ -438,8 +559,12 @@ def test_key_over_250_bytes_is_refused_and_nothing_stored(stig_server):
 def test_malformed_shapes_get_einval_and_the_stream_goes_on(stig_server):
     conn = stig_server.connect_binary()
     # A Get with extras, a Set without extras, a Noop with a key.
-    assert_error(conn.call(Opcode.Get, b"k", extras=b"\0\0\0\0"), Opcode.Get, Status.EINVAL,
-                 b"Invalid arguments")
+    assert_error(
+        conn.call(Opcode.Get, b"k", extras=b"\0\0\0\0"),
+        Opcode.Get,
+        Status.EINVAL,
+        b"Invalid arguments",
+    )
     assert_error(conn.call(Opcode.Set, b"k", b"v"), Opcode.Set, Status.EINVAL, b"Invalid arguments")
     assert_error(conn.call(Opcode.Noop, b"k"), Opcode.Noop, Status.EINVAL, b"Invalid arguments")
     assert conn.call(Opcode.Get, b"k").status == Status.KEY_ENOENT

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, BinaryConnection, StigProcess
 
 sys.path.insert(0, str(REPO))
-from protocol.binary_codes import Opcode, Status  # noqa: E402
+from protocol.binary_codes import Opcode, Status
 
 LAUNCHER = REPO / "tests" / "support" / "fault_server.py"
 LMDB_ERROR = (
@@ -188,12 +187,18 @@ def test_binary_quiet_failure_does_not_fail_the_next_loud_write(faulty, kind):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     _set_fault(server, "")
-    conn.request(Opcode.Increment, b"n", extras=(1).to_bytes(8, "big") + bytes(8) + bytes(4), opaque=3)
+    conn.request(
+        Opcode.Increment, b"n", extras=(1).to_bytes(8, "big") + bytes(8) + bytes(4), opaque=3
+    )
     failed = conn.response()
     assert (failed.opcode, failed.status, failed.opaque) == (Opcode.AddQ, Status.EINTERNAL, 2)
     assert failed.value == ERRORS[kind]
     counted = conn.response()
-    assert (counted.opcode, counted.status, counted.opaque) == (Opcode.Increment, Status.NO_ERROR, 3)
+    assert (counted.opcode, counted.status, counted.opaque) == (
+        Opcode.Increment,
+        Status.NO_ERROR,
+        3,
+    )
     assert int.from_bytes(counted.value, "big") == 11
     conn.request(Opcode.Noop, opaque=4)  # reported once
     assert conn.response().status == Status.NO_ERROR
@@ -218,11 +223,30 @@ def test_idle_acknowledged_writer_over_tls_is_told_at_once(faulty, tmp_path):
     the TLS socket did not have: the error was logged as a failed callback
     and the idle client never heard of its lost write)."""
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
-         "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1"],
-        cwd=tmp_path, check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
-    server = faulty("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    server = faulty(
+        "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")
+    )
     context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
     context.check_hostname = False
     _set_fault(server, "hold")
@@ -231,7 +255,9 @@ def test_idle_acknowledged_writer_over_tls_is_told_at_once(faulty, tmp_path):
         assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
         _wait_held(server)
         _set_fault(server, "lmdb")
-        assert conn.recv_until(b"\r\n", timeout=10) == b"SERVER_ERROR " + LMDB_ERROR + LOST + b"\r\n"
+        assert (
+            conn.recv_until(b"\r\n", timeout=10) == b"SERVER_ERROR " + LMDB_ERROR + LOST + b"\r\n"
+        )
     assert "completion callback failed" not in server.stderr
 
 

@@ -59,7 +59,10 @@ def test_append_past_max_item_size_is_not_stored(stig_factory):
         assert conn.send_recv(b"append k 0 0 600\r\n%b\r\n" % extra, b"\r\n") == b"NOT_STORED\r\n"
         assert conn.send_recv(b"prepend k 0 0 600\r\n%b\r\n" % extra, b"\r\n") == b"NOT_STORED\r\n"
         assert conn.send_recv(b"ms k 600 MA\r\n%b\r\n" % extra, b"\r\n") == b"NS\r\n"
-        assert conn.send_recv(b"append k 0 0 600 noreply\r\n%b\r\nmn\r\n" % extra, b"\r\n") == b"MN\r\n"
+        assert (
+            conn.send_recv(b"append k 0 0 600 noreply\r\n%b\r\nmn\r\n" % extra, b"\r\n")
+            == b"MN\r\n"
+        )
         assert conn.send_recv(b"get k\r\n") == b"VALUE k 0 1500\r\n%b\r\nEND\r\n" % body
     assert server.send_recv(b"get k\r\n") == b"VALUE k 0 1500\r\n%b\r\nEND\r\n" % body
 
@@ -73,7 +76,10 @@ def test_pipelined_gets_past_max_reply_bytes_are_all_answered_in_order(stig_fact
     lines, expected = [], []
     with server.connect(timeout=30) as conn:
         for key, value in values.items():
-            assert conn.send_recv(b"set %b 3 0 1000\r\n%b\r\n" % (key, value), b"\r\n") == b"STORED\r\n"
+            assert (
+                conn.send_recv(b"set %b 3 0 1000\r\n%b\r\n" % (key, value), b"\r\n")
+                == b"STORED\r\n"
+            )
         before = server.stats()
 
         def hit(key: bytes) -> bytes:
@@ -219,8 +225,12 @@ def test_a_streamed_multi_get_ends_cleanly_when_the_map_grows_under_it(stig_fact
         with server.connect(timeout=120) as writer:
             start = 0
             while int(server.stats()["limit_maxbytes"]) <= start_map:
-                writer.send(b"".join(b"set big%d 0 0 %d noreply\r\n%b\r\n" % (i, size, value)
-                                     for i in range(start, start + 20)))
+                writer.send(
+                    b"".join(
+                        b"set big%d 0 0 %d noreply\r\n%b\r\n" % (i, size, value)
+                        for i in range(start, start + 20)
+                    )
+                )
                 assert writer.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
                 start += 20
         while not reply.endswith(b"\r\n") or not (

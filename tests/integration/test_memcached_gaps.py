@@ -58,9 +58,15 @@ def test_too_large_meta_set_deletes_the_key_in_every_mode(stig_server, mode):
     )
 
 
-@pytest.mark.parametrize(("opcode", "deleted"), [
-    (Opcode.Set, True), (Opcode.SetQ, True), (Opcode.Add, False), (Opcode.Replace, False),
-])
+@pytest.mark.parametrize(
+    ("opcode", "deleted"),
+    [
+        (Opcode.Set, True),
+        (Opcode.SetQ, True),
+        (Opcode.Add, False),
+        (Opcode.Replace, False),
+    ],
+)
 def test_too_large_binary_set_deletes_the_key(stig_server, opcode, deleted):
     conn = stig_server.connect_binary()
     assert conn.call(Opcode.Set, b"k", b"MOO", SET_EXTRAS).status == Status.NO_ERROR
@@ -132,7 +138,9 @@ def test_past_exptimes_in_binary(stig_server):
 def test_memcexist_against_a_default_server(stig_server, binary):
     """libmemcached's memcached_exist is ``add k 0 2678400 0``: NOT_STORED means present."""
     stig_server.send_recv(b"set there 0 0 1\r\nx\r\n", b"\r\n")
-    args = ["memcexist", "-s", f"{stig_server.host}:{stig_server.port}"] + (["-b"] if binary else [])
+    args = ["memcexist", "-s", f"{stig_server.host}:{stig_server.port}"] + (
+        ["-b"] if binary else []
+    )
     run = lambda key: subprocess.run([*args, key], capture_output=True, timeout=30)  # noqa: E731
     for _ in range(2):  # the second time proves the first stored nothing
         assert run("there").returncode == 0
@@ -183,8 +191,10 @@ def test_stats_detail_text(stig_server):
     conn = stig_server.connect()
     assert conn.send_recv(b"stats detail dump\r\n") == b"END\r\n"
     assert conn.send_recv(b"stats detail on\r\n", b"\r\n") == b"OK\r\n"
-    conn.send(b"set a:1 0 0 1\r\nx\r\nget a:1 a:2 b\r\ndelete a:1\r\ndelete a:9\r\n"
-              b"mg a:1 v\r\nms a:2 1\r\nx\r\nincr a:2 1\r\ntouch a:3 0\r\nset b 0 0 1\r\nx\r\n")
+    conn.send(
+        b"set a:1 0 0 1\r\nx\r\nget a:1 a:2 b\r\ndelete a:1\r\ndelete a:9\r\n"
+        b"mg a:1 v\r\nms a:2 1\r\nx\r\nincr a:2 1\r\ntouch a:3 0\r\nset b 0 0 1\r\nx\r\n"
+    )
     conn.recv_until(b"NOT_FOUND\r\nSTORED\r\n")
     expected = b"PREFIX a get 2 hit 1 set 1 del 2\r\nEND\r\n"  # meta, incr, touch: not counted
     assert conn.send_recv(b"stats detail dump\r\n") == expected
@@ -220,19 +230,52 @@ def test_stats_detail_binary(stig_server):
 def test_stats_settings_has_memcacheds_fields(stig_server):
     settings = stig_server.stats("settings")
     # memcached 1.6.18's fields that mean something for Stig, with its spelling
-    assert {name: settings[name] for name in (
-        "maxconns", "udpport", "inter", "domain_socket", "umask", "cas_enabled",
-        "binding_protocol", "auth_enabled_sasl", "auth_enabled_ascii", "item_size_max",
-        "maxconns_fast", "flush_enabled", "detail_enabled", "stat_key_prefix",
-        "ssl_enabled", "ssl_chain_cert", "ssl_verify_mode", "ssl_ca_cert", "ssl_min_version",
-        "tcp_backlog", "evictions",
-    )} == {
-        "maxconns": "1024", "udpport": "0", "inter": "127.0.0.1", "domain_socket": "NULL",
-        "umask": "700", "cas_enabled": "yes", "binding_protocol": "auto-negotiate",
-        "auth_enabled_sasl": "no", "auth_enabled_ascii": "no", "item_size_max": "1048576",
-        "maxconns_fast": "yes", "flush_enabled": "yes", "detail_enabled": "no",
-        "stat_key_prefix": ":", "ssl_enabled": "no", "ssl_chain_cert": "(null)",
-        "ssl_verify_mode": "0", "ssl_ca_cert": "NULL", "ssl_min_version": "tlsv1.2",
-        "tcp_backlog": "1024", "evictions": "off",
+    assert {
+        name: settings[name]
+        for name in (
+            "maxconns",
+            "udpport",
+            "inter",
+            "domain_socket",
+            "umask",
+            "cas_enabled",
+            "binding_protocol",
+            "auth_enabled_sasl",
+            "auth_enabled_ascii",
+            "item_size_max",
+            "maxconns_fast",
+            "flush_enabled",
+            "detail_enabled",
+            "stat_key_prefix",
+            "ssl_enabled",
+            "ssl_chain_cert",
+            "ssl_verify_mode",
+            "ssl_ca_cert",
+            "ssl_min_version",
+            "tcp_backlog",
+            "evictions",
+        )
+    } == {
+        "maxconns": "1024",
+        "udpport": "0",
+        "inter": "127.0.0.1",
+        "domain_socket": "NULL",
+        "umask": "700",
+        "cas_enabled": "yes",
+        "binding_protocol": "auto-negotiate",
+        "auth_enabled_sasl": "no",
+        "auth_enabled_ascii": "no",
+        "item_size_max": "1048576",
+        "maxconns_fast": "yes",
+        "flush_enabled": "yes",
+        "detail_enabled": "no",
+        "stat_key_prefix": ":",
+        "ssl_enabled": "no",
+        "ssl_chain_cert": "(null)",
+        "ssl_verify_mode": "0",
+        "ssl_ca_cert": "NULL",
+        "ssl_min_version": "tlsv1.2",
+        "tcp_backlog": "1024",
+        "evictions": "off",
     }
     assert settings["tcpport"] == str(stig_server.port)

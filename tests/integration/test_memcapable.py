@@ -41,8 +41,9 @@ def test_memcapable(stig_server, mode, prefix):
     code, results, output = run_memcapable(stig_server, mode)
     assert len(results) >= 25, f"memcapable ran too few sub-tests:\n{output}"
     assert all(name.startswith(prefix) for name in results)
-    failed = sorted(name for name, status in results.items()
-                    if status == "FAIL" and name not in NOT_APPLICABLE)
+    failed = sorted(
+        name for name, status in results.items() if status == "FAIL" and name not in NOT_APPLICABLE
+    )
     assert not failed, f"memcapable sub-tests failed: {failed}\n{output}"
     if not NOT_APPLICABLE:
         assert code == 0, output

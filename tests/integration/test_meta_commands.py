@@ -193,7 +193,10 @@ def test_arithmetic_wraps_and_refuses_non_numbers(conn):
     ask(conn, b"ms big 20\r\n18446744073709551615\r\n")
     assert ask(conn, b"ma big v\r\n") == b"VA 1\r\n0\r\n"
     ask(conn, b"ms word 3\r\nabc\r\n")
-    assert ask(conn, b"ma word\r\n") == b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+    assert (
+        ask(conn, b"ma word\r\n")
+        == b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+    )
 
 
 def test_arithmetic_with_cas(conn):
@@ -366,7 +369,10 @@ def test_a_pipelined_run_of_mg_reads_one_snapshot(stig_server):
         while not stop.is_set():
             n += 1
             value = b"%d" % n
-            ask(writer, b"ms a %d q\r\n%b\r\nms b %d q\r\n%b\r\n" % (len(value), value, len(value), value))
+            ask(
+                writer,
+                b"ms a %d q\r\n%b\r\nms b %d q\r\n%b\r\n" % (len(value), value, len(value), value),
+            )
 
     thread = threading.Thread(target=write)
     thread.start()

@@ -9,9 +9,8 @@ releases) is ``CacheClient.cache_client_from_servers`` with a hash ring.
 
 from __future__ import annotations
 
-import pytest
-
 import meta_memcache
+import pytest
 from meta_memcache import (
     CacheClient,
     Key,
@@ -57,7 +56,13 @@ def test_multi_get(client):
         client.set(Key(f"k{n}"), n, ttl=0)
     found = client.multi_get([Key(f"k{n}") for n in range(7)])
     assert {k.key: v for k, v in found.items()} == {
-        "k0": 0, "k1": 1, "k2": 2, "k3": 3, "k4": 4, "k5": None, "k6": None
+        "k0": 0,
+        "k1": 1,
+        "k2": 2,
+        "k3": 3,
+        "k4": 4,
+        "k5": None,
+        "k6": None,
     }
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -64,8 +65,10 @@ def test_read_your_writes_before_the_commit(stig_factory):
     writer.send(b"incr nope 1 noreply\r\ndelete nope noreply\r\n")
     assert writer.send_recv(b"get ryw nope\r\n") == b"VALUE ryw 0 7\r\nsecond!\r\nEND\r\n"
     # The get closed the run: it commits, and then everyone sees the last write.
-    wait_for(lambda: other.send_recv(b"get ryw\r\n"),
-             lambda reply: reply == b"VALUE ryw 0 7\r\nsecond!\r\nEND\r\n")
+    wait_for(
+        lambda: other.send_recv(b"get ryw\r\n"),
+        lambda reply: reply == b"VALUE ryw 0 7\r\nsecond!\r\nEND\r\n",
+    )
 
 
 def test_read_your_own_deletes_and_increments(stig_factory):
@@ -109,7 +112,9 @@ def test_noreply_run_is_invisible_until_closed_then_fully_visible(stig_factory):
     assert seen == {**{k: b"v-" + k.encode() for k in keys}, "closer": b"c"}
 
 
-@pytest.mark.parametrize("closing", [b"get x\r\n", b"version\r\n", b"delete x\r\n", b"incr x 1\r\n"])
+@pytest.mark.parametrize(
+    "closing", [b"get x\r\n", b"version\r\n", b"delete x\r\n", b"incr x 1\r\n"]
+)
 def test_any_replying_command_closes_the_run(stig_factory, closing):
     server = stig_factory("--batch-idle-ms", "5000")
     writer = server.connect()
@@ -270,7 +275,9 @@ def test_every_noreply_increment_and_decrement_counts(stig_server):
 
     def bump(index: int) -> None:
         conn = stig_server.connect()
-        command = b"incr nr-counter 3 noreply\r\n" if index % 2 else b"decr nr-counter 1 noreply\r\n"
+        command = (
+            b"incr nr-counter 3 noreply\r\n" if index % 2 else b"decr nr-counter 1 noreply\r\n"
+        )
         for _ in range(10):
             conn.send(command * 30)
         assert conn.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION")

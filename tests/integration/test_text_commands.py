@@ -48,8 +48,13 @@ def test_values_are_binary_safe_and_flags_round_trip(stig_server):
 def test_largest_value_round_trips(stig_server):
     value = bytes(range(256)) * 4096  # exactly the default --max-item-size
     conn = stig_server.connect()
-    assert conn.send_recv(b"set max 1 0 %d\r\n%b\r\n" % (len(value), value), b"\r\n") == b"STORED\r\n"
-    assert conn.send_recv(b"get max\r\n") == b"VALUE max 1 %d\r\n%b\r\nEND\r\n" % (len(value), value)
+    assert (
+        conn.send_recv(b"set max 1 0 %d\r\n%b\r\n" % (len(value), value), b"\r\n") == b"STORED\r\n"
+    )
+    assert conn.send_recv(b"get max\r\n") == b"VALUE max 1 %d\r\n%b\r\nEND\r\n" % (
+        len(value),
+        value,
+    )
     stig_server.settle()
     assert stig_server.client().get("max") == value
 
@@ -306,7 +311,10 @@ def test_noreply_variants_are_silent_and_take_effect(stig_server):
     stig_server.settle()
     other = stig_server.client()
     assert other.get_many(["a", "b", "c", "d", "gone"]) == {
-        "a": b"-1+", "b": b"22", "c": b"14", "d": b"4"
+        "a": b"-1+",
+        "b": b"22",
+        "c": b"14",
+        "d": b"4",
     }
 
 
@@ -400,7 +408,9 @@ def test_bad_data_chunk(stig_server):
 
 def test_malformed_storage_lines(stig_server):
     conn = stig_server.connect()
-    assert conn.send_recv(b"set k 0 0\r\n", b"\r\n") == b"ERROR\r\n"  # a wrong token count, as memcached
+    assert (
+        conn.send_recv(b"set k 0 0\r\n", b"\r\n") == b"ERROR\r\n"
+    )  # a wrong token count, as memcached
     assert conn.send_recv(b"set k 0 0 x\r\n", b"\r\n") == BAD_FORMAT
     # Bad flags: the announced data block is swallowed with the line.
     assert conn.send_recv(b"set k abc 0 1\r\nx\r\n", b"\r\n") == BAD_FORMAT
@@ -492,10 +502,23 @@ def _ints(stats: dict[str, str], *names: str) -> dict[str, int]:
 
 def test_stats_counters(stig_server):
     counters = (
-        "cmd_get", "get_hits", "get_misses", "cmd_set", "cmd_touch",
-        "delete_hits", "delete_misses", "incr_hits", "incr_misses",
-        "decr_hits", "decr_misses", "cas_hits", "cas_misses", "cas_badval",
-        "curr_items", "bytes", "total_connections",
+        "cmd_get",
+        "get_hits",
+        "get_misses",
+        "cmd_set",
+        "cmd_touch",
+        "delete_hits",
+        "delete_misses",
+        "incr_hits",
+        "incr_misses",
+        "decr_hits",
+        "decr_misses",
+        "cas_hits",
+        "cas_misses",
+        "cas_badval",
+        "curr_items",
+        "bytes",
+        "total_connections",
     )
     before = _ints(stig_server.stats(), *counters)
     client = stig_server.client()
@@ -518,13 +541,20 @@ def test_stats_counters(stig_server):
     after = _ints(stig_server.stats(), *counters)
     delta = {name: after[name] - before[name] for name in counters}
     assert delta == {
-        "cmd_get": 5, "get_hits": 3, "get_misses": 2,
+        "cmd_get": 5,
+        "get_hits": 3,
+        "get_misses": 2,
         "cmd_set": 5,  # 2 sets + 3 cas
         "cmd_touch": 1,
-        "delete_hits": 1, "delete_misses": 1,
-        "incr_hits": 1, "incr_misses": 1,
-        "decr_hits": 1, "decr_misses": 2,
-        "cas_hits": 1, "cas_misses": 1, "cas_badval": 1,
+        "delete_hits": 1,
+        "delete_misses": 1,
+        "incr_hits": 1,
+        "incr_misses": 1,
+        "decr_hits": 1,
+        "decr_misses": 2,
+        "cas_hits": 1,
+        "cas_misses": 1,
+        "cas_badval": 1,
         "curr_items": 1,  # s2
         "bytes": 2,  # "20"
         "total_connections": 2,  # the client, and the second stats connection
@@ -547,9 +577,14 @@ def test_stats_connections_and_uptime(stig_server):
 
 
 def test_stats_stig_commit_counters(stig_server):
-    names = ("stig_commits", "stig_group_commit_avg", "stig_group_commit_max",
-             "stig_commit_latency_avg_us", "stig_commit_latency_max_us",
-             "stig_pending_promotion_bytes")
+    names = (
+        "stig_commits",
+        "stig_group_commit_avg",
+        "stig_group_commit_max",
+        "stig_commit_latency_avg_us",
+        "stig_commit_latency_max_us",
+        "stig_pending_promotion_bytes",
+    )
     stats = stig_server.stats()
     assert set(names) <= set(stats)
     commits = int(stats["stig_commits"])
@@ -582,8 +617,13 @@ def test_pymemcache_stats_and_settings(stig_server):
 
 def test_stats_settings_reflect_options(stig_factory):
     server = stig_factory(
-        "--max-connections", "7", "--durable-acks", "--batch-idle-ms", "5",
-        "--max-item-size", "2m",
+        "--max-connections",
+        "7",
+        "--durable-acks",
+        "--batch-idle-ms",
+        "5",
+        "--max-item-size",
+        "2m",
     )
     settings = server.stats("settings")
     assert settings["maxconns"] == "7"

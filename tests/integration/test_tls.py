@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from protocol.binary import Opcode, Status
-
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
 SET_EXTRAS = struct.pack(">II", 0, 0)
@@ -32,19 +30,59 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def _signed(directory: Path, name: str, subject: str, extensions: str) -> None:
     """``name.key`` and ``name.pem``, signed by the CA in ``directory``."""
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", subject, cwd=directory)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        subject,
+        cwd=directory,
+    )
     (directory / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-             cwd=directory)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=directory,
+    )
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=stig-test-ca", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stig-test-ca",
+        cwd=directory,
+    )
     server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
     _signed(directory, "server", "/CN=stig-server-one", server_ext)
     _signed(directory, "server2", "/CN=stig-server-two", server_ext)
@@ -67,8 +105,14 @@ def _tls_server(stig_factory, certs: Path, tmp_path: Path, *extra: str):
     """
     for name in ("server.pem", "server.key"):
         shutil.copy(certs / name, tmp_path / name)
-    return stig_factory("--tls-cert", str(tmp_path / "server.pem"),
-                        "--tls-key", str(tmp_path / "server.key"), "--durable-acks", *extra)
+    return stig_factory(
+        "--tls-cert",
+        str(tmp_path / "server.pem"),
+        "--tls-key",
+        str(tmp_path / "server.key"),
+        "--durable-acks",
+        *extra,
+    )
 
 
 def _tls_connect(server, context: ssl.SSLContext, port: int | None = None):
@@ -84,9 +128,8 @@ def _peer_name(conn) -> str:
 
 
 def test_text_meta_and_binary_over_tls(stig_factory, certs, tmp_path):
-    from pymemcache.client.base import Client
-
     import bmemcached
+    from pymemcache.client.base import Client
 
     server = _tls_server(stig_factory, certs, tmp_path)
     context = _client_context(certs)
@@ -107,7 +150,7 @@ def test_text_meta_and_binary_over_tls(stig_factory, certs, tmp_path):
         try:
             while chunk := plain.recv(4096):
                 received += chunk
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
         assert b"VALUE" not in received
     stats = text.stats()
@@ -119,9 +162,19 @@ def test_text_meta_and_binary_over_tls(stig_factory, certs, tmp_path):
 def test_openssl_s_client(stig_factory, certs, tmp_path):
     server = _tls_server(stig_factory, certs, tmp_path)
     run = subprocess.run(
-        ["openssl", "s_client", "-connect", f"{server.host}:{server.port}", "-quiet",
-         "-CAfile", str(certs / "ca.pem"), "-verify_return_error"],
-        input=b"set k 0 0 3\r\nabc\r\nget k\r\nquit\r\n", capture_output=True, timeout=60,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{server.host}:{server.port}",
+            "-quiet",
+            "-CAfile",
+            str(certs / "ca.pem"),
+            "-verify_return_error",
+        ],
+        input=b"set k 0 0 3\r\nabc\r\nget k\r\nquit\r\n",
+        capture_output=True,
+        timeout=60,
     )
     assert run.stdout == b"STORED\r\nVALUE k 0 3\r\nabc\r\nEND\r\n"
 
@@ -137,15 +190,24 @@ def test_logins_over_tls(stig_factory, certs, tmp_path):
     assert conn.send_recv(b"get k\r\n", b"\r\n") == b"CLIENT_ERROR unauthenticated\r\n"
     assert conn.send_recv(b"set auth 0 0 10\r\napp secret\r\n", b"\r\n") == b"STORED\r\n"
     assert conn.send_recv(b"get k\r\n") == b"END\r\n"
-    sasl = bmemcached.Client((f"{server.host}:{server.port}",), username="app", password="secret",
-                             tls_context=context)
+    sasl = bmemcached.Client(
+        (f"{server.host}:{server.port}",), username="app", password="secret", tls_context=context
+    )
     assert sasl.set("k", "v")
     assert sasl.get("k") == "v"
 
 
 def test_separate_tls_port_and_client_certificates(stig_factory, certs, tmp_path):
-    server = _tls_server(stig_factory, certs, tmp_path, "--tls-port", "0",
-                         "--tls-ca", str(certs / "ca.pem"), "--tls-verify-clients")
+    server = _tls_server(
+        stig_factory,
+        certs,
+        tmp_path,
+        "--tls-port",
+        "0",
+        "--tls-ca",
+        str(certs / "ca.pem"),
+        "--tls-verify-clients",
+    )
     # The main port stays plain.
     assert server.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
     tls_port = int(server.stats("settings")["stig_tls_port"])
@@ -153,7 +215,9 @@ def test_separate_tls_port_and_client_certificates(stig_factory, certs, tmp_path
     assert f"stig listening for TLS on {server.host}:{tls_port}" in server.stdout_path.read_text()
     # With a client certificate signed by --tls-ca: served.
     with socket.create_connection((server.host, tls_port), timeout=10) as raw:
-        with _client_context(certs, client_cert=True).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with _client_context(certs, client_cert=True).wrap_socket(
+            raw, server_hostname="127.0.0.1"
+        ) as tls:
             tls.sendall(b"get k\r\n")
             reply = b""
             while not reply.endswith(b"END\r\n"):
@@ -198,7 +262,9 @@ def test_certificates_reload_without_restart(stig_factory, certs, tmp_path, how)
     assert old.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"  # still open
     # A broken file is refused and the working certificate stays.
     (tmp_path / "server.pem").write_text("not a certificate\n")
-    assert old.send_recv(b"refresh_certs\r\n", b"\r\n").startswith(b"Error loading the certificate chain")
+    assert old.send_recv(b"refresh_certs\r\n", b"\r\n").startswith(
+        b"Error loading the certificate chain"
+    )
     assert _peer_name(_tls_connect(server, context)) == "stig-server-two"
 
 

@@ -10,11 +10,10 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from conftest import REPO, STARTUP_TIMEOUT, STOP_TIMEOUT
 
 
@@ -23,11 +22,21 @@ class UnixServer:
         # A short path: sun_path holds at most 107 bytes.
         self.path = path or Path(f"/tmp/stig-test-{os.getpid()}-{time.monotonic_ns()}.sock")
         self.log = tmp_path / "stdout"
-        command = [sys.executable, "-m", "stig", "serve", "--data-dir", str(tmp_path / "data"),
-                   "--unix-socket", str(self.path), *args]
+        command = [
+            sys.executable,
+            "-m",
+            "stig",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--unix-socket",
+            str(self.path),
+            *args,
+        ]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while f"stig listening on unix:{self.path}" not in self.log.read_text():
             assert self.proc.poll() is None, self.log.read_text()
@@ -103,8 +112,19 @@ def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path):
     path.write_text("precious\n")
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "stig", "serve", "--data-dir", str(tmp_path / "data"),
-             "--unix-socket", str(path)], cwd=REPO, capture_output=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "stig",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--unix-socket",
+                str(path),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            timeout=60,
         )
         assert run.returncode != 0
         assert path.read_text() == "precious\n"
@@ -120,8 +140,19 @@ def test_a_socket_another_server_listens_on_is_not_taken_over(tmp_path):
     first = UnixServer(tmp_path / "a")
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "stig", "serve", "--data-dir", str(tmp_path / "b" / "data"),
-             "--unix-socket", str(first.path)], cwd=REPO, capture_output=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "stig",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "b" / "data"),
+                "--unix-socket",
+                str(first.path),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            timeout=60,
         )
         assert run.returncode == 1 and b"in use by a running server" in run.stderr, run
         with socket.socket(socket.AF_UNIX) as raw:

@@ -69,8 +69,13 @@ def _stale(rounds: list[tuple[str, object, object]]) -> list[tuple[str, object, 
 def test_pymemcache_pooled_client(server):
     from pymemcache.client.base import PooledClient
 
-    pool = PooledClient((server.host, server.port), max_pool_size=4, default_noreply=False,
-                        connect_timeout=TIMEOUT, timeout=TIMEOUT)
+    pool = PooledClient(
+        (server.host, server.port),
+        max_pool_size=4,
+        default_noreply=False,
+        connect_timeout=TIMEOUT,
+        timeout=TIMEOUT,
+    )
     server._clients.append(pool)
     seen = []
     # Two connections checked out of the pool at once: the writer and the reader.
@@ -89,8 +94,13 @@ def test_pymemcache_hash_clients(server):
     from pymemcache.client.hash import HashClient
 
     def make():
-        client = HashClient([(server.host, server.port)], use_pooling=True, default_noreply=False,
-                            connect_timeout=TIMEOUT, timeout=TIMEOUT)
+        client = HashClient(
+            [(server.host, server.port)],
+            use_pooling=True,
+            default_noreply=False,
+            connect_timeout=TIMEOUT,
+            timeout=TIMEOUT,
+        )
         server._clients.append(client)
         return client
 
@@ -188,13 +198,17 @@ def test_text_pipelined_gets_behind_another_get(server):
     assert b.send_recv(b"set unrelated 0 0 1\r\nu\r\n", b"\r\n") == b"STORED\r\n"
     for n in range(300):
         value = b"%d" % n
-        assert a.send_recv(b"set g 0 0 %d\r\n%b\r\n" % (len(value), value), b"\r\n") == b"STORED\r\n"
+        assert (
+            a.send_recv(b"set g 0 0 %d\r\n%b\r\n" % (len(value), value), b"\r\n") == b"STORED\r\n"
+        )
         b.send(b"get unrelated\r\nget g\r\ngets g\r\n")
         reply = b""
         while reply.count(b"END\r\n") < 3:
             reply += b.recv_until(b"END\r\n")
-        assert reply.startswith(b"VALUE unrelated 0 1\r\nu\r\nEND\r\nVALUE g 0 %d\r\n%b\r\nEND\r\n"
-                                % (len(value), value)), (n, reply)
+        assert reply.startswith(
+            b"VALUE unrelated 0 1\r\nu\r\nEND\r\nVALUE g 0 %d\r\n%b\r\nEND\r\n"
+            % (len(value), value)
+        ), (n, reply)
         assert reply.split(b"\r\n")[6].startswith(b"VALUE g 0 %d " % len(value)), (n, reply)
 
 
@@ -202,11 +216,17 @@ def test_meta_hd_then_mg_elsewhere(server):
     a, b = server.connect(), server.connect()
     for n in range(ROUNDS):
         value = b"%d" % n
-        assert a.send_recv(b"ms mk%d %d\r\n%b\r\n" % (n % KEYS, len(value), value), b"\r\n") == b"HD\r\n"
+        assert (
+            a.send_recv(b"ms mk%d %d\r\n%b\r\n" % (n % KEYS, len(value), value), b"\r\n")
+            == b"HD\r\n"
+        )
         got = b.send_recv(b"mg mk%d v c\r\n" % (n % KEYS), b"\r\n")
         if got.startswith(b"VA") and got.count(b"\r\n") < 2:
             got += b.recv_until(b"\r\n")  # the value line came in a later segment
-        assert got.startswith(b"VA %d " % len(value)) and got.endswith(b"\r\n%b\r\n" % value), (n, got)
+        assert got.startswith(b"VA %d " % len(value)) and got.endswith(b"\r\n%b\r\n" % value), (
+            n,
+            got,
+        )
 
 
 def test_binary_set_reply_then_get_elsewhere(server):
@@ -239,8 +259,10 @@ def test_noreply_run_is_acknowledged_by_the_next_reply(server):
     a, b = server.connect(), server.connect()
     for n in range(300):
         value = b"%d" % n
-        a.send(b"set nr1 0 0 %d noreply\r\n%b\r\nset nr2 0 0 %d noreply\r\n%b\r\n"
-               % (len(value), value, len(value), value))
+        a.send(
+            b"set nr1 0 0 %d noreply\r\n%b\r\nset nr2 0 0 %d noreply\r\n%b\r\n"
+            % (len(value), value, len(value), value)
+        )
         assert a.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
         assert b.send_recv(b"get nr1 nr2\r\n") == (
             b"VALUE nr1 0 %d\r\n%b\r\nVALUE nr2 0 %d\r\n%b\r\nEND\r\n"
@@ -352,8 +374,10 @@ def _write_then_big_gets(server, big_gets: int = 40):
     ``STORED`` leaves with the first part — and then stops reading, so the
     rest of the burst cannot be sent.  Returns that connection, once it holds
     the ``STORED``."""
-    server.send_recv(b"set big 0 0 1000000\r\n" + b"x" * 1_000_000 + b"\r\nset k 0 0 3\r\nold\r\n",
-                     until=b"STORED\r\nSTORED\r\n")
+    server.send_recv(
+        b"set big 0 0 1000000\r\n" + b"x" * 1_000_000 + b"\r\nset k 0 0 3\r\nold\r\n",
+        until=b"STORED\r\nSTORED\r\n",
+    )
     server.settle()  # nothing in flight: the gets below take the fast path
     writer = server.connect()
     writer.send(b"set k 0 0 3\r\nnew\r\n" + b"get big\r\n" * big_gets)

@@ -52,12 +52,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, event, settings, strategies as st
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
@@ -465,20 +466,26 @@ class PovMachine(RuleBasedStateMachine):
     @rule(
         s=sessions,
         key=keys,
-        kind=st.sampled_from(["add", "replace", "cas", "cas", "add", "replace", "cas", "flush_all"]),
+        kind=st.sampled_from(
+            ["add", "replace", "cas", "cas", "add", "replace", "cas", "flush_all"]
+        ),
         value=values,
         flags=flags,
         fresh=st.booleans(),
     )
-    def conditional(self, s: int, key: bytes, kind: str, value: bytes, flags: int, fresh: bool) -> None:
+    def conditional(
+        self, s: int, key: bytes, kind: str, value: bytes, flags: int, fresh: bool
+    ) -> None:
         """A replying conditional write: closes the run, waits for its commit."""
         session = self.sessions[s]
         op = self._conditional_op(kind, key, value, flags, fresh)
         op_key = None if kind == "flush_all" else key
         # cas against the committed unique: does anything get in before it?
-        raced = self._queued_writes_to(key) or any(
-            i.key in (key, None) for i in self.model.sessions[s].open
-        ) or any(i.key in (key, None) for r in self.model.sessions[s].closed for i in r.intents)
+        raced = (
+            self._queued_writes_to(key)
+            or any(i.key in (key, None) for i in self.model.sessions[s].open)
+            or any(i.key in (key, None) for r in self.model.sessions[s].closed for i in r.intents)
+        )
         committed_before = self.engine.store.get(key)
         if not self._add_conditional(s, op, op_key, value):
             return
@@ -673,7 +680,9 @@ class PovMachine(RuleBasedStateMachine):
     def pending_bytes(self) -> None:
         """Each session counts exactly its uncommitted writes; the promoter its queue."""
         for s, session in enumerate(self.sessions):
-            runs = sum(r.session == s for r in self.model.queue) + len(self.model.sessions[s].closed)
+            runs = sum(r.session == s for r in self.model.queue) + len(
+                self.model.sessions[s].closed
+            )
             expected = sum(i.size for i in self.model.uncommitted(s)) + RUN_OVERHEAD * runs
             assert session.pending_bytes == expected, s
         queued = sum(i.size for run in self.model.queue for i in run.intents)

@@ -9,23 +9,33 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from conftest import REPO
 
 CLI_TIMEOUT = 300
 
 
-def run_stig(*args: str, input: bytes | None = None, check: bool | None = True,
-             stdout: object = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:
+def run_stig(
+    *args: str,
+    input: bytes | None = None,
+    check: bool | None = True,
+    stdout: object = subprocess.PIPE,
+) -> subprocess.CompletedProcess[bytes]:
     """``python -m stig ARGS`` from the worktree; asserts exit 0 when ``check``."""
     proc = subprocess.run(
-        [sys.executable, "-m", "stig", *args], cwd=REPO, input=input,
-        stdout=stdout, stderr=subprocess.PIPE, timeout=CLI_TIMEOUT,
+        [sys.executable, "-m", "stig", *args],
+        cwd=REPO,
+        input=input,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        timeout=CLI_TIMEOUT,
     )
     if check:
-        assert proc.returncode == 0, f"stig {' '.join(args)} exited {proc.returncode}: {proc.stderr!r}"
+        assert proc.returncode == 0, (
+            f"stig {' '.join(args)} exited {proc.returncode}: {proc.stderr!r}"
+        )
     return proc
 
 

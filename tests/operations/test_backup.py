@@ -50,9 +50,13 @@ class Writer(threading.Thread):
                         expect = b"STORED\r\n"
                     else:
                         keys = [b"%s-%d-%d" % (self.name_.encode(), n, j) for j in range(RUN_KEYS)]
-                        sock.sendall(b"".join(
-                            b"ms %b 10 b F9 q\r\n%b\r\n" % (base64.b64encode(k), b"%010d" % n) for k in keys
-                        ) + b"mn\r\n")
+                        sock.sendall(
+                            b"".join(
+                                b"ms %b 10 b F9 q\r\n%b\r\n" % (base64.b64encode(k), b"%010d" % n)
+                                for k in keys
+                            )
+                            + b"mn\r\n"
+                        )
                         expect = b"MN\r\n"
                     reply = b""
                     while not reply.endswith(b"\r\n"):
@@ -69,7 +73,9 @@ def test_backup_under_write_load_restores_every_acknowledged_write(stig_factory,
     client = server.client()
     # Some bulk first, so the copy takes a while next to the writers.
     for start in range(0, 20_000, 1000):
-        client.set_many({f"bulk-{i}": b"b" * 1000 for i in range(start, start + 1000)}, noreply=False)
+        client.set_many(
+            {f"bulk-{i}": b"b" * 1000 for i in range(start, start + 1000)}, noreply=False
+        )
     writers = [Writer(server.port, f"loud{i}", True) for i in range(2)]
     writers += [Writer(server.port, f"quiet{i}", False) for i in range(2)]
     for writer in writers:
@@ -112,7 +118,9 @@ def test_restore_refuses_a_directory_a_server_holds(stig_factory, tmp_path):
     backup_dir = tmp_path / "backup"
     run_stig("backup", str(backup_dir), "--data-dir", str(server.data_dir))
     for extra in ((), ("--force",)):
-        proc = run_stig("restore", str(backup_dir), "--data-dir", str(server.data_dir), *extra, check=False)
+        proc = run_stig(
+            "restore", str(backup_dir), "--data-dir", str(server.data_dir), *extra, check=False
+        )
         assert proc.returncode == 1
         assert str(server.data_dir).encode() in proc.stderr and b"in use" in proc.stderr
     assert server.client().get("live") == b"yes"
@@ -126,7 +134,9 @@ def test_restore_refuses_existing_data_unless_forced(stig_factory, tmp_path):
     server.client().set("k", "newer")
     server.terminate()
     proc = run_stig("restore", str(backup_dir), "--data-dir", str(server.data_dir), check=False)
-    assert proc.returncode == 1 and b"already holds data" in proc.stderr and b"--force" in proc.stderr
+    assert (
+        proc.returncode == 1 and b"already holds data" in proc.stderr and b"--force" in proc.stderr
+    )
     run_stig("restore", str(backup_dir), "--data-dir", str(server.data_dir), "--force")
     server.start()
     assert server.client().get("k") == b"from-backup"
@@ -138,7 +148,9 @@ def test_backup_refuses_a_used_destination_and_a_missing_source(stig_server, tmp
     (dest / "something").write_text("x")
     proc = run_stig("backup", str(dest), "--data-dir", str(stig_server.data_dir), check=False)
     assert proc.returncode == 1 and b"not an empty directory" in proc.stderr
-    proc = run_stig("backup", str(tmp_path / "b"), "--data-dir", str(tmp_path / "nothing"), check=False)
+    proc = run_stig(
+        "backup", str(tmp_path / "b"), "--data-dir", str(tmp_path / "nothing"), check=False
+    )
     assert proc.returncode == 1 and b"no Stig data" in proc.stderr
 
 
@@ -147,16 +159,19 @@ def _patch(path: Path, marker: bytes, offset: int, new: bytes) -> None:
     data = bytearray(path.read_bytes())
     at = data.find(marker)
     assert at > 0 and data.find(marker, at + 1) < 0
-    data[at + offset: at + offset + len(new)] = new
+    data[at + offset : at + offset + len(new)] = new
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, message", [
-    # the state byte is the last header byte, right before the value
-    ((-1, b"\x80"), b"unknown state bits 0x80"),
-    # the cas is the 8 bytes before it
-    ((-9, (2**40).to_bytes(8, "big")), b"is above the stored counter"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        # the state byte is the last header byte, right before the value
+        ((-1, b"\x80"), b"unknown state bits 0x80"),
+        # the cas is the 8 bytes before it
+        ((-9, (2**40).to_bytes(8, "big")), b"is above the stored counter"),
+    ],
+)
 def test_check_finds_a_record_damaged_on_purpose(stig_server, tmp_path, damage, message):
     client = stig_server.client()
     client.set_many({f"k{i}": b"ordinary" for i in range(100)}, noreply=False)
@@ -185,10 +200,14 @@ def test_a_backup_is_a_data_directory_and_restore_reads_a_live_one(stig_factory,
     assert b"ok" in run_stig("check", "--data-dir", str(restored)).stdout
     # The backup directory serves as it is.
     served = stig_factory(data_dir=backup_dir)
-    assert served.client().get_many([f"k{i}" for i in range(100)]) == {f"k{i}": b"v%d" % i for i in range(100)}
+    assert served.client().get_many([f"k{i}" for i in range(100)]) == {
+        f"k{i}": b"v%d" % i for i in range(100)
+    }
 
 
-def test_a_truncated_copy_is_reported_and_a_damaged_directory_can_be_restored(stig_server, tmp_path):
+def test_a_truncated_copy_is_reported_and_a_damaged_directory_can_be_restored(
+    stig_server, tmp_path
+):
     """A copy cut short (a full disk during cp) once killed check and restore
     with SIGBUS; and restore --force refused to replace data it could not read,
     which is when one needs it most."""
@@ -229,7 +248,9 @@ def test_an_interrupted_backup_leaves_no_data_file_that_looks_whole(tmp_path):
     dest = tmp_path / "bk"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stig", "backup", str(dest), "--data-dir", str(data), "--quiet"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     partial = dest / PARTIAL_DIR / "data.mdb"
     deadline = time.monotonic() + 60

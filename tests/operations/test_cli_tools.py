@@ -6,13 +6,16 @@ import pytest
 from opstools import run_stig
 
 
-@pytest.mark.parametrize("command, words", [
-    ("backup", [b"hot backup", b"Example"]),
-    ("restore", [b"backup", b"--force", b"Example"]),
-    ("check", [b"cas", b"exit status 1"]),
-    ("dump", [b"meta commands", b"--data-dir", b"--server", b"Examples"]),
-    ("load", [b"transactions", b"refused", b"Example"]),
-])
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("backup", [b"hot backup", b"Example"]),
+        ("restore", [b"backup", b"--force", b"Example"]),
+        ("check", [b"cas", b"exit status 1"]),
+        ("dump", [b"meta commands", b"--data-dir", b"--server", b"Examples"]),
+        ("load", [b"transactions", b"refused", b"Example"]),
+    ],
+)
 def test_every_command_explains_itself(command, words):
     text = run_stig(command, "--help").stdout
     for word in words:

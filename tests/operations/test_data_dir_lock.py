@@ -19,7 +19,11 @@ def test_second_server_on_one_data_dir_is_refused(stig_factory):
     first.client().set("k", "v")
     proc = subprocess.run(
         [sys.executable, "-m", "stig", "serve", "--port", "0", "--data-dir", str(first.data_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode != 0
     assert str(first.data_dir) in proc.stderr

@@ -38,7 +38,9 @@ def _parse(data: bytes) -> dict[bytes, tuple[bytes, int]]:
 def test_round_trip_with_binary_keys_values_and_flags(stig_factory, tmp_path):
     items = _items(ROUND_TRIP_KEYS)
     source = tmp_path / "in.dump"
-    source.write_bytes(b"".join(dumpfmt.encode_item(k, v, f) for k, (v, f) in items.items()) + b"mn\r\n")
+    source.write_bytes(
+        b"".join(dumpfmt.encode_item(k, v, f) for k, (v, f) in items.items()) + b"mn\r\n"
+    )
     first = stig_factory()
     loaded = run_stig("load", "--server", f"127.0.0.1:{first.port}", str(source))
     assert f"loaded {len(items):,} of {len(items):,} items".encode() in loaded.stderr
@@ -60,29 +62,45 @@ def test_dump_format_is_meta_commands_with_barriers(stig_server):
     client = stig_server.client()
     client.set("a", b"xy", flags=5, noreply=False)
     client.set("b c".replace(" ", "_"), b"", flags=0, noreply=False)
-    out = run_stig("dump", "--data-dir", str(stig_server.data_dir), "--batch", "1", "--quiet").stdout
-    assert out == (
-        b"ms YQ== 2 b F5 q\r\nxy\r\nmn\r\n"
-        b"ms Yl9j 0 b F0 q\r\n\r\nmn\r\n"
-    )
+    out = run_stig(
+        "dump", "--data-dir", str(stig_server.data_dir), "--batch", "1", "--quiet"
+    ).stdout
+    assert out == (b"ms YQ== 2 b F5 q\r\nxy\r\nmn\r\nms Yl9j 0 b F0 q\r\n\r\nmn\r\n")
 
 
 def test_migration_from_a_real_memcached(stig_server):
-    items = {b"plain": (b"hello", 3), b"with:colon": (b"v" * 5000, 2**32 - 1),
-             b"empty": (b"", 0), b"\xffbin\x00key": (b"\x00\r\n\xff", 42)}
+    items = {
+        b"plain": (b"hello", 3),
+        b"with:colon": (b"v" * 5000, 2**32 - 1),
+        b"empty": (b"", 0),
+        b"\xffbin\x00key": (b"\x00\r\n\xff", 42),
+    }
     items.update({b"bulk-%d" % i: (b"%d" % i, i) for i in range(2000)})
     with memcached() as port:
         setup = b"".join(
-            b"ms %b %d b F%d q\r\n%b\r\n" % (base64.b64encode(k), len(v), f, v) for k, (v, f) in items.items()
+            b"ms %b %d b F%d q\r\n%b\r\n" % (base64.b64encode(k), len(v), f, v)
+            for k, (v, f) in items.items()
         )
         exchange(port, setup + b"mn\r\n", b"MN\r\n")
         dump = subprocess.Popen(
             [sys.executable, "-m", "stig", "dump", "--server", f"127.0.0.1:{port}", "--quiet"],
-            cwd=REPO, stdout=subprocess.PIPE,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
         )
         load = subprocess.run(
-            [sys.executable, "-m", "stig", "load", "--server", f"127.0.0.1:{stig_server.port}", "--quiet"],
-            cwd=REPO, stdin=dump.stdout, capture_output=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "stig",
+                "load",
+                "--server",
+                f"127.0.0.1:{stig_server.port}",
+                "--quiet",
+            ],
+            cwd=REPO,
+            stdin=dump.stdout,
+            capture_output=True,
+            timeout=300,
         )
         dump.stdout.close()
         assert dump.wait(300) == 0
@@ -110,9 +128,13 @@ class RunWriter(threading.Thread):
             with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
                 while not self.stop.is_set():
                     n = self.runs
-                    keys = [b"a:%b" % self.name_] + [b"r:%b:%d:%d" % (self.name_, n, j) for j in range(3)]
+                    keys = [b"a:%b" % self.name_] + [
+                        b"r:%b:%d:%d" % (self.name_, n, j) for j in range(3)
+                    ]
                     keys.append(b"z:%b" % self.name_)
-                    sock.sendall(b"".join(b"ms %b 8 q\r\n%08d\r\n" % (k, n) for k in keys) + b"mn\r\n")
+                    sock.sendall(
+                        b"".join(b"ms %b 8 q\r\n%08d\r\n" % (k, n) for k in keys) + b"mn\r\n"
+                    )
                     reply = b""
                     while not reply.endswith(b"\r\n"):
                         reply += sock.recv(100)
@@ -128,14 +150,19 @@ def test_dump_of_a_live_server_under_load_is_one_snapshot(stig_server):
     0..k exactly, each whole."""
     client = stig_server.client()
     for start in range(0, 20_000, 2000):  # between a: and z:, so the dump takes a while
-        client.set_many({f"pad-{i:06d}": b"p" * 500 for i in range(start, start + 2000)}, noreply=False)
+        client.set_many(
+            {f"pad-{i:06d}": b"p" * 500 for i in range(start, start + 2000)}, noreply=False
+        )
     writers = [RunWriter(stig_server.port, b"w%d" % i) for i in range(3)]
     for writer in writers:
         writer.start()
     while any(w.runs < 10 for w in writers):
         assert not any(w.error for w in writers)
     before = [w.runs for w in writers]
-    dumps = [run_stig("dump", "--data-dir", str(stig_server.data_dir), "--quiet").stdout for _ in range(2)]
+    dumps = [
+        run_stig("dump", "--data-dir", str(stig_server.data_dir), "--quiet").stdout
+        for _ in range(2)
+    ]
     for writer in writers:
         writer.stop.set()
         writer.join(30)
@@ -159,8 +186,12 @@ def test_dump_of_a_live_server_under_load_is_one_snapshot(stig_server):
 
 def test_load_names_refused_keys_and_exits_non_zero(stig_server, tmp_path):
     dump = tmp_path / "d"
-    dump.write_bytes(dumpfmt.encode_item(b"ok-1", b"x", 1) + dumpfmt.encode_item(b"huge", b"x" * 2_000_000, 0)
-                     + dumpfmt.encode_item(b"ok-2", b"y", 2) + b"mn\r\n")
+    dump.write_bytes(
+        dumpfmt.encode_item(b"ok-1", b"x", 1)
+        + dumpfmt.encode_item(b"huge", b"x" * 2_000_000, 0)
+        + dumpfmt.encode_item(b"ok-2", b"y", 2)
+        + b"mn\r\n"
+    )
     proc = run_stig("load", "--server", f"127.0.0.1:{stig_server.port}", str(dump), check=False)
     assert proc.returncode == 1
     assert b"refused: key b'huge': SERVER_ERROR object too large for cache" in proc.stderr
@@ -170,10 +201,25 @@ def test_load_names_refused_keys_and_exits_non_zero(stig_server, tmp_path):
 
 
 def test_load_refuses_a_stream_that_is_not_a_dump(stig_server):
-    proc = run_stig("load", "--server", f"127.0.0.1:{stig_server.port}", input=b"set a 0 0 1\r\nx\r\n", check=False)
-    assert proc.returncode == 1 and b"bad dump" in proc.stderr and b"expected 'ms' or 'mn'" in proc.stderr
-    proc = run_stig("load", "--server", f"127.0.0.1:{stig_server.port}",
-                    input=b"ms YQ== 5 b q\r\nab", check=False)
+    proc = run_stig(
+        "load",
+        "--server",
+        f"127.0.0.1:{stig_server.port}",
+        input=b"set a 0 0 1\r\nx\r\n",
+        check=False,
+    )
+    assert (
+        proc.returncode == 1
+        and b"bad dump" in proc.stderr
+        and b"expected 'ms' or 'mn'" in proc.stderr
+    )
+    proc = run_stig(
+        "load",
+        "--server",
+        f"127.0.0.1:{stig_server.port}",
+        input=b"ms YQ== 5 b q\r\nab",
+        check=False,
+    )
     assert proc.returncode == 1 and b"cut short" in proc.stderr
 
 
@@ -188,16 +234,23 @@ def test_load_names_a_refused_key_while_later_transactions_are_in_flight(stig_se
     its replies are read: the later ones' replies must not be taken for the
     loud re-send's (load once hung 60 s and died with a traceback)."""
     dump = tmp_path / "d"
-    parts = [dumpfmt.encode_item(b"huge", b"x" * 2_000_000, 0), dumpfmt.encode_item(b"first", b"1", 0)]
+    parts = [
+        dumpfmt.encode_item(b"huge", b"x" * 2_000_000, 0),
+        dumpfmt.encode_item(b"first", b"1", 0),
+    ]
     parts += [dumpfmt.encode_item(b"later-%d" % i, b"%d" % i, i) for i in range(12)]
     dump.write_bytes(b"".join(parts) + b"mn\r\n")
-    proc = run_stig("load", "--batch", "2", "--server", f"127.0.0.1:{stig_server.port}", str(dump), check=False)
+    proc = run_stig(
+        "load", "--batch", "2", "--server", f"127.0.0.1:{stig_server.port}", str(dump), check=False
+    )
     assert proc.returncode == 1, proc.stderr
     assert b"refused: key b'huge': SERVER_ERROR object too large for cache" in proc.stderr
     assert b"1 item(s) refused" in proc.stderr and b"Traceback" not in proc.stderr
     client = stig_server.client()
     assert client.get("first") == b"1"
-    assert client.get_many([f"later-{i}" for i in range(12)]) == {f"later-{i}": b"%d" % i for i in range(12)}
+    assert client.get_many([f"later-{i}" for i in range(12)]) == {
+        f"later-{i}": b"%d" % i for i in range(12)
+    }
 
 
 def test_load_keeps_each_transaction_within_the_servers_write_budget(stig_factory, tmp_path):
@@ -206,8 +259,12 @@ def test_load_keeps_each_transaction_within_the_servers_write_budget(stig_factor
     bytes too, under the server's --max-pending-bytes."""
     server = stig_factory("--max-pending-bytes", "4m")
     dump = tmp_path / "d"
-    dump.write_bytes(b"".join(dumpfmt.encode_item(b"big-%d" % i, bytes([65 + i]) * 1_000_000, i)
-                              for i in range(10)) + b"mn\r\n")
+    dump.write_bytes(
+        b"".join(
+            dumpfmt.encode_item(b"big-%d" % i, bytes([65 + i]) * 1_000_000, i) for i in range(10)
+        )
+        + b"mn\r\n"
+    )
     run_stig("load", "-q", "--server", f"127.0.0.1:{server.port}", str(dump))
     client = server.client()
     for i in range(10):

@@ -41,8 +41,14 @@ def test_replies_match_memcached(stig_server):
     stig_port = stig_server.port
     with memcached() as mc_port:
         # Nothing stored yet: both answer a bare END.
-        for command in (b"lru_crawler metadump all\r\n", b"stats items\r\n", b"stats cachedump 1 0\r\n"):
-            assert exchange(stig_port, command, b"END\r\n") == exchange(mc_port, command, b"END\r\n")
+        for command in (
+            b"lru_crawler metadump all\r\n",
+            b"stats items\r\n",
+            b"stats cachedump 1 0\r\n",
+        ):
+            assert exchange(stig_port, command, b"END\r\n") == exchange(
+                mc_port, command, b"END\r\n"
+            )
         exchange(mc_port, b"set a 5 0 3\r\nabc\r\n", b"STORED\r\n")
         exchange(stig_port, b"set a 5 0 3\r\nabc\r\n", b"STORED\r\n")
         stig_server.settle()
@@ -57,8 +63,12 @@ def test_replies_match_memcached(stig_server):
         _load(mc_port)
         _load(stig_port)
         stig_server.settle()
-        for command in (b"lru_crawler metadump all\r\n", b"lru_crawler metadump hash\r\n",
-                        b"lru_crawler metadump 1\r\n", b"lru_crawler metadump 1,2\r\n"):
+        for command in (
+            b"lru_crawler metadump all\r\n",
+            b"lru_crawler metadump hash\r\n",
+            b"lru_crawler metadump 1\r\n",
+            b"lru_crawler metadump 1,2\r\n",
+        ):
             ours = exchange(stig_port, command, b"END\r\n")
             theirs = exchange(mc_port, command, b"END\r\n")
             assert _normalized_metadump(ours) == _normalized_metadump(theirs), command
@@ -66,7 +76,9 @@ def test_replies_match_memcached(stig_server):
         # stats items: the same counters in the same order, the same item count.
         ours = exchange(stig_port, b"stats items\r\n", b"END\r\n")
         theirs = exchange(mc_port, b"stats items\r\n", b"END\r\n")
-        names = lambda reply: [line.split(b" ")[1] for line in reply.split(b"\r\n") if line.startswith(b"STAT")]
+        names = lambda reply: [
+            line.split(b" ")[1] for line in reply.split(b"\r\n") if line.startswith(b"STAT")
+        ]
         assert names(ours) == names(theirs)
         assert b"STAT items:1:number 6\r\n" in ours and b"STAT items:1:number 6\r\n" in theirs
         # Errors and empty classes, exactly.
@@ -99,7 +111,7 @@ def _metadump_keys(port: int) -> set[bytes]:
 
     reply = exchange(port, b"lru_crawler metadump all\r\n", b"END\r\n", timeout=60)
     lines = reply[: -len(b"END\r\n")].split(b"\n")[:-1]
-    return {url_decode(line.split(b" ")[0][len(b"key="):]) for line in lines}
+    return {url_decode(line.split(b" ")[0][len(b"key=") :]) for line in lines}
 
 
 @pytest.mark.skipif(shutil.which("memcdump") is None, reason="libmemcached-tools not installed")
@@ -114,7 +126,9 @@ def test_memcdump_and_metadump_list_exactly_the_stored_keys(stig_server):
     expected = keys - deleted
     dumped = subprocess.run(
         ["memcdump", f"--servers={stig_server.host}:{stig_server.port}"],
-        capture_output=True, timeout=60, check=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
     ).stdout.split(b"\n")
     assert {k for k in dumped if k} == expected
     assert len([k for k in dumped if k]) == len(expected)  # none twice
@@ -143,7 +157,9 @@ def _slow_reader(port: int) -> socket.socket:
 
 
 def _read_rest(sock: socket.socket, buf: bytes) -> bytes:
-    while not buf.endswith(b"\r\n") or not (buf.endswith(b"END\r\n") or b"SERVER_ERROR" in buf[-200:]):
+    while not buf.endswith(b"\r\n") or not (
+        buf.endswith(b"END\r\n") or b"SERVER_ERROR" in buf[-200:]
+    ):
         chunk = sock.recv(1 << 20)
         assert chunk, f"closed; got {buf[-200:]!r}"
         buf += chunk
@@ -171,7 +187,7 @@ def test_listing_is_one_snapshot_streamed_while_others_write(stig_server):
     finally:
         sock.close()
     assert reply.endswith(b"\nEND\r\n")
-    listed = [line.split(b" ")[0][len(b"key="):] for line in reply[:-5].split(b"\n")[:-1]]
+    listed = [line.split(b" ")[0][len(b"key=") :] for line in reply[:-5].split(b"\n")[:-1]]
     assert listed == keys
     assert _metadump_keys(port) == {b"new-%d" % i for i in range(1000)}
 
@@ -192,13 +208,23 @@ def test_listing_ends_cleanly_when_the_map_grows_under_it(stig_factory):
         assert first.startswith(b"key=")
         # Enough new data to need a bigger map.
         for start in range(0, start_map // 100_000 + 1, 20):
-            exchange(port, b"".join(b"ms big%d 100000 q\r\n%b\r\n" % (i, b"x" * 100_000)
-                                    for i in range(start, start + 20)) + b"mn\r\n", b"MN\r\n", timeout=120)
+            exchange(
+                port,
+                b"".join(
+                    b"ms big%d 100000 q\r\n%b\r\n" % (i, b"x" * 100_000)
+                    for i in range(start, start + 20)
+                )
+                + b"mn\r\n",
+                b"MN\r\n",
+                timeout=120,
+            )
         assert int(server.stats()["limit_maxbytes"]) > start_map
         reply = _read_rest(sock, first)
     finally:
         sock.close()
-    assert reply.endswith(b"SERVER_ERROR listing interrupted: the database map grew; list again\r\n")
+    assert reply.endswith(
+        b"SERVER_ERROR listing interrupted: the database map grew; list again\r\n"
+    )
     big = len(range(0, start_map // 100_000 + 1, 20)) * 20
     assert len(_metadump_keys(port)) == len(keys) + big  # listed again: whole
 
@@ -210,7 +236,9 @@ def test_failures_of_a_quiet_run_come_before_the_listing(stig_server):
     keys = [b"%04d" % i + b"p" * 100 for i in range(3000)]  # a listing of several chunks
     _write_keys(port, keys)
     stig_server.settle()
-    reply = exchange(port, b"ms %b 1 ME q\r\ny\r\nlru_crawler metadump all\r\n" % keys[0], b"END\r\n")
+    reply = exchange(
+        port, b"ms %b 1 ME q\r\ny\r\nlru_crawler metadump all\r\n" % keys[0], b"END\r\n"
+    )
     assert reply.startswith(b"NS\r\nkey=0000p") and reply.count(b"key=") == len(keys)
     assert reply.count(b"NS\r\n") == 1
 

@@ -42,8 +42,17 @@ def twemproxy(stig_factory, tmp_path):
         + "".join(f"    - 127.0.0.1:{n.port}:1 stig{i}\n" for i, n in enumerate(nodes))
     )
     proxy = subprocess.Popen(
-        ["nutcracker", "-c", str(config), "-s", str(stats_port), "-a", "127.0.0.1",
-         "-o", str(tmp_path / "nutcracker.log")],
+        [
+            "nutcracker",
+            "-c",
+            str(config),
+            "-s",
+            str(stats_port),
+            "-a",
+            "127.0.0.1",
+            "-o",
+            str(tmp_path / "nutcracker.log"),
+        ],
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -92,8 +101,13 @@ def test_hash_client_over_three_nodes_one_restarting(stig_factory):
     nodes = [stig_factory("--port", str(free_port())) for _ in range(3)]
     client = HashClient(
         [("127.0.0.1", n.port) for n in nodes],
-        connect_timeout=2, timeout=5, default_noreply=False,
-        retry_attempts=10**9, retry_timeout=0, dead_timeout=3600, ignore_exc=False,
+        connect_timeout=2,
+        timeout=5,
+        default_noreply=False,
+        retry_attempts=10**9,
+        retry_timeout=0,
+        dead_timeout=3600,
+        ignore_exc=False,
     )
     keys = [f"k{i}" for i in range(300)]
     for key in keys:

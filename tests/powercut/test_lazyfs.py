@@ -28,15 +28,17 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
-from crashrig import LazyMount, fuse_unavailable  # noqa: E402
+from crashrig import LazyMount, fuse_unavailable
 
 pytest.importorskip("pyfuse3", reason="lazyfs needs pyfuse3 (pip install pyfuse3)")
 
-from lazyfs import PAGE, FileData  # noqa: E402
+from lazyfs import PAGE, FileData
 
 _ops = st.lists(
     st.one_of(
-        st.tuples(st.just("write"), st.integers(0, 5 * PAGE), st.binary(min_size=1, max_size=2 * PAGE + 3)),
+        st.tuples(
+            st.just("write"), st.integers(0, 5 * PAGE), st.binary(min_size=1, max_size=2 * PAGE + 3)
+        ),
         st.tuples(st.just("truncate"), st.integers(0, 6 * PAGE)),
         st.tuples(st.just("sync")),
         st.tuples(st.just("cut"), st.sampled_from(["none", "subset", "prefix"])),
@@ -79,8 +81,10 @@ def test_filedata_matches_a_model_of_synced_and_unsynced_bytes(tmp_path_factory,
                 else:  # torn: each page is whole, the durable one or the latest one
                     for start in range(0, len(disk), PAGE):
                         page = disk[start : start + PAGE]
-                        versions = [bytes(v[start : start + PAGE]).ljust(len(page), b"\0")[: len(page)]
-                                    for v in (durable, current)]
+                        versions = [
+                            bytes(v[start : start + PAGE]).ljust(len(page), b"\0")[: len(page)]
+                            for v in (durable, current)
+                        ]
                         assert page in versions
                 # After power comes back, the file is what the disk kept.
                 os.close(fd)
@@ -166,7 +170,9 @@ def test_a_frozen_disk_applies_nothing_more_and_the_cut_releases_the_writer(tmp_
         thread.join(20.0)
         assert not thread.is_alive()
         assert isinstance(outcome[0], OSError)  # the frozen request failed (EIO)
-        assert (tmp_path / "backing" / "f").read_bytes() == synced_before  # nothing after the freeze
+        assert (
+            tmp_path / "backing" / "f"
+        ).read_bytes() == synced_before  # nothing after the freeze
         with contextlib.suppress(OSError):  # its mount is gone: closing reports that
             os.close(fd)
     finally:

@@ -32,20 +32,30 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
-from crashrig import PROTOCOLS, PowerCutRun, fuse_unavailable  # noqa: E402
+from crashrig import PROTOCOLS, PowerCutRun, fuse_unavailable
 
 CUTS = 20  # per protocol
 SEED = 20261130
 
 _reason = fuse_unavailable()
-pytestmark = pytest.mark.skipif(_reason is not None, reason=f"power-cut suite needs FUSE: {_reason}")
+pytestmark = pytest.mark.skipif(
+    _reason is not None, reason=f"power-cut suite needs FUSE: {_reason}"
+)
 
 
-def _run_all(workdir: Path, protocols: tuple[str, ...], cuts: int, broken: str | None = None,
-             seed: int = SEED, dirs: str = "journal") -> dict[str, PowerCutRun]:
+def _run_all(
+    workdir: Path,
+    protocols: tuple[str, ...],
+    cuts: int,
+    broken: str | None = None,
+    seed: int = SEED,
+    dirs: str = "journal",
+) -> dict[str, PowerCutRun]:
     """Each protocol through ``cuts`` power cuts, in parallel; the runs, finished."""
-    runs = {p: PowerCutRun(workdir / p, p, seed + i, broken=broken, dirs=dirs)
-            for i, p in enumerate(protocols)}
+    runs = {
+        p: PowerCutRun(workdir / p, p, seed + i, broken=broken, dirs=dirs)
+        for i, p in enumerate(protocols)
+    }
 
     def drive(run: PowerCutRun) -> None:
         try:

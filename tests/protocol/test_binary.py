@@ -495,19 +495,18 @@ def test_malformed_requests_cannot_be_built(kwargs: dict) -> None:
 
 def test_get_hit_response_is_byte_exact() -> None:
     assert get_response(Opcode.Get, 0, 0xDEADBEEF, 0, b"hi") == bytes.fromhex(
-        "810000000400000000000006" "00000000" "0000000000000000" "deadbeef" "6869"
+        "810000000400000000000006000000000000000000000000deadbeef6869"
     )
     # memcached doc/protocol-binary.xml, get response for "World":
     assert get_response(Opcode.Get, 0, 0xDEADBEEF, 1, b"World", key=b"Hello") == bytes.fromhex(
-        "810000000400000000000009" "00000000" "0000000000000001" "deadbeef" "576f726c64"
+        "810000000400000000000009000000000000000000000001deadbeef576f726c64"
     )
 
 
 def test_getk_response_carries_the_key() -> None:
     # The spec's figure says body 0x09 there; 4 + 5 + 5 = 14 is what memcached sends.
     assert get_response(Opcode.GetK, 7, 0xDEADBEEF, 1, b"World", key=b"Hello") == bytes.fromhex(
-        "810c000504000000" "0000000e" "00000007" "0000000000000001" "deadbeef"
-        "48656c6c6f" "576f726c64"
+        "810c0005040000000000000e000000070000000000000001deadbeef48656c6c6f576f726c64"
     )
 
 
@@ -520,7 +519,7 @@ def test_touch_response_has_flags_but_no_value() -> None:
 def test_add_and_counter_responses_match_the_spec() -> None:
     assert encode_response(Opcode.Add, cas=1) == bytes.fromhex("8102" + "00" * 20 + "0001")
     assert counter_response(Opcode.Increment, 0, 5, 0) == bytes.fromhex(
-        "810500000000000000000008" "00000000" "0000000000000005" "0000000000000000"
+        "8105000000000000000000080000000000000000000000050000000000000000"
     )
     assert counter_response(Opcode.Decrement, 9, 0, 2**64 - 1)[-8:] == b"\xff" * 8
 
@@ -559,16 +558,19 @@ def test_miss_responses() -> None:
 
 
 def test_stat_responses() -> None:
-    assert stat_response(8, "pid", "42") == bytes.fromhex(
-        "811000030000000000000005" "00000008" + "00" * 8
-    ) + b"pid42"
+    assert (
+        stat_response(8, "pid", "42")
+        == bytes.fromhex("81100003000000000000000500000008" + "00" * 8) + b"pid42"
+    )
     assert stat_end_response(8) == bytes.fromhex("8110" + "00" * 10 + "00000008" + "00" * 8)
 
 
 def test_invalid_request_reply() -> None:
     refusal = InvalidBinaryRequest(0x42, 6, Status.UNKNOWN_COMMAND)
     assert refusal.message == "Unknown command"
-    assert refusal_response(refusal) == error_response(0x42, 6, Status.UNKNOWN_COMMAND, "Unknown command")
+    assert refusal_response(refusal) == error_response(
+        0x42, 6, Status.UNKNOWN_COMMAND, "Unknown command"
+    )
 
 
 @settings(deadline=None)  # a shared machine: no test depends on timing

@@ -532,8 +532,14 @@ REQUEST_TABLE = [
     ),
     (MetaDelete(b"foo", invalidate=True, ttl=30, cas=9), b"md foo I T30 C9\r\n"),
     (
-        MetaArithmetic(b"foo", return_value=True, vivify_ttl=0, initial=5, delta=3,
-                       mode=ArithmeticMode.DECREMENT),
+        MetaArithmetic(
+            b"foo",
+            return_value=True,
+            vivify_ttl=0,
+            initial=5,
+            delta=3,
+            mode=ArithmeticMode.DECREMENT,
+        ),
         b"ma foo v N0 J5 D3 MD\r\n",
     ),
 ]
@@ -566,23 +572,58 @@ def keyed(draw: st.DrawFn, cls: type, **fields: st.SearchStrategy) -> object:
         position = draw(st.integers(0, len(returns)))
         returns = returns[:position] + [R.OPAQUE] + returns[position:]
     drawn = {name: draw(strategy) for name, strategy in fields.items()}
-    return cls(key, key_binary=key_binary, returns=returns, opaque=opaque,
-               quiet=draw(st.booleans()), **drawn)
+    return cls(
+        key,
+        key_binary=key_binary,
+        returns=returns,
+        opaque=opaque,
+        quiet=draw(st.booleans()),
+        **drawn,
+    )
 
 
 optional_ttls = st.none() | ttls
 optional_u64 = st.none() | u64
 commands = st.one_of(
-    keyed(MetaGet, return_value=st.booleans(), no_lru_bump=st.booleans(), ttl=optional_ttls,
-          vivify_ttl=optional_ttls, recache_ttl=optional_ttls, new_cas=optional_u64),
-    keyed(MetaSet, value=st.binary(max_size=64), mode=st.sampled_from(SetMode),
-          client_flags=st.integers(0, 2**32 - 1), ttl=ttls, cas=optional_u64,
-          new_cas=optional_u64, invalidate=st.booleans(), vivify_ttl=optional_ttls),
-    keyed(MetaDelete, cas=optional_u64, new_cas=optional_u64, invalidate=st.booleans(),
-          ttl=optional_ttls, remove_value=st.booleans()),
-    keyed(MetaArithmetic, return_value=st.booleans(), mode=st.sampled_from(ArithmeticMode),
-          delta=u64, initial=u64, vivify_ttl=optional_ttls, ttl=optional_ttls,
-          cas=optional_u64, new_cas=optional_u64),
+    keyed(
+        MetaGet,
+        return_value=st.booleans(),
+        no_lru_bump=st.booleans(),
+        ttl=optional_ttls,
+        vivify_ttl=optional_ttls,
+        recache_ttl=optional_ttls,
+        new_cas=optional_u64,
+    ),
+    keyed(
+        MetaSet,
+        value=st.binary(max_size=64),
+        mode=st.sampled_from(SetMode),
+        client_flags=st.integers(0, 2**32 - 1),
+        ttl=ttls,
+        cas=optional_u64,
+        new_cas=optional_u64,
+        invalidate=st.booleans(),
+        vivify_ttl=optional_ttls,
+    ),
+    keyed(
+        MetaDelete,
+        cas=optional_u64,
+        new_cas=optional_u64,
+        invalidate=st.booleans(),
+        ttl=optional_ttls,
+        remove_value=st.booleans(),
+    ),
+    keyed(
+        MetaArithmetic,
+        return_value=st.booleans(),
+        mode=st.sampled_from(ArithmeticMode),
+        delta=u64,
+        initial=u64,
+        vivify_ttl=optional_ttls,
+        ttl=optional_ttls,
+        cas=optional_u64,
+        new_cas=optional_u64,
+    ),
     st.just(MetaNoop()),
     st.builds(MetaDebug, text_keys),
     binary_keys.map(lambda k: MetaDebug(k, key_binary=True)),
@@ -605,8 +646,15 @@ def client_requests() -> list[tuple[bytes, object]]:
     flags = mmc.RequestFlags
     return [
         (
-            mmc.build_meta_get(b"foo", flags(return_value=True, return_ttl=True,
-                                             return_client_flag=True, return_cas_token=True)),
+            mmc.build_meta_get(
+                b"foo",
+                flags(
+                    return_value=True,
+                    return_ttl=True,
+                    return_client_flag=True,
+                    return_cas_token=True,
+                ),
+            ),
             MetaGet(b"foo", return_value=True, returns=(R.CLIENT_FLAGS, R.CAS, R.TTL)),
         ),
         (
@@ -614,8 +662,11 @@ def client_requests() -> list[tuple[bytes, object]]:
             MetaSet(b"foo", ttl=60, client_flags=2, quiet=True),
         ),
         (
-            mmc.build_meta_set(b"foo", 5, flags(cache_ttl=0, mode=mmc.SET_MODE_ADD,
-                                                cas_token=7, return_cas_token=True)),
+            mmc.build_meta_set(
+                b"foo",
+                5,
+                flags(cache_ttl=0, mode=mmc.SET_MODE_ADD, cas_token=7, return_cas_token=True),
+            ),
             MetaSet(b"foo", mode=SetMode.ADD, cas=7, returns=(R.CAS,)),
         ),
         (
@@ -623,22 +674,44 @@ def client_requests() -> list[tuple[bytes, object]]:
             MetaDelete(b"foo", invalidate=True, ttl=30, cas=9),
         ),
         (
-            mmc.build_meta_arithmetic(b"foo", flags(vivify_on_miss_ttl=0, ma_initial_value=5,
-                                                    ma_delta_value=3, mode=mmc.MA_MODE_DEC,
-                                                    return_value=True)),
-            MetaArithmetic(b"foo", return_value=True, vivify_ttl=0, initial=5, delta=3,
-                           mode=ArithmeticMode.DECREMENT),
+            mmc.build_meta_arithmetic(
+                b"foo",
+                flags(
+                    vivify_on_miss_ttl=0,
+                    ma_initial_value=5,
+                    ma_delta_value=3,
+                    mode=mmc.MA_MODE_DEC,
+                    return_value=True,
+                ),
+            ),
+            MetaArithmetic(
+                b"foo",
+                return_value=True,
+                vivify_ttl=0,
+                initial=5,
+                delta=3,
+                mode=ArithmeticMode.DECREMENT,
+            ),
         ),
         (
             mmc.build_meta_get("🍺", flags(return_value=True)),
             MetaGet(UNICODE_KEY, key_binary=True, return_value=True),
         ),
         (
-            mmc.build_meta_get(b"foo", flags(return_value=True, recache_ttl=30,
-                                             vivify_on_miss_ttl=30, no_update_lru=True,
-                                             return_last_access=True, return_fetched=True,
-                                             return_size=True, return_key=True,
-                                             opaque=b"abc")),
+            mmc.build_meta_get(
+                b"foo",
+                flags(
+                    return_value=True,
+                    recache_ttl=30,
+                    vivify_on_miss_ttl=30,
+                    no_update_lru=True,
+                    return_last_access=True,
+                    return_fetched=True,
+                    return_size=True,
+                    return_key=True,
+                    opaque=b"abc",
+                ),
+            ),
             None,
         ),
         (mmc.build_meta_get("x" * 300, flags(return_value=True)), None),
@@ -658,8 +731,7 @@ def test_meta_memcache_requests_parse(wire: bytes, expected: object) -> None:
 
 def test_meta_memcache_reads_our_replies() -> None:
     command = command_of(b"mg foo t v f c O77 k s h l")
-    item = ItemFacts(cas=42, client_flags=5, size=2, ttl=-1, fetched=True, last_access=9,
-                     won=True)
+    item = ItemFacts(cas=42, client_flags=5, size=2, ttl=-1, fetched=True, last_access=9, won=True)
     wire = encode_meta_response(meta_response(command, VA, item, b"hi"))  # type: ignore[arg-type]
     end, kind, size, flags = mmc.parse_header(wire, 0, len(wire))
     assert (kind, size) == (mmc.RESPONSE_VALUE, 2)
@@ -741,8 +813,15 @@ def _events(chunks: list[bytes]) -> list[object]:
 def test_meta_pipeline_gives_the_same_events_in_any_chunking() -> None:
     whole = _events([PIPELINE])
     assert [type(event) for event in whole] == [
-        MetaGet, MetaSet, InvalidCommand, MetaArithmetic, MetaDelete, MetaSet, MetaDebug,
-        MetaGet, MetaNoop,
+        MetaGet,
+        MetaSet,
+        InvalidCommand,
+        MetaArithmetic,
+        MetaDelete,
+        MetaSet,
+        MetaDebug,
+        MetaGet,
+        MetaNoop,
     ]
     assert whole[1] == MetaSet(b"b", value=b"hi", returns=(R.CAS,))
     assert whole[5] == MetaSet(b"e", value=b"", quiet=True)

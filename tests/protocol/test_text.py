@@ -347,7 +347,14 @@ def test_a_pipeline_of_every_case_parses_as_the_concatenation() -> None:
 
 @pytest.mark.parametrize(
     "template",
-    [b"get %b\r\n", b"gets a %b\r\n", b"gat 0 %b\r\n", b"delete %b\r\n", b"incr %b 1\r\n", b"touch %b 1\r\n"],
+    [
+        b"get %b\r\n",
+        b"gets a %b\r\n",
+        b"gat 0 %b\r\n",
+        b"delete %b\r\n",
+        b"incr %b 1\r\n",
+        b"touch %b 1\r\n",
+    ],
 )
 def test_key_length_limit(template: bytes) -> None:
     (ok,) = parse(template % K250)
@@ -359,7 +366,10 @@ def test_key_length_limit_is_a_setting() -> None:
     limits = Limits(max_key_length=16)
     assert parse(b"get " + b"k" * 16 + b"\r\n", limits) == [Retrieve((b"k" * 16,))]
     assert parse(b"get " + b"k" * 17 + b"\r\n", limits) == [BAD_FORMAT]
-    assert parse(b"set " + b"k" * 17 + b" 0 0 1\r\nx\r\nversion\r\n", limits) == [BAD_FORMAT, Version()]
+    assert parse(b"set " + b"k" * 17 + b" 0 0 1\r\nx\r\nversion\r\n", limits) == [
+        BAD_FORMAT,
+        Version(),
+    ]
 
 
 @pytest.mark.parametrize("char", sorted(set(range(0x21)) - {0x20, 0x0A} | {0x7F}))
@@ -374,7 +384,10 @@ def test_value_of_max_item_size_is_accepted() -> None:
     limits = Limits(max_item_size=1000)
     value = b"v" * 1000
     assert parse(b"set k 0 0 1000\r\n" + value + b"\r\n", limits) == [Store(SET, b"k", 0, 0, value)]
-    assert parse(b"set k 0 0 1001\r\n" + value + b"v\r\nversion\r\n", limits) == [TOO_LARGE, Version()]
+    assert parse(b"set k 0 0 1001\r\n" + value + b"v\r\nversion\r\n", limits) == [
+        TOO_LARGE,
+        Version(),
+    ]
 
 
 def test_too_large_value_is_swallowed_without_being_buffered() -> None:
@@ -709,10 +722,37 @@ def test_any_chunking_gives_the_same_events(cmds: list[object], data: st.DataObj
 
 
 JUNK_PIECES = [
-    b"get ", b"gets ", b"gat ", b"set ", b"cas ", b"add ", b"delete ", b"incr ",
-    b"touch ", b"flush_all", b"verbosity ", b"stats", b"version", b"quit",
-    b" ", b"\r\n", b"\n", b"\r", b"\t", b"\x00", b"0", b"1", b"-1", b"64", b"65",
-    b"100", b"noreply", b"k", b"x" * 17, b"x" * 129, b"99999999999999999999999",
+    b"get ",
+    b"gets ",
+    b"gat ",
+    b"set ",
+    b"cas ",
+    b"add ",
+    b"delete ",
+    b"incr ",
+    b"touch ",
+    b"flush_all",
+    b"verbosity ",
+    b"stats",
+    b"version",
+    b"quit",
+    b" ",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"\t",
+    b"\x00",
+    b"0",
+    b"1",
+    b"-1",
+    b"64",
+    b"65",
+    b"100",
+    b"noreply",
+    b"k",
+    b"x" * 17,
+    b"x" * 129,
+    b"99999999999999999999999",
 ]
 junk = st.one_of(
     st.binary(max_size=40),
@@ -723,8 +763,18 @@ streams = st.lists(junk, max_size=10).map(b"".join)
 
 
 KNOWN_EVENTS = (
-    Retrieve, Store, Delete, Arithmetic, Touch, FlushAll, Version, Verbosity, Quit, Stats,
-    InvalidCommand, QuietError,
+    Retrieve,
+    Store,
+    Delete,
+    Arithmetic,
+    Touch,
+    FlushAll,
+    Version,
+    Verbosity,
+    Quit,
+    Stats,
+    InvalidCommand,
+    QuietError,
 )
 
 
@@ -816,7 +866,13 @@ _SMALL = st.sampled_from([b"0", b"3", b"5", b"7"])
 @st.composite
 def _set_streams(draw: st.DrawFn) -> bytes:
     """``set`` lines around the plain shape the fast path takes."""
-    plain = [b"set", b"k", draw(_SMALL), draw(_SMALL), draw(st.sampled_from([b"0", b"1", b"3", b"4"]))]
+    plain = [
+        b"set",
+        b"k",
+        draw(_SMALL),
+        draw(_SMALL),
+        draw(st.sampled_from([b"0", b"1", b"3", b"4"])),
+    ]
     plain += draw(st.sampled_from([[], [b"noreply"]]))
     return draw(_around(plain, 4))
 
@@ -848,7 +904,9 @@ _DIFFERENTIAL_LIMITS = st.sampled_from(
 )
 
 
-def _run(parser: TextParser, chunks: list[bytes], with_plain_gets: bool) -> tuple[list[object], bool]:
+def _run(
+    parser: TextParser, chunks: list[bytes], with_plain_gets: bool
+) -> tuple[list[object], bool]:
     """Every event of ``chunks`` (runs of gets through plain_gets() first when
     asked), then how a ProtocolError ended the stream, and at_boundary."""
     events: list[object] = []
@@ -953,6 +1011,8 @@ def test_an_ms_is_built_once_its_data_arrives_never_changed_after() -> None:
     assert parser.next_event() is NEED_DATA  # no half-built command handed out
     parser.feed(b"i\r\n")
     (event,) = drain(parser)
-    assert event == MetaSet(b"k", value=b"hi", returns=(ReturnFlag.CAS, ReturnFlag.OPAQUE), opaque=b"7")
+    assert event == MetaSet(
+        b"k", value=b"hi", returns=(ReturnFlag.CAS, ReturnFlag.OPAQUE), opaque=b"7"
+    )
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         event.value = b"x"  # type: ignore[misc]

@@ -82,7 +82,9 @@ def test_errors() -> None:
     st.binary(max_size=100),
     st.one_of(st.none(), st.integers(0, 2**64 - 1)),
 )
-def test_value_frames_its_data_exactly(key: bytes, flags: int, data: bytes, cas: int | None) -> None:
+def test_value_frames_its_data_exactly(
+    key: bytes, flags: int, data: bytes, cas: int | None
+) -> None:
     reply = R.value(key, flags, data, cas)
     head, _, rest = reply.partition(b"\r\n")
     fields = head.split(b" ")

@@ -31,8 +31,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 SUPPORT = Path(__file__).resolve().parent
 REPO = SUPPORT.parents[1]
@@ -116,9 +116,22 @@ class LazyMount:
         self.out_path = self.log_dir / f"lazyfs.{self.starts}.out"
         with open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, str(LAZYFS), str(self.backing), str(self.mount), "--remount",
-                 "--torn", torn, "--seed", str(seed), "--dirs", dirs],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    str(LAZYFS),
+                    str(self.backing),
+                    str(self.mount),
+                    "--remount",
+                    "--torn",
+                    torn,
+                    "--seed",
+                    str(seed),
+                    "--dirs",
+                    dirs,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         self._wait_mounted(1)
 
@@ -166,8 +179,12 @@ class LazyMount:
 
     def _unmount(self) -> None:
         if os.path.ismount(self.mount):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                ["fusermount3", "-u", "-z", str(self.mount)],
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def kill(self) -> None:
         """Whatever state it is in: gone, and unmounted."""
@@ -181,7 +198,9 @@ class LazyMount:
 class RigStig(StigProcess):
     """Stig on the mount; ``broken`` runs tests/support/broken_stig.py instead."""
 
-    def __init__(self, data_dir: Path, log_dir: Path, args: tuple[str, ...], broken: str | None) -> None:
+    def __init__(
+        self, data_dir: Path, log_dir: Path, args: tuple[str, ...], broken: str | None
+    ) -> None:
         super().__init__(data_dir, log_dir, args)
         self.broken = broken
 
@@ -225,12 +244,16 @@ def lmdb_walk(backing_data: Path) -> int:
 # -- the run ------------------------------------------------------------------
 
 
-def read_all(server: StigProcess, keys: list[bytes], chunk: int = 100) -> dict[bytes, tuple[bytes, int]]:
+def read_all(
+    server: StigProcess, keys: list[bytes], chunk: int = 100
+) -> dict[bytes, tuple[bytes, int]]:
     """``gets`` every key over one text connection: key -> (value, cas)."""
     found: dict[bytes, tuple[bytes, int]] = {}
     with RawConnection(server.host, server.port, timeout=30.0) as conn:
         for start in range(0, len(keys), chunk):
-            reply = conn.send_recv(b"gets %s\r\n" % b" ".join(keys[start : start + chunk]), timeout=30.0)
+            reply = conn.send_recv(
+                b"gets %s\r\n" % b" ".join(keys[start : start + chunk]), timeout=30.0
+            )
             position = 0
             while not reply.startswith(b"END\r\n", position):
                 eol = reply.index(b"\r\n", position)
@@ -244,10 +267,19 @@ def read_all(server: StigProcess, keys: list[bytes], chunk: int = 100) -> dict[b
 class PowerCutRun:
     """One protocol's clients through many power cuts on one data directory."""
 
-    def __init__(self, workdir: Path, protocol: str, seed: int, clients: int = 3,
-                 broken: str | None = None, log: Callable[[str], None] = lambda _: None,
-                 min_load: float = 0.1, max_load: float = 0.5, window: int = 0,
-                 dirs: str = "journal") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        protocol: str,
+        seed: int,
+        clients: int = 3,
+        broken: str | None = None,
+        log: Callable[[str], None] = lambda _: None,
+        min_load: float = 0.1,
+        max_load: float = 0.5,
+        window: int = 0,
+        dirs: str = "journal",
+    ) -> None:
         self.protocol = protocol
         self.rng = random.Random(seed)
         self.seed = seed
@@ -256,7 +288,9 @@ class PowerCutRun:
         self.window = window  # >0: check only keys written in the last `window` cycles
         self.dirs = dirs
         self.fs = LazyMount(workdir / "backing", workdir / "mount", workdir / "logs")
-        self.server = RigStig(workdir / "mount" / "data", workdir / "logs", SERVER_ARGS[protocol], broken)
+        self.server = RigStig(
+            workdir / "mount" / "data", workdir / "logs", SERVER_ARGS[protocol], broken
+        )
         self.clients = [CLIENTS[protocol](i, self.rng.randrange(2**32)) for i in range(clients)]
         self.cuts = 0
         self.error: BaseException | None = None  # set by a driver whose cycle raised
@@ -294,9 +328,11 @@ class PowerCutRun:
             if not self.cuts:
                 raise  # before any cut: the rig itself is broken
             self.dead = True
-            self.failures.append(f"cut {self.cuts}: Stig does not start on what the cut left, "
-                                 f"so every acknowledged write is lost: "
-                                 f"{str(error).splitlines()[0]}\n{self.server.stderr[-600:]}")
+            self.failures.append(
+                f"cut {self.cuts}: Stig does not start on what the cut left, "
+                f"so every acknowledged write is lost: "
+                f"{str(error).splitlines()[0]}\n{self.server.stderr[-600:]}"
+            )
             return False
         return True
 
@@ -316,8 +352,10 @@ class PowerCutRun:
         fresh = int(reply.split(b"\r\n")[0].split()[4])
         if fresh <= self.cas_ceiling:
             self.cas_reused += 1
-            self.failures.append(f"cut {self.cuts}: cas reused: a fresh write got {fresh}, "
-                                 f"a client had seen {self.cas_ceiling} before the cut")
+            self.failures.append(
+                f"cut {self.cuts}: cas reused: a fresh write got {fresh}, "
+                f"a client had seen {self.cas_ceiling} before the cut"
+            )
         for client in clients:
             client.saw_cas(fresh)
             client.cycle = self.cuts
@@ -332,8 +370,12 @@ class PowerCutRun:
         if self.cuts:
             self._check()
         stop = threading.Event()
-        threads = [threading.Thread(target=c.run, args=(self.server.host, self.server.port, stop), daemon=True)
-                   for c in self.clients]
+        threads = [
+            threading.Thread(
+                target=c.run, args=(self.server.host, self.server.port, stop), daemon=True
+            )
+            for c in self.clients
+        ]
         for thread in threads:
             thread.start()
         time.sleep(self.rng.uniform(self.min_load, self.max_load))
@@ -353,8 +395,10 @@ class PowerCutRun:
             thread.join(30)
         for client in self.clients:
             if client.error:
-                raise RigFailure(f"client {client.name!r} failed before the cut:\n{client.error}\n"
-                                 f"server stderr:\n{self.server.stderr}")
+                raise RigFailure(
+                    f"client {client.name!r} failed before the cut:\n{client.error}\n"
+                    f"server stderr:\n{self.server.stderr}"
+                )
         self.cuts += 1
         torn = str(counters["torn"])
         self.torn_counts[torn] += 1
@@ -363,11 +407,15 @@ class PowerCutRun:
             self.cut_pages[name] += int(counters[name])  # type: ignore[call-overload]
         try:
             lmdb_walk(self.fs.backing / "data")
-        except Exception as error:  # noqa: BLE001 - any error is the finding
-            self.failures.append(f"cut {self.cuts}: LMDB does not open as the cut left it: {error!r}")
-        self.log(f"{self.protocol} cut {self.cuts} ({torn}{', frozen' if froze else ''}): acked groups so far {self.acked_groups}, "
-                 f"pages dropped {counters['dropped_pages']} kept {counters['kept_pages']}, "
-                 f"failures so far {len(self.failures)}")
+        except Exception as error:
+            self.failures.append(
+                f"cut {self.cuts}: LMDB does not open as the cut left it: {error!r}"
+            )
+        self.log(
+            f"{self.protocol} cut {self.cuts} ({torn}{', frozen' if froze else ''}): acked groups so far {self.acked_groups}, "
+            f"pages dropped {counters['dropped_pages']} kept {counters['kept_pages']}, "
+            f"failures so far {len(self.failures)}"
+        )
 
     def finish(self) -> None:
         """Boot once more, check the last cut, and shut down cleanly."""
@@ -380,10 +428,15 @@ class PowerCutRun:
 
     def summary(self) -> dict[str, object]:
         return {
-            "protocol": self.protocol, "seed": self.seed, "cuts": self.cuts,
-            "acked_groups": self.acked_groups, "keys_checked": self.checked_keys,
+            "protocol": self.protocol,
+            "seed": self.seed,
+            "cuts": self.cuts,
+            "acked_groups": self.acked_groups,
+            "keys_checked": self.checked_keys,
             "runs_checked": sum(len(c.runs) for c in self.clients),
-            "torn": self.torn_counts, "frozen_mid_write": self.frozen, **self.cut_pages,
+            "torn": self.torn_counts,
+            "frozen_mid_write": self.frozen,
+            **self.cut_pages,
             "lost": sum(c.lost for c in self.clients),
             "half_runs": sum(c.half_runs for c in self.clients),
             "cas_reused": self.cas_reused,

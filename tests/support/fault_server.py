@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from stig.store import Store  # noqa: E402
+from stig.store import Store
 
 _FAULTS = Path(os.environ["STIG_FAULT_FILE"])
 _HELD = Path(str(_FAULTS) + ".held")

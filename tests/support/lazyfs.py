@@ -194,8 +194,16 @@ class LazyFS(pyfuse3.Operations):
         self.freeze_countdown: int | None = None  # requests until the freeze (armed by SIGUSR2)
         self.frozen = False
         self.thaw: trio.Event | None = None  # set at the cut: frozen requests fail
-        self.counters = {"writes": 0, "syncs": 0, "synced_pages": 0, "cuts": 0,
-                         "kept_pages": 0, "dropped_pages": 0, "removed_names": 0, "frozen": 0}
+        self.counters = {
+            "writes": 0,
+            "syncs": 0,
+            "synced_pages": 0,
+            "cuts": 0,
+            "kept_pages": 0,
+            "dropped_pages": 0,
+            "removed_names": 0,
+            "frozen": 0,
+        }
 
     # -- helpers -------------------------------------------------------------
 
@@ -245,8 +253,17 @@ class LazyFS(pyfuse3.Operations):
         except (OSError, TypeError):
             raise pyfuse3.FUSEError(errno.ENOENT)
         entry = pyfuse3.EntryAttributes()
-        for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
-                     "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
+        for name in (
+            "st_mode",
+            "st_nlink",
+            "st_uid",
+            "st_gid",
+            "st_rdev",
+            "st_size",
+            "st_atime_ns",
+            "st_mtime_ns",
+            "st_ctime_ns",
+        ):
             setattr(entry, name, getattr(st, name))
         if data is not None:
             entry.st_size = data.size
@@ -309,12 +326,20 @@ class LazyFS(pyfuse3.Operations):
         if fields.update_mode:
             os.chmod(full, stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
-            os.chown(full, attr.st_uid if fields.update_uid else -1,
-                     attr.st_gid if fields.update_gid else -1)
+            os.chown(
+                full,
+                attr.st_uid if fields.update_uid else -1,
+                attr.st_gid if fields.update_gid else -1,
+            )
         if fields.update_atime or fields.update_mtime:
             st = os.lstat(full)
-            os.utime(full, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                               attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
+            os.utime(
+                full,
+                ns=(
+                    attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                    attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns,
+                ),
+            )
         return self._attrs(inode)
 
     async def opendir(self, inode, ctx):
@@ -383,8 +408,17 @@ class LazyFS(pyfuse3.Operations):
         self._check_power()
         st = os.statvfs(self.backing)
         data = pyfuse3.StatvfsData()
-        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
-                     "f_files", "f_ffree", "f_favail", "f_namemax"):
+        for name in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
             setattr(data, name, getattr(st, name))
         return data
 
@@ -502,13 +536,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("backing", type=Path)
     parser.add_argument("mount", type=Path)
-    parser.add_argument("--torn", choices=(*TORN, "random"), default="none",
-                        help="what a cut keeps of unsynced pages; random: chosen per cut")
+    parser.add_argument(
+        "--torn",
+        choices=(*TORN, "random"),
+        default="none",
+        help="what a cut keeps of unsynced pages; random: chosen per cut",
+    )
     parser.add_argument("--dirs", choices=("journal", "strict"), default="journal")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--remount", action="store_true",
-                        help="after a cut, mount again (fresh kernel cache, nothing unsynced) "
-                             "instead of exiting; the process ends on SIGTERM")
+    parser.add_argument(
+        "--remount",
+        action="store_true",
+        help="after a cut, mount again (fresh kernel cache, nothing unsynced) "
+        "instead of exiting; the process ends on SIGTERM",
+    )
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     options = set(pyfuse3.default_options)

@@ -25,7 +25,7 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import RawConnection  # noqa: E402
+from conftest import RawConnection
 
 Step = dict[bytes, "bytes | None"]
 
@@ -134,32 +134,47 @@ class Client:
                 expect.update(self.pending[applied - 1])
             touched = {k for step in self.pending[:applied] for k in step}
             values_match = all(seen[k] == expect.get(k) for k in keys)
-            cas_match = all(observed[k][1] == c for k, c in self.cas.items()
-                            if k in observed and k not in touched)
+            cas_match = all(
+                observed[k][1] == c
+                for k, c in self.cas.items()
+                if k in observed and k not in touched
+            )
             if values_match and cas_match:
                 matched = applied
                 break
         if matched is None:
-            lost = [k for k, v in self.state.items() if seen.get(k) != v
-                    and not any(k in step and seen.get(k) == step[k] for step in self.pending)]
+            lost = [
+                k
+                for k, v in self.state.items()
+                if seen.get(k) != v
+                and not any(k in step and seen.get(k) == step[k] for step in self.pending)
+            ]
             self.lost += len(lost)
             if lost:
-                problems.append(f"{self.name.decode()}: {len(lost)} acknowledged writes lost or wrong, "
-                                f"e.g. (key, acknowledged, found) {[(k, _brief(self.state[k]), _brief(seen.get(k))) for k in lost[:3]]}")
+                problems.append(
+                    f"{self.name.decode()}: {len(lost)} acknowledged writes lost or wrong, "
+                    f"e.g. (key, acknowledged, found) {[(k, _brief(self.state[k]), _brief(seen.get(k))) for k in lost[:3]]}"
+                )
             bad_cas = [k for k, c in self.cas.items() if k in observed and observed[k][1] != c]
             if bad_cas:
                 problems.append(f"{self.name.decode()}: cas changed for {bad_cas[:3]}")
             if not problems:
-                problems.append(f"{self.name.decode()}: state matches no prefix of the pending steps")
+                problems.append(
+                    f"{self.name.decode()}: state matches no prefix of the pending steps"
+                )
         for run, acknowledged in self.runs:
             present = sum(seen.get(k) == v for k, v in run.items())
             if 0 < present < len(run):
                 self.half_runs += 1
-                problems.append(f"{self.name.decode()}: half a run: {present} of {len(run)} keys, "
-                                f"e.g. {next(iter(run))!r}")
+                problems.append(
+                    f"{self.name.decode()}: half a run: {present} of {len(run)} keys, "
+                    f"e.g. {next(iter(run))!r}"
+                )
             elif acknowledged and present == 0:  # its keys are counted in `lost` too
-                problems.append(f"{self.name.decode()}: acknowledged run of {len(run)} lost, "
-                                f"e.g. {next(iter(run))!r}")
+                problems.append(
+                    f"{self.name.decode()}: acknowledged run of {len(run)} lost, "
+                    f"e.g. {next(iter(run))!r}"
+                )
         # Follow what the server shows, so later cycles check from here.
         self.state = {k: v for k, v in seen.items() if v is not None or k in self.state}
         for key in self.state:
@@ -169,8 +184,9 @@ class Client:
             if key in keys:
                 self.max_cas = max(self.max_cas, cas)
         self.pending = []
-        self.runs = [(run, True) for run, _ in self.runs
-                     if all(seen.get(k) == v for k, v in run.items())]
+        self.runs = [
+            (run, True) for run, _ in self.runs if all(seen.get(k) == v for k, v in run.items())
+        ]
         return problems
 
     # driving -----------------------------------------------------------
@@ -215,7 +231,9 @@ class TextClient(Client):
         conn, rng = self.conn, self.rng
         if self.state.get(self.counter) is None:
             self.begin({self.counter: b"1000"})
-            self.expect(conn.send_recv(self._set(b"add", self.counter, b"1000"), b"\r\n"), b"STORED\r\n")
+            self.expect(
+                conn.send_recv(self._set(b"add", self.counter, b"1000"), b"\r\n"), b"STORED\r\n"
+            )
             return self.acked()
         pick = rng.random()
         if pick < 0.25:  # a replying set of a fresh key, or an overwrite
@@ -235,7 +253,10 @@ class TextClient(Client):
             self.new_run(run)
             self.begin(run, {close: b"closed"})
             payload = b"".join(self._set(b"set", k, v, b" noreply") for k, v in run.items())
-            self.expect(conn.send_recv(payload + self._set(b"set", close, b"closed"), b"\r\n"), b"STORED\r\n")
+            self.expect(
+                conn.send_recv(payload + self._set(b"set", close, b"closed"), b"\r\n"),
+                b"STORED\r\n",
+            )
             self.acked()
         elif pick < 0.7:  # incr / decr of the client's own counter
             current = int(self.state[self.counter])
@@ -245,13 +266,17 @@ class TextClient(Client):
             else:
                 verb, new = b"incr", current + delta
             self.begin({self.counter: b"%d" % new})
-            self.expect(conn.send_recv(b"%s %s %d\r\n" % (verb, self.counter, delta), b"\r\n"),
-                        b"%d\r\n" % new)
+            self.expect(
+                conn.send_recv(b"%s %s %d\r\n" % (verb, self.counter, delta), b"\r\n"),
+                b"%d\r\n" % new,
+            )
             self.acked()
         elif pick < 0.8:  # add: fresh (stored) or existing (refused)
             key = self.existing_single() if rng.random() < 0.3 else None
             if key is not None:
-                self.expect(conn.send_recv(self._set(b"add", key, b"x"), b"\r\n"), b"NOT_STORED\r\n")
+                self.expect(
+                    conn.send_recv(self._set(b"add", key, b"x"), b"\r\n"), b"NOT_STORED\r\n"
+                )
                 return
             key = self.fresh("a")
             value = self.value(key)
@@ -270,7 +295,9 @@ class TextClient(Client):
             self.saw_cas(cas)
             value = self.value(key)
             self.begin({key: value})
-            self.expect(conn.send_recv(self._set(b"cas", key, value, b" %d" % cas), b"\r\n"), b"STORED\r\n")
+            self.expect(
+                conn.send_recv(self._set(b"cas", key, value, b" %d" % cas), b"\r\n"), b"STORED\r\n"
+            )
             self.acked()
         else:  # delete
             key = self.existing_single()
@@ -290,7 +317,9 @@ class MetaClient(Client):
         conn, rng = self.conn, self.rng
         if self.state.get(self.counter) is None:
             self.begin({self.counter: b"1000"})
-            self.expect(conn.send_recv(b"ms %s 4 q\r\n1000\r\nmn\r\n" % self.counter, b"MN\r\n"), b"MN\r\n")
+            self.expect(
+                conn.send_recv(b"ms %s 4 q\r\n1000\r\nmn\r\n" % self.counter, b"MN\r\n"), b"MN\r\n"
+            )
             return self.acked()
         pick = rng.random()
         if pick < 0.5:  # a quiet run of ms (fresh keys), md, ma; closed by mn
@@ -320,8 +349,10 @@ class MetaClient(Client):
             value = self.value(key)
             self.begin({key: value})
             self.singles.append(key)
-            self.expect(conn.send_recv(b"ms %s %d q\r\n%s\r\nmn\r\n" % (key, len(value), value), b"MN\r\n"),
-                        b"MN\r\n")
+            self.expect(
+                conn.send_recv(b"ms %s %d q\r\n%s\r\nmn\r\n" % (key, len(value), value), b"MN\r\n"),
+                b"MN\r\n",
+            )
             self.acked()
         elif pick < 0.8:  # add mode: answered after its commit, with the committed cas
             existing = self.existing_single() if rng.random() < 0.3 else None
@@ -345,7 +376,9 @@ class MetaClient(Client):
             self.saw_cas(cas)
             value = self.value(key)
             self.begin({key: value})
-            reply = conn.send_recv(b"ms %s %d C%d c\r\n%s\r\n" % (key, len(value), cas, value), b"\r\n")
+            reply = conn.send_recv(
+                b"ms %s %d C%d c\r\n%s\r\n" % (key, len(value), cas, value), b"\r\n"
+            )
             assert reply.startswith(b"HD c"), reply
             self.acked({key: int(reply[4:-2])})
         else:  # a loud ma (a POV reply) made durable by mn
@@ -361,10 +394,21 @@ _REQUEST = struct.Struct(">BBHBBHIIQ")
 SET, ADD, INCR, NOOP, SETQ, DELETEQ, INCRQ = 0x01, 0x02, 0x05, 0x0A, 0x11, 0x14, 0x15
 
 
-def _binary(opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"",
-            cas: int = 0, opaque: int = 0) -> bytes:
+def _binary(
+    opcode: int,
+    key: bytes = b"",
+    value: bytes = b"",
+    extras: bytes = b"",
+    cas: int = 0,
+    opaque: int = 0,
+) -> bytes:
     body = len(extras) + len(key) + len(value)
-    return _REQUEST.pack(0x80, opcode, len(key), len(extras), 0, 0, body, opaque, cas) + extras + key + value
+    return (
+        _REQUEST.pack(0x80, opcode, len(key), len(extras), 0, 0, body, opaque, cas)
+        + extras
+        + key
+        + value
+    )
 
 
 class BinaryClient(Client):
@@ -389,7 +433,9 @@ class BinaryClient(Client):
         flags = struct.pack(">II", 0, 0)
         if self.state.get(self.counter) is None:
             self.begin({self.counter: b"1000"})
-            op, status, cas, value = self.loud(_binary(INCR, self.counter, extras=struct.pack(">QQI", 0, 1000, 0)))
+            op, status, cas, value = self.loud(
+                _binary(INCR, self.counter, extras=struct.pack(">QQI", 0, 1000, 0))
+            )
             assert (op, status, value) == (INCR, 0, struct.pack(">Q", 1000)), (op, status, value)
             return self.acked({self.counter: cas})
         pick = rng.random()
@@ -414,7 +460,9 @@ class BinaryClient(Client):
             self.new_run(run)
             self.begin(step)
             op, status, _, _ = self.loud(b"".join(parts) + _binary(NOOP, opaque=7))
-            assert (op, status) == (NOOP, 0), f"a quiet write failed: opcode {op:#x} status {status}"
+            assert (op, status) == (NOOP, 0), (
+                f"a quiet write failed: opcode {op:#x} status {status}"
+            )
             self.acked()
         elif pick < 0.7:  # loud Set (fresh or overwrite), answered after its commit
             key = self.existing_single() if rng.random() < 0.3 else None
@@ -451,7 +499,9 @@ class BinaryClient(Client):
             delta = rng.randint(1, 50)
             new = int(self.state[self.counter]) + delta
             self.begin({self.counter: b"%d" % new})
-            op, status, cas, value = self.loud(_binary(INCR, self.counter, extras=struct.pack(">QQI", delta, 0, 0)))
+            op, status, cas, value = self.loud(
+                _binary(INCR, self.counter, extras=struct.pack(">QQI", delta, 0, 0))
+            )
             assert (op, status, value) == (INCR, 0, struct.pack(">Q", new)), (op, status, value)
             self.acked({self.counter: cas})
 
