@@ -756,7 +756,8 @@ def _worker(
         if spec.workload == "pooled":
             # conn_ids two by two: writer and reader; the key is beyond the
             # preloaded key space and the pair's own.
-            for a, b in zip(conn_ids[::2], conn_ids[1::2]):
+            # An odd last id has no partner: it is left out.
+            for a, _b in zip(conn_ids[::2], conn_ids[1::2], strict=False):
                 pairs.append(
                     _Pair(
                         connect(spec.host, spec.port),
@@ -794,7 +795,7 @@ def _worker(
                 )
                 for _ in range(template_count(size) - 1)
             ]
-        for j, cid in enumerate(conn_ids):
+        for cid in conn_ids:
             if bulk is None:
                 source = _cycle(templates, rng.randrange(len(templates)))
             else:
@@ -1071,11 +1072,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--rate must be > 0 and is not for --bulk-load", file=sys.stderr)
         return 2
     if a.preload and spec.hit:
-        print(
-            f"preloaded {spec.keyspace} keys in "
-            f"{preload(spec.host, spec.port, 'resp' if spec.protocol == 'resp' else 'text', spec.keyspace, spec.value_size):.2f}s",
-            file=sys.stderr,
-        )
+        dialect = "resp" if spec.protocol == "resp" else "text"
+        seconds = preload(spec.host, spec.port, dialect, spec.keyspace, spec.value_size)
+        print(f"preloaded {spec.keyspace} keys in {seconds:.2f}s", file=sys.stderr)
     if a.bulk_load is None:
         err = probe(spec)
         # A server that shows acknowledged writes to other connections only
@@ -1093,7 +1092,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{spec.workload} d={spec.depth} {spec.value_size}B c={spec.connections}: "
-            f"{res['items_per_s']:,.0f} items/s, p50 {_us(res['p50_us'])}, p99 {_us(res['p99_us'])} "
+            f"{res['items_per_s']:,.0f} items/s, "
+            f"p50 {_us(res['p50_us'])}, p99 {_us(res['p99_us'])} "
             f"({res['latency_unit']}), errors {res['errors']}, stalled {res['stalled']}, "
             + (f"stale reads {res['stale']}, " if spec.workload == "pooled" else "")
             + (f"server cpu {res['server_cpu_s']}s, " if res["server_cpu_s"] is not None else "")
@@ -1101,7 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if spec.rate > 0:
             print(
-                f"  open loop: offered {spec.rate:,.0f}/s, scheduled {res['scheduled_per_s']:,.0f}/s, "
+                f"  open loop: offered {spec.rate:,.0f}/s, "
+                f"scheduled {res['scheduled_per_s']:,.0f}/s, "
                 f"answered {res['batches_per_s']:,.0f}/s, unfinished {res['unfinished']}, "
                 f"send lag p50 {_us(res['send_lag_p50_us'])} p99 {_us(res['send_lag_p99_us'])}; "
                 f"from the actual send: p50 {_us(res['p50_from_send_us'])} "
