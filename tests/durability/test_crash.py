@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -137,7 +138,7 @@ def test_noreply_runs_are_all_or_nothing_after_sigkill(stig_factory):
                 # shorter than --batch-idle-ms: the server receives runs
                 # split across bursts, as a real stream often is.
                 cuts = sorted(rng.sample(range(1, len(batch)), 2))
-                for start, end in zip([0, *cuts], [*cuts, len(batch)]):
+                for start, end in itertools.pairwise([0, *cuts, len(batch)]):
                     conn.send(batch[start:end])
                     time.sleep(0.002)
                 if ending < 0.6:
@@ -243,7 +244,7 @@ def test_sigterm_commits_an_open_run_left_at_a_command_boundary(stig_factory):
         time.sleep(0.01)
     assert server.terminate() == 0
     server.start()
-    found = server.client().get_many(keys + ["torn"])
+    found = server.client().get_many([*keys, "torn"])
     assert found == {k: b"ok" for k in keys}
 
 

@@ -103,7 +103,7 @@ def test_noreply_run_is_invisible_until_closed_then_fully_visible(stig_factory):
     assert writer.send_recv(b"set closer 0 0 1\r\nc\r\n", b"\r\n") == b"STORED\r\n"
 
     def snapshot() -> dict:
-        seen = reader.get_many(keys + ["closer"])
+        seen = reader.get_many([*keys, "closer"])
         # All or nothing, whenever the reader looks.
         assert len(seen) in (0, len(keys) + 1), sorted(seen)
         return seen
@@ -171,7 +171,7 @@ def test_a_torn_command_at_disconnect_is_not_stored(stig_factory):
     marker.set("marker", b"1")
     server.settle()
     # docs/pov.md: a run ended by a connection dropped mid-command is discarded whole.
-    assert marker.get_many(keys + ["torn-last"]) == {}
+    assert marker.get_many([*keys, "torn-last"]) == {}
 
 
 def test_concurrent_noreply_runs_are_atomic(stig_server):

@@ -26,6 +26,11 @@ def _load(port: int) -> None:
     exchange(port, SETUP + b"mn\r\n", b"MN\r\n")
 
 
+def _stat_names(reply: bytes) -> list[bytes]:
+    """The counter names of a ``stats …`` reply, in order."""
+    return [line.split(b" ")[1] for line in reply.split(b"\r\n") if line.startswith(b"STAT")]
+
+
 def _normalized_metadump(reply: bytes) -> list[bytes]:
     """Lines sorted (memcached lists in LRU order, Stig in key order), with the
     fields that differ by history (la, size, cas) blanked."""
@@ -76,10 +81,7 @@ def test_replies_match_memcached(stig_server):
         # stats items: the same counters in the same order, the same item count.
         ours = exchange(stig_port, b"stats items\r\n", b"END\r\n")
         theirs = exchange(mc_port, b"stats items\r\n", b"END\r\n")
-        names = lambda reply: [
-            line.split(b" ")[1] for line in reply.split(b"\r\n") if line.startswith(b"STAT")
-        ]
-        assert names(ours) == names(theirs)
+        assert _stat_names(ours) == _stat_names(theirs)
         assert b"STAT items:1:number 6\r\n" in ours and b"STAT items:1:number 6\r\n" in theirs
         # Errors and empty classes, exactly.
         for command, until in [

@@ -11,6 +11,8 @@ back to themselves.
 
 from __future__ import annotations
 
+import itertools
+
 import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -716,7 +718,7 @@ def test_rendered_command_parses_back(command: object) -> None:
 def test_any_chunking_gives_the_same_events(cmds: list[object], data: st.DataObject) -> None:
     stream = b"".join(map(render, cmds))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
-    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     assert outcome(chunks, SMALL) == cmds
     assert outcome(bytewise(stream), SMALL) == cmds
 
@@ -782,7 +784,7 @@ KNOWN_EVENTS = (
 @given(st.one_of(st.binary(max_size=2000), streams), st.data())
 def test_arbitrary_bytes_only_raise_protocol_error(stream: bytes, data: st.DataObject) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
-    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     whole = outcome([stream], SMALL)  # raises anything but ProtocolError
     assert outcome(chunks, SMALL) == whole
     for event in whole:
@@ -888,8 +890,9 @@ def _meta_set_streams(draw: st.DrawFn) -> bytes:
 _ANY_PIECE = st.one_of(
     *[_get_lines(), _set_streams(), _meta_set_streams()] * 3,  # what the fast paths take
     st.sampled_from(
-        [b"get a\r\n", b"get kkkkkkkkkk\n", b"get a b\r\n", b"get a\r\r\n", b"gets a\r\n", b"mn\r\n",
-         b"version\r\n", b"set k 0 0 3\r\nget\r\n", b"get a", b"get\r\n", b"\r\n", b"GET / HTTP/1.1\r\n",
+        [b"get a\r\n", b"get kkkkkkkkkk\n", b"get a b\r\n", b"get a\r\r\n", b"gets a\r\n",
+         b"mn\r\n", b"version\r\n", b"set k 0 0 3\r\nget\r\n", b"get a", b"get\r\n", b"\r\n",
+         b"GET / HTTP/1.1\r\n",
          b"get " + b"k" * 40 + b"\r\n", b"ms k 2 T0\r\nhi\r\n", b"set k 0 0 1 noreply\r\nx\r\n"]
     ),
     commands.map(render),
@@ -932,7 +935,7 @@ def test_fast_paths_give_the_general_paths_events(
 ) -> None:
     expected = _run(TextParser(limits, fast=False), [stream], False)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    chunked = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    chunked = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     for chunks in ([stream], bytewise(stream), chunked):
         assert _run(TextParser(limits, fast=False), chunks, False) == expected
         for with_plain_gets in (False, True):
