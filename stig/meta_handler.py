@@ -280,8 +280,8 @@ class MetaHandler:
             except CommitFailed as exc:
                 self.out += server_error(str(exc))
                 return
-            items = {id(c): item for c, item in zip(readable, found)}
-            for command, item in zip(readable, found):
+            items = {id(c): item for c, item in zip(readable, found)}  # noqa: B905 (hot path)
+            for command, item in zip(readable, found):  # noqa: B905 (hot path)
                 if item is not None and self.core.expired(command.ttl):
                     self.core.remove(command.key)  # touched to a time past: answered, then gone
         for command in commands:

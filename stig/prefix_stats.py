@@ -39,7 +39,7 @@ class PrefixStats:
         return counts
 
     def record_gets(self, keys: Sequence[bytes], hits: Sequence[bool]) -> None:
-        for key, hit in zip(keys, hits):
+        for key, hit in zip(keys, hits):  # noqa: B905 (hot path)
             counts = self._slot(key)
             if counts is not None:
                 counts[0] += 1

@@ -220,7 +220,7 @@ class TextHandler:
         if command.touch and self.core.expired(command.exptime):
             self.core.expire_found(keys, items)  # answered, then gone (memcached)
         out = self.out
-        for key, item in zip(keys, items):
+        for key, item in zip(keys, items):  # noqa: B905 (hot path)
             if item is not None:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
