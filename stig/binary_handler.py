@@ -121,6 +121,7 @@ class BinaryHandler:
         self.parser = BinaryParser(engine.settings.limits)
         self.out = bytearray()
         self.closing = False
+        self.drain: Callable[[], Awaitable[None]] | None = None  # the connection's; unused here
         self.core = Core(engine, session)
         self.auth = engine.auth
         self.authenticated = self.auth is None

@@ -363,8 +363,8 @@ class MetaHandler:
         return self._set(command)
 
     async def _set(self, command: MetaSet) -> None:
-        concat = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
-        ttl = None if concat else command.ttl  # memcached ignores T when appending
+        appends = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
+        ttl = None if appends else command.ttl  # memcached ignores T when appending
         if self._ttl_refused(ttl, command.vivify_ttl):
             self.core.stats.cmd_set += 1
             self.out += TTL_REJECTED

@@ -65,7 +65,7 @@ class PrefixStats:
     def dump(self) -> bytes:
         """memcached's dump: one line per prefix (in the order first seen), then END."""
         lines = [
-            b"PREFIX %b get %d hit %d set %d del %d\r\n" % (prefix, *counts)
-            for prefix, counts in self._counts.items()
+            b"PREFIX %b get %d hit %d set %d del %d\r\n" % (prefix, gets, hits, sets, deletes)
+            for prefix, (gets, hits, sets, deletes) in self._counts.items()
         ]
         return b"".join(lines) + b"END\r\n"

@@ -125,7 +125,8 @@ class TlsSocket:
         with trio.CancelScope() as scope:
             self._receiving = scope
             try:
-                return await self.stream.receive_some(size)
+                data: bytes = await self.stream.receive_some(size)
+                return data
             finally:
                 self._receiving = None
         return b""  # woken by shutdown()
@@ -148,4 +149,4 @@ class TlsSocket:
         """Close the socket at once: no close_notify (``https_compatible``: a
         peer's missing one is a clean end of input too), as the loop's close
         is synchronous."""
-        self.stream.transport_stream.socket.close()  # type: ignore[attr-defined]
+        self.stream.transport_stream.socket.close()
