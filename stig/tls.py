@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from typing import cast
 
 import trio
 
@@ -96,7 +97,9 @@ class TlsSocket:
     ``ssl_handshake_errors`` and dropped, as a closed connection.
     """
 
-    def __init__(self, stream: trio.SSLStream, certificates: TlsCertificates) -> None:
+    def __init__(
+        self, stream: trio.SSLStream[trio.SocketStream], certificates: TlsCertificates
+    ) -> None:
         self.stream = stream
         self._certificates = certificates
         self._handshaken = False
@@ -125,8 +128,8 @@ class TlsSocket:
         with trio.CancelScope() as scope:
             self._receiving = scope
             try:
-                data: bytes = await self.stream.receive_some(size)
-                return data
+                # typed trio says bytes | bytearray; an SSLStream's reads are bytes
+                return cast(bytes, await self.stream.receive_some(size))
             finally:
                 self._receiving = None
         return b""  # woken by shutdown()

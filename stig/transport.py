@@ -7,15 +7,18 @@ loop's calls, and the TLS wrapper needs no cast to stand in for a socket.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 
 class Transport(Protocol):
-    async def recv(self, size: int, /) -> bytes:
+    # Awaitable, not async def: typed trio (0.23 on) declares its socket's
+    # methods so, and an async def (a coroutine) is one too.
+    def recv(self, size: int, /) -> Awaitable[bytes]:
         """Up to ``size`` bytes; ``b""`` at the end of input."""
         ...
 
-    async def send(self, data: bytes | bytearray | memoryview, /) -> int:
+    def send(self, data: bytes | bytearray | memoryview, /) -> Awaitable[int]:
         """Send some of ``data``; how many bytes went."""
         ...
 
