@@ -12,7 +12,8 @@ import sys
 import threading
 
 from conftest import REPO
-from opstools import exchange, memcached, run_stig
+from opstools import run_stig
+from support.memcached_ref import exchange, memcached
 
 from stig import dumpfmt
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 
 import pytest
-from opstools import exchange, memcached
+from support.memcached_ref import exchange, memcached
 
 # Keys whose url-encoding shows memcached's rules: unreserved kept, the rest %XX.
 KEYS = [b"a", b"b:c", b"pct%20", b"t~i-l_d.e", b"UPPER9"]
