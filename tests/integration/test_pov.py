@@ -18,24 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import pytest
+from support.waiting import wait_for, wait_until_read
 
 T = TypeVar("T")
-
-
-def wait_for(fetch: Callable[[], T], ready: Callable[[T], bool], timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if ready(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s; last value {value!r}")
-        time.sleep(0.005)
-
-
-def wait_until_read(server, sets: int) -> None:
-    """Until the server has executed ``sets`` sets in all (read, not just sent)."""
-    wait_for(lambda: int(server.stats()["cmd_set"]), lambda n: n >= sets)
 
 
 def run_threads(count: int, target: Callable[[int], T]) -> list[T]:
