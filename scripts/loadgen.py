@@ -767,21 +767,9 @@ def _worker(
                 )
             conn_ids = []
         if bulk is None and spec.workload != "pooled":
-            first = build_exchange(
-                spec.workload,
-                spec.protocol,
-                rng,
-                spec.keyspace,
-                spec.depth,
-                spec.value_size,
-                spec.hit,
-                spec.mget_keys,
-                spec.batch_size,
-                spec.batch_style,
-            )
-            size = len(first.request) + len(first.reply)
-            templates = [first] + [
-                build_exchange(
+
+            def exchange() -> Exchange:
+                return build_exchange(
                     spec.workload,
                     spec.protocol,
                     rng,
@@ -793,8 +781,10 @@ def _worker(
                     spec.batch_size,
                     spec.batch_style,
                 )
-                for _ in range(template_count(size) - 1)
-            ]
+
+            first = exchange()
+            size = len(first.request) + len(first.reply)
+            templates = [first, *(exchange() for _ in range(template_count(size) - 1))]
         for cid in conn_ids:
             if bulk is None:
                 source = _cycle(templates, rng.randrange(len(templates)))
