@@ -168,16 +168,12 @@ def describe_mismatch(expected: bytes, got: bytes) -> str:
     return f"at byte {i}: expected {expected[lo : i + 40]!r}, got {got[lo : i + 60]!r}"
 
 
-def probe(spec: LoadSpec) -> str | None:
-    """Run one batch of the workload on one connection; None if answered correctly.
-
-    Used before a timed run so an unsupported command yields a clear reason
-    instead of a row full of errors.
-    """
-    ex = build_exchange(
+def spec_exchange(spec: LoadSpec, rng: random.Random) -> Exchange:
+    """One batch of ``spec``'s workload, drawn with ``rng``."""
+    return build_exchange(
         spec.workload,
         spec.protocol,
-        random.Random(spec.seed),
+        rng,
         spec.keyspace,
         spec.depth,
         spec.value_size,
@@ -186,6 +182,15 @@ def probe(spec: LoadSpec) -> str | None:
         spec.batch_size,
         spec.batch_style,
     )
+
+
+def probe(spec: LoadSpec) -> str | None:
+    """Run one batch of the workload on one connection; None if answered correctly.
+
+    Used before a timed run so an unsupported command yields a clear reason
+    instead of a row full of errors.
+    """
+    ex = spec_exchange(spec, random.Random(spec.seed))
     try:
         with connect(spec.host, spec.port) as sock:
             return exchange_once(sock, ex)
@@ -767,24 +772,10 @@ def _worker(
                 )
             conn_ids = []
         if bulk is None and spec.workload != "pooled":
-
-            def exchange() -> Exchange:
-                return build_exchange(
-                    spec.workload,
-                    spec.protocol,
-                    rng,
-                    spec.keyspace,
-                    spec.depth,
-                    spec.value_size,
-                    spec.hit,
-                    spec.mget_keys,
-                    spec.batch_size,
-                    spec.batch_style,
-                )
-
-            first = exchange()
+            first = spec_exchange(spec, rng)
             size = len(first.request) + len(first.reply)
-            templates = [first, *(exchange() for _ in range(template_count(size) - 1))]
+            count = template_count(size)
+            templates = [first, *(spec_exchange(spec, rng) for _ in range(count - 1))]
         for cid in conn_ids:
             if bulk is None:
                 source = _cycle(templates, rng.randrange(len(templates)))
