@@ -863,6 +863,8 @@ def _around(draw: st.DrawFn, plain: list[bytes], length_at: int) -> bytes:
 
 
 _SMALL = st.sampled_from([b"0", b"3", b"5", b"7"])
+#: Data lengths; 5 is over the max_item_size of two of _DIFFERENTIAL_LIMITS.
+_LENGTHS = st.sampled_from([b"0", b"1", b"3", b"4", b"5"])
 
 
 @st.composite
@@ -873,7 +875,7 @@ def _set_streams(draw: st.DrawFn) -> bytes:
         b"k",
         draw(_SMALL),
         draw(_SMALL),
-        draw(st.sampled_from([b"0", b"1", b"3", b"4"])),
+        draw(_LENGTHS),
     ]
     plain += draw(st.sampled_from([[], [b"noreply"]]))
     return draw(_around(plain, 4))
@@ -883,7 +885,7 @@ def _set_streams(draw: st.DrawFn) -> bytes:
 def _meta_set_streams(draw: st.DrawFn) -> bytes:
     """``ms`` lines around the plain shape the fast path takes."""
     flags = draw(st.lists(st.sampled_from([b"q", b"T0", b"T5", b"F0", b"F7"]), max_size=3))
-    plain = [b"ms", b"k", draw(st.sampled_from([b"0", b"1", b"3", b"4"])), *flags]
+    plain = [b"ms", b"k", draw(_LENGTHS), *flags]
     return draw(_around(plain, 2))
 
 
