@@ -44,6 +44,19 @@ def _small_number(token: bytes) -> bool:
     return 0 < len(token) < 10 and token.isdigit()
 
 
+def _block(key: bytes, length: bytes, framer: Framer, limits: Limits) -> bytes | None:
+    """The data block of a storage line with a plain ``key`` and a small ``length``
+    within the item size: consumed and returned when it is buffered whole and well
+    ended, else None with nothing consumed.  The caller checks the rest of its
+    line first: after this, the block is gone."""
+    if not (_small_number(length) and _plain_key(key, limits.max_key_length)):
+        return None
+    size = int(length)
+    if size > limits.max_item_size:
+        return None
+    return framer.complete_block(size)
+
+
 def plain_get(line: bytes, limits: Limits) -> Retrieve | None:
     """The event of a ``get`` line whose keys are all valid, else None."""
     rest = line[4:]
@@ -69,17 +82,9 @@ def plain_set(line: bytes, framer: Framer, limits: Limits) -> Store | None:
     else:
         return None
     key, flags, exptime, length = parts[1], parts[2], parts[3], parts[4]
-    if not (
-        _small_number(flags)
-        and _small_number(exptime)
-        and _small_number(length)
-        and _plain_key(key, limits.max_key_length)
-    ):
+    if not (_small_number(flags) and _small_number(exptime)):
         return None
-    size = int(length)
-    if size > limits.max_item_size:
-        return None
-    value = framer.complete_block(size)
+    value = _block(key, length, framer, limits)
     if value is None:
         return None
     return Store(StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply)
@@ -93,8 +98,6 @@ def plain_meta_set(line: bytes, framer: Framer, limits: Limits) -> MetaSet | Non
     if count < 3 or count > 6:
         return None
     key, length = parts[1], parts[2]
-    if not (_small_number(length) and _plain_key(key, limits.max_key_length)):
-        return None
     quiet = False
     client_flags = ttl = None
     for token in parts[3:]:
@@ -111,10 +114,7 @@ def plain_meta_set(line: bytes, framer: Framer, limits: Limits) -> MetaSet | Non
             client_flags = int(argument)
         else:
             return None
-    size = int(length)
-    if size > limits.max_item_size:
-        return None
-    value = framer.complete_block(size)
+    value = _block(key, length, framer, limits)
     if value is None:
         return None
     return MetaSet(key, value=value, quiet=quiet, client_flags=client_flags or 0, ttl=ttl or 0)

@@ -81,11 +81,7 @@ class Server:
     def stats(self) -> dict[str, str]:
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
             sock.sendall(b"stats\r\n")
-            data = b""
-            while not data.endswith(b"END\r\n"):
-                chunk = sock.recv(65536)
-                assert chunk, "closed"
-                data += chunk
+            data = _recv_until(sock, b"END\r\n")
         return {
             parts[1].decode(): parts[2].decode()
             for parts in (line.split(b" ", 2) for line in data.split(b"\r\n"))
@@ -248,9 +244,7 @@ def _loss_window(server: Server, logs: list[str], killed_at: float) -> float:
             while low < high:
                 mid = (low + high) // 2
                 sock.sendall(b"get c%d-%d-0\r\n" % (index, acks[mid][0]))
-                data = b""
-                while not data.endswith(b"END\r\n"):
-                    data += sock.recv(65536)
+                data = _recv_until(sock, b"END\r\n")
                 if data.startswith(b"VALUE"):
                     low = mid + 1
                 else:
@@ -261,15 +255,49 @@ def _loss_window(server: Server, logs: list[str], killed_at: float) -> float:
     return 0.0 if oldest_lost is None else round((killed_at - oldest_lost) * 1000, 1)
 
 
-def unread(repo: Path, clients: int = 1, gets: int = 300, idle: int = 0) -> dict[str, object]:
-    """Clients that ask for big values and never read them; RSS once sending stops."""
-    tmp = Path(tempfile.mkdtemp(prefix="stig-unread-"))
-    server = Server(repo, tmp / "data").start()
+def _recv_until(sock: socket.socket, end: bytes) -> bytes:
+    """Everything received until it ends with ``end``."""
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {end!r}"
+        data += chunk
+    return data
+
+
+def _server_with_big_value(repo: Path, prefix: str) -> Server:
+    """A fresh server holding one 1 MB value, ``big``."""
+    server = Server(repo, Path(tempfile.mkdtemp(prefix=prefix)) / "data").start()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         value = b"b" * 1_000_000
         sock.sendall(b"set big 0 0 %d\r\n%s\r\n" % (len(value), value))
-        assert sock.recv(100) == b"STORED\r\n"
-    time.sleep(0.3)
+        assert _recv_until(sock, b"\r\n") == b"STORED\r\n"
+    time.sleep(0.3)  # the baseline RSS is read next: let the write's buffers go first
+    return server
+
+
+def _wait_until_sending_stops(server: Server) -> None:
+    """Until the server's ``bytes_written`` stays put (under 64 KiB more, as the
+    stats replies themselves count) for five looks 0.2 s apart: the clients'
+    receive buffers are full."""
+    last, still = -1, 0
+    while still < 5:
+        time.sleep(0.2)
+        written = int(server.stats()["bytes_written"])
+        still = still + 1 if written - last < 65536 else 0
+        last = written
+
+
+def _set_then_get(sock: socket.socket, key: bytes) -> None:
+    """A normal client's exchange, checked byte for byte."""
+    sock.sendall(b"set %b 0 0 1\r\nx\r\nget %b\r\n" % (key, key))
+    data = _recv_until(sock, b"END\r\n")
+    assert data == b"STORED\r\nVALUE %b 0 1\r\nx\r\nEND\r\n" % key, data
+
+
+def unread(repo: Path, clients: int = 1, gets: int = 300, idle: int = 0) -> dict[str, object]:
+    """Clients that ask for big values and never read them; RSS once sending stops."""
+    server = _server_with_big_value(repo, "stig-unread-")
     base = server.rss_mib()
     idlers = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(idle)]
     hostile = []
@@ -278,23 +306,13 @@ def unread(repo: Path, clients: int = 1, gets: int = 300, idle: int = 0) -> dict
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sock.sendall(b"get big\r\n" * gets)
         hostile.append(sock)
-    # Wait until the server stops sending (the clients' buffers are full).
-    last, still = -1, 0
-    while still < 5:
-        time.sleep(0.2)
-        written = int(server.stats()["bytes_written"])
-        still = still + 1 if written - last < 65536 else 0  # (stats replies count too)
-        last = written
+    _wait_until_sending_stops(server)
     rss = server.rss_mib()
     # A normal client is still served.
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         for i in range(100):
-            sock.sendall(b"set n%d 0 0 1\r\nx\r\nget n%d\r\n" % (i, i))
-            data = b""
-            while not data.endswith(b"END\r\n"):
-                data += sock.recv(65536)
-            assert data == b"STORED\r\nVALUE n%d 0 1\r\nx\r\nEND\r\n" % i, data
+            _set_then_get(sock, b"n%d" % i)
     normal_ms = (time.monotonic() - started) * 1000
     for sock in hostile + idlers:
         sock.close()
@@ -314,30 +332,15 @@ def big_reply(repo: Path, request: bytes) -> dict[str, object]:
     """One client sends ``request`` (a few KB asking for a 1 MB value many
     times over) and never reads; the server's peak RSS growth once it stops
     sending, and whether a normal client is still answered."""
-    tmp = Path(tempfile.mkdtemp(prefix="stig-bigreply-"))
-    server = Server(repo, tmp / "data").start()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        value = b"b" * 1_000_000
-        sock.sendall(b"set big 0 0 %d\r\n%s\r\n" % (len(value), value))
-        assert sock.recv(100) == b"STORED\r\n"
-    time.sleep(0.3)
+    server = _server_with_big_value(repo, "stig-bigreply-")
     base = server.rss_mib("VmHWM")
     hostile = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     hostile.sendall(request)
-    last, still = -1, 0
-    while still < 5:  # until the server stops sending (the client's buffer is full)
-        time.sleep(0.2)
-        written = int(server.stats()["bytes_written"])
-        still = still + 1 if written - last < 65536 else 0
-        last = written
+    _wait_until_sending_stops(server)
     peak = server.rss_mib("VmHWM")
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(b"set n 0 0 1\r\nx\r\nget n\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            data += sock.recv(65536)
-        assert data == b"STORED\r\nVALUE n 0 1\r\nx\r\nEND\r\n", data
+        _set_then_get(sock, b"n")
     hostile.close()
     server.stop()
     return {

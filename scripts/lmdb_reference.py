@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fdatasync (4 KiB write): {results['fdatasync_us']:.0f} us median")
         for r in results["runs"]:
             print(
-                f"{r['txn_size']:>6} puts/txn x {r['value_size']} B: {r['puts_per_s']:>10,.0f} puts/s"
+                f"{r['txn_size']:>6} puts/txn x {r['value_size']} B: "
+                f"{r['puts_per_s']:>10,.0f} puts/s"
                 f"  ({r['txn_ms']:.2f} ms per txn)"
             )
     return 0

@@ -168,16 +168,12 @@ def describe_mismatch(expected: bytes, got: bytes) -> str:
     return f"at byte {i}: expected {expected[lo : i + 40]!r}, got {got[lo : i + 60]!r}"
 
 
-def probe(spec: LoadSpec) -> str | None:
-    """Run one batch of the workload on one connection; None if answered correctly.
-
-    Used before a timed run so an unsupported command yields a clear reason
-    instead of a row full of errors.
-    """
-    ex = build_exchange(
+def spec_exchange(spec: LoadSpec, rng: random.Random) -> Exchange:
+    """One batch of ``spec``'s workload, drawn with ``rng``."""
+    return build_exchange(
         spec.workload,
         spec.protocol,
-        random.Random(spec.seed),
+        rng,
         spec.keyspace,
         spec.depth,
         spec.value_size,
@@ -186,6 +182,15 @@ def probe(spec: LoadSpec) -> str | None:
         spec.batch_size,
         spec.batch_style,
     )
+
+
+def probe(spec: LoadSpec) -> str | None:
+    """Run one batch of the workload on one connection; None if answered correctly.
+
+    Used before a timed run so an unsupported command yields a clear reason
+    instead of a row full of errors.
+    """
+    ex = spec_exchange(spec, random.Random(spec.seed))
     try:
         with connect(spec.host, spec.port) as sock:
             return exchange_once(sock, ex)
@@ -756,7 +761,8 @@ def _worker(
         if spec.workload == "pooled":
             # conn_ids two by two: writer and reader; the key is beyond the
             # preloaded key space and the pair's own.
-            for a, b in zip(conn_ids[::2], conn_ids[1::2]):
+            # An odd last id has no partner: it is left out.
+            for a, _b in zip(conn_ids[::2], conn_ids[1::2], strict=False):
                 pairs.append(
                     _Pair(
                         connect(spec.host, spec.port),
@@ -766,35 +772,11 @@ def _worker(
                 )
             conn_ids = []
         if bulk is None and spec.workload != "pooled":
-            first = build_exchange(
-                spec.workload,
-                spec.protocol,
-                rng,
-                spec.keyspace,
-                spec.depth,
-                spec.value_size,
-                spec.hit,
-                spec.mget_keys,
-                spec.batch_size,
-                spec.batch_style,
-            )
+            first = spec_exchange(spec, rng)
             size = len(first.request) + len(first.reply)
-            templates = [first] + [
-                build_exchange(
-                    spec.workload,
-                    spec.protocol,
-                    rng,
-                    spec.keyspace,
-                    spec.depth,
-                    spec.value_size,
-                    spec.hit,
-                    spec.mget_keys,
-                    spec.batch_size,
-                    spec.batch_style,
-                )
-                for _ in range(template_count(size) - 1)
-            ]
-        for j, cid in enumerate(conn_ids):
+            count = template_count(size)
+            templates = [first, *(spec_exchange(spec, rng) for _ in range(count - 1))]
+        for cid in conn_ids:
             if bulk is None:
                 source = _cycle(templates, rng.randrange(len(templates)))
             else:
@@ -1071,11 +1053,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--rate must be > 0 and is not for --bulk-load", file=sys.stderr)
         return 2
     if a.preload and spec.hit:
-        print(
-            f"preloaded {spec.keyspace} keys in "
-            f"{preload(spec.host, spec.port, 'resp' if spec.protocol == 'resp' else 'text', spec.keyspace, spec.value_size):.2f}s",
-            file=sys.stderr,
-        )
+        dialect = "resp" if spec.protocol == "resp" else "text"
+        seconds = preload(spec.host, spec.port, dialect, spec.keyspace, spec.value_size)
+        print(f"preloaded {spec.keyspace} keys in {seconds:.2f}s", file=sys.stderr)
     if a.bulk_load is None:
         err = probe(spec)
         # A server that shows acknowledged writes to other connections only
@@ -1093,7 +1073,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{spec.workload} d={spec.depth} {spec.value_size}B c={spec.connections}: "
-            f"{res['items_per_s']:,.0f} items/s, p50 {_us(res['p50_us'])}, p99 {_us(res['p99_us'])} "
+            f"{res['items_per_s']:,.0f} items/s, "
+            f"p50 {_us(res['p50_us'])}, p99 {_us(res['p99_us'])} "
             f"({res['latency_unit']}), errors {res['errors']}, stalled {res['stalled']}, "
             + (f"stale reads {res['stale']}, " if spec.workload == "pooled" else "")
             + (f"server cpu {res['server_cpu_s']}s, " if res["server_cpu_s"] is not None else "")
@@ -1101,7 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if spec.rate > 0:
             print(
-                f"  open loop: offered {spec.rate:,.0f}/s, scheduled {res['scheduled_per_s']:,.0f}/s, "
+                f"  open loop: offered {spec.rate:,.0f}/s, "
+                f"scheduled {res['scheduled_per_s']:,.0f}/s, "
                 f"answered {res['batches_per_s']:,.0f}/s, unfinished {res['unfinished']}, "
                 f"send lag p50 {_us(res['send_lag_p50_us'])} p99 {_us(res['send_lag_p99_us'])}; "
                 f"from the actual send: p50 {_us(res['p50_from_send_us'])} "

@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a file from a checkout, stig not installed
 
-from stig import dumpfmt
-from stig.ops import Put
-from stig.store import Store
+from stig import dumpfmt  # noqa: E402  (needs the path above)
+from stig.ops import Put  # noqa: E402
+from stig.store import Store  # noqa: E402
 
 
 def stig(*args: str, **kwargs) -> subprocess.CompletedProcess[bytes]:
@@ -128,7 +128,8 @@ def main() -> None:
         t = time.perf_counter()
         build(data, args.keys, args.value_size)
         print(
-            f"data set: {args.keys:,} keys of {args.value_size} B, written in {time.perf_counter() - t:.1f} s"
+            f"data set: {args.keys:,} keys of {args.value_size} B, "
+            f"written in {time.perf_counter() - t:.1f} s"
         )
         server = Server(data)
         try:
@@ -136,7 +137,8 @@ def main() -> None:
             probe.start()
             idle_stall, idle_runs = probe.measure(3)
             print(
-                f"writer alone: longest mn round trip {idle_stall * 1000:.1f} ms over {idle_runs} runs"
+                f"writer alone: longest mn round trip {idle_stall * 1000:.1f} ms "
+                f"over {idle_runs} runs"
             )
             backup = subprocess.Popen(
                 [
@@ -156,8 +158,10 @@ def main() -> None:
             seconds = time.perf_counter() - t
             size = (work / "backup" / "data.mdb").stat().st_size
             print(
-                f"backup: {size / 1e6:.1f} MB in {seconds:.2f} s = {size / 1e6 / seconds:.1f} MB/s; "
-                f"writer's longest mn round trip meanwhile {stall * 1000:.1f} ms over {runs} runs"
+                f"backup: {size / 1e6:.1f} MB in {seconds:.2f} s "
+                f"= {size / 1e6 / seconds:.1f} MB/s; "
+                f"writer's longest mn round trip meanwhile {stall * 1000:.1f} ms "
+                f"over {runs} runs"
             )
             probe.stop.set()
             t = time.perf_counter()

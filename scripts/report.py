@@ -150,15 +150,16 @@ def table(rows: list[Row]) -> str:
             ]
         )
     widths = [
-        max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+        for i, h in enumerate(head)
     ]
     widths[-1] = len(head[-1])  # the free-text note is not padded
     out = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
-    for l in lines:
-        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(l, widths)) + " |")
+    for line in lines:
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
     return "\n".join(out)
 
 

@@ -121,6 +121,7 @@ class BinaryHandler:
         self.parser = BinaryParser(engine.settings.limits)
         self.out = bytearray()
         self.closing = False
+        self.drain: Callable[[], Awaitable[None]] | None = None  # the connection's; unused here
         self.core = Core(engine, session)
         self.auth = engine.auth
         self.authenticated = self.auth is None
@@ -249,7 +250,7 @@ class BinaryHandler:
         await self._settle()
         items = await self.core.read([request.key for request in gets], with_cas=True)
         out = self.out
-        for request, item in zip(gets, items):
+        for request, item in zip(gets, items):  # noqa: B905 (hot path)
             if item is not None:
                 out += get_response(
                     request.opcode, request.opaque, item.flags, item.cas, item.value, request.key
@@ -313,7 +314,8 @@ class BinaryHandler:
     async def _conditional(
         self, request: BinaryRequest, op: Op, size: int, failures: Failures, counter: bool = False
     ) -> None:
-        """A write checked against the committed state: queued if quiet, else answered after commit."""
+        """A write checked against the committed state: queued if quiet, else answered
+        after commit."""
         if request.quiet:
             self._queue(request, op, request.key or None, size, failures)
             return

@@ -6,6 +6,7 @@ import gc
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 import trio
@@ -26,7 +27,13 @@ def _size(text: str) -> int:
     return int(text)
 
 
-class SizeParam(click.ParamType):
+if TYPE_CHECKING:  # ParamType is generic since click 8.4; at run time 8.1 must do too
+    _IntParamType = click.ParamType[int]
+else:
+    _IntParamType = click.ParamType
+
+
+class SizeParam(_IntParamType):
     name = "SIZE"
 
     def convert(
@@ -485,7 +492,9 @@ def check(data_dir: Path, quiet: bool) -> None:
     help="Items between 'mn' barriers (each group loads as one transaction).",
 )
 @_QUIET
-def dump(data_dir: Path | None, server: str | None, output, batch: int, quiet: bool) -> None:
+def dump(
+    data_dir: Path | None, server: str | None, output: BinaryIO, batch: int, quiet: bool
+) -> None:
     """Write every item as a stream of memcached meta commands.
 
     The stream is 'ms <base64 key> <length> b F<flags> q' commands with
@@ -524,7 +533,7 @@ def dump(data_dir: Path | None, server: str | None, output, batch: int, quiet: b
     help="Items per transaction (each closed by 'mn': atomic and durable on Stig).",
 )
 @_QUIET
-def load(file, server: str, batch: int, quiet: bool) -> None:
+def load(file: BinaryIO, server: str, batch: int, quiet: bool) -> None:
     """Replay a dump (FILE, or stdin when '-' or absent) into a server.
 
     Items go in transactions of --batch items; on Stig each is atomic and on

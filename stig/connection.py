@@ -35,6 +35,7 @@ from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
 from stig.engine import Engine
 from stig.session import CommitFailed, RunTooLarge, Session
+from stig.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
     return TextHandler(engine, session)
 
 
-async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray, start: int = 0) -> None:
+async def send_all(sock: Transport, data: bytes | bytearray, start: int = 0) -> None:
     """Send ``data[start:]`` whole, without copying it (a reply can be megabytes).
 
     The views are released before returning, so a bytearray can be cleared
@@ -103,7 +104,7 @@ async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray, start:
 class Connection:
     """Serves one socket until EOF, ``quit``, an unrecoverable error or shutdown."""
 
-    def __init__(self, engine: Engine, sock: trio.socket.SocketType) -> None:
+    def __init__(self, engine: Engine, sock: Transport) -> None:
         self.engine = engine
         self.sock = sock
         self.session = Session(engine)

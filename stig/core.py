@@ -101,7 +101,7 @@ class Core:
 
     def expire_found(self, keys: Sequence[bytes], items: Sequence[object]) -> None:
         """After a touch or gat with an exptime already past: the items found go."""
-        for key, item in zip(keys, items):
+        for key, item in zip(keys, items, strict=True):
             if item is not None:
                 self.remove(key)
 

@@ -45,7 +45,7 @@ class ReadOnlyEnv:
     items: lmdb._Database
     meta: lmdb._Database
 
-    def begin(self) -> lmdb.Transaction:
+    def begin(self) -> lmdb.Transaction[memoryview]:
         """A snapshot; adopts a map the server grew since this process opened it."""
         try:
             return self.env.begin(db=self.items, buffers=True)
@@ -278,8 +278,8 @@ def check(
         txn = env.begin()
         try:
             stored_bytes = None
-            for name, raw in txn.cursor(db=env.meta):
-                name, raw = bytes(name), bytes(raw)
+            for name_view, raw_view in txn.cursor(db=env.meta):
+                name, raw = bytes(name_view), bytes(raw_view)
                 if name not in _KNOWN_META:
                     problem(f"meta: unknown entry {_show(name)}")
                 elif len(raw) != 8:
@@ -329,7 +329,7 @@ def check(
 
 
 def _walk(
-    txn: lmdb.Transaction, problem: Callable[[str], None]
+    txn: lmdb.Transaction[memoryview], problem: Callable[[str], None]
 ) -> Iterator[tuple[bytes, memoryview]]:
     """Every (key, record) of the items table; an LMDB error ends the walk as a problem."""
     try:

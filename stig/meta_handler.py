@@ -280,8 +280,8 @@ class MetaHandler:
             except CommitFailed as exc:
                 self.out += server_error(str(exc))
                 return
-            items = {id(c): item for c, item in zip(readable, found)}
-            for command, item in zip(readable, found):
+            items = {id(c): item for c, item in zip(readable, found)}  # noqa: B905 (hot path)
+            for command, item in zip(readable, found):  # noqa: B905 (hot path)
                 if item is not None and self.core.expired(command.ttl):
                     self.core.remove(command.key)  # touched to a time past: answered, then gone
         for command in commands:
@@ -363,8 +363,8 @@ class MetaHandler:
         return self._set(command)
 
     async def _set(self, command: MetaSet) -> None:
-        concat = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
-        ttl = None if concat else command.ttl  # memcached ignores T when appending
+        appends = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
+        ttl = None if appends else command.ttl  # memcached ignores T when appending
         if self._ttl_refused(ttl, command.vivify_ttl):
             self.core.stats.cmd_set += 1
             self.out += TTL_REJECTED

@@ -39,7 +39,7 @@ class PrefixStats:
         return counts
 
     def record_gets(self, keys: Sequence[bytes], hits: Sequence[bool]) -> None:
-        for key, hit in zip(keys, hits):
+        for key, hit in zip(keys, hits):  # noqa: B905 (hot path)
             counts = self._slot(key)
             if counts is not None:
                 counts[0] += 1
@@ -65,7 +65,7 @@ class PrefixStats:
     def dump(self) -> bytes:
         """memcached's dump: one line per prefix (in the order first seen), then END."""
         lines = [
-            b"PREFIX %b get %d hit %d set %d del %d\r\n" % (prefix, *counts)
-            for prefix, counts in self._counts.items()
+            b"PREFIX %b get %d hit %d set %d del %d\r\n" % (prefix, gets, hits, sets, deletes)
+            for prefix, (gets, hits, sets, deletes) in self._counts.items()
         ]
         return b"".join(lines) + b"END\r\n"

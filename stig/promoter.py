@@ -386,7 +386,7 @@ class Promoter:
 
     def _finish(self, group: list[Promotion], results: Sequence[Applied | _Failed]) -> None:
         self.stats.pending_bytes -= sum([promotion.nbytes for promotion in group])
-        for promotion, result in zip(group, results):
+        for promotion, result in zip(group, results, strict=True):
             if isinstance(result, _Failed):
                 promotion.error = str(result)
             else:

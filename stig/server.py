@@ -170,7 +170,7 @@ async def _handle(
     stats.total_connections += 1
     try:
         connection = sock if tls is None else tls.wrap(sock)
-        await Connection(engine, connection).serve()  # type: ignore[arg-type]
+        await Connection(engine, connection).serve()
     finally:
         stats.curr_connections -= 1
 

@@ -19,7 +19,7 @@ import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import lmdb
 
@@ -52,7 +52,7 @@ class _WriteView:
 
     def __init__(
         self,
-        txn: lmdb.Transaction,
+        txn: lmdb.Transaction[bytes],
         items: lmdb._Database,
         next_cas: int,
         max_value_size: int = 2**62,
@@ -142,7 +142,7 @@ class _WriteView:
                     fast_last = False
             if fast_last:
                 last = ops[-1]
-                written = Item(last.value, last.flags, cas, 0)  # type: ignore[union-attr]
+                written: Item | None = Item(last.value, last.flags, cas, 0)  # type: ignore[union-attr]
             else:
                 written = self.last_put if ops else None
             results.append(Applied(outcomes, written))
@@ -215,7 +215,11 @@ class Store:
             txn.abort()
         return None if record is None else decode(record)
 
-    def read_txn(self, buffers: bool = False) -> lmdb.Transaction:
+    @overload
+    def read_txn(self, buffers: Literal[False] = False) -> lmdb.Transaction[bytes]: ...
+    @overload
+    def read_txn(self, buffers: Literal[True]) -> lmdb.Transaction[memoryview]: ...
+    def read_txn(self, buffers: bool = False) -> lmdb.Transaction[bytes | memoryview]:
         """A read-only snapshot of the items, for a caller that reads raw records
         (``txn.get(key)``: the header of :mod:`stig.records`, then the value).
 

@@ -65,7 +65,10 @@ _STORE_REPLIES = {
     Outcome.EXISTS: R.EXISTS,
     Outcome.NOT_FOUND: R.NOT_FOUND,
 }
-_CONDITIONAL = {StoreMode.ADD: Add, StoreMode.REPLACE: Replace}
+_CONDITIONAL: dict[StoreMode, type[Add | Replace]] = {
+    StoreMode.ADD: Add,
+    StoreMode.REPLACE: Replace,
+}
 
 
 class TextHandler:
@@ -87,7 +90,7 @@ class TextHandler:
         self._reply_limit = engine.settings.max_reply_bytes
         self.auth = engine.auth
         self.authenticated = self.auth is None
-        self._dispatch: dict[type, Callable[[object], Awaitable[None] | None]] = {
+        self._dispatch: dict[type, Callable[[object], Awaitable[object | None] | None]] = {
             Retrieve: self._retrieve,  # type: ignore[dict-item]
             Store: self._store,  # type: ignore[dict-item]
             Delete: self._delete,  # type: ignore[dict-item]
@@ -106,7 +109,7 @@ class TextHandler:
         self.meta = MetaHandler(self.core, session, self.out, self.parser.next_event)
         # Each meta command type straight to its handler (which returns None
         # when done at once, or an awaitable), saving a coroutine per command.
-        self._dispatch.update(self.meta.handlers)  # type: ignore[arg-type]
+        self._dispatch.update(self.meta.handlers)
 
     def handle(self, event: object) -> Awaitable[None] | None:
         """Execute one parsed event: a plain get or gets is answered at once
@@ -220,7 +223,7 @@ class TextHandler:
         if command.touch and self.core.expired(command.exptime):
             self.core.expire_found(keys, items)  # answered, then gone (memcached)
         out = self.out
-        for key, item in zip(keys, items):
+        for key, item in zip(keys, items):  # noqa: B905 (hot path)
             if item is not None:
                 out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
         out += R.END
@@ -273,7 +276,7 @@ class TextHandler:
                     keys = command.keys
                     if ahead and (len(out) >= limit or not (all_clear or sees_acked(keys))):
                         parser.give_back(commands[index:])
-                        return
+                        return None
                     if len(keys) == 1 and not with_cas:
                         # The commonest line, one key: its reply in one piece.
                         key = keys[0]
@@ -357,10 +360,11 @@ class TextHandler:
             stats.cmd_get += count
             stats.get_hits += hits
             stats.get_misses += count - hits
+        return None
 
     async def _rest_of_get(
         self,
-        txn: lmdb.Transaction,
+        txn: lmdb.Transaction[bytes],
         keys: Sequence[bytes],
         mine: dict[bytes, Item | None],
         with_cas: bool,

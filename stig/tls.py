@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from typing import cast
 
 import trio
 
@@ -96,7 +97,9 @@ class TlsSocket:
     ``ssl_handshake_errors`` and dropped, as a closed connection.
     """
 
-    def __init__(self, stream: trio.SSLStream, certificates: TlsCertificates) -> None:
+    def __init__(
+        self, stream: trio.SSLStream[trio.SocketStream], certificates: TlsCertificates
+    ) -> None:
         self.stream = stream
         self._certificates = certificates
         self._handshaken = False
@@ -125,7 +128,8 @@ class TlsSocket:
         with trio.CancelScope() as scope:
             self._receiving = scope
             try:
-                return await self.stream.receive_some(size)
+                # typed trio says bytes | bytearray; an SSLStream's reads are bytes
+                return cast(bytes, await self.stream.receive_some(size))
             finally:
                 self._receiving = None
         return b""  # woken by shutdown()
@@ -148,4 +152,4 @@ class TlsSocket:
         """Close the socket at once: no close_notify (``https_compatible``: a
         peer's missing one is a clean end of input too), as the loop's close
         is synchronous."""
-        self.stream.transport_stream.socket.close()  # type: ignore[attr-defined]
+        self.stream.transport_stream.socket.close()

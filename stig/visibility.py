@@ -32,10 +32,38 @@ here.  An open run is in no promotion yet, so it stays invisible to others.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from stig.promoter import Promotion
+
+class _Event(Protocol):
+    async def wait(self) -> None: ...
+
+
+class Published(Protocol):
+    """What :class:`InFlight` needs of a promotion (:class:`stig.promoter.Promotion`
+    is one): a Protocol, so that this module, which the promoter imports, does
+    not import the promoter back."""
+
+    @property
+    def key_seqs(self) -> Collection[bytes]:
+        """The keys it writes."""
+        ...
+
+    @property
+    def clears_all(self) -> bool:
+        """Whether it holds a flush_all: every key is written."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """Committed or failed."""
+        ...
+
+    @property
+    def done(self) -> _Event:
+        """Set once finished."""
+        ...
+
 
 #: Entries of finished promotions tolerated beyond twice the live ones.
 _PURGE_SLACK = 4096
@@ -52,20 +80,20 @@ class InFlight:
         #: all at once when nothing is left in flight, else when they
         #: outnumber the live ones — a key-by-key release cost more than the
         #: rest of a 1,000-item batch's bookkeeping.
-        self._keys: dict[bytes, Promotion] = {}
+        self._keys: dict[bytes, Published] = {}
         self._live = 0  # published promotions not finished yet
         self._live_keys = 0  # their keys (an upper bound: a key may repeat)
         #: Reads that waited for a write in flight (``stats``: stig_read_waits).
         self.waits = 0
         #: The newest unfinished promotion that clears every key (flush_all).
-        self._everything: Promotion | None = None
+        self._everything: Published | None = None
 
     def __len__(self) -> int:
         """Keys with a promotion in flight (the ``everything`` marker counts as one)."""
         live = sum([not promotion.finished for promotion in self._keys.values()])
         return live + (self._everything is not None)
 
-    def publish(self, promotions: Iterable[Promotion]) -> None:
+    def publish(self, promotions: Iterable[Published]) -> None:
         """Record submitted promotions, oldest first (the newest of a key wins)."""
         keys = self._keys
         for promotion in promotions:
@@ -80,7 +108,7 @@ class InFlight:
             if promotion.clears_all:
                 self._everything = promotion
 
-    def release(self, promotion: Promotion) -> None:
+    def release(self, promotion: Published) -> None:
         """A promotion finished (called just before it is marked finished)."""
         self._live -= 1
         self._live_keys -= len(promotion.key_seqs)
@@ -94,7 +122,7 @@ class InFlight:
 
     def blocking(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
-    ) -> list[Promotion]:
+    ) -> list[Published]:
         """The unfinished promotions a read of ``keys`` must wait for.
 
         ``own``: keys the reading session answers from its own POV (its
@@ -105,9 +133,9 @@ class InFlight:
             return []
         inflight = self._keys
         everything = self._everything
-        found: dict[int, Promotion] = {}
+        found: dict[int, Published] = {}
         if keys is None:
-            candidates: list[Promotion | None] = list(inflight.values())
+            candidates: list[Published | None] = list(inflight.values())
             needs_everything = True
         else:
             candidates = [inflight.get(key) for key in keys if key not in own]

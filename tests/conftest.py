@@ -269,7 +269,9 @@ class StigProcess:
             code = self.proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise ServerFailed(f"stig ignored SIGTERM for {STOP_TIMEOUT}s\n{self._output()}")
+            raise ServerFailed(
+                f"stig ignored SIGTERM for {STOP_TIMEOUT}s\n{self._output()}"
+            ) from None
         if expect_code is not None and code != expect_code:
             raise ServerFailed(f"stig exited with {code} after SIGTERM\n{self._output()}")
         return code

@@ -9,7 +9,8 @@ No-op is entirely present as soon as the No-op has answered.
 from __future__ import annotations
 
 import struct
-import time
+
+from support.waiting import wait_until_read
 
 from protocol.binary import Opcode
 
@@ -24,14 +25,6 @@ def setq_run(prefix: str) -> bytes:
         encode_request(Opcode.SetQ, b"%s-%d" % (prefix.encode(), i), b"v%d" % i, extras, opaque=i)
         for i in range(RUN)
     )
-
-
-def wait_until_read(server, count: int) -> None:
-    """Until the server has executed ``count`` sets (the run is open, not lost in a buffer)."""
-    deadline = time.monotonic() + 5
-    while int(server.stats()["cmd_set"]) < count:
-        assert time.monotonic() < deadline, "the server never read the run"
-        time.sleep(0.01)
 
 
 def present(server, prefix: str) -> dict[str, bytes]:

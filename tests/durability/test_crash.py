@@ -8,12 +8,21 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from support.waiting import wait_for, wait_for_stats, wait_until_read
+
 RUN_LENGTH = 50
+
+
+def _set_loud(conn, key: str, value: bytes) -> None:
+    """A replying set, acknowledged."""
+    request = b"set %b 0 0 %d\r\n%b\r\n" % (key.encode(), len(value), value)
+    assert conn.send_recv(request, b"\r\n") == b"STORED\r\n"
 
 
 def _fetch_all(server, keys: list[str], chunk: int = 200) -> dict[str, bytes]:
@@ -58,12 +67,7 @@ def test_acknowledged_writes_survive_sigkill_with_durable_acks(stig_factory):
                 else:
                     key, value = f"w{writer}-{n}", b"value-%d-%d" % (writer, n)
                     unsure[key] = value
-                    assert (
-                        conn.send_recv(
-                            b"set %b 0 0 %d\r\n%b\r\n" % (key.encode(), len(value), value), b"\r\n"
-                        )
-                        == b"STORED\r\n"
-                    )
+                    _set_loud(conn, key, value)
                 mine.update(unsure)
                 unsure.clear()
                 counts[writer] += 1
@@ -74,12 +78,7 @@ def test_acknowledged_writes_survive_sigkill_with_durable_acks(stig_factory):
                     key = rng.choice(list(mine))
                     value = b"over-%d" % n
                     unsure[key] = value
-                    assert (
-                        conn.send_recv(
-                            b"set %b 0 0 %d\r\n%b\r\n" % (key.encode(), len(value), value), b"\r\n"
-                        )
-                        == b"STORED\r\n"
-                    )
+                    _set_loud(conn, key, value)
                     mine.update(unsure)
                     unsure.clear()
         except (ConnectionError, OSError, TimeoutError):
@@ -137,7 +136,7 @@ def test_noreply_runs_are_all_or_nothing_after_sigkill(stig_factory):
                 # shorter than --batch-idle-ms: the server receives runs
                 # split across bursts, as a real stream often is.
                 cuts = sorted(rng.sample(range(1, len(batch)), 2))
-                for start, end in zip([0, *cuts], [*cuts, len(batch)]):
+                for start, end in itertools.pairwise([0, *cuts, len(batch)]):
                     conn.send(batch[start:end])
                     time.sleep(0.002)
                 if ending < 0.6:
@@ -152,13 +151,14 @@ def test_noreply_runs_are_all_or_nothing_after_sigkill(stig_factory):
         futures = [pool.submit(write, i) for i in range(writers)]
         # Kill only once some runs are committed (visible to another connection).
         probe = server.client()
-        deadline = time.monotonic() + 5
         # Each writer's 6th run closed and committed: earlier runs are whole,
         # later ones are in every state when the kill comes.
         marks = [f"r{w}-6-{RUN_LENGTH - 1}" for w in range(writers)]
-        while len(probe.get_many(marks)) < writers:
-            assert time.monotonic() < deadline, "no run was ever committed"
-            time.sleep(0.01)
+        wait_for(
+            lambda: len(probe.get_many(marks)),
+            lambda found: found >= writers,
+            what="every writer's 6th run committed",
+        )
         killed.set()
         server.kill()
         for future in futures:
@@ -226,10 +226,7 @@ def test_sigterm_commits_an_open_run_left_at_a_command_boundary(stig_factory):
     conn = server.connect()
     conn.send(b"".join(b"set %b 0 0 2 noreply\r\nok\r\n" % k.encode() for k in keys))
     # The server has read them all (the 60 s idle timer is far away) ...
-    deadline = time.monotonic() + 5
-    while int(server.stats()["cmd_set"]) < len(keys):
-        assert time.monotonic() < deadline, "the server never read the run"
-        time.sleep(0.01)
+    wait_until_read(server, len(keys))
     # ... yet no other connection sees them: the run is open.
     assert server.client().get_many(keys) == {}
     torn = server.connect()
@@ -237,13 +234,14 @@ def test_sigterm_commits_an_open_run_left_at_a_command_boundary(stig_factory):
     torn_bytes = b"set torn 0 0 10 noreply\r\nabc"  # a command cut in the middle
     torn.send(torn_bytes)
     # Until the server has read it (the stats request adds its own bytes too).
-    deadline = time.monotonic() + 5
-    while int(server.stats()["bytes_read"]) < read_before + len(torn_bytes):
-        assert time.monotonic() < deadline, "the server never read the torn command"
-        time.sleep(0.01)
+    wait_for_stats(
+        server,
+        lambda s: int(s["bytes_read"]) >= read_before + len(torn_bytes),
+        what="the server reading the torn command",
+    )
     assert server.terminate() == 0
     server.start()
-    found = server.client().get_many(keys + ["torn"])
+    found = server.client().get_many([*keys, "torn"])
     assert found == {k: b"ok" for k in keys}
 
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import time
+from support.waiting import wait_until_read
 
 RUN = 200
 
@@ -42,10 +42,7 @@ def test_quiet_run_without_mn_is_gone_after_sigkill(stig_factory):
     assert conn.send_recv(b"ms before 2\r\nok\r\nmn\r\n", b"MN\r\n") == b"HD\r\nMN\r\n"
     conn.send(_quiet_run("open"))
     # The server has executed the whole run (it is open, not waiting in a buffer)...
-    deadline = time.monotonic() + 5
-    while int(server.stats()["cmd_set"]) < RUN + 1:
-        assert time.monotonic() < deadline, "the server never read the run"
-        time.sleep(0.01)
+    wait_until_read(server, RUN + 1)
     assert conn.recv_some(0.5) == b""  # ...and, quiet, said nothing: the run stays open
     server.kill()
     server.restart()

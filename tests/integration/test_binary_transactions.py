@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import struct
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
+
+from support.waiting import wait_for_stats, wait_until_read
 
 from protocol.binary import Opcode, Status, encode_request
 
@@ -22,10 +23,7 @@ def test_a_quiet_run_is_invisible_until_its_closing_command(stig_factory):
     conn = server.connect_binary()
     items = {b"t%d" % i: b"v%d" % i for i in range(50)}
     conn.send(setq_run(items))
-    deadline = time.monotonic() + 5
-    while int(server.stats()["cmd_set"]) < len(items):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until_read(server, len(items))
     other = server.client()
     assert other.get_many([k.decode() for k in items]) == {}
     assert conn.call(Opcode.Noop).status == 0
@@ -75,10 +73,11 @@ def test_a_quiet_failure_closed_by_the_idle_timer_comes_before_the_next_reply(st
     conn.request(Opcode.AddQ, b"taken", b"y", EXTRAS, opaque=5)
     # The timer, not the Version below, must close and commit the run: wait
     # until the server has committed it (nothing else is sent meanwhile).
-    deadline = time.monotonic() + 10
-    while int(stig_server.stats()["stig_promotions"]) == before:
-        assert time.monotonic() < deadline, "--batch-idle-ms never closed the quiet run"
-        time.sleep(0.01)
+    wait_for_stats(
+        stig_server,
+        lambda s: int(s["stig_promotions"]) > before,
+        what="--batch-idle-ms closing the quiet run",
+    )
     assert conn.recv_some(0.1) == b""  # silently
     conn.request(Opcode.Version, opaque=6)
     failure, version = conn.response(), conn.response()

@@ -13,13 +13,14 @@ import shutil
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO, BinaryConnection, StigProcess
 
 sys.path.insert(0, str(REPO))
+from support.waiting import wait_for, wait_for_stats
+
 from protocol.binary_codes import Opcode, Status
 
 LAUNCHER = REPO / "tests" / "support" / "fault_server.py"
@@ -69,10 +70,7 @@ def _set_fault(server: FaultyStig, fault: str) -> None:
 
 def _wait_held(server: FaultyStig, timeout: float = 10.0) -> None:
     held = Path(str(server.faults) + ".held")  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    while not held.exists():
-        assert time.monotonic() < deadline, "no commit was held"
-        time.sleep(0.01)
+    wait_for(held.exists, bool, timeout, what="a held commit")
 
 
 def _others_still_served(server: FaultyStig) -> None:
@@ -141,10 +139,7 @@ def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind
     _set_fault(server, kind)
     with server.connect() as conn:
         conn.send(b"add alone 0 0 1 noreply\r\nx\r\n")
-        deadline = time.monotonic() + 10
-        while server.stats()["stig_failed_commits"] == "0":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for_stats(server, lambda s: s["stig_failed_commits"] != "0", what="a failed commit")
         _set_fault(server, "")
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"SERVER_ERROR " + ERRORS[kind] + b"\r\n"
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
@@ -182,10 +177,7 @@ def test_binary_quiet_failure_does_not_fail_the_next_loud_write(faulty, kind):
     assert conn.response().status == Status.NO_ERROR
     _set_fault(server, f"{kind} bq")
     conn.request(Opcode.AddQ, b"bq", b"1", b"\x00" * 8, opaque=2)
-    deadline = time.monotonic() + 10
-    while server.stats()["stig_failed_commits"] == "0":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for_stats(server, lambda s: s["stig_failed_commits"] != "0", what="a failed commit")
     _set_fault(server, "")
     conn.request(
         Opcode.Increment, b"n", extras=(1).to_bytes(8, "big") + bytes(8) + bytes(4), opaque=3
@@ -272,10 +264,7 @@ def test_writer_waiting_on_backpressure_is_told(faulty, kind):
         # Far more than the budget: the server stops reading this connection.
         conn.send(b"".join(b"set k%d 0 0 1000\r\n%b\r\n" % (i, value) for i in range(300)))
         conn.send(b"set last 0 0 1\r\nx\r\n")
-        deadline = time.monotonic() + 10
-        while server.stats()["stig_paused_connections"] == "0":
-            assert time.monotonic() < deadline, "the writer never paused"
-            time.sleep(0.02)
+        wait_for_stats(server, lambda s: s["stig_paused_connections"] != "0", what="a pause")
         _set_fault(server, kind)
         reply = conn.recv_until(None, timeout=10)
         assert reply.endswith(b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"), reply[-200:]
@@ -308,14 +297,9 @@ def test_writer_paused_by_commit_lag_is_told_without_sending_more(faulty, kind):
     with server.connect(timeout=10) as conn:
         assert conn.send_recv(b"set first 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
         _wait_held(server)
-        deadline = time.monotonic() + 10
-        while int(server.stats()["stig_commit_lag_ms"]) <= 50:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for_stats(server, lambda s: int(s["stig_commit_lag_ms"]) > 50, what="a lag > 50 ms")
         assert conn.send_recv(b"set second 0 0 1\r\ny\r\n", b"\r\n") == b"STORED\r\n"
-        while server.stats()["stig_paused_connections"] == "0":
-            assert time.monotonic() < deadline, "the writer never paused"
-            time.sleep(0.02)
+        wait_for_stats(server, lambda s: s["stig_paused_connections"] != "0", what="a pause")
         _set_fault(server, kind)
         assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
     _others_still_served(server)

@@ -11,7 +11,10 @@ import threading
 
 import pytest
 
-EXPTIME = b"CLIENT_ERROR exptime must be 0: Stig is a database and items never expire (see --ttl-policy)\r\n"
+EXPTIME = (
+    b"CLIENT_ERROR exptime must be 0: Stig is a database and items never expire"
+    b" (see --ttl-policy)\r\n"
+)
 
 
 def ask(conn, request: bytes) -> bytes:
@@ -271,7 +274,7 @@ def test_exactly_one_reader_wins_a_lease_across_connections(stig_server):
 
 def test_exactly_one_reader_wins_a_stale_item_across_connections(stig_server):
     conn = stig_server.connect()
-    for round_ in range(5):
+    for _round in range(5):
         ask(conn, b"ms hot 1\r\nv\r\nmd hot I\r\n")
         replies = _race(stig_server, b"mg hot v\r\n")
         assert sum(b" W" in reply for reply in replies) == 1, replies

@@ -18,24 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import pytest
+from support.waiting import wait_for, wait_until_read
 
 T = TypeVar("T")
-
-
-def wait_for(fetch: Callable[[], T], ready: Callable[[T], bool], timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if ready(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s; last value {value!r}")
-        time.sleep(0.005)
-
-
-def wait_until_read(server, sets: int) -> None:
-    """Until the server has executed ``sets`` sets in all (read, not just sent)."""
-    wait_for(lambda: int(server.stats()["cmd_set"]), lambda n: n >= sets)
 
 
 def run_threads(count: int, target: Callable[[int], T]) -> list[T]:
@@ -103,7 +88,7 @@ def test_noreply_run_is_invisible_until_closed_then_fully_visible(stig_factory):
     assert writer.send_recv(b"set closer 0 0 1\r\nc\r\n", b"\r\n") == b"STORED\r\n"
 
     def snapshot() -> dict:
-        seen = reader.get_many(keys + ["closer"])
+        seen = reader.get_many([*keys, "closer"])
         # All or nothing, whenever the reader looks.
         assert len(seen) in (0, len(keys) + 1), sorted(seen)
         return seen
@@ -171,7 +156,7 @@ def test_a_torn_command_at_disconnect_is_not_stored(stig_factory):
     marker.set("marker", b"1")
     server.settle()
     # docs/pov.md: a run ended by a connection dropped mid-command is discarded whole.
-    assert marker.get_many(keys + ["torn-last"]) == {}
+    assert marker.get_many([*keys, "torn-last"]) == {}
 
 
 def test_concurrent_noreply_runs_are_atomic(stig_server):

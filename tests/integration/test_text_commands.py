@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
+from support.waiting import wait_for_stats
 
 EXPTIME_REJECTED = (
     b"CLIENT_ERROR exptime must be 0: Stig is a database and items never expire"
@@ -569,11 +570,11 @@ def test_stats_connections_and_uptime(stig_server):
     for conn in conns:
         conn.send_recv(b"version\r\n", b"\r\n")
     # The earlier stats connections are gone once the server noticed they closed.
-    stats = _wait_for(stig_server.stats, lambda s: s["curr_connections"] == "4")
+    stats = wait_for_stats(stig_server, lambda s: s["curr_connections"] == "4")
     assert int(stats["total_connections"]) >= 5
     for conn in conns:
         conn.close()
-    _wait_for(stig_server.stats, lambda s: s["curr_connections"] == "1")
+    wait_for_stats(stig_server, lambda s: s["curr_connections"] == "1")
 
 
 def test_stats_stig_commit_counters(stig_server):
@@ -640,16 +641,3 @@ def test_stats_reset(stig_server):
     assert int(stig_server.stats()["cmd_get"]) == 1
     assert stig_server.send_recv(b"stats reset\r\n", b"\r\n") == b"RESET\r\n"
     assert int(stig_server.stats()["cmd_get"]) == 0
-
-
-def _wait_for(fetch, ready, timeout: float = 5.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if ready(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s; last value {value!r}")
-        time.sleep(0.01)

@@ -14,14 +14,12 @@ memcached given the very same bytes.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
+from support import memcached_ref
+from support.waiting import wait_for
 
 IO_TIMEOUT = 5.0
 
@@ -91,10 +89,11 @@ def test_commands_before_an_http_line_are_done(stig_server) -> None:
         assert conn.is_closed_by_peer()
         assert conn.buffer == b""
     # The run is committed after the hang-up; others see it once committed.
-    deadline = time.monotonic() + IO_TIMEOUT
-    while (reply := stig_server.send_recv(b"get k\r\n")) == b"END\r\n":
-        assert time.monotonic() < deadline, "the write before the HTTP line was lost"
-        time.sleep(0.01)
+    reply = wait_for(
+        lambda: stig_server.send_recv(b"get k\r\n"),
+        lambda reply: reply != b"END\r\n",
+        what="the write before the HTTP line, committed",
+    )
     assert reply == b"VALUE k 0 2\r\nhi\r\nEND\r\n"
 
 
@@ -108,32 +107,8 @@ def test_exact_replies(stig_server, request_bytes: bytes, reply: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def memcached() -> Iterator[tuple[str, int]]:
-    binary = shutil.which("memcached") or "/usr/bin/memcached"
-    if not os.path.exists(binary):
-        pytest.skip("memcached is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    process = subprocess.Popen(
-        [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", *user],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + IO_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.skip("memcached did not start")
-                time.sleep(0.05)
-        yield "127.0.0.1", port
-    finally:
-        process.kill()
-        process.wait()
+    with memcached_ref.memcached() as port:
+        yield memcached_ref.HOST, port
 
 
 @pytest.mark.parametrize("request_bytes", [*HTTP_LINES, *(request for request, _ in EXCHANGES)])

@@ -380,7 +380,7 @@ class PovMachine(RuleBasedStateMachine):
         self.model.queue = []
         event(f"commit: {min(len(queue), 3)}{'+' if len(queue) >= 3 else ''} runs")
         for run in queue:
-            for intent, outcome in zip(run.intents, run.promotion.outcomes or ()):
+            for intent, outcome in zip(run.intents, run.promotion.outcomes or (), strict=True):
                 event(f"at promotion: {type(intent.op).__name__} -> {outcome.value}")
         if self.engine.store.map_size > MAP_SIZE:
             event("map grown")
@@ -661,7 +661,7 @@ class PovMachine(RuleBasedStateMachine):
         probe = KEYS + KEYS[::-1]
         for s, session in enumerate(self.sessions):
             got = session.get_many(probe)
-            for key, item in zip(probe, got):
+            for key, item in zip(probe, got, strict=True):
                 view = self.model.view(s, key)
                 if view is not UNRESOLVED:
                     assert item == view, (s, key, _shown(item), _shown(view))
@@ -921,7 +921,7 @@ def test_incr_accepts_leading_zeros_like_memcached(engine: Engine) -> None:
     assert a.adjust(b"z", 1, True) == 8
     a.set(b"big", b"0" * 5 + b"1" * 21, 0)  # still > 20 significant digits
     assert a.adjust(b"big", 1, True) is Outcome.NON_NUMERIC
-    (promotion,) = _commit(a)
+    (_promotion,) = _commit(a)  # one run, one promotion
     assert engine.store.get(b"c").value == b"%d" % (U64 - 1)
     assert engine.store.get(b"z").value == b"8"
 

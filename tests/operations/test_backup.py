@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from opstools import data_path, run_stig
+from support.waiting import wait_for
 
 RUN_KEYS = 10  # keys per quiet run
 
@@ -80,9 +81,12 @@ def test_backup_under_write_load_restores_every_acknowledged_write(stig_factory,
     writers += [Writer(server.port, f"quiet{i}", False) for i in range(2)]
     for writer in writers:
         writer.start()
-    while any(len(w.acked) < 20 for w in writers):
-        assert not any(w.error for w in writers), [w.error for w in writers]
-        time.sleep(0.01)
+    wait_for(
+        lambda: [(len(w.acked), w.error) for w in writers],
+        lambda states: all(acked >= 20 for acked, _ in states) or any(e for _, e in states),
+        what="20 acknowledged writes per writer",
+    )
+    assert not any(w.error for w in writers), [w.error for w in writers]
     backup_dir = tmp_path / "backup"
     started = time.monotonic()
     result = run_stig("backup", str(backup_dir), "--data-dir", str(server.data_dir))

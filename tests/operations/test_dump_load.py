@@ -12,7 +12,8 @@ import sys
 import threading
 
 from conftest import REPO
-from opstools import exchange, memcached, run_stig
+from opstools import run_stig
+from support.memcached_ref import exchange, memcached
 
 from stig import dumpfmt
 
@@ -167,10 +168,10 @@ def test_dump_of_a_live_server_under_load_is_one_snapshot(stig_server):
         writer.stop.set()
         writer.join(30)
         assert writer.error is None, writer.error
-    assert any(w.runs > b for w, b in zip(writers, before))  # writes went on meanwhile
+    assert any(w.runs > b for w, b in zip(writers, before, strict=True))  # writes went on meanwhile
     for dump in dumps:
         items = _parse(dump)
-        for writer, done_before in zip(writers, before):
+        for writer, done_before in zip(writers, before, strict=True):
             first = int(items[b"a:" + writer.name_][0])
             last = int(items[b"z:" + writer.name_][0])
             assert first == last, "the two ends of the key space are from different moments"

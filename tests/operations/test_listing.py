@@ -15,7 +15,7 @@ import socket
 import subprocess
 
 import pytest
-from opstools import exchange, memcached
+from support.memcached_ref import exchange, memcached
 
 # Keys whose url-encoding shows memcached's rules: unreserved kept, the rest %XX.
 KEYS = [b"a", b"b:c", b"pct%20", b"t~i-l_d.e", b"UPPER9"]
@@ -24,6 +24,11 @@ SETUP = b"".join(b"set %b 5 0 3\r\nabc\r\n" % k for k in KEYS) + b"ms /w== 1 b\r
 
 def _load(port: int) -> None:
     exchange(port, SETUP + b"mn\r\n", b"MN\r\n")
+
+
+def _stat_names(reply: bytes) -> list[bytes]:
+    """The counter names of a ``stats …`` reply, in order."""
+    return [line.split(b" ")[1] for line in reply.split(b"\r\n") if line.startswith(b"STAT")]
 
 
 def _normalized_metadump(reply: bytes) -> list[bytes]:
@@ -76,10 +81,7 @@ def test_replies_match_memcached(stig_server):
         # stats items: the same counters in the same order, the same item count.
         ours = exchange(stig_port, b"stats items\r\n", b"END\r\n")
         theirs = exchange(mc_port, b"stats items\r\n", b"END\r\n")
-        names = lambda reply: [
-            line.split(b" ")[1] for line in reply.split(b"\r\n") if line.startswith(b"STAT")
-        ]
-        assert names(ours) == names(theirs)
+        assert _stat_names(ours) == _stat_names(theirs)
         assert b"STAT items:1:number 6\r\n" in ours and b"STAT items:1:number 6\r\n" in theirs
         # Errors and empty classes, exactly.
         for command, until in [

@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from opstools import exchange, free_port, wait_port
+from support.memcached_ref import exchange, free_port, wait_port
 
 from protocol.listing import url_decode
 

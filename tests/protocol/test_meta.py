@@ -8,6 +8,7 @@ checks that no token list can make the parser raise.
 from __future__ import annotations
 
 import base64
+import itertools
 
 import attrs
 import meta_memcache_socket as mmc
@@ -570,7 +571,7 @@ def keyed(draw: st.DrawFn, cls: type, **fields: st.SearchStrategy) -> object:
     opaque = draw(st.none() | opaques)
     if opaque is not None:
         position = draw(st.integers(0, len(returns)))
-        returns = returns[:position] + [R.OPAQUE] + returns[position:]
+        returns = [*returns[:position], R.OPAQUE, *returns[position:]]
     drawn = {name: draw(strategy) for name, strategy in fields.items()}
     return cls(
         key,
@@ -832,5 +833,5 @@ def test_meta_pipeline_gives_the_same_events_in_any_chunking() -> None:
 @given(st.lists(st.integers(min_value=0, max_value=len(PIPELINE)), max_size=12))
 def test_meta_pipeline_split_anywhere(cuts: list[int]) -> None:
     points = [0, *sorted(cuts), len(PIPELINE)]
-    chunks = [PIPELINE[a:b] for a, b in zip(points, points[1:])]
+    chunks = [PIPELINE[a:b] for a, b in itertools.pairwise(points)]
     assert _events(chunks) == _events([PIPELINE])

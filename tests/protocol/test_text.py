@@ -11,6 +11,8 @@ back to themselves.
 
 from __future__ import annotations
 
+import itertools
+
 import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -716,7 +718,7 @@ def test_rendered_command_parses_back(command: object) -> None:
 def test_any_chunking_gives_the_same_events(cmds: list[object], data: st.DataObject) -> None:
     stream = b"".join(map(render, cmds))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
-    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     assert outcome(chunks, SMALL) == cmds
     assert outcome(bytewise(stream), SMALL) == cmds
 
@@ -782,7 +784,7 @@ KNOWN_EVENTS = (
 @given(st.one_of(st.binary(max_size=2000), streams), st.data())
 def test_arbitrary_bytes_only_raise_protocol_error(stream: bytes, data: st.DataObject) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
-    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     whole = outcome([stream], SMALL)  # raises anything but ProtocolError
     assert outcome(chunks, SMALL) == whole
     for event in whole:
@@ -861,6 +863,8 @@ def _around(draw: st.DrawFn, plain: list[bytes], length_at: int) -> bytes:
 
 
 _SMALL = st.sampled_from([b"0", b"3", b"5", b"7"])
+#: Data lengths; 5 is over the max_item_size of two of _DIFFERENTIAL_LIMITS.
+_LENGTHS = st.sampled_from([b"0", b"1", b"3", b"4", b"5"])
 
 
 @st.composite
@@ -871,7 +875,7 @@ def _set_streams(draw: st.DrawFn) -> bytes:
         b"k",
         draw(_SMALL),
         draw(_SMALL),
-        draw(st.sampled_from([b"0", b"1", b"3", b"4"])),
+        draw(_LENGTHS),
     ]
     plain += draw(st.sampled_from([[], [b"noreply"]]))
     return draw(_around(plain, 4))
@@ -881,15 +885,16 @@ def _set_streams(draw: st.DrawFn) -> bytes:
 def _meta_set_streams(draw: st.DrawFn) -> bytes:
     """``ms`` lines around the plain shape the fast path takes."""
     flags = draw(st.lists(st.sampled_from([b"q", b"T0", b"T5", b"F0", b"F7"]), max_size=3))
-    plain = [b"ms", b"k", draw(st.sampled_from([b"0", b"1", b"3", b"4"])), *flags]
+    plain = [b"ms", b"k", draw(_LENGTHS), *flags]
     return draw(_around(plain, 2))
 
 
 _ANY_PIECE = st.one_of(
     *[_get_lines(), _set_streams(), _meta_set_streams()] * 3,  # what the fast paths take
     st.sampled_from(
-        [b"get a\r\n", b"get kkkkkkkkkk\n", b"get a b\r\n", b"get a\r\r\n", b"gets a\r\n", b"mn\r\n",
-         b"version\r\n", b"set k 0 0 3\r\nget\r\n", b"get a", b"get\r\n", b"\r\n", b"GET / HTTP/1.1\r\n",
+        [b"get a\r\n", b"get kkkkkkkkkk\n", b"get a b\r\n", b"get a\r\r\n", b"gets a\r\n",
+         b"mn\r\n", b"version\r\n", b"set k 0 0 3\r\nget\r\n", b"get a", b"get\r\n", b"\r\n",
+         b"GET / HTTP/1.1\r\n",
          b"get " + b"k" * 40 + b"\r\n", b"ms k 2 T0\r\nhi\r\n", b"set k 0 0 1 noreply\r\nx\r\n"]
     ),
     commands.map(render),
@@ -932,7 +937,7 @@ def test_fast_paths_give_the_general_paths_events(
 ) -> None:
     expected = _run(TextParser(limits, fast=False), [stream], False)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    chunked = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    chunked = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     for chunks in ([stream], bytewise(stream), chunked):
         assert _run(TextParser(limits, fast=False), chunks, False) == expected
         for with_plain_gets in (False, True):

@@ -172,7 +172,7 @@ class LazyMount:
             self.proc.wait(MOUNT_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise RigFailure(f"lazyfs did not exit:\n{self.out_path.read_text()}")
+            raise RigFailure(f"lazyfs did not exit:\n{self.out_path.read_text()}") from None
         self.proc = None
         self._unmount()
         return self._counters()
@@ -412,7 +412,8 @@ class PowerCutRun:
                 f"cut {self.cuts}: LMDB does not open as the cut left it: {error!r}"
             )
         self.log(
-            f"{self.protocol} cut {self.cuts} ({torn}{', frozen' if froze else ''}): acked groups so far {self.acked_groups}, "
+            f"{self.protocol} cut {self.cuts} ({torn}{', frozen' if froze else ''}): "
+            f"acked groups so far {self.acked_groups}, "
             f"pages dropped {counters['dropped_pages']} kept {counters['kept_pages']}, "
             f"failures so far {len(self.failures)}"
         )

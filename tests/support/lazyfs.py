@@ -251,7 +251,7 @@ class LazyFS(pyfuse3.Operations):
         try:
             st = os.fstat(data.fd) if data is not None else os.lstat(self._full(path))
         except (OSError, TypeError):
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
         entry = pyfuse3.EntryAttributes()
         for name in (
             "st_mode",

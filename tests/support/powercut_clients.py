@@ -151,9 +151,10 @@ class Client:
             ]
             self.lost += len(lost)
             if lost:
+                examples = [(k, _brief(self.state[k]), _brief(seen.get(k))) for k in lost[:3]]
                 problems.append(
                     f"{self.name.decode()}: {len(lost)} acknowledged writes lost or wrong, "
-                    f"e.g. (key, acknowledged, found) {[(k, _brief(self.state[k]), _brief(seen.get(k))) for k in lost[:3]]}"
+                    f"e.g. (key, acknowledged, found) {examples}"
                 )
             bad_cas = [k for k, c in self.cas.items() if k in observed and observed[k][1] != c]
             if bad_cas:
@@ -220,7 +221,8 @@ class Client:
 
 
 class TextClient(Client):
-    """Text protocol under --durable-acks: replying writes, noreply runs, incr/decr, add, cas, delete."""
+    """Text protocol under --durable-acks: replying writes, noreply runs, incr/decr, add,
+    cas, delete."""
 
     protocol = "text"
 
@@ -412,7 +414,8 @@ def _binary(
 
 
 class BinaryClient(Client):
-    """Binary protocol without --durable-acks: SetQ/DeleteQ/IncrementQ runs + No-op, loud Set/Add/Increment, cas."""
+    """Binary protocol without --durable-acks: SetQ/DeleteQ/IncrementQ runs + No-op,
+    loud Set/Add/Increment, cas."""
 
     protocol = "binary"
 
