@@ -1,0 +1,169 @@
+"""Every reply is bounded: runs of reads stream from one snapshot (docs/pov.md, "Bounds").
+
+Against a real server (subprocess).  A client that asks for a 1 MB value
+500 times over and never reads grows the server's peak RSS by less than
+:data:`GROWTH_BOUND_MIB` — whether it asks with a run of meta ``mg`` (loud or
+quiet), a binary GetK or GetKQ run, ``gat``/``gats`` of many keys or a
+multi-get while ``stats detail on`` (each built whole before: ~1.4 GiB).
+A pending binary GetKQ run costs at most ``--max-reply-bytes`` of memory.
+
+Streaming must keep what the whole reply promised: the replies in request
+order, and one snapshot per run — a run written by another connection and
+committed while a streamed reply is stalled on a client that does not read
+is not half-visible in it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import sys
+import time
+
+import pytest
+from conftest import REPO
+
+from protocol.binary import Opcode, decode_response, encode_request
+
+sys.path.insert(0, str(REPO / "scripts"))
+import flood
+
+#: --max-reply-bytes (1 MiB) of replies waiting, one item being written
+#: (1 MB, and its copies while it is formatted), socket buffers, allocator
+#: slack.  Measured 3.7–5.3 MiB; every one of these was ~1,430 MiB before.
+GROWTH_BOUND_MIB = 64
+
+
+def _binary(opcode: int, key: bytes = b"", opaque: int = 0) -> bytes:
+    return encode_request(opcode, key, opaque=opaque)
+
+
+BIG_RUNS = {
+    "mg": b"mg big v\r\n" * 500,
+    "mg quiet, then mn": b"mg big v q\r\n" * 500 + b"mn\r\n",
+    "binary GetKQ, then No-op": b"".join(_binary(Opcode.GetKQ, b"big", i) for i in range(500))
+    + _binary(Opcode.Noop),
+    "binary GetK": b"".join(_binary(Opcode.GetK, b"big", i) for i in range(500)),
+    "gats": b"gats 0" + b" big" * 500 + b"\r\n",
+    "gat": b"gat 0" + b" big" * 500 + b"\r\n",
+    "get while stats detail on": b"stats detail on\r\nget" + b" big" * 500 + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", BIG_RUNS.values(), ids=list(BIG_RUNS))
+def test_a_run_of_500_big_reads_that_is_never_read_is_bounded(request_bytes: bytes) -> None:
+    result = flood.big_reply(REPO, request_bytes)
+    assert result["peak_growth_mib"] < GROWTH_BOUND_MIB, result
+
+
+def test_a_pending_getkq_run_costs_at_most_the_reply_bound() -> None:
+    """200,000 GetKQ of a 1-byte key (5 MB of input, all silent misses) before
+    the No-op: the pending run is read every --max-reply-bytes (1 MiB) of its
+    memory cost (~224 B + key per request), not buffered whole (44 MiB before:
+    only key bytes were counted, against 256 KiB)."""
+    result = flood.pending_getq(REPO, 200_000)
+    assert result["peak_growth_mib"] < 16, result
+
+
+# -- order and one snapshot, while the reply streams ------------------------------
+
+KEYS = [b"k%03d" % i for i in range(300)]
+SIZE = 50_000  # 15 MB in all: more than loopback socket buffers hold (~4 MB)
+OLD, NEW = b"A" * SIZE, b"B" * SIZE
+
+
+def _text_pairs(reply: bytes) -> list[tuple[bytes, bytes]]:
+    pairs = []
+    for match in re.finditer(rb"VALUE (\S+) \d+ (\d+)(?: \d+)?\r\n", reply):
+        start = match.end()
+        pairs.append((match.group(1), reply[start : start + int(match.group(2))]))
+    return pairs
+
+
+def _meta_pairs(reply: bytes) -> list[tuple[bytes, bytes]]:
+    pairs = []
+    for match in re.finditer(rb"VA (\d+) k(\S+)\r\n", reply):
+        start = match.end()
+        pairs.append((match.group(2), reply[start : start + int(match.group(1))]))
+    return pairs
+
+
+def _binary_pairs(reply: bytes) -> list[tuple[bytes, bytes]]:
+    pairs, offset = [], 0
+    while True:
+        decoded = decode_response(reply, offset)
+        if decoded is None:
+            return pairs
+        response, offset = decoded
+        if response.opcode == Opcode.GetKQ:
+            pairs.append((response.key, response.value))
+
+
+RUNS = {
+    "mg": (b"".join(b"mg %b v k\r\n" % k for k in KEYS) + b"mn\r\n", b"MN\r\n", _meta_pairs),
+    "mg quiet": (
+        b"".join(b"mg %b v k q\r\n" % k for k in KEYS) + b"mn\r\n",
+        b"MN\r\n",
+        _meta_pairs,
+    ),
+    "binary GetKQ": (
+        b"".join(_binary(Opcode.GetKQ, k, i) for i, k in enumerate(KEYS))
+        + _binary(Opcode.Noop, opaque=0xABCD),
+        struct.pack(">I", 0xABCD) + bytes(8),
+        _binary_pairs,
+    ),
+    "gats": (b"gats 0 " + b" ".join(KEYS) + b"\r\n", b"END\r\n", _text_pairs),
+    "get": (b"get " + b" ".join(KEYS) + b"\r\n", b"END\r\n", _text_pairs),
+}
+
+
+def _wait_until_sending_stops(server) -> int:
+    """bytes_written once it has not moved for a while: the server is blocked
+    on the reader's full socket (polling `stats`, whose replies count too)."""
+    last, still = -1, 0
+    while still < 5:
+        time.sleep(0.1)
+        written = int(server.stats()["bytes_written"])
+        still = still + 1 if written - last < 16384 else 0
+        last = written
+    return last
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str) -> None:
+    request, terminator, pairs_of = RUNS[name]
+    # 300 pending GetKQ cost ~68 KB: under the bound, so the run is not split.
+    server = stig_factory("--max-reply-bytes", "256k")
+    with server.connect() as writer:
+        for key in KEYS:
+            writer.send(b"set %b 0 0 %d noreply\r\n%b\r\n" % (key, SIZE, OLD))
+        assert writer.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+
+        # A reader that asks for 15 MB of replies and does not read them yet:
+        # the server sends until the socket is full and stalls mid-run.
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        reader.connect((server.host, server.port))
+        reader.sendall(request)
+        before = int(server.stats()["bytes_written"])
+        stalled_at = _wait_until_sending_stops(server)
+        assert stalled_at - before < len(KEYS) * SIZE // 2, "the reply was not stalled mid-run"
+
+        # Meanwhile another connection rewrites every key in one run, committed.
+        for key in KEYS:
+            writer.send(b"set %b 0 0 %d noreply\r\n%b\r\n" % (key, SIZE, NEW))
+        assert writer.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+        assert writer.send_recv(b"get k299\r\n").endswith(NEW + b"\r\nEND\r\n")
+
+    reply = b""
+    reader.settimeout(60)
+    while not reply.endswith(terminator):
+        chunk = reader.recv(1 << 20)
+        assert chunk, reply[-200:]
+        reply += chunk
+    reader.close()
+    pairs = pairs_of(reply)
+    assert [key for key, _ in pairs] == KEYS  # every hit, in request order
+    # One snapshot, taken before the rewrite: none of it is visible.
+    assert [value == OLD for _, value in pairs] == [True] * len(KEYS)
