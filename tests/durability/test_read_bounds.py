@@ -167,3 +167,105 @@ def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str
     assert [key for key, _ in pairs] == KEYS  # every hit, in request order
     # One snapshot, taken before the rewrite: none of it is visible.
     assert [value == OLD for _, value in pairs] == [True] * len(KEYS)
+
+
+# -- the map grows under a streamed run ----------------------------------------------
+
+INTERRUPTED = b"read interrupted: the database map grew; read again"
+
+
+def _meta_answers(reply: bytes) -> list[bytes]:
+    """Per mg of the run, in order: its key (a hit) or b"ERROR" (the read was
+    interrupted), then b"MN"."""
+    answers, offset = [], 0
+    while offset < len(reply):
+        end = reply.index(b"\r\n", offset)
+        line = reply[offset:end]
+        offset = end + 2
+        if line.startswith(b"VA "):
+            size, key = line.split()[1:3]
+            offset += int(size) + 2
+            answers.append(key[1:])
+        elif line == b"SERVER_ERROR " + INTERRUPTED:
+            answers.append(b"ERROR")
+        else:
+            answers.append(line)
+    return answers
+
+
+def _binary_answers(reply: bytes) -> list[tuple[int, int, bytes]]:
+    """Each response's opaque, status and key (value for an error)."""
+    answers, offset = [], 0
+    while True:
+        decoded = decode_response(reply, offset)
+        if decoded is None:
+            assert offset == len(reply)
+            return answers
+        response, offset = decoded
+        answers.append((response.opaque, response.status, response.key or response.value))
+
+
+@pytest.mark.parametrize("protocol", ["meta", "binary"])
+def test_a_streamed_run_ends_cleanly_when_the_map_grows_under_it(stig_factory, protocol):
+    """Growing the LMDB map ends the snapshot a streamed run holds: every
+    command of the run is still answered once, in order — from the snapshot,
+    or with the "read interrupted" error — and the server goes on."""
+    # 300 pending GetKQ cost ~68 KB: under the bound, so the run is not split.
+    server = stig_factory("--map-size", "4m", "--max-reply-bytes", "128k")
+    size, count = 100_000, 100
+    value = b"m" * size
+    with server.connect(timeout=60) as conn:
+        for i in range(count):
+            conn.send(b"set k%03d 0 0 %d noreply\r\n%b\r\n" % (i, size, value))
+        assert conn.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    keys = [b"k%03d" % i for i in range(count)] * 3
+    if protocol == "meta":
+        request = b"".join(b"mg %b v k\r\n" % key for key in keys) + b"mn\r\n"
+        terminator = b"MN\r\n"
+    else:
+        request = b"".join(_binary(Opcode.GetKQ, key, i) for i, key in enumerate(keys))
+        request += _binary(Opcode.Noop, opaque=0xABCD)
+        terminator = struct.pack(">I", 0xABCD) + bytes(8)
+    start_map = int(server.stats()["limit_maxbytes"])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    sock.settimeout(60)
+    try:
+        sock.sendall(request)
+        reply = sock.recv(65536)
+        assert reply  # the run has begun
+        with server.connect(timeout=120) as writer:
+            start = 0
+            while int(server.stats()["limit_maxbytes"]) <= start_map:
+                writer.send(
+                    b"".join(
+                        b"set big%d 0 0 %d noreply\r\n%b\r\n" % (i, size, value)
+                        for i in range(start, start + 20)
+                    )
+                )
+                assert writer.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+                start += 20
+        while not reply.endswith(terminator):
+            chunk = sock.recv(1 << 20)
+            assert chunk, reply[-200:]
+            reply += chunk
+    finally:
+        sock.close()
+    if protocol == "meta":
+        answers = _meta_answers(reply)
+        assert answers[-1] == b"MN"
+        answered = answers.index(b"ERROR")
+        assert 0 < answered < len(keys)
+        assert answers[:answered] == keys[:answered]
+        assert answers[answered:-1] == [b"ERROR"] * (len(keys) - answered)
+    else:
+        answers = _binary_answers(reply)
+        assert answers[-1] == (0xABCD, 0, b"")
+        statuses = [status for _, status, _ in answers[:-1]]
+        answered = statuses.index(0x84)  # EINTERNAL
+        assert 0 < answered < len(keys)
+        assert [opaque for opaque, _, _ in answers[:-1]] == list(range(len(keys)))
+        assert [key for _, _, key in answers[:answered]] == keys[:answered]
+        assert answers[answered:-1] == [(i, 0x84, INTERRUPTED) for i in range(answered, len(keys))]
+    assert server.send_recv(b"get k007\r\n") == b"VALUE k007 0 %d\r\n%b\r\nEND\r\n" % (size, value)
