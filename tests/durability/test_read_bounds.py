@@ -71,6 +71,10 @@ def test_a_pending_getkq_run_costs_at_most_the_reply_bound() -> None:
 KEYS = [b"k%03d" % i for i in range(300)]
 SIZE = 50_000  # 15 MB in all: more than loopback socket buffers hold (~4 MB)
 OLD, NEW = b"A" * SIZE, b"B" * SIZE
+#: What the runs ask for: every key, and after every tenth one a missing key
+#: (a quiet miss says nothing; a loud mg miss is EN).
+ASKED = [key for i, k in enumerate(KEYS) for key in ((k, b"x%03d" % i) if i % 10 == 9 else (k,))]
+MISSES = len(ASKED) - len(KEYS)
 
 
 def _text_pairs(reply: bytes) -> list[tuple[bytes, bytes]]:
@@ -101,20 +105,20 @@ def _binary_pairs(reply: bytes) -> list[tuple[bytes, bytes]]:
 
 
 RUNS = {
-    "mg": (b"".join(b"mg %b v k\r\n" % k for k in KEYS) + b"mn\r\n", b"MN\r\n", _meta_pairs),
+    "mg": (b"".join(b"mg %b v k\r\n" % k for k in ASKED) + b"mn\r\n", b"MN\r\n", _meta_pairs),
     "mg quiet": (
-        b"".join(b"mg %b v k q\r\n" % k for k in KEYS) + b"mn\r\n",
+        b"".join(b"mg %b v k q\r\n" % k for k in ASKED) + b"mn\r\n",
         b"MN\r\n",
         _meta_pairs,
     ),
     "binary GetKQ": (
-        b"".join(_binary(Opcode.GetKQ, k, i) for i, k in enumerate(KEYS))
+        b"".join(_binary(Opcode.GetKQ, k, i) for i, k in enumerate(ASKED))
         + _binary(Opcode.Noop, opaque=0xABCD),
         struct.pack(">I", 0xABCD) + bytes(8),
         _binary_pairs,
     ),
-    "gats": (b"gats 0 " + b" ".join(KEYS) + b"\r\n", b"END\r\n", _text_pairs),
-    "get": (b"get " + b" ".join(KEYS) + b"\r\n", b"END\r\n", _text_pairs),
+    "gats": (b"gats 0 " + b" ".join(ASKED) + b"\r\n", b"END\r\n", _text_pairs),
+    "get": (b"get " + b" ".join(ASKED) + b"\r\n", b"END\r\n", _text_pairs),
 }
 
 
@@ -165,6 +169,12 @@ def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str
     reader.close()
     pairs = pairs_of(reply)
     assert [key for key, _ in pairs] == KEYS  # every hit, in request order
+    if name == "mg":
+        assert reply.count(b"\r\nEN k") == MISSES  # loud misses answered (EN kx009 …)
+    elif name == "binary GetKQ":
+        assert len(_binary_answers(reply)) == len(KEYS) + 1  # quiet misses: silent
+    else:
+        assert b"\r\nEN" not in reply.replace(b"\r\nEND\r\n", b"")  # quiet: silent
     # One snapshot, taken before the rewrite: none of it is visible.
     assert [value == OLD for _, value in pairs] == [True] * len(KEYS)
 
