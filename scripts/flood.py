@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -345,6 +346,36 @@ def big_reply(repo: Path, request: bytes) -> dict[str, object]:
     server.stop()
     return {
         "request_bytes": len(request),
+        "peak_base_mib": round(base, 1),
+        "peak_mib": round(peak, 1),
+        "peak_growth_mib": round(peak - base, 1),
+    }
+
+
+def pending_getq(repo: Path, count: int, key: bytes = b"k") -> dict[str, object]:
+    """One binary client sends ``count`` GetKQ of a missing key (no reply:
+    misses are silent), then a No-op; the server's peak RSS growth once the
+    No-op is answered (every request was read).  A pending GetQ run is
+    buffered until the run ends: this measures what that buffer costs."""
+    tmp = Path(tempfile.mkdtemp(prefix="stig-getq-"))
+    server = Server(repo, tmp / "data").start()
+    time.sleep(0.3)
+    base = server.rss_mib("VmHWM")
+    header = struct.Struct(">BBHBBHIIQ")
+    one = header.pack(0x80, 0x0D, len(key), 0, 0, 0, len(key), 0, 0) + key
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(one * count + header.pack(0x80, 0x0A, 0, 0, 0, 0, 0, 7, 0))
+        reply = b""
+        while len(reply) < 24:
+            chunk = sock.recv(65536)
+            assert chunk, "closed"
+            reply += chunk
+        assert reply[:2] == b"\x81\x0a" and len(reply) == 24, reply
+    peak = server.rss_mib("VmHWM")
+    server.stop()
+    return {
+        "requests": count,
+        "request_bytes": len(one) * count + 24,
         "peak_base_mib": round(base, 1),
         "peak_mib": round(peak, 1),
         "peak_growth_mib": round(peak - base, 1),

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import attrs
+import lmdb
 
 from protocol.binary import (
     BinaryParser,
@@ -65,6 +66,7 @@ from stig.ops import (
 from stig.promoter import Promotion
 from stig.records import Item
 from stig.session import CommitFailed, Session
+from stig.snapshot import READ_INTERRUPTED
 from stig.stats_report import general_stats, settings_stats
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
@@ -73,6 +75,10 @@ EXPTIME_REJECTED = "exptime must be 0: Stig is a database and items never expire
 FLUSH_DELAY = "flush_all delay must be 0: Stig items never expire"
 FLUSH_DISABLED = "flush_all not allowed"
 AUTHENTICATED = b"Authenticated"
+#: What one buffered GetQ/GetKQ costs in memory besides its key (its parsed
+#: request, measured with tracemalloc: ~206 B, and its list slot): a pending
+#: run is read once it holds ``--max-reply-bytes`` at this cost.
+GETQ_COST = 224
 
 Failures = dict[Outcome, Status]
 #: Per kind of write: the outcomes that are failures, and the status each gets
@@ -121,13 +127,14 @@ class BinaryHandler:
         self.parser = BinaryParser(engine.settings.limits)
         self.out = bytearray()
         self.closing = False
-        self.drain: Callable[[], Awaitable[None]] | None = None  # the connection's; unused here
         self.core = Core(engine, session)
         self.auth = engine.auth
         self.authenticated = self.auth is None
-        self._max_gets_bytes = engine.settings.limits.max_get_line_length
+        #: Sends what ``out`` holds so far (the connection sets it).
+        self.drain: Callable[[], Awaitable[None]] | None = None
+        self._reply_limit = engine.settings.max_reply_bytes
         self._gets: list[BinaryRequest] = []  # the open run of GetQ/GetKQ
-        self._gets_bytes = 0
+        self._gets_bytes = 0  # ... at its memory cost (GETQ_COST each, plus its key)
         self._checks: list[_QuietCheck] = []  # quiet conditionals of the open run
         self._verdicts: list[tuple[Promotion, list[_QuietCheck]]] = []  # closed runs' checks
         self._current: tuple[int, int] = (Opcode.Noop, 0)  # opcode and opaque being served
@@ -184,8 +191,8 @@ class BinaryHandler:
                 await self._fail(event, Status.AUTH_ERROR)
             elif opcode in _QUIET_GETS:
                 self._gets.append(event)
-                self._gets_bytes += len(event.key)
-                if self._gets_bytes > self._max_gets_bytes:
+                self._gets_bytes += len(event.key) + GETQ_COST
+                if self._gets_bytes > self._reply_limit:
                     await self._flush_gets()  # bounded memory: the snapshot run ends here
             else:
                 await self._flush_gets()
@@ -243,18 +250,36 @@ class BinaryHandler:
         await self._report_verdicts()
 
     async def _flush_gets(self) -> None:
-        """Read the buffered GetQ/GetKQ run in one snapshot and write its hits."""
+        """Read the buffered GetQ/GetKQ run in one snapshot and write its hits
+        in order, sending them whenever ``--max-reply-bytes`` wait (a client
+        that does not read is not read either: docs/pov.md, "Bounds")."""
         if not self._gets:
             return
         gets, self._gets, self._gets_bytes = self._gets, [], 0
         await self._settle()
-        items = await self.core.read([request.key for request in gets], with_cas=True)
+        core = self.core
         out = self.out
-        for request, item in zip(gets, items):  # noqa: B905 (hot path)
-            if item is not None:
-                out += get_response(
-                    request.opcode, request.opaque, item.flags, item.cas, item.value, request.key
-                )
+        limit = self._reply_limit
+        answered = 0
+        with await core.snapshot([request.key for request in gets], with_cas=True) as snapshot:
+            try:
+                for request in gets:
+                    if len(out) >= limit and self.drain is not None:
+                        await self.drain()
+                    key = request.key
+                    item = snapshot.item(key)
+                    core.count_read(key, item is not None)
+                    if item is not None:
+                        out += get_response(
+                            request.opcode, request.opaque, item.flags, item.cas, item.value, key
+                        )
+                        del item
+                    answered += 1
+            except lmdb.Error:  # Store.grow() ended the snapshot: the rest is not read
+                for request in gets[answered:]:
+                    out += error_response(
+                        request.opcode, request.opaque, Status.EINTERNAL, READ_INTERRUPTED
+                    )
 
     async def _fail(self, request: BinaryRequest, status: Status, message: str = "") -> None:
         """Answer a failed request: quiet ones leave the run open, loud ones close it."""

@@ -37,6 +37,7 @@ from stig.ops import (
 from stig.records import Item
 from stig.session import Session
 from stig.settings import TtlPolicy
+from stig.snapshot import Snapshot
 
 #: Why a non-zero TTL is refused (``--ttl-policy reject``), in every protocol.
 TTL_REFUSED = "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
@@ -190,6 +191,32 @@ class Core:
         if detail and self.prefixes.enabled:
             self.prefixes.record_gets(keys, [item is not None for item in items])
         return items
+
+    # -- streamed reads: one snapshot, the reply sent as it grows (reads) -------
+
+    async def snapshot(self, keys: Sequence[bytes], with_cas: bool = False) -> Snapshot:
+        """What :meth:`read` waits for (:meth:`prepare_read`), then its snapshot,
+        held: the caller reads ``keys`` from it one by one, counting each with
+        :meth:`count_read`, may send its reply and wait as it grows
+        (docs/pov.md, "Bounds"), and closes it."""
+        await self.prepare_read(keys, with_cas)
+        snapshot = self.session.snapshot()
+        snapshot.hold(keys)
+        return snapshot
+
+    def count_read(self, key: bytes, found: bool, touch: bool = False, detail: bool = True) -> None:
+        """Count one key read from a :meth:`snapshot`, as :meth:`read` counts its keys."""
+        stats = self.stats
+        stats.cmd_get += 1
+        if found:
+            stats.get_hits += 1
+        else:
+            stats.get_misses += 1
+        if touch:
+            stats.cmd_touch += 1
+            self.count_touch(found)
+        if detail and self.prefixes.enabled:
+            self.prefixes.record_gets((key,), (found,))
 
     # -- unconditional writes: answered from the POV ---------------------------
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import attrs
+import lmdb
 
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
@@ -78,6 +79,7 @@ from stig.ops import (
 from stig.promoter import Promotion
 from stig.records import WIN_SENT, Item
 from stig.session import CommitFailed, Session
+from stig.snapshot import READ_INTERRUPTED
 
 TTL_REJECTED = client_error(TTL_REFUSED)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)
@@ -133,6 +135,10 @@ class MetaHandler:
         self._next_event = next_event  # the parser's, to read a run of mg ahead
         self._open: list[_QuietCheck] = []  # quiet conditionals of the open run
         self._closed: list[_QuietCheck] = []  # ... of closed runs, not reported yet
+        #: Sends what ``out`` holds so far (the text handler sets it): a run
+        #: of mg sends its replies as they grow.
+        self.drain: Callable[[], Awaitable[None]] | None = None
+        self._reply_limit = core.engine.settings.max_reply_bytes
         session.on_close = self._run_closed
         #: command type -> a function that executes the command and returns
         #: None (done, nothing to wait for) or an awaitable giving what
@@ -248,7 +254,12 @@ class MetaHandler:
     # -- mg: a run of them reads one snapshot ------------------------------------
 
     async def _get_run(self, first: MetaGet) -> object | None:
-        """Read ``first`` and every mg right behind it in one snapshot."""
+        """Read ``first`` and every mg right behind it in one snapshot.
+
+        The run is what the parser holds (at most one receive of input), so
+        its commands cost memory in proportion to that input; its replies are
+        sent as they grow (:meth:`_get_many`)."""
+        mark = len(self.out)  # where this run's replies begin
         commands = [first]
         leftover: object | None = None
         error: ProtocolError | None = None
@@ -262,36 +273,54 @@ class MetaHandler:
                 leftover = None if event is NEED_DATA else event
                 break
             commands.append(event)
-        await self._get_many(commands)
+        await self._get_many(commands, mark)
         if error is not None:
             raise error
         return leftover
 
-    async def _get_many(self, commands: list[MetaGet]) -> None:
-        readable = [c for c in commands if not self._ttl_refused(c.ttl, c.vivify_ttl)]
-        items: dict[int, Item | None] = {}
-        if readable:
+    async def _get_many(self, commands: list[MetaGet], mark: int) -> None:
+        """Answer a run of mg from one snapshot, in order, sending the replies
+        whenever ``--max-reply-bytes`` of them wait (a client that does not
+        read them is not read either): a run never holds more than that bound
+        plus one reply (docs/pov.md, "Bounds")."""
+        refused = [self._ttl_refused(c.ttl, c.vivify_ttl) for c in commands]
+        keys = [c.key for c, no in zip(commands, refused, strict=True) if not no]
+        out = self.out
+        if not keys:
+            for _command in commands:
+                out += TTL_REJECTED
+            return
+        core = self.core
+        try:
+            await core.prepare_read(keys, any(c.wants(ReturnFlag.CAS) for c in commands))
+        except CommitFailed as exc:
+            out += server_error(str(exc))
+            return
+        if self._closed:  # the read closed a run: its quiet failures come first,
+            await self.report_quiet_failures(mark)  # before any reply is sent
+        limit = self._reply_limit
+        index = 0
+        with self.session.snapshot() as snapshot:
+            snapshot.hold(keys)  # a win or a lease awaits its commit; replies are sent
             try:
-                found = await self.core.read(
-                    [c.key for c in readable],
-                    with_cas=any(c.wants(ReturnFlag.CAS) for c in readable),
-                    detail=False,
-                )
-            except CommitFailed as exc:
-                self.out += server_error(str(exc))
-                return
-            items = {id(c): item for c, item in zip(readable, found)}  # noqa: B905 (hot path)
-            for command, item in zip(readable, found):  # noqa: B905 (hot path)
-                if item is not None and self.core.expired(command.ttl):
-                    self.core.remove(command.key)  # touched to a time past: answered, then gone
-        for command in commands:
-            if id(command) not in items:
-                self.out += TTL_REJECTED
-                continue
-            try:
-                await self._get_one(command, items[id(command)])
-            except CommitFailed as exc:
-                self.out += server_error(str(exc))
+                for index, command in enumerate(commands):
+                    if len(out) >= limit and self.drain is not None:
+                        await self.drain()
+                    if refused[index]:
+                        out += TTL_REJECTED
+                        continue
+                    item = snapshot.item(command.key)
+                    core.count_read(command.key, item is not None, detail=False)
+                    if item is not None and core.expired(command.ttl):
+                        core.remove(command.key)  # touched to a time past: answered, then gone
+                    try:
+                        await self._get_one(command, item)
+                    except CommitFailed as exc:
+                        out += server_error(str(exc))
+                    del item
+            except lmdb.Error:  # Store.grow() ended the snapshot: the rest is not read
+                for _command in commands[index:]:
+                    out += server_error(READ_INTERRUPTED)
 
     async def _get_one(self, command: MetaGet, item: Item | None) -> None:
         """Answer one mg from the item the snapshot gave; hand out a win if due."""

@@ -49,6 +49,7 @@ from stig.ops import (
 )
 from stig.promoter import Promotion
 from stig.records import Item
+from stig.snapshot import Snapshot
 
 #: Bytes of bookkeeping counted per pending write (op, overlay entry, dict
 #: slots) and per closed run (its Promotion and per-key map), on top of the
@@ -123,14 +124,16 @@ class Session:
 
     def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
         """Every key as of one snapshot, with this session's writes laid over it."""
-        items = self._store.get_many(keys)
-        if self._overlay:
-            overlay = self._overlay
-            for index, key in enumerate(keys):
-                pending = overlay.get(key)
-                if pending is not None:
-                    items[index] = pending.item
-        return items
+        with self.snapshot() as snapshot:
+            item = snapshot.item
+            return [item(key) for key in keys]
+
+    def snapshot(self) -> Snapshot:
+        """The one way to read a run of keys: one LMDB snapshot with this
+        session's writes laid over it, giving items or raw values, and kept
+        across awaits when its reply is sent as it grows (stig/snapshot.py).
+        Close it (``with``) when done."""
+        return Snapshot(self._store, self._overlay)
 
     # -- other sessions' acknowledged writes (stig/visibility.py) -------------
 

@@ -34,13 +34,14 @@ from protocol.commands import (
 from protocol.errors import InvalidCommand, ProtocolError
 from protocol.text import QuietError, TextParser
 from stig import listing
+from stig import snapshot as snapshot_read
 from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE
 from stig.core import TTL_REFUSED, Core, expired_variant
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.meta_handler import MetaHandler
 from stig.ops import Add, Cas, Clear, Op, Outcome, Replace
-from stig.records import HEADER, Item
 from stig.session import CommitFailed, Session
+from stig.snapshot import Snapshot
 from stig.stats_report import general_stats, settings_stats
 from stig.tls import TlsError
 
@@ -55,7 +56,7 @@ AUTH_BAD_FORMAT = R.client_error("bad authentication token format")
 DETAIL_USAGE = R.client_error("usage: stats detail on|off|dump")
 TLS_OFF = b"Error TLS not enabled\r\n"  #: memcached's words, as they are
 #: A multi-get's snapshot ended by Store.grow() while its reply was being sent.
-READ_INTERRUPTED = R.server_error("read interrupted: the database map grew; read again")
+READ_INTERRUPTED = R.server_error(snapshot_read.READ_INTERRUPTED)
 #: _answer_now's "not answered here" (None means "answered, nothing to await").
 _NOT_NOW = object()
 
@@ -107,6 +108,7 @@ class TextHandler:
             QuietError: self._quiet_error,  # type: ignore[dict-item]
         }
         self.meta = MetaHandler(self.core, session, self.out, self.parser.next_event)
+        self.meta.drain = self._drain_out
         # Each meta command type straight to its handler (which returns None
         # when done at once, or an awaitable), saving a coroutine per command.
         self._dispatch.update(self.meta.handlers)
@@ -164,6 +166,11 @@ class TextHandler:
             return _NOT_NOW
         return self._read_run([event], event.with_cas)
 
+    async def _drain_out(self) -> None:
+        """Send what ``out`` holds (for the meta handler: a run of mg streams)."""
+        if self.drain is not None:
+            await self.drain()
+
     def _login(self, event: object) -> None:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
         with ``user password`` as data logs in; anything else is refused."""
@@ -218,15 +225,37 @@ class TextHandler:
             self.session.close_run()
             self.out += EXPTIME_REJECTED
             return
+        await self._read_streamed(command)
+
+    async def _read_streamed(self, command: Retrieve) -> None:
+        """The general read (``gat``/``gats``, any get while ``stats detail
+        on``): one snapshot held while the reply is sent as it grows, so a few
+        bytes of request never hold more than ``--max-reply-bytes`` plus one
+        item of reply (docs/pov.md, "Bounds")."""
+        core = self.core
         keys = command.keys
-        items = await self.core.read(keys, with_cas=command.with_cas, touch=command.touch)
-        if command.touch and self.core.expired(command.exptime):
-            self.core.expire_found(keys, items)  # answered, then gone (memcached)
+        with_cas = command.with_cas
+        touch = command.touch
+        expired = touch and core.expired(command.exptime)
         out = self.out
-        for key, item in zip(keys, items):  # noqa: B905 (hot path)
-            if item is not None:
-                out += R.value(key, item.flags, item.value, item.cas if command.with_cas else None)
-        out += R.END
+        limit = self._reply_limit
+        with await core.snapshot(keys, with_cas) as snapshot:
+            try:
+                for key in keys:
+                    if len(out) >= limit and self.drain is not None:
+                        await self.drain()
+                    item = snapshot.item(key)
+                    core.count_read(key, item is not None, touch=touch)
+                    if item is not None:
+                        out += R.value(key, item.flags, item.value, item.cas if with_cas else None)
+                        del item
+                        if expired:
+                            core.remove(key)  # touched to a time already past: answered, then gone
+                out += R.END
+            except lmdb.Error:  # Store.grow() ended the snapshot under us
+                out += READ_INTERRUPTED
+            except CommitFailed as exc:  # the drain found this session's writes lost
+                out += R.server_error(str(exc))
 
     def _read_run(self, commands: Sequence[Retrieve], with_cas: bool) -> Awaitable[None] | None:
         """Answer a get or gets, and the plain gets pipelined right behind it,
@@ -248,29 +277,26 @@ class TextHandler:
         flight the general way.
 
         A get of many keys whose reply passes ``--max-reply-bytes`` is not
-        built whole: the snapshot is kept (registered in
-        ``Store.long_reads``, like a key listing) and the awaitable returned
-        (:meth:`_rest_of_get`) writes and sends the rest of that reply from
-        it, so a few bytes of request never hold more than the bound plus
-        one item of reply.
+        built whole: the snapshot is held (:meth:`stig.snapshot.Snapshot.hold`)
+        and the awaitable returned (:meth:`_rest_of_get`) writes and sends
+        the rest of that reply from it, so a few bytes of request never hold
+        more than the bound plus one item of reply.
         """
         out = self.out
         session = self.session
-        overlay = session.overlay
         parser = self.parser
         limit = self._reply_limit
         # No write in flight anywhere (the common case): no get read ahead
         # needs a check of its own.  Nothing changes that during this call.
         all_clear = session.sees_acked()
         sees_acked = session.sees_acked
-        unpack = HEADER.unpack_from
         end = R.END
         count = hits = 0
         ahead = False  # whether ``commands`` were read ahead (and need the checks)
-        txn = self._db.read_txn()
+        snapshot = session.snapshot()
+        parts = snapshot.parts
         handed_over = False
         try:
-            get = txn.get
             while True:
                 for index, command in enumerate(commands):
                     keys = command.keys
@@ -281,29 +307,17 @@ class TextHandler:
                         # The commonest line, one key: its reply in one piece.
                         key = keys[0]
                         count += 1
-                        if overlay and key in overlay:
-                            item = overlay[key].item
-                            if item is None:
-                                out += end
-                            else:
-                                hits += 1
-                                out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
-                                    key,
-                                    item.flags,
-                                    len(item.value),
-                                    item.value,
-                                )
-                            continue
-                        record = get(key)
-                        if record is None:
+                        found = parts(key)
+                        if found is None:
                             out += end
                         else:
                             hits += 1
-                            out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (
+                            flags, _cas, value = found
+                            out += b"VALUE %b %d %d\r\n%b\r\nEND\r\n" % (  # type: ignore[str-format]  # %b takes any buffer
                                 key,
-                                unpack(record)[0],
-                                len(record) - 13,
-                                record[13:],
+                                flags,
+                                len(value),
+                                value,
                             )
                         continue
                     count += len(keys)
@@ -312,39 +326,27 @@ class TextHandler:
                             # A big reply: the rest from this snapshot, sent as it grows.
                             parser.give_back(commands[index + 1 :])
                             rest = keys[position:]
-                            mine = {k: overlay[k].item for k in rest if k in overlay}
-                            self._db.long_reads.add(txn)
+                            snapshot.hold(rest)
                             handed_over = True
-                            return self._rest_of_get(txn, rest, mine, with_cas)
-                        if overlay and key in overlay:
-                            item = overlay[key].item
-                            if item is not None:
-                                hits += 1
-                                out += b"VALUE %b %d %d\r\n%b\r\n" % (
-                                    key,
-                                    item.flags,
-                                    len(item.value),
-                                    item.value,
-                                )
-                            continue
-                        record = get(key)
-                        if record is not None:
+                            return self._rest_of_get(snapshot, rest, with_cas)
+                        found = parts(key)
+                        if found is not None:
                             hits += 1
+                            flags, cas, value = found
                             if with_cas:
-                                flags, cas, _state = unpack(record)
-                                out += b"VALUE %b %d %d %d\r\n%b\r\n" % (
+                                out += b"VALUE %b %d %d %d\r\n%b\r\n" % (  # type: ignore[str-format]  # %b takes any buffer
                                     key,
                                     flags,
-                                    len(record) - 13,
+                                    len(value),
                                     cas,
-                                    record[13:],
+                                    value,
                                 )
                             else:
-                                out += b"VALUE %b %d %d\r\n%b\r\n" % (
+                                out += b"VALUE %b %d %d\r\n%b\r\n" % (  # type: ignore[str-format]  # %b takes any buffer
                                     key,
-                                    unpack(record)[0],
-                                    len(record) - 13,
-                                    record[13:],
+                                    flags,
+                                    len(value),
+                                    value,
                                 )
                     out += end
                 if with_cas:
@@ -355,24 +357,17 @@ class TextHandler:
                 ahead = True
         finally:
             if not handed_over:
-                txn.abort()
+                snapshot.close()
             stats = self.core.stats
             stats.cmd_get += count
             stats.get_hits += hits
             stats.get_misses += count - hits
         return None
 
-    async def _rest_of_get(
-        self,
-        txn: lmdb.Transaction[bytes],
-        keys: Sequence[bytes],
-        mine: dict[bytes, Item | None],
-        with_cas: bool,
-    ) -> None:
+    async def _rest_of_get(self, snapshot: Snapshot, keys: Sequence[bytes], with_cas: bool) -> None:
         """The rest of a big multi-get's reply (see :meth:`_read_run`): each
-        key from the snapshot ``txn`` (or this session's write of it,
-        ``mine``, taken before the first send: a commit meanwhile moves it
-        out of the overlay), sending whenever ``--max-reply-bytes`` wait.
+        key from the held ``snapshot``, sending whenever ``--max-reply-bytes``
+        wait.
 
         Ends the snapshot.  If :meth:`stig.store.Store.grow` ended it first,
         the reply ends with ``SERVER_ERROR read interrupted …`` instead of
@@ -381,43 +376,30 @@ class TextHandler:
         """
         out = self.out
         limit = self._reply_limit
-        unpack = HEADER.unpack_from
+        parts = snapshot.parts
         hits = 0
         try:
             for key in keys:
                 if len(out) >= limit and self.drain is not None:
                     await self.drain()
-                if key in mine:
-                    item = mine[key]
-                    if item is not None:
-                        hits += 1
-                        out += b"VALUE %b %d %d\r\n%b\r\n" % (
-                            key,
-                            item.flags,
-                            len(item.value),
-                            item.value,
-                        )
-                    continue
-                record = txn.get(key)
-                if record is not None:
+                found = parts(key)
+                if found is not None:
                     hits += 1
-                    flags, cas, _state = unpack(record)
+                    flags, cas, value = found
                     if with_cas:
-                        out += b"VALUE %b %d %d %d\r\n" % (key, flags, len(record) - 13, cas)
+                        out += b"VALUE %b %d %d %d\r\n" % (key, flags, len(value), cas)
                     else:
-                        out += b"VALUE %b %d %d\r\n" % (key, flags, len(record) - 13)
-                    out += memoryview(record)[13:]
+                        out += b"VALUE %b %d %d\r\n" % (key, flags, len(value))
+                    out += value
                     out += b"\r\n"
-                    del record
+                    del found, value
             out += R.END
         except lmdb.Error:  # Store.grow() ended the snapshot under us
             out += READ_INTERRUPTED
         except CommitFailed as exc:  # the drain found this session's writes lost
             out += R.server_error(str(exc))
         finally:
-            self._db.long_reads.discard(txn)
-            with contextlib.suppress(lmdb.Error):
-                txn.abort()
+            snapshot.close()
             stats = self.core.stats
             stats.get_hits += hits
             stats.get_misses -= hits

@@ -1,0 +1,123 @@
+"""One snapshot read: a run of keys from one LMDB snapshot, a session's writes laid over it.
+
+Every read of a run of keys — a text multi-get, the get lines pipelined
+behind it, a run of meta ``mg``, a binary GetQ/GetKQ run, ``gat``/``gats``
+— goes through a :class:`Snapshot` (made by :meth:`stig.session.Session.snapshot`),
+so that no handler knows how a record is laid out in LMDB (:mod:`stig.records`).
+
+A snapshot answers a key with its :class:`~stig.records.Item`
+(:meth:`Snapshot.item`), or, on the hot path of a text get, with its client
+flags, cas and value without building one (:meth:`Snapshot.parts`).
+
+While nothing awaits, the session's overlay is read as it is.  A reply too
+big to build whole is sent as it grows, so its snapshot must outlive an
+``await``: :meth:`Snapshot.hold` first copies this session's uncommitted
+writes to the keys still to be read (a commit meanwhile moves them out of
+the overlay, and the snapshot predates that commit), then registers the
+read transaction in ``Store.long_reads`` as a key listing does, so that
+:meth:`stig.store.Store.grow` can end it before it remaps the file.  A read
+of a snapshot that ``grow()`` ended raises ``lmdb.Error``: the handler ends
+its reply with :data:`READ_INTERRUPTED` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import lmdb
+
+from stig.records import HEADER, Item, decode
+from stig.store import Store
+
+#: The error line (text, meta) or message (binary) for a read whose snapshot
+#: ``Store.grow()`` ended while its reply was being sent.
+READ_INTERRUPTED = "read interrupted: the database map grew; read again"
+
+_unpack = HEADER.unpack_from
+_HEADER_SIZE = HEADER.size
+#: From this size on a value is handed out as a view of its record, not a copy.
+_VIEW_FROM = 4096
+
+
+class _Pending(Protocol):
+    @property
+    def item(self) -> Item | None: ...
+
+
+class Snapshot:
+    """Items of one LMDB snapshot, with one session's uncommitted writes over it."""
+
+    __slots__ = ("_get", "_mine", "_overlay", "_store", "_txn", "held")
+
+    def __init__(self, store: Store, overlay: Mapping[bytes, _Pending]) -> None:
+        self._store = store
+        self._txn = store.read_txn()
+        self._get = self._txn.get
+        self._overlay = overlay  # live: read as it is while nothing awaits
+        self._mine: dict[bytes, Item | None] | None = None  # frozen by hold()
+        self.held = False
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _mine_of(self, key: bytes) -> tuple[bool, Item | None]:
+        """This session's uncommitted write of ``key``: (found, item or None)."""
+        mine = self._mine
+        if mine is not None:
+            if key in mine:
+                return True, mine[key]
+            return False, None
+        overlay = self._overlay
+        if overlay:
+            pending = overlay.get(key)
+            if pending is not None:
+                return True, pending.item
+        return False, None
+
+    def item(self, key: bytes) -> Item | None:
+        """``key``'s item in this snapshot (this session's own write first), or None."""
+        found, item = self._mine_of(key)
+        if found:
+            return item
+        record = self._get(key)
+        return None if record is None else decode(record)
+
+    def parts(self, key: bytes) -> tuple[int, int, bytes | memoryview] | None:
+        """``key``'s client flags, cas and value, or None: the hot path of a
+        text get, which needs no :class:`Item`.  A big value is a view of its
+        record (no second copy); it stays valid after the snapshot ends."""
+        found, item = self._mine_of(key)
+        if found:
+            return None if item is None else (item.flags, item.cas, item.value)
+        record = self._get(key)
+        if record is None:
+            return None
+        flags, cas, _state = _unpack(record)
+        if len(record) < _VIEW_FROM:
+            return flags, cas, record[_HEADER_SIZE:]
+        return flags, cas, memoryview(record)[_HEADER_SIZE:]
+
+    def hold(self, keys: Iterable[bytes]) -> None:
+        """Keep this snapshot across awaits, to read ``keys`` (and only them) later.
+
+        Copies this session's uncommitted writes to ``keys`` now, and
+        registers the snapshot so that ``Store.grow()`` can end it.
+        """
+        if self.held:
+            return
+        overlay = self._overlay
+        self._mine = {k: overlay[k].item for k in keys if k in overlay} if overlay else {}
+        self._store.long_reads.add(self._txn)
+        self.held = True
+
+    def close(self) -> None:
+        """End the snapshot (also when ``Store.grow()`` already ended it)."""
+        if self.held:
+            self._store.long_reads.discard(self._txn)
+        with contextlib.suppress(lmdb.Error):
+            self._txn.abort()
