@@ -489,7 +489,8 @@ def check(data_dir: Path, quiet: bool) -> None:
 def dump(data_dir: Path | None, server: str | None, output, batch: int, quiet: bool) -> None:
     """Write every item as a stream of memcached meta commands.
 
-    The stream is 'ms <base64 key> <length> b F<flags> q' commands with
+    The stream is 'ms <key> <length> F<flags> q' commands (the key in
+    base64, with the flag 'b', when it holds a space or control byte) with
     'mn' barriers (docs/operations.md#dump-format), so 'stig load' — or any
     memcached-protocol server — can replay it.  Give exactly one source.
 

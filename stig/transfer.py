@@ -18,7 +18,6 @@ never in the server.
 
 from __future__ import annotations
 
-import base64
 import socket
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -176,7 +175,7 @@ def _listed_keys(conn: _Conn) -> Iterator[bytes]:
 
 def _fetched(conn: _Conn, keys: list[bytes]) -> Iterator[DumpItem]:
     """Values and flags of ``keys`` by pipelined ``mg``; keys gone meanwhile are skipped."""
-    conn.send(b"".join(b"mg %b b f v\r\n" % base64.b64encode(k) for k in keys))
+    conn.send(b"".join(b"mg %b%b f v\r\n" % dumpfmt.key_token(k) for k in keys))
     for key in keys:
         line = conn.line()
         if line.startswith(b"VA "):
@@ -340,8 +339,9 @@ def _name_refused(conn: _Conn, group: list[DumpItem], report: TransferReport) ->
     ``ERROR`` for the value it did not read) cannot shift the next one, and
     record the ones refused."""
     for key, value, flags in group:
+        token, b_flag = dumpfmt.key_token(key)
         conn.send(
-            b"ms %b %d b F%d\r\n%b\r\n" % (base64.b64encode(key), len(value), flags, value)
+            b"ms %b %d%b F%d\r\n%b\r\n" % (token, len(value), b_flag, flags, value)
             + dumpfmt.BARRIER
         )
         replies = []
