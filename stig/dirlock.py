@@ -12,7 +12,7 @@ The kernel drops the lock when the process exits, however it ends, so a
 crash never leaves a stale lock behind (the file itself stays, empty).
 
 Permissions: a database's files are private.  A data directory this creates
-gets mode 0700 and the lock file 0600 (less if the umask says so); the data
+gets mode 0700 and the lock file 0600 (a umask cannot widen them); the data
 files LMDB creates get 0600 too (:class:`stig.store.Store`).  Existing
 directories and files keep their mode.
 """
@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 
 LOCK_NAME = "stig.lock"
-#: Mode of the files Stig creates in a data directory or a backup (before the umask).
+#: Mode of the files Stig creates in a data directory or a backup.
 FILE_MODE = 0o600
-#: Mode of the directories Stig creates (before the umask).
+#: Mode of the directories Stig creates.
 DIR_MODE = 0o700
 
 
