@@ -8,7 +8,8 @@ class (class 1) holding every item, in memcached 1.6.18's exact formats
 
 * metadump: ``key=<url-encoded> exp=-1 la=<time> cas=<cas> fetch=no cls=1
   size=<bytes>`` lines ended by a bare ``\\n``, then ``END\\r\\n``;
-* cachedump: ``ITEM <key> [<value bytes> b; 0 s]\\r\\n`` lines, then ``END``;
+* cachedump: ``ITEM <key> [<value bytes> b; 0 s]\\r\\n`` lines, then ``END``,
+  for the keys a text line can carry (:func:`cachedump_line`);
 * ``stats items``: memcached's ``items:1:…`` counters.
 """
 
@@ -62,8 +63,22 @@ def metadump_line(key: bytes, cas: int, size: int, last_access: int) -> bytes:
     return line % (url_encode(key), last_access, cas, size)
 
 
-def cachedump_line(key: bytes, value_length: int) -> bytes:
-    """One ``stats cachedump`` line: the raw key, the value's length, no expiry."""
+# The bytes a text-protocol key cannot hold (protocol.text_commands.valid_key).
+_NOT_IN_TEXT_KEYS = re.compile(rb"[\x00-\x20\x7f]")
+
+
+def cachedump_line(key: bytes, value_length: int) -> bytes | None:
+    """One ``stats cachedump`` line: the raw key, the value's length, no expiry.
+
+    None (the key is left out) when the key holds a space, a control byte
+    or DEL — only binary and base64 meta keys can: printed raw, ``\\r\\n``
+    or a space would break the line and ``memcdump``'s parsing of every
+    later one, and the text protocol could not name the key anyway.
+    memcached 1.6.18 likewise leaves out every key stored base64 (its
+    ``ITEM_KEY_BINARY``); ``lru_crawler metadump`` lists them all, URL-encoded.
+    """
+    if _NOT_IN_TEXT_KEYS.search(key) is not None:
+        return None
     return b"ITEM %b [%d b; 0 s]\r\n" % (key, value_length)
 
 

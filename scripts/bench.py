@@ -28,6 +28,10 @@ scale workload on Stig (bulk load, bytes per key on disk, RSS,
 restart-to-first-reply; 10M keys in full mode, 100k with ``--quick``) and, in
 full mode, memcaslap and redis-benchmark as second-opinion clients.
 
+The ``transport`` rows run :mod:`transport_bench`: Stig over TCP, TLS and a
+unix socket with the same client (``stig tcp|tls|unix``, get and set at
+d=16), each compared with ``stig tcp``.
+
 All figures come from one run on one machine whose 2 cores are shared by the
 server, the Python client and anything else running: read them as ratios
 (the "vs reference" column), and check "other CPU s" for interference.
@@ -55,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import extra_clients
 import loadgen
 import servers
+import transport_bench
 from loadgen import LoadSpec, connect, exchange_once, preload, probe, run
 from procstat import peak_rss_mib, rss_mib, status_kib, wait_quiet
 from report import Row, assign_ratios, table
@@ -62,7 +67,9 @@ from servers import SCRIPTS, SERVERS, RunningServer, ServerSpec, StartError
 from wire import Exchange, codec, key_for
 from workloads import build_exchange
 
-WORKLOAD_CHOICES = ("get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb", "pooled")
+WORKLOAD_CHOICES = (
+    "get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb", "pooled", "transport"
+)  # fmt: skip
 P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
 P99_SERVERS = ("stig", "memcached")  # driven at the same fixed rate, back to back
 BATCH_MIN_WINDOW = 3.0  # seconds: the shortest measured window of a batch row (not in smoke)
@@ -945,6 +952,8 @@ def main(argv: list[str] | None = None) -> int:
         scale_rows = bench_scale(plan, say)
         rows += scale_rows
     assign_ratios(rows, plan.batch_size)
+    if plan.wants("transport") and "stig" in plan.servers:  # compared with stig tcp, not refs
+        rows += transport_bench.bench_rows(plan.duration, say, plan.out_of_time)
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = round(time.monotonic() - t0, 1)
 
@@ -992,7 +1001,11 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu_set_over_get": ratios,
                     # every process the run started (servers, load-generator workers),
                     # so a caller can check that none outlived it
-                    "started_pids": sorted(set(servers.STARTED_PIDS) | set(loadgen.STARTED_PIDS)),
+                    "started_pids": sorted(
+                        set(servers.STARTED_PIDS)
+                        | set(loadgen.STARTED_PIDS)
+                        | set(transport_bench.STARTED_PIDS)
+                    ),
                 },
                 indent=2,
             )

@@ -375,17 +375,18 @@ def backup(dest: Path, data_dir: Path, quiet: bool) -> None:
     Example:
         stig backup /backups/stig-$(date +%F) --data-dir /var/lib/stig
     """
-    from stig.envtools import ToolError, open_readonly, used_bytes
+    from stig.envtools import ToolError, copy_bytes, open_readonly
     from stig.envtools import backup as run_backup
 
     try:
         env = open_readonly(data_dir)
-        estimate = used_bytes(env)
+        estimate = copy_bytes(env)
         env.close()
         progress = Progress("backup", unit="bytes", total=estimate, quiet=quiet)
         report = run_backup(data_dir, dest, lambda n: progress.add(n - progress.items, 0))
     except ToolError as exc:
         raise click.ClickException(str(exc)) from None
+    progress.total = progress.items  # the copy is whole: the estimate gives way to its size
     progress.done()
     click.echo(
         f"backup of {data_dir} in {dest}: {report.keys:,} keys, {_mb(report.bytes)} "
@@ -497,7 +498,8 @@ def dump(
 ) -> None:
     """Write every item as a stream of memcached meta commands.
 
-    The stream is 'ms <base64 key> <length> b F<flags> q' commands with
+    The stream is 'ms <key> <length> F<flags> q' commands (the key in
+    base64, with the flag 'b', when it holds a space or control byte) with
     'mn' barriers (docs/operations.md#dump-format), so 'stig load' — or any
     memcached-protocol server — can replay it.  Give exactly one source.
 

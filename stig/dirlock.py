@@ -10,6 +10,11 @@ beside its writer.
 
 The kernel drops the lock when the process exits, however it ends, so a
 crash never leaves a stale lock behind (the file itself stays, empty).
+
+Permissions: a database's files are private.  A data directory this creates
+gets mode 0700 and the lock file 0600 (a umask cannot widen them); the data
+files LMDB creates get 0600 too (:class:`stig.store.Store`).  Existing
+directories and files keep their mode.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import os
 from pathlib import Path
 
 LOCK_NAME = "stig.lock"
+#: Mode of the files Stig creates in a data directory or a backup.
+FILE_MODE = 0o600
+#: Mode of the directories Stig creates.
+DIR_MODE = 0o700
 
 
 class DataDirInUse(Exception):
@@ -37,8 +46,8 @@ class DirLock:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.path.mkdir(DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -2,9 +2,11 @@
 
 A dump is a sequence of
 
-* ``ms <base64 key> <length> b F<flags> q\\r\\n<value>\\r\\n`` — one item;
-  the key is base64 (flag ``b``) so any byte string survives, ``F`` keeps
-  the client flags, ``q`` asks for silence on success;
+* ``ms <key> <length> F<flags> q\\r\\n<value>\\r\\n`` — one item; the
+  key as it is when a text line can carry it (:func:`key_token`), else
+  base64 with the flag ``b`` (``ms <base64 key> <length> b F<flags> q``), so
+  any byte string survives; ``F`` keeps the client flags, ``q`` asks for
+  silence on success;
 * ``mn\\r\\n`` — a barrier, written every N items and at the end: replayed
   into Stig, each group of items between barriers is one atomic, durable
   transaction, and the ``MN`` reply confirms it.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -27,6 +30,25 @@ MAX_LINE = 1024
 #: anyway): a larger length is a damaged or hostile stream, refused before
 #: anything is allocated for it.
 MAX_VALUE = 1 << 31
+
+
+#: The bytes a plain (not base64) meta key cannot hold: space, controls, DEL.
+_NOT_PLAIN = re.compile(rb"[\x00-\x20\x7f]")
+
+
+def key_token(key: bytes) -> tuple[bytes, bytes]:
+    """The key as a meta command names it, and the flag that goes with it:
+    ``(key, b"")`` when the key holds no space, control byte or DEL, else
+    ``(base64, b" b")``.
+
+    Plain whenever possible, because memcached limits the key *token* to 250
+    bytes before decoding base64: a base64 key of 187 bytes or more (a token
+    of 252+) is refused by memcached 1.6, so only keys that need base64 pay
+    that limit (docs/operations.md#dump-format).
+    """
+    if _NOT_PLAIN.search(key) is None:
+        return key, b""
+    return base64.b64encode(key), b" b"
 
 
 class DumpItem(NamedTuple):
@@ -40,7 +62,8 @@ class DumpFormatError(Exception):
 
 
 def encode_item(key: bytes, value: bytes, flags: int) -> bytes:
-    return b"ms %b %d b F%d q\r\n%b\r\n" % (base64.b64encode(key), len(value), flags, value)
+    token, b_flag = key_token(key)
+    return b"ms %b %d%b F%d q\r\n%b\r\n" % (token, len(value), b_flag, flags, value)
 
 
 def read(stream: BinaryIO) -> Iterator[DumpItem | None]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import attrs
 import lmdb
 
-from stig.dirlock import DirLock
+from stig.dirlock import DIR_MODE, FILE_MODE, DirLock
 from stig.records import HEADER, STALE, WIN_SENT
 
 DATA_FILE = "data.mdb"
@@ -63,7 +63,9 @@ def open_readonly(path: Path) -> ReadOnlyEnv:
     if not (path / DATA_FILE).is_file():
         raise ToolError(f"no Stig data in {str(path)!r} (no {DATA_FILE})")
     try:
-        env = lmdb.open(str(path), readonly=True, lock=True, max_dbs=2, create=False)
+        env = lmdb.open(
+            str(path), readonly=True, lock=True, max_dbs=2, create=False, mode=FILE_MODE
+        )  # a reader may create lock.mdb: private, as the server makes it
     except lmdb.Error as exc:
         raise ToolError(f"{str(path)!r} is not a readable Stig environment: {exc}") from None
     try:
@@ -96,10 +98,14 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_compacted(src: ReadOnlyEnv, dest: Path, on_bytes: Callable[[int], None]) -> None:
+def _copy_compacted(
+    src: ReadOnlyEnv, dest: Path, on_bytes: Callable[[int], None], mode: int = FILE_MODE
+) -> None:
     """LMDB's compacting copy of ``src`` into the empty directory ``dest``, made
-    durable.  The copy runs on a thread in one read transaction (the writer
-    goes on); this thread reports the copy's size as it grows."""
+    durable, with file mode ``mode`` (LMDB creates it 0644; ``dest`` is private
+    meanwhile).  The copy runs on a thread in one read transaction (the writer
+    goes on); this thread reports the copy's size as it grows, and its final
+    size once done."""
     error: list[BaseException] = []
 
     def copy() -> None:
@@ -122,6 +128,8 @@ def _copy_compacted(src: ReadOnlyEnv, dest: Path, on_bytes: Callable[[int], None
             on_bytes(target.stat().st_size)
     if error:
         raise ToolError(f"copy failed: {error[0]}") from error[0]
+    os.chmod(target, mode)
+    on_bytes(target.stat().st_size)
     _fsync_path(target)
     _fsync_path(dest)
 
@@ -142,10 +150,18 @@ def _entries(path: Path) -> int:
         env.close()
 
 
-def used_bytes(env: ReadOnlyEnv) -> int:
-    """Bytes of the environment's pages in use now (an upper bound for a copy)."""
-    info, stat = env.env.info(), env.env.stat()
-    return int((info["last_pgno"] + 1) * stat["psize"])
+def copy_bytes(env: ReadOnlyEnv) -> int:
+    """The size a compacted copy of the environment would have now: its two
+    meta pages plus every page the main, items and meta trees use (free pages
+    are left out).  Exact for the snapshot it reads; a backup's progress bar
+    measures against it, and the server may change the size meanwhile."""
+    txn = env.begin()
+    try:
+        trees = (env.env.stat(), txn.stat(env.items), txn.stat(env.meta))
+    finally:
+        txn.abort()
+    pages = 2 + sum(t["branch_pages"] + t["leaf_pages"] + t["overflow_pages"] for t in trees)
+    return int(pages * env.env.stat()["psize"])
 
 
 #: Where ``backup`` builds its copy inside DEST until it is complete.
@@ -164,7 +180,8 @@ def backup(
     # once complete and on disk: an interrupted backup leaves no data.mdb that
     # looks like a whole one (serving a torn copy would crash the server).
     staging = dest / PARTIAL_DIR
-    staging.mkdir(parents=True)
+    dest.mkdir(DIR_MODE, parents=True, exist_ok=True)  # a new DEST is private, as its file
+    staging.mkdir(DIR_MODE)
     try:
         _copy_compacted(src, staging, on_bytes)
     finally:
@@ -213,10 +230,13 @@ def restore(
         source = open_readonly(src)
         staging = data_dir / ".stig-restore"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        staging.mkdir(DIR_MODE)
+        # The new data.mdb takes the mode of the one it replaces (an operator's
+        # chmod stays), else the private default.
+        mode = existing.stat().st_mode & 0o7777 if existing.exists() else FILE_MODE
         started = time.monotonic()
         try:
-            _copy_compacted(source, staging, on_bytes)
+            _copy_compacted(source, staging, on_bytes, mode)
         finally:
             source.close()
         os.replace(staging / DATA_FILE, existing)

@@ -27,6 +27,7 @@ import lmdb
 
 from protocol import listing as L
 from stig.records import HEADER
+from stig.stats import CommandStats
 from stig.store import Store
 
 #: Roughly how many reply bytes are produced before the handler sends them.
@@ -38,10 +39,11 @@ _HEADER_SIZE = HEADER.size
 
 
 def stream(
-    store: Store, line: Callable[[bytes, memoryview], bytes], limit: int = 0
+    store: Store, line: Callable[[bytes, memoryview], bytes | None], limit: int = 0
 ) -> Iterator[bytes]:
     """Reply chunks: ``line(key, record)`` for each item in key order (at most
-    ``limit`` items when non-zero), then ``END``; all from one snapshot.
+    ``limit`` lines when non-zero; a None line leaves the item out and does not
+    count), then ``END``; all from one snapshot.
 
     Close the iterator (or exhaust it) to end the snapshot.
     """
@@ -53,10 +55,12 @@ def stream(
         count = 0
         found = cursor.first()
         while found:
-            chunk += line(bytes(cursor.key()), cursor.value())
-            count += 1
-            if count == limit:
-                break
+            text = line(bytes(cursor.key()), cursor.value())
+            if text is not None:
+                chunk += text
+                count += 1
+                if count == limit:
+                    break
             if len(chunk) >= CHUNK_BYTES:
                 yield bytes(chunk)
                 chunk.clear()
@@ -83,10 +87,15 @@ def metadump(store: Store) -> Iterator[bytes]:
     return stream(store, line)
 
 
-def cachedump(store: Store, limit: int) -> Iterator[bytes]:
-    """``stats cachedump 1 <limit>``: every key (``limit`` of them when non-zero)."""
+def cachedump(store: Store, limit: int, stats: CommandStats) -> Iterator[bytes]:
+    """``stats cachedump 1 <limit>``: every key a text line can carry (``limit``
+    of them when non-zero); the others are counted in
+    ``stats.cachedump_skipped_keys`` (``stig_cachedump_skipped_keys``)."""
 
-    def line(key: bytes, record: memoryview) -> bytes:
-        return L.cachedump_line(key, len(record) - _HEADER_SIZE)
+    def line(key: bytes, record: memoryview) -> bytes | None:
+        text = L.cachedump_line(key, len(record) - _HEADER_SIZE)
+        if text is None:
+            stats.cachedump_skipped_keys += 1
+        return text
 
     return stream(store, line, limit)

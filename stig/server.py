@@ -169,8 +169,14 @@ async def _handle(
     stats.curr_connections += 1
     stats.total_connections += 1
     try:
-        connection = sock if tls is None else tls.wrap(sock)
-        await Connection(engine, connection).serve()
+        if tls is None:
+            await Connection(engine, sock).serve()
+        else:
+            tls_sock = tls.wrap(sock)
+            try:
+                await Connection(engine, tls_sock).serve()
+            finally:
+                await tls_sock.aclose()  # close_notify, then the socket
     finally:
         stats.curr_connections -= 1
 

@@ -59,6 +59,7 @@ class CommandStats:
     cas_badval: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    cachedump_skipped_keys: int = 0  #: keys ``stats cachedump`` left out (not line-safe)
 
     def reset(self) -> None:
         current = self.curr_connections

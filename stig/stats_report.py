@@ -95,6 +95,7 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         # Acknowledged writes visible everywhere (stig/visibility.py):
         ("stig_keys_in_flight", len(engine.promoter.in_flight)),
         ("stig_read_waits", engine.promoter.in_flight.waits),
+        ("stig_cachedump_skipped_keys", engine.stats.cachedump_skipped_keys),
     ]
     return pairs
 

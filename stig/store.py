@@ -23,7 +23,7 @@ from typing import Literal, NamedTuple, overload
 
 import lmdb
 
-from stig.dirlock import DirLock
+from stig.dirlock import FILE_MODE, DirLock
 from stig.ops import Op, Outcome, Put
 from stig.records import HEADER, Item, decode, encode
 
@@ -177,6 +177,7 @@ class Store:
             readahead=False,
             max_readers=1024,
             lock=True,
+            mode=FILE_MODE,  # data.mdb and lock.mdb, when LMDB creates them
         )
         # LMDB fsyncs its files but never their directory: on a filesystem
         # that keeps names durable only once their directory is synced (POSIX;

@@ -516,7 +516,7 @@ class TextHandler:
             elif not request.lists_items:
                 self.out += R.END
             else:
-                return self._stream(listing.cachedump(self._db, request.limit))
+                return self._stream(listing.cachedump(self._db, request.limit, self.engine.stats))
         elif group in (b"slabs", b"sizes", b"conns", b"extstore"):
             self.out += R.END  # no slab allocator, no LRU: nothing to list
         else:

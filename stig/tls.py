@@ -10,6 +10,14 @@ A reload that fails (a missing or mismatched file) keeps the old context.
 socket the connection loop reads and writes (``recv``/``send``/``shutdown``/``close``),
 so that the plain-TCP hot path stays exactly as it is and TLS costs the
 loop nothing when it is off.
+
+Closing: when the server ends a TLS connection (``quit``, an error, the idle
+timeout, a stop) it sends TLS's ``close_notify`` first, so the client can
+tell a clean end from a cut connection (a truncation attack).  The loop's
+``close`` is synchronous, so it only marks the end; :meth:`TlsSocket.aclose`,
+awaited by the server once the connection's loop is over, sends the alert.
+A client that closed without one is still a clean end of input
+(:meth:`TlsSocket.recv`), as many clients do.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: How long a client may take to finish the TLS handshake before it is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+#: How long sending ``close_notify`` may take (a client that reads nothing and
+#: has filled its window holds it up) before the socket is closed without it.
+CLOSE_TIMEOUT = 2.0
 
 
 class TlsError(Exception):
@@ -83,9 +94,10 @@ class TlsCertificates:
         return int(time.monotonic() - self.loaded_at)
 
     def wrap(self, sock: trio.socket.SocketType) -> TlsSocket:
-        stream = trio.SSLStream(
-            trio.SocketStream(sock), self.context, server_side=True, https_compatible=True
-        )
+        # Not https_compatible: that mode never sends close_notify.  Its other
+        # effect, a peer's missing close_notify raising BrokenResourceError
+        # instead of reading as the end, is undone in TlsSocket.recv.
+        stream = trio.SSLStream(trio.SocketStream(sock), self.context, server_side=True)
         return TlsSocket(stream, self)
 
 
@@ -108,6 +120,7 @@ class TlsSocket:
         # that saw end of input is broken, and the error line could not be sent.
         self._receiving: trio.CancelScope | None = None
         self._woken = False
+        self._failed_handshake = False
 
     async def _handshake(self) -> bool:
         self._handshaken = True
@@ -118,6 +131,7 @@ class TlsSocket:
             except trio.BrokenResourceError as exc:
                 log.debug("TLS handshake failed: %s", exc.__cause__ or exc)
         self._certificates.handshake_errors += 1
+        self._failed_handshake = True
         return False
 
     async def recv(self, size: int) -> bytes:
@@ -130,6 +144,10 @@ class TlsSocket:
             try:
                 # typed trio says bytes | bytearray; an SSLStream's reads are bytes
                 return cast(bytes, await self.stream.receive_some(size))
+            except trio.BrokenResourceError as exc:
+                if isinstance(exc.__cause__, ssl.SSLEOFError):
+                    return b""  # the client closed without close_notify: an end all the same
+                raise
             finally:
                 self._receiving = None
         return b""  # woken by shutdown()
@@ -149,7 +167,18 @@ class TlsSocket:
             self._receiving.cancel()
 
     def close(self) -> None:
-        """Close the socket at once: no close_notify (``https_compatible``: a
-        peer's missing one is a clean end of input too), as the loop's close
-        is synchronous."""
-        self.stream.transport_stream.socket.close()
+        """The loop is done with the connection; :meth:`aclose` (awaited by the
+        server right after) sends ``close_notify`` and closes the socket."""
+
+    async def aclose(self) -> None:
+        """Send ``close_notify`` (without waiting for the client's) and close the
+        socket; at most :data:`CLOSE_TIMEOUT`, also while the server stops.
+        A connection whose handshake did not succeed is closed at once."""
+        stream = self.stream
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                if self._handshaken and not self._failed_handshake:
+                    await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+                pass  # the client is gone or broke the stream: nothing to tell it
+        stream.transport_stream.socket.close()

@@ -18,7 +18,6 @@ never in the server.
 
 from __future__ import annotations
 
-import base64
 import socket
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -108,7 +107,9 @@ def dump_dir(data_dir: Path, out: BinaryIO, batch: int, quiet: bool) -> Transfer
 # -- a plain blocking memcached text connection ---------------------------------
 
 
-class _Conn:
+class TextConn:
+    """A plain blocking connection speaking the text protocol (the tools' client)."""
+
     def __init__(self, address: tuple[str, int]) -> None:
         try:
             self.sock = socket.create_connection(address, timeout=IO_TIMEOUT)
@@ -156,8 +157,8 @@ def parse_address(text: str) -> tuple[str, int]:
 # -- dump from a server ------------------------------------------------------------
 
 
-def _listed_keys(conn: _Conn) -> Iterator[bytes]:
-    """The keys of ``lru_crawler metadump all``, read as they arrive."""
+def listed(conn: TextConn) -> Iterator[tuple[bytes, int]]:
+    """Every (key, cas) of ``lru_crawler metadump all``, read as they arrive."""
     conn.send(b"lru_crawler metadump all\r\n")
     first = True
     while True:
@@ -170,13 +171,20 @@ def _listed_keys(conn: _Conn) -> Iterator[bytes]:
                 f"{line.strip().decode(errors='replace')!r})"
             )
         first = False
-        field = line.split(b" ", 1)[0]
-        yield url_decode(field[len(b"key=") :])
+        fields = line.split()
+        cas = next((int(f[4:]) for f in fields if f.startswith(b"cas=")), 0)
+        yield url_decode(fields[0][len(b"key=") :]), cas
 
 
-def _fetched(conn: _Conn, keys: list[bytes]) -> Iterator[DumpItem]:
+def _listed_keys(conn: TextConn) -> Iterator[bytes]:
+    """The keys of ``lru_crawler metadump all``, read as they arrive."""
+    for key, _cas in listed(conn):
+        yield key
+
+
+def _fetched(conn: TextConn, keys: list[bytes]) -> Iterator[DumpItem]:
     """Values and flags of ``keys`` by pipelined ``mg``; keys gone meanwhile are skipped."""
-    conn.send(b"".join(b"mg %b b f v\r\n" % base64.b64encode(k) for k in keys))
+    conn.send(b"".join(b"mg %b%b f v\r\n" % dumpfmt.key_token(k) for k in keys))
     for key in keys:
         line = conn.line()
         if line.startswith(b"VA "):
@@ -202,7 +210,7 @@ def dump_server(address: tuple[str, int], out: BinaryIO, batch: int, quiet: bool
 def _dump_server(
     address: tuple[str, int], out: BinaryIO, batch: int, quiet: bool
 ) -> TransferReport:
-    lister, fetcher = _Conn(address), _Conn(address)
+    lister, fetcher = TextConn(address), TextConn(address)
     try:
         progress = Progress("dump", quiet=quiet)
 
@@ -254,7 +262,7 @@ def _batches(
         yield group
 
 
-def _batch_budget(conn: _Conn) -> int:
+def _batch_budget(conn: TextConn) -> int:
     """The largest transaction to send: :data:`MAX_BATCH_COST`, or less when
     the server is a Stig whose ``--max-pending-bytes`` is small."""
     conn.send(b"stats settings\r\n")
@@ -278,7 +286,7 @@ def load_server(
     :func:`_batch_budget` bytes, so that no transaction exceeds what the
     server accepts.
     """
-    conn = _Conn(address)
+    conn = TextConn(address)
     report = TransferReport()
     progress = Progress("load", quiet=quiet)
     in_flight: deque[list[DumpItem]] = deque()
@@ -323,7 +331,7 @@ def load_server(
     return report
 
 
-def _replies_have_errors(conn: _Conn) -> bool:
+def _replies_have_errors(conn: TextConn) -> bool:
     """Read one batch's replies up to its ``MN``; whether any error came before it."""
     errors = False
     while True:
@@ -333,15 +341,16 @@ def _replies_have_errors(conn: _Conn) -> bool:
         errors = True
 
 
-def _name_refused(conn: _Conn, group: list[DumpItem], report: TransferReport) -> None:
+def _name_refused(conn: TextConn, group: list[DumpItem], report: TransferReport) -> None:
     """A quiet batch answered errors, which do not say their key: send each item
     again loudly (rewriting a value is harmless), each followed by ``mn`` so
     that a reply of several lines (memcached answers a bad command line, then
     ``ERROR`` for the value it did not read) cannot shift the next one, and
     record the ones refused."""
     for key, value, flags in group:
+        token, b_flag = dumpfmt.key_token(key)
         conn.send(
-            b"ms %b %d b F%d\r\n%b\r\n" % (base64.b64encode(key), len(value), flags, value)
+            b"ms %b %d%b F%d\r\n%b\r\n" % (token, len(value), b_flag, flags, value)
             + dumpfmt.BARRIER
         )
         replies = []

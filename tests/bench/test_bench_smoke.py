@@ -117,6 +117,16 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert scale["extra"]["readback_after_restart"] == "ok"
     assert scale["extra"]["loaded"] == data["plan"]["scale_keys"]
 
+    # Transport rows: Stig over TCP, TLS and a unix socket, the same client;
+    # TLS needs openssl, hidden here, so it says so.  (The run's time budget
+    # may skip them on a slow machine: then they say that instead.)
+    for transport in ("tcp", "tls", "unix"):
+        for workload in ("get", "set"):
+            row = by[(f"stig {transport}", workload, 16)]
+            assert row["status"] == "ok" or row["status"].startswith("skipped ("), row
+    tls = by[("stig tls", "get", 16)]["status"]
+    assert "openssl not installed" in tls or "time budget" in tls, tls
+
     started = data["started_pids"]
     assert started, "the harness reported no processes"
     left = {pid: cmd for pid in started if (cmd := _running(pid))}

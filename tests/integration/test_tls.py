@@ -284,3 +284,57 @@ def test_connection_limit_is_answered_in_clear_before_the_handshake(stig_factory
     first = _tls_connect(server, _client_context(certs))
     assert first.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
     assert server.connect().recv_until(None) == b"ERROR Too many open connections\r\n"
+
+
+def _until_end(sock: ssl.SSLSocket) -> bytes:
+    """Everything the server sends until the TLS session ends; raises
+    ssl.SSLEOFError if it ends without close_notify (a cut, not a close)."""
+    sock.settimeout(30)
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def _strict_connect(server, context: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection((server.host, server.port), timeout=30)
+    # suppress_ragged_eofs=False: an end without close_notify raises SSLEOFError
+    return context.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False)
+
+
+@pytest.mark.parametrize("how", ["quit", "idle-timeout", "error", "server stop"])
+def test_server_close_sends_close_notify(stig_factory, certs, tmp_path, how):
+    """docs/security.md: when the server ends a TLS connection it sends
+    close_notify first, so the client sees a clean shutdown, not a cut."""
+    server = _tls_server(stig_factory, certs, tmp_path, "--idle-timeout", "2")
+    with _strict_connect(server, _client_context(certs)) as sock:
+        sock.sendall(b"set k 0 0 1\r\nx\r\n")
+        assert sock.recv(100) == b"STORED\r\n"
+        if how == "quit":
+            sock.sendall(b"quit\r\n")
+        elif how == "error":  # a line over --max-line-length: memcached's error, then close
+            sock.sendall(b"x" * 5000)
+        elif how == "server stop":
+            server.terminate()
+        received = _until_end(sock)  # idle-timeout: nothing sent, the server times out
+        # After close_notify, the client can answer with its own: a clean shutdown.
+        assert sock.unwrap() is not None
+    assert received == (b"CLIENT_ERROR line too long\r\n" if how == "error" else b"")
+
+
+def test_client_closing_without_close_notify_is_a_clean_end(stig_factory, certs, tmp_path):
+    """Many clients just close the socket: that still ends the input at a
+    command boundary, so a quiet run before it is committed (docs/pov.md)."""
+    server = _tls_server(stig_factory, certs, tmp_path)
+    context = _client_context(certs)
+    sock = _strict_connect(server, context)
+    sock.sendall(b"set a 0 0 1 noreply\r\n1\r\nset b 0 0 1 noreply\r\n2\r\n")
+    sock.shutdown(socket.SHUT_RDWR)  # a TCP shutdown: no close_notify
+    sock.close()
+    conn = _tls_connect(server, context)
+    deadline = time.monotonic() + 30
+    while (reply := conn.send_recv(b"get a b\r\n")) == b"END\r\n":
+        assert time.monotonic() < deadline, "the run was never committed"
+        time.sleep(0.05)
+    assert reply == b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
+    assert b"STAT ssl_handshake_errors 0\r\n" in conn.send_recv(b"stats\r\n")

@@ -66,7 +66,52 @@ def test_dump_format_is_meta_commands_with_barriers(stig_server):
     out = run_stig(
         "dump", "--data-dir", str(stig_server.data_dir), "--batch", "1", "--quiet"
     ).stdout
-    assert out == (b"ms YQ== 2 b F5 q\r\nxy\r\nmn\r\nms Yl9j 0 b F0 q\r\n\r\nmn\r\n")
+    assert out == (b"ms a 2 F5 q\r\nxy\r\nmn\r\nms b_c 0 F0 q\r\n\r\nmn\r\n")
+    # base64 (b) only for a key a plain token cannot carry
+    stig_server.client().delete("a", noreply=False)
+    exchange(stig_server.port, b"ms YSBi 1 b F7\r\nz\r\n", b"HD\r\n")  # "a b"
+    stig_server.settle()
+    out = run_stig("dump", "--data-dir", str(stig_server.data_dir), "--quiet").stdout
+    assert out == b"ms YSBi 1 b F7 q\r\nz\r\nms b_c 0 F0 q\r\n\r\nmn\r\n"
+
+
+def test_a_dump_replays_into_memcached_wherever_memcached_can_take_the_key(stig_server, tmp_path):
+    """docs/operations.md (Dump format): keys are plain unless they need base64,
+    so memcached 1.6 takes every key but those needing base64 of 187 bytes
+    or more (memcached limits the base64 token to 250 bytes); those are named
+    as refused.  And dump --server reads memcached's 250-byte plain keys."""
+    binary = bytes(range(256))  # controls, space, DEL, high bytes
+    items = {
+        b"p" * 250: (b"longest plain", 1),
+        b"caf\xc3\xa9:\xff": (b"high bytes are plain", 2),
+        binary[:186]: (b"base64 of 248 bytes", 3),
+        binary[:187]: (b"base64 of 252 bytes", 4),
+        (binary * 2)[:250]: (b"base64 of 336 bytes", 5),
+        b"s": (b"", 0),
+    }
+    exchange(
+        stig_server.port,
+        b"".join(
+            b"ms %b %d b F%d q\r\n%b\r\n" % (base64.b64encode(k), len(v), f, v)
+            for k, (v, f) in items.items()
+        )
+        + b"mn\r\n",
+        b"MN\r\n",
+    )
+    stig_server.settle()
+    dump = tmp_path / "stig.dump"
+    run_stig("dump", "--data-dir", str(stig_server.data_dir), "-o", str(dump), "--quiet")
+    too_long = {binary[:187], (binary * 2)[:250]}
+    with memcached() as port:
+        proc = run_stig("load", "--server", f"127.0.0.1:{port}", str(dump), check=False)
+        assert proc.returncode == 1, proc.stderr
+        refused = {line for line in proc.stderr.splitlines() if line.startswith(b"refused: ")}
+        assert refused == {
+            b"refused: key %b: CLIENT_ERROR bad command line format / ERROR" % repr(k).encode()
+            for k in too_long
+        }
+        back = run_stig("dump", "--server", f"127.0.0.1:{port}", "--quiet").stdout
+    assert _parse(back) == {k: v for k, v in items.items() if k not in too_long}
 
 
 def test_migration_from_a_real_memcached(stig_server):

@@ -261,3 +261,42 @@ def test_listing_holds_every_acknowledged_write(stig_server):
         assert b"ITEM listed%d [1 b; " % n in lister.send_recv(b"stats cachedump 1 0\r\n")
         assert b"key=listed%d " % n in lister.send_recv(b"lru_crawler metadump all\r\n")
         busy.recv_until(b"MN\r\n")
+
+
+# Keys only the binary protocol and base64 meta keys can hold.
+UNSAFE_KEYS = [b"a b", b"line\r\nbreak", b"nul\x00", b"\x00first", b"tab\tkey", b"del\x7f"]
+
+
+@pytest.mark.skipif(shutil.which("memcdump") is None, reason="libmemcached-tools not installed")
+def test_cachedump_leaves_out_keys_a_line_cannot_carry(stig_server):
+    """docs/pov.md (Key listings): stats cachedump lists the keys a text line
+    can carry, raw as memcached does, and leaves out (and counts) the others,
+    so that memcdump lists every other key exactly; metadump lists them all."""
+    safe = [b"plain", b"caf\xc3\xa9", b"x:1", b"~"]
+    exchange(
+        stig_server.port,
+        b"".join(b"ms %b 2 b\r\nvv\r\n" % base64.b64encode(k) for k in safe + UNSAFE_KEYS)
+        + b"mn\r\n",
+        b"MN\r\n",
+    )
+    stig_server.settle()
+    reply = exchange(stig_server.port, b"stats cachedump 1 0\r\n", b"END\r\n")
+    assert reply == b"".join(b"ITEM %b [2 b; 0 s]\r\n" % k for k in sorted(safe)) + b"END\r\n"
+    # The limit counts listed keys only (unsafe keys sort between them).
+    limited = exchange(stig_server.port, b"stats cachedump 1 2\r\n", b"END\r\n")
+    assert limited == b"".join(b"ITEM %b [2 b; 0 s]\r\n" % k for k in sorted(safe)[:2]) + b"END\r\n"
+    dumped = subprocess.run(
+        ["memcdump", f"--servers={stig_server.host}:{stig_server.port}"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout.split(b"\n")
+    # libmemcached itself cuts a key at its first non-ASCII byte (against
+    # memcached 1.6.18 too: caf\xc3\xa9 comes out as caf).
+    ascii_prefixes = [re.match(rb"[\x21-\x7e]*", k).group() for k in safe]
+    assert sorted(k for k in dumped if k) == sorted(ascii_prefixes)
+    assert _metadump_keys(stig_server.port) == set(safe + UNSAFE_KEYS)
+    skipped = int(stig_server.stats()["stig_cachedump_skipped_keys"])
+    # Two whole cachedumps (ours and memcdump's) and the limited one, which
+    # stops at b"plain" after five of them.
+    assert skipped == 2 * len(UNSAFE_KEYS) + 5

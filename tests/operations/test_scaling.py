@@ -141,3 +141,109 @@ def test_hash_client_over_three_nodes_one_restarting(stig_factory):
     for node in nodes:
         node.settle()
     assert [_keys_on(n.port) for n in nodes] == placement  # nothing moved
+
+
+def _move_keys(*args: str) -> str:
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "scripts/move_keys.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+class _Writer:
+    """Sets and deletes through a HashClient, recording the last word on each key."""
+
+    def __init__(self, client, keys: list[str]) -> None:
+        import random
+        import threading
+
+        self.client, self.keys = client, keys
+        self.model: dict[str, bytes | None] = {}
+        self.rng = random.Random(11)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.ops = 0
+        self.error: BaseException | None = None
+
+    def step(self) -> None:
+        key = self.rng.choice(self.keys)
+        if self.rng.random() < 0.3:
+            self.client.delete(key)
+            self.model[key] = None
+        else:
+            value = b"w%d" % self.ops
+            assert self.client.set(key, value)
+            self.model[key] = value
+        self.ops += 1
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.step()
+        except BaseException as exc:
+            self.error = exc
+
+
+def test_adding_a_node_keeps_every_write_and_delete_made_during_the_move(stig_factory, tmp_path):
+    """docs/scaling.md (Adding a node): copy while writers run, pause them for
+    finish, switch to the new ring: every key reads exactly as the last write
+    or delete left it — a delete made during the copy is not undone — and,
+    after cleanup, every key is on exactly one node."""
+    from pymemcache.client.hash import HashClient
+
+    def ring(nodes):
+        return HashClient([("127.0.0.1", n.port) for n in nodes], default_noreply=False, timeout=10)
+
+    old = [stig_factory(), stig_factory()]
+    new = stig_factory()
+    names = [f"127.0.0.1:{n.port}" for n in (*old, new)]
+    keys = [f"user:{i}" for i in range(600)]
+    writer = _Writer(ring(old), keys)
+    for key in keys:
+        assert writer.client.set(key, b"v0-" + key.encode())
+        writer.model[key] = b"v0-" + key.encode()
+    # Step 1 while the writer runs (sets and deletes, some of keys already
+    # copied); then more writes and deletes of moved keys after the copy,
+    # deterministic ones, made once the writer stopped so that the model is
+    # exact (a write between copy and finish is what finish must catch).
+    writer.thread.start()
+    state = str(tmp_path / "move.state")
+    args = ["--old", ",".join(names[:2]), "--new", names[2]]
+    before = writer.ops
+    assert "copied" in _move_keys("copy", *args, "--state", state)
+    assert writer.ops > before  # the writer ran during the copy
+    writer.stop.set()
+    writer.thread.join(30)
+    assert writer.error is None, writer.error
+    mover = ring(old)
+    placed = ring([*old, new])
+    moved = [k for k in keys if placed._get_client(k).server[1] == new.port]
+    assert len(moved) > 100
+    for key in moved[:40]:
+        mover.delete(key)
+        writer.model[key] = None
+    for key in moved[40:60]:
+        assert mover.set(key, b"changed during the move")
+        writer.model[key] = b"changed during the move"
+    # Step 2: the writers are stopped.
+    finished = _move_keys("finish", *args, "--state", state)
+    assert "deleted" in finished
+    # Step 3: the clients use the new ring.
+    assert placed.get_many(keys) == {k: v for k, v in writer.model.items() if v is not None}
+    _move_keys("cleanup", *args)
+    for node in (*old, new):
+        node.settle()
+    on_nodes = [_keys_on(n.port) for n in (*old, new)]
+    present = {k.encode() for k, v in writer.model.items() if v is not None}
+    assert set().union(*on_nodes) == present
+    assert sum(len(keys_here) for keys_here in on_nodes) == len(present)  # one node each
+    assert on_nodes[2] == {k.encode() for k in moved} & present
