@@ -396,14 +396,14 @@ class Core:
 
     async def touch(self, key: bytes) -> bool:
         """Whether the key exists: touch changes nothing, items never expire."""
-        self.stats.cmd_touch += 1
         await self._resolve((key,))
         found = self.session.get(key) is not None
         self.count_touch(found)
         return found
 
     def count_touch(self, found: bool) -> None:
-        """Count a touch hit or miss (``cmd_touch`` is counted by the caller)."""
+        """Count one touch (``cmd_touch``), a hit or a miss."""
+        self.stats.cmd_touch += 1
         if found:
             self.stats.touch_hits += 1
         else:

@@ -249,7 +249,6 @@ class MetaHandler:
         # R (recache when the TTL left is below its token) never wins in
         # Stig: items never expire, the TTL left is always infinite.
         if command.ttl is not None:
-            self.core.stats.cmd_touch += 1
             self.core.count_touch(item is not None)
         if item is None:
             self._reply(command, EN)

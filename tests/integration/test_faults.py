@@ -134,6 +134,20 @@ def test_quiet_failure_reported_by_a_read_keeps_the_stream_in_step(faulty, kind)
     _others_still_served(server)
 
 
+def test_each_quiet_write_of_a_failed_run_gets_its_line(faulty):
+    """Two quiet conditionals in one run that fails to commit, closed by a
+    read: each gets a ``SERVER_ERROR`` line in its place (as each binary
+    quiet write gets its EINTERNAL), then the read's reply; reported once."""
+    server = faulty()
+    _set_fault(server, "lmdb q1")
+    with server.connect() as conn:
+        reply = conn.send_recv(b"ms q1 1 q ME\r\nx\r\nms q2 1 q ME\r\ny\r\nmg a v\r\n", b"EN\r\n")
+        assert reply == (b"SERVER_ERROR " + LMDB_ERROR + b"\r\n") * 2 + b"EN\r\n"
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
