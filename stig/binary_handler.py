@@ -291,12 +291,14 @@ class BinaryHandler:
     async def _conditional(
         self, request: BinaryRequest, op: Op, size: int, failures: Failures, counter: bool = False
     ) -> None:
-        """A write checked against the committed state: queued if quiet, else answered after commit."""
-        if request.quiet:
-            self.core.queue_conditional(op, request.key or None, size, _Quiet.of(request, failures))
-            return
-        outcome, item = await self.core.conditional_result(op, request.key or None, size)
-        await self._answer_committed(request, outcome, item, failures, counter)
+        """A write checked against the committed state: queued if quiet, else answered
+        after its commit."""
+        tag = _Quiet.of(request, failures)
+        result = await self.core.conditional_write(
+            op, request.key or None, size, request.quiet, tag
+        )
+        if result is not None:
+            await self._answer_committed(request, *result, failures, counter)
 
     async def _commit_loud(
         self, request: BinaryRequest, failures: Failures, counter: bool = False

@@ -458,6 +458,18 @@ class Core:
             verdicts += [Verdict(tag, outcomes[index]) for tag, index in tags]
         return verdicts
 
+    async def conditional_write(
+        self, op: Op, key: bytes | None, size: int, quiet: bool, tag: object | None = None
+    ) -> tuple[Outcome, Item | None] | None:
+        """A conditional write as its client sent it: quiet (or noreply), it
+        joins the open run and answers None, its verdict owed to ``tag``
+        (:meth:`queue_conditional`); else its outcome and the item it stored,
+        after its commit (:meth:`conditional_result`)."""
+        if quiet:
+            self.queue_conditional(op, key, size, tag)
+            return None
+        return await self.conditional_result(op, key, size)
+
     async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
         """A conditional write, answered with its outcome after its commit."""
         return (await self.conditional_result(op, key, size))[0]

@@ -182,10 +182,7 @@ class MetaHandler:
         self, command: Keyed, op: Op, size: int = 0
     ) -> tuple[Outcome, Item | None] | None:
         """A conditional write: queued if quiet (None), else its verdict after commit."""
-        if command.quiet:
-            self.core.queue_conditional(op, command.key, size, tag=command)
-            return None
-        return await self.core.conditional_result(op, command.key, size)
+        return await self.core.conditional_write(op, command.key, size, command.quiet, command)
 
     # -- mg: a run of them reads one snapshot ------------------------------------
 

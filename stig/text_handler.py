@@ -446,11 +446,10 @@ class TextHandler:
                 op = _CONDITIONAL[mode](command.key, command.value, command.flags)
             if expired:
                 op = expired_variant(op)
-            if command.noreply:
-                core.queue_conditional(op, command.key, len(command.value))
-                return
-            outcome = await core.conditional(op, command.key, len(command.value))
-            self.out += _STORE_REPLIES[outcome]
+            size = len(command.value)
+            result = await core.conditional_write(op, command.key, size, command.noreply)
+            if result is not None:
+                self.out += _STORE_REPLIES[result[0]]
 
     async def _delete(self, command: Delete) -> None:
         self.core.count_prefix_delete(command.key)
