@@ -445,8 +445,8 @@ class BinaryHandler:
         self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
 
     async def _stat(self, request: BinaryRequest) -> None:
-        """Stat: general, "settings", "reset", "detail on|off|dump", and the
-        groups text answers empty."""
+        """Stat: the groups of :meth:`Core.stats_group` (the key is the group
+        and its words, as in text), answered in Stat responses."""
         await self._settle()
         group, *args = request.key.split(b" ")
         pairs = _stat_pairs(self.core.stats_group(group, args))

@@ -12,7 +12,10 @@ decides where a run ends (:meth:`Session.close_run`) — after every write that
 expects a reply, or at the end of a run of noreply/quiet writes — and when
 closed runs are handed over (:meth:`Session.submit`, once per burst of input,
 so that pipelined writes share one group commit).  A run is applied
-atomically: all its operations land in one LMDB transaction.
+atomically: all its operations land in one LMDB transaction.  A quiet write
+whose client is owed its verdict is marked in its run
+(:meth:`Session.owe_verdict`); the run carries the mark into :attr:`Session.owed`
+when it closes, whoever closes it, and the core reports it after the commit.
 
 Memory: every write recorded and not yet committed is counted, at about
 its real memory cost (measured with tracemalloc: ~380 bytes of objects per
