@@ -148,6 +148,24 @@ def test_each_quiet_write_of_a_failed_run_gets_its_line(faulty):
     _others_still_served(server)
 
 
+def test_meta_quiet_failure_of_a_run_closed_by_silence_comes_before_the_next_reply(faulty):
+    """The run is closed by --batch-idle-ms (the connection, not a command):
+    its quiet write is still owed its verdict, written before the next reply."""
+    server = faulty("--batch-idle-ms", "1")
+    _set_fault(server, "lmdb q1")
+    with server.connect() as conn:
+        conn.send(b"ms q1 1 q ME\r\nx\r\n")
+        deadline = time.monotonic() + 10
+        while server.stats()["stig_failed_commits"] == "0":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        _set_fault(server, "")
+        reply = conn.send_recv(b"mg a v\r\n", b"EN\r\n")
+        assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\nEN\r\n"
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
