@@ -49,7 +49,7 @@ from protocol.binary import (
 )
 from protocol.errors import ProtocolError
 from stig.auth import MECHANISMS
-from stig.core import Core, Refusal, StatsAnswer, StatsKind, Verdict, expired_variant
+from stig.core import Core, Refusal, StatsAnswer, StatsKind, Verdict
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.ops import (
     Add,
@@ -289,13 +289,19 @@ class BinaryHandler:
             self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, cas)
 
     async def _conditional(
-        self, request: BinaryRequest, op: Op, size: int, failures: Failures, counter: bool = False
+        self,
+        request: BinaryRequest,
+        op: Op,
+        size: int,
+        failures: Failures,
+        counter: bool = False,
+        exptime: int | None = None,
     ) -> None:
         """A write checked against the committed state: queued if quiet, else answered
         after its commit."""
         tag = _Quiet.of(request, failures)
         result = await self.core.conditional_write(
-            op, request.key or None, size, request.quiet, tag
+            op, request.key or None, size, request.quiet, tag, exptime
         )
         if result is not None:
             await self._answer_committed(request, *result, failures, counter)
@@ -336,7 +342,6 @@ class BinaryHandler:
             await self._refuse(request, Refusal.TTL)
             return
         key, value, flags, base = request.key, request.value, request.flags, request.base
-        expired = core.expired(request.exptime)  # nothing is kept (docs/pov.md)
         op: Op | None = None
         failures = NO_FAILURES
         if request.cas:
@@ -346,14 +351,10 @@ class BinaryHandler:
         elif base is Opcode.Replace:
             op, failures = Replace(key, value, flags), REPLACE_FAILURES
         if op is not None:
-            await self._conditional(
-                request, expired_variant(op) if expired else op, len(value), failures
-            )
+            # An exptime already past: checked as sent, nothing is kept (docs/pov.md).
+            await self._conditional(request, op, len(value), failures, exptime=request.exptime)
         else:
-            if expired:
-                core.set_expired(key)
-            else:
-                core.set(key, value, flags)
+            core.set(key, value, flags, request.exptime)
             if not request.quiet:
                 await self._commit_loud(request, NO_FAILURES)
 

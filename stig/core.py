@@ -317,7 +317,13 @@ class Core:
 
     # -- unconditional writes: answered from the POV ---------------------------
 
-    def set(self, key: bytes, value: bytes, flags: int) -> None:
+    def set(self, key: bytes, value: bytes, flags: int, exptime: int = 0) -> None:
+        """Store ``value``; with an ``exptime`` already past the key is gone
+        instead (:meth:`set_expired`).  Refusals are the caller's first step
+        (:meth:`store_refused`)."""
+        if exptime and already_expired(exptime, time.time()):
+            self.set_expired(key)
+            return
         self.stats.cmd_set += 1
         self.session.set(key, value, flags)
 
@@ -394,11 +400,14 @@ class Core:
             stats.decr_misses += not hit
         return result
 
-    async def touch(self, key: bytes) -> bool:
-        """Whether the key exists: touch changes nothing, items never expire."""
+    async def touch(self, key: bytes, exptime: int = 0) -> bool:
+        """Whether the key exists: touch changes nothing, items never expire;
+        touched to an ``exptime`` already past, a found item is gone."""
         await self._resolve((key,))
         found = self.session.get(key) is not None
         self.count_touch(found)
+        if found and self.expired(exptime):
+            self.remove(key)  # answered found, then gone (memcached)
         return found
 
     def count_touch(self, found: bool) -> None:
@@ -459,12 +468,22 @@ class Core:
         return verdicts
 
     async def conditional_write(
-        self, op: Op, key: bytes | None, size: int, quiet: bool, tag: object | None = None
+        self,
+        op: Op,
+        key: bytes | None,
+        size: int,
+        quiet: bool,
+        tag: object | None = None,
+        exptime: int | None = None,
     ) -> tuple[Outcome, Item | None] | None:
         """A conditional write as its client sent it: quiet (or noreply), it
         joins the open run and answers None, its verdict owed to ``tag``
         (:meth:`queue_conditional`); else its outcome and the item it stored,
-        after its commit (:meth:`conditional_result`)."""
+        after its commit (:meth:`conditional_result`).  With an ``exptime``
+        already past it is checked as sent but stores nothing
+        (:func:`expired_variant`)."""
+        if self.expired(exptime):
+            op = expired_variant(op)
         if quiet:
             self.queue_conditional(op, key, size, tag)
             return None

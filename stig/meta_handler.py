@@ -57,7 +57,7 @@ from protocol.meta import (
     suppressed_in_quiet,
 )
 from protocol.text_replies import client_error, server_error
-from stig.core import NON_NUMERIC, Core, Refusal, Verdict, expired_variant
+from stig.core import NON_NUMERIC, Core, Refusal, Verdict
 from stig.ops import (
     Add,
     Adjust,
@@ -179,10 +179,12 @@ class MetaHandler:
         return bytes(lines)
 
     async def _conditional(
-        self, command: Keyed, op: Op, size: int = 0
+        self, command: Keyed, op: Op, size: int = 0, exptime: int | None = None
     ) -> tuple[Outcome, Item | None] | None:
         """A conditional write: queued if quiet (None), else its verdict after commit."""
-        return await self.core.conditional_write(op, command.key, size, command.quiet, command)
+        return await self.core.conditional_write(
+            op, command.key, size, command.quiet, command, exptime
+        )
 
     # -- mg: a run of them reads one snapshot ------------------------------------
 
@@ -307,20 +309,16 @@ class MetaHandler:
             self.out += TTL_REJECTED
             return
         op = self._conditional_set(command)
-        if self.core.expired(ttl):
-            if op is None or isinstance(op, Put):
-                self.core.set_expired(command.key)
-                await self._pov_write_reply(command, Outcome.STORED)
-                return
-            op = expired_variant(op)
+        if isinstance(op, Put) and self.core.expired(ttl):
+            op = None  # E alone, already expired: nothing to store under it
         if op is not None:
-            result = await self._conditional(command, op, len(command.value))
+            result = await self._conditional(command, op, len(command.value), ttl)
             if result is not None:
                 self._write_reply(command, *result)
             return
         key, value = command.key, command.value
         if command.mode is SetMode.SET:
-            self.core.set(key, value, command.client_flags)
+            self.core.set(key, value, command.client_flags, ttl or 0)
             stored = True
         else:
             vivify = command.client_flags if command.vivify_ttl is not None else None

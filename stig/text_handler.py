@@ -35,7 +35,7 @@ from protocol.errors import InvalidCommand, ProtocolError
 from protocol.text import QuietError, TextParser
 from stig import listing
 from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE
-from stig.core import Core, Refusal, StatsAnswer, StatsKind, expired_variant
+from stig.core import Core, Refusal, StatsAnswer, StatsKind
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.meta_handler import MetaHandler
 from stig.ops import Add, Cas, Op, Outcome, Replace
@@ -432,22 +432,18 @@ class TextHandler:
         if core.store_refused(command.exptime):
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
-        expired = core.expired(command.exptime)
         if mode is StoreMode.SET:
-            if expired:
-                core.set_expired(command.key)
-            else:
-                core.set(command.key, command.value, command.flags)
+            core.set(command.key, command.value, command.flags, command.exptime)
             self._reply(command.noreply, R.STORED)
         else:
             if mode is StoreMode.CAS:
                 op: Op = Cas(command.key, command.value, command.flags, command.cas_unique)
             else:
                 op = _CONDITIONAL[mode](command.key, command.value, command.flags)
-            if expired:
-                op = expired_variant(op)
-            size = len(command.value)
-            result = await core.conditional_write(op, command.key, size, command.noreply)
+            size, noreply = len(command.value), command.noreply
+            result = await core.conditional_write(
+                op, command.key, size, noreply, None, command.exptime
+            )
             if result is not None:
                 self.out += _STORE_REPLIES[result[0]]
 
@@ -471,9 +467,7 @@ class TextHandler:
         if self.core.ttl_refused(command.exptime):
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
-        found = await self.core.touch(command.key)
-        if found and self.core.expired(command.exptime):
-            self.core.remove(command.key)  # touched to a time already past: gone
+        found = await self.core.touch(command.key, command.exptime)
         self._reply(command.noreply, R.TOUCHED if found else R.NOT_FOUND)
 
     async def _flush_all(self, command: FlushAll) -> None:
