@@ -10,7 +10,8 @@ the connection once per burst.  The rules (docs/pov.md):
   They answer only on failure.  A quiet *conditional* write (AddQ, ReplaceQ,
   anything with a CAS, FlushQ) learns its verdict at the run's commit: the
   failure is written before the reply of the request that closed the run
-  (or, if the idle timer closed it, before the next reply).
+  (or, if the idle timer closed it, before the next reply): the core keeps
+  what they are owed (:meth:`stig.core.Core.verdicts`), this module words it.
 * **Loud writes whose response carries a cas** (Set, Add, Replace, Append,
   Prepend, Increment, Decrement) answer after their commit, with the cas the
   commit gave the item — the only cas a client may use in a later CAS.
@@ -25,7 +26,7 @@ the connection once per burst.  The rules (docs/pov.md):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 import lmdb
@@ -49,7 +50,7 @@ from protocol.binary import (
 )
 from protocol.errors import ProtocolError
 from stig.auth import MECHANISMS
-from stig.core import Core, expired_variant
+from stig.core import Core, Refusal, StatsAnswer, StatsKind, Verdict
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.ops import (
     Add,
@@ -60,20 +61,20 @@ from stig.ops import (
     Concat,
     Op,
     Outcome,
-    Remove,
     Replace,
 )
-from stig.promoter import Promotion
 from stig.records import Item
 from stig.session import CommitFailed, Session
 from stig.snapshot import READ_INTERRUPTED
-from stig.stats_report import general_stats, settings_stats
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
 NO_CREATE = 0xFFFFFFFF
-EXPTIME_REJECTED = "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
-FLUSH_DELAY = "flush_all delay must be 0: Stig items never expire"
-FLUSH_DISABLED = "flush_all not allowed"
+#: The status each refusal answers (its words are the error text).
+REFUSAL_STATUS = {
+    Refusal.TTL: Status.EINVAL,
+    Refusal.FLUSH_DISABLED: Status.AUTH_ERROR,  # memcached -F's status
+    Refusal.FLUSH_DELAY: Status.EINVAL,
+}
 AUTHENTICATED = b"Authenticated"
 #: What one buffered GetQ/GetKQ costs in memory besides its key (its parsed
 #: request, measured with tracemalloc: ~206 B, and its list slot): a pending
@@ -105,17 +106,20 @@ NO_FAILURES: Failures = {}
 #: Requests allowed before a login when ``--auth-file`` is on (as memcached).
 _WITHOUT_LOGIN = frozenset({Opcode.SASLListMechs, Opcode.SASLAuth, Opcode.SASLStep, Opcode.Version})
 _QUIET_GETS = frozenset({Opcode.GetQ, Opcode.GetKQ})
-_GET_GROUPS_WITHOUT_STATS = (b"items", b"slabs", b"sizes", b"conns", b"extstore")
 
 
-@attrs.define(slots=True)
-class _QuietCheck:
-    """A quiet conditional write waiting for its run's verdict."""
+@attrs.frozen(slots=True)
+class _Quiet:
+    """What a quiet write's verdict is answered with (the tag of its :class:`Verdict`)."""
 
     opcode: Opcode
     opaque: int
-    index: int  # its position in the run's operations
     failures: Failures
+
+    @classmethod
+    def of(cls, request: BinaryRequest, failures: Failures) -> _Quiet | None:
+        """The tag of ``request`` if it is quiet, else None (it is answered itself)."""
+        return cls(request.opcode, request.opaque, failures) if request.quiet else None
 
 
 class BinaryHandler:
@@ -135,10 +139,7 @@ class BinaryHandler:
         self._reply_limit = engine.settings.max_reply_bytes
         self._gets: list[BinaryRequest] = []  # the open run of GetQ/GetKQ
         self._gets_bytes = 0  # ... at its memory cost (GETQ_COST each, plus its key)
-        self._checks: list[_QuietCheck] = []  # quiet conditionals of the open run
-        self._verdicts: list[tuple[Promotion, list[_QuietCheck]]] = []  # closed runs' checks
         self._current: tuple[int, int] = (Opcode.Noop, 0)  # opcode and opaque being served
-        session.on_close = self._run_closed
         handlers: dict[Opcode, Callable[[BinaryRequest], Awaitable[None]]] = {
             Opcode.Get: self._get,
             Opcode.GetK: self._get,
@@ -210,43 +211,29 @@ class BinaryHandler:
 
     # -- runs, verdicts and snapshots ----------------------------------------------
 
-    def _run_closed(self, promotion: Promotion) -> None:
-        """Session hook: the open run was closed; its quiet conditionals await this commit."""
-        if self._checks:
-            self._verdicts.append((promotion, self._checks))
-            self._checks = []
-
     async def _report_verdicts(self) -> None:
-        """Write the failures of quiet conditionals in closed runs, once committed."""
-        if not self._verdicts:
-            return
-        self.session.submit()
-        verdicts, self._verdicts = self._verdicts, []
-        for promotion, checks in verdicts:
-            await promotion.done.wait()
-            outcomes = promotion.outcomes
-            if outcomes is None:
-                # Reported once: here, unless a barrier already did — as the
-                # failed quiet writes' own responses (their opaques), so the
-                # request being served still gets its own: a loud write that
-                # committed must not be answered as failed (a client would
-                # retry an Increment that was counted).
-                message = self.session.take_unreported()
-                if message is None:
-                    continue
-                for check in checks:
-                    self.out += error_response(
-                        check.opcode, check.opaque, Status.EINTERNAL, message
-                    )
+        """Write the failures of quiet writes whose runs have closed, once committed."""
+        if self.core.verdicts_due:
+            self._write_verdicts(await self.core.verdicts())
+
+    def _write_verdicts(self, verdicts: list[Verdict]) -> None:
+        """Each failure as the quiet write's own response (its opaque); a
+        failed commit as EINTERNAL, so the request being served still gets
+        its own: a loud write that committed must not be answered as failed
+        (a client would retry an Increment that was counted)."""
+        for verdict in verdicts:
+            quiet: _Quiet = verdict.tag  # type: ignore[assignment]
+            if verdict.outcome is None:
+                message = verdict.failure or "commit failed"
+                self.out += error_response(quiet.opcode, quiet.opaque, Status.EINTERNAL, message)
                 continue
-            for check in checks:
-                status = check.failures.get(outcomes[check.index])
-                if status is not None:
-                    self.out += error_response(check.opcode, check.opaque, status)
+            status = quiet.failures.get(verdict.outcome)
+            if status is not None:
+                self.out += error_response(quiet.opcode, quiet.opaque, status)
 
     async def _settle(self) -> None:
         """Before a non-quiet reply: close the open run and report its quiet failures."""
-        self.session.close_run()
+        self.core.close_run()
         await self._report_verdicts()
 
     async def _flush_gets(self) -> None:
@@ -306,15 +293,6 @@ class BinaryHandler:
             await self._settle()
         self.out += reply
 
-    def _queue(
-        self, request: BinaryRequest, op: Op, key: bytes | None, size: int, failures: Failures
-    ) -> None:
-        """A quiet conditional write: it joins the run; its verdict comes at commit."""
-        self.core.queue_conditional(op, key, size)
-        self._checks.append(
-            _QuietCheck(request.opcode, request.opaque, self.session.run_length - 1, failures)
-        )
-
     async def _answer_committed(
         self,
         request: BinaryRequest,
@@ -337,15 +315,22 @@ class BinaryHandler:
             self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, cas)
 
     async def _conditional(
-        self, request: BinaryRequest, op: Op, size: int, failures: Failures, counter: bool = False
+        self,
+        request: BinaryRequest,
+        op: Op,
+        size: int,
+        failures: Failures,
+        counter: bool = False,
+        exptime: int | None = None,
     ) -> None:
         """A write checked against the committed state: queued if quiet, else answered
-        after commit."""
-        if request.quiet:
-            self._queue(request, op, request.key or None, size, failures)
-            return
-        outcome, item = await self.core.conditional_result(op, request.key or None, size)
-        await self._answer_committed(request, outcome, item, failures, counter)
+        after its commit."""
+        tag = _Quiet.of(request, failures)
+        result = await self.core.conditional_write(
+            op, request.key or None, size, request.quiet, tag, exptime
+        )
+        if result is not None:
+            await self._answer_committed(request, *result, failures, counter)
 
     async def _commit_loud(
         self, request: BinaryRequest, failures: Failures, counter: bool = False
@@ -360,7 +345,7 @@ class BinaryHandler:
         """Get, GetK, Touch and GAT/GATK (and GATQ/GATKQ, read one by one)."""
         touch = request.base in (Opcode.Touch, Opcode.GAT, Opcode.GATK)
         if touch and self.core.ttl_refused(request.exptime):
-            await self._fail(request, Status.EINVAL, EXPTIME_REJECTED)
+            await self._refuse(request, Refusal.TTL)
             return
         await self._settle()
         [item] = await self.core.read([request.key], with_cas=True, touch=touch)
@@ -379,12 +364,10 @@ class BinaryHandler:
         """Set, Add, Replace (and quiet): with a CAS all three are a cas write, as in memcached."""
         core = self.core
         core.count_prefix_set(request.key)
-        if core.ttl_refused(request.exptime):
-            core.stats.cmd_set += 1
-            await self._fail(request, Status.EINVAL, EXPTIME_REJECTED)
+        if core.store_refused(request.exptime):
+            await self._refuse(request, Refusal.TTL)
             return
         key, value, flags, base = request.key, request.value, request.flags, request.base
-        expired = core.expired(request.exptime)  # nothing is kept (docs/pov.md)
         op: Op | None = None
         failures = NO_FAILURES
         if request.cas:
@@ -394,14 +377,10 @@ class BinaryHandler:
         elif base is Opcode.Replace:
             op, failures = Replace(key, value, flags), REPLACE_FAILURES
         if op is not None:
-            await self._conditional(
-                request, expired_variant(op) if expired else op, len(value), failures
-            )
+            # An exptime already past: checked as sent, nothing is kept (docs/pov.md).
+            await self._conditional(request, op, len(value), failures, exptime=request.exptime)
         else:
-            if expired:
-                core.set_expired(key)
-            else:
-                core.set(key, value, flags)
+            core.set(key, value, flags, request.exptime)
             if not request.quiet:
                 await self._commit_loud(request, NO_FAILURES)
 
@@ -410,16 +389,13 @@ class BinaryHandler:
         prepend = request.base is Opcode.Prepend
         if request.cas:
             op = Concat(request.key, request.value, prepend, expected=request.cas)
-            self.core.stats.cmd_set += 1
             await self._conditional(request, op, len(request.value), CONCAT_FAILURES)
             return
-        if request.quiet and self.core.as_intent(request.key):
-            # Runs stay whole: its verdict comes with the run's, as a conditional's.
-            self.core.stats.cmd_set += 1
-            op = Concat(request.key, request.value, prepend)
-            self._queue(request, op, request.key, len(request.value), CONCAT_FAILURES)
-            return
-        if not await self.core.concat(request.key, request.value, prepend):
+        # A quiet one may become an intent (runs stay whole): its verdict comes later.
+        tag = _Quiet.of(request, CONCAT_FAILURES)
+        if not await self.core.concat(
+            request.key, request.value, prepend, quiet=request.quiet, tag=tag
+        ):
             await self._fail(request, Status.NOT_STORED)
         elif not request.quiet:
             await self._commit_loud(request, CONCAT_FAILURES)
@@ -431,15 +407,13 @@ class BinaryHandler:
                 request, CompareRemove(request.key, request.cas), 0, DELETE_FAILURES
             )
             return
-        if request.quiet and self.core.as_intent(request.key):
-            self._queue(request, Remove(request.key), request.key, 0, DELETE_FAILURES)
-            return
-        if not await self.core.delete(request.key):
+        tag = _Quiet.of(request, DELETE_FAILURES)
+        if not await self.core.delete(request.key, quiet=request.quiet, tag=tag):
             await self._fail(request, Status.KEY_ENOENT)
         elif not request.quiet:
             # No cas in a Delete response: answered from the POV, as in text.
-            await self._settle()
-            self.session.unacked_writes = True
+            self.core.answered(quiet=False)
+            await self._report_verdicts()
             self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
 
     async def _adjust(self, request: BinaryRequest) -> None:
@@ -453,14 +427,13 @@ class BinaryHandler:
             op = Adjust(request.key, request.delta, incr, initial, expected=request.cas)
             await self._conditional(request, op, 8, ADJUST_FAILURES, counter=True)
             return
-        if request.quiet and self.core.as_intent(request.key):
-            op = Adjust(request.key, request.delta, incr, initial)
-            self._queue(request, op, request.key, 8, ADJUST_FAILURES)
-            return
-        result = await self.core.adjust(request.key, request.delta, incr, initial)
+        tag = _Quiet.of(request, ADJUST_FAILURES)
+        result = await self.core.adjust(
+            request.key, request.delta, incr, initial, quiet=request.quiet, tag=tag
+        )
         if result is Outcome.NOT_FOUND:
             if refused:
-                await self._fail(request, Status.EINVAL, EXPTIME_REJECTED)
+                await self._refuse(request, Refusal.TTL)
             else:
                 await self._fail(request, Status.KEY_ENOENT)
         elif result is Outcome.NON_NUMERIC:
@@ -469,10 +442,9 @@ class BinaryHandler:
             await self._commit_loud(request, ADJUST_FAILURES, counter=True)
 
     async def _flush(self, request: BinaryRequest) -> None:
-        if not self.core.flush_enabled:
-            await self._fail(request, Status.AUTH_ERROR, FLUSH_DISABLED)  # memcached -F's status
-        elif request.exptime != 0:
-            await self._fail(request, Status.EINVAL, FLUSH_DELAY)
+        refusal = self.core.flush_refusal(request.exptime)
+        if refusal is not None:
+            await self._refuse(request, refusal)
         else:
             await self._conditional(request, Clear(), 0, NO_FAILURES)
 
@@ -480,8 +452,7 @@ class BinaryHandler:
 
     async def _noop(self, request: BinaryRequest) -> None:
         """The durability barrier: answered once all this connection sent is on disk."""
-        await self.core.barrier()
-        await self._report_verdicts()
+        self._write_verdicts(await self.core.barrier())
         self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
 
     async def _quit(self, request: BinaryRequest) -> None:
@@ -501,28 +472,12 @@ class BinaryHandler:
         self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
 
     async def _stat(self, request: BinaryRequest) -> None:
-        """Stat: general, "settings", "reset", "detail on|off|dump", and the
-        groups text answers empty."""
+        """Stat: the groups of :meth:`Core.stats_group` (the key is the group
+        and its words, as in text), answered in Stat responses."""
         await self._settle()
-        group = request.key
-        if group == b"":
-            pairs = general_stats(self.engine)
-        elif group == b"settings":
-            pairs = list(settings_stats(self.engine))
-        elif group == b"reset":
-            self.engine.stats.reset()
-            self.engine.promoter_stats.reset()
-            self.engine.prefixes.clear()
-            pairs = []
-        elif group in (b"detail on", b"detail off"):
-            self.engine.prefixes.enabled = group == b"detail on"
-            pairs = []
-        elif group == b"detail dump":
-            # memcached: one stat named "detailed" holding the text dump.
-            pairs = [("detailed", self.engine.prefixes.dump())]
-        elif group in _GET_GROUPS_WITHOUT_STATS:
-            pairs = []  # no slab allocator, no LRU: nothing to list
-        else:
+        group, *args = request.key.split(b" ")
+        pairs = _stat_pairs(self.core.stats_group(group, args))
+        if pairs is None:
             self.out += error_response(request.opcode, request.opaque, Status.KEY_ENOENT)
             return
         out = self.out
@@ -531,6 +486,9 @@ class BinaryHandler:
                 request.opaque, name, value if isinstance(value, bytes) else str(value)
             )
         out += stat_end_response(request.opaque)
+
+    async def _refuse(self, request: BinaryRequest, refusal: Refusal) -> None:
+        await self._fail(request, REFUSAL_STATUS[refusal], refusal.value)
 
     # -- SASL PLAIN -----------------------------------------------------------
 
@@ -560,3 +518,16 @@ class BinaryHandler:
         await self._settle()
         status = Status.UNKNOWN_COMMAND if self.auth is None else Status.AUTH_ERROR
         self.out += error_response(request.opcode, request.opaque, status)
+
+
+def _stat_pairs(answer: StatsAnswer) -> Sequence[tuple[str, object]] | None:
+    """A ``stats <group>`` answer (:meth:`Core.stats_group`) as binary Stat
+    pairs; None: the group is unknown (KEY_ENOENT)."""
+    kind = answer.kind
+    if kind is StatsKind.LIST:
+        return answer.pairs
+    if kind is StatsKind.RESET or kind is StatsKind.DETAIL_SWITCHED:
+        return ()
+    if kind is StatsKind.DETAIL_DUMP:
+        return [("detailed", answer.dump)]  # memcached: one stat holding the text dump
+    return None

@@ -177,10 +177,10 @@ class Connection:
             out.clear()
 
     async def _release_replies(self) -> None:
-        """Before replies leave in the middle of a burst: the writes they
+        """Before replies leave (mid-burst or at its end): the writes they
         acknowledge must be handed over (from then on every read waits for
         them: docs/pov.md, "Other sessions") and, with ``--durable-acks``, be
-        on disk.  At the end of a burst the loop does the same."""
+        on disk — the one place that rule lives."""
         session = self.session
         session.submit()
         if self._durable and session.unacked_writes:
@@ -297,12 +297,7 @@ class Connection:
             except RunTooLarge:
                 handler.fatal_error("transaction larger than --max-pending-bytes; discarded")
                 handler.closing = True
-            session.submit()
-            if self._durable and session.unacked_writes:
-                try:
-                    await session.wait_committed(report=False)
-                except CommitFailed:
-                    pass  # reported just below
+            await self._release_replies()  # the burst's replies may go
             if session.failure is not None:
                 await self._report_loss(handler, out)
                 return

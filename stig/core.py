@@ -13,13 +13,25 @@ waiting would split the run, so the write joins the run as an *intent*
 applied at promotion (:meth:`Core._intent`; docs/pov.md, "Runs stay whole").
 Conditional writes answer after their commit.  Commit failures surface as
 :class:`~stig.session.CommitFailed`.
+
+The transaction rules every protocol shares live here once, and the
+handlers only translate: a write answered from the POV with a reply closes
+its run (:meth:`Core.answered`); a quiet conditional write (or intent) owes
+its client a verdict, collected for all protocols by :meth:`Core.verdicts`
+once its run has committed; the barrier (:meth:`Core.barrier`) waits for
+everything and reports a failure since the last barrier; refusals are
+:class:`Refusal` values; ``stats <group>`` is :meth:`Core.stats_group`.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Sequence
 
+import attrs
+
+from protocol.listing import stats_items
 from stig.engine import Engine
 from stig.ops import (
     Add,
@@ -38,11 +50,59 @@ from stig.records import Item
 from stig.session import Session
 from stig.settings import TtlPolicy
 from stig.snapshot import Snapshot
+from stig.stats_report import general_stats, settings_stats
 
-#: Why a non-zero TTL is refused (``--ttl-policy reject``), in every protocol.
-TTL_REFUSED = "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
+
+class Refusal(enum.Enum):
+    """A command Stig refuses, with the words every protocol says it in."""
+
+    #: A future exptime under ``--ttl-policy reject``.
+    TTL = "exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
+    #: ``flush_all`` under ``--disable-flush-all``.
+    FLUSH_DISABLED = "flush_all not allowed"
+    #: ``flush_all`` with a delay: nothing ever expires, so none can be honoured.
+    FLUSH_DELAY = "flush_all delay must be 0: Stig items never expire"
+
+
 #: memcached's words for incr/decr of a value that is not a number.
 NON_NUMERIC = "cannot increment or decrement non-numeric value"
+
+
+@attrs.frozen(slots=True)
+class Verdict:
+    """What a quiet write's client is owed once its run has committed.
+
+    ``tag`` is what the handler gave :meth:`Core.queue_conditional` to word
+    the reply with.  ``outcome`` is the write's outcome at promotion, or None
+    when its run failed to commit: ``failure`` then says why (reported once,
+    to every quiet write of the first failed run no reply has reported yet).
+    """
+
+    tag: object
+    outcome: Outcome | None
+    failure: str | None = None
+
+
+class StatsKind(enum.Enum):
+    """What a ``stats <group>`` request did (:meth:`Core.stats_group`)."""
+
+    LIST = "list"  #: ``pairs`` to list (maybe none)
+    RESET = "reset"  #: counters reset (text ``RESET``)
+    DETAIL_SWITCHED = "detail switched"  #: ``detail on|off`` done (text ``OK``)
+    DETAIL_DUMP = "detail dump"  #: ``dump``: memcached's text dump of the prefixes
+    DETAIL_USAGE = "detail usage"  #: ``detail`` without on, off or dump
+    UNKNOWN = "unknown"  #: no such group
+
+
+@attrs.frozen(slots=True)
+class StatsAnswer:
+    kind: StatsKind
+    pairs: Sequence[tuple[str, object]] = ()
+    dump: bytes = b""
+
+
+#: Groups that list nothing: no slab allocator, no LRU.
+_EMPTY_STATS_GROUPS = frozenset({b"slabs", b"sizes", b"conns", b"extstore"})
 #: memcached's REALTIME_MAXDELTA: a larger exptime is an absolute Unix time.
 THIRTY_DAYS = 60 * 60 * 24 * 30
 
@@ -75,6 +135,14 @@ class Core:
         self.prefixes = engine.prefixes
 
     # -- exptimes: never a future TTL (docs/pov.md) ------------------------------
+
+    def store_refused(self, *exptimes: int | None) -> bool:
+        """Whether a store is refused for its exptime(s) (:meth:`ttl_refused`);
+        a refused store still counts in ``cmd_set``, as memcached's do."""
+        if any(ttl is not None and self.ttl_refused(ttl) for ttl in exptimes):
+            self.stats.cmd_set += 1
+            return True
+        return False
 
     def ttl_refused(self, exptime: int) -> bool:
         """A future exptime under ``--ttl-policy reject``: store nothing.
@@ -123,9 +191,42 @@ class Core:
         if self.prefixes.enabled:
             self.prefixes.record_delete(key)
 
-    @property
-    def flush_enabled(self) -> bool:
-        return not self.engine.settings.disable_flush_all
+    def stats_group(self, group: bytes, args: Sequence[bytes] = ()) -> StatsAnswer:
+        """``stats <group> <args>`` (text ``stats``, binary Stat), the same in
+        every protocol; the handler words the answer.  ``detail`` is
+        memcached's ``stats detail on|off|dump`` (stig/prefix_stats.py)."""
+        engine = self.engine
+        if group == b"":
+            return StatsAnswer(StatsKind.LIST, general_stats(engine))
+        if group == b"settings":
+            return StatsAnswer(StatsKind.LIST, list(settings_stats(engine)))
+        if group == b"items":
+            store = engine.store
+            return StatsAnswer(StatsKind.LIST, stats_items(store.item_count(), store.total_bytes))
+        if group in _EMPTY_STATS_GROUPS:
+            return StatsAnswer(StatsKind.LIST)
+        if group == b"reset":
+            engine.stats.reset()
+            engine.promoter_stats.reset()
+            self.prefixes.clear()
+            return StatsAnswer(StatsKind.RESET)
+        if group == b"detail":
+            word = tuple(args[:1])
+            if word == (b"on",) or word == (b"off",):
+                self.prefixes.enabled = word == (b"on",)
+                return StatsAnswer(StatsKind.DETAIL_SWITCHED)
+            if word == (b"dump",):
+                return StatsAnswer(StatsKind.DETAIL_DUMP, dump=self.prefixes.dump())
+            return StatsAnswer(StatsKind.DETAIL_USAGE)
+        return StatsAnswer(StatsKind.UNKNOWN)
+
+    def flush_refusal(self, delay: int) -> Refusal | None:
+        """Why a ``flush_all`` with ``delay`` is refused, or None: it may go."""
+        if self.engine.settings.disable_flush_all:
+            return Refusal.FLUSH_DISABLED
+        if delay != 0:
+            return Refusal.FLUSH_DELAY
+        return None
 
     async def _resolve(self, keys: Sequence[bytes]) -> None:
         """Wait for this session's conditional writes that may change ``keys``,
@@ -144,6 +245,29 @@ class Core:
         waits for the verdict, as before.)"""
         session = self.session
         return quiet and bool(session.unresolved) and session.verdict_in_open_run(key)
+
+    def _intent(self, op: Op, key: bytes, size: int, tag: object | None) -> None:
+        """Record ``op`` as an intent; its verdict is owed to ``tag`` (if any),
+        as a quiet conditional's is (:meth:`verdicts`)."""
+        self.session.add_intent(op, key, size)
+        if tag is not None:
+            self.session.owe_verdict(tag)
+
+    # -- transaction edges: the rules every protocol shares -----------------------
+
+    def close_run(self) -> None:
+        """A command that expects a reply (or ends the conversation) closes the open run."""
+        self.session.close_run()
+
+    def answered(self, quiet: bool) -> None:
+        """A write answered from the POV: one that replies closes its run (as
+        that run's last member) and makes the connection owe its commit
+        (``--durable-acks`` holds the reply until then); a quiet one stays in
+        the open run (docs/pov.md, "What forms a run")."""
+        if not quiet:
+            session = self.session
+            session.close_run()
+            session.unacked_writes = True
 
     # -- reads -----------------------------------------------------------------
 
@@ -220,7 +344,13 @@ class Core:
 
     # -- unconditional writes: answered from the POV ---------------------------
 
-    def set(self, key: bytes, value: bytes, flags: int) -> None:
+    def set(self, key: bytes, value: bytes, flags: int, exptime: int = 0) -> None:
+        """Store ``value``; with an ``exptime`` already past the key is gone
+        instead (:meth:`set_expired`).  Refusals are the caller's first step
+        (:meth:`store_refused`)."""
+        if exptime and already_expired(exptime, time.time()):
+            self.set_expired(key)
+            return
         self.stats.cmd_set += 1
         self.session.set(key, value, flags)
 
@@ -231,17 +361,19 @@ class Core:
         prepend: bool,
         vivify_flags: int | None = None,
         quiet: bool = False,
+        tag: object | None = None,
     ) -> bool:
         """append/prepend; False if the key is absent from this POV.
 
         With ``vivify_flags`` (meta ``ms MA N``) an absent key is created
-        with the data and these flags instead.
+        with the data and these flags instead.  A quiet one may become an
+        intent (:meth:`as_intent`): True, and its verdict is owed to ``tag``.
         """
         self.stats.cmd_set += 1
         session = self.session
         if self.as_intent(key, quiet):
-            session.add_intent(Concat(key, data, prepend, vivify_flags), key, len(data))
-            return True  # nobody is told
+            self._intent(Concat(key, data, prepend, vivify_flags), key, len(data), tag)
+            return True  # told later, if at all: its verdict is owed
         await self._resolve((key,))
         if vivify_flags is not None and session.get(key) is None:
             op = Concat(key, data, prepend, vivify_flags)
@@ -249,11 +381,12 @@ class Core:
             return True
         return session.concat(key, data, prepend)
 
-    async def delete(self, key: bytes, quiet: bool = False) -> bool:
+    async def delete(self, key: bytes, quiet: bool = False, tag: object | None = None) -> bool:
+        """Whether the key was there; a quiet intent answers True (see :meth:`concat`)."""
         session = self.session
         if self.as_intent(key, quiet):
-            session.add_intent(Remove(key), key, 0)
-            return True  # nobody is told
+            self._intent(Remove(key), key, 0, tag)
+            return True  # told later, if at all: its verdict is owed
         await self._resolve((key,))
         found = session.delete(key)
         if found:
@@ -270,16 +403,18 @@ class Core:
         initial: int | None = None,
         flags: int = 0,
         quiet: bool = False,
+        tag: object | None = None,
     ) -> int | Outcome:
         """incr/decr: the value this POV sees afterwards, or NOT_FOUND / NON_NUMERIC.
 
         ``initial`` (if not None) creates a missing counter with that value.
-        A quiet one that becomes an intent (see :meth:`as_intent`) answers 0.
+        A quiet one that becomes an intent (see :meth:`as_intent`) answers 0;
+        its verdict is owed to ``tag``.
         """
         session = self.session
         if self.as_intent(key, quiet):
-            session.add_intent(Adjust(key, delta, incr, initial, flags), key, 8)
-            return 0  # nobody is told
+            self._intent(Adjust(key, delta, incr, initial, flags), key, 8, tag)
+            return 0  # told later, if at all: its verdict is owed
         await self._resolve((key,))
         result = session.adjust(key, delta, incr, initial, flags)
         hit = not isinstance(result, Outcome)
@@ -292,16 +427,19 @@ class Core:
             stats.decr_misses += not hit
         return result
 
-    async def touch(self, key: bytes) -> bool:
-        """Whether the key exists: touch changes nothing, items never expire."""
-        self.stats.cmd_touch += 1
+    async def touch(self, key: bytes, exptime: int = 0) -> bool:
+        """Whether the key exists: touch changes nothing, items never expire;
+        touched to an ``exptime`` already past, a found item is gone."""
         await self._resolve((key,))
         found = self.session.get(key) is not None
         self.count_touch(found)
+        if found and self.expired(exptime):
+            self.remove(key)  # answered found, then gone (memcached)
         return found
 
     def count_touch(self, found: bool) -> None:
-        """Count a touch hit or miss (``cmd_touch`` is counted by the caller)."""
+        """Count one touch (``cmd_touch``), a hit or a miss."""
+        self.stats.cmd_touch += 1
         if found:
             self.stats.touch_hits += 1
         else:
@@ -309,10 +447,74 @@ class Core:
 
     # -- conditional writes: checked against the global state at promotion ----
 
-    def queue_conditional(self, op: Op, key: bytes | None, size: int = 0) -> None:
-        """A conditional write whose client wants no answer: it joins the open run."""
+    def queue_conditional(
+        self, op: Op, key: bytes | None, size: int = 0, tag: object | None = None
+    ) -> None:
+        """A conditional write sent quiet (or noreply): it joins the open run.
+
+        With ``tag`` its verdict is owed: :meth:`verdicts` gives it, with
+        ``tag``, once the run has closed and committed (text ``noreply``
+        owes nothing; meta ``q`` and binary quiet writes report failures).
+        """
         self._count_write(op)
-        self.session.add_conditional(op, key, size)
+        session = self.session
+        session.add_conditional(op, key, size)
+        if tag is not None:
+            session.owe_verdict(tag)
+
+    @property
+    def verdicts_due(self) -> bool:
+        """Whether a closed run owes quiet writes their verdicts (:meth:`verdicts`)."""
+        return bool(self.session.owed)
+
+    async def verdicts(self) -> list[Verdict]:
+        """The verdicts owed to quiet writes whose runs have closed, in order,
+        after those runs' commits; each is given once.
+
+        A run that failed to commit gives its failure to each of its quiet
+        writes — unless a barrier or another reply already reported it (a
+        failure is reported once: :meth:`Session.take_unreported`); then its
+        writes get nothing.  The handler writes them in place of the quiet
+        writes' replies, before the reply of the command being served.
+        """
+        session = self.session
+        if not session.owed:
+            return []
+        owed, session.owed = session.owed, []
+        session.submit()
+        verdicts: list[Verdict] = []
+        for promotion, tags in owed:
+            await promotion.done.wait()
+            outcomes = promotion.outcomes
+            if promotion.error is not None or outcomes is None:
+                message = session.take_unreported()
+                if message is not None:
+                    verdicts += [Verdict(tag, None, message) for tag, _ in tags]
+                continue
+            verdicts += [Verdict(tag, outcomes[index]) for tag, index in tags]
+        return verdicts
+
+    async def conditional_write(
+        self,
+        op: Op,
+        key: bytes | None,
+        size: int,
+        quiet: bool,
+        tag: object | None = None,
+        exptime: int | None = None,
+    ) -> tuple[Outcome, Item | None] | None:
+        """A conditional write as its client sent it: quiet (or noreply), it
+        joins the open run and answers None, its verdict owed to ``tag``
+        (:meth:`queue_conditional`); else its outcome and the item it stored,
+        after its commit (:meth:`conditional_result`).  With an ``exptime``
+        already past it is checked as sent but stores nothing
+        (:func:`expired_variant`)."""
+        if self.expired(exptime):
+            op = expired_variant(op)
+        if quiet:
+            self.queue_conditional(op, key, size, tag)
+            return None
+        return await self.conditional_result(op, key, size)
 
     async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
         """A conditional write, answered with its outcome after its commit."""
@@ -339,12 +541,16 @@ class Core:
         promotion = await self.session.commit_run()
         return promotion.outcomes[-1], promotion.written  # type: ignore[index]
 
-    async def barrier(self) -> None:
-        """Wait until everything this connection sent so far is committed on disk.
+    async def barrier(self) -> list[Verdict]:
+        """Wait until everything this connection sent so far is committed on
+        disk (meta ``mn``, binary No-op); then the verdicts owed to quiet writes.
 
-        Closes the open run first: the binary No-op's guarantee (docs/pov.md).
+        Closes the open run first.  Raises
+        :class:`~stig.session.CommitFailed` if a promotion of this connection
+        failed since the last barrier, once (docs/pov.md, "The barrier").
         """
         await self.session.promote_pending()
+        return await self.verdicts()
 
     def count_cas(self, outcome: Outcome) -> None:
         stats = self.stats
@@ -358,9 +564,13 @@ class Core:
     def _count_write(self, op: Op) -> None:
         if isinstance(op, Clear):
             self.stats.cmd_flush += 1
-        elif hasattr(op, "value") or isinstance(op, ExpiredStore):
+        elif hasattr(op, "value") or isinstance(op, (ExpiredStore, Concat)):
             self.stats.cmd_set += 1
 
-    async def flush_all(self) -> None:
-        """Delete every item in one transaction, answered after its commit."""
-        await self.conditional(Clear(), None)
+    async def flush_all(self, quiet: bool = False, tag: object | None = None) -> None:
+        """Delete every item in one transaction, answered after its commit
+        (quiet: queued in the open run, its verdict owed to ``tag``)."""
+        if quiet:
+            self.queue_conditional(Clear(), None, 0, tag)
+        else:
+            await self.conditional(Clear(), None)

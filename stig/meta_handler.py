@@ -20,16 +20,16 @@ commands").
   connections exactly one gets ``W``.
 * Quiet (``q``) writes stay in the open run, so a run of them closed by
   ``mn`` (or any command that replies) is one transaction.  ``mn`` answers
-  ``MN`` once all of it is on disk.  A quiet conditional write's failure is
-  known only at its commit; it is written before the reply of the command
-  during which its run was closed (:meth:`MetaHandler.report_quiet_failures`).
+  ``MN`` once all of it is on disk (:meth:`stig.core.Core.barrier`).  A quiet
+  conditional write's failure is known only at its commit
+  (:meth:`stig.core.Core.verdicts`); it is written before the reply of the
+  command during which its run was closed (:meth:`MetaHandler.report_verdicts`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import attrs
 import lmdb
 
 from protocol.errors import ProtocolError
@@ -59,7 +59,7 @@ from protocol.meta import (
     suppressed_in_quiet,
 )
 from protocol.text_replies import client_error, server_error
-from stig.core import NON_NUMERIC, TTL_REFUSED, Core, expired_variant
+from stig.core import NON_NUMERIC, Core, Refusal, Verdict
 from stig.ops import (
     Add,
     Adjust,
@@ -71,17 +71,15 @@ from stig.ops import (
     Op,
     Outcome,
     Put,
-    Remove,
     Replace,
     SetState,
     Vivify,
 )
-from stig.promoter import Promotion
 from stig.records import WIN_SENT, Item
 from stig.session import CommitFailed, Session
 from stig.snapshot import READ_INTERRUPTED
 
-TTL_REJECTED = client_error(TTL_REFUSED)
+TTL_REJECTED = client_error(Refusal.TTL.value)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)
 
 #: The meta code for each outcome of a write.
@@ -98,15 +96,6 @@ _CODES = {
 _WIN_ATTEMPTS = 3
 
 Keyed = MetaGet | MetaSet | MetaDelete | MetaArithmetic
-
-
-@attrs.define(slots=True)
-class _QuietCheck:
-    """A quiet conditional write whose failure must still be reported."""
-
-    command: Keyed
-    index: int  #: its position in its run
-    promotion: Promotion | None = None  #: its run, once closed
 
 
 def _facts(item: Item, won: bool = False) -> ItemFacts:
@@ -133,13 +122,10 @@ class MetaHandler:
         self.session = session
         self.out = out
         self._next_event = next_event  # the parser's, to read a run of mg ahead
-        self._open: list[_QuietCheck] = []  # quiet conditionals of the open run
-        self._closed: list[_QuietCheck] = []  # ... of closed runs, not reported yet
         #: Sends what ``out`` holds so far (the text handler sets it): a run
         #: of mg sends its replies as they grow.
         self.drain: Callable[[], Awaitable[None]] | None = None
         self._reply_limit = core.engine.settings.max_reply_bytes
-        session.on_close = self._run_closed
         #: command type -> a function that executes the command and returns
         #: None (done, nothing to wait for) or an awaitable giving what
         #: :meth:`handle` returns.  The text handler calls these directly, so
@@ -171,85 +157,41 @@ class MetaHandler:
         if not suppressed_in_quiet(command, code):
             self.out += encode_meta_response(meta_response(command, code, item, value))
 
-    def _answered_write(self, command: Keyed) -> None:
-        """A write answered from the POV: a replying one closes the run (docs/pov.md)."""
-        if not command.quiet:
-            self.session.close_run()
-            self.session.unacked_writes = True
-
     def _ttl_refused(self, *ttls: int | None) -> bool:
         return any(ttl is not None and self.core.ttl_refused(ttl) for ttl in ttls)
 
-    # -- quiet conditional writes: failures reported when their run commits ----
+    # -- quiet writes: their verdicts, once their run has committed --------------
 
-    def _queue(self, command: Keyed, op: Op, size: int = 0) -> None:
-        """A quiet conditional write joins the open run; its verdict comes later."""
-        self.core.queue_conditional(op, command.key, size)
-        self._open.append(_QuietCheck(command, self.session.run_length - 1))
+    async def report_verdicts(self, mark: int) -> None:
+        """Write what quiet writes whose run has closed are owed, at ``out[mark]``:
+        where the reply of the command being handled begins, so they come first."""
+        if self.core.verdicts_due:
+            self.out[mark:mark] = self._verdict_lines(await self.core.verdicts())
 
-    def _intent(self, command: Keyed, op: Op, size: int = 0) -> bool:
-        """Runs stay whole: a quiet write whose POV answer needs a verdict of
-        the open run joins it as an intent, its verdict reported as a quiet
-        conditional's.  False: answer it from the POV as usual."""
-        if not (command.quiet and self.core.as_intent(command.key)):
-            return False
-        self._queue(command, op, size)
-        return True
-
-    def _run_closed(self, promotion: Promotion) -> None:
-        """The session closed a run (whoever closed it): its quiet checks can be awaited."""
-        if self._open:
-            for check in self._open:
-                check.promotion = promotion
-            self._closed += self._open
-            self._open = []
-
-    @property
-    def quiet_failures_due(self) -> bool:
-        """Whether :meth:`report_quiet_failures` has anything to do."""
-        return bool(self._closed)
-
-    async def report_quiet_failures(self, mark: int) -> None:
-        """Write the failures of quiet conditionals whose run is closed, at ``out[mark]``.
-
-        ``mark`` is where the reply of the command being handled begins, so
-        the failures come before it.  Waits for those runs' commits.
-        """
-        if not self._closed:
-            return
-        checks, self._closed = self._closed, []
-        self.session.submit()
+    @staticmethod
+    def _verdict_lines(verdicts: list[Verdict]) -> bytes:
+        """Quiet mode hides the nominal replies only: each failure, in its
+        write's place — a failed commit as a ``SERVER_ERROR`` line, so the
+        replies of the commands behind it still follow in step."""
         lines = bytearray()
-        for check in checks:
-            promotion = check.promotion
-            assert promotion is not None
-            await promotion.done.wait()
-            if promotion.error is not None or promotion.outcomes is None:
-                # Reported once: here, unless a barrier already did — in its
-                # place in the stream, as the quiet write's own reply, so the
-                # reply of the command being handled (and any command read
-                # ahead behind it) still follows.
-                message = self.session.take_unreported()
-                if message is not None:
-                    lines += server_error(message)
-                continue
-            outcome = promotion.outcomes[check.index]
-            if outcome is Outcome.NON_NUMERIC:
+        for verdict in verdicts:
+            command: Keyed = verdict.tag  # type: ignore[assignment]
+            outcome = verdict.outcome
+            if outcome is None:
+                lines += server_error(verdict.failure or "commit failed")
+            elif outcome is Outcome.NON_NUMERIC:
                 lines += NON_NUMERIC_REPLY
-                continue
-            code = _CODES[outcome]
-            if not suppressed_in_quiet(check.command, code):
-                lines += encode_meta_response(meta_response(check.command, code))
-        self.out[mark:mark] = lines
+            elif not suppressed_in_quiet(command, code := _CODES[outcome]):
+                lines += encode_meta_response(meta_response(command, code))
+        return bytes(lines)
 
     async def _conditional(
-        self, command: Keyed, op: Op, size: int = 0
+        self, command: Keyed, op: Op, size: int = 0, exptime: int | None = None
     ) -> tuple[Outcome, Item | None] | None:
         """A conditional write: queued if quiet (None), else its verdict after commit."""
-        if command.quiet:
-            self._queue(command, op, size)
-            return None
-        return await self.core.conditional_result(op, command.key, size)
+        return await self.core.conditional_write(
+            op, command.key, size, command.quiet, command, exptime
+        )
 
     # -- mg: a run of them reads one snapshot ------------------------------------
 
@@ -296,8 +238,8 @@ class MetaHandler:
         except CommitFailed as exc:
             out += server_error(str(exc))
             return
-        if self._closed:  # the read closed a run: its quiet failures come first,
-            await self.report_quiet_failures(mark)  # before any reply is sent
+        await self.report_verdicts(mark)  # a run the read closed: its verdicts come first,
+        # before any reply is sent
         limit = self._reply_limit
         index = 0
         with self.session.snapshot() as snapshot:
@@ -336,7 +278,6 @@ class MetaHandler:
         # R (recache when the TTL left is below its token) never wins in
         # Stig: items never expire, the TTL left is always infinite.
         if command.ttl is not None:
-            self.core.stats.cmd_touch += 1
             self.core.count_touch(item is not None)
         if item is None:
             self._reply(command, EN)
@@ -394,32 +335,27 @@ class MetaHandler:
     async def _set(self, command: MetaSet) -> None:
         appends = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
         ttl = None if appends else command.ttl  # memcached ignores T when appending
-        if self._ttl_refused(ttl, command.vivify_ttl):
-            self.core.stats.cmd_set += 1
+        if self.core.store_refused(ttl, command.vivify_ttl):
             self.out += TTL_REJECTED
             return
         op = self._conditional_set(command)
-        if self.core.expired(ttl):
-            if op is None or isinstance(op, Put):
-                self.core.set_expired(command.key)
-                await self._pov_write_reply(command, Outcome.STORED)
-                return
-            op = expired_variant(op)
+        if isinstance(op, Put) and self.core.expired(ttl):
+            op = None  # E alone, already expired: nothing to store under it
         if op is not None:
-            result = await self._conditional(command, op, len(command.value))
+            result = await self._conditional(command, op, len(command.value), ttl)
             if result is not None:
                 self._write_reply(command, *result)
             return
         key, value = command.key, command.value
         if command.mode is SetMode.SET:
-            self.core.set(key, value, command.client_flags)
+            self.core.set(key, value, command.client_flags, ttl or 0)
             stored = True
         else:
             vivify = command.client_flags if command.vivify_ttl is not None else None
-            concat = Concat(key, value, command.mode is SetMode.PREPEND, vivify)
-            if self._intent(command, concat, len(value)):
-                return
-            stored = await self.core.concat(key, value, command.mode is SetMode.PREPEND, vivify)
+            prepend = command.mode is SetMode.PREPEND
+            stored = await self.core.concat(
+                key, value, prepend, vivify, quiet=command.quiet, tag=command
+            )
         await self._pov_write_reply(command, Outcome.STORED if stored else Outcome.NOT_STORED)
 
     def _conditional_set(self, command: MetaSet) -> Op | None:
@@ -449,7 +385,7 @@ class MetaHandler:
             and not suppressed_in_quiet(command, code)
         ):
             written = (await self.core.committed())[1]
-        self._answered_write(command)
+        self.core.answered(command.quiet)
         self._write_reply(command, outcome, written)
 
     def _write_reply(self, command: Keyed, outcome: Outcome, written: Item | None) -> None:
@@ -480,10 +416,8 @@ class MetaHandler:
         elif command.cas is not None:
             op = CompareRemove(key, command.cas)
         if op is None:
-            if self._intent(command, Remove(key)):
-                return
-            found = await self.core.delete(key)
-            self._answered_write(command)
+            found = await self.core.delete(key, quiet=command.quiet, tag=command)
+            self.core.answered(command.quiet)
             self._reply(command, HD if found else NF)
             return
         result = await self._conditional(command, op)
@@ -512,15 +446,15 @@ class MetaHandler:
                 else:
                     self._reply(command, _CODES[outcome])
             return
-        if not command.return_value and self._intent(command, Adjust(key, delta, incr, initial)):
-            return
-        number = await self.core.adjust(key, delta, incr, initial)
+        # A quiet ma that wants its value (v) waits for it: it cannot be an intent.
+        quiet = command.quiet and not command.return_value
+        number = await self.core.adjust(key, delta, incr, initial, quiet=quiet, tag=command)
         if number is Outcome.NOT_FOUND:
-            self._answered_write(command)
+            self.core.answered(command.quiet)
             self._reply(command, NF)
             return
         if number is Outcome.NON_NUMERIC:
-            self._answered_write(command)
+            self.core.answered(command.quiet)
             self.out += NON_NUMERIC_REPLY
             return
         value, cas = b"%d" % number, 0  # type: ignore[str-format]
@@ -530,7 +464,7 @@ class MetaHandler:
             written = (await self.core.committed())[1]
             if written is not None:
                 value, cas = written.value, written.cas
-        self._answered_write(command)
+        self.core.answered(command.quiet)
         self._number_reply(command, value, cas)
 
     def _number_reply(self, command: MetaArithmetic, value: bytes, cas: int) -> None:
@@ -543,8 +477,9 @@ class MetaHandler:
     # -- mn, me ----------------------------------------------------------------
 
     async def _noop(self, command: MetaNoop) -> None:
-        """The barrier: MN once everything this connection sent is committed on disk."""
-        await self.core.barrier()
+        """The barrier: MN once everything this connection sent is committed on
+        disk, after what its quiet writes are owed (or the barrier's error)."""
+        self.out += self._verdict_lines(await self.core.barrier())
         self.out += encode_meta_response(MetaResponse(MN))
 
     async def _debug(self, command: MetaDebug) -> None:

@@ -12,7 +12,10 @@ decides where a run ends (:meth:`Session.close_run`) — after every write that
 expects a reply, or at the end of a run of noreply/quiet writes — and when
 closed runs are handed over (:meth:`Session.submit`, once per burst of input,
 so that pipelined writes share one group commit).  A run is applied
-atomically: all its operations land in one LMDB transaction.
+atomically: all its operations land in one LMDB transaction.  A quiet write
+whose client is owed its verdict is marked in its run
+(:meth:`Session.owe_verdict`); the run carries the mark into :attr:`Session.owed`
+when it closes, whoever closes it, and the core reports it after the commit.
 
 Memory: every write recorded and not yet committed is counted, at about
 its real memory cost (measured with tracemalloc: ~380 bytes of objects per
@@ -94,9 +97,10 @@ class Session:
         self._run_unresolved_undo: dict[bytes | None, int | None] = {}
         self._closed: list[Promotion] = []
         self._last: Promotion | None = None
-        # Called with each run as close_run() closes it (whoever closes it):
-        # the binary handler learns there which run its quiet writes are in.
-        self.on_close: Callable[[Promotion], None] | None = None
+        # Verdicts a quiet client is owed (Core.queue_conditional): (tag, index
+        # in the run) of the open run; with their promotion once it closes.
+        self._run_owed: list[tuple[object, int]] = []
+        self.owed: list[tuple[Promotion, list[tuple[object, int]]]] = []
         self.pending_bytes = 0  # recorded but not yet committed
         self._budget = engine.promoter.budget
         self._max_value = engine.settings.limits.max_item_size
@@ -274,6 +278,12 @@ class Session:
         """
         self.add_conditional(op, key, size)
 
+    def owe_verdict(self, tag: object) -> None:
+        """The write just added to the open run owes ``tag`` its verdict:
+        :attr:`owed` holds it with its promotion once the run closes
+        (whoever closes it), for :meth:`stig.core.Core.verdicts`."""
+        self._run_owed.append((tag, len(self._run) - 1))
+
     def verdict_in_open_run(self, key: bytes) -> bool:
         """Whether the open run holds a write whose verdict ``key``'s state awaits."""
         if not self._run:
@@ -342,12 +352,14 @@ class Session:
         self._run_undo = {}
         self._run_unresolved_undo = {}
         self._closed.append(promotion)
-        if self.on_close is not None:
-            self.on_close(promotion)
+        if self._run_owed:
+            self.owed.append((promotion, self._run_owed))
+            self._run_owed = []
         return promotion
 
     def discard_run(self) -> None:
         """Forget the open run (a dropped connection, a truncated command)."""
+        self._run_owed = []  # nobody is told about writes that never happen
         # Put back what the run replaced: an older write of a closed run is
         # still pending and still seen; a conditional's verdict still awaited.
         for key, before in self._run_undo.items():

@@ -36,18 +36,17 @@ from protocol.text import QuietError, TextParser
 from stig import listing
 from stig import snapshot as snapshot_read
 from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE
-from stig.core import TTL_REFUSED, Core, expired_variant
+from stig.core import Core, Refusal, StatsAnswer, StatsKind
 from stig.engine import PROTOCOL_VERSION, Engine
 from stig.meta_handler import MetaHandler
-from stig.ops import Add, Cas, Clear, Op, Outcome, Replace
+from stig.ops import Add, Cas, Op, Outcome, Replace
 from stig.session import CommitFailed, Session
 from stig.snapshot import Snapshot
-from stig.stats_report import general_stats, settings_stats
 from stig.tls import TlsError
 
-EXPTIME_REJECTED = R.client_error(TTL_REFUSED)
-FLUSH_DISABLED = R.client_error("flush_all not allowed")
-FLUSH_DELAY = R.client_error("flush_all delay must be 0: Stig items never expire")
+#: Each refusal as a text reply.
+REFUSALS = {refusal: R.client_error(refusal.value) for refusal in Refusal}
+EXPTIME_REJECTED = REFUSALS[Refusal.TTL]
 NON_NUMERIC = R.client_error(NON_NUMERIC_MESSAGE)
 
 UNAUTHENTICATED = R.client_error("unauthenticated")
@@ -126,8 +125,8 @@ class TextHandler:
 
         A run of meta ``mg`` reads the commands behind it ahead and hands back
         the first one it did not handle, which is handled next.  After each
-        command, failures of quiet meta writes whose run has closed are
-        written before its reply.
+        command, the verdicts owed to quiet meta writes whose run has closed
+        are written before its reply.
         """
         if not self.authenticated:
             self._login(event)
@@ -135,13 +134,14 @@ class TextHandler:
         next_event: object | None = event
         dispatch = self._dispatch
         meta = self.meta
+        core = self.core
         while next_event is not None:
             mark = len(self.out)
             try:
                 result = dispatch[type(next_event)](next_event)
                 next_event = None if result is None else await result
-                if meta.quiet_failures_due:
-                    await meta.report_quiet_failures(mark)
+                if core.verdicts_due:
+                    await meta.report_verdicts(mark)
             except CommitFailed as exc:
                 next_event = None
                 self.out += R.server_error(str(exc))
@@ -162,6 +162,8 @@ class TextHandler:
         session = self.session
         if session.run_open or session.unresolved or not session.sees_acked(event.keys):
             return _NOT_NOW
+        if self.core.verdicts_due:
+            return _NOT_NOW  # owed to quiet meta writes: written first, by _retrieve
         if event.with_cas and session.has_pending(event.keys):
             return _NOT_NOW
         return self._read_run([event], event.with_cas)
@@ -191,16 +193,19 @@ class TextHandler:
 
     def _reply(self, noreply: bool, data: bytes) -> None:
         """Answer a write: noreply keeps the run open, a reply closes it."""
-        if noreply:
-            return
-        self.session.close_run()
-        self.session.unacked_writes = True
-        self.out += data
+        self.core.answered(noreply)
+        if not noreply:
+            self.out += data
 
     # -- retrieval -----------------------------------------------------------
 
     async def _retrieve(self, command: Retrieve) -> None:
         session = self.session
+        if self.core.verdicts_due:
+            # Quiet meta writes' verdicts come before this reply, which may be
+            # sent in parts (so not inserted at its start afterwards).
+            self.core.close_run()
+            await self.meta.report_verdicts(len(self.out))
         if (
             not command.touch
             and not session.unresolved
@@ -222,7 +227,7 @@ class TextHandler:
                 await rest
             return
         if command.touch and self.core.ttl_refused(command.exptime):
-            self.session.close_run()
+            self.core.close_run()
             self.out += EXPTIME_REJECTED
             return
         await self._read_streamed(command)
@@ -417,29 +422,23 @@ class TextHandler:
             )
             self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
             return
-        if core.ttl_refused(command.exptime):
-            core.stats.cmd_set += 1
+        if core.store_refused(command.exptime):
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
-        expired = core.expired(command.exptime)
         if mode is StoreMode.SET:
-            if expired:
-                core.set_expired(command.key)
-            else:
-                core.set(command.key, command.value, command.flags)
+            core.set(command.key, command.value, command.flags, command.exptime)
             self._reply(command.noreply, R.STORED)
         else:
             if mode is StoreMode.CAS:
                 op: Op = Cas(command.key, command.value, command.flags, command.cas_unique)
             else:
                 op = _CONDITIONAL[mode](command.key, command.value, command.flags)
-            if expired:
-                op = expired_variant(op)
-            if command.noreply:
-                core.queue_conditional(op, command.key, len(command.value))
-                return
-            outcome = await core.conditional(op, command.key, len(command.value))
-            self.out += _STORE_REPLIES[outcome]
+            size, noreply = len(command.value), command.noreply
+            result = await core.conditional_write(
+                op, command.key, size, noreply, None, command.exptime
+            )
+            if result is not None:
+                self.out += _STORE_REPLIES[result[0]]
 
     async def _delete(self, command: Delete) -> None:
         self.core.count_prefix_delete(command.key)
@@ -461,55 +460,34 @@ class TextHandler:
         if self.core.ttl_refused(command.exptime):
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
-        found = await self.core.touch(command.key)
-        if found and self.core.expired(command.exptime):
-            self.core.remove(command.key)  # touched to a time already past: gone
+        found = await self.core.touch(command.key, command.exptime)
         self._reply(command.noreply, R.TOUCHED if found else R.NOT_FOUND)
 
     async def _flush_all(self, command: FlushAll) -> None:
-        if not self.core.flush_enabled:
-            self._reply(command.noreply, FLUSH_DISABLED)
+        refusal = self.core.flush_refusal(command.delay)
+        if refusal is not None:
+            self._reply(command.noreply, REFUSALS[refusal])
             return
-        if command.delay != 0:
-            self._reply(command.noreply, FLUSH_DELAY)
-            return
-        if command.noreply:
-            self.core.queue_conditional(Clear(), None)
-            return
-        await self.core.flush_all()
-        self.out += R.OK
+        await self.core.flush_all(quiet=command.noreply)
+        if not command.noreply:
+            self.out += R.OK
 
     # -- everything else ---------------------------------------------------
 
     def _version(self, command: Version) -> None:
-        self.session.close_run()
+        self.core.close_run()
         self.out += R.version(PROTOCOL_VERSION)
 
     def _verbosity(self, command: Verbosity) -> None:
         self._reply(command.noreply, R.OK)
 
     def _quit(self, command: Quit) -> None:
-        self.session.close_run()
+        self.core.close_run()
         self.closing = True
 
     def _stats(self, command: Stats) -> Awaitable[None] | None:
-        self.session.close_run()
-        group = command.group
-        if group == b"":
-            self.out += R.stats(general_stats(self.engine))
-        elif group == b"settings":
-            self.out += R.stats(settings_stats(self.engine))
-        elif group == b"reset":
-            self.engine.stats.reset()
-            self.engine.promoter_stats.reset()
-            self.engine.prefixes.clear()
-            self.out += R.RESET
-        elif group == b"detail":
-            self._stats_detail(command.args[:1])
-        elif group == b"items":
-            store = self._db
-            self.out += R.stats(L.stats_items(store.item_count(), store.total_bytes))
-        elif group == b"cachedump":
+        self.core.close_run()
+        if command.group == b"cachedump":  # a key listing: text only
             request = L.parse_cachedump(command.args)
             if isinstance(request, bytes):
                 self.out += request
@@ -517,14 +495,12 @@ class TextHandler:
                 self.out += R.END
             else:
                 return self._stream(listing.cachedump(self._db, request.limit, self.engine.stats))
-        elif group in (b"slabs", b"sizes", b"conns", b"extstore"):
-            self.out += R.END  # no slab allocator, no LRU: nothing to list
-        else:
-            self.out += R.ERROR
+            return None
+        self.out += _stats_reply(self.core.stats_group(command.group, command.args))
         return None
 
     def _lru_crawler(self, command: LruCrawler) -> Awaitable[None] | None:
-        self.session.close_run()
+        self.core.close_run()
         request = L.parse_metadump(command.spec)
         if isinstance(request, bytes):
             self.out += request
@@ -538,8 +514,8 @@ class TextHandler:
         """Write a listing chunk by chunk, sending each before making the next,
         so the reply never sits whole in memory (see :mod:`stig.listing`)."""
         out = self.out
-        if self.meta.quiet_failures_due:  # they come before this reply, which
-            await self.meta.report_quiet_failures(len(out))  # leaves in parts
+        if self.core.verdicts_due:  # they come before this reply, which
+            await self.meta.report_verdicts(len(out))  # leaves in parts
         # The snapshot is taken at the first chunk: first every write in
         # flight (acknowledged to some client, or this session's own) is
         # committed, so that the listing holds it (docs/pov.md, "Other sessions").
@@ -552,20 +528,9 @@ class TextHandler:
                 if self.drain is not None and len(out) >= listing.CHUNK_BYTES:
                     await self.drain()
 
-    def _stats_detail(self, args: tuple[bytes, ...]) -> None:
-        """``stats detail on|off|dump``, as memcached (prefix_stats.py)."""
-        prefixes = self.engine.prefixes
-        if args == (b"on",) or args == (b"off",):
-            prefixes.enabled = args[0] == b"on"
-            self.out += R.OK
-        elif args == (b"dump",):
-            self.out += prefixes.dump()
-        else:
-            self.out += DETAIL_USAGE
-
     def _refresh_certs(self, command: RefreshCerts) -> None:
         """Reload the TLS certificates: new connections get them (memcached)."""
-        self.session.close_run()
+        self.core.close_run()
         tls = self.engine.tls
         if tls is None:
             self.out += TLS_OFF
@@ -580,7 +545,7 @@ class TextHandler:
     def _invalid(self, event: InvalidCommand) -> None:
         if event.discard_key is not None:
             self.core.discard_too_large(event.discard_key)
-        self.session.close_run()
+        self.core.close_run()
         self.out += event.text_reply()
         if event.close:
             self.closing = True
@@ -598,3 +563,19 @@ class TextHandler:
     def protocol_error(self, error: ProtocolError) -> None:
         if error.hint is not None:
             self.out += error.hint.text_reply()
+
+
+def _stats_reply(answer: StatsAnswer) -> bytes:
+    """A ``stats <group>`` answer (:meth:`Core.stats_group`) in text words."""
+    kind = answer.kind
+    if kind is StatsKind.LIST:
+        return R.stats(answer.pairs)
+    if kind is StatsKind.RESET:
+        return R.RESET
+    if kind is StatsKind.DETAIL_SWITCHED:
+        return R.OK
+    if kind is StatsKind.DETAIL_DUMP:
+        return answer.dump
+    if kind is StatsKind.DETAIL_USAGE:
+        return DETAIL_USAGE
+    return R.ERROR

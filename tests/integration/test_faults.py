@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,38 @@ def test_quiet_failure_reported_by_a_read_keeps_the_stream_in_step(faulty, kind)
         reply = conn.send_recv(b"ms q1 1 q ME\r\nx\r\nmg a v\r\nmg b v\r\nmn\r\n", b"MN\r\n")
         assert reply == b"SERVER_ERROR " + ERRORS[kind] + b"\r\nEN\r\nEN\r\nMN\r\n"
         _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
+def test_each_quiet_write_of_a_failed_run_gets_its_line(faulty):
+    """Two quiet conditionals in one run that fails to commit, closed by a
+    read: each gets a ``SERVER_ERROR`` line in its place (as each binary
+    quiet write gets its EINTERNAL), then the read's reply; reported once."""
+    server = faulty()
+    _set_fault(server, "lmdb q1")
+    with server.connect() as conn:
+        reply = conn.send_recv(b"ms q1 1 q ME\r\nx\r\nms q2 1 q ME\r\ny\r\nmg a v\r\n", b"EN\r\n")
+        assert reply == (b"SERVER_ERROR " + LMDB_ERROR + b"\r\n") * 2 + b"EN\r\n"
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
+def test_meta_quiet_failure_of_a_run_closed_by_silence_comes_before_the_next_reply(faulty):
+    """The run is closed by --batch-idle-ms (the connection, not a command):
+    its quiet write is still owed its verdict, written before the next reply."""
+    server = faulty("--batch-idle-ms", "1")
+    _set_fault(server, "lmdb q1")
+    with server.connect() as conn:
+        conn.send(b"ms q1 1 q ME\r\nx\r\n")
+        deadline = time.monotonic() + 10
+        while server.stats()["stig_failed_commits"] == "0":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        _set_fault(server, "")
+        reply = conn.send_recv(b"mg a v\r\n", b"EN\r\n")
+        assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\nEN\r\n"
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
     _others_still_served(server)
 
