@@ -165,6 +165,25 @@ def test_meta_quiet_failure_of_a_run_closed_by_silence_comes_before_the_next_rep
     _others_still_served(server)
 
 
+def test_meta_quiet_failure_comes_before_a_text_get_reply(faulty):
+    """A text get closes the quiet meta run (or finds it closed by silence):
+    the failure is written before the get's reply, which may be sent in parts,
+    and the plain get's no-wait path does not skip it."""
+    server = faulty("--batch-idle-ms", "1")
+    _set_fault(server, "lmdb q1")
+    with server.connect() as conn:
+        conn.send(b"ms q1 1 q ME\r\nx\r\n")
+        wait_for_stats(server, lambda stats: stats["stig_failed_commits"] != "0")
+        _set_fault(server, "lmdb q2")
+        reply = conn.send_recv(b"get a\r\n", b"END\r\n")
+        assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\nEND\r\n"
+        reply = conn.send_recv(b"ms q2 1 q ME\r\ny\r\nget a b c\r\n", b"END\r\n")
+        assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\nEND\r\n"
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
