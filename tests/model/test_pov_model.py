@@ -350,8 +350,16 @@ class PovMachine(RuleBasedStateMachine):
             assert promotion is None
             return None
         assert promotion is not None
-        assert list(promotion.ops) == [intent.op for intent in msession.open]
-        msession.closed.append(Run(s, msession.open, promotion))
+        if msession.closed and msession.closed[-1].promotion is promotion:
+            # A run of POV-answered writes joined the one closed before it
+            # (Session.close_run): both are one promotion, so one transaction.
+            joined = msession.closed[-1]
+            assert not any(i.conditional for i in joined.intents + msession.open)
+            joined.intents.extend(msession.open)
+            event("run joined the promotion before it")
+        else:
+            msession.closed.append(Run(s, msession.open, promotion))
+        assert list(promotion.ops) == [intent.op for intent in msession.closed[-1].intents]
         msession.open = []
         return promotion
 
