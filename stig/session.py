@@ -65,8 +65,8 @@ class RunTooLarge(Exception):
 
 
 class _Pending(NamedTuple):
-    """A key's newest write in this POV (one per write: a tuple, built in C
-    with ``_new_pending`` on the hot path)."""
+    """A key's newest write in this POV (one per write: a tuple, which
+    :meth:`Session.set` builds with ``tuple.__new__``, in C)."""
 
     seq: int
     item: Item | None  # None: deleted in this POV
