@@ -258,6 +258,7 @@ class Connection:
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
         checkpoint = trio.lowlevel.checkpoint
+        promoter = self.engine.promoter
         while True:
             stats.bytes_read += len(data)
             parser.feed(data)
@@ -265,7 +266,10 @@ class Connection:
                 budget = YIELD_EVERY
                 while not handler.closing:
                     budget -= 1
-                    if not budget:
+                    if not budget or promoter.finish_due:
+                        # A group commit finished: yield at once, so that its
+                        # completion (and the next group's dispatch) runs now,
+                        # not after every connection's next 128 commands.
                         budget = YIELD_EVERY
                         session.submit()  # what is closed goes to the promoter now
                         if session.pending_bytes and self._brake_needed():

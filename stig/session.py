@@ -36,8 +36,7 @@ The exact rules are in docs/pov.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-import attrs
+from typing import NamedTuple
 
 from stig.engine import Engine
 from stig.ops import (
@@ -69,10 +68,17 @@ class RunTooLarge(Exception):
     """An open run outgrew the write budget (``--max-pending-bytes``); it has been discarded."""
 
 
-@attrs.define(slots=True)
-class _Pending:
+class _Pending(NamedTuple):
+    """A key's newest write in this POV (one per write: a tuple, which
+    :meth:`Session.set` builds with ``tuple.__new__``, in C)."""
+
     seq: int
     item: Item | None  # None: deleted in this POV
+
+
+# The hot path builds these tuples with tuple.__new__ directly: a NamedTuple's
+# own __new__ is a Python function, one frame per write each.
+_tuple_new = tuple.__new__
 
 
 class Session:
@@ -96,6 +102,9 @@ class Session:
         self._run_undo: dict[bytes, _Pending | None] = {}
         self._run_unresolved_undo: dict[bytes | None, int | None] = {}
         self._closed: list[Promotion] = []
+        # Whether the newest closed, unsubmitted run holds only writes answered
+        # from the POV: a run like it may join its promotion (close_run).
+        self._closed_pure = False
         self._last: Promotion | None = None
         # Verdicts a quiet client is owed (Core.queue_conditional): (tag, index
         # in the run) of the open run; with their promotion once it closes.
@@ -188,7 +197,29 @@ class Session:
         self._grow_run(size + len(key) + _OP_OVERHEAD)
 
     def set(self, key: bytes, value: bytes, flags: int) -> None:
-        self._record(Put(key, value, flags), key, Item(value, flags), len(value))
+        """A plain set: :meth:`_record` and :meth:`_grow_run` inlined, and its
+        three tuples (op, POV item, overlay entry) built in C — the bulk of
+        every write load, where each Python frame per write shows."""
+        seq = self._seq = self._seq + 1
+        overlay = self._overlay
+        undo = self._run_undo
+        if key not in undo:
+            undo[key] = overlay.get(key)
+        overlay[key] = _tuple_new(_Pending, (seq, _tuple_new(Item, (value, flags, 0, 0))))
+        self._run.append(_tuple_new(Put, (key, value, flags, None)))
+        self._run_keys[key] = seq
+        self._run_answered = True
+        size = len(value) + len(key) + _OP_OVERHEAD
+        self._run_bytes += size
+        self.pending_bytes += size
+        budget = self._budget
+        used = budget.used = budget.used + size
+        if used > budget.peak:
+            budget.peak = used
+        budget.open += size
+        if budget.open > budget.limit:
+            self.discard_run()
+            raise RunTooLarge()
 
     def delete(self, key: bytes) -> bool:
         if self.get(key) is None:
@@ -329,14 +360,39 @@ class Session:
         return len(self._run)
 
     def close_run(self) -> Promotion | None:
-        """End the open run: it becomes one atomic promotion, queued for submit."""
-        if not self._run:
+        """End the open run: it becomes one atomic promotion, queued for submit.
+
+        A run of writes all answered from the POV (no conditional, no
+        intent, no flush_all) that closes right behind another such run not
+        submitted yet joins that run's promotion instead (a pipelined burst
+        of sets is one promotion, not one per set): its atomicity holds —
+        both commit in one transaction, as every run of a group does — and
+        nothing waits on the verdict of either.  The returned promotion is
+        then the one it joined.
+        """
+        run = self._run
+        if not run:
             return None
+        budget = self._budget
+        budget.open -= self._run_bytes
+        pure = not self._run_unresolved_undo and not self._run_clears and not self._run_owed
+        if pure and self._closed_pure:
+            promotion = self._closed[-1]
+            promotion.ops.extend(run)  # type: ignore[attr-defined]
+            promotion.key_seqs.update(self._run_keys)
+            promotion.nbytes += self._run_bytes
+            promotion.last_seq = self._seq
+            promotion.answered_early = promotion.answered_early or self._run_answered
+            self._run = []
+            self._run_keys = {}
+            self._run_bytes = 0
+            self._run_answered = False
+            self._run_undo = {}
+            return promotion
         self.pending_bytes += _RUN_OVERHEAD
-        self._budget.add(_RUN_OVERHEAD)
-        self._budget.open -= self._run_bytes
+        budget.add(_RUN_OVERHEAD)
         promotion = Promotion(
-            self._run,
+            run,
             self._run_keys,
             self._run_bytes + _RUN_OVERHEAD,
             self._promoted,
@@ -344,6 +400,7 @@ class Session:
             last_seq=self._seq,
             clears_all=self._run_clears,
         )
+        self._closed_pure = pure
         self._run = []
         self._run_keys = {}
         self._run_bytes = 0
@@ -389,6 +446,7 @@ class Session:
             self.engine.promoter.submit(self._closed)
             self._last = self._closed[-1]
             self._closed = []
+            self._closed_pure = False  # a submitted promotion takes no more runs
 
     async def wait_committed(self, report: bool = True) -> None:
         """Wait until everything submitted so far is committed (a barrier).

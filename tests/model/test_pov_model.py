@@ -350,8 +350,16 @@ class PovMachine(RuleBasedStateMachine):
             assert promotion is None
             return None
         assert promotion is not None
-        assert list(promotion.ops) == [intent.op for intent in msession.open]
-        msession.closed.append(Run(s, msession.open, promotion))
+        if msession.closed and msession.closed[-1].promotion is promotion:
+            # A run of POV-answered writes joined the one closed before it
+            # (Session.close_run): both are one promotion, so one transaction.
+            joined = msession.closed[-1]
+            assert not any(i.conditional for i in joined.intents + msession.open)
+            joined.intents.extend(msession.open)
+            event("run joined the promotion before it")
+        else:
+            msession.closed.append(Run(s, msession.open, promotion))
+        assert list(promotion.ops) == [intent.op for intent in msession.closed[-1].intents]
         msession.open = []
         return promotion
 
@@ -884,6 +892,42 @@ def test_run_is_all_or_nothing_for_other_sessions(engine: Engine) -> None:
     engine.promoter.commit_queued_now()
     assert promotion.outcomes == [Outcome.STORED] * 3
     assert [item.value for item in b.get_many(keys)] == [b"1", b"2", b"3"]
+
+
+def test_pov_answered_runs_of_a_burst_share_one_promotion(engine: Engine) -> None:
+    """docs/pov.md, "What forms a run": closed runs of POV-answered writes not
+    submitted yet are one promotion (one unit of the group commit); a run with
+    a conditional write keeps its own, and a submitted promotion takes no more."""
+    a, b = Session(engine), Session(engine)
+    a.set(b"k1", b"1", 0)
+    first = a.close_run()
+    assert a.delete(b"k1")
+    a.set(b"k2", b"2", 0)
+    assert a.close_run() is first  # joined
+    assert [type(op).__name__ for op in first.ops] == ["Put", "Remove", "Put"]
+    a.add_conditional(Add(b"k3", b"3", 0), b"k3", 1)
+    conditional = a.close_run()
+    assert conditional is not first
+    a.set(b"k4", b"4", 0)
+    after = a.close_run()
+    assert after is not conditional and after is not first  # never joins a conditional run
+    a.submit()
+    assert b.get_many([b"k2", b"k4"]) == [None, None]  # still one transaction each
+    a.set(b"k5", b"5", 0)
+    late = a.close_run()
+    assert late is not after  # a submitted promotion takes no more runs
+    a.submit()
+    engine.promoter.commit_queued_now()
+    assert first.outcomes == [Outcome.STORED, Outcome.DELETED, Outcome.STORED]
+    assert conditional.outcomes == [Outcome.STORED]
+    assert [item and item.value for item in b.get_many([b"k1", b"k2", b"k3", b"k4", b"k5"])] == [
+        None,
+        b"2",
+        b"3",
+        b"4",
+        b"5",
+    ]
+    assert a.pending_bytes == 0 and engine.budget.used == 0
 
 
 def test_overlay_survives_the_commit_of_an_older_run(engine: Engine) -> None:
