@@ -304,10 +304,8 @@ class Core:
         session = self.session
         items = session.get_many(keys) if len(keys) > 1 else [session.get(keys[0])]
         hits = sum(item is not None for item in items)
+        self.count_gets(len(keys), hits)
         stats = self.stats
-        stats.cmd_get += len(keys)
-        stats.get_hits += hits
-        stats.get_misses += len(keys) - hits
         if touch:
             stats.cmd_touch += len(keys)
             stats.touch_hits += hits
@@ -327,6 +325,14 @@ class Core:
         snapshot = self.session.snapshot()
         snapshot.hold(keys)
         return snapshot
+
+    def count_gets(self, count: int, hits: int) -> None:
+        """Count ``count`` keys read, ``hits`` of them found; ``count`` 0 moves
+        ``hits`` keys first counted as misses to the hits."""
+        stats = self.stats
+        stats.cmd_get += count
+        stats.get_hits += hits
+        stats.get_misses += count - hits
 
     def count_read(self, key: bytes, found: bool, touch: bool = False, detail: bool = True) -> None:
         """Count one key read from a :meth:`snapshot`, as :meth:`read` counts its keys."""

@@ -363,10 +363,7 @@ class TextHandler:
         finally:
             if not handed_over:
                 snapshot.close()
-            stats = self.core.stats
-            stats.cmd_get += count
-            stats.get_hits += hits
-            stats.get_misses += count - hits
+            self.core.count_gets(count, hits)
         return None
 
     async def _rest_of_get(self, snapshot: Snapshot, keys: Sequence[bytes], with_cas: bool) -> None:
@@ -405,9 +402,7 @@ class TextHandler:
             out += R.server_error(str(exc))
         finally:
             snapshot.close()
-            stats = self.core.stats
-            stats.get_hits += hits
-            stats.get_misses -= hits
+            self.core.count_gets(0, hits)  # counted as misses when the rest was handed over
 
     # -- writes ----------------------------------------------------------------
 

@@ -114,3 +114,19 @@ def test_cmd_set_counts_every_store_alike(stig_server, protocol):
                 assert conn.send_recv(line, b"\r\n") == expected
     # text's "cas" is its conditional store; meta and binary append conditionally
     assert int(stig_server.stats()["cmd_set"]) - before == 4
+
+
+def test_get_statistics_count_a_streamed_multi_get_once(stig_server):
+    """A multi-get whose reply passes --max-reply-bytes is sent in parts
+    (the rest handed over mid-line): its hits and misses are counted once,
+    by the core, as for any other read."""
+    conn = stig_server.connect()
+    value = b"x" * 300_000
+    for i in range(6):
+        assert conn.send_recv(b"set k%d 0 0 %d\r\n%b\r\n" % (i, len(value), value), b"\r\n") == (
+            b"STORED\r\n"
+        )
+    reply = conn.send_recv(b"get k0 k1 nope k2 k3 k4 k5 nope2\r\n", b"END\r\n")
+    assert reply.count(b"VALUE ") == 6
+    stats = stig_server.stats()
+    assert (stats["cmd_get"], stats["get_hits"], stats["get_misses"]) == ("8", "6", "2")
