@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stig import dumpfmt
 from stig.envtools import ToolError
-from stig.transfer import TextConn, listed, parse_address
+from stig.transfer import ITEM_OVERHEAD, TextConn, batch_budget, listed, parse_address
 
 BATCH = 500
 
@@ -83,31 +83,50 @@ def _fetch(conn: TextConn, keys: list[bytes]) -> Iterator[tuple[bytes, bytes, in
         yield key, value, fields[b"f"], fields[b"c"]
 
 
-def _transaction(conn: TextConn, commands: Iterable[bytes]) -> None:
-    """Send quiet commands closed by ``mn``; any reply before ``MN`` is an error."""
+def _transaction(conn: TextConn, commands: Iterable[bytes], nf_ok: bool = False) -> None:
+    """Send quiet commands closed by ``mn``; any reply before ``MN`` is an error
+    (but ``NF``, a delete's "already gone", when ``nf_ok``)."""
     conn.send(b"".join(commands) + dumpfmt.BARRIER)
     errors = []
     while (line := conn.line()) != b"MN\r\n":
-        errors.append(line.strip())
+        if not (nf_ok and line == b"NF\r\n"):
+            errors.append(line.strip())
     if errors:
         raise ToolError(f"the server refused: {errors[:5]!r}")
 
 
 def _copy(source: TextConn, target: TextConn, keys: list[bytes]) -> dict[bytes, int]:
-    """Copy ``keys`` (those still there) from ``source`` to ``target``; their cas on source."""
+    """Copy ``keys`` (those still there) from ``source`` to ``target``; their cas on source.
+
+    Each transaction stays within what ``target`` accepts (a quarter of its
+    ``--max-pending-bytes``, as ``stig load`` sends): one too large is
+    refused and the connection closed.  An item larger than that goes alone.
+    """
     copied = {}
+    budget = batch_budget(target)
     for start in range(0, len(keys), BATCH):
-        items = list(_fetch(source, keys[start : start + BATCH]))
-        _transaction(target, [dumpfmt.encode_item(k, v, f) for k, v, f, _ in items])
-        copied.update({k: cas for k, _, _, cas in items})
+        group: list[bytes] = []
+        cost = 0
+        for key, value, flags, cas in _fetch(source, keys[start : start + BATCH]):
+            item_cost = len(key) + len(value) + ITEM_OVERHEAD
+            if group and cost + item_cost > budget:
+                _transaction(target, group)
+                group, cost = [], 0
+            group.append(dumpfmt.encode_item(key, value, flags))
+            cost += item_cost
+            copied[key] = cas
+        if group:
+            _transaction(target, group)
     return copied
 
 
 def _delete(target: TextConn, keys: list[bytes]) -> None:
+    """Delete ``keys`` from ``target``; one already gone (``NF``) is no error."""
     for start in range(0, len(keys), BATCH):
         _transaction(
             target,
             [b"md %b%b q\r\n" % dumpfmt.key_token(k) for k in keys[start : start + BATCH]],
+            nf_ok=True,
         )
 
 

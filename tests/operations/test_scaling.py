@@ -247,3 +247,51 @@ def test_adding_a_node_keeps_every_write_and_delete_made_during_the_move(stig_fa
     assert set().union(*on_nodes) == present
     assert sum(len(keys_here) for keys_here in on_nodes) == len(present)  # one node each
     assert on_nodes[2] == {k.encode() for k in moved} & present
+
+
+def test_moving_large_values_keeps_each_transaction_within_the_new_nodes_budget(
+    stig_factory, tmp_path
+):
+    """move_keys.py sends each copy transaction within what the new node
+    accepts (its --max-pending-bytes): a batch of big values used to go as
+    one run, which the node refused by closing the connection, so the move
+    of a ring holding big values could not be done at all."""
+    from pymemcache.client.hash import HashClient
+
+    old = [stig_factory(), stig_factory()]
+    new = stig_factory("--max-pending-bytes", "256k")
+    names = [f"127.0.0.1:{n.port}" for n in (*old, new)]
+    client = HashClient([("127.0.0.1", n.port) for n in old], default_noreply=False)
+    values = {f"big:{i}": b"%03d" % i * 20_000 for i in range(40)}  # 60 kB each
+    for key, value in values.items():
+        assert client.set(key, value)
+    args = ["--old", ",".join(names[:2]), "--new", names[2]]
+    state = str(tmp_path / "move.state")
+    _move_keys("copy", *args, "--state", state)
+    _move_keys("finish", *args, "--state", state)
+    placed = HashClient([("127.0.0.1", n.port) for n in (*old, new)], default_noreply=False)
+    moved = [k for k in values if placed._get_client(k).server[1] == new.port]
+    assert len(moved) * 60_000 > 256 << 10  # more than one transaction's worth
+    assert placed.get_many(list(values)) == values
+
+
+def test_move_keys_deleting_a_key_already_gone_is_no_error(stig_server):
+    """A key deleted by someone else between move_keys.py's listing and its
+    delete (cleanup while a straggler still uses the old ring; a finish run
+    again after one that failed half-way) answers NF: nothing to do, not a
+    refusal that stops the move."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("move_keys", REPO / "scripts" / "move_keys.py")
+    assert spec is not None and spec.loader is not None
+    move_keys = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(move_keys)
+    conn = move_keys.TextConn(("127.0.0.1", stig_server.port))
+    try:
+        exchange(stig_server.port, b"set here 0 0 1\r\nx\r\n", b"STORED\r\n")
+        move_keys._delete(conn, [b"here", b"never-there", b"a key with spaces"])
+    finally:
+        conn.close()
+    assert _keys_on(stig_server.port) == set()
