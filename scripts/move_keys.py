@@ -155,6 +155,12 @@ def copy(old: list[str], new: str, state_path: Path) -> None:
         for key, cas in _copy(source, target, keys).items():
             state[(node, key)] = cas
         source.close()
+    # The new node holds what this run copied, nothing else: a key an earlier
+    # run copied and the application deleted since is in neither listing nor
+    # state, so finish would never delete it and it would come back.
+    copied = {key for _, key in state}
+    stale = [key for key, _ in listed(target) if key not in copied]
+    _delete(target, stale)
     target.close()
     _save(state_path, state)
     print(f"copied {len(state):,} keys to {new}; now stop the writers and run 'finish'")

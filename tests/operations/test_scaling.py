@@ -295,3 +295,31 @@ def test_move_keys_deleting_a_key_already_gone_is_no_error(stig_server):
     finally:
         conn.close()
     assert _keys_on(stig_server.port) == set()
+
+
+def test_a_second_copy_does_not_bring_back_a_key_deleted_since_the_first(stig_factory, tmp_path):
+    """move_keys.py copy run again (after one that failed, or to start over)
+    writes a fresh state file; a key the first run copied and the application
+    deleted since was in neither, so finish never deleted it from the new node
+    and it came back after the switch. Copy now leaves the new node holding
+    exactly what it copied."""
+    from pymemcache.client.hash import HashClient
+
+    old = [stig_factory(), stig_factory()]
+    new = stig_factory()
+    names = [f"127.0.0.1:{n.port}" for n in (*old, new)]
+    client = HashClient([("127.0.0.1", n.port) for n in old], default_noreply=False)
+    keys = [f"k:{i}" for i in range(60)]
+    for key in keys:
+        assert client.set(key, b"v")
+    args = ["--old", ",".join(names[:2]), "--new", names[2]]
+    state = str(tmp_path / "move.state")
+    _move_keys("copy", *args, "--state", state)
+    placed = HashClient([("127.0.0.1", n.port) for n in (*old, new)], default_noreply=False)
+    moved = [k for k in keys if placed._get_client(k).server[1] == new.port]
+    assert len(moved) > 5
+    for key in moved[:5]:
+        assert client.delete(key)
+    _move_keys("copy", *args, "--state", state)
+    _move_keys("finish", *args, "--state", state)
+    assert placed.get_many(keys) == {k: b"v" for k in keys if k not in moved[:5]}
