@@ -50,15 +50,29 @@ from stig.transfer import ITEM_OVERHEAD, TextConn, batch_budget, listed, parse_a
 BATCH = 500
 
 
-def placement(nodes: list[str]):  # -> Callable[[bytes], str]
-    """Which node of ``nodes`` a key belongs to, as the clients compute it."""
+def placement(nodes: list[str], prefix: bytes = b""):  # -> Callable[[bytes], str]
+    """Which node of ``nodes`` a key belongs to, as the clients compute it.
+
+    A ``HashClient(key_prefix=...)`` stores ``prefix + key`` but places the
+    key by ``key`` alone: ``prefix`` is taken off before hashing.
+    """
     ring = RendezvousHash(nodes)
-    return lambda key: ring.get_node(key.decode("utf-8", "surrogateescape"))
+
+    def node_of(key: bytes) -> str:
+        if prefix and key.startswith(prefix):
+            key = key[len(prefix) :]
+        return ring.get_node(key.decode("utf-8", "surrogateescape"))
+
+    return node_of
+
+
+#: The clients' key_prefix (``--key-prefix``), set by :func:`main`.
+KEY_PREFIX = b""
 
 
 def moving(old: str, nodes: list[str], new: str) -> Iterator[tuple[bytes, int]]:
     """(key, cas) of every key on ``old`` that the ring ``nodes`` places on ``new``."""
-    node_of = placement(nodes)
+    node_of = placement(nodes, KEY_PREFIX)
     conn = TextConn(parse_address(old))
     try:
         for key, cas in listed(conn):
@@ -211,7 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old", required=True, help="the ring's nodes now: HOST:PORT,...")
     parser.add_argument("--new", required=True, help="the node being added: HOST:PORT")
     parser.add_argument("--state", type=Path, help="where copy records what it copied")
+    parser.add_argument(
+        "--key-prefix",
+        default="",
+        help="the clients' HashClient key_prefix (stored keys start with it; the ring hashes "
+        "the key without it)",
+    )
     args = parser.parse_args(argv)
+    global KEY_PREFIX
+    KEY_PREFIX = args.key_prefix.encode("utf-8", "surrogateescape")
     old = args.old.split(",")
     if args.step != "cleanup" and args.state is None:
         parser.error(f"{args.step} needs --state")

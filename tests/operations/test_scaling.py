@@ -323,3 +323,29 @@ def test_a_second_copy_does_not_bring_back_a_key_deleted_since_the_first(stig_fa
     _move_keys("copy", *args, "--state", state)
     _move_keys("finish", *args, "--state", state)
     assert placed.get_many(keys) == {k: b"v" for k in keys if k not in moved[:5]}
+
+
+def test_moving_keys_of_clients_with_a_key_prefix(stig_factory, tmp_path):
+    """A HashClient with key_prefix stores prefix + key but places a key by the
+    key alone; move_keys.py hashed the stored key, so it moved the wrong keys
+    and, after the switch, keys read as missing. --key-prefix names it."""
+    from pymemcache.client.hash import HashClient
+
+    old = [stig_factory(), stig_factory()]
+    new = stig_factory()
+    names = [f"127.0.0.1:{n.port}" for n in (*old, new)]
+
+    def ring(nodes):
+        return HashClient(
+            [("127.0.0.1", n.port) for n in nodes], default_noreply=False, key_prefix=b"app:"
+        )
+
+    keys = [f"k:{i}" for i in range(60)]
+    client = ring(old)
+    for key in keys:
+        assert client.set(key, b"v-" + key.encode())
+    args = ["--old", ",".join(names[:2]), "--new", names[2], "--key-prefix", "app:"]
+    state = str(tmp_path / "move.state")
+    _move_keys("copy", *args, "--state", state)
+    _move_keys("finish", *args, "--state", state)
+    assert ring([*old, new]).get_many(keys) == {k: b"v-" + k.encode() for k in keys}
