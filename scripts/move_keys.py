@@ -45,20 +45,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stig import dumpfmt
 from stig.envtools import ToolError
-from stig.transfer import TextConn, listed, parse_address
+from stig.transfer import ITEM_OVERHEAD, TextConn, batch_budget, listed, parse_address
 
 BATCH = 500
 
 
-def placement(nodes: list[str]):  # -> Callable[[bytes], str]
-    """Which node of ``nodes`` a key belongs to, as the clients compute it."""
+def placement(nodes: list[str], prefix: bytes = b""):  # -> Callable[[bytes], str]
+    """Which node of ``nodes`` a key belongs to, as the clients compute it.
+
+    A ``HashClient(key_prefix=...)`` stores ``prefix + key`` but places the
+    key by ``key`` alone: ``prefix`` is taken off before hashing.
+    """
     ring = RendezvousHash(nodes)
-    return lambda key: ring.get_node(key.decode("utf-8", "surrogateescape"))
+
+    def node_of(key: bytes) -> str:
+        if prefix and key.startswith(prefix):
+            key = key[len(prefix) :]
+        return ring.get_node(key.decode("utf-8", "surrogateescape"))
+
+    return node_of
+
+
+#: The clients' key_prefix (``--key-prefix``), set by :func:`main`.
+KEY_PREFIX = b""
 
 
 def moving(old: str, nodes: list[str], new: str) -> Iterator[tuple[bytes, int]]:
     """(key, cas) of every key on ``old`` that the ring ``nodes`` places on ``new``."""
-    node_of = placement(nodes)
+    node_of = placement(nodes, KEY_PREFIX)
     conn = TextConn(parse_address(old))
     try:
         for key, cas in listed(conn):
@@ -83,31 +97,50 @@ def _fetch(conn: TextConn, keys: list[bytes]) -> Iterator[tuple[bytes, bytes, in
         yield key, value, fields[b"f"], fields[b"c"]
 
 
-def _transaction(conn: TextConn, commands: Iterable[bytes]) -> None:
-    """Send quiet commands closed by ``mn``; any reply before ``MN`` is an error."""
+def _transaction(conn: TextConn, commands: Iterable[bytes], nf_ok: bool = False) -> None:
+    """Send quiet commands closed by ``mn``; any reply before ``MN`` is an error
+    (but ``NF``, a delete's "already gone", when ``nf_ok``)."""
     conn.send(b"".join(commands) + dumpfmt.BARRIER)
     errors = []
     while (line := conn.line()) != b"MN\r\n":
-        errors.append(line.strip())
+        if not (nf_ok and line == b"NF\r\n"):
+            errors.append(line.strip())
     if errors:
         raise ToolError(f"the server refused: {errors[:5]!r}")
 
 
 def _copy(source: TextConn, target: TextConn, keys: list[bytes]) -> dict[bytes, int]:
-    """Copy ``keys`` (those still there) from ``source`` to ``target``; their cas on source."""
+    """Copy ``keys`` (those still there) from ``source`` to ``target``; their cas on source.
+
+    Each transaction stays within what ``target`` accepts (a quarter of its
+    ``--max-pending-bytes``, as ``stig load`` sends): one too large is
+    refused and the connection closed.  An item larger than that goes alone.
+    """
     copied = {}
+    budget = batch_budget(target)
     for start in range(0, len(keys), BATCH):
-        items = list(_fetch(source, keys[start : start + BATCH]))
-        _transaction(target, [dumpfmt.encode_item(k, v, f) for k, v, f, _ in items])
-        copied.update({k: cas for k, _, _, cas in items})
+        group: list[bytes] = []
+        cost = 0
+        for key, value, flags, cas in _fetch(source, keys[start : start + BATCH]):
+            item_cost = len(key) + len(value) + ITEM_OVERHEAD
+            if group and cost + item_cost > budget:
+                _transaction(target, group)
+                group, cost = [], 0
+            group.append(dumpfmt.encode_item(key, value, flags))
+            cost += item_cost
+            copied[key] = cas
+        if group:
+            _transaction(target, group)
     return copied
 
 
 def _delete(target: TextConn, keys: list[bytes]) -> None:
+    """Delete ``keys`` from ``target``; one already gone (``NF``) is no error."""
     for start in range(0, len(keys), BATCH):
         _transaction(
             target,
             [b"md %b%b q\r\n" % dumpfmt.key_token(k) for k in keys[start : start + BATCH]],
+            nf_ok=True,
         )
 
 
@@ -136,6 +169,12 @@ def copy(old: list[str], new: str, state_path: Path) -> None:
         for key, cas in _copy(source, target, keys).items():
             state[(node, key)] = cas
         source.close()
+    # The new node holds what this run copied, nothing else: a key an earlier
+    # run copied and the application deleted since is in neither listing nor
+    # state, so finish would never delete it and it would come back.
+    copied = {key for _, key in state}
+    stale = [key for key, _ in listed(target) if key not in copied]
+    _delete(target, stale)
     target.close()
     _save(state_path, state)
     print(f"copied {len(state):,} keys to {new}; now stop the writers and run 'finish'")
@@ -186,7 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old", required=True, help="the ring's nodes now: HOST:PORT,...")
     parser.add_argument("--new", required=True, help="the node being added: HOST:PORT")
     parser.add_argument("--state", type=Path, help="where copy records what it copied")
+    parser.add_argument(
+        "--key-prefix",
+        default="",
+        help="the clients' HashClient key_prefix (stored keys start with it; the ring hashes "
+        "the key without it)",
+    )
     args = parser.parse_args(argv)
+    global KEY_PREFIX
+    KEY_PREFIX = args.key_prefix.encode("utf-8", "surrogateescape")
     old = args.old.split(",")
     if args.step != "cleanup" and args.state is None:
         parser.error(f"{args.step} needs --state")

@@ -262,7 +262,7 @@ def _batches(
         yield group
 
 
-def _batch_budget(conn: TextConn) -> int:
+def batch_budget(conn: TextConn) -> int:
     """The largest transaction to send: :data:`MAX_BATCH_COST`, or less when
     the server is a Stig whose ``--max-pending-bytes`` is small."""
     conn.send(b"stats settings\r\n")
@@ -283,7 +283,7 @@ def load_server(
 
     Up to ``window`` batches are in flight, so the server's commit of one
     overlaps the sending of the next.  A batch is also cut at
-    :func:`_batch_budget` bytes, so that no transaction exceeds what the
+    :func:`batch_budget` bytes, so that no transaction exceeds what the
     server accepts.
     """
     conn = TextConn(address)
@@ -309,7 +309,7 @@ def load_server(
 
     try:
         try:
-            budget = _batch_budget(conn)
+            budget = batch_budget(conn)
             for group in _batches(stream, batch, budget):
                 conn.send(b"".join([encode(*item) for item in group]) + dumpfmt.BARRIER)
                 in_flight.append(group)
