@@ -233,13 +233,17 @@ class MetaHandler:
                 out += TTL_REJECTED
             return
         core = self.core
+        # The read closes the open run: its quiet writes' verdicts come first,
+        # before any reply is sent — and before the read waits for commits,
+        # which would report their failure once for the whole run instead.
+        core.close_run()
+        await self.report_verdicts(mark)
         try:
             await core.prepare_read(keys, any(c.wants(ReturnFlag.CAS) for c in commands))
         except CommitFailed as exc:
-            out += server_error(str(exc))
+            for _command in commands:  # one reply per mg: the client stays in step
+                out += server_error(str(exc))
             return
-        await self.report_verdicts(mark)  # a run the read closed: its verdicts come first,
-        # before any reply is sent
         limit = self._reply_limit
         index = 0
         with self.session.snapshot() as snapshot:

@@ -184,6 +184,22 @@ def test_meta_quiet_failure_comes_before_a_text_get_reply(faulty):
     _others_still_served(server)
 
 
+def test_meta_quiet_failure_comes_before_a_run_of_mg_each_answered(faulty):
+    """A run of mg closing a failed quiet meta run: the failure in the quiet
+    write's place, then each mg's own reply (before: one SERVER_ERROR for
+    the whole run, the client waiting for the other mg replies forever)."""
+    server = faulty()
+    _set_fault(server, "lmdb q1")
+    with server.connect() as conn:
+        reply = conn.send_recv(
+            b"ms q1 1 q ME\r\nx\r\nmg q1 v\r\nmg q1 v\r\nmg x v\r\n", b"EN\r\n" * 3
+        )
+        assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\n" + b"EN\r\n" * 3
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
