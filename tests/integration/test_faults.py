@@ -200,6 +200,32 @@ def test_meta_quiet_failure_comes_before_a_run_of_mg_each_answered(faulty):
     _others_still_served(server)
 
 
+def test_two_failed_binary_quiet_runs_closed_by_silence_each_get_their_failure(faulty):
+    """Two AddQ runs, each closed by --batch-idle-ms, each failed to commit,
+    then a loud Get: each AddQ gets its EINTERNAL, with its own opaque
+    (before: only the first did; the second's failure was never reported,
+    and the quiet silence told the client it had succeeded)."""
+    server = faulty("--batch-idle-ms", "1")
+    _set_fault(server, "lmdb")
+    conn: BinaryConnection = server.connect_binary()
+    conn.request(Opcode.AddQ, b"q1", b"1", b"\x00" * 8, opaque=1)
+    wait_for_stats(server, lambda s: s["stig_failed_commits"] == "1", what="a failed commit")
+    conn.request(Opcode.AddQ, b"q2", b"2", b"\x00" * 8, opaque=2)
+    wait_for_stats(server, lambda s: s["stig_failed_commits"] == "2", what="two failed commits")
+    _set_fault(server, "")
+    conn.request(Opcode.Get, b"q1", opaque=3)
+    replies = [conn.response(), conn.response(), conn.response()]
+    assert [(r.opcode, r.status, r.opaque) for r in replies] == [
+        (Opcode.AddQ, Status.EINTERNAL, 1),
+        (Opcode.AddQ, Status.EINTERNAL, 2),
+        (Opcode.Get, Status.KEY_ENOENT, 3),
+    ]
+    assert replies[0].value == replies[1].value == LMDB_ERROR
+    conn.request(Opcode.Noop, opaque=4)  # reported once
+    assert conn.response().status == Status.NO_ERROR
+    _others_still_served(server)
+
+
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
