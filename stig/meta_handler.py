@@ -259,6 +259,7 @@ class MetaHandler:
                     core.count_read(command.key, item is not None, detail=False)
                     if item is not None and core.expired(command.ttl):
                         core.remove(command.key)  # touched to a time past: answered, then gone
+                        snapshot.forget(command.key)  # the run's later mg of it miss
                     try:
                         await self._get_one(command, item)
                     except CommitFailed as exc:

@@ -257,6 +257,7 @@ class TextHandler:
                         del item
                         if expired:
                             core.remove(key)  # touched to a time already past: answered, then gone
+                            snapshot.forget(key)  # a repeated key misses (memcached)
                 out += R.END
             except lmdb.Error:  # Store.grow() ended the snapshot under us
                 out += READ_INTERRUPTED
