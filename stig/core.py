@@ -75,7 +75,7 @@ class Verdict:
     ``tag`` is what the handler gave :meth:`Core.queue_conditional` to word
     the reply with.  ``outcome`` is the write's outcome at promotion, or None
     when its run failed to commit: ``failure`` then says why (reported once,
-    to every quiet write of the first failed run no reply has reported yet).
+    to every quiet write of each failed run no reply has reported yet).
     """
 
     tag: object
@@ -479,7 +479,7 @@ class Core:
 
         A run that failed to commit gives its failure to each of its quiet
         writes — unless a barrier or another reply already reported it (a
-        failure is reported once: :meth:`Session.take_unreported`); then its
+        failure is reported once: :meth:`Session.failure_to_report`); then its
         writes get nothing.  The handler writes them in place of the quiet
         writes' replies, before the reply of the command being served.
         """
@@ -493,7 +493,7 @@ class Core:
             await promotion.done.wait()
             outcomes = promotion.outcomes
             if promotion.error is not None or outcomes is None:
-                message = session.take_unreported()
+                message = session.failure_to_report(promotion)
                 if message is not None:
                     verdicts += [Verdict(tag, None, message) for tag, _ in tags]
                 continue

@@ -233,13 +233,17 @@ class MetaHandler:
                 out += TTL_REJECTED
             return
         core = self.core
+        # The read closes the open run: its quiet writes' verdicts come first,
+        # before any reply is sent — and before the read waits for commits,
+        # which would report their failure once for the whole run instead.
+        core.close_run()
+        await self.report_verdicts(mark)
         try:
             await core.prepare_read(keys, any(c.wants(ReturnFlag.CAS) for c in commands))
         except CommitFailed as exc:
-            out += server_error(str(exc))
+            for _command in commands:  # one reply per mg: the client stays in step
+                out += server_error(str(exc))
             return
-        await self.report_verdicts(mark)  # a run the read closed: its verdicts come first,
-        # before any reply is sent
         limit = self._reply_limit
         index = 0
         with self.session.snapshot() as snapshot:
@@ -255,6 +259,7 @@ class MetaHandler:
                     core.count_read(command.key, item is not None, detail=False)
                     if item is not None and core.expired(command.ttl):
                         core.remove(command.key)  # touched to a time past: answered, then gone
+                        snapshot.forget(command.key)  # the run's later mg of it miss
                     try:
                         await self._get_one(command, item)
                     except CommitFailed as exc:

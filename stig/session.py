@@ -116,6 +116,10 @@ class Session:
         self.failure: str | None = None  # a commit of acknowledged writes failed
         # A failed promotion no reply has reported yet (see wait_committed).
         self.unreported: str | None = None
+        # Failed promotions in ``owed`` that a barrier or a reply has
+        # reported already (by id: ``owed`` keeps them alive): their quiet
+        # writes are owed nothing more (Core.verdicts, via failure_to_report).
+        self._reported_owed: set[int] = set()
         # Called once when ``failure`` is set: the connection wakes up to say so.
         self.on_failure: Callable[[], None] | None = None
         self.unacked_writes = False  # replied-to writes not yet known durable
@@ -344,7 +348,7 @@ class Session:
         self.submit()
         await promotion.done.wait()
         if promotion.error is not None or promotion.outcomes is None:
-            self.unreported = None  # this reply reports it
+            self._reported()  # this reply reports it
             raise CommitFailed(promotion.error or "commit failed")
         return promotion
 
@@ -463,13 +467,31 @@ class Session:
         if self.failure is not None:
             raise CommitFailed(self.failure)
         if report and self.unreported is not None:
-            message, self.unreported = self.unreported, None
+            message = self.unreported
+            self._reported()
             raise CommitFailed(message)
 
-    def take_unreported(self) -> str | None:
-        """The failure no reply has reported yet (None: none), now reported."""
-        message, self.unreported = self.unreported, None
-        return message
+    def _reported(self) -> None:
+        """A reply reports the failures so far: the unreported one, and those
+        of the closed runs owing quiet verdicts, which are owed nothing more."""
+        self.unreported = None
+        for promotion, _tags in self.owed:
+            if promotion.finished and (promotion.error is not None or promotion.outcomes is None):
+                self._reported_owed.add(id(promotion))
+
+    def failure_to_report(self, promotion: Promotion) -> str | None:
+        """The failure of ``promotion``, a finished run taken from :attr:`owed`,
+        that its quiet writes are owed — None when it committed, or when a
+        barrier or a reply has reported it already.  Each failed run is
+        reported once, in its own words; the unreported failure is then
+        reported too (a barrier after it answers success)."""
+        if promotion.error is None and promotion.outcomes is not None:
+            return None
+        if id(promotion) in self._reported_owed:
+            self._reported_owed.discard(id(promotion))
+            return None
+        self.unreported = None
+        return promotion.error or "commit failed"
 
     async def promote_pending(self) -> None:
         """Close the run, submit it and wait until all of it is committed."""

@@ -115,6 +115,13 @@ class Snapshot:
         self._store.long_reads.add(self._txn)
         self.held = True
 
+    def forget(self, key: bytes) -> None:
+        """``key`` is gone from this POV (touched to a time already past, its
+        removal just recorded): later reads of it here miss.  Read live, the
+        overlay already says so; held, the frozen copy of it must too."""
+        if self._mine is not None:
+            self._mine[key] = None
+
     def close(self) -> None:
         """End the snapshot (also when ``Store.grow()`` already ended it)."""
         if self.held:

@@ -201,10 +201,11 @@ class TextHandler:
 
     async def _retrieve(self, command: Retrieve) -> None:
         session = self.session
+        # Every read closes the open run: close it first, so that the verdicts
+        # its quiet meta writes are owed come before this reply, which may be
+        # sent in parts (so never inserted at its start afterwards).
+        self.core.close_run()
         if self.core.verdicts_due:
-            # Quiet meta writes' verdicts come before this reply, which may be
-            # sent in parts (so not inserted at its start afterwards).
-            self.core.close_run()
             await self.meta.report_verdicts(len(self.out))
         if (
             not command.touch
@@ -256,6 +257,7 @@ class TextHandler:
                         del item
                         if expired:
                             core.remove(key)  # touched to a time already past: answered, then gone
+                            snapshot.forget(key)  # a repeated key misses (memcached)
                 out += R.END
             except lmdb.Error:  # Store.grow() ended the snapshot under us
                 out += READ_INTERRUPTED

@@ -184,6 +184,48 @@ def test_meta_quiet_failure_comes_before_a_text_get_reply(faulty):
     _others_still_served(server)
 
 
+def test_meta_quiet_failure_comes_before_a_run_of_mg_each_answered(faulty):
+    """A run of mg closing a failed quiet meta run: the failure in the quiet
+    write's place, then each mg's own reply (before: one SERVER_ERROR for
+    the whole run, the client waiting for the other mg replies forever)."""
+    server = faulty()
+    _set_fault(server, "lmdb q1")
+    with server.connect() as conn:
+        reply = conn.send_recv(
+            b"ms q1 1 q ME\r\nx\r\nmg q1 v\r\nmg q1 v\r\nmg x v\r\n", b"EN\r\n" * 3
+        )
+        assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\n" + b"EN\r\n" * 3
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    _others_still_served(server)
+
+
+def test_two_failed_binary_quiet_runs_closed_by_silence_each_get_their_failure(faulty):
+    """Two AddQ runs, each closed by --batch-idle-ms, each failed to commit,
+    then a loud Get: each AddQ gets its EINTERNAL, with its own opaque
+    (before: only the first did; the second's failure was never reported,
+    and the quiet silence told the client it had succeeded)."""
+    server = faulty("--batch-idle-ms", "1")
+    _set_fault(server, "lmdb")
+    conn: BinaryConnection = server.connect_binary()
+    conn.request(Opcode.AddQ, b"q1", b"1", b"\x00" * 8, opaque=1)
+    wait_for_stats(server, lambda s: s["stig_failed_commits"] == "1", what="a failed commit")
+    conn.request(Opcode.AddQ, b"q2", b"2", b"\x00" * 8, opaque=2)
+    wait_for_stats(server, lambda s: s["stig_failed_commits"] == "2", what="two failed commits")
+    _set_fault(server, "")
+    conn.request(Opcode.Get, b"q1", opaque=3)
+    replies = [conn.response(), conn.response(), conn.response()]
+    assert [(r.opcode, r.status, r.opaque) for r in replies] == [
+        (Opcode.AddQ, Status.EINTERNAL, 1),
+        (Opcode.AddQ, Status.EINTERNAL, 2),
+        (Opcode.Get, Status.KEY_ENOENT, 3),
+    ]
+    assert replies[0].value == replies[1].value == LMDB_ERROR
+    conn.request(Opcode.Noop, opaque=4)  # reported once
+    assert conn.response().status == Status.NO_ERROR
+    _others_still_served(server)
+
+
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
