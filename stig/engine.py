@@ -27,10 +27,24 @@ VERSION = "0.1.0"
 PROTOCOL_VERSION = f"1.6.21-stig-{VERSION}"
 
 
+#: Reader slots beyond two per connection: listings, backups, checks.
+SPARE_READERS = 64
+
+
+def readers_for(max_connections: int) -> int:
+    """LMDB reader slots for ``--max-connections`` (``stig_max_readers``)."""
+    return 2 * max_connections + SPARE_READERS
+
+
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store(settings.data_dir, settings.map_size)
+        # Every connection may hold a snapshot while its reply streams and
+        # briefly read a second (an mg lease re-read); the rest is for key
+        # listings, backups and the tools: LMDB refuses a reader past its table.
+        self.store = Store(
+            settings.data_dir, settings.map_size, readers_for(settings.max_connections)
+        )
         self.store.max_value_size = settings.limits.max_item_size
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()

@@ -161,6 +161,7 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("stig_max_pending_bytes", settings.max_pending_bytes),
         ("stig_max_commit_lag_ms", settings.max_commit_lag_ms),
         ("stig_max_reply_bytes", settings.max_reply_bytes),
+        ("stig_max_readers", engine.store.max_readers),
         ("stig_initial_map_size", settings.map_size),
         ("stig_auth", _yes(settings.auth_file)),
         (

@@ -163,8 +163,15 @@ def _sync_directory(path: Path) -> None:
 class Store:
     """One LMDB environment holding Stig's committed state."""
 
-    def __init__(self, path: str | os.PathLike[str], map_size: int = INITIAL_MAP_SIZE) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        map_size: int = INITIAL_MAP_SIZE,
+        max_readers: int = 1024,
+    ) -> None:
         self.path = Path(path)
+        #: LMDB's reader table: one slot per read transaction open at once.
+        self.max_readers = max_readers
         self._lock = DirLock(self.path)  # one writer per directory, until close()
         self.env = lmdb.open(
             str(self.path),
@@ -175,7 +182,7 @@ class Store:
             writemap=False,
             map_async=False,
             readahead=False,
-            max_readers=1024,
+            max_readers=max_readers,
             lock=True,
             mode=FILE_MODE,  # data.mdb and lock.mdb, when LMDB creates them
         )

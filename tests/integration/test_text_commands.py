@@ -6,6 +6,7 @@ the exact reply bytes are the point (and for what pymemcache refuses to send).
 
 from __future__ import annotations
 
+import lmdb
 import pytest
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
 from support.waiting import wait_for_stats
@@ -641,3 +642,17 @@ def test_stats_reset(stig_server):
     assert int(stig_server.stats()["cmd_get"]) == 1
     assert stig_server.send_recv(b"stats reset\r\n", b"\r\n") == b"RESET\r\n"
     assert int(stig_server.stats()["cmd_get"]) == 0
+
+
+def test_reader_slots_exceed_two_per_connection(stig_factory):
+    """Each connection may hold a snapshot while its reply streams and briefly
+    read a second (an mg lease re-read); LMDB refuses a reader past its table,
+    so the live environment has 2 per connection and spares for the tools."""
+    server = stig_factory("--max-connections", "600")
+    settings = server.stats("settings")
+    assert settings["stig_max_readers"] == str(2 * 600 + 64)
+    env = lmdb.open(str(server.data_dir), readonly=True, lock=True, max_dbs=2)
+    try:
+        assert env.info()["max_readers"] >= 2 * 600 + 64  # the table the server made
+    finally:
+        env.close()
