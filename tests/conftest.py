@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from support.waiting import wait_for_stats
 
 # Hypothesis' per-example deadline is a timing assertion: on a shared 2-core
 # machine (CI, or a benchmark running beside the tests) a slow example is
@@ -337,11 +338,12 @@ class StigProcess:
         A noreply run still open on some connection is not submitted yet and
         is not waited for.
         """
-        deadline = time.monotonic() + timeout
-        while self.stats()["stig_pending_promotion_bytes"] != "0":
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"writes still pending promotion after {timeout}s")
-            time.sleep(0.005)
+        wait_for_stats(
+            self,
+            lambda stats: stats["stig_pending_promotion_bytes"] == "0",
+            timeout,
+            "no writes pending promotion",
+        )
 
     def close_clients(self) -> None:
         """Close every connection and client handed out so far."""

@@ -14,10 +14,10 @@ import socket
 import ssl
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -233,15 +233,15 @@ def test_separate_tls_port_and_client_certificates(stig_factory, certs, tmp_path
 
 
 def _wait_for_peer(server, context, name: str) -> object:
-    deadline = time.monotonic() + 20
-    while True:
+
+    def presented() -> object:
         conn = _tls_connect(server, context)
         if _peer_name(conn) == name:
             return conn
         conn.close()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the server never presented {name}")
-        time.sleep(0.05)
+        return None
+
+    return wait_for(presented, lambda conn: conn is not None, 20, f"the server presenting {name}")
 
 
 @pytest.mark.parametrize("how", ["refresh_certs", "SIGHUP"])
@@ -332,9 +332,8 @@ def test_client_closing_without_close_notify_is_a_clean_end(stig_factory, certs,
     sock.shutdown(socket.SHUT_RDWR)  # a TCP shutdown: no close_notify
     sock.close()
     conn = _tls_connect(server, context)
-    deadline = time.monotonic() + 30
-    while (reply := conn.send_recv(b"get a b\r\n")) == b"END\r\n":
-        assert time.monotonic() < deadline, "the run was never committed"
-        time.sleep(0.05)
+    reply = wait_for(
+        lambda: conn.send_recv(b"get a b\r\n"), lambda r: r != b"END\r\n", 30, "the run committed"
+    )
     assert reply == b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
     assert b"STAT ssl_handshake_errors 0\r\n" in conn.send_recv(b"stats\r\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, STARTUP_TIMEOUT, STOP_TIMEOUT
+from support.waiting import wait_for
 
 
 class UnixServer:
@@ -37,11 +38,13 @@ class UnixServer:
             self.proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while f"stig listening on unix:{self.path}" not in self.log.read_text():
+
+        def log() -> str:
             assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.02)
+            return self.log.read_text()
+
+        ready = f"stig listening on unix:{self.path}"
+        wait_for(log, lambda text: ready in text, STARTUP_TIMEOUT, "the server listening")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -257,11 +257,12 @@ def test_an_interrupted_backup_leaves_no_data_file_that_looks_whole(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     partial = dest / PARTIAL_DIR / "data.mdb"
-    deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > 0):
+
+    def copying() -> bool:
         assert proc.poll() is None, "the backup ended before it could be interrupted"
-        assert time.monotonic() < deadline, "the backup never started copying"
-        time.sleep(0.005)
+        return partial.exists() and partial.stat().st_size > 0
+
+    wait_for(copying, bool, 60, "the backup copying")
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert not (dest / "data.mdb").exists()

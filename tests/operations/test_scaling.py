@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import pytest
 from support.memcached_ref import exchange, free_port, wait_port
+from support.waiting import wait_for
 
 from protocol.listing import url_decode
 
@@ -129,14 +129,15 @@ def test_hash_client_over_three_nodes_one_restarting(stig_factory):
         else:
             assert client.get(key) == f"v-{key}".encode()
     down.start()  # same port (fixed), same data directory
-    deadline = time.monotonic() + 30
-    while True:
+
+    def first_key() -> bytes | None:
         try:
-            assert client.get(keys[0]) == b"v-k0"
-            break
+            return client.get(keys[0])
         except (MemcacheError, OSError):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+            return None  # not listening again yet
+
+    wait_for(first_key, lambda value: value is not None, 30, "the restarted node serving")
+    assert client.get(keys[0]) == b"v-k0"
     assert client.get_many(keys) == {k: f"v-{k}".encode() for k in keys}
     for node in nodes:
         node.settle()
