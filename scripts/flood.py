@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Protocol
 
 READY = "stig listening on "
 
@@ -277,16 +278,25 @@ def _server_with_big_value(repo: Path, prefix: str) -> Server:
     return server
 
 
-def _wait_until_sending_stops(server: Server) -> None:
+class HasStats(Protocol):
+    """Anything whose ``stats()`` gives the server's ``stats`` (this script's
+    :class:`Server`, the tests' server fixtures)."""
+
+    def stats(self) -> dict[str, str]: ...
+
+
+def wait_until_sending_stops(server: HasStats) -> int:
     """Until the server's ``bytes_written`` stays put (under 64 KiB more, as the
     stats replies themselves count) for five looks 0.2 s apart: the clients'
-    receive buffers are full."""
+    receive buffers are full.  Returns ``bytes_written`` then.  (No event says
+    "blocked on a full socket"; this quiet spell is the observable sign.)"""
     last, still = -1, 0
     while still < 5:
         time.sleep(0.2)
         written = int(server.stats()["bytes_written"])
         still = still + 1 if written - last < 65536 else 0
         last = written
+    return last
 
 
 def _set_then_get(sock: socket.socket, key: bytes) -> None:
@@ -307,7 +317,7 @@ def unread(repo: Path, clients: int = 1, gets: int = 300, idle: int = 0) -> dict
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sock.sendall(b"get big\r\n" * gets)
         hostile.append(sock)
-    _wait_until_sending_stops(server)
+    wait_until_sending_stops(server)
     rss = server.rss_mib()
     # A normal client is still served.
     started = time.monotonic()
@@ -338,7 +348,7 @@ def big_reply(repo: Path, request: bytes) -> dict[str, object]:
     hostile = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     hostile.sendall(request)
-    _wait_until_sending_stops(server)
+    wait_until_sending_stops(server)
     peak = server.rss_mib("VmHWM")
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         _set_then_get(sock, b"n")

@@ -19,7 +19,6 @@ import re
 import socket
 import struct
 import sys
-import time
 
 import pytest
 from conftest import REPO
@@ -122,18 +121,6 @@ RUNS = {
 }
 
 
-def _wait_until_sending_stops(server) -> int:
-    """bytes_written once it has not moved for a while: the server is blocked
-    on the reader's full socket (polling `stats`, whose replies count too)."""
-    last, still = -1, 0
-    while still < 5:
-        time.sleep(0.1)
-        written = int(server.stats()["bytes_written"])
-        still = still + 1 if written - last < 16384 else 0
-        last = written
-    return last
-
-
 @pytest.mark.parametrize("name", list(RUNS))
 def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str) -> None:
     request, terminator, pairs_of = RUNS[name]
@@ -151,7 +138,7 @@ def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str
         reader.connect((server.host, server.port))
         reader.sendall(request)
         before = int(server.stats()["bytes_written"])
-        stalled_at = _wait_until_sending_stops(server)
+        stalled_at = flood.wait_until_sending_stops(server)
         assert stalled_at - before < len(KEYS) * SIZE // 2, "the reply was not stalled mid-run"
 
         # Meanwhile another connection rewrites every key in one run, committed.
