@@ -42,7 +42,10 @@ WORKLOADS = ("get", "set")
 STARTED_PIDS: list[int] = []
 
 
-def _certs(directory: Path) -> None:
+def self_signed_cert(directory: Path) -> None:
+    """``cert.pem`` and ``key.pem`` in ``directory``: a self-signed certificate
+    for 127.0.0.1, valid one day (benchmarks and tests)."""
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
@@ -206,7 +209,7 @@ def measure(
         if shutil.which("openssl") is None:
             tls_skip = "skipped (openssl not installed)"
         else:
-            _certs(tmpdir)
+            self_signed_cert(tmpdir)
             tls_files = (
                 "--tls-cert",
                 str(tmpdir / "cert.pem"),

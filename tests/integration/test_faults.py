@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import pytest
 from conftest import REPO, BinaryConnection, StigProcess
 
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+import transport_bench
 from support.waiting import wait_for, wait_for_stats
 
 from protocol.binary_codes import Opcode, Status
@@ -304,28 +305,7 @@ def test_idle_acknowledged_writer_over_tls_is_told_at_once(faulty, tmp_path):
     """The same over TLS (before, waking the connection called a ``shutdown``
     the TLS socket did not have: the error was logged as a failed callback
     and the idle client never heard of its lost write)."""
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    transport_bench.self_signed_cert(tmp_path)
     server = faulty(
         "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")
     )
