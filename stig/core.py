@@ -168,12 +168,6 @@ class Core:
         whatever is there then); no counter moves: it is a side effect."""
         self.session.record(Remove(key), key, None, 0)
 
-    def expire_found(self, keys: Sequence[bytes], items: Sequence[object]) -> None:
-        """After a touch or gat with an exptime already past: the items found go."""
-        for key, item in zip(keys, items, strict=True):
-            if item is not None:
-                self.remove(key)
-
     # -- a write too large for --max-item-size ---------------------------------
 
     def discard_too_large(self, key: bytes) -> None:

@@ -231,8 +231,9 @@ class Store:
         """A read-only snapshot of the items, for a caller that reads raw records
         (``txn.get(key)``: the header of :mod:`stig.records`, then the value).
 
-        The caller must ``abort()`` it before anything that may wait: a read
-        transaction is never held across an ``await``.
+        The caller must ``abort()`` it before anything that may wait, unless it
+        registers it in :attr:`long_reads` first (``Snapshot.hold``, the key
+        listings), so that :meth:`grow` can end it before remapping the file.
         """
         if buffers:  # values as memoryviews into the map: valid until the next cursor move
             return self.env.begin(db=self._items, buffers=True)
