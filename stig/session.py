@@ -387,11 +387,7 @@ class Session:
             promotion.nbytes += self._run_bytes
             promotion.last_seq = self._seq
             promotion.answered_early = promotion.answered_early or self._run_answered
-            self._run = []
-            self._run_keys = {}
-            self._run_bytes = 0
-            self._run_answered = False
-            self._run_undo = {}
+            self._new_run()
             return promotion
         self.pending_bytes += _RUN_OVERHEAD
         budget.add(_RUN_OVERHEAD)
@@ -405,13 +401,7 @@ class Session:
             clears_all=self._run_clears,
         )
         self._closed_pure = pure
-        self._run = []
-        self._run_keys = {}
-        self._run_bytes = 0
-        self._run_answered = False
-        self._run_clears = False
-        self._run_undo = {}
-        self._run_unresolved_undo = {}
+        self._new_run()
         self._closed.append(promotion)
         if self._run_owed:
             self.owed.append((promotion, self._run_owed))
@@ -436,6 +426,10 @@ class Session:
         self.pending_bytes -= self._run_bytes
         self._budget.used -= self._run_bytes
         self._budget.open -= self._run_bytes
+        self._new_run()
+
+    def _new_run(self) -> None:
+        """An empty open run (the owed verdicts are handed over or dropped by the caller)."""
         self._run = []
         self._run_keys = {}
         self._run_bytes = 0
