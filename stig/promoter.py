@@ -70,48 +70,6 @@ GIL_SWITCH_INTERVAL = 0.002
 #: ~900 ms between two commits with eight flooding connections).
 GATHER_SECONDS = 0.002
 
-#: Groups up to this many bytes (at their memory cost) are applied while the
-#: event loop lends the commit thread the GIL (:class:`GilLoan`); larger ones
-#: are applied beside the running loop.
-LOAN_MAX_BYTES = 1 << 20
-#: The longest the event loop waits for a lent group's operations to be applied:
-#: a small group takes well under a millisecond; the bound keeps a stalled
-#: commit (a slow disk under the map, a fault test's held commit) from
-#: stopping the loop.
-LOAN_SECONDS = 0.005
-
-
-class GilLoan:
-    """The event loop lends the GIL to the commit thread while a small group is applied.
-
-    py-lmdb releases the GIL around every LMDB call, ``put`` included, and
-    takes it back after: with the event loop busy, the commit thread then
-    waits for it once per put (a GIL hand-off — a futex wake and a context
-    switch each, up to the switch interval when the loop runs pure Python).
-    Measured: 2,000 puts with a second thread busy in Python took 147 µs
-    each instead of 2.8.  So for a small group the event loop blocks — on a
-    lock, holding no GIL — until the thread has applied every operation and
-    is about to commit (the fsync, which runs with the GIL released while the
-    loop goes on).  Two hand-offs per group instead of one per write.
-    """
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def repay(self) -> None:
-        """The thread is done with the GIL for now (called once or more)."""
-        try:
-            self._lock.release()
-        except RuntimeError:
-            pass  # repaid already
-
-    def wait(self, timeout: float) -> None:
-        """Block the event loop until :meth:`repay` or ``timeout`` seconds."""
-        self._lock.acquire(timeout=timeout)
-
 
 @attrs.define(eq=False, slots=True)
 class Promotion:
@@ -212,7 +170,7 @@ class Promoter:
         self._progress: trio.Event | None = None
         # The commit thread (while run() runs): its job queue, the group it
         # holds (None: idle), the trio token it reports through.
-        self._jobs: queue.SimpleQueue[_Job | None] | None = None
+        self._jobs: queue.SimpleQueue[list[Sequence[Op]] | None] | None = None
         self._in_flight: list[Promotion] | None = None
         self._started_at = 0.0
         self._token: trio.lowlevel.TrioToken | None = None
@@ -318,7 +276,7 @@ class Promoter:
         previous_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(previous_interval, GIL_SWITCH_INTERVAL))
         self._token = trio.lowlevel.current_trio_token()
-        jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        jobs: queue.SimpleQueue[list[Sequence[Op]] | None] = queue.SimpleQueue()
         thread = threading.Thread(target=self._work, args=(jobs,), name="stig-commit", daemon=True)
         thread.start()
         self._jobs = jobs
@@ -343,49 +301,37 @@ class Promoter:
             sys.setswitchinterval(previous_interval)
             self._stopped.set()
 
-    def _work(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
+    def _work(self, jobs: queue.SimpleQueue[list[Sequence[Op]] | None]) -> None:
         """The commit thread: applies and commits each group it is handed."""
         apply_group = self._apply_group
         token = self._token
         assert token is not None
         committed = self._committed
         while True:
-            job = jobs.get()
-            if job is None:
+            batches = jobs.get()
+            if batches is None:
                 return
-            batches, loan = job
-            if loan is None:
-                result = apply_group(batches)
-            else:
-                try:
-                    result = apply_group(batches, loan.repay)
-                finally:
-                    loan.repay()  # a failed group: the loop waits no longer
+            result = apply_group(batches)
             self.finish_due = True
             token.run_sync_soon(committed, result)
 
     # -- the one commit function ------------------------------------------------------
 
-    def _apply_group(
-        self, batches: list[Sequence[Op]], before_commit: Callable[[], None] | None = None
-    ) -> tuple[Sequence[Applied | _Failed], bool]:
+    def _apply_group(self, batches: list[Sequence[Op]]) -> tuple[Sequence[Applied | _Failed], bool]:
         """Commit one group (on a worker thread): per batch its result or failure.
 
         Returns the results of the leading batches that are finished and
         whether the map must grow before the rest (in order) is retried.
         A failed group transaction leaves the store unchanged; each batch is
         then retried alone, so that only the runs that fail by themselves fail.
-        Never raises.  ``before_commit``: see :meth:`Store.apply` (called
-        only by the first, whole-group attempt).
+        Never raises.
         """
         apply = self.store.apply
         try:
-            return apply(batches, before_commit), False
+            return apply(batches), False
         except MapFull:
             return [], True
         except BaseException as exc:  # lmdb.Error or a bug: find which runs fail
-            if before_commit is not None:
-                before_commit()  # the retries below may take long
             if len(batches) == 1:
                 return [_failure(exc, 1)], False
             log.warning("commit of %d runs failed (%s); retrying each alone", len(batches), exc)
@@ -435,21 +381,12 @@ class Promoter:
             self._dispatch()
 
     def _dispatch(self, group: list[Promotion] | None = None) -> None:
-        """Hand the next group to the idle commit thread (event loop only);
-        a small one is applied while the loop waits (:class:`GilLoan`)."""
+        """Hand the next group to the idle commit thread (event loop only)."""
         if group is None:
             group = self._take_group()
             self._started_at = time.perf_counter()
         self._in_flight = group
-        jobs = self._jobs
-        assert jobs is not None
-        batches = [p.ops for p in group]
-        if sum([p.nbytes for p in group]) > LOAN_MAX_BYTES:
-            jobs.put((batches, None))
-            return
-        loan = GilLoan()
-        jobs.put((batches, loan))
-        loan.wait(LOAN_SECONDS)
+        self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
 
     def _committed(self, outcome: tuple[Sequence[Applied | _Failed], bool]) -> None:
         """The commit thread finished the group in flight (runs on the event loop)."""
@@ -528,11 +465,6 @@ class Promoter:
                         self._apply_group, [p.ops for p in group]
                     )
                     group = self._settle(group, outcome, time.perf_counter() - started)
-
-
-#: What the commit thread is handed: a group's batches, and the loan the
-#: event loop waits on while they are applied (None: it does not wait).
-_Job = tuple[list[Sequence[Op]], GilLoan | None]
 
 
 def _failure(exc: BaseException, runs: int) -> _Failed:
