@@ -275,6 +275,8 @@ class Connection:
                 budget = YIELD_EVERY
                 while not handler.closing:
                     budget -= 1
+                    if promoter.gil_wanted is not None:
+                        promoter.lend_gil()  # the commit thread applies its group now
                     if not budget or promoter.finish_due:
                         # A group commit finished: yield at once, so that its
                         # completion (and the next group's dispatch) runs now,
