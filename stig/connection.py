@@ -169,25 +169,32 @@ class Connection:
         assert self.handler is not None
         out = self.handler.out
         if out:
-            await self._release_replies()
+            pending = self._release_replies()
+            if pending is not None:
+                await pending
             if self.session.failure is not None:
                 raise CommitFailed(self.session.failure)  # the loop reports it
             self.engine.stats.bytes_written += len(out)
             await send_all(self.sock, out)
             out.clear()
 
-    async def _release_replies(self) -> None:
+    def _release_replies(self) -> Awaitable[None] | None:
         """Before replies leave (mid-burst or at its end): the writes they
         acknowledge must be handed over (from then on every read waits for
         them: docs/pov.md, "Other sessions") and, with ``--durable-acks``, be
-        on disk — the one place that rule lives."""
+        on disk — the one place that rule lives.  Returns what to await
+        first (None: nothing, the hot path: no coroutine per burst)."""
         session = self.session
         session.submit()
         if self._durable and session.unacked_writes:
-            try:
-                await session.wait_committed(report=False)
-            except CommitFailed:
-                pass  # session.failure: the caller reports it, nothing is sent
+            return self._until_durable()
+        return None
+
+    async def _until_durable(self) -> None:
+        try:
+            await self.session.wait_committed(report=False)
+        except CommitFailed:
+            pass  # session.failure: the caller reports it, nothing is sent
 
     def _brake_needed(self) -> bool:
         engine = self.engine
@@ -223,7 +230,9 @@ class Connection:
     async def _send(self, out: bytearray) -> None:
         """Send the replies of a burst so far (mid-burst: see :meth:`_release_replies`);
         nothing is sent once acknowledged writes are known lost."""
-        await self._release_replies()
+        pending = self._release_replies()
+        if pending is not None:
+            await pending
         if self.session.failure is not None:
             return  # the loop reports the loss instead of these replies
         size = len(out)
@@ -266,6 +275,8 @@ class Connection:
                 budget = YIELD_EVERY
                 while not handler.closing:
                     budget -= 1
+                    if promoter.gil_wanted is not None:
+                        promoter.lend_gil()  # the commit thread applies its group now
                     if not budget or promoter.finish_due:
                         # A group commit finished: yield at once, so that its
                         # completion (and the next group's dispatch) runs now,
@@ -301,7 +312,9 @@ class Connection:
             except RunTooLarge:
                 handler.fatal_error("transaction larger than --max-pending-bytes; discarded")
                 handler.closing = True
-            await self._release_replies()  # the burst's replies may go
+            pending = self._release_replies()  # the burst's replies may go
+            if pending is not None:
+                await pending
             if session.failure is not None:
                 await self._report_loss(handler, out)
                 return

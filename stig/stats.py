@@ -19,6 +19,7 @@ class PromoterStats:
     lag_seconds_max: float = 0.0  #: the oldest promotion's wait, at its commit
     paused_connections: int = 0  #: connections waiting for budget or lag now
     pauses: int = 0  #: times a connection stopped reading for budget or lag
+    gil_loans: int = 0  #: times a connection lent the commit thread the GIL
 
     def record_commit(self, group_size: int, seconds: float) -> None:
         self.commits += 1

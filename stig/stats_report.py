@@ -91,6 +91,7 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_max_commit_lag_ms", engine.settings.max_commit_lag_ms),
         ("stig_paused_connections", promoter.paused_connections),
         ("stig_pauses", promoter.pauses),
+        ("stig_gil_loans", promoter.gil_loans),
         ("stig_durable_acks", int(engine.settings.durable_acks)),
         # Acknowledged writes visible everywhere (stig/visibility.py):
         ("stig_keys_in_flight", len(engine.promoter.in_flight)),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple, overload
 
@@ -264,7 +264,9 @@ class Store:
 
     # -- writes (the promoter's worker thread only) --------------------------
 
-    def apply(self, batches: Iterable[Sequence[Op]]) -> list[Applied]:
+    def apply(
+        self, batches: Iterable[Sequence[Op]], before_commit: Callable[[], None] | None = None
+    ) -> list[Applied]:
         """Apply every batch of operations, in order, in ONE durable transaction.
 
         Returns, per batch, each operation's outcome and the item its last
@@ -272,6 +274,10 @@ class Store:
         one a binary-protocol reply reports.  Raises :class:`MapFull`
         (nothing applied) when the map must grow, or ``lmdb.Error`` (nothing
         applied) when the disk refuses the commit.
+
+        ``before_commit`` is called once every operation is applied, just
+        before the commit writes and syncs (the promoter's GIL loan ends
+        there: see :class:`stig.promoter.GilLoan`).
         """
         try:
             with self.env.begin(write=True) as txn:
@@ -286,6 +292,8 @@ class Store:
                 total = before + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
                 txn.put(_BYTES_KEY, _U64.pack(max(total, 0)), db=self._meta)
+                if before_commit is not None:
+                    before_commit()
         except lmdb.MapFullError as exc:
             raise MapFull() from exc
         self.last_cas = view.next_cas

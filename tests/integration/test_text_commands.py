@@ -586,6 +586,7 @@ def test_stats_stig_commit_counters(stig_server):
         "stig_commit_latency_avg_us",
         "stig_commit_latency_max_us",
         "stig_pending_promotion_bytes",
+        "stig_gil_loans",
     )
     stats = stig_server.stats()
     assert set(names) <= set(stats)

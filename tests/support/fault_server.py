@@ -39,7 +39,7 @@ def _fault() -> str:
         return ""
 
 
-def _faulty_apply(self: Store, batches):  # type: ignore[no-untyped-def]
+def _faulty_apply(self: Store, batches, before_commit=None):  # type: ignore[no-untyped-def]
     batches = list(batches)
     fault = _fault()
     if fault == "hold":
@@ -56,7 +56,7 @@ def _faulty_apply(self: Store, batches):  # type: ignore[no-untyped-def]
             return 1 // 0
         with self.env.begin(write=True) as txn:
             txn.put(b"", b"refused")  # LMDB raises BadValsizeError: a real lmdb.Error
-    return _apply(self, batches)
+    return _apply(self, batches, before_commit)
 
 
 Store.apply = _faulty_apply  # type: ignore[method-assign]
