@@ -73,6 +73,12 @@ class TextParser:
         return self._pending is None and self._framer.empty
 
     @property
+    def idle(self) -> bool:
+        """True when there is nothing to parse: no byte buffered, no event
+        given back (the common end of a burst: one cheap check)."""
+        return not self._held and self._framer.empty
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not parsed yet."""
         return self._framer.buffered

@@ -342,7 +342,7 @@ class TextHandler:
                         handed_over = True
                         return self._rest_of_get(snapshot, rest, with_cas)
                     out += end
-                if with_cas:
+                if with_cas or parser.idle:
                     break
                 if all_clear is None:
                     all_clear = session.sees_acked()
