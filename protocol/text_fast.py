@@ -78,7 +78,7 @@ def plain_get(line: bytes, limits: Limits) -> Retrieve | None:
     if len(rest) <= max_key and b" " not in rest:
         # One key: the commonest line.
         return _tuple_new(Retrieve, ((rest,), False, False, 0)) if rest else None
-    keys = tuple(key for key in rest.split(b" ") if key)
+    keys = tuple(filter(None, rest.split(b" ")))  # empty tokens dropped, in C
     if not keys or max(map(len, keys)) > max_key:
         return None
     return _tuple_new(Retrieve, (keys, False, False, 0))
