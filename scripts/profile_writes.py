@@ -19,7 +19,8 @@ Reported per item, CPU time (``time.thread_time``):
   ``tracemalloc`` blocks allocated since its group began): what the write
   budget counts.
 
-    python3 scripts/profile_writes.py                 # set and get, d=1 and d=16
+    python3 scripts/profile_writes.py                 # set and get d=1/d=16, mget
+    python3 scripts/profile_writes.py --only mget     # one row: get of 100 keys, per key
     python3 scripts/profile_writes.py --profile set   # + cProfile of the set rows
     python3 scripts/profile_writes.py --depth 16 --bursts 2000
 
