@@ -274,7 +274,10 @@ class TextHandler:
         transaction never outlives this call.
 
         The caller checked ``commands``; each get read ahead behind them (from
-        :meth:`TextParser.plain_gets`) is checked here before it is answered:
+        :meth:`TextParser.plain_gets`, or — the commonest burst, one-key gets
+        while no write is in flight anywhere — as bare keys from
+        :meth:`TextParser.single_get_keys`, answered by
+        :meth:`stig.snapshot.Snapshot.render_each`) is checked here before it is answered:
         it must see every acknowledged write (no write of another session in
         flight to its keys, :meth:`Session.sees_acked`), and fewer than
         ``--max-reply-bytes`` may be waiting to be sent.  The first that fails
