@@ -73,6 +73,12 @@ class TextParser:
         return self._pending is None and self._framer.empty
 
     @property
+    def idle(self) -> bool:
+        """True when there is nothing to parse: no byte buffered, no event
+        given back (the common end of a burst: one cheap check)."""
+        return not self._held and self._framer.empty
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not parsed yet."""
         return self._framer.buffered
@@ -129,11 +135,27 @@ class TextParser:
             return []
         return text_fast.plain_gets(self._framer, self.limits, self._singles)
 
+    def single_get_keys(self) -> list[bytes]:
+        """Consume the run of one-key ``get`` lines at the head of the buffer
+        and return their keys: the first events :meth:`plain_gets` would
+        return, ``Retrieve((key,))`` each, as keys only.  Empty when events
+        were given back (:meth:`plain_gets` hands those out) or the next
+        line is anything else; a caller that does not answer them all gives
+        the rest back as events (:func:`protocol.text_fast.single_retrieve`).
+        """
+        if self._held or not self.fast or self._pending is not None or self._framer.skipping:
+            return []
+        return text_fast.single_get_keys(self._framer, self._singles)
+
     def give_back(self, events: Iterable[Retrieve]) -> None:
         """Take back events :meth:`plain_gets` handed out and the caller did not
         handle: they are the next events :meth:`next_event` and
         :meth:`plain_gets` return, in their order, before anything buffered."""
         self._held.extendleft(reversed(list(events)))
+
+    def give_back_keys(self, keys: Iterable[bytes]) -> None:
+        """:meth:`give_back` for keys :meth:`single_get_keys` handed out."""
+        self.give_back([text_fast.single_retrieve(key) for key in keys])
 
     def _data_block(self, pending: BlockFollows) -> TextEvent | _NeedData:
         block = self._framer.block(pending.length)

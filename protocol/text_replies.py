@@ -20,6 +20,14 @@ ERROR = b"ERROR\r\n"
 RESET = b"RESET\r\n"
 
 
+#: One ``VALUE`` entry as a template: ``VALUE_LINE % (key, flags, len(data), data)``.
+VALUE_LINE = b"VALUE %b %d %d\r\n%b\r\n"
+#: The whole reply to a get of one key found: ``% (key, flags, len(data), data)``.
+ONE_VALUE = b"VALUE %b %d %d\r\n%b\r\nEND\r\n"
+#: The same with the cas: ``VALUE_LINE_CAS % (key, flags, len(data), cas, data)``.
+VALUE_LINE_CAS = b"VALUE %b %d %d %d\r\n%b\r\n"
+
+
 def value(key: bytes, flags: int, data: bytes, cas: int | None = None) -> bytes:
     """One ``VALUE`` entry of a retrieval reply (without the closing END)."""
     if cas is None:

@@ -19,7 +19,8 @@ Reported per item, CPU time (``time.thread_time``):
   ``tracemalloc`` blocks allocated since its group began): what the write
   budget counts.
 
-    python3 scripts/profile_writes.py                 # set and get, d=1 and d=16
+    python3 scripts/profile_writes.py                 # set and get d=1/d=16, mget
+    python3 scripts/profile_writes.py --only mget     # one row: get of 100 keys, per key
     python3 scripts/profile_writes.py --profile set   # + cProfile of the set rows
     python3 scripts/profile_writes.py --depth 16 --bursts 2000
 
@@ -66,6 +67,18 @@ def _get_burst(start: int, depth: int) -> bytes:
     return b"".join(b"get key:%06d\r\n" % ((start + i) % KEYS) for i in range(depth))
 
 
+def _mget_burst(start: int, depth: int) -> bytes:
+    """``depth`` multi-gets of 100 distinct keys each (bench.py's mget row)."""
+    return b"".join(
+        b"get %s\r\n" % b" ".join(b"key:%06d" % ((start + i * 100 + j) % KEYS) for j in range(100))
+        for i in range(depth)
+    )
+
+
+#: Each row's burst maker and items (keys) per command.
+_ROWS = {"set": (_set_burst, 1), "get": (_get_burst, 1), "mget": (_mget_burst, 100)}
+
+
 async def _feed(handler: TextHandler, session: Session, data: bytes) -> None:
     """What Connection._serve does with one receive (minus the socket)."""
     parser = handler.parser
@@ -104,7 +117,7 @@ def measure(kind: str, depth: int, bursts: int, group: int, prof: cProfile.Profi
     with tempfile.TemporaryDirectory(prefix="stig-prof-") as tmp:
         rig = Rig(Path(tmp) / "data")
         rig.preload()
-        make = _set_burst if kind == "set" else _get_burst
+        make, per_command = _ROWS[kind]
         datas = [make(i * depth, depth) for i in range(bursts)]
         promoter = rig.engine.promoter
         loop_cpu = 0.0
@@ -150,7 +163,7 @@ def measure(kind: str, depth: int, bursts: int, group: int, prof: cProfile.Profi
                 commit_cpu += t2 - t1
 
         trio.run(main)
-        measured = (bursts - 2 * group) * depth
+        measured = (bursts - 2 * group) * depth * per_command
         per_write = group * depth
         rig.engine.store.close()
     return (
@@ -167,14 +180,18 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=0, help="bursts per row (~20k items)")
     parser.add_argument("--group", type=int, default=50, help="bursts per group commit")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the best is shown")
-    parser.add_argument("--profile", choices=["set", "get"], help="cProfile these rows")
+    parser.add_argument("--profile", choices=list(_ROWS), help="cProfile these rows")
+    parser.add_argument(
+        "--only", choices=list(_ROWS), action="append", help="these rows only (default: all)"
+    )
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     gc.freeze()
     print(f"{'row':<10} {'loop µs':>8} {'commit µs':>9} {'total µs':>8} {'blk/w':>7} {'B/w':>6}")
-    for kind in ("set", "get"):
-        for depth in args.depth or [1, 16]:
-            bursts = max(args.bursts or 20_000 // depth, 3 * args.group)
+    for kind in args.only or list(_ROWS):
+        for depth in args.depth or ([1] if kind == "mget" else [1, 16]):
+            per_command = _ROWS[kind][1]
+            bursts = max(args.bursts or 20_000 // (depth * per_command), 3 * args.group)
             prof = cProfile.Profile() if args.profile == kind else None
             runs = [measure(kind, depth, bursts, args.group, prof) for _ in range(args.repeat)]
             loop, commit, objs, nbytes = min(runs, key=lambda r: r[0] + r[1])

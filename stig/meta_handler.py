@@ -260,10 +260,17 @@ class MetaHandler:
                     if item is not None and core.expired(command.ttl):
                         core.remove(command.key)  # touched to a time past: answered, then gone
                         snapshot.forget(command.key)  # the run's later mg of it miss
-                    try:
-                        await self._get_one(command, item)
-                    except CommitFailed as exc:
-                        out += server_error(str(exc))
+                    if (
+                        command.vivify_ttl is None
+                        if item is None
+                        else not item.stale or item.win_sent
+                    ):
+                        self._answer(command, item)  # no lease to hand out: no coroutine
+                    else:
+                        try:
+                            await self._get_one(command, item)
+                        except CommitFailed as exc:
+                            out += server_error(str(exc))
                     del item
             except lmdb.Error:  # Store.grow() ended the snapshot: the rest is not read
                 for _command in commands[index:]:
@@ -282,6 +289,10 @@ class MetaHandler:
             item, won = await self._take_win(command.key, item)
         # R (recache when the TTL left is below its token) never wins in
         # Stig: items never expire, the TTL left is always infinite.
+        self._answer(command, item, won)
+
+    def _answer(self, command: MetaGet, item: Item | None, won: bool = False) -> None:
+        """Reply to one mg with ``item`` (None: a miss), the win handed out or not."""
         if command.ttl is not None:
             self.core.count_touch(item is not None)
         if item is None:

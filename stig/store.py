@@ -15,6 +15,7 @@ or none of it.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -197,6 +198,11 @@ class Store:
         self.max_value_size = 2**62
         self._items = self.env.open_db(b"items")
         self._meta = self.env.open_db(b"meta")
+        #: ``read_txn()`` as one call in C: a read-only transaction on the items
+        #: (the hot path of every get begins one).
+        self.begin_read: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
+            self.env.begin, db=self._items
+        )
         #: Snapshots held across awaits (key listings); grow() ends them first.
         self.long_reads: set[lmdb.Transaction] = set()
         with self.env.begin(db=self._meta) as txn:

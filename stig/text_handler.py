@@ -274,7 +274,10 @@ class TextHandler:
         transaction never outlives this call.
 
         The caller checked ``commands``; each get read ahead behind them (from
-        :meth:`TextParser.plain_gets`) is checked here before it is answered:
+        :meth:`TextParser.plain_gets`, or — the commonest burst, one-key gets
+        while no write is in flight anywhere — as bare keys from
+        :meth:`TextParser.single_get_keys`, answered by
+        :meth:`stig.snapshot.Snapshot.render_each`) is checked here before it is answered:
         it must see every acknowledged write (no write of another session in
         flight to its keys, :meth:`Session.sees_acked`), and fewer than
         ``--max-reply-bytes`` may be waiting to be sent.  The first that fails
@@ -294,14 +297,18 @@ class TextHandler:
         parser = self.parser
         limit = self._reply_limit
         # No write in flight anywhere (the common case): no get read ahead
-        # needs a check of its own.  Nothing changes that during this call.
-        all_clear = session.sees_acked()
+        # needs a check of its own.  Nothing changes that during this call;
+        # asked once, when the first get is read ahead.
+        all_clear: bool | None = None
         sees_acked = session.sees_acked
         end = R.END
         count = hits = 0
         ahead = False  # whether ``commands`` were read ahead (and need the checks)
         snapshot = session.snapshot()
         parts = snapshot.parts
+        render = snapshot.render
+        line = R.VALUE_LINE_CAS if with_cas else R.VALUE_LINE
+        one_value = R.ONE_VALUE
         handed_over = False
         try:
             while True:
@@ -328,36 +335,32 @@ class TextHandler:
                             )
                         continue
                     count += len(keys)
-                    for position, key in enumerate(keys):
-                        if len(out) >= limit and position:
-                            # A big reply: the rest from this snapshot, sent as it grows.
-                            parser.give_back(commands[index + 1 :])
-                            rest = keys[position:]
-                            snapshot.hold(rest)
-                            handed_over = True
-                            return self._rest_of_get(snapshot, rest, with_cas)
-                        found = parts(key)
-                        if found is not None:
-                            hits += 1
-                            flags, cas, value = found
-                            if with_cas:
-                                out += b"VALUE %b %d %d %d\r\n%b\r\n" % (  # type: ignore[str-format]  # %b takes any buffer
-                                    key,
-                                    flags,
-                                    len(value),
-                                    cas,
-                                    value,
-                                )
-                            else:
-                                out += b"VALUE %b %d %d\r\n%b\r\n" % (  # type: ignore[str-format]  # %b takes any buffer
-                                    key,
-                                    flags,
-                                    len(value),
-                                    value,
-                                )
+                    read, answered = render(keys, 0, line, with_cas, out, limit)
+                    hits += answered
+                    if read < len(keys):
+                        # A big reply: the rest from this snapshot, sent as it grows.
+                        parser.give_back(commands[index + 1 :])
+                        rest = keys[read:]
+                        snapshot.hold(rest)
+                        handed_over = True
+                        return self._rest_of_get(snapshot, rest, with_cas)
                     out += end
-                if with_cas:
+                if with_cas or parser.idle:
                     break
+                if all_clear is None:
+                    all_clear = session.sees_acked()
+                if all_clear:
+                    # The commonest burst, one-key gets: answered as keys, no event each.
+                    singles = parser.single_get_keys()
+                    if singles:
+                        read, answered = snapshot.render_each(singles, one_value, end, out, limit)
+                        count += read
+                        hits += answered
+                        if read < len(singles):
+                            parser.give_back_keys(singles[read:])
+                            return None
+                        commands = ()
+                        continue
                 commands = parser.plain_gets()
                 if not commands:
                     break
@@ -380,23 +383,16 @@ class TextHandler:
         """
         out = self.out
         limit = self._reply_limit
-        parts = snapshot.parts
+        render = snapshot.render
+        line = R.VALUE_LINE_CAS if with_cas else R.VALUE_LINE
         hits = 0
         try:
-            for key in keys:
+            position = 0
+            while position < len(keys):
                 if len(out) >= limit and self.drain is not None:
                     await self.drain()
-                found = parts(key)
-                if found is not None:
-                    hits += 1
-                    flags, cas, value = found
-                    if with_cas:
-                        out += b"VALUE %b %d %d %d\r\n" % (key, flags, len(value), cas)
-                    else:
-                        out += b"VALUE %b %d %d\r\n" % (key, flags, len(value))
-                    out += value
-                    out += b"\r\n"
-                    del found, value
+                position, found = render(keys, position, line, with_cas, out, limit)
+                hits += found
             out += R.END
         except lmdb.Error:  # Store.grow() ended the snapshot under us
             out += READ_INTERRUPTED

@@ -910,15 +910,22 @@ _DIFFERENTIAL_LIMITS = st.sampled_from(
 
 
 def _run(
-    parser: TextParser, chunks: list[bytes], with_plain_gets: bool
+    parser: TextParser, chunks: list[bytes], with_plain_gets: bool, singles: bool = False
 ) -> tuple[list[object], bool]:
     """Every event of ``chunks`` (runs of gets through plain_gets() first when
-    asked), then how a ProtocolError ended the stream, and at_boundary."""
+    asked; with ``singles``, through single_get_keys() before that, the second
+    half of each run of keys given back), then how a ProtocolError ended the
+    stream, and at_boundary."""
     events: list[object] = []
     try:
         for chunk in chunks:
             parser.feed(chunk)
             while True:
+                if singles:
+                    keys = parser.single_get_keys()
+                    half = (len(keys) + 1) // 2
+                    events += [Retrieve((key,)) for key in keys[:half]]
+                    parser.give_back_keys(keys[half:])
                 if with_plain_gets:
                     events += parser.plain_gets()
                 event = parser.next_event()
@@ -940,8 +947,8 @@ def test_fast_paths_give_the_general_paths_events(
     chunked = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     for chunks in ([stream], bytewise(stream), chunked):
         assert _run(TextParser(limits, fast=False), chunks, False) == expected
-        for with_plain_gets in (False, True):
-            got = _run(TextParser(limits), chunks, with_plain_gets)
+        for with_plain_gets, singles in ((False, False), (True, False), (True, True)):
+            got = _run(TextParser(limits), chunks, with_plain_gets, singles)
             assert got == expected
             assert repr(got) == repr(expected)  # the same field types too (no 1 for True)
     for event in expected[0]:
@@ -981,6 +988,20 @@ def test_plain_gets_stops_at_the_first_other_line() -> None:
     assert parser.plain_gets() == []
     assert parser.next_event() == Retrieve((b"d",), with_cas=True)
     assert parser.plain_gets() == [Retrieve((b"e",))]
+    assert parser.at_boundary
+
+
+def test_single_get_keys_takes_the_run_of_one_key_gets() -> None:
+    parser = TextParser()
+    parser.feed(b"get a\r\nget b\nget c d\r\nget e\r\n")
+    assert parser.single_get_keys() == [b"a", b"b"]
+    assert parser.single_get_keys() == []
+    assert parser.plain_gets() == [Retrieve((b"c", b"d")), Retrieve((b"e",))]
+    parser.feed(b"get f\r\nget g\r\n")
+    keys = parser.single_get_keys()
+    parser.give_back_keys(keys[1:])
+    assert parser.single_get_keys() == []  # what was given back comes out as events
+    assert parser.plain_gets() == [Retrieve((b"g",))]
     assert parser.at_boundary
 
 
