@@ -14,6 +14,8 @@ them and one without, whole and byte by byte, and requires identical events.
   same way.
 * :func:`plain_gets`: the run of plain ``get`` lines at the head of the
   buffer, as many events, so that a burst of pipelined gets costs one call.
+* :func:`plain_sets`: the run of plain ``set`` and ``ms`` commands at the
+  head of the buffer the same way, for a burst of pipelined writes.
 """
 
 from __future__ import annotations
@@ -173,4 +175,38 @@ def plain_gets(framer: Framer, limits: Limits, singles: re.Pattern[bytes] | None
         found.append(event)
         consumed += size
     framer.consume_to(start + consumed)
+    return found
+
+
+def plain_sets(framer: Framer, limits: Limits) -> list[Store | MetaSet]:
+    """Consume the run of commands at the head of the buffer that
+    :func:`plain_set` and :func:`plain_meta_set` take (each line whole and
+    within ``max_line_length``, its block buffered whole) and return their
+    events, in order; stop, consuming nothing more, at the first other one.
+    Takes commands starting within :data:`WINDOW` bytes of the head."""
+    found: list[Store | MetaSet] = []
+    longest = limits.max_line_length
+    taken = 0  # bytes consumed so far
+    while taken < WINDOW:
+        buffer = framer.buffer
+        start = framer.start
+        head = buffer[start : start + 4]
+        if head == b"set ":
+            build = plain_set
+        elif head[:3] == b"ms ":
+            build = plain_meta_set  # type: ignore[assignment]
+        else:
+            break
+        newline = buffer.find(b"\n", start, start + longest + 1)
+        if newline < 0:
+            break  # incomplete, or too long: the general path judges it
+        end = newline - 1 if buffer[newline - 1] == 13 else newline
+        line = bytes(buffer[start:end])
+        framer.start = newline + 1  # the block follows the line (restored if not plain)
+        event = build(line, framer, limits)
+        if event is None:
+            framer.start = start
+            break
+        found.append(event)
+        taken += newline + 3 - start + len(event.value)
     return found
