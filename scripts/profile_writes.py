@@ -22,6 +22,11 @@ Reported per item, CPU time (``time.thread_time``):
     python3 scripts/profile_writes.py                 # set and get, d=1 and d=16
     python3 scripts/profile_writes.py --profile set   # + cProfile of the set rows
     python3 scripts/profile_writes.py --depth 16 --bursts 2000
+    STIG_REPO=/work/main python3 scripts/profile_writes.py   # another tree's code, A/B
+
+Rows: ``set`` (text ``set``, each answered), ``ms`` (``ms … q`` then one
+answered ``ms`` per burst, the shape of a batch closed by its last write:
+one run per burst) and ``get``.
 
 Sockets, the scheduler and the GIL hand-offs between the two threads are
 not in these figures (``scripts/bench.py`` has them); what is here is the
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import os
 import pstats
 import sys
 import tempfile
@@ -42,7 +48,7 @@ from pathlib import Path
 
 import trio
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(os.environ.get("STIG_REPO") or Path(__file__).resolve().parent.parent)
 sys.path.insert(0, str(REPO))
 
 from protocol.events import NEED_DATA  # noqa: E402
@@ -58,6 +64,14 @@ KEYS = 10_000
 def _set_burst(start: int, depth: int) -> bytes:
     return b"".join(
         b"set key:%06d 0 0 %d\r\n%s\r\n" % ((start + i) % KEYS, len(VALUE), VALUE)
+        for i in range(depth)
+    )
+
+
+def _ms_burst(start: int, depth: int) -> bytes:
+    return b"".join(
+        b"ms key:%06d %d%s\r\n%s\r\n"
+        % ((start + i) % KEYS, len(VALUE), b" q" if i < depth - 1 else b"", VALUE)
         for i in range(depth)
     )
 
@@ -104,7 +118,7 @@ def measure(kind: str, depth: int, bursts: int, group: int, prof: cProfile.Profi
     with tempfile.TemporaryDirectory(prefix="stig-prof-") as tmp:
         rig = Rig(Path(tmp) / "data")
         rig.preload()
-        make = _set_burst if kind == "set" else _get_burst
+        make = {"set": _set_burst, "ms": _ms_burst, "get": _get_burst}[kind]
         datas = [make(i * depth, depth) for i in range(bursts)]
         promoter = rig.engine.promoter
         loop_cpu = 0.0
@@ -167,13 +181,14 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=0, help="bursts per row (~20k items)")
     parser.add_argument("--group", type=int, default=50, help="bursts per group commit")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the best is shown")
-    parser.add_argument("--profile", choices=["set", "get"], help="cProfile these rows")
+    parser.add_argument("--profile", choices=["set", "ms", "get"], help="cProfile these rows")
+    parser.add_argument("--kind", action="append", choices=["set", "ms", "get"], help="rows")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     gc.freeze()
     print(f"{'row':<10} {'loop µs':>8} {'commit µs':>9} {'total µs':>8} {'blk/w':>7} {'B/w':>6}")
-    for kind in ("set", "get"):
-        for depth in args.depth or [1, 16]:
+    for kind in args.kind or ["set", "ms", "get"]:
+        for depth in args.depth or ([1, 16] if kind != "ms" else [100]):
             bursts = max(args.bursts or 20_000 // depth, 3 * args.group)
             prof = cProfile.Profile() if args.profile == kind else None
             runs = [measure(kind, depth, bursts, args.group, prof) for _ in range(args.repeat)]
