@@ -179,7 +179,26 @@ class BinaryHandler:
 
     # -- the connection loop's interface -----------------------------------------
 
-    async def handle(self, event: object) -> None:
+    def handle(self, event: object) -> Awaitable[None] | None:
+        """Execute one request: a plain SetQ (no cas, exptime 0, no quiet get
+        buffered) at once, as :meth:`_handle` would (None: no coroutine, the
+        bulk of a pipelined load); anything else returns :meth:`_handle`."""
+        if (
+            type(event) is BinaryRequest
+            and event.opcode is Opcode.SetQ
+            and not event.cas
+            and not event.exptime
+            and self.authenticated
+            and not self._gets
+        ):
+            self._current = (Opcode.SetQ, event.opaque)
+            core = self.core
+            core.count_prefix_set(event.key)
+            core.set(event.key, event.value, event.flags)
+            return None
+        return self._handle(event)
+
+    async def _handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""
         if isinstance(event, InvalidBinaryRequest):
             await self._refused(event)

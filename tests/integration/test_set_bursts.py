@@ -80,3 +80,31 @@ def test_stats_detail_counts_every_set_of_a_burst(stig_server) -> None:
         assert conn.send_recv(burst + b"mn\r\n", b"MN\r\n") == b"STORED\r\n" * 50 + b"MN\r\n"
         dump = conn.send_recv(b"stats detail dump\r\n")
     assert dump == b"PREFIX p get 0 hit 0 set 50 del 0\r\nEND\r\n"
+
+
+def test_a_burst_of_binary_setq_is_silent_counted_and_visible(stig_server) -> None:
+    """SetQ done at once (BinaryHandler.handle, no coroutine): no response,
+    ``cmd_set`` and ``stats detail`` count each, No-op answers after all,
+    another connection sees every value with its flags."""
+    import struct
+
+    from protocol.binary import Opcode, encode_request
+
+    with stig_server.connect() as text:
+        assert text.send_recv(b"stats detail on\r\n", b"OK\r\n") == b"OK\r\n"
+    before = int(stig_server.stats()["cmd_set"])
+    conn = stig_server.connect_binary()
+    burst = b"".join(
+        encode_request(Opcode.SetQ, b"q:%d" % i, VALUE, struct.pack(">II", i, 0), opaque=i)
+        for i in range(200)
+    )
+    conn.send(burst + encode_request(Opcode.Noop, opaque=999))
+    noop = conn.response()
+    assert (noop.opcode, noop.opaque) == (Opcode.Noop, 999)  # nothing before it
+    assert int(stig_server.stats()["cmd_set"]) - before == 200
+    with stig_server.connect() as other:
+        assert other.send_recv(b"get q:0 q:199\r\n") == (
+            b"VALUE q:0 0 100\r\n%b\r\nVALUE q:199 199 100\r\n%b\r\nEND\r\n" % (VALUE, VALUE)
+        )
+        dump = other.send_recv(b"stats detail dump\r\n")
+    assert dump == b"PREFIX q get 2 hit 2 set 200 del 0\r\nEND\r\n"
