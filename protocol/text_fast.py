@@ -33,6 +33,10 @@ from protocol.text_framing import Framer
 _KEY_OR_SPACE = bytes(b for b in range(256) if b == 0x20 or not (b <= 0x20 or b == 0x7F))
 #: How far :func:`plain_gets` looks ahead for whole lines.
 WINDOW = 65536
+#: At most this many commands per :func:`plain_sets` call: the caller's loop
+#: gets back between runs about as often as it did between single commands
+#: (stig.connection checks for finished commits and yields every 128 commands).
+MAX_SETS = 128
 #: The key of each line of a run that :func:`single_gets_pattern` matched.
 _ONE_KEY = re.compile(rb"get ([^\r\n]+)\r?\n")
 _SINGLE_GETS: dict[Limits, re.Pattern[bytes] | None] = {}
@@ -184,11 +188,12 @@ def plain_sets(framer: Framer, limits: Limits) -> list[Store | MetaSet]:
     :func:`plain_set` and :func:`plain_meta_set` take (each line whole and
     within ``max_line_length``, its block buffered whole) and return their
     events, in order; stop, consuming nothing more, at the first other one.
-    Takes commands starting within :data:`WINDOW` bytes of the head."""
+    Takes at most :data:`MAX_SETS` commands, starting within :data:`WINDOW`
+    bytes of the head."""
     found: list[Store | MetaSet] = []
     longest = limits.max_line_length
     taken = 0  # bytes consumed so far
-    while taken < WINDOW:
+    while taken < WINDOW and len(found) < MAX_SETS:
         buffer = framer.buffer
         start = framer.start
         head = buffer[start : start + 4]

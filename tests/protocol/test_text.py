@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import text
+from protocol import text, text_fast
 from protocol.commands import (
     Arithmetic,
     Delete,
@@ -1031,12 +1031,15 @@ def test_plain_sets_takes_a_window_at_a_time_and_nothing_inside_a_block() -> Non
     burst = b"ms key:%06d 100 q\r\n" + b"v" * 100 + b"\r\n"
     parser.feed(b"".join(burst % i for i in range(2000)))
     first = parser.plain_sets()
-    assert 0 < len(first) < 2000  # one window of input per call: bounded
+    assert len(first) == text_fast.MAX_SETS  # a bounded run per call
     rest = []
     while more := parser.plain_sets():
         rest += more
     assert [e.key for e in first + rest] == [b"key:%06d" % i for i in range(2000)]  # type: ignore[attr-defined]
     assert parser.at_boundary
+    big = b"x" * 20000  # and commands starting within one window of input
+    parser.feed(b"".join(b"set b%d 0 0 20000\r\n%b\r\n" % (i, big) for i in range(10)))
+    assert [e.key for e in parser.plain_sets()] == [b"b0", b"b1", b"b2", b"b3"]  # type: ignore[attr-defined]
 
 
 def test_the_fast_ms_builder_sets_every_field() -> None:
