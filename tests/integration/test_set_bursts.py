@@ -8,6 +8,9 @@ writes must be exactly those of the commands handled one by one.
 
 from __future__ import annotations
 
+import pytest
+from support import memcached_ref
+
 VALUE = b"v" * 100
 
 
@@ -108,3 +111,20 @@ def test_a_burst_of_binary_setq_is_silent_counted_and_visible(stig_server) -> No
         )
         dump = other.send_recv(b"stats detail dump\r\n")
     assert dump == b"PREFIX q get 2 hit 2 set 200 del 0\r\nEND\r\n"
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"".join(_round(i)[0] for i in range(200)) + b"mn\r\n",
+        b"set x 0 0 1\r\na\r\nms x 1 q ME\r\nb\r\nms p 1 q\r\nc\r\nset y 0 0 1\r\nd\r\n"
+        b"set z 0 0 1 noreply\r\ne\r\nms w 2\r\nhi\r\nget x p y z w\r\nmn\r\n",
+    ],
+    ids=["mixed-rounds", "quiet-verdict"],
+)
+def test_a_burst_of_sets_answers_the_bytes_memcached_does(stig_server, request_bytes) -> None:
+    """The same burst, in one send, to memcached 1.6 and to Stig: the same bytes back."""
+    with memcached_ref.memcached() as port:
+        theirs = memcached_ref.exchange(port, request_bytes, b"MN\r\n")
+    ours = memcached_ref.exchange(stig_server.port, request_bytes, b"MN\r\n")
+    assert ours == theirs
