@@ -1042,6 +1042,25 @@ def test_plain_sets_takes_a_window_at_a_time_and_nothing_inside_a_block() -> Non
     assert [e.key for e in parser.plain_sets()] == [b"b0", b"b1", b"b2", b"b3"]  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"set k 4294967296 0 1", b"set k 4294967295 0 1", b"set k 0 1234567890 1",
+        b"set k 0 0 0000000001", b"set " + b"k" * 250 + b" 0 0 1", b"set " + b"k" * 251 + b" 0 0 1",
+        b"set k\x7f 0 0 1", b"set k\x80 0 0 1", b"set  k 0 0 1", b"set k\t0 0 1",
+        b"set k 0 0 1 noreplyx", b"set k 0 0 1 noreply", b"set k 0 0 1 ", b"set k 0 0 1\r",
+        b"set k -1 0 1", b"set k 0 -1 1", b"set k +1 0 1", b"set k 0 0 2",
+    ],
+)  # fmt: skip
+def test_plain_sets_takes_a_set_line_exactly_when_the_general_path_agrees(line: bytes) -> None:
+    """Lines at every edge of the one-regex set line, in a burst with plain
+    ones around: the same events through plain_sets() as without it."""
+    stream = b"set a 0 0 1\r\nx\r\n" + line + b"\r\ny\r\nset b 0 0 1\r\nz\r\n"
+    expected = _run(TextParser(fast=False), [stream], False)
+    assert _run(TextParser(), [stream], False, True) == expected
+    assert repr(_run(TextParser(), [stream], False, True)) == repr(expected)
+
+
 def test_the_fast_ms_builder_sets_every_field() -> None:
     """plain_meta_set skips the validators: it must still give every field
     (a field added to MetaSet and not to it fails here) and the same event."""
