@@ -199,35 +199,6 @@ class MetaSet(_Keyed):
     ALLOWED_RETURNS = _SET_RETURNS
 
 
-_new_object = object.__new__
-_set_field = object.__setattr__
-
-
-def plain_meta_set(key: bytes, value: bytes, quiet: bool, client_flags: int, ttl: int) -> MetaSet:
-    """``MetaSet(key, value=value, quiet=quiet, client_flags=client_flags, ttl=ttl)``
-    (mode S, every other field its default) for values the caller has
-    already checked — a text key without space or control byte, a flags and
-    a TTL of at most 9 digits (:mod:`protocol.text_fast`) — built without
-    running the validators again: a third of the cost of an ``ms`` in a
-    burst.  The same event, field for field (tests/protocol/test_text.py
-    compares them with the general path's and re-validates them)."""
-    event: MetaSet = _new_object(MetaSet)
-    _set_field(event, "key", key)
-    _set_field(event, "key_binary", False)
-    _set_field(event, "returns", ())
-    _set_field(event, "opaque", None)
-    _set_field(event, "quiet", quiet)
-    _set_field(event, "value", value)
-    _set_field(event, "mode", SetMode.SET)
-    _set_field(event, "client_flags", client_flags)
-    _set_field(event, "ttl", ttl)
-    _set_field(event, "cas", None)
-    _set_field(event, "new_cas", None)
-    _set_field(event, "invalidate", False)
-    _set_field(event, "vivify_ttl", None)
-    return event
-
-
 @attrs.frozen
 class MetaDelete(_Keyed):
     """``md <key> <flags>*``: delete, or with ``I`` mark stale."""

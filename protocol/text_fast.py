@@ -25,7 +25,6 @@ import re
 from protocol.commands import Retrieve, Store, StoreMode
 from protocol.limits import Limits
 from protocol.meta_commands import MetaSet
-from protocol.meta_commands import plain_meta_set as built_meta_set
 from protocol.text_framing import Framer
 
 #: Every byte a key may hold, and the space: ``line.translate(None, _KEY_OR_SPACE)``
@@ -124,7 +123,7 @@ def plain_meta_set(line: bytes, framer: Framer, limits: Limits) -> MetaSet | Non
     value = _block(key, length, framer, limits)
     if value is None:
         return None
-    return built_meta_set(key, value, quiet, client_flags or 0, ttl or 0)
+    return MetaSet(key, value=value, quiet=quiet, client_flags=client_flags or 0, ttl=ttl or 0)
 
 
 def single_gets_pattern(limits: Limits) -> re.Pattern[bytes] | None:

@@ -1061,17 +1061,6 @@ def test_plain_sets_takes_a_set_line_exactly_when_the_general_path_agrees(line: 
     assert repr(_run(TextParser(), [stream], False, True)) == repr(expected)
 
 
-def test_the_fast_ms_builder_sets_every_field() -> None:
-    """plain_meta_set skips the validators: it must still give every field
-    (a field added to MetaSet and not to it fails here) and the same event."""
-    from protocol.meta_commands import plain_meta_set
-
-    built = plain_meta_set(b"k", b"abc", True, 7, 5)
-    assert {f.name for f in attrs.fields(MetaSet)} == set(attrs.asdict(built, recurse=False))
-    assert built == MetaSet(b"k", value=b"abc", quiet=True, client_flags=7, ttl=5)
-    assert attrs.evolve(built) == built
-
-
 def test_events_given_back_come_out_first_in_order() -> None:
     """A handler that stops part way through a run of gets (reply bound, a
     write in flight) gives the rest back: they are the next events out."""
