@@ -115,8 +115,8 @@ class TextHandler:
 
     def handle(self, event: object) -> Awaitable[None] | None:
         """Execute one parsed event: None when it was answered at once (a
-        plain get, a plain set, a quiet ``ms``: no coroutine), else the
-        awaitable that finishes it.
+        plain get, a plain ``set`` or ``ms`` and the plain sets pipelined
+        behind it: no coroutine), else the awaitable that finishes it.
 
         Any command but a get runs its handler here directly: a handler
         does what it can at once and returns an awaitable only when it must
