@@ -128,3 +128,36 @@ def test_a_burst_of_sets_answers_the_bytes_memcached_does(stig_server, request_b
         theirs = memcached_ref.exchange(port, request_bytes, b"MN\r\n")
     ours = memcached_ref.exchange(stig_server.port, request_bytes, b"MN\r\n")
     assert ours == theirs
+
+
+def test_a_binary_setq_burst_with_a_cas_in_it_answers_only_that_failure(stig_server) -> None:
+    """The run of SetQ read in one call stops at the one with a cas (a
+    conditional write): it and those after it are handled one by one — its
+    failure answered in its place (KEY_ENOENT, its opaque), the rest silent."""
+    import struct
+
+    from protocol.binary import Opcode, Status, encode_request
+
+    extras = struct.pack(">II", 0, 0)
+    burst = b"".join(
+        encode_request(Opcode.SetQ, b"c:%d" % i, b"x", extras, opaque=i) for i in range(100)
+    )
+    burst += encode_request(Opcode.SetQ, b"absent", b"y", extras, opaque=500, cas=12345)
+    burst += b"".join(
+        encode_request(Opcode.SetQ, b"c:%d" % i, b"z", extras, opaque=i) for i in range(100, 200)
+    )
+    conn = stig_server.connect_binary()
+    conn.send(burst + encode_request(Opcode.Noop, opaque=999))
+    failure, noop = conn.response(), conn.response()
+    assert (failure.opcode, failure.opaque, failure.status) == (
+        Opcode.SetQ,
+        500,
+        Status.KEY_ENOENT,
+    )
+    assert (noop.opcode, noop.opaque) == (Opcode.Noop, 999)
+    with stig_server.connect() as other:
+        got = other.send_recv(b"get c:0 c:99 c:100 c:199 absent\r\n")
+    assert got == (
+        b"VALUE c:0 0 1\r\nx\r\nVALUE c:99 0 1\r\nx\r\nVALUE c:100 0 1\r\nz\r\n"
+        b"VALUE c:199 0 1\r\nz\r\nEND\r\n"
+    )
