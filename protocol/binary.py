@@ -107,6 +107,9 @@ _EXTRAS: dict[Opcode, tuple[struct.Struct, tuple[str, ...]]] = {
 }
 
 _COMPACT_AFTER = 65536  # consumed bytes kept before the buffer is compacted
+#: At most this many requests per :meth:`BinaryParser.quiet_sets` call (the
+#: connection loop checks for finished commits between calls).
+MAX_QUIET_SETS = 128
 
 
 def max_request_size(limits: Limits) -> int:
@@ -189,6 +192,35 @@ class BinaryParser:
         if len(self._buffer) - self._start < HEADER_SIZE + body_len:
             return NEED_DATA
         return self._request(OPCODES[opcode], key_len, extras_len, body_len, vbucket, opaque, cas)
+
+    def quiet_sets(self) -> list[BinaryRequest]:
+        """Consume the run of SetQ requests at the head of the buffer (each
+        whole and not refused; at most :data:`MAX_QUIET_SETS`) and return
+        them, in order: what :meth:`next_event` would return one by one, so
+        that a burst of pipelined SetQ costs one call.  Stops, consuming
+        nothing more, at the first other request or one not all here."""
+        found: list[BinaryRequest] = []
+        if self._error is not None or self._skipping or self._refused is not None:
+            return found
+        buffer = self._buffer
+        while len(found) < MAX_QUIET_SETS:
+            start = self._start
+            if len(buffer) - start < HEADER_SIZE or buffer[start + 1] != Opcode.SetQ:
+                break
+            header = HEADER.unpack_from(buffer, start)
+            magic, opcode, key_len, extras_len, _, vbucket, body_len, opaque, cas = header
+            if (
+                magic != REQUEST_MAGIC
+                or key_len + extras_len > body_len
+                or len(buffer) - start < HEADER_SIZE + body_len
+                or self._refusal(opcode, opaque, key_len, extras_len, body_len) is not None
+            ):
+                break
+            found.append(
+                self._request(Opcode.SetQ, key_len, extras_len, body_len, vbucket, opaque, cas)
+            )
+            buffer = self._buffer  # _request may have compacted it (same object)
+        return found
 
     def _fail(self, hint: InvalidBinaryRequest | None, message: str) -> NoReturn:
         self._error = BinaryProtocolError(hint, message)

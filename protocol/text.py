@@ -19,7 +19,8 @@ Three modules do the work, one job each:
 
 :meth:`TextParser.plain_gets` hands out the run of plain ``get`` commands at
 the head of the buffer at once, as events, so that a burst of pipelined gets
-costs one call.  A caller that stops part way through such a run (its reply
+costs one call; :meth:`TextParser.plain_sets` does the same for plain ``set``
+and ``ms`` commands.  A caller that stops part way through such a run (its reply
 bound is reached, or a get must wait) hands the rest back with
 :meth:`TextParser.give_back`; they are the next events out, in order.
 """
@@ -30,10 +31,11 @@ from collections import deque
 from collections.abc import Iterable
 
 from protocol import text_fast
-from protocol.commands import Retrieve
+from protocol.commands import Retrieve, Store
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA, _NeedData
 from protocol.limits import Limits
+from protocol.meta_commands import MetaSet
 from protocol.text_commands import (
     BAD_CHUNK,
     BlockFollows,
@@ -146,6 +148,15 @@ class TextParser:
         if self._held or not self.fast or self._pending is not None or self._framer.skipping:
             return []
         return text_fast.single_get_keys(self._framer, self._singles)
+
+    def plain_sets(self) -> list[Store | MetaSet]:
+        """Consume the run of plain ``set`` and ``ms`` commands at the head of
+        the buffer that the fast path takes, and return their events (those
+        :meth:`next_event` would return one by one); empty when the next
+        event is anything else, or events given back wait."""
+        if self._held or not self.fast or self._pending is not None or self._framer.skipping:
+            return []
+        return text_fast.plain_sets(self._framer, self.limits)
 
     def give_back(self, events: Iterable[Retrieve]) -> None:
         """Take back events :meth:`plain_gets` handed out and the caller did not

@@ -18,6 +18,9 @@ them and one without, whole and byte by byte, and requires identical events.
   at the head of the buffer, as their keys only (each stands for the event
   ``Retrieve((key,))``), so that a reader answering them needs no event.
 
+* :func:`plain_sets`: the run of plain ``set`` and ``ms`` commands at the
+  head of the buffer the same way, for a burst of pipelined writes.
+
 Events are built with ``tuple.__new__`` (C), not through the named tuple's
 own ``__new__``, a Python function: one frame less per get line.
 """
@@ -36,6 +39,10 @@ from protocol.text_framing import Framer
 _KEY_OR_SPACE = bytes(b for b in range(256) if b == 0x20 or not (b <= 0x20 or b == 0x7F))
 #: How far :func:`plain_gets` looks ahead for whole lines.
 WINDOW = 65536
+#: At most this many commands per :func:`plain_sets` call: the caller's loop
+#: gets back between runs about as often as it did between single commands
+#: (stig.connection checks for finished commits and yields every 128 commands).
+MAX_SETS = 128
 #: The key of each line of a run that :func:`single_gets_pattern` matched.
 _ONE_KEY = re.compile(rb"get ([^\r\n]+)\r?\n")
 _SINGLE_GETS: dict[Limits, re.Pattern[bytes] | None] = {}
@@ -208,3 +215,38 @@ def single_get_keys(framer: Framer, singles: re.Pattern[bytes] | None) -> list[b
     keys: list[bytes] = _ONE_KEY.findall(framer.buffer, start, end)
     framer.consume_to(end)
     return keys
+
+
+def plain_sets(framer: Framer, limits: Limits) -> list[Store | MetaSet]:
+    """Consume the run of commands at the head of the buffer that
+    :func:`plain_set` and :func:`plain_meta_set` take (each line whole and
+    within ``max_line_length``, its block buffered whole) and return their
+    events, in order; stop, consuming nothing more, at the first other one.
+    Takes at most :data:`MAX_SETS` commands, starting within :data:`WINDOW`
+    bytes of the head."""
+    found: list[Store | MetaSet] = []
+    longest = limits.max_line_length
+    taken = 0  # bytes consumed so far
+    while taken < WINDOW and len(found) < MAX_SETS:
+        buffer = framer.buffer
+        start = framer.start
+        head = buffer[start : start + 4]
+        if head == b"set ":
+            build = plain_set
+        elif head[:3] == b"ms ":
+            build = plain_meta_set  # type: ignore[assignment]
+        else:
+            break
+        newline = buffer.find(b"\n", start, start + longest + 1)
+        if newline < 0:
+            break  # incomplete, or too long: the general path judges it
+        end = newline - 1 if buffer[newline - 1] == 13 else newline
+        line = bytes(buffer[start:end])
+        framer.start = newline + 1  # the block follows the line (restored if not plain)
+        event = build(line, framer, limits)
+        if event is None:
+            framer.start = start
+            break
+        found.append(event)
+        taken += newline + 3 - start + len(event.value)
+    return found

@@ -23,6 +23,11 @@ Reported per item, CPU time (``time.thread_time``):
     python3 scripts/profile_writes.py --only mget     # one row: get of 100 keys, per key
     python3 scripts/profile_writes.py --profile set   # + cProfile of the set rows
     python3 scripts/profile_writes.py --depth 16 --bursts 2000
+    STIG_REPO=/work/main python3 scripts/profile_writes.py   # another tree's code, A/B
+
+Rows: ``set`` (text ``set``, each answered), ``ms`` (``ms … q`` then one
+answered ``ms`` per burst, the shape of a batch closed by its last write:
+one run per burst) and ``get``.
 
 Sockets, the scheduler and the GIL hand-offs between the two threads are
 not in these figures (``scripts/bench.py`` has them); what is here is the
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import os
 import pstats
 import sys
 import tempfile
@@ -43,7 +49,7 @@ from pathlib import Path
 
 import trio
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(os.environ.get("STIG_REPO") or Path(__file__).resolve().parent.parent)
 sys.path.insert(0, str(REPO))
 
 from protocol.events import NEED_DATA  # noqa: E402
@@ -63,6 +69,14 @@ def _set_burst(start: int, depth: int) -> bytes:
     )
 
 
+def _ms_burst(start: int, depth: int) -> bytes:
+    return b"".join(
+        b"ms key:%06d %d%s\r\n%s\r\n"
+        % ((start + i) % KEYS, len(VALUE), b" q" if i < depth - 1 else b"", VALUE)
+        for i in range(depth)
+    )
+
+
 def _get_burst(start: int, depth: int) -> bytes:
     return b"".join(b"get key:%06d\r\n" % ((start + i) % KEYS) for i in range(depth))
 
@@ -76,7 +90,12 @@ def _mget_burst(start: int, depth: int) -> bytes:
 
 
 #: Each row's burst maker and items (keys) per command.
-_ROWS = {"set": (_set_burst, 1), "get": (_get_burst, 1), "mget": (_mget_burst, 100)}
+_ROWS = {
+    "set": (_set_burst, 1),
+    "ms": (_ms_burst, 1),
+    "get": (_get_burst, 1),
+    "mget": (_mget_burst, 100),
+}
 
 
 async def _feed(handler: TextHandler, session: Session, data: bytes) -> None:
@@ -189,7 +208,7 @@ def main() -> None:
     gc.freeze()
     print(f"{'row':<10} {'loop µs':>8} {'commit µs':>9} {'total µs':>8} {'blk/w':>7} {'B/w':>6}")
     for kind in args.only or list(_ROWS):
-        for depth in args.depth or ([1] if kind == "mget" else [1, 16]):
+        for depth in args.depth or {"mget": [1], "ms": [100]}.get(kind, [1, 16]):
             per_command = _ROWS[kind][1]
             bursts = max(args.bursts or 20_000 // (depth * per_command), 3 * args.group)
             prof = cProfile.Profile() if args.profile == kind else None

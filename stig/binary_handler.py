@@ -179,7 +179,67 @@ class BinaryHandler:
 
     # -- the connection loop's interface -----------------------------------------
 
-    async def handle(self, event: object) -> None:
+    def handle(self, event: object) -> Awaitable[None] | None:
+        """Execute one request: a plain SetQ (no cas, exptime 0, no quiet get
+        buffered) at once, as :meth:`_handle` would (None: no coroutine, the
+        bulk of a pipelined load), then the SetQ pipelined right behind it
+        (:meth:`_setq_run`); anything else returns :meth:`_handle`."""
+        pending = self._handle_one(event)
+        if pending is None:
+            return self._setq_run()
+        return pending
+
+    def _handle_one(self, event: object) -> Awaitable[None] | None:
+        """One request: a plain SetQ at once (None), else :meth:`_handle`."""
+        if (
+            type(event) is BinaryRequest
+            and event.opcode is Opcode.SetQ
+            and not event.cas
+            and not event.exptime
+            and self.authenticated
+            and not self._gets
+        ):
+            self._current = (Opcode.SetQ, event.opaque)
+            core = self.core
+            core.count_prefix_set(event.key)
+            core.set(event.key, event.value, event.flags)
+            return None
+        return self._handle(event)
+
+    def _setq_run(self) -> Awaitable[None] | None:
+        """The SetQ pipelined behind a plain one (:meth:`BinaryParser.quiet_sets`),
+        recorded in one loop (:meth:`Session.set_many`): they stay in the open
+        run, answer nothing, count in ``cmd_set`` (and ``stats detail``), as
+        one :meth:`_handle_one` each would.  From the first that is not
+        plain (a cas, an exptime) or that the write budget refuses, the rest
+        are handled one by one (the awaitable returned)."""
+        requests = self.parser.quiet_sets()
+        if not requests:
+            return None
+        items: list[tuple[bytes, bytes, int]] = []
+        for request in requests:
+            if request.cas or request.exptime:
+                break
+            items.append((request.key, request.value, request.flags))
+        recorded = self.session.set_many(items, False) if items else 0
+        if recorded:
+            core = self.core
+            core.stats.cmd_set += recorded
+            if core.prefixes.enabled:
+                for key, _value, _flags in items[:recorded]:
+                    core.prefixes.record_set(key)
+            self._current = (Opcode.SetQ, requests[recorded - 1].opaque)
+        if recorded < len(requests):
+            return self._one_by_one(requests[recorded:])
+        return None
+
+    async def _one_by_one(self, requests: Sequence[BinaryRequest]) -> None:
+        for request in requests:
+            pending = self._handle_one(request)
+            if pending is not None:
+                await pending
+
+    async def _handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""
         if isinstance(event, InvalidBinaryRequest):
             await self._refused(event)

@@ -81,6 +81,8 @@ from stig.snapshot import READ_INTERRUPTED
 
 TTL_REJECTED = client_error(Refusal.TTL.value)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)
+#: A stored ms with no flag to return (what :meth:`MetaHandler._write_reply` writes then).
+HD_LINE = encode_meta_response(MetaResponse(HD))
 
 #: The meta code for each outcome of a write.
 _CODES = {
@@ -328,24 +330,30 @@ class MetaHandler:
     # -- ms --------------------------------------------------------------------
 
     def _set_now(self, command: MetaSet) -> Awaitable[None] | None:
-        """An unconditional quiet set (the bulk of a pipelined load) done at
-        once, as a text ``set … noreply``; any other ms goes to :meth:`_set`.
+        """An unconditional set (the bulk of a pipelined load) done and
+        answered at once, as a text ``set``; any other ms goes to :meth:`_set`.
 
         The same as :meth:`_set` would do: no TTL to refuse or already
-        past, no conditional op (mode S without C or E), a stored HD that
-        ``q`` hides, so no cas to wait for and no run to close."""
+        past, no conditional op (mode S without C or E), no cas to return
+        (which would wait for the commit): a quiet one stays in the open
+        run, its HD hidden; a loud one closes the run and answers HD."""
         ttl = command.ttl
         core = self.core
         if (
-            command.quiet
-            and command.mode is SetMode.SET
+            command.mode is SetMode.SET
             and command.cas is None
             and command.new_cas is None
             and command.vivify_ttl is None
             and not (ttl and (core.ttl_refused(ttl) or core.expired(ttl)))
         ):
-            core.set(command.key, command.value, command.client_flags)
-            return None
+            if command.quiet:
+                core.set(command.key, command.value, command.client_flags)
+                return None
+            if not command.returns:
+                core.set(command.key, command.value, command.client_flags)
+                core.answered(False)
+                self.out += HD_LINE
+                return None
         return self._set(command)
 
     async def _set(self, command: MetaSet) -> None:

@@ -225,6 +225,60 @@ class Session:
             self.discard_run()
             raise RunTooLarge()
 
+    def set_many(self, items: Sequence[tuple[bytes, bytes, int]], close: bool) -> int:
+        """A burst of plain sets ``(key, value, flags)``, in order: exactly
+        :meth:`set` for each — followed by :meth:`close_run` when ``close``
+        (sets that are answered) — in one loop.
+
+        Closed each alone, the sets of a burst join one promotion
+        (:meth:`close_run`), so here they are recorded in one run and closed
+        once: the same ops, keys, bytes and promotion.  A set that would make
+        :meth:`set` raise :class:`RunTooLarge` is not recorded, nor any after
+        it: the caller does it with :meth:`set`, which raises.  Returns how
+        many were recorded.
+        """
+        done = 0
+        if close and self._run and items:
+            # The first one closes the open run, whatever that run holds.
+            self.set(*items[0])
+            self.close_run()
+            done = 1
+        budget = self._budget
+        # The open runs' bytes this burst may add (with ``close``, each set is
+        # alone in its run when the budget checks it).
+        room = budget.limit - budget.open
+        seq = self._seq
+        overlay = self._overlay
+        undo = None if close else self._run_undo
+        run = self._run
+        run_keys = self._run_keys
+        total = 0
+        for key, value, flags in items[done:] if done else items:
+            size = len(value) + len(key) + _OP_OVERHEAD
+            if (size if close else total + size) > room:
+                break
+            seq += 1
+            if undo is not None and key not in undo:
+                undo[key] = overlay.get(key)
+            overlay[key] = _tuple_new(_Pending, (seq, _tuple_new(Item, (value, flags, 0, 0))))
+            run.append(_tuple_new(Put, (key, value, flags, None)))
+            run_keys[key] = seq
+            total += size
+            done += 1
+        if seq == self._seq:
+            return done
+        self._seq = seq
+        self._run_answered = True
+        self._run_bytes += total
+        self.pending_bytes += total
+        used = budget.used = budget.used + total
+        if used > budget.peak:
+            budget.peak = used
+        budget.open += total
+        if close:
+            self.close_run()
+        return done
+
     def delete(self, key: bytes) -> bool:
         if self.get(key) is None:
             return False
@@ -357,6 +411,12 @@ class Session:
     @property
     def run_open(self) -> bool:
         return bool(self._run)
+
+    @property
+    def run_owes_verdicts(self) -> bool:
+        """Whether the open run holds quiet writes owed their verdicts: closing
+        it makes them due (:meth:`owe_verdict`)."""
+        return bool(self._run_owed)
 
     @property
     def run_length(self) -> int:

@@ -32,13 +32,14 @@ from protocol.commands import (
     Version,
 )
 from protocol.errors import InvalidCommand, ProtocolError
+from protocol.meta_commands import MetaSet
 from protocol.text import QuietError, TextParser
 from stig import listing
 from stig import snapshot as snapshot_read
 from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE
 from stig.core import Core, Refusal, StatsAnswer, StatsKind
 from stig.engine import PROTOCOL_VERSION, Engine
-from stig.meta_handler import MetaHandler
+from stig.meta_handler import HD_LINE, MetaHandler
 from stig.ops import Add, Cas, Op, Outcome, Replace
 from stig.session import CommitFailed, Session
 from stig.snapshot import Snapshot
@@ -113,12 +114,56 @@ class TextHandler:
         self._dispatch.update(self.meta.handlers)
 
     def handle(self, event: object) -> Awaitable[None] | None:
-        """Execute one parsed event: a plain get or gets is answered at once
-        (None: no coroutine), anything else returns an awaitable to await."""
-        result = self._answer_now(event)
-        if result is _NOT_NOW:
+        """Execute one parsed event: None when it was answered at once (a
+        plain get, a plain ``set`` or ``ms`` and the plain sets pipelined
+        behind it: no coroutine), else the awaitable that finishes it.
+
+        Any command but a get runs its handler here directly: a handler
+        does what it can at once and returns an awaitable only when it must
+        wait (:meth:`_finish` then completes it as :meth:`_handle` would).
+        What follows it is exactly :meth:`_handle`'s: the verdicts owed to
+        quiet meta writes whose run it closed are written before its reply
+        (by :meth:`_finish`), a failed commit is answered ``SERVER_ERROR``.
+        """
+        if type(event) is Retrieve:
+            result = self._answer_now(event)
+            if result is _NOT_NOW:
+                return self._handle(event)
+            return result  # type: ignore[return-value]
+        if not self.authenticated:
             return self._handle(event)
-        return result  # type: ignore[return-value]
+        pending = self._start(event)
+        if pending is None and (type(event) is Store or type(event) is MetaSet):
+            return self._set_run()  # the plain sets right behind it, if any
+        return pending
+
+    def _start(self, event: object) -> Awaitable[None] | None:
+        """Run ``event``'s handler: None when it is done, else the awaitable
+        (:meth:`_finish`) that completes it as :meth:`_handle` would."""
+        out = self.out
+        mark = len(out)
+        try:
+            pending = self._dispatch[type(event)](event)
+        except CommitFailed as exc:
+            out += R.server_error(str(exc))
+            return None
+        if pending is None and not self.core.verdicts_due:
+            return None
+        return self._finish(pending, mark)
+
+    async def _finish(self, pending: Awaitable[object | None] | None, mark: int) -> None:
+        """The rest of :meth:`_handle` for a command :meth:`handle` began at
+        ``out[mark]``: await what it must wait for, write the verdicts its
+        run owes before its reply, then handle the event it read ahead."""
+        try:
+            next_event = None if pending is None else await pending
+            if self.core.verdicts_due:
+                await self.meta.report_verdicts(mark)
+        except CommitFailed as exc:
+            next_event = None
+            self.out += R.server_error(str(exc))
+        if next_event is not None:
+            await self._handle(next_event)
 
     async def _handle(self, event: object) -> None:
         """Execute one parsed event; a failed commit is answered SERVER_ERROR.
@@ -404,7 +449,82 @@ class TextHandler:
 
     # -- writes ----------------------------------------------------------------
 
-    async def _store(self, command: Store) -> None:
+    def _set_run(self) -> Awaitable[None] | None:
+        """The plain ``set`` and ``ms`` commands pipelined right behind a
+        plain set (:meth:`TextParser.plain_sets`), recorded in one loop per
+        stretch of alike ones (:meth:`Session.set_many`), with one reply
+        append: the replies, stats and promotions one :meth:`handle` per
+        command would give.
+
+        A stretch is answered sets (each closes its run: ``STORED``, ``HD``)
+        or quiet ones (``noreply``, ``q``: they stay in the open run), all
+        with exptime 0.  The first command that is not so — an exptime, a
+        loud set whose run owes quiet writes their verdicts (they come before
+        its reply), a set the write budget refuses — and every command after
+        it are handled one by one, as :meth:`handle` would (the awaitable
+        returned).  With ``stats detail on`` all are, to count each key.
+        """
+        events = self.parser.plain_sets()
+        if not events:
+            return None
+        if self.core.prefixes.enabled:
+            return self._one_by_one(events)
+        session = self.session
+        stats = self.core.stats
+        out = self.out
+        count = len(events)
+        done = 0
+        while done < count:
+            first = events[done]
+            loud = not (first.noreply if type(first) is Store else first.quiet)  # type: ignore[union-attr]
+            if loud and (session.run_owes_verdicts or session.owed):
+                break
+            items: list[tuple[bytes, bytes, int]] = []
+            replies: list[bytes] = []
+            for event in events[done:] if done else events:
+                if type(event) is Store:
+                    if event.exptime or event.noreply is loud:
+                        break
+                    items.append((event.key, event.value, event.flags))
+                    replies.append(R.STORED)
+                else:
+                    if event.ttl or event.quiet is loud:  # type: ignore[union-attr]
+                        break
+                    items.append((event.key, event.value, event.client_flags))  # type: ignore[union-attr]
+                    replies.append(HD_LINE)
+            if not items:
+                break
+            recorded = session.set_many(items, loud)
+            stats.cmd_set += recorded
+            if loud and recorded:
+                session.unacked_writes = True
+                out += b"".join(replies[:recorded])
+            done += recorded
+            if recorded < len(items):
+                break
+        if done < count:
+            return self._one_by_one(events[done:])
+        return None
+
+    async def _one_by_one(self, events: Sequence[object]) -> None:
+        """Handle ``events`` in order, each as :meth:`handle` would."""
+        for event in events:
+            pending = self._start(event)
+            if pending is not None:
+                await pending
+
+    def _store(self, command: Store) -> Awaitable[None] | None:
+        """A plain ``set`` (exptime 0) is stored and answered at once, as
+        :meth:`_store_waiting` would; anything else returns that coroutine."""
+        core = self.core
+        if command.mode is StoreMode.SET and not command.exptime:
+            core.count_prefix_set(command.key)
+            core.set(command.key, command.value, command.flags)
+            self._reply(command.noreply, R.STORED)
+            return None
+        return self._store_waiting(command)
+
+    async def _store_waiting(self, command: Store) -> None:
         core = self.core
         core.count_prefix_set(command.key)
         mode = command.mode

@@ -611,3 +611,77 @@ def test_binary_modules_import_no_io_or_store() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- BinaryParser.quiet_sets: a burst of SetQ in one call -----------------------
+
+
+def _drained(stream: bytes, sizes: list[int], with_quiet_sets: bool) -> list:
+    """Every event (runs of SetQ through quiet_sets() first when asked), then
+    the protocol error that ended the stream, if any."""
+    parser = BinaryParser(SMALL)
+    events: list = []
+    try:
+        for piece in _cut(stream, sizes):
+            parser.feed(piece)
+            while True:
+                if with_quiet_sets:
+                    events += parser.quiet_sets()
+                event = parser.next_event()
+                if event is NEED_DATA:
+                    break
+                events.append(event)
+    except BinaryProtocolError as error:
+        events.append(("BinaryProtocolError", str(error)))
+    return events
+
+
+_SETQ = st.builds(
+    lambda key, value, opaque, cas: raw(Opcode.SetQ, key, struct.pack(">II", 5, 0), value,
+                                        opaque=opaque, cas=cas),
+    st.binary(min_size=1, max_size=12), st.binary(max_size=40), _U32,
+    st.sampled_from([0, 0, 0, 7]),
+)  # fmt: skip
+
+
+@given(
+    st.lists(
+        st.one_of(_SETQ, _SETQ, hostile_packets(), requests().map(pack_request)), max_size=12
+    ).map(b"".join),
+    st.lists(st.integers(1, 64), max_size=20),
+)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_quiet_sets_give_the_events_next_event_gives(stream: bytes, sizes: list[int]) -> None:
+    expected = _drained(stream, [], False)
+    assert _drained(stream, [], True) == expected
+    assert _drained(stream, sizes, True) == _drained(stream, sizes, False) == expected
+
+
+def test_quiet_sets_takes_the_run_of_setq_and_stops_at_anything_else() -> None:
+    setq = [BinaryRequest(Opcode.SetQ, b"k%d" % i, b"v", opaque=i) for i in range(300)]
+    parser = BinaryParser()
+    parser.feed(b"".join(pack_request(r) for r in setq) + raw(Opcode.Noop, opaque=9))
+    first = parser.quiet_sets()
+    assert first == setq[:128]  # a bounded run per call
+    assert parser.quiet_sets() + parser.quiet_sets() == setq[128:]
+    assert parser.quiet_sets() == []
+    assert parser.next_event() == BinaryRequest(Opcode.Noop, opaque=9)
+    parser.feed(pack_request(setq[0])[:30])
+    assert parser.quiet_sets() == []  # not all here
+    parser.feed(pack_request(setq[0])[30:])
+    assert parser.quiet_sets() == [setq[0]]
+    assert parser.at_boundary
+    # Refused ones are next_event's: no extras, a key too long, a value too large.
+    extras = struct.pack(">II", 0, 0)
+    for bad, status in (
+        (raw(Opcode.SetQ, b"k", b"", b"v", opaque=1), Status.EINVAL),
+        (raw(Opcode.SetQ, b"k" * 17, extras, b"v", opaque=2), Status.EINVAL),
+        (raw(Opcode.SetQ, b"k", extras, b"v" * 65, opaque=3), Status.E2BIG),
+    ):
+        parser = BinaryParser(SMALL)
+        parser.feed(pack_request(setq[1]) + bad + pack_request(setq[2]))
+        assert parser.quiet_sets() == [setq[1]]
+        assert parser.quiet_sets() == []
+        refusal = parser.next_event()
+        assert isinstance(refusal, InvalidBinaryRequest) and refusal.status is status
+        assert parser.quiet_sets() == [setq[2]]

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import text
+from protocol import text, text_fast
 from protocol.commands import (
     Arithmetic,
     Delete,
@@ -910,12 +910,16 @@ _DIFFERENTIAL_LIMITS = st.sampled_from(
 
 
 def _run(
-    parser: TextParser, chunks: list[bytes], with_plain_gets: bool, singles: bool = False
+    parser: TextParser,
+    chunks: list[bytes],
+    with_plain_gets: bool,
+    singles: bool = False,
+    with_plain_sets: bool = False,
 ) -> tuple[list[object], bool]:
     """Every event of ``chunks`` (runs of gets through plain_gets() first when
     asked; with ``singles``, through single_get_keys() before that, the second
-    half of each run of keys given back), then how a ProtocolError ended the
-    stream, and at_boundary."""
+    half of each run of keys given back; runs of sets through plain_sets(),
+    when asked), then how a ProtocolError ended the stream, and at_boundary."""
     events: list[object] = []
     try:
         for chunk in chunks:
@@ -928,6 +932,8 @@ def _run(
                     parser.give_back_keys(keys[half:])
                 if with_plain_gets:
                     events += parser.plain_gets()
+                if with_plain_sets:
+                    events += parser.plain_sets()
                 event = parser.next_event()
                 if event is NEED_DATA:
                     break
@@ -947,8 +953,14 @@ def test_fast_paths_give_the_general_paths_events(
     chunked = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
     for chunks in ([stream], bytewise(stream), chunked):
         assert _run(TextParser(limits, fast=False), chunks, False) == expected
-        for with_plain_gets, singles in ((False, False), (True, False), (True, True)):
-            got = _run(TextParser(limits), chunks, with_plain_gets, singles)
+        for with_plain_gets, singles, with_plain_sets in (
+            (False, False, False),
+            (True, False, False),
+            (True, True, False),
+            (False, False, True),
+            (True, True, True),
+        ):
+            got = _run(TextParser(limits), chunks, with_plain_gets, singles, with_plain_sets)
             assert got == expected
             assert repr(got) == repr(expected)  # the same field types too (no 1 for True)
     for event in expected[0]:
@@ -1012,6 +1024,71 @@ def test_plain_gets_takes_nothing_inside_a_data_block() -> None:
     assert parser.plain_gets() == []
     parser.feed(b"\r\n")
     assert drain(parser) == [Store(SET, b"k", 0, 0, b"get a\r\n")]
+
+
+def test_plain_sets_hands_out_the_run_of_plain_sets() -> None:
+    """set and ms, loud or quiet, in one call; it stops at the first other
+    command (a get, a set the fast path leaves, a block not all here)."""
+    parser = TextParser()
+    parser.feed(
+        b"set a 1 0 2\r\nhi\r\nms b 3 q\r\nabc\r\nset c 0 0 1 noreply\r\nx\r\nms d 0\r\n\r\n"
+        b"get a\r\nset e 0 0 1\r\ny\r\nset f 0 0 1 bad\r\nz\r\nset g 0 0 3\r\nab"
+    )
+    assert parser.plain_sets() == [
+        Store(SET, b"a", 1, 0, b"hi"),
+        MetaSet(b"b", value=b"abc", quiet=True),
+        Store(SET, b"c", 0, 0, b"x", 0, True),
+        MetaSet(b"d"),
+    ]
+    assert parser.plain_sets() == []
+    assert parser.next_event() == Retrieve((b"a",))
+    assert parser.plain_sets() == [Store(SET, b"e", 0, 0, b"y")]
+    assert parser.plain_sets() == []  # "bad" is the general path's to judge (a set)
+    assert parser.next_event() == Store(SET, b"f", 0, 0, b"z")
+    assert parser.plain_sets() == []  # g's block is not all here
+    parser.feed(b"c\r\n")
+    assert parser.plain_sets() == [Store(SET, b"g", 0, 0, b"abc")]
+    assert parser.at_boundary
+
+
+def test_plain_sets_takes_a_window_at_a_time_and_nothing_inside_a_block() -> None:
+    parser = TextParser()
+    parser.feed(b"set k 0 0 8\r\nms a 1\r\n")
+    assert parser.next_event() is NEED_DATA
+    assert parser.plain_sets() == []
+    parser.feed(b"\r\n")
+    assert drain(parser) == [Store(SET, b"k", 0, 0, b"ms a 1\r\n")]
+    burst = b"ms key:%06d 100 q\r\n" + b"v" * 100 + b"\r\n"
+    parser.feed(b"".join(burst % i for i in range(2000)))
+    first = parser.plain_sets()
+    assert len(first) == text_fast.MAX_SETS  # a bounded run per call
+    rest = []
+    while more := parser.plain_sets():
+        rest += more
+    assert [e.key for e in first + rest] == [b"key:%06d" % i for i in range(2000)]  # type: ignore[attr-defined]
+    assert parser.at_boundary
+    big = b"x" * 20000  # and commands starting within one window of input
+    parser.feed(b"".join(b"set b%d 0 0 20000\r\n%b\r\n" % (i, big) for i in range(10)))
+    assert [e.key for e in parser.plain_sets()] == [b"b0", b"b1", b"b2", b"b3"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"set k 4294967296 0 1", b"set k 4294967295 0 1", b"set k 0 1234567890 1",
+        b"set k 0 0 0000000001", b"set " + b"k" * 250 + b" 0 0 1", b"set " + b"k" * 251 + b" 0 0 1",
+        b"set k\x7f 0 0 1", b"set k\x80 0 0 1", b"set  k 0 0 1", b"set k\t0 0 1",
+        b"set k 0 0 1 noreplyx", b"set k 0 0 1 noreply", b"set k 0 0 1 ", b"set k 0 0 1\r",
+        b"set k -1 0 1", b"set k 0 -1 1", b"set k +1 0 1", b"set k 0 0 2",
+    ],
+)  # fmt: skip
+def test_plain_sets_takes_a_set_line_exactly_when_the_general_path_agrees(line: bytes) -> None:
+    """Lines at every edge of the one-regex set line, in a burst with plain
+    ones around: the same events through plain_sets() as without it."""
+    stream = b"set a 0 0 1\r\nx\r\n" + line + b"\r\ny\r\nset b 0 0 1\r\nz\r\n"
+    expected = _run(TextParser(fast=False), [stream], False)
+    assert _run(TextParser(), [stream], False, True) == expected
+    assert repr(_run(TextParser(), [stream], False, True)) == repr(expected)
 
 
 def test_events_given_back_come_out_first_in_order() -> None:
