@@ -131,6 +131,10 @@ class BinaryParser:
         self._skipping = 0  # body bytes of a refused request still to drop
         self._refused: InvalidBinaryRequest | None = None  # sent once skipped
         self._error: BinaryProtocolError | None = None
+        #: Requests handed out by :meth:`quiet_sets` since the reader last set
+        #: it to 0 (a connection loop that yields every so many commands
+        #: counts them too).
+        self.batched = 0
 
     # -- feeding -----------------------------------------------------------
 
@@ -220,6 +224,7 @@ class BinaryParser:
                 self._request(Opcode.SetQ, key_len, extras_len, body_len, vbucket, opaque, cas)
             )
             buffer = self._buffer  # _request may have compacted it (same object)
+        self.batched += len(found)
         return found
 
     def _fail(self, hint: InvalidBinaryRequest | None, message: str) -> NoReturn:

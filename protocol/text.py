@@ -62,6 +62,11 @@ class TextParser:
         #: Events of :meth:`plain_gets` the caller gave back: handed out before
         #: anything still buffered.
         self._held: deque[Retrieve] = deque()
+        #: Commands handed out by the run calls (:meth:`plain_gets`,
+        #: :meth:`single_get_keys`, :meth:`plain_sets`) since the reader last
+        #: set it to 0: a connection loop that yields every so many commands
+        #: counts them too (one call may hand out a hundred).
+        self.batched = 0
 
     def feed(self, data: bytes) -> None:
         if not self._hung_up:
@@ -132,10 +137,13 @@ class TextParser:
         if self._held:
             held = list(self._held)
             self._held.clear()
+            self.batched += len(held)
             return held
         if not self.fast or self._pending is not None or self._framer.skipping:
             return []
-        return text_fast.plain_gets(self._framer, self.limits, self._singles)
+        found = text_fast.plain_gets(self._framer, self.limits, self._singles)
+        self.batched += len(found)
+        return found
 
     def single_get_keys(self) -> list[bytes]:
         """Consume the run of one-key ``get`` lines at the head of the buffer
@@ -147,7 +155,9 @@ class TextParser:
         """
         if self._held or not self.fast or self._pending is not None or self._framer.skipping:
             return []
-        return text_fast.single_get_keys(self._framer, self._singles)
+        keys = text_fast.single_get_keys(self._framer, self._singles)
+        self.batched += len(keys)
+        return keys
 
     def plain_sets(self) -> list[Store | MetaSet]:
         """Consume the run of plain ``set`` and ``ms`` commands at the head of
@@ -156,7 +166,9 @@ class TextParser:
         event is anything else, or events given back wait."""
         if self._held or not self.fast or self._pending is not None or self._framer.skipping:
             return []
-        return text_fast.plain_sets(self._framer, self.limits)
+        found = text_fast.plain_sets(self._framer, self.limits)
+        self.batched += len(found)
+        return found
 
     def give_back(self, events: Iterable[Retrieve]) -> None:
         """Take back events :meth:`plain_gets` handed out and the caller did not

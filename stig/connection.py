@@ -49,6 +49,9 @@ BINARY_MAGIC = 0x80
 
 
 class Parser(Protocol):
+    #: Commands handed out in runs (many per call) since last set to 0.
+    batched: int
+
     def feed(self, data: bytes) -> None: ...
     def next_event(self) -> object: ...
     @property
@@ -275,9 +278,12 @@ class Connection:
                 budget = YIELD_EVERY
                 while not handler.closing:
                     budget -= 1
+                    if parser.batched:  # the last call handled a run of commands
+                        budget -= parser.batched
+                        parser.batched = 0
                     if promoter.gil_wanted is not None:
                         promoter.lend_gil()  # the commit thread applies its group now
-                    if not budget or promoter.finish_due:
+                    if budget <= 0 or promoter.finish_due:
                         # A group commit finished: yield at once, so that its
                         # completion (and the next group's dispatch) runs now,
                         # not after every connection's next 128 commands.

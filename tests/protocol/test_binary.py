@@ -663,6 +663,7 @@ def test_quiet_sets_takes_the_run_of_setq_and_stops_at_anything_else() -> None:
     parser.feed(b"".join(pack_request(r) for r in setq) + raw(Opcode.Noop, opaque=9))
     first = parser.quiet_sets()
     assert first == setq[:128]  # a bounded run per call
+    assert parser.batched == 128  # counted for the connection's yield budget
     assert parser.quiet_sets() + parser.quiet_sets() == setq[128:]
     assert parser.quiet_sets() == []
     assert parser.next_event() == BinaryRequest(Opcode.Noop, opaque=9)

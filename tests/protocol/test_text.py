@@ -1051,6 +1051,23 @@ def test_plain_sets_hands_out_the_run_of_plain_sets() -> None:
     assert parser.at_boundary
 
 
+def test_runs_handed_out_are_counted_for_the_connections_yield_budget() -> None:
+    """Each command a run call hands out counts in ``batched`` (the
+    connection loop yields every so many commands, not calls)."""
+    parser = TextParser()
+    parser.feed(b"set a 0 0 1\r\nx\r\n" * 5 + b"get a\r\n" * 3 + b"get a b\r\n" * 2)
+    assert len(parser.plain_sets()) == 5
+    assert parser.batched == 5
+    parser.batched = 0
+    keys = parser.single_get_keys()
+    assert keys == [b"a"] * 3 and parser.batched == 3
+    assert len(parser.plain_gets()) == 2 and parser.batched == 5
+    parser.give_back([Retrieve((b"a",))])
+    assert parser.plain_gets() == [Retrieve((b"a",))]  # handed out again: counted again
+    assert parser.batched == 6
+    assert parser.next_event() is NEED_DATA and parser.batched == 6  # one by one: not counted
+
+
 def test_plain_sets_takes_a_window_at_a_time_and_nothing_inside_a_block() -> None:
     parser = TextParser()
     parser.feed(b"set k 0 0 8\r\nms a 1\r\n")
