@@ -95,23 +95,35 @@ class GilLoan:
     holds no GIL and lends nothing.
     """
 
-    __slots__ = ("_lock", "_repaid")
+    __slots__ = ("_lock", "_open", "_promoter")
 
-    def __init__(self) -> None:
+    def __init__(self, promoter: Promoter) -> None:
+        self._promoter = promoter
         self._lock = threading.Lock()
         self._lock.acquire()
-        self._repaid = False
+        self._open = True  # neither repaid nor timed out: a lend may block
 
     def repay(self) -> None:
-        """The thread is done with the GIL for now (commit thread; once or more)."""
-        if not self._repaid:
-            self._repaid = True
+        """The thread is done with the GIL for now (commit thread; once or more):
+        no connection lends any more for this group."""
+        if self._promoter.gil_wanted is self:
+            self._promoter.gil_wanted = None
+        if self._open:
+            self._open = False
             self._lock.release()
 
     def lend(self) -> None:
-        """Block the event loop until the thread repays, at most :data:`LOAN_SECONDS`."""
+        """Block the event loop until the thread repays, at most :data:`LOAN_SECONDS`
+        in all: a loan that timed out is not lent again (a long or stalled apply
+        then runs beside the loop, as without a loan)."""
+        if not self._open:
+            return
         if self._lock.acquire(timeout=LOAN_SECONDS):
             self._lock.release()
+        else:
+            self._open = False
+            if self._promoter.gil_wanted is self:
+                self._promoter.gil_wanted = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -365,11 +377,10 @@ class Promoter:
             batches = jobs.get()
             if batches is None:
                 return
-            loan = self.gil_wanted = GilLoan()
+            loan = self.gil_wanted = GilLoan(self)
             try:
                 result = apply_group(batches, loan.repay)
             finally:
-                self.gil_wanted = None
                 loan.repay()  # a failed group: nobody waits any longer
             self.finish_due = True
             token.run_sync_soon(committed, result)

@@ -44,26 +44,28 @@ def _lend_in_thread(loan: GilLoan) -> threading.Thread:
     return lender
 
 
-def test_a_loan_ends_when_repaid_or_at_its_bound():
-    loan = GilLoan()
+def test_a_loan_ends_when_repaid_or_at_its_bound(store):
+    promoter = Promoter(store, PromoterStats())
+    loan = promoter.gil_wanted = GilLoan(promoter)
     lender = _lend_in_thread(loan)
     loan.repay()
+    assert promoter.gil_wanted is None  # repaid: nobody lends any more
     loan.repay()  # repaid twice: harmless
     lender.join(10.0)
     assert not lender.is_alive()
     loan.lend()  # lent after it was repaid: returns at once
 
-    never = GilLoan()  # nobody repays: the bound ends the wait
+    never = promoter.gil_wanted = GilLoan(promoter)  # nobody repays
     lender = _lend_in_thread(never)
     lender.join(10.0 + LOAN_SECONDS)
-    assert not lender.is_alive()
+    assert not lender.is_alive()  # the bound ended the wait
+    assert promoter.gil_wanted is None  # and it is not lent again
 
 
 async def test_the_loop_goes_on_while_a_lent_commit_is_held(store, monkeypatch):
     """A group stalled while the thread wants the GIL (as under a stalled
-    disk) holds a lending loop for at most LOAN_SECONDS each time: the loop
-    keeps running and lending, the group commits once released, and the
-    loan is over once it has."""
+    disk) holds a lending loop for at most LOAN_SECONDS once: the loop keeps
+    running, the group commits once released."""
     release = threading.Event()
     applying = threading.Event()
     released: list[bool] = []
@@ -88,13 +90,16 @@ async def test_the_loop_goes_on_while_a_lent_commit_is_held(store, monkeypatch):
         for _ in range(3):  # as a busy connection does between commands
             promoter.lend_gil()
             await trio.sleep(0)
+        # The first lend waited LOAN_SECONDS and ended the loan: the others
+        # did not wait (nor count) while the group stayed stalled.
+        assert promoter.gil_wanted is None
+        assert stats.gil_loans == 1
         assert not promotion.finished
         release.set()
         await promotion.done.wait()
         assert promotion.error is None
         assert released == [True]
         assert promoter.gil_wanted is None
-        assert stats.gil_loans == 3
         await promoter.close()
         nursery.cancel_scope.cancel()
     assert store.get(b"k").value == b"v"
