@@ -234,10 +234,15 @@ class BinaryHandler:
         return None
 
     async def _one_by_one(self, requests: Sequence[BinaryRequest]) -> None:
+        """Handle ``requests`` in order, each as the connection loop would
+        (waiting for room as it does: :meth:`Session.wait_for_room`)."""
+        session = self.session
         for request in requests:
             pending = self._handle_one(request)
             if pending is not None:
                 await pending
+            if session.wants_room:
+                await session.wait_for_room()
 
     async def _handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""

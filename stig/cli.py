@@ -143,7 +143,8 @@ def main() -> None:
     type=SizeParam(),
     help="Server-wide budget of uncommitted write bytes (at their memory cost): "
     "connections with pending writes stop reading while it is exceeded; "
-    "also the largest single transaction.",
+    "also the largest single transaction; open runs of many connections past it "
+    "take turns.",
 )
 @click.option(
     "--max-commit-lag-ms",

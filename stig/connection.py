@@ -14,7 +14,9 @@ Transaction edges the loop owns (docs/pov.md):
 * ``--durable-acks``: a burst's replies wait for its writes' commit;
 * brakes: a connection with uncommitted writes reads nothing more while the
   engine-wide write budget (``--max-pending-bytes``) is exceeded or the
-  promoter is more than ``--max-commit-lag-ms`` behind;
+  promoter is more than ``--max-commit-lag-ms`` behind; one whose open run
+  grew past the budget while another run holds it waits for room
+  (:mod:`stig.budget`);
 * replies are sent as they grow (every ``--max-reply-bytes``), and a
   connection whose client does not read them is not read either;
 * acknowledged writes that failed to commit are reported at once, even to
@@ -312,6 +314,10 @@ class Connection:
                     pending = handle(event)
                     if pending is not None:
                         await pending
+                    if session.wants_room:  # its open run passed the budget
+                        if out:
+                            await self._send(out)
+                        await session.wait_for_room()
             except ProtocolError as exc:
                 handler.protocol_error(exc)
                 handler.closing = True

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from stig.auth import Authenticator
+from stig.budget import WriteBudget
 from stig.prefix_stats import PrefixStats
-from stig.promoter import Promoter, WriteBudget
+from stig.promoter import Promoter
 from stig.settings import Settings
 from stig.stats import CommandStats, PromoterStats
 from stig.store import Store

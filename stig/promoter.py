@@ -44,6 +44,7 @@ import attrs
 import lmdb
 import trio
 
+from stig.budget import WriteBudget
 from stig.ops import Op, Outcome
 from stig.records import Item
 from stig.stats import PromoterStats
@@ -163,35 +164,6 @@ class Promotion:
         self.finished = True
         if self._event is not None:
             self._event.set()
-
-
-class WriteBudget:
-    """The engine-wide budget of uncommitted write bytes (``--max-pending-bytes``).
-
-    ``used`` counts every write recorded and not yet committed — open runs
-    and queued promotions, conditional writes included — at about its real
-    memory cost (see :mod:`stig.session`).  Sessions add and remove their
-    bytes; connections stop reading while it is over ``limit``.  ``open``
-    is the part held by open runs, which no brake can shrink: a run that
-    grows while it is over ``limit`` is refused (:meth:`Session._grow_run`).
-    """
-
-    __slots__ = ("limit", "open", "peak", "used")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self.open = 0
-
-    def add(self, nbytes: int) -> None:
-        used = self.used = self.used + nbytes
-        if used > self.peak:
-            self.peak = used
-
-    @property
-    def over(self) -> bool:
-        return self.used > self.limit
 
 
 class _Failed(str):

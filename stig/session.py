@@ -20,7 +20,7 @@ when it closes, whoever closes it, and the core reports it after the commit.
 Memory: every write recorded and not yet committed is counted, at about
 its real memory cost (measured with tracemalloc: ~380 bytes of objects per
 write in a run, ~500 more per run), in the session's ``pending_bytes`` and in
-the engine-wide :class:`~stig.promoter.WriteBudget` that the connections'
+the engine-wide :class:`~stig.budget.WriteBudget` that the connections'
 brakes read.
 
 Failures: a promotion that fails is reported exactly once — by the reply of
@@ -111,6 +111,9 @@ class Session:
         self._run_owed: list[tuple[object, int]] = []
         self.owed: list[tuple[Promotion, list[tuple[object, int]]]] = []
         self.pending_bytes = 0  # recorded but not yet committed
+        #: The open run passed the write budget and may not grow before
+        #: :meth:`wait_for_room` (the connection waits before its next command).
+        self.wants_room = False
         self._budget = engine.promoter.budget
         self._max_value = engine.settings.limits.max_item_size
         self.failure: str | None = None  # a commit of acknowledged writes failed
@@ -222,8 +225,7 @@ class Session:
             budget.peak = used
         budget.open += size
         if budget.open > budget.limit:
-            self.discard_run()
-            raise RunTooLarge()
+            self._past_limit()
 
     def set_many(self, items: Sequence[tuple[bytes, bytes, int]], close: bool) -> int:
         """A burst of plain sets ``(key, value, flags)``, in order: exactly
@@ -246,7 +248,7 @@ class Session:
         budget = self._budget
         # The open runs' bytes this burst may add (with ``close``, each set is
         # alone in its run when the budget checks it).
-        room = budget.limit - budget.open
+        room = budget.limit - (self._run_bytes if budget.holder is self else budget.open)
         seq = self._seq
         overlay = self._overlay
         undo = None if close else self._run_undo
@@ -342,12 +344,12 @@ class Session:
         """Count ``size`` more bytes of the open run against the write budget.
 
         Open runs are never committed before they close, so no brake can
-        make them shrink: a run that grows while the open runs of all
-        sessions together exceed ``--max-pending-bytes`` (this one alone, or
-        with others) is discarded, and :class:`RunTooLarge` raised — the
-        client is told "transaction larger than --max-pending-bytes".  So the
-        open runs never hold more than the budget plus one write
-        (docs/pov.md, "Bounds").
+        make them shrink.  A run that grows while the open runs of all
+        sessions together exceed ``--max-pending-bytes`` goes on if it is the
+        one that holds (:mod:`stig.budget`), else waits for room before its
+        next write (:meth:`_past_limit`); a run alone past the limit is
+        discarded, and :class:`RunTooLarge` raised — the client is told
+        "transaction larger than --max-pending-bytes" (docs/pov.md, "Bounds").
         """
         self._run_bytes += size
         self.pending_bytes += size
@@ -355,8 +357,27 @@ class Session:
         budget.add(size)
         budget.open += size
         if budget.open > budget.limit:
+            self._past_limit()
+
+    def _past_limit(self) -> None:
+        """The open runs of all sessions just passed ``--max-pending-bytes``
+        with this run's last write: it goes on if it holds
+        (:meth:`WriteBudget.may_grow`), is refused if it alone is past the
+        limit, and otherwise keeps that write and waits for room before the
+        next (:attr:`wants_room`, :meth:`wait_for_room`)."""
+        verdict = self._budget.may_grow(self, self._run_bytes)
+        if verdict is None:
             self.discard_run()
             raise RunTooLarge()
+        if not verdict:
+            self.wants_room = True
+
+    async def wait_for_room(self) -> None:
+        """Before this session's open run grows again: wait until it may
+        (docs/pov.md, "Bounds"); at once when the run has closed meanwhile."""
+        self.wants_room = False
+        if self._run:
+            await self._budget.wait_for_room(self)
 
     def add_intent(self, op: Op, key: bytes, size: int) -> None:
         """Record a write whose POV answer would need a verdict still pending in
@@ -439,6 +460,8 @@ class Session:
             return None
         budget = self._budget
         budget.open -= self._run_bytes
+        if budget.holder is self or budget.waiting:
+            budget.run_ended(self)
         pure = not self._run_unresolved_undo and not self._run_clears and not self._run_owed
         if pure and self._closed_pure:
             promotion = self._closed[-1]
@@ -484,8 +507,11 @@ class Session:
             else:
                 self.unresolved[ukey] = useq
         self.pending_bytes -= self._run_bytes
-        self._budget.used -= self._run_bytes
-        self._budget.open -= self._run_bytes
+        budget = self._budget
+        budget.used -= self._run_bytes
+        budget.open -= self._run_bytes
+        if budget.holder is self or budget.waiting:
+            budget.run_ended(self)
         self._new_run()
 
     def _new_run(self) -> None:

@@ -86,6 +86,9 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_uncommitted_bytes_peak", engine.budget.peak),
         ("stig_uncommitted_bytes_limit", engine.budget.limit),
         ("stig_open_run_bytes", engine.budget.open),
+        # Open runs past the budget: connections waiting for room, and how often.
+        ("stig_open_run_waiting", engine.budget.waiting),
+        ("stig_open_run_waits", engine.budget.room_waits),
         ("stig_commit_lag_ms", int(engine.promoter.lag() * 1000)),
         ("stig_commit_lag_max_ms", int(promoter.lag_seconds_max * 1000)),
         ("stig_max_commit_lag_ms", engine.settings.max_commit_lag_ms),

@@ -507,11 +507,16 @@ class TextHandler:
         return None
 
     async def _one_by_one(self, events: Sequence[object]) -> None:
-        """Handle ``events`` in order, each as :meth:`handle` would."""
+        """Handle ``events`` in order, each as :meth:`handle` and the
+        connection loop would: a write whose open run passed the write
+        budget waits for room before the next (:meth:`Session.wait_for_room`)."""
+        session = self.session
         for event in events:
             pending = self._start(event)
             if pending is not None:
                 await pending
+            if session.wants_room:
+                await session.wait_for_room()
 
     def _store(self, command: Store) -> Awaitable[None] | None:
         """A plain ``set`` (exptime 0) is stored and answered at once, as

@@ -40,7 +40,9 @@ of everything committed across a crash (reopening the environment).
 The engine is set up small so that the rare paths run too: a 64 KiB initial
 map (a big value makes the promoter grow it), a promoter group limit that
 splits a queue into several transactions, and a ``max_pending_bytes`` that a
-run of a few big values exceeds (RunTooLarge: the open run is discarded).
+run of a few big values exceeds (RunTooLarge: the open run is discarded) and
+that the open runs of several sessions pass together (one holds, the others
+wait for room: stig/budget.py).
 
 ``STIG_POV_EXAMPLES=5000`` runs a longer soak than the default.
 
@@ -290,45 +292,63 @@ class PovMachine(RuleBasedStateMachine):
     # -- helpers ------------------------------------------------------------
 
     def _open_bytes(self) -> int:
-        """The bytes of every session's open run: together they may not pass
-        ``max_pending_bytes`` (docs/pov.md, "Bounds")."""
+        """The bytes of every session's open run (docs/pov.md, "Bounds")."""
         return sum(i.size for m in self.model.sessions for i in m.open)
 
-    def _write(self, s: int, write, op: Op, key: bytes, pov: Item | None, size: int) -> object:
-        """Do an unconditional write that records ``op``; the model follows.
+    def _check_budget(self, s: int, size: int, grow) -> bool:
+        """Grow session ``s``'s open run by ``size`` bytes with ``grow()``;
+        False if the run was refused (RunTooLarge: discarded whole, the POV
+        as it was before the run).
 
-        A run that grows while the open runs of all sessions pass
-        ``max_pending_bytes`` is discarded whole (RunTooLarge) and the POV
-        is as it was before the run.
+        The rule of ``max_pending_bytes`` for open runs (stig/budget.py):
+        a run alone past it is refused; while the open runs of all sessions
+        together are past it, one run holds (the first to pass it: it goes
+        on) and any other that grows keeps its write and must wait for room
+        (``wants_room``: its connection waits before its next command —
+        which this machine, driving sessions directly, stands in for by
+        clearing the flag).
         """
         msession = self.model.sessions[s]
-        run_bytes = self._open_bytes() + size
+        session = self.sessions[s]
+        budget = self.engine.budget
+        own = sum(i.size for i in msession.open) + size
+        total = self._open_bytes() + size
+        holder = budget.holder
         try:
-            result = write()
+            grow()
         except RunTooLarge:
-            assert run_bytes > MAX_RUN_BYTES
+            assert own > MAX_RUN_BYTES < total
             msession.open = []
             event("run too large: discarded")
+            return False
+        assert own <= MAX_RUN_BYTES
+        if total > MAX_RUN_BYTES:
+            waits = holder not in (None, session)
+            assert session.wants_room == waits
+            assert budget.holder is (holder if waits else session)
+            event("open runs past the budget: " + ("waits for room" if waits else "holds"))
+            session.wants_room = False
+        else:
+            assert not session.wants_room
+        return True
+
+    def _write(self, s: int, write, op: Op, key: bytes, pov: Item | None, size: int) -> object:
+        """Do an unconditional write that records ``op``; the model follows
+        (RunTooLarge when the run was refused: :meth:`_check_budget`)."""
+        results: list[object] = []
+        if not self._check_budget(s, size, lambda: results.append(write())):
             return RunTooLarge
-        assert run_bytes <= MAX_RUN_BYTES
-        msession.open.append(Intent(op, key, False, pov, size))
-        return result
+        self.model.sessions[s].open.append(Intent(op, key, False, pov, size))
+        return results[0]
 
     def _add_conditional(self, s: int, op: Op, op_key: bytes | None, value: bytes) -> bool:
         """Add a conditional write to the open run; False if that made the run
         too large (RunTooLarge: the run is discarded, as for any write)."""
-        msession = self.model.sessions[s]
         size = _size(op_key, value)
-        run_bytes = self._open_bytes() + size
-        try:
-            self.sessions[s].add_conditional(op, op_key, len(value))
-        except RunTooLarge:
-            assert run_bytes > MAX_RUN_BYTES
-            msession.open = []
-            event("conditional run too large: discarded")
+        grow = lambda: self.sessions[s].add_conditional(op, op_key, len(value))  # noqa: E731
+        if not self._check_budget(s, size, grow):
             return False
-        assert run_bytes <= MAX_RUN_BYTES
-        msession.open.append(Intent(op, op_key, True, size=size))
+        self.model.sessions[s].open.append(Intent(op, op_key, True, size=size))
         return True
 
     def _known_view(self, s: int, key: bytes) -> Item | None:
@@ -696,7 +716,11 @@ class PovMachine(RuleBasedStateMachine):
         queued = sum(i.size for run in self.model.queue for i in run.intents)
         queued += RUN_OVERHEAD * len(self.model.queue)
         # The engine-wide budget counts every session's uncommitted bytes.
-        assert self.engine.budget.used == sum(x.pending_bytes for x in self.sessions)
+        budget = self.engine.budget
+        assert budget.used == sum(x.pending_bytes for x in self.sessions)
+        assert budget.open == self._open_bytes()
+        # Only an open run holds the room past the budget.
+        assert budget.holder is None or budget.holder.run_open  # type: ignore[attr-defined]
         assert self.engine.promoter_stats.pending_bytes == queued
 
 

@@ -91,3 +91,79 @@ def test_cas_counter_is_read_inside_the_write_transaction(engine):
     a.set(b"two", b"2", 0)
     _commit(engine, a)
     assert engine.store.get(b"two").cas == first + 1
+
+
+# -- open runs past the budget take turns (stig/budget.py) ---------------------------
+
+
+@pytest.fixture
+def small_budget(tmp_path: Path):
+    engine = Engine(Settings(data_dir=tmp_path / "data", max_pending_bytes=10_000))
+    yield engine
+    engine.store.close()
+
+
+async def test_past_the_budget_one_open_run_holds_and_the_others_wait_for_room(small_budget):
+    """The first run to pass the budget holds and goes on; another that grows
+    keeps its write and waits until the holder's run ends, then holds."""
+    import trio
+
+    budget = small_budget.budget
+    a, b = Session(small_budget), Session(small_budget)
+    a.set(b"a1", b"x" * 6000, 0)
+    b.set(b"b1", b"y" * 6000, 0)  # passes the budget first: b holds
+    assert budget.holder is b and not b.wants_room
+    b.set(b"b2", b"y" * 1000, 0)  # the holder goes on
+    assert not b.wants_room
+    a.set(b"a2", b"x" * 1000, 0)  # kept, but a must wait before the next write
+    assert a.wants_room and a.get(b"a2") is not None
+    done = trio.Event()
+
+    async def waiter() -> None:
+        await a.wait_for_room()
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set() and budget.waiting == 1
+        b.close_run()  # b's run ends: a's turn
+        await done.wait()
+    assert budget.waiting == 0 and budget.room_waits == 1 and not a.wants_room
+    assert budget.open <= budget.limit and budget.holder is None  # room again
+    a.close_run()
+    assert budget.holder is None and budget.open == 0
+
+
+async def test_a_waiting_run_whose_run_closed_meanwhile_does_not_wait(small_budget):
+    budget = small_budget.budget
+    a, b = Session(small_budget), Session(small_budget)
+    b.set(b"b1", b"y" * 9000, 0)
+    a.set(b"a1", b"x" * 2000, 0)  # passes: a holds
+    b.set(b"b2", b"y" * 100, 0)
+    assert b.wants_room
+    b.close_run()  # a loud write closes its run at once: nothing to wait for
+    await b.wait_for_room()
+    assert not b.wants_room and budget.room_waits == 0
+
+
+def test_the_holder_alone_past_the_budget_is_refused_and_lets_go(small_budget):
+    budget = small_budget.budget
+    a, b = Session(small_budget), Session(small_budget)
+    a.set(b"a1", b"x" * 5000, 0)
+    b.set(b"b1", b"y" * 6000, 0)
+    assert budget.holder is b
+    with pytest.raises(RunTooLarge):
+        b.set(b"b2", b"y" * 5000, 0)  # b's run alone is past the budget
+    assert budget.holder is None and not b.run_open
+    assert budget.open == a.pending_bytes  # a's run is untouched
+
+
+def test_a_discarded_holder_lets_go(small_budget):
+    budget = small_budget.budget
+    a, b = Session(small_budget), Session(small_budget)
+    a.set(b"a1", b"x" * 5000, 0)
+    b.set(b"b1", b"y" * 6000, 0)
+    assert budget.holder is b
+    b.discard_run()  # its client went away mid-run
+    assert budget.holder is None and budget.open == a.pending_bytes

@@ -1,0 +1,91 @@
+"""The engine-wide budget of uncommitted write bytes (``--max-pending-bytes``).
+
+Two figures, both at about their real memory cost (see :mod:`stig.session`):
+
+* ``used``: every write recorded and not yet committed — open runs and
+  queued promotions, conditional writes included.  While it is over the
+  limit, connections with uncommitted writes stop reading until the
+  promoter has committed some (the brake, :mod:`stig.connection`).
+* ``open``: the part held by open runs (noreply/quiet transactions not yet
+  closed).  No brake can shrink it: an open run is never committed before it
+  closes.  So while ``open`` is over the limit, **one** open run at a time —
+  the *holder*, the first that grew past it — may go on growing until it
+  closes; every other run that grows waits for room (its connection reads
+  nothing more) until the open runs are back under the limit or the holder's
+  run has ended, and then one of them holds.  The holder always makes
+  progress (its client's own barrier, ``--batch-idle-ms``, a disconnect, or
+  its run alone passing the limit, which refuses it), so the waiters always
+  get their turn.  Open runs together then hold at most twice the limit, plus
+  the write each waiting connection had just received (docs/pov.md,
+  "Bounds").
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class WriteBudget:
+    """The budget; sessions add and remove their bytes (see the module docstring)."""
+
+    __slots__ = ("_room", "holder", "limit", "open", "peak", "room_waits", "used", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.open = 0
+        #: The session whose open run may grow while ``open`` is over the limit.
+        self.holder: object | None = None
+        #: Sessions waiting for room now; how many times one waited.
+        self.waiting = 0
+        self.room_waits = 0
+        self._room: trio.Event | None = None
+
+    def add(self, nbytes: int) -> None:
+        used = self.used = self.used + nbytes
+        if used > self.peak:
+            self.peak = used
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
+
+    def may_grow(self, session: object, run_bytes: int) -> bool | None:
+        """After an open run of ``session`` grew to ``run_bytes``: True when it
+        may go on, False when it must wait for room first
+        (:meth:`wait_for_room`), None when it alone is over the limit (it is
+        refused)."""
+        if self.open <= self.limit:
+            return True
+        if run_bytes > self.limit:
+            return None
+        holder = self.holder
+        if holder is None:
+            self.holder = session
+            return True
+        return holder is session
+
+    def run_ended(self, session: object) -> None:
+        """``session``'s open run closed or was discarded (its bytes have left
+        ``open``): it holds no more, and the waiters look again."""
+        if self.holder is session:
+            self.holder = None
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    async def wait_for_room(self, session: object) -> None:
+        """Wait until ``session``'s open run may grow: the open runs are under
+        the limit, or no other run holds (then ``session`` holds)."""
+        self.waiting += 1
+        self.room_waits += 1
+        try:
+            while self.open > self.limit and self.holder not in (None, session):
+                if self._room is None:
+                    self._room = trio.Event()
+                await self._room.wait()
+        finally:
+            self.waiting -= 1
+        if self.open > self.limit:
+            self.holder = session
