@@ -97,6 +97,9 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_gil_loans", promoter.gil_loans),
         ("stig_durable_acks", int(engine.settings.durable_acks)),
         # Acknowledged writes visible everywhere (stig/visibility.py):
+        # LMDB snapshots held across awaits (streamed replies, listings), of
+        # stig_max_readers reader slots.
+        ("stig_held_snapshots", len(engine.store.long_reads)),
         ("stig_keys_in_flight", len(engine.promoter.in_flight)),
         ("stig_read_waits", engine.promoter.in_flight.waits),
         ("stig_cachedump_skipped_keys", engine.stats.cachedump_skipped_keys),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 from support.waiting import wait_for_stats
@@ -139,11 +140,18 @@ def test_a_multi_get_past_max_reply_bytes_streams_one_snapshot(stig_factory):
             conn.send(b"set %b 0 0 %d noreply\r\n%b\r\n" % (key, size, value))
         assert conn.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
     with server.connect(timeout=60) as reader, server.connect() as writer:
+        # A small receive buffer: loopback buffers grow to tens of MB, and the
+        # reply must stay mid-way until this client reads it.
+        reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         keys = b" ".join(old)
         reader.send(b"set k150 0 0 3 noreply\r\nnew\r\nget %b\r\n" % keys)
-        first = reader.recv_until(b"\r\n", timeout=30)  # the reply has begun
+        first = b""
+        while b"\r\n" not in first:  # the reply has begun (read no more of it)
+            first += reader.sock.recv(64)
         assert first.startswith(b"VALUE k0 0 %d\r\n" % size), first[:40]
-        # 20 MB of reply cannot all be in socket buffers: the server is mid-reply.
+        # 20 MB of reply cannot all be in socket buffers: the server is mid-reply,
+        # holding the reply's snapshot (shown in stats).
+        assert server.stats()["stig_held_snapshots"] == "1"
         assert writer.send_recv(b"set k199 0 0 5\r\nlater\r\n", b"\r\n") == b"STORED\r\n"
         reply = first
         while not reply.endswith(b"\r\nEND\r\n"):
@@ -154,6 +162,7 @@ def test_a_multi_get_past_max_reply_bytes_streams_one_snapshot(stig_factory):
         )
         assert reply == expected + b"END\r\n"
         assert reader.send_recv(b"get k199\r\n") == b"VALUE k199 0 5\r\nlater\r\nEND\r\n"
+        assert server.stats()["stig_held_snapshots"] == "0"  # ended with its reply
 
 
 def test_open_runs_of_many_connections_take_turns_within_the_write_budget(stig_factory):
