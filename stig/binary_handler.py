@@ -242,7 +242,15 @@ class BinaryHandler:
             if pending is not None:
                 await pending
             if session.wants_room:
+                # As the connection loop: the replies so far are sent first.
+                if self.out and self.drain is not None:
+                    try:
+                        await self.drain()
+                    except CommitFailed:
+                        return  # acknowledged writes were lost: the loop reports it
                 await session.wait_for_room()
+                if session.failure is not None:
+                    return  # the same
 
     async def _handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""
