@@ -22,6 +22,8 @@ Two figures, both at about their real memory cost (see :mod:`stig.session`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 
@@ -71,21 +73,29 @@ class WriteBudget:
         ``open``): it holds no more, and the waiters look again."""
         if self.holder is session:
             self.holder = None
+        self.wake()
+
+    def wake(self) -> None:
+        """Let every waiter look again (one of them may have to give up:
+        :meth:`wait_for_room`'s ``give_up``)."""
         if self._room is not None:
             self._room.set()
             self._room = None
 
-    async def wait_for_room(self, session: object) -> None:
+    async def wait_for_room(self, session: object, give_up: Callable[[], bool]) -> None:
         """Wait until ``session``'s open run may grow: the open runs are under
-        the limit, or no other run holds (then ``session`` holds)."""
+        the limit, or no other run holds (then ``session`` holds) — or until
+        ``give_up()`` holds (looked at whenever :meth:`wake` is called: its
+        acknowledged writes were lost, which its connection must report at
+        once, not after another client's run)."""
         self.waiting += 1
         self.room_waits += 1
         try:
-            while self.open > self.limit and self.holder not in (None, session):
+            while self.open > self.limit and self.holder not in (None, session) and not give_up():
                 if self._room is None:
                     self._room = trio.Event()
                 await self._room.wait()
         finally:
             self.waiting -= 1
-        if self.open > self.limit:
+        if self.open > self.limit and not give_up():
             self.holder = session

@@ -374,10 +374,16 @@ class Session:
 
     async def wait_for_room(self) -> None:
         """Before this session's open run grows again: wait until it may
-        (docs/pov.md, "Bounds"); at once when the run has closed meanwhile."""
+        (docs/pov.md, "Bounds"); at once when the run has closed meanwhile,
+        and no longer once acknowledged writes are lost (:attr:`failure`:
+        the connection reports that instead)."""
         self.wants_room = False
-        if self._run:
-            await self._budget.wait_for_room(self)
+        if self._run and self.failure is None:
+            await self._budget.wait_for_room(self, self._lost)
+
+    def _lost(self) -> bool:
+        """Whether acknowledged writes of this session failed to commit."""
+        return self.failure is not None
 
     def add_intent(self, op: Op, key: bytes, size: int) -> None:
         """Record a write whose POV answer would need a verdict still pending in
@@ -594,6 +600,8 @@ class Session:
                 self.failure = error
                 if self.on_failure is not None:
                     self.on_failure()
+                if self._budget.waiting:
+                    self._budget.wake()  # a wait for room ends: the loss is reported
 
     def _all_promoted(self) -> None:
         """The common case: the finished promotion holds this session's newest write.
