@@ -30,10 +30,24 @@ import trio
 class WriteBudget:
     """The budget; sessions add and remove their bytes (see the module docstring)."""
 
-    __slots__ = ("_room", "holder", "limit", "open", "peak", "room_waits", "used", "waiting")
+    __slots__ = (
+        "_room",
+        "holder",
+        "limit",
+        "max_wait",
+        "open",
+        "peak",
+        "room_waits",
+        "used",
+        "wait_max",
+        "wait_refusals",
+        "waiting",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_wait: float = float("inf")) -> None:
         self.limit = limit
+        #: Seconds a run waits for room before it is refused (``--max-run-wait-ms``).
+        self.max_wait = max_wait
         self.used = 0
         self.peak = 0
         self.open = 0
@@ -42,6 +56,9 @@ class WriteBudget:
         #: Sessions waiting for room now; how many times one waited.
         self.waiting = 0
         self.room_waits = 0
+        #: The longest wait for room so far (seconds); runs refused for waiting too long.
+        self.wait_max = 0.0
+        self.wait_refusals = 0
         self._room: trio.Event | None = None
 
     def add(self, nbytes: int) -> None:
@@ -82,20 +99,37 @@ class WriteBudget:
             self._room.set()
             self._room = None
 
-    async def wait_for_room(self, session: object, give_up: Callable[[], bool]) -> None:
+    async def wait_for_room(self, session: object, give_up: Callable[[], bool]) -> bool:
         """Wait until ``session``'s open run may grow: the open runs are under
         the limit, or no other run holds (then ``session`` holds) — or until
         ``give_up()`` holds (looked at whenever :meth:`wake` is called: its
         acknowledged writes were lost, which its connection must report at
-        once, not after another client's run)."""
+        once, not after another client's run).
+
+        Returns False when ``max_wait`` passed first: the holder's run need
+        not end (its client may trickle input, or not read its replies, which
+        blocks its connection in a send), and a wait without end would hold
+        this run, its connection and its client, silent; the caller refuses
+        the run instead (counted in ``wait_refusals``)."""
         self.waiting += 1
         self.room_waits += 1
+        start = trio.current_time()
         try:
-            while self.open > self.limit and self.holder not in (None, session) and not give_up():
-                if self._room is None:
-                    self._room = trio.Event()
-                await self._room.wait()
+            with trio.move_on_after(self.max_wait) as timer:
+                while (
+                    self.open > self.limit and self.holder not in (None, session) and not give_up()
+                ):
+                    if self._room is None:
+                        self._room = trio.Event()
+                    await self._room.wait()
         finally:
             self.waiting -= 1
+            waited = trio.current_time() - start
+            if waited > self.wait_max:
+                self.wait_max = waited
+        if timer.cancelled_caught:
+            self.wait_refusals += 1
+            return False
         if self.open > self.limit and not give_up():
             self.holder = session
+        return True

@@ -325,8 +325,8 @@ class Connection:
             except ProtocolError as exc:
                 handler.protocol_error(exc)
                 handler.closing = True
-            except RunTooLarge:
-                handler.fatal_error("transaction larger than --max-pending-bytes; discarded")
+            except RunTooLarge as exc:  # or waited for room too long
+                handler.fatal_error(exc.reason)
                 handler.closing = True
             pending = self._release_replies()  # the burst's replies may go
             if pending is not None:

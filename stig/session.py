@@ -67,6 +67,16 @@ class CommitFailed(Exception):
 class RunTooLarge(Exception):
     """An open run outgrew the write budget (``--max-pending-bytes``); it has been discarded."""
 
+    #: What the client is told (the connection then closes).
+    reason = "transaction larger than --max-pending-bytes; discarded"
+
+
+class RunWaitedTooLong(RunTooLarge):
+    """An open run waited for room longer than ``--max-run-wait-ms``; it has
+    been discarded (:meth:`stig.budget.WriteBudget.wait_for_room`)."""
+
+    reason = "transaction waited --max-run-wait-ms for room under --max-pending-bytes; discarded"
+
 
 class _Pending(NamedTuple):
     """A key's newest write in this POV (one per write: a tuple, which
@@ -376,10 +386,13 @@ class Session:
         """Before this session's open run grows again: wait until it may
         (docs/pov.md, "Bounds"); at once when the run has closed meanwhile,
         and no longer once acknowledged writes are lost (:attr:`failure`:
-        the connection reports that instead)."""
+        the connection reports that instead).  Raises :class:`RunWaitedTooLong`
+        (the run discarded) after ``--max-run-wait-ms``."""
         self.wants_room = False
         if self._run and self.failure is None:
-            await self._budget.wait_for_room(self, self._lost)
+            if not await self._budget.wait_for_room(self, self._lost):
+                self.discard_run()
+                raise RunWaitedTooLong()
 
     def _lost(self) -> bool:
         """Whether acknowledged writes of this session failed to commit."""

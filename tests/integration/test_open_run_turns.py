@@ -92,3 +92,76 @@ def test_a_binary_waiter_sends_its_replies_so_far_before_it_waits(stig_factory):
     assert waiter.response(timeout=30).opaque == 99
     server.settle()
     assert len(server.client().get_many(["w0", "w1", "w2"])) == 3
+
+
+REFUSED_AFTER_WAIT = (
+    b"SERVER_ERROR transaction waited --max-run-wait-ms for room under "
+    b"--max-pending-bytes; discarded\r\n"
+)
+
+
+def test_a_holder_that_never_ends_does_not_hold_the_waiters_forever(stig_factory):
+    """The holder's run need not end: a client that does not read its replies
+    blocks its connection in a send (no --batch-idle-ms there), with its run
+    open and the turn held.  Here a binary holder keeps sending DeleteQ of a
+    missing key (each answers KEY_ENOENT and leaves the run open) and reads
+    nothing.  A run that then waits for room must not wait forever, silent:
+    after --max-run-wait-ms it is refused as a run past the budget was
+    before turns (discarded, told, closed); everyone else goes on."""
+    import socket
+
+    from protocol.binary import encode_request
+    from protocol.binary_codes import Opcode
+
+    server = stig_factory(*BUDGET, "--batch-idle-ms", "2000", "--max-run-wait-ms", "1000")
+    opener = server.connect(timeout=60)
+    opener.send(_noreply_sets("o", 0, 6))
+    wait_for_stats(server, _open_bytes(600_000), what="the opener's run")
+    holder = server.connect_binary(timeout=60)
+    holder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    holder.send(
+        b"".join(encode_request(Opcode.SetQ, b"h%d" % j, VALUE, b"\0" * 8) for j in range(5))
+    )
+    wait_for_stats(server, _open_bytes((1 << 20) + 1), what="the holder past the budget")
+    # The holder's replies pile up unread until its connection blocks sending.
+    holder.sock.setblocking(False)
+    junk = encode_request(Opcode.DeleteQ, b"missing") * 10_000
+    sent = 0
+    while sent < 8 << 20:
+        try:
+            sent += holder.sock.send(junk)
+        except BlockingIOError:
+            break  # the server no longer reads it: blocked in its send
+    # The opener's run closes after 2 s of silence: the holder's 500 kB stay.
+    wait_for_stats(
+        server, lambda s: 0 < int(s["stig_open_run_bytes"]) < 600_000, what="the opener's commit"
+    )
+    waiter = server.connect(timeout=60)
+    waiter.send(_noreply_sets("w", 0, 6))  # passes the budget, behind the stuck holder
+    wait_for_stats(server, lambda s: s["stig_open_run_waits"] == "1", what="the waiter waiting")
+    assert waiter.recv_until(None, timeout=30) == REFUSED_AFTER_WAIT
+    stats = wait_for_stats(server, _waiting(0), what="no waiter left")
+    assert stats["stig_open_run_wait_refusals"] == "1"
+    assert int(stats["stig_open_run_wait_max_ms"]) >= 1000
+    assert server.stats("settings")["stig_max_run_wait_ms"] == "1000.0"
+    assert server.send_recv(b"get w0 o0\r\n") == (  # the refused run left nothing
+        b"VALUE o0 0 100000\r\n" + VALUE + b"\r\nEND\r\n"
+    )
+    with server.connect() as other:  # a run that fits goes on
+        assert other.send_recv(_tiny_noreply_sets("x", 3) + b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+
+
+def test_sigterm_while_a_run_waits_for_room_stops_cleanly_and_keeps_what_was_answered(
+    stig_factory,
+):
+    """A clean stop cancels the waiting connection: the server exits 0 at
+    once (not after the holder's run), the waiter's answered write is kept."""
+    server = stig_factory(*BUDGET, "--batch-idle-ms", "60000")
+    _opener, _holder = _fill_the_budget(server)
+    waiter = server.connect(timeout=60)
+    waiter.send(b"set a 0 0 1\r\nx\r\n" + _tiny_noreply_sets("w", 3))
+    wait_for_stats(server, _waiting(1), what="the waiter waiting")
+    assert waiter.recv_until(b"STORED\r\n", timeout=10) == b"STORED\r\n"
+    server.terminate()
+    server.start()
+    assert server.send_recv(b"get a\r\n") == b"VALUE a 0 1\r\nx\r\nEND\r\n"
