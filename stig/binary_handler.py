@@ -212,7 +212,12 @@ class BinaryHandler:
         run, answer nothing, count in ``cmd_set`` (and ``stats detail``), as
         one :meth:`_handle_one` each would.  From the first that is not
         plain (a cas, an exptime) or that the write budget refuses, the rest
-        are handled one by one (the awaitable returned)."""
+        are handled one by one (the awaitable returned).  None of them while
+        the SetQ before them must wait for room first (the connection loop
+        waits, then handles them: a waiting connection keeps one write past
+        the budget, not two)."""
+        if self.session.wants_room:
+            return None
         requests = self.parser.quiet_sets()
         if not requests:
             return None

@@ -463,7 +463,12 @@ class TextHandler:
         its reply), a set the write budget refuses — and every command after
         it are handled one by one, as :meth:`handle` would (the awaitable
         returned).  With ``stats detail on`` all are, to count each key.
+        None of them while the set before them must wait for room first (the
+        connection loop waits, then handles them: a waiting connection keeps
+        one write past the budget, not two).
         """
+        if self.session.wants_room:
+            return None
         events = self.parser.plain_sets()
         if not events:
             return None

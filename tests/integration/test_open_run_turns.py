@@ -151,6 +151,47 @@ def test_a_holder_that_never_ends_does_not_hold_the_waiters_forever(stig_factory
         assert other.send_recv(_tiny_noreply_sets("x", 3) + b"mn\r\n", b"MN\r\n") == b"MN\r\n"
 
 
+def _one_write_waits(server, waiter, burst: bytes) -> None:
+    """``burst`` (small quiet sets: one receive) finds the budget full: the
+    waiter keeps its first set only, then waits (docs/pov.md: open runs hold
+    at most twice the budget "plus the one write each waiting connection had
+    received")."""
+    before = int(server.stats()["stig_open_run_bytes"])
+    waiter.send(burst)
+    stats = wait_for_stats(server, _waiting(1), what="the waiter waiting")
+    grown = int(stats["stig_open_run_bytes"]) - before
+    assert grown == 1 + 2 + 384, grown  # one write: value, key, its memory cost
+
+
+def test_a_text_burst_that_finds_the_budget_full_keeps_one_write(stig_factory):
+    server = stig_factory(*BUDGET, "--batch-idle-ms", "60000")
+    _opener, holder = _fill_the_budget(server)
+    waiter = server.connect(timeout=60)
+    _one_write_waits(server, waiter, _tiny_noreply_sets("w", 3))
+    assert holder.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    assert waiter.send_recv(b"mn\r\n", b"MN\r\n", timeout=30) == b"MN\r\n"
+    server.settle()
+    assert len(server.client().get_many(["w0", "w1", "w2"])) == 3
+
+
+def test_a_binary_setq_burst_that_finds_the_budget_full_keeps_one_write(stig_factory):
+    from protocol.binary import encode_request
+    from protocol.binary_codes import Opcode
+
+    server = stig_factory(*BUDGET, "--batch-idle-ms", "60000")
+    _opener, holder = _fill_the_budget(server)
+    waiter = server.connect_binary(timeout=60)
+    burst = b"".join(
+        encode_request(Opcode.SetQ, b"w%d" % j, b"y", b"\0" * 8, opaque=j) for j in range(3)
+    )
+    _one_write_waits(server, waiter, burst)
+    assert holder.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    waiter.request(Opcode.Noop, opaque=99)
+    assert waiter.response(timeout=30).opaque == 99
+    server.settle()
+    assert len(server.client().get_many(["w0", "w1", "w2"])) == 3
+
+
 def test_sigterm_while_a_run_waits_for_room_stops_cleanly_and_keeps_what_was_answered(
     stig_factory,
 ):
