@@ -534,7 +534,12 @@ class Session:
         self._new_run()
 
     def _new_run(self) -> None:
-        """An empty open run (the owed verdicts are handed over or dropped by the caller)."""
+        """An empty open run (the owed verdicts are handed over or dropped by the caller).
+
+        A run that ended has nothing to wait for room for: :attr:`wants_room`
+        goes too (a loud set while the budget is full closes its own run, and
+        its reply is not sent alone)."""
+        self.wants_room = False
         self._run = []
         self._run_keys = {}
         self._run_bytes = 0
