@@ -11,7 +11,8 @@ holds 600 kB, a *holder* whose 500 kB run passes the budget (and holds it:
 
 from __future__ import annotations
 
-from support.waiting import wait_for_stats
+import pytest
+from support.waiting import wait_for, wait_for_stats
 
 VALUE = b"w" * 100_000
 BUDGET = ("--max-pending-bytes", "1m")
@@ -48,13 +49,14 @@ def _waiting(count: int):
     return lambda s: s["stig_open_run_waiting"] == str(count)
 
 
-def test_a_waiter_sends_its_replies_so_far_before_it_waits(stig_factory):
+@pytest.mark.parametrize("acks", [(), ("--durable-acks",)], ids=["pov-acks", "durable-acks"])
+def test_a_waiter_sends_its_replies_so_far_before_it_waits(stig_factory, acks):
     """docs/pov.md: a connection whose run waits "reads nothing more (its
     replies so far are sent)".  The loud set's STORED in front of the quiet
     sets that wait must reach the client while the holder still holds —
     also when the waiting happens inside a burst of plain sets (the text
     fast path, which waited with the reply still buffered)."""
-    server = stig_factory(*BUDGET, "--batch-idle-ms", "60000")
+    server = stig_factory(*BUDGET, "--batch-idle-ms", "60000", *acks)
     _opener, holder = _fill_the_budget(server)
     waiter = server.connect(timeout=60)
     # One small send (one receive): the budget is already full, so the first
@@ -206,3 +208,20 @@ def test_sigterm_while_a_run_waits_for_room_stops_cleanly_and_keeps_what_was_ans
     server.terminate()
     server.start()
     assert server.send_recv(b"get a\r\n") == b"VALUE a 0 1\r\nx\r\nEND\r\n"
+
+
+def test_a_waiter_whose_client_leaves_cleanly_commits_its_run_once_it_may(stig_factory):
+    """A clean disconnect at a command boundary closes a run (docs/pov.md):
+    also one whose connection was waiting for room — once it may, its run
+    is read to the end and lands whole; no wait is left counted."""
+    server = stig_factory(*BUDGET, "--batch-idle-ms", "60000")
+    _opener, holder = _fill_the_budget(server)
+    waiter = server.connect(timeout=60)
+    waiter.send(_noreply_sets("w", 0, 3))
+    wait_for_stats(server, _waiting(1), what="the waiter waiting")
+    waiter.close()
+    assert holder.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    client = server.client()
+    keys = ["w0", "w1", "w2", "h4"]
+    wait_for(lambda: len(client.get_many(keys)), lambda n: n == 4, what="the runs landing")
+    assert server.stats()["stig_open_run_waiting"] == "0"
