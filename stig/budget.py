@@ -10,14 +10,16 @@ Two figures, both at about their real memory cost (see :mod:`stig.session`):
   closed).  No brake can shrink it: an open run is never committed before it
   closes.  So while ``open`` is over the limit, **one** open run at a time —
   the *holder*, the first that grew past it — may go on growing until it
-  closes; every other run that grows waits for room (its connection reads
-  nothing more) until the open runs are back under the limit or the holder's
-  run has ended, and then one of them holds.  The holder always makes
-  progress (its client's own barrier, ``--batch-idle-ms``, a disconnect, or
-  its run alone passing the limit, which refuses it), so the waiters always
-  get their turn.  Open runs together then hold at most twice the limit, plus
-  the write each waiting connection had just received (docs/pov.md,
-  "Bounds").
+  closes or ``open`` is back within the limit; every other run that grows
+  waits for room (its connection reads nothing more) until the open runs
+  are back under the limit or the holder's run has ended, and then one of
+  them holds.  The holder usually ends soon (its client's own barrier,
+  ``--batch-idle-ms``, a disconnect, or its run alone passing the limit,
+  which refuses it) but need not (a client that trickles input, or does not
+  read its replies): so a run waits at most ``max_wait``
+  (``--max-run-wait-ms``), then is refused.  Open runs together hold at most
+  twice the limit, plus the write each waiting connection had just received
+  (docs/pov.md, "Bounds").
 """
 
 from __future__ import annotations
@@ -87,8 +89,12 @@ class WriteBudget:
 
     def run_ended(self, session: object) -> None:
         """``session``'s open run closed or was discarded (its bytes have left
-        ``open``): it holds no more, and the waiters look again."""
-        if self.holder is session:
+        ``open``): it holds no more, and the waiters look again.  Nor does
+        the holder once the open runs are back within the limit: the turn is
+        for while they are past it, and the next run to pass it takes it —
+        else that run would wait for the end of a run that may stay open
+        long (a client streaming quiet writes without a pause)."""
+        if self.holder is session or self.open <= self.limit:
             self.holder = None
         self.wake()
 

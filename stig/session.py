@@ -479,7 +479,7 @@ class Session:
             return None
         budget = self._budget
         budget.open -= self._run_bytes
-        if budget.holder is self or budget.waiting:
+        if budget.holder is not None or budget.waiting:
             budget.run_ended(self)
         pure = not self._run_unresolved_undo and not self._run_clears and not self._run_owed
         if pure and self._closed_pure:
@@ -529,7 +529,7 @@ class Session:
         budget = self._budget
         budget.used -= self._run_bytes
         budget.open -= self._run_bytes
-        if budget.holder is self or budget.waiting:
+        if budget.holder is not None or budget.waiting:
             budget.run_ended(self)
         self._new_run()
 

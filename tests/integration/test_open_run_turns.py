@@ -115,7 +115,7 @@ def test_a_holder_that_never_ends_does_not_hold_the_waiters_forever(stig_factory
     from protocol.binary import encode_request
     from protocol.binary_codes import Opcode
 
-    server = stig_factory(*BUDGET, "--batch-idle-ms", "2000", "--max-run-wait-ms", "1000")
+    server = stig_factory(*BUDGET, "--batch-idle-ms", "60000", "--max-run-wait-ms", "1000")
     opener = server.connect(timeout=60)
     opener.send(_noreply_sets("o", 0, 6))
     wait_for_stats(server, _open_bytes(600_000), what="the opener's run")
@@ -134,18 +134,15 @@ def test_a_holder_that_never_ends_does_not_hold_the_waiters_forever(stig_factory
             sent += holder.sock.send(junk)
         except BlockingIOError:
             break  # the server no longer reads it: blocked in its send
-    # The opener's run closes after 2 s of silence: the holder's 500 kB stay.
-    wait_for_stats(
-        server, lambda s: 0 < int(s["stig_open_run_bytes"]) < 600_000, what="the opener's commit"
-    )
     waiter = server.connect(timeout=60)
-    waiter.send(_noreply_sets("w", 0, 6))  # passes the budget, behind the stuck holder
+    waiter.send(_tiny_noreply_sets("w", 3))  # the budget is full: waits for the holder
     wait_for_stats(server, lambda s: s["stig_open_run_waits"] == "1", what="the waiter waiting")
     assert waiter.recv_until(None, timeout=30) == REFUSED_AFTER_WAIT
     stats = wait_for_stats(server, _waiting(0), what="no waiter left")
     assert stats["stig_open_run_wait_refusals"] == "1"
     assert int(stats["stig_open_run_wait_max_ms"]) >= 1000
     assert server.stats("settings")["stig_max_run_wait_ms"] == "1000.0"
+    assert opener.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"  # everyone else goes on
     assert server.send_recv(b"get w0 o0\r\n") == (  # the refused run left nothing
         b"VALUE o0 0 100000\r\n" + VALUE + b"\r\nEND\r\n"
     )
@@ -225,3 +222,19 @@ def test_a_waiter_whose_client_leaves_cleanly_commits_its_run_once_it_may(stig_f
     keys = ["w0", "w1", "w2", "h4"]
     wait_for(lambda: len(client.get_many(keys)), lambda n: n == 4, what="the runs landing")
     assert server.stats()["stig_open_run_waiting"] == "0"
+
+
+def test_a_hold_ends_when_the_open_runs_are_back_within_the_budget(stig_factory):
+    """The holder holds while the open runs are past the budget.  Once they
+    are back within it (here the opener's run ends), a run that passes the
+    budget later takes the turn itself, and does not wait for the old
+    holder's run — which may stay open for long (a client streaming quiet
+    writes without a pause of --batch-idle-ms)."""
+    server = stig_factory(*BUDGET, "--batch-idle-ms", "60000")
+    opener, holder = _fill_the_budget(server)
+    assert opener.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"  # back within: 500 kB open
+    later = server.connect(timeout=60)
+    assert later.send_recv(_noreply_sets("l", 0, 6) + b"mn\r\n", b"MN\r\n", timeout=10) == b"MN\r\n"
+    assert holder.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    server.settle()
+    assert len(server.client().get_many(["l0", "l5", "h4"])) == 3
