@@ -212,7 +212,12 @@ class BinaryHandler:
         run, answer nothing, count in ``cmd_set`` (and ``stats detail``), as
         one :meth:`_handle_one` each would.  From the first that is not
         plain (a cas, an exptime) or that the write budget refuses, the rest
-        are handled one by one (the awaitable returned)."""
+        are handled one by one (the awaitable returned).  None of them while
+        the SetQ before them must wait for room first (the connection loop
+        waits, then handles them: a waiting connection keeps one write past
+        the budget, not two)."""
+        if self.session.wants_room:
+            return None
         requests = self.parser.quiet_sets()
         if not requests:
             return None
@@ -242,7 +247,15 @@ class BinaryHandler:
             if pending is not None:
                 await pending
             if session.wants_room:
+                # As the connection loop: the replies so far are sent first.
+                if self.out and self.drain is not None:
+                    try:
+                        await self.drain()
+                    except CommitFailed:
+                        return  # acknowledged writes were lost: the loop reports it
                 await session.wait_for_room()
+                if session.failure is not None:
+                    return  # the same
 
     async def _handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""

@@ -10,17 +10,21 @@ Two figures, both at about their real memory cost (see :mod:`stig.session`):
   closed).  No brake can shrink it: an open run is never committed before it
   closes.  So while ``open`` is over the limit, **one** open run at a time —
   the *holder*, the first that grew past it — may go on growing until it
-  closes; every other run that grows waits for room (its connection reads
-  nothing more) until the open runs are back under the limit or the holder's
-  run has ended, and then one of them holds.  The holder always makes
-  progress (its client's own barrier, ``--batch-idle-ms``, a disconnect, or
-  its run alone passing the limit, which refuses it), so the waiters always
-  get their turn.  Open runs together then hold at most twice the limit, plus
-  the write each waiting connection had just received (docs/pov.md,
-  "Bounds").
+  closes or ``open`` is back within the limit; every other run that grows
+  waits for room (its connection reads nothing more) until the open runs
+  are back under the limit or the holder's run has ended, and then one of
+  them holds.  The holder usually ends soon (its client's own barrier,
+  ``--batch-idle-ms``, a disconnect, or its run alone passing the limit,
+  which refuses it) but need not (a client that trickles input, or does not
+  read its replies): so a run waits at most ``max_wait``
+  (``--max-run-wait-ms``), then is refused.  Open runs together hold at most
+  twice the limit, plus the write each waiting connection had just received
+  (docs/pov.md, "Bounds").
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import trio
 
@@ -28,10 +32,24 @@ import trio
 class WriteBudget:
     """The budget; sessions add and remove their bytes (see the module docstring)."""
 
-    __slots__ = ("_room", "holder", "limit", "open", "peak", "room_waits", "used", "waiting")
+    __slots__ = (
+        "_room",
+        "holder",
+        "limit",
+        "max_wait",
+        "open",
+        "peak",
+        "room_waits",
+        "used",
+        "wait_max",
+        "wait_refusals",
+        "waiting",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_wait: float = float("inf")) -> None:
         self.limit = limit
+        #: Seconds a run waits for room before it is refused (``--max-run-wait-ms``).
+        self.max_wait = max_wait
         self.used = 0
         self.peak = 0
         self.open = 0
@@ -40,6 +58,9 @@ class WriteBudget:
         #: Sessions waiting for room now; how many times one waited.
         self.waiting = 0
         self.room_waits = 0
+        #: The longest wait for room so far (seconds); runs refused for waiting too long.
+        self.wait_max = 0.0
+        self.wait_refusals = 0
         self._room: trio.Event | None = None
 
     def add(self, nbytes: int) -> None:
@@ -68,24 +89,53 @@ class WriteBudget:
 
     def run_ended(self, session: object) -> None:
         """``session``'s open run closed or was discarded (its bytes have left
-        ``open``): it holds no more, and the waiters look again."""
-        if self.holder is session:
+        ``open``): it holds no more, and the waiters look again.  Nor does
+        the holder once the open runs are back within the limit: the turn is
+        for while they are past it, and the next run to pass it takes it —
+        else that run would wait for the end of a run that may stay open
+        long (a client streaming quiet writes without a pause)."""
+        if self.holder is session or self.open <= self.limit:
             self.holder = None
+        self.wake()
+
+    def wake(self) -> None:
+        """Let every waiter look again (one of them may have to give up:
+        :meth:`wait_for_room`'s ``give_up``)."""
         if self._room is not None:
             self._room.set()
             self._room = None
 
-    async def wait_for_room(self, session: object) -> None:
+    async def wait_for_room(self, session: object, give_up: Callable[[], bool]) -> bool:
         """Wait until ``session``'s open run may grow: the open runs are under
-        the limit, or no other run holds (then ``session`` holds)."""
+        the limit, or no other run holds (then ``session`` holds) — or until
+        ``give_up()`` holds (looked at whenever :meth:`wake` is called: its
+        acknowledged writes were lost, which its connection must report at
+        once, not after another client's run).
+
+        Returns False when ``max_wait`` passed first: the holder's run need
+        not end (its client may trickle input, or not read its replies, which
+        blocks its connection in a send), and a wait without end would hold
+        this run, its connection and its client, silent; the caller refuses
+        the run instead (counted in ``wait_refusals``)."""
         self.waiting += 1
         self.room_waits += 1
+        start = trio.current_time()
         try:
-            while self.open > self.limit and self.holder not in (None, session):
-                if self._room is None:
-                    self._room = trio.Event()
-                await self._room.wait()
+            with trio.move_on_after(self.max_wait) as timer:
+                while (
+                    self.open > self.limit and self.holder not in (None, session) and not give_up()
+                ):
+                    if self._room is None:
+                        self._room = trio.Event()
+                    await self._room.wait()
         finally:
             self.waiting -= 1
-        if self.open > self.limit:
+            waited = trio.current_time() - start
+            if waited > self.wait_max:
+                self.wait_max = waited
+        if timer.cancelled_caught:
+            self.wait_refusals += 1
+            return False
+        if self.open > self.limit and not give_up():
             self.holder = session
+        return True

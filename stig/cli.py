@@ -147,6 +147,14 @@ def main() -> None:
     "take turns.",
 )
 @click.option(
+    "--max-run-wait-ms",
+    default=30_000.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="An open run that waits for room under --max-pending-bytes (another "
+    "connection's run holds it) longer than this is refused and discarded.",
+)
+@click.option(
     "--max-commit-lag-ms",
     default=100.0,
     show_default=True,
@@ -254,6 +262,7 @@ def serve(
     max_line_length: int,
     max_connections: int,
     max_pending_bytes: int,
+    max_run_wait_ms: float,
     max_commit_lag_ms: float,
     max_reply_bytes: int,
     ttl_policy: str,
@@ -297,6 +306,7 @@ def serve(
         ),
         max_connections=max_connections,
         max_pending_bytes=max_pending_bytes,
+        max_run_wait_ms=max_run_wait_ms,
         max_commit_lag_ms=max_commit_lag_ms,
         max_reply_bytes=max_reply_bytes,
         ttl_policy=TtlPolicy(ttl_policy),

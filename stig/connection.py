@@ -314,15 +314,19 @@ class Connection:
                     pending = handle(event)
                     if pending is not None:
                         await pending
+                        if session.failure is not None:
+                            break  # reported just below (a handler stopped for it)
                     if session.wants_room:  # its open run passed the budget
                         if out:
                             await self._send(out)
                         await session.wait_for_room()
+                        if session.failure is not None:
+                            break  # reported just below: no waiting for a turn first
             except ProtocolError as exc:
                 handler.protocol_error(exc)
                 handler.closing = True
-            except RunTooLarge:
-                handler.fatal_error("transaction larger than --max-pending-bytes; discarded")
+            except RunTooLarge as exc:  # or waited for room too long
+                handler.fatal_error(exc.reason)
                 handler.closing = True
             pending = self._release_replies()  # the burst's replies may go
             if pending is not None:

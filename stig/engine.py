@@ -49,7 +49,7 @@ class Engine:
         self.store.max_value_size = settings.limits.max_item_size
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
-        self.budget = WriteBudget(settings.max_pending_bytes)
+        self.budget = WriteBudget(settings.max_pending_bytes, settings.max_run_wait_ms / 1000.0)
         self.promoter = Promoter(self.store, self.promoter_stats, budget=self.budget)
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.

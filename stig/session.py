@@ -67,6 +67,16 @@ class CommitFailed(Exception):
 class RunTooLarge(Exception):
     """An open run outgrew the write budget (``--max-pending-bytes``); it has been discarded."""
 
+    #: What the client is told (the connection then closes).
+    reason = "transaction larger than --max-pending-bytes; discarded"
+
+
+class RunWaitedTooLong(RunTooLarge):
+    """An open run waited for room longer than ``--max-run-wait-ms``; it has
+    been discarded (:meth:`stig.budget.WriteBudget.wait_for_room`)."""
+
+    reason = "transaction waited --max-run-wait-ms for room under --max-pending-bytes; discarded"
+
 
 class _Pending(NamedTuple):
     """A key's newest write in this POV (one per write: a tuple, which
@@ -374,10 +384,19 @@ class Session:
 
     async def wait_for_room(self) -> None:
         """Before this session's open run grows again: wait until it may
-        (docs/pov.md, "Bounds"); at once when the run has closed meanwhile."""
+        (docs/pov.md, "Bounds"); at once when the run has closed meanwhile,
+        and no longer once acknowledged writes are lost (:attr:`failure`:
+        the connection reports that instead).  Raises :class:`RunWaitedTooLong`
+        (the run discarded) after ``--max-run-wait-ms``."""
         self.wants_room = False
-        if self._run:
-            await self._budget.wait_for_room(self)
+        if self._run and self.failure is None:
+            if not await self._budget.wait_for_room(self, self._lost):
+                self.discard_run()
+                raise RunWaitedTooLong()
+
+    def _lost(self) -> bool:
+        """Whether acknowledged writes of this session failed to commit."""
+        return self.failure is not None
 
     def add_intent(self, op: Op, key: bytes, size: int) -> None:
         """Record a write whose POV answer would need a verdict still pending in
@@ -460,7 +479,7 @@ class Session:
             return None
         budget = self._budget
         budget.open -= self._run_bytes
-        if budget.holder is self or budget.waiting:
+        if budget.holder is not None or budget.waiting:
             budget.run_ended(self)
         pure = not self._run_unresolved_undo and not self._run_clears and not self._run_owed
         if pure and self._closed_pure:
@@ -510,12 +529,17 @@ class Session:
         budget = self._budget
         budget.used -= self._run_bytes
         budget.open -= self._run_bytes
-        if budget.holder is self or budget.waiting:
+        if budget.holder is not None or budget.waiting:
             budget.run_ended(self)
         self._new_run()
 
     def _new_run(self) -> None:
-        """An empty open run (the owed verdicts are handed over or dropped by the caller)."""
+        """An empty open run (the owed verdicts are handed over or dropped by the caller).
+
+        A run that ended has nothing to wait for room for: :attr:`wants_room`
+        goes too (a loud set while the budget is full closes its own run, and
+        its reply is not sent alone)."""
+        self.wants_room = False
         self._run = []
         self._run_keys = {}
         self._run_bytes = 0
@@ -594,6 +618,8 @@ class Session:
                 self.failure = error
                 if self.on_failure is not None:
                     self.on_failure()
+                if self._budget.waiting:
+                    self._budget.wake()  # a wait for room ends: the loss is reported
 
     def _all_promoted(self) -> None:
         """The common case: the finished promotion holds this session's newest write.

@@ -32,6 +32,9 @@ class Settings:
     #: Engine-wide budget of uncommitted write bytes (open runs and queued
     #: promotions, at their memory cost); also the largest transaction.
     max_pending_bytes: int = 64 << 20
+    #: How long an open run waits for room while another run holds the
+    #: budget before it is refused (the holder's run need not end).
+    max_run_wait_ms: float = 30_000.0
     #: Connections with uncommitted writes stop reading while the oldest
     #: submitted promotion has waited longer than this.
     max_commit_lag_ms: float = 100.0

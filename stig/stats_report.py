@@ -89,6 +89,9 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         # Open runs past the budget: connections waiting for room, and how often.
         ("stig_open_run_waiting", engine.budget.waiting),
         ("stig_open_run_waits", engine.budget.room_waits),
+        # ... the longest wait, and the runs refused for waiting past --max-run-wait-ms.
+        ("stig_open_run_wait_max_ms", int(engine.budget.wait_max * 1000)),
+        ("stig_open_run_wait_refusals", engine.budget.wait_refusals),
         ("stig_commit_lag_ms", int(engine.promoter.lag() * 1000)),
         ("stig_commit_lag_max_ms", int(promoter.lag_seconds_max * 1000)),
         ("stig_max_commit_lag_ms", engine.settings.max_commit_lag_ms),
@@ -166,6 +169,7 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("stig_ttl_policy", settings.ttl_policy.value),
         ("stig_batch_idle_ms", settings.batch_idle_ms),
         ("stig_max_pending_bytes", settings.max_pending_bytes),
+        ("stig_max_run_wait_ms", settings.max_run_wait_ms),
         ("stig_max_commit_lag_ms", settings.max_commit_lag_ms),
         ("stig_max_reply_bytes", settings.max_reply_bytes),
         ("stig_max_readers", engine.store.max_readers),

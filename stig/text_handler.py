@@ -463,7 +463,12 @@ class TextHandler:
         its reply), a set the write budget refuses — and every command after
         it are handled one by one, as :meth:`handle` would (the awaitable
         returned).  With ``stats detail on`` all are, to count each key.
+        None of them while the set before them must wait for room first (the
+        connection loop waits, then handles them: a waiting connection keeps
+        one write past the budget, not two).
         """
+        if self.session.wants_room:
+            return None
         events = self.parser.plain_sets()
         if not events:
             return None
@@ -516,7 +521,15 @@ class TextHandler:
             if pending is not None:
                 await pending
             if session.wants_room:
+                # As the connection loop: the replies so far are sent first.
+                if self.out and self.drain is not None:
+                    try:
+                        await self.drain()
+                    except CommitFailed:
+                        return  # acknowledged writes were lost: the loop reports it
                 await session.wait_for_room()
+                if session.failure is not None:
+                    return  # the same
 
     def _store(self, command: Store) -> Awaitable[None] | None:
         """A plain ``set`` (exptime 0) is stored and answered at once, as

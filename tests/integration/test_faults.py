@@ -373,3 +373,37 @@ def test_writer_paused_by_commit_lag_is_told_without_sending_more(faulty, kind):
         _set_fault(server, kind)
         assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
     _others_still_served(server)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "bug"])
+def test_writer_waiting_for_room_is_told_at_once(faulty, kind):
+    """A connection whose open run waits for room under --max-pending-bytes
+    (another run holds the budget: docs/pov.md, "The barrier") is told of its
+    lost acknowledged write at once, as a braked one is — not once the other
+    client's run ends (here: after a minute of its silence)."""
+    server = faulty("--max-pending-bytes", "1m", "--batch-idle-ms", "60000")
+    value = b"v" * 100_000
+    sets = lambda prefix, count: b"".join(  # noqa: E731
+        b"set %b%d 0 0 %d noreply\r\n%b\r\n" % (prefix, j, len(value), value) for j in range(count)
+    )
+    opener, holder = server.connect(timeout=60), server.connect(timeout=60)
+    opener.send(sets(b"o", 6))
+    wait_for_stats(server, lambda s: int(s["stig_open_run_bytes"]) >= 600_000)
+    holder.send(sets(b"h", 5))  # passes the budget: holds it
+    wait_for_stats(server, lambda s: int(s["stig_open_run_bytes"]) > 1 << 20)
+    _set_fault(server, "hold")
+    with server.connect(timeout=10) as conn:
+        # One receive: the loud set is answered (and submitted), the quiet
+        # one right behind it finds the budget full and waits for room.
+        conn.send(b"set acked 0 0 1\r\nx\r\nset quiet 0 0 1 noreply\r\ny\r\n")
+        assert conn.recv_until(b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        wait_for_stats(server, lambda s: s["stig_open_run_waiting"] == "1", what="a wait")
+        _set_fault(server, kind)
+        assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
+    wait_for_stats(server, lambda s: s["stig_open_run_waiting"] == "0", what="no wait left")
+    _others_still_served(server)
+    assert holder.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    assert server.send_recv(b"get quiet h0\r\n") == (  # nothing after the loss
+        b"VALUE h0 0 100000\r\n" + value + b"\r\nEND\r\n"
+    )

@@ -11,7 +11,7 @@ import pytest
 from protocol.limits import Limits
 from stig.engine import Engine
 from stig.ops import Add, Outcome
-from stig.session import RunTooLarge, Session
+from stig.session import RunTooLarge, RunWaitedTooLong, Session
 from stig.settings import Settings
 
 
@@ -143,6 +143,7 @@ async def test_a_waiting_run_whose_run_closed_meanwhile_does_not_wait(small_budg
     b.set(b"b2", b"y" * 100, 0)
     assert b.wants_room
     b.close_run()  # a loud write closes its run at once: nothing to wait for
+    assert not b.wants_room  # (so its reply is not sent alone, as before a wait)
     await b.wait_for_room()
     assert not b.wants_room and budget.room_waits == 0
 
@@ -167,3 +168,55 @@ def test_a_discarded_holder_lets_go(small_budget):
     assert budget.holder is b
     b.discard_run()  # its client went away mid-run
     assert budget.holder is None and budget.open == a.pending_bytes
+
+
+async def test_a_run_waits_for_room_at_most_max_run_wait_ms_then_is_refused(
+    small_budget, autojump_clock
+):
+    """The holder's run need not end (a client that does not read its replies
+    blocks its connection in a send): a waiter is refused after
+    --max-run-wait-ms (30 s by default), its run discarded, the others
+    untouched."""
+    import trio
+
+    budget = small_budget.budget
+    a, b = Session(small_budget), Session(small_budget)
+    a.set(b"a1", b"x" * 6000, 0)
+    b.set(b"b1", b"y" * 6000, 0)  # b holds, and never ends
+    a.set(b"a2", b"x" * 100, 0)
+    assert a.wants_room
+    start = trio.current_time()
+    with pytest.raises(RunWaitedTooLong):
+        await a.wait_for_room()
+    assert trio.current_time() - start == pytest.approx(30.0)
+    assert not a.run_open and a.get(b"a1") is None  # discarded whole
+    assert budget.waiting == 0 and budget.wait_refusals == 1
+    assert budget.wait_max == pytest.approx(30.0)
+    assert budget.open == b.pending_bytes <= budget.limit
+    assert budget.holder is None  # back within the budget: no turn to hold
+
+
+async def test_a_lost_acknowledged_write_ends_a_wait_for_room_at_once(small_budget):
+    """A waiter whose acknowledged writes fail to commit stops waiting (its
+    connection reports the loss) instead of waiting for the holder."""
+    import trio
+
+    budget = small_budget.budget
+    a, b = Session(small_budget), Session(small_budget)
+    a.set(b"a1", b"x" * 6000, 0)
+    b.set(b"b1", b"y" * 6000, 0)
+    a.set(b"a2", b"x" * 100, 0)
+    done = trio.Event()
+
+    async def waiter() -> None:
+        await a.wait_for_room()
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.waiting == 1
+        a.failure = "commit failed: disk full"  # as Session._promoted records it
+        budget.wake()
+        await done.wait()
+    assert budget.waiting == 0 and budget.holder is b and a.run_open
