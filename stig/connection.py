@@ -316,12 +316,8 @@ class Connection:
                         await pending
                         if session.failure is not None:
                             break  # reported just below (a handler stopped for it)
-                    if session.wants_room:  # its open run passed the budget
-                        if out:
-                            await self._send(out)
-                        await session.wait_for_room()
-                        if session.failure is not None:
-                            break  # reported just below: no waiting for a turn first
+                    if session.wants_room and not await session.make_room(self._drain):
+                        break  # acknowledged writes were lost: reported just below
             except ProtocolError as exc:
                 handler.protocol_error(exc)
                 handler.closing = True

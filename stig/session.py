@@ -35,7 +35,7 @@ The exact rules are in docs/pov.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 from stig.engine import Engine
@@ -393,6 +393,20 @@ class Session:
             if not await self._budget.wait_for_room(self, self._lost):
                 self.discard_run()
                 raise RunWaitedTooLong()
+
+    async def make_room(self, send: Callable[[], Awaitable[None]] | None) -> bool:
+        """What a connection does when :attr:`wants_room` is set after a
+        command: the replies so far go first (``send``, which raises
+        :class:`CommitFailed` when acknowledged writes were lost), then
+        :meth:`wait_for_room`.  False when acknowledged writes were lost
+        meanwhile: the caller stops, and the connection loop reports it."""
+        if send is not None:
+            try:
+                await send()
+            except CommitFailed:
+                return False
+        await self.wait_for_room()
+        return self.failure is None
 
     def _lost(self) -> bool:
         """Whether acknowledged writes of this session failed to commit."""

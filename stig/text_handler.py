@@ -520,16 +520,8 @@ class TextHandler:
             pending = self._start(event)
             if pending is not None:
                 await pending
-            if session.wants_room:
-                # As the connection loop: the replies so far are sent first.
-                if self.out and self.drain is not None:
-                    try:
-                        await self.drain()
-                    except CommitFailed:
-                        return  # acknowledged writes were lost: the loop reports it
-                await session.wait_for_room()
-                if session.failure is not None:
-                    return  # the same
+            if session.wants_room and not await session.make_room(self.drain):
+                return  # acknowledged writes were lost: the loop reports it
 
     def _store(self, command: Store) -> Awaitable[None] | None:
         """A plain ``set`` (exptime 0) is stored and answered at once, as

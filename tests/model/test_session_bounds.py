@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from protocol.limits import Limits
 from stig.engine import Engine
@@ -103,11 +105,23 @@ def small_budget(tmp_path: Path):
     engine.store.close()
 
 
+async def _wait_in_background(nursery: trio.Nursery, session: Session) -> trio.Event:
+    """Start ``session.wait_for_room()`` in ``nursery``, and return once every
+    task is blocked; the event is set when the wait ends."""
+    done = trio.Event()
+
+    async def waiter() -> None:
+        await session.wait_for_room()
+        done.set()
+
+    nursery.start_soon(waiter)
+    await trio.testing.wait_all_tasks_blocked()
+    return done
+
+
 async def test_past_the_budget_one_open_run_holds_and_the_others_wait_for_room(small_budget):
     """The first run to pass the budget holds and goes on; another that grows
     keeps its write and waits until the holder's run ends, then holds."""
-    import trio
-
     budget = small_budget.budget
     a, b = Session(small_budget), Session(small_budget)
     a.set(b"a1", b"x" * 6000, 0)
@@ -117,15 +131,8 @@ async def test_past_the_budget_one_open_run_holds_and_the_others_wait_for_room(s
     assert not b.wants_room
     a.set(b"a2", b"x" * 1000, 0)  # kept, but a must wait before the next write
     assert a.wants_room and a.get(b"a2") is not None
-    done = trio.Event()
-
-    async def waiter() -> None:
-        await a.wait_for_room()
-        done.set()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        await trio.testing.wait_all_tasks_blocked()
+        done = await _wait_in_background(nursery, a)
         assert not done.is_set() and budget.waiting == 1
         b.close_run()  # b's run ends: a's turn
         await done.wait()
@@ -177,8 +184,6 @@ async def test_a_run_waits_for_room_at_most_max_run_wait_ms_then_is_refused(
     blocks its connection in a send): a waiter is refused after
     --max-run-wait-ms (30 s by default), its run discarded, the others
     untouched."""
-    import trio
-
     budget = small_budget.budget
     a, b = Session(small_budget), Session(small_budget)
     a.set(b"a1", b"x" * 6000, 0)
@@ -199,22 +204,13 @@ async def test_a_run_waits_for_room_at_most_max_run_wait_ms_then_is_refused(
 async def test_a_lost_acknowledged_write_ends_a_wait_for_room_at_once(small_budget):
     """A waiter whose acknowledged writes fail to commit stops waiting (its
     connection reports the loss) instead of waiting for the holder."""
-    import trio
-
     budget = small_budget.budget
     a, b = Session(small_budget), Session(small_budget)
     a.set(b"a1", b"x" * 6000, 0)
     b.set(b"b1", b"y" * 6000, 0)
     a.set(b"a2", b"x" * 100, 0)
-    done = trio.Event()
-
-    async def waiter() -> None:
-        await a.wait_for_room()
-        done.set()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        await trio.testing.wait_all_tasks_blocked()
+        done = await _wait_in_background(nursery, a)
         assert budget.waiting == 1
         a.failure = "commit failed: disk full"  # as Session._promoted records it
         budget.wake()
