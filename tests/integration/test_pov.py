@@ -79,7 +79,9 @@ def test_noreply_run_is_invisible_until_closed_then_fully_visible(stig_factory):
     writer.send(noreply_sets({k: b"v-" + k.encode() for k in keys[:10]}))
     wait_until_read(server, 10)
     writer.send(noreply_sets({k: b"v-" + k.encode() for k in keys[10:]}))
-    # Well within the 2 s of batching, other connections see none of the run.
+    wait_until_read(server, 20)  # the whole run is in the writer's POV now
+    # Well within the 2 s of batching, other connections see none of the run
+    # (looked at repeatedly: the pause paces a check that nothing happens).
     deadline = time.monotonic() + 0.4
     while time.monotonic() < deadline:
         assert reader.get_many(keys) == {}

@@ -89,7 +89,7 @@ async def test_the_loop_goes_on_while_a_lent_commit_is_held(store, monkeypatch):
         assert promoter.gil_wanted is not None
         for _ in range(3):  # as a busy connection does between commands
             promoter.lend_gil()
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         # The first lend waited LOAN_SECONDS and ended the loan: the others
         # did not wait (nor count) while the group stayed stalled.
         assert promoter.gil_wanted is None
