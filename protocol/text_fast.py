@@ -41,7 +41,7 @@ _KEY_OR_SPACE = bytes(b for b in range(256) if b == 0x20 or not (b <= 0x20 or b 
 WINDOW = 65536
 #: At most this many commands per :func:`plain_sets` call: the caller's loop
 #: gets back between runs about as often as it did between single commands
-#: (stig.connection checks for finished commits and yields every 128 commands).
+#: (stig.server.connection checks for finished commits and yields every 128 commands).
 MAX_SETS = 128
 #: The key of each line of a run that :func:`single_gets_pattern` matched.
 _ONE_KEY = re.compile(rb"get ([^\r\n]+)\r?\n")

@@ -50,7 +50,7 @@ def fdatasync_us(directory: str, rounds: int = 50) -> float:
 
 
 def open_env(path: str) -> tuple[lmdb.Environment, lmdb._Database]:
-    """An environment configured like ``stig.store.Store``."""
+    """An environment configured like ``stig.storage.store.Store``."""
     env = lmdb.open(
         path,
         map_size=8 << 30,

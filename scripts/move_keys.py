@@ -43,9 +43,9 @@ from pymemcache.client.rendezvous import RendezvousHash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stig import dumpfmt
-from stig.envtools import ToolError
-from stig.transfer import ITEM_OVERHEAD, TextConn, batch_budget, listed, parse_address
+from stig.tools import dumpfmt
+from stig.tools.envtools import ToolError
+from stig.tools.transfer import ITEM_OVERHEAD, TextConn, batch_budget, listed, parse_address
 
 BATCH = 500
 

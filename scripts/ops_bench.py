@@ -33,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a file from a checkout, stig not installed
 
-from stig import dumpfmt  # noqa: E402  (needs the path above)
-from stig.ops import Put  # noqa: E402
-from stig.store import Store  # noqa: E402
+from stig.storage.ops import Put  # noqa: E402
+from stig.storage.store import Store  # noqa: E402
+from stig.tools import dumpfmt  # noqa: E402  (needs the path above)
 
 
 def stig(*args: str, **kwargs) -> subprocess.CompletedProcess[bytes]:

@@ -1,7 +1,7 @@
 """Where a write's microseconds go: the event loop's share and the commit thread's.
 
 Drives the server's real code in one process, without sockets: a
-:class:`~stig.text_handler.TextHandler` on a :class:`~stig.session.Session`
+:class:`~stig.frontends.text.TextHandler` on a :class:`~stig.engine.session.Session`
 is fed bursts of ``set`` (or ``get``) lines exactly as the connection loop
 feeds them (feed, handle every event, submit, clear the replies), then the
 promoter's one commit function commits what was submitted in groups of
@@ -53,10 +53,10 @@ REPO = Path(os.environ.get("STIG_REPO") or Path(__file__).resolve().parent.paren
 sys.path.insert(0, str(REPO))
 
 from protocol.events import NEED_DATA  # noqa: E402
-from stig.engine import Engine  # noqa: E402
-from stig.session import Session  # noqa: E402
-from stig.settings import Settings  # noqa: E402
-from stig.text_handler import TextHandler  # noqa: E402
+from stig.engine.engine import Engine  # noqa: E402
+from stig.engine.session import Session  # noqa: E402
+from stig.engine.settings import Settings  # noqa: E402
+from stig.frontends.text import TextHandler  # noqa: E402
 
 VALUE = b"v" * 100
 KEYS = 10_000

@@ -69,7 +69,7 @@ def _which(binary: str) -> Callable[[], str | None]:
 
 def _stig_missing() -> str | None:
     probe = subprocess.run(
-        [sys.executable, "-c", "import stig.cli, stig.server"],
+        [sys.executable, "-c", "import stig.tools.cli, stig.server.listeners"],
         cwd=REPO,
         capture_output=True,
         text=True,

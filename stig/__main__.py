@@ -1,3 +1,3 @@
-from stig.cli import main
+from stig.tools.cli import main
 
 main()

@@ -1,4 +1,5 @@
-"""One rule, three protocols: what stig/core.py decides once, every protocol says alike.
+"""One rule, three protocols: what the core (stig/core/command_core.py) decides once,
+every protocol says alike.
 
 The text, meta and binary handlers only translate (issue #13): the refusal
 words, the ``stats <group>`` answers and the ``cmd_set`` counting come from

@@ -1,4 +1,4 @@
-"""The commit thread's GIL loan (stig/promoter.py, :class:`GilLoan`): while the
+"""The commit thread's GIL loan (stig/engine/promoter.py, :class:`GilLoan`): while the
 thread applies a group, a busy event loop that lends it the GIL blocks until
 every operation is applied and goes on before the commit (the fsync); it never
 waits longer than its bound, and a failed or stalled group lets it go.  Real
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from stig.ops import Put
-from stig.promoter import LOAN_SECONDS, GilLoan, Promoter, Promotion
-from stig.stats import PromoterStats
-from stig.store import Store
+from stig.engine.promoter import LOAN_SECONDS, GilLoan, Promoter, Promotion
+from stig.engine.stats import PromoterStats
+from stig.storage.ops import Put
+from stig.storage.store import Store
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ the counter, stale marking that withdraws a win.
 
 from __future__ import annotations
 
-from stig.ops import Blank, Cas, MarkStale, Outcome, Put, SetState, Vivify
-from stig.records import STALE, WIN_SENT
-from stig.store import Store
+from stig.storage.ops import Blank, Cas, MarkStale, Outcome, Put, SetState, Vivify
+from stig.storage.records import STALE, WIN_SENT
+from stig.storage.store import Store
 
 
 def apply(store: Store, *ops):

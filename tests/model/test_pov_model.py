@@ -1,9 +1,9 @@
 """Model-based test of points of view, runs and promotion (docs/pov.md).
 
-Several :class:`~stig.session.Session` objects share one real
-:class:`~stig.engine.Engine` (real LMDB in a temporary directory, no mocks),
+Several :class:`~stig.engine.session.Session` objects share one real
+:class:`~stig.engine.engine.Engine` (real LMDB in a temporary directory, no mocks),
 driven synchronously: the test closes runs, submits them, and steps the
-promoter with :meth:`~stig.promoter.Promoter.commit_queued_now`, which
+promoter with :meth:`~stig.engine.promoter.Promoter.commit_queued_now`, which
 applies every queued promotion in one LMDB transaction.
 
 A plain model runs in lockstep:
@@ -42,7 +42,7 @@ map (a big value makes the promoter grow it), a promoter group limit that
 splits a queue into several transactions, and a ``max_pending_bytes`` that a
 run of a few big values exceeds (RunTooLarge: the open run is discarded) and
 that the open runs of several sessions pass together (one holds, the others
-wait for room: stig/budget.py).
+wait for room: stig/engine/budget.py).
 
 ``STIG_POV_EXAMPLES=5000`` runs a longer soak than the default.
 
@@ -68,8 +68,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from stig.engine import Engine
-from stig.ops import (
+from stig.engine.engine import Engine
+from stig.engine.promoter import Promotion
+from stig.engine.session import _OP_OVERHEAD, _RUN_OVERHEAD, RunTooLarge, Session
+from stig.engine.settings import Settings
+from stig.storage.ops import (
     Add,
     Adjust,
     Cas,
@@ -81,10 +84,7 @@ from stig.ops import (
     Remove,
     Replace,
 )
-from stig.promoter import Promotion
-from stig.records import Item
-from stig.session import _OP_OVERHEAD, _RUN_OVERHEAD, RunTooLarge, Session
-from stig.settings import Settings
+from stig.storage.records import Item
 
 U64 = 2**64
 N_SESSIONS = 3
@@ -300,7 +300,7 @@ class PovMachine(RuleBasedStateMachine):
         False if the run was refused (RunTooLarge: discarded whole, the POV
         as it was before the run).
 
-        The rule of ``max_pending_bytes`` for open runs (stig/budget.py):
+        The rule of ``max_pending_bytes`` for open runs (stig/engine/budget.py):
         a run alone past it is refused; while the open runs of all sessions
         together are past it, one run holds (the first to pass it: it goes
         on) and any other that grows keeps its write and must wait for room

@@ -11,10 +11,10 @@ import trio
 import trio.testing
 
 from protocol.limits import Limits
-from stig.engine import Engine
-from stig.ops import Add, Outcome
-from stig.session import RunTooLarge, RunWaitedTooLong, Session
-from stig.settings import Settings
+from stig.engine.engine import Engine
+from stig.engine.session import RunTooLarge, RunWaitedTooLong, Session
+from stig.engine.settings import Settings
+from stig.storage.ops import Add, Outcome
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_cas_counter_is_read_inside_the_write_transaction(engine):
     assert engine.store.get(b"two").cas == first + 1
 
 
-# -- open runs past the budget take turns (stig/budget.py) ---------------------------
+# -- open runs past the budget take turns (stig/engine/budget.py) ---------------------------
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ def _read_dump(data_dir: Path) -> dict[bytes, tuple[bytes, int]]:
     """Every item of a data directory, through ``stig dump --data-dir``."""
     import io
 
-    from stig import dumpfmt
+    from stig.tools import dumpfmt
 
     out = run_stig("dump", "--data-dir", str(data_dir), "--quiet").stdout
     return {i.key: (i.value, i.flags) for i in dumpfmt.read(io.BytesIO(out)) if i is not None}
@@ -239,9 +239,9 @@ def test_an_interrupted_backup_leaves_no_data_file_that_looks_whole(tmp_path):
 
     from conftest import REPO
 
-    from stig.envtools import PARTIAL_DIR
-    from stig.ops import Put
-    from stig.store import Store
+    from stig.storage.ops import Put
+    from stig.storage.store import Store
+    from stig.tools.envtools import PARTIAL_DIR
 
     data = tmp_path / "data"
     store = Store(data, map_size=1 << 30)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from stig.ops import Put
-from stig.store import Store
+from stig.storage.ops import Put
+from stig.storage.store import Store
 
 BUMP = """
 import lmdb, struct, sys

@@ -15,7 +15,7 @@ from conftest import REPO
 from opstools import run_stig
 from support.memcached_ref import exchange, memcached
 
-from stig import dumpfmt
+from stig.tools import dumpfmt
 
 #: Keys in the CI round trip.  The issue's target is 100k: on the shared
 #: 2-core test machine that run takes ~75 s (load ~37 s, dump ~35 s), so

@@ -2,7 +2,7 @@
 
     python tests/support/broken_stig.py MODE serve [stig serve options...]
 
-MODE says what is broken before ``stig.cli`` runs:
+MODE says what is broken before ``stig.tools.cli`` runs:
 
 * ``nosync`` — LMDB is opened with ``sync=False``: commits return without
   fdatasync, so acknowledgements are sent for data only in the page cache;
@@ -39,7 +39,7 @@ def main() -> None:
 
     lmdb.open = broken_open
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from stig.cli import main as stig_main
+    from stig.tools.cli import main as stig_main
 
     sys.argv[0] = "stig"
     stig_main()

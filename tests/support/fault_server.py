@@ -2,7 +2,7 @@
 
 Fault-injection tests start a real server as ``python tests/support/fault_server.py
 serve …`` instead of ``python -m stig serve …``.  This wrapper patches
-:meth:`stig.store.Store.apply` before handing over to the normal command line,
+:meth:`stig.storage.store.Store.apply` before handing over to the normal command line,
 so no fault hook ships in the ``stig`` package itself.  Each commit first reads
 the file named by ``STIG_FAULT_FILE``:
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from stig.store import Store
+from stig.storage.store import Store
 
 _FAULTS = Path(os.environ["STIG_FAULT_FILE"])
 _HELD = Path(str(_FAULTS) + ".held")
@@ -61,6 +61,6 @@ def _faulty_apply(self: Store, batches, before_commit=None):  # type: ignore[no-
 
 Store.apply = _faulty_apply  # type: ignore[method-assign]
 
-from stig.cli import main  # noqa: E402
+from stig.tools.cli import main  # noqa: E402
 
 main()

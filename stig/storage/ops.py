@@ -25,7 +25,7 @@ from typing import NamedTuple, Protocol
 
 import attrs
 
-from stig.records import STALE, WIN_SENT, Item
+from stig.storage.records import STALE, WIN_SENT, Item
 
 U64 = 2**64
 

@@ -24,9 +24,9 @@ from typing import Literal, NamedTuple, overload
 
 import lmdb
 
-from stig.dirlock import FILE_MODE, DirLock
-from stig.ops import Op, Outcome, Put
-from stig.records import HEADER, Item, decode, encode
+from stig.storage.dirlock import FILE_MODE, DirLock
+from stig.storage.ops import Op, Outcome, Put
+from stig.storage.records import HEADER, Item, decode, encode
 
 _U64 = struct.Struct(">Q")
 _CAS_KEY = b"cas"
@@ -49,7 +49,7 @@ class MapFull(Exception):
 
 
 class _WriteView:
-    """The :class:`~stig.ops.View` of one LMDB write transaction."""
+    """The :class:`~stig.storage.ops.View` of one LMDB write transaction."""
 
     def __init__(
         self,
@@ -105,7 +105,7 @@ class _WriteView:
     def apply_batches(self, batches: Iterable[Sequence[Op]]) -> list[Applied]:
         """Apply each session's run in order: per run, its outcomes and what its last op stored.
 
-        Plain sets (:class:`~stig.ops.Put` without an explicit cas) are the
+        Plain sets (:class:`~stig.storage.ops.Put` without an explicit cas) are the
         bulk of every write load, so they skip ``Put.apply``/:meth:`put` and
         the :class:`Item` they would build: the record is packed and replaced
         right here, with the cas counter and byte delta in locals set up once
@@ -235,7 +235,7 @@ class Store:
     def read_txn(self, buffers: Literal[True]) -> lmdb.Transaction[memoryview]: ...
     def read_txn(self, buffers: bool = False) -> lmdb.Transaction[bytes | memoryview]:
         """A read-only snapshot of the items, for a caller that reads raw records
-        (``txn.get(key)``: the header of :mod:`stig.records`, then the value).
+        (``txn.get(key)``: the header of :mod:`stig.storage.records`, then the value).
 
         The caller must ``abort()`` it before anything that may wait, unless it
         registers it in :attr:`long_reads` first (``Snapshot.hold``, the key
@@ -283,7 +283,7 @@ class Store:
 
         ``before_commit`` is called once every operation is applied, just
         before the commit writes and syncs (the promoter's GIL loan ends
-        there: see :class:`stig.promoter.GilLoan`).
+        there: see :class:`stig.engine.promoter.GilLoan`).
         """
         try:
             with self.env.begin(write=True) as txn:

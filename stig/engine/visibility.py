@@ -40,7 +40,7 @@ class _Event(Protocol):
 
 
 class Published(Protocol):
-    """What :class:`InFlight` needs of a promotion (:class:`stig.promoter.Promotion`
+    """What :class:`InFlight` needs of a promotion (:class:`stig.engine.promoter.Promotion`
     is one): a Protocol, so that this module, which the promoter imports, does
     not import the promoter back."""
 

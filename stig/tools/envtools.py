@@ -5,7 +5,7 @@ They never go through a server.  ``backup`` and ``check`` (and ``stig dump
 LMDB readers work beside the running server's writer without blocking it —
 a reader sees one snapshot for as long as its read transaction lasts.
 ``restore`` writes a directory, so it takes the directory's writer lock
-(:mod:`stig.dirlock`) and is refused while a server holds it.
+(:mod:`stig.storage.dirlock`) and is refused while a server holds it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import attrs
 import lmdb
 
-from stig.dirlock import DIR_MODE, FILE_MODE, DirLock
-from stig.records import HEADER, STALE, WIN_SENT
+from stig.storage.dirlock import DIR_MODE, FILE_MODE, DirLock
+from stig.storage.records import HEADER, STALE, WIN_SENT
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"
@@ -274,7 +274,7 @@ def check(
 ) -> CheckReport:
     """Walk every record of one snapshot and verify Stig's invariants.
 
-    * every record holds the 13-byte header of :mod:`stig.records` and only
+    * every record holds the 13-byte header of :mod:`stig.storage.records` and only
       known state bits; every key is 1..250 bytes;
     * the cas invariant: every cas is at most the stored counter (cas values
       of 2**63 and above, given explicitly with meta ``E``, never move the

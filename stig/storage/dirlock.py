@@ -13,7 +13,7 @@ crash never leaves a stale lock behind (the file itself stays, empty).
 
 Permissions: a database's files are private.  A data directory this creates
 gets mode 0700 and the lock file 0600 (a umask cannot widen them); the data
-files LMDB creates get 0600 too (:class:`stig.store.Store`).  Existing
+files LMDB creates get 0600 too (:class:`stig.storage.store.Store`).  Existing
 directories and files keep their mode.
 """
 

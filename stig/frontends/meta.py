@@ -1,8 +1,8 @@
 """Executes meta commands (``mg ms md ma mn me``) on a session and writes their replies.
 
 The text handler passes every meta command here; both share the session,
-the :class:`~stig.core.Core` and the reply buffer.  What each command does is
-decided by the core and the operations of :mod:`stig.ops`; this module only
+the :class:`~stig.core.command_core.Core` and the reply buffer.  What each command does is
+decided by the core and the operations of :mod:`stig.storage.ops`; this module only
 maps flags to them and outcomes to meta replies (docs/pov.md, "Meta
 commands").
 
@@ -20,9 +20,9 @@ commands").
   connections exactly one gets ``W``.
 * Quiet (``q``) writes stay in the open run, so a run of them closed by
   ``mn`` (or any command that replies) is one transaction.  ``mn`` answers
-  ``MN`` once all of it is on disk (:meth:`stig.core.Core.barrier`).  A quiet
+  ``MN`` once all of it is on disk (:meth:`stig.core.command_core.Core.barrier`).  A quiet
   conditional write's failure is known only at its commit
-  (:meth:`stig.core.Core.verdicts`); it is written before the reply of the
+  (:meth:`stig.core.command_core.Core.verdicts`); it is written before the reply of the
   command during which its run was closed (:meth:`MetaHandler.report_verdicts`).
 """
 
@@ -59,8 +59,9 @@ from protocol.meta import (
     suppressed_in_quiet,
 )
 from protocol.text_replies import client_error, server_error
-from stig.core import NON_NUMERIC, Core, Refusal, Verdict
-from stig.ops import (
+from stig.core.command_core import NON_NUMERIC, Core, Refusal, Verdict
+from stig.engine.session import CommitFailed, Session
+from stig.storage.ops import (
     Add,
     Adjust,
     Blank,
@@ -75,9 +76,8 @@ from stig.ops import (
     SetState,
     Vivify,
 )
-from stig.records import WIN_SENT, Item
-from stig.session import CommitFailed, Session
-from stig.snapshot import READ_INTERRUPTED
+from stig.storage.records import WIN_SENT, Item
+from stig.storage.snapshot import READ_INTERRUPTED
 
 TTL_REJECTED = client_error(Refusal.TTL.value)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)

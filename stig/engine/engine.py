@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from stig.auth import Authenticator
-from stig.budget import WriteBudget
-from stig.prefix_stats import PrefixStats
-from stig.promoter import Promoter
-from stig.settings import Settings
-from stig.stats import CommandStats, PromoterStats
-from stig.store import Store
+from stig.engine.auth import Authenticator
+from stig.engine.budget import WriteBudget
+from stig.engine.prefix_stats import PrefixStats
+from stig.engine.promoter import Promoter
+from stig.engine.settings import Settings
+from stig.engine.stats import CommandStats, PromoterStats
+from stig.storage.store import Store
 
 if TYPE_CHECKING:
-    from stig.tls import TlsCertificates
+    from stig.server.tls import TlsCertificates
 
 VERSION = "0.1.0"
 #: What ``version`` answers: a memcached-style number (libmemcached parses it)

@@ -44,12 +44,12 @@ import attrs
 import lmdb
 import trio
 
-from stig.budget import WriteBudget
-from stig.ops import Op, Outcome
-from stig.records import Item
-from stig.stats import PromoterStats
-from stig.store import Applied, MapFull, Store
-from stig.visibility import InFlight
+from stig.engine.budget import WriteBudget
+from stig.engine.stats import PromoterStats
+from stig.engine.visibility import InFlight
+from stig.storage.ops import Op, Outcome
+from stig.storage.records import Item
+from stig.storage.store import Applied, MapFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Promoter:
         self.stats = stats
         self.max_group_bytes = max_group_bytes
         #: Keys written by submitted, unfinished promotions: what a read on
-        #: another session waits for (stig/visibility.py).
+        #: another session waits for (stig/engine/visibility.py).
         self.in_flight = InFlight()
         self.budget = budget if budget is not None else WriteBudget(1 << 62)
         self._queue: list[Promotion] = []

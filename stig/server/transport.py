@@ -1,4 +1,6 @@
-"""What the connection loop needs of its socket: a trio socket or a :class:`~stig.tls.TlsSocket`.
+"""What the connection loop needs of its socket: a trio socket or a TLS socket.
+
+The TLS one is :class:`~stig.server.tls.TlsSocket`.
 
 A Protocol of our own rather than ``trio.socket.SocketType``: trio 0.22 is
 untyped (``Any`` to mypy, see pyproject.toml), so this is what checks the

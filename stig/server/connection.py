@@ -16,7 +16,7 @@ Transaction edges the loop owns (docs/pov.md):
   engine-wide write budget (``--max-pending-bytes``) is exceeded or the
   promoter is more than ``--max-commit-lag-ms`` behind; one whose open run
   grew past the budget while another run holds it waits for room
-  (:mod:`stig.budget`);
+  (:mod:`stig.engine.budget`);
 * replies are sent as they grow (every ``--max-reply-bytes``), and a
   connection whose client does not read them is not read either;
 * acknowledged writes that failed to commit are reported at once, even to
@@ -35,9 +35,9 @@ import trio
 
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
-from stig.engine import Engine
-from stig.session import CommitFailed, RunTooLarge, Session
-from stig.transport import Transport
+from stig.engine.engine import Engine
+from stig.engine.session import CommitFailed, RunTooLarge, Session
+from stig.server.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ class Handler(Protocol):
 
 def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
     if first_byte == BINARY_MAGIC:
-        from stig.binary_handler import BinaryHandler
+        from stig.frontends.binary import BinaryHandler
 
         return BinaryHandler(engine, session)
-    from stig.text_handler import TextHandler
+    from stig.frontends.text import TextHandler
 
     return TextHandler(engine, session)
 

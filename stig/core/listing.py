@@ -12,7 +12,7 @@ short read never does.  Two consequences, both stated in docs/pov.md:
 
 * while it is open, LMDB cannot reuse the pages that later commits free, so
   the data file can grow during a long listing (as during ``stig backup``);
-* if the map must grow meanwhile, :meth:`stig.store.Store.grow` ends the
+* if the map must grow meanwhile, :meth:`stig.storage.store.Store.grow` ends the
   snapshot first (remapping under an open cursor is unsafe), and the
   listing ends with ``SERVER_ERROR listing interrupted …`` instead of
   ``END``: list again.
@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator
 import lmdb
 
 from protocol import listing as L
-from stig.records import HEADER
-from stig.stats import CommandStats
-from stig.store import Store
+from stig.engine.stats import CommandStats
+from stig.storage.records import HEADER
+from stig.storage.store import Store
 
 #: Roughly how many reply bytes are produced before the handler sends them.
 CHUNK_BYTES = 64 * 1024

@@ -2,10 +2,10 @@
 
 Every read of a run of keys — a text multi-get, the get lines pipelined
 behind it, a run of meta ``mg``, a binary GetQ/GetKQ run, ``gat``/``gats``
-— goes through a :class:`Snapshot` (made by :meth:`stig.session.Session.snapshot`),
-so that no handler knows how a record is laid out in LMDB (:mod:`stig.records`).
+— goes through a :class:`Snapshot` (made by :meth:`stig.engine.session.Session.snapshot`),
+so that no handler knows how a record is laid out in LMDB (:mod:`stig.storage.records`).
 
-A snapshot answers a key with its :class:`~stig.records.Item`
+A snapshot answers a key with its :class:`~stig.storage.records.Item`
 (:meth:`Snapshot.item`), or, on the hot path of a text get, with its client
 flags, cas and value without building one (:meth:`Snapshot.parts`); a text
 multi-get has its found keys written into its reply by :meth:`Snapshot.render`,
@@ -17,7 +17,7 @@ big to build whole is sent as it grows, so its snapshot must outlive an
 writes to the keys still to be read (a commit meanwhile moves them out of
 the overlay, and the snapshot predates that commit), then registers the
 read transaction in ``Store.long_reads`` as a key listing does, so that
-:meth:`stig.store.Store.grow` can end it before it remaps the file.  A read
+:meth:`stig.storage.store.Store.grow` can end it before it remaps the file.  A read
 of a snapshot that ``grow()`` ended raises ``lmdb.Error``: the handler ends
 its reply with :data:`READ_INTERRUPTED` instead.
 """
@@ -29,8 +29,8 @@ from typing import Protocol
 
 import lmdb
 
-from stig.records import HEADER, Item, decode
-from stig.store import Store
+from stig.storage.records import HEADER, Item, decode
+from stig.storage.store import Store
 
 #: The error line (text, meta) or message (binary) for a read whose snapshot
 #: ``Store.grow()`` ended while its reply was being sent.

@@ -29,7 +29,7 @@ from typing import cast
 
 import trio
 
-from stig.settings import Settings
+from stig.engine.settings import Settings
 
 log = logging.getLogger(__name__)
 

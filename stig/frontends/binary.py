@@ -1,7 +1,7 @@
 """Executes binary-protocol requests on a session and writes their responses.
 
 The bridge between :mod:`protocol.binary` (bytes ⇄ requests, responses) and
-:class:`stig.core.Core` (what each command does to the POV).  One handler per
+:class:`stig.core.command_core.Core` (what each command does to the POV).  One handler per
 connection; responses are appended to :attr:`BinaryHandler.out` and sent by
 the connection once per burst.  The rules (docs/pov.md):
 
@@ -11,7 +11,7 @@ the connection once per burst.  The rules (docs/pov.md):
   anything with a CAS, FlushQ) learns its verdict at the run's commit: the
   failure is written before the reply of the request that closed the run
   (or, if the idle timer closed it, before the next reply): the core keeps
-  what they are owed (:meth:`stig.core.Core.verdicts`), this module words it.
+  what they are owed (:meth:`stig.core.command_core.Core.verdicts`), this module words it.
 * **Loud writes whose response carries a cas** (Set, Add, Replace, Append,
   Prepend, Increment, Decrement) answer after their commit, with the cas the
   commit gave the item — the only cas a client may use in a later CAS.
@@ -49,10 +49,11 @@ from protocol.binary import (
     stat_response,
 )
 from protocol.errors import ProtocolError
-from stig.auth import MECHANISMS
-from stig.core import Core, Refusal, StatsAnswer, StatsKind, Verdict
-from stig.engine import PROTOCOL_VERSION, Engine
-from stig.ops import (
+from stig.core.command_core import Core, Refusal, StatsAnswer, StatsKind, Verdict
+from stig.engine.auth import MECHANISMS
+from stig.engine.engine import PROTOCOL_VERSION, Engine
+from stig.engine.session import CommitFailed, Session
+from stig.storage.ops import (
     Add,
     Adjust,
     Cas,
@@ -63,9 +64,8 @@ from stig.ops import (
     Outcome,
     Replace,
 )
-from stig.records import Item
-from stig.session import CommitFailed, Session
-from stig.snapshot import READ_INTERRUPTED
+from stig.storage.records import Item
+from stig.storage.snapshot import READ_INTERRUPTED
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
 NO_CREATE = 0xFFFFFFFF

@@ -7,8 +7,8 @@ import resource
 import time
 from collections.abc import Iterable
 
-from stig.engine import PROTOCOL_VERSION, Engine
-from stig.prefix_stats import DELIMITER, MAX_PREFIXES
+from stig.engine.engine import PROTOCOL_VERSION, Engine
+from stig.engine.prefix_stats import DELIMITER, MAX_PREFIXES
 
 
 def general_stats(engine: Engine) -> list[tuple[str, object]]:
@@ -99,7 +99,7 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_pauses", promoter.pauses),
         ("stig_gil_loans", promoter.gil_loans),
         ("stig_durable_acks", int(engine.settings.durable_acks)),
-        # Acknowledged writes visible everywhere (stig/visibility.py):
+        # Acknowledged writes visible everywhere (stig/engine/visibility.py):
         # LMDB snapshots held across awaits (streamed replies, listings), of
         # stig_max_readers reader slots.
         ("stig_held_snapshots", len(engine.store.long_reads)),

@@ -1,7 +1,7 @@
 """Executes text-protocol commands on a session and writes their replies.
 
 The bridge between :mod:`protocol.text` (bytes ⇄ commands) and
-:class:`stig.session.Session` (the POV).  One handler per connection; replies
+:class:`stig.engine.session.Session` (the POV).  One handler per connection; replies
 are appended to :attr:`TextHandler.out` and sent by the connection once per
 burst.  Meta commands arriving on the same connection are passed to the meta
 handler.
@@ -34,16 +34,16 @@ from protocol.commands import (
 from protocol.errors import InvalidCommand, ProtocolError
 from protocol.meta_commands import MetaSet
 from protocol.text import QuietError, TextParser
-from stig import listing
-from stig import snapshot as snapshot_read
-from stig.core import NON_NUMERIC as NON_NUMERIC_MESSAGE
-from stig.core import Core, Refusal, StatsAnswer, StatsKind
-from stig.engine import PROTOCOL_VERSION, Engine
-from stig.meta_handler import HD_LINE, MetaHandler
-from stig.ops import Add, Cas, Op, Outcome, Replace
-from stig.session import CommitFailed, Session
-from stig.snapshot import Snapshot
-from stig.tls import TlsError
+from stig.core import listing
+from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
+from stig.core.command_core import Core, Refusal, StatsAnswer, StatsKind
+from stig.engine.engine import PROTOCOL_VERSION, Engine
+from stig.engine.session import CommitFailed, Session
+from stig.frontends.meta import HD_LINE, MetaHandler
+from stig.server.tls import TlsError
+from stig.storage import snapshot as snapshot_read
+from stig.storage.ops import Add, Cas, Op, Outcome, Replace
+from stig.storage.snapshot import Snapshot
 
 #: Each refusal as a text reply.
 REFUSALS = {refusal: R.client_error(refusal.value) for refusal in Refusal}
@@ -322,7 +322,7 @@ class TextHandler:
         :meth:`TextParser.plain_gets`, or — the commonest burst, one-key gets
         while no write is in flight anywhere — as bare keys from
         :meth:`TextParser.single_get_keys`, answered by
-        :meth:`stig.snapshot.Snapshot.render_each`) is checked here before it is answered:
+        :meth:`stig.storage.snapshot.Snapshot.render_each`) is checked here before it is answered:
         it must see every acknowledged write (no write of another session in
         flight to its keys, :meth:`Session.sees_acked`), and fewer than
         ``--max-reply-bytes`` may be waiting to be sent.  The first that fails
@@ -332,7 +332,7 @@ class TextHandler:
         flight the general way.
 
         A get of many keys whose reply passes ``--max-reply-bytes`` is not
-        built whole: the snapshot is held (:meth:`stig.snapshot.Snapshot.hold`)
+        built whole: the snapshot is held (:meth:`stig.storage.snapshot.Snapshot.hold`)
         and the awaitable returned (:meth:`_rest_of_get`) writes and sends
         the rest of that reply from it, so a few bytes of request never hold
         more than the bound plus one item of reply.
@@ -421,7 +421,7 @@ class TextHandler:
         key from the held ``snapshot``, sending whenever ``--max-reply-bytes``
         wait.
 
-        Ends the snapshot.  If :meth:`stig.store.Store.grow` ended it first,
+        Ends the snapshot.  If :meth:`stig.storage.store.Store.grow` ended it first,
         the reply ends with ``SERVER_ERROR read interrupted …`` instead of
         ``END``.  (Hits and misses were counted when the read began, as
         misses; the hits found here are counted here.)
@@ -635,7 +635,7 @@ class TextHandler:
 
     async def _stream(self, chunks: Iterator[bytes]) -> None:
         """Write a listing chunk by chunk, sending each before making the next,
-        so the reply never sits whole in memory (see :mod:`stig.listing`)."""
+        so the reply never sits whole in memory (see :mod:`stig.core.listing`)."""
         out = self.out
         if self.core.verdicts_due:  # they come before this reply, which
             await self.meta.report_verdicts(len(out))  # leaves in parts

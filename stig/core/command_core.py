@@ -12,7 +12,7 @@ what they see — except when that verdict is in the session's own open run:
 waiting would split the run, so the write joins the run as an *intent*
 applied at promotion (:meth:`Core._intent`; docs/pov.md, "Runs stay whole").
 Conditional writes answer after their commit.  Commit failures surface as
-:class:`~stig.session.CommitFailed`.
+:class:`~stig.engine.session.CommitFailed`.
 
 The transaction rules every protocol shares live here once, and the
 handlers only translate: a write answered from the POV with a reply closes
@@ -32,8 +32,11 @@ from collections.abc import Sequence
 import attrs
 
 from protocol.listing import stats_items
-from stig.engine import Engine
-from stig.ops import (
+from stig.core.stats_report import general_stats, settings_stats
+from stig.engine.engine import Engine
+from stig.engine.session import Session
+from stig.engine.settings import TtlPolicy
+from stig.storage.ops import (
     Add,
     Adjust,
     Cas,
@@ -46,11 +49,8 @@ from stig.ops import (
     Remove,
     Replace,
 )
-from stig.records import Item
-from stig.session import Session
-from stig.settings import TtlPolicy
-from stig.snapshot import Snapshot
-from stig.stats_report import general_stats, settings_stats
+from stig.storage.records import Item
+from stig.storage.snapshot import Snapshot
 
 
 class Refusal(enum.Enum):
@@ -188,7 +188,7 @@ class Core:
     def stats_group(self, group: bytes, args: Sequence[bytes] = ()) -> StatsAnswer:
         """``stats <group> <args>`` (text ``stats``, binary Stat), the same in
         every protocol; the handler words the answer.  ``detail`` is
-        memcached's ``stats detail on|off|dump`` (stig/prefix_stats.py)."""
+        memcached's ``stats detail on|off|dump`` (stig/engine/prefix_stats.py)."""
         engine = self.engine
         if group == b"":
             return StatsAnswer(StatsKind.LIST, general_stats(engine))
@@ -546,7 +546,7 @@ class Core:
         disk (meta ``mn``, binary No-op); then the verdicts owed to quiet writes.
 
         Closes the open run first.  Raises
-        :class:`~stig.session.CommitFailed` if a promotion of this connection
+        :class:`~stig.engine.session.CommitFailed` if a promotion of this connection
         failed since the last barrier, once (docs/pov.md, "The barrier").
         """
         await self.session.promote_pending()

@@ -27,10 +27,10 @@ from pathlib import Path
 import attrs
 import trio
 
-from stig.connection import Connection, send_all
-from stig.engine import Engine
-from stig.settings import Settings
-from stig.tls import TlsCertificates, TlsError
+from stig.engine.engine import Engine
+from stig.engine.settings import Settings
+from stig.server.connection import Connection, send_all
+from stig.server.tls import TlsCertificates, TlsError
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ async def serve(
 ) -> None:
     """Serve until cancelled or signalled; ``task_status`` gets the listeners.
 
-    Raises :class:`~stig.tls.TlsError` before listening if the TLS files
+    Raises :class:`~stig.server.tls.TlsError` before listening if the TLS files
     cannot be used.
     """
     tls = TlsCertificates(settings) if settings.tls_enabled else None

@@ -2,7 +2,7 @@
 
 Each connection owns one :class:`Session`.  Its writes land in a private
 overlay first, so the session always sees them; they are recorded as
-operations (:mod:`stig.ops`) and handed to the promoter, which applies them
+operations (:mod:`stig.storage.ops`) and handed to the promoter, which applies them
 to the global state.  When a promotion commits, the overlay entries it
 covered are dropped and the session sees the global state again, which now
 holds its writes and everyone else's.
@@ -20,7 +20,7 @@ when it closes, whoever closes it, and the core reports it after the commit.
 Memory: every write recorded and not yet committed is counted, at about
 its real memory cost (measured with tracemalloc: ~380 bytes of objects per
 write in a run, ~500 more per run), in the session's ``pending_bytes`` and in
-the engine-wide :class:`~stig.budget.WriteBudget` that the connections'
+the engine-wide :class:`~stig.engine.budget.WriteBudget` that the connections'
 brakes read.
 
 Failures: a promotion that fails is reported exactly once — by the reply of
@@ -38,8 +38,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
-from stig.engine import Engine
-from stig.ops import (
+from stig.engine.engine import Engine
+from stig.engine.promoter import Promotion
+from stig.storage.ops import (
     Adjust,
     Concat,
     Op,
@@ -49,9 +50,8 @@ from stig.ops import (
     adjust_counter,
     parse_counter,
 )
-from stig.promoter import Promotion
-from stig.records import Item
-from stig.snapshot import Snapshot
+from stig.storage.records import Item
+from stig.storage.snapshot import Snapshot
 
 #: Bytes of bookkeeping counted per pending write (op, overlay entry, dict
 #: slots) and per closed run (its Promotion and per-key map), on top of the
@@ -73,7 +73,7 @@ class RunTooLarge(Exception):
 
 class RunWaitedTooLong(RunTooLarge):
     """An open run waited for room longer than ``--max-run-wait-ms``; it has
-    been discarded (:meth:`stig.budget.WriteBudget.wait_for_room`)."""
+    been discarded (:meth:`stig.engine.budget.WriteBudget.wait_for_room`)."""
 
     reason = "transaction waited --max-run-wait-ms for room under --max-pending-bytes; discarded"
 
@@ -161,11 +161,11 @@ class Session:
     def snapshot(self) -> Snapshot:
         """The one way to read a run of keys: one LMDB snapshot with this
         session's writes laid over it, giving items or raw values, and kept
-        across awaits when its reply is sent as it grows (stig/snapshot.py).
+        across awaits when its reply is sent as it grows (stig/storage/snapshot.py).
         Close it (``with``) when done."""
         return Snapshot(self._store, self._overlay)
 
-    # -- other sessions' acknowledged writes (stig/visibility.py) -------------
+    # -- other sessions' acknowledged writes (stig/engine/visibility.py) -------------
 
     def sees_acked(self, keys: Sequence[bytes] | None = None) -> bool:
         """Whether reading ``keys`` now sees every write acknowledged to any client.
@@ -356,7 +356,7 @@ class Session:
         Open runs are never committed before they close, so no brake can
         make them shrink.  A run that grows while the open runs of all
         sessions together exceed ``--max-pending-bytes`` goes on if it is the
-        one that holds (:mod:`stig.budget`), else waits for room before its
+        one that holds (:mod:`stig.engine.budget`), else waits for room before its
         next write (:meth:`_past_limit`); a run alone past the limit is
         discarded, and :class:`RunTooLarge` raised — the client is told
         "transaction larger than --max-pending-bytes" (docs/pov.md, "Bounds").
@@ -424,7 +424,7 @@ class Session:
     def owe_verdict(self, tag: object) -> None:
         """The write just added to the open run owes ``tag`` its verdict:
         :attr:`owed` holds it with its promotion once the run closes
-        (whoever closes it), for :meth:`stig.core.Core.verdicts`."""
+        (whoever closes it), for :meth:`stig.core.command_core.Core.verdicts`."""
         self._run_owed.append((tag, len(self._run) - 1))
 
     def verdict_in_open_run(self, key: bytes) -> bool:

@@ -1,11 +1,11 @@
 """The engine-wide budget of uncommitted write bytes (``--max-pending-bytes``).
 
-Two figures, both at about their real memory cost (see :mod:`stig.session`):
+Two figures, both at about their real memory cost (see :mod:`stig.engine.session`):
 
 * ``used``: every write recorded and not yet committed — open runs and
   queued promotions, conditional writes included.  While it is over the
   limit, connections with uncommitted writes stop reading until the
-  promoter has committed some (the brake, :mod:`stig.connection`).
+  promoter has committed some (the brake, :mod:`stig.server.connection`).
 * ``open``: the part held by open runs (noreply/quiet transactions not yet
   closed).  No brake can shrink it: an open run is never committed before it
   closes.  So while ``open`` is over the limit, **one** open run at a time —

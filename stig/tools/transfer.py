@@ -12,7 +12,7 @@
   ``MN`` arrives.  A batch with an error is replayed item by item, loudly,
   to name every refused key.
 
-The format is :mod:`stig.dumpfmt`.  All blocking I/O: these run in the CLI,
+The format is :mod:`stig.tools.dumpfmt`.  All blocking I/O: these run in the CLI,
 never in the server.
 """
 
@@ -27,11 +27,11 @@ from typing import BinaryIO
 import attrs
 
 from protocol.listing import url_decode
-from stig import dumpfmt
-from stig.dumpfmt import DumpItem
-from stig.envtools import ToolError, open_readonly
-from stig.progress import Progress
-from stig.records import HEADER
+from stig.storage.records import HEADER
+from stig.tools import dumpfmt
+from stig.tools.dumpfmt import DumpItem
+from stig.tools.envtools import ToolError, open_readonly
+from stig.tools.progress import Progress
 
 DEFAULT_BATCH = 1000
 FETCH_BATCH = 500

@@ -12,10 +12,10 @@ import click
 import trio
 
 from protocol.limits import ITEM_SIZE_MAX, KEY_MAX_LENGTH, LINE_MAX_LENGTH, Limits
-from stig.dirlock import DataDirInUse
-from stig.engine import VERSION
-from stig.progress import Progress
-from stig.settings import Settings, TtlPolicy
+from stig.engine.engine import VERSION
+from stig.engine.settings import Settings, TtlPolicy
+from stig.storage.dirlock import DataDirInUse
+from stig.tools.progress import Progress
 
 
 def _size(text: str) -> int:
@@ -283,7 +283,7 @@ def serve(
     """Serve the memcached text, meta and binary protocols on one port."""
     _check_transport(unix_socket, tls_cert, tls_key, tls_ca, tls_verify_clients, tls_port)
     if auth_file is not None:
-        from stig.auth import Authenticator, AuthFileError
+        from stig.engine.auth import Authenticator, AuthFileError
 
         try:
             Authenticator.from_file(auth_file)
@@ -324,9 +324,9 @@ def serve(
         tls_verify_clients=tls_verify_clients,
         tls_port=tls_port,
     )
-    from stig.server import Listener
-    from stig.server import serve as run_server
-    from stig.tls import TlsError, build_context
+    from stig.server.listeners import Listener
+    from stig.server.listeners import serve as run_server
+    from stig.server.tls import TlsError, build_context
 
     if tls_cert is not None:
         try:
@@ -345,7 +345,7 @@ def serve(
     # +45% pipelined sets, docs/performance.md).
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    from stig.server import ListenError
+    from stig.server.listeners import ListenError
 
     try:
         trio.run(lambda: run_server(settings, on_ready=ready))
@@ -386,8 +386,8 @@ def backup(dest: Path, data_dir: Path, quiet: bool) -> None:
     Example:
         stig backup /backups/stig-$(date +%F) --data-dir /var/lib/stig
     """
-    from stig.envtools import ToolError, copy_bytes, open_readonly
-    from stig.envtools import backup as run_backup
+    from stig.tools.envtools import ToolError, copy_bytes, open_readonly
+    from stig.tools.envtools import backup as run_backup
 
     try:
         env = open_readonly(data_dir)
@@ -425,8 +425,8 @@ def restore(src: Path, data_dir: Path, force: bool, quiet: bool) -> None:
     Example:
         stig restore /backups/stig-2026-11-30 --data-dir /var/lib/stig
     """
-    from stig.envtools import ToolError
-    from stig.envtools import restore as run_restore
+    from stig.tools.envtools import ToolError
+    from stig.tools.envtools import restore as run_restore
 
     progress = Progress("restore", unit="bytes", quiet=quiet)
     try:
@@ -451,8 +451,8 @@ def check(data_dir: Path, quiet: bool) -> None:
     cas values never repeat), and that the stored byte total is right.
     Prints the counts, then each problem found.
     """
-    from stig.envtools import ToolError, open_readonly
-    from stig.envtools import check as run_check
+    from stig.tools.envtools import ToolError, open_readonly
+    from stig.tools.envtools import check as run_check
 
     try:
         env = open_readonly(data_dir)
@@ -519,8 +519,8 @@ def dump(
         stig dump --data-dir /var/lib/stig > stig.dump
         stig dump --server old-cache:11211 | stig load --server 127.0.0.1:11211
     """
-    from stig.envtools import ToolError
-    from stig.transfer import dump_dir, dump_server, parse_address
+    from stig.tools.envtools import ToolError
+    from stig.tools.transfer import dump_dir, dump_server, parse_address
 
     if (data_dir is None) == (server is None):
         raise click.UsageError("give exactly one of --data-dir DIR or --server HOST:PORT")
@@ -557,8 +557,8 @@ def load(file: BinaryIO, server: str, batch: int, quiet: bool) -> None:
     Example:
         stig load --server 127.0.0.1:11211 stig.dump
     """
-    from stig.envtools import ToolError
-    from stig.transfer import load_server, parse_address
+    from stig.tools.envtools import ToolError
+    from stig.tools.transfer import load_server, parse_address
 
     try:
         report = load_server(parse_address(server), file, batch, quiet)

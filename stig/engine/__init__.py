@@ -1,0 +1,9 @@
+"""The engine: points of view, promotion and the server-wide state.
+
+Owns the sessions' private points of view (``session``), the one writer that
+group-commits them (``promoter``), the in-flight registry that makes an
+acknowledged write visible everywhere (``visibility``), the write budget
+(``budget``), the settings, counters, logins and the :class:`Engine` that ties
+them together. It imports storage and ``protocol.limits`` (the limits are part
+of the settings), never the core, the front ends, the server or the tools.
+"""

@@ -1,0 +1,7 @@
+"""Tools: the ``stig`` command line and the offline operations on a data directory.
+
+``cli`` is the top of the house (``stig serve`` starts the server);
+``envtools`` (backup, restore, check), ``transfer`` and ``dumpfmt`` (dump and
+load as meta commands) and ``progress`` work on a data directory or over the
+wire, never inside a running server. Nothing else in ``stig`` imports them.
+"""
