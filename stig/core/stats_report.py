@@ -168,6 +168,7 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("stig_durable_acks", _yes(settings.durable_acks)),
         ("stig_ttl_policy", settings.ttl_policy.value),
         ("stig_batch_idle_ms", settings.batch_idle_ms),
+        ("stig_shutdown_grace_ms", settings.shutdown_grace_ms),
         ("stig_max_pending_bytes", settings.max_pending_bytes),
         ("stig_max_run_wait_ms", settings.max_run_wait_ms),
         ("stig_max_commit_lag_ms", settings.max_commit_lag_ms),

@@ -41,6 +41,9 @@ class Settings:
     #: Per connection: reply bytes buffered before they are sent (and the
     #: connection reads nothing more until the client has taken them).
     max_reply_bytes: int = 1 << 20
+    #: On SIGTERM/SIGINT: how long connections may finish the commands they
+    #: have received before they are closed (hypercorn's graceful timeout).
+    shutdown_grace_ms: float = 10_000.0
     map_size: int = 256 << 20  #: initial LMDB map; it grows by itself
     log_level: str = "info"
     auth_file: Path | None = None

@@ -122,6 +122,26 @@ class Connection:
         self._reply_limit = settings.max_reply_bytes
         self._failed = False  # an internal error ended the connection
         self.session.on_failure = self._wake
+        #: Cancels this connection (shutdown); set by whoever serves it.
+        self.scope = trio.CancelScope()
+        #: Shutdown: finish what was received, then close at a command boundary.
+        self.stopping = False
+        self._waiting_for_input = False  # in a receive: nothing received is unanswered
+
+    def stop_when_idle(self) -> None:
+        """Shutdown has begun: answer every command already received, then close.
+
+        A connection waiting for input at a command boundary has nothing in
+        flight and closes now (its open run, if any, is committed, as on a
+        clean disconnect); one in the middle of a burst or of a command
+        closes once that is done.
+        """
+        self.stopping = True
+        if self._waiting_for_input and self._at_boundary():
+            self.scope.cancel()
+
+    def _at_boundary(self) -> bool:
+        return self.handler is None or self.handler.parser.at_boundary
 
     def _wake(self) -> None:
         """Acknowledged writes were lost: stop reading, so that a connection
@@ -133,18 +153,19 @@ class Connection:
             pass
 
     async def serve(self) -> None:
-        try:
-            await self._serve()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.debug("connection dropped: %s", exc)
-        except Exception:
-            # A bug must cost one connection, never the server: its open run
-            # is discarded (it may be torn), everyone else goes on.
-            log.exception("internal error; closing this connection")
-            self._failed = True
-        finally:
-            self._end_session()
-            self.sock.close()
+        with self.scope:
+            try:
+                await self._serve()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.debug("connection dropped: %s", exc)
+            except Exception:
+                # A bug must cost one connection, never the server: its open run
+                # is discarded (it may be torn), everyone else goes on.
+                log.exception("internal error; closing this connection")
+                self._failed = True
+            finally:
+                self._end_session()
+                self.sock.close()
 
     def _end_session(self) -> None:
         """Commit an open run left at a command boundary; discard a torn one."""
@@ -157,6 +178,13 @@ class Connection:
 
     async def _receive(self) -> bytes | None:
         """The next chunk of input; None when the idle timeout expired."""
+        self._waiting_for_input = True
+        try:
+            return await self._receive_now()
+        finally:
+            self._waiting_for_input = False
+
+    async def _receive_now(self) -> bytes | None:
         session = self.session
         if session.run_open:
             with trio.move_on_after(self._batch_idle):
@@ -344,8 +372,12 @@ class Connection:
                 if session.failure is not None:
                     await self._report_loss(handler, out)
                     return
+            if self.stopping and parser.at_boundary:
+                return  # shutdown: everything received is answered
             if plain_receive and not session.run_open:
+                self._waiting_for_input = True
                 data = await sock.recv(RECEIVE_SIZE)  # the hot path: no cancel scope
+                self._waiting_for_input = False
             else:
                 data = await self._receive()
             if not data:

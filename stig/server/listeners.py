@@ -7,10 +7,14 @@ unix domain socket instead of TCP (``--unix-socket``, as memcached's
 ``ERROR Too many open connections`` and closed (counted in
 ``rejected_connections``).  SIGHUP reloads the TLS certificates.
 
-Shutdown (SIGINT/SIGTERM, or cancelling :func:`serve`): stop accepting,
-end every connection — an open run at a command boundary is committed, a torn
-command discarded — let the promoter commit everything queued, close LMDB.
-Everything acknowledged is then on disk.
+Shutdown (SIGINT/SIGTERM): stop accepting, and give the connections
+``--shutdown-grace-ms`` to answer every command they have received: an idle
+one closes at once, a busy one at its next command boundary
+(:meth:`Connection.stop_when_idle`). When the grace ends, or at a second
+signal, or when :func:`serve` is cancelled, every connection left is ended —
+an open run at a command boundary is committed, a torn command discarded.
+Then the promoter commits everything queued and LMDB closes: everything
+acknowledged is on disk.
 """
 
 from __future__ import annotations
@@ -162,27 +166,59 @@ async def _reject(sock: trio.socket.SocketType) -> None:
         sock.close()
 
 
+@attrs.define
+class Shutdown:
+    """The connections being served, and the graceful end of them all."""
+
+    connections: set[Connection] = attrs.field(factory=set)
+    #: Set once a signal began the shutdown: new connections are not taken.
+    begun: bool = False
+
+    def begin(self) -> None:
+        """Every connection answers what it has received, then closes."""
+        self.begun = True
+        for connection in list(self.connections):
+            connection.stop_when_idle()
+
+
 async def _handle(
-    engine: Engine, sock: trio.socket.SocketType, tls: TlsCertificates | None
+    engine: Engine,
+    sock: trio.socket.SocketType,
+    tls: TlsCertificates | None,
+    shutdown: Shutdown,
 ) -> None:
     stats = engine.stats
     stats.curr_connections += 1
     stats.total_connections += 1
     try:
         if tls is None:
-            await Connection(engine, sock).serve()
+            await _serve_connection(Connection(engine, sock), shutdown)
         else:
             tls_sock = tls.wrap(sock)
             try:
-                await Connection(engine, tls_sock).serve()
+                await _serve_connection(Connection(engine, tls_sock), shutdown)
             finally:
                 await tls_sock.aclose()  # close_notify, then the socket
     finally:
         stats.curr_connections -= 1
 
 
+async def _serve_connection(connection: Connection, shutdown: Shutdown) -> None:
+    shutdown.connections.add(connection)
+    try:
+        if shutdown.begun:  # accepted just before the listeners closed
+            connection.stop_when_idle()
+        await connection.serve()
+    finally:
+        shutdown.connections.discard(connection)
+
+
 async def _accept_loop(
-    engine: Engine, listener: Listener, nursery: trio.Nursery, tls: TlsCertificates | None
+    engine: Engine,
+    listener: Listener,
+    nursery: trio.Nursery,
+    tls: TlsCertificates | None,
+    shutdown: Shutdown,
 ) -> None:
     stats = engine.stats
     limit = engine.settings.max_connections
@@ -205,7 +241,7 @@ async def _accept_loop(
             stats.rejected_connections += 1
             nursery.start_soon(_reject, sock)
             continue
-        nursery.start_soon(_handle, engine, sock, tls)
+        nursery.start_soon(_handle, engine, sock, tls, shutdown)
 
 
 async def serve(
@@ -222,6 +258,8 @@ async def serve(
     tls = TlsCertificates(settings) if settings.tls_enabled else None
     engine = Engine(settings)
     engine.tls = tls
+    shutdown = Shutdown()
+    signals_scope = trio.CancelScope()
     try:
         listeners = await open_listeners(settings)
         engine.settings = _bound(settings, listeners)
@@ -229,33 +267,22 @@ async def serve(
             await system.start(engine.run_promoter)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
-                    # Signal handlers first, then "listening": a SIGTERM sent
-                    # as soon as the server says it is up is a clean shutdown,
-                    # never the default action (death by signal, -15).
-                    await connections.start(_wait_for_signal, connections_scope)
-                    if tls is not None:
-                        await connections.start(_reload_on_sighup, tls)
-                    for listener in listeners:
-                        log.info(
-                            "stig listening on %s%s, data in %s",
-                            listener.address,
-                            " (TLS)" if listener.tls else "",
-                            settings.data_dir,
+                    with trio.CancelScope() as front_scope:
+                        # Signal handlers first, then "listening": a SIGTERM sent
+                        # as soon as the server says it is up is a clean shutdown,
+                        # never the default action (death by signal, -15).
+                        await system.start(
+                            _wait_for_signals,
+                            signals_scope,
+                            front_scope,
+                            connections_scope,
+                            shutdown,
+                            settings.shutdown_grace_ms / 1000.0,
                         )
-                    if on_ready is not None:
-                        on_ready(listeners)
-                    task_status.started(listeners)
-                    try:
-                        async with trio.open_nursery() as accepting:
-                            for listener in listeners:
-                                accepting.start_soon(
-                                    _accept_loop, engine, listener, connections, tls
-                                )
-                    finally:
-                        for listener in listeners:
-                            listener.sock.close()
-                        if settings.unix_socket is not None:
-                            settings.unix_socket.unlink(missing_ok=True)
+                        await _accept_until_stopped(
+                            engine, listeners, connections, tls, shutdown, on_ready, task_status
+                        )
+            signals_scope.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
     finally:
@@ -264,15 +291,67 @@ async def serve(
         log.info("stig stopped; LMDB closed")
 
 
-async def _wait_for_signal(
-    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+async def _accept_until_stopped(
+    engine: Engine,
+    listeners: list[Listener],
+    connections: trio.Nursery,
+    tls: TlsCertificates | None,
+    shutdown: Shutdown,
+    on_ready: Callable[[list[Listener]], None] | None,
+    task_status: trio.TaskStatus[list[Listener]],
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Accept on every listener (and reload certificates on SIGHUP) until cancelled."""
+    try:
+        async with trio.open_nursery() as accepting:
+            if tls is not None:
+                await accepting.start(_reload_on_sighup, tls)
+            for listener in listeners:
+                log.info(
+                    "stig listening on %s%s, data in %s",
+                    listener.address,
+                    " (TLS)" if listener.tls else "",
+                    engine.settings.data_dir,
+                )
+            if on_ready is not None:
+                on_ready(listeners)
+            task_status.started(listeners)
+            for listener in listeners:
+                accepting.start_soon(_accept_loop, engine, listener, connections, tls, shutdown)
+    finally:
+        for listener in listeners:
+            listener.sock.close()
+        if engine.settings.unix_socket is not None:
+            engine.settings.unix_socket.unlink(missing_ok=True)
+
+
+async def _wait_for_signals(
+    own_scope: trio.CancelScope,
+    front_scope: trio.CancelScope,
+    connections_scope: trio.CancelScope,
+    shutdown: Shutdown,
+    grace: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The first SIGINT/SIGTERM stops accepting and gives the connections
+    ``grace`` seconds to finish; a second one ends them at once."""
+    with own_scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
-            log.info("received %s: shutting down", signal.Signals(signum).name)
-            scope.cancel()
-            return
+            name = signal.Signals(signum).name
+            if shutdown.begun:
+                log.info("received %s again: closing every connection now", name)
+                connections_scope.cancel()
+                continue
+            log.info(
+                "received %s: shutting down; %d connections get up to %g s to finish",
+                name,
+                len(shutdown.connections),
+                grace,
+            )
+            front_scope.cancel()
+            shutdown.begin()
+            connections_scope.deadline = trio.current_time() + grace
 
 
 async def _reload_on_sighup(

@@ -192,6 +192,13 @@ def main() -> None:
     help="Close connections idle this many seconds (0: never).",
 )
 @click.option(
+    "--shutdown-grace-ms",
+    default=10_000.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="On SIGTERM/SIGINT, connections may finish what they have received for this long.",
+)
+@click.option(
     "--map-size",
     default="256m",
     show_default=True,
@@ -268,6 +275,7 @@ def serve(
     ttl_policy: str,
     batch_idle_ms: float,
     idle_timeout: float,
+    shutdown_grace_ms: float,
     map_size: int,
     disable_flush_all: bool,
     auth_file: Path | None,
@@ -312,6 +320,7 @@ def serve(
         ttl_policy=TtlPolicy(ttl_policy),
         batch_idle_ms=batch_idle_ms,
         idle_timeout=idle_timeout,
+        shutdown_grace_ms=shutdown_grace_ms,
         map_size=map_size,
         disable_flush_all=disable_flush_all,
         auth_file=auth_file,
