@@ -14,9 +14,7 @@ import signal
 import socket
 import subprocess
 
-import pytest
 from support.waiting import wait_for
-
 
 
 def _refuses_connections(server) -> bool:  # type: ignore[no-untyped-def]
