@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import pytest
-from clientmarks import ITEM_1, ITEM_3, cases
+from clientmarks import ITEM_1, cases
 
 from stig_testkit.clients import MEMJS, NODE_MEMCACHED
 
@@ -15,6 +15,6 @@ def test_memjs(stig_server, run_client, case):
     run_client(MEMJS, stig_server, case)
 
 
-@pytest.mark.parametrize("case", cases(NODE_MEMCACHED, multiget=ITEM_3))
+@pytest.mark.parametrize("case", cases(NODE_MEMCACHED))
 def test_node_memcached(stig_server, run_client, case):
     run_client(NODE_MEMCACHED, stig_server, case)

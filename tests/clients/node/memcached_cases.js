@@ -128,27 +128,30 @@ const cases = {
   },
 
   async multiget(ctx) {
-    // getMulti sends every key in one `get` line (~400 KB for these keys).
+    // getMulti sends its keys in one `get` line, and its reply parser takes time
+    // quadratic in the number of keys (1,000: 0.05 s, 4,000: 1.4 s, 10,000: 14 s,
+    // against memcached as against Stig): 10,000 keys as 10 getMulti of 1,000.
     const c = client(ctx);
     const keys = Array.from({ length: 10000 }, (_, i) => h.multigetKey(i));
-    const got = await h.timed('getMulti of 10000 keys', keys.length, () => calls(c, 'getMulti', keys));
-    h.check('getMulti answered', got instanceof Error ? got.message : 'ok', 'ok');
-    const wrong = got instanceof Error ? keys.length : keys.filter((k, i) => got[k] !== `v${i}`).length;
-    h.check('every value read', wrong, 0);
+    const chunks = Array.from({ length: 10 }, (_, j) => keys.slice(j * 1000, (j + 1) * 1000));
+    const got = await h.timed('10 getMulti of 1000 keys', keys.length, () => Promise.all(chunks.map((chunk) => calls(c, 'getMulti', chunk))));
+    h.check('every getMulti answered', h.failures(got), { failed: 0, first: null });
+    const all = Object.assign({}, ...got.filter((g) => !(g instanceof Error)));
+    h.check('every value read', keys.filter((k, i) => all[k] !== `v${i}`).length, 0);
     c.end();
   },
 
   async batch(ctx) {
     // The package's batching: many commands in flight over its pool of 10 connections.
     const c = client(ctx);
-    const keys = Array.from({ length: 3000 }, (_, i) => `batch:${i}`);
-    const sets = await h.timed('Promise.all of 3000 sets', keys.length, () => Promise.all(keys.map((k, i) => calls(c, 'set', k, `v${i}`, 0))));
+    const keys = Array.from({ length: 1000 }, (_, i) => `batch:${i}`);
+    const sets = await h.timed('Promise.all of 1000 sets', keys.length, () => Promise.all(keys.map((k, i) => calls(c, 'set', k, `v${i}`, 0))));
     h.check('every set answered', h.failures(sets), { failed: 0, first: null });
-    const adds = await h.timed('Promise.all of 1000 adds', 1000, () => Promise.all(keys.slice(0, 1000).map((k) => calls(c, 'add', `${k}:add`, 'a', 0))));
-    h.check('every add answered true', adds.filter((a) => a === true).length, 1000);
+    const adds = await h.timed('Promise.all of 500 adds', 500, () => Promise.all(keys.slice(0, 500).map((k) => calls(c, 'add', `${k}:add`, 'a', 0))));
+    h.check('every add answered true', adds.filter((a) => a === true).length, 500);
     const other = client(ctx);
     const read = await call(other, 'getMulti', keys);
-    h.check('another client reads all 3000', keys.filter((k, i) => read[k] === `v${i}`).length, 3000);
+    h.check('another client reads all 1000', keys.filter((k, i) => read[k] === `v${i}`).length, 1000);
     c.end();
     other.end();
   },
