@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     build = Path(tempfile.mkdtemp(prefix="client-timings-java-"))
     best: dict[tuple[str, str, str], float] = {}  # (client, measure, server) -> seconds
+    broken: set[tuple[str, str, str]] = set()  # ... measured in a case that failed
     failed: list[str] = []
     try:
         for spec in specs:
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                             key = (spec.name, t["timing"], server_name)
                             best[key] = min(best.get(key, float("inf")), float(t["seconds"]))
                     problems = run.problems()
+                    if problems:
+                        broken.update((spec.name, t["timing"], server_name) for t in run.timings)
                     verdict = "passed" if not problems else f"FAILED: {problems[0][:150]}"
                     print(f"{spec.name} {case} on {server_name}: {verdict}", flush=True)
                     if problems:
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(build, ignore_errors=True)
 
     print()
+    print("A time marked (failed) is that of a case whose checks failed (a timeout, an error).")
     print("| client | measure | Stig (s) | memcached (s) | Stig / memcached |")
     print("|---|---|---:|---:|---:|")
     rows = sorted({(c, m) for c, m, _ in best})
@@ -141,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         on_stig = best.get((client, what, "stig"))
         on_mc = best.get((client, what, "memcached"))
         ratio = f"{on_stig / on_mc:.1f}×" if on_stig and on_mc else "–"
-        cells = [f"{v:.3f}" if v is not None else "–" for v in (on_stig, on_mc)]
+        cells = [
+            "–" if v is None else f"{v:.3f}" + (" (failed)" if (client, what, name) in broken else "")
+            for v, name in ((on_stig, "stig"), (on_mc, "memcached"))
+        ]
         print(f"| {client} | {what} | {cells[0]} | {cells[1]} | {ratio} |")
     if failed:
         print("\nCases whose checks failed:")

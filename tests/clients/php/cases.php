@@ -269,7 +269,7 @@ $cases['multiget'] = function (): void {
 $cases['batch'] = function (): void {
     global $mode;
     $m = client();
-    // Each round is a set and a get, each waiting for its reply.
+    // Each round is a set and a get, each waiting for its reply (defaults: no TCP_NODELAY).
     timed("50 set-and-get rounds ($mode)", 50, function () use ($m) {
         for ($i = 0; $i < 50; $i++) {
             $m->set("round:$i", 'r');
@@ -277,6 +277,14 @@ $cases['batch'] = function (): void {
         }
     });
     check('the rounds ended well', outcome($m), '0 SUCCESS');
+    // The same gets with OPT_TCP_NODELAY on (off by default).
+    $nodelay = client([Memcached::OPT_TCP_NODELAY => true]);
+    timed("50 gets with OPT_TCP_NODELAY ($mode)", 50, function () use ($nodelay) {
+        for ($i = 0; $i < 50; $i++) {
+            $nodelay->get("round:$i");
+        }
+    });
+    check('the gets with TCP_NODELAY ended well', outcome($nodelay), '0 SUCCESS');
     // setMulti is a loop of sets, each waiting for its reply.
     $items = [];
     for ($i = 0; $i < 200; $i++) {
