@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         on_mc = best.get((client, what, "memcached"))
         ratio = f"{on_stig / on_mc:.1f}×" if on_stig and on_mc else "–"
         cells = [
-            "–" if v is None else f"{v:.3f}" + (" (failed)" if (client, what, name) in broken else "")
+            "–" if v is None else f"{v:.3f}" + (" (failed)" * ((client, what, name) in broken))
             for v, name in ((on_stig, "stig"), (on_mc, "memcached"))
         ]
         print(f"| {client} | {what} | {cells[0]} | {cells[1]} | {ratio} |")
