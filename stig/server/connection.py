@@ -177,7 +177,10 @@ class Connection:
             self.session.discard_run()
 
     async def _receive(self) -> bytes | None:
-        """The next chunk of input; None when the idle timeout expired."""
+        """The next chunk of input; None when the idle timeout expired or
+        shutdown has begun (at a command boundary: nothing is unanswered)."""
+        if self.stopping and self._at_boundary():
+            return None
         self._waiting_for_input = True
         try:
             return await self._receive_now()
