@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from support.waiting import wait_until_read
+from stig_testkit.waiting import wait_until_read
 
 RUN = 200
 

@@ -7,9 +7,8 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from support.waiting import wait_for_stats, wait_until_read
-
 from protocol.binary import Opcode, Status, encode_request
+from stig_testkit.waiting import wait_for_stats, wait_until_read
 
 EXTRAS = struct.pack(">II", 0, 0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from support.waiting import wait_for_stats
+from stig_testkit.waiting import wait_for_stats
 
 
 def test_idle_timeout_closes_an_idle_connection(stig_factory):

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import pytest
-from support.waiting import wait_for, wait_until_read
+
+from stig_testkit.waiting import wait_for, wait_until_read
 
 T = TypeVar("T")
 

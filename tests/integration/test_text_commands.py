@@ -9,7 +9,8 @@ from __future__ import annotations
 import lmdb
 import pytest
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
-from support.waiting import wait_for_stats
+
+from stig_testkit.waiting import wait_for_stats
 
 EXPTIME_REJECTED = (
     b"CLIENT_ERROR exptime must be 0: Stig is a database and items never expire"

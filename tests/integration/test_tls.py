@@ -17,7 +17,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.waiting import wait_for
+
+from stig_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -273,7 +274,7 @@ def test_refresh_certs_without_tls_answers_as_memcached(stig_server):
 
 
 def test_unusable_certificate_refuses_to_start(stig_factory, certs, tmp_path):
-    from conftest import ServerFailed
+    from stig_testkit.process import ServerFailed
 
     with pytest.raises(ServerFailed, match="certificate"):
         stig_factory("--tls-cert", str(certs / "ca.key"))  # a key is no certificate

@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 from support.memcached_ref import exchange, free_port, wait_port
-from support.waiting import wait_for
 
 from protocol.listing import url_decode
+from stig_testkit.waiting import wait_for
 
 
 def _keys_on(port: int) -> set[bytes]:
