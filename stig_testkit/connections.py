@@ -14,6 +14,8 @@ import time
 
 #: Seconds a reply may take by default.
 IO_TIMEOUT = 5.0
+#: The opaque of :meth:`BinaryConnection.barrier`'s No-op.
+BARRIER_OPAQUE = 0xBA771E5
 
 
 class RawConnection:
@@ -78,15 +80,23 @@ class RawConnection:
         data, self.buffer = self.buffer[:count], self.buffer[count:]
         return data
 
-    def recv_some(self, timeout: float = 0.3) -> bytes:
-        """Whatever arrives within ``timeout`` (b"" if nothing; used to prove silence)."""
-        self.sock.settimeout(timeout)
-        try:
-            data = self.buffer + self.sock.recv(65536)
-        except TimeoutError:
-            data = self.buffer
-        self.buffer = b""
-        return data
+    def barrier(self, timeout: float = IO_TIMEOUT) -> bytes:
+        """Every byte the server sent before its answer to a ``version`` sent now.
+
+        The server answers in order, so once the ``VERSION`` line is here,
+        its answers to everything sent before it are here too: ``== b""``
+        proves that those commands said nothing, which no receive timeout
+        can prove (a loaded server may just not have answered yet).  Text
+        and meta connections; binary ones: :meth:`BinaryConnection.barrier`.
+        """
+        self.send(b"version\r\n")
+        deadline = time.monotonic() + timeout
+        received = b""
+        while True:
+            received += self.recv_until(b"\r\n", deadline - time.monotonic())
+            last = received[:-2].rpartition(b"\r\n")[2]
+            if last.startswith(b"VERSION "):
+                return received[: len(received) - len(last) - 2]
 
     def is_closed_by_peer(self, timeout: float = IO_TIMEOUT) -> bool:
         """True when the server closes the connection within ``timeout``."""
@@ -141,3 +151,16 @@ class BinaryConnection(RawConnection):
         """Send one request and return its response."""
         self.request(opcode, key, value, extras, **fields)
         return self.response()
+
+    def barrier(self, timeout: float = IO_TIMEOUT) -> list:  # [protocol.binary.BinaryResponse]
+        """Every response the server sent before its answer to a No-op sent now
+        (see :meth:`RawConnection.barrier`): ``== []`` proves silence."""
+        from protocol.binary import Opcode
+
+        self.request(Opcode.Noop, opaque=BARRIER_OPAQUE)
+        before = []
+        while True:
+            response = self.response(timeout)
+            if response.opcode == Opcode.Noop and response.opaque == BARRIER_OPAQUE:
+                return before
+            before.append(response)
