@@ -35,6 +35,10 @@ d=16), each compared with ``stig tcp``.
 All figures come from one run on one machine whose 2 cores are shared by the
 server, the Python client and anything else running: read them as ratios
 (the "vs reference" column), and check "other CPU s" for interference.
+
+It imports ``stig_testkit`` (through :mod:`transport_bench`): run it from a
+clone after ``pip install -e '.[test]'``, or as ``PYTHONPATH=. python
+scripts/bench.py ...`` from the clone's root without installing.
 """
 
 from __future__ import annotations
@@ -53,8 +57,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import extra_clients
 import loadgen

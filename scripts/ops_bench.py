@@ -14,6 +14,10 @@ is taken for a few seconds without a backup, then while ``stig backup`` runs.
 
 It also runs the 100k-key dump → load round trip that CI runs with fewer
 keys (tests/operations/test_dump_load.py) and checks the result is equal.
+
+It imports ``stig`` (to build the data set): run it from a clone after
+``pip install -e '.[test]'``, or as ``PYTHONPATH=. python3
+scripts/ops_bench.py`` from the clone's root without installing.
 """
 
 from __future__ import annotations
@@ -30,12 +34,11 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a file from a checkout, stig not installed
+from stig.storage.ops import Put
+from stig.storage.store import Store
+from stig.tools import dumpfmt
 
-from stig.storage.ops import Put  # noqa: E402
-from stig.storage.store import Store  # noqa: E402
-from stig.tools import dumpfmt  # noqa: E402  (needs the path above)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def stig(*args: str, **kwargs) -> subprocess.CompletedProcess[bytes]:

@@ -6,9 +6,12 @@
 
 Each cut: Stig on a lazyfs mount under load, SIGKILL, unsynced pages dropped
 or torn, remount, restart, and every client's acknowledged writes checked
-(see tests/support/crashrig.py and docs/powercut.md).  Prints one line per
+(see stig_testkit/crashrig.py and docs/powercut.md).  Prints one line per
 cut and a JSON summary per protocol; exits 1 if any check failed.  With
 ``--broken`` it runs a Stig whose LMDB does not sync, and is expected to fail.
+
+Needs ``stig_testkit`` importable: ``pip install -e '.[test]'`` in the
+clone, or ``PYTHONPATH=. python scripts/powercut.py ...`` from its root.
 """
 
 from __future__ import annotations
@@ -21,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-
-from crashrig import PROTOCOLS, PowerCutRun, fuse_unavailable
+from stig_testkit.crashrig import PROTOCOLS, PowerCutRun, fuse_unavailable
 
 
 def main() -> int:

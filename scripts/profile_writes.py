@@ -23,7 +23,7 @@ Reported per item, CPU time (``time.thread_time``):
     python3 scripts/profile_writes.py --only mget     # one row: get of 100 keys, per key
     python3 scripts/profile_writes.py --profile set   # + cProfile of the set rows
     python3 scripts/profile_writes.py --depth 16 --bursts 2000
-    STIG_REPO=/work/main python3 scripts/profile_writes.py   # another tree's code, A/B
+    PYTHONPATH=/work/main python3 scripts/profile_writes.py  # another tree's code, A/B
 
 Rows: ``set`` (text ``set``, each answered), ``ms`` (``ms … q`` then one
 answered ``ms`` per burst, the shape of a batch closed by its last write:
@@ -32,6 +32,11 @@ one run per burst) and ``get``.
 Sockets, the scheduler and the GIL hand-offs between the two threads are
 not in these figures (``scripts/bench.py`` has them); what is here is the
 Python a write costs, measured the same way before and after a change.
+
+It profiles whichever ``stig`` it imports: the installed one (``pip install
+-e '.[test]'`` in a clone), or the tree named by ``PYTHONPATH`` (which comes
+first), as in the A/B line above; ``PYTHONPATH=.`` from a clone's root runs
+without installing.
 """
 
 from __future__ import annotations
@@ -39,9 +44,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import os
 import pstats
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -49,14 +52,11 @@ from pathlib import Path
 
 import trio
 
-REPO = Path(os.environ.get("STIG_REPO") or Path(__file__).resolve().parent.parent)
-sys.path.insert(0, str(REPO))
-
-from protocol.events import NEED_DATA  # noqa: E402
-from stig.engine.engine import Engine  # noqa: E402
-from stig.engine.session import Session  # noqa: E402
-from stig.engine.settings import Settings  # noqa: E402
-from stig.frontends.text import TextHandler  # noqa: E402
+from protocol.events import NEED_DATA
+from stig.engine.engine import Engine
+from stig.engine.session import Session
+from stig.engine.settings import Settings
+from stig.frontends.text import TextHandler
 
 VALUE = b"v" * 100
 KEYS = 10_000

@@ -11,6 +11,9 @@ server too, as it would for a client on the same host.
 
     python3 scripts/transport_bench.py --seconds 10
 
+Needs ``stig_testkit`` importable (its certificate maker): ``pip install -e
+'.[test]'`` in the clone, or ``PYTHONPATH=.`` from the clone's root.
+
 ``scripts/bench.py`` runs it too (its ``transport`` rows: ``stig tcp``,
 ``stig tls`` and ``stig unix``, each compared with ``stig tcp``), so the
 transports are measured beside the other rows in one run.
@@ -32,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from stig_testkit.certs import self_signed_cert
+
 REPO = Path(__file__).resolve().parent.parent
 VALUE = b"v" * 100
 KEYS = 1000
@@ -40,32 +45,6 @@ WORKLOADS = ("get", "set")
 #: Every process started (servers and client processes), for bench.py's check
 #: that none outlives the run.
 STARTED_PIDS: list[int] = []
-
-
-def self_signed_cert(directory: Path) -> None:
-    """``cert.pem`` and ``key.pem`` in ``directory``: a self-signed certificate
-    for 127.0.0.1, valid one day (benchmarks and tests)."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "cert.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-    )
 
 
 def _start(data: Path, *args: str) -> tuple[subprocess.Popen, str]:

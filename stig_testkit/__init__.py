@@ -1,7 +1,23 @@
-"""Code shared by Stig's tests and its scripts: wire clients, load, checkers.
+"""Code shared by Stig's tests and its scripts: wire clients, servers, load, checkers.
 
 Tests (``tests/``) and tools (``scripts/``) both import from here, so neither
-edits ``sys.path`` to reach the other. It is installed with Stig (it is small
-and imports only ``protocol``, ``stig`` and the standard library) but is never
-imported by ``stig`` or ``protocol``: the layout test keeps it so.
+edits ``sys.path`` to reach the other (tests/protocol/test_layout.py fails on
+any such edit, and on an import of ``tests`` or ``scripts`` from here). It is
+installed with Stig but is never imported by ``stig`` or ``protocol``: the
+layout test keeps it so.
+
+* ``connections`` — raw text and binary connections for exact-reply checks;
+* ``process`` — a Stig server as a subprocess on a free port (the tests'
+  fixtures hand these out), and the environment that makes a child process
+  run the same code;
+* ``waiting`` — a polled condition with a deadline, never a fixed sleep;
+* ``flood`` — floods and hostile clients (scripts/flood.py, the bounds tests);
+* ``certs`` — a self-signed certificate for TLS runs;
+* ``crashrig``, ``powercut_clients``, ``lazyfs``, ``broken_stig`` — the
+  power-cut rig (tests/powercut, scripts/powercut.py; docs/powercut.md);
+* ``fault_server`` — ``stig`` with a commit that fails on demand.
+
+Its modules import the standard library, ``protocol``, ``stig`` and Stig's
+own dependencies; ``lazyfs`` needs ``pyfuse3`` and ``StigProcess.client``
+``pymemcache`` (both in the ``test`` extra).
 """

@@ -2,6 +2,7 @@
 
 ``cli`` is the top of the house (``stig serve`` starts the server);
 ``envtools`` (backup, restore, check), ``transfer`` and ``dumpfmt`` (dump and
-load as meta commands) and ``progress`` work on a data directory or over the
-wire, never inside a running server. Nothing else in ``stig`` imports them.
+load as meta commands), ``movekeys`` and ``ring`` (adding a node to a ring of
+Stig nodes) and ``progress`` work on a data directory or over the wire, never
+inside a running server. Nothing else in ``stig`` imports them.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -16,6 +17,9 @@ from stig.engine.engine import VERSION
 from stig.engine.settings import Settings, TtlPolicy
 from stig.storage.dirlock import DataDirInUse
 from stig.tools.progress import Progress
+
+if TYPE_CHECKING:
+    from stig.tools.movekeys import Move, MoveReport
 
 
 def _size(text: str) -> int:
@@ -583,3 +587,154 @@ def load(file: BinaryIO, server: str, batch: int, quiet: bool) -> None:
         )
     if report.refused:
         raise click.ClickException(f"{len(report.refused)} item(s) refused")
+
+
+# -- scaling out: adding a node to a ring ----------------------------------------------
+
+
+def _node(text: str) -> str:
+    """A ``HOST:PORT`` node name, kept as spelled (the ring hashes the name)."""
+    host, sep, port = text.rpartition(":")
+    if not (host and sep and port.isdigit() and 0 < int(port) < 65536):
+        raise click.BadParameter(f"{text!r} is not HOST:PORT")
+    return text
+
+
+def _old_nodes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    nodes = tuple(_node(text.strip()) for text in value.split(","))
+    if len(set(nodes)) < len(nodes):
+        raise click.BadParameter(f"a node is named twice in {value!r}")
+    return nodes
+
+
+def _ring_options(func: Callable[..., None]) -> Callable[..., None]:
+    """The options every step of ``move-keys`` takes: the ring, before and after."""
+    for option in reversed(
+        [
+            click.option(
+                "--old",
+                required=True,
+                metavar="HOST:PORT,...",
+                callback=_old_nodes,
+                help="The ring's nodes now, named as the clients name them.",
+            ),
+            click.option(
+                "--new",
+                required=True,
+                metavar="HOST:PORT",
+                callback=lambda c, p, v: _node(v),
+                help="The node being added.",
+            ),
+            click.option(
+                "--key-prefix",
+                default="",
+                help="The clients' HashClient key_prefix: stored keys start with it, "
+                "the ring hashes the key without it.",
+            ),
+            _QUIET,
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+_STATE = click.option(
+    "--state",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The file where 'copy' records what it copied and 'finish' reads it.",
+)
+
+
+def _move(old: tuple[str, ...], new: str, key_prefix: str) -> Move:
+    from stig.tools.movekeys import Move
+
+    if new in old:
+        raise click.BadParameter(f"{new!r} is in the ring already", param_hint="'--new'")
+    return Move(old, new, key_prefix.encode("utf-8", "surrogateescape"))
+
+
+def _run_step(step: Callable[[], MoveReport]) -> MoveReport:
+    from stig.tools.envtools import ToolError
+
+    try:
+        return step()
+    except ToolError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"connection to a node lost: {exc}") from None
+
+
+@main.group("move-keys")
+def move_keys() -> None:
+    """Add a node to a ring of Stig nodes, keeping every write and delete.
+
+    For clients that shard with pymemcache's HashClient (rendezvous hashing
+    over HOST:PORT names).  Three steps (docs/scaling.md, "Adding a node"):
+
+    \b
+        stig move-keys copy    --old A:11211,B:11211 --new C:11211 --state move.state
+        # stop the writers, then
+        stig move-keys finish  --old A:11211,B:11211 --new C:11211 --state move.state
+        # switch the clients to A,B,C and start the writers; then, at leisure
+        stig move-keys cleanup --old A:11211,B:11211 --new C:11211
+    """
+
+
+@move_keys.command("copy")
+@_ring_options
+@_STATE
+def move_keys_copy(
+    old: tuple[str, ...], new: str, key_prefix: str, quiet: bool, state: Path
+) -> None:
+    """Step 1, while the application writes: copy the keys that move to the new node.
+
+    Lists every old node, copies the keys the new ring places on the new
+    node (in transactions within its --max-pending-bytes) and records each
+    with its cas in the state file.  Run again, it starts over: the new node
+    is left holding exactly what the last run copied.
+    """
+    from stig.tools.movekeys import copy
+
+    move = _move(old, new, key_prefix)
+    report = _run_step(lambda: copy(move, state, quiet))
+    click.echo(f"copied {report.written:,} keys to {new}; now stop the writers and run 'finish'")
+
+
+@move_keys.command("finish")
+@_ring_options
+@_STATE
+def move_keys_finish(
+    old: tuple[str, ...], new: str, key_prefix: str, quiet: bool, state: Path
+) -> None:
+    """Step 2, with the writers stopped: catch up on what changed during step 1.
+
+    A recorded key gone from its old node was deleted: it is deleted on the
+    new node; a key whose cas changed, or that is new, was written: it is
+    copied again.  Short: one listing of each old node plus the changed
+    keys.  It can be run again.
+    """
+    from stig.tools.movekeys import finish
+
+    move = _move(old, new, key_prefix)
+    report = _run_step(lambda: finish(move, state, quiet))
+    click.echo(
+        f"caught up: {report.written:,} keys written and {report.deleted:,} deleted during "
+        f"the copy; {report.moved:,} keys on {new}. "
+        f"Switch the clients to {','.join((*old, new))} now."
+    )
+
+
+@move_keys.command("cleanup")
+@_ring_options
+def move_keys_cleanup(old: tuple[str, ...], new: str, key_prefix: str, quiet: bool) -> None:
+    """Step 4, once no client uses the old ring: delete the moved keys from the old nodes.
+
+    They are unreachable there, but would come back, stale, if the new node
+    were ever removed.
+    """
+    from stig.tools.movekeys import cleanup
+
+    move = _move(old, new, key_prefix)
+    report = _run_step(lambda: cleanup(move, quiet))
+    click.echo(f"deleted {report.deleted:,} moved keys from the old nodes")

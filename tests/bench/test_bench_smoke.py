@@ -13,10 +13,11 @@ no process it started and no temporary directory it made outlives it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from stig_testkit.process import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "scripts" / "bench.py"
@@ -39,13 +40,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     out_json = tmp_path / "bench.json"
-    env = {
-        **os.environ,
+    env = child_env(
         # Only the interpreter's own directory: memcached and redis-server are
         # not found, whether or not this machine has them.
-        "PATH": str(Path(sys.executable).parent),
-        "TMPDIR": str(tmp),
-    }
+        PATH=str(Path(sys.executable).parent),
+        TMPDIR=str(tmp),
+    )
     proc = subprocess.run(
         [
             sys.executable,

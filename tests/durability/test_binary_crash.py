@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from support.waiting import wait_until_read
-
 from protocol.binary import Opcode
+from stig_testkit.waiting import wait_until_read
 
 RUN = 200
 

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from support.waiting import wait_for, wait_for_stats, wait_until_read
+from stig_testkit.waiting import wait_for, wait_for_stats, wait_until_read
 
 RUN_LENGTH = 50
 

@@ -1,6 +1,6 @@
 """Memory and commit lag have bounds you can state: floods and hostile clients
 against a real server (subprocess), measured with the functions of
-scripts/flood.py (which also prints these numbers for docs/performance.md).
+stig_testkit.flood (scripts/flood.py prints these numbers for docs/performance.md).
 
 The bounds asserted (docs/pov.md, "Bounds"):
 
@@ -23,43 +23,39 @@ The bounds asserted (docs/pov.md, "Bounds"):
 
 from __future__ import annotations
 
-import sys
-
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-import flood
+from stig_testkit import flood
+from stig_testkit.process import CODE_ROOT
 
 LAG_BOUND_MS = 1000
 
 
 def test_a_client_that_never_reads_300_big_replies_is_bounded():
-    result = flood.unread(REPO, clients=1, gets=300)
+    result = flood.unread(CODE_ROOT, clients=1, gets=300)
     assert result["growth_mib"] < 48, result
 
 
 def test_idle_and_unreading_clients_do_not_grow_memory_or_block_others():
-    result = flood.unread(REPO, clients=20, gets=300, idle=1000)
+    result = flood.unread(CODE_ROOT, clients=20, gets=300, idle=1000)
     assert result["growth_mib"] < 256, result
     # (the normal client's 100 set+get round trips succeeded inside unread())
 
 
 def test_noreply_flood_keeps_commit_lag_bounded():
-    result = flood.flood(REPO, conns=8, seconds=4.0)
+    result = flood.flood(CODE_ROOT, conns=8, seconds=4.0)
     assert result["alive"] and not result["errors"], result
     assert 0 < result["lag_max_at_commit_ms"] < LAG_BOUND_MS, result
     assert result["lag_sampled_max_ms"] < LAG_BOUND_MS, result
 
 
 def test_sigkill_under_a_noreply_flood_loses_only_recent_acknowledged_writes():
-    result = flood.flood(REPO, conns=8, seconds=4.0, kill=True)
+    result = flood.flood(CODE_ROOT, conns=8, seconds=4.0, kill=True)
     assert result["loss_window_ms"] < LAG_BOUND_MS, result
 
 
 def test_add_noreply_flood_is_bounded_by_the_write_budget():
     budget = 8 << 20
     result = flood.flood(
-        REPO, conns=1, seconds=4.0, command="add", extra=("--max-pending-bytes", "8m")
+        CODE_ROOT, conns=1, seconds=4.0, command="add", extra=("--max-pending-bytes", "8m")
     )
     assert result["alive"], result
     # The write that crosses the budget is counted before the run is refused:
@@ -73,5 +69,5 @@ def test_add_noreply_flood_is_bounded_by_the_write_budget():
 def test_a_multi_get_of_one_big_value_1000_times_is_bounded():
     """4 KB of request asking for 1 GB of reply: the reply is sent as it is
     read from one snapshot, never built whole (main peaked near 3 GB)."""
-    result = flood.big_reply(REPO, b"get" + b" big" * 1000 + b"\r\n")
+    result = flood.big_reply(CODE_ROOT, b"get" + b" big" * 1000 + b"\r\n")
     assert result["peak_growth_mib"] < 150, result

@@ -18,15 +18,12 @@ from __future__ import annotations
 import re
 import socket
 import struct
-import sys
 
 import pytest
-from conftest import REPO
 
 from protocol.binary import Opcode, decode_response, encode_request
-
-sys.path.insert(0, str(REPO / "scripts"))
-import flood
+from stig_testkit import flood
+from stig_testkit.process import CODE_ROOT
 
 #: --max-reply-bytes (1 MiB) of replies waiting, one item being written
 #: (1 MB, and its copies while it is formatted), socket buffers, allocator
@@ -52,7 +49,7 @@ BIG_RUNS = {
 
 @pytest.mark.parametrize("request_bytes", BIG_RUNS.values(), ids=list(BIG_RUNS))
 def test_a_run_of_500_big_reads_that_is_never_read_is_bounded(request_bytes: bytes) -> None:
-    result = flood.big_reply(REPO, request_bytes)
+    result = flood.big_reply(CODE_ROOT, request_bytes)
     assert result["peak_growth_mib"] < GROWTH_BOUND_MIB, result
 
 
@@ -61,7 +58,7 @@ def test_a_pending_getkq_run_costs_at_most_the_reply_bound() -> None:
     the No-op: the pending run is read every --max-reply-bytes (1 MiB) of its
     memory cost (~224 B + key per request), not buffered whole (44 MiB before:
     only key bytes were counted, against 256 KiB)."""
-    result = flood.pending_getq(REPO, 200_000)
+    result = flood.pending_getq(CODE_ROOT, 200_000)
     assert result["peak_growth_mib"] < 16, result
 
 

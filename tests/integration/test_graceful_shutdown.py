@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 
-from support.waiting import wait_for
+from stig_testkit.waiting import wait_for
 
 
 def _refuses_connections(server) -> bool:  # type: ignore[no-untyped-def]

@@ -12,7 +12,8 @@ holds 600 kB, a *holder* whose 500 kB run passes the budget (and holds it:
 from __future__ import annotations
 
 import pytest
-from support.waiting import wait_for, wait_for_stats
+
+from stig_testkit.waiting import wait_for, wait_for_stats
 
 VALUE = b"w" * 100_000
 BUDGET = ("--max-pending-bytes", "1m")

@@ -9,7 +9,7 @@ and count every key in ``stats``.
 
 from __future__ import annotations
 
-from conftest import StigProcess
+from stig_testkit.process import StigProcess
 
 
 def _value(key: bytes, data: bytes, flags: int = 0) -> bytes:

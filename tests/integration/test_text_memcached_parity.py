@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 from support import memcached_ref
-from support.waiting import wait_for
+
+from stig_testkit.waiting import wait_for
 
 IO_TIMEOUT = 5.0
 

@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support.waiting import wait_for_stats
 
 from protocol.binary import Opcode, Status
+from stig_testkit.waiting import wait_for_stats
 
 ROUNDS = 1000
 KEYS = 7  # rounds cycle over a few keys, so a key is rewritten while its last write is in flight

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from opstools import data_path, run_stig
-from support.waiting import wait_for
+
+from stig_testkit.waiting import wait_for
 
 RUN_KEYS = 10  # keys per quiet run
 

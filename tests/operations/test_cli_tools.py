@@ -14,10 +14,13 @@ from opstools import run_stig
         ("check", [b"cas", b"exit status 1"]),
         ("dump", [b"meta commands", b"--data-dir", b"--server", b"Examples"]),
         ("load", [b"transactions", b"refused", b"Example"]),
+        ("move-keys copy", [b"--old", b"--new", b"--state", b"--key-prefix", b"cas"]),
+        ("move-keys finish", [b"--old", b"--new", b"--state", b"deleted", b"again"]),
+        ("move-keys cleanup", [b"--old", b"--new", b"old ring", b"stale"]),
     ],
 )
 def test_every_command_explains_itself(command, words):
-    text = run_stig(command, "--help").stdout
+    text = run_stig(*command.split(), "--help").stdout
     for word in words:
         assert word in text, (command, word)
     assert b"--quiet" in text
@@ -32,3 +35,9 @@ def test_progress_shows_counts_and_rate_unless_quiet(stig_server):
     assert quiet.stderr == b"" and quiet.stdout == loud.stdout
     checked = run_stig("check", "--data-dir", str(stig_server.data_dir), "--quiet")
     assert checked.stderr == b"" and b"50 keys" in checked.stdout
+
+
+def test_move_keys_names_its_steps_and_where_they_are_explained():
+    text = run_stig("move-keys", "--help").stdout
+    for word in (b"copy", b"finish", b"cleanup", b"HashClient", b"docs/scaling.md"):
+        assert word in text, word

@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, ServerFailed
+from conftest import REPO
+
+from stig_testkit.process import ServerFailed
 
 
 def test_second_server_on_one_data_dir_is_refused(stig_factory):

@@ -11,10 +11,11 @@ import shutil
 import subprocess
 
 import pytest
+from opstools import run_stig
 from support.memcached_ref import exchange, free_port, wait_port
-from support.waiting import wait_for
 
 from protocol.listing import url_decode
+from stig_testkit.waiting import wait_for
 
 
 def _keys_on(port: int) -> set[bytes]:
@@ -145,19 +146,8 @@ def test_hash_client_over_three_nodes_one_restarting(stig_factory):
 
 
 def _move_keys(*args: str) -> str:
-    import sys
-
-    from conftest import REPO
-
-    proc = subprocess.run(
-        [sys.executable, "scripts/move_keys.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    """``stig move-keys ARGS``; its standard output."""
+    return run_stig("move-keys", *args, "--quiet").stdout.decode()
 
 
 class _Writer:
@@ -253,7 +243,7 @@ def test_adding_a_node_keeps_every_write_and_delete_made_during_the_move(stig_fa
 def test_moving_large_values_keeps_each_transaction_within_the_new_nodes_budget(
     stig_factory, tmp_path
 ):
-    """move_keys.py sends each copy transaction within what the new node
+    """move-keys sends each copy transaction within what the new node
     accepts (its --max-pending-bytes): a batch of big values used to go as
     one run, which the node refused by closing the connection, so the move
     of a ring holding big values could not be done at all."""
@@ -268,7 +258,8 @@ def test_moving_large_values_keeps_each_transaction_within_the_new_nodes_budget(
         assert client.set(key, value)
     args = ["--old", ",".join(names[:2]), "--new", names[2]]
     state = str(tmp_path / "move.state")
-    _move_keys("copy", *args, "--state", state)
+    loud = run_stig("move-keys", "copy", *args, "--state", state)
+    assert b"copy: " in loud.stderr and b"keys/s" in loud.stderr  # the progress line
     _move_keys("finish", *args, "--state", state)
     placed = HashClient([("127.0.0.1", n.port) for n in (*old, new)], default_noreply=False)
     moved = [k for k in values if placed._get_client(k).server[1] == new.port]
@@ -276,30 +267,40 @@ def test_moving_large_values_keeps_each_transaction_within_the_new_nodes_budget(
     assert placed.get_many(list(values)) == values
 
 
-def test_move_keys_deleting_a_key_already_gone_is_no_error(stig_server):
-    """A key deleted by someone else between move_keys.py's listing and its
-    delete (cleanup while a straggler still uses the old ring; a finish run
-    again after one that failed half-way) answers NF: nothing to do, not a
-    refusal that stops the move."""
-    import importlib.util
+def test_a_finish_run_again_deletes_keys_already_gone_without_error(stig_factory, tmp_path):
+    """A key deleted by someone else between move-keys' listing and its delete
+    (cleanup while a straggler still uses the old ring; a finish run again
+    after one that failed half-way) answers NF: nothing to do, not a
+    refusal that stops the move.  Here finish runs again from the state file
+    it started from, as after a finish that died before saving: its deletes
+    on the new node find the keys gone."""
+    from pymemcache.client.hash import HashClient
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("move_keys", REPO / "scripts" / "move_keys.py")
-    assert spec is not None and spec.loader is not None
-    move_keys = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(move_keys)
-    conn = move_keys.TextConn(("127.0.0.1", stig_server.port))
-    try:
-        exchange(stig_server.port, b"set here 0 0 1\r\nx\r\n", b"STORED\r\n")
-        move_keys._delete(conn, [b"here", b"never-there", b"a key with spaces"])
-    finally:
-        conn.close()
-    assert _keys_on(stig_server.port) == set()
+    old = [stig_factory(), stig_factory()]
+    new = stig_factory()
+    names = [f"127.0.0.1:{n.port}" for n in (*old, new)]
+    client = HashClient([("127.0.0.1", n.port) for n in old], default_noreply=False)
+    keys = [f"k:{i}" for i in range(60)]
+    for key in keys:
+        assert client.set(key, b"v")
+    args = ["--old", ",".join(names[:2]), "--new", names[2]]
+    state = tmp_path / "move.state"
+    _move_keys("copy", *args, "--state", str(state))
+    placed = HashClient([("127.0.0.1", n.port) for n in (*old, new)], default_noreply=False)
+    moved = [k for k in keys if placed._get_client(k).server[1] == new.port]
+    assert len(moved) > 5
+    for key in moved[:5]:
+        assert client.delete(key)
+    copied = state.read_bytes()
+    assert "5 deleted" in _move_keys("finish", *args, "--state", str(state))
+    state.write_bytes(copied)
+    assert "5 deleted" in _move_keys("finish", *args, "--state", str(state))
+    new.settle()
+    assert _keys_on(new.port) == {k.encode() for k in moved[5:]}
 
 
 def test_a_second_copy_does_not_bring_back_a_key_deleted_since_the_first(stig_factory, tmp_path):
-    """move_keys.py copy run again (after one that failed, or to start over)
+    """move-keys copy run again (after one that failed, or to start over)
     writes a fresh state file; a key the first run copied and the application
     deleted since was in neither, so finish never deleted it from the new node
     and it came back after the switch. Copy now leaves the new node holding
@@ -328,7 +329,7 @@ def test_a_second_copy_does_not_bring_back_a_key_deleted_since_the_first(stig_fa
 
 def test_moving_keys_of_clients_with_a_key_prefix(stig_factory, tmp_path):
     """A HashClient with key_prefix stores prefix + key but places a key by the
-    key alone; move_keys.py hashed the stored key, so it moved the wrong keys
+    key alone; move-keys hashed the stored key, so it moved the wrong keys
     and, after the switch, keys read as missing. --key-prefix names it."""
     from pymemcache.client.hash import HashClient
 

@@ -18,21 +18,17 @@ import mmap
 import os
 import random
 import signal
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-
-from crashrig import LazyMount, fuse_unavailable
+from stig_testkit.crashrig import LazyMount, fuse_unavailable
 
 pytest.importorskip("pyfuse3", reason="lazyfs needs pyfuse3 (pip install pyfuse3)")
 
-from lazyfs import PAGE, FileData
+from stig_testkit.lazyfs import PAGE, FileData
 
 _ops = st.lists(
     st.one_of(

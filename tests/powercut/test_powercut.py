@@ -2,10 +2,10 @@
 
 SIGKILL tests cannot tell whether Stig ever syncs: the kernel's page cache
 survives a killed process.  Here Stig's data directory is a lazyfs mount
-(tests/support/lazyfs.py); every cycle kills Stig **and** cuts the power,
+(stig_testkit/lazyfs.py); every cycle kills Stig **and** cuts the power,
 which throws away (or tears, page by page) everything not yet fsynced, then
 restarts Stig on what the disk kept and checks every client's ledger (see
-tests/support/crashrig.py, tests/support/powercut_clients.py and
+stig_testkit/crashrig.py, stig_testkit/powercut_clients.py and
 docs/powercut.md):
 
 * every acknowledged durable write is present (text under --durable-acks;
@@ -23,16 +23,13 @@ replies before the commit) and must fail.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-
-from crashrig import PROTOCOLS, PowerCutRun, fuse_unavailable
+from stig_testkit.crashrig import PROTOCOLS, PowerCutRun, fuse_unavailable
 
 CUTS = 20  # per protocol
 SEED = 20261130
@@ -99,7 +96,7 @@ def test_acknowledged_writes_survive_power_cuts(powercut_runs, protocol):
 
 @pytest.mark.parametrize("broken", ["nosync", "ackearly"])
 def test_the_suite_fails_against_a_broken_stig(tmp_path, broken):
-    """Self-check (tests/support/broken_stig.py): LMDB opened with sync=False,
+    """Self-check (stig_testkit/broken_stig.py): LMDB opened with sync=False,
     or replies sent before the commit (--durable-acks dropped), must be caught."""
     # ackearly loses only what was acknowledged in the few ms before a cut:
     # caught at 6 of 6 cuts alone, but missed in all 3 of a run on a loaded box.

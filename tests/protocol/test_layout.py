@@ -1,4 +1,6 @@
-"""How protocol/ is built: sans-IO, no import cycles, events never mutated.
+"""How the tree is built: protocol/ sans-IO, no import cycles, events never
+mutated; stig/ in folders that import only downward; tests/ and scripts/
+sharing code through stig_testkit/ only, never through ``sys.path``.
 
 Read from the source with :mod:`ast`, so that these rules hold for every
 module, including ones added later.
@@ -38,7 +40,7 @@ def _imports(tree: ast.Module) -> set[str]:
 def test_protocol_imports_nothing_of_stig_trio_or_lmdb() -> None:
     for name, tree in _modules().items():
         roots = {module.split(".")[0] for module in _imports(tree)}
-        assert not roots & {"stig", "trio", "lmdb", "socket", "asyncio"}, name
+        assert not roots & {"stig", "stig_testkit", "trio", "lmdb", "socket", "asyncio"}, name
 
 
 def test_protocol_modules_import_each_other_without_a_cycle() -> None:
@@ -157,3 +159,97 @@ def test_storage_knows_nothing_of_sockets_protocols_or_the_floors_above() -> Non
         if name.startswith("stig.storage."):
             roots = {module.split(".")[0] for module in _imports(tree)}
             assert not roots & STORAGE_FORBIDDEN_ROOTS, name
+
+
+# -- tests/, scripts/ and stig_testkit/: apart -----------------------------------
+
+ROOT = PROTOCOL.parent
+TESTKIT = ROOT / "stig_testkit"
+APART = ("tests", "scripts", "stig_testkit")
+
+
+def _sources(*folders: str) -> dict[str, ast.Module]:
+    return {
+        str(path.relative_to(ROOT)): ast.parse(path.read_text(), str(path))
+        for folder in folders
+        for path in sorted((ROOT / folder).rglob("*.py"))
+    }
+
+
+def _is_sys_path(node: ast.AST) -> bool:
+    """``sys.path``, or a part of it (``sys.path[0]``, ``sys.path[:0]``)."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "path"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "sys"
+    )
+
+
+def sys_path_edits(tree: ast.Module) -> list[int]:
+    """Lines that change ``sys.path``: a method of it called (``insert``,
+    ``append``…), it or a slice of it assigned, augmented or deleted, or
+    ``path`` imported from ``sys`` (whose edits would go unseen)."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if _is_sys_path(node.func.value):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Delete):
+            targets = node.targets if isinstance(node, ast.Assign | ast.Delete) else [node.target]
+            if any(_is_sys_path(target) for target in targets):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
+            if any(alias.name == "path" for alias in node.names):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_test_script_or_testkit_module_edits_sys_path() -> None:
+    """Shared code is imported from stig_testkit (installed with Stig), never
+    reached by editing ``sys.path``; a script that must run uninstalled says
+    ``PYTHONPATH=.`` in its docstring instead."""
+    edits = [
+        f"{name}:{line}" for name, tree in _sources(*APART).items() for line in sys_path_edits(tree)
+    ]
+    assert not edits, "sys.path edited at:\n" + "\n".join(edits)
+
+
+def test_the_sys_path_check_sees_every_kind_of_edit() -> None:
+    """The check above, on edits it must catch and on reads it must let be."""
+    caught = [
+        "import sys\nsys.path.insert(0, 'x')",
+        "import sys\nsys.path.append('x')",
+        "import sys\nsys.path[:0] = ['x']",
+        "import sys\nsys.path = ['x']",
+        "import sys\nsys.path += ['x']",
+        "import sys\ndel sys.path[0]",
+        "from sys import path",
+        "import sys\ndef f():\n    if True:\n        sys.path.extend(['x'])",
+    ]
+    for code in caught:
+        assert sys_path_edits(ast.parse(code)), code
+    for code in [
+        "import sys\nprint(sys.path)",
+        "import sys\nx = 'y' in sys.path",
+        "os.path.join()",
+    ]:
+        assert not sys_path_edits(ast.parse(code)), code
+
+
+def test_stig_testkit_imports_nothing_from_tests_or_scripts() -> None:
+    """stig_testkit is below tests/ and scripts/: it imports neither folder,
+    nor any module that lives in one (``conftest``, ``support``, ``flood``…)."""
+    theirs = {"tests", "scripts", "conftest", "support"}
+    for folder in ("tests", "scripts"):
+        theirs.update(path.stem for path in (ROOT / folder).rglob("*.py"))
+    theirs.discard("__init__")
+    wrong = [
+        (name, imported)
+        for name, tree in _sources("stig_testkit").items()
+        for imported in _imports(tree)
+        if imported.split(".")[0] in theirs
+    ]
+    assert not wrong, wrong
