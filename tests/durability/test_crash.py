@@ -266,7 +266,7 @@ def test_sigterm_right_after_the_ready_line_is_a_clean_shutdown(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from stig_testkit.process import CODE_ROOT as REPO
 
     for attempt in range(10):
         proc = subprocess.Popen(

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
+from stig_testkit.process import CODE_ROOT as REPO
 from stig_testkit.process import STARTUP_TIMEOUT, STOP_TIMEOUT
 from stig_testkit.waiting import wait_for
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from stig_testkit.process import CODE_ROOT as REPO
 
 CLI_TIMEOUT = 300
 

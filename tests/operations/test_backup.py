@@ -238,11 +238,10 @@ def test_an_interrupted_backup_leaves_no_data_file_that_looks_whole(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
-
     from stig.storage.ops import Put
     from stig.storage.store import Store
     from stig.tools.envtools import PARTIAL_DIR
+    from stig_testkit.process import CODE_ROOT as REPO
 
     data = tmp_path / "data"
     store = Store(data, map_size=1 << 30)

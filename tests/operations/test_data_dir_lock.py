@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
+from stig_testkit.process import CODE_ROOT as REPO
 from stig_testkit.process import ServerFailed
 
 

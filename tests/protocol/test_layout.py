@@ -168,11 +168,19 @@ TESTKIT = ROOT / "stig_testkit"
 APART = ("tests", "scripts", "stig_testkit")
 
 
+def _our_files(folder: str) -> list[Path]:
+    """The Python files of ``folder``, without what a package manager put
+    there (the Node clients' ``node_modules`` of tests/clients)."""
+    return [
+        path for path in sorted((ROOT / folder).rglob("*.py")) if "node_modules" not in path.parts
+    ]
+
+
 def _sources(*folders: str) -> dict[str, ast.Module]:
     return {
         str(path.relative_to(ROOT)): ast.parse(path.read_text(), str(path))
         for folder in folders
-        for path in sorted((ROOT / folder).rglob("*.py"))
+        for path in _our_files(folder)
     }
 
 
@@ -244,7 +252,7 @@ def test_stig_testkit_imports_nothing_from_tests_or_scripts() -> None:
     nor any module that lives in one (``conftest``, ``support``, ``flood``…)."""
     theirs = {"tests", "scripts", "conftest", "support"}
     for folder in ("tests", "scripts"):
-        theirs.update(path.stem for path in (ROOT / folder).rglob("*.py"))
+        theirs.update(path.stem for path in _our_files(folder))
     theirs.discard("__init__")
     wrong = [
         (name, imported)
