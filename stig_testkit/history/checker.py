@@ -103,6 +103,8 @@ class Verdict:
     levels: dict[str, bool]
     stats: dict[str, float]
     txns: dict[int, Txn] = attrs.field(repr=False)
+    #: Acknowledged runs lost (allowed or not), by the closer that acknowledged them.
+    lost_by_closer: dict[str, int] = attrs.Factory(dict)
 
     @property
     def valid(self) -> bool:
@@ -123,6 +125,11 @@ class Verdict:
             "violations: "
             + (", ".join(f"{k}={v}" for k, v in _ordered(found)) if found else "none")
         )
+        if self.lost_by_closer:
+            lines.append(
+                "acknowledged runs lost, by closer: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(self.lost_by_closer.items()))
+            )
         lines.append(
             "allowed: "
             + (", ".join(f"{k}={v}" for k, v in _ordered(self.allowed)) if self.allowed else "none")
@@ -204,6 +211,7 @@ class _Checker:
         self.txns = {txn.id: txn for txn in history.txns}
         self.bad = _Report(keep)
         self.fine = _Report(keep)
+        self.lost_by_closer: dict[str, int] = defaultdict(int)
         # element -> (writer id, key); (writer id, key) -> its elements in order
         self.writer: dict[int, tuple[int, str]] = {}
         self.appended: dict[tuple[int, str], list[int]] = defaultdict(list)
@@ -244,7 +252,15 @@ class _Checker:
             name: not any(counts.get(kind) for kind in forbids) for name, forbids in LEVELS.items()
         }
         examples = {**self.fine.examples, **self.bad.examples}
-        return Verdict(counts, dict(self.fine.counts), examples, levels, self.stats, self.txns)
+        return Verdict(
+            counts,
+            dict(self.fine.counts),
+            examples,
+            levels,
+            self.stats,
+            self.txns,
+            dict(self.lost_by_closer),
+        )
 
     # -- 1. data faults ------------------------------------------------------
 
@@ -315,6 +331,7 @@ class _Checker:
                 if across_crash:
                     lost_runs.append((txn, missing))
                 else:
+                    self.lost_by_closer[txn.closer] += 1
                     self.bad.add(
                         Finding(
                             LOST,
@@ -342,6 +359,7 @@ class _Checker:
         window = 0.0
         for txn, missing in lost_runs:
             assert txn.complete is not None
+            self.lost_by_closer[txn.closer] += 1
             witness = next((seen_by[e] for e in missing if e in seen_by), None)
             kept = survivors.get(txn.epoch, [])
             later = bisect.bisect_right(kept, (txn.complete, float("inf")))
@@ -470,8 +488,16 @@ class _Checker:
                             (writer, reader),
                         )
                     )
-            if len(seen) < len(order) and len(seen) == len(elements):
-                link(reader, self.writer[order[len(seen)]][0], RW)
+            if len(seen) < len(elements):
+                continue  # pov: the base of its own pending writes, not its snapshot
+            # The next version by another writer (a run's appends to one key
+            # are one version: reading part of it is G1b, not a cycle).
+            position = len(seen)
+            last_writer = self.writer[seen[-1]][0] if seen else None
+            while position < len(order) and self.writer[order[position]][0] == last_writer:
+                position += 1
+            if position < len(order):
+                link(reader, self.writer[order[position]][0], RW)
         return graph
 
     def realtime(self, graph: Graph) -> None:

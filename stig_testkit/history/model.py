@@ -80,10 +80,53 @@ class Txn:
             shown = "?" if read.elements is None else short(read.elements)
             lines.append(f"    read {read.key} -> {shown}")
         for direction, data in self.wire:
+            if self.protocol == "binary":
+                data = binary_frames(data)
             text = data[:limit].decode("latin-1")
             more = f" …(+{len(data) - limit} bytes)" if len(data) > limit else ""
             lines.append(f"    {direction} {text!r}{more}")
         return "\n".join(lines)
+
+
+#: Names of the binary opcodes the workload uses, for the examples.
+OPCODES = {
+    0x07: "Quit",
+    0x0A: "No-op",
+    0x0B: "Version",
+    0x0C: "GetK",
+    0x0D: "GetKQ",
+    0x0E: "Append",
+    0x17: "QuitQ",
+    0x19: "AppendQ",
+}
+
+
+def binary_frames(data: bytes) -> bytes:
+    """Binary requests or responses as one readable line each:
+    ``AppendQ h1-3 '17 '`` (a response adds its status)."""
+    out = []
+    at = 0
+    while at + 24 <= len(data):
+        magic, opcode = data[at], data[at + 1]
+        key_length = int.from_bytes(data[at + 2 : at + 4], "big")
+        extras = data[at + 4]
+        status = int.from_bytes(data[at + 6 : at + 8], "big")
+        body = int.from_bytes(data[at + 8 : at + 12], "big")
+        payload = data[at + 24 : at + 24 + body]
+        key = payload[extras : extras + key_length].decode("latin-1")
+        value = payload[extras + key_length :]
+        name = OPCODES.get(opcode, f"op{opcode:#x}")
+        cut = "" if len(payload) == body else " (cut short)"
+        shown = " ".join(
+            part for part in (name, key, repr(value.decode("latin-1")) if value else "") if part
+        )
+        if magic == 0x81:
+            shown += f" status={status:#x}"
+        out.append(shown + cut)
+        at += 24 + body
+    if at < len(data):
+        out.append(f"+{len(data) - at} bytes of a header cut short")
+    return "; ".join(out).encode("latin-1")
 
 
 def short(elements: tuple[int, ...], keep: int = 6) -> str:

@@ -57,7 +57,13 @@ def text_get(keys: list[str]) -> bytes:
 
 
 def meta_gets(keys: list[str]) -> bytes:
+    """A run of quiet ``mg`` read together, and ``mn`` to end it."""
     return b"".join(b"mg %s v k q\r\n" % k.encode() for k in keys) + b"mn\r\n"
+
+
+def meta_gets_loud(keys: list[str]) -> bytes:
+    """A run of loud ``mg`` and nothing after it: one reply per key."""
+    return b"".join(b"mg %s v k\r\n" % k.encode() for k in keys)
 
 
 def create_keys_text(keys: list[str]) -> bytes:
@@ -165,14 +171,18 @@ class Connection:
                 raise WrongReply(f"in a get reply: {line[:200]!r}")
             found[parts[1].decode()] = parse_list(self.exact(int(parts[3]) + 2)[:-2])
 
-    def meta_values(self, first: list[float]) -> dict[str, tuple[int, ...]]:
-        """``VA`` replies (with a ``k`` flag) until ``MN``."""
+    def meta_values(
+        self, first: list[float], count: int | None = None
+    ) -> dict[str, tuple[int, ...]]:
+        """``VA`` replies (with a ``k`` flag) until ``MN``, or ``count`` of them."""
         found: dict[str, tuple[int, ...]] = {}
         while True:
+            if count is not None and len(found) == count:
+                return found
             line = self.line()
             if not first:
                 first.append(time.monotonic())
-            if line == b"MN":
+            if line == b"MN" and count is None:
                 return found
             parts = line.split()
             if len(parts) < 2 or parts[0] != b"VA":

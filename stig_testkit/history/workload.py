@@ -11,9 +11,10 @@ closer      what ends the run (status of the run)
 append/ms   a loud append as its last member (ok at its reply)
 version     ``version`` / binary Version (ok at its reply)
 mn / noop   meta ``mn`` / binary No-op, the barrier (ok at its reply)
-get / mg    a multi-key read: text ``get``, meta ``mg`` run + ``mn``,
-/ getk      binary GetK or a GetKQ run + No-op (ok at the read's first
-/ getkq     reply; the read itself is a transaction of its own)
+get / mg    a multi-key read: text ``get``, meta ``mg … q`` run + ``mn``,
+/ mgloud    loud ``mg`` run alone, binary GetK or a GetKQ run + No-op
+/ getk      (ok at the read's first reply; the read itself is a
+/ getkq     transaction of its own)
 quit        ``quit`` / binary Quit (loud: ok at its reply) or QuitQ
 disconnect  a clean close after the run (info: nothing acknowledges it)
 abort       a close in the middle of a further append (fail: discarded)
@@ -40,7 +41,7 @@ from stig_testkit.history.wire import Broken, Connection
 
 CLOSERS: dict[str, tuple[str, ...]] = {
     "text": ("append", "version", "mn", "get", "quit", "disconnect", "abort"),
-    "meta": ("ms", "version", "mn", "mg", "disconnect", "abort"),
+    "meta": ("ms", "version", "mn", "mg", "mgloud", "disconnect", "abort"),
     "binary": (
         "append",
         "version",
@@ -57,9 +58,10 @@ CLOSERS: dict[str, tuple[str, ...]] = {
 #: item 1 (under --durable-acks such a reply went out before the run was
 #: on disk).
 REPLY_CLOSERS = frozenset(
-    {"text:version", "text:get", "meta:version", "meta:mg", "binary:version", "binary:getk"}
-    | {"binary:getkq", "binary:quit"}
+    {"text:version", "text:get", "meta:version", "meta:mg", "meta:mgloud", "binary:version"}
+    | {"binary:getk", "binary:getkq", "binary:quit"}
 )
+READ_CLOSERS = frozenset({"get", "mg", "mgloud", "getk", "getkq"})
 ALL_CLOSERS = frozenset(f"{p}:{c}" for p, closers in CLOSERS.items() for c in closers)
 
 
@@ -356,9 +358,11 @@ class Session:
 
     def read(self) -> None:
         keys = self.driver.keys.for_read(self.rng)
-        how = {"text": "get", "meta": "mg", "binary": self.rng.choice(("getk", "getkq"))}[
-            self.protocol
-        ]
+        how = {
+            "text": "get",
+            "meta": self.rng.choice(("mg", "mgloud")),
+            "binary": self.rng.choice(("getk", "getkq")),
+        }[self.protocol]
         if how == "getk":
             keys = keys[:1]
         pending = self.pending("read", how)
@@ -370,6 +374,8 @@ class Session:
             return wire.text_get(keys)
         if how == "mg":
             return wire.meta_gets(keys)
+        if how == "mgloud":
+            return wire.meta_gets_loud(keys)
         if how == "getk":
             return wire.binary_request(wire.GETK, keys[0])
         return b"".join(wire.binary_request(wire.GETKQ, k) for k in keys) + wire.binary_request(
@@ -380,6 +386,9 @@ class Session:
 
     def run(self) -> None:
         closers = self.driver.closers[self.protocol]
+        if not closers:  # no closer of this protocol chosen: this session only reads
+            self.read()
+            return
         closer = self.rng.choice(closers)
         count = self.rng.randint(1, 4)
         keys = self.driver.keys.for_appends(self.rng, count)
@@ -392,7 +401,7 @@ class Session:
             for i, a in enumerate(run.appends)
         )
         reads: list[Pending] = []
-        if closer in ("get", "mg", "getk", "getkq"):
+        if closer in READ_CLOSERS:
             closing = f"{run.closer} closing a run"
             read = Pending(self.id, self.protocol, "read", closing, 0.0, self.epoch)
             read_keys = self.driver.keys.for_read(self.rng)
@@ -469,12 +478,14 @@ class Session:
     def await_reply(self, conn: Connection, closer: str, read: Pending | None) -> float:
         """Read the closer's reply; when the reply that acknowledges the run arrived."""
         first: list[float] = []
-        if closer in ("get", "mg", "getk", "getkq"):
+        if closer in READ_CLOSERS:
             assert read is not None
             if closer == "get":
                 read.values = conn.text_values(first)
             elif closer == "mg":
                 read.values = conn.meta_values(first)
+            elif closer == "mgloud":
+                read.values = conn.meta_values(first, count=len(read.keys))
             else:
                 read.values = conn.binary_values(
                     wire.GETK if closer == "getk" else wire.NOOP, first
