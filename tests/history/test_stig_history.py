@@ -45,8 +45,9 @@ def test_default_mode_under_sigkills_loses_only_whole_last_runs(stig_factory):
 
 
 def test_durable_acks_under_sigkills_keep_runs_acknowledged_by_writes_and_barriers(stig_factory):
-    """Runs closed by a loud append, ``mn`` or a binary No-op (or never
-    acknowledged: quit, disconnect, abort), with standalone reads."""
+    """Runs closed by a loud append, ``mn``, a binary No-op, a quiet ``mg``
+    run + ``mn`` or a GetKQ run + No-op (or never acknowledged: quit,
+    disconnect, abort), with standalone reads."""
     verdict = _run(stig_factory, "durable", crashes=CRASHES, closers=ALL_CLOSERS - REPLY_CLOSERS)
     assert verdict.valid, verdict.render()
     assert not verdict.allowed
@@ -55,8 +56,8 @@ def test_durable_acks_under_sigkills_keep_runs_acknowledged_by_writes_and_barrie
 @pytest.mark.xfail(
     strict=False,
     reason="issue 19 item 1: under --durable-acks a run closed by a reply that is not a "
-    "write's own (version, get, mg, binary Version/GetK/GetKQ/Quit) is acknowledged "
-    "before it is on disk, and a SIGKILL can lose it",
+    "write's own nor a barrier's (text version/get, meta version/loud mg, binary "
+    "Version/GetK/Quit) is acknowledged before it is on disk, and a SIGKILL can lose it",
 )
 def test_durable_acks_under_sigkills_keep_runs_acknowledged_by_any_reply(stig_factory):
     verdict = _run(stig_factory, "durable", crashes=CRASHES, closers=REPLY_CLOSERS)
