@@ -4,14 +4,17 @@ memcached), with crashes, checked; prints the verdict.
     python scripts/history_check.py [--target stig|memcached] [--mode default|durable]
         [--txns 100000] [--crashes 50] [--crash sigkill|powercut] [--seed N]
         [--closers all|replies|barriers|LIST] [--workers 8] [--examples 1]
-        [--max-pending-bytes 64k] [--max-commit-lag-ms 5] [--keep DIR]
+        [--max-pending-bytes 64k] [--max-commit-lag-ms 5] [--keep DIR] [--save FILE]
+    python scripts/history_check.py --recheck FILE [--mode default|durable|memcached]
 
 ``--closers replies`` uses only the runs closed by a reply that is not a
 write's own nor a barrier (issue 19 item 1), ``barriers`` all the others;
 LIST is comma-separated (``text:version,meta:mg``).  ``--crash powercut``
 runs Stig on lazyfs (tests/support/lazyfs.py; needs FUSE and root) and cuts
 the power after each SIGKILL.  Exits 0 when the verdict is valid (every
-finding allowed by the mode), 1 otherwise.  See docs/history.md.
+finding allowed by the mode), 1 otherwise.  ``--save`` keeps the history
+(JSON lines); ``--recheck`` checks a kept one again, without a server.
+See docs/history.md.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from stig_testkit.history.checker import check
+from stig_testkit.history.model import dump, load
 from stig_testkit.history.powercut import LazyFs, unavailable
-from stig_testkit.history.run import run_history
+from stig_testkit.history.run import MODES, run_history
 from stig_testkit.history.servers import Memcached, StigServer
 from stig_testkit.history.workload import ALL_CLOSERS, REPLY_CLOSERS
 
@@ -47,7 +52,7 @@ def closers_from(text: str) -> frozenset[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=("stig", "memcached"), default="stig")
-    parser.add_argument("--mode", choices=("default", "durable"), default="default")
+    parser.add_argument("--mode", choices=tuple(MODES), default="default")
     parser.add_argument("--txns", type=int, default=100_000)
     parser.add_argument("--crashes", type=int, default=50)
     parser.add_argument("--crash", choices=("sigkill", "powercut"), default="sigkill")
@@ -58,7 +63,13 @@ def main() -> int:
     parser.add_argument("--max-pending-bytes", default="64k")
     parser.add_argument("--max-commit-lag-ms", default="5")
     parser.add_argument("--keep", type=Path, default=None, help="keep data and logs here")
+    parser.add_argument("--save", type=Path, default=None, help="write the history here")
+    parser.add_argument("--recheck", type=Path, default=None, help="check a saved history")
     args = parser.parse_args()
+    if args.recheck is not None:
+        verdict = check(load(args.recheck.read_text()), MODES[args.mode])
+        print(verdict.render(args.examples))
+        return 0 if verdict.valid else 1
     closers = closers_from(args.closers)
     workdir = Path(tempfile.mkdtemp(prefix="history-", dir=args.keep))
     started = time.monotonic()
@@ -67,6 +78,8 @@ def main() -> int:
     if args.target == "memcached":
         server: StigServer | Memcached = Memcached().start()
         mode, crashes = "memcached", 0
+    elif args.mode == "memcached":
+        raise SystemExit("--mode memcached is for --target memcached and --recheck")
     else:
         options = ["--max-pending-bytes", args.max_pending_bytes]
         options += ["--max-commit-lag-ms", args.max_commit_lag_ms]
@@ -102,6 +115,8 @@ def main() -> int:
         if fs is not None:
             fs.stop()
     verdict = outcome.verdict
+    if args.save is not None:
+        args.save.write_text(dump(outcome.history))
     closed = collections.Counter(
         t.closer for t in outcome.history.txns if t.kind == "run" and t.status == "ok"
     )

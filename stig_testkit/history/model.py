@@ -14,6 +14,7 @@ names every write it saw, in order.  Times are ``time.monotonic()``.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 import attrs
@@ -148,3 +149,31 @@ class History:
 
     txns: tuple[Txn, ...]
     crashes: tuple[float, ...] = ()
+
+
+def dump(history: History) -> str:
+    """The history as JSON lines (a header with the crashes, then one line per
+    transaction), to keep a run for a second look: :func:`load` reads it."""
+    lines = [json.dumps({"crashes": list(history.crashes)})]
+    for txn in history.txns:
+        record = attrs.asdict(txn, recurse=False)
+        record["appends"] = [[a.key, a.element] for a in txn.appends]
+        record["reads"] = [[r.key, r.elements] for r in txn.reads]
+        record["wire"] = [[d, data.decode("latin-1")] for d, data in txn.wire]
+        lines.append(json.dumps(record))
+    return "\n".join(lines) + "\n"
+
+
+def load(text: str) -> History:
+    lines = text.splitlines()
+    crashes = tuple(json.loads(lines[0])["crashes"])
+    txns = []
+    for line in lines[1:]:
+        record = json.loads(line)
+        record["appends"] = tuple(Append(k, e) for k, e in record["appends"])
+        record["reads"] = tuple(
+            Read(k, None if e is None else tuple(e)) for k, e in record["reads"]
+        )
+        record["wire"] = tuple((d, data.encode("latin-1")) for d, data in record["wire"])
+        txns.append(Txn(**record))
+    return History(tuple(txns), crashes)

@@ -423,7 +423,7 @@ class Session:
                 "quit": self.command(b"quit\r\n", wire.QUIT),
                 "quitq": wire.binary_request(wire.QUITQ),
             }.get(closer, b"")
-        self.exchange([run, *reads], reads[0] if reads else None, data, closer)
+        self.exchange([run], reads[0] if reads else None, data, closer)
 
     def command(self, text: bytes, opcode: int) -> bytes:
         return wire.binary_request(opcode) if self.protocol == "binary" else text

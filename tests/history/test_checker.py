@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from stig_testkit.history.checker import STIG_DEFAULT, STIG_DURABLE, STRICT, Rules, Verdict, check
-from stig_testkit.history.model import Append, History, Read, Status, Txn
+from stig_testkit.history.model import Append, History, Read, Status, Txn, dump, load
 
 
 class Book:
@@ -320,3 +320,9 @@ def test_the_verdict_shows_the_transactions_with_their_wire():
     text = book.check().render()
     assert "G-single" in text and "append x 1" in text and "read y -> []" in text
     assert text.endswith("VERDICT: INVALID")
+
+
+def test_a_history_is_kept_and_read_back_whole():
+    book = _lost_in_crash()
+    history = History(tuple(book.txns), tuple(book.crashes))
+    assert load(dump(history)) == history
