@@ -212,6 +212,7 @@ class _Checker:
         self.bad = _Report(keep)
         self.fine = _Report(keep)
         self.lost_by_closer: dict[str, int] = defaultdict(int)
+        self.pov_reads: set[int] = set()  # indexes in self.reads
         # element -> (writer id, key); (writer id, key) -> its elements in order
         self.writer: dict[int, tuple[int, str]] = {}
         self.appended: dict[tuple[int, str], list[int]] = defaultdict(list)
@@ -405,7 +406,17 @@ class _Checker:
     def orders(
         self, final: dict[str, tuple[int, tuple[int, ...]]], gone: set[int]
     ) -> dict[str, tuple[int, ...]]:
-        """Each key's version order; reads stripped of what the crashes took."""
+        """Each key's version order; reads stripped of what the crashes took.
+
+        Which reads were answered from their session's POV is decided first,
+        on the reads as they were: a POV read whose own elements a crash then
+        took is still a POV read, not a snapshot.
+        """
+        self.pov_reads = {
+            index
+            for index, (reader, _key, elements) in enumerate(self.reads)
+            if len(self.own_prefix(reader, elements)) < len(elements)
+        }
         if gone:
             self.reads = [
                 (reader, key, tuple(e for e in elements if e not in gone))
@@ -451,7 +462,7 @@ class _Checker:
         for order in orders.values():
             for before, after in itertools.pairwise(order):
                 link(self.writer[before][0], self.writer[after][0], WW)
-        for reader, key, elements in self.reads:
+        for index, (reader, key, elements) in enumerate(self.reads):
             for element in elements:
                 writer = self.writer[element][0]
                 if writer in aborted:
@@ -488,7 +499,7 @@ class _Checker:
                             (writer, reader),
                         )
                     )
-            if len(seen) < len(elements):
+            if index in self.pov_reads:
                 continue  # pov: the base of its own pending writes, not its snapshot
             # The next version by another writer (a run's appends to one key
             # are one version: reading part of it is G1b, not a cycle).

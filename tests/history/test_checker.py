@@ -326,3 +326,18 @@ def test_a_history_is_kept_and_read_back_whole():
     book = _lost_in_crash()
     history = History(tuple(book.txns), tuple(book.crashes))
     assert load(dump(history)) == history
+
+
+def test_a_pov_read_stays_one_when_a_crash_takes_its_own_writes():
+    """Session 1's read ends with its own pending append (its POV, over an
+    older base that lacks session 2's append); the crash then takes session
+    1's run.  Stripped of it, the read must not pass for a stale snapshot."""
+    book = Book()
+    book.run(2, ("x", 1), at=(1, 2))
+    book.run(1, ("x", 2), at=(1.5, 3))  # POV [2]: evaluated before 1 was handed over
+    book.read(1, x=[2], at=(3.5, 4))
+    book.crash()
+    book.read(3, x=[1])
+    verdict = book.check(STIG_DEFAULT)
+    assert verdict.valid, verdict.render()
+    assert verdict.allowed == {"lost-in-crash": 1}
