@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -66,6 +67,8 @@ def main() -> int:
     parser.add_argument("--save", type=Path, default=None, help="write the history here")
     parser.add_argument("--recheck", type=Path, default=None, help="check a saved history")
     args = parser.parse_args()
+    # SIGTERM unwinds like an exception, so the servers are stopped below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.recheck is not None:
         verdict = check(load(args.recheck.read_text()), MODES[args.mode])
         print(verdict.render(args.examples))
