@@ -10,7 +10,7 @@ memcached), with crashes, checked; prints the verdict.
 ``--closers replies`` uses only the runs closed by a reply that is not a
 write's own nor a barrier (issue 19 item 1), ``barriers`` all the others;
 LIST is comma-separated (``text:version,meta:mg``).  ``--crash powercut``
-runs Stig on lazyfs (tests/support/lazyfs.py; needs FUSE and root) and cuts
+runs Stig on lazyfs (stig_testkit.lazyfs; needs FUSE and root) and cuts
 the power after each SIGKILL.  Exits 0 when the verdict is valid (every
 finding allowed by the mode), 1 otherwise.  ``--save`` keeps the history
 (JSON lines); ``--recheck`` checks a kept one again, without a server.
@@ -30,10 +30,11 @@ from pathlib import Path
 
 from stig_testkit.history.checker import check
 from stig_testkit.history.model import dump, load
-from stig_testkit.history.powercut import LazyFs, unavailable
+from stig_testkit.history.powercut import LazyMount, cut_under, fuse_unavailable
 from stig_testkit.history.run import MODES, run_history
-from stig_testkit.history.servers import Memcached, StigServer
+from stig_testkit.history.servers import Memcached
 from stig_testkit.history.workload import ALL_CLOSERS, REPLY_CLOSERS
+from stig_testkit.process import StigProcess
 
 
 def closers_from(text: str) -> frozenset[str]:
@@ -76,10 +77,10 @@ def main() -> int:
     closers = closers_from(args.closers)
     workdir = Path(tempfile.mkdtemp(prefix="history-", dir=args.keep))
     started = time.monotonic()
-    fs: LazyFs | None = None
+    fs: LazyMount | None = None
     kill = None
     if args.target == "memcached":
-        server: StigServer | Memcached = Memcached().start()
+        server: StigProcess | Memcached = Memcached().start()
         mode, crashes = "memcached", 0
     elif args.mode == "memcached":
         raise SystemExit("--mode memcached is for --target memcached and --recheck")
@@ -90,17 +91,18 @@ def main() -> int:
             options.append("--durable-acks")
         data = workdir / "data"
         if args.crash == "powercut":
-            reason = unavailable()
+            reason = fuse_unavailable()
             if reason:
                 print(f"cannot cut the power: {reason}", file=sys.stderr)
                 return 2
-            fs = LazyFs(workdir / "backing", workdir / "mount", workdir / "lazyfs", args.seed)
-            fs.start()
+            fs = LazyMount(workdir / "backing", workdir / "mount", workdir / "lazyfs")
+            fs.start(args.seed)
             data = workdir / "mount" / "data"
-        stig = StigServer(data, workdir / "logs", tuple(options)).start()
+        (workdir / "logs").mkdir()
+        stig = StigProcess(data, workdir / "logs", tuple(options)).start()
         server, mode, crashes = stig, args.mode, args.crashes
         if fs is not None:
-            kill = fs.cut_under(stig)
+            kill = cut_under(fs, stig)
     try:
         outcome = run_history(
             server,
@@ -114,9 +116,9 @@ def main() -> int:
             log=lambda line: print(f"[{time.monotonic() - started:7.1f}s] {line}", flush=True),
         )
     finally:
-        server.stop()
+        server.kill()  # its data is checked, nothing more to keep
         if fs is not None:
-            fs.stop()
+            fs.kill()
     verdict = outcome.verdict
     if args.save is not None:
         args.save.write_text(dump(outcome.history))

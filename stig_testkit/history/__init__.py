@@ -7,7 +7,9 @@
 * :mod:`.graph` — the dependency graph and its cycle search;
 * :mod:`.workload` — clients that make such histories against a server over
   the text, meta and binary protocols;
-* :mod:`.servers` — starting, killing and restarting Stig and memcached;
+* :mod:`.servers` — memcached, started and killed like Stig's
+  :class:`stig_testkit.process.StigProcess`;
+* :mod:`.powercut` — a crash that is a SIGKILL plus a power cut on lazyfs;
 * :mod:`.run` — a whole run: server, clients, crashes, final read, verdict.
 
 See docs/history.md.

@@ -105,8 +105,8 @@ class KeyPool:
 
 class Server(Protocol):
     """What the driver needs of a server: ``start()`` (sets host and port),
-    ``kill()`` (SIGKILL); tests pass conftest's StigProcess, scripts
-    :mod:`stig_testkit.history.servers`."""
+    ``kill()`` (SIGKILL): :class:`stig_testkit.process.StigProcess`, or
+    :class:`stig_testkit.history.servers.Memcached`."""
 
     host: str
     port: int
