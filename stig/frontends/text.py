@@ -32,7 +32,7 @@ from protocol.commands import (
     Version,
 )
 from protocol.errors import InvalidCommand, ProtocolError
-from protocol.meta_commands import MetaSet
+from protocol.meta_commands import MetaGet, MetaSet
 from protocol.text import QuietError, TextParser
 from stig.core import listing
 from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
@@ -124,7 +124,12 @@ class TextHandler:
         What follows it is exactly :meth:`_handle`'s: the verdicts owed to
         quiet meta writes whose run it closed are written before its reply
         (by :meth:`_finish`), a failed commit is answered ``SERVER_ERROR``.
+
+        Any command but an ``mg`` ends a run of mg held open from an earlier
+        input (:attr:`MetaHandler.run`).
         """
+        if self.meta.run is not None and type(event) is not MetaGet:
+            self.meta.end_read_run()
         if type(event) is Retrieve:
             result = self._answer_now(event)
             if result is _NOT_NOW:
@@ -679,6 +684,18 @@ class TextHandler:
             self.core.discard_too_large(event.error.discard_key)
 
     # -- what the connection loop asks of every handler ------------------------
+
+    @property
+    def read_run_open(self) -> bool:
+        """A run of quiet mg holds its snapshot until its next input."""
+        return self.meta.run is not None
+
+    def end_read_run(self) -> None:
+        self.meta.end_read_run()
+
+    def close(self) -> None:
+        """The connection is over: release the snapshots held for it."""
+        self.meta.end_read_run()
 
     def fatal_error(self, message: str) -> None:
         self.out += R.server_error(message)
