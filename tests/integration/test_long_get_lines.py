@@ -185,3 +185,12 @@ def test_a_50_mb_get_line_is_never_held_whole(stig_factory):
         growth_mib = (_peak_rss_kib(server.proc.pid) - before) / 1024
     assert growth_mib < 20, growth_mib
     wait_for_stats(server, lambda s: int(s["stig_held_snapshots"]) == 0)
+
+
+def test_a_line_cut_off_by_a_disconnect_releases_its_snapshot(stig_server):
+    conn = stig_server.connect()
+    conn.send(b"get " + b" ".join(KEYS[:5000]))  # 195 KB, no newline: the line is open
+    wait_for_stats(stig_server, lambda s: int(s["stig_held_snapshots"]) == 1)
+    conn.close()
+    wait_for_stats(stig_server, lambda s: int(s["stig_held_snapshots"]) == 0)
+    assert stig_server.send_recv(b"get %b\r\n" % KEYS[0]) == b"END\r\n"
