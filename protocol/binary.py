@@ -227,6 +227,35 @@ class BinaryParser:
         self.batched += len(found)
         return found
 
+    def quiet_gets_ahead(self) -> tuple[list[bytes], bool]:
+        """Look, consuming nothing, at the run of whole GetQ/GetKQ requests at
+        the head of the buffer: their keys, in order, and whether the run's
+        end is buffered too — the header of any other request (or of one the
+        parser refuses) right behind them.  False: the buffer ends inside the
+        run, whose next requests have not arrived."""
+        keys: list[bytes] = []
+        if self._error is not None or self._skipping or self._refused is not None:
+            return keys, True
+        buffer = self._buffer
+        start = self._start
+        while len(buffer) - start >= HEADER_SIZE:
+            header = HEADER.unpack_from(buffer, start)
+            magic, opcode, key_len, extras_len, _, _, body_len, opaque, _ = header
+            if (
+                (opcode != Opcode.GetQ and opcode != Opcode.GetKQ)
+                or magic != REQUEST_MAGIC
+                or key_len + extras_len > body_len
+                or self._refusal(opcode, opaque, key_len, extras_len, body_len) is not None
+            ):
+                return keys, True
+            end = start + HEADER_SIZE + body_len
+            if len(buffer) < end:
+                break
+            key_at = start + HEADER_SIZE + extras_len
+            keys.append(bytes(buffer[key_at : key_at + key_len]))
+            start = end
+        return keys, False
+
     def _fail(self, hint: InvalidBinaryRequest | None, message: str) -> NoReturn:
         self._error = BinaryProtocolError(hint, message)
         raise self._error

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import attrs
 
+from protocol.errors import InvalidCommand
+
 
 class StoreMode(enum.Enum):
     """How a storage command treats the item already under its key."""
@@ -38,6 +40,42 @@ class Retrieve(NamedTuple):
     with_cas: bool = False
     touch: bool = False
     exptime: int = 0
+
+
+@attrs.frozen(slots=True)
+class RetrieveStart:
+    """The head of a retrieval line too long to parse whole (more than
+    ``Limits.get_window`` bytes, so of any length): the line is parsed as it
+    streams in.  Its keys follow in :class:`RetrieveKeys` events, then one
+    :class:`RetrieveEnd`; together they ask what one :class:`Retrieve` would.
+    """
+
+    with_cas: bool = False
+    touch: bool = False
+    exptime: int = 0
+
+
+def _some_keys(_instance: object, _attribute: object, keys: tuple[bytes, ...]) -> None:
+    if not keys or not all(isinstance(key, bytes) and key for key in keys):
+        raise ValueError("a batch of keys is a non-empty tuple of non-empty keys")
+
+
+@attrs.frozen(slots=True)
+class RetrieveKeys:
+    """The next keys of a streamed retrieval line, in order (a batch of at most
+    ``Limits.get_window`` bytes of the line)."""
+
+    keys: tuple[bytes, ...] = attrs.field(validator=_some_keys)
+
+
+@attrs.frozen(slots=True)
+class RetrieveEnd:
+    """The end of a streamed retrieval line.  ``error``: what the line turned
+    out to be past the keys already handed out — a bad key (``CLIENT_ERROR bad
+    command line format``; the rest of the line is skipped) or no key at all
+    (``ERROR``) — answered instead of ``END``."""
+
+    error: InvalidCommand | None = None
 
 
 @attrs.frozen
@@ -121,6 +159,9 @@ class LruCrawler:
 
 TextCommand = (
     Retrieve
+    | RetrieveStart
+    | RetrieveKeys
+    | RetrieveEnd
     | Store
     | Delete
     | Arithmetic

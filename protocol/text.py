@@ -8,9 +8,11 @@ to answer, or a :class:`QuietError` (answer nothing).  A
 :class:`~protocol.errors.ProtocolError` means the stream cannot go on: send
 its hint, if any, and close.
 
-Three modules do the work, one job each:
+Four modules do the work, one job each:
 
 * :mod:`protocol.text_framing` cuts the stream into lines and data blocks;
+* :mod:`protocol.text_stream` parses a retrieval line too long to take
+  whole as it streams in: a ``RetrieveStart``, batches of keys, an end;
 * :mod:`protocol.text_commands` turns one line into an event, or into a
   :class:`~protocol.text_commands.BlockFollows` for a line a data block
   follows — the command is built once its block has arrived;
@@ -30,7 +32,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from protocol import text_fast
+from protocol import text_fast, text_stream
 from protocol.commands import Retrieve, Store
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA, _NeedData
@@ -43,7 +45,7 @@ from protocol.text_commands import (
     TextEvent,
     parse_line,
 )
-from protocol.text_framing import Framer
+from protocol.text_framing import STREAMED, Framer
 
 __all__ = ["QuietError", "TextEvent", "TextParser"]
 
@@ -58,6 +60,7 @@ class TextParser:
         self._framer = Framer(limits)
         self._singles = text_fast.single_gets_pattern(limits)
         self._pending: BlockFollows | None = None  # a line whose block is arriving
+        self._stream: text_stream.LineStream | None = None  # a long get line arriving
         self._hung_up = False  # an HTTP request line was seen: read nothing more
         #: Events of :meth:`plain_gets` the caller gave back: handed out before
         #: anything still buffered.
@@ -77,7 +80,7 @@ class TextParser:
         """True when no part of a command is buffered (a clean place to stop).
 
         Events given back are whole commands: they do not count."""
-        return self._pending is None and self._framer.empty
+        return self._pending is None and self._stream is None and self._framer.empty
 
     @property
     def idle(self) -> bool:
@@ -94,13 +97,19 @@ class TextParser:
         if self._held:
             return self._held.popleft()
         framer = self._framer
-        if framer.skipping:
+        if framer.skipping or framer.skipping_line:
             return NEED_DATA
+        if self._stream is not None:
+            return self._streamed(self._stream)
         if self._pending is not None:
             return self._data_block(self._pending)
         line = framer.line()
         if line is None:
             return NEED_DATA
+        if line is STREAMED:
+            first, self._stream = text_stream.start(framer, self.limits)
+            return first
+        assert isinstance(line, bytes)
         if self.fast:
             head = line[:4]
             event: TextEvent | None = None
@@ -139,7 +148,7 @@ class TextParser:
             self._held.clear()
             self.batched += len(held)
             return held
-        if not self.fast or self._pending is not None or self._framer.skipping:
+        if not self.fast or self._in_command:
             return []
         found = text_fast.plain_gets(self._framer, self.limits, self._singles)
         self.batched += len(found)
@@ -153,7 +162,7 @@ class TextParser:
         line is anything else; a caller that does not answer them all gives
         the rest back as events (:func:`protocol.text_fast.single_retrieve`).
         """
-        if self._held or not self.fast or self._pending is not None or self._framer.skipping:
+        if self._held or not self.fast or self._in_command:
             return []
         keys = text_fast.single_get_keys(self._framer, self._singles)
         self.batched += len(keys)
@@ -164,7 +173,7 @@ class TextParser:
         the buffer that the fast path takes, and return their events (those
         :meth:`next_event` would return one by one); empty when the next
         event is anything else, or events given back wait."""
-        if self._held or not self.fast or self._pending is not None or self._framer.skipping:
+        if self._held or not self.fast or self._in_command:
             return []
         found = text_fast.plain_sets(self._framer, self.limits)
         self.batched += len(found)
@@ -179,6 +188,23 @@ class TextParser:
     def give_back_keys(self, keys: Iterable[bytes]) -> None:
         """:meth:`give_back` for keys :meth:`single_get_keys` handed out."""
         self.give_back([text_fast.single_retrieve(key) for key in keys])
+
+    def _streamed(self, stream: text_stream.LineStream) -> TextEvent | _NeedData:
+        event = stream.next_event(self._framer)
+        if stream.done:
+            self._stream = None
+        return event
+
+    @property
+    def _in_command(self) -> bool:
+        """Inside a command: a block, a streamed line or a skipped part arriving."""
+        framer = self._framer
+        return (
+            self._pending is not None
+            or self._stream is not None
+            or bool(framer.skipping)
+            or framer.skipping_line
+        )
 
     def _data_block(self, pending: BlockFollows) -> TextEvent | _NeedData:
         block = self._framer.block(pending.length)

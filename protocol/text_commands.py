@@ -140,6 +140,10 @@ def _parse_int(token: bytes) -> int | None:
     return value if -(2**31) <= value < 2**31 else None
 
 
+#: An exptime token (``gat``'s, also on a streamed line): a signed 32-bit decimal, or None.
+parse_exptime = _parse_int
+
+
 def parse_line(line: bytes, limits: Limits) -> TextEvent | BlockFollows:
     """The event for one command line (without its ``\\r\\n``).
 

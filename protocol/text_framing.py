@@ -6,10 +6,13 @@ Rules, after memcached 1.6 ``doc/protocol.txt``:
   dropped.
 * A line longer than ``Limits.max_line_length`` without its newline is an
   error that closes the connection (:data:`LINE_TOO_LONG`), except for
-  retrieval lines (``get k1 k2 …``), which may grow to
-  ``Limits.max_get_line_length`` as large multi-gets do.  The same rule
+  retrieval lines (``get k1 k2 …``), which have no limit, as in memcached:
+  one longer than ``Limits.get_window`` is :data:`STREAMED`, its parser
+  reads it a window at a time (:mod:`protocol.text_stream`).  The same rule
   holds whether the newline has arrived or not, so how the stream was cut
   never changes the outcome.
+* The rest of a line that must be dropped (a streamed line found bad part
+  way) is skipped as it arrives, up to its newline, never buffered.
 * A data block is an announced number of bytes and ``\\r\\n``.  A block that
   must be dropped (too large, or announced by a bad line) is skipped as it
   arrives, never buffered whole.
@@ -24,6 +27,15 @@ from protocol.errors import ErrorKind, InvalidCommand, ProtocolError
 from protocol.limits import Limits
 
 LINE_TOO_LONG = InvalidCommand(ErrorKind.CLIENT_ERROR, "line too long", close=True)
+
+
+class _Streamed:
+    def __repr__(self) -> str:
+        return "STREAMED"
+
+
+#: What :meth:`Framer.line` answers for a retrieval line longer than the window.
+STREAMED = _Streamed()
 
 #: Consumed bytes kept at the head of the buffer before it is compacted.
 COMPACT_AFTER = 65536
@@ -43,6 +55,7 @@ class Framer:
         self.buffer = bytearray()
         self.start = 0  # where the unconsumed bytes begin in buffer
         self.skipping = 0  # bytes of a dropped block that have not arrived yet
+        self.skipping_line = False  # dropping input up to the next newline
 
     def feed(self, data: bytes) -> None:
         """Add received bytes; those of a block being skipped are dropped here."""
@@ -50,6 +63,12 @@ class Framer:
             dropped = min(self.skipping, len(data))
             self.skipping -= dropped
             data = data[dropped:]
+        elif self.skipping_line:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            self.skipping_line = False
+            data = data[newline + 1 :]
         if self.start and self.start == len(self.buffer):
             self.buffer.clear()
             self.start = 0
@@ -63,22 +82,23 @@ class Framer:
     @property
     def empty(self) -> bool:
         """Nothing buffered and nothing being skipped."""
-        return not self.skipping and self.start == len(self.buffer)
+        return not self.skipping and not self.skipping_line and self.start == len(self.buffer)
 
-    def line(self) -> bytes | None:
+    def line(self) -> bytes | _Streamed | None:
         """Consume and return the next line without its ``\\r\\n`` (or ``\\n``);
-        None while its newline has not arrived.  Raises
-        :class:`~protocol.errors.ProtocolError` on a line too long."""
+        None while its newline has not arrived; :data:`STREAMED`, consuming
+        nothing, for a retrieval line longer than ``Limits.get_window``.
+        Raises :class:`~protocol.errors.ProtocolError` on a line too long."""
         buffer = self.buffer
         start = self.start
         newline = buffer.find(b"\n", start)
         longest = self.limits.max_line_length
         if newline < 0:
             if len(buffer) - start > longest:
-                self._check_line_length(len(buffer) - start)
+                return self._long_line(len(buffer) - start)
             return None
-        if newline - start > longest:
-            self._check_line_length(newline - start)
+        if newline - start > longest and self._long_line(newline - start) is STREAMED:
+            return STREAMED
         end = newline - 1 if newline > start and buffer[newline - 1] == 13 else newline
         line = bytes(buffer[start:end])
         self.consume_to(newline + 1)
@@ -121,12 +141,22 @@ class Framer:
             del self.buffer[:end]
             self.start = 0
 
-    def _check_line_length(self, waiting: int) -> None:
-        """Raise unless the line at ``start`` (``waiting`` bytes, more than
-        ``max_line_length``, before any \\n) is a retrieval line within
-        ``max_get_line_length``."""
-        limits = self.limits
+    def skip_line(self) -> None:
+        """Drop the rest of the current line and its newline: the buffered
+        part now, the rest as it arrives."""
+        newline = self.buffer.find(b"\n", self.start)
+        if newline < 0:
+            self.consume_to(len(self.buffer))
+            self.skipping_line = True
+        else:
+            self.consume_to(newline + 1)
+
+    def _long_line(self, waiting: int) -> _Streamed | None:
+        """The line at ``start`` has ``waiting`` bytes, more than
+        ``max_line_length``, before any \\n: raise unless it is a retrieval
+        line; :data:`STREAMED` once it is longer than the window, else None
+        (it may still be parsed whole)."""
         head = bytes(self.buffer[self.start : self.start + 8]).lstrip(b" ")
-        if head.startswith(_RETRIEVAL_PREFIXES) and waiting <= limits.max_get_line_length:
-            return
-        raise ProtocolError(LINE_TOO_LONG)
+        if not head.startswith(_RETRIEVAL_PREFIXES):
+            raise ProtocolError(LINE_TOO_LONG)
+        return STREAMED if waiting > self.limits.get_window else None

@@ -364,8 +364,8 @@ def big_reply(repo: Path, request: bytes) -> dict[str, object]:
 def pending_getq(repo: Path, count: int, key: bytes = b"k") -> dict[str, object]:
     """One binary client sends ``count`` GetKQ of a missing key (no reply:
     misses are silent), then a No-op; the server's peak RSS growth once the
-    No-op is answered (every request was read).  A pending GetQ run is
-    buffered until the run ends: this measures what that buffer costs."""
+    No-op is answered (every request was read).  Each quiet get is read when
+    it arrives (only its snapshot is held for the run): nothing is buffered."""
     tmp = Path(tempfile.mkdtemp(prefix="stig-getq-"))
     server = Server(repo, tmp / "data").start()
     time.sleep(0.3)

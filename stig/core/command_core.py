@@ -265,12 +265,13 @@ class Core:
 
     # -- reads -----------------------------------------------------------------
 
-    async def prepare_read(self, keys: Sequence[bytes], with_cas: bool = False) -> None:
+    async def prepare_read(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> None:
         """What a read of ``keys`` waits for before its snapshot: this
         session's run closes; its pending writes to them are promoted when
         cas is asked (every cas returned is a committed one) or a conditional
         write may change them; other sessions' writes in flight to them are
-        committed."""
+        committed.  ``keys`` None: a read whose keys are not all known yet
+        (a quiet-get run, a get line still arriving) — then for every key."""
         session = self.session
         session.close_run()
         if (with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
@@ -310,11 +311,12 @@ class Core:
 
     # -- streamed reads: one snapshot, the reply sent as it grows (reads) -------
 
-    async def snapshot(self, keys: Sequence[bytes], with_cas: bool = False) -> Snapshot:
+    async def snapshot(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> Snapshot:
         """What :meth:`read` waits for (:meth:`prepare_read`), then its snapshot,
         held: the caller reads ``keys`` from it one by one, counting each with
         :meth:`count_read`, may send its reply and wait as it grows
-        (docs/pov.md, "Bounds"), and closes it."""
+        (docs/pov.md, "Bounds"), and closes it.  ``keys`` None: any key,
+        for a read whose keys are still arriving."""
         await self.prepare_read(keys, with_cas)
         snapshot = self.session.snapshot()
         snapshot.hold(keys)

@@ -163,7 +163,7 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("interface", settings.listen),
         ("key_max_length", limits.max_key_length),
         ("line_max_length", limits.max_line_length),
-        ("get_line_max_length", limits.max_get_line_length),
+        ("stig_get_line_window", limits.get_window),
         ("stig_data_dir", settings.data_dir),
         ("stig_durable_acks", _yes(settings.durable_acks)),
         ("stig_ttl_policy", settings.ttl_policy.value),

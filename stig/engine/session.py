@@ -187,13 +187,19 @@ class Session:
         self.submit()
         await self._in_flight.wait(keys, self._overlay)
 
-    def has_pending(self, keys: Sequence[bytes]) -> bool:
+    def has_pending(self, keys: Sequence[bytes] | None) -> bool:
+        """Whether this session has uncommitted writes to ``keys`` (None: to any key)."""
         overlay = self._overlay
+        if keys is None:
+            return bool(overlay)
         return bool(overlay) and any(key in overlay for key in keys)
 
-    def is_unresolved(self, keys: Sequence[bytes]) -> bool:
-        """Whether reading ``keys`` must first wait for a conditional write's verdict."""
+    def is_unresolved(self, keys: Sequence[bytes] | None) -> bool:
+        """Whether reading ``keys`` (None: any key) must first wait for a
+        conditional write's verdict."""
         unresolved = self.unresolved
+        if keys is None:
+            return bool(unresolved)
         return bool(unresolved) and (None in unresolved or any(k in unresolved for k in keys))
 
     async def resolve(self, keys: Sequence[bytes]) -> None:

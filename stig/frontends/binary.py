@@ -16,8 +16,10 @@ the connection once per burst.  The rules (docs/pov.md):
   Prepend, Increment, Decrement) answer after their commit, with the cas the
   commit gave the item — the only cas a client may use in a later CAS.
   Delete, whose response has no cas, answers from the POV.
-* **Quiet gets** (GetQ, GetKQ) are buffered; the run of them is read in one
-  snapshot when any other request arrives, hits written in order.
+* **Quiet gets** (GetQ, GetKQ) are answered as they arrive, hits only, as
+  memcached does; a run of them reads one snapshot, held from its first
+  request until any other request (typically the No-op), or until
+  ``--batch-idle-ms`` passes without input (:class:`QuietGetRun`).
 * **No-op is a durability barrier**: it answers once everything sent before
   it is committed on disk.
 * With ``--auth-file``, everything but SASL and Version gets AUTH_ERROR
@@ -65,7 +67,7 @@ from stig.storage.ops import (
     Replace,
 )
 from stig.storage.records import Item
-from stig.storage.snapshot import READ_INTERRUPTED
+from stig.storage.snapshot import READ_INTERRUPTED, Snapshot
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
 NO_CREATE = 0xFFFFFFFF
@@ -76,10 +78,6 @@ REFUSAL_STATUS = {
     Refusal.FLUSH_DELAY: Status.EINVAL,
 }
 AUTHENTICATED = b"Authenticated"
-#: What one buffered GetQ/GetKQ costs in memory besides its key (its parsed
-#: request, measured with tracemalloc: ~206 B, and its list slot): a pending
-#: run is read once it holds ``--max-reply-bytes`` at this cost.
-GETQ_COST = 224
 
 Failures = dict[Outcome, Status]
 #: Per kind of write: the outcomes that are failures, and the status each gets
@@ -136,9 +134,9 @@ class BinaryHandler:
         self.authenticated = self.auth is None
         #: Sends what ``out`` holds so far (the connection sets it).
         self.drain: Callable[[], Awaitable[None]] | None = None
-        self._reply_limit = engine.settings.max_reply_bytes
-        self._gets: list[BinaryRequest] = []  # the open run of GetQ/GetKQ
-        self._gets_bytes = 0  # ... at its memory cost (GETQ_COST each, plus its key)
+        #: The open run of GetQ/GetKQ: its snapshot, held until the run ends.
+        self._gets: Snapshot | None = None
+        self._gets_broken = False  # Store.grow() ended that snapshot: the rest fail
         self._current: tuple[int, int] = (Opcode.Noop, 0)  # opcode and opaque being served
         handlers: dict[Opcode, Callable[[BinaryRequest], Awaitable[None]]] = {
             Opcode.Get: self._get,
@@ -197,12 +195,21 @@ class BinaryHandler:
             and not event.cas
             and not event.exptime
             and self.authenticated
-            and not self._gets
+            and self._gets is None
         ):
             self._current = (Opcode.SetQ, event.opaque)
             core = self.core
             core.count_prefix_set(event.key)
             core.set(event.key, event.value, event.flags)
+            return None
+        if (
+            self._gets is not None
+            and type(event) is BinaryRequest
+            and event.opcode in _QUIET_GETS
+            and self.authenticated
+        ):
+            self._current = (event.opcode, event.opaque)
+            self._quiet_get(event)  # the run's snapshot is open: no coroutine
             return None
         return self._handle(event)
 
@@ -261,12 +268,11 @@ class BinaryHandler:
             if not self.authenticated and opcode not in _WITHOUT_LOGIN:
                 await self._fail(event, Status.AUTH_ERROR)
             elif opcode in _QUIET_GETS:
-                self._gets.append(event)
-                self._gets_bytes += len(event.key) + GETQ_COST
-                if self._gets_bytes > self._reply_limit:
-                    await self._flush_gets()  # bounded memory: the snapshot run ends here
+                if self._gets is None:
+                    await self._begin_gets(event.key)
+                self._quiet_get(event)
             else:
-                await self._flush_gets()
+                self.end_read_run()
                 await self._handlers[opcode](event)
         except CommitFailed as exc:
             self.out += error_response(opcode, event.opaque, Status.EINTERNAL, str(exc))
@@ -306,37 +312,62 @@ class BinaryHandler:
         self.core.close_run()
         await self._report_verdicts()
 
-    async def _flush_gets(self) -> None:
-        """Read the buffered GetQ/GetKQ run in one snapshot and write its hits
-        in order, sending them whenever ``--max-reply-bytes`` wait (a client
-        that does not read is not read either: docs/pov.md, "Bounds")."""
-        if not self._gets:
-            return
-        gets, self._gets, self._gets_bytes = self._gets, [], 0
+    # -- a run of quiet gets: one snapshot, hits answered at once --------------
+
+    @property
+    def read_run_open(self) -> bool:
+        """A run of quiet gets holds its snapshot (the connection ends it after
+        ``--batch-idle-ms`` without input, as it closes an open write run)."""
+        return self._gets is not None
+
+    async def _begin_gets(self, first: bytes) -> None:
+        """Open the run's snapshot, after what its reads must see.
+
+        The run closes the open write run (its quiet failures are reported
+        first).  Its snapshot must hold every write acknowledged before the
+        run began (docs/pov.md, "Other sessions"): when the run's end is
+        already buffered, its keys are known and only writes in flight to
+        them are waited for; otherwise its later keys are not known yet, and
+        every write in flight is (at most the group commit under way)."""
         await self._settle()
-        core = self.core
-        out = self.out
-        limit = self._reply_limit
-        answered = 0
-        with await core.snapshot([request.key for request in gets], with_cas=True) as snapshot:
+        ahead, ended = self.parser.quiet_gets_ahead()
+        keys = [first, *ahead] if ended else None
+        self._gets = await self.core.snapshot(keys, with_cas=True)
+        self._gets_broken = False
+
+    def _quiet_get(self, request: BinaryRequest) -> None:
+        """Answer a GetQ/GetKQ from the run's snapshot: a hit at once, a miss not
+        at all; EINTERNAL once ``Store.grow()`` has ended the snapshot."""
+        snapshot = self._gets
+        assert snapshot is not None
+        key = request.key
+        item: Item | None = None
+        if not self._gets_broken:
             try:
-                for request in gets:
-                    if len(out) >= limit and self.drain is not None:
-                        await self.drain()
-                    key = request.key
-                    item = snapshot.item(key)
-                    core.count_read(key, item is not None)
-                    if item is not None:
-                        out += get_response(
-                            request.opcode, request.opaque, item.flags, item.cas, item.value, key
-                        )
-                        del item
-                    answered += 1
+                item = snapshot.item(key)
             except lmdb.Error:  # Store.grow() ended the snapshot: the rest is not read
-                for request in gets[answered:]:
-                    out += error_response(
-                        request.opcode, request.opaque, Status.EINTERNAL, READ_INTERRUPTED
-                    )
+                self._gets_broken = True
+        if self._gets_broken:
+            self.out += error_response(
+                request.opcode, request.opaque, Status.EINTERNAL, READ_INTERRUPTED
+            )
+            return
+        self.core.count_read(key, item is not None)
+        if item is not None:
+            self.out += get_response(
+                request.opcode, request.opaque, item.flags, item.cas, item.value, key
+            )
+
+    def end_read_run(self) -> None:
+        """End the run of quiet gets, if one is open: its snapshot is released."""
+        snapshot = self._gets
+        if snapshot is not None:
+            self._gets = None
+            snapshot.close()
+
+    def close(self) -> None:
+        """The connection is over: release what the handler holds."""
+        self.end_read_run()
 
     async def _fail(self, request: BinaryRequest, status: Status, message: str = "") -> None:
         """Answer a failed request: quiet ones leave the run open, loud ones close it."""
@@ -349,7 +380,7 @@ class BinaryHandler:
     async def _refused(self, event: InvalidBinaryRequest) -> None:
         """A request the parser refused (bad shape, key too long, too large, unknown)."""
         self._current = (event.opcode, event.opaque)
-        await self._flush_gets()
+        self.end_read_run()
         if not self.authenticated and event.opcode not in _WITHOUT_LOGIN:
             reply = error_response(event.opcode, event.opaque, Status.AUTH_ERROR)
         else:

@@ -14,7 +14,10 @@ commands").
 * A run of ``mg`` read together (one burst of pipelined input, as clients
   send a multi-get) reads one snapshot: the handler pulls the following
   ``mg`` commands from the parser before it reads, and hands back the first
-  other event.
+  other event.  A run whose input ends on a quiet ``mg`` (``q``: its client
+  must still send the ``mn`` that tells it of its misses) goes on in the
+  next input from the same snapshot, held until another command arrives
+  or ``--batch-idle-ms`` passes without input.
 * The win of a lease (``mg N`` on a miss) or of a stale item is a
   conditional write checked at promotion: of any number of readers on any
   connections exactly one gets ``W``.
@@ -77,7 +80,7 @@ from stig.storage.ops import (
     Vivify,
 )
 from stig.storage.records import WIN_SENT, Item
-from stig.storage.snapshot import READ_INTERRUPTED
+from stig.storage.snapshot import READ_INTERRUPTED, Snapshot
 
 TTL_REJECTED = client_error(Refusal.TTL.value)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)
@@ -128,6 +131,9 @@ class MetaHandler:
         #: of mg sends its replies as they grow.
         self.drain: Callable[[], Awaitable[None]] | None = None
         self._reply_limit = core.engine.settings.max_reply_bytes
+        #: The snapshot of a run of mg that goes on in the next input (None: none does).
+        self.run: Snapshot | None = None
+        self._run_broken = False  # Store.grow() ended that snapshot: the rest fail
         #: command type -> a function that executes the command and returns
         #: None (done, nothing to wait for) or an awaitable giving what
         #: :meth:`handle` returns.  The text handler calls these directly, so
@@ -217,39 +223,78 @@ class MetaHandler:
                 leftover = None if event is NEED_DATA else event
                 break
             commands.append(event)
-        await self._get_many(commands, mark)
+        # The input ended inside a quiet run: the rest of it comes next.
+        goes_on = leftover is None and error is None and commands[-1].quiet
+        try:
+            await self._get_many(commands, mark, goes_on)
+        finally:
+            if not goes_on:
+                self.end_read_run()
         if error is not None:
             raise error
         return leftover
 
-    async def _get_many(self, commands: list[MetaGet], mark: int) -> None:
-        """Answer a run of mg from one snapshot, in order, sending the replies
-        whenever ``--max-reply-bytes`` of them wait (a client that does not
-        read them is not read either): a run never holds more than that bound
-        plus one reply (docs/pov.md, "Bounds")."""
-        refused = [self._ttl_refused(c.ttl, c.vivify_ttl) for c in commands]
-        keys = [c.key for c, no in zip(commands, refused, strict=True) if not no]
-        out = self.out
-        if not keys:
-            for _command in commands:
-                out += TTL_REJECTED
-            return
+    def end_read_run(self) -> None:
+        """End a run of mg held open for the next input: release its snapshot."""
+        snapshot = self.run
+        if snapshot is not None:
+            self.run = None
+            snapshot.close()
+
+    async def _open_run(
+        self, commands: list[MetaGet], keys: list[bytes], mark: int, goes_on: bool
+    ) -> bool:
+        """Take the snapshot of a new run of mg (:attr:`run`), after what its
+        reads must see: False, every mg answered, if that wait failed.
+
+        The read closes the open write run: its quiet writes' verdicts come
+        first, before any reply is sent — and before the read waits for
+        commits, which would report their failure once for the whole run
+        instead.  A run that ``goes_on`` in later input does not know all its
+        keys yet: it waits for every write in flight (acknowledged before the
+        run began: docs/pov.md, "Other sessions"), and promotes all of this
+        session's pending writes if it has any (a later mg may ask a cas)."""
         core = self.core
-        # The read closes the open run: its quiet writes' verdicts come first,
-        # before any reply is sent — and before the read waits for commits,
-        # which would report their failure once for the whole run instead.
         core.close_run()
         await self.report_verdicts(mark)
         try:
-            await core.prepare_read(keys, any(c.wants(ReturnFlag.CAS) for c in commands))
+            if goes_on:
+                await core.prepare_read(None, True)
+            else:
+                await core.prepare_read(keys, any(c.wants(ReturnFlag.CAS) for c in commands))
         except CommitFailed as exc:
             for _command in commands:  # one reply per mg: the client stays in step
-                out += server_error(str(exc))
-            return
+                self.out += server_error(str(exc))
+            return False
+        snapshot = self.session.snapshot()
+        # Held: a win or a lease awaits its commit, replies are sent as they grow.
+        snapshot.hold(None if goes_on else keys)
+        self.run = snapshot
+        self._run_broken = False
+        return True
+
+    async def _get_many(self, commands: list[MetaGet], mark: int, goes_on: bool) -> None:
+        """Answer a run of mg from one snapshot, in order, sending the replies
+        whenever ``--max-reply-bytes`` of them wait (a client that does not
+        read them is not read either): a run never holds more than that bound
+        plus one reply (docs/pov.md, "Bounds").  ``goes_on``: the run
+        continues in the next input (its snapshot stays held)."""
+        refused = [self._ttl_refused(c.ttl, c.vivify_ttl) for c in commands]
+        keys = [c.key for c, no in zip(commands, refused, strict=True) if not no]
+        out = self.out
+        if self.run is None:
+            if not keys and not goes_on:
+                for _command in commands:
+                    out += TTL_REJECTED
+                return
+            if not await self._open_run(commands, keys, mark, goes_on):
+                return
+        snapshot = self.run
+        assert snapshot is not None
+        core = self.core
         limit = self._reply_limit
         index = 0
-        with self.session.snapshot() as snapshot:
-            snapshot.hold(keys)  # a win or a lease awaits its commit; replies are sent
+        if not self._run_broken:
             try:
                 for index, command in enumerate(commands):
                     if len(out) >= limit and self.drain is not None:
@@ -275,8 +320,12 @@ class MetaHandler:
                             out += server_error(str(exc))
                     del item
             except lmdb.Error:  # Store.grow() ended the snapshot: the rest is not read
+                self._run_broken = True
                 for _command in commands[index:]:
                     out += server_error(READ_INTERRUPTED)
+        else:  # a run going on from a snapshot that grow() ended
+            for _command in commands:
+                out += server_error(READ_INTERRUPTED)
 
     async def _get_one(self, command: MetaGet, item: Item | None) -> None:
         """Answer one mg from the item the snapshot gave; hand out a win if due."""

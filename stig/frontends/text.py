@@ -24,6 +24,9 @@ from protocol.commands import (
     Quit,
     RefreshCerts,
     Retrieve,
+    RetrieveEnd,
+    RetrieveKeys,
+    RetrieveStart,
     Stats,
     Store,
     StoreMode,
@@ -32,7 +35,7 @@ from protocol.commands import (
     Version,
 )
 from protocol.errors import InvalidCommand, ProtocolError
-from protocol.meta_commands import MetaSet
+from protocol.meta_commands import MetaGet, MetaSet
 from protocol.text import QuietError, TextParser
 from stig.core import listing
 from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
@@ -40,6 +43,7 @@ from stig.core.command_core import Core, Refusal, StatsAnswer, StatsKind
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.session import CommitFailed, Session
 from stig.frontends.meta import HD_LINE, MetaHandler
+from stig.frontends.streamed_get import StreamedGet
 from stig.server.tls import TlsError
 from stig.storage import snapshot as snapshot_read
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
@@ -93,6 +97,7 @@ class TextHandler:
         self.authenticated = self.auth is None
         self._dispatch: dict[type, Callable[[object], Awaitable[object | None] | None]] = {
             Retrieve: self._retrieve,  # type: ignore[dict-item]
+            RetrieveStart: self._streamed_start,  # type: ignore[dict-item]
             Store: self._store,  # type: ignore[dict-item]
             Delete: self._delete,  # type: ignore[dict-item]
             Arithmetic: self._arithmetic,  # type: ignore[dict-item]
@@ -109,6 +114,12 @@ class TextHandler:
         }
         self.meta = MetaHandler(self.core, session, self.out, self.parser.next_event)
         self.meta.drain = self._drain_out
+        #: The read of a get line too long to parse whole, as its keys arrive.
+        self.streamed = StreamedGet(
+            self.core, self.out, self._reply_limit, self._drain_out, EXPTIME_REJECTED
+        )
+        self._dispatch[RetrieveKeys] = self.streamed.keys  # type: ignore[assignment]
+        self._dispatch[RetrieveEnd] = self.streamed.end  # type: ignore[assignment]
         # Each meta command type straight to its handler (which returns None
         # when done at once, or an awaitable), saving a coroutine per command.
         self._dispatch.update(self.meta.handlers)
@@ -124,7 +135,12 @@ class TextHandler:
         What follows it is exactly :meth:`_handle`'s: the verdicts owed to
         quiet meta writes whose run it closed are written before its reply
         (by :meth:`_finish`), a failed commit is answered ``SERVER_ERROR``.
+
+        Any command but an ``mg`` ends a run of mg held open from an earlier
+        input (:attr:`MetaHandler.run`).
         """
+        if self.meta.run is not None and type(event) is not MetaGet:
+            self.meta.end_read_run()
         if type(event) is Retrieve:
             result = self._answer_now(event)
             if result is _NOT_NOW:
@@ -222,6 +238,8 @@ class TextHandler:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
         with ``user password`` as data logs in; anything else is refused."""
         assert self.auth is not None
+        if isinstance(event, RetrieveKeys | RetrieveEnd):
+            return  # a long get line: refused once, at its head
         if isinstance(event, Store) and event.mode is StoreMode.SET:
             verdict = self.auth.check_text(event.value)
             if verdict is None:
@@ -277,6 +295,14 @@ class TextHandler:
             self.out += EXPTIME_REJECTED
             return
         await self._read_streamed(command)
+
+    async def _streamed_start(self, head: RetrieveStart) -> None:
+        """A get line too long to parse whole begins: its run closes and the
+        verdicts that run owes come first, then its snapshot (:class:`StreamedGet`)."""
+        self.core.close_run()
+        if self.core.verdicts_due:
+            await self.meta.report_verdicts(len(self.out))
+        await self.streamed.start(head)
 
     async def _read_streamed(self, command: Retrieve) -> None:
         """The general read (``gat``/``gats``, any get while ``stats detail
@@ -679,6 +705,19 @@ class TextHandler:
             self.core.discard_too_large(event.error.discard_key)
 
     # -- what the connection loop asks of every handler ------------------------
+
+    @property
+    def read_run_open(self) -> bool:
+        """A run of quiet mg holds its snapshot until its next input."""
+        return self.meta.run is not None
+
+    def end_read_run(self) -> None:
+        self.meta.end_read_run()
+
+    def close(self) -> None:
+        """The connection is over: release the snapshots held for it."""
+        self.meta.end_read_run()
+        self.streamed.close()
 
     def fatal_error(self, message: str) -> None:
         self.out += R.server_error(message)

@@ -83,6 +83,19 @@ class Handler(Protocol):
         """Write the reply an unrecoverable framing error calls for."""
         ...
 
+    @property
+    def read_run_open(self) -> bool:
+        """A run of quiet reads holds its snapshot until its end arrives."""
+        ...
+
+    def end_read_run(self) -> None:
+        """No input came for ``--batch-idle-ms``: end that run (as an open write run)."""
+        ...
+
+    def close(self) -> None:
+        """The connection is over: release the snapshots the handler holds."""
+        ...
+
 
 def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
     if first_byte == BINARY_MAGIC:
@@ -164,6 +177,8 @@ class Connection:
                 log.exception("internal error; closing this connection")
                 self._failed = True
             finally:
+                if self.handler is not None:
+                    self.handler.close()
                 self._end_session()
                 self.sock.close()
 
@@ -189,11 +204,14 @@ class Connection:
 
     async def _receive_now(self) -> bytes | None:
         session = self.session
-        if session.run_open:
+        handler = self.handler
+        if session.run_open or (handler is not None and handler.read_run_open):
             with trio.move_on_after(self._batch_idle):
                 return await self.sock.recv(RECEIVE_SIZE)
             session.close_run()  # the client paused: its quiet run is complete
             session.submit()
+            if handler is not None:
+                handler.end_read_run()
         if self._idle_timeout == float("inf"):
             return await self.sock.recv(RECEIVE_SIZE)  # no cancel scope: the hot path
         with trio.move_on_after(self._idle_timeout):
@@ -377,7 +395,7 @@ class Connection:
                     return
             if self.stopping and parser.at_boundary:
                 return  # shutdown: everything received is answered
-            if plain_receive and not session.run_open:
+            if plain_receive and not session.run_open and not handler.read_run_open:
                 self._waiting_for_input = True
                 data = await sock.recv(RECEIVE_SIZE)  # the hot path: no cancel scope
                 self._waiting_for_input = False

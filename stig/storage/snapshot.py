@@ -223,8 +223,9 @@ class Snapshot:
                 return position + 1, hits
         return len(keys), hits
 
-    def hold(self, keys: Iterable[bytes]) -> None:
-        """Keep this snapshot across awaits, to read ``keys`` (and only them) later.
+    def hold(self, keys: Iterable[bytes] | None) -> None:
+        """Keep this snapshot across awaits, to read ``keys`` (and only them;
+        None: any key, for a read whose keys are still arriving) later.
 
         Copies this session's uncommitted writes to ``keys`` now, and
         registers the snapshot so that ``Store.grow()`` can end it.
@@ -232,7 +233,12 @@ class Snapshot:
         if self.held:
             return
         overlay = self._overlay
-        self._mine = {k: overlay[k].item for k in keys if k in overlay} if overlay else {}
+        if not overlay:
+            self._mine = {}
+        elif keys is None:
+            self._mine = {k: pending.item for k, pending in overlay.items()}
+        else:
+            self._mine = {k: overlay[k].item for k in keys if k in overlay}
         self._store.long_reads.add(self._txn)
         self.held = True
 

@@ -1,9 +1,9 @@
 """The parameters of the cross-language client tests: each client's cases,
 with strict xfail marks on those that fail today only because of a server bug
 issue 23 is fixing.  A marked case flips to XPASS (a failure, strict) when the
-fix lands; the mark is then removed.  (Item 2, the binary quiet-get stall,
-fails no check: it costs libmemcached clients time, which scripts/client_timings.py
-shows.)"""
+fix lands; the mark is then removed (item 3's, the refused long multi-get
+lines, are gone).  Item 2, the binary quiet-get stall, failed no check: it
+cost libmemcached clients time, which scripts/client_timings.py shows."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ ITEM_1 = (
     "issue 23 item 1: pipelined writes answered after their commit are committed "
     "one by one (1,000 in a burst take ~0.8 s)"
 )
-ITEM_3 = "issue 23 item 3: a multi-get line over 256 KiB is refused"
 
 
 def cases(spec: clients.ClientSpec, **xfail: str) -> list[object]:

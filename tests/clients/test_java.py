@@ -5,12 +5,12 @@ The script is tests/clients/java/SpyCases.java, compiled once a session;
 from __future__ import annotations
 
 import pytest
-from clientmarks import ITEM_1, ITEM_3, cases
+from clientmarks import ITEM_1, cases
 
 from stig_testkit.clients import SPY_BINARY, SPY_TEXT
 
 
-@pytest.mark.parametrize("case", cases(SPY_TEXT, multiget=ITEM_3, batch=ITEM_1))
+@pytest.mark.parametrize("case", cases(SPY_TEXT, batch=ITEM_1))
 def test_spymemcached_text(stig_server, run_client, java_build, case):
     run_client(SPY_TEXT, stig_server, case, java_build)
 

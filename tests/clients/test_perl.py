@@ -6,16 +6,16 @@ libcache-memcached-fast-perl and libcache-memcached-perl."""
 from __future__ import annotations
 
 import pytest
-from clientmarks import ITEM_1, ITEM_3, cases
+from clientmarks import ITEM_1, cases
 
 from stig_testkit.clients import CACHE_MEMCACHED, CACHE_MEMCACHED_FAST
 
 
-@pytest.mark.parametrize("case", cases(CACHE_MEMCACHED_FAST, multiget=ITEM_3, batch=ITEM_1))
+@pytest.mark.parametrize("case", cases(CACHE_MEMCACHED_FAST, batch=ITEM_1))
 def test_cache_memcached_fast(stig_server, run_client, case):
     run_client(CACHE_MEMCACHED_FAST, stig_server, case)
 
 
-@pytest.mark.parametrize("case", cases(CACHE_MEMCACHED, multiget=ITEM_3))
+@pytest.mark.parametrize("case", cases(CACHE_MEMCACHED))
 def test_cache_memcached(stig_server, run_client, case):
     run_client(CACHE_MEMCACHED, stig_server, case)

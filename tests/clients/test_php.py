@@ -6,7 +6,7 @@ php-cli and php-memcached."""
 from __future__ import annotations
 
 import pytest
-from clientmarks import ITEM_1, ITEM_3, cases
+from clientmarks import ITEM_1, cases
 
 from stig_testkit.clients import PHP_BINARY, PHP_TEXT
 
@@ -18,7 +18,7 @@ def server_for(case, stig_factory):
     return stig_factory("--ttl-policy", "ignore") if case in TTL_IGNORED else stig_factory()
 
 
-@pytest.mark.parametrize("case", cases(PHP_TEXT, multiget=ITEM_3))
+@pytest.mark.parametrize("case", cases(PHP_TEXT))
 def test_php_text(stig_factory, run_client, case):
     run_client(PHP_TEXT, server_for(case, stig_factory), case)
 

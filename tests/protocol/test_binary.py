@@ -686,3 +686,27 @@ def test_quiet_sets_takes_the_run_of_setq_and_stops_at_anything_else() -> None:
         refusal = parser.next_event()
         assert isinstance(refusal, InvalidBinaryRequest) and refusal.status is status
         assert parser.quiet_sets() == [setq[2]]
+
+
+def test_quiet_gets_ahead_names_the_buffered_run_and_whether_it_ends_here() -> None:
+    """What the binary handler asks when a run of quiet gets begins: the keys
+    of the whole GetQ/GetKQ behind it, and whether the run's end has arrived
+    (then its snapshot waits only for writes to those keys)."""
+    run = encode_request(Opcode.GetKQ, b"a") + encode_request(Opcode.GetQ, b"b")
+    noop = encode_request(Opcode.Noop)
+    for stream, expected in [
+        (b"", ([], False)),
+        (run, ([b"a", b"b"], False)),
+        (run + encode_request(Opcode.GetKQ, b"c")[:20], ([b"a", b"b"], False)),
+        (run + encode_request(Opcode.GetKQ, b"c" * 10)[:30], ([b"a", b"b"], False)),
+        (run + noop[:24], ([b"a", b"b"], True)),  # the No-op's header is enough
+        (run + noop, ([b"a", b"b"], True)),
+        (run + encode_request(Opcode.GetK, b"c"), ([b"a", b"b"], True)),
+        (run + encode_request(Opcode.GetQ, b"k" * 251), ([b"a", b"b"], True)),  # refused
+    ]:
+        parser = BinaryParser()
+        parser.feed(stream)
+        assert parser.quiet_gets_ahead() == expected
+        assert parser.quiet_gets_ahead() == expected  # nothing was consumed
+        if stream:
+            assert parser.next_event().key == b"a"

@@ -27,6 +27,9 @@ from protocol.commands import (
     Quit,
     RefreshCerts,
     Retrieve,
+    RetrieveEnd,
+    RetrieveKeys,
+    RetrieveStart,
     Stats,
     Store,
     StoreMode,
@@ -94,7 +97,7 @@ def outcome(chunks: list[bytes], limits: Limits = Limits()) -> list[object]:
             parser.feed(chunk)
             while (event := parser.next_event()) is not NEED_DATA:
                 events.append(event)
-            assert parser.buffered <= max(limits.max_get_line_length, limits.max_item_size + 1)
+            assert parser.buffered <= max(limits.get_window, limits.max_item_size + 1)
             if parser.at_boundary:
                 assert parser.buffered == 0
     except ProtocolError as error:
@@ -501,13 +504,15 @@ def test_long_multiget_is_accepted() -> None:
         assert outcome([data[i : i + 100] for i in range(0, len(data), 100)]) == [event]
 
 
-def test_multiget_line_limit_holds_whatever_the_chunking() -> None:
-    limits = Limits(max_get_line_length=4096)
-    keys = b" ".join(b"%040d" % i for i in range(200))
-    data = b"get " + keys + b"\r\n"
-    expected = [("ProtocolError", LINE_TOO_LONG)]
-    assert outcome([data], limits) == expected
-    assert outcome([data[i : i + 512] for i in range(0, len(data), 512)], limits) == expected
+def test_a_multiget_line_longer_than_the_window_streams_whatever_the_chunking() -> None:
+    """(tests/protocol/test_text_stream.py has the details.)"""
+    limits = Limits(retrieval_window=4096)
+    keys = [b"%040d" % i for i in range(200)]
+    data = b"get " + b" ".join(keys) + b"\r\n"
+    events = outcome([data], limits)
+    assert type(events[0]) is RetrieveStart and events[-1] == RetrieveEnd()
+    assert [key for event in events[1:-1] for key in event.keys] == keys
+    assert outcome([data[i : i + 512] for i in range(0, len(data), 512)], limits) == events
 
 
 @pytest.mark.parametrize(
@@ -620,7 +625,7 @@ def test_at_boundary_is_false_while_swallowing() -> None:
 
 # -- properties ----------------------------------------------------------------
 
-SMALL = Limits(max_key_length=16, max_item_size=64, max_line_length=128, max_get_line_length=512)
+SMALL = Limits(max_key_length=16, max_item_size=64, max_line_length=128, retrieval_window=512)
 
 keys = st.binary(min_size=1, max_size=16).map(
     lambda raw: bytes(c if 0x20 < c != 0x7F else 0x61 for c in raw)
@@ -766,6 +771,9 @@ streams = st.lists(junk, max_size=10).map(b"".join)
 
 KNOWN_EVENTS = (
     Retrieve,
+    RetrieveStart,
+    RetrieveKeys,
+    RetrieveEnd,
     Store,
     Delete,
     Arithmetic,
@@ -902,9 +910,9 @@ _ANY_PIECE = st.one_of(
 )  # fmt: skip
 _DIFFERENTIAL_LIMITS = st.sampled_from(
     [
-        Limits(max_key_length=10, max_item_size=4, max_line_length=30, max_get_line_length=60),
-        Limits(max_key_length=10, max_item_size=4, max_line_length=12, max_get_line_length=40),
-        Limits(max_key_length=16, max_item_size=64, max_line_length=128, max_get_line_length=512),
+        Limits(max_key_length=10, max_item_size=4, max_line_length=30, retrieval_window=60),
+        Limits(max_key_length=10, max_item_size=4, max_line_length=12, retrieval_window=40),
+        Limits(max_key_length=16, max_item_size=64, max_line_length=128, retrieval_window=512),
     ]
 )
 
