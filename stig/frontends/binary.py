@@ -52,7 +52,7 @@ from protocol.errors import ProtocolError
 from stig.core.command_core import Core, Refusal, StatsAnswer, StatsKind, Verdict
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.session import CommitFailed, Session
+from stig.engine.session import CommitFailed, Session, WritesRefused
 from stig.storage.ops import (
     Add,
     Adjust,
@@ -202,7 +202,10 @@ class BinaryHandler:
             self._current = (Opcode.SetQ, event.opaque)
             core = self.core
             core.count_prefix_set(event.key)
-            core.set(event.key, event.value, event.flags)
+            try:
+                core.set(event.key, event.value, event.flags)
+            except WritesRefused as exc:
+                self.out += error_response(Opcode.SetQ, event.opaque, Status.ENOMEM, str(exc))
             return None
         return self._handle(event)
 
@@ -268,6 +271,8 @@ class BinaryHandler:
             else:
                 await self._flush_gets()
                 await self._handlers[opcode](event)
+        except WritesRefused as exc:  # a full disk: memcached's "out of memory"
+            self.out += error_response(opcode, event.opaque, Status.ENOMEM, str(exc))
         except CommitFailed as exc:
             self.out += error_response(opcode, event.opaque, Status.EINTERNAL, str(exc))
 
