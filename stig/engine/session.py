@@ -41,7 +41,7 @@ The exact rules are in docs/pov.md.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from stig.engine.engine import Engine
 from stig.engine.promoter import Promotion
@@ -163,7 +163,7 @@ class Session:
         """What a write is told while writes are refused; None while they are accepted."""
         return self._refusal.message
 
-    def _refuse(self) -> None:
+    def _refuse(self) -> NoReturn:
         """Refuse a write: count it and raise :class:`WritesRefused`."""
         refusal = self._refusal
         refusal.refused += 1

@@ -217,11 +217,15 @@ class Store:
         with self.env.begin(db=self._meta) as txn:
             self.last_cas = self._read_u64(txn, _CAS_KEY)
             self.total_bytes = self._read_u64(txn, _BYTES_KEY)
-            leftover = self._probe_keys(txn)
-        if leftover:
-            self._drop_probe(leftover)  # a crash in the middle of a probe
+            leftover = bool(self._probe_keys(txn))
+        if leftover:  # a crash in the middle of a probe
+            try:
+                self._drop_probe()
+            except lmdb.Error:
+                pass  # a full disk: the next probe drops it (``stig check`` allows it)
 
     def _probe_keys(self, txn: lmdb.Transaction) -> list[bytes]:
+        """The keys of a probe's ballast in the meta table."""
         cursor = txn.cursor(db=self._meta)
         keys: list[bytes] = []
         if cursor.set_range(PROBE_PREFIX):
@@ -232,9 +236,10 @@ class Store:
                 keys.append(key)
         return keys
 
-    def _drop_probe(self, keys: Sequence[bytes]) -> None:
+    def _drop_probe(self) -> None:
+        """Delete every ballast record, in one durable transaction."""
         with self.env.begin(write=True, db=self._meta) as txn:
-            for key in keys:
+            for key in self._probe_keys(txn):
                 txn.delete(key)
 
     @staticmethod
@@ -338,10 +343,15 @@ class Store:
         """Prove the disk has room again (stig/engine/refusal.py): commit one
         record of ``largest`` bytes (contiguous pages, as the value that
         failed needed) and ``nbytes`` more in page-sized records into the
-        meta table, then delete them, in two durable transactions.  Raises
-        :class:`MapFull` or ``lmdb.Error`` as :meth:`apply` does; a failed
-        probe leaves the store as it was.  The pages it took are free again
-        afterwards, for the writes that follow."""
+        meta table, then delete them.  Raises :class:`MapFull` or
+        ``lmdb.Error`` as :meth:`apply` does; a failed probe leaves no
+        record behind (or one the next probe, or start, drops).
+
+        The pages it took are free for the writes that follow: LMDB reuses
+        the pages a commit frees only from the second commit after it (the
+        previous snapshot still holds them), so a third, tiny commit (the
+        cas counter rewritten as it is) follows the delete.
+        """
         keys = [PROBE_PREFIX + b"%d" % index for index in range(nbytes // _PROBE_RECORD + 1)]
         page = bytes(_PROBE_RECORD)
         try:
@@ -349,7 +359,9 @@ class Store:
                 for key in keys[1:]:
                     txn.put(key, page)
                 txn.put(keys[0], bytes(max(largest, 1)))
-            self._drop_probe(keys)
+            self._drop_probe()
+            with self.env.begin(write=True, db=self._meta) as txn:
+                txn.put(_CAS_KEY, _U64.pack(self._read_u64(txn, _CAS_KEY)))
         except lmdb.MapFullError as exc:
             raise MapFull() from exc
 
