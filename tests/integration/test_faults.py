@@ -579,15 +579,16 @@ def test_a_map_that_cannot_grow_refuses_writes_as_map_full(faulty):
 
 
 def _set_and_barrier(conn: RawConnection, key: bytes, value: bytes) -> bytes:
-    """``set`` (STORED from the POV), then ``mn``: MN, or what the loss says."""
-    stored = conn.send_recv(b"set %b 0 0 %d\r\n%b\r\n" % (key, len(value), value), b"\r\n")
-    if stored != b"STORED\r\n":
-        return stored
+    """``set`` (STORED from the POV), then ``mn``: MN, or what the loss says
+    (which may come right behind the STORED, before the ``mn`` is sent)."""
+    reply = conn.send_recv(b"set %b 0 0 %d\r\n%b\r\n" % (key, len(value), value), b"\r\n")
+    if reply != b"STORED\r\n":
+        return reply
     try:
         conn.send(b"mn\r\n")
     except OSError:
         pass  # closed after telling of the loss: its line is still to be read
-    return stored + conn.recv_until(b"\r\n")
+    return reply + conn.recv_until(b"\r\n")
 
 
 def test_once_writes_are_refused_a_run_accepted_before_is_acknowledged_only_on_disk(faulty):
