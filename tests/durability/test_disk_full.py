@@ -28,10 +28,11 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import BinaryConnection, RawConnection, StigProcess
-from support.waiting import wait_for_stats
 
 from protocol.binary_codes import Opcode, Status
+from stig_testkit.connections import BinaryConnection, RawConnection
+from stig_testkit.process import StigProcess
+from stig_testkit.waiting import wait_for_stats
 
 SIZE = 100_000
 DISK = "24m"
