@@ -2,10 +2,11 @@
 
 Fault-injection tests start a real server as ``python -m stig_testkit.fault_server
 serve …`` instead of ``python -m stig serve …``.  :func:`main` patches
-:meth:`stig.storage.store.Store.apply` before handing over to the normal command
-line, so no fault hook ships in the ``stig`` package itself (importing this
-module patches nothing).  Each commit first reads the file named by
-``STIG_FAULT_FILE``:
+:meth:`stig.storage.store.Store.apply` (and the disk-space probe,
+:meth:`~stig.storage.store.Store.probe`) before handing over to the normal
+command line, so no fault hook ships in the ``stig`` package itself
+(importing this module patches nothing).  Each commit first reads the file
+named by ``STIG_FAULT_FILE``:
 
 * empty (or missing): commit normally;
 * ``hold``: block (on the commit thread) until the file says something else;
@@ -14,16 +15,40 @@ module patches nothing).  Each commit first reads the file named by
 * ``lmdb``: fail with a real ``lmdb.Error`` raised by LMDB itself (a put of
   an empty key, which LMDB refuses with ``MDB_BAD_VALSIZE``) — nothing applied;
 * ``bug``: fail with a ``ZeroDivisionError``, as a bug in the commit path would;
-* ``lmdb <key>`` / ``bug <key>``: fail that way only transactions that write ``<key>``.
+* ``lmdb <key>`` / ``bug <key>``: fail that way only transactions that write ``<key>``;
+* ``enospc``, ``edquot``, ``eio``: fail the commit as LMDB does when the disk is
+  full, the quota is used up, or the disk fails: the ``lmdb.Error`` LMDB raises
+  for that errno (``mdb_txn_commit: <strerror>``, its ``code`` set) — nothing
+  applied; disk-space probes fail the same way;
+* ``nogrow``: the LMDB map cannot grow: the address-space check of
+  :meth:`Store.grow` fails as ``mmap`` does without room (ENOMEM), so a map
+  that is full (start the server with a small ``--map-size``) stays full.
+
+``STIG_FAULT_PROBE_SECONDS``, if set, replaces the period of the disk-space
+probe while writes are refused (stig/engine/refusal.py), so that a test can
+tell the probe that follows a commit from the periodic one.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import time
+import types
 from pathlib import Path
 
+import lmdb
+
+from stig.storage import store as store_module
 from stig.storage.store import Store
+
+#: The errors LMDB raises for a commit the disk refuses.
+_DISK_ERRORS = {
+    "enospc": (lmdb.DiskError, errno.ENOSPC),
+    "edquot": (lmdb.Error, errno.EDQUOT),
+    "eio": (lmdb.Error, errno.EIO),
+}
 
 
 def _fault(faults: Path) -> str:
@@ -33,10 +58,21 @@ def _fault(faults: Path) -> str:
         return ""
 
 
+def _disk_error(fault: str) -> None:
+    """Raise what LMDB raises when ``fault`` hits a commit (its ``code`` included)."""
+    if fault in _DISK_ERRORS:
+        kind, code = _DISK_ERRORS[fault]
+        error = kind(f"mdb_txn_commit: {os.strerror(code)}")
+        error.code = code  # type: ignore[misc]  # as LMDB's own exceptions carry it
+        raise error
+
+
 def install(faults: Path) -> None:
-    """Make every :meth:`Store.apply` in this process obey the file ``faults``."""
+    """Make every :meth:`Store.apply` (and probe, and map growth) in this
+    process obey the file ``faults``."""
     held = Path(str(faults) + ".held")
     apply = Store.apply
+    probe = Store.probe
 
     def faulty_apply(self: Store, batches, before_commit=None):  # type: ignore[no-untyped-def]
         batches = list(batches)
@@ -47,6 +83,7 @@ def install(faults: Path) -> None:
                 time.sleep(0.01)
                 fault = _fault(faults)
             held.unlink()
+        _disk_error(fault)
         kind, _, key = fault.partition(" ")
         if kind in ("lmdb", "bug") and (
             not key
@@ -58,7 +95,25 @@ def install(faults: Path) -> None:
                 txn.put(b"", b"refused")  # LMDB raises BadValsizeError: a real lmdb.Error
         return apply(self, batches, before_commit)
 
+    def faulty_probe(self: Store, largest: int, nbytes: int) -> None:
+        _disk_error(_fault(faults))
+        probe(self, largest, nbytes)
+
+    def faulty_mmap(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if _fault(faults) == "nogrow":
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        return mmap.mmap(*args, **kwargs)
+
     Store.apply = faulty_apply  # type: ignore[method-assign]
+    Store.probe = faulty_probe  # type: ignore[method-assign]
+    # Only the store's own address-space check sees the fault (LMDB maps in C).
+    store_module.mmap = types.SimpleNamespace(  # type: ignore[assignment]
+        mmap=faulty_mmap, MAP_PRIVATE=mmap.MAP_PRIVATE, PROT_READ=mmap.PROT_READ
+    )
+    if "STIG_FAULT_PROBE_SECONDS" in os.environ:
+        from stig.engine import promoter
+
+        promoter.PROBE_SECONDS = float(os.environ["STIG_FAULT_PROBE_SECONDS"])
 
 
 def main() -> None:

@@ -202,6 +202,7 @@ class Core:
         if group == b"reset":
             engine.stats.reset()
             engine.promoter_stats.reset()
+            engine.promoter.refusal.reset()
             self.prefixes.clear()
             return StatsAnswer(StatsKind.RESET)
         if group == b"detail":
@@ -384,13 +385,32 @@ class Core:
         return session.concat(key, data, prepend)
 
     async def delete(self, key: bytes, quiet: bool = False, tag: object | None = None) -> bool:
-        """Whether the key was there; a quiet intent answers True (see :meth:`concat`)."""
+        """Whether the key was there; a quiet intent answers True (see :meth:`concat`).
+
+        While writes are refused (a full disk) a delete is checked at its
+        commit instead, as a conditional write: it frees space, but its
+        commit needs pages too and may fail, so it answers only once it is
+        committed (a quiet one: queued, its verdict owed to ``tag``)."""
         session = self.session
+        if session.writes_refused is not None:
+            return await self._delete_committed(key, quiet, tag)
         if self.as_intent(key, quiet):
             self._intent(Remove(key), key, 0, tag)
             return True  # told later, if at all: its verdict is owed
         await self._resolve((key,))
         found = session.delete(key)
+        if found:
+            self.stats.delete_hits += 1
+        else:
+            self.stats.delete_misses += 1
+        return found
+
+    async def _delete_committed(self, key: bytes, quiet: bool, tag: object | None) -> bool:
+        """A delete answered after its commit (see :meth:`delete`)."""
+        if quiet:
+            self.queue_conditional(Remove(key), key, 0, tag)
+            return True  # told later, if at all: its verdict is owed
+        found = await self.conditional(Remove(key), key) is Outcome.DELETED
         if found:
             self.stats.delete_hits += 1
         else:

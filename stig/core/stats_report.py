@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.prefix_stats import DELIMITER, MAX_PREFIXES
+from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS
 
 
 def general_stats(engine: Engine) -> list[tuple[str, object]]:
@@ -107,6 +108,20 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_read_waits", engine.promoter.in_flight.waits),
         ("stig_cachedump_skipped_keys", engine.stats.cachedump_skipped_keys),
     ]
+    # Writes refused while the disk cannot take commits (stig/engine/refusal.py).
+    refusal = engine.promoter.refusal
+    cause = refusal.cause
+    pairs += [
+        ("stig_writes_refused", int(refusal.refusing)),
+        ("stig_writes_refused_cause", "none" if cause is None else cause.value),
+        ("stig_writes_refused_seconds", int(time.monotonic() - refusal.since) if cause else 0),
+        ("stig_write_refusals", refusal.refused),
+        ("stig_writes_refused_episodes", refusal.episodes),
+        ("stig_space_probes", refusal.probes),
+        ("stig_last_commit_error_kind", refusal.last_kind),
+        # The words of LMDB (or of the map's growth), one token: spaces as "_".
+        ("stig_last_commit_error", refusal.last_error.replace(" ", "_") or "none"),
+    ]
     return pairs
 
 
@@ -183,4 +198,6 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
             else (settings.port if tls else 0),
         ),
         ("stig_detail_max_prefixes", MAX_PREFIXES),
+        ("stig_space_probe_bytes", PROBE_BYTES),
+        ("stig_space_probe_interval_ms", int(PROBE_SECONDS * 1000)),
     ]

@@ -24,7 +24,13 @@ the shutdown and the model tests share:
   store as it was, and each promotion of the group is then retried in a
   transaction of its own, so that one bad run fails alone; a run that fails
   on its own is finished with an error (``commit failed: …``), logged (with
-  its traceback if it was not an ``lmdb.Error``), and the promoter goes on.
+  its traceback if it was not an ``lmdb.Error``), and the promoter goes on;
+* a failure that will fail every write alike — a full disk, a disk I/O
+  error, a map that cannot grow (:func:`stig.engine.refusal.classify`) —
+  also refuses writes (:attr:`Promoter.refusal`) until a probe commits
+  (stig/engine/refusal.py): the promoter probes every
+  :data:`~stig.engine.refusal.PROBE_SECONDS`, and at once after any
+  commit that succeeds meanwhile.
 
 The promoter also keeps the numbers the connections' brakes read: the bytes
 of writes not yet committed (:class:`WriteBudget`) and the commit lag (how
@@ -45,11 +51,12 @@ import lmdb
 import trio
 
 from stig.engine.budget import WriteBudget
+from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS, Cause, WriteRefusal, classify, words_for
 from stig.engine.stats import PromoterStats
 from stig.engine.visibility import InFlight
 from stig.storage.ops import Op, Outcome
 from stig.storage.records import Item
-from stig.storage.store import Applied, MapFull, Store
+from stig.storage.store import Applied, MapCannotGrow, MapFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +144,7 @@ class Promotion:
     on_done: Callable[[Promotion], None] | None = None
     answered_early: bool = False  # holds writes already acknowledged from a POV
     last_seq: int = 0  # the session's write sequence number at the run's end
+    first_seq: int = 0  # ... at the run's first write
     clears_all: bool = False  # holds a flush_all: every key is written
     outcomes: list[Outcome] | None = None
     written: Item | None = None  # what the run's last operation stored, cas included
@@ -167,7 +175,19 @@ class Promotion:
 
 
 class _Failed(str):
-    """A promotion's failure message, as :meth:`Promoter._apply_group` reports it."""
+    """A promotion's failure message, as :meth:`Promoter._apply_group` reports it;
+    ``cause``: why writes must be refused (None: this run's own failure)."""
+
+    cause: Cause | None = None
+    error: str = ""  #: the failure in LMDB's (or the grow's) own words
+
+
+@attrs.frozen
+class _Probe:
+    """A job for the commit thread: prove the disk has room (:meth:`Store.probe`)."""
+
+    largest: int
+    nbytes: int
 
 
 class Promoter:
@@ -197,7 +217,7 @@ class Promoter:
         self._progress: trio.Event | None = None
         # The commit thread (while run() runs): its job queue, the group it
         # holds (None: idle), the trio token it reports through.
-        self._jobs: queue.SimpleQueue[list[Sequence[Op]] | None] | None = None
+        self._jobs: queue.SimpleQueue[list[Sequence[Op]] | _Probe | None] | None = None
         self._in_flight: list[Promotion] | None = None
         self._started_at = 0.0
         self._token: trio.lowlevel.TrioToken | None = None
@@ -215,6 +235,9 @@ class Promoter:
         #: Raised by the commit thread while it applies a group: a connection
         #: between two commands lends it the GIL (:meth:`lend_gil`).
         self.gil_wanted: GilLoan | None = None
+        #: Whether writes are refused, and why (stig/engine/refusal.py).
+        self.refusal = WriteRefusal()
+        self._probe_due = False  # a commit succeeded while refused: probe when idle
 
     def lend_gil(self) -> None:
         """Let the commit thread apply its group without fighting for the GIL
@@ -314,7 +337,7 @@ class Promoter:
         previous_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(previous_interval, GIL_SWITCH_INTERVAL))
         self._token = trio.lowlevel.current_trio_token()
-        jobs: queue.SimpleQueue[list[Sequence[Op]] | None] = queue.SimpleQueue()
+        jobs: queue.SimpleQueue[list[Sequence[Op]] | _Probe | None] = queue.SimpleQueue()
         thread = threading.Thread(target=self._work, args=(jobs,), name="stig-commit", daemon=True)
         thread.start()
         self._jobs = jobs
@@ -323,7 +346,15 @@ class Promoter:
             if self._queue and self._in_flight is None:
                 self._dispatch()
             while True:
-                await self._wakeup.wait()
+                if self.refusal.message is None:
+                    await self._wakeup.wait()
+                else:
+                    with trio.move_on_after(PROBE_SECONDS) as waited:
+                        await self._wakeup.wait()
+                    if waited.cancelled_caught:
+                        self._probe_due = True
+                        self._probe_if_idle()
+                        continue
                 self._wakeup = trio.Event()
                 if self._closing and not self._queue and self._in_flight is None:
                     return
@@ -339,8 +370,8 @@ class Promoter:
             sys.setswitchinterval(previous_interval)
             self._stopped.set()
 
-    def _work(self, jobs: queue.SimpleQueue[list[Sequence[Op]] | None]) -> None:
-        """The commit thread: applies and commits each group it is handed."""
+    def _work(self, jobs: queue.SimpleQueue[list[Sequence[Op]] | _Probe | None]) -> None:
+        """The commit thread: applies and commits each group it is handed (or probes)."""
         apply_group = self._apply_group
         token = self._token
         assert token is not None
@@ -349,6 +380,9 @@ class Promoter:
             batches = jobs.get()
             if batches is None:
                 return
+            if isinstance(batches, _Probe):
+                token.run_sync_soon(self._probed, self._probe(batches))
+                continue
             loan = self.gil_wanted = GilLoan(self)
             try:
                 result = apply_group(batches, loan.repay)
@@ -380,7 +414,7 @@ class Promoter:
             if before_commit is not None:
                 before_commit()  # the retries below may take long
             if len(batches) == 1:
-                return [_failure(exc, 1)], False
+                return [self._failure(exc, batches)], False
             log.warning("commit of %d runs failed (%s); retrying each alone", len(batches), exc)
         results: list[Applied | _Failed] = []
         for batch in batches:
@@ -389,8 +423,27 @@ class Promoter:
             except MapFull:
                 return results, True
             except BaseException as exc:
-                results.append(_failure(exc, 1))
+                results.append(self._failure(exc, [batch]))
         return results, False
+
+    def _failure(self, exc: BaseException, batches: Sequence[Sequence[Op]]) -> _Failed:
+        """Log a failed commit of ``batches`` and say what the client is told,
+        with the cause that refuses writes, if it is one (commit thread)."""
+        if isinstance(exc, lmdb.Error):
+            log.error("commit of %d run(s) failed: %s", len(batches), exc)
+            needed = sum(len(getattr(op, "value", b"")) for ops in batches for op in ops)
+            cause = classify(exc, self.store.path, needed)
+            return _failed(words_for(cause, str(exc)), cause, str(exc))
+        log.error("commit of %d run(s) failed: internal error", len(batches), exc_info=exc)
+        return _failed("commit failed: internal error (see the server log)", None, repr(exc))
+
+    def _probe(self, job: _Probe) -> BaseException | None:
+        """Run a probe (commit thread): None if it committed, else why not."""
+        try:
+            self.store.probe(job.largest, job.nbytes)
+        except BaseException as exc:
+            return exc
+        return None
 
     def _settle(
         self,
@@ -413,14 +466,82 @@ class Promoter:
                 average = self._commit_seconds = 0.7 * self._commit_seconds + 0.3 * seconds
                 self._commit_peak = max(seconds, self._commit_peak * 0.5)
                 self._commit_estimate = max(average, self._commit_peak)
+                if self.refusal.message is not None:
+                    self._probe_due = True  # space may have been freed: probe when idle
+            if failed:
+                # Before the sessions hear of it: from their failure callbacks
+                # on, no write is acknowledged (stig/engine/refusal.py).
+                self._note_failures(done, results)
             self._finish(done, results)
         if grow:
-            new_size = self.store.grow()  # no transaction is open: safe here
-            log.info("LMDB map grown to %d bytes", new_size)
+            try:
+                new_size = self.store.grow()  # no transaction is open: safe here
+            except MapCannotGrow as exc:
+                log.error("LMDB map full and cannot grow: %s", exc)
+                failure = _failed(words_for(Cause.MAP_FULL, str(exc)), Cause.MAP_FULL, str(exc))
+                self.stats.failed_commits += len(rest)
+                self._note_failures(rest, [failure] * len(rest))
+                self._finish(rest, [failure] * len(rest))
+                rest = []
+            else:
+                log.info("LMDB map grown to %d bytes", new_size)
         if self._progress is not None:
             self._progress.set()
             self._progress = None
         return rest
+
+    def _note_failures(
+        self, group: Sequence[Promotion], results: Sequence[Applied | _Failed]
+    ) -> None:
+        """Keep the last failure for ``stats``; refuse writes if one has a cause."""
+        refusal = self.refusal
+        for promotion, result in zip(group, results, strict=True):
+            if not isinstance(result, _Failed):
+                continue
+            refusal.failed(result.cause, result.error)
+            if result.cause is not None:
+                largest = max((len(getattr(op, "value", b"")) for op in promotion.ops), default=0)
+                if refusal.enter(result.cause, largest):
+                    log.error("writes refused: %s (%s)", refusal.message, result.error)
+                    self._wakeup.set()  # run() probes from now on
+
+    def _probe_if_idle(self) -> None:
+        """Start a probe if one is due and the commit thread is free (event loop)."""
+        if (
+            self._probe_due
+            and self.refusal.message is not None
+            and self._in_flight is None
+            and not self._queue
+            and self._jobs is not None
+            and not (self._closing or self._draining)
+        ):
+            self._probe_due = False
+            self._in_flight = []  # the thread is busy: submit() queues meanwhile
+            self.refusal.probes += 1
+            self._jobs.put(_Probe(self.refusal.largest, PROBE_BYTES))
+
+    def _probed(self, error: BaseException | None) -> None:
+        """A probe finished (event loop): writes are accepted again if it committed."""
+        self._in_flight = None
+        refusal = self.refusal
+        if error is None:
+            seconds = time.monotonic() - refusal.since
+            log.warning("writes accepted again after %.1f s: a probe committed", seconds)
+            refusal.leave()
+        elif isinstance(error, MapFull):
+            try:
+                log.info("LMDB map grown to %d bytes", self.store.grow())
+                self._probe_due = True  # try again at once, in the larger map
+            except MapCannotGrow as exc:
+                log.debug("probe: the map cannot grow: %s", exc)
+        else:
+            log.debug("probe failed: %s", error)
+        if self._queue and self._jobs is not None:
+            self._dispatch()
+        elif self._closing or self._draining:
+            self._wakeup.set()
+        else:
+            self._probe_if_idle()
 
     def _dispatch_soon(self) -> None:
         self._dispatch_due = False
@@ -455,6 +576,8 @@ class Promoter:
             self._dispatch()
         elif self._closing or self._draining:
             self._wakeup.set()  # run() may be waiting for the thread to go idle
+        else:
+            self._probe_if_idle()
 
     def _take_group(self) -> list[Promotion]:
         size = 0
@@ -514,10 +637,8 @@ class Promoter:
                     group = self._settle(group, outcome, time.perf_counter() - started)
 
 
-def _failure(exc: BaseException, runs: int) -> _Failed:
-    """Log a failed commit and say what the client is told."""
-    if isinstance(exc, lmdb.Error):
-        log.error("commit of %d run(s) failed: %s", runs, exc)
-        return _Failed(f"commit failed: {exc}")
-    log.error("commit of %d run(s) failed: internal error", runs, exc_info=exc)
-    return _Failed("commit failed: internal error (see the server log)")
+def _failed(message: str, cause: Cause | None, error: str) -> _Failed:
+    failed = _Failed(message)
+    failed.cause = cause
+    failed.error = error
+    return failed

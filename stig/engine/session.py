@@ -26,9 +26,14 @@ brakes read.
 Failures: a promotion that fails is reported exactly once — by the reply of
 the write waiting for it, or else by the session's next barrier or next
 command that waits for a commit (:meth:`Session.wait_committed`).  Writes
-already acknowledged from the POV that fail set :attr:`Session.failure`: the
+answered from the POV that fail set :attr:`Session.failure`: the
 connection then reports the loss and closes, at once even when idle
-(:attr:`Session.on_failure` wakes it).
+(:attr:`Session.on_failure` wakes it) — as a loss of acknowledged writes
+only if a reply was sent after them (:meth:`Session.replies_sent`,
+:meth:`Session.loss_message`).
+
+Writes refused (stig/engine/refusal.py): while the disk is full, every write
+but a delete raises :class:`WritesRefused` before anything is recorded.
 
 The exact rules are in docs/pov.md.
 """
@@ -36,12 +41,14 @@ The exact rules are in docs/pov.md.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from stig.engine.engine import Engine
 from stig.engine.promoter import Promotion
 from stig.storage.ops import (
     Adjust,
+    Clear,
+    CompareRemove,
     Concat,
     Op,
     Outcome,
@@ -62,6 +69,11 @@ _RUN_OVERHEAD = 512
 
 class CommitFailed(Exception):
     """A promotion of this session could not be committed (disk full)."""
+
+
+class WritesRefused(CommitFailed):
+    """A write refused while the disk cannot take commits (stig/engine/refusal.py):
+    nothing was recorded; the message names the cause."""
 
 
 class RunTooLarge(Exception):
@@ -137,6 +149,51 @@ class Session:
         self.on_failure: Callable[[], None] | None = None
         self.unacked_writes = False  # replied-to writes not yet known durable
         self._in_flight = engine.promoter.in_flight
+        self._refusal = engine.promoter.refusal
+        # Acknowledged: the writes up to ``acked_seq`` (a reply was sent after
+        # their run closed, which ``_closed_seq`` marks).
+        self.acked_seq = 0
+        self._closed_seq = 0
+        self._failure_acked = False  # the failure lost acknowledged writes
+
+    # -- writes refused (stig/engine/refusal.py) --------------------------------
+
+    @property
+    def writes_refused(self) -> str | None:
+        """What a write is told while writes are refused; None while they are accepted."""
+        return self._refusal.message
+
+    def _refuse(self) -> NoReturn:
+        """Refuse a write: count it and raise :class:`WritesRefused`."""
+        refusal = self._refusal
+        refusal.refused += 1
+        raise WritesRefused(refusal.message)
+
+    def refused_quietly(self) -> None:
+        """A write whose client wants no reply (text ``noreply``) was refused:
+        count it, and let the next barrier (or reply waiting for a commit) say so."""
+        refusal = self._refusal
+        refusal.refused += 1
+        if self.unreported is None:
+            self.unreported = refusal.message
+
+    def replies_sent(self) -> None:
+        """Replies are leaving (the connection calls this as it sends them): every
+        run closed so far is acknowledged from now on."""
+        self.acked_seq = self._closed_seq
+
+    @property
+    def commits_awaited(self) -> bool:
+        """Whether a run this session handed over is not committed yet."""
+        last = self._last
+        return last is not None and not last.finished
+
+    def loss_message(self) -> str:
+        """What the connection says before it closes, once :attr:`failure` is set:
+        a loss of acknowledged writes only if it was one."""
+        if self._failure_acked:
+            return f"{self.failure}; acknowledged writes were lost"
+        return f"{self.failure}; unacknowledged writes were not stored"
 
     # -- reads ---------------------------------------------------------------
 
@@ -210,6 +267,8 @@ class Session:
     # -- unconditional writes: answered from the POV -------------------------
 
     def _record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
+        if self._refusal.message is not None and op.__class__ is not Remove:
+            self._refuse()
         self._seq += 1
         if key not in self._run_undo:
             self._run_undo[key] = self._overlay.get(key)
@@ -223,6 +282,8 @@ class Session:
         """A plain set: :meth:`_record` and :meth:`_grow_run` inlined, and its
         three tuples (op, POV item, overlay entry) built in C — the bulk of
         every write load, where each Python frame per write shows."""
+        if self._refusal.message is not None:
+            self._refuse()
         seq = self._seq = self._seq + 1
         overlay = self._overlay
         undo = self._run_undo
@@ -253,8 +314,11 @@ class Session:
         once: the same ops, keys, bytes and promotion.  A set that would make
         :meth:`set` raise :class:`RunTooLarge` is not recorded, nor any after
         it: the caller does it with :meth:`set`, which raises.  Returns how
-        many were recorded.
+        many were recorded: none while writes are refused (:meth:`set` raises
+        :class:`WritesRefused` for each).
         """
+        if self._refusal.message is not None:
+            return 0
         done = 0
         if close and self._run and items:
             # The first one closes the open run, whatever that run holds.
@@ -342,7 +406,12 @@ class Session:
     # -- conditional writes: checked at promotion ----------------------------
 
     def add_conditional(self, op: Op, key: bytes | None, size: int) -> None:
-        """Add a conditional write to the open run (its outcome comes at commit)."""
+        """Add a conditional write to the open run (its outcome comes at commit).
+
+        While writes are refused only those that free space (a delete, a
+        ``flush_all``) are taken; any other raises :class:`WritesRefused`."""
+        if self._refusal.message is not None and not isinstance(op, (Remove, CompareRemove, Clear)):
+            self._refuse()
         self._seq += 1
         self._run.append(op)
         if key not in self._run_unresolved_undo:
@@ -497,6 +566,7 @@ class Session:
         run = self._run
         if not run:
             return None
+        self._closed_seq = self._seq
         budget = self._budget
         budget.open -= self._run_bytes
         if budget.holder is not None or budget.waiting:
@@ -520,6 +590,7 @@ class Session:
             self._promoted,
             self._run_answered,
             last_seq=self._seq,
+            first_seq=self._seq - len(run) + 1,
             clears_all=self._run_clears,
         )
         self._closed_pure = pure
@@ -636,6 +707,7 @@ class Session:
             self.unreported = error
             if promotion.answered_early and self.failure is None:
                 self.failure = error
+                self._failure_acked = promotion.first_seq <= self.acked_seq
                 if self.on_failure is not None:
                     self.on_failure()
                 if self._budget.waiting:

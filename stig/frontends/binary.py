@@ -54,7 +54,7 @@ from protocol.errors import ProtocolError
 from stig.core.command_core import Core, Refusal, StatsAnswer, StatsKind, Verdict
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.session import CommitFailed, Session
+from stig.engine.session import CommitFailed, Session, WritesRefused
 from stig.storage.ops import (
     Add,
     Adjust,
@@ -200,7 +200,10 @@ class BinaryHandler:
             self._current = (Opcode.SetQ, event.opaque)
             core = self.core
             core.count_prefix_set(event.key)
-            core.set(event.key, event.value, event.flags)
+            try:
+                core.set(event.key, event.value, event.flags)
+            except WritesRefused as exc:
+                self.out += error_response(Opcode.SetQ, event.opaque, Status.ENOMEM, str(exc))
             return None
         if (
             self._gets is not None
@@ -274,6 +277,8 @@ class BinaryHandler:
             else:
                 self.end_read_run()
                 await self._handlers[opcode](event)
+        except WritesRefused as exc:  # a full disk: memcached's "out of memory"
+            self.out += error_response(opcode, event.opaque, Status.ENOMEM, str(exc))
         except CommitFailed as exc:
             self.out += error_response(opcode, event.opaque, Status.EINTERNAL, str(exc))
 

@@ -95,6 +95,7 @@ class TextHandler:
         self._reply_limit = engine.settings.max_reply_bytes
         self.auth = engine.auth
         self.authenticated = self.auth is None
+        self._refusal = engine.promoter.refusal  # writes refused: a full disk
         self._dispatch: dict[type, Callable[[object], Awaitable[object | None] | None]] = {
             Retrieve: self._retrieve,  # type: ignore[dict-item]
             RetrieveStart: self._streamed_start,  # type: ignore[dict-item]
@@ -156,6 +157,8 @@ class TextHandler:
     def _start(self, event: object) -> Awaitable[None] | None:
         """Run ``event``'s handler: None when it is done, else the awaitable
         (:meth:`_finish`) that completes it as :meth:`_handle` would."""
+        if self._refusal.message is not None and self._refused_quietly(event):
+            return None
         out = self.out
         mark = len(out)
         try:
@@ -197,6 +200,8 @@ class TextHandler:
         meta = self.meta
         core = self.core
         while next_event is not None:
+            if self._refusal.message is not None and self._refused_quietly(next_event):
+                return
             mark = len(self.out)
             try:
                 result = dispatch[type(next_event)](next_event)
@@ -253,6 +258,18 @@ class TextHandler:
         self.out += UNAUTHENTICATED
         if isinstance(event, InvalidCommand) and event.close:
             self.closing = True
+
+    def _refused_quietly(self, event: object) -> bool:
+        """While writes are refused (stig/engine/refusal.py): a write sent
+        ``noreply`` is refused without a word, as memcached's errors under
+        noreply are (a reply would put the client's stream out of step);
+        the next barrier reports it.  A write that expects a reply is
+        refused by the session (``SERVER_ERROR``, :class:`WritesRefused`)."""
+        kind = type(event)
+        if (kind is Store or kind is Arithmetic) and event.noreply:  # type: ignore[attr-defined]
+            self.session.refused_quietly()
+            return True
+        return False
 
     def _reply(self, noreply: bool, data: bytes) -> None:
         """Answer a write: noreply keeps the run open, a reply closes it."""

@@ -134,6 +134,7 @@ class Connection:
         self._max_lag = settings.max_commit_lag_ms / 1000.0
         self._reply_limit = settings.max_reply_bytes
         self._failed = False  # an internal error ended the connection
+        self._refusal = engine.promoter.refusal  # writes refused: a full disk
         self.session.on_failure = self._wake
         #: Cancels this connection (shutdown); set by whoever serves it.
         self.scope = trio.CancelScope()
@@ -228,6 +229,7 @@ class Connection:
                 await pending
             if self.session.failure is not None:
                 raise CommitFailed(self.session.failure)  # the loop reports it
+            self.session.replies_sent()
             self.engine.stats.bytes_written += len(out)
             await send_all(self.sock, out)
             out.clear()
@@ -241,6 +243,10 @@ class Connection:
         session = self.session
         session.submit()
         if self._durable and session.unacked_writes:
+            return self._until_durable()
+        if self._refusal.message is not None and session.commits_awaited:
+            # Writes are refused (a full disk): nothing more is acknowledged
+            # before it is on disk, as with --durable-acks (docs/pov.md).
             return self._until_durable()
         return None
 
@@ -289,6 +295,7 @@ class Connection:
             await pending
         if self.session.failure is not None:
             return  # the loop reports the loss instead of these replies
+        self.session.replies_sent()
         size = len(out)
         self.engine.stats.bytes_written += size
         sent = await self.sock.send(out)
@@ -297,11 +304,13 @@ class Connection:
         out.clear()
 
     async def _report_loss(self, handler: Handler, out: bytearray) -> None:
-        """Acknowledged writes were lost: say so instead of anything pending, and end
-        (the open run is discarded: nothing after the loss is applied)."""
+        """Writes answered from the POV were lost: say so instead of anything
+        pending — as acknowledged writes lost only if a reply was sent after
+        them (:meth:`Session.loss_message`) — and end (the open run is
+        discarded: nothing after the loss is applied)."""
         self._failed = True
         out.clear()
-        handler.fatal_error(f"{self.session.failure}; acknowledged writes were lost")
+        handler.fatal_error(self.session.loss_message())
         self.engine.stats.bytes_written += len(out)
         await send_all(self.sock, out)
         out.clear()
@@ -380,6 +389,7 @@ class Connection:
                 await self._report_loss(handler, out)
                 return
             if out:
+                session.replies_sent()
                 size = len(out)
                 stats.bytes_written += size
                 sent = await sock.send(out)

@@ -16,6 +16,7 @@ or none of it.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,10 @@ _BYTES_KEY = b"bytes"
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
 _CAS_CEILING = 2**63  # explicit cas values at or above this do not move the counter
 _HEADER_PACK = HEADER.pack
+#: The keys of a disk-space probe's ballast in the meta table (:meth:`Store.probe`).
+PROBE_PREFIX = b"probe:"
+#: Each ballast record fills one overflow page of 4 KiB (a 16-byte page header).
+_PROBE_RECORD = 4000
 
 
 class Applied(NamedTuple):
@@ -46,6 +51,10 @@ class Applied(NamedTuple):
 
 class MapFull(Exception):
     """The LMDB map is full: grow it (with no transaction open) and retry."""
+
+
+class MapCannotGrow(Exception):
+    """The LMDB map is full and cannot be grown: no address space for a larger one."""
 
 
 class _WriteView:
@@ -208,6 +217,30 @@ class Store:
         with self.env.begin(db=self._meta) as txn:
             self.last_cas = self._read_u64(txn, _CAS_KEY)
             self.total_bytes = self._read_u64(txn, _BYTES_KEY)
+            leftover = bool(self._probe_keys(txn))
+        if leftover:  # a crash in the middle of a probe
+            try:
+                self._drop_probe()
+            except lmdb.Error:
+                pass  # a full disk: the next probe drops it (``stig check`` allows it)
+
+    def _probe_keys(self, txn: lmdb.Transaction) -> list[bytes]:
+        """The keys of a probe's ballast in the meta table."""
+        cursor = txn.cursor(db=self._meta)
+        keys: list[bytes] = []
+        if cursor.set_range(PROBE_PREFIX):
+            for raw in cursor.iternext(values=False):
+                key = bytes(raw)
+                if not key.startswith(PROBE_PREFIX):
+                    break
+                keys.append(key)
+        return keys
+
+    def _drop_probe(self) -> None:
+        """Delete every ballast record, in one durable transaction."""
+        with self.env.begin(write=True, db=self._meta) as txn:
+            for key in self._probe_keys(txn):
+                txn.delete(key)
 
     @staticmethod
     def _read_u64(txn: lmdb.Transaction, key: bytes) -> int:
@@ -306,9 +339,45 @@ class Store:
         self.total_bytes = max(total, 0)
         return results
 
+    def probe(self, largest: int, nbytes: int) -> None:
+        """Prove the disk has room again (stig/engine/refusal.py): commit one
+        record of ``largest`` bytes (contiguous pages, as the value that
+        failed needed) and ``nbytes`` more in page-sized records into the
+        meta table, then delete them.  Raises :class:`MapFull` or
+        ``lmdb.Error`` as :meth:`apply` does; a failed probe leaves no
+        record behind (or one the next probe, or start, drops).
+
+        The pages it took are free for the writes that follow: LMDB reuses
+        the pages a commit frees only from the second commit after it (the
+        previous snapshot still holds them), so a third, tiny commit (the
+        cas counter rewritten as it is) follows the delete.
+        """
+        keys = [PROBE_PREFIX + b"%d" % index for index in range(nbytes // _PROBE_RECORD + 1)]
+        page = bytes(_PROBE_RECORD)
+        try:
+            with self.env.begin(write=True, db=self._meta) as txn:
+                for key in keys[1:]:
+                    txn.put(key, page)
+                txn.put(keys[0], bytes(max(largest, 1)))
+            self._drop_probe()
+            with self.env.begin(write=True, db=self._meta) as txn:
+                txn.put(_CAS_KEY, _U64.pack(self._read_u64(txn, _CAS_KEY)))
+        except lmdb.MapFullError as exc:
+            raise MapFull() from exc
+
     def grow(self) -> int:
-        """Double the map size.  No transaction may be open in this process."""
+        """Double the map size.  No transaction may be open in this process.
+
+        Raises :class:`MapCannotGrow` (nothing changed) when the larger map
+        would not fit in the address space: LMDB unmaps the file before it
+        maps it again at the new size, and if that fails it is left with no
+        map at all, so the room is tried first with a mapping of our own.
+        """
         new_size = self.map_size * 2
+        try:
+            mmap.mmap(-1, new_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ).close()
+        except (OSError, OverflowError, ValueError) as exc:
+            raise MapCannotGrow(f"mmap of {new_size} bytes: {exc}") from exc
         for txn in list(
             self.long_reads
         ):  # a remap leaves cursors dangling (py-lmdb 3 ends them too)

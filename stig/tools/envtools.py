@@ -23,6 +23,7 @@ import lmdb
 
 from stig.storage.dirlock import DIR_MODE, FILE_MODE, DirLock
 from stig.storage.records import HEADER, STALE, WIN_SENT
+from stig.storage.store import PROBE_PREFIX
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"
@@ -280,7 +281,9 @@ def check(
       of 2**63 and above, given explicitly with meta ``E``, never move the
       counter and are exempt), so fresh cas values never repeat;
     * the stored byte total equals the sum of the value lengths;
-    * the meta table holds only the counter and the byte total, 8 bytes each.
+    * the meta table holds only the counter and the byte total, 8 bytes each
+      (and, after a crash in the middle of a disk-space probe, its ballast,
+      which the next ``stig serve`` drops).
 
     LMDB errors while walking (a damaged page) are problems too.
     """
@@ -300,6 +303,8 @@ def check(
             stored_bytes = None
             for name_view, raw_view in txn.cursor(db=env.meta):
                 name, raw = bytes(name_view), bytes(raw_view)
+                if name.startswith(PROBE_PREFIX):
+                    continue  # a disk-space probe's ballast, cut short: dropped at start
                 if name not in _KNOWN_META:
                     problem(f"meta: unknown entry {_show(name)}")
                 elif len(raw) != 8:

@@ -18,7 +18,7 @@ import pytest
 
 from protocol.binary_codes import Opcode, Status
 from stig_testkit.certs import self_signed_cert
-from stig_testkit.connections import BinaryConnection
+from stig_testkit.connections import BinaryConnection, RawConnection
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for, wait_for_stats
 
@@ -405,3 +405,212 @@ def test_writer_waiting_for_room_is_told_at_once(faulty, kind):
     assert server.send_recv(b"get quiet h0\r\n") == (  # nothing after the loss
         b"VALUE h0 0 100000\r\n" + value + b"\r\nEND\r\n"
     )
+
+
+# -- a disk that refuses commits: writes refused until a probe commits ------------
+
+#: fault -> (how the cause is said, LMDB's words for the errno, stats kind)
+DISK_FAULTS = {
+    "enospc": (b"out of disk space", b"No space left on device", "disk_full"),
+    "edquot": (b"out of disk space", b"Disk quota exceeded", "disk_full"),
+    "eio": (b"disk I/O error", b"Input/output error", "io_error"),
+}
+NOT_STORED = b"; unacknowledged writes were not stored"
+INCR_EXTRAS = (1).to_bytes(8, "big") + bytes(8) + bytes(4)
+
+
+def _commit_failed(fault: str) -> bytes:
+    words, strerror, _kind = DISK_FAULTS[fault]
+    return b"commit failed: %b (mdb_txn_commit: %b)" % (words, strerror)
+
+
+def _refused(fault: str) -> bytes:
+    return DISK_FAULTS[fault][0] + b"; writes refused"
+
+
+def _writes_are_refused(server: FaultyStig, fault: str) -> None:
+    """Every kind of write, in every protocol, is refused at once in the
+    cause's words; reads and stats go on."""
+    refused = b"SERVER_ERROR " + _refused(fault) + b"\r\n"
+    with server.connect() as conn:
+        for write in (
+            b"set k 0 0 1\r\nx\r\n",
+            b"add n 0 0 1\r\nx\r\n",
+            b"append a 0 0 1\r\nx\r\n",
+            b"incr a 1\r\n",
+            b"ms k 1\r\nx\r\n",
+            b"ms k 1 q\r\nx\r\n",  # quiet mode hides HD, never an error
+            b"ma a\r\n",
+            b"md a I\r\n",  # marks stale: a write, not a delete
+        ):
+            assert conn.send_recv(write, b"\r\n") == refused, write
+        # noreply: silent, as memcached's errors under noreply; the barrier says it once
+        assert conn.send_recv(b"set q 0 0 1 noreply\r\nx\r\nmn\r\n", b"\r\n") == refused
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+        assert conn.send_recv(b"get a\r\n") == b"VALUE a 0 1\r\n1\r\nEND\r\n"
+    binary: BinaryConnection = server.connect_binary()
+    for opcode, value, extras in (
+        (Opcode.Set, b"x", bytes(8)),
+        (Opcode.SetQ, b"x", bytes(8)),
+        (Opcode.Increment, b"", INCR_EXTRAS),
+        (Opcode.AppendQ, b"x", b""),
+    ):
+        binary.request(opcode, b"a", value, extras, opaque=opcode)
+        response = binary.response()
+        assert (response.opcode, response.status, response.opaque) == (
+            opcode,
+            Status.ENOMEM,
+            opcode,
+        ), response
+        assert response.value == _refused(fault)
+    assert binary.call(Opcode.Get, b"a").value == b"1"
+    binary.close()
+    stats = server.stats()
+    assert stats["stig_writes_refused"] == "1"
+    assert stats["stig_writes_refused_cause"] == DISK_FAULTS[fault][2]
+    assert int(stats["stig_write_refusals"]) >= 13
+    assert stats["stig_last_commit_error"] == "mdb_txn_commit:_" + DISK_FAULTS[fault][
+        1
+    ].decode().replace(" ", "_")
+
+
+def _writes_come_back(server: FaultyStig) -> None:
+    _set_fault(server, "")
+    wait_for_stats(server, lambda s: s["stig_writes_refused"] == "0", what="writes accepted")
+    with server.connect() as conn:
+        assert conn.send_recv(b"set back 0 0 1\r\nb\r\n", b"\r\n") == b"STORED\r\n"
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+    assert server.send_recv(b"get back\r\n") == b"VALUE back 0 1\r\nb\r\nEND\r\n"
+
+
+@pytest.mark.parametrize("fault", sorted(DISK_FAULTS))
+def test_an_acknowledged_write_lost_to_the_disk_is_reported_then_writes_are_refused(faulty, fault):
+    server = faulty()
+    assert server.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
+    _set_fault(server, "hold")
+    with server.connect() as conn:
+        assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        _wait_held(server)
+        _set_fault(server, fault)  # the held commit fails: STORED was a promise broken
+        lost = conn.recv_until(None, timeout=10)
+        assert lost == b"SERVER_ERROR " + _commit_failed(fault) + LOST + b"\r\n"
+    _writes_are_refused(server, fault)
+    _writes_come_back(server)
+
+
+@pytest.mark.parametrize("fault", sorted(DISK_FAULTS))
+def test_under_durable_acks_the_failed_write_is_never_called_acknowledged(faulty, fault):
+    server = faulty("--durable-acks")
+    assert server.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
+    _set_fault(server, fault)
+    with server.connect() as conn:
+        reply = conn.send_recv(b"set k 0 0 1\r\nx\r\n", None)
+        assert reply == b"SERVER_ERROR " + _commit_failed(fault) + NOT_STORED + b"\r\n"
+    _writes_are_refused(server, fault)
+    _writes_come_back(server)
+
+
+def test_a_binary_write_that_fails_on_a_full_disk_is_not_called_acknowledged(faulty):
+    """A loud binary Set answers after its commit: never acknowledged before it."""
+    server = faulty()
+    _set_fault(server, "enospc")
+    conn: BinaryConnection = server.connect_binary()
+    response = conn.call(Opcode.Set, b"k", b"x", bytes(8), opaque=5)
+    assert (response.status, response.opaque) == (Status.EINTERNAL, 5)
+    assert response.value == _commit_failed("enospc") + NOT_STORED
+    assert conn.is_closed_by_peer()
+    refused = server.connect_binary().call(Opcode.Set, b"k", b"x", bytes(8))
+    assert (refused.status, refused.value) == (Status.ENOMEM, _refused("enospc"))
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["pov-acks", "durable-acks"])
+def test_deletes_go_on_while_writes_are_refused_and_bring_them_back(faulty, monkeypatch, durable):
+    """A delete frees space, but needs pages of its own: it answers once
+    committed — its error if the disk refuses it too, and the connection goes
+    on; once one commits, a probe follows at once and writes come back (no
+    periodic probe here: once an hour)."""
+    monkeypatch.setenv("STIG_FAULT_PROBE_SECONDS", "3600")
+    server = faulty(*(["--durable-acks"] if durable else []))
+    with server.connect() as conn:
+        for key in (b"a", b"b", b"c"):
+            assert conn.send_recv(b"set %b 0 0 1\r\n1\r\n" % key, b"\r\n") == b"STORED\r\n"
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+    _set_fault(server, "enospc")
+    server.send_recv(b"set k 0 0 1\r\nx\r\nmn\r\n", None)  # fails: writes refused
+    with server.connect() as conn:
+        reply = conn.send_recv(b"delete a\r\n", b"\r\n")
+        assert reply == b"SERVER_ERROR " + _commit_failed("enospc") + b"\r\n"
+        assert conn.send_recv(b"get a\r\n") == b"VALUE a 0 1\r\n1\r\nEND\r\n"
+        # A quiet one: its barrier answers the error instead of MN (docs/pov.md).
+        assert conn.send_recv(b"md b q\r\nmn\r\n", b"\r\n") == (
+            b"SERVER_ERROR " + _commit_failed("enospc") + b"\r\n"
+        )
+        # The disk has room again: deletes commit, answered as memcached
+        # does, and the probe behind them brings writes back.
+        _set_fault(server, "")
+        assert server.stats()["stig_writes_refused"] == "1"  # no probe yet
+        assert conn.send_recv(b"delete a\r\n", b"\r\n") == b"DELETED\r\n"
+        assert conn.send_recv(b"delete a\r\n", b"\r\n") == b"NOT_FOUND\r\n"
+        assert conn.send_recv(b"md b q\r\nmn\r\n", b"MN\r\n") == b"MN\r\n"
+        assert conn.send_recv(b"get a b c\r\n") == b"VALUE c 0 1\r\n1\r\nEND\r\n"
+    _writes_come_back(server)
+
+
+def test_a_map_that_cannot_grow_refuses_writes_as_map_full(faulty):
+    """The map fills (1 MiB) and growing it fails (no address space): writes
+    are refused as 'database map full'; once it can grow, a probe grows it."""
+    server = faulty("--map-size", "1m")
+    _set_fault(server, "nogrow")
+    value = b"v" * 100_000
+    replies = []
+    with server.connect() as conn:
+        for index in range(40):
+            replies.append(_set_and_barrier(conn, b"k%d" % index, value))
+            if replies[-1] != b"STORED\r\nMN\r\n":
+                break
+    assert replies[-1].startswith(b"STORED\r\nSERVER_ERROR commit failed: database map full (")
+    assert replies[-1].endswith(LOST + b"\r\n"), replies[-1]
+    refused = b"SERVER_ERROR database map full; writes refused\r\n"
+    assert server.send_recv(b"set x 0 0 1\r\nx\r\n", b"\r\n") == refused
+    stats = server.stats()
+    assert (stats["stig_writes_refused"], stats["stig_writes_refused_cause"]) == ("1", "map_full")
+    _writes_come_back(server)
+    assert int(server.stats()["limit_maxbytes"]) > 1 << 20
+
+
+def _set_and_barrier(conn: RawConnection, key: bytes, value: bytes) -> bytes:
+    """``set`` (STORED from the POV), then ``mn``: MN, or what the loss says
+    (which may come right behind the STORED, before the ``mn`` is sent)."""
+    reply = conn.send_recv(b"set %b 0 0 %d\r\n%b\r\n" % (key, len(value), value), b"\r\n")
+    if reply != b"STORED\r\n":
+        return reply
+    try:
+        conn.send(b"mn\r\n")
+    except OSError:
+        pass  # closed after telling of the loss: its line is still to be read
+    return reply + conn.recv_until(b"\r\n")
+
+
+def test_once_writes_are_refused_a_run_accepted_before_is_acknowledged_only_on_disk(faulty):
+    """A quiet run recorded before the disk filled, closed after: in the
+    default mode the reply that closes it would acknowledge it at once; once
+    writes are refused it waits for the run's commit instead (as under
+    --durable-acks), so its failure is never an acknowledged write lost."""
+    server = faulty()
+    with server.connect() as quiet:
+        assert quiet.send_recv(b"ms early 1 q\r\nx\r\nmn\r\n", b"MN\r\n") == b"MN\r\n"
+        quiet.send(b"ms early 1 q\r\ny\r\n")  # recorded, its run left open
+        wait_for_stats(server, lambda s: s["stig_open_run_bytes"] != "0", what="an open run")
+        _set_fault(server, "hold")
+        with server.connect() as loud:
+            assert loud.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+            _wait_held(server)
+            _set_fault(server, "enospc")  # k's commit fails: writes refused
+            assert loud.recv_until(None, timeout=10).endswith(LOST + b"\r\n")
+        assert server.stats()["stig_writes_refused"] == "1"
+        reply = quiet.send_recv(
+            b"mg other v\r\n", None
+        )  # closes the run: no EN before it is on disk
+        assert reply == b"SERVER_ERROR " + _commit_failed("enospc") + NOT_STORED + b"\r\n"
+    _writes_come_back(server)
+    assert server.send_recv(b"mg early v\r\n", b"\r\n") == b"VA 1\r\nx\r\n"
