@@ -183,6 +183,18 @@ class Connection:
                     self.handler.close()
                 self._end_session()
                 self.sock.close()
+                if self.handler is not None:
+                    self._free_replies(self.handler)
+
+    @staticmethod
+    def _free_replies(handler: Handler) -> None:
+        """Drop the replies never sent, now.  A handler is a reference cycle
+        (its dispatch table holds its own bound methods), so only the cyclic
+        garbage collector frees it, and its full collections are rare; the
+        reply buffer of a client that stopped reading (up to
+        ``--max-reply-bytes`` plus an item) must not wait for one: under
+        connection churn such buffers held hundreds of MiB (docs/soak.md)."""
+        handler.out.clear()
 
     def _end_session(self) -> None:
         """Commit an open run left at a command boundary; discard a torn one."""
