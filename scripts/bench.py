@@ -63,11 +63,12 @@ import loadgen
 import servers
 import transport_bench
 from loadgen import LoadSpec, connect, exchange_once, preload, probe, run
-from procstat import peak_rss_mib, rss_mib, status_kib, wait_quiet
 from report import Row, assign_ratios, table
 from servers import SCRIPTS, SERVERS, RunningServer, ServerSpec, StartError
 from wire import Exchange, codec, key_for
 from workloads import build_exchange
+
+from stig_testkit.procstat import peak_rss_mib, rss_mib, status_kib, wait_quiet
 
 WORKLOAD_CHOICES = (
     "get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb", "pooled", "transport"

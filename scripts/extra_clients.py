@@ -25,8 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from procstat import cpu_seconds, peak_rss_mib
 from report import Row
+
+from stig_testkit.procstat import cpu_seconds, peak_rss_mib
 
 if TYPE_CHECKING:
     from servers import RunningServer, ServerSpec

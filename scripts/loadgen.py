@@ -62,9 +62,10 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from procstat import snapshot_all, system_busy_seconds, top_others, total_cpu
 from wire import PROTOCOLS, Exchange, codec, key_for
 from workloads import WORKLOADS, build_exchange, load_exchange, pooled_round, template_count
+
+from stig_testkit.procstat import snapshot_all, system_busy_seconds, top_others, total_cpu
 
 SCRATCH = 1 << 20
 NS = 1_000_000_000

@@ -15,9 +15,14 @@ layout test keeps it so.
 * ``certs`` — a self-signed certificate for TLS runs;
 * ``crashrig``, ``powercut_clients``, ``lazyfs``, ``broken_stig`` — the
   power-cut rig (tests/powercut, scripts/powercut.py; docs/powercut.md);
-* ``fault_server`` — ``stig`` with a commit that fails on demand.
+* ``fault_server`` — ``stig`` with a commit that fails on demand;
+* ``procstat`` — a process's CPU time and memory from ``/proc`` (the
+  benchmarks, the soak);
+* ``soak`` — the soak's clients, hostile clients, sampler and judge
+  (scripts/soak.py, tests/soak; docs/soak.md).
 
 Its modules import the standard library, ``protocol``, ``stig`` and Stig's
 own dependencies; ``lazyfs`` needs ``pyfuse3`` and ``StigProcess.client``
-``pymemcache`` (both in the ``test`` extra).
+``pymemcache`` (both in the ``test`` extra), ``soak.plot`` matplotlib (the
+``bench`` extra).
 """

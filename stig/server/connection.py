@@ -9,8 +9,9 @@ Transaction edges the loop owns (docs/pov.md):
 
 * end of a burst: closed runs are submitted together (one group commit);
 * a noreply/quiet run left open is closed when no input arrives for
-  ``--batch-idle-ms``, or when the client disconnects at a command
-  boundary; a disconnect in the middle of a command discards it;
+  ``--batch-idle-ms`` between two commands, or when the client disconnects
+  at a command boundary; a disconnect in the middle of a command discards
+  it;
 * ``--durable-acks``: a burst's replies wait for its writes' commit;
 * brakes: a connection with uncommitted writes reads nothing more while the
   engine-wide write budget (``--max-pending-bytes``) is exceeded or the
@@ -182,6 +183,18 @@ class Connection:
                     self.handler.close()
                 self._end_session()
                 self.sock.close()
+                if self.handler is not None:
+                    self._free_replies(self.handler)
+
+    @staticmethod
+    def _free_replies(handler: Handler) -> None:
+        """Drop the replies never sent, now.  A handler is a reference cycle
+        (its dispatch table holds its own bound methods), so only the cyclic
+        garbage collector frees it, and its full collections are rare; the
+        reply buffer of a client that stopped reading (up to
+        ``--max-reply-bytes`` plus an item) must not wait for one: under
+        connection churn such buffers held hundreds of MiB (docs/soak.md)."""
+        handler.out.clear()
 
     def _end_session(self) -> None:
         """Commit an open run left at a command boundary; discard a torn one."""
@@ -206,11 +219,16 @@ class Connection:
     async def _receive_now(self) -> bytes | None:
         session = self.session
         handler = self.handler
-        if session.run_open or (handler is not None and handler.read_run_open):
+        # A pause in the middle of a command closes no write run: that command
+        # belongs to the run, which ends with it (or is discarded if the client
+        # drops mid-command).
+        idle_closes_run = session.run_open and self._at_boundary()
+        if idle_closes_run or (handler is not None and handler.read_run_open):
             with trio.move_on_after(self._batch_idle):
                 return await self.sock.recv(RECEIVE_SIZE)
-            session.close_run()  # the client paused: its quiet run is complete
-            session.submit()
+            if idle_closes_run:
+                session.close_run()  # the client paused: its quiet run is complete
+                session.submit()
             if handler is not None:
                 handler.end_read_run()
         if self._idle_timeout == float("inf"):
