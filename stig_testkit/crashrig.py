@@ -75,6 +75,15 @@ class RigFailure(AssertionError):
 # -- the filesystem ---------------------------------------------------------
 
 
+def _listed_in_proc_mounts(path: Path) -> bool:
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as mounts:
+            return any(line.split()[1] == target for line in mounts if len(line.split()) > 1)
+    except OSError:
+        return os.path.ismount(path)
+
+
 class LazyMount:
     """One lazyfs process over ``backing``, mounted at ``mount``, remounting after each cut."""
 
@@ -173,7 +182,10 @@ class LazyMount:
         return self._counters()
 
     def _unmount(self) -> None:
-        if os.path.ismount(self.mount):
+        # /proc/mounts, not os.path.ismount: once the FUSE process is dead a
+        # stat of the mount point fails (ENOTCONN) and ismount says False,
+        # which left dead mounts behind in /tmp.
+        if _listed_in_proc_mounts(self.mount):
             subprocess.run(
                 ["fusermount3", "-u", "-z", str(self.mount)],
                 check=False,
