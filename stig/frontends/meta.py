@@ -486,9 +486,7 @@ class MetaHandler:
         self.out += self._write_reply(command, outcome, None)
         return None
 
-    def _set_answer(
-        self, command: MetaSet, outcome: Outcome | None, committed: Committed
-    ) -> bytes:
+    def _set_answer(self, command: MetaSet, outcome: Outcome | None, committed: Committed) -> bytes:
         """An ms's reply once committed: its ``outcome`` (None: the commit's
         verdict) with the item and cas the commit stored."""
         if committed.failure is not None:
