@@ -150,6 +150,7 @@ class Core:
         self.session = session
         #: The connection's replies, and those held behind their commits.
         self.gate = gate
+        gate.settle = self._answered_after_commit  # type: ignore[assignment]
         self.stats = engine.stats
         self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
         self.prefixes = engine.prefixes
@@ -586,35 +587,41 @@ class Core:
         """
         session = self.session
         promotion = session.close_for_reply()
-        finish = functools.partial(self._answered_after_commit, promotion, answer, is_cas)
+        if is_cas:
+            answer = functools.partial(self._counted_cas, answer)
         if not session.owed:
-            self.gate.hold(promotion, finish)
+            self.gate.hold(promotion, answer)
             return None
-        return self._reply_when_committed(promotion, finish, before)
+        return self._reply_when_committed(promotion, answer, before)
 
     async def _reply_when_committed(
         self,
         promotion: Promotion,
-        finish: Callable[[], bytes],
+        answer: Answer,
         before: Callable[[], Awaitable[None]] | None,
     ) -> None:
         self.session.submit()
         await promotion.done.wait()
-        reply = finish()  # first: a failure it reports is not the verdicts' to report
+        # The reply first: a failure it reports is not the verdicts' to report.
+        reply = self._answered_after_commit(promotion, answer)
         if before is not None:
             await before()
         self.gate.out += reply
 
-    def _answered_after_commit(self, promotion: Promotion, answer: Answer, is_cas: bool) -> bytes:
-        """The reply of a write held for its finished ``promotion``."""
+    def _answered_after_commit(self, promotion: Promotion, answer: Answer) -> bytes:
+        """The reply of a write held for its finished ``promotion`` (the
+        gate's :attr:`~stig.core.reply_gate.ReplyGate.settle`)."""
         outcomes = promotion.outcomes
         if promotion.error is not None or outcomes is None:
             self.session.reported()  # this reply reports it
             return answer(Committed(None, None, promotion.error or "commit failed"))
-        outcome = outcomes[-1]
-        if is_cas:
-            self.count_cas(outcome)
-        return answer(Committed(outcome, promotion.written))
+        return answer(Committed(outcomes[-1], promotion.written))
+
+    def _counted_cas(self, answer: Answer, committed: Committed) -> bytes:
+        """A ``cas`` write's answer, counted in ``cas_*`` by its outcome."""
+        if committed.outcome is not None:
+            self.count_cas(committed.outcome)
+        return answer(committed)
 
     async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
         """A conditional write, answered with its outcome after its commit."""

@@ -32,12 +32,13 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from stig.engine.promoter import Promotion
+from stig.engine.stats import CommandStats
 
-#: What one held reply costs in memory until it is written (its place, the
-#: function that writes it and what that binds; the promotion itself is
-#: counted in the write budget): measured with tracemalloc, ~180 B for a
+#: What one held reply costs in memory until it is written (its place and
+#: the answer that writes it, with what that binds; the promotion itself is
+#: counted in the write budget): measured with tracemalloc, ~330 B for a
 #: binary Set, rounded up.
-HELD_COST = 256
+HELD_COST = 384
 
 
 class _Held(NamedTuple):
@@ -45,31 +46,41 @@ class _Held(NamedTuple):
 
     offset: int  # its place in ``out``: before every byte at or after this offset
     promotion: Promotion
-    finish: Callable[[], bytes]  # called once the promotion is finished
+    answer: object  # handed to ReplyGate.settle with the finished promotion
 
 
 class ReplyGate:
     """The replies of one connection held behind their commits; see the module docstring."""
 
-    __slots__ = ("_held", "cost", "out")
+    __slots__ = ("_held", "_stats", "cost", "out", "settle")
 
-    def __init__(self, out: bytearray) -> None:
+    def __init__(self, out: bytearray, stats: CommandStats) -> None:
         #: The connection's reply buffer, which the handler appends to.
         self.out = out
         self._held: list[_Held] = []
         #: Memory the held replies cost (:data:`HELD_COST` each).
         self.cost = 0
+        self._stats = stats  # stig_held_replies, stig_held_replies_max
+        #: Writes a held reply: (its finished promotion, the answer it was
+        #: held with) -> bytes.  Set by its owner (the command core).
+        self.settle: Callable[[Promotion, object], bytes] = _unsettled
 
     @property
     def holding(self) -> bool:
         """Whether replies wait for their commits (:meth:`release` first)."""
         return bool(self._held)
 
-    def hold(self, promotion: Promotion, finish: Callable[[], bytes]) -> None:
-        """Keep a place at the end of the stream for a reply that ``finish``
-        writes once ``promotion`` is finished (committed or failed)."""
-        self._held.append(_Held(len(self.out), promotion, finish))
+    def hold(self, promotion: Promotion, answer: object) -> None:
+        """Keep a place at the end of the stream for the reply that
+        :attr:`settle` writes from ``promotion`` and ``answer`` once
+        ``promotion`` is finished (committed or failed)."""
+        held = self._held
+        held.append(_Held(len(self.out), promotion, answer))
         self.cost += HELD_COST
+        stats = self._stats
+        stats.held_replies += 1
+        if len(held) > stats.held_replies_max:
+            stats.held_replies_max = len(held)
 
     def insert(self, position: int, data: bytes) -> None:
         """Insert ``data`` into the stream at ``position`` (the start of the
@@ -88,7 +99,8 @@ class ReplyGate:
             ]
 
     def discard(self) -> None:
-        """Forget the held replies (the connection reports a loss instead)."""
+        """Forget the held replies (the connection reports a loss instead, or ends)."""
+        self._stats.held_replies -= len(self._held)
         self._held = []
         self.cost = 0
 
@@ -106,16 +118,20 @@ class ReplyGate:
         last = held[-1].promotion
         if not last.finished:
             await last.done.wait()
-        self._held = []
-        self.cost = 0
+        self.discard()
         out = self.out
+        settle = self.settle
         pieces: list[bytes | bytearray] = []
         start = 0
-        for offset, promotion, finish in held:
+        for offset, promotion, answer in held:
             if not promotion.finished:  # never, by the order above; but never wrong
                 await promotion.done.wait()
             pieces.append(out[start:offset])
-            pieces.append(finish())
+            pieces.append(settle(promotion, answer))
             start = offset
         pieces.append(out[start:])
         out[:] = b"".join(pieces)
+
+
+def _unsettled(promotion: Promotion, answer: object) -> bytes:
+    raise AssertionError("a ReplyGate's settle was never set")

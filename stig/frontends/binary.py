@@ -133,7 +133,7 @@ class BinaryHandler:
         self.closing = False
         #: Replies held behind their commits (the loud writes, which carry the
         #: committed cas): the connection releases them before it sends.
-        self.gate = ReplyGate(self.out)
+        self.gate = ReplyGate(self.out, engine.stats)
         self.core = Core(engine, session, self.gate)
         self.auth = engine.auth
         self.authenticated = self.auth is None

@@ -91,7 +91,7 @@ class TextHandler:
         self.drain: Callable[[], Awaitable[None]] | None = None
         #: Replies held behind their commits (add/replace/cas, meta writes
         #: that return a cas): the connection releases them before it sends.
-        self.gate = ReplyGate(self.out)
+        self.gate = ReplyGate(self.out, engine.stats)
         self.core = Core(engine, session, self.gate)
         self._db = engine.store
         # Replies are sent as they grow: gets read ahead stop once this much

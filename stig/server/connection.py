@@ -189,6 +189,8 @@ class Connection:
                 if self.handler is not None:
                     self.handler.close()
                 self._end_session()
+                if self.handler is not None:
+                    self.handler.gate.discard()  # replies never sent, if any
                 self.sock.close()
 
     def _end_session(self) -> None:

@@ -311,3 +311,25 @@ def test_meta_writes_that_wait_for_their_commit_share_one(server):
         assert token and token not in seen_cas
         seen_cas.add(token)
     assert position == len(replies)
+
+
+# -- bounds --------------------------------------------------------------------------
+
+#: What a held reply is counted at (stig/core/reply_gate.py's HELD_COST).
+HELD_COST = 384
+
+
+def test_replies_held_behind_commits_count_against_max_reply_bytes(stig_factory):
+    """With --max-reply-bytes 16k a connection holds at most 16k/HELD_COST
+    replies behind their commits before it sends (which commits them): a
+    burst of 3,000 Sets is answered in parts, every reply right."""
+    limit = 16 * 1024
+    server = stig_factory("--max-reply-bytes", "16k")
+    requests = [
+        encode_request(Opcode.Set, b"rb%d" % i, VALUE, SET_EXTRAS, opaque=i) for i in range(3000)
+    ]
+    responses = _binary_burst(server, requests)
+    assert [(r.opaque, r.status) for r in responses] == [(i, 0) for i in range(3000)]
+    stats = server.stats()
+    assert 0 < int(stats["stig_held_replies_max"]) <= limit // HELD_COST + 1, stats
+    assert stats["stig_held_replies"] == "0"
