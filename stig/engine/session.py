@@ -612,9 +612,16 @@ class Session:
         ``outcomes[-1]`` and ``written`` (its verdict, the item and cas it
         stored).  So no later run joins this promotion, and its failure is
         that reply's to report (:attr:`Promotion.held_reply`), not a
-        barrier's.  The run must not be empty."""
+        barrier's.  Nothing in the run was acknowledged before that reply
+        (a run's writes are acknowledged by the reply that closes it), so
+        its failure loses no acknowledged write, unless the run joined a
+        promotion of runs already answered from the POV.  The run must not
+        be empty."""
+        closed = len(self._closed)
         promotion = self.close_run()
         assert promotion is not None, "close_for_reply() of an empty run"
+        if len(self._closed) > closed:  # a promotion of its own
+            promotion.answered_early = False
         promotion.held_reply = True
         self._closed_pure = False
         return promotion
