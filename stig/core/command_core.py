@@ -11,8 +11,13 @@ for a pending conditional write of this session when its verdict could change
 what they see — except when that verdict is in the session's own open run:
 waiting would split the run, so the write joins the run as an *intent*
 applied at promotion (:meth:`Core._intent`; docs/pov.md, "Runs stay whole").
-Conditional writes answer after their commit.  Commit failures surface as
-:class:`~stig.engine.session.CommitFailed`.
+Conditional writes (and binary loud writes, meta writes returning a cas)
+answer after their commit: their run closes, and the handler's reply for
+the commit's result is held in the connection's :class:`ReplyGate` with the
+replies of the burst (:meth:`Core.reply_after_commit`), so that a pipelined
+burst shares one group commit (stig/core/reply_gate.py).  Commit failures
+surface as :class:`~stig.engine.session.CommitFailed`, or, for a held
+reply, as the failure its answer words.
 
 The transaction rules every protocol shares live here once, and the
 handlers only translate: a write answered from the POV with a reply closes
