@@ -32,6 +32,12 @@ The ``transport`` rows run :mod:`transport_bench`: Stig over TCP, TLS and a
 unix socket with the same client (``stig tcp|tls|unix``, get and set at
 d=16), each compared with ``stig tcp``.
 
+The ``cond`` rows run :mod:`cond_bench`: pipelined bursts of writes that
+answer after their commit (loud binary Sets, text ``add`` of fresh keys, 16
+per burst) on memcached, Stig and Stig ``--durable-acks``, each Stig row
+compared with memcached's; Stig's rows note its group commits per 1,000
+writes (a burst shares one).
+
 All figures come from one run on one machine whose 2 cores are shared by the
 server, the Python client and anything else running: read them as ratios
 (the "vs reference" column), and check "other CPU s" for interference.
@@ -58,6 +64,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cond_bench
 import extra_clients
 import loadgen
 import servers
@@ -71,7 +78,7 @@ from workloads import build_exchange
 from stig_testkit.procstat import peak_rss_mib, rss_mib, status_kib, wait_quiet
 
 WORKLOAD_CHOICES = (
-    "get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb", "pooled", "transport"
+    "get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb", "pooled", "transport", "cond"
 )  # fmt: skip
 P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
 P99_SERVERS = ("stig", "memcached")  # driven at the same fixed rate, back to back
@@ -119,6 +126,7 @@ class Plan:
                     ("mget", 1),
                     ("p99", 1),
                     ("batch", 1),
+                    ("cond", 16),
                 ],
                 keyspace=1_000,
                 scale_keys=2_000,
@@ -145,6 +153,7 @@ class Plan:
                     ("mget", 1),
                     ("p99", 1),
                     ("batch", 1),
+                    ("cond", 16),
                 ],
                 keyspace=10_000,
                 scale_keys=100_000,
@@ -170,6 +179,7 @@ class Plan:
                 ("p99", 1),
                 ("mget", 1),
                 ("batch", 1),
+                ("cond", 16),
             ],
             keyspace=100_000,
             scale_keys=10_000_000,
@@ -523,6 +533,16 @@ def bench_servers(specs: list[ServerSpec], plan: Plan, say: Callable[[str], None
                     continue
                 if workload == "p99":
                     rows += bench_p99(fleet, specs, plan, size, rows, say)
+                    continue
+                if workload == "cond":  # fresh servers of its own; Stig vs memcached
+                    if size != plan.sizes[0]:
+                        continue  # small values: the commits, not the bytes, are measured
+                    names = [s.name for s in specs]
+                    if plan.quick:  # the reference and POV Stig; durable in full runs
+                        names = [n for n in names if n != "stig-durable"]
+                    rows += cond_bench.bench_rows(
+                        plan.duration, names, say, plan.out_of_time, depth, size
+                    )
                     continue
                 if workload == "batch" and not plan.out_of_time():
                     rows += bench_lmdb(plan, say, [size])  # its reference, right before it
@@ -1008,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
                         set(servers.STARTED_PIDS)
                         | set(loadgen.STARTED_PIDS)
                         | set(transport_bench.STARTED_PIDS)
+                        | set(cond_bench.STARTED_PIDS)
                     ),
                 },
                 indent=2,

@@ -192,6 +192,8 @@ def _note(r: Row) -> str:
         notes.append(f"client sent late: lag p99 {extra['send_lag_p99_us']:,.0f} µs")
     if extra.get("peak_for"):
         notes.append(f"Stig's peak for the {extra['peak_for']} rows")
+    if extra.get("commits_per_1000_writes") is not None:
+        notes.append(f"{extra['commits_per_1000_writes']} group commits per 1,000 writes")
     if extra.get("get_misses"):
         notes.append(f"{extra['get_misses']} misses")
     if r.other_cpu_s and r.seconds and r.other_cpu_s > 0.1 * r.seconds and extra.get("other_top"):

@@ -11,8 +11,13 @@ for a pending conditional write of this session when its verdict could change
 what they see — except when that verdict is in the session's own open run:
 waiting would split the run, so the write joins the run as an *intent*
 applied at promotion (:meth:`Core._intent`; docs/pov.md, "Runs stay whole").
-Conditional writes answer after their commit.  Commit failures surface as
-:class:`~stig.engine.session.CommitFailed`.
+Conditional writes (and binary loud writes, meta writes returning a cas)
+answer after their commit: their run closes, and the handler's reply for
+the commit's result is held in the connection's :class:`ReplyGate` with the
+replies of the burst (:meth:`Core.reply_after_commit`), so that a pipelined
+burst shares one group commit (stig/core/reply_gate.py).  Commit failures
+surface as :class:`~stig.engine.session.CommitFailed`, or, for a held
+reply, as the failure its answer words.
 
 The transaction rules every protocol shares live here once, and the
 handlers only translate: a write answered from the POV with a reply closes
@@ -26,14 +31,17 @@ everything and reports a failure since the last barrier; refusals are
 from __future__ import annotations
 
 import enum
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 
 from protocol.listing import stats_items
+from stig.core.reply_gate import ReplyGate
 from stig.core.stats_report import general_stats, settings_stats
 from stig.engine.engine import Engine
+from stig.engine.promoter import Promotion
 from stig.engine.session import Session
 from stig.engine.settings import TtlPolicy
 from stig.storage.ops import (
@@ -83,6 +91,21 @@ class Verdict:
     failure: str | None = None
 
 
+@attrs.frozen(slots=True)
+class Committed:
+    """What a write answered after its commit learns from it: its outcome at
+    promotion and the item it stored (None: none), or why the commit failed
+    (``failure``; ``outcome`` is then None)."""
+
+    outcome: Outcome | None
+    item: Item | None
+    failure: str | None = None
+
+
+#: Words a reply after commit from what the commit decided (a handler's).
+Answer = Callable[[Committed], bytes]
+
+
 class StatsKind(enum.Enum):
     """What a ``stats <group>`` request did (:meth:`Core.stats_group`)."""
 
@@ -127,9 +150,12 @@ def expired_variant(op: Op) -> Op:
 class Core:
     """One connection's command core; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session) -> None:
+    def __init__(self, engine: Engine, session: Session, gate: ReplyGate) -> None:
         self.engine = engine
         self.session = session
+        #: The connection's replies, and those held behind their commits.
+        self.gate = gate
+        gate.settle = self._answered_after_commit  # type: ignore[assignment]
         self.stats = engine.stats
         self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
         self.prefixes = engine.prefixes
@@ -256,13 +282,11 @@ class Core:
 
     def answered(self, quiet: bool) -> None:
         """A write answered from the POV: one that replies closes its run (as
-        that run's last member) and makes the connection owe its commit
-        (``--durable-acks`` holds the reply until then); a quiet one stays in
-        the open run (docs/pov.md, "What forms a run")."""
+        that run's last member; ``--durable-acks`` then holds the reply until
+        the run is on disk, as every reply after a run closes); a quiet one
+        stays in the open run (docs/pov.md, "What forms a run")."""
         if not quiet:
-            session = self.session
-            session.close_run()
-            session.unacked_writes = True
+            self.session.close_run()
 
     # -- reads -----------------------------------------------------------------
 
@@ -516,27 +540,93 @@ class Core:
             verdicts += [Verdict(tag, outcomes[index]) for tag, index in tags]
         return verdicts
 
-    async def conditional_write(
+    # -- replies after commit: held in the gate, one group commit per burst ----
+
+    def conditional_reply(
         self,
         op: Op,
         key: bytes | None,
         size: int,
         quiet: bool,
+        answer: Answer,
         tag: object | None = None,
         exptime: int | None = None,
-    ) -> tuple[Outcome, Item | None] | None:
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> Awaitable[None] | None:
         """A conditional write as its client sent it: quiet (or noreply), it
-        joins the open run and answers None, its verdict owed to ``tag``
-        (:meth:`queue_conditional`); else its outcome and the item it stored,
-        after its commit (:meth:`conditional_result`).  With an ``exptime``
-        already past it is checked as sent but stores nothing
-        (:func:`expired_variant`)."""
+        joins the open run, its verdict owed to ``tag`` (:meth:`queue_conditional`);
+        else it closes its run and ``answer`` writes its reply once that run
+        is committed (:meth:`reply_after_commit`, which ``before`` is for).
+        With an ``exptime`` already past it is checked as sent but stores
+        nothing (:func:`expired_variant`).  None, or what to await first."""
         if self.expired(exptime):
             op = expired_variant(op)
         if quiet:
             self.queue_conditional(op, key, size, tag)
             return None
-        return await self.conditional_result(op, key, size)
+        self._count_write(op)
+        self.session.add_conditional(op, key, size)
+        is_cas = isinstance(op, Cas) or (
+            isinstance(op, ExpiredStore) and op.mode is ExpiredMode.CAS
+        )
+        return self.reply_after_commit(answer, is_cas, before)
+
+    def reply_after_commit(
+        self,
+        answer: Answer,
+        is_cas: bool = False,
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> Awaitable[None] | None:
+        """Close the open run, whose last member is the write just recorded;
+        its reply — ``answer`` of what the commit decided — goes out once that
+        run is committed.
+
+        The reply is held in the gate (stig/core/reply_gate.py) and the
+        burst goes on: every such write of a burst shares one group commit,
+        and the connection writes the replies in their places before it
+        sends (None returned).  Only when the run owes quiet writes their
+        verdicts, which come before this reply, does it wait for the commit
+        here (the awaitable returned; ``before`` writes those verdicts, as
+        the binary handler does; the text handler inserts them afterwards).
+        ``is_cas``: the write is a ``cas``, counted in ``cas_*`` by outcome.
+        """
+        session = self.session
+        promotion = session.close_for_reply()
+        if is_cas:
+            answer = functools.partial(self._counted_cas, answer)
+        if not session.owed:
+            self.gate.hold(promotion, answer)
+            return None
+        return self._reply_when_committed(promotion, answer, before)
+
+    async def _reply_when_committed(
+        self,
+        promotion: Promotion,
+        answer: Answer,
+        before: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self.session.submit()
+        await promotion.done.wait()
+        # The reply first: a failure it reports is not the verdicts' to report.
+        reply = self._answered_after_commit(promotion, answer)
+        if before is not None:
+            await before()
+        self.gate.out += reply
+
+    def _answered_after_commit(self, promotion: Promotion, answer: Answer) -> bytes:
+        """The reply of a write held for its finished ``promotion`` (the
+        gate's :attr:`~stig.core.reply_gate.ReplyGate.settle`)."""
+        outcomes = promotion.outcomes
+        if promotion.error is not None or outcomes is None:
+            self.session.reported()  # this reply reports it
+            return answer(Committed(None, None, promotion.error or "commit failed"))
+        return answer(Committed(outcomes[-1], promotion.written))
+
+    def _counted_cas(self, answer: Answer, committed: Committed) -> bytes:
+        """A ``cas`` write's answer, counted in ``cas_*`` by its outcome."""
+        if committed.outcome is not None:
+            self.count_cas(committed.outcome)
+        return answer(committed)
 
     async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
         """A conditional write, answered with its outcome after its commit."""
@@ -545,23 +635,17 @@ class Core:
     async def conditional_result(
         self, op: Op, key: bytes | None, size: int = 0
     ) -> tuple[Outcome, Item | None]:
-        """A conditional write's outcome and the item it stored, after its commit."""
+        """A conditional write's outcome and the item it stored, awaited here
+        (``flush_all``; the lease and stale wins of a run of ``mg``, read from
+        its held snapshot): replies held in the gate use
+        :meth:`conditional_reply` instead."""
         self._count_write(op)
         self.session.add_conditional(op, key, size)
-        outcome, item = await self.committed()
+        promotion = await self.session.commit_run()
+        outcome = promotion.outcomes[-1]  # type: ignore[index]
         if isinstance(op, Cas) or (isinstance(op, ExpiredStore) and op.mode is ExpiredMode.CAS):
             self.count_cas(outcome)
-        return outcome, item
-
-    async def committed(self) -> tuple[Outcome, Item | None]:
-        """Commit the open run, whose last member is the write just made.
-
-        Its outcome at promotion and the item it stored (None if it stored
-        nothing), after the commit: for replies that must carry the cas a
-        write got, which only the commit assigns (the binary protocol).
-        """
-        promotion = await self.session.commit_run()
-        return promotion.outcomes[-1], promotion.written  # type: ignore[index]
+        return outcome, promotion.written
 
     async def barrier(self) -> list[Verdict]:
         """Wait until everything this connection sent so far is committed on

@@ -107,6 +107,10 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_keys_in_flight", len(engine.promoter.in_flight)),
         ("stig_read_waits", engine.promoter.in_flight.waits),
         ("stig_cachedump_skipped_keys", engine.stats.cachedump_skipped_keys),
+        # Replies waiting for their commits (stig/core/reply_gate.py): now, on
+        # all connections; the most one connection held (--max-reply-bytes).
+        ("stig_held_replies", engine.stats.held_replies),
+        ("stig_held_replies_max", engine.stats.held_replies_max),
     ]
     # Writes refused while the disk cannot take commits (stig/engine/refusal.py).
     refusal = engine.promoter.refusal

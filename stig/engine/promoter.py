@@ -146,6 +146,9 @@ class Promotion:
     last_seq: int = 0  # the session's write sequence number at the run's end
     first_seq: int = 0  # ... at the run's first write
     clears_all: bool = False  # holds a flush_all: every key is written
+    #: Its last write's reply waits for it (stig/core/reply_gate.py): that reply
+    #: reports its failure, no barrier does (Session.close_for_reply).
+    held_reply: bool = False
     outcomes: list[Outcome] | None = None
     written: Item | None = None  # what the run's last operation stored, cas included
     error: str | None = None

@@ -147,7 +147,11 @@ class Session:
         self._reported_owed: set[int] = set()
         # Called once when ``failure`` is set: the connection wakes up to say so.
         self.on_failure: Callable[[], None] | None = None
-        self.unacked_writes = False  # replied-to writes not yet known durable
+        #: A run has closed since the last wait for every commit: the replies
+        #: written since acknowledge it, so under ``--durable-acks`` they wait
+        #: for its commit (set by :meth:`close_run`, the one place a run
+        #: closes, whatever closes it; stig/server/connection.py waits).
+        self.unacked_writes = False
         self._in_flight = engine.promoter.in_flight
         self._refusal = engine.promoter.refusal
         # Acknowledged: the writes up to ``acked_seq`` (a reply was sent after
@@ -531,7 +535,7 @@ class Session:
         self.submit()
         await promotion.done.wait()
         if promotion.error is not None or promotion.outcomes is None:
-            self._reported()  # this reply reports it
+            self.reported()  # this reply reports it
             raise CommitFailed(promotion.error or "commit failed")
         return promotion
 
@@ -567,6 +571,7 @@ class Session:
         if not run:
             return None
         self._closed_seq = self._seq
+        self.unacked_writes = True  # every reply from now on acknowledges it
         budget = self._budget
         budget.open -= self._run_bytes
         if budget.holder is not None or budget.waiting:
@@ -599,6 +604,26 @@ class Session:
         if self._run_owed:
             self.owed.append((promotion, self._run_owed))
             self._run_owed = []
+        return promotion
+
+    def close_for_reply(self) -> Promotion:
+        """Close the open run for a reply that waits for its commit: the run's
+        last member is the write that reply answers, with the promotion's
+        ``outcomes[-1]`` and ``written`` (its verdict, the item and cas it
+        stored).  So no later run joins this promotion, and its failure is
+        that reply's to report (:attr:`Promotion.held_reply`), not a
+        barrier's.  Nothing in the run was acknowledged before that reply
+        (a run's writes are acknowledged by the reply that closes it), so
+        its failure loses no acknowledged write, unless the run joined a
+        promotion of runs already answered from the POV.  The run must not
+        be empty."""
+        closed = len(self._closed)
+        promotion = self.close_run()
+        assert promotion is not None, "close_for_reply() of an empty run"
+        if len(self._closed) > closed:  # a promotion of its own
+            promotion.answered_early = False
+        promotion.held_reply = True
+        self._closed_pure = False
         return promotion
 
     def discard_run(self) -> None:
@@ -663,10 +688,10 @@ class Session:
             raise CommitFailed(self.failure)
         if report and self.unreported is not None:
             message = self.unreported
-            self._reported()
+            self.reported()
             raise CommitFailed(message)
 
-    def _reported(self) -> None:
+    def reported(self) -> None:
         """A reply reports the failures so far: the unreported one, and those
         of the closed runs owing quiet verdicts, which are owed nothing more."""
         self.unreported = None
@@ -704,7 +729,8 @@ class Session:
         self._budget.used -= promotion.nbytes
         error = promotion.error
         if error is not None:
-            self.unreported = error
+            if not promotion.held_reply:  # else its held reply reports it
+                self.unreported = error
             if promotion.answered_early and self.failure is None:
                 self.failure = error
                 self._failure_acked = promotion.first_seq <= self.acked_seq

@@ -61,8 +61,12 @@ class CommandStats:
     bytes_read: int = 0
     bytes_written: int = 0
     cachedump_skipped_keys: int = 0  #: keys ``stats cachedump`` left out (not line-safe)
+    #: Replies held behind their commits now, on all connections
+    #: (stig/core/reply_gate.py), and the most one connection held at once.
+    held_replies: int = 0
+    held_replies_max: int = 0
 
     def reset(self) -> None:
-        current = self.curr_connections
+        current, held = self.curr_connections, self.held_replies
         self.__init__()  # type: ignore[misc]
-        self.curr_connections = current
+        self.curr_connections, self.held_replies = current, held

@@ -28,6 +28,7 @@ the connection once per burst.  The rules (docs/pov.md):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
@@ -51,7 +52,8 @@ from protocol.binary import (
     stat_response,
 )
 from protocol.errors import ProtocolError
-from stig.core.command_core import Core, Refusal, StatsAnswer, StatsKind, Verdict
+from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind, Verdict
+from stig.core.reply_gate import ReplyGate
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.session import CommitFailed, Session, WritesRefused
@@ -129,7 +131,10 @@ class BinaryHandler:
         self.parser = BinaryParser(engine.settings.limits)
         self.out = bytearray()
         self.closing = False
-        self.core = Core(engine, session)
+        #: Replies held behind their commits (the loud writes, which carry the
+        #: committed cas): the connection releases them before it sends.
+        self.gate = ReplyGate(self.out, engine.stats)
+        self.core = Core(engine, session, self.gate)
         self.auth = engine.auth
         self.authenticated = self.auth is None
         #: Sends what ``out`` holds so far (the connection sets it).
@@ -399,27 +404,6 @@ class BinaryHandler:
             await self._settle()
         self.out += reply
 
-    async def _answer_committed(
-        self,
-        request: BinaryRequest,
-        outcome: Outcome,
-        item: Item | None,
-        failures: Failures,
-        counter: bool = False,
-    ) -> None:
-        """Reply to a loud write after its commit: a failure, or success with its cas."""
-        await self._report_verdicts()
-        status = failures.get(outcome)
-        if status is not None:
-            self.out += error_response(request.opcode, request.opaque, status)
-            return
-        cas = item.cas if item is not None else 0
-        if counter:
-            value = int(item.value) if item is not None else 0
-            self.out += counter_response(request.opcode, request.opaque, cas, value)
-        else:
-            self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque, cas)
-
     async def _conditional(
         self,
         request: BinaryRequest,
@@ -429,21 +413,35 @@ class BinaryHandler:
         counter: bool = False,
         exptime: int | None = None,
     ) -> None:
-        """A write checked against the committed state: queued if quiet, else answered
-        after its commit."""
-        tag = _Quiet.of(request, failures)
-        result = await self.core.conditional_write(
-            op, request.key or None, size, request.quiet, tag, exptime
+        """A write checked against the committed state: queued if quiet, else
+        answered after its commit (held with the replies of its burst)."""
+        answer = functools.partial(
+            _committed_response, request.opcode, request.opaque, failures, counter
         )
-        if result is not None:
-            await self._answer_committed(request, *result, failures, counter)
+        pending = self.core.conditional_reply(
+            op,
+            request.key or None,
+            size,
+            request.quiet,
+            answer,
+            _Quiet.of(request, failures),
+            exptime,
+            before=self._report_verdicts,
+        )
+        if pending is not None:
+            await pending
 
     async def _commit_loud(
         self, request: BinaryRequest, failures: Failures, counter: bool = False
     ) -> None:
-        """A loud unconditional write just recorded: answer after its commit, with its cas."""
-        outcome, item = await self.core.committed()
-        await self._answer_committed(request, outcome, item, failures, counter)
+        """A loud unconditional write just recorded: answered after its commit,
+        with its cas (held with the replies of its burst)."""
+        answer = functools.partial(
+            _committed_response, request.opcode, request.opaque, failures, counter
+        )
+        pending = self.core.reply_after_commit(answer, before=self._report_verdicts)
+        if pending is not None:
+            await pending
 
     # -- reads -------------------------------------------------------------------
 
@@ -624,6 +622,23 @@ class BinaryHandler:
         await self._settle()
         status = Status.UNKNOWN_COMMAND if self.auth is None else Status.AUTH_ERROR
         self.out += error_response(request.opcode, request.opaque, status)
+
+
+def _committed_response(
+    opcode: int, opaque: int, failures: Failures, counter: bool, committed: Committed
+) -> bytes:
+    """A loud write's response once its commit decided it: a failure, or
+    success with the cas the commit gave its item (a counter's value too)."""
+    if committed.failure is not None:
+        return error_response(opcode, opaque, Status.EINTERNAL, committed.failure)
+    status = failures.get(committed.outcome)  # type: ignore[arg-type]
+    if status is not None:
+        return error_response(opcode, opaque, status)
+    item = committed.item
+    cas = item.cas if item is not None else 0
+    if counter:
+        return counter_response(opcode, opaque, cas, int(item.value) if item is not None else 0)
+    return encode_response(opcode, Status.NO_ERROR, opaque, cas)
 
 
 def _stat_pairs(answer: StatsAnswer) -> Sequence[tuple[str, object]] | None:

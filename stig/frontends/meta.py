@@ -31,6 +31,7 @@ commands").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 import lmdb
@@ -62,7 +63,7 @@ from protocol.meta import (
     suppressed_in_quiet,
 )
 from protocol.text_replies import client_error, server_error
-from stig.core.command_core import NON_NUMERIC, Core, Refusal, Verdict
+from stig.core.command_core import NON_NUMERIC, Answer, Committed, Core, Refusal, Verdict
 from stig.engine.session import CommitFailed, Session
 from stig.storage.ops import (
     Add,
@@ -126,6 +127,7 @@ class MetaHandler:
         self.core = core
         self.session = session
         self.out = out
+        self.gate = core.gate  # replies held behind their commits
         self._next_event = next_event  # the parser's, to read a run of mg ahead
         #: Sends what ``out`` holds so far (the text handler sets it): a run
         #: of mg sends its replies as they grow.
@@ -165,6 +167,15 @@ class MetaHandler:
         if not suppressed_in_quiet(command, code):
             self.out += encode_meta_response(meta_response(command, code, item, value))
 
+    @staticmethod
+    def _reply_bytes(
+        command: Keyed, code: bytes, item: ItemFacts | None = None, value: bytes | None = None
+    ) -> bytes:
+        """What :meth:`_reply` writes, for a reply held behind its commit."""
+        if suppressed_in_quiet(command, code):
+            return b""
+        return encode_meta_response(meta_response(command, code, item, value))
+
     def _ttl_refused(self, *ttls: int | None) -> bool:
         return any(ttl is not None and self.core.ttl_refused(ttl) for ttl in ttls)
 
@@ -174,7 +185,7 @@ class MetaHandler:
         """Write what quiet writes whose run has closed are owed, at ``out[mark]``:
         where the reply of the command being handled begins, so they come first."""
         if self.core.verdicts_due:
-            self.out[mark:mark] = self._verdict_lines(await self.core.verdicts())
+            self.gate.insert(mark, self._verdict_lines(await self.core.verdicts()))
 
     @staticmethod
     def _verdict_lines(verdicts: list[Verdict]) -> bytes:
@@ -193,13 +204,21 @@ class MetaHandler:
                 lines += encode_meta_response(meta_response(command, code))
         return bytes(lines)
 
-    async def _conditional(
-        self, command: Keyed, op: Op, size: int = 0, exptime: int | None = None
-    ) -> tuple[Outcome, Item | None] | None:
-        """A conditional write: queued if quiet (None), else its verdict after commit."""
-        return await self.core.conditional_write(
-            op, command.key, size, command.quiet, command, exptime
+    def _conditional(
+        self, command: Keyed, op: Op, answer: Answer, size: int = 0, exptime: int | None = None
+    ) -> Awaitable[None] | None:
+        """A conditional write: queued if quiet, its verdict owed; else
+        ``answer`` writes its reply after its commit, held with the replies of
+        its burst (:meth:`Core.conditional_reply`)."""
+        return self.core.conditional_reply(
+            op, command.key, size, command.quiet, answer, command, exptime
         )
+
+    def _code_answer(self, command: Keyed, committed: Committed) -> bytes:
+        """A conditional write's reply: the code of its outcome (or the failure)."""
+        if committed.failure is not None:
+            return server_error(committed.failure)
+        return self._reply_bytes(command, _CODES[committed.outcome])  # type: ignore[index]
 
     # -- mg: a run of them reads one snapshot ------------------------------------
 
@@ -405,31 +424,36 @@ class MetaHandler:
                 return None
         return self._set(command)
 
-    async def _set(self, command: MetaSet) -> None:
+    def _set(self, command: MetaSet) -> Awaitable[None] | None:
+        """Any ms: done at once (None) — a reply after its commit is held
+        with the replies of its burst — or what to await (an append whose
+        POV answer waits for a verdict, a run owing quiet verdicts)."""
         appends = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
         ttl = None if appends else command.ttl  # memcached ignores T when appending
         if self.core.store_refused(ttl, command.vivify_ttl):
             self.out += TTL_REJECTED
-            return
+            return None
         op = self._conditional_set(command)
         if isinstance(op, Put) and self.core.expired(ttl):
             op = None  # E alone, already expired: nothing to store under it
         if op is not None:
-            result = await self._conditional(command, op, len(command.value), ttl)
-            if result is not None:
-                self._write_reply(command, *result)
-            return
-        key, value = command.key, command.value
+            answer = functools.partial(self._set_answer, command, None)
+            return self._conditional(command, op, answer, len(command.value), ttl)
         if command.mode is SetMode.SET:
-            self.core.set(key, value, command.client_flags, ttl or 0)
-            stored = True
-        else:
-            vivify = command.client_flags if command.vivify_ttl is not None else None
-            prepend = command.mode is SetMode.PREPEND
-            stored = await self.core.concat(
-                key, value, prepend, vivify, quiet=command.quiet, tag=command
-            )
-        await self._pov_write_reply(command, Outcome.STORED if stored else Outcome.NOT_STORED)
+            self.core.set(command.key, command.value, command.client_flags, ttl or 0)
+            return self._pov_write_reply(command, Outcome.STORED)
+        return self._concat(command)
+
+    async def _concat(self, command: MetaSet) -> None:
+        """ms in append/prepend mode: its POV answer may wait for a verdict."""
+        vivify = command.client_flags if command.vivify_ttl is not None else None
+        prepend = command.mode is SetMode.PREPEND
+        stored = await self.core.concat(
+            command.key, command.value, prepend, vivify, quiet=command.quiet, tag=command
+        )
+        pending = self._pov_write_reply(command, Outcome.STORED if stored else Outcome.NOT_STORED)
+        if pending is not None:
+            await pending
 
     def _conditional_set(self, command: MetaSet) -> Op | None:
         """The conditional op an ms stands for, or None if it answers from the POV."""
@@ -448,28 +472,38 @@ class MetaHandler:
         vivify = flags if command.vivify_ttl is not None else None
         return Concat(key, value, mode is SetMode.PREPEND, vivify, cas or 0, new_cas)
 
-    async def _pov_write_reply(self, command: Keyed, outcome: Outcome) -> None:
-        """Answer a write made in the POV; a cas to return waits for its commit."""
-        written = None
-        code = _CODES[outcome]
+    def _pov_write_reply(self, command: MetaSet, outcome: Outcome) -> Awaitable[None] | None:
+        """Answer an ms made in the POV; a cas to return exists only once
+        committed, so that reply is held until then (:meth:`Core.reply_after_commit`)."""
         if (
             outcome is Outcome.STORED
             and command.wants(ReturnFlag.CAS)
-            and not suppressed_in_quiet(command, code)
+            and not suppressed_in_quiet(command, HD)
         ):
-            written = (await self.core.committed())[1]
+            answer = functools.partial(self._set_answer, command, outcome)
+            return self.core.reply_after_commit(answer)
         self.core.answered(command.quiet)
-        self._write_reply(command, outcome, written)
+        self.out += self._write_reply(command, outcome, None)
+        return None
 
-    def _write_reply(self, command: Keyed, outcome: Outcome, written: Item | None) -> None:
+    def _set_answer(self, command: MetaSet, outcome: Outcome | None, committed: Committed) -> bytes:
+        """An ms's reply once committed: its ``outcome`` (None: the commit's
+        verdict) with the item and cas the commit stored."""
+        if committed.failure is not None:
+            return server_error(committed.failure)
+        if outcome is None:
+            outcome = committed.outcome
+        return self._write_reply(command, outcome, committed.item)  # type: ignore[arg-type]
+
+    def _write_reply(self, command: MetaSet, outcome: Outcome, written: Item | None) -> bytes:
         facts = None
-        if outcome is Outcome.STORED and isinstance(command, MetaSet):
+        if outcome is Outcome.STORED:
             facts = ItemFacts(
                 cas=written.cas if written is not None else 0,
                 client_flags=command.client_flags,
                 size=len(written.value) if written is not None else len(command.value),
             )
-        self._reply(command, _CODES[outcome], facts)
+        return self._reply_bytes(command, _CODES[outcome], facts)
 
     # -- md --------------------------------------------------------------------
 
@@ -493,9 +527,9 @@ class MetaHandler:
             self.core.answered(command.quiet)
             self._reply(command, HD if found else NF)
             return
-        result = await self._conditional(command, op)
-        if result is not None:
-            self._reply(command, _CODES[result[0]])
+        pending = self._conditional(command, op, functools.partial(self._code_answer, command))
+        if pending is not None:
+            await pending
 
     # -- ma --------------------------------------------------------------------
 
@@ -509,15 +543,10 @@ class MetaHandler:
         initial = command.initial if vivify else None
         if command.cas is not None or command.new_cas is not None:
             op = Adjust(key, delta, incr, initial, 0, command.cas or 0, command.new_cas)
-            result = await self._conditional(command, op)
-            if result is not None:
-                outcome, written = result
-                if outcome is Outcome.NON_NUMERIC:
-                    self.out += NON_NUMERIC_REPLY
-                elif outcome is Outcome.STORED and written is not None:
-                    self._number_reply(command, written.value, written.cas)
-                else:
-                    self._reply(command, _CODES[outcome])
+            answer = functools.partial(self._adjusted_answer, command)
+            pending = self._conditional(command, op, answer)
+            if pending is not None:
+                await pending
             return
         # A quiet ma that wants its value (v) waits for it: it cannot be an intent.
         quiet = command.quiet and not command.return_value
@@ -530,22 +559,44 @@ class MetaHandler:
             self.core.answered(command.quiet)
             self.out += NON_NUMERIC_REPLY
             return
-        value, cas = b"%d" % number, 0  # type: ignore[str-format]
+        value = b"%d" % number  # type: ignore[str-format]
         if command.wants(ReturnFlag.CAS) and not suppressed_in_quiet(command, HD):
             # The cas exists once committed: answer the committed item, so
-            # that value and cas belong together.
-            written = (await self.core.committed())[1]
-            if written is not None:
-                value, cas = written.value, written.cas
+            # that value and cas belong together (held until then).
+            answer = functools.partial(self._counted_answer, command, value)
+            pending = self.core.reply_after_commit(answer)
+            if pending is not None:
+                await pending
+            return
         self.core.answered(command.quiet)
-        self._number_reply(command, value, cas)
+        self.out += self._number_reply(command, value, 0)
 
-    def _number_reply(self, command: MetaArithmetic, value: bytes, cas: int) -> None:
+    def _adjusted_answer(self, command: MetaArithmetic, committed: Committed) -> bytes:
+        """A conditional ma's reply once its commit decided it."""
+        if committed.failure is not None:
+            return server_error(committed.failure)
+        outcome, written = committed.outcome, committed.item
+        if outcome is Outcome.NON_NUMERIC:
+            return NON_NUMERIC_REPLY
+        if outcome is Outcome.STORED and written is not None:
+            return self._number_reply(command, written.value, written.cas)
+        return self._reply_bytes(command, _CODES[outcome])  # type: ignore[index]
+
+    def _counted_answer(self, command: MetaArithmetic, value: bytes, committed: Committed) -> bytes:
+        """An ma that returns a cas, once committed: the committed value and
+        its cas (``value``, this POV's, if the commit stored nothing)."""
+        if committed.failure is not None:
+            return server_error(committed.failure)
+        written = committed.item
+        if written is None:
+            return self._number_reply(command, value, 0)
+        return self._number_reply(command, written.value, written.cas)
+
+    def _number_reply(self, command: MetaArithmetic, value: bytes, cas: int) -> bytes:
         facts = ItemFacts(cas=cas, size=len(value))
         if command.return_value:
-            self._reply(command, VA, facts, value)
-        else:
-            self._reply(command, HD, facts)
+            return self._reply_bytes(command, VA, facts, value)
+        return self._reply_bytes(command, HD, facts)
 
     # -- mn, me ----------------------------------------------------------------
 

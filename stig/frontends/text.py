@@ -39,7 +39,8 @@ from protocol.meta_commands import MetaGet, MetaSet
 from protocol.text import QuietError, TextParser
 from stig.core import listing
 from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
-from stig.core.command_core import Core, Refusal, StatsAnswer, StatsKind
+from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
+from stig.core.reply_gate import ReplyGate
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.session import CommitFailed, Session
 from stig.frontends.meta import HD_LINE, MetaHandler
@@ -88,7 +89,10 @@ class TextHandler:
         #: Sends what ``out`` holds so far (the connection sets it): a long
         #: key listing goes out in chunks instead of growing ``out`` whole.
         self.drain: Callable[[], Awaitable[None]] | None = None
-        self.core = Core(engine, session)
+        #: Replies held behind their commits (add/replace/cas, meta writes
+        #: that return a cas): the connection releases them before it sends.
+        self.gate = ReplyGate(self.out, engine.stats)
+        self.core = Core(engine, session, self.gate)
         self._db = engine.store
         # Replies are sent as they grow: gets read ahead stop once this much
         # is waiting and go back to the parser, handled after a send (_read_run).
@@ -545,7 +549,6 @@ class TextHandler:
             recorded = session.set_many(items, loud)
             stats.cmd_set += recorded
             if loud and recorded:
-                session.unacked_writes = True
                 out += b"".join(replies[:recorded])
             done += recorded
             if recorded < len(items):
@@ -567,44 +570,51 @@ class TextHandler:
                 return  # acknowledged writes were lost: the loop reports it
 
     def _store(self, command: Store) -> Awaitable[None] | None:
-        """A plain ``set`` (exptime 0) is stored and answered at once, as
-        :meth:`_store_waiting` would; anything else returns that coroutine."""
+        """A storage command: done at once (None) unless it must wait — an
+        append or prepend whose POV answer waits for a verdict, or an
+        ``add``/``replace``/``cas`` whose run owes quiet writes their verdicts.
+
+        ``add``/``replace``/``cas`` answer after their commit: the reply is
+        held (stig/core/reply_gate.py) and the burst goes on, so that the
+        conditional writes of one burst share one group commit."""
         core = self.core
-        if command.mode is StoreMode.SET and not command.exptime:
+        mode = command.mode
+        if mode is StoreMode.SET and not command.exptime:  # the common one
             core.count_prefix_set(command.key)
             core.set(command.key, command.value, command.flags)
             self._reply(command.noreply, R.STORED)
             return None
-        return self._store_waiting(command)
-
-    async def _store_waiting(self, command: Store) -> None:
-        core = self.core
-        core.count_prefix_set(command.key)
-        mode = command.mode
         if mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
-            # memcached ignores their exptime: the item keeps its own.
-            stored = await core.concat(
-                command.key, command.value, mode is StoreMode.PREPEND, quiet=command.noreply
-            )
-            self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
-            return
+            return self._concat(command)
+        core.count_prefix_set(command.key)
         if core.store_refused(command.exptime):
             self._reply(command.noreply, EXPTIME_REJECTED)
-            return
+            return None
         if mode is StoreMode.SET:
             core.set(command.key, command.value, command.flags, command.exptime)
             self._reply(command.noreply, R.STORED)
+            return None
+        if mode is StoreMode.CAS:
+            op: Op = Cas(command.key, command.value, command.flags, command.cas_unique)
         else:
-            if mode is StoreMode.CAS:
-                op: Op = Cas(command.key, command.value, command.flags, command.cas_unique)
-            else:
-                op = _CONDITIONAL[mode](command.key, command.value, command.flags)
-            size, noreply = len(command.value), command.noreply
-            result = await core.conditional_write(
-                op, command.key, size, noreply, None, command.exptime
-            )
-            if result is not None:
-                self.out += _STORE_REPLIES[result[0]]
+            op = _CONDITIONAL[mode](command.key, command.value, command.flags)
+        return core.conditional_reply(
+            op,
+            command.key,
+            len(command.value),
+            command.noreply,
+            _store_answer,
+            exptime=command.exptime,
+        )
+
+    async def _concat(self, command: Store) -> None:
+        core = self.core
+        core.count_prefix_set(command.key)
+        # memcached ignores their exptime: the item keeps its own.
+        stored = await core.concat(
+            command.key, command.value, command.mode is StoreMode.PREPEND, quiet=command.noreply
+        )
+        self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
 
     async def _delete(self, command: Delete) -> None:
         self.core.count_prefix_delete(command.key)
@@ -685,7 +695,10 @@ class TextHandler:
         # The snapshot is taken at the first chunk: first every write in
         # flight (acknowledged to some client, or this session's own) is
         # committed, so that the listing holds it (docs/pov.md, "Other sessions").
+        # The run this command closed is handed over first: it is in flight
+        # too (before, it was left out whenever nothing else was in flight).
         session = self.session
+        session.submit()
         if not session.sees_acked():
             await session.await_acked()
         with contextlib.closing(chunks):  # type: ignore[type-var]
@@ -742,6 +755,13 @@ class TextHandler:
     def protocol_error(self, error: ProtocolError) -> None:
         if error.hint is not None:
             self.out += error.hint.text_reply()
+
+
+def _store_answer(committed: Committed) -> bytes:
+    """The reply of an ``add``/``replace``/``cas`` once its commit decided it."""
+    if committed.failure is not None:
+        return R.server_error(committed.failure)
+    return _STORE_REPLIES[committed.outcome]  # type: ignore[index]
 
 
 def _stats_reply(answer: StatsAnswer) -> bytes:

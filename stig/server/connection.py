@@ -12,7 +12,12 @@ Transaction edges the loop owns (docs/pov.md):
   ``--batch-idle-ms`` between two commands, or when the client disconnects
   at a command boundary; a disconnect in the middle of a command discards
   it;
-* ``--durable-acks``: a burst's replies wait for its writes' commit;
+* replies leave only once what they acknowledge is kept (docs/pov.md,
+  "Which replies acknowledge what"): the runs closed so far are handed to
+  the promoter first (from then on every connection sees them), replies
+  held behind their commits are written in their places
+  (stig/core/reply_gate.py), and with ``--durable-acks`` every run the
+  replies acknowledge is on disk — :meth:`Connection._release_replies`;
 * brakes: a connection with uncommitted writes reads nothing more while the
   engine-wide write budget (``--max-pending-bytes``) is exceeded or the
   promoter is more than ``--max-commit-lag-ms`` behind; one whose open run
@@ -36,6 +41,7 @@ import trio
 
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
+from stig.core.reply_gate import ReplyGate
 from stig.engine.engine import Engine
 from stig.engine.session import CommitFailed, RunTooLarge, Session
 from stig.server.transport import Transport
@@ -65,6 +71,8 @@ class Handler(Protocol):
     """What the connection loop needs of a protocol handler."""
 
     out: bytearray
+    #: The replies in ``out`` that wait for their commits.
+    gate: ReplyGate
     closing: bool
     drain: Callable[[], Awaitable[None]] | None
 
@@ -182,6 +190,8 @@ class Connection:
                 if self.handler is not None:
                     self.handler.close()
                 self._end_session()
+                if self.handler is not None:
+                    self.handler.gate.discard()  # replies never sent, if any
                 self.sock.close()
                 if self.handler is not None:
                     self._free_replies(self.handler)
@@ -241,7 +251,7 @@ class Connection:
         """Send the replies written so far (a key listing streams in chunks)."""
         assert self.handler is not None
         out = self.handler.out
-        if out:
+        if out or self.handler.gate.holding:
             pending = self._release_replies()
             if pending is not None:
                 await pending
@@ -253,13 +263,20 @@ class Connection:
             out.clear()
 
     def _release_replies(self) -> Awaitable[None] | None:
-        """Before replies leave (mid-burst or at its end): the writes they
-        acknowledge must be handed over (from then on every read waits for
-        them: docs/pov.md, "Other sessions") and, with ``--durable-acks``, be
-        on disk — the one place that rule lives.  Returns what to await
-        first (None: nothing, the hot path: no coroutine per burst)."""
+        """Before replies leave (mid-burst or at its end), the one place the
+        rule "a reply is sent only when what it acknowledges is kept" lives
+        (docs/pov.md, "Which replies acknowledge what"): every run closed so
+        far is handed over (from then on every read waits for it:
+        "Other sessions"); replies held behind their commits are written in
+        their places once those commits are done; and with
+        ``--durable-acks``, if a run closed since the last wait — whatever
+        closed it: a write, a read, ``version``, a failed command — the
+        replies wait until it is on disk.  Returns what to await first
+        (None: nothing, the hot path: no coroutine per burst)."""
         session = self.session
         session.submit()
+        if self.handler is not None and self.handler.gate.holding:
+            return self._release_held()
         if self._durable and session.unacked_writes:
             return self._until_durable()
         if self._refusal.message is not None and session.commits_awaited:
@@ -267,6 +284,15 @@ class Connection:
             # before it is on disk, as with --durable-acks (docs/pov.md).
             return self._until_durable()
         return None
+
+    async def _release_held(self) -> None:
+        assert self.handler is not None
+        await self.handler.gate.release()
+        session = self.session
+        if (self._durable and session.unacked_writes) or (
+            self._refusal.message is not None and session.commits_awaited
+        ):
+            await self._until_durable()
 
     async def _until_durable(self) -> None:
         try:
@@ -328,6 +354,7 @@ class Connection:
         discarded: nothing after the loss is applied)."""
         self._failed = True
         out.clear()
+        handler.gate.discard()
         handler.fatal_error(self.session.loss_message())
         self.engine.stats.bytes_written += len(out)
         await send_all(self.sock, out)
@@ -344,6 +371,7 @@ class Connection:
         reply_limit = self._reply_limit
         parser = handler.parser
         out = handler.out
+        gate = handler.gate
         handle = handler.handle
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
@@ -366,21 +394,27 @@ class Connection:
                         # completion (and the next group's dispatch) runs now,
                         # not after every connection's next 128 commands.
                         budget = YIELD_EVERY
-                        session.submit()  # what is closed goes to the promoter now
+                        if not gate.holding:
+                            # What is closed goes to the promoter now.  Not
+                            # while replies wait for their commits: those runs
+                            # go when the burst's replies are sent, so that
+                            # all of the burst shares one group commit.
+                            session.submit()
                         if session.pending_bytes and self._brake_needed():
                             # Brake inside a long burst too (a run stays open:
                             # reading pauses, nothing is split).
-                            if out:
+                            if out or gate.holding:
                                 await self._send(out)
                             await self._brake()
                             if session.failure is not None:
                                 break  # reported just below
                         else:
                             await checkpoint()  # let the promoter's callbacks run
-                    if len(out) >= reply_limit:
-                        # Send as replies grow: bounded memory.  Gets read
-                        # ahead stop at this bound too, and the parser hands
-                        # the rest out next (TextHandler._read_run).
+                    if len(out) + gate.cost >= reply_limit:
+                        # Send as replies grow: bounded memory, replies held
+                        # behind their commits included.  Gets read ahead
+                        # stop at this bound too, and the parser hands the
+                        # rest out next (TextHandler._read_run).
                         await self._send(out)
                         if session.failure is not None:
                             break  # reported just below

@@ -110,7 +110,10 @@ def main() -> None:
     help="Directory of the LMDB environment (created if missing).",
 )
 @click.option(
-    "--durable-acks", is_flag=True, help="Answer every write only after its commit is on disk."
+    "--durable-acks",
+    is_flag=True,
+    help="Send every reply that acknowledges a write (its own, or a later one that "
+    "closes its run) only after its commit is on disk.",
 )
 @click.option(
     "--max-item-size",
@@ -171,8 +174,9 @@ def main() -> None:
     default="1m",
     show_default=True,
     type=SizeParam(),
-    help="Per connection: replies buffered before they are sent; a client that "
-    "does not read them is not read either.",
+    help="Per connection: replies buffered before they are sent (replies waiting "
+    "for their commit count 384 B each); a client that does not read them is not "
+    "read either.",
 )
 @click.option(
     "--ttl-policy",

@@ -8,7 +8,8 @@ answered ``STORED`` and then lost).  In every protocol and both ack modes:
 * at most the one write whose commit failed is lost, and it is reported
   to its connection — as an acknowledged write lost only if it was
   acknowledged (default mode, text and meta: answered from the POV), as
-  unacknowledged writes not stored otherwise;
+  unacknowledged writes not stored otherwise (binary: a Set answers after
+  its commit, so its own response reports its failure, alone);
 * every later write is refused at once, in the protocol's words
   (``SERVER_ERROR out of disk space; writes refused``, binary ENOMEM);
 * reads and ``stats`` go on; deletes are answered once committed, and
@@ -220,7 +221,10 @@ def _check_the_fill(writes: list[Write], durable: bool, protocol: str) -> None:
     assert all(kind == "refused" for kind in kinds[first_failure + 1 :]), kinds
     lost = writes[first_failure]
     assert lost.kind == "lost", lost
-    if durable or protocol == "binary":  # never acknowledged: never said to be
+    if protocol == "binary":  # answered after its commit: its own failure, alone
+        assert lost.text.startswith(DISK_FULL_COMMIT), lost
+        assert ACKED_LOST not in lost.text and NOT_STORED not in lost.text, lost
+    elif durable:  # never acknowledged: never said to be
         assert lost.text.rstrip(b"\r\n").endswith(NOT_STORED), lost
     else:  # STORED from the POV, then lost: told so on its connection
         assert lost.text.rstrip(b"\r\n").endswith(ACKED_LOST), lost

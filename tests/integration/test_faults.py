@@ -517,9 +517,11 @@ def test_a_binary_write_that_fails_on_a_full_disk_is_not_called_acknowledged(fau
     conn: BinaryConnection = server.connect_binary()
     response = conn.call(Opcode.Set, b"k", b"x", bytes(8), opaque=5)
     assert (response.status, response.opaque) == (Status.EINTERNAL, 5)
-    assert response.value == _commit_failed("enospc") + NOT_STORED
-    assert conn.is_closed_by_peer()
-    refused = server.connect_binary().call(Opcode.Set, b"k", b"x", bytes(8))
+    # Its own failure, reported by its own response: nothing acknowledged was
+    # lost, so the connection goes on (a write answered after its commit fails
+    # alone, docs/pov.md "When a commit fails"); its next write is refused.
+    assert response.value == _commit_failed("enospc")
+    refused = conn.call(Opcode.Set, b"k", b"x", bytes(8))
     assert (refused.status, refused.value) == (Status.ENOMEM, _refused("enospc"))
 
 
@@ -614,3 +616,64 @@ def test_once_writes_are_refused_a_run_accepted_before_is_acknowledged_only_on_d
         assert reply == b"SERVER_ERROR " + _commit_failed("enospc") + NOT_STORED + b"\r\n"
     _writes_come_back(server)
     assert server.send_recv(b"mg early v\r\n", b"\r\n") == b"VA 1\r\nx\r\n"
+
+
+# -- pipelined writes answered after their commit share one; a failure fails alone ----
+
+BURST_KEYS = [b"pb%d" % i for i in range(60)]
+POISON = 30  # BURST_KEYS[POISON] is written as b"poison"
+
+
+def _burst_keys() -> list[bytes]:
+    return [b"poison" if i == POISON else key for i, key in enumerate(BURST_KEYS)]
+
+
+def test_a_failed_add_in_a_pipelined_burst_fails_alone(faulty):
+    """60 adds in one send share a group commit; the one LMDB refuses gets its
+    SERVER_ERROR, every other its STORED, and the connection goes on."""
+    server = faulty()
+    _set_fault(server, "lmdb poison")
+    with server.connect() as conn:
+        request = b"".join(b"add %s 0 0 1\r\nx\r\n" % key for key in _burst_keys())
+        conn.send(request)
+        replies = b""
+        while replies.count(b"\r\n") < len(BURST_KEYS):
+            replies += conn.recv_until(b"\r\n")
+        lines = replies.split(b"\r\n")[:-1]
+        assert lines[POISON] == b"SERVER_ERROR " + LMDB_ERROR
+        assert lines[:POISON] + lines[POISON + 1 :] == [b"STORED"] * (len(BURST_KEYS) - 1)
+        _set_fault(server, "")
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
+    found = server.client().get_many([key.decode() for key in _burst_keys()])
+    assert sorted(found) == sorted(k.decode() for k in _burst_keys() if k != b"poison")
+
+
+@pytest.mark.parametrize("opcode", [Opcode.Set, Opcode.Add], ids=["Set", "Add"])
+def test_a_failed_binary_write_in_a_pipelined_burst_fails_alone(faulty, opcode):
+    """60 loud binary writes in one send: the one LMDB refuses answers
+    EINTERNAL, every other success with its committed cas, and the connection
+    goes on — nothing it was told succeeded was lost (before, a failed Set
+    closed the connection as if acknowledged writes were lost, and the
+    replies of the burst were dropped)."""
+    from protocol.binary import encode_request
+
+    server = faulty()
+    _set_fault(server, "lmdb poison")
+    conn: BinaryConnection = server.connect_binary()
+    conn.send(
+        b"".join(
+            encode_request(opcode, key, b"x", b"\x00" * 8, opaque=i)
+            for i, key in enumerate(_burst_keys())
+        )
+    )
+    responses = [conn.response() for _ in BURST_KEYS]
+    assert [r.opaque for r in responses] == list(range(len(BURST_KEYS)))
+    failed = responses[POISON]
+    assert (failed.status, failed.value) == (Status.EINTERNAL, LMDB_ERROR)
+    others = responses[:POISON] + responses[POISON + 1 :]
+    assert all(r.status == Status.NO_ERROR and r.cas for r in others)
+    _set_fault(server, "")
+    conn.request(Opcode.Noop, opaque=99)
+    noop = conn.response()
+    assert (noop.status, noop.opaque) == (Status.NO_ERROR, 99)  # reported once
+    _others_still_served(server)
