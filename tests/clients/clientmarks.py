@@ -1,20 +1,14 @@
 """The parameters of the cross-language client tests: each client's cases,
-with strict xfail marks on those that fail today only because of a server bug
-issue 23 is fixing.  A marked case flips to XPASS (a failure, strict) when the
-fix lands; the mark is then removed (item 3's, the refused long multi-get
-lines, are gone).  Item 2, the binary quiet-get stall, failed no check: it
-cost libmemcached clients time, which scripts/client_timings.py shows."""
+with a strict xfail mark on any that fails only because of a known server bug
+(none today: issue 23's pipelined commits and long multi-get lines are
+fixed).  A marked case flips to XPASS (a failure, strict) when its fix lands,
+and the mark is then removed."""
 
 from __future__ import annotations
 
 import pytest
 
 from stig_testkit import clients
-
-ITEM_1 = (
-    "issue 23 item 1: pipelined writes answered after their commit are committed "
-    "one by one (1,000 in a burst take ~0.8 s)"
-)
 
 
 def cases(spec: clients.ClientSpec, **xfail: str) -> list[object]:

@@ -5,16 +5,16 @@ The script is tests/clients/java/SpyCases.java, compiled once a session;
 from __future__ import annotations
 
 import pytest
-from clientmarks import ITEM_1, cases
+from clientmarks import cases
 
 from stig_testkit.clients import SPY_BINARY, SPY_TEXT
 
 
-@pytest.mark.parametrize("case", cases(SPY_TEXT, batch=ITEM_1))
+@pytest.mark.parametrize("case", cases(SPY_TEXT))
 def test_spymemcached_text(stig_server, run_client, java_build, case):
     run_client(SPY_TEXT, stig_server, case, java_build)
 
 
-@pytest.mark.parametrize("case", cases(SPY_BINARY, batch=ITEM_1))
+@pytest.mark.parametrize("case", cases(SPY_BINARY))
 def test_spymemcached_binary(stig_server, run_client, java_build, case):
     run_client(SPY_BINARY, stig_server, case, java_build)

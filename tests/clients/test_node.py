@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import pytest
-from clientmarks import ITEM_1, cases
+from clientmarks import cases
 
 from stig_testkit.clients import MEMJS, NODE_MEMCACHED
 
 
-@pytest.mark.parametrize("case", cases(MEMJS, batch=ITEM_1))
+@pytest.mark.parametrize("case", cases(MEMJS))
 def test_memjs(stig_server, run_client, case):
     run_client(MEMJS, stig_server, case)
 

@@ -6,12 +6,12 @@ libcache-memcached-fast-perl and libcache-memcached-perl."""
 from __future__ import annotations
 
 import pytest
-from clientmarks import ITEM_1, cases
+from clientmarks import cases
 
 from stig_testkit.clients import CACHE_MEMCACHED, CACHE_MEMCACHED_FAST
 
 
-@pytest.mark.parametrize("case", cases(CACHE_MEMCACHED_FAST, batch=ITEM_1))
+@pytest.mark.parametrize("case", cases(CACHE_MEMCACHED_FAST))
 def test_cache_memcached_fast(stig_server, run_client, case):
     run_client(CACHE_MEMCACHED_FAST, stig_server, case)
 

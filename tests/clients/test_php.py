@@ -6,7 +6,7 @@ php-cli and php-memcached."""
 from __future__ import annotations
 
 import pytest
-from clientmarks import ITEM_1, cases
+from clientmarks import cases
 
 from stig_testkit.clients import PHP_BINARY, PHP_TEXT
 
@@ -23,6 +23,6 @@ def test_php_text(stig_factory, run_client, case):
     run_client(PHP_TEXT, server_for(case, stig_factory), case)
 
 
-@pytest.mark.parametrize("case", cases(PHP_BINARY, batch=ITEM_1))
+@pytest.mark.parametrize("case", cases(PHP_BINARY))
 def test_php_binary(stig_factory, run_client, case):
     run_client(PHP_BINARY, server_for(case, stig_factory), case)

@@ -11,7 +11,7 @@ import pytest
 
 from stig_testkit.history.powercut import LazyMount, cut_under, fuse_unavailable
 from stig_testkit.history.run import run_history
-from stig_testkit.history.workload import ALL_CLOSERS, REPLY_CLOSERS
+from stig_testkit.history.workload import ALL_CLOSERS
 
 _reason = fuse_unavailable()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"needs lazyfs: {_reason}")
@@ -21,8 +21,8 @@ SMALL_BOUNDS = ("--max-pending-bytes", "64k", "--max-commit-lag-ms", "5")
 
 @pytest.mark.parametrize(
     ("mode", "closers"),
-    [("default", ALL_CLOSERS), ("durable", ALL_CLOSERS - REPLY_CLOSERS)],
-    ids=["default", "durable-acks-writes-and-barriers"],
+    [("default", ALL_CLOSERS), ("durable", ALL_CLOSERS)],
+    ids=["default", "durable-acks"],
 )
 def test_history_under_power_cuts(stig_factory, tmp_path, mode, closers):
     fs = LazyMount(tmp_path / "backing", tmp_path / "mount", tmp_path / "lazyfs")

@@ -11,8 +11,6 @@ and --max-commit-lag-ms, so the flow control is in play too.
 
 from __future__ import annotations
 
-import pytest
-
 from stig_testkit.history.run import run_history
 from stig_testkit.history.workload import ALL_CLOSERS, REPLY_CLOSERS
 
@@ -53,12 +51,6 @@ def test_durable_acks_under_sigkills_keep_runs_acknowledged_by_writes_and_barrie
     assert not verdict.allowed
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 19 item 1: under --durable-acks a run closed by a reply that is not a "
-    "write's own nor a barrier's (text version/get, meta version/loud mg, binary "
-    "Version/GetK/Quit) is acknowledged before it is on disk, and a SIGKILL can lose it",
-)
 def test_durable_acks_under_sigkills_keep_runs_acknowledged_by_any_reply(stig_factory):
     verdict = _run(stig_factory, "durable", crashes=CRASHES, closers=REPLY_CLOSERS)
     assert verdict.valid, verdict.render()
