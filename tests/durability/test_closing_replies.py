@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import StigProcess
 from support.closing_replies import (
     BINARY_CLOSERS,
     META_CLOSERS,
@@ -30,6 +29,8 @@ from support.closing_replies import (
     lost_writes,
     read_binary_reply,
 )
+
+from stig_testkit.process import StigProcess
 
 #: A run is never closed by the idle timer behind the test's back.
 SERVER_ARGS = ("--durable-acks", "--batch-idle-ms", "60000")

@@ -261,3 +261,15 @@ def test_stig_testkit_imports_nothing_from_tests_or_scripts() -> None:
         if imported.split(".")[0] in theirs
     ]
     assert not wrong, wrong
+
+
+def test_no_test_imports_conftest_as_a_module() -> None:
+    """pytest imports every conftest.py as the module ``conftest``, so with
+    more than one (tests/ and tests/clients/) ``from conftest import X``
+    finds whichever came first: shared names live in stig_testkit."""
+    wrong = [
+        name
+        for name, tree in _sources("tests", "scripts", "stig_testkit").items()
+        if "conftest" in _imports(tree)
+    ]
+    assert not wrong, wrong
