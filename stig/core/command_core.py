@@ -159,6 +159,10 @@ class Core:
         self.stats = engine.stats
         self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
         self.prefixes = engine.prefixes
+        # The in-flight registry's check, bound once: the fast paths ask it
+        # per get (stig/engine/visibility.py), with this session's overlay.
+        self._clear_for = engine.promoter.in_flight.clear_for
+        self._overlay = session.overlay
 
     # -- exptimes: never a future TTL (docs/pov.md) ------------------------------
 
@@ -249,15 +253,59 @@ class Core:
             return Refusal.FLUSH_DELAY
         return None
 
+    # -- read readiness: what a read waits for, the one rule for every path -----
+
+    def read_ready(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> bool:
+        """Whether a read of ``keys`` (None: any key) waits for nothing: no
+        conditional write of this session may change them, no cas is asked of
+        a write of this session still pending (every cas returned is a
+        committed one), and no other session's write to them is in flight
+        (acknowledged writes are visible everywhere: docs/pov.md, "Other
+        sessions").  Every read of the store checks this, fast paths too;
+        :meth:`prepare_read` waits for what it finds."""
+        session = self.session
+        if session.unresolved and session.is_unresolved(keys):
+            return False
+        if with_cas and session.has_pending(keys):
+            return False
+        return self._clear_for(keys, self._overlay)
+
+    def answers_now(self, keys: Sequence[bytes], with_cas: bool) -> bool:
+        """Whether a plain get of ``keys`` (no touch) is answered at once, by
+        a handler's fast path, with the answer :meth:`read` would give: no
+        open run to close (whose quiet writes could come due), no verdict
+        owed before its reply, no ``stats detail`` to count per key, and
+        nothing to wait for (:meth:`read_ready`)."""
+        session = self.session
+        if session.run_open or session.owed or self.prefixes.enabled:
+            return False
+        return self.read_ready(keys, with_cas)
+
     async def _resolve(self, keys: Sequence[bytes]) -> None:
-        """Wait for this session's conditional writes that may change ``keys``,
-        and for other sessions' writes to them that are in flight (acknowledged
-        writes are visible everywhere: docs/pov.md)."""
+        """What a write answered from the POV waits for before it reads
+        ``keys``: what a read waits for (:meth:`read_ready`), without a cas."""
         session = self.session
         if session.unresolved and session.is_unresolved(keys):
             await session.promote_pending()
-        if not session.sees_acked(keys):
+        if not self._clear_for(keys, self._overlay):
             await session.await_acked(keys)
+
+    async def prepare_listing(self) -> None:
+        """Before a key listing's snapshot: every write in flight (acknowledged
+        to some client, or this session's own run the listing closed) is
+        committed, so that the listing holds it (docs/pov.md, "Other sessions")."""
+        session = self.session
+        session.submit()
+        if not self._clear_for(None, self._overlay):
+            await session.await_acked()
+
+    def reread(self, key: bytes) -> Item | None:
+        """``key`` read again inside a command, right after this session's own
+        write to it committed (a lost lease or win: who has it now).  No wait
+        is owed: the command's read waited for every write acknowledged before
+        it began (:meth:`prepare_read`), the commit just awaited is newer, and
+        a write acknowledged since is concurrent with this command."""
+        return self.session.get(key)
 
     def as_intent(self, key: bytes, quiet: bool = True) -> bool:
         """Whether a quiet write of ``key`` must become an intent: the verdict
@@ -301,7 +349,7 @@ class Core:
         session.close_run()
         if (with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
             await session.promote_pending()
-        if not session.sees_acked(keys):
+        if not self._clear_for(keys, self._overlay):
             await session.await_acked(keys)
 
     async def read(

@@ -379,7 +379,7 @@ class MetaHandler:
         outcome, written = await self.core.conditional_result(Vivify(key, command.new_cas), key)
         if outcome is Outcome.STORED:
             return written, True
-        return self.session.get(key), False  # another reader's placeholder (or value)
+        return self.core.reread(key), False  # another reader's placeholder (or value)
 
     async def _take_win(self, key: bytes, item: Item) -> tuple[Item | None, bool]:
         """A stale item nobody won yet: try to take its win, checked at promotion."""
@@ -389,7 +389,7 @@ class MetaHandler:
             if outcome is Outcome.STORED:
                 return written, True
             # Changed meanwhile (another reader won, a write, a delete).
-            current = self.session.get(key)
+            current = self.core.reread(key)
             if current is None or not current.stale or current.win_sent:
                 return current, False
             item = current

@@ -227,14 +227,7 @@ class TextHandler:
         """
         if type(event) is not Retrieve or event.touch or not self.authenticated:
             return _NOT_NOW
-        if self.core.prefixes.enabled:
-            return _NOT_NOW  # stats detail counts per key: the general path does
-        session = self.session
-        if session.run_open or session.unresolved or not session.sees_acked(event.keys):
-            return _NOT_NOW
-        if self.core.verdicts_due:
-            return _NOT_NOW  # owed to quiet meta writes: written first, by _retrieve
-        if event.with_cas and session.has_pending(event.keys):
+        if not self.core.answers_now(event.keys, event.with_cas):
             return _NOT_NOW
         return self._read_run([event], event.with_cas)
 
@@ -284,29 +277,18 @@ class TextHandler:
     # -- retrieval -----------------------------------------------------------
 
     async def _retrieve(self, command: Retrieve) -> None:
-        session = self.session
+        core = self.core
         # Every read closes the open run: close it first, so that the verdicts
         # its quiet meta writes are owed come before this reply, which may be
         # sent in parts (so never inserted at its start afterwards).
-        self.core.close_run()
-        if self.core.verdicts_due:
+        core.close_run()
+        if core.verdicts_due:
             await self.meta.report_verdicts(len(self.out))
-        if (
-            not command.touch
-            and not session.unresolved
-            and not self.core.prefixes.enabled
-            and session.sees_acked(command.keys)
-        ):
-            with_cas = command.with_cas
-            session.close_run()
-            if not (with_cas and session.has_pending(command.keys)):
-                rest = self._read_run([command], with_cas)
-                if rest is not None:
-                    await rest
-                return
-        if not command.touch and not self.core.prefixes.enabled:
-            # Wait for what the answer depends on, then the same streamed read.
-            await self.core.prepare_read(command.keys, command.with_cas)
+        if not command.touch and not core.prefixes.enabled:
+            # Wait for what the answer depends on (if anything), then the
+            # read from one snapshot that the fast path makes.
+            if not core.read_ready(command.keys, command.with_cas):
+                await core.prepare_read(command.keys, command.with_cas)
             rest = self._read_run([command], command.with_cas)
             if rest is not None:
                 await rest
@@ -371,7 +353,7 @@ class TextHandler:
         :meth:`TextParser.single_get_keys`, answered by
         :meth:`stig.storage.snapshot.Snapshot.render_each`) is checked here before it is answered:
         it must see every acknowledged write (no write of another session in
-        flight to its keys, :meth:`Session.sees_acked`), and fewer than
+        flight to its keys, :meth:`Core.read_ready`), and fewer than
         ``--max-reply-bytes`` may be waiting to be sent.  The first that fails
         either goes back to the parser (:meth:`TextParser.give_back`) with the
         gets behind it: the connection sends what is written, then hands it
@@ -392,7 +374,7 @@ class TextHandler:
         # needs a check of its own.  Nothing changes that during this call;
         # asked once, when the first get is read ahead.
         all_clear: bool | None = None
-        sees_acked = session.sees_acked
+        read_ready = self.core.read_ready
         end = R.END
         count = hits = 0
         ahead = False  # whether ``commands`` were read ahead (and need the checks)
@@ -406,7 +388,7 @@ class TextHandler:
             while True:
                 for index, command in enumerate(commands):
                     keys = command.keys
-                    if ahead and (len(out) >= limit or not (all_clear or sees_acked(keys))):
+                    if ahead and (len(out) >= limit or not (all_clear or read_ready(keys))):
                         parser.give_back(commands[index:])
                         return None
                     if len(keys) == 1 and not with_cas:
@@ -440,7 +422,7 @@ class TextHandler:
                 if with_cas or parser.idle:
                     break
                 if all_clear is None:
-                    all_clear = session.sees_acked()
+                    all_clear = read_ready(None)
                 if all_clear:
                     # The commonest burst, one-key gets: answered as keys, no event each.
                     singles = parser.single_get_keys()
@@ -692,15 +674,9 @@ class TextHandler:
         out = self.out
         if self.core.verdicts_due:  # they come before this reply, which
             await self.meta.report_verdicts(len(out))  # leaves in parts
-        # The snapshot is taken at the first chunk: first every write in
-        # flight (acknowledged to some client, or this session's own) is
-        # committed, so that the listing holds it (docs/pov.md, "Other sessions").
-        # The run this command closed is handed over first: it is in flight
-        # too (before, it was left out whenever nothing else was in flight).
-        session = self.session
-        session.submit()
-        if not session.sees_acked():
-            await session.await_acked()
+        # The snapshot is taken at the first chunk, once every write in
+        # flight is committed (the run this command closed included).
+        await self.core.prepare_listing()
         with contextlib.closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
                 out += chunk
