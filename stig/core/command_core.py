@@ -193,6 +193,16 @@ class Core:
         self.stats.cmd_set += 1
         self.remove(key)
 
+    def gone_after_touch(self, key: bytes, snapshot: Snapshot | None = None) -> None:
+        """A found item touched to an exptime already past (:meth:`expired`):
+        answered found, then gone (memcached), from this POV at once; a later
+        read of it from the same ``snapshot`` (a repeated key, a run of mg)
+        misses.  Every touch (``touch``, ``gat``, ``mg T``, binary Touch/GAT)
+        ends here."""
+        self.remove(key)
+        if snapshot is not None:
+            snapshot.forget(key)
+
     def remove(self, key: bytes) -> None:
         """Drop ``key`` whether this POV sees it or not (its promotion removes
         whatever is there then); no counter moves: it is a side effect."""
@@ -528,7 +538,7 @@ class Core:
         found = self.session.get(key) is not None
         self.count_touch(found)
         if found and self.expired(exptime):
-            self.remove(key)  # answered found, then gone (memcached)
+            self.gone_after_touch(key)
         return found
 
     def count_touch(self, found: bool) -> None:

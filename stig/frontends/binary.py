@@ -454,7 +454,7 @@ class BinaryHandler:
         await self._settle()
         [item] = await self.core.read([request.key], with_cas=True, touch=touch)
         if touch and item is not None and self.core.expired(request.exptime):
-            self.core.remove(request.key)  # touched to a time already past: answered, then gone
+            self.core.gone_after_touch(request.key)
         if item is not None:
             self.out += get_response(
                 request.opcode, request.opaque, item.flags, item.cas, item.value, request.key

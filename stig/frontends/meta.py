@@ -324,8 +324,7 @@ class MetaHandler:
                     item = snapshot.item(command.key)
                     core.count_read(command.key, item is not None, detail=False)
                     if item is not None and core.expired(command.ttl):
-                        core.remove(command.key)  # touched to a time past: answered, then gone
-                        snapshot.forget(command.key)  # the run's later mg of it miss
+                        core.gone_after_touch(command.key, snapshot)
                     if (
                         command.vivify_ttl is None
                         if item is None

@@ -135,5 +135,4 @@ class StreamedGet:
                 out += R.value(key, item.flags, item.value, item.cas if cas else None)
                 del item
                 if expired:
-                    core.remove(key)  # touched to a time already past: answered, then gone
-                    snapshot.forget(key)  # a repeated key misses (memcached)
+                    core.gone_after_touch(key, snapshot)

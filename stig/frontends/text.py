@@ -330,8 +330,7 @@ class TextHandler:
                         out += R.value(key, item.flags, item.value, item.cas if with_cas else None)
                         del item
                         if expired:
-                            core.remove(key)  # touched to a time already past: answered, then gone
-                            snapshot.forget(key)  # a repeated key misses (memcached)
+                            core.gone_after_touch(key, snapshot)
                 out += R.END
             except lmdb.Error:  # Store.grow() ended the snapshot under us
                 out += READ_INTERRUPTED
