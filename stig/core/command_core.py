@@ -439,6 +439,28 @@ class Core:
         self.stats.cmd_set += 1
         self.session.set(key, value, flags)
 
+    def set_many(self, items: Sequence[tuple[bytes, bytes, int]], answered: bool) -> int:
+        """A burst of plain sets ``(key, value, flags)``, exptime 0, in order:
+        each exactly :meth:`set` then :meth:`answered` (``answered``: each
+        replies, and closes its run; else all stay in the open run), counted
+        in ``cmd_set`` and ``stats detail``, in one loop
+        (:meth:`~stig.engine.session.Session.set_many`).  Returns how many
+        were recorded: the caller does the first one not recorded (and all
+        after it) one by one, which raises what :meth:`set` raises."""
+        recorded = self.session.set_many(items, answered)
+        self.stats.cmd_set += recorded
+        if recorded and self.prefixes.enabled:
+            for key, _value, _flags in items[:recorded]:
+                self.prefixes.record_set(key)
+        return recorded
+
+    @property
+    def owes_verdicts(self) -> bool:
+        """Whether a reply now would come after verdicts owed to quiet writes
+        (of closed runs, or of the open run it would close)."""
+        session = self.session
+        return bool(session.owed) or session.run_owes_verdicts
+
     async def concat(
         self,
         key: bytes,

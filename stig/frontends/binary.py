@@ -223,7 +223,7 @@ class BinaryHandler:
 
     def _setq_run(self) -> Awaitable[None] | None:
         """The SetQ pipelined behind a plain one (:meth:`BinaryParser.quiet_sets`),
-        recorded in one loop (:meth:`Session.set_many`): they stay in the open
+        recorded in one loop (:meth:`Core.set_many`): they stay in the open
         run, answer nothing, count in ``cmd_set`` (and ``stats detail``), as
         one :meth:`_handle_one` each would.  From the first that is not
         plain (a cas, an exptime) or that the write budget refuses, the rest
@@ -241,13 +241,8 @@ class BinaryHandler:
             if request.cas or request.exptime:
                 break
             items.append((request.key, request.value, request.flags))
-        recorded = self.session.set_many(items, False) if items else 0
+        recorded = self.core.set_many(items, False) if items else 0
         if recorded:
-            core = self.core
-            core.stats.cmd_set += recorded
-            if core.prefixes.enabled:
-                for key, _value, _flags in items[:recorded]:
-                    core.prefixes.record_set(key)
             self._current = (Opcode.SetQ, requests[recorded - 1].opaque)
         if recorded < len(requests):
             return self._one_by_one(requests[recorded:])

@@ -480,7 +480,7 @@ class TextHandler:
     def _set_run(self) -> Awaitable[None] | None:
         """The plain ``set`` and ``ms`` commands pipelined right behind a
         plain set (:meth:`TextParser.plain_sets`), recorded in one loop per
-        stretch of alike ones (:meth:`Session.set_many`), with one reply
+        stretch of alike ones (:meth:`Core.set_many`), with one reply
         append: the replies, stats and promotions one :meth:`handle` per
         command would give.
 
@@ -502,15 +502,14 @@ class TextHandler:
             return None
         if self.core.prefixes.enabled:
             return self._one_by_one(events)
-        session = self.session
-        stats = self.core.stats
+        core = self.core
         out = self.out
         count = len(events)
         done = 0
         while done < count:
             first = events[done]
             loud = not (first.noreply if type(first) is Store else first.quiet)  # type: ignore[union-attr]
-            if loud and (session.run_owes_verdicts or session.owed):
+            if loud and core.owes_verdicts:
                 break
             items: list[tuple[bytes, bytes, int]] = []
             replies: list[bytes] = []
@@ -527,8 +526,7 @@ class TextHandler:
                     replies.append(HD_LINE)
             if not items:
                 break
-            recorded = session.set_many(items, loud)
-            stats.cmd_set += recorded
+            recorded = core.set_many(items, loud)
             if loud and recorded:
                 out += b"".join(replies[:recorded])
             done += recorded
