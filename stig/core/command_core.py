@@ -163,6 +163,11 @@ class Core:
         # per get (stig/engine/visibility.py), with this session's overlay.
         self._clear_for = engine.promoter.in_flight.clear_for
         self._overlay = session.overlay
+        #: One snapshot with this session's writes laid over it, for a read
+        #: already found ready (:meth:`read_ready`; :meth:`snapshot` waits
+        #: first): the session's own method, bound here so that a fast path
+        #: pays no call for going through the core.
+        self.view: Callable[[], Snapshot] = session.snapshot
 
     # -- exptimes: never a future TTL (docs/pov.md) ------------------------------
 
@@ -202,6 +207,12 @@ class Core:
         self.remove(key)
         if snapshot is not None:
             snapshot.forget(key)
+
+    def refused_quietly(self) -> None:
+        """A write sent ``noreply`` refused while writes are refused (a full
+        disk): counted, and reported by the next barrier (or reply waiting
+        for a commit), not now."""
+        self.session.refused_quietly()
 
     def remove(self, key: bytes) -> None:
         """Drop ``key`` whether this POV sees it or not (its promotion removes

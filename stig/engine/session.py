@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 from stig.engine.engine import Engine
+from stig.engine.errors import CommitFailed, RunTooLarge, RunWaitedTooLong, WritesRefused
 from stig.engine.promoter import Promotion
 from stig.storage.ops import (
     Adjust,
@@ -66,28 +67,7 @@ from stig.storage.snapshot import Snapshot
 _OP_OVERHEAD = 384
 _RUN_OVERHEAD = 512
 
-
-class CommitFailed(Exception):
-    """A promotion of this session could not be committed (disk full)."""
-
-
-class WritesRefused(CommitFailed):
-    """A write refused while the disk cannot take commits (stig/engine/refusal.py):
-    nothing was recorded; the message names the cause."""
-
-
-class RunTooLarge(Exception):
-    """An open run outgrew the write budget (``--max-pending-bytes``); it has been discarded."""
-
-    #: What the client is told (the connection then closes).
-    reason = "transaction larger than --max-pending-bytes; discarded"
-
-
-class RunWaitedTooLong(RunTooLarge):
-    """An open run waited for room longer than ``--max-run-wait-ms``; it has
-    been discarded (:meth:`stig.engine.budget.WriteBudget.wait_for_room`)."""
-
-    reason = "transaction waited --max-run-wait-ms for room under --max-pending-bytes; discarded"
+__all__ = ["CommitFailed", "RunTooLarge", "RunWaitedTooLong", "Session", "WritesRefused"]
 
 
 class _Pending(NamedTuple):

@@ -56,7 +56,8 @@ from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsK
 from stig.core.reply_gate import ReplyGate
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.session import CommitFailed, Session, WritesRefused
+from stig.engine.errors import CommitFailed, WritesRefused
+from stig.engine.session import Session
 from stig.storage.ops import (
     Add,
     Adjust,

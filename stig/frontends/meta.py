@@ -64,7 +64,7 @@ from protocol.meta import (
 )
 from protocol.text_replies import client_error, server_error
 from stig.core.command_core import NON_NUMERIC, Answer, Committed, Core, Refusal, Verdict
-from stig.engine.session import CommitFailed, Session
+from stig.engine.errors import CommitFailed
 from stig.storage.ops import (
     Add,
     Adjust,
@@ -121,11 +121,8 @@ class MetaHandler:
 
     command_types = (MetaGet, MetaSet, MetaDelete, MetaArithmetic, MetaNoop, MetaDebug)
 
-    def __init__(
-        self, core: Core, session: Session, out: bytearray, next_event: Callable[[], object]
-    ) -> None:
+    def __init__(self, core: Core, out: bytearray, next_event: Callable[[], object]) -> None:
         self.core = core
-        self.session = session
         self.out = out
         self.gate = core.gate  # replies held behind their commits
         self._next_event = next_event  # the parser's, to read a run of mg ahead
@@ -285,7 +282,7 @@ class MetaHandler:
             for _command in commands:  # one reply per mg: the client stays in step
                 self.out += server_error(str(exc))
             return False
-        snapshot = self.session.snapshot()
+        snapshot = self.core.view()
         # Held: a win or a lease awaits its commit, replies are sent as they grow.
         snapshot.hold(None if goes_on else keys)
         self.run = snapshot

@@ -23,7 +23,7 @@ import lmdb
 from protocol import text_replies as R
 from protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
 from stig.core.command_core import Core
-from stig.engine.session import CommitFailed
+from stig.engine.errors import CommitFailed
 from stig.storage import snapshot as snapshot_read
 from stig.storage.snapshot import Snapshot
 

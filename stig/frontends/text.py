@@ -42,7 +42,8 @@ from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
 from stig.core.reply_gate import ReplyGate
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.session import CommitFailed, Session
+from stig.engine.errors import CommitFailed
+from stig.engine.session import Session
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.server.tls import TlsError
@@ -117,7 +118,7 @@ class TextHandler:
             InvalidCommand: self._invalid,  # type: ignore[dict-item]
             QuietError: self._quiet_error,  # type: ignore[dict-item]
         }
-        self.meta = MetaHandler(self.core, session, self.out, self.parser.next_event)
+        self.meta = MetaHandler(self.core, self.out, self.parser.next_event)
         self.meta.drain = self._drain_out
         #: The read of a get line too long to parse whole, as its keys arrive.
         self.streamed = StreamedGet(
@@ -264,7 +265,7 @@ class TextHandler:
         refused by the session (``SERVER_ERROR``, :class:`WritesRefused`)."""
         kind = type(event)
         if (kind is Store or kind is Arithmetic) and event.noreply:  # type: ignore[attr-defined]
-            self.session.refused_quietly()
+            self.core.refused_quietly()
             return True
         return False
 
@@ -366,7 +367,6 @@ class TextHandler:
         more than the bound plus one item of reply.
         """
         out = self.out
-        session = self.session
         parser = self.parser
         limit = self._reply_limit
         # No write in flight anywhere (the common case): no get read ahead
@@ -377,7 +377,7 @@ class TextHandler:
         end = R.END
         count = hits = 0
         ahead = False  # whether ``commands`` were read ahead (and need the checks)
-        snapshot = session.snapshot()
+        snapshot = self.core.view()
         parts = snapshot.parts
         render = snapshot.render
         line = R.VALUE_LINE_CAS if with_cas else R.VALUE_LINE
