@@ -243,11 +243,6 @@ class Session:
             return bool(unresolved)
         return bool(unresolved) and (None in unresolved or any(k in unresolved for k in keys))
 
-    async def resolve(self, keys: Sequence[bytes]) -> None:
-        """Promote pending writes if a conditional one may change what ``keys`` read."""
-        if self.is_unresolved(keys):
-            await self.promote_pending()
-
     # -- unconditional writes: answered from the POV -------------------------
 
     def _record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
@@ -494,15 +489,6 @@ class Session:
         undo = self._run_unresolved_undo
         return (key in unresolved and key in undo) or (None in unresolved and None in undo)
 
-    async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
-        """Apply a conditional write and answer with its outcome after its commit.
-
-        It closes the open run as that run's last member.
-        """
-        self.add_conditional(op, key, size)
-        promotion = await self.commit_run()
-        return promotion.outcomes[-1]  # type: ignore[index]
-
     async def commit_run(self) -> Promotion:
         """Close the open run, submit it and wait for its commit.
 
@@ -530,11 +516,6 @@ class Session:
         """Whether the open run holds quiet writes owed their verdicts: closing
         it makes them due (:meth:`owe_verdict`)."""
         return bool(self._run_owed)
-
-    @property
-    def run_length(self) -> int:
-        """Operations in the open run: the last one recorded is at ``run_length - 1``."""
-        return len(self._run)
 
     def close_run(self) -> Promotion | None:
         """End the open run: it becomes one atomic promotion, queued for submit.
