@@ -159,6 +159,15 @@ class Core:
         self.stats = engine.stats
         self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
         self.prefixes = engine.prefixes
+        # The in-flight registry's check, bound once: the fast paths ask it
+        # per get (stig/engine/visibility.py), with this session's overlay.
+        self._clear_for = engine.promoter.in_flight.clear_for
+        self._overlay = session.overlay
+        #: One snapshot with this session's writes laid over it, for a read
+        #: already found ready (:meth:`read_ready`; :meth:`snapshot` waits
+        #: first): the session's own method, bound here so that a fast path
+        #: pays no call for going through the core.
+        self.view: Callable[[], Snapshot] = session.snapshot
 
     # -- exptimes: never a future TTL (docs/pov.md) ------------------------------
 
@@ -188,6 +197,22 @@ class Core:
         expired, so the key is simply gone (from this POV at once)."""
         self.stats.cmd_set += 1
         self.remove(key)
+
+    def gone_after_touch(self, key: bytes, snapshot: Snapshot | None = None) -> None:
+        """A found item touched to an exptime already past (:meth:`expired`):
+        answered found, then gone (memcached), from this POV at once; a later
+        read of it from the same ``snapshot`` (a repeated key, a run of mg)
+        misses.  Every touch (``touch``, ``gat``, ``mg T``, binary Touch/GAT)
+        ends here."""
+        self.remove(key)
+        if snapshot is not None:
+            snapshot.forget(key)
+
+    def refused_quietly(self) -> None:
+        """A write sent ``noreply`` refused while writes are refused (a full
+        disk): counted, and reported by the next barrier (or reply waiting
+        for a commit), not now."""
+        self.session.refused_quietly()
 
     def remove(self, key: bytes) -> None:
         """Drop ``key`` whether this POV sees it or not (its promotion removes
@@ -249,15 +274,59 @@ class Core:
             return Refusal.FLUSH_DELAY
         return None
 
+    # -- read readiness: what a read waits for, the one rule for every path -----
+
+    def read_ready(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> bool:
+        """Whether a read of ``keys`` (None: any key) waits for nothing: no
+        conditional write of this session may change them, no cas is asked of
+        a write of this session still pending (every cas returned is a
+        committed one), and no other session's write to them is in flight
+        (acknowledged writes are visible everywhere: docs/pov.md, "Other
+        sessions").  Every read of the store checks this, fast paths too;
+        :meth:`prepare_read` waits for what it finds."""
+        session = self.session
+        if session.unresolved and session.is_unresolved(keys):
+            return False
+        if with_cas and session.has_pending(keys):
+            return False
+        return self._clear_for(keys, self._overlay)
+
+    def answers_now(self, keys: Sequence[bytes], with_cas: bool) -> bool:
+        """Whether a plain get of ``keys`` (no touch) is answered at once, by
+        a handler's fast path, with the answer :meth:`read` would give: no
+        open run to close (whose quiet writes could come due), no verdict
+        owed before its reply, no ``stats detail`` to count per key, and
+        nothing to wait for (:meth:`read_ready`)."""
+        session = self.session
+        if session.run_open or session.owed or self.prefixes.enabled:
+            return False
+        return self.read_ready(keys, with_cas)
+
     async def _resolve(self, keys: Sequence[bytes]) -> None:
-        """Wait for this session's conditional writes that may change ``keys``,
-        and for other sessions' writes to them that are in flight (acknowledged
-        writes are visible everywhere: docs/pov.md)."""
+        """What a write answered from the POV waits for before it reads
+        ``keys``: what a read waits for (:meth:`read_ready`), without a cas."""
         session = self.session
         if session.unresolved and session.is_unresolved(keys):
             await session.promote_pending()
-        if not session.sees_acked(keys):
+        if not self._clear_for(keys, self._overlay):
             await session.await_acked(keys)
+
+    async def prepare_listing(self) -> None:
+        """Before a key listing's snapshot: every write in flight (acknowledged
+        to some client, or this session's own run the listing closed) is
+        committed, so that the listing holds it (docs/pov.md, "Other sessions")."""
+        session = self.session
+        session.submit()
+        if not self._clear_for(None, self._overlay):
+            await session.await_acked()
+
+    def reread(self, key: bytes) -> Item | None:
+        """``key`` read again inside a command, right after this session's own
+        write to it committed (a lost lease or win: who has it now).  No wait
+        is owed: the command's read waited for every write acknowledged before
+        it began (:meth:`prepare_read`), the commit just awaited is newer, and
+        a write acknowledged since is concurrent with this command."""
+        return self.session.get(key)
 
     def as_intent(self, key: bytes, quiet: bool = True) -> bool:
         """Whether a quiet write of ``key`` must become an intent: the verdict
@@ -301,7 +370,7 @@ class Core:
         session.close_run()
         if (with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
             await session.promote_pending()
-        if not session.sees_acked(keys):
+        if not self._clear_for(keys, self._overlay):
             await session.await_acked(keys)
 
     async def read(
@@ -380,6 +449,28 @@ class Core:
             return
         self.stats.cmd_set += 1
         self.session.set(key, value, flags)
+
+    def set_many(self, items: Sequence[tuple[bytes, bytes, int]], answered: bool) -> int:
+        """A burst of plain sets ``(key, value, flags)``, exptime 0, in order:
+        each exactly :meth:`set` then :meth:`answered` (``answered``: each
+        replies, and closes its run; else all stay in the open run), counted
+        in ``cmd_set`` and ``stats detail``, in one loop
+        (:meth:`~stig.engine.session.Session.set_many`).  Returns how many
+        were recorded: the caller does the first one not recorded (and all
+        after it) one by one, which raises what :meth:`set` raises."""
+        recorded = self.session.set_many(items, answered)
+        self.stats.cmd_set += recorded
+        if recorded and self.prefixes.enabled:
+            for key, _value, _flags in items[:recorded]:
+                self.prefixes.record_set(key)
+        return recorded
+
+    @property
+    def owes_verdicts(self) -> bool:
+        """Whether a reply now would come after verdicts owed to quiet writes
+        (of closed runs, or of the open run it would close)."""
+        session = self.session
+        return bool(session.owed) or session.run_owes_verdicts
 
     async def concat(
         self,
@@ -480,7 +571,7 @@ class Core:
         found = self.session.get(key) is not None
         self.count_touch(found)
         if found and self.expired(exptime):
-            self.remove(key)  # answered found, then gone (memcached)
+            self.gone_after_touch(key)
         return found
 
     def count_touch(self, found: bool) -> None:

@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 from stig.engine.engine import Engine
+from stig.engine.errors import CommitFailed, RunTooLarge, RunWaitedTooLong, WritesRefused
 from stig.engine.promoter import Promotion
 from stig.storage.ops import (
     Adjust,
@@ -66,28 +67,7 @@ from stig.storage.snapshot import Snapshot
 _OP_OVERHEAD = 384
 _RUN_OVERHEAD = 512
 
-
-class CommitFailed(Exception):
-    """A promotion of this session could not be committed (disk full)."""
-
-
-class WritesRefused(CommitFailed):
-    """A write refused while the disk cannot take commits (stig/engine/refusal.py):
-    nothing was recorded; the message names the cause."""
-
-
-class RunTooLarge(Exception):
-    """An open run outgrew the write budget (``--max-pending-bytes``); it has been discarded."""
-
-    #: What the client is told (the connection then closes).
-    reason = "transaction larger than --max-pending-bytes; discarded"
-
-
-class RunWaitedTooLong(RunTooLarge):
-    """An open run waited for room longer than ``--max-run-wait-ms``; it has
-    been discarded (:meth:`stig.engine.budget.WriteBudget.wait_for_room`)."""
-
-    reason = "transaction waited --max-run-wait-ms for room under --max-pending-bytes; discarded"
+__all__ = ["CommitFailed", "RunTooLarge", "RunWaitedTooLong", "Session", "WritesRefused"]
 
 
 class _Pending(NamedTuple):
@@ -262,11 +242,6 @@ class Session:
         if keys is None:
             return bool(unresolved)
         return bool(unresolved) and (None in unresolved or any(k in unresolved for k in keys))
-
-    async def resolve(self, keys: Sequence[bytes]) -> None:
-        """Promote pending writes if a conditional one may change what ``keys`` read."""
-        if self.is_unresolved(keys):
-            await self.promote_pending()
 
     # -- unconditional writes: answered from the POV -------------------------
 
@@ -514,15 +489,6 @@ class Session:
         undo = self._run_unresolved_undo
         return (key in unresolved and key in undo) or (None in unresolved and None in undo)
 
-    async def conditional(self, op: Op, key: bytes | None, size: int = 0) -> Outcome:
-        """Apply a conditional write and answer with its outcome after its commit.
-
-        It closes the open run as that run's last member.
-        """
-        self.add_conditional(op, key, size)
-        promotion = await self.commit_run()
-        return promotion.outcomes[-1]  # type: ignore[index]
-
     async def commit_run(self) -> Promotion:
         """Close the open run, submit it and wait for its commit.
 
@@ -550,11 +516,6 @@ class Session:
         """Whether the open run holds quiet writes owed their verdicts: closing
         it makes them due (:meth:`owe_verdict`)."""
         return bool(self._run_owed)
-
-    @property
-    def run_length(self) -> int:
-        """Operations in the open run: the last one recorded is at ``run_length - 1``."""
-        return len(self._run)
 
     def close_run(self) -> Promotion | None:
         """End the open run: it becomes one atomic promotion, queued for submit.

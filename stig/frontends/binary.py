@@ -56,7 +56,8 @@ from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsK
 from stig.core.reply_gate import ReplyGate
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.session import CommitFailed, Session, WritesRefused
+from stig.engine.errors import CommitFailed, WritesRefused
+from stig.engine.session import Session
 from stig.storage.ops import (
     Add,
     Adjust,
@@ -223,7 +224,7 @@ class BinaryHandler:
 
     def _setq_run(self) -> Awaitable[None] | None:
         """The SetQ pipelined behind a plain one (:meth:`BinaryParser.quiet_sets`),
-        recorded in one loop (:meth:`Session.set_many`): they stay in the open
+        recorded in one loop (:meth:`Core.set_many`): they stay in the open
         run, answer nothing, count in ``cmd_set`` (and ``stats detail``), as
         one :meth:`_handle_one` each would.  From the first that is not
         plain (a cas, an exptime) or that the write budget refuses, the rest
@@ -241,13 +242,8 @@ class BinaryHandler:
             if request.cas or request.exptime:
                 break
             items.append((request.key, request.value, request.flags))
-        recorded = self.session.set_many(items, False) if items else 0
+        recorded = self.core.set_many(items, False) if items else 0
         if recorded:
-            core = self.core
-            core.stats.cmd_set += recorded
-            if core.prefixes.enabled:
-                for key, _value, _flags in items[:recorded]:
-                    core.prefixes.record_set(key)
             self._current = (Opcode.SetQ, requests[recorded - 1].opaque)
         if recorded < len(requests):
             return self._one_by_one(requests[recorded:])
@@ -454,7 +450,7 @@ class BinaryHandler:
         await self._settle()
         [item] = await self.core.read([request.key], with_cas=True, touch=touch)
         if touch and item is not None and self.core.expired(request.exptime):
-            self.core.remove(request.key)  # touched to a time already past: answered, then gone
+            self.core.gone_after_touch(request.key)
         if item is not None:
             self.out += get_response(
                 request.opcode, request.opaque, item.flags, item.cas, item.value, request.key

@@ -64,7 +64,7 @@ from protocol.meta import (
 )
 from protocol.text_replies import client_error, server_error
 from stig.core.command_core import NON_NUMERIC, Answer, Committed, Core, Refusal, Verdict
-from stig.engine.session import CommitFailed, Session
+from stig.engine.errors import CommitFailed
 from stig.storage.ops import (
     Add,
     Adjust,
@@ -121,11 +121,8 @@ class MetaHandler:
 
     command_types = (MetaGet, MetaSet, MetaDelete, MetaArithmetic, MetaNoop, MetaDebug)
 
-    def __init__(
-        self, core: Core, session: Session, out: bytearray, next_event: Callable[[], object]
-    ) -> None:
+    def __init__(self, core: Core, out: bytearray, next_event: Callable[[], object]) -> None:
         self.core = core
-        self.session = session
         self.out = out
         self.gate = core.gate  # replies held behind their commits
         self._next_event = next_event  # the parser's, to read a run of mg ahead
@@ -285,7 +282,7 @@ class MetaHandler:
             for _command in commands:  # one reply per mg: the client stays in step
                 self.out += server_error(str(exc))
             return False
-        snapshot = self.session.snapshot()
+        snapshot = self.core.view()
         # Held: a win or a lease awaits its commit, replies are sent as they grow.
         snapshot.hold(None if goes_on else keys)
         self.run = snapshot
@@ -324,8 +321,7 @@ class MetaHandler:
                     item = snapshot.item(command.key)
                     core.count_read(command.key, item is not None, detail=False)
                     if item is not None and core.expired(command.ttl):
-                        core.remove(command.key)  # touched to a time past: answered, then gone
-                        snapshot.forget(command.key)  # the run's later mg of it miss
+                        core.gone_after_touch(command.key, snapshot)
                     if (
                         command.vivify_ttl is None
                         if item is None
@@ -379,7 +375,7 @@ class MetaHandler:
         outcome, written = await self.core.conditional_result(Vivify(key, command.new_cas), key)
         if outcome is Outcome.STORED:
             return written, True
-        return self.session.get(key), False  # another reader's placeholder (or value)
+        return self.core.reread(key), False  # another reader's placeholder (or value)
 
     async def _take_win(self, key: bytes, item: Item) -> tuple[Item | None, bool]:
         """A stale item nobody won yet: try to take its win, checked at promotion."""
@@ -389,7 +385,7 @@ class MetaHandler:
             if outcome is Outcome.STORED:
                 return written, True
             # Changed meanwhile (another reader won, a write, a delete).
-            current = self.session.get(key)
+            current = self.core.reread(key)
             if current is None or not current.stale or current.win_sent:
                 return current, False
             item = current

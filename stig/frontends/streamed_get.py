@@ -23,7 +23,7 @@ import lmdb
 from protocol import text_replies as R
 from protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
 from stig.core.command_core import Core
-from stig.engine.session import CommitFailed
+from stig.engine.errors import CommitFailed
 from stig.storage import snapshot as snapshot_read
 from stig.storage.snapshot import Snapshot
 
@@ -135,5 +135,4 @@ class StreamedGet:
                 out += R.value(key, item.flags, item.value, item.cas if cas else None)
                 del item
                 if expired:
-                    core.remove(key)  # touched to a time already past: answered, then gone
-                    snapshot.forget(key)  # a repeated key misses (memcached)
+                    core.gone_after_touch(key, snapshot)

@@ -42,7 +42,8 @@ from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
 from stig.core.reply_gate import ReplyGate
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.session import CommitFailed, Session
+from stig.engine.errors import CommitFailed
+from stig.engine.session import Session
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.server.tls import TlsError
@@ -117,7 +118,7 @@ class TextHandler:
             InvalidCommand: self._invalid,  # type: ignore[dict-item]
             QuietError: self._quiet_error,  # type: ignore[dict-item]
         }
-        self.meta = MetaHandler(self.core, session, self.out, self.parser.next_event)
+        self.meta = MetaHandler(self.core, self.out, self.parser.next_event)
         self.meta.drain = self._drain_out
         #: The read of a get line too long to parse whole, as its keys arrive.
         self.streamed = StreamedGet(
@@ -227,14 +228,7 @@ class TextHandler:
         """
         if type(event) is not Retrieve or event.touch or not self.authenticated:
             return _NOT_NOW
-        if self.core.prefixes.enabled:
-            return _NOT_NOW  # stats detail counts per key: the general path does
-        session = self.session
-        if session.run_open or session.unresolved or not session.sees_acked(event.keys):
-            return _NOT_NOW
-        if self.core.verdicts_due:
-            return _NOT_NOW  # owed to quiet meta writes: written first, by _retrieve
-        if event.with_cas and session.has_pending(event.keys):
+        if not self.core.answers_now(event.keys, event.with_cas):
             return _NOT_NOW
         return self._read_run([event], event.with_cas)
 
@@ -271,7 +265,7 @@ class TextHandler:
         refused by the session (``SERVER_ERROR``, :class:`WritesRefused`)."""
         kind = type(event)
         if (kind is Store or kind is Arithmetic) and event.noreply:  # type: ignore[attr-defined]
-            self.session.refused_quietly()
+            self.core.refused_quietly()
             return True
         return False
 
@@ -284,29 +278,18 @@ class TextHandler:
     # -- retrieval -----------------------------------------------------------
 
     async def _retrieve(self, command: Retrieve) -> None:
-        session = self.session
+        core = self.core
         # Every read closes the open run: close it first, so that the verdicts
         # its quiet meta writes are owed come before this reply, which may be
         # sent in parts (so never inserted at its start afterwards).
-        self.core.close_run()
-        if self.core.verdicts_due:
+        core.close_run()
+        if core.verdicts_due:
             await self.meta.report_verdicts(len(self.out))
-        if (
-            not command.touch
-            and not session.unresolved
-            and not self.core.prefixes.enabled
-            and session.sees_acked(command.keys)
-        ):
-            with_cas = command.with_cas
-            session.close_run()
-            if not (with_cas and session.has_pending(command.keys)):
-                rest = self._read_run([command], with_cas)
-                if rest is not None:
-                    await rest
-                return
-        if not command.touch and not self.core.prefixes.enabled:
-            # Wait for what the answer depends on, then the same streamed read.
-            await self.core.prepare_read(command.keys, command.with_cas)
+        if not command.touch and not core.prefixes.enabled:
+            # Wait for what the answer depends on (if anything), then the
+            # read from one snapshot that the fast path makes.
+            if not core.read_ready(command.keys, command.with_cas):
+                await core.prepare_read(command.keys, command.with_cas)
             rest = self._read_run([command], command.with_cas)
             if rest is not None:
                 await rest
@@ -348,8 +331,7 @@ class TextHandler:
                         out += R.value(key, item.flags, item.value, item.cas if with_cas else None)
                         del item
                         if expired:
-                            core.remove(key)  # touched to a time already past: answered, then gone
-                            snapshot.forget(key)  # a repeated key misses (memcached)
+                            core.gone_after_touch(key, snapshot)
                 out += R.END
             except lmdb.Error:  # Store.grow() ended the snapshot under us
                 out += READ_INTERRUPTED
@@ -371,7 +353,7 @@ class TextHandler:
         :meth:`TextParser.single_get_keys`, answered by
         :meth:`stig.storage.snapshot.Snapshot.render_each`) is checked here before it is answered:
         it must see every acknowledged write (no write of another session in
-        flight to its keys, :meth:`Session.sees_acked`), and fewer than
+        flight to its keys, :meth:`Core.read_ready`), and fewer than
         ``--max-reply-bytes`` may be waiting to be sent.  The first that fails
         either goes back to the parser (:meth:`TextParser.give_back`) with the
         gets behind it: the connection sends what is written, then hands it
@@ -385,18 +367,17 @@ class TextHandler:
         more than the bound plus one item of reply.
         """
         out = self.out
-        session = self.session
         parser = self.parser
         limit = self._reply_limit
         # No write in flight anywhere (the common case): no get read ahead
         # needs a check of its own.  Nothing changes that during this call;
         # asked once, when the first get is read ahead.
         all_clear: bool | None = None
-        sees_acked = session.sees_acked
+        read_ready = self.core.read_ready
         end = R.END
         count = hits = 0
         ahead = False  # whether ``commands`` were read ahead (and need the checks)
-        snapshot = session.snapshot()
+        snapshot = self.core.view()
         parts = snapshot.parts
         render = snapshot.render
         line = R.VALUE_LINE_CAS if with_cas else R.VALUE_LINE
@@ -406,7 +387,7 @@ class TextHandler:
             while True:
                 for index, command in enumerate(commands):
                     keys = command.keys
-                    if ahead and (len(out) >= limit or not (all_clear or sees_acked(keys))):
+                    if ahead and (len(out) >= limit or not (all_clear or read_ready(keys))):
                         parser.give_back(commands[index:])
                         return None
                     if len(keys) == 1 and not with_cas:
@@ -440,7 +421,7 @@ class TextHandler:
                 if with_cas or parser.idle:
                     break
                 if all_clear is None:
-                    all_clear = session.sees_acked()
+                    all_clear = read_ready(None)
                 if all_clear:
                     # The commonest burst, one-key gets: answered as keys, no event each.
                     singles = parser.single_get_keys()
@@ -499,7 +480,7 @@ class TextHandler:
     def _set_run(self) -> Awaitable[None] | None:
         """The plain ``set`` and ``ms`` commands pipelined right behind a
         plain set (:meth:`TextParser.plain_sets`), recorded in one loop per
-        stretch of alike ones (:meth:`Session.set_many`), with one reply
+        stretch of alike ones (:meth:`Core.set_many`), with one reply
         append: the replies, stats and promotions one :meth:`handle` per
         command would give.
 
@@ -521,15 +502,14 @@ class TextHandler:
             return None
         if self.core.prefixes.enabled:
             return self._one_by_one(events)
-        session = self.session
-        stats = self.core.stats
+        core = self.core
         out = self.out
         count = len(events)
         done = 0
         while done < count:
             first = events[done]
             loud = not (first.noreply if type(first) is Store else first.quiet)  # type: ignore[union-attr]
-            if loud and (session.run_owes_verdicts or session.owed):
+            if loud and core.owes_verdicts:
                 break
             items: list[tuple[bytes, bytes, int]] = []
             replies: list[bytes] = []
@@ -546,8 +526,7 @@ class TextHandler:
                     replies.append(HD_LINE)
             if not items:
                 break
-            recorded = session.set_many(items, loud)
-            stats.cmd_set += recorded
+            recorded = core.set_many(items, loud)
             if loud and recorded:
                 out += b"".join(replies[:recorded])
             done += recorded
@@ -692,15 +671,9 @@ class TextHandler:
         out = self.out
         if self.core.verdicts_due:  # they come before this reply, which
             await self.meta.report_verdicts(len(out))  # leaves in parts
-        # The snapshot is taken at the first chunk: first every write in
-        # flight (acknowledged to some client, or this session's own) is
-        # committed, so that the listing holds it (docs/pov.md, "Other sessions").
-        # The run this command closed is handed over first: it is in flight
-        # too (before, it was left out whenever nothing else was in flight).
-        session = self.session
-        session.submit()
-        if not session.sees_acked():
-            await session.await_acked()
+        # The snapshot is taken at the first chunk, once every write in
+        # flight is committed (the run this command closed included).
+        await self.core.prepare_listing()
         with contextlib.closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
                 out += chunk

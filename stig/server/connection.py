@@ -43,7 +43,8 @@ from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
 from stig.core.reply_gate import ReplyGate
 from stig.engine.engine import Engine
-from stig.engine.session import CommitFailed, RunTooLarge, Session
+from stig.engine.errors import CommitFailed, RunTooLarge
+from stig.engine.session import Session
 from stig.server.transport import Transport
 
 log = logging.getLogger(__name__)

@@ -131,3 +131,17 @@ def test_get_statistics_count_a_streamed_multi_get_once(stig_server):
     assert reply.count(b"VALUE ") == 6
     stats = stig_server.stats()
     assert (stats["cmd_get"], stats["get_hits"], stats["get_misses"]) == ("8", "6", "2")
+
+
+@pytest.mark.parametrize("ahead", [b"get other\r\n", b"get other1 other2\r\n"])
+def test_a_get_read_ahead_waits_for_this_sessions_quiet_add(stig_server, ahead):
+    """A get read ahead behind another get (the text fast path) checks what
+    every read checks (Core.read_ready): a quiet ``add`` of this session whose
+    verdict is pending makes it wait for that verdict, so the session sees its
+    own write.  Before, the read-ahead check asked only about other sessions'
+    writes in flight, and this get missed the add."""
+    conn = stig_server.connect()
+    burst = b"add mine 0 0 1 noreply\r\nv\r\n" + ahead + b"get mine\r\nmn\r\n"
+    reply = conn.send_recv(burst, b"MN\r\n")
+    reply = reply.removesuffix(b"MN\r\n")
+    assert reply.endswith(b"END\r\nVALUE mine 0 1\r\nv\r\nEND\r\n"), reply

@@ -154,6 +154,58 @@ def test_each_stig_folder_imports_only_what_it_may() -> None:
     assert not wrong, "imports across the layout:\n" + "\n".join(f"{a} -> {b}" for a, b in wrong)
 
 
+#: What no frontend may import: a handler is a translation table over the
+#: core (stig/core/command_core.py), which alone drives the session and reads.
+FRONTEND_FORBIDDEN = {"stig.engine.session", "stig.storage.snapshot"}
+
+#: Frontend imports of those today, each with why; the list only shrinks.
+KNOWN_FRONTEND_CROSSINGS = {
+    # The Session type of the handler's constructor (the connection builds the
+    # session and hands it over), and `wants_room`/`make_room`: a pipelined
+    # write waits for room in the write budget before the next one.  Through
+    # the core, that attribute read would cost a call per set on the hot path.
+    ("stig.frontends.text", "stig.engine.session"),
+    ("stig.frontends.binary", "stig.engine.session"),
+    # The fast paths render replies straight from the read view the core hands
+    # out (Core.view, Core.snapshot: `parts`, `render`, `render_each`), and word
+    # its READ_INTERRUPTED failure; the type and the words live with the view.
+    ("stig.frontends.text", "stig.storage.snapshot"),
+    ("stig.frontends.binary", "stig.storage.snapshot"),
+    ("stig.frontends.meta", "stig.storage.snapshot"),
+    ("stig.frontends.streamed_get", "stig.storage.snapshot"),
+}
+
+
+def frontend_crossings(modules: dict[str, ast.Module]) -> set[tuple[str, str]]:
+    """(frontend module, forbidden module) for each forbidden import, also
+    in the ``from stig.storage import snapshot`` form."""
+    found = set()
+    for name, tree in modules.items():
+        if not name.startswith("stig.frontends."):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                named = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                named = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            else:
+                continue
+            found.update((name, module) for module in named & FRONTEND_FORBIDDEN)
+    return found
+
+
+def test_no_frontend_imports_the_session_or_the_snapshot() -> None:
+    """Handlers translate, the core rules (issue 21 item 2); a crossing that
+    goes away must leave the list too, so that the list only shrinks."""
+    found = frontend_crossings(_stig_modules())
+    assert not found - KNOWN_FRONTEND_CROSSINGS, (
+        f"new crossings: {found - KNOWN_FRONTEND_CROSSINGS}"
+    )
+    assert not KNOWN_FRONTEND_CROSSINGS - found, (
+        f"gone, take them off the list: {KNOWN_FRONTEND_CROSSINGS - found}"
+    )
+
+
 def test_storage_knows_nothing_of_sockets_protocols_or_the_floors_above() -> None:
     for name, tree in _stig_modules().items():
         if name.startswith("stig.storage."):
