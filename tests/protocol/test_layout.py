@@ -325,3 +325,16 @@ def test_no_test_imports_conftest_as_a_module() -> None:
         if "conftest" in _imports(tree)
     ]
     assert not wrong, wrong
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by their base name (no __init__.py in the
+    test folders): two of one name stop the whole run at collection."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for path in _our_files("tests"):
+        if path.name.startswith("test_"):
+            if path.name in seen:
+                clashes.append((seen[path.name], str(path.relative_to(ROOT))))
+            seen[path.name] = str(path.relative_to(ROOT))
+    assert not clashes, clashes
