@@ -134,12 +134,16 @@ def _read(target: str, work: Path, jobs: int, elapsed: float, codes: list[int]) 
 
 
 def minimize(target: str, corpus: Path, found: list[Path], work: Path) -> int:
-    """Merge the inputs of ``found`` into ``corpus``, keeping a minimal set that
-    covers what all of them cover (libFuzzer ``-merge=1``); the new count."""
+    """Merge the inputs of ``found`` into ``corpus``, keeping a small set that
+    reaches every edge any of them reaches (libFuzzer ``-set_cover_merge=1``);
+    the new count."""
     merged = work / "merged"
     shutil.rmtree(merged, ignore_errors=True)
     merged.mkdir(parents=True)
-    args = ["-merge=1", f"-max_len={MAX_LEN[target]}", str(merged), str(corpus)]
+    # A smallest set of inputs that reaches every edge (hit counts aside): the
+    # corpus CI replays stays small; a campaign finds the counters again.
+    args = ["-set_cover_merge=1", "-use_counters=0", f"-max_len={MAX_LEN[target]}"]
+    args += [str(merged), str(corpus)]
     args += [str(path) for path in found if path.is_dir()]
     subprocess.run(
         _command(target, args),
@@ -147,6 +151,8 @@ def minimize(target: str, corpus: Path, found: list[Path], work: Path) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    if not any(merged.iterdir()):
+        raise RuntimeError(f"merging the corpus of {target} kept nothing: corpus left as it was")
     corpus.mkdir(parents=True, exist_ok=True)
     for old in corpus.iterdir():
         old.unlink()

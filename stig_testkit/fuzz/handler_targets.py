@@ -9,7 +9,8 @@ byte at a time and in random chunks, each time on a fresh store, and:
   internal error costs the client its connection: a finding), nor does a
   connection hang;
 * the client receives the same replies, and the store keeps the same items,
-  whichever way the stream was cut.
+  whichever way the stream was cut;
+* binary replies are whole response packets.
 
 What varies by nature is masked before comparing: the values of ``stats``
 (times, resource usage, commit counts; ``stats items`` is a key listing
@@ -63,12 +64,23 @@ def mask_binary(replies: bytes) -> bytes:
         at = end
 
 
-def _check(stream: bytes, option: int, mask: object) -> None:
+def check_binary_framing(replies: bytes) -> None:
+    """A binary reply stream is whole response packets, nothing else."""
+    at = 0
+    while at < len(replies):
+        decoded = decode_response(replies, at)  # ValueError: not a response
+        assert decoded is not None, ("a cut response", replies[at:])
+        at = decoded[1]
+
+
+def _check(stream: bytes, option: int, mask: object, framing: object = None) -> None:
     variant = VARIANTS[option % len(VARIANTS)]
     expected: tuple[bytes, Served] | None = None
     for name, chunks in feedings(stream, option >> 1):
         served = serve(chunks, variant)
         assert not served.errors, (name, served.errors)
+        if framing is not None:
+            framing(served.replies)  # type: ignore[operator]
         replies = mask(served.replies)  # type: ignore[operator]
         if expected is None:
             expected = replies, served
@@ -89,4 +101,4 @@ handler_meta = handler_text
 
 def handler_binary(data: bytes) -> None:
     option, stream = split(data)
-    _check(b"\x80" + stream[1:], option, mask_binary)
+    _check(b"\x80" + stream[1:], option, mask_binary, check_binary_framing)

@@ -51,8 +51,14 @@ class Variant:
     durable_acks: bool = False
     limits: Limits = Limits()
     max_reply_bytes: int = 1 << 20
+    #: ``--auth-file`` with the one user :data:`USER` (password :data:`PASSWORD`)
+    auth: bool = False
 
     def settings(self, data_dir: Path) -> Settings:
+        auth_file = None
+        if self.auth:
+            auth_file = data_dir.parent / "auth"
+            auth_file.write_bytes(USER + b":" + PASSWORD + b"\n")
         return Settings(
             data_dir=data_dir,
             durable_acks=self.durable_acks,
@@ -62,12 +68,17 @@ class Variant:
             # slow machine must not move a transaction edge between feedings.
             batch_idle_ms=3_600_000.0,
             map_size=1 << 20,  # small: the map grows under the fuzzer, as in production
+            auth_file=auth_file,
         )
 
 
-#: The default server, and a tight one: small limits reach every "too large"
-#: and "too long" path in a few bytes, replies go out every 64 bytes, and each
-#: burst waits for its commit (``--durable-acks``).
+#: The login of the ``auth`` variant.
+USER, PASSWORD = b"u", b"p"
+
+#: The default server; a tight one: small limits reach every "too large" and
+#: "too long" path in a few bytes, replies go out every 64 bytes, and each
+#: burst waits for its commit (``--durable-acks``); one that asks clients to
+#: log in first (``--auth-file``: text ``set`` with ``u p``, binary SASL PLAIN).
 VARIANTS = (
     Variant("default"),
     Variant(
@@ -77,6 +88,7 @@ VARIANTS = (
                       max_get_line_length=256),
         max_reply_bytes=64,
     ),
+    Variant("auth", auth=True),
 )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ directories, ``-merge=1``, ``-runs=0`` to replay…).  Most callers use
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from stig_testkit.fuzz import INSTRUMENTED, TARGETS, load
@@ -22,7 +23,10 @@ def main(argv: list[str]) -> None:
     name = argv[1]
     with atheris.instrument_imports(include=list(INSTRUMENTED[name])):
         target = load(name)
-    atheris.Setup([argv[0], *argv[2:]], target)
+    # libFuzzer runs argv[0] through the shell for its child processes
+    # (-merge=1, -fork): it must be the whole command that runs this target.
+    command = f"{shlex.quote(sys.executable)} -m stig_testkit.fuzz.runner {name}"
+    atheris.Setup([command, *argv[2:]], target)
     atheris.Fuzz()
 
 

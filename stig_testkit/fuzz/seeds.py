@@ -97,6 +97,10 @@ BINARY_STREAMS = [
     _request(Opcode.Get, b"k") + b"\x81" + bytes(23),
 ]  # fmt: skip
 
+#: Logins of the ``auth`` server variant (stig_testkit.fuzz.harness.VARIANTS[2]).
+AUTH_TEXT = b"set a 0 0 3\r\nu p\r\n"
+AUTH_BINARY = _request(Opcode.SASLAuth, b"PLAIN", b"\x00u\x00p")
+
 LISTING_STREAMS = [b"all", b"hash", b"1,2,3", b"0", b"64", b"1 0", b"a%20b%zz", b"k\x00 \xff%"]
 
 
@@ -113,5 +117,11 @@ def seeds(target: str) -> list[bytes]:
         "handler_binary": BINARY_STREAMS,
         "listing": LISTING_STREAMS,
     }[target]
-    options = range(2) if target.startswith("handler_") else range(4)
-    return [bytes([option]) + stream for stream in streams for option in options]
+    if not target.startswith("handler_"):
+        return [bytes([option]) + stream for stream in streams for option in range(4)]
+    login = AUTH_BINARY if target == "handler_binary" else AUTH_TEXT
+    found = [bytes([option]) + stream for stream in streams for option in range(2)]
+    # The auth variant: each stream without logging in, then after logging in.
+    found += [b"\x02" + stream for stream in streams[:4]]
+    found += [b"\x02" + login + stream for stream in streams]
+    return found
