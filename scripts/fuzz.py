@@ -11,6 +11,7 @@ with ``python3 -m stig_testkit.fuzz.runner TARGET FILE``.
     python3 scripts/fuzz.py --target handler_binary --seconds 600 --jobs 2
     python3 scripts/fuzz.py --target text --seconds 600 --merge   # grow the checked-in corpus
     python3 scripts/fuzz.py --seed                            # (re)write the seed inputs
+    python3 scripts/fuzz.py --lines                           # line coverage of the corpora
 
 ``--merge`` folds what the run found into the checked-in corpus, minimized
 (only inputs that add coverage are kept).
@@ -25,8 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stig_testkit.fuzz import TARGETS
+from stig_testkit.fuzz import INSTRUMENTED, TARGETS
 from stig_testkit.fuzz.campaign import fuzz, minimize
+from stig_testkit.fuzz.lines import line_coverage
 from stig_testkit.fuzz.seeds import seeds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +43,31 @@ def write_seeds(target: str) -> int:
     for data in seeds(target):
         (directory / ("seed-" + hashlib.sha1(data).hexdigest()[:16])).write_bytes(data)
     return len(list(directory.iterdir()))
+
+
+def print_lines(targets: list[str]) -> None:
+    """Lines of protocol/ and stig/ each corpus runs, and all of them together."""
+    union: dict[Path, tuple[set[int], set[int]]] = {}
+    for target in targets:
+        roots = [REPO / package for package in INSTRUMENTED[target]]
+        found = line_coverage(target, CORPUS / target, roots)
+        for package in INSTRUMENTED[target]:
+            print(f"{target}: {package}/ {_share(found, REPO / package)}")
+        for path, (hit, total) in found.items():
+            union[path] = (union.get(path, (set(), set()))[0] | hit, total)
+    print("all targets together, by file:")
+    for path, (hit, total) in sorted(union.items()):
+        if total:
+            print(f"  {path.relative_to(REPO)} {_share({path: (hit, total)}, path)}")
+    for package in ("protocol", "stig"):
+        print(f"all targets: {package}/ {_share(union, REPO / package)}")
+
+
+def _share(found: dict[Path, tuple[set[int], set[int]]], under: Path) -> str:
+    chosen = [lines for path, lines in found.items() if path.is_relative_to(under)]
+    hit = sum(len(h) for h, _ in chosen)
+    total = sum(len(t) for _, t in chosen)
+    return f"{hit}/{total} lines ({100 * hit / max(total, 1):.0f}%)"
 
 
 def main() -> int:
@@ -66,8 +93,14 @@ def main() -> int:
     parser.add_argument(
         "--seed", action="store_true", help="only write the seed inputs into the checked-in corpus"
     )
-    options = parser.parse_args()  # fmt: skip
+    parser.add_argument(
+        "--lines", action="store_true", help="only print the line coverage of the corpora"
+    )
+    options = parser.parse_args()
     targets = options.target or list(TARGETS)
+    if options.lines:
+        print_lines(targets)
+        return 0
     if options.seed:
         for target in targets:
             print(f"{target}: {write_seeds(target)} inputs in {CORPUS / target}")

@@ -35,6 +35,8 @@ DICTIONARIES = {
 #: Longest input libFuzzer makes: a handler input is fed three ways, each on
 #: a real server (the byte-by-byte feeding is one receive per byte).
 MAX_LEN = {name: 1024 if name.startswith("handler_") else 4096 for name in TARGETS}
+#: The corpus inputs that once found a bug (named by what they found): kept.
+FINDING_PREFIX = "finding-"
 #: What libFuzzer names the inputs that made a target fail.
 _FINDING_PREFIXES = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 _PROGRESS = re.compile(rb"cov: (\d+) ft: (\d+) corp: (\d+)")
@@ -135,8 +137,8 @@ def _read(target: str, work: Path, jobs: int, elapsed: float, codes: list[int]) 
 
 def minimize(target: str, corpus: Path, found: list[Path], work: Path) -> int:
     """Merge the inputs of ``found`` into ``corpus``, keeping a small set that
-    reaches every edge any of them reaches (libFuzzer ``-set_cover_merge=1``);
-    the new count."""
+    reaches every edge any of them reaches (libFuzzer ``-set_cover_merge=1``)
+    and every input named ``finding-…``; the new count."""
     merged = work / "merged"
     shutil.rmtree(merged, ignore_errors=True)
     merged.mkdir(parents=True)
@@ -155,6 +157,8 @@ def minimize(target: str, corpus: Path, found: list[Path], work: Path) -> int:
         raise RuntimeError(f"merging the corpus of {target} kept nothing: corpus left as it was")
     corpus.mkdir(parents=True, exist_ok=True)
     for old in corpus.iterdir():
+        if old.name.startswith(FINDING_PREFIX):
+            continue  # a finding's input stays, under its name, whatever it covers
         old.unlink()
     for new in merged.iterdir():
         shutil.copy(new, corpus / new.name)
