@@ -1,11 +1,11 @@
 """One connection of a real Stig served from memory: the handler targets' only door into stig.
 
 Every import of Stig's internals that the fuzz targets need is here, so that
-moving ``stig/*.py`` into sub-folders means editing this one module.
+moving Stig's modules means editing this one module.
 
-:func:`serve` builds a real :class:`~stig.engine.Engine` (real LMDB, its
+:func:`serve` builds a real :class:`~stig.engine.engine.Engine` (real LMDB, its
 promoter and commit thread) in a fresh data directory, runs the real
-:class:`~stig.connection.Connection` loop over :class:`MemoryTransport` — a
+:class:`~stig.server.connection.Connection` loop over :class:`MemoryTransport` — a
 client that sends the given chunks, one per ``recv``, then half-closes — and
 returns what the server sent, the data it kept, and every error it logged.
 Nothing is mocked but the socket.
@@ -25,13 +25,13 @@ import attrs
 import trio
 
 from protocol.limits import Limits
-from stig.connection import Connection
-from stig.engine import Engine
-from stig.settings import Settings
+from stig.engine.engine import Engine
+from stig.engine.settings import Settings
+from stig.server.connection import Connection
 
 #: The handlers the connection imports on its first byte: imported here too,
 #: so that they are imported (and instrumented by the fuzz runner) with the rest.
-HANDLER_MODULES = ("stig.text_handler", "stig.binary_handler")
+HANDLER_MODULES = ("stig.frontends.text", "stig.frontends.binary")
 for _name in HANDLER_MODULES:
     importlib.import_module(_name)
 
@@ -85,7 +85,7 @@ VARIANTS = (
         "tight",
         durable_acks=True,
         limits=Limits(max_key_length=16, max_item_size=64, max_line_length=96,
-                      max_get_line_length=256),
+                      retrieval_window=256),
         max_reply_bytes=64,
     ),
     Variant("auth", auth=True),

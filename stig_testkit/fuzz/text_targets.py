@@ -2,9 +2,10 @@
 
 * :func:`text`: the general path alone (``TextParser(fast=False)``): only
   :class:`~protocol.errors.ProtocolError` may escape; every event is one the
-  module documents and passes its own validators; whole, byte-by-byte and
-  chunked feeding give the same events; fed a byte at a time, the parser
-  never holds more than one line or one data block.
+  module documents and passes its own validators; a streamed retrieval line
+  (protocol.text_stream) is a start, its keys, an end; whole, byte-by-byte
+  and chunked feeding give the same events; fed a byte at a time, the parser
+  never holds more than one line (or window) or one data block.
 * :func:`text_fast`: the differential: the fast paths of
   :mod:`protocol.text_fast` (the parser's ``fast`` switch, and its run calls
   ``plain_gets``, ``single_get_keys`` with ``give_back_keys``, ``plain_sets``)
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import attrs
 
-from protocol.commands import Retrieve
+from protocol.commands import Retrieve, RetrieveEnd, RetrieveKeys, RetrieveStart
 from protocol.errors import InvalidCommand, ProtocolError
 from protocol.events import NEED_DATA
 from protocol.limits import Limits
@@ -27,9 +28,9 @@ from stig_testkit.fuzz.streams import feedings, split
 #: makes one-key get lines longer than a line may be).
 LIMITS = (
     Limits(),
-    Limits(max_key_length=10, max_item_size=4, max_line_length=30, max_get_line_length=60),
-    Limits(max_key_length=10, max_item_size=4, max_line_length=12, max_get_line_length=40),
-    Limits(max_key_length=16, max_item_size=64, max_line_length=128, max_get_line_length=512),
+    Limits(max_key_length=10, max_item_size=4, max_line_length=30, retrieval_window=60),
+    Limits(max_key_length=10, max_item_size=4, max_line_length=12, retrieval_window=40),
+    Limits(max_key_length=16, max_item_size=64, max_line_length=128, retrieval_window=512),
 )
 
 #: How the run calls drain the parser: (plain_gets, single_get_keys, plain_sets).
@@ -102,11 +103,30 @@ def _check_event(event: object) -> None:
         assert "\r" not in event.message and "\n" not in event.message, event
 
 
+def _check_streamed_lines(outcome: Outcome) -> None:
+    """A streamed retrieval line is a RetrieveStart, its RetrieveKeys, then one
+    RetrieveEnd, with no other event in between (the last may be cut off by
+    the end of the stream)."""
+    streaming = False
+    for event in outcome.events:
+        if isinstance(event, RetrieveStart):
+            assert not streaming, outcome
+            streaming = True
+        elif isinstance(event, RetrieveKeys):
+            assert streaming, outcome
+        elif isinstance(event, RetrieveEnd):
+            assert streaming, outcome
+            streaming = False
+        else:
+            assert not streaming, outcome
+
+
 def text(data: bytes) -> None:
     option, stream = split(data)
     limits = LIMITS[option % len(LIMITS)]
-    # Fed a byte at a time, at most one line or one data block is held.
-    bound = max(limits.max_get_line_length, limits.max_line_length, limits.max_item_size + 2) + 1
+    # Fed a byte at a time, at most one line (or window of a streamed
+    # retrieval line) or one data block is held.
+    bound = max(limits.get_window, limits.max_item_size + 2) + 1
     expected = None
     for name, chunks in feedings(stream, option):
         got = parse(
@@ -118,6 +138,7 @@ def text(data: bytes) -> None:
             expected = got
             for event in got.events:
                 _check_event(event)
+            _check_streamed_lines(got)
         assert got == expected, (name, got, expected)
 
 
