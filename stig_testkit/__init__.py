@@ -19,10 +19,12 @@ layout test keeps it so.
 * ``procstat`` — a process's CPU time and memory from ``/proc`` (the
   benchmarks, the soak);
 * ``soak`` — the soak's clients, hostile clients, sampler and judge
-  (scripts/soak.py, tests/soak; docs/soak.md).
+  (scripts/soak.py, tests/soak; docs/soak.md);
+* ``fuzz`` — the coverage-guided fuzz targets of every parser and protocol
+  handler, and their runner (scripts/fuzz.py, tests/fuzz; docs/fuzzing.md).
 
 Its modules import the standard library, ``protocol``, ``stig`` and Stig's
 own dependencies; ``lazyfs`` needs ``pyfuse3`` and ``StigProcess.client``
 ``pymemcache`` (both in the ``test`` extra), ``soak.plot`` matplotlib (the
-``bench`` extra).
+``bench`` extra), ``fuzz.runner`` atheris (the ``test`` extra).
 """

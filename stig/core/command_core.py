@@ -312,13 +312,17 @@ class Core:
             await session.await_acked(keys)
 
     async def prepare_listing(self) -> None:
-        """Before a key listing's snapshot: every write in flight (acknowledged
-        to some client, or this session's own run the listing closed) is
-        committed, so that the listing holds it (docs/pov.md, "Other sessions")."""
+        """Before a key listing's snapshot (``lru_crawler metadump``, ``stats
+        cachedump``, ``stats items``): every write in flight (acknowledged to
+        some client, or this session's own run the listing closed) is
+        committed, so that the listing holds it (docs/pov.md, "Key listings").
+        A read sees its own writes in its POV; a listing reads the store, so
+        it waits for them too."""
         session = self.session
         session.submit()
         if not self._clear_for(None, self._overlay):
             await session.await_acked()
+        await session.wait_committed(report=False)
 
     def reread(self, key: bytes) -> Item | None:
         """``key`` read again inside a command, right after this session's own

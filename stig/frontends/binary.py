@@ -576,6 +576,8 @@ class BinaryHandler:
         and its words, as in text), answered in Stat responses."""
         await self._settle()
         group, *args = request.key.split(b" ")
+        if group == b"items":  # a key listing: its own writes in it (docs/pov.md)
+            await self.core.prepare_listing()
         pairs = _stat_pairs(self.core.stats_group(group, args))
         if pairs is None:
             self.out += error_response(request.opcode, request.opaque, Status.KEY_ENOENT)

@@ -651,8 +651,14 @@ class TextHandler:
             else:
                 return self._stream(listing.cachedump(self._db, request.limit, self.engine.stats))
             return None
+        if command.group == b"items":  # a key listing too: its own writes in it
+            return self._stats_items(command)
         self.out += _stats_reply(self.core.stats_group(command.group, command.args))
         return None
+
+    async def _stats_items(self, command: Stats) -> None:
+        await self.core.prepare_listing()
+        self.out += _stats_reply(self.core.stats_group(command.group, command.args))
 
     def _lru_crawler(self, command: LruCrawler) -> Awaitable[None] | None:
         self.core.close_run()

@@ -12,10 +12,13 @@ import base64
 import re
 import shutil
 import socket
+import struct
 import subprocess
 
 import pytest
 from support.memcached_ref import exchange, memcached
+
+from protocol.binary import Opcode
 
 # Keys whose url-encoding shows memcached's rules: unreserved kept, the rest %XX.
 KEYS = [b"a", b"b:c", b"pct%20", b"t~i-l_d.e", b"UPPER9"]
@@ -261,6 +264,34 @@ def test_listing_holds_every_acknowledged_write(stig_server):
         assert b"ITEM listed%d [1 b; " % n in lister.send_recv(b"stats cachedump 1 0\r\n")
         assert b"key=listed%d " % n in lister.send_recv(b"lru_crawler metadump all\r\n")
         busy.recv_until(b"MN\r\n")
+
+
+@pytest.mark.parametrize(
+    "listing", [b"stats cachedump 1 0\r\n", b"lru_crawler metadump all\r\n", b"stats items\r\n"]
+)
+@pytest.mark.parametrize(
+    "write", [b"set own 0 0 1\r\nx\r\n", b"set own 0 0 1 noreply\r\nx\r\n", b"ms own 1 q\r\nx\r\n"]
+)
+def test_listing_holds_the_sessions_own_writes(stig_server, write, listing):
+    """docs/pov.md (Key listings): the session's own writes are in its listing,
+    "its open run is closed by the command and committed first".  Found by the
+    handler_text fuzz target (docs/fuzzing.md): pipelined behind the write, the
+    listing's snapshot was taken before that write's commit (only other
+    sessions' writes were waited for, and ``stats items`` waited for none), so
+    the key was missing when fed whole and listed when fed byte by byte."""
+    reply = exchange(stig_server.port, write + listing, b"END\r\n")
+    assert b"ITEM own [1 b;" in reply or b"key=own " in reply or b"items:1:number 1\r\n" in reply
+
+
+def test_binary_stat_items_holds_the_sessions_own_writes(stig_server):
+    """The same rule for the binary Stat ``items`` (a key listing too)."""
+    conn = stig_server.connect_binary()
+    conn.request(Opcode.SetQ, b"own", b"x", struct.pack(">II", 0, 0))
+    conn.request(Opcode.Stat, b"items")
+    stats = {}
+    while (response := conn.response()).key:
+        stats[response.key] = response.value
+    assert stats[b"items:1:number"] == b"1"
 
 
 # Keys only the binary protocol and base64 meta keys can hold.
