@@ -512,6 +512,13 @@ class Session:
         return bool(self._run)
 
     @property
+    def closed_bytes(self) -> int:
+        """Bytes of this session's closed runs not committed yet: what its
+        commits will free.  Not the open run, which no commit can end before
+        its client closes it (the write brake waits only for these)."""
+        return self.pending_bytes - self._run_bytes
+
+    @property
     def run_owes_verdicts(self) -> bool:
         """Whether the open run holds quiet writes owed their verdicts: closing
         it makes them due (:meth:`owe_verdict`)."""

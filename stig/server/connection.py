@@ -18,11 +18,12 @@ Transaction edges the loop owns (docs/pov.md):
   held behind their commits are written in their places
   (stig/core/reply_gate.py), and with ``--durable-acks`` every run the
   replies acknowledge is on disk — :meth:`Connection._release_replies`;
-* brakes: a connection with uncommitted writes reads nothing more while the
-  engine-wide write budget (``--max-pending-bytes``) is exceeded or the
-  promoter is more than ``--max-commit-lag-ms`` behind; one whose open run
-  grew past the budget while another run holds it waits for room
-  (:mod:`stig.engine.budget`);
+* brakes: a connection with uncommitted writes reads nothing more while
+  the engine-wide write budget (``--max-pending-bytes``) is exceeded; one
+  with closed runs not yet committed, while the promoter is more than
+  ``--max-commit-lag-ms`` behind (never for its open run alone, which no
+  commit ends); one whose open run grew past the budget while another run
+  holds it waits for room (:mod:`stig.engine.budget`);
 * replies are sent as they grow (every ``--max-reply-bytes``), and a
   connection whose client does not read them is not read either;
 * acknowledged writes that failed to commit are reported at once, even to
@@ -302,23 +303,33 @@ class Connection:
             pass  # session.failure: the caller reports it, nothing is sent
 
     def _brake_needed(self) -> bool:
+        """Whether this session must stop reading now (the caller knows it has
+        uncommitted writes): while the write budget is exceeded, any of them
+        — an open run too: memory is the bound; while the promoter would lag
+        more than ``--max-commit-lag-ms`` (:meth:`Promoter.expected_lag`),
+        only closed runs, which its commits will end.
+
+        Never an open run for the lag: no commit can end it before its client
+        closes it, so a connection paused for it (as it once was) waited
+        until the promoter caught up or went idle, which under steady writers
+        never happens — transaction writers stopped mid-run went unanswered
+        for minutes, and clients that had left held their connections
+        (docs/soak.md, finding 4)."""
         engine = self.engine
-        return engine.budget.over or engine.promoter.expected_lag() > self._max_lag
+        if engine.budget.over:
+            return True
+        return self.session.closed_bytes > 0 and engine.promoter.expected_lag() > self._max_lag
 
     async def _brake(self) -> None:
-        """While this session has uncommitted writes, wait as long as the write
-        budget is exceeded or the promoter would lag more than
-        ``--max-commit-lag-ms`` (:meth:`Promoter.expected_lag`), or until its
-        writes fail.  Waits only for the promoter's progress, so
-        it always ends."""
+        """Wait while :meth:`_brake_needed` holds, this session's writes are not
+        all committed and none has failed.  Waits only for the promoter's
+        progress, so it always ends: for the lag, at the commit of this
+        session's closed runs at the latest (docs/pov.md, "Bounds")."""
         session = self.session
-        engine = self.engine
-        budget = engine.budget
-        promoter = engine.promoter
-        max_lag = self._max_lag
-        if not (budget.over or promoter.expected_lag() > max_lag):
+        promoter = self.engine.promoter
+        if not self._brake_needed():
             return
-        stats = engine.promoter_stats
+        stats = self.engine.promoter_stats
         stats.paused_connections += 1
         stats.pauses += 1
         try:
@@ -326,7 +337,7 @@ class Connection:
                 session.pending_bytes > 0
                 and session.failure is None
                 and promoter.busy
-                and (budget.over or promoter.expected_lag() > max_lag)
+                and self._brake_needed()
             ):
                 await promoter.wait_progress()
         finally:
