@@ -70,7 +70,7 @@ from stig.storage.ops import (
     Replace,
 )
 from stig.storage.records import Item
-from stig.storage.snapshot import READ_INTERRUPTED, Snapshot
+from stig.storage.snapshot import Snapshot
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
 NO_CREATE = 0xFFFFFFFF
@@ -354,11 +354,11 @@ class BinaryHandler:
         if not self._gets_broken:
             try:
                 item = snapshot.item(request.key)
-            except lmdb.Error:  # Store.grow() ended the snapshot: the rest is not read
+            except lmdb.Error:  # the snapshot ended early: the rest is not read
                 self._gets_broken = True
         if self._gets_broken:
             self.out += error_response(
-                request.opcode, request.opaque, Status.EINTERNAL, READ_INTERRUPTED
+                request.opcode, request.opaque, Status.EINTERNAL, snapshot.interruption
             )
             return False, None
         self.core.count_read(request.key, item is not None)

@@ -25,7 +25,10 @@ Transaction edges the loop owns (docs/pov.md):
   commit ends); one whose open run grew past the budget while another run
   holds it waits for room (:mod:`stig.engine.budget`);
 * replies are sent as they grow (every ``--max-reply-bytes``), and a
-  connection whose client does not read them is not read either;
+  connection whose client does not read them is not read either; while a
+  send waits, the session says since when (``replies_blocked_since``), so
+  that a snapshot its read holds ends after ``--max-read-stall-ms``
+  (:mod:`stig.server.stalled_reads`);
 * acknowledged writes that failed to commit are reported at once, even to
   an idle connection: the session wakes it (:meth:`Connection._wake`), it
   writes the error line and closes.
@@ -118,16 +121,22 @@ def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
     return TextHandler(engine, session)
 
 
-async def send_all(sock: Transport, data: bytes | bytearray, start: int = 0) -> None:
+async def send_all(
+    sock: Transport, data: bytes | bytearray, start: int = 0, session: Session | None = None
+) -> None:
     """Send ``data[start:]`` whole, without copying it (a reply can be megabytes).
 
     The views are released before returning, so a bytearray can be cleared
-    right after.
+    right after.  ``session``: whose replies these are; each send that makes
+    progress restarts its :attr:`Session.replies_blocked_since` (the caller
+    set it before its first send, and clears it after).
     """
     with memoryview(data) as whole:
         while start < len(whole):
             with whole[start:] as view:
                 start += await sock.send(view)
+            if session is not None:
+                session.replies_blocked_since = trio.current_time()
 
 
 class Connection:
@@ -259,9 +268,12 @@ class Connection:
                 await pending
             if self.session.failure is not None:
                 raise CommitFailed(self.session.failure)  # the loop reports it
-            self.session.replies_sent()
+            session = self.session
+            session.replies_sent()
             self.engine.stats.bytes_written += len(out)
-            await send_all(self.sock, out)
+            session.replies_blocked_since = trio.current_time()
+            await send_all(self.sock, out, 0, session)
+            session.replies_blocked_since = None
             out.clear()
 
     def _release_replies(self) -> Awaitable[None] | None:
@@ -349,14 +361,17 @@ class Connection:
         pending = self._release_replies()
         if pending is not None:
             await pending
-        if self.session.failure is not None:
+        session = self.session
+        if session.failure is not None:
             return  # the loop reports the loss instead of these replies
-        self.session.replies_sent()
+        session.replies_sent()
         size = len(out)
         self.engine.stats.bytes_written += size
+        session.replies_blocked_since = trio.current_time()
         sent = await self.sock.send(out)
-        if sent < size:
-            await send_all(self.sock, out, sent)  # a partial send: the client is slow
+        if sent < size:  # a partial send: the client is slow
+            await send_all(self.sock, out, sent, session)
+        session.replies_blocked_since = None
         out.clear()
 
     async def _report_loss(self, handler: Handler, out: bytearray) -> None:
@@ -388,6 +403,7 @@ class Connection:
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
         checkpoint = trio.lowlevel.checkpoint
+        now = trio.current_time
         promoter = self.engine.promoter
         while True:
             stats.bytes_read += len(data)
@@ -456,9 +472,13 @@ class Connection:
                 session.replies_sent()
                 size = len(out)
                 stats.bytes_written += size
+                # While a send waits for the client, the snapshots its reads hold
+                # may be ended (--max-read-stall-ms, stig/storage/held.py).
+                session.replies_blocked_since = now()
                 sent = await sock.send(out)
                 if sent < size:
-                    await send_all(sock, out, sent)  # rare: a partial send
+                    await send_all(sock, out, sent, session)  # rare: a partial send
+                session.replies_blocked_since = None
                 out.clear()
             if handler.closing:
                 return
