@@ -347,7 +347,8 @@ class BinaryHandler:
 
     def _read_in_run(self, request: BinaryRequest) -> tuple[bool, Item | None]:
         """Read ``request``'s key from the run's snapshot: (read, item), read
-        False (EINTERNAL written) once ``Store.grow()`` has ended the snapshot."""
+        False (EINTERNAL written) once the snapshot has ended early (the map
+        grew, or the client read none of the replies: stig/storage/held.py)."""
         snapshot = self._gets
         assert snapshot is not None
         item: Item | None = None
@@ -366,7 +367,7 @@ class BinaryHandler:
 
     def _quiet_get(self, request: BinaryRequest) -> None:
         """Answer a GetQ/GetKQ from the run's snapshot: a hit at once, a miss not
-        at all; EINTERNAL once ``Store.grow()`` has ended the snapshot."""
+        at all; EINTERNAL once the snapshot has ended early."""
         _read, item = self._read_in_run(request)
         if item is not None:
             self.out += get_response(
