@@ -231,8 +231,11 @@ class BinaryParser:
         """Look, consuming nothing, at the run of whole GetQ/GetKQ requests at
         the head of the buffer: their keys, in order, and whether the run's
         end is buffered too — the header of any other request (or of one the
-        parser refuses) right behind them.  False: the buffer ends inside the
-        run, whose next requests have not arrived."""
+        parser refuses) right behind them.  A Get or GetK that ends the run
+        is read with it (python-binary-memcached's ``get_multi`` sends GetKQ…,
+        GetK): its key comes last, and the end counts as buffered once that
+        key is.  False: the buffer ends inside the run, whose next requests
+        (or closing Get's key) have not arrived."""
         keys: list[bytes] = []
         if self._error is not None or self._skipping or self._refused is not None:
             return keys, True
@@ -242,17 +245,21 @@ class BinaryParser:
             header = HEADER.unpack_from(buffer, start)
             magic, opcode, key_len, extras_len, _, _, body_len, opaque, _ = header
             if (
-                (opcode != Opcode.GetQ and opcode != Opcode.GetKQ)
-                or magic != REQUEST_MAGIC
+                magic != REQUEST_MAGIC
                 or key_len + extras_len > body_len
                 or self._refusal(opcode, opaque, key_len, extras_len, body_len) is not None
             ):
+                return keys, True
+            quiet = opcode == Opcode.GetQ or opcode == Opcode.GetKQ
+            if not quiet and opcode != Opcode.Get and opcode != Opcode.GetK:
                 return keys, True
             end = start + HEADER_SIZE + body_len
             if len(buffer) < end:
                 break
             key_at = start + HEADER_SIZE + extras_len
             keys.append(bytes(buffer[key_at : key_at + key_len]))
+            if not quiet:
+                return keys, True  # the Get that ends the run
             start = end
         return keys, False
 

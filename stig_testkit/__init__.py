@@ -15,7 +15,9 @@ layout test keeps it so.
 * ``certs`` — a self-signed certificate for TLS runs;
 * ``crashrig``, ``powercut_clients``, ``lazyfs``, ``broken_stig`` — the
   power-cut rig (tests/powercut, scripts/powercut.py; docs/powercut.md);
-* ``fault_server`` — ``stig`` with a commit that fails on demand;
+* ``fault_server`` — ``stig`` with a commit that fails (or is slow) on demand;
+* ``torn_multiget`` — binary multi-gets of a group rewritten under load,
+  each checked for one version (scripts/torn_multiget.py, the tests);
 * ``procstat`` — a process's CPU time and memory from ``/proc`` (the
   benchmarks, the soak);
 * ``soak`` — the soak's clients, hostile clients, sampler and judge

@@ -20,6 +20,10 @@ named by ``STIG_FAULT_FILE``:
   full, the quota is used up, or the disk fails: the ``lmdb.Error`` LMDB raises
   for that errno (``mdb_txn_commit: <strerror>``, its ``code`` set) — nothing
   applied; disk-space probes fail the same way;
+* ``slow <seconds>``: every commit takes that much longer, as on a box
+  that gives the server a sliver of a core or a slow disk: the commit
+  thread sleeps once the group's operations are applied, just before the
+  commit (the GIL is free meanwhile, as during an fsync);
 * ``nogrow``: the LMDB map cannot grow: the address-space check of
   :meth:`Store.grow` fails as ``mmap`` does without room (ENOMEM), so a map
   that is full (start the server with a small ``--map-size``) stays full.
@@ -36,6 +40,7 @@ import mmap
 import os
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -67,6 +72,17 @@ def _disk_error(fault: str) -> None:
         raise error
 
 
+def _slowed(before_commit: Callable[[], None] | None, seconds: float) -> Callable[[], None]:
+    """``before_commit`` (the GIL loan's repayment), then a pause of ``seconds``."""
+
+    def slow() -> None:
+        if before_commit is not None:
+            before_commit()
+        time.sleep(seconds)
+
+    return slow
+
+
 def install(faults: Path) -> None:
     """Make every :meth:`Store.apply` (and probe, and map growth) in this
     process obey the file ``faults``."""
@@ -85,6 +101,8 @@ def install(faults: Path) -> None:
             held.unlink()
         _disk_error(fault)
         kind, _, key = fault.partition(" ")
+        if kind == "slow":
+            before_commit = _slowed(before_commit, float(key))
         if kind in ("lmdb", "bug") and (
             not key
             or any(getattr(op, "key", None) == key.encode() for ops in batches for op in ops)

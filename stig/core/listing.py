@@ -15,7 +15,8 @@ short read never does.  Two consequences, both stated in docs/pov.md:
 * if the map must grow meanwhile, :meth:`stig.storage.store.Store.grow` ends the
   snapshot first (remapping under an open cursor is unsafe), and the
   listing ends with ``SERVER_ERROR listing interrupted …`` instead of
-  ``END``: list again.
+  ``END``: list again.  So it does when its client has read none of it for
+  ``--max-read-stall-ms`` (stig/storage/held.py).
 """
 
 from __future__ import annotations
@@ -27,28 +28,57 @@ import lmdb
 
 from protocol import listing as L
 from stig.engine.stats import CommandStats
+from stig.storage.held import MAP_GREW, Owner
 from stig.storage.records import HEADER
 from stig.storage.store import Store
 
 #: Roughly how many reply bytes are produced before the handler sends them.
 CHUNK_BYTES = 64 * 1024
-INTERRUPTED = b"SERVER_ERROR listing interrupted: the database map grew; list again\r\n"
+
+
+def interrupted(why: str) -> bytes:
+    """The line that ends a listing whose snapshot ended early, instead of ``END``."""
+    return b"SERVER_ERROR listing interrupted: %b; list again\r\n" % why.encode()
+
+
+INTERRUPTED = interrupted(MAP_GREW)
 
 _unpack = HEADER.unpack_from
 _HEADER_SIZE = HEADER.size
 
 
+class _Held:
+    """A listing's snapshot, as stig/storage/held.py ends it early."""
+
+    __slots__ = ("txn", "why")
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+        self.why = MAP_GREW
+
+    def end(self, why: str) -> None:
+        self.why = why
+        try:
+            self.txn.abort()
+        except lmdb.Error:
+            pass
+
+
 def stream(
-    store: Store, line: Callable[[bytes, memoryview], bytes | None], limit: int = 0
+    store: Store,
+    line: Callable[[bytes, memoryview], bytes | None],
+    limit: int = 0,
+    owner: Owner | None = None,
 ) -> Iterator[bytes]:
     """Reply chunks: ``line(key, record)`` for each item in key order (at most
     ``limit`` lines when non-zero; a None line leaves the item out and does not
-    count), then ``END``; all from one snapshot.
+    count), then ``END``; all from one snapshot, read for ``owner``'s client.
 
     Close the iterator (or exhaust it) to end the snapshot.
     """
     txn = store.read_txn(buffers=True)
-    store.long_reads.add(txn)
+    held = _Held(txn)
+    store.long_reads.add(txn, held, owner)
     chunk = bytearray()
     try:
         cursor = txn.cursor()
@@ -67,8 +97,8 @@ def stream(
             found = cursor.next()
         chunk += L.END
         yield bytes(chunk)
-    except lmdb.Error:  # Store.grow() ended the snapshot under us
-        yield bytes(chunk) + INTERRUPTED
+    except lmdb.Error:  # ended under us: the map grew, or the client did not read
+        yield bytes(chunk) + interrupted(held.why)
     finally:
         store.long_reads.discard(txn)
         try:
@@ -77,17 +107,19 @@ def stream(
             pass
 
 
-def metadump(store: Store) -> Iterator[bytes]:
+def metadump(store: Store, owner: Owner | None = None) -> Iterator[bytes]:
     """``lru_crawler metadump all``: every key with its cas and size."""
     now = int(time.time())
 
     def line(key: bytes, record: memoryview) -> bytes:
         return L.metadump_line(key, _unpack(record)[1], len(key) + len(record), now)
 
-    return stream(store, line)
+    return stream(store, line, owner=owner)
 
 
-def cachedump(store: Store, limit: int, stats: CommandStats) -> Iterator[bytes]:
+def cachedump(
+    store: Store, limit: int, stats: CommandStats, owner: Owner | None = None
+) -> Iterator[bytes]:
     """``stats cachedump 1 <limit>``: every key a text line can carry (``limit``
     of them when non-zero); the others are counted in
     ``stats.cachedump_skipped_keys`` (``stig_cachedump_skipped_keys``)."""
@@ -98,4 +130,4 @@ def cachedump(store: Store, limit: int, stats: CommandStats) -> Iterator[bytes]:
             stats.cachedump_skipped_keys += 1
         return text
 
-    return stream(store, line, limit)
+    return stream(store, line, limit, owner)

@@ -104,6 +104,9 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         # LMDB snapshots held across awaits (streamed replies, listings), of
         # stig_max_readers reader slots.
         ("stig_held_snapshots", len(engine.store.long_reads)),
+        # ... and those ended because their client read none of the reply for
+        # --max-read-stall-ms (stig/storage/held.py).
+        ("stig_stalled_reads", engine.store.long_reads.stalled_ends),
         ("stig_keys_in_flight", len(engine.promoter.in_flight)),
         ("stig_read_waits", engine.promoter.in_flight.waits),
         ("stig_cachedump_skipped_keys", engine.stats.cachedump_skipped_keys),
@@ -192,6 +195,7 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("stig_max_run_wait_ms", settings.max_run_wait_ms),
         ("stig_max_commit_lag_ms", settings.max_commit_lag_ms),
         ("stig_max_reply_bytes", settings.max_reply_bytes),
+        ("stig_max_read_stall_ms", settings.max_read_stall_ms),
         ("stig_max_readers", engine.store.max_readers),
         ("stig_initial_map_size", settings.map_size),
         ("stig_auth", _yes(settings.auth_file)),

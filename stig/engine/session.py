@@ -113,6 +113,11 @@ class Session:
         self._run_owed: list[tuple[object, int]] = []
         self.owed: list[tuple[Promotion, list[tuple[object, int]]]] = []
         self.pending_bytes = 0  # recorded but not yet committed
+        #: Since when (trio's clock) a send of this session's replies has made
+        #: no progress (None: none under way); set by its connection, read by
+        #: the watchdog that ends the snapshots of reads whose client does not
+        #: read (``--max-read-stall-ms``, stig/storage/held.py).
+        self.replies_blocked_since: float | None = None
         #: The open run passed the write budget and may not grow before
         #: :meth:`wait_for_room` (the connection waits before its next command).
         self.wants_room = False
@@ -204,7 +209,7 @@ class Session:
         session's writes laid over it, giving items or raw values, and kept
         across awaits when its reply is sent as it grows (stig/storage/snapshot.py).
         Close it (``with``) when done."""
-        return Snapshot(self._store, self._overlay)
+        return Snapshot(self._store, self._overlay, self)
 
     # -- other sessions' acknowledged writes (stig/engine/visibility.py) -------------
 
@@ -510,6 +515,13 @@ class Session:
     @property
     def run_open(self) -> bool:
         return bool(self._run)
+
+    @property
+    def closed_bytes(self) -> int:
+        """Bytes of this session's closed runs not committed yet: what its
+        commits will free.  Not the open run, which no commit can end before
+        its client closes it (the write brake waits only for these)."""
+        return self.pending_bytes - self._run_bytes
 
     @property
     def run_owes_verdicts(self) -> bool:

@@ -41,6 +41,11 @@ class Settings:
     #: Per connection: reply bytes buffered before they are sent (and the
     #: connection reads nothing more until the client has taken them).
     max_reply_bytes: int = 1 << 20
+    #: A read holding an LMDB snapshot across awaits (a reply sent as it is
+    #: read, a quiet get run, a key listing) whose client has taken none of
+    #: its reply for this long is ended: its snapshot pinned the pages every
+    #: commit meanwhile freed, so the data file grew.
+    max_read_stall_ms: float = 10_000.0
     #: On SIGTERM/SIGINT: how long connections may finish the commands they
     #: have received before they are closed (hypercorn's graceful timeout).
     shutdown_grace_ms: float = 10_000.0

@@ -70,7 +70,7 @@ from stig.storage.ops import (
     Replace,
 )
 from stig.storage.records import Item
-from stig.storage.snapshot import READ_INTERRUPTED, Snapshot
+from stig.storage.snapshot import Snapshot
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
 NO_CREATE = 0xFFFFFFFF
@@ -107,6 +107,8 @@ NO_FAILURES: Failures = {}
 #: Requests allowed before a login when ``--auth-file`` is on (as memcached).
 _WITHOUT_LOGIN = frozenset({Opcode.SASLListMechs, Opcode.SASLAuth, Opcode.SASLStep, Opcode.Version})
 _QUIET_GETS = frozenset({Opcode.GetQ, Opcode.GetKQ})
+#: A loud get right behind a run of quiet gets is read from the run's snapshot.
+_RUN_CLOSING_GETS = frozenset({Opcode.Get, Opcode.GetK})
 
 
 @attrs.frozen(slots=True)
@@ -275,6 +277,8 @@ class BinaryHandler:
                 if self._gets is None:
                     await self._begin_gets(event.key)
                 self._quiet_get(event)
+            elif opcode in _RUN_CLOSING_GETS and self._gets is not None:
+                self._closing_get(event)
             else:
                 self.end_read_run()
                 await self._handlers[opcode](event)
@@ -341,28 +345,55 @@ class BinaryHandler:
         self._gets = await self.core.snapshot(keys, with_cas=True)
         self._gets_broken = False
 
-    def _quiet_get(self, request: BinaryRequest) -> None:
-        """Answer a GetQ/GetKQ from the run's snapshot: a hit at once, a miss not
-        at all; EINTERNAL once ``Store.grow()`` has ended the snapshot."""
+    def _read_in_run(self, request: BinaryRequest) -> tuple[bool, Item | None]:
+        """Read ``request``'s key from the run's snapshot: (read, item), read
+        False (EINTERNAL written) once the snapshot has ended early (the map
+        grew, or the client read none of the replies: stig/storage/held.py)."""
         snapshot = self._gets
         assert snapshot is not None
-        key = request.key
         item: Item | None = None
         if not self._gets_broken:
             try:
-                item = snapshot.item(key)
-            except lmdb.Error:  # Store.grow() ended the snapshot: the rest is not read
+                item = snapshot.item(request.key)
+            except lmdb.Error:  # the snapshot ended early: the rest is not read
                 self._gets_broken = True
         if self._gets_broken:
             self.out += error_response(
-                request.opcode, request.opaque, Status.EINTERNAL, READ_INTERRUPTED
+                request.opcode, request.opaque, Status.EINTERNAL, snapshot.interruption
             )
-            return
-        self.core.count_read(key, item is not None)
+            return False, None
+        self.core.count_read(request.key, item is not None)
+        return True, item
+
+    def _quiet_get(self, request: BinaryRequest) -> None:
+        """Answer a GetQ/GetKQ from the run's snapshot: a hit at once, a miss not
+        at all; EINTERNAL once the snapshot has ended early."""
+        _read, item = self._read_in_run(request)
         if item is not None:
             self.out += get_response(
-                request.opcode, request.opaque, item.flags, item.cas, item.value, key
+                request.opcode, request.opaque, item.flags, item.cas, item.value, request.key
             )
+
+    def _closing_get(self, request: BinaryRequest) -> None:
+        """A Get/GetK right behind a run of quiet gets is the run's last read
+        (python-binary-memcached's ``get_multi``: GetKQ…, GetK; the README
+        promises it one snapshot): answered from the run's snapshot — whose
+        wait covered its key (:meth:`BinaryParser.quiet_gets_ahead`) — then
+        the run ends.  Read anew, it could see a transaction committed since
+        the run began whose other keys the run read before it (docs/soak.md,
+        finding 2).  Nothing is pending in the session since the run began
+        (any write would have ended it), so the snapshot's cas values are
+        committed ones."""
+        read, item = self._read_in_run(request)
+        self.end_read_run()
+        if not read:
+            return
+        if item is not None:
+            self.out += get_response(
+                request.opcode, request.opaque, item.flags, item.cas, item.value, request.key
+            )
+        else:
+            self.out += get_miss_response(request.opcode, request.opaque, request.key)
 
     def end_read_run(self) -> None:
         """End the run of quiet gets, if one is open: its snapshot is released."""

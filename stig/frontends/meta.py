@@ -81,7 +81,7 @@ from stig.storage.ops import (
     Vivify,
 )
 from stig.storage.records import WIN_SENT, Item
-from stig.storage.snapshot import READ_INTERRUPTED, Snapshot
+from stig.storage.snapshot import Snapshot
 
 TTL_REJECTED = client_error(Refusal.TTL.value)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)
@@ -334,13 +334,13 @@ class MetaHandler:
                         except CommitFailed as exc:
                             out += server_error(str(exc))
                     del item
-            except lmdb.Error:  # Store.grow() ended the snapshot: the rest is not read
+            except lmdb.Error:  # the snapshot ended early: the rest is not read
                 self._run_broken = True
                 for _command in commands[index:]:
-                    out += server_error(READ_INTERRUPTED)
-        else:  # a run going on from a snapshot that grow() ended
+                    out += server_error(snapshot.interruption)
+        else:  # a run going on from a snapshot that ended early
             for _command in commands:
-                out += server_error(READ_INTERRUPTED)
+                out += server_error(snapshot.interruption)
 
     async def _get_one(self, command: MetaGet, item: Item | None) -> None:
         """Answer one mg from the item the snapshot gave; hand out a win if due."""

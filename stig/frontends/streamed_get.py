@@ -24,10 +24,7 @@ from protocol import text_replies as R
 from protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
 from stig.core.command_core import Core
 from stig.engine.errors import CommitFailed
-from stig.storage import snapshot as snapshot_read
 from stig.storage.snapshot import Snapshot
-
-READ_INTERRUPTED = R.server_error(snapshot_read.READ_INTERRUPTED)
 
 
 class StreamedGet:
@@ -76,8 +73,8 @@ class StreamedGet:
                 await self._each(head, snapshot, batch.keys)
             else:
                 await self._render(head, snapshot, batch.keys)
-        except lmdb.Error:  # Store.grow() ended the snapshot under us
-            self._stop(READ_INTERRUPTED)
+        except lmdb.Error:  # ended under us: the map grew, or the client did not read
+            self._stop(R.server_error(snapshot.interruption))
         except CommitFailed as exc:  # the drain found this session's writes lost
             self._stop(R.server_error(str(exc)))
 

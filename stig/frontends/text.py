@@ -47,7 +47,6 @@ from stig.engine.session import Session
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.server.tls import TlsError
-from stig.storage import snapshot as snapshot_read
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
 from stig.storage.snapshot import Snapshot
 
@@ -61,8 +60,6 @@ AUTH_FAILED = R.client_error("authentication failure")
 AUTH_BAD_FORMAT = R.client_error("bad authentication token format")
 DETAIL_USAGE = R.client_error("usage: stats detail on|off|dump")
 TLS_OFF = b"Error TLS not enabled\r\n"  #: memcached's words, as they are
-#: A multi-get's snapshot ended by Store.grow() while its reply was being sent.
-READ_INTERRUPTED = R.server_error(snapshot_read.READ_INTERRUPTED)
 #: _answer_now's "not answered here" (None means "answered, nothing to await").
 _NOT_NOW = object()
 
@@ -333,8 +330,8 @@ class TextHandler:
                         if expired:
                             core.gone_after_touch(key, snapshot)
                 out += R.END
-            except lmdb.Error:  # Store.grow() ended the snapshot under us
-                out += READ_INTERRUPTED
+            except lmdb.Error:  # ended under us: the map grew, or the client did not read
+                out += R.server_error(snapshot.interruption)
             except CommitFailed as exc:  # the drain found this session's writes lost
                 out += R.server_error(str(exc))
 
@@ -467,8 +464,8 @@ class TextHandler:
                 position, found = render(keys, position, line, with_cas, out, limit)
                 hits += found
             out += R.END
-        except lmdb.Error:  # Store.grow() ended the snapshot under us
-            out += READ_INTERRUPTED
+        except lmdb.Error:  # ended under us: the map grew, or the client did not read
+            out += R.server_error(snapshot.interruption)
         except CommitFailed as exc:  # the drain found this session's writes lost
             out += R.server_error(str(exc))
         finally:
@@ -649,7 +646,9 @@ class TextHandler:
             elif not request.lists_items:
                 self.out += R.END
             else:
-                return self._stream(listing.cachedump(self._db, request.limit, self.engine.stats))
+                return self._stream(
+                    listing.cachedump(self._db, request.limit, self.engine.stats, self.session)
+                )
             return None
         if command.group == b"items":  # a key listing too: its own writes in it
             return self._stats_items(command)
@@ -668,7 +667,7 @@ class TextHandler:
         elif not request.lists_items:
             self.out += R.END
         else:
-            return self._stream(listing.metadump(self._db))
+            return self._stream(listing.metadump(self._db, self.session))
         return None
 
     async def _stream(self, chunks: Iterator[bytes]) -> None:

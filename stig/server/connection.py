@@ -18,13 +18,17 @@ Transaction edges the loop owns (docs/pov.md):
   held behind their commits are written in their places
   (stig/core/reply_gate.py), and with ``--durable-acks`` every run the
   replies acknowledge is on disk — :meth:`Connection._release_replies`;
-* brakes: a connection with uncommitted writes reads nothing more while the
-  engine-wide write budget (``--max-pending-bytes``) is exceeded or the
-  promoter is more than ``--max-commit-lag-ms`` behind; one whose open run
-  grew past the budget while another run holds it waits for room
-  (:mod:`stig.engine.budget`);
+* brakes: a connection with uncommitted writes reads nothing more while
+  the engine-wide write budget (``--max-pending-bytes``) is exceeded; one
+  with closed runs not yet committed, while the promoter is more than
+  ``--max-commit-lag-ms`` behind (never for its open run alone, which no
+  commit ends); one whose open run grew past the budget while another run
+  holds it waits for room (:mod:`stig.engine.budget`);
 * replies are sent as they grow (every ``--max-reply-bytes``), and a
-  connection whose client does not read them is not read either;
+  connection whose client does not read them is not read either; while a
+  send waits, the session says since when (``replies_blocked_since``), so
+  that a snapshot its read holds ends after ``--max-read-stall-ms``
+  (:mod:`stig.server.stalled_reads`);
 * acknowledged writes that failed to commit are reported at once, even to
   an idle connection: the session wakes it (:meth:`Connection._wake`), it
   writes the error line and closes.
@@ -117,16 +121,22 @@ def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
     return TextHandler(engine, session)
 
 
-async def send_all(sock: Transport, data: bytes | bytearray, start: int = 0) -> None:
+async def send_all(
+    sock: Transport, data: bytes | bytearray, start: int = 0, session: Session | None = None
+) -> None:
     """Send ``data[start:]`` whole, without copying it (a reply can be megabytes).
 
     The views are released before returning, so a bytearray can be cleared
-    right after.
+    right after.  ``session``: whose replies these are; each send that makes
+    progress restarts its :attr:`Session.replies_blocked_since` (the caller
+    set it before its first send, and clears it after).
     """
     with memoryview(data) as whole:
         while start < len(whole):
             with whole[start:] as view:
                 start += await sock.send(view)
+            if session is not None:
+                session.replies_blocked_since = trio.current_time()
 
 
 class Connection:
@@ -258,9 +268,12 @@ class Connection:
                 await pending
             if self.session.failure is not None:
                 raise CommitFailed(self.session.failure)  # the loop reports it
-            self.session.replies_sent()
+            session = self.session
+            session.replies_sent()
             self.engine.stats.bytes_written += len(out)
-            await send_all(self.sock, out)
+            session.replies_blocked_since = trio.current_time()
+            await send_all(self.sock, out, 0, session)
+            session.replies_blocked_since = None
             out.clear()
 
     def _release_replies(self) -> Awaitable[None] | None:
@@ -302,23 +315,33 @@ class Connection:
             pass  # session.failure: the caller reports it, nothing is sent
 
     def _brake_needed(self) -> bool:
+        """Whether this session must stop reading now (the caller knows it has
+        uncommitted writes): while the write budget is exceeded, any of them
+        — an open run too: memory is the bound; while the promoter would lag
+        more than ``--max-commit-lag-ms`` (:meth:`Promoter.expected_lag`),
+        only closed runs, which its commits will end.
+
+        Never an open run for the lag: no commit can end it before its client
+        closes it, so a connection paused for it (as it once was) waited
+        until the promoter caught up or went idle, which under steady writers
+        never happens — transaction writers stopped mid-run went unanswered
+        for minutes, and clients that had left held their connections
+        (docs/soak.md, finding 4)."""
         engine = self.engine
-        return engine.budget.over or engine.promoter.expected_lag() > self._max_lag
+        if engine.budget.over:
+            return True
+        return self.session.closed_bytes > 0 and engine.promoter.expected_lag() > self._max_lag
 
     async def _brake(self) -> None:
-        """While this session has uncommitted writes, wait as long as the write
-        budget is exceeded or the promoter would lag more than
-        ``--max-commit-lag-ms`` (:meth:`Promoter.expected_lag`), or until its
-        writes fail.  Waits only for the promoter's progress, so
-        it always ends."""
+        """Wait while :meth:`_brake_needed` holds, this session's writes are not
+        all committed and none has failed.  Waits only for the promoter's
+        progress, so it always ends: for the lag, at the commit of this
+        session's closed runs at the latest (docs/pov.md, "Bounds")."""
         session = self.session
-        engine = self.engine
-        budget = engine.budget
-        promoter = engine.promoter
-        max_lag = self._max_lag
-        if not (budget.over or promoter.expected_lag() > max_lag):
+        promoter = self.engine.promoter
+        if not self._brake_needed():
             return
-        stats = engine.promoter_stats
+        stats = self.engine.promoter_stats
         stats.paused_connections += 1
         stats.pauses += 1
         try:
@@ -326,7 +349,7 @@ class Connection:
                 session.pending_bytes > 0
                 and session.failure is None
                 and promoter.busy
-                and (budget.over or promoter.expected_lag() > max_lag)
+                and self._brake_needed()
             ):
                 await promoter.wait_progress()
         finally:
@@ -338,14 +361,17 @@ class Connection:
         pending = self._release_replies()
         if pending is not None:
             await pending
-        if self.session.failure is not None:
+        session = self.session
+        if session.failure is not None:
             return  # the loop reports the loss instead of these replies
-        self.session.replies_sent()
+        session.replies_sent()
         size = len(out)
         self.engine.stats.bytes_written += size
+        session.replies_blocked_since = trio.current_time()
         sent = await self.sock.send(out)
-        if sent < size:
-            await send_all(self.sock, out, sent)  # a partial send: the client is slow
+        if sent < size:  # a partial send: the client is slow
+            await send_all(self.sock, out, sent, session)
+        session.replies_blocked_since = None
         out.clear()
 
     async def _report_loss(self, handler: Handler, out: bytearray) -> None:
@@ -377,6 +403,7 @@ class Connection:
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
         checkpoint = trio.lowlevel.checkpoint
+        now = trio.current_time
         promoter = self.engine.promoter
         while True:
             stats.bytes_read += len(data)
@@ -445,9 +472,13 @@ class Connection:
                 session.replies_sent()
                 size = len(out)
                 stats.bytes_written += size
+                # While a send waits for the client, the snapshots its reads hold
+                # may be ended (--max-read-stall-ms, stig/storage/held.py).
+                session.replies_blocked_since = now()
                 sent = await sock.send(out)
                 if sent < size:
-                    await send_all(sock, out, sent)  # rare: a partial send
+                    await send_all(sock, out, sent, session)  # rare: a partial send
+                session.replies_blocked_since = None
                 out.clear()
             if handler.closing:
                 return

@@ -33,6 +33,7 @@ import trio
 
 from stig.engine.engine import Engine
 from stig.engine.settings import Settings
+from stig.server import stalled_reads
 from stig.server.connection import Connection, send_all
 from stig.server.tls import TlsCertificates, TlsError
 
@@ -265,6 +266,8 @@ async def serve(
         engine.settings = _bound(settings, listeners)
         async with trio.open_nursery() as system:
             await system.start(engine.run_promoter)
+            watchdog = trio.CancelScope()
+            system.start_soon(_watch_stalled_reads, engine, watchdog)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -283,12 +286,18 @@ async def serve(
                             engine, listeners, connections, tls, shutdown, on_ready, task_status
                         )
             signals_scope.cancel()
+            watchdog.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
     finally:
         with trio.CancelScope(shield=True):
             await engine.close()
         log.info("stig stopped; LMDB closed")
+
+
+async def _watch_stalled_reads(engine: Engine, scope: trio.CancelScope) -> None:
+    with scope:
+        await stalled_reads.watch(engine)
 
 
 async def _accept_until_stopped(

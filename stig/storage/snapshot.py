@@ -17,9 +17,11 @@ big to build whole is sent as it grows, so its snapshot must outlive an
 writes to the keys still to be read (a commit meanwhile moves them out of
 the overlay, and the snapshot predates that commit), then registers the
 read transaction in ``Store.long_reads`` as a key listing does, so that
-:meth:`stig.storage.store.Store.grow` can end it before it remaps the file.  A read
-of a snapshot that ``grow()`` ended raises ``lmdb.Error``: the handler ends
-its reply with :data:`READ_INTERRUPTED` instead.
+:meth:`stig.storage.store.Store.grow` can end it before it remaps the file,
+and the server's watchdog once its client has read none of the reply for
+``--max-read-stall-ms`` (stig/storage/held.py).  A read of a snapshot ended
+so raises ``lmdb.Error``: the handler ends its reply with
+:attr:`Snapshot.interruption` instead.
 """
 
 from __future__ import annotations
@@ -29,12 +31,9 @@ from typing import Protocol
 
 import lmdb
 
+from stig.storage.held import MAP_GREW, Owner, read_interrupted
 from stig.storage.records import HEADER, Item, decode
 from stig.storage.store import Store
-
-#: The error line (text, meta) or message (binary) for a read whose snapshot
-#: ``Store.grow()`` ended while its reply was being sent.
-READ_INTERRUPTED = "read interrupted: the database map grew; read again"
 
 _unpack = HEADER.unpack_from
 _HEADER_SIZE = HEADER.size
@@ -50,14 +49,18 @@ class _Pending(Protocol):
 class Snapshot:
     """Items of one LMDB snapshot, with one session's uncommitted writes over it."""
 
-    __slots__ = ("_get", "_mine", "_overlay", "_store", "_txn", "held")
+    __slots__ = ("_ended", "_get", "_mine", "_overlay", "_owner", "_store", "_txn", "held")
 
-    def __init__(self, store: Store, overlay: Mapping[bytes, _Pending]) -> None:
+    def __init__(
+        self, store: Store, overlay: Mapping[bytes, _Pending], owner: Owner | None = None
+    ) -> None:
         self._store = store
         self._txn = txn = store.begin_read()
         self._get = txn.get
         self._overlay = overlay  # live: read as it is while nothing awaits
+        self._owner = owner  # whose replies it feeds (the stall watchdog asks it)
         self._mine: dict[bytes, Item | None] | None = None  # frozen by hold()
+        self._ended = MAP_GREW  # why it ended early, once it has
         self.held = False
 
     def __enter__(self) -> Snapshot:
@@ -239,8 +242,22 @@ class Snapshot:
             self._mine = {k: pending.item for k, pending in overlay.items()}
         else:
             self._mine = {k: overlay[k].item for k in keys if k in overlay}
-        self._store.long_reads.add(self._txn)
+        self._store.long_reads.add(self._txn, self, self._owner)
         self.held = True
+
+    def end(self, why: str) -> None:
+        """End it early (stig/storage/held.py): the next read raises
+        ``lmdb.Error``, and :attr:`interruption` says ``why``."""
+        self._ended = why
+        try:
+            self._txn.abort()
+        except lmdb.Error:
+            pass
+
+    @property
+    def interruption(self) -> str:
+        """The error of a read this snapshot could not finish (it ended early)."""
+        return read_interrupted(self._ended)
 
     def forget(self, key: bytes) -> None:
         """``key`` is gone from this POV (touched to a time already past, its

@@ -26,6 +26,7 @@ from typing import Literal, NamedTuple, overload
 import lmdb
 
 from stig.storage.dirlock import FILE_MODE, DirLock
+from stig.storage.held import MAP_GREW, HeldReads
 from stig.storage.ops import Op, Outcome, Put
 from stig.storage.records import HEADER, Item, decode, encode
 
@@ -212,8 +213,9 @@ class Store:
         self.begin_read: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
             self.env.begin, db=self._items
         )
-        #: Snapshots held across awaits (key listings); grow() ends them first.
-        self.long_reads: set[lmdb.Transaction] = set()
+        #: Snapshots held across awaits (streamed replies, quiet get runs, key
+        #: listings); grow() ends them first (stig/storage/held.py).
+        self.long_reads = HeldReads()
         with self.env.begin(db=self._meta) as txn:
             self.last_cas = self._read_u64(txn, _CAS_KEY)
             self.total_bytes = self._read_u64(txn, _BYTES_KEY)
@@ -378,11 +380,9 @@ class Store:
             mmap.mmap(-1, new_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ).close()
         except (OSError, OverflowError, ValueError) as exc:
             raise MapCannotGrow(f"mmap of {new_size} bytes: {exc}") from exc
-        for txn in list(
-            self.long_reads
-        ):  # a remap leaves cursors dangling (py-lmdb 3 ends them too)
-            txn.abort()  # py-lmdb invalidates their cursors: the listing ends
-        self.long_reads.clear()
+        # A remap leaves cursors dangling (py-lmdb 3 ends them too): each held
+        # snapshot's transaction is aborted, its reader's next call fails.
+        self.long_reads.end_all(MAP_GREW)
         self.env.set_mapsize(new_size)
         return new_size
 

@@ -179,6 +179,16 @@ def main() -> None:
     "read either.",
 )
 @click.option(
+    "--max-read-stall-ms",
+    default=10_000.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="A read holding an LMDB snapshot while its reply streams (a multi-get, "
+    "a quiet get run, a key listing) whose client reads none of it for this long "
+    "ends with SERVER_ERROR read interrupted, releasing the snapshot (a held "
+    "snapshot makes the data file grow under writes).",
+)
+@click.option(
     "--ttl-policy",
     type=click.Choice([p.value for p in TtlPolicy]),
     default=TtlPolicy.REJECT.value,
@@ -280,6 +290,7 @@ def serve(
     max_run_wait_ms: float,
     max_commit_lag_ms: float,
     max_reply_bytes: int,
+    max_read_stall_ms: float,
     ttl_policy: str,
     batch_idle_ms: float,
     idle_timeout: float,
@@ -325,6 +336,7 @@ def serve(
         max_run_wait_ms=max_run_wait_ms,
         max_commit_lag_ms=max_commit_lag_ms,
         max_reply_bytes=max_reply_bytes,
+        max_read_stall_ms=max_read_stall_ms,
         ttl_policy=TtlPolicy(ttl_policy),
         batch_idle_ms=batch_idle_ms,
         idle_timeout=idle_timeout,

@@ -101,6 +101,33 @@ def test_a_run_sees_every_write_acknowledged_before_it_began(stig_server):
             assert reader.response().opcode == Opcode.Noop
 
 
+def test_a_getk_ending_a_run_is_read_from_its_snapshot_and_sees_acknowledged_writes(
+    stig_server,
+):
+    """python-binary-memcached's ``get_multi``: GetKQ…, GetK, sent at once.
+    The GetK is the run's last read, from its snapshot (a write landing
+    between them is not seen: test_binary_multiget_snapshot.py), and that
+    snapshot waited for its key's acknowledged write too (rule 2)."""
+    reader = stig_server.connect_binary()
+    _set(reader, b"first", b"f")
+    with stig_server.connect() as writer:
+        for n in range(100):
+            value = b"%d" % n
+            reply = writer.send_recv(b"set later 0 0 %d\r\n%b\r\n" % (len(value), value), b"\r\n")
+            assert reply == b"STORED\r\n"  # from its POV: the commit may still be under way
+            reader.request(Opcode.GetKQ, b"first", opaque=1)
+            reader.request(Opcode.GetK, b"later", opaque=2)
+            assert reader.response().opaque == 1  # the GetKQ's hit
+            getk = reader.response()
+            assert (getk.opcode, getk.opaque, getk.key, getk.value) == (
+                Opcode.GetK,
+                2,
+                b"later",
+                value,
+            ), n
+    assert wait_for_stats(stig_server, lambda s: int(s["stig_held_snapshots"]) == 0)
+
+
 def test_a_meta_run_sees_every_write_acknowledged_before_it_began(stig_server):
     with stig_server.connect() as reader, stig_server.connect() as writer:
         assert writer.send_recv(b"ms first 1\r\nf\r\n", b"\r\n") == b"HD\r\n"

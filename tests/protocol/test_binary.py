@@ -690,7 +690,8 @@ def test_quiet_sets_takes_the_run_of_setq_and_stops_at_anything_else() -> None:
 
 def test_quiet_gets_ahead_names_the_buffered_run_and_whether_it_ends_here() -> None:
     """What the binary handler asks when a run of quiet gets begins: the keys
-    of the whole GetQ/GetKQ behind it, and whether the run's end has arrived
+    of the whole GetQ/GetKQ behind it (and of a Get/GetK that ends it, which
+    the run's snapshot answers too), and whether the run's end has arrived
     (then its snapshot waits only for writes to those keys)."""
     run = encode_request(Opcode.GetKQ, b"a") + encode_request(Opcode.GetQ, b"b")
     noop = encode_request(Opcode.Noop)
@@ -701,7 +702,11 @@ def test_quiet_gets_ahead_names_the_buffered_run_and_whether_it_ends_here() -> N
         (run + encode_request(Opcode.GetKQ, b"c" * 10)[:30], ([b"a", b"b"], False)),
         (run + noop[:24], ([b"a", b"b"], True)),  # the No-op's header is enough
         (run + noop, ([b"a", b"b"], True)),
-        (run + encode_request(Opcode.GetK, b"c"), ([b"a", b"b"], True)),
+        # A Get/GetK that ends the run is read with it: its key too, once it is here.
+        (run + encode_request(Opcode.GetK, b"c"), ([b"a", b"b", b"c"], True)),
+        (run + encode_request(Opcode.Get, b"c"), ([b"a", b"b", b"c"], True)),
+        (run + encode_request(Opcode.GetK, b"c")[:24], ([b"a", b"b"], False)),
+        (run + encode_request(Opcode.GAT, b"c", extras=struct.pack(">I", 0)), ([b"a", b"b"], True)),
         (run + encode_request(Opcode.GetQ, b"k" * 251), ([b"a", b"b"], True)),  # refused
     ]:
         parser = BinaryParser()
