@@ -1,0 +1,269 @@
+"""Differential test: the text handler's fast paths against its general path.
+
+The text handler answers the commonest commands on fast paths (a plain get
+and the gets pipelined behind it read from one snapshot, a stretch of plain
+sets recorded in one loop, the parser's ready-made events for the commonest
+lines).  ``TextHandler(fast=False)`` turns every one of them off: each
+command goes through :meth:`TextHandler._handle` and the general read, and
+the parser through its general code.  Hypothesis feeds the same random
+stream of text and meta commands — valid and invalid, pipelined, cut into
+chunks at random places — to two handler stacks, each over its own real
+LMDB in a temporary directory, fast paths on and off, and checks that the
+replies, the command counters, the promotions and the committed state are
+identical.
+
+No sockets: the bytes go to the handler as :mod:`stig.server.connection`
+feeds them (parse, handle, await what must wait, release the held replies at
+the end of each chunk), and a pump task steps the promoter with
+:meth:`~stig.engine.promoter.Promoter.commit_queued_now` whenever every other
+task is blocked (waiting for a commit), as the model tests do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import attrs
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol.errors import ProtocolError
+from protocol.events import NEED_DATA
+from stig.engine.engine import Engine
+from stig.engine.errors import RunTooLarge
+from stig.engine.session import Session
+from stig.engine.settings import Settings
+from stig.frontends.text import TextHandler
+
+KEYS = [b"a", b"b", b"c", b"n"]
+
+key = st.sampled_from(KEYS)
+value = st.sampled_from([b"", b"x", b"12", b"hello", b"7" * 40, b"18446744073709551615"])
+flags = st.sampled_from([0, 1, 65535])
+exptime = st.sampled_from([0, 0, 0, -1, 100])  # -1: gone at once; no reply shows a clock
+noreply = st.sampled_from([b"", b"", b" noreply"])
+quiet = st.sampled_from([b"", b"", b" q"])
+
+
+@st.composite
+def storage(draw: st.DrawFn) -> bytes:
+    verb = draw(st.sampled_from([b"set", b"set", b"set", b"add", b"replace", b"append", b"cas"]))
+    data = draw(value)
+    cas = b" %d" % draw(st.integers(0, 12)) if verb == b"cas" else b""
+    head = b"%b %b %d %d %d%b%b" % (
+        verb,
+        draw(key),
+        draw(flags),
+        draw(exptime),
+        len(data),
+        cas,
+        draw(noreply),
+    )
+    return head + b"\r\n" + data + b"\r\n"
+
+
+@st.composite
+def retrieval(draw: st.DrawFn) -> bytes:
+    verb = draw(st.sampled_from([b"get", b"get", b"gets"]))
+    keys = draw(st.lists(key, min_size=1, max_size=4))
+    return verb + b" " + b" ".join(keys) + b"\r\n"
+
+
+@st.composite
+def meta_set(draw: st.DrawFn) -> bytes:
+    data = draw(value)
+    extra = draw(st.sampled_from([b"", b" F3", b" c", b" T-1", b" MA", b" I"]))
+    return b"ms %b %d%b%b\r\n%b\r\n" % (draw(key), len(data), extra, draw(quiet), data)
+
+
+@st.composite
+def other(draw: st.DrawFn) -> bytes:
+    k = draw(key)
+    return draw(
+        st.sampled_from(
+            [
+                b"delete %b%b\r\n" % (k, draw(noreply)),
+                b"incr %b 3%b\r\n" % (k, draw(noreply)),
+                b"decr %b 5%b\r\n" % (k, draw(noreply)),
+                b"touch %b 0%b\r\n" % (k, draw(noreply)),
+                b"gat 0 %b\r\n" % k,
+                b"mg %b v f c k%b\r\n" % (k, draw(quiet)),
+                b"mg %b s v\r\n" % k,
+                b"md %b%b\r\n" % (k, draw(quiet)),
+                b"ma %b%b\r\n" % (k, draw(quiet)),
+                b"mn\r\n",
+                b"version\r\n",
+                b"verbosity 1\r\n",
+                b"flush_all noreply\r\n",
+                b"bogus %b\r\n" % k,
+                b"get\r\n",
+                b"set %b x 0 1\r\nz\r\n" % k,
+                b"incr %b abc\r\n" % k,
+            ]
+        )
+    )
+
+
+@st.composite
+def plain_write(draw: st.DrawFn) -> bytes:
+    """A write the fast path of pipelined sets takes (mixed loud and quiet)."""
+    data = draw(value)
+    if draw(st.booleans()):
+        return b"set %b %d 0 %d%b\r\n%b\r\n" % (
+            draw(key),
+            draw(flags),
+            len(data),
+            draw(noreply),
+            data,
+        )
+    extra = draw(st.sampled_from([b"", b"", b" F5", b" T0"]))
+    return b"ms %b %d%b%b\r\n%b\r\n" % (draw(key), len(data), extra, draw(quiet), data)
+
+
+@st.composite
+def burst(draw: st.DrawFn) -> bytes:
+    """A pipelined run of plain writes or of one-key gets: the fast paths' bursts."""
+    if draw(st.booleans()):
+        return b"".join(draw(st.lists(plain_write(), min_size=2, max_size=6)))
+    return b"".join(b"get %b\r\n" % k for k in draw(st.lists(key, min_size=2, max_size=6)))
+
+
+command = st.one_of(storage(), storage(), retrieval(), retrieval(), meta_set(), other(), burst())
+
+
+@st.composite
+def chunked(draw: st.DrawFn) -> list[bytes]:
+    """A command stream cut into the chunks the handler receives."""
+    stream = b"".join(draw(st.lists(command, min_size=1, max_size=40)))
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=4))))
+    bounds = [0, *cuts, len(stream)]
+    return [stream[i:j] for i, j in itertools.pairwise(bounds) if i < j]
+
+
+@attrs.define
+class Outcome:
+    """What one handler stack made of the stream."""
+
+    replies: bytes
+    stats: dict[str, object]
+    promotions: int
+    failed_commits: int
+    committed: list[object]
+
+
+class Stack:
+    """A text handler on its own session and engine, fed bytes as a connection feeds them."""
+
+    def __init__(self, data_dir: Path, fast: bool) -> None:
+        self.engine = Engine(Settings(data_dir=data_dir))
+        self.session = Session(self.engine)
+        self.handler = TextHandler(self.engine, self.session, fast=fast)
+        self.handler.drain = self._drain
+        self.sent = bytearray()
+
+    async def _release(self) -> None:
+        """Hand the closed runs over and write the held replies (Connection._release_replies)."""
+        self.session.submit()
+        if self.handler.gate.holding:
+            await self.handler.gate.release()
+
+    async def _drain(self) -> None:
+        await self._release()
+        self.sent += self.handler.out
+        self.session.replies_sent()
+        self.handler.out.clear()
+
+    async def feed(self, chunk: bytes) -> None:
+        """One received chunk: every command in it handled, its replies sent."""
+        handler = self.handler
+        session = self.session
+        parser = handler.parser
+        parser.feed(chunk)
+        try:
+            while not handler.closing:
+                event = parser.next_event()
+                if event is NEED_DATA:
+                    break
+                pending = handler.handle(event)
+                if pending is not None:
+                    await pending
+                assert session.failure is None
+                if session.wants_room:
+                    assert await session.make_room(self._drain)
+        except ProtocolError as exc:
+            handler.protocol_error(exc)
+            handler.closing = True
+        except RunTooLarge as exc:
+            handler.fatal_error(exc.reason)
+            handler.closing = True
+        await self._drain()
+
+    async def run(self, chunks: list[bytes]) -> Outcome:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump)
+            for chunk in chunks:
+                if self.handler.closing:
+                    break
+                await self.feed(chunk)
+            if self.handler.parser.at_boundary:  # Connection._end_session
+                self.session.close_run()
+                self.session.submit()
+            else:
+                self.session.discard_run()
+            nursery.cancel_scope.cancel()
+        self.engine.promoter.commit_queued_now()
+        self.handler.close()
+        engine = self.engine
+        outcome = Outcome(
+            replies=bytes(self.sent),
+            stats=attrs.asdict(engine.stats),
+            promotions=engine.promoter_stats.promotions,
+            failed_commits=engine.promoter_stats.failed_commits,
+            committed=list(engine.store.get_many(KEYS)),
+        )
+        engine.store.close()
+        return outcome
+
+    async def _pump(self) -> None:
+        """Commit what is queued whenever every other task waits (for a commit)."""
+        promoter = self.engine.promoter
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            assert promoter._queue, "the handler waits for something that is not a commit"
+            promoter.commit_queued_now()
+
+
+def outcome_of(chunks: list[bytes], fast: bool) -> Outcome:
+    with tempfile.TemporaryDirectory() as tmp:
+        return trio.run(Stack(Path(tmp) / "data", fast).run, chunks)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(chunked())
+def test_fast_paths_answer_as_the_general_path(chunks: list[bytes]) -> None:
+    fast = outcome_of(chunks, fast=True)
+    general = outcome_of(chunks, fast=False)
+    assert fast.replies == general.replies
+    assert fast == general
+
+
+def test_a_pipelined_burst_of_gets_and_sets() -> None:
+    """The fast paths' commonest bursts, spelled out (and the harness's sanity)."""
+    stream = [
+        b"set a 1 0 1\r\nx\r\nset b 2 0 2\r\nyy\r\nset c 0 0 1 noreply\r\nz\r\n",
+        b"get a\r\nget b\r\nget c\r\nget a b c\r\ngets a\r\nms n 2 q\r\n12\r\nincr n 1\r\n",
+        b"add a 0 0 1\r\nq\r\nmn\r\n",
+    ]
+    fast = outcome_of(stream, fast=True)
+    assert fast == outcome_of(stream, fast=False)
+    assert fast.replies.startswith(b"STORED\r\nSTORED\r\nVALUE a 1 1\r\n")
+    assert b"VALUE a 1 1\r\nx\r\nVALUE b 2 2\r\nyy\r\nVALUE c 0 1\r\nz\r\nEND\r\n" in fast.replies
+    assert fast.replies.endswith(b"13\r\nNOT_STORED\r\nMN\r\n")
