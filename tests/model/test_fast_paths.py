@@ -1,4 +1,4 @@
-"""Differential test: the text handler's fast paths against its general path.
+"""Differential test: the handlers' fast paths against their general paths.
 
 The text handler answers the commonest commands on fast paths (a plain get
 and the gets pipelined behind it read from one snapshot, a stretch of plain
@@ -10,7 +10,9 @@ stream of text and meta commands — valid and invalid, pipelined, cut into
 chunks at random places — to two handler stacks, each over its own real
 LMDB in a temporary directory, fast paths on and off, and checks that the
 replies, the command counters, the promotions and the committed state are
-identical.
+identical.  The binary handler the same way (``BinaryHandler(fast=False)``:
+no plain SetQ at once, no run of them in one loop), with a random stream of
+binary requests, refused ones included.
 
 No sockets: the bytes go to the handler as :mod:`stig.server.connection`
 feeds them (parse, handle, await what must wait, release the held replies at
@@ -22,6 +24,7 @@ task is blocked (waiting for a commit), as the model tests do.
 from __future__ import annotations
 
 import itertools
+import struct
 import tempfile
 from pathlib import Path
 
@@ -31,13 +34,18 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol.binary_codes import Opcode
+from protocol.binary_writer import encode_request
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
 from stig.engine.engine import Engine
 from stig.engine.errors import RunTooLarge
 from stig.engine.session import Session
 from stig.engine.settings import Settings
+from stig.frontends.binary import BinaryHandler
 from stig.frontends.text import TextHandler
+
+Handler = TextHandler | BinaryHandler
 
 KEYS = [b"a", b"b", b"c", b"n"]
 
@@ -135,13 +143,59 @@ def burst(draw: st.DrawFn) -> bytes:
 command = st.one_of(storage(), storage(), retrieval(), retrieval(), meta_set(), other(), burst())
 
 
+_STORES = [Opcode.Set, Opcode.SetQ, Opcode.Add, Opcode.AddQ, Opcode.Replace, Opcode.ReplaceQ]
+_CONCATS = [Opcode.Append, Opcode.AppendQ, Opcode.Prepend, Opcode.PrependQ]
+_ADJUSTS = [Opcode.Increment, Opcode.IncrementQ, Opcode.Decrement, Opcode.DecrementQ]
+_KEYED = [Opcode.Get, Opcode.GetK, Opcode.GetQ, Opcode.GetKQ, Opcode.Delete, Opcode.DeleteQ]
+_BARE = [Opcode.Noop, Opcode.Version]
+
+
 @st.composite
-def chunked(draw: st.DrawFn) -> list[bytes]:
-    """A command stream cut into the chunks the handler receives."""
-    stream = b"".join(draw(st.lists(command, min_size=1, max_size=40)))
+def binary_request(draw: st.DrawFn) -> bytes:
+    """One binary request: mostly plain SetQ (the fast path), then the rest."""
+    k = draw(key)
+    opaque = draw(st.integers(0, 3))
+    kind = draw(
+        st.sampled_from(
+            ["setq", "setq", "setq", "store", "concat", "adjust", "keyed", "bare", "bad"]
+        )
+    )
+    if kind in ("setq", "store"):
+        opcode = Opcode.SetQ if kind == "setq" else draw(st.sampled_from(_STORES))
+        cas = draw(st.sampled_from([0, 0, 0, 1, 4]))
+        extras = struct.pack(">II", draw(flags), draw(st.sampled_from([0, 0, 0, 100])))
+        return encode_request(opcode, k, draw(value), extras, cas=cas, opaque=opaque)
+    if kind == "concat":
+        return encode_request(draw(st.sampled_from(_CONCATS)), k, draw(value), opaque=opaque)
+    if kind == "adjust":
+        extras = struct.pack(
+            ">QQI", draw(st.integers(0, 5)), 7, draw(st.sampled_from([0, 0xFFFFFFFF]))
+        )
+        return encode_request(draw(st.sampled_from(_ADJUSTS)), k, b"", extras, opaque=opaque)
+    if kind == "keyed":
+        return encode_request(draw(st.sampled_from(_KEYED)), k, opaque=opaque)
+    if kind == "bare":
+        return encode_request(draw(st.sampled_from(_BARE)), opaque=opaque)
+    return encode_request(0x50, k, opaque=opaque)  # an unknown opcode: refused
+
+
+def cut(draw: st.DrawFn, stream: bytes) -> list[bytes]:
+    """``stream`` cut into the chunks the handler receives."""
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=4))))
     bounds = [0, *cuts, len(stream)]
     return [stream[i:j] for i, j in itertools.pairwise(bounds) if i < j]
+
+
+@st.composite
+def chunked(draw: st.DrawFn) -> list[bytes]:
+    """A text and meta command stream, in chunks."""
+    return cut(draw, b"".join(draw(st.lists(command, min_size=1, max_size=40))))
+
+
+@st.composite
+def binary_chunked(draw: st.DrawFn) -> list[bytes]:
+    """A binary request stream, in chunks."""
+    return cut(draw, b"".join(draw(st.lists(binary_request(), min_size=1, max_size=40))))
 
 
 @attrs.define
@@ -158,10 +212,10 @@ class Outcome:
 class Stack:
     """A text handler on its own session and engine, fed bytes as a connection feeds them."""
 
-    def __init__(self, data_dir: Path, fast: bool) -> None:
+    def __init__(self, data_dir: Path, handler: type[Handler], fast: bool) -> None:
         self.engine = Engine(Settings(data_dir=data_dir))
         self.session = Session(self.engine)
-        self.handler = TextHandler(self.engine, self.session, fast=fast)
+        self.handler = handler(self.engine, self.session, fast=fast)
         self.handler.drain = self._drain
         self.sent = bytearray()
 
@@ -233,13 +287,13 @@ class Stack:
         promoter = self.engine.promoter
         while True:
             await trio.testing.wait_all_tasks_blocked()
-            assert promoter._queue, "the handler waits for something that is not a commit"
+            assert promoter.busy, "the handler waits for something that is not a commit"
             promoter.commit_queued_now()
 
 
-def outcome_of(chunks: list[bytes], fast: bool) -> Outcome:
+def outcome_of(chunks: list[bytes], fast: bool, handler: type[Handler] = TextHandler) -> Outcome:
     with tempfile.TemporaryDirectory() as tmp:
-        return trio.run(Stack(Path(tmp) / "data", fast).run, chunks)
+        return trio.run(Stack(Path(tmp) / "data", handler, fast).run, chunks)
 
 
 @settings(
@@ -251,6 +305,19 @@ def outcome_of(chunks: list[bytes], fast: bool) -> Outcome:
 def test_fast_paths_answer_as_the_general_path(chunks: list[bytes]) -> None:
     fast = outcome_of(chunks, fast=True)
     general = outcome_of(chunks, fast=False)
+    assert fast.replies == general.replies
+    assert fast == general
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(binary_chunked())
+def test_binary_fast_paths_answer_as_the_general_path(chunks: list[bytes]) -> None:
+    fast = outcome_of(chunks, fast=True, handler=BinaryHandler)
+    general = outcome_of(chunks, fast=False, handler=BinaryHandler)
     assert fast.replies == general.replies
     assert fast == general
 
