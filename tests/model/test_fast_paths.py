@@ -12,7 +12,9 @@ LMDB in a temporary directory, fast paths on and off, and checks that the
 replies, the command counters, the promotions and the committed state are
 identical.  The binary handler the same way (``BinaryHandler(fast=False)``:
 no plain SetQ at once, no run of them in one loop), with a random stream of
-binary requests, refused ones included.
+binary requests, refused ones included.  Between chunks another session
+now and then writes some keys and submits them, in flight until the pump
+commits: the reads behind must wait for them the same way on both paths.
 
 No sockets: the bytes go to the handler as :mod:`stig.server.connection`
 feeds them (parse, handle, await what must wait, release the held replies at
@@ -179,21 +181,35 @@ def binary_request(draw: st.DrawFn) -> bytes:
     return encode_request(0x50, k, opaque=opaque)  # an unknown opcode: refused
 
 
-def cut(draw: st.DrawFn, stream: bytes) -> list[bytes]:
-    """``stream`` cut into the chunks the handler receives."""
+#: What the stacks are fed: a chunk of bytes for the handler, or the keys
+#: another session writes (a run closed and submitted, in flight until the
+#: pump commits it: the reads behind it must wait for it, or see past it).
+Step = bytes | tuple[bytes, ...]
+
+
+def cut(draw: st.DrawFn, stream: bytes) -> list[Step]:
+    """``stream`` cut into the chunks the handler receives, with another
+    session's writes now and then between them."""
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=4))))
     bounds = [0, *cuts, len(stream)]
-    return [stream[i:j] for i, j in itertools.pairwise(bounds) if i < j]
+    steps: list[Step] = []
+    for i, j in itertools.pairwise(bounds):
+        if i < j:
+            others = draw(st.lists(key, max_size=2))
+            if others:
+                steps.append(tuple(others))
+            steps.append(stream[i:j])
+    return steps
 
 
 @st.composite
-def chunked(draw: st.DrawFn) -> list[bytes]:
+def chunked(draw: st.DrawFn) -> list[Step]:
     """A text and meta command stream, in chunks."""
     return cut(draw, b"".join(draw(st.lists(command, min_size=1, max_size=40))))
 
 
 @st.composite
-def binary_chunked(draw: st.DrawFn) -> list[bytes]:
+def binary_chunked(draw: st.DrawFn) -> list[Step]:
     """A binary request stream, in chunks."""
     return cut(draw, b"".join(draw(st.lists(binary_request(), min_size=1, max_size=40))))
 
@@ -218,6 +234,8 @@ class Stack:
         self.handler = handler(self.engine, self.session, fast=fast)
         self.handler.drain = self._drain
         self.sent = bytearray()
+        self.other = Session(self.engine)  # another connection's writes
+        self._written = 0
 
     async def _release(self) -> None:
         """Hand the closed runs over and write the held replies (Connection._release_replies)."""
@@ -256,13 +274,16 @@ class Stack:
             handler.closing = True
         await self._drain()
 
-    async def run(self, chunks: list[bytes]) -> Outcome:
+    async def run(self, chunks: list[Step]) -> Outcome:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump)
-            for chunk in chunks:
+            for step in chunks:
                 if self.handler.closing:
                     break
-                await self.feed(chunk)
+                if isinstance(step, tuple):
+                    self._other_writes(step)
+                else:
+                    await self.feed(step)
             if self.handler.parser.at_boundary:  # Connection._end_session
                 self.session.close_run()
                 self.session.submit()
@@ -282,6 +303,14 @@ class Stack:
         engine.store.close()
         return outcome
 
+    def _other_writes(self, keys: tuple[bytes, ...]) -> None:
+        """Another session sets ``keys`` in one run and submits it."""
+        for k in keys:
+            self._written += 1
+            self.other.set(k, b"other %d" % self._written, 0)
+        self.other.close_run()
+        self.other.submit()
+
     async def _pump(self) -> None:
         """Commit what is queued whenever every other task waits (for a commit)."""
         promoter = self.engine.promoter
@@ -291,7 +320,7 @@ class Stack:
             promoter.commit_queued_now()
 
 
-def outcome_of(chunks: list[bytes], fast: bool, handler: type[Handler] = TextHandler) -> Outcome:
+def outcome_of(chunks: list[Step], fast: bool, handler: type[Handler] = TextHandler) -> Outcome:
     with tempfile.TemporaryDirectory() as tmp:
         return trio.run(Stack(Path(tmp) / "data", handler, fast).run, chunks)
 
@@ -302,7 +331,7 @@ def outcome_of(chunks: list[bytes], fast: bool, handler: type[Handler] = TextHan
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(chunked())
-def test_fast_paths_answer_as_the_general_path(chunks: list[bytes]) -> None:
+def test_fast_paths_answer_as_the_general_path(chunks: list[Step]) -> None:
     fast = outcome_of(chunks, fast=True)
     general = outcome_of(chunks, fast=False)
     assert fast.replies == general.replies
@@ -315,7 +344,7 @@ def test_fast_paths_answer_as_the_general_path(chunks: list[bytes]) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(binary_chunked())
-def test_binary_fast_paths_answer_as_the_general_path(chunks: list[bytes]) -> None:
+def test_binary_fast_paths_answer_as_the_general_path(chunks: list[Step]) -> None:
     fast = outcome_of(chunks, fast=True, handler=BinaryHandler)
     general = outcome_of(chunks, fast=False, handler=BinaryHandler)
     assert fast.replies == general.replies
