@@ -26,6 +26,7 @@ task is blocked (waiting for a commit), as the model tests do.
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 import tempfile
 from pathlib import Path
@@ -48,6 +49,8 @@ from stig.frontends.binary import BinaryHandler
 from stig.frontends.text import TextHandler
 
 Handler = TextHandler | BinaryHandler
+#: Examples per test; ``STIG_FAST_PATH_EXAMPLES=3000`` runs a longer soak.
+EXAMPLES = int(os.environ.get("STIG_FAST_PATH_EXAMPLES", "150"))
 
 KEYS = [b"a", b"b", b"c", b"n"]
 
@@ -326,7 +329,7 @@ def outcome_of(chunks: list[Step], fast: bool, handler: type[Handler] = TextHand
 
 
 @settings(
-    max_examples=150,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -339,7 +342,7 @@ def test_fast_paths_answer_as_the_general_path(chunks: list[Step]) -> None:
 
 
 @settings(
-    max_examples=100,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
