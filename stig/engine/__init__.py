@@ -1,7 +1,7 @@
 """The engine: points of view, promotion and the server-wide state.
 
-Owns the sessions' private points of view (``session``, and the failures their
-writes raise: ``errors``), the one writer that
+Owns the sessions' private points of view (``session``, its open run:
+``open_run``, and the failures their writes raise: ``errors``), the one writer that
 group-commits them (``promoter``), the in-flight registry that makes an
 acknowledged write visible everywhere (``visibility``), the write budget
 (``budget``), the settings, counters, logins and the :class:`Engine` that ties

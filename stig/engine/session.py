@@ -45,6 +45,7 @@ from typing import NamedTuple, NoReturn
 
 from stig.engine.engine import Engine
 from stig.engine.errors import CommitFailed, RunTooLarge, RunWaitedTooLong, WritesRefused
+from stig.engine.open_run import OpenRun
 from stig.engine.promoter import Promotion
 from stig.storage.ops import (
     Adjust,
@@ -94,23 +95,15 @@ class Session:
         # the POV cannot know their state until the promoter has decided.
         self.unresolved: dict[bytes | None, int] = {}
         self._seq = 0
-        self._run: list[Op] = []
-        self._run_keys: dict[bytes, int] = {}
-        self._run_bytes = 0
-        self._run_answered = False  # the run holds writes answered from the POV
-        self._run_clears = False  # the run holds a flush_all (every key)
-        # What the open run replaced, so that discarding it restores the POV:
-        # the overlay entry (None: none) and unresolved seq of each key it touched.
-        self._run_undo: dict[bytes, _Pending | None] = {}
-        self._run_unresolved_undo: dict[bytes | None, int | None] = {}
+        #: The open run (stig/engine/open_run.py): its ops, keys, bytes and undo.
+        self._open: OpenRun[_Pending] = OpenRun()
         self._closed: list[Promotion] = []
         # Whether the newest closed, unsubmitted run holds only writes answered
         # from the POV: a run like it may join its promotion (close_run).
         self._closed_pure = False
         self._last: Promotion | None = None
-        # Verdicts a quiet client is owed (Core.queue_conditional): (tag, index
-        # in the run) of the open run; with their promotion once it closes.
-        self._run_owed: list[tuple[object, int]] = []
+        # Verdicts a quiet client is owed (Core.queue_conditional): those of
+        # the open run in ``_open.owed``; with their promotion once it closes.
         self.owed: list[tuple[Promotion, list[tuple[object, int]]]] = []
         self.pending_bytes = 0  # recorded but not yet committed
         #: Since when (trio's clock) a send of this session's replies has made
@@ -254,12 +247,13 @@ class Session:
         if self._refusal.message is not None and op.__class__ is not Remove:
             self._refuse()
         self._seq += 1
-        if key not in self._run_undo:
-            self._run_undo[key] = self._overlay.get(key)
+        run = self._open
+        if key not in run.undo:
+            run.undo[key] = self._overlay.get(key)
         self._overlay[key] = _Pending(self._seq, after)
-        self._run.append(op)
-        self._run_keys[key] = self._seq
-        self._run_answered = True
+        run.ops.append(op)
+        run.keys[key] = self._seq
+        run.answered = True
         self._grow_run(size + len(key) + _OP_OVERHEAD)
 
     def set(self, key: bytes, value: bytes, flags: int) -> None:
@@ -270,15 +264,16 @@ class Session:
             self._refuse()
         seq = self._seq = self._seq + 1
         overlay = self._overlay
-        undo = self._run_undo
+        run = self._open
+        undo = run.undo
         if key not in undo:
             undo[key] = overlay.get(key)
         overlay[key] = _tuple_new(_Pending, (seq, _tuple_new(Item, (value, flags, 0, 0))))
-        self._run.append(_tuple_new(Put, (key, value, flags, None)))
-        self._run_keys[key] = seq
-        self._run_answered = True
+        run.ops.append(_tuple_new(Put, (key, value, flags, None)))
+        run.keys[key] = seq
+        run.answered = True
         size = len(value) + len(key) + _OP_OVERHEAD
-        self._run_bytes += size
+        run.nbytes += size
         self.pending_bytes += size
         budget = self._budget
         used = budget.used = budget.used + size
@@ -304,7 +299,7 @@ class Session:
         if self._refusal.message is not None:
             return 0
         done = 0
-        if close and self._run and items:
+        if close and self._open.ops and items:
             # The first one closes the open run, whatever that run holds.
             self.set(*items[0])
             self.close_run()
@@ -312,12 +307,13 @@ class Session:
         budget = self._budget
         # The open runs' bytes this burst may add (with ``close``, each set is
         # alone in its run when the budget checks it).
-        room = budget.limit - (self._run_bytes if budget.holder is self else budget.open)
+        open_run = self._open
+        room = budget.limit - (open_run.nbytes if budget.holder is self else budget.open)
         seq = self._seq
         overlay = self._overlay
-        undo = None if close else self._run_undo
-        run = self._run
-        run_keys = self._run_keys
+        undo = None if close else open_run.undo
+        run = open_run.ops
+        run_keys = open_run.keys
         total = 0
         for key, value, flags in items[done:] if done else items:
             size = len(value) + len(key) + _OP_OVERHEAD
@@ -334,8 +330,8 @@ class Session:
         if seq == self._seq:
             return done
         self._seq = seq
-        self._run_answered = True
-        self._run_bytes += total
+        open_run.answered = True
+        open_run.nbytes += total
         self.pending_bytes += total
         used = budget.used = budget.used + total
         if used > budget.peak:
@@ -397,16 +393,17 @@ class Session:
         if self._refusal.message is not None and not isinstance(op, (Remove, CompareRemove, Clear)):
             self._refuse()
         self._seq += 1
-        self._run.append(op)
-        if key not in self._run_unresolved_undo:
-            self._run_unresolved_undo[key] = self.unresolved.get(key)
+        run = self._open
+        run.ops.append(op)
+        if key not in run.unresolved_undo:
+            run.unresolved_undo[key] = self.unresolved.get(key)
         self.unresolved[key] = self._seq
         if key is None:
-            self._run_clears = True
+            run.clears = True
         else:
             # Once this commits, this session's older writes to the key are
             # in the global state: the overlay entry can go.
-            self._run_keys[key] = self._seq
+            run.keys[key] = self._seq
         self._grow_run(size + _OP_OVERHEAD + (len(key) if key else 0))
 
     def _grow_run(self, size: int) -> None:
@@ -420,7 +417,7 @@ class Session:
         discarded, and :class:`RunTooLarge` raised — the client is told
         "transaction larger than --max-pending-bytes" (docs/pov.md, "Bounds").
         """
-        self._run_bytes += size
+        self._open.nbytes += size
         self.pending_bytes += size
         budget = self._budget
         budget.add(size)
@@ -434,7 +431,7 @@ class Session:
         (:meth:`WriteBudget.may_grow`), is refused if it alone is past the
         limit, and otherwise keeps that write and waits for room before the
         next (:attr:`wants_room`, :meth:`wait_for_room`)."""
-        verdict = self._budget.may_grow(self, self._run_bytes)
+        verdict = self._budget.may_grow(self, self._open.nbytes)
         if verdict is None:
             self.discard_run()
             raise RunTooLarge()
@@ -448,7 +445,7 @@ class Session:
         the connection reports that instead).  Raises :class:`RunWaitedTooLong`
         (the run discarded) after ``--max-run-wait-ms``."""
         self.wants_room = False
-        if self._run and self.failure is None:
+        if self._open.ops and self.failure is None:
             if not await self._budget.wait_for_room(self, self._lost):
                 self.discard_run()
                 raise RunWaitedTooLong()
@@ -484,14 +481,15 @@ class Session:
         """The write just added to the open run owes ``tag`` its verdict:
         :attr:`owed` holds it with its promotion once the run closes
         (whoever closes it), for :meth:`stig.core.command_core.Core.verdicts`."""
-        self._run_owed.append((tag, len(self._run) - 1))
+        run = self._open
+        run.owed.append((tag, len(run.ops) - 1))
 
     def verdict_in_open_run(self, key: bytes) -> bool:
         """Whether the open run holds a write whose verdict ``key``'s state awaits."""
-        if not self._run:
+        if not self._open.ops:
             return False
         unresolved = self.unresolved
-        undo = self._run_unresolved_undo
+        undo = self._open.unresolved_undo
         return (key in unresolved and key in undo) or (None in unresolved and None in undo)
 
     async def commit_run(self) -> Promotion:
@@ -514,7 +512,7 @@ class Session:
 
     @property
     def run_open(self) -> bool:
-        return bool(self._run)
+        return bool(self._open.ops)
 
     @property
     def closed_bytes(self) -> int:
@@ -527,7 +525,7 @@ class Session:
     def run_owes_verdicts(self) -> bool:
         """Whether the open run holds quiet writes owed their verdicts: closing
         it makes them due (:meth:`owe_verdict`)."""
-        return bool(self._run_owed)
+        return bool(self._open.owed)
 
     def close_run(self) -> Promotion | None:
         """End the open run: it becomes one atomic promotion, queued for submit.
@@ -540,43 +538,43 @@ class Session:
         nothing waits on the verdict of either.  The returned promotion is
         then the one it joined.
         """
-        run = self._run
+        open_run = self._open
+        run = open_run.ops
         if not run:
             return None
         self._closed_seq = self._seq
         self.unacked_writes = True  # every reply from now on acknowledges it
         budget = self._budget
-        budget.open -= self._run_bytes
+        budget.open -= open_run.nbytes
         if budget.holder is not None or budget.waiting:
             budget.run_ended(self)
-        pure = not self._run_unresolved_undo and not self._run_clears and not self._run_owed
+        pure = open_run.pure
         if pure and self._closed_pure:
             promotion = self._closed[-1]
             promotion.ops.extend(run)  # type: ignore[attr-defined]
-            promotion.key_seqs.update(self._run_keys)
-            promotion.nbytes += self._run_bytes
+            promotion.key_seqs.update(open_run.keys)
+            promotion.nbytes += open_run.nbytes
             promotion.last_seq = self._seq
-            promotion.answered_early = promotion.answered_early or self._run_answered
+            promotion.answered_early = promotion.answered_early or open_run.answered
             self._new_run()
             return promotion
         self.pending_bytes += _RUN_OVERHEAD
         budget.add(_RUN_OVERHEAD)
         promotion = Promotion(
             run,
-            self._run_keys,
-            self._run_bytes + _RUN_OVERHEAD,
+            open_run.keys,
+            open_run.nbytes + _RUN_OVERHEAD,
             self._promoted,
-            self._run_answered,
+            open_run.answered,
             last_seq=self._seq,
             first_seq=self._seq - len(run) + 1,
-            clears_all=self._run_clears,
+            clears_all=open_run.clears,
         )
         self._closed_pure = pure
-        self._new_run()
         self._closed.append(promotion)
-        if self._run_owed:
-            self.owed.append((promotion, self._run_owed))
-            self._run_owed = []
+        if open_run.owed:
+            self.owed.append((promotion, open_run.owed))
+        self._new_run()
         return promotion
 
     def close_for_reply(self) -> Promotion:
@@ -601,41 +599,36 @@ class Session:
 
     def discard_run(self) -> None:
         """Forget the open run (a dropped connection, a truncated command)."""
-        self._run_owed = []  # nobody is told about writes that never happen
-        # Put back what the run replaced: an older write of a closed run is
-        # still pending and still seen; a conditional's verdict still awaited.
-        for key, before in self._run_undo.items():
-            if before is None:
-                self._overlay.pop(key, None)
-            else:
-                self._overlay[key] = before
-        for ukey, useq in self._run_unresolved_undo.items():
-            if useq is None:
-                self.unresolved.pop(ukey, None)
-            else:
-                self.unresolved[ukey] = useq
-        self.pending_bytes -= self._run_bytes
+        # Its owed verdicts go with it: nobody is told about writes that never happen.
+        run = self._open
+        run.restore(self._overlay, self.unresolved)
+        self.pending_bytes -= run.nbytes
         budget = self._budget
-        budget.used -= self._run_bytes
-        budget.open -= self._run_bytes
+        budget.used -= run.nbytes
+        budget.open -= run.nbytes
         if budget.holder is not None or budget.waiting:
             budget.run_ended(self)
         self._new_run()
 
     def _new_run(self) -> None:
-        """An empty open run (the owed verdicts are handed over or dropped by the caller).
+        """An empty open run (the caller has handed its owed verdicts over, if they are due).
 
         A run that ended has nothing to wait for room for: :attr:`wants_room`
         goes too (a loud set while the budget is full closes its own run, and
         its reply is not sent alone)."""
         self.wants_room = False
-        self._run = []
-        self._run_keys = {}
-        self._run_bytes = 0
-        self._run_answered = False
-        self._run_clears = False
-        self._run_undo = {}
-        self._run_unresolved_undo = {}
+        # Emptied in place, field by field (a loud set closes a run per write:
+        # no call nor object more per run than the fields themselves).
+        run = self._open
+        run.ops = []
+        run.keys = {}
+        run.nbytes = 0
+        run.answered = False
+        run.clears = False
+        run.undo = {}
+        run.unresolved_undo = {}
+        if run.owed:
+            run.owed = []  # handed over with its promotion, or dropped with the run
 
     def submit(self) -> None:
         """Hand every closed run to the promoter, in order, in one step."""
@@ -729,16 +722,10 @@ class Session:
         if self.unresolved:
             top = promotion.last_seq
             self.unresolved = {k: s for k, s in self.unresolved.items() if s > top}
-            undo_unresolved = self._run_unresolved_undo
-            for ukey, useq in undo_unresolved.items():
-                if useq is not None and useq <= top:
-                    undo_unresolved[ukey] = None
         overlay = self._overlay
-        undo = self._run_undo
         for key, seq in promotion.key_seqs.items():
             pending = overlay.get(key)
             if pending is not None and pending.seq <= seq:
                 del overlay[key]
-            before = undo.get(key)
-            if before is not None and before.seq <= seq:
-                undo[key] = None  # committed meanwhile: nothing to put back
+        # Committed meanwhile: nothing of it for a discarded open run to put back.
+        self._open.committed(promotion.key_seqs, promotion.last_seq)

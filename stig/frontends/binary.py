@@ -128,9 +128,13 @@ class _Quiet:
 class BinaryHandler:
     """Runs each binary request against the session; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session) -> None:
+    def __init__(self, engine: Engine, session: Session, fast: bool = True) -> None:
         self.engine = engine
         self.session = session
+        #: False: every request takes the general path (:meth:`_handle`), no
+        #: plain SetQ at once nor run of them; the differential test
+        #: (tests/model/test_fast_paths.py) checks both answer alike.
+        self.fast = fast
         self.parser = BinaryParser(engine.settings.limits)
         self.out = bytearray()
         self.closing = False
@@ -190,6 +194,8 @@ class BinaryHandler:
         buffered) at once, as :meth:`_handle` would (None: no coroutine, the
         bulk of a pipelined load), then the SetQ pipelined right behind it
         (:meth:`_setq_run`); anything else returns :meth:`_handle`."""
+        if not self.fast:
+            return self._handle(event)
         pending = self._handle_one(event)
         if pending is None:
             return self._setq_run()

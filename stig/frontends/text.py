@@ -78,10 +78,15 @@ _CONDITIONAL: dict[StoreMode, type[Add | Replace]] = {
 class TextHandler:
     """Runs each text command against the session; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session) -> None:
+    def __init__(self, engine: Engine, session: Session, fast: bool = True) -> None:
         self.engine = engine
         self.session = session
-        self.parser = TextParser(engine.settings.limits)
+        #: False: every command takes the general path (:meth:`_handle`, the
+        #: general read), and the parser its own (``TextParser(fast=False)``):
+        #: the differential test (tests/model/test_fast_paths.py) checks that
+        #: both give the same replies, stats and committed state.
+        self.fast = fast
+        self.parser = TextParser(engine.settings.limits, fast=fast)
         self.out = bytearray()
         self.closing = False
         #: Sends what ``out`` holds so far (the connection sets it): a long
@@ -144,6 +149,8 @@ class TextHandler:
         """
         if self.meta.run is not None and type(event) is not MetaGet:
             self.meta.end_read_run()
+        if not self.fast:
+            return self._handle(event)
         if type(event) is Retrieve:
             result = self._answer_now(event)
             if result is _NOT_NOW:
@@ -282,7 +289,7 @@ class TextHandler:
         core.close_run()
         if core.verdicts_due:
             await self.meta.report_verdicts(len(self.out))
-        if not command.touch and not core.prefixes.enabled:
+        if not command.touch and not core.prefixes.enabled and self.fast:
             # Wait for what the answer depends on (if anything), then the
             # read from one snapshot that the fast path makes.
             if not core.read_ready(command.keys, command.with_cas):
