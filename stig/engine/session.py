@@ -519,7 +519,7 @@ class Session:
         """Bytes of this session's closed runs not committed yet: what its
         commits will free.  Not the open run, which no commit can end before
         its client closes it (the write brake waits only for these)."""
-        return self.pending_bytes - self._run_bytes
+        return self.pending_bytes - self._open.nbytes
 
     @property
     def run_owes_verdicts(self) -> bool:
