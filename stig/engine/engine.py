@@ -20,7 +20,7 @@ from stig.engine.stats import CommandStats, PromoterStats
 from stig.storage.store import Store
 
 if TYPE_CHECKING:
-    from stig.server.tls import TlsCertificates
+    from stig.engine.certificates import TlsCertificates
 
 VERSION = "0.1.0"
 #: What ``version`` answers: a memcached-style number (libmemcached parses it)

@@ -41,12 +41,12 @@ from stig.core import listing
 from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
 from stig.core.reply_gate import ReplyGate
+from stig.engine.certificates import TlsError
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.errors import CommitFailed
 from stig.engine.session import Session
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
-from stig.server.tls import TlsError
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
 from stig.storage.snapshot import Snapshot
 

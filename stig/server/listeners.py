@@ -31,11 +31,12 @@ from pathlib import Path
 import attrs
 import trio
 
+from stig.engine.certificates import TlsCertificates, TlsError
 from stig.engine.engine import Engine
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
 from stig.server.connection import Connection, send_all
-from stig.server.tls import TlsCertificates, TlsError
+from stig.server.tls import wrap as wrap_tls
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ async def _handle(
         if tls is None:
             await _serve_connection(Connection(engine, sock), shutdown)
         else:
-            tls_sock = tls.wrap(sock)
+            tls_sock = wrap_tls(tls, sock)
             try:
                 await _serve_connection(Connection(engine, tls_sock), shutdown)
             finally:

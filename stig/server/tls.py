@@ -1,10 +1,8 @@
 """TLS for client connections (``--tls-cert``/``--tls-key``, like memcached's ``-Z``).
 
-:class:`TlsCertificates` holds the server's :class:`ssl.SSLContext` and
-builds a new one on :meth:`~TlsCertificates.reload` (``refresh_certs`` or
-SIGHUP): connections already open keep the context they were accepted
-with, new ones get the new certificate — without a restart, as memcached.
-A reload that fails (a missing or mismatched file) keeps the old context.
+The certificates themselves (:class:`~stig.engine.certificates.TlsCertificates`,
+reloaded by ``refresh_certs`` or SIGHUP) are server-wide state in the engine;
+:func:`wrap` puts a new connection's socket in TLS with the current ones.
 
 :class:`TlsSocket` makes a :class:`trio.SSLStream` look like the raw trio
 socket the connection loop reads and writes (``recv``/``send``/``shutdown``/``close``),
@@ -24,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 from typing import cast
 
 import trio
 
-from stig.engine.settings import Settings
+from stig.engine.certificates import TlsCertificates, TlsError, build_context
+
+__all__ = ["TlsCertificates", "TlsError", "TlsSocket", "build_context", "wrap"]
 
 log = logging.getLogger(__name__)
 
@@ -40,65 +39,13 @@ HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 
 
-class TlsError(Exception):
-    """The certificate, key or CA file cannot be used."""
-
-
-def build_context(settings: Settings) -> ssl.SSLContext:
-    """A server context from the settings' files: TLS 1.2 or newer (memcached's
-    default ``ssl_min_version``), client certificates required against
-    ``--tls-ca`` when ``--tls-verify-clients`` is on."""
-    assert settings.tls_cert is not None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsError(
-            f"loading the certificate chain {settings.tls_cert}: {_reason(exc)}"
-        ) from exc
-    if settings.tls_ca is not None:
-        try:
-            context.load_verify_locations(cafile=settings.tls_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsError(f"loading the CA file {settings.tls_ca}: {_reason(exc)}") from exc
-    if settings.tls_verify_clients:
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
-class TlsCertificates:
-    """The current server context; :meth:`reload` swaps in a new one."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.context = build_context(settings)
-        self.loaded_at = time.monotonic()
-        self.handshake_errors = 0
-
-    def reload(self) -> None:
-        """Read the files again; raises :class:`TlsError` and keeps the old
-        context if they cannot be used."""
-        self.context = build_context(self.settings)
-        self.loaded_at = time.monotonic()
-        log.info("TLS certificates reloaded from %s", self.settings.tls_cert)
-
-    @property
-    def seconds_since_reload(self) -> int:
-        return int(time.monotonic() - self.loaded_at)
-
-    def wrap(self, sock: trio.socket.SocketType) -> TlsSocket:
-        # Not https_compatible: that mode never sends close_notify.  Its other
-        # effect, a peer's missing close_notify raising BrokenResourceError
-        # instead of reading as the end, is undone in TlsSocket.recv.
-        stream = trio.SSLStream(trio.SocketStream(sock), self.context, server_side=True)
-        return TlsSocket(stream, self)
+def wrap(certificates: TlsCertificates, sock: trio.socket.SocketType) -> TlsSocket:
+    """``sock`` as a TLS server socket with the current certificates."""
+    # Not https_compatible: that mode never sends close_notify.  Its other
+    # effect, a peer's missing close_notify raising BrokenResourceError
+    # instead of reading as the end, is undone in TlsSocket.recv.
+    stream = trio.SSLStream(trio.SocketStream(sock), certificates.context, server_side=True)
+    return TlsSocket(stream, certificates)
 
 
 class TlsSocket:

@@ -353,9 +353,9 @@ def serve(
         tls_verify_clients=tls_verify_clients,
         tls_port=tls_port,
     )
+    from stig.engine.certificates import TlsError, build_context
     from stig.server.listeners import Listener
     from stig.server.listeners import serve as run_server
-    from stig.server.tls import TlsError, build_context
 
     if tls_cert is not None:
         try:

@@ -103,12 +103,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 
 #: Imports that cross a floor upward today, each with why; the list only shrinks.
-KNOWN_CROSSINGS = {
-    # `refresh_certs` reports a reload failure; the error type lives with the TLS code.
-    ("stig.frontends.text", "stig.server.tls"),
-    # the engine holds the certificates for `refresh_certs` (a TYPE_CHECKING import).
-    ("stig.engine.engine", "stig.server.tls"),
-}
+KNOWN_CROSSINGS: set[tuple[str, str]] = set()
 
 #: Modules no storage module may import: the floors above, and the I/O.
 STORAGE_FORBIDDEN_ROOTS = {"trio", "socket", "ssl", "protocol"}
