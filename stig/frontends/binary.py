@@ -240,7 +240,10 @@ class BinaryHandler:
         the SetQ before them must wait for room first (the connection loop
         waits, then handles them: a waiting connection keeps one write past
         the budget, not two)."""
-        if self.session.wants_room:
+        if self.session.wants_room or self._gets is not None:
+            # A run of quiet gets is open (the plain SetQ before was a GetKQ
+            # answered at once): a write ends it, so the SetQ go one by one
+            # through _handle, which ends the run first.
             return None
         requests = self.parser.quiet_sets()
         if not requests:

@@ -202,3 +202,25 @@ def test_pylibmc_binary_gets_in_both_nagle_modes(stig_server, nodelay):
     before = int(stig_server.stats()["get_hits"])
     assert db.get_multi(asked) == present
     assert int(stig_server.stats()["get_hits"]) - before == len(present)
+
+
+def test_a_setq_behind_a_quiet_get_run_ends_it_and_a_later_get_sees_the_write(stig_server):
+    """GetKQ, GetKQ, SetQ k=NEW, GetK k in one burst: the SetQ ends the run of
+    quiet gets (its snapshot predates the write), so the GetK reads the
+    session's own write. Found by review: the pipelined-SetQ fast path took
+    the SetQ without ending the run, and the GetK, read as the run's closing
+    get from its old snapshot, answered the old value."""
+    from protocol.binary import encode_request
+
+    conn = stig_server.connect_binary()
+    _set(conn, b"k", b"old")
+    _set(conn, b"o", b"o")
+    conn.send(
+        encode_request(Opcode.GetKQ, b"o", opaque=1)
+        + encode_request(Opcode.GetKQ, b"o", opaque=2)
+        + encode_request(Opcode.SetQ, b"k", b"NEW", STORE_EXTRAS, opaque=5)
+        + encode_request(Opcode.GetK, b"k", opaque=3)
+        + encode_request(Opcode.Noop, opaque=9)
+    )
+    replies = [conn.response(timeout=10) for _ in range(4)]
+    assert [(r.opaque, r.value) for r in replies] == [(1, b"o"), (2, b"o"), (3, b"NEW"), (9, b"")]
