@@ -70,18 +70,13 @@ def open_readonly(path: Path) -> ReadOnlyEnv:
     except lmdb.Error as exc:
         raise ToolError(f"{str(path)!r} is not a readable Stig environment: {exc}") from None
     try:
-        # LMDB maps the file and trusts its meta page: reading a page past the
-        # end of a truncated file (a copy cut short) kills the process with
-        # SIGBUS.  The meta page alone is read before this check.
-        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-        size = (path / DATA_FILE).stat().st_size
-        if size < needed:
-            raise ToolError(
-                f"{str(path)!r} is damaged: {DATA_FILE} is {size:,} bytes, "
-                f"but its pages reach byte {needed:,} (a truncated copy?)"
-            )
-        items = env.open_db(b"items", create=False)
-        meta = env.open_db(b"meta", create=False)
+        try:
+            items, meta = _check_and_open_tables(env, path)
+        except lmdb.MapResizedError:
+            # A running server grew the map since this process opened it:
+            # adopt the new size (LMDB's documented answer), then look again.
+            env.set_mapsize(0)
+            items, meta = _check_and_open_tables(env, path)
     except lmdb.Error as exc:
         env.close()
         raise ToolError(f"{str(path)!r} is not a readable Stig environment: {exc}") from None
@@ -89,6 +84,23 @@ def open_readonly(path: Path) -> ReadOnlyEnv:
         env.close()
         raise
     return ReadOnlyEnv(env, items, meta)
+
+
+def _check_and_open_tables(
+    env: lmdb.Environment, path: Path
+) -> tuple[lmdb._Database, lmdb._Database]:
+    """The environment's two tables, once its file is known to hold its pages."""
+    # LMDB maps the file and trusts its meta page: reading a page past the
+    # end of a truncated file (a copy cut short) kills the process with
+    # SIGBUS.  The meta page alone is read before this check.
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / DATA_FILE).stat().st_size
+    if size < needed:
+        raise ToolError(
+            f"{str(path)!r} is damaged: {DATA_FILE} is {size:,} bytes, "
+            f"but its pages reach byte {needed:,} (a truncated copy?)"
+        )
+    return env.open_db(b"items", create=False), env.open_db(b"meta", create=False)
 
 
 def _fsync_path(path: Path) -> None:
