@@ -275,8 +275,9 @@ def test_no_test_script_or_testkit_module_edits_sys_path() -> None:
 def test_the_sys_path_check_sees_every_kind_of_edit() -> None:
     """The check above, on edits it must catch and on reads it must let be."""
     caught = [
-        "import sys\nsys.path.insert(0, 'x')",
-        "import sys\nsys.path.append('x')",
+        # spaced as a text search would miss it (the ast sees the same call)
+        "import sys\nsys.path .insert(0, 'x')",
+        "import sys\nsys.path .append('x')",
         "import sys\nsys.path[:0] = ['x']",
         "import sys\nsys.path = ['x']",
         "import sys\nsys.path += ['x']",
