@@ -15,6 +15,12 @@ signal, or when :func:`serve` is cancelled, every connection left is ended —
 an open run at a command boundary is committed, a torn command discarded.
 Then the promoter commits everything queued and LMDB closes: everything
 acknowledged is on disk.
+
+Under a service manager (sd_notify, stig/server/sd_notify.py): ``READY=1``
+once every listener listens and nothing holds readiness back
+(stig/engine/readiness.py), ``STOPPING=1`` when a signal begins the
+shutdown, ``STATUS=`` lines along the way, and ``WATCHDOG=1`` pings when
+the unit asks for them.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ import trio
 
 from stig.engine.certificates import TlsCertificates, TlsError
 from stig.engine.engine import Engine
+from stig.engine.readiness import Readiness
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
 from stig.server.connection import Connection, send_all
+from stig.server.sd_notify import Notifier, keep_alive
 from stig.server.tls import wrap as wrap_tls
 
 log = logging.getLogger(__name__)
@@ -250,9 +258,13 @@ async def serve(
     settings: Settings,
     *,
     on_ready: Callable[[list[Listener]], None] | None = None,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled or signalled; ``task_status`` gets the listeners.
+
+    ``notifier`` tells a service manager how the server is doing (the
+    command line makes one from the environment; by default nothing is told).
 
     Raises :class:`~stig.server.tls.TlsError` before listening if the TLS files
     cannot be used.
@@ -260,15 +272,20 @@ async def serve(
     tls = TlsCertificates(settings) if settings.tls_enabled else None
     engine = Engine(settings)
     engine.tls = tls
+    notifier = notifier or Notifier()
+    engine.readiness.notify = notifier.notify
     shutdown = Shutdown()
     signals_scope = trio.CancelScope()
     try:
+        engine.readiness.status(f"starting: data in {settings.data_dir}")
         listeners = await open_listeners(settings)
         engine.settings = _bound(settings, listeners)
         async with trio.open_nursery() as system:
             await system.start(engine.run_promoter)
             watchdog = trio.CancelScope()
             system.start_soon(_watch_stalled_reads, engine, watchdog)
+            pings = trio.CancelScope()
+            system.start_soon(_keep_alive, notifier, pings)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -282,6 +299,7 @@ async def serve(
                             connections_scope,
                             shutdown,
                             settings.shutdown_grace_ms / 1000.0,
+                            engine.readiness,
                         )
                         await _accept_until_stopped(
                             engine, listeners, connections, tls, shutdown, on_ready, task_status
@@ -290,15 +308,22 @@ async def serve(
             watchdog.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
+            pings.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await engine.close()
         log.info("stig stopped; LMDB closed")
+        notifier.close()
 
 
 async def _watch_stalled_reads(engine: Engine, scope: trio.CancelScope) -> None:
     with scope:
         await stalled_reads.watch(engine)
+
+
+async def _keep_alive(notifier: Notifier, scope: trio.CancelScope) -> None:
+    with scope:
+        await keep_alive(notifier)
 
 
 async def _accept_until_stopped(
@@ -324,6 +349,7 @@ async def _accept_until_stopped(
                 )
             if on_ready is not None:
                 on_ready(listeners)
+            engine.readiness.listening([listener.address for listener in listeners])
             task_status.started(listeners)
             for listener in listeners:
                 accepting.start_soon(_accept_loop, engine, listener, connections, tls, shutdown)
@@ -340,17 +366,20 @@ async def _wait_for_signals(
     connections_scope: trio.CancelScope,
     shutdown: Shutdown,
     grace: float,
+    readiness: Readiness,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The first SIGINT/SIGTERM stops accepting and gives the connections
-    ``grace`` seconds to finish; a second one ends them at once."""
+    ``grace`` seconds to finish (the service manager hears ``STOPPING=1``);
+    a second one ends them at once."""
     with own_scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
             if shutdown.begun:
                 log.info("received %s again: closing every connection now", name)
+                readiness.status(f"stopping: {name} again, closing every connection now")
                 connections_scope.cancel()
                 continue
             log.info(
@@ -358,6 +387,10 @@ async def _wait_for_signals(
                 name,
                 len(shutdown.connections),
                 grace,
+            )
+            readiness.stopping(
+                f"stopping on {name}: {len(shutdown.connections)} connections"
+                f" get up to {grace:g} s to finish"
             )
             front_scope.cancel()
             shutdown.begin()
