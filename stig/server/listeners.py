@@ -5,7 +5,8 @@ with ``--tls-port`` TLS gets a port of its own beside the plain one), or a
 unix domain socket instead of TCP (``--unix-socket``, as memcached's
 ``-s``).  Connections beyond ``--max-connections`` are told
 ``ERROR Too many open connections`` and closed (counted in
-``rejected_connections``).  SIGHUP reloads the TLS certificates.
+``rejected_connections``).  SIGHUP reloads the TLS certificates (without
+TLS it is logged and ignored).
 
 Shutdown (SIGINT/SIGTERM): stop accepting, and give the connections
 ``--shutdown-grace-ms`` to answer every command they have received: an idle
@@ -39,7 +40,6 @@ import trio
 
 from stig.engine.certificates import TlsCertificates, TlsError
 from stig.engine.engine import Engine
-from stig.engine.readiness import Readiness
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
 from stig.server.connection import Connection, send_all
@@ -299,7 +299,7 @@ async def serve(
                             connections_scope,
                             shutdown,
                             settings.shutdown_grace_ms / 1000.0,
-                            engine.readiness,
+                            engine,
                         )
                         await _accept_until_stopped(
                             engine, listeners, connections, tls, shutdown, on_ready, task_status
@@ -335,11 +335,9 @@ async def _accept_until_stopped(
     on_ready: Callable[[list[Listener]], None] | None,
     task_status: trio.TaskStatus[list[Listener]],
 ) -> None:
-    """Accept on every listener (and reload certificates on SIGHUP) until cancelled."""
+    """Accept on every listener until cancelled."""
     try:
         async with trio.open_nursery() as accepting:
-            if tls is not None:
-                await accepting.start(_reload_on_sighup, tls)
             for listener in listeners:
                 log.info(
                     "stig listening on %s%s, data in %s",
@@ -366,17 +364,25 @@ async def _wait_for_signals(
     connections_scope: trio.CancelScope,
     shutdown: Shutdown,
     grace: float,
-    readiness: Readiness,
+    engine: Engine,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The first SIGINT/SIGTERM stops accepting and gives the connections
     ``grace`` seconds to finish (the service manager hears ``STOPPING=1``);
-    a second one ends them at once."""
-    with own_scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    a second one ends them at once.  SIGHUP reloads the TLS certificates,
+    from start to exit; without TLS it is logged and ignored (its default
+    action would end the process with no graceful shutdown: a
+    ``systemctl reload`` must never do that)."""
+    readiness = engine.readiness
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with own_scope, trio.open_signal_receiver(*signums) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                _reload(engine.tls)
+                continue
             if shutdown.begun:
                 log.info("received %s again: closing every connection now", name)
                 readiness.status(f"stopping: {name} again, closing every connection now")
@@ -397,14 +403,12 @@ async def _wait_for_signals(
             connections_scope.deadline = trio.current_time() + grace
 
 
-async def _reload_on_sighup(
-    tls: TlsCertificates, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """SIGHUP reloads the certificates, as ``refresh_certs`` does."""
-    with trio.open_signal_receiver(signal.SIGHUP) as signals:
-        task_status.started()
-        async for _ in signals:
-            try:
-                tls.reload()
-            except TlsError as exc:
-                log.error("SIGHUP: certificates not reloaded, the old ones stay: %s", exc)
+def _reload(tls: TlsCertificates | None) -> None:
+    """SIGHUP: reload the certificates, as ``refresh_certs`` does."""
+    if tls is None:
+        log.info("received SIGHUP: nothing to reload without TLS; serving on")
+        return
+    try:
+        tls.reload()
+    except TlsError as exc:
+        log.error("SIGHUP: certificates not reloaded, the old ones stay: %s", exc)

@@ -35,6 +35,7 @@ from stig.server.sd_notify import Notifier
 from stig.tools.logs import JournalFormatter, goes_to_journal
 from stig_testkit.notify_socket import NotifySocket
 from stig_testkit.process import READY_PREFIX, StigProcess, child_env
+from stig_testkit.waiting import wait_for
 
 #: What a service manager puts in the environment; each test sets its own.
 SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
@@ -185,6 +186,20 @@ def test_watchdog_usec_for_another_pid_or_malformed_is_no_watchdog() -> None:
     assert Notifier.from_environment({**env, "WATCHDOG_PID": "1"}).watchdog_interval is None
     assert Notifier.from_environment({**env, "WATCHDOG_USEC": "x"}).watchdog_interval is None
     assert Notifier.from_environment({**env, "WATCHDOG_USEC": "0"}).watchdog_interval is None
+
+
+def test_sighup_without_tls_is_ignored_not_fatal(service: Service) -> None:
+    """``systemctl reload`` (ExecReload sends SIGHUP) reloads certificates;
+    on a server without TLS it must not be the signal's default action, an
+    exit without the graceful shutdown."""
+    server = service(env={})
+    server.start()
+    server.client().set("k", b"v")
+    server.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    wait_for(lambda: server.stderr, lambda text: "received SIGHUP" in text, what="SIGHUP logged")
+    assert server.running
+    assert server.client().get("k") == b"v"
+    server.terminate()
 
 
 # -- the hook a follower uses: READY=1 held back until it has caught up ---------
