@@ -10,15 +10,16 @@ are true:
 
 **The hook for a follower.**  A replica is not ready when it listens, but
 when it has caught up with its primary.  The replication code takes a hold
-through the engine, before the listeners open (that is, before
-``stig.server.listeners.serve`` reaches its accept loops — for instance
-before its own ``task_status.started()`` when ``serve`` starts it with
-``nursery.start``), and releases it once caught up::
+through the engine before the listeners open, and releases it once caught
+up.  Take it synchronously where ``stig.server.listeners.serve`` starts the
+follower — a task started with ``start_soon`` may first run after the
+listeners opened and ``READY=1`` went out::
 
     hold = engine.readiness.hold("catching up with the primary at HOST:PORT")
+    system.start_soon(follow, engine, hold)
+    # in the follower:
     hold.status("snapshot: 1.2 GB of 3.0 GB")   # optional progress, shown by systemctl status
-    ...
-    hold.release()                                 # READY=1 if nothing else holds
+    hold.release()                                 # caught up: READY=1 if nothing else holds
 
 A hold taken after ``READY=1`` was sent is an error (readiness cannot be
 taken back; systemd has no "not ready" message).
