@@ -64,6 +64,9 @@ class StigProcess:
         self._clients: list[object] = []
         #: Runs in the child before exec (e.g. to set a resource limit).
         self.preexec_fn: Callable[[], None] | None = None
+        #: The child's environment, made as it starts (after ``stderr_path``
+        #: is created, which it may look at): by default :func:`child_env`.
+        self.environment: Callable[[], dict[str, str]] = child_env
 
     # -- lifecycle -------------------------------------------------------
 
@@ -84,7 +87,13 @@ class StigProcess:
         ]
 
     def start(self, *args: str) -> StigProcess:
-        """Start the server (``args`` replace the extra options if given)."""
+        """Start the server (``args`` replace the extra options if given) and
+        wait until it listens."""
+        self.spawn(*args)
+        return self.wait_listening()
+
+    def spawn(self, *args: str) -> None:
+        """Start the process and return at once (:meth:`wait_listening` waits)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         if args:
             self.args = tuple(args)
@@ -98,9 +107,13 @@ class StigProcess:
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 cwd=CODE_ROOT,
-                env=child_env(),
+                env=self.environment(),
                 preexec_fn=self.preexec_fn,
             )
+
+    def wait_listening(self) -> StigProcess:
+        """Wait for the line ``stig listening on HOST:PORT`` and take its address."""
+        assert self.proc is not None, "not started"
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             text = self.stdout_path.read_text(errors="replace")

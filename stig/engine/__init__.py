@@ -4,7 +4,8 @@ Owns the sessions' private points of view (``session``, its open run:
 ``open_run``, and the failures their writes raise: ``errors``), the one writer that
 group-commits them (``promoter``), the in-flight registry that makes an
 acknowledged write visible everywhere (``visibility``), the write budget
-(``budget``), the settings, counters, logins, the TLS certificates and the :class:`Engine` that ties
-them together. It imports storage and ``protocol.limits`` (the limits are part
+(``budget``), the settings, counters, logins, the TLS certificates, the
+readiness told to a service manager (``readiness``) and the :class:`Engine`
+that ties them together. It imports storage and ``protocol.limits`` (the limits are part
 of the settings), never the core, the front ends, the server or the tools.
 """

@@ -15,6 +15,7 @@ from stig.engine.auth import Authenticator
 from stig.engine.budget import WriteBudget
 from stig.engine.prefix_stats import PrefixStats
 from stig.engine.promoter import Promoter
+from stig.engine.readiness import Readiness
 from stig.engine.settings import Settings
 from stig.engine.stats import CommandStats, PromoterStats
 from stig.storage.store import Store
@@ -58,6 +59,9 @@ class Engine:
         self.prefixes = PrefixStats()
         #: The TLS certificates (``refresh_certs`` reloads them); None without TLS.
         self.tls: TlsCertificates | None = None
+        #: When the service manager hears READY=1; a follower holds it back
+        #: until it has caught up (stig/engine/readiness.py).
+        self.readiness = Readiness()
 
     async def run_promoter(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -5,7 +5,8 @@ with ``--tls-port`` TLS gets a port of its own beside the plain one), or a
 unix domain socket instead of TCP (``--unix-socket``, as memcached's
 ``-s``).  Connections beyond ``--max-connections`` are told
 ``ERROR Too many open connections`` and closed (counted in
-``rejected_connections``).  SIGHUP reloads the TLS certificates.
+``rejected_connections``).  SIGHUP reloads the TLS certificates (without
+TLS it is logged and ignored).
 
 Shutdown (SIGINT/SIGTERM): stop accepting, and give the connections
 ``--shutdown-grace-ms`` to answer every command they have received: an idle
@@ -15,6 +16,12 @@ signal, or when :func:`serve` is cancelled, every connection left is ended —
 an open run at a command boundary is committed, a torn command discarded.
 Then the promoter commits everything queued and LMDB closes: everything
 acknowledged is on disk.
+
+Under a service manager (sd_notify, stig/server/sd_notify.py): ``READY=1``
+once every listener listens and nothing holds readiness back
+(stig/engine/readiness.py), ``STOPPING=1`` when a signal begins the
+shutdown, ``STATUS=`` lines along the way, and ``WATCHDOG=1`` pings when
+the unit asks for them.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from stig.engine.engine import Engine
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
 from stig.server.connection import Connection, send_all
+from stig.server.sd_notify import Notifier, keep_alive
 from stig.server.tls import wrap as wrap_tls
 
 log = logging.getLogger(__name__)
@@ -250,9 +258,13 @@ async def serve(
     settings: Settings,
     *,
     on_ready: Callable[[list[Listener]], None] | None = None,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled or signalled; ``task_status`` gets the listeners.
+
+    ``notifier`` tells a service manager how the server is doing (the
+    command line makes one from the environment; by default nothing is told).
 
     Raises :class:`~stig.server.tls.TlsError` before listening if the TLS files
     cannot be used.
@@ -260,15 +272,20 @@ async def serve(
     tls = TlsCertificates(settings) if settings.tls_enabled else None
     engine = Engine(settings)
     engine.tls = tls
+    notifier = notifier or Notifier()
+    engine.readiness.notify = notifier.notify
     shutdown = Shutdown()
     signals_scope = trio.CancelScope()
     try:
+        engine.readiness.status(f"starting: data in {settings.data_dir}")
         listeners = await open_listeners(settings)
         engine.settings = _bound(settings, listeners)
         async with trio.open_nursery() as system:
             await system.start(engine.run_promoter)
             watchdog = trio.CancelScope()
             system.start_soon(_watch_stalled_reads, engine, watchdog)
+            pings = trio.CancelScope()
+            system.start_soon(_keep_alive, notifier, pings)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -282,6 +299,7 @@ async def serve(
                             connections_scope,
                             shutdown,
                             settings.shutdown_grace_ms / 1000.0,
+                            engine,
                         )
                         await _accept_until_stopped(
                             engine, listeners, connections, tls, shutdown, on_ready, task_status
@@ -290,15 +308,22 @@ async def serve(
             watchdog.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
+            pings.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await engine.close()
         log.info("stig stopped; LMDB closed")
+        notifier.close()
 
 
 async def _watch_stalled_reads(engine: Engine, scope: trio.CancelScope) -> None:
     with scope:
         await stalled_reads.watch(engine)
+
+
+async def _keep_alive(notifier: Notifier, scope: trio.CancelScope) -> None:
+    with scope:
+        await keep_alive(notifier)
 
 
 async def _accept_until_stopped(
@@ -310,11 +335,9 @@ async def _accept_until_stopped(
     on_ready: Callable[[list[Listener]], None] | None,
     task_status: trio.TaskStatus[list[Listener]],
 ) -> None:
-    """Accept on every listener (and reload certificates on SIGHUP) until cancelled."""
+    """Accept on every listener until cancelled."""
     try:
         async with trio.open_nursery() as accepting:
-            if tls is not None:
-                await accepting.start(_reload_on_sighup, tls)
             for listener in listeners:
                 log.info(
                     "stig listening on %s%s, data in %s",
@@ -324,6 +347,7 @@ async def _accept_until_stopped(
                 )
             if on_ready is not None:
                 on_ready(listeners)
+            engine.readiness.listening([listener.address for listener in listeners])
             task_status.started(listeners)
             for listener in listeners:
                 accepting.start_soon(_accept_loop, engine, listener, connections, tls, shutdown)
@@ -340,17 +364,28 @@ async def _wait_for_signals(
     connections_scope: trio.CancelScope,
     shutdown: Shutdown,
     grace: float,
+    engine: Engine,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The first SIGINT/SIGTERM stops accepting and gives the connections
-    ``grace`` seconds to finish; a second one ends them at once."""
-    with own_scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    ``grace`` seconds to finish (the service manager hears ``STOPPING=1``);
+    a second one ends them at once.  SIGHUP reloads the TLS certificates,
+    from start to exit; without TLS it is logged and ignored (its default
+    action would end the process with no graceful shutdown: a
+    ``systemctl reload`` must never do that)."""
+    readiness = engine.readiness
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with own_scope, trio.open_signal_receiver(*signums) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                _reload(engine.tls)
+                continue
             if shutdown.begun:
                 log.info("received %s again: closing every connection now", name)
+                readiness.status(f"stopping: {name} again, closing every connection now")
                 connections_scope.cancel()
                 continue
             log.info(
@@ -359,19 +394,21 @@ async def _wait_for_signals(
                 len(shutdown.connections),
                 grace,
             )
+            readiness.stopping(
+                f"stopping on {name}: {len(shutdown.connections)} connections"
+                f" get up to {grace:g} s to finish"
+            )
             front_scope.cancel()
             shutdown.begin()
             connections_scope.deadline = trio.current_time() + grace
 
 
-async def _reload_on_sighup(
-    tls: TlsCertificates, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """SIGHUP reloads the certificates, as ``refresh_certs`` does."""
-    with trio.open_signal_receiver(signal.SIGHUP) as signals:
-        task_status.started()
-        async for _ in signals:
-            try:
-                tls.reload()
-            except TlsError as exc:
-                log.error("SIGHUP: certificates not reloaded, the old ones stay: %s", exc)
+def _reload(tls: TlsCertificates | None) -> None:
+    """SIGHUP: reload the certificates, as ``refresh_certs`` does."""
+    if tls is None:
+        log.info("received SIGHUP: nothing to reload without TLS; serving on")
+        return
+    try:
+        tls.reload()
+    except TlsError as exc:
+        log.error("SIGHUP: certificates not reloaded, the old ones stay: %s", exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from protocol.limits import ITEM_SIZE_MAX, KEY_MAX_LENGTH, LINE_MAX_LENGTH, Limi
 from stig.engine.engine import VERSION
 from stig.engine.settings import Settings, TtlPolicy
 from stig.storage.dirlock import DataDirInUse
+from stig.tools import logs
 from stig.tools.progress import Progress
 
 if TYPE_CHECKING:
@@ -316,11 +316,7 @@ def serve(
             Authenticator.from_file(auth_file)
         except AuthFileError as exc:
             raise click.BadParameter(str(exc), param_hint="'--auth-file'") from None
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(log_level, sys.stderr)  # the journal's format under systemd
     settings = Settings(
         listen=listen,
         port=port,
@@ -356,6 +352,7 @@ def serve(
     from stig.engine.certificates import TlsError, build_context
     from stig.server.listeners import Listener
     from stig.server.listeners import serve as run_server
+    from stig.server.sd_notify import Notifier
 
     if tls_cert is not None:
         try:
@@ -377,7 +374,8 @@ def serve(
     from stig.server.listeners import ListenError
 
     try:
-        trio.run(lambda: run_server(settings, on_ready=ready))
+        notifier = Notifier.from_environment()
+        trio.run(lambda: run_server(settings, on_ready=ready, notifier=notifier))
     except (ListenError, DataDirInUse) as exc:
         raise click.ClickException(str(exc)) from None
 
