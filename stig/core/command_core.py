@@ -614,7 +614,8 @@ class Core:
 
         A run that failed to commit gives its failure to each of its quiet
         writes — unless a barrier or another reply already reported it (a
-        failure is reported once: :meth:`Session.failure_to_report`); then its
+        failure is reported once:
+        :meth:`~stig.engine.failure_ledger.FailureLedger.failure_to_report`); then its
         writes get nothing.  The handler writes them in place of the quiet
         writes' replies, before the reply of the command being served.
         """
@@ -628,7 +629,7 @@ class Core:
             await promotion.done.wait()
             outcomes = promotion.outcomes
             if promotion.error is not None or outcomes is None:
-                message = session.failure_to_report(promotion)
+                message = session.ledger.failure_to_report(promotion)
                 if message is not None:
                     verdicts += [Verdict(tag, None, message) for tag, _ in tags]
                 continue

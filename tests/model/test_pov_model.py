@@ -68,9 +68,10 @@ from hypothesis.stateful import (
     rule,
 )
 
+from stig.engine.charges import OP_OVERHEAD, RUN_OVERHEAD
 from stig.engine.engine import Engine
 from stig.engine.promoter import Promotion
-from stig.engine.session import _OP_OVERHEAD, _RUN_OVERHEAD, RunTooLarge, Session
+from stig.engine.session import RunTooLarge, Session
 from stig.engine.settings import Settings
 from stig.storage.ops import (
     Add,
@@ -95,8 +96,7 @@ MAP_SIZE = 64 * 1024
 MAX_RUN_BYTES = 100_000
 #: ... and that a group commit of them is split into several transactions.
 MAX_GROUP_BYTES = 50_000
-OVERHEAD = _OP_OVERHEAD  # what a session counts per pending write on top of key and value
-RUN_OVERHEAD = _RUN_OVERHEAD  # ... and per closed run
+OVERHEAD = OP_OVERHEAD  # what a session counts per pending write on top of key and value
 
 
 class _Big(bytes):
