@@ -220,17 +220,6 @@ class Session:
 
     # -- other sessions' acknowledged writes (stig/engine/visibility.py) -------------
 
-    def sees_acked(self, keys: Sequence[bytes] | None = None) -> bool:
-        """Whether reading ``keys`` now sees every write acknowledged to any client.
-
-        False when another session's write to one of them (``keys`` None:
-        to any key) is submitted but not committed yet: the read must
-        :meth:`await_acked` first.  Keys this session has written itself
-        are read from its POV and never waited for.  Every read of the
-        store goes through this check (docs/pov.md, "Other sessions").
-        """
-        return self._in_flight.clear_for(keys, self._overlay)
-
     async def await_acked(self, keys: Sequence[bytes] | None = None) -> None:
         """Wait until the writes in flight to ``keys`` (None: any) are committed.
 
@@ -257,10 +246,11 @@ class Session:
 
     # -- unconditional writes: answered from the POV -------------------------
 
-    def _record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
+    def record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
         """Record an unconditional write other than a plain set (those go
-        through :meth:`_put_all`): ``op`` in the open run, ``after`` (None:
-        deleted) in the POV, ``size`` bytes charged besides the key's."""
+        through :meth:`_put_all`) whose POV result the caller computed: ``op``
+        in the open run, ``after`` (None: deleted) in the POV, ``size`` bytes
+        charged besides the key's."""
         if self._refusal.message is not None and op.__class__ is not Remove:
             self._refuse()
         self._seq += 1
@@ -358,7 +348,7 @@ class Session:
     def delete(self, key: bytes) -> bool:
         if self.get(key) is None:
             return False
-        self._record(Remove(key), key, None, 0)
+        self.record(Remove(key), key, None, 0)
         return True
 
     def adjust(
@@ -375,14 +365,14 @@ class Session:
             if initial is None:
                 return Outcome.NOT_FOUND
             after = Item(b"%d" % initial, flags)
-            self._record(Adjust(key, delta, incr, initial, flags), key, after, 8)
+            self.record(Adjust(key, delta, incr, initial, flags), key, after, 8)
             return initial
         current = parse_counter(item.value)
         if current is None:
             return Outcome.NON_NUMERIC
         result = adjust_counter(current, delta, incr)
         after = Item(b"%d" % result, item.flags)
-        self._record(Adjust(key, delta, incr), key, after, 8)
+        self.record(Adjust(key, delta, incr), key, after, 8)
         return result
 
     def concat(self, key: bytes, data: bytes, prepend: bool) -> bool:
@@ -390,12 +380,8 @@ class Session:
         if item is None or len(item.value) + len(data) > self._max_value:
             return False  # absent, or would outgrow --max-item-size: NOT_STORED
         value = data + item.value if prepend else item.value + data
-        self._record(Concat(key, data, prepend), key, Item(value, item.flags), len(value))
+        self.record(Concat(key, data, prepend), key, Item(value, item.flags), len(value))
         return True
-
-    def record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
-        """Record any other unconditional write whose POV result the caller computed."""
-        self._record(op, key, after, size)
 
     # -- conditional writes: checked at promotion ----------------------------
 
