@@ -283,7 +283,7 @@ class Core:
         committed one), and no other session's write to them is in flight
         (acknowledged writes are visible everywhere: docs/pov.md, "Other
         sessions").  Every read of the store checks this, fast paths too;
-        :meth:`prepare_read` waits for what it finds."""
+        :meth:`_await_ready` waits for what it finds."""
         session = self.session
         if session.unresolved and session.is_unresolved(keys):
             return False
@@ -302,11 +302,17 @@ class Core:
             return False
         return self.read_ready(keys, with_cas)
 
-    async def _resolve(self, keys: Sequence[bytes]) -> None:
-        """What a write answered from the POV waits for before it reads
-        ``keys``: what a read waits for (:meth:`read_ready`), without a cas."""
+    async def _await_ready(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> None:
+        """Wait for what :meth:`read_ready` finds a read of ``keys`` waits for:
+        this session's pending writes are promoted when a conditional write
+        may change them or a cas is asked, and other sessions' writes in
+        flight to them are committed.  A read (:meth:`prepare_read`) and a
+        write answered from the POV that reads ``keys`` first (without a cas)
+        both wait here."""
         session = self.session
-        if session.unresolved and session.is_unresolved(keys):
+        if (session.unresolved and session.is_unresolved(keys)) or (
+            with_cas and session.has_pending(keys)
+        ):
             await session.promote_pending()
         if not self._clear_for(keys, self._overlay):
             await session.await_acked(keys)
@@ -370,12 +376,8 @@ class Core:
         write may change them; other sessions' writes in flight to them are
         committed.  ``keys`` None: a read whose keys are not all known yet
         (a quiet-get run, a get line still arriving) — then for every key."""
-        session = self.session
-        session.close_run()
-        if (with_cas and session.has_pending(keys)) or session.is_unresolved(keys):
-            await session.promote_pending()
-        if not self._clear_for(keys, self._overlay):
-            await session.await_acked(keys)
+        self.session.close_run()
+        await self._await_ready(keys, with_cas)
 
     async def read(
         self,
@@ -496,7 +498,7 @@ class Core:
         if self.as_intent(key, quiet):
             self._intent(Concat(key, data, prepend, vivify_flags), key, len(data), tag)
             return True  # told later, if at all: its verdict is owed
-        await self._resolve((key,))
+        await self._await_ready((key,))
         if vivify_flags is not None and session.get(key) is None:
             op = Concat(key, data, prepend, vivify_flags)
             session.record(op, key, Item(data, vivify_flags), len(data))
@@ -516,7 +518,7 @@ class Core:
         if self.as_intent(key, quiet):
             self._intent(Remove(key), key, 0, tag)
             return True  # told later, if at all: its verdict is owed
-        await self._resolve((key,))
+        await self._await_ready((key,))
         found = session.delete(key)
         if found:
             self.stats.delete_hits += 1
@@ -556,7 +558,7 @@ class Core:
         if self.as_intent(key, quiet):
             self._intent(Adjust(key, delta, incr, initial, flags), key, 8, tag)
             return 0  # told later, if at all: its verdict is owed
-        await self._resolve((key,))
+        await self._await_ready((key,))
         result = session.adjust(key, delta, incr, initial, flags)
         hit = not isinstance(result, Outcome)
         stats = self.stats
@@ -571,7 +573,7 @@ class Core:
     async def touch(self, key: bytes, exptime: int = 0) -> bool:
         """Whether the key exists: touch changes nothing, items never expire;
         touched to an ``exptime`` already past, a found item is gone."""
-        await self._resolve((key,))
+        await self._await_ready((key,))
         found = self.session.get(key) is not None
         self.count_touch(found)
         if found and self.expired(exptime):
@@ -614,7 +616,8 @@ class Core:
 
         A run that failed to commit gives its failure to each of its quiet
         writes — unless a barrier or another reply already reported it (a
-        failure is reported once: :meth:`Session.failure_to_report`); then its
+        failure is reported once:
+        :meth:`~stig.engine.failure_ledger.FailureLedger.failure_to_report`); then its
         writes get nothing.  The handler writes them in place of the quiet
         writes' replies, before the reply of the command being served.
         """
@@ -628,7 +631,7 @@ class Core:
             await promotion.done.wait()
             outcomes = promotion.outcomes
             if promotion.error is not None or outcomes is None:
-                message = session.failure_to_report(promotion)
+                message = session.ledger.failure_to_report(promotion)
                 if message is not None:
                     verdicts += [Verdict(tag, None, message) for tag, _ in tags]
                 continue

@@ -41,8 +41,6 @@ def interrupted(why: str) -> bytes:
     return b"SERVER_ERROR listing interrupted: %b; list again\r\n" % why.encode()
 
 
-INTERRUPTED = interrupted(MAP_GREW)
-
 _unpack = HEADER.unpack_from
 _HEADER_SIZE = HEADER.size
 

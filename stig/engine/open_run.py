@@ -2,7 +2,8 @@
 
 A run is what one atomic promotion will hold (docs/pov.md, "Runs").  While
 it is open the session records into it (:class:`stig.engine.session.Session`
-owns the rules: the overlay, the budget, when a run closes); this object
+owns the rules: the overlay, when a run closes; its bytes are charged to the
+write budget by :class:`stig.engine.charges.Charges`); this object
 only keeps what the run is, and how to take it back from the POV if it is
 discarded (a dropped connection, a truncated command, a run too large).
 
@@ -34,15 +35,13 @@ class HasSeq(Protocol):
 class OpenRun(Generic[P]):
     """The open run of one session; see the module docstring."""
 
-    __slots__ = ("answered", "clears", "keys", "nbytes", "ops", "owed", "undo", "unresolved_undo")
+    __slots__ = ("answered", "clears", "keys", "ops", "owed", "undo", "unresolved_undo")
 
     def __init__(self) -> None:
         #: The run's operations, in order: the promotion's ``ops``.
         self.ops: list[Op] = []
         #: key -> seq of the run's newest write to it (the promotion's ``key_seqs``).
         self.keys: dict[bytes, int] = {}
-        #: The bytes the run counts against the write budget.
-        self.nbytes = 0
         #: The run holds writes answered from the POV.
         self.answered = False
         #: The run holds a flush_all (every key).

@@ -18,10 +18,10 @@ whose client is owed its verdict is marked in its run
 when it closes, whoever closes it, and the core reports it after the commit.
 
 Memory: every write recorded and not yet committed is counted, at about
-its real memory cost (measured with tracemalloc: ~380 bytes of objects per
-write in a run, ~500 more per run), in the session's ``pending_bytes`` and in
-the engine-wide :class:`~stig.engine.budget.WriteBudget` that the connections'
-brakes read.
+its real memory cost, in the session's ``pending_bytes`` and in the
+engine-wide :class:`~stig.engine.budget.WriteBudget` that the connections'
+brakes read; the session's account in it is its
+:class:`~stig.engine.charges.Charges` (stig/engine/charges.py).
 
 Failures: a promotion that fails is reported exactly once — by the reply of
 the write waiting for it, or else by the session's next barrier or next
@@ -30,7 +30,9 @@ answered from the POV that fail set :attr:`Session.failure`: the
 connection then reports the loss and closes, at once even when idle
 (:attr:`Session.on_failure` wakes it) — as a loss of acknowledged writes
 only if a reply was sent after them (:meth:`Session.replies_sent`,
-:meth:`Session.loss_message`).
+:meth:`Session.loss_message`).  The session's
+:class:`~stig.engine.failure_ledger.FailureLedger` keeps these facts
+(stig/engine/failure_ledger.py).
 
 Writes refused (stig/engine/refusal.py): while the disk is full, every write
 but a delete raises :class:`WritesRefused` before anything is recorded.
@@ -43,8 +45,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, NoReturn
 
+from stig.engine.charges import OP_OVERHEAD, Charges
 from stig.engine.engine import Engine
 from stig.engine.errors import CommitFailed, RunTooLarge, RunWaitedTooLong, WritesRefused
+from stig.engine.failure_ledger import FailureLedger
 from stig.engine.open_run import OpenRun
 from stig.engine.promoter import Promotion
 from stig.storage.ops import (
@@ -62,11 +66,8 @@ from stig.storage.ops import (
 from stig.storage.records import Item
 from stig.storage.snapshot import Snapshot
 
-#: Bytes of bookkeeping counted per pending write (op, overlay entry, dict
-#: slots) and per closed run (its Promotion and per-key map), on top of the
-#: key and value: tracemalloc measured ~380 and ~480 on CPython 3.11.
-_OP_OVERHEAD = 384
-_RUN_OVERHEAD = 512
+#: What :meth:`Session._put_all` is given as room when nothing bounds it.
+_UNBOUNDED = 1 << 62
 
 __all__ = ["CommitFailed", "RunTooLarge", "RunWaitedTooLong", "Session", "WritesRefused"]
 
@@ -95,7 +96,8 @@ class Session:
         # the POV cannot know their state until the promoter has decided.
         self.unresolved: dict[bytes | None, int] = {}
         self._seq = 0
-        #: The open run (stig/engine/open_run.py): its ops, keys, bytes and undo.
+        #: The open run (stig/engine/open_run.py): its ops, keys and undo; its bytes
+        #: are in ``_charges``.
         self._open: OpenRun[_Pending] = OpenRun()
         self._closed: list[Promotion] = []
         # Whether the newest closed, unsubmitted run holds only writes answered
@@ -105,7 +107,8 @@ class Session:
         # Verdicts a quiet client is owed (Core.queue_conditional): those of
         # the open run in ``_open.owed``; with their promotion once it closes.
         self.owed: list[tuple[Promotion, list[tuple[object, int]]]] = []
-        self.pending_bytes = 0  # recorded but not yet committed
+        #: This session's account in the write budget (stig/engine/charges.py).
+        self._charges = Charges(engine.promoter.budget, self)
         #: Since when (trio's clock) a send of this session's replies has made
         #: no progress (None: none under way); set by its connection, read by
         #: the watchdog that ends the snapshots of reads whose client does not
@@ -114,17 +117,9 @@ class Session:
         #: The open run passed the write budget and may not grow before
         #: :meth:`wait_for_room` (the connection waits before its next command).
         self.wants_room = False
-        self._budget = engine.promoter.budget
         self._max_value = engine.settings.limits.max_item_size
-        self.failure: str | None = None  # a commit of acknowledged writes failed
-        # A failed promotion no reply has reported yet (see wait_committed).
-        self.unreported: str | None = None
-        # Failed promotions in ``owed`` that a barrier or a reply has
-        # reported already (by id: ``owed`` keeps them alive): their quiet
-        # writes are owed nothing more (Core.verdicts, via failure_to_report).
-        self._reported_owed: set[int] = set()
-        # Called once when ``failure`` is set: the connection wakes up to say so.
-        self.on_failure: Callable[[], None] | None = None
+        #: The failed promotions this session must report (stig/engine/failure_ledger.py).
+        self.ledger = FailureLedger()
         #: A run has closed since the last wait for every commit: the replies
         #: written since acknowledge it, so under ``--durable-acks`` they wait
         #: for its commit (set by :meth:`close_run`, the one place a run
@@ -136,7 +131,28 @@ class Session:
         # their run closed, which ``_closed_seq`` marks).
         self.acked_seq = 0
         self._closed_seq = 0
-        self._failure_acked = False  # the failure lost acknowledged writes
+
+    # -- the parts' figures the connection reads -----------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes recorded and not committed yet (:attr:`Charges.pending`)."""
+        return self._charges.pending
+
+    @property
+    def failure(self) -> str | None:
+        """Why a commit of writes answered from the POV failed (None: none
+        did): the connection reports the loss and closes (:meth:`loss_message`)."""
+        return self.ledger.failure
+
+    @property
+    def on_failure(self) -> Callable[[], None] | None:
+        """Called once when :attr:`failure` is set: the connection wakes up to say so."""
+        return self.ledger.on_failure
+
+    @on_failure.setter
+    def on_failure(self, callback: Callable[[], None] | None) -> None:
+        self.ledger.on_failure = callback
 
     # -- writes refused (stig/engine/refusal.py) --------------------------------
 
@@ -156,8 +172,8 @@ class Session:
         count it, and let the next barrier (or reply waiting for a commit) say so."""
         refusal = self._refusal
         refusal.refused += 1
-        if self.unreported is None:
-            self.unreported = refusal.message
+        if refusal.message is not None:
+            self.ledger.refused_quietly(refusal.message)
 
     def replies_sent(self) -> None:
         """Replies are leaving (the connection calls this as it sends them): every
@@ -173,9 +189,7 @@ class Session:
     def loss_message(self) -> str:
         """What the connection says before it closes, once :attr:`failure` is set:
         a loss of acknowledged writes only if it was one."""
-        if self._failure_acked:
-            return f"{self.failure}; acknowledged writes were lost"
-        return f"{self.failure}; unacknowledged writes were not stored"
+        return self.ledger.loss_message()
 
     # -- reads ---------------------------------------------------------------
 
@@ -206,17 +220,6 @@ class Session:
 
     # -- other sessions' acknowledged writes (stig/engine/visibility.py) -------------
 
-    def sees_acked(self, keys: Sequence[bytes] | None = None) -> bool:
-        """Whether reading ``keys`` now sees every write acknowledged to any client.
-
-        False when another session's write to one of them (``keys`` None:
-        to any key) is submitted but not committed yet: the read must
-        :meth:`await_acked` first.  Keys this session has written itself
-        are read from its POV and never waited for.  Every read of the
-        store goes through this check (docs/pov.md, "Other sessions").
-        """
-        return self._in_flight.clear_for(keys, self._overlay)
-
     async def await_acked(self, keys: Sequence[bytes] | None = None) -> None:
         """Wait until the writes in flight to ``keys`` (None: any) are committed.
 
@@ -243,7 +246,11 @@ class Session:
 
     # -- unconditional writes: answered from the POV -------------------------
 
-    def _record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
+    def record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
+        """Record an unconditional write other than a plain set (those go
+        through :meth:`_put_all`) whose POV result the caller computed: ``op``
+        in the open run, ``after`` (None: deleted) in the POV, ``size`` bytes
+        charged besides the key's."""
         if self._refusal.message is not None and op.__class__ is not Remove:
             self._refuse()
         self._seq += 1
@@ -254,47 +261,27 @@ class Session:
         run.ops.append(op)
         run.keys[key] = self._seq
         run.answered = True
-        self._grow_run(size + len(key) + _OP_OVERHEAD)
+        self._grow_run(size + len(key) + OP_OVERHEAD)
 
     def set(self, key: bytes, value: bytes, flags: int) -> None:
-        """A plain set: :meth:`_record` and :meth:`_grow_run` inlined, and its
-        three tuples (op, POV item, overlay entry) built in C — the bulk of
-        every write load, where each Python frame per write shows."""
+        """A plain set, recorded as every set is (:meth:`_put_all`); past the
+        write budget it then waits for room or is refused (:meth:`_past_limit`)."""
         if self._refusal.message is not None:
             self._refuse()
-        seq = self._seq = self._seq + 1
-        overlay = self._overlay
-        run = self._open
-        undo = run.undo
-        if key not in undo:
-            undo[key] = overlay.get(key)
-        overlay[key] = _tuple_new(_Pending, (seq, _tuple_new(Item, (value, flags, 0, 0))))
-        run.ops.append(_tuple_new(Put, (key, value, flags, None)))
-        run.keys[key] = seq
-        run.answered = True
-        size = len(value) + len(key) + _OP_OVERHEAD
-        run.nbytes += size
-        self.pending_bytes += size
-        budget = self._budget
-        used = budget.used = budget.used + size
-        if used > budget.peak:
-            budget.peak = used
-        budget.open += size
-        if budget.open > budget.limit:
-            self._past_limit()
+        self._put_all(((key, value, flags),), False, _UNBOUNDED)
 
     def set_many(self, items: Sequence[tuple[bytes, bytes, int]], close: bool) -> int:
         """A burst of plain sets ``(key, value, flags)``, in order: exactly
         :meth:`set` for each — followed by :meth:`close_run` when ``close``
-        (sets that are answered) — in one loop.
+        (sets that are answered) — in one loop (:meth:`_put_all`).
 
         Closed each alone, the sets of a burst join one promotion
         (:meth:`close_run`), so here they are recorded in one run and closed
-        once: the same ops, keys, bytes and promotion.  A set that would make
-        :meth:`set` raise :class:`RunTooLarge` is not recorded, nor any after
-        it: the caller does it with :meth:`set`, which raises.  Returns how
-        many were recorded: none while writes are refused (:meth:`set` raises
-        :class:`WritesRefused` for each).
+        once: the same ops, keys, bytes and promotion.  A set that would pass
+        the write budget (where :meth:`set` would wait for room or raise
+        :class:`RunTooLarge`) is not recorded, nor any after it: the caller
+        does it with :meth:`set`.  Returns how many were recorded: none while
+        writes are refused (:meth:`set` raises :class:`WritesRefused` for each).
         """
         if self._refusal.message is not None:
             return 0
@@ -304,19 +291,43 @@ class Session:
             self.set(*items[0])
             self.close_run()
             done = 1
-        budget = self._budget
+            items = items[1:]
         # The open runs' bytes this burst may add (with ``close``, each set is
         # alone in its run when the budget checks it).
-        open_run = self._open
-        room = budget.limit - (open_run.nbytes if budget.holder is self else budget.open)
-        seq = self._seq
+        recorded = self._put_all(items, close, self._charges.room())
+        if close and recorded:
+            self.close_run()
+        return done + recorded
+
+    def _put_all(self, items: Sequence[tuple[bytes, bytes, int]], close: bool, room: int) -> int:
+        """Record plain sets ``(key, value, flags)`` in the open run, in order:
+        the one place a set is recorded (text, meta and binary, one set or a
+        burst).  Each is a ``Put`` in the run, an item in the POV, and its
+        bytes (:data:`OP_OVERHEAD` on top of key and value) charged to the
+        write budget; its three tuples (op, POV item, overlay entry) are
+        built in C, with no Python frame per write — the bulk of every write
+        load, where each one shows.
+
+        Sets are recorded while their bytes fit in ``room`` — each alone when
+        ``close`` (the caller closes the run after them: each is a run of its
+        own, so no undo is kept), else all together — and the first that
+        does not fit stops the loop.  Returns how many were recorded.  When
+        the open runs of all sessions are past the limit afterwards, the run
+        holds, waits for room or is refused (:meth:`_past_limit`), unless
+        ``close``: then the caller closes it at once.  (Within ``room`` a
+        run that is not closed passes the limit only while it holds, and
+        then it goes on: so only :meth:`set`, whose room is unbounded, is
+        ever told to wait or refused.)
+        """
+        seq = start = self._seq
         overlay = self._overlay
+        open_run = self._open
         undo = None if close else open_run.undo
         run = open_run.ops
         run_keys = open_run.keys
         total = 0
-        for key, value, flags in items[done:] if done else items:
-            size = len(value) + len(key) + _OP_OVERHEAD
+        for key, value, flags in items:
+            size = len(value) + len(key) + OP_OVERHEAD
             if (size if close else total + size) > room:
                 break
             seq += 1
@@ -326,25 +337,18 @@ class Session:
             run.append(_tuple_new(Put, (key, value, flags, None)))
             run_keys[key] = seq
             total += size
-            done += 1
-        if seq == self._seq:
-            return done
+        if seq == start:
+            return 0
         self._seq = seq
         open_run.answered = True
-        open_run.nbytes += total
-        self.pending_bytes += total
-        used = budget.used = budget.used + total
-        if used > budget.peak:
-            budget.peak = used
-        budget.open += total
-        if close:
-            self.close_run()
-        return done
+        if self._charges.charge(total) and not close:
+            self._past_limit()
+        return seq - start
 
     def delete(self, key: bytes) -> bool:
         if self.get(key) is None:
             return False
-        self._record(Remove(key), key, None, 0)
+        self.record(Remove(key), key, None, 0)
         return True
 
     def adjust(
@@ -361,14 +365,14 @@ class Session:
             if initial is None:
                 return Outcome.NOT_FOUND
             after = Item(b"%d" % initial, flags)
-            self._record(Adjust(key, delta, incr, initial, flags), key, after, 8)
+            self.record(Adjust(key, delta, incr, initial, flags), key, after, 8)
             return initial
         current = parse_counter(item.value)
         if current is None:
             return Outcome.NON_NUMERIC
         result = adjust_counter(current, delta, incr)
         after = Item(b"%d" % result, item.flags)
-        self._record(Adjust(key, delta, incr), key, after, 8)
+        self.record(Adjust(key, delta, incr), key, after, 8)
         return result
 
     def concat(self, key: bytes, data: bytes, prepend: bool) -> bool:
@@ -376,12 +380,8 @@ class Session:
         if item is None or len(item.value) + len(data) > self._max_value:
             return False  # absent, or would outgrow --max-item-size: NOT_STORED
         value = data + item.value if prepend else item.value + data
-        self._record(Concat(key, data, prepend), key, Item(value, item.flags), len(value))
+        self.record(Concat(key, data, prepend), key, Item(value, item.flags), len(value))
         return True
-
-    def record(self, op: Op, key: bytes, after: Item | None, size: int) -> None:
-        """Record any other unconditional write whose POV result the caller computed."""
-        self._record(op, key, after, size)
 
     # -- conditional writes: checked at promotion ----------------------------
 
@@ -404,7 +404,7 @@ class Session:
             # Once this commits, this session's older writes to the key are
             # in the global state: the overlay entry can go.
             run.keys[key] = self._seq
-        self._grow_run(size + _OP_OVERHEAD + (len(key) if key else 0))
+        self._grow_run(size + OP_OVERHEAD + (len(key) if key else 0))
 
     def _grow_run(self, size: int) -> None:
         """Count ``size`` more bytes of the open run against the write budget.
@@ -417,12 +417,7 @@ class Session:
         discarded, and :class:`RunTooLarge` raised — the client is told
         "transaction larger than --max-pending-bytes" (docs/pov.md, "Bounds").
         """
-        self._open.nbytes += size
-        self.pending_bytes += size
-        budget = self._budget
-        budget.add(size)
-        budget.open += size
-        if budget.open > budget.limit:
+        if self._charges.charge(size):
             self._past_limit()
 
     def _past_limit(self) -> None:
@@ -431,7 +426,7 @@ class Session:
         (:meth:`WriteBudget.may_grow`), is refused if it alone is past the
         limit, and otherwise keeps that write and waits for room before the
         next (:attr:`wants_room`, :meth:`wait_for_room`)."""
-        verdict = self._budget.may_grow(self, self._open.nbytes)
+        verdict = self._charges.hold()
         if verdict is None:
             self.discard_run()
             raise RunTooLarge()
@@ -446,7 +441,7 @@ class Session:
         (the run discarded) after ``--max-run-wait-ms``."""
         self.wants_room = False
         if self._open.ops and self.failure is None:
-            if not await self._budget.wait_for_room(self, self._lost):
+            if not await self._charges.wait_for_room(self._lost):
                 self.discard_run()
                 raise RunWaitedTooLong()
 
@@ -519,7 +514,7 @@ class Session:
         """Bytes of this session's closed runs not committed yet: what its
         commits will free.  Not the open run, which no commit can end before
         its client closes it (the write brake waits only for these)."""
-        return self.pending_bytes - self._open.nbytes
+        return self._charges.closed
 
     @property
     def run_owes_verdicts(self) -> bool:
@@ -544,26 +539,20 @@ class Session:
             return None
         self._closed_seq = self._seq
         self.unacked_writes = True  # every reply from now on acknowledges it
-        budget = self._budget
-        budget.open -= open_run.nbytes
-        if budget.holder is not None or budget.waiting:
-            budget.run_ended(self)
         pure = open_run.pure
         if pure and self._closed_pure:
             promotion = self._closed[-1]
             promotion.ops.extend(run)  # type: ignore[attr-defined]
             promotion.key_seqs.update(open_run.keys)
-            promotion.nbytes += open_run.nbytes
+            promotion.nbytes += self._charges.close_run(joined=True)
             promotion.last_seq = self._seq
             promotion.answered_early = promotion.answered_early or open_run.answered
             self._new_run()
             return promotion
-        self.pending_bytes += _RUN_OVERHEAD
-        budget.add(_RUN_OVERHEAD)
         promotion = Promotion(
             run,
             open_run.keys,
-            open_run.nbytes + _RUN_OVERHEAD,
+            self._charges.close_run(joined=False),
             self._promoted,
             open_run.answered,
             last_seq=self._seq,
@@ -602,12 +591,7 @@ class Session:
         # Its owed verdicts go with it: nobody is told about writes that never happen.
         run = self._open
         run.restore(self._overlay, self.unresolved)
-        self.pending_bytes -= run.nbytes
-        budget = self._budget
-        budget.used -= run.nbytes
-        budget.open -= run.nbytes
-        if budget.holder is not None or budget.waiting:
-            budget.run_ended(self)
+        self._charges.discard_run()
         self._new_run()
 
     def _new_run(self) -> None:
@@ -622,7 +606,6 @@ class Session:
         run = self._open
         run.ops = []
         run.keys = {}
-        run.nbytes = 0
         run.answered = False
         run.clears = False
         run.undo = {}
@@ -650,34 +633,19 @@ class Session:
         if last is not None:
             await last.done.wait()
         self.unacked_writes = False
-        if self.failure is not None:
-            raise CommitFailed(self.failure)
-        if report and self.unreported is not None:
-            message = self.unreported
+        ledger = self.ledger
+        if ledger.failure is not None:
+            raise CommitFailed(ledger.failure)
+        if report and ledger.unreported is not None:
+            message = ledger.unreported
             self.reported()
             raise CommitFailed(message)
 
     def reported(self) -> None:
         """A reply reports the failures so far: the unreported one, and those
-        of the closed runs owing quiet verdicts, which are owed nothing more."""
-        self.unreported = None
-        for promotion, _tags in self.owed:
-            if promotion.finished and (promotion.error is not None or promotion.outcomes is None):
-                self._reported_owed.add(id(promotion))
-
-    def failure_to_report(self, promotion: Promotion) -> str | None:
-        """The failure of ``promotion``, a finished run taken from :attr:`owed`,
-        that its quiet writes are owed — None when it committed, or when a
-        barrier or a reply has reported it already.  Each failed run is
-        reported once, in its own words; the unreported failure is then
-        reported too (a barrier after it answers success)."""
-        if promotion.error is None and promotion.outcomes is not None:
-            return None
-        if id(promotion) in self._reported_owed:
-            self._reported_owed.discard(id(promotion))
-            return None
-        self.unreported = None
-        return promotion.error or "commit failed"
+        of the closed runs owing quiet verdicts, which are owed nothing more
+        (:meth:`FailureLedger.reported`)."""
+        self.ledger.reported(self.owed)
 
     async def promote_pending(self) -> None:
         """Close the run, submit it and wait until all of it is committed."""
@@ -691,19 +659,9 @@ class Session:
             self._all_promoted()
         else:
             self._drop_promoted(promotion)
-        self.pending_bytes -= promotion.nbytes
-        self._budget.used -= promotion.nbytes
-        error = promotion.error
-        if error is not None:
-            if not promotion.held_reply:  # else its held reply reports it
-                self.unreported = error
-            if promotion.answered_early and self.failure is None:
-                self.failure = error
-                self._failure_acked = promotion.first_seq <= self.acked_seq
-                if self.on_failure is not None:
-                    self.on_failure()
-                if self._budget.waiting:
-                    self._budget.wake()  # a wait for room ends: the loss is reported
+        self._charges.release(promotion.nbytes)
+        if promotion.error is not None and self.ledger.record(promotion, self.acked_seq):
+            self._charges.wake_waiters()  # a wait for room ends: the loss is reported
 
     def _all_promoted(self) -> None:
         """The common case: the finished promotion holds this session's newest write.

@@ -66,8 +66,3 @@ class Settings:
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
-
-    @property
-    def plain_tcp(self) -> bool:
-        """Whether ``port`` speaks plain TCP (no TLS on it, no unix socket instead)."""
-        return self.unix_socket is None and (not self.tls_enabled or self.tls_port is not None)

@@ -22,7 +22,7 @@ class Entry(NamedTuple):
 
 def test_a_new_run_is_empty_and_pure() -> None:
     run: OpenRun[Entry] = OpenRun()
-    assert run.ops == [] and run.keys == {} and run.nbytes == 0
+    assert run.ops == [] and run.keys == {}
     assert not run.answered and not run.clears and run.pure
 
 

@@ -68,9 +68,10 @@ from hypothesis.stateful import (
     rule,
 )
 
+from stig.engine.charges import OP_OVERHEAD, RUN_OVERHEAD
 from stig.engine.engine import Engine
 from stig.engine.promoter import Promotion
-from stig.engine.session import _OP_OVERHEAD, _RUN_OVERHEAD, RunTooLarge, Session
+from stig.engine.session import RunTooLarge, Session
 from stig.engine.settings import Settings
 from stig.storage.ops import (
     Add,
@@ -95,8 +96,7 @@ MAP_SIZE = 64 * 1024
 MAX_RUN_BYTES = 100_000
 #: ... and that a group commit of them is split into several transactions.
 MAX_GROUP_BYTES = 50_000
-OVERHEAD = _OP_OVERHEAD  # what a session counts per pending write on top of key and value
-RUN_OVERHEAD = _RUN_OVERHEAD  # ... and per closed run
+OVERHEAD = OP_OVERHEAD  # what a session counts per pending write on top of key and value
 
 
 class _Big(bytes):
@@ -587,8 +587,10 @@ class PovMachine(RuleBasedStateMachine):
         closed runs over before it sends the replies of the burst that
         closed them.  So the rule "after a write's reply, reads from any
         session see it or something newer" reads here: a read must wait
-        (``sees_acked`` False) exactly when another session's *submitted*
-        run still in the queue writes one of its keys (or clears them all),
+        (the in-flight registry's ``clear_for`` False: what
+        ``Core.read_ready`` asks, stig/engine/visibility.py) exactly when
+        another session's *submitted* run still in the queue writes one of
+        its keys (or clears them all),
         and then — after the commit it waits for — it sees that run whole.
         Runs still open or closed but not handed over are invisible, and
         keys the session wrote itself come from its POV without a wait.
@@ -604,11 +606,12 @@ class PovMachine(RuleBasedStateMachine):
         in_flight = bool(foreign) and any(
             i.key is None or i.key in foreign for run in model.queue for i in run.intents
         )
-        assert session.sees_acked(probe) is (not in_flight), (s, probe, in_flight)
+        clear_for = self.engine.promoter.in_flight.clear_for
+        assert clear_for(probe, session.overlay) is (not in_flight), (s, probe, in_flight)
         if in_flight:
             event("read waited for another session's write in flight")
             self._commit()  # what await_acked waits for
-            assert session.sees_acked(probe)
+            assert clear_for(probe, session.overlay)
         got = session.get_many(probe)
         expected = [model.view(s, key) for key in probe]
         assert got == expected, (s, [_shown(i) for i in got], [_shown(i) for i in expected])

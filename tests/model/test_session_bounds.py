@@ -212,7 +212,7 @@ async def test_a_lost_acknowledged_write_ends_a_wait_for_room_at_once(small_budg
     async with trio.open_nursery() as nursery:
         done = await _wait_in_background(nursery, a)
         assert budget.waiting == 1
-        a.failure = "commit failed: disk full"  # as Session._promoted records it
+        a.ledger.failure = "commit failed: disk full"  # as FailureLedger.record sets it
         budget.wake()
         await done.wait()
     assert budget.waiting == 0 and budget.holder is b and a.run_open
