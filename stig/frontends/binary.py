@@ -12,6 +12,8 @@ the connection once per burst.  The rules (docs/pov.md):
   failure is written before the reply of the request that closed the run
   (or, if the idle timer closed it, before the next reply): the core keeps
   what they are owed (:meth:`stig.core.command_core.Core.verdicts`), this module words it.
+  A failure the POV knows at once waits behind such a verdict sent before
+  it (:meth:`BinaryHandler._reply_in_turn`): failures come in request order.
 * **Loud writes whose response carries a cas** (Set, Add, Replace, Append,
   Prepend, Increment, Decrement) answer after their commit, with the cas the
   commit gave the item — the only cas a client may use in a later CAS.

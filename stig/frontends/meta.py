@@ -27,6 +27,9 @@ commands").
   conditional write's failure is known only at its commit
   (:meth:`stig.core.command_core.Core.verdicts`); it is written before the reply of the
   command during which its run was closed (:meth:`MetaHandler.report_verdicts`).
+  A reply the POV gives a later quiet write at once (``NF`` of a missing
+  key, a refusal) waits behind it (:meth:`MetaHandler._reply_in_turn`), so
+  a run's failures come in the order of its writes.
 """
 
 from __future__ import annotations
