@@ -418,3 +418,19 @@ def test_quiet_successes_stay_silent_when_a_run_owes_verdicts(conn):
     stream stays empty, and the failures after it come alone."""
     reply = ask(conn, b"ms fresh_oo 1 q ME\r\ny\r\nms s 1 q\r\n1\r\nmd missing_oo q\r\n")
     assert reply == b"NF\r\n"
+
+
+def test_replies_waiting_their_turn_count_in_the_run_against_the_write_budget(stig_factory):
+    """The replies owed behind a quiet verdict are kept with the open run until
+    it commits: a client that sends failing quiet writes for ever behind one
+    quiet conditional write cannot grow them without bound.  They count in
+    the run's bytes, so a run alone past --max-pending-bytes is refused (as
+    one of too many writes is: discarded, its connection closed)."""
+    server = stig_factory("--max-pending-bytes", "64k", "--batch-idle-ms", "60000")
+    conn = server.connect()
+    assert ask(conn, b"ms oo 1\r\nx\r\n") == b"HD\r\n"
+    # ~200 B each against 64 KiB: 1,000 are well past it.
+    conn.send(b"ms oo 1 q ME\r\ny\r\n" + b"md missing_oo q\r\n" * 1000)
+    reply = conn.recv_until(None)
+    assert reply == b"SERVER_ERROR transaction larger than --max-pending-bytes; discarded\r\n"
+    assert ask(server.connect(), b"mg oo v\r\n") == b"VA 1\r\nx\r\n"
