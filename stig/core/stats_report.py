@@ -107,6 +107,10 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         # ... and those ended because their client read none of the reply for
         # --max-read-stall-ms (stig/storage/held.py).
         ("stig_stalled_reads", engine.store.long_reads.stalled_ends),
+        # ... and the reads that went on from a new snapshot, theirs released
+        # at --max-snapshot-age-ms (stig/storage/held.py).
+        ("stig_snapshot_renewals", engine.store.long_reads.renewals),
+        ("stig_max_snapshot_age_ms", engine.settings.max_snapshot_age_ms),
         ("stig_keys_in_flight", len(engine.promoter.in_flight)),
         ("stig_read_waits", engine.promoter.in_flight.waits),
         ("stig_cachedump_skipped_keys", engine.stats.cachedump_skipped_keys),
@@ -196,6 +200,7 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("stig_max_commit_lag_ms", settings.max_commit_lag_ms),
         ("stig_max_reply_bytes", settings.max_reply_bytes),
         ("stig_max_read_stall_ms", settings.max_read_stall_ms),
+        ("stig_max_snapshot_age_ms", settings.max_snapshot_age_ms),
         ("stig_max_readers", engine.store.max_readers),
         ("stig_initial_map_size", settings.map_size),
         ("stig_auth", _yes(settings.auth_file)),

@@ -479,6 +479,16 @@ class Session:
         run = self._open
         run.owed.append((tag, len(run.ops) - 1))
 
+    def owe_reply(self, tag: object, size: int) -> None:
+        """A reply a quiet write got at once while the open run owes an
+        earlier quiet write its verdict: :attr:`owed` holds ``tag`` right
+        after that one (index -1: no write of the run), so the client is told
+        in the order of its writes.  Its ``size`` (its memory) grows the run
+        against the write budget, as a write does: a run cannot hold more
+        of them than ``--max-pending-bytes``."""
+        self._open.owed.append((tag, -1))
+        self._grow_run(size)
+
     def verdict_in_open_run(self, key: bytes) -> bool:
         """Whether the open run holds a write whose verdict ``key``'s state awaits."""
         if not self._open.ops:

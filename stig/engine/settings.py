@@ -46,6 +46,11 @@ class Settings:
     #: its reply for this long is ended: its snapshot pinned the pages every
     #: commit meanwhile freed, so the data file grew.
     max_read_stall_ms: float = 10_000.0
+    #: A read holding an LMDB snapshot across awaits longer than this (a
+    #: quiet get run or a get line its client keeps going, reading every
+    #: reply) gives it up: the read goes on from a new snapshot at its next
+    #: key, so the pages commits free meanwhile are pinned this long at most.
+    max_snapshot_age_ms: float = 1_000.0
     #: On SIGTERM/SIGINT: how long connections may finish the commands they
     #: have received before they are closed (hypercorn's graceful timeout).
     shutdown_grace_ms: float = 10_000.0

@@ -12,6 +12,8 @@ the connection once per burst.  The rules (docs/pov.md):
   failure is written before the reply of the request that closed the run
   (or, if the idle timer closed it, before the next reply): the core keeps
   what they are owed (:meth:`stig.core.command_core.Core.verdicts`), this module words it.
+  A failure the POV knows at once waits behind such a verdict sent before
+  it (:meth:`BinaryHandler._reply_in_turn`): failures come in request order.
 * **Loud writes whose response carries a cas** (Set, Add, Replace, Append,
   Prepend, Increment, Decrement) answer after their commit, with the cas the
   commit gave the item — the only cas a client may use in a later CAS.
@@ -217,7 +219,9 @@ class BinaryHandler:
             try:
                 core.set(event.key, event.value, event.flags)
             except WritesRefused as exc:
-                self.out += error_response(Opcode.SetQ, event.opaque, Status.ENOMEM, str(exc))
+                self.out += core.quiet_reply(
+                    error_response(Opcode.SetQ, event.opaque, Status.ENOMEM, str(exc))
+                )
             return None
         if (
             self._gets is not None
@@ -292,7 +296,11 @@ class BinaryHandler:
                 self.end_read_run()
                 await self._handlers[opcode](event)
         except WritesRefused as exc:  # a full disk: memcached's "out of memory"
-            self.out += error_response(opcode, event.opaque, Status.ENOMEM, str(exc))
+            if not event.quiet:
+                await self._settle()  # a reply closes the run, after its verdicts
+            self._reply_in_turn(
+                event, error_response(opcode, event.opaque, Status.ENOMEM, str(exc))
+            )
         except CommitFailed as exc:
             self.out += error_response(opcode, event.opaque, Status.EINTERNAL, str(exc))
 
@@ -317,6 +325,9 @@ class BinaryHandler:
         its own: a loud write that committed must not be answered as failed
         (a client would retry an Increment that was counted)."""
         for verdict in verdicts:
+            if verdict.reply is not None:  # decided at once, owed in its turn
+                self.out += verdict.reply
+                continue
             quiet: _Quiet = verdict.tag  # type: ignore[assignment]
             if verdict.outcome is None:
                 message = verdict.failure or "commit failed"
@@ -416,12 +427,22 @@ class BinaryHandler:
         self.end_read_run()
 
     async def _fail(self, request: BinaryRequest, status: Status, message: str = "") -> None:
-        """Answer a failed request: quiet ones leave the run open, loud ones close it."""
+        """Answer a failed request: quiet ones leave the run open, and come
+        in their turn (:meth:`_reply_in_turn`); loud ones close it."""
         if request.quiet:
             await self._report_verdicts()
         else:
             await self._settle()
-        self.out += error_response(request.opcode, request.opaque, status, message)
+        self._reply_in_turn(
+            request, error_response(request.opcode, request.opaque, status, message)
+        )
+
+    def _reply_in_turn(self, request: BinaryRequest, reply: bytes) -> None:
+        """Write a reply the POV decided at once: a quiet request's behind the
+        verdicts still owed to the quiet writes before it in the open run,
+        which their commit decides (:meth:`Core.quiet_reply`), so that the
+        failures of a run come in the order of its requests."""
+        self.out += self.core.quiet_reply(reply) if request.quiet else reply
 
     async def _refused(self, event: InvalidBinaryRequest) -> None:
         """A request the parser refused (bad shape, key too long, too large, unknown)."""
@@ -436,6 +457,7 @@ class BinaryHandler:
                 self.core.discard_too_large(event.discard_key)
         if is_quiet(event.opcode):
             await self._report_verdicts()
+            reply = self.core.quiet_reply(reply)
         else:
             await self._settle()
         self.out += reply

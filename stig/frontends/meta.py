@@ -27,6 +27,9 @@ commands").
   conditional write's failure is known only at its commit
   (:meth:`stig.core.command_core.Core.verdicts`); it is written before the reply of the
   command during which its run was closed (:meth:`MetaHandler.report_verdicts`).
+  A reply the POV gives a later quiet write at once (``NF`` of a missing
+  key, a refusal) waits behind it (:meth:`MetaHandler._reply_in_turn`), so
+  a run's failures come in the order of its writes.
 """
 
 from __future__ import annotations
@@ -173,6 +176,20 @@ class MetaHandler:
             return b""
         return encode_meta_response(meta_response(command, code, item, value))
 
+    def _reply_in_turn(self, command: Keyed, reply: bytes) -> None:
+        """Write a reply a write got at once: a quiet write's (a failure or
+        a refusal: quiet mode hides the rest) behind the verdicts still owed
+        to the quiet writes before it in the open run, which their commit
+        decides (:meth:`Core.quiet_reply`); a loud command's after closing
+        the run — its reply acknowledges it — so that the verdicts the run
+        owes come first (written at the command's mark).  Either way the
+        client is told in the order it sent its commands."""
+        if command.quiet:
+            self.out += self.core.quiet_reply(reply)
+        else:
+            self.core.close_run()
+            self.out += reply
+
     def _ttl_refused(self, *ttls: int | None) -> bool:
         return any(ttl is not None and self.core.ttl_refused(ttl) for ttl in ttls)
 
@@ -191,6 +208,9 @@ class MetaHandler:
         replies of the commands behind it still follow in step."""
         lines = bytearray()
         for verdict in verdicts:
+            if verdict.reply is not None:  # decided at once, owed in its turn
+                lines += verdict.reply
+                continue
             command: Keyed = verdict.tag  # type: ignore[assignment]
             outcome = verdict.outcome
             if outcome is None:
@@ -300,6 +320,7 @@ class MetaHandler:
         out = self.out
         if self.run is None:
             if not keys and not goes_on:
+                self.core.close_run()  # a read: its replies come after the verdicts owed
                 for _command in commands:
                     out += TTL_REJECTED
                 return
@@ -427,7 +448,7 @@ class MetaHandler:
         appends = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
         ttl = None if appends else command.ttl  # memcached ignores T when appending
         if self.core.store_refused(ttl, command.vivify_ttl):
-            self.out += TTL_REJECTED
+            self._reply_in_turn(command, TTL_REJECTED)
             return None
         op = self._conditional_set(command)
         if isinstance(op, Put) and self.core.expired(ttl):
@@ -479,7 +500,7 @@ class MetaHandler:
             answer = functools.partial(self._set_answer, command, outcome)
             return self.core.reply_after_commit(answer)
         self.core.answered(command.quiet)
-        self.out += self._write_reply(command, outcome, None)
+        self._reply_in_turn(command, self._write_reply(command, outcome, None))
         return None
 
     def _set_answer(self, command: MetaSet, outcome: Outcome | None, committed: Committed) -> bytes:
@@ -505,7 +526,7 @@ class MetaHandler:
 
     async def _delete(self, command: MetaDelete) -> None:
         if command.invalidate and self._ttl_refused(command.ttl):
-            self.out += TTL_REJECTED
+            self._reply_in_turn(command, TTL_REJECTED)
             return
         key, expected, new_cas = command.key, command.cas or 0, command.new_cas
         op: Op | None = None
@@ -521,7 +542,7 @@ class MetaHandler:
         if op is None:
             found = await self.core.delete(key, quiet=command.quiet, tag=command)
             self.core.answered(command.quiet)
-            self._reply(command, HD if found else NF)
+            self._reply_in_turn(command, self._reply_bytes(command, HD if found else NF))
             return
         pending = self._conditional(command, op, functools.partial(self._code_answer, command))
         if pending is not None:
@@ -531,7 +552,7 @@ class MetaHandler:
 
     async def _arithmetic(self, command: MetaArithmetic) -> None:
         if self._ttl_refused(command.ttl, command.vivify_ttl):
-            self.out += TTL_REJECTED
+            self._reply_in_turn(command, TTL_REJECTED)
             return
         key, delta = command.key, command.delta
         incr = command.mode is ArithmeticMode.INCREMENT
@@ -549,11 +570,11 @@ class MetaHandler:
         number = await self.core.adjust(key, delta, incr, initial, quiet=quiet, tag=command)
         if number is Outcome.NOT_FOUND:
             self.core.answered(command.quiet)
-            self._reply(command, NF)
+            self._reply_in_turn(command, self._reply_bytes(command, NF))
             return
         if number is Outcome.NON_NUMERIC:
             self.core.answered(command.quiet)
-            self.out += NON_NUMERIC_REPLY
+            self._reply_in_turn(command, NON_NUMERIC_REPLY)
             return
         value = b"%d" % number  # type: ignore[str-format]
         if command.wants(ReturnFlag.CAS) and not suppressed_in_quiet(command, HD):
@@ -565,7 +586,7 @@ class MetaHandler:
                 await pending
             return
         self.core.answered(command.quiet)
-        self.out += self._number_reply(command, value, 0)
+        self._reply_in_turn(command, self._number_reply(command, value, 0))
 
     def _adjusted_answer(self, command: MetaArithmetic, committed: Committed) -> bytes:
         """A conditional ma's reply once its commit decided it."""

@@ -35,7 +35,7 @@ from protocol.commands import (
     Version,
 )
 from protocol.errors import InvalidCommand, ProtocolError
-from protocol.meta_commands import MetaGet, MetaSet
+from protocol.meta_commands import MetaArithmetic, MetaDelete, MetaGet, MetaSet
 from protocol.text import QuietError, TextParser
 from stig.core import listing
 from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
@@ -60,6 +60,8 @@ AUTH_FAILED = R.client_error("authentication failure")
 AUTH_BAD_FORMAT = R.client_error("bad authentication token format")
 DETAIL_USAGE = R.client_error("usage: stats detail on|off|dump")
 TLS_OFF = b"Error TLS not enabled\r\n"  #: memcached's words, as they are
+#: Meta writes that may be quiet (``q``): their failures come in their turn.
+_QUIET_WRITES = frozenset({MetaSet, MetaDelete, MetaArithmetic})
 #: _answer_now's "not answered here" (None means "answered, nothing to await").
 _NOT_NOW = object()
 
@@ -173,7 +175,7 @@ class TextHandler:
         try:
             pending = self._dispatch[type(event)](event)
         except CommitFailed as exc:
-            out += R.server_error(str(exc))
+            out += self._failed(event, exc)
             return None
         if pending is None and not self.core.verdicts_due:
             return None
@@ -213,13 +215,23 @@ class TextHandler:
                 return
             mark = len(self.out)
             try:
-                result = dispatch[type(next_event)](next_event)
+                event = next_event
+                result = dispatch[type(event)](event)
                 next_event = None if result is None else await result
                 if core.verdicts_due:
                     await meta.report_verdicts(mark)
             except CommitFailed as exc:
                 next_event = None
-                self.out += R.server_error(str(exc))
+                self.out += self._failed(event, exc)
+
+    def _failed(self, event: object, error: CommitFailed) -> bytes:
+        """The reply of a command whose write failed (writes refused, a
+        commit lost): a quiet meta write's in its turn, behind the verdicts
+        owed to the quiet writes before it (:meth:`Core.quiet_reply`)."""
+        reply = R.server_error(str(error))
+        if type(event) in _QUIET_WRITES and event.quiet:  # type: ignore[attr-defined]
+            return self.core.quiet_reply(reply)
+        return reply
 
     def _answer_now(self, event: object) -> object:
         """Answer a plain get or gets, and the plain gets right behind it, at

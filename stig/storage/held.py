@@ -5,8 +5,8 @@ it is read, a run of quiet gets waiting for its end, a key listing — pins
 every page that commits free after it began: LMDB cannot reuse them until
 it ends, so the data file grows by what is rewritten meanwhile, and never
 shrinks.  Each such snapshot is registered here, with its *holder* (who to
-tell) and its *owner* (the session whose reply it feeds).  Two things end
-one before its reader is done:
+tell), its *owner* (the session whose reply it feeds) and when it was
+taken.  Two things end one before its reader is done:
 
 * the map must grow (:meth:`stig.storage.store.Store.grow`): LMDB cannot
   remap the file under an open transaction — every held snapshot ends;
@@ -17,12 +17,23 @@ one before its reader is done:
 
 Ending aborts the transaction; the reader's next LMDB call raises
 ``lmdb.Error``, and it ends its reply with the reason the holder kept
-(:func:`read_interrupted`).  Everything here runs on the event loop thread.
+(:func:`read_interrupted`).
+
+A third thing *renews* one: a snapshot held longer than
+``--max-snapshot-age-ms`` (a quiet get run or a get line whose client keeps
+it going and reads every reply: neither bound above ends it) is released
+(:meth:`HeldReads.release_old`, by the same watchdog): its transaction is
+aborted at once, and the read goes on from a new snapshot taken at its next
+key (:meth:`stig.storage.snapshot.Snapshot.release`) — counted in
+:attr:`HeldReads.renewals`.  Only holders that can go on so are renewable
+(a read of keys; not a key listing, whose cursor is its transaction's).
+Everything here runs on the event loop thread.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from typing import NamedTuple, Protocol
 
 import lmdb
 
@@ -58,18 +69,42 @@ class Holder(Protocol):
         ...
 
 
+class Renewable(Holder, Protocol):
+    """A holder whose read can go on from a new snapshot (a read of keys)."""
+
+    def release(self) -> None:
+        """Abort the transaction now; the next read takes a new snapshot."""
+        ...
+
+
+class _Entry(NamedTuple):
+    holder: Holder
+    owner: Owner | None
+    since: float  #: ``time.monotonic()`` when it was registered (taken)
+    renewable: Renewable | None  #: the holder, if its read can go on so
+
+
 class HeldReads:
     """The snapshots held across awaits now (``stig_held_snapshots``)."""
 
-    __slots__ = ("_held", "stalled_ends")
+    __slots__ = ("_held", "renewals", "stalled_ends")
 
     def __init__(self) -> None:
-        self._held: dict[lmdb.Transaction, tuple[Holder, Owner | None]] = {}
+        self._held: dict[lmdb.Transaction, _Entry] = {}
         #: Snapshots ended because their client did not read (``stig_stalled_reads``).
         self.stalled_ends = 0
+        #: Reads that went on from a new snapshot after theirs was released
+        #: for its age (``stig_snapshot_renewals``; counted by the reader).
+        self.renewals = 0
 
     def add(self, txn: lmdb.Transaction, holder: Holder, owner: Owner | None) -> None:
-        self._held[txn] = (holder, owner)
+        """Register ``txn``, taken now (a key listing: never renewed)."""
+        self._held[txn] = _Entry(holder, owner, time.monotonic(), None)
+
+    def add_renewable(self, txn: lmdb.Transaction, holder: Renewable, owner: Owner | None) -> None:
+        """Register ``txn``, taken now, for a read that may go on from a new
+        snapshot once this one is old (:meth:`release_old`)."""
+        self._held[txn] = _Entry(holder, owner, time.monotonic(), holder)
 
     def discard(self, txn: lmdb.Transaction) -> None:
         self._held.pop(txn, None)
@@ -80,18 +115,35 @@ class HeldReads:
     def end_all(self, why: str) -> None:
         """End every held snapshot (the map is about to grow)."""
         held, self._held = self._held, {}
-        for holder, _owner in held.values():
-            holder.end(why)
+        for entry in held.values():
+            entry.holder.end(why)
 
     def end_stalled(self, now: float, seconds: float) -> int:
         """End the snapshots whose owner's replies have made no progress for
-        ``seconds`` by ``now``; returns how many."""
+        ``seconds`` by ``now`` (trio's clock, as the owner's); returns how many."""
         ended = 0
-        for txn, (holder, owner) in list(self._held.items()):
+        for txn, entry in list(self._held.items()):
+            owner = entry.owner
             since = None if owner is None else owner.replies_blocked_since
             if since is not None and now - since >= seconds:
                 del self._held[txn]
-                holder.end(stalled(seconds))
+                entry.holder.end(stalled(seconds))
                 ended += 1
         self.stalled_ends += ended
         return ended
+
+    def release_old(self, seconds: float, now: float | None = None) -> int:
+        """Release the renewable snapshots taken ``seconds`` or more before
+        ``now`` (``time.monotonic()``; by default, now): each read goes on
+        from a new snapshot at its next key, registered anew.  Returns how
+        many were released."""
+        if now is None:
+            now = time.monotonic()
+        released = 0
+        for txn, entry in list(self._held.items()):
+            renewable = entry.renewable
+            if renewable is not None and now - entry.since >= seconds:
+                del self._held[txn]
+                renewable.release()
+                released += 1
+        return released

@@ -22,11 +22,18 @@ and the server's watchdog once its client has read none of the reply for
 ``--max-read-stall-ms`` (stig/storage/held.py).  A read of a snapshot ended
 so raises ``lmdb.Error``: the handler ends its reply with
 :attr:`Snapshot.interruption` instead.
+
+A held snapshot older than ``--max-snapshot-age-ms`` is *released* by the
+same watchdog (:meth:`Snapshot.release`): its transaction ends at once, and
+the read goes on from a new snapshot taken at its next key, with this
+session's uncommitted writes laid over it again — the read is split into
+consecutive snapshots, each one consistent (docs/pov.md, rule 3).  No
+handler sees it: the next read of a key simply comes from the new one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import lmdb
@@ -49,18 +56,30 @@ class _Pending(Protocol):
 class Snapshot:
     """Items of one LMDB snapshot, with one session's uncommitted writes over it."""
 
-    __slots__ = ("_ended", "_get", "_mine", "_overlay", "_owner", "_store", "_txn", "held")
+    __slots__ = (
+        "_ended",
+        "_get",
+        "_mine",
+        "_overlay",
+        "_owner",
+        "_released",
+        "_store",
+        "_txn",
+        "held",
+    )
 
     def __init__(
         self, store: Store, overlay: Mapping[bytes, _Pending], owner: Owner | None = None
     ) -> None:
         self._store = store
         self._txn = txn = store.begin_read()
-        self._get = txn.get
+        #: Reads one record of the snapshot (:meth:`_renewed_get` once released).
+        self._get: Callable[[bytes], bytes | None] = txn.get
         self._overlay = overlay  # live: read as it is while nothing awaits
         self._owner = owner  # whose replies it feeds (the stall watchdog asks it)
         self._mine: dict[bytes, Item | None] | None = None  # frozen by hold()
         self._ended = MAP_GREW  # why it ended early, once it has
+        self._released = False  # released for its age: the next read takes a new one
         self.held = False
 
     def __enter__(self) -> Snapshot:
@@ -242,8 +261,43 @@ class Snapshot:
             self._mine = {k: pending.item for k, pending in overlay.items()}
         else:
             self._mine = {k: overlay[k].item for k in keys if k in overlay}
-        self._store.long_reads.add(self._txn, self, self._owner)
+        self._store.long_reads.add_renewable(self._txn, self, self._owner)
         self.held = True
+
+    def release(self) -> None:
+        """It is older than ``--max-snapshot-age-ms`` (stig/storage/held.py,
+        which has unregistered it): end the transaction now, so that LMDB may
+        reuse the pages it pinned.  The read goes on from a new snapshot
+        taken at its next key (:meth:`_renewed_get`)."""
+        try:
+            self._txn.abort()
+        except lmdb.Error:
+            pass
+        self._released = True
+        self._get = self._renewed_get
+
+    def _renewed_get(self, key: bytes) -> bytes | None:
+        """Read ``key`` after :meth:`release`: first take the new snapshot —
+        this session's uncommitted writes laid over it again, as :meth:`hold`
+        did (those committed meanwhile are in it), registered anew and
+        counted (``stig_snapshot_renewals``).  A read loop that bound the old
+        ``_get`` comes here for each of its remaining keys; only the first
+        takes a snapshot."""
+        if self._released:
+            store = self._store
+            try:
+                self._txn = txn = store.begin_read()
+            except lmdb.Error:
+                self._ended = "a new snapshot could not be taken"
+                raise
+            self._released = False
+            self._get = txn.get
+            overlay = self._overlay
+            self._mine = {k: pending.item for k, pending in overlay.items()} if overlay else {}
+            held = store.long_reads
+            held.add_renewable(txn, self, self._owner)
+            held.renewals += 1
+        return self._get(key)
 
     def end(self, why: str) -> None:
         """End it early (stig/storage/held.py): the next read raises

@@ -189,6 +189,17 @@ def main() -> None:
     "snapshot makes the data file grow under writes).",
 )
 @click.option(
+    "--max-snapshot-age-ms",
+    default=1_000.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="A read holding an LMDB snapshot longer than this (a quiet get run or a "
+    "get line its client keeps going, a multi-get read slowly) gives it up and "
+    "goes on from a new snapshot at its next key: the read is split into "
+    "consecutive snapshots, each consistent (a held snapshot makes the data file "
+    "grow under writes).",
+)
+@click.option(
     "--ttl-policy",
     type=click.Choice([p.value for p in TtlPolicy]),
     default=TtlPolicy.REJECT.value,
@@ -291,6 +302,7 @@ def serve(
     max_commit_lag_ms: float,
     max_reply_bytes: int,
     max_read_stall_ms: float,
+    max_snapshot_age_ms: float,
     ttl_policy: str,
     batch_idle_ms: float,
     idle_timeout: float,
@@ -333,6 +345,7 @@ def serve(
         max_commit_lag_ms=max_commit_lag_ms,
         max_reply_bytes=max_reply_bytes,
         max_read_stall_ms=max_read_stall_ms,
+        max_snapshot_age_ms=max_snapshot_age_ms,
         ttl_policy=TtlPolicy(ttl_policy),
         batch_idle_ms=batch_idle_ms,
         idle_timeout=idle_timeout,

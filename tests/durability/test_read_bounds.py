@@ -10,7 +10,9 @@ A long binary GetKQ run costs no memory of its own: each is read as it arrives.
 Streaming must keep what the whole reply promised: the replies in request
 order, and one snapshot per run — a run written by another connection and
 committed while a streamed reply is stalled on a client that does not read
-is not half-visible in it.
+is not half-visible in it — for as long as the read is younger than
+``--max-snapshot-age-ms``; past it, the read goes on from a new snapshot,
+and each part is consistent.
 """
 
 from __future__ import annotations
@@ -117,11 +119,13 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("name", list(RUNS))
-def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str) -> None:
+def _stalled_run(stig_factory, name: str, age_ms: str) -> tuple[list[tuple[bytes, bytes]], int]:
+    """Run ``name`` on a reader that stalls mid-reply while another connection
+    rewrites every key in one committed run; then read it all.  Returns its
+    (key, value) hits and the server's ``stig_snapshot_renewals``."""
     request, terminator, pairs_of = RUNS[name]
     # 300 pending GetKQ cost ~68 KB: under the bound, so the run is not split.
-    server = stig_factory("--max-reply-bytes", "256k")
+    server = stig_factory("--max-reply-bytes", "256k", "--max-snapshot-age-ms", age_ms)
     with server.connect() as writer:
         for key in KEYS:
             writer.send(b"set %b 0 0 %d noreply\r\n%b\r\n" % (key, SIZE, OLD))
@@ -158,8 +162,28 @@ def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str
         assert len(_binary_answers(reply)) == len(KEYS) + 1  # quiet misses: silent
     else:
         assert b"\r\nEN" not in reply.replace(b"\r\nEND\r\n", b"")  # quiet: silent
-    # One snapshot, taken before the rewrite: none of it is visible.
+    return pairs, int(server.stats()["stig_snapshot_renewals"])
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str) -> None:
+    # The stall (over a second) stays under --max-snapshot-age-ms: one snapshot,
+    # taken before the rewrite: none of it is visible.
+    pairs, renewals = _stalled_run(stig_factory, name, "600000")
     assert [value == OLD for _, value in pairs] == [True] * len(KEYS)
+    assert renewals == 0
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_run_held_past_its_age_bound_goes_on_from_a_new_snapshot(stig_factory, name) -> None:
+    # The stall passes --max-snapshot-age-ms: the snapshot is released, and the
+    # read goes on from a new one at its next key.  Each part is consistent:
+    # the keys read before hold none of the rewrite, those after all of it.
+    pairs, renewals = _stalled_run(stig_factory, name, "100")
+    values = [value for _, value in pairs]
+    old = values.count(OLD)
+    assert 0 < old < len(KEYS) and values == [OLD] * old + [NEW] * (len(KEYS) - old)
+    assert renewals >= 1
 
 
 # -- the map grows under a streamed run ----------------------------------------------

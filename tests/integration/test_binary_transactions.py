@@ -95,3 +95,25 @@ def test_a_loud_write_closes_the_run_as_its_last_member(stig_factory):
     assert (failure.opaque, failure.status) == (3, Status.KEY_EEXISTS)
     assert (stored.opaque, stored.status) == (4, 0) and stored.cas != 0
     assert server.client().get_many(["a", "b", "c"]) == {"a": b"1", "b": b"2", "c": b"3"}
+
+
+def test_quiet_failures_come_in_the_order_of_their_writes(stig_server):
+    """The binary twin of the meta test of the same name: an AddQ whose
+    failure its commit decides comes before the failures of the DeleteQ and
+    IncrementQ sent after it, which the POV knows at once (clients that match
+    quiet errors by position, not opaque, would blame the wrong request)."""
+    conn = stig_server.connect_binary()
+    assert conn.call(Opcode.Set, b"oo", b"x", EXTRAS).status == 0
+    conn.send(
+        encode_request(Opcode.AddQ, b"oo", b"y", EXTRAS, opaque=1)
+        + encode_request(Opcode.DeleteQ, b"missing_oo", opaque=2)
+        + encode_request(
+            Opcode.IncrementQ, b"missing_oo", extras=struct.pack(">QQI", 1, 0, 0xFFFFFFFF), opaque=3
+        )
+    )
+    failures = [(r.opcode, r.status, r.opaque) for r in conn.barrier()]
+    assert failures == [
+        (Opcode.AddQ, Status.KEY_EEXISTS, 1),
+        (Opcode.DeleteQ, Status.KEY_ENOENT, 2),
+        (Opcode.IncrementQ, Status.KEY_ENOENT, 3),
+    ]

@@ -391,13 +391,46 @@ def test_a_pipelined_run_of_mg_reads_one_snapshot(stig_server):
         thread.join()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hostile review: a quiet write's verdict decided at its commit (ms … ME on a present "
-    "key) is written where the run closes, after the verdicts of later quiet writes decided at "
-    "once (md/ma of a missing key); meta clients without O match quiet errors by position",
-)
 def test_quiet_failures_come_in_the_order_of_their_writes(conn):
+    """A quiet write whose failure its commit decides (ms … ME on a present
+    key) is told before the failures of the quiet writes after it that the
+    POV knows at once (md/ma of a missing key): meta clients without O match
+    quiet errors by position (found by the hostile review)."""
     assert ask(conn, b"ms oo 1\r\nx\r\n") == b"HD\r\n"
     reply = ask(conn, b"ms oo 1 q ME\r\ny\r\nmd missing_oo q\r\nma missing_oo q\r\n")
     assert reply == b"NS\r\nNF\r\nNF\r\n"
+
+
+def test_refusals_and_values_after_a_quiet_verdict_come_in_their_turn(conn):
+    """Not only NF: a refusal of a quiet write, the value a quiet ma returns,
+    and a loud command's refusal (which closes the run) come after the
+    verdict of the quiet conditional write sent before them."""
+    assert ask(conn, b"ms oo 1\r\nx\r\nms n 1\r\n5\r\n") == b"HD\r\nHD\r\n"
+    refused = EXPTIME.rstrip(b"\r\n")
+    reply = ask(conn, b"ms oo 1 q ME\r\ny\r\nms k 1 q T100\r\nz\r\nma n q v\r\n")
+    assert reply == b"NS\r\n" + refused + b"\r\nVA 1\r\n6\r\n"
+    reply = ask(conn, b"ms oo 1 q ME\r\ny\r\nms k 1 T100\r\nz\r\n")
+    assert reply == b"NS\r\n" + refused + b"\r\n"
+
+
+def test_quiet_successes_stay_silent_when_a_run_owes_verdicts(conn):
+    """A quiet conditional write that succeeds owes nothing: its place in the
+    stream stays empty, and the failures after it come alone."""
+    reply = ask(conn, b"ms fresh_oo 1 q ME\r\ny\r\nms s 1 q\r\n1\r\nmd missing_oo q\r\n")
+    assert reply == b"NF\r\n"
+
+
+def test_replies_waiting_their_turn_count_in_the_run_against_the_write_budget(stig_factory):
+    """The replies owed behind a quiet verdict are kept with the open run until
+    it commits: a client that sends failing quiet writes for ever behind one
+    quiet conditional write cannot grow them without bound.  They count in
+    the run's bytes, so a run alone past --max-pending-bytes is refused (as
+    one of too many writes is: discarded, its connection closed)."""
+    server = stig_factory("--max-pending-bytes", "64k", "--batch-idle-ms", "60000")
+    conn = server.connect()
+    assert ask(conn, b"ms oo 1\r\nx\r\n") == b"HD\r\n"
+    # ~200 B each against 64 KiB: 1,000 are well past it.
+    conn.send(b"ms oo 1 q ME\r\ny\r\n" + b"md missing_oo q\r\n" * 1000)
+    reply = conn.recv_until(None)
+    assert reply == b"SERVER_ERROR transaction larger than --max-pending-bytes; discarded\r\n"
+    assert ask(server.connect(), b"mg oo v\r\n") == b"VA 1\r\nx\r\n"

@@ -41,3 +41,16 @@ def test_move_keys_names_its_steps_and_where_they_are_explained():
     text = run_stig("move-keys", "--help").stdout
     for word in (b"copy", b"finish", b"cleanup", b"HashClient", b"docs/scaling.md"):
         assert word in text, word
+
+
+def test_serve_takes_a_snapshot_age_bound_and_refuses_a_bad_one(tmp_path):
+    """``--max-snapshot-age-ms`` is explained in ``stig serve --help`` and
+    checked before anything starts (its effect: tests/durability/test_old_snapshots.py;
+    a server shows it in ``stats settings`` there)."""
+    text = run_stig("serve", "--help").stdout
+    assert b"--max-snapshot-age-ms" in text and b"new snapshot" in text
+    refused = run_stig(
+        "serve", "--max-snapshot-age-ms", "0", "--data-dir", str(tmp_path / "d"), check=False
+    )
+    assert refused.returncode == 2 and b"--max-snapshot-age-ms" in refused.stderr
+    assert not (tmp_path / "d").exists()
