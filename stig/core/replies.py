@@ -176,10 +176,16 @@ class Replies:
         await self._transmit()
 
     def discard(self) -> None:
-        """Forget every reply not sent (a loss is reported instead, or the
-        connection ended): the buffer is freed now, not when its owner is."""
+        """Forget every reply not sent (a loss is reported instead)."""
         self.out.clear()
         self.gate.discard()
+
+    def close(self) -> None:
+        """The connection is over: the replies never sent are freed now (the
+        buffer of a client that stopped reading is up to ``--max-reply-bytes``
+        plus an item), and the gate lets go of the core."""
+        self.out.clear()
+        self.gate.close()
 
     async def _transmit(self) -> None:
         """Send :attr:`out` whole and clear it; one send when the client

@@ -427,8 +427,11 @@ class BinaryHandler:
             snapshot.close()
 
     def close(self) -> None:
-        """The connection is over: release what the handler holds."""
+        """The connection is over: release what the handler holds, and empty
+        the dispatch table, whose bound methods make this handler a
+        reference cycle (freed only by a rare full collection otherwise)."""
         self.end_read_run()
+        self._handlers.clear()
 
     async def _fail(self, request: BinaryRequest, status: Status, message: str = "") -> None:
         """Answer a failed request: quiet ones leave the run open, and come

@@ -270,6 +270,12 @@ class MetaHandler:
             raise error
         return leftover
 
+    def close(self) -> None:
+        """The connection is over: end a run of mg, and empty :attr:`handlers`
+        (bound methods of this handler: a reference cycle otherwise)."""
+        self.end_read_run()
+        self.handlers.clear()
+
     def end_read_run(self) -> None:
         """End a run of mg held open for the next input: release its snapshot."""
         snapshot = self.run

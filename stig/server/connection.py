@@ -185,22 +185,17 @@ class Connection:
                 if self.handler is not None:
                     self.handler.close()
                 self._end_session()
-                # Replies never sent, if any, are freed now: the buffer of a
-                # client that stopped reading is up to --max-reply-bytes plus
-                # an item (under churn such buffers once held hundreds of
-                # MiB, docs/soak.md).
-                self.replies.discard()
+                # Replies never sent, if any, are freed now (under churn such
+                # buffers once held hundreds of MiB, docs/soak.md).
+                self.replies.close()
                 self.sock.close()
-                self._unlink()
-
-    def _unlink(self) -> None:
-        """Break the references that made a closed connection a cycle (the
-        session's wake-up is this connection's bound method), so that it is
-        freed when its last reference goes: the server runs with rare full
-        collections (stig/tools/cli.py), and a cycle of a closed connection
-        — its session, handler, core, reply buffer and its last runs' values —
-        would wait hours for one (tests/model/test_connection_garbage.py)."""
-        self.session.on_failure = None
+                # Nothing of a closed connection may wait for the cycle
+                # collector, whose full collections are rare in the server
+                # (stig/tools/cli.py): the session's wake-up is this
+                # connection's bound method, the handler's dispatch tables
+                # and the gate's settle are dropped by their close() above
+                # (tests/model/test_connection_garbage.py).
+                self.session.on_failure = None
 
     def _end_session(self) -> None:
         """Commit an open run left at a command boundary; discard a torn one."""
