@@ -39,6 +39,8 @@ from stig.engine.engine import Engine
 from stig.engine.errors import CommitFailed
 from stig.engine.session import Session
 
+_now = trio.current_time  # bound once: read at every send
+
 
 class Sink(Protocol):
     """Where replies go: a socket (:class:`stig.server.transport.Transport`)."""
@@ -173,7 +175,8 @@ class Replies:
         as its protocol words it (the handler's ``fatal_error``)."""
         self.discard()
         write_error(self._session.loss_message())
-        await self._transmit()
+        if self.out:
+            await self._transmit()
 
     def discard(self) -> None:
         """Forget every reply not sent (a loss is reported instead)."""
@@ -188,19 +191,17 @@ class Replies:
         self.gate.close()
 
     async def _transmit(self) -> None:
-        """Send :attr:`out` whole and clear it; one send when the client
+        """Send :attr:`out` (not empty) whole and clear it; one send when the client
         reads (the common case), and ``bytes_written`` counted — here only."""
         out = self.out
         size = len(out)
-        if not size:
-            return
         sink = self.sink
         assert sink is not None, "replies sent without a sink"
         session = self._session
         self._stats.bytes_written += size
         # While a send waits for the client, the snapshots its reads hold
         # may be ended (--max-read-stall-ms, stig/storage/held.py).
-        session.replies_blocked_since = trio.current_time()
+        session.replies_blocked_since = _now()
         sent = await sink.send(out)
         if sent < size:  # a partial send: the client is slow
             await send_all(sink, out, sent, session)

@@ -75,10 +75,10 @@ class Parser(Protocol):
 
 
 class Handler(Protocol):
-    """What the connection loop needs of a protocol handler."""
+    """What the connection loop needs of a protocol handler (which writes
+    its replies into the connection's :class:`Replies`, given to it by
+    :func:`make_handler`)."""
 
-    #: The connection's replies (the handler writes them, the loop sends them).
-    replies: Replies
     closing: bool
 
     @property
