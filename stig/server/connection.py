@@ -191,11 +191,12 @@ class Connection:
                 self.sock.close()
                 # Nothing of a closed connection may wait for the cycle
                 # collector, whose full collections are rare in the server
-                # (stig/tools/cli.py): the session's wake-up is this
-                # connection's bound method, the handler's dispatch tables
-                # and the gate's settle are dropped by their close() above
+                # (stig/tools/cli.py): the session drops its wake-up (this
+                # connection's bound method) and its budget account's link
+                # back; the handler's dispatch tables and the gate's settle
+                # went with their close() above
                 # (tests/model/test_connection_garbage.py).
-                self.session.on_failure = None
+                self.session.close()
 
     def _end_session(self) -> None:
         """Commit an open run left at a command boundary; discard a torn one."""

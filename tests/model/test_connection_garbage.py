@@ -11,9 +11,10 @@ and closed: this test is that finding, made exact.
 
 The cycles were the handlers' dispatch tables (bound methods of their own
 handler), the gate's ``settle`` (the core's bound method; the core holds the
-gate), ``session.on_failure`` (the connection's ``_wake``) and a finished
-promotion's ``on_done`` (the session's bound method; the session keeps its
-last promotion). The streams below pass through each of them: writes answered
+gate), ``session.on_failure`` (the connection's ``_wake``), the session's
+budget account (``Charges.owner`` is the session) and a finished promotion's
+``on_done`` (the session's bound method; the session keeps its last
+promotion). The streams below pass through each of them: writes answered
 from the POV, replies held behind their commits (``add``, a binary Set), quiet
 runs, reads.
 """

@@ -153,7 +153,10 @@ async def test_nothing_leaves_once_acknowledged_writes_are_lost(engine: Engine) 
     session = Session(engine)
     replies = Replies(engine, session, sink)
     replies.out += b"STORED\r\n"
-    session.failure = "disk gone"
+    lost = Promotion([], {}, 0, answered_early=True, first_seq=1)  # after the last reply
+    lost.error = "disk gone"
+    session.ledger.record(lost, session.acked_seq)
+    assert session.failure == "disk gone"
     await replies.send()  # the connection reports the loss instead
     with pytest.raises(CommitFailed):
         await replies.drain()  # a command stops
