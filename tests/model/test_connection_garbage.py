@@ -16,7 +16,8 @@ budget account (``Charges.owner`` is the session) and a finished promotion's
 ``on_done`` (the session's bound method; the session keeps its last
 promotion). The streams below pass through each of them: writes answered
 from the POV, replies held behind their commits (``add``, a binary Set), quiet
-runs, reads.
+runs, a quiet failure owed in its turn behind a quiet cas's verdict
+(``Core.quiet_reply``), reads.
 """
 
 from __future__ import annotations
@@ -37,12 +38,16 @@ from stig_testkit.fuzz.harness import MemoryTransport
 
 #: flags and exptime of a binary Set.
 SET_EXTRAS = bytes(8)
-#: A loud Set (its reply held behind its commit), a SetQ, a Get, a Version, a No-op.
+#: A loud Set (its reply held behind its commit), a SetQ, a Get, a SetQ whose
+#: cas fails at its commit and a DeleteQ of a missing key owed in its turn
+#: behind it, a Version, a No-op.
 BINARY = b"".join(
     [
         encode_request(Opcode.Set, b"a", b"1", SET_EXTRAS),
         encode_request(Opcode.SetQ, b"b", b"2", SET_EXTRAS),
         encode_request(Opcode.Get, b"a"),
+        encode_request(Opcode.SetQ, b"a", b"3", SET_EXTRAS, cas=999_999),
+        encode_request(Opcode.DeleteQ, b"missing"),
         encode_request(Opcode.Version),
         encode_request(Opcode.Noop),
     ]
@@ -51,13 +56,15 @@ BINARY = b"".join(
 STREAMS = {
     "text": b"set a 0 0 1\r\n1\r\nget a\r\nset b 0 0 1 noreply\r\n2\r\n"
     b"add c 0 0 1\r\n3\r\nversion\r\n",
-    "meta": b"ms a 1\r\n1\r\nmg a v\r\nms b 1 q\r\n2\r\nms a 1 C999999 q\r\n3\r\nmn\r\n",
+    "meta": b"ms a 1\r\n1\r\nmg a v\r\nms b 1 q\r\n2\r\nms a 1 C999999 q\r\n3\r\n"
+    b"md missing q\r\nmn\r\n",
     "binary": BINARY,
 }
 #: The last reply of each stream: the connection served all of it.
 LAST_REPLY = {
     "text": b"VERSION %b\r\n" % PROTOCOL_VERSION.encode(),
-    "meta": b"EX\r\nMN\r\n",  # the quiet cas that failed is owed its verdict
+    # The quiet cas that failed is owed its verdict, the quiet md's NF its turn.
+    "meta": b"EX\r\nNF\r\nMN\r\n",
     "binary": bytes([0x81, Opcode.Noop]) + bytes(22),
 }
 
