@@ -104,6 +104,13 @@ class ReplyGate:
         self._held = []
         self.cost = 0
 
+    def close(self) -> None:
+        """The connection is over: forget the held replies, and :attr:`settle`
+        (a bound method of the core, which holds this gate: a reference
+        cycle otherwise)."""
+        self.discard()
+        self.settle = _unsettled
+
     async def release(self) -> None:
         """Wait for each held reply's commit and write it in its place.
 

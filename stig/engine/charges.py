@@ -46,8 +46,9 @@ class Charges:
 
     def __init__(self, budget: WriteBudget, owner: object) -> None:
         self.budget = budget
-        #: Who the budget sees hold or wait (the session).
-        self.owner = owner
+        #: Who the budget sees hold or wait (the session; None once it is
+        #: closed: :meth:`Session.close`, which breaks the cycle it makes).
+        self.owner: object | None = owner
         #: Bytes recorded and not committed yet: the open run's and the closed runs'.
         self.pending = 0
         #: Bytes of the open run.

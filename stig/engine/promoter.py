@@ -603,6 +603,10 @@ class Promoter:
             self.in_flight.release(promotion)
             on_done = promotion.on_done
             if on_done is not None:
+                # Called once: dropped first, so that a finished promotion
+                # its session still holds (Session._last) is no reference
+                # cycle through the session's bound method.
+                promotion.on_done = None
                 try:
                     on_done(promotion)
                 except Exception:

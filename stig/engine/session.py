@@ -596,6 +596,16 @@ class Session:
         self._closed_pure = False
         return promotion
 
+    def close(self) -> None:
+        """Its connection is over (its open run committed or discarded): drop
+        the links that make a session a reference cycle — its budget account
+        names it, its wake-up is its connection's bound method — so that it
+        is freed with its connection, not by a rare full collection
+        (tests/model/test_connection_garbage.py).  Its runs in flight still
+        finish (:meth:`_promoted` needs neither)."""
+        self.ledger.on_failure = None
+        self._charges.owner = None
+
     def discard_run(self) -> None:
         """Forget the open run (a dropped connection, a truncated command)."""
         # Its owed verdicts go with it: nobody is told about writes that never happen.

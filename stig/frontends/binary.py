@@ -2,7 +2,8 @@
 
 The bridge between :mod:`protocol.binary` (bytes ⇄ requests, responses) and
 :class:`stig.core.command_core.Core` (what each command does to the POV).  One handler per
-connection; responses are appended to :attr:`BinaryHandler.out` and sent by
+connection; responses are appended to :attr:`BinaryHandler.out` (the
+connection's :class:`~stig.core.replies.Replies`) and sent by
 the connection once per burst.  The rules (docs/pov.md):
 
 * **Quiet writes** (SetQ, AddQ, …) join the session's open run; the first
@@ -55,7 +56,7 @@ from protocol.binary import (
 )
 from protocol.errors import ProtocolError
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind, Verdict
-from stig.core.reply_gate import ReplyGate
+from stig.core.replies import Replies
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.errors import CommitFailed, WritesRefused
@@ -130,7 +131,9 @@ class _Quiet:
 class BinaryHandler:
     """Runs each binary request against the session; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session, fast: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, session: Session, fast: bool = True, replies: Replies | None = None
+    ) -> None:
         self.engine = engine
         self.session = session
         #: False: every request takes the general path (:meth:`_handle`), no
@@ -138,16 +141,17 @@ class BinaryHandler:
         #: (tests/model/test_fast_paths.py) checks both answer alike.
         self.fast = fast
         self.parser = BinaryParser(engine.settings.limits)
-        self.out = bytearray()
+        #: The connection's replies (None: a handler of its own, never sent,
+        #: for a test or a script).
+        self.replies = Replies(engine, session) if replies is None else replies
+        self.out = self.replies.out  # what every request appends its response to
         self.closing = False
         #: Replies held behind their commits (the loud writes, which carry the
         #: committed cas): the connection releases them before it sends.
-        self.gate = ReplyGate(self.out, engine.stats)
+        self.gate = self.replies.gate
         self.core = Core(engine, session, self.gate)
         self.auth = engine.auth
         self.authenticated = self.auth is None
-        #: Sends what ``out`` holds so far (the connection sets it).
-        self.drain: Callable[[], Awaitable[None]] | None = None
         #: The open run of GetQ/GetKQ: its snapshot, held until the run ends.
         self._gets: Snapshot | None = None
         self._gets_broken = False  # Store.grow() ended that snapshot: the rest fail
@@ -272,7 +276,7 @@ class BinaryHandler:
             pending = self._handle_one(request)
             if pending is not None:
                 await pending
-            if session.wants_room and not await session.make_room(self.drain):
+            if session.wants_room and not await session.make_room(self.replies.drain):
                 return  # acknowledged writes were lost: the loop reports it
 
     async def _handle(self, event: object) -> None:
@@ -423,8 +427,11 @@ class BinaryHandler:
             snapshot.close()
 
     def close(self) -> None:
-        """The connection is over: release what the handler holds."""
+        """The connection is over: release what the handler holds, and empty
+        the dispatch table, whose bound methods make this handler a
+        reference cycle (freed only by a rare full collection otherwise)."""
         self.end_read_run()
+        self._handlers.clear()
 
     async def _fail(self, request: BinaryRequest, status: Status, message: str = "") -> None:
         """Answer a failed request: quiet ones leave the run open, and come

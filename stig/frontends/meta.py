@@ -67,6 +67,7 @@ from protocol.meta import (
 )
 from protocol.text_replies import client_error, server_error
 from stig.core.command_core import NON_NUMERIC, Answer, Committed, Core, Refusal, Verdict
+from stig.core.replies import Replies
 from stig.engine.errors import CommitFailed
 from stig.storage.ops import (
     Add,
@@ -124,15 +125,14 @@ class MetaHandler:
 
     command_types = (MetaGet, MetaSet, MetaDelete, MetaArithmetic, MetaNoop, MetaDebug)
 
-    def __init__(self, core: Core, out: bytearray, next_event: Callable[[], object]) -> None:
+    def __init__(self, core: Core, replies: Replies, next_event: Callable[[], object]) -> None:
         self.core = core
-        self.out = out
+        #: The connection's replies: a run of mg sends them as they grow.
+        self.replies = replies
+        self.out = replies.out
         self.gate = core.gate  # replies held behind their commits
         self._next_event = next_event  # the parser's, to read a run of mg ahead
-        #: Sends what ``out`` holds so far (the text handler sets it): a run
-        #: of mg sends its replies as they grow.
-        self.drain: Callable[[], Awaitable[None]] | None = None
-        self._reply_limit = core.engine.settings.max_reply_bytes
+        self._reply_limit = replies.limit
         #: The snapshot of a run of mg that goes on in the next input (None: none does).
         self.run: Snapshot | None = None
         self._run_broken = False  # Store.grow() ended that snapshot: the rest fail
@@ -270,6 +270,12 @@ class MetaHandler:
             raise error
         return leftover
 
+    def close(self) -> None:
+        """The connection is over: end a run of mg, and empty :attr:`handlers`
+        (bound methods of this handler: a reference cycle otherwise)."""
+        self.end_read_run()
+        self.handlers.clear()
+
     def end_read_run(self) -> None:
         """End a run of mg held open for the next input: release its snapshot."""
         snapshot = self.run
@@ -330,12 +336,13 @@ class MetaHandler:
         assert snapshot is not None
         core = self.core
         limit = self._reply_limit
+        drain = self.replies.drain
         index = 0
         if not self._run_broken:
             try:
                 for index, command in enumerate(commands):
-                    if len(out) >= limit and self.drain is not None:
-                        await self.drain()
+                    if len(out) >= limit:
+                        await drain()
                     if refused[index]:
                         out += TTL_REJECTED
                         continue

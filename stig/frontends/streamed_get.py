@@ -16,13 +16,12 @@ session's pending writes (every cas returned is a committed one).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import lmdb
 
 from protocol import text_replies as R
 from protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
 from stig.core.command_core import Core
+from stig.core.replies import Replies
 from stig.engine.errors import CommitFailed
 from stig.storage.snapshot import Snapshot
 
@@ -30,18 +29,10 @@ from stig.storage.snapshot import Snapshot
 class StreamedGet:
     """One streamed retrieval line of a text connection at a time."""
 
-    def __init__(
-        self,
-        core: Core,
-        out: bytearray,
-        reply_limit: int,
-        drain: Callable[[], Awaitable[None]],
-        ttl_refusal: bytes,
-    ) -> None:
+    def __init__(self, core: Core, replies: Replies, ttl_refusal: bytes) -> None:
         self.core = core
-        self.out = out
-        self._limit = reply_limit
-        self._drain = drain
+        self.replies = replies  # sent as they grow (Replies.drain)
+        self.out = replies.out
         self._ttl_refusal = ttl_refusal
         self._head: RetrieveStart | None = None  # the line being answered
         self._snapshot: Snapshot | None = None
@@ -107,12 +98,13 @@ class StreamedGet:
     async def _render(
         self, head: RetrieveStart, snapshot: Snapshot, keys: tuple[bytes, ...]
     ) -> None:
-        out, limit, core = self.out, self._limit, self.core
+        out, core = self.out, self.core
+        limit, drain = self.replies.limit, self.replies.drain
         line = R.VALUE_LINE_CAS if head.with_cas else R.VALUE_LINE
         position = 0
         while position < len(keys):
             if len(out) >= limit:
-                await self._drain()
+                await drain()
             read, hits = snapshot.render(keys, position, line, head.with_cas, out, limit)
             core.count_gets(read - position, hits)
             position = read
@@ -120,12 +112,13 @@ class StreamedGet:
     async def _each(self, head: RetrieveStart, snapshot: Snapshot, keys: tuple[bytes, ...]) -> None:
         """Key by key: ``gat``/``gats`` touch (and may expire) each item, and
         ``stats detail on`` counts each key."""
-        out, limit, core = self.out, self._limit, self.core
+        out, core = self.out, self.core
+        limit, drain = self.replies.limit, self.replies.drain
         expired = head.touch and core.expired(head.exptime)
         cas = head.with_cas
         for key in keys:
             if len(out) >= limit:
-                await self._drain()
+                await drain()
             item = snapshot.item(key)
             core.count_read(key, item is not None, touch=head.touch)
             if item is not None:

@@ -2,7 +2,8 @@
 
 The bridge between :mod:`protocol.text` (bytes ⇄ commands) and
 :class:`stig.engine.session.Session` (the POV).  One handler per connection; replies
-are appended to :attr:`TextHandler.out` and sent by the connection once per
+are appended to :attr:`TextHandler.out` (the connection's
+:class:`~stig.core.replies.Replies`) and sent by the connection once per
 burst.  Meta commands arriving on the same connection are passed to the meta
 handler.
 """
@@ -40,7 +41,7 @@ from protocol.text import QuietError, TextParser
 from stig.core import listing
 from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
-from stig.core.reply_gate import ReplyGate
+from stig.core.replies import Replies
 from stig.engine.certificates import TlsError
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.errors import CommitFailed
@@ -80,7 +81,9 @@ _CONDITIONAL: dict[StoreMode, type[Add | Replace]] = {
 class TextHandler:
     """Runs each text command against the session; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session, fast: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, session: Session, fast: bool = True, replies: Replies | None = None
+    ) -> None:
         self.engine = engine
         self.session = session
         #: False: every command takes the general path (:meth:`_handle`, the
@@ -89,19 +92,20 @@ class TextHandler:
         #: both give the same replies, stats and committed state.
         self.fast = fast
         self.parser = TextParser(engine.settings.limits, fast=fast)
-        self.out = bytearray()
+        #: The connection's replies (None: a handler of its own, never sent,
+        #: for a test or a script): ``drain`` sends them from inside a
+        #: command, so a long read or key listing goes out as it grows.
+        self.replies = Replies(engine, session) if replies is None else replies
+        self.out = self.replies.out  # what every command appends its reply to
         self.closing = False
-        #: Sends what ``out`` holds so far (the connection sets it): a long
-        #: key listing goes out in chunks instead of growing ``out`` whole.
-        self.drain: Callable[[], Awaitable[None]] | None = None
         #: Replies held behind their commits (add/replace/cas, meta writes
         #: that return a cas): the connection releases them before it sends.
-        self.gate = ReplyGate(self.out, engine.stats)
+        self.gate = self.replies.gate
         self.core = Core(engine, session, self.gate)
         self._db = engine.store
         # Replies are sent as they grow: gets read ahead stop once this much
         # is waiting and go back to the parser, handled after a send (_read_run).
-        self._reply_limit = engine.settings.max_reply_bytes
+        self._reply_limit = self.replies.limit
         self.auth = engine.auth
         self.authenticated = self.auth is None
         self._refusal = engine.promoter.refusal  # writes refused: a full disk
@@ -122,12 +126,9 @@ class TextHandler:
             InvalidCommand: self._invalid,  # type: ignore[dict-item]
             QuietError: self._quiet_error,  # type: ignore[dict-item]
         }
-        self.meta = MetaHandler(self.core, self.out, self.parser.next_event)
-        self.meta.drain = self._drain_out
+        self.meta = MetaHandler(self.core, self.replies, self.parser.next_event)
         #: The read of a get line too long to parse whole, as its keys arrive.
-        self.streamed = StreamedGet(
-            self.core, self.out, self._reply_limit, self._drain_out, EXPTIME_REJECTED
-        )
+        self.streamed = StreamedGet(self.core, self.replies, EXPTIME_REJECTED)
         self._dispatch[RetrieveKeys] = self.streamed.keys  # type: ignore[assignment]
         self._dispatch[RetrieveEnd] = self.streamed.end  # type: ignore[assignment]
         # Each meta command type straight to its handler (which returns None
@@ -248,11 +249,6 @@ class TextHandler:
             return _NOT_NOW
         return self._read_run([event], event.with_cas)
 
-    async def _drain_out(self) -> None:
-        """Send what ``out`` holds (for the meta handler: a run of mg streams)."""
-        if self.drain is not None:
-            await self.drain()
-
     def _login(self, event: object) -> None:
         """memcached's text auth (``-Y``): ``set <any> <flags> <exptime> <bytes>``
         with ``user password`` as data logs in; anything else is refused."""
@@ -336,11 +332,12 @@ class TextHandler:
         expired = touch and core.expired(command.exptime)
         out = self.out
         limit = self._reply_limit
+        drain = self.replies.drain
         with await core.snapshot(keys, with_cas) as snapshot:
             try:
                 for key in keys:
-                    if len(out) >= limit and self.drain is not None:
-                        await self.drain()
+                    if len(out) >= limit:
+                        await drain()
                     item = snapshot.item(key)
                     core.count_read(key, item is not None, touch=touch)
                     if item is not None:
@@ -472,14 +469,15 @@ class TextHandler:
         """
         out = self.out
         limit = self._reply_limit
+        drain = self.replies.drain
         render = snapshot.render
         line = R.VALUE_LINE_CAS if with_cas else R.VALUE_LINE
         hits = 0
         try:
             position = 0
             while position < len(keys):
-                if len(out) >= limit and self.drain is not None:
-                    await self.drain()
+                if len(out) >= limit:
+                    await drain()
                 position, found = render(keys, position, line, with_cas, out, limit)
                 hits += found
             out += R.END
@@ -561,7 +559,7 @@ class TextHandler:
             pending = self._start(event)
             if pending is not None:
                 await pending
-            if session.wants_room and not await session.make_room(self.drain):
+            if session.wants_room and not await session.make_room(self.replies.drain):
                 return  # acknowledged writes were lost: the loop reports it
 
     def _store(self, command: Store) -> Awaitable[None] | None:
@@ -698,11 +696,12 @@ class TextHandler:
         # The snapshot is taken at the first chunk, once every write in
         # flight is committed (the run this command closed included).
         await self.core.prepare_listing()
+        drain = self.replies.drain
         with contextlib.closing(chunks):  # type: ignore[type-var]
             for chunk in chunks:
                 out += chunk
-                if self.drain is not None and len(out) >= listing.CHUNK_BYTES:
-                    await self.drain()
+                if len(out) >= listing.CHUNK_BYTES:
+                    await drain()
 
     def _refresh_certs(self, command: RefreshCerts) -> None:
         """Reload the TLS certificates: new connections get them (memcached)."""
@@ -742,9 +741,12 @@ class TextHandler:
         self.meta.end_read_run()
 
     def close(self) -> None:
-        """The connection is over: release the snapshots held for it."""
-        self.meta.end_read_run()
+        """The connection is over: release the snapshots held for it, and
+        empty the dispatch table, whose bound methods make this handler a
+        reference cycle (freed only by a rare full collection otherwise)."""
+        self.meta.close()
         self.streamed.close()
+        self._dispatch.clear()
 
     def fatal_error(self, message: str) -> None:
         self.out += R.server_error(message)

@@ -1,8 +1,9 @@
 """One client connection: receive, parse, execute, reply — on a raw trio socket.
 
 The loop is the same for every protocol; the handler (text or binary,
-chosen from the first byte as memcached does) owns the parser and the reply
-buffer.  Many commands are parsed from each receive and all their replies
+chosen from the first byte as memcached does) owns the parser, and the
+connection's :class:`~stig.core.replies.Replies` the reply buffer and every
+send.  Many commands are parsed from each receive and all their replies
 go out in one send, so pipelining costs one syscall pair per burst.
 
 Transaction edges the loop owns (docs/pov.md):
@@ -17,7 +18,8 @@ Transaction edges the loop owns (docs/pov.md):
   the promoter first (from then on every connection sees them), replies
   held behind their commits are written in their places
   (stig/core/reply_gate.py), and with ``--durable-acks`` every run the
-  replies acknowledge is on disk — :meth:`Connection._release_replies`;
+  replies acknowledge is on disk — :meth:`Replies.release`
+  (stig/core/replies.py, which every send goes through);
 * brakes: a connection with uncommitted writes reads nothing more while
   the engine-wide write budget (``--max-pending-bytes``) is exceeded; one
   with closed runs not yet committed, while the promoter is more than
@@ -38,16 +40,16 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Protocol
 
 import trio
 
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
-from stig.core.reply_gate import ReplyGate
+from stig.core.replies import Replies
 from stig.engine.engine import Engine
-from stig.engine.errors import CommitFailed, RunTooLarge
+from stig.engine.errors import RunTooLarge
 from stig.engine.session import Session
 from stig.server.transport import Transport
 
@@ -73,13 +75,11 @@ class Parser(Protocol):
 
 
 class Handler(Protocol):
-    """What the connection loop needs of a protocol handler."""
+    """What the connection loop needs of a protocol handler (which writes
+    its replies into the connection's :class:`Replies`, given to it by
+    :func:`make_handler`)."""
 
-    out: bytearray
-    #: The replies in ``out`` that wait for their commits.
-    gate: ReplyGate
     closing: bool
-    drain: Callable[[], Awaitable[None]] | None
 
     @property
     def parser(self) -> Parser: ...
@@ -107,36 +107,21 @@ class Handler(Protocol):
         ...
 
     def close(self) -> None:
-        """The connection is over: release the snapshots the handler holds."""
+        """The connection is over: release the snapshots the handler holds,
+        and drop its references to itself (its dispatch tables of bound
+        methods), so that nothing of the connection waits for the cycle
+        collector (tests/model/test_connection_garbage.py)."""
         ...
 
 
-def make_handler(engine: Engine, session: Session, first_byte: int) -> Handler:
+def make_handler(engine: Engine, session: Session, first_byte: int, replies: Replies) -> Handler:
     if first_byte == BINARY_MAGIC:
         from stig.frontends.binary import BinaryHandler
 
-        return BinaryHandler(engine, session)
+        return BinaryHandler(engine, session, replies=replies)
     from stig.frontends.text import TextHandler
 
-    return TextHandler(engine, session)
-
-
-async def send_all(
-    sock: Transport, data: bytes | bytearray, start: int = 0, session: Session | None = None
-) -> None:
-    """Send ``data[start:]`` whole, without copying it (a reply can be megabytes).
-
-    The views are released before returning, so a bytearray can be cleared
-    right after.  ``session``: whose replies these are; each send that makes
-    progress restarts its :attr:`Session.replies_blocked_since` (the caller
-    set it before its first send, and clears it after).
-    """
-    with memoryview(data) as whole:
-        while start < len(whole):
-            with whole[start:] as view:
-                start += await sock.send(view)
-            if session is not None:
-                session.replies_blocked_since = trio.current_time()
+    return TextHandler(engine, session, replies=replies)
 
 
 class Connection:
@@ -150,11 +135,10 @@ class Connection:
         settings = engine.settings
         self._batch_idle = settings.batch_idle_ms / 1000.0
         self._idle_timeout = settings.idle_timeout or float("inf")
-        self._durable = settings.durable_acks
         self._max_lag = settings.max_commit_lag_ms / 1000.0
-        self._reply_limit = settings.max_reply_bytes
+        #: Every reply of this connection, and every send of them.
+        self.replies = Replies(engine, self.session, sock)
         self._failed = False  # an internal error ended the connection
-        self._refusal = engine.promoter.refusal  # writes refused: a full disk
         self.session.on_failure = self._wake
         #: Cancels this connection (shutdown); set by whoever serves it.
         self.scope = trio.CancelScope()
@@ -201,21 +185,18 @@ class Connection:
                 if self.handler is not None:
                     self.handler.close()
                 self._end_session()
-                if self.handler is not None:
-                    self.handler.gate.discard()  # replies never sent, if any
+                # Replies never sent, if any, are freed now (under churn such
+                # buffers once held hundreds of MiB, docs/soak.md).
+                self.replies.close()
                 self.sock.close()
-                if self.handler is not None:
-                    self._free_replies(self.handler)
-
-    @staticmethod
-    def _free_replies(handler: Handler) -> None:
-        """Drop the replies never sent, now.  A handler is a reference cycle
-        (its dispatch table holds its own bound methods), so only the cyclic
-        garbage collector frees it, and its full collections are rare; the
-        reply buffer of a client that stopped reading (up to
-        ``--max-reply-bytes`` plus an item) must not wait for one: under
-        connection churn such buffers held hundreds of MiB (docs/soak.md)."""
-        handler.out.clear()
+                # Nothing of a closed connection may wait for the cycle
+                # collector, whose full collections are rare in the server
+                # (stig/tools/cli.py): the session drops its wake-up (this
+                # connection's bound method) and its budget account's link
+                # back; the handler's dispatch tables and the gate's settle
+                # went with their close() above
+                # (tests/model/test_connection_garbage.py).
+                self.session.close()
 
     def _end_session(self) -> None:
         """Commit an open run left at a command boundary; discard a torn one."""
@@ -258,62 +239,6 @@ class Connection:
             return await self.sock.recv(RECEIVE_SIZE)
         return None
 
-    async def _drain(self) -> None:
-        """Send the replies written so far (a key listing streams in chunks)."""
-        assert self.handler is not None
-        out = self.handler.out
-        if out or self.handler.gate.holding:
-            pending = self._release_replies()
-            if pending is not None:
-                await pending
-            if self.session.failure is not None:
-                raise CommitFailed(self.session.failure)  # the loop reports it
-            session = self.session
-            session.replies_sent()
-            self.engine.stats.bytes_written += len(out)
-            session.replies_blocked_since = trio.current_time()
-            await send_all(self.sock, out, 0, session)
-            session.replies_blocked_since = None
-            out.clear()
-
-    def _release_replies(self) -> Awaitable[None] | None:
-        """Before replies leave (mid-burst or at its end), the one place the
-        rule "a reply is sent only when what it acknowledges is kept" lives
-        (docs/pov.md, "Which replies acknowledge what"): every run closed so
-        far is handed over (from then on every read waits for it:
-        "Other sessions"); replies held behind their commits are written in
-        their places once those commits are done; and with
-        ``--durable-acks``, if a run closed since the last wait — whatever
-        closed it: a write, a read, ``version``, a failed command — the
-        replies wait until it is on disk.  Returns what to await first
-        (None: nothing, the hot path: no coroutine per burst)."""
-        session = self.session
-        session.submit()
-        if self.handler is not None and self.handler.gate.holding:
-            return self._release_held()
-        if self._durable and session.unacked_writes:
-            return self._until_durable()
-        if self._refusal.message is not None and session.commits_awaited:
-            # Writes are refused (a full disk): nothing more is acknowledged
-            # before it is on disk, as with --durable-acks (docs/pov.md).
-            return self._until_durable()
-        return None
-
-    async def _release_held(self) -> None:
-        assert self.handler is not None
-        await self.handler.gate.release()
-        session = self.session
-        if (self._durable and session.unacked_writes) or (
-            self._refusal.message is not None and session.commits_awaited
-        ):
-            await self._until_durable()
-
-    async def _until_durable(self) -> None:
-        try:
-            await self.session.wait_committed(report=False)
-        except CommitFailed:
-            pass  # session.failure: the caller reports it, nothing is sent
-
     def _brake_needed(self) -> bool:
         """Whether this session must stop reading now (the caller knows it has
         uncommitted writes): while the write budget is exceeded, any of them
@@ -355,37 +280,13 @@ class Connection:
         finally:
             stats.paused_connections -= 1
 
-    async def _send(self, out: bytearray) -> None:
-        """Send the replies of a burst so far (mid-burst: see :meth:`_release_replies`);
-        nothing is sent once acknowledged writes are known lost."""
-        pending = self._release_replies()
-        if pending is not None:
-            await pending
-        session = self.session
-        if session.failure is not None:
-            return  # the loop reports the loss instead of these replies
-        session.replies_sent()
-        size = len(out)
-        self.engine.stats.bytes_written += size
-        session.replies_blocked_since = trio.current_time()
-        sent = await self.sock.send(out)
-        if sent < size:  # a partial send: the client is slow
-            await send_all(self.sock, out, sent, session)
-        session.replies_blocked_since = None
-        out.clear()
-
-    async def _report_loss(self, handler: Handler, out: bytearray) -> None:
+    async def _report_loss(self, handler: Handler) -> None:
         """Writes answered from the POV were lost: say so instead of anything
         pending — as acknowledged writes lost only if a reply was sent after
         them (:meth:`Session.loss_message`) — and end (the open run is
         discarded: nothing after the loss is applied)."""
         self._failed = True
-        out.clear()
-        handler.gate.discard()
-        handler.fatal_error(self.session.loss_message())
-        self.engine.stats.bytes_written += len(out)
-        await send_all(self.sock, out)
-        out.clear()
+        await self.replies.send_loss(handler.fatal_error)
 
     async def _serve(self) -> None:
         stats = self.engine.stats
@@ -393,17 +294,18 @@ class Connection:
         data = await self._receive()
         if not data:
             return
-        handler = self.handler = make_handler(self.engine, session, data[0])
-        handler.drain = self._drain
-        reply_limit = self._reply_limit
+        replies = self.replies
+        handler = self.handler = make_handler(self.engine, session, data[0], replies)
+        reply_limit = replies.limit
+        out = replies.out
+        gate = replies.gate
+        release = replies.release
+        write = replies.write
         parser = handler.parser
-        out = handler.out
-        gate = handler.gate
         handle = handler.handle
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
         checkpoint = trio.lowlevel.checkpoint
-        now = trio.current_time
         promoter = self.engine.promoter
         while True:
             stats.bytes_read += len(data)
@@ -432,7 +334,7 @@ class Connection:
                             # Brake inside a long burst too (a run stays open:
                             # reading pauses, nothing is split).
                             if out or gate.holding:
-                                await self._send(out)
+                                await replies.send()
                             await self._brake()
                             if session.failure is not None:
                                 break  # reported just below
@@ -443,7 +345,7 @@ class Connection:
                         # behind their commits included.  Gets read ahead
                         # stop at this bound too, and the parser hands the
                         # rest out next (TextHandler._read_run).
-                        await self._send(out)
+                        await replies.send()
                         if session.failure is not None:
                             break  # reported just below
                     event = parser.next_event()
@@ -454,7 +356,7 @@ class Connection:
                         await pending
                         if session.failure is not None:
                             break  # reported just below (a handler stopped for it)
-                    if session.wants_room and not await session.make_room(self._drain):
+                    if session.wants_room and not await session.make_room(replies.drain):
                         break  # acknowledged writes were lost: reported just below
             except ProtocolError as exc:
                 handler.protocol_error(exc)
@@ -462,30 +364,20 @@ class Connection:
             except RunTooLarge as exc:  # or waited for room too long
                 handler.fatal_error(exc.reason)
                 handler.closing = True
-            pending = self._release_replies()  # the burst's replies may go
+            pending = release()  # the burst's replies may go
             if pending is not None:
                 await pending
             if session.failure is not None:
-                await self._report_loss(handler, out)
+                await self._report_loss(handler)
                 return
             if out:
-                session.replies_sent()
-                size = len(out)
-                stats.bytes_written += size
-                # While a send waits for the client, the snapshots its reads hold
-                # may be ended (--max-read-stall-ms, stig/storage/held.py).
-                session.replies_blocked_since = now()
-                sent = await sock.send(out)
-                if sent < size:
-                    await send_all(sock, out, sent, session)  # rare: a partial send
-                session.replies_blocked_since = None
-                out.clear()
+                await write()
             if handler.closing:
                 return
             if session.pending_bytes and self._brake_needed():  # no coroutine otherwise
                 await self._brake()
                 if session.failure is not None:
-                    await self._report_loss(handler, out)
+                    await self._report_loss(handler)
                     return
             if self.stopping and parser.at_boundary:
                 return  # shutdown: everything received is answered
@@ -497,5 +389,5 @@ class Connection:
                 data = await self._receive()
             if not data:
                 if session.failure is not None:  # woken by _wake: say why
-                    await self._report_loss(handler, out)
+                    await self._report_loss(handler)
                 return

@@ -38,11 +38,12 @@ from pathlib import Path
 import attrs
 import trio
 
+from stig.core.replies import send_all
 from stig.engine.certificates import TlsCertificates, TlsError
 from stig.engine.engine import Engine
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
-from stig.server.connection import Connection, send_all
+from stig.server.connection import Connection
 from stig.server.sd_notify import Notifier, keep_alive
 from stig.server.tls import wrap as wrap_tls
 

@@ -41,6 +41,7 @@ from protocol.binary_codes import Opcode
 from protocol.binary_writer import encode_request
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
+from stig.core.replies import Replies
 from stig.engine.engine import Engine
 from stig.engine.errors import RunTooLarge
 from stig.engine.session import Session
@@ -234,23 +235,17 @@ class Stack:
     def __init__(self, data_dir: Path, handler: type[Handler], fast: bool) -> None:
         self.engine = Engine(Settings(data_dir=data_dir))
         self.session = Session(self.engine)
-        self.handler = handler(self.engine, self.session, fast=fast)
-        self.handler.drain = self._drain
         self.sent = bytearray()
+        # The connection's replies, sent to ``sent`` (a client that reads all).
+        self.replies = Replies(self.engine, self.session, self)
+        self.handler = handler(self.engine, self.session, fast=fast, replies=self.replies)
         self.other = Session(self.engine)  # another connection's writes
         self._written = 0
 
-    async def _release(self) -> None:
-        """Hand the closed runs over and write the held replies (Connection._release_replies)."""
-        self.session.submit()
-        if self.handler.gate.holding:
-            await self.handler.gate.release()
-
-    async def _drain(self) -> None:
-        await self._release()
-        self.sent += self.handler.out
-        self.session.replies_sent()
-        self.handler.out.clear()
+    async def send(self, data: bytes | bytearray | memoryview, /) -> int:
+        """The replies' sink: takes everything."""
+        self.sent += data
+        return len(data)
 
     async def feed(self, chunk: bytes) -> None:
         """One received chunk: every command in it handled, its replies sent."""
@@ -268,14 +263,15 @@ class Stack:
                     await pending
                 assert session.failure is None
                 if session.wants_room:
-                    assert await session.make_room(self._drain)
+                    assert await session.make_room(self.replies.drain)
         except ProtocolError as exc:
             handler.protocol_error(exc)
             handler.closing = True
         except RunTooLarge as exc:
             handler.fatal_error(exc.reason)
             handler.closing = True
-        await self._drain()
+        await self.replies.send()  # as the connection sends a burst's replies
+        assert session.failure is None
 
     async def run(self, chunks: list[Step]) -> Outcome:
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,209 @@
+"""One connection's replies: the buffer, its limit, when they may leave, sending them.
+
+Every reply a connection writes goes through one :class:`Replies`: the front
+ends append to :attr:`Replies.out` (and hold places in :attr:`Replies.gate`
+for replies that wait for their commits), and every send — at the end of a
+burst, when the replies reach ``--max-reply-bytes`` mid-burst, when a long
+read sends as it grows (:meth:`Replies.drain`), the report of a lost write —
+is one of its methods.  So the rules about sending live here once:
+
+* **a reply that acknowledges something is sent only when what it
+  acknowledges is kept** (docs/pov.md, "Which replies acknowledge what"):
+  :meth:`Replies.release` hands the session's closed runs to the promoter,
+  writes the held replies in their places once their commits are done, and
+  under ``--durable-acks`` (or while writes are refused: a full disk) waits
+  until the runs the replies acknowledge are on disk;
+* nothing is sent once acknowledged writes are known lost: the loss report
+  alone goes (:meth:`Replies.send_loss`);
+* the buffer is bounded: whoever appends checks :attr:`Replies.limit`
+  (the gate's held replies count too) and sends;
+* while a send waits for its client, the session says since when
+  (``Session.replies_blocked_since``), so that a snapshot its read holds can
+  be ended (stig/server/stalled_reads.py);
+* ``bytes_written`` is counted here and nowhere else.
+
+The socket is anything with trio's ``send`` (:class:`Sink`).  Without one
+(a handler driven by a test or a script, not by a connection) :meth:`drain`
+sends nothing and the buffer is the caller's to read and clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from stig.core.reply_gate import ReplyGate
+from stig.engine.engine import Engine
+from stig.engine.errors import CommitFailed
+from stig.engine.session import Session
+
+_now = trio.current_time  # bound once: read at every send
+
+
+class Sink(Protocol):
+    """Where replies go: a socket (:class:`stig.server.transport.Transport`)."""
+
+    def send(self, data: bytes | bytearray | memoryview, /) -> Awaitable[int]:
+        """Send some of ``data``; how many bytes went."""
+        ...
+
+
+async def send_all(
+    sock: Sink, data: bytes | bytearray, start: int = 0, session: Session | None = None
+) -> None:
+    """Send ``data[start:]`` whole, without copying it (a reply can be megabytes).
+
+    The views are released before returning, so a bytearray can be cleared
+    right after.  ``session``: whose replies these are; each send that makes
+    progress restarts its :attr:`Session.replies_blocked_since` (the caller
+    set it before its first send, and clears it after).
+    """
+    with memoryview(data) as whole:
+        while start < len(whole):
+            with whole[start:] as view:
+                start += await sock.send(view)
+            if session is not None:
+                session.replies_blocked_since = trio.current_time()
+
+
+class Replies:
+    """The replies of one connection; see the module docstring."""
+
+    __slots__ = ("_durable", "_refusal", "_session", "_stats", "gate", "limit", "out", "sink")
+
+    def __init__(self, engine: Engine, session: Session, sink: Sink | None = None) -> None:
+        #: The replies written and not yet sent, in order.
+        self.out = bytearray()
+        #: The places in :attr:`out` of replies that wait for their commits.
+        self.gate = ReplyGate(self.out, engine.stats)
+        #: ``--max-reply-bytes``: past this (:attr:`out` plus the gate's
+        #: :attr:`~ReplyGate.cost`) the replies are sent before more is written.
+        self.limit = engine.settings.max_reply_bytes
+        #: Where the replies go; None: nowhere (:meth:`drain` keeps them).
+        self.sink = sink
+        self._session = session
+        self._stats = engine.stats
+        self._durable = engine.settings.durable_acks
+        self._refusal = engine.promoter.refusal  # writes refused: a full disk
+
+    @property
+    def full(self) -> bool:
+        """Whether the replies reached ``--max-reply-bytes`` (send before writing more)."""
+        return len(self.out) + self.gate.cost >= self.limit
+
+    # -- when replies may leave ------------------------------------------------
+
+    def release(self) -> Awaitable[None] | None:
+        """Make the replies written so far ready to leave: the one place the
+        rule "a reply is sent only when what it acknowledges is kept" lives
+        (docs/pov.md, "Which replies acknowledge what").  Every run closed
+        so far is handed over (from then on every read waits for it: "Other
+        sessions"); replies held behind their commits are written in their
+        places once those commits are done; and with ``--durable-acks``, if
+        a run closed since the last wait — whatever closed it: a write, a
+        read, ``version``, a failed command — the replies wait until it is on
+        disk.  Returns what to await first (None: nothing, the hot path: no
+        coroutine per burst).  Afterwards ``Session.failure`` says whether
+        acknowledged writes were lost instead (then nothing may be sent)."""
+        session = self._session
+        session.submit()
+        if self.gate.holding:
+            return self._release_held()
+        if self._durable and session.unacked_writes:
+            return self._until_durable()
+        if self._refusal.message is not None and session.commits_awaited:
+            # Writes are refused (a full disk): nothing more is acknowledged
+            # before it is on disk, as with --durable-acks (docs/pov.md).
+            return self._until_durable()
+        return None
+
+    async def _release_held(self) -> None:
+        await self.gate.release()
+        session = self._session
+        if (self._durable and session.unacked_writes) or (
+            self._refusal.message is not None and session.commits_awaited
+        ):
+            await self._until_durable()
+
+    async def _until_durable(self) -> None:
+        try:
+            await self._session.wait_committed(report=False)
+        except CommitFailed:
+            pass  # session.failure: the caller reports it, nothing is sent
+
+    # -- sending ----------------------------------------------------------------
+
+    async def send(self) -> None:
+        """Send the replies so far (the end of a burst, or the limit reached
+        mid-burst): released first; nothing is sent once acknowledged writes
+        are known lost (the caller sees ``Session.failure`` and reports it)."""
+        pending = self.release()
+        if pending is not None:
+            await pending
+        if self._session.failure is None and self.out:
+            await self.write()
+
+    async def drain(self) -> None:
+        """Send what is written so far from inside a command (a long read or
+        listing sends as it grows).  Raises :class:`CommitFailed` when
+        acknowledged writes were lost (the command stops; the connection
+        reports the loss).  Without a :attr:`sink`, nothing happens."""
+        if self.sink is None or not (self.out or self.gate.holding):
+            return
+        pending = self.release()
+        if pending is not None:
+            await pending
+        failure = self._session.failure
+        if failure is not None:
+            raise CommitFailed(failure)
+        if self.out:
+            await self.write()
+
+    def write(self) -> Awaitable[None]:
+        """Send :attr:`out` whole, now (await it): the caller released it
+        (:meth:`release`) and found no loss.  From now on the runs closed so
+        far are acknowledged (``Session.replies_sent``).  Not a coroutine
+        itself: the end of every burst awaits only :meth:`_transmit`'s."""
+        self._session.replies_sent()
+        return self._transmit()
+
+    async def send_loss(self, write_error: Callable[[str], None]) -> None:
+        """Acknowledged writes were lost: drop every reply not yet sent (held
+        ones too) and send only the loss report, which ``write_error`` writes
+        as its protocol words it (the handler's ``fatal_error``)."""
+        self.discard()
+        write_error(self._session.loss_message())
+        if self.out:
+            await self._transmit()
+
+    def discard(self) -> None:
+        """Forget every reply not sent (a loss is reported instead)."""
+        self.out.clear()
+        self.gate.discard()
+
+    def close(self) -> None:
+        """The connection is over: the replies never sent are freed now (the
+        buffer of a client that stopped reading is up to ``--max-reply-bytes``
+        plus an item), and the gate lets go of the core."""
+        self.out.clear()
+        self.gate.close()
+
+    async def _transmit(self) -> None:
+        """Send :attr:`out` (not empty) whole and clear it; one send when the client
+        reads (the common case), and ``bytes_written`` counted — here only."""
+        out = self.out
+        size = len(out)
+        sink = self.sink
+        assert sink is not None, "replies sent without a sink"
+        session = self._session
+        self._stats.bytes_written += size
+        # While a send waits for the client, the snapshots its reads hold
+        # may be ended (--max-read-stall-ms, stig/storage/held.py).
+        session.replies_blocked_since = _now()
+        sent = await sink.send(out)
+        if sent < size:  # a partial send: the client is slow
+            await send_all(sink, out, sent, session)
+        session.replies_blocked_since = None
+        out.clear()
