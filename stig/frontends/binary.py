@@ -130,13 +130,14 @@ class _Quiet:
 class BinaryHandler:
     """Runs each binary request against the session; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session, fast: bool = True) -> None:
+    def __init__(self, engine: Engine, session: Session) -> None:
         self.engine = engine
         self.session = session
-        #: False: every request takes the general path (:meth:`_handle`), no
-        #: plain SetQ at once nor run of them; the differential test
-        #: (tests/model/test_fast_paths.py) checks both answer alike.
-        self.fast = fast
+        #: False (``Settings.fast_paths``): every request takes the general
+        #: path (:meth:`_handle`), no plain SetQ at once nor run of them; the
+        #: differential test (tests/model/test_fast_paths.py) checks both
+        #: answer alike.
+        self.fast = engine.settings.fast_paths
         self.parser = BinaryParser(engine.settings.limits)
         self.out = bytearray()
         self.closing = False

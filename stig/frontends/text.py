@@ -80,14 +80,15 @@ _CONDITIONAL: dict[StoreMode, type[Add | Replace]] = {
 class TextHandler:
     """Runs each text command against the session; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session, fast: bool = True) -> None:
+    def __init__(self, engine: Engine, session: Session) -> None:
         self.engine = engine
         self.session = session
-        #: False: every command takes the general path (:meth:`_handle`, the
-        #: general read), and the parser its own (``TextParser(fast=False)``):
-        #: the differential test (tests/model/test_fast_paths.py) checks that
-        #: both give the same replies, stats and committed state.
-        self.fast = fast
+        #: False (``Settings.fast_paths``): every command takes the general
+        #: path (:meth:`_handle`, the general read), the meta handler its own,
+        #: and the parser its own (``TextParser(fast=False)``): the
+        #: differential test (tests/model/test_fast_paths.py) checks that both
+        #: give the same replies, stats and committed state.
+        self.fast = fast = engine.settings.fast_paths
         self.parser = TextParser(engine.settings.limits, fast=fast)
         self.out = bytearray()
         self.closing = False

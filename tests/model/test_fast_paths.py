@@ -232,9 +232,9 @@ class Stack:
     """A text handler on its own session and engine, fed bytes as a connection feeds them."""
 
     def __init__(self, data_dir: Path, handler: type[Handler], fast: bool) -> None:
-        self.engine = Engine(Settings(data_dir=data_dir))
+        self.engine = Engine(Settings(data_dir=data_dir, fast_paths=fast))
         self.session = Session(self.engine)
-        self.handler = handler(self.engine, self.session, fast=fast)
+        self.handler = handler(self.engine, self.session)
         self.handler.drain = self._drain
         self.sent = bytearray()
         self.other = Session(self.engine)  # another connection's writes
