@@ -21,20 +21,24 @@ same bytes every time:
 * :meth:`MemoryServer.commit` steps the promoter once;
 * :meth:`MemoryServer.pause` moves the clock past ``--batch-idle-ms``: a
   connection with an open quiet run or a held read run ends it as after a
-  pause of its client (in the order of their last input: the clock ticks
-  once after each);
+  pause of its client (one at a time, in the order of their last input:
+  the clock ticks once after each input);
 * :meth:`MemoryServer.hang_up` ends a connection's input (a clean
   disconnect; a torn command is discarded).
 
 tests/model/test_fast_paths.py feeds the same steps to two of these, fast
-paths on and off (``Settings.fast_paths``); tests/model/test_pov_wire_model.py
-drives one in lockstep with the POV model (:mod:`stig_testkit.pov_model`).
+paths on and off (``Settings.fast_paths``, :func:`run_script`);
+tests/model/test_pov_wire_model.py drives one in lockstep with the POV model
+(:mod:`stig_testkit.pov_model`) from hypothesis' synchronous stateful
+machine (:class:`BlockingServer`: the loop in a thread of its own).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import attrs
 import trio
@@ -43,6 +47,8 @@ import trio.testing
 from stig.engine.engine import Engine
 from stig.engine.settings import Settings
 from stig.server.connection import Connection
+
+T = TypeVar("T")
 
 #: The clock's step after each input (see :meth:`MemoryServer.send`): far
 #: below ``--batch-idle-ms`` even after thousands of steps.
@@ -139,6 +145,7 @@ class MemoryServer:
         self.connections: list[Connection] = []
         self.clients: list[InboxTransport] = []
         self._open: dict[int, int] = {}  # a slot -> its live connection's index
+        self._last_input: dict[int, float] = {}  # a connection -> its last input's time
         self._done: set[int] = set()
 
     async def __aenter__(self) -> MemoryServer:
@@ -166,11 +173,11 @@ class MemoryServer:
             index = self._open[slot] = self._connect()
         client = self.clients[index]
         before = len(client.sent)
+        self._last_input[index] = trio.current_time()
         client.put(data)
         await self.settle()
-        # A tick after each input: connections pausing together end their
-        # quiet runs at one :meth:`pause` in the order of their last input,
-        # always the same (equal deadlines would fire in an arbitrary order).
+        # A tick after each input: the idle deadlines of two connections
+        # differ, and :meth:`pause` passes them one at a time.
         self.clock.jump(TICK)
         if index in self._done:
             del self._open[slot]  # quit, or closed by the server
@@ -193,8 +200,21 @@ class MemoryServer:
             await self.hang_up(slot)
 
     async def pause(self) -> None:
-        """Move the clock past ``--batch-idle-ms`` with no input anywhere."""
-        self.clock.jump(self.engine.settings.batch_idle_ms / 1000.0 + 0.001)
+        """Move the clock past ``--batch-idle-ms`` with no input anywhere.
+
+        Each connection's idle deadline (its last input plus the idle time)
+        is passed on its own, in the order of those inputs, and settled: the
+        runs they close are handed over in that order, always the same
+        (trio runs the tasks woken together in a random order)."""
+        idle = self.engine.settings.batch_idle_ms / 1000.0
+        for moment in sorted(set(self._last_input.values())):
+            target = moment + idle + TICK / 2
+            now = trio.current_time()
+            if target > now:
+                self.clock.jump(target - now)
+                await self.settle()
+        self._last_input.clear()
+        self.clock.jump(TICK)
         await self.settle()
 
     async def commit(self) -> None:
@@ -308,3 +328,79 @@ def run_script(settings: Settings, steps: Sequence[Step]) -> Outcome:
 
     clock = trio.testing.MockClock()
     return trio.run(main, clock=clock)
+
+
+# -- for synchronous callers (hypothesis' stateful machines) ---------------------------
+
+
+class BlockingServer:
+    """A :class:`MemoryServer` for synchronous code: its trio loop runs in a
+    thread of its own (under a :class:`~trio.testing.MockClock`), and each
+    method runs one step there and returns when it has settled.
+
+    Everything touching the engine (the steps, :meth:`call`) runs on the
+    loop's thread, as in a server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._failure: BaseException | None = None
+        self.server: MemoryServer | None = None
+        self._thread = threading.Thread(target=self._run, args=(settings,), daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self, settings: Settings) -> None:
+        async def main() -> None:
+            try:
+                async with MemoryServer(settings, clock) as server:
+                    self.server = server
+                    self._stop = trio.Event()
+                    self._token = trio.lowlevel.current_trio_token()
+                    self._ready.set()
+                    await self._stop.wait()
+            except BaseException as exc:
+                self._failure = exc
+                raise
+
+        clock = trio.testing.MockClock()
+        try:
+            trio.run(main, clock=clock)
+        except BaseException as exc:  # reported by close()
+            self._failure = exc
+        finally:
+            self._ready.set()
+
+    def _step(self, fn: Callable[..., Awaitable[T]], *args: object) -> T:
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def send(self, slot: int, data: bytes) -> bytes:
+        assert self.server is not None
+        return self._step(self.server.send, slot, data)
+
+    def hang_up(self, slot: int) -> bytes:
+        assert self.server is not None
+        return self._step(self.server.hang_up, slot)
+
+    def pause(self) -> None:
+        assert self.server is not None
+        self._step(self.server.pause)
+
+    def commit(self) -> None:
+        assert self.server is not None
+        self._step(self.server.commit)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the loop's thread (a look at the engine between steps)."""
+        return trio.from_thread.run_sync(fn, trio_token=self._token)
+
+    def close(self) -> None:
+        """Hang every connection up, close the store, end the thread."""
+        if self._stop is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
