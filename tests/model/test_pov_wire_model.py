@@ -458,15 +458,30 @@ class WireMachine(RuleBasedStateMachine):
     def _entries(self, slot: int, wanted: list[bytes]) -> list[tuple[bytes, Item | None]]:
         return [(key, self._seen(slot, key)) for key in wanted]
 
-    @rule(slot=slots, wanted=st.lists(keys, min_size=1, max_size=3), with_cas=st.booleans())
-    def read(self, slot: int, wanted: list[bytes], with_cas: bool) -> None:
+    @rule(
+        slot=slots,
+        wanted=st.lists(keys, min_size=1, max_size=3),
+        with_cas=st.booleans(),
+        quiet=st.booleans(),
+    )
+    def read(self, slot: int, wanted: list[bytes], with_cas: bool, quiet: bool) -> None:
+        """text ``get``/``gets``; meta ``mg`` lines (quiet: a run that goes on
+        in the next input, misses unsaid); binary Get each (quiet: a GetKQ
+        run ended by a No-op, misses unsaid).  A read closes the run and
+        waits for the writes in flight it must see, so it sees every write
+        acknowledged anywhere, and its own."""
         opaques = [self._next_opaque() for _ in wanted]
+        barrier = self._next_opaque()
 
         def evaluate() -> Expected:
             entries = self._entries(slot, wanted)
             if with_cas or slot == BINARY:  # every cas shown is a committed one
                 for key, item in entries:
-                    assert item is None or item == self.model.committed.get(key), key
+                    committed = self.model.committed.get(key)
+                    assert item is None or item == committed, (
+                        f"{key!r}: a cas is shown of committed items only, so this read "
+                        "should have waited for the write in flight (or its own) first"
+                    )
             out = bytearray()
             if slot == TEXT:
                 for key, item in entries:
@@ -476,32 +491,33 @@ class WireMachine(RuleBasedStateMachine):
             if slot == META:
                 for _key, item in entries:
                     if item is None:
-                        out += b"EN\r\n"
+                        out += b"" if quiet else b"EN\r\n"
                     else:
                         cas = b" c%d" % item.cas if with_cas else b""
-                        out += b"VA %d f%d%b\r\n%b\r\n" % (
-                            len(item.value),
-                            item.flags,
-                            cas,
-                            item.value,
-                        )
+                        size = len(item.value)
+                        out += b"VA %d f%d%b\r\n%b\r\n" % (size, item.flags, cas, item.value)
                 return bytes(out)
-            for (_key, item), opaque in zip(entries, opaques, strict=True):
+            opcode = Opcode.GetKQ if quiet else Opcode.Get
+            for (key, item), opaque in zip(entries, opaques, strict=True):
                 if item is None:
-                    out += get_miss_response(Opcode.Get, opaque)
+                    out += b"" if quiet else get_miss_response(opcode, opaque)
                 else:
-                    out += get_response(Opcode.Get, opaque, item.flags, item.cas, item.value)
+                    out += get_response(opcode, opaque, item.flags, item.cas, item.value, key)
+            if quiet:
+                out += encode_response(Opcode.Noop, Status.NO_ERROR, barrier)
             return bytes(out)
 
         if slot == TEXT:
             data = (b"gets " if with_cas else b"get ") + b" ".join(wanted) + b"\r\n"
         elif slot == META:
-            data = b"".join(b"mg %b v f%b\r\n" % (k, b" c" * with_cas) for k in wanted)
+            tail = b" c" * with_cas + b" q" * quiet
+            data = b"".join(b"mg %b v f%b\r\n" % (k, tail) for k in wanted)
         else:
-            data = b"".join(
-                encode_request(Opcode.Get, k, opaque=o)
-                for k, o in zip(wanted, opaques, strict=True)
-            )
+            opcode = Opcode.GetKQ if quiet else Opcode.Get
+            pairs = zip(wanted, opaques, strict=True)
+            data = b"".join(encode_request(opcode, k, opaque=o) for k, o in pairs)
+            if quiet:
+                data += encode_request(Opcode.Noop, opaque=barrier)
         self._exchange(slot, data, evaluate, reads=True)
 
     @rule(slot=slots)
