@@ -203,6 +203,24 @@ def binary_request(draw: st.DrawFn) -> bytes:
     return encode_request(0x50, k, opaque=opaque)  # an unknown opcode: refused
 
 
+@st.composite
+def setq_burst(draw: st.DrawFn) -> bytes:
+    """A pipelined run of SetQ, most plain: the binary fast path's burst (a
+    cas or an exptime in it sends the rest one by one)."""
+    requests = []
+    for _ in range(draw(st.integers(2, 6))):
+        extras = struct.pack(">II", draw(flags), draw(st.sampled_from([0, 0, 0, 0, 100])))
+        cas = draw(st.sampled_from([0, 0, 0, 0, 0, 3]))
+        opaque = draw(st.integers(0, 3))
+        requests.append(
+            encode_request(Opcode.SetQ, draw(key), draw(value), extras, cas=cas, opaque=opaque)
+        )
+    return b"".join(requests)
+
+
+binary_command = st.one_of(binary_request(), binary_request(), setq_burst())
+
+
 def cut(draw: st.DrawFn, stream: bytes) -> list[bytes]:
     """``stream`` cut into the chunks its connection receives."""
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=4))))
@@ -224,7 +242,7 @@ def script(draw: st.DrawFn) -> list[Step]:
         if kind == "text":
             stream = b"".join(draw(st.lists(command, min_size=1, max_size=20)))
         else:
-            stream = b"".join(draw(st.lists(binary_request(), min_size=1, max_size=20)))
+            stream = b"".join(draw(st.lists(binary_command, min_size=1, max_size=20)))
         chunks[slot] = collections.deque(cut(draw, stream))
     steps: list[Step] = []
     while live := [slot for slot, left in chunks.items() if left]:
