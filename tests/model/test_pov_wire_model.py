@@ -122,6 +122,9 @@ class WireMachine(RuleBasedStateMachine):
         self.opaque = 0
         self.last_input = [0] * len(SLOTS)  # the step of each slot's last input
         self.steps = 0
+        #: The snapshot of the meta slot's run of quiet mg that goes on in its
+        #: next input (docs/pov.md rule 3): the committed state when it began.
+        self.mg_run: dict[bytes, Item] | None = None
 
     def teardown(self) -> None:
         try:
@@ -156,11 +159,14 @@ class WireMachine(RuleBasedStateMachine):
         *,
         reads: bool = False,
         closes: bool = False,
+        continues_mg_run: bool = False,
     ) -> None:
         """Send ``data`` on ``slot``; the model follows: ``reads`` closes the
         run and lets the commits land first; ``evaluate`` records the
         command's writes and says its reply; ``closes`` closes the run after
         it; the commits left are its own run's (a reply after commit)."""
+        if slot == META and not continues_mg_run:
+            self.mg_run = None  # any other command ends the run of mg
         before = self._promotions()
         reply = self.server.send(slot, data)
         committed = self._promotions() - before
@@ -474,8 +480,19 @@ class WireMachine(RuleBasedStateMachine):
         barrier = self._next_opaque()
 
         def evaluate() -> Expected:
-            entries = self._entries(slot, wanted)
-            if with_cas or slot == BINARY:  # every cas shown is a committed one
+            held = self.mg_run if slot == META else None
+            if held is not None:  # the run goes on from its snapshot
+                entries = [(key, held.get(key)) for key in wanted]
+            else:
+                entries = self._entries(slot, wanted)
+            if slot == META:
+                # A run whose input ends on a quiet mg goes on in the next input.
+                if not quiet:
+                    self.mg_run = None
+                elif held is None:
+                    self.mg_run = dict(self.model.committed)
+                    event("a run of mg goes on in the next input")
+            if held is None and (with_cas or slot == BINARY):  # a cas shown is committed
                 for key, item in entries:
                     committed = self.model.committed.get(key)
                     assert item is None or item == committed, (
@@ -518,7 +535,7 @@ class WireMachine(RuleBasedStateMachine):
             data = b"".join(encode_request(opcode, k, opaque=o) for k, o in pairs)
             if quiet:
                 data += encode_request(Opcode.Noop, opaque=barrier)
-        self._exchange(slot, data, evaluate, reads=True)
+        self._exchange(slot, data, evaluate, reads=True, continues_mg_run=True)
 
     @rule(slot=slots)
     def barrier(self, slot: int) -> None:
@@ -539,7 +556,8 @@ class WireMachine(RuleBasedStateMachine):
     @rule()
     def pause(self) -> None:
         """``--batch-idle-ms`` without input: every open run closes, in the
-        order of its connection's last input."""
+        order of its connection's last input; a run of mg held open ends."""
+        self.mg_run = None
         for slot in sorted(SLOTS, key=lambda s: self.last_input[s]):
             self._close(slot)
         self.server.pause()
@@ -557,6 +575,8 @@ class WireMachine(RuleBasedStateMachine):
         """A clean disconnect commits the open run; the next command on the
         slot opens a new connection, whose POV holds none of the old writes."""
         self._close(slot)
+        if slot == META:
+            self.mg_run = None
         for run in self.model.queue:
             if run.session == slot:
                 run.session = None
