@@ -66,6 +66,9 @@ class InboxTransport:
         self._eof = False
         #: Every byte the server sent this client.
         self.sent = bytearray()
+        #: The size of each send: where the server cut its replies (the
+        #: ends of its inputs, ``--max-reply-bytes``).
+        self.sends: list[int] = []
         #: Whether the server waits in ``recv`` now (nothing unread is left).
         self.waiting = False
         self.closed = False
@@ -102,6 +105,7 @@ class InboxTransport:
         if self.closed:
             raise trio.ClosedResourceError("send after close")
         self.sent += data
+        self.sends.append(len(data))
         return len(data)
 
     def shutdown(self, how: int, /) -> None:
@@ -122,6 +126,9 @@ class Outcome:
 
     #: The bytes each connection received, in the order the connections opened.
     replies: tuple[bytes, ...]
+    #: The size of each send to each connection: a handler that buffers
+    #: replies past ``--max-reply-bytes`` sends them otherwise.
+    sends: tuple[tuple[int, ...], ...]
     #: The command counters (``stats``: ``cmd_get``, ``get_hits``, ``bytes_read``…).
     stats: dict[str, object]
     #: Promotions committed, and those that failed.
@@ -269,6 +276,7 @@ class MemoryServer:
         engine = self.engine
         return Outcome(
             replies=tuple(bytes(client.sent) for client in self.clients),
+            sends=tuple(tuple(client.sends) for client in self.clients),
             stats=attrs.asdict(engine.stats),
             promotions=engine.promoter_stats.promotions,
             failed_commits=engine.promoter_stats.failed_commits,

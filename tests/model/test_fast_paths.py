@@ -18,8 +18,9 @@ close), group commits at random moments (so that reads meet writes in
 flight) and hang-ups — and serves it twice, on two real servers without
 sockets (:mod:`stig_testkit.memory_server`: the real connection loop, the
 real engine, a fresh LMDB each in a temporary directory), fast paths on and
-off.  The reply bytes of every connection, the command counters, the
-promotions and the committed state read back from LMDB must be identical.
+off.  The reply bytes of every connection and where they were cut into
+sends (``--max-reply-bytes``), the command counters, the promotions and the
+committed state read back from LMDB must be identical.
 
 ``STIG_FAST_PATH_EXAMPLES=3000`` runs a longer soak.
 """
@@ -33,8 +34,6 @@ import struct
 import tempfile
 from pathlib import Path
 
-import attrs
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -296,11 +295,6 @@ def check(steps: list[Step], server: str = "default") -> Outcome:
         assert on == off, f"connection {index}: the fast paths answered otherwise"
     assert fast.stats == general.stats
     assert fast.committed == general.committed
-    if SERVERS[server].get("max_reply_bytes") is not None:
-        # Known: the fast path's one-by-one tail does not send at the reply
-        # bound, so runs the general path hands over apart share one
-        # promotion (same group commit, same state): see the xfail below.
-        general = attrs.evolve(general, promotions=fast.promotions)
     assert fast == general
     return fast
 
@@ -343,20 +337,42 @@ def test_a_get_behind_another_connections_write_in_flight() -> None:
     assert outcome.replies[1] == b"VALUE a 0 1\r\ny\r\nEND\r\n" * 2 + b"END\r\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this test: TextHandler._one_by_one (the tail of a burst of plain "
-    "sets) handles every command before the connection may send, so its replies pass "
-    "--max-reply-bytes and the runs between them are handed over as one promotion; "
-    "the general path sends at the bound (two promotions)",
-)
-def test_the_set_burst_tail_sends_at_the_reply_bound() -> None:
-    steps: list[Step] = [
-        Send(
-            0, b"set a 0 0 0\r\n\r\nset a 0 100 0\r\n\r\nset a 0 100 0\r\n\r\nset a 0 0 0\r\n\r\n"
-        ),
-    ]
+def tight_twins(steps: list[Step]) -> Outcome:
+    """``steps`` on the tight server, fast paths on and off: the same outcome
+    to the promotion (the replies sent at the bound hand over the runs
+    closed so far, apart from the ones after them)."""
     fast = outcome_of(steps, fast=True, server="tight")
     general = outcome_of(steps, fast=False, server="tight")
     assert fast.replies == general.replies
     assert fast.promotions == general.promotions
+    assert fast == general
+    return fast
+
+
+def test_the_set_burst_tail_sends_at_the_reply_bound() -> None:
+    """Found by the differential test: the tail of a burst of plain sets
+    (from an exptime on, handled one by one) handled every command before
+    the connection could send, so its replies passed --max-reply-bytes and
+    the runs closed on either side of the bound went in one promotion."""
+    tail = b"set a 0 100 0\r\n\r\nset a 0 100 0\r\n\r\nset a 0 0 0\r\n\r\n"
+    outcome = tight_twins([Send(0, b"set a 0 0 0\r\n\r\n" + tail)])
+    assert outcome.promotions == 2
+
+
+def test_a_stretch_of_loud_sets_stops_at_the_reply_bound() -> None:
+    """40 answered plain sets: 320 reply bytes, past the tight server's 128,
+    so the stretch recorded in one loop stops where the loop would send."""
+    sets = b"".join(b"set %b 0 0 1\r\n%d\r\n" % (KEYS[i % 4], i % 10) for i in range(40))
+    outcome = tight_twins([Send(0, sets + b"ms n 1\r\n9\r\n")])
+    assert outcome.replies[0] == b"STORED\r\n" * 40 + b"HD\r\n"
+    assert outcome.promotions > 1
+
+
+def test_a_setq_tail_sends_its_quiet_failures_at_the_reply_bound() -> None:
+    """A run of SetQ whose tail (from an exptime on) answers each with a
+    refusal: those replies are sent at the bound too, as the loop does."""
+    extras = struct.pack(">II", 0, 100)  # an exptime: refused, answered
+    requests = [encode_request(Opcode.SetQ, b"a", b"x", struct.pack(">II", 0, 0))]
+    requests += [encode_request(Opcode.SetQ, b"b", b"y", extras, opaque=i) for i in range(4)]
+    requests.append(encode_request(Opcode.Set, b"c", b"z", struct.pack(">II", 0, 0)))
+    tight_twins([Send(2, b"".join(requests))])
