@@ -22,6 +22,10 @@ layout test keeps it so.
   benchmarks, the soak);
 * ``soak`` — the soak's clients, hostile clients, sampler and judge
   (scripts/soak.py, tests/soak; docs/soak.md);
+* ``memory_server`` — connections to a real engine without sockets, stepped
+  deterministically on a mock clock (the differential test of the fast
+  paths, the wire-level POV model); ``pov_model`` — the plain POV model
+  both POV machines run in lockstep with (tests/model);
 * ``fuzz`` — the coverage-guided fuzz targets of every parser and protocol
   handler, and their runner (scripts/fuzz.py, tests/fuzz; docs/fuzzing.md).
 

@@ -67,6 +67,11 @@ class Settings:
     tls_verify_clients: bool = False  #: require a client certificate signed by ``tls_ca``
     #: a separate TLS port (None: with a certificate, ``port`` itself speaks TLS)
     tls_port: int | None = None
+    #: False: every handler (text, meta, binary) and the text parser take
+    #: their general paths only, never their fast paths; read once, when a
+    #: handler is built.  The differential tests (tests/model/test_fast_paths.py)
+    #: run a stream with it on and off and compare; servers leave it on.
+    fast_paths: bool = True
 
     @property
     def tls_enabled(self) -> bool:

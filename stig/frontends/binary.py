@@ -131,15 +131,14 @@ class _Quiet:
 class BinaryHandler:
     """Runs each binary request against the session; see the module docstring."""
 
-    def __init__(
-        self, engine: Engine, session: Session, fast: bool = True, replies: Replies | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, session: Session, replies: Replies | None = None) -> None:
         self.engine = engine
         self.session = session
-        #: False: every request takes the general path (:meth:`_handle`), no
-        #: plain SetQ at once nor run of them; the differential test
-        #: (tests/model/test_fast_paths.py) checks both answer alike.
-        self.fast = fast
+        #: False (``Settings.fast_paths``): every request takes the general
+        #: path (:meth:`_handle`), no plain SetQ at once nor run of them; the
+        #: differential test (tests/model/test_fast_paths.py) checks both
+        #: answer alike.
+        self.fast = engine.settings.fast_paths
         self.parser = BinaryParser(engine.settings.limits)
         #: The connection's replies (None: a handler of its own, never sent,
         #: for a test or a script).
@@ -152,6 +151,9 @@ class BinaryHandler:
         self.core = Core(engine, session, self.gate)
         self.auth = engine.auth
         self.authenticated = self.auth is None
+        #: Replies buffered past this are sent before the next request (the
+        #: connection loop's bound, which the SetQ run keeps too).
+        self._reply_limit = self.replies.limit
         #: The open run of GetQ/GetKQ: its snapshot, held until the run ends.
         self._gets: Snapshot | None = None
         self._gets_broken = False  # Store.grow() ended that snapshot: the rest fail
@@ -247,7 +249,10 @@ class BinaryHandler:
         are handled one by one (the awaitable returned).  None of them while
         the SetQ before them must wait for room first (the connection loop
         waits, then handles them: a waiting connection keeps one write past
-        the budget, not two)."""
+        the budget, not two), nor while the replies so far reach
+        ``--max-reply-bytes`` (the loop sends them first)."""
+        if len(self.out) + self.gate.cost >= self._reply_limit:
+            return None
         if self.session.wants_room or self._gets is not None:
             # A run of quiet gets is open (the plain SetQ before was a GetKQ
             # answered at once): a write ends it, so the SetQ go one by one
@@ -269,15 +274,31 @@ class BinaryHandler:
         return None
 
     async def _one_by_one(self, requests: Sequence[BinaryRequest]) -> None:
-        """Handle ``requests`` in order, each as the connection loop would
-        (waiting for room as it does: :meth:`Session.wait_for_room`)."""
+        """Handle ``requests`` in order, each as the connection loop would:
+        the replies so far (a quiet failure's) are sent once they reach
+        ``--max-reply-bytes``, and a write waits for room as it does
+        (:meth:`Session.wait_for_room`)."""
         session = self.session
+        out = self.out
+        gate = self.gate
+        limit = self._reply_limit
         for request in requests:
+            if len(out) + gate.cost >= limit and not await self._send_at_bound():
+                return  # acknowledged writes were lost: the loop reports it
             pending = self._handle_one(request)
             if pending is not None:
                 await pending
             if session.wants_room and not await session.make_room(self.replies.drain):
                 return  # acknowledged writes were lost: the loop reports it
+
+    async def _send_at_bound(self) -> bool:
+        """Send the replies so far, as the connection loop does at the reply
+        bound; False when acknowledged writes were lost (nothing is sent)."""
+        try:
+            await self.replies.drain()
+        except CommitFailed:
+            return False
+        return self.session.failure is None
 
     async def _handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""

@@ -133,6 +133,9 @@ class MetaHandler:
         self.gate = core.gate  # replies held behind their commits
         self._next_event = next_event  # the parser's, to read a run of mg ahead
         self._reply_limit = replies.limit
+        #: False (``Settings.fast_paths``): every ms takes :meth:`_set`, every
+        #: mg :meth:`_get_one` (tests/model/test_fast_paths.py compares).
+        self.fast = core.engine.settings.fast_paths
         #: The snapshot of a run of mg that goes on in the next input (None: none does).
         self.run: Snapshot | None = None
         self._run_broken = False  # Store.grow() ended that snapshot: the rest fail
@@ -142,7 +145,7 @@ class MetaHandler:
         #: that a common ``ms`` costs no coroutine.
         self.handlers: dict[type, Callable[[object], Awaitable[object] | None]] = {
             MetaGet: self._get_run,  # type: ignore[dict-item]
-            MetaSet: self._set_now,  # type: ignore[dict-item]
+            MetaSet: self._set_now if self.fast else self._set,  # type: ignore[dict-item]
             MetaDelete: self._delete,  # type: ignore[dict-item]
             MetaArithmetic: self._arithmetic,  # type: ignore[dict-item]
             MetaNoop: self._noop,  # type: ignore[dict-item]
@@ -337,6 +340,7 @@ class MetaHandler:
         core = self.core
         limit = self._reply_limit
         drain = self.replies.drain
+        fast = self.fast
         index = 0
         if not self._run_broken:
             try:
@@ -350,7 +354,7 @@ class MetaHandler:
                     core.count_read(command.key, item is not None, detail=False)
                     if item is not None and core.expired(command.ttl):
                         core.gone_after_touch(command.key, snapshot)
-                    if (
+                    if fast and (
                         command.vivify_ttl is None
                         if item is None
                         else not item.stale or item.win_sent

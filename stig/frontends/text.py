@@ -81,16 +81,15 @@ _CONDITIONAL: dict[StoreMode, type[Add | Replace]] = {
 class TextHandler:
     """Runs each text command against the session; see the module docstring."""
 
-    def __init__(
-        self, engine: Engine, session: Session, fast: bool = True, replies: Replies | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, session: Session, replies: Replies | None = None) -> None:
         self.engine = engine
         self.session = session
-        #: False: every command takes the general path (:meth:`_handle`, the
-        #: general read), and the parser its own (``TextParser(fast=False)``):
-        #: the differential test (tests/model/test_fast_paths.py) checks that
-        #: both give the same replies, stats and committed state.
-        self.fast = fast
+        #: False (``Settings.fast_paths``): every command takes the general
+        #: path (:meth:`_handle`, the general read), the meta handler its own,
+        #: and the parser its own (``TextParser(fast=False)``): the
+        #: differential test (tests/model/test_fast_paths.py) checks that both
+        #: give the same replies, stats and committed state.
+        self.fast = fast = engine.settings.fast_paths
         self.parser = TextParser(engine.settings.limits, fast=fast)
         #: The connection's replies (None: a handler of its own, never sent,
         #: for a test or a script): ``drain`` sends them from inside a
@@ -507,17 +506,22 @@ class TextHandler:
         returned).  With ``stats detail on`` all are, to count each key.
         None of them while the set before them must wait for room first (the
         connection loop waits, then handles them: a waiting connection keeps
-        one write past the budget, not two).
+        one write past the budget, not two).  The replies stop at
+        ``--max-reply-bytes`` as the connection loop's do: a stretch ends
+        where the loop would send, and the rest go one by one (which send
+        there first), so that the runs closed so far are handed over apart.
         """
-        if self.session.wants_room:
-            return None
+        out = self.out
+        gate = self.gate
+        limit = self._reply_limit
+        if self.session.wants_room or len(out) + gate.cost >= limit:
+            return None  # the loop sends first (or waits), then handles them
         events = self.parser.plain_sets()
         if not events:
             return None
         if self.core.prefixes.enabled:
             return self._one_by_one(events)
         core = self.core
-        out = self.out
         count = len(events)
         done = 0
         while done < count:
@@ -525,19 +529,29 @@ class TextHandler:
             loud = not (first.noreply if type(first) is Store else first.quiet)  # type: ignore[union-attr]
             if loud and core.owes_verdicts:
                 break
+            # The loop would send before the next command once this reaches
+            # the bound (quiet sets add no reply: only a loud stretch grows it).
+            size = len(out) + gate.cost
+            if size >= limit:
+                break
             items: list[tuple[bytes, bytes, int]] = []
             replies: list[bytes] = []
             for event in events[done:] if done else events:
+                if size >= limit:
+                    break
                 if type(event) is Store:
                     if event.exptime or event.noreply is loud:
                         break
                     items.append((event.key, event.value, event.flags))
-                    replies.append(R.STORED)
+                    reply = R.STORED
                 else:
                     if event.ttl or event.quiet is loud:  # type: ignore[union-attr]
                         break
                     items.append((event.key, event.value, event.client_flags))  # type: ignore[union-attr]
-                    replies.append(HD_LINE)
+                    reply = HD_LINE
+                replies.append(reply)
+                if loud:
+                    size += len(reply)
             if not items:
                 break
             recorded = core.set_many(items, loud)
@@ -552,15 +566,31 @@ class TextHandler:
 
     async def _one_by_one(self, events: Sequence[object]) -> None:
         """Handle ``events`` in order, each as :meth:`handle` and the
-        connection loop would: a write whose open run passed the write
-        budget waits for room before the next (:meth:`Session.wait_for_room`)."""
+        connection loop would: the replies so far are sent once they reach
+        ``--max-reply-bytes`` (handing over the runs closed so far), and a
+        write whose open run passed the write budget waits for room before
+        the next (:meth:`Session.wait_for_room`)."""
         session = self.session
+        out = self.out
+        gate = self.gate
+        limit = self._reply_limit
         for event in events:
+            if len(out) + gate.cost >= limit and not await self._send_at_bound():
+                return  # acknowledged writes were lost: the loop reports it
             pending = self._start(event)
             if pending is not None:
                 await pending
             if session.wants_room and not await session.make_room(self.replies.drain):
                 return  # acknowledged writes were lost: the loop reports it
+
+    async def _send_at_bound(self) -> bool:
+        """Send the replies so far, as the connection loop does at the reply
+        bound; False when acknowledged writes were lost (nothing is sent)."""
+        try:
+            await self.replies.drain()
+        except CommitFailed:
+            return False
+        return self.session.failure is None
 
     def _store(self, command: Store) -> Awaitable[None] | None:
         """A storage command: done at once (None) unless it must wait — an

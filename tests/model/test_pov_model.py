@@ -6,26 +6,12 @@ driven synchronously: the test closes runs, submits them, and steps the
 promoter with :meth:`~stig.engine.promoter.Promoter.commit_queued_now`, which
 applies every queued promotion in one LMDB transaction.
 
-A plain model runs in lockstep:
-
-* ``Model.committed`` — the global state, a dict key -> (value, flags, cas);
-* per session, its open run and its closed-but-unsubmitted runs; the
-  promoter's queue of submitted runs.  A run is a list of *intents*: the
-  operation plus, for an unconditional write, the item this session's POV
-  saw right after it.
-
-What a session sees (its *view*) is read straight off that: the newest of
-its uncommitted intents that touches the key decides — an unconditional one
-gives the item its POV computed (an ``incr`` or ``append`` applied on top of
-what that POV saw at the time), a conditional one (``add``/``replace``/
-``cas``/``flush_all``) makes the key *unresolved* (the session must wait for
-the verdict, and the protocol layer does); no intent means the committed
-state.  At commit the model applies each run's operations, in submission
-order, to the committed dict: ``set`` stores, ``delete`` deletes if there,
-``incr``/``decr`` add the delta to the value current *then* (skipped if the
-key is gone or not a number; incr wraps at 2**64, decr stops at 0),
-``append``/``prepend`` concatenate (skipped if gone), conditional writes
-are checked against the state then.
+A plain model runs in lockstep (stig_testkit/pov_model.py, shared with the
+wire-level machine of tests/model/test_pov_wire_model.py): the committed
+state, per session its open run and its closed-but-unsubmitted runs, and the
+promoter's queue of submitted runs; what a session sees of its own writes is
+read straight off that, and at commit the model applies each run's
+operations, in submission order, to its committed dict.
 
 Checked after every step: read-your-writes (``get`` of every key in every
 session), one-snapshot ``get_many``, that a key the model calls unresolved
@@ -57,7 +43,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import attrs
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -86,8 +71,17 @@ from stig.storage.ops import (
     Replace,
 )
 from stig.storage.records import Item
+from stig_testkit.pov_model import (
+    U64,
+    UNRESOLVED,
+    Intent,
+    Model,
+    MSession,
+    Run,
+    as_counter,
+    bump,
+)
 
-U64 = 2**64
 N_SESSIONS = 3
 KEYS = [b"a", b"b", b"c", b"d"]
 #: A tiny initial map so that a big value makes the promoter grow it.
@@ -133,129 +127,6 @@ deltas = st.sampled_from([0, 1, 2, 5, 2**63, U64 - 1])
 pieces = st.sampled_from([b"1", b"0", b"x", b" ", b""])
 
 
-# -- the model -------------------------------------------------------------
-
-
-def as_counter(value: bytes) -> int | None:
-    """A value incr/decr acts on: decimal digits (trailing spaces allowed) < 2**64."""
-    digits = value.rstrip(b" ")
-    if not digits or any(c < 0x30 or c > 0x39 for c in digits):
-        return None
-    number = int(digits)
-    return number if number < U64 else None
-
-
-def bump(current: int, delta: int, incr: bool) -> int:
-    return (current + delta) % U64 if incr else max(current - delta, 0)
-
-
-UNRESOLVED = object()  # a view the session cannot know before a commit
-
-
-@attrs.define
-class Intent:
-    op: Op
-    key: bytes | None  # None: every key (flush_all)
-    conditional: bool
-    pov: Item | None = None  # unconditional: the item as the POV saw it after
-    size: int = 0  # bytes the session counts for it
-
-
-@attrs.define
-class Run:
-    session: int
-    intents: list[Intent]
-    promotion: Promotion
-
-
-@attrs.define
-class MSession:
-    open: list[Intent] = attrs.field(factory=list)
-    closed: list[Run] = attrs.field(factory=list)
-
-
-class Model:
-    def __init__(self) -> None:
-        self.committed: dict[bytes, Item] = {}
-        self.next_cas = 0
-        self.sessions = [MSession() for _ in range(N_SESSIONS)]
-        self.queue: list[Run] = []
-
-    # -- the global state ---------------------------------------------------
-
-    def _put(self, key: bytes, value: bytes, flags: int) -> None:
-        self.next_cas += 1
-        self.committed[key] = Item(value, flags, self.next_cas)
-
-    def apply(self, op: Op) -> Outcome:
-        """What one operation does to the committed state (docs/pov.md)."""
-        state = self.committed
-        if isinstance(op, Put):
-            self._put(op.key, op.value, op.flags)
-            return Outcome.STORED
-        if isinstance(op, Remove):
-            return Outcome.DELETED if state.pop(op.key, None) is not None else Outcome.NOT_FOUND
-        if isinstance(op, Adjust):
-            item = state.get(op.key)
-            if item is None:
-                return Outcome.SKIPPED
-            current = as_counter(item.value)
-            if current is None:
-                return Outcome.NON_NUMERIC
-            self._put(op.key, b"%d" % bump(current, op.delta, op.incr), item.flags)
-            return Outcome.STORED
-        if isinstance(op, Concat):
-            item = state.get(op.key)
-            if item is None:
-                return Outcome.NOT_STORED
-            value = op.data + item.value if op.prepend else item.value + op.data
-            self._put(op.key, value, item.flags)
-            return Outcome.STORED
-        if isinstance(op, Add):
-            if op.key in state:
-                return Outcome.NOT_STORED
-            self._put(op.key, op.value, op.flags)
-            return Outcome.STORED
-        if isinstance(op, Replace):
-            if op.key not in state:
-                return Outcome.NOT_STORED
-            self._put(op.key, op.value, op.flags)
-            return Outcome.STORED
-        if isinstance(op, Cas):
-            item = state.get(op.key)
-            if item is None:
-                return Outcome.NOT_FOUND
-            if item.cas != op.expected:
-                return Outcome.EXISTS
-            self._put(op.key, op.value, op.flags)
-            return Outcome.STORED
-        if isinstance(op, Clear):
-            state.clear()
-            return Outcome.DELETED
-        raise AssertionError(f"no model for {op!r}")
-
-    # -- one session's point of view ------------------------------------------
-
-    def uncommitted(self, s: int) -> list[Intent]:
-        """Every intent of session ``s`` not committed yet, oldest first."""
-        session = self.sessions[s]
-        intents = [i for run in self.queue if run.session == s for i in run.intents]
-        for run in session.closed:
-            intents += run.intents
-        return intents + session.open
-
-    def view(self, s: int, key: bytes) -> object:
-        """The item session ``s`` must see for ``key``, or UNRESOLVED."""
-        for intent in reversed(self.uncommitted(s)):
-            if intent.key == key or intent.key is None:
-                return UNRESOLVED if intent.conditional else intent.pov
-        item = self.committed.get(key)
-        return item
-
-    def total_bytes(self) -> int:
-        return sum(len(item.value) for item in self.committed.values())
-
-
 # -- the machine -------------------------------------------------------------
 
 
@@ -278,7 +149,7 @@ class PovMachine(RuleBasedStateMachine):
         self.engine = self._open_engine()
         self.sessions = [Session(self.engine) for _ in range(N_SESSIONS)]
         self.observer = Session(self.engine)  # never writes: sees only committed state
-        self.model = Model()
+        self.model = Model(N_SESSIONS)
 
     def _open_engine(self) -> Engine:
         engine = Engine(self.settings)
@@ -554,7 +425,7 @@ class PovMachine(RuleBasedStateMachine):
         first, second = pair[0], pair[1]
         model = self.model
         # The state just before the first add: everything queued ahead of it applied.
-        ahead = Model()
+        ahead = Model(N_SESSIONS)
         ahead.committed = dict(model.committed)
         for run in model.queue + model.sessions[first].closed:
             for intent in run.intents:
