@@ -216,15 +216,19 @@ class Core:
         self.stats.cmd_set += 1
         self.remove(key)
 
-    def gone_after_touch(self, key: bytes, snapshot: Snapshot | None = None) -> None:
-        """A found item touched to an exptime already past (:meth:`expired`):
-        answered found, then gone (memcached), from this POV at once; a later
-        read of it from the same ``snapshot`` (a repeated key, a run of mg)
-        misses.  Every touch (``touch``, ``gat``, ``mg T``, binary Touch/GAT)
-        ends here."""
-        self.remove(key)
-        if snapshot is not None:
-            snapshot.forget(key)
+    def touched(
+        self, key: bytes, found: bool, exptime: int | None, snapshot: Snapshot | None = None
+    ) -> None:
+        """After a touch of ``key`` (``touch``, ``gat``, ``mg T``, binary
+        Touch/GAT: every touch ends here, answered first): an item ``found``
+        and touched to an exptime already past (:meth:`expired`) is gone
+        (memcached), from this POV at once; a later read of it from the same
+        ``snapshot`` (a repeated key, a run of mg) misses.  Otherwise nothing:
+        items never expire."""
+        if found and self.expired(exptime):
+            self.remove(key)
+            if snapshot is not None:
+                snapshot.forget(key)
 
     def refused_quietly(self) -> None:
         """A write sent ``noreply`` refused while writes are refused (a full
@@ -594,8 +598,7 @@ class Core:
         await self._await_ready((key,))
         found = self.session.get(key) is not None
         self.count_touch(found)
-        if found and self.expired(exptime):
-            self.gone_after_touch(key)
+        self.touched(key, found, exptime)
         return found
 
     def count_touch(self, found: bool) -> None:

@@ -511,8 +511,8 @@ class BinaryHandler:
             return
         await self._settle()
         [item] = await self.core.read([request.key], with_cas=True, touch=touch)
-        if touch and item is not None and self.core.expired(request.exptime):
-            self.core.gone_after_touch(request.key)
+        if touch:
+            self.core.touched(request.key, item is not None, request.exptime)
         if item is not None:
             self.out += get_response(
                 request.opcode, request.opaque, item.flags, item.cas, item.value, request.key

@@ -341,8 +341,8 @@ class MetaHandler:
                         continue
                     item = snapshot.item(command.key)
                     core.count_read(command.key, item is not None, detail=False)
-                    if item is not None and core.expired(command.ttl):
-                        core.gone_after_touch(command.key, snapshot)
+                    if command.ttl is not None:
+                        core.touched(command.key, item is not None, command.ttl, snapshot)
                     if (
                         command.vivify_ttl is None
                         if item is None

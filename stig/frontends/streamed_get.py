@@ -121,15 +121,15 @@ class StreamedGet:
         """Key by key: ``gat``/``gats`` touch (and may expire) each item, and
         ``stats detail on`` counts each key."""
         out, limit, core = self.out, self._limit, self.core
-        expired = head.touch and core.expired(head.exptime)
-        cas = head.with_cas
+        touch, cas = head.touch, head.with_cas
         for key in keys:
             if len(out) >= limit:
                 await self._drain()
             item = snapshot.item(key)
-            core.count_read(key, item is not None, touch=head.touch)
+            found = item is not None
+            core.count_read(key, found, touch=touch)
             if item is not None:
                 out += R.value(key, item.flags, item.value, item.cas if cas else None)
                 del item
-                if expired:
-                    core.gone_after_touch(key, snapshot)
+            if touch:
+                core.touched(key, found, head.exptime, snapshot)

@@ -333,7 +333,6 @@ class TextHandler:
         keys = command.keys
         with_cas = command.with_cas
         touch = command.touch
-        expired = touch and core.expired(command.exptime)
         out = self.out
         limit = self._reply_limit
         with await core.snapshot(keys, with_cas) as snapshot:
@@ -342,12 +341,13 @@ class TextHandler:
                     if len(out) >= limit and self.drain is not None:
                         await self.drain()
                     item = snapshot.item(key)
-                    core.count_read(key, item is not None, touch=touch)
+                    found = item is not None
+                    core.count_read(key, found, touch=touch)
                     if item is not None:
                         out += R.value(key, item.flags, item.value, item.cas if with_cas else None)
                         del item
-                        if expired:
-                            core.gone_after_touch(key, snapshot)
+                    if touch:
+                        core.touched(key, found, command.exptime, snapshot)
                 out += R.END
             except lmdb.Error:  # ended under us: the map grew, or the client did not read
                 out += R.server_error(snapshot.interruption)
