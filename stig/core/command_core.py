@@ -33,11 +33,12 @@ from __future__ import annotations
 import enum
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import attrs
 
 from protocol.listing import stats_items
+from stig.core import listing
 from stig.core.reply_gate import ReplyGate
 from stig.core.stats_report import general_stats, settings_stats
 from stig.engine.engine import Engine
@@ -352,6 +353,16 @@ class Core:
             await session.await_acked()
         await session.wait_committed(report=False)
 
+    def cachedump(self, limit: int) -> Iterator[bytes]:
+        """``stats cachedump 1 <limit>``'s key listing (:func:`listing.cachedump`),
+        read for this session (after :meth:`prepare_listing`)."""
+        return listing.cachedump(self.engine.store, limit, self.stats, self.session)
+
+    def metadump(self) -> Iterator[bytes]:
+        """``lru_crawler metadump all``'s key listing (:func:`listing.metadump`),
+        read for this session (after :meth:`prepare_listing`)."""
+        return listing.metadump(self.engine.store, self.session)
+
     def reread(self, key: bytes) -> Item | None:
         """``key`` read again inside a command, right after this session's own
         write to it committed (a lost lease or win: who has it now).  No wait
@@ -376,6 +387,22 @@ class Core:
             self.session.owe_verdict(tag)
 
     # -- transaction edges: the rules every protocol shares -----------------------
+
+    # -- the write budget: a run past it grows no more before there is room ---
+
+    @property
+    def wants_room(self) -> bool:
+        """The open run passed the write budget with its last write: the
+        next write waits for room first (:meth:`make_room`; docs/pov.md,
+        "Bounds").  A pipelined burst handled in the handler asks it between
+        its writes, as the connection loop does between commands."""
+        return self.session.wants_room
+
+    async def make_room(self, send: Callable[[], Awaitable[None]] | None) -> bool:
+        """Wait for room in the write budget, the replies so far sent first
+        (``send``): False when acknowledged writes were lost meanwhile, and
+        the caller stops (:meth:`Session.make_room`)."""
+        return await self.session.make_room(send)
 
     def close_run(self) -> None:
         """A command that expects a reply (or ends the conversation) closes the open run."""

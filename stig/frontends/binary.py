@@ -132,7 +132,6 @@ class BinaryHandler:
 
     def __init__(self, engine: Engine, session: Session, fast: bool = True) -> None:
         self.engine = engine
-        self.session = session
         #: False: every request takes the general path (:meth:`_handle`), no
         #: plain SetQ at once nor run of them; the differential test
         #: (tests/model/test_fast_paths.py) checks both answer alike.
@@ -244,7 +243,7 @@ class BinaryHandler:
         the SetQ before them must wait for room first (the connection loop
         waits, then handles them: a waiting connection keeps one write past
         the budget, not two)."""
-        if self.session.wants_room or self._gets is not None:
+        if self.core.wants_room or self._gets is not None:
             # A run of quiet gets is open (the plain SetQ before was a GetKQ
             # answered at once): a write ends it, so the SetQ go one by one
             # through _handle, which ends the run first.
@@ -267,12 +266,12 @@ class BinaryHandler:
     async def _one_by_one(self, requests: Sequence[BinaryRequest]) -> None:
         """Handle ``requests`` in order, each as the connection loop would
         (waiting for room as it does: :meth:`Session.wait_for_room`)."""
-        session = self.session
+        core = self.core
         for request in requests:
             pending = self._handle_one(request)
             if pending is not None:
                 await pending
-            if session.wants_room and not await session.make_room(self.drain):
+            if core.wants_room and not await core.make_room(self.drain):
                 return  # acknowledged writes were lost: the loop reports it
 
     async def _handle(self, event: object) -> None:

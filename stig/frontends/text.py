@@ -1,7 +1,8 @@
 """Executes text-protocol commands on a session and writes their replies.
 
-The bridge between :mod:`protocol.text` (bytes ⇄ commands) and
-:class:`stig.engine.session.Session` (the POV).  One handler per connection; replies
+The bridge between :mod:`protocol.text` (bytes ⇄ commands) and the command
+core (:class:`stig.core.command_core.Core`, the rules over the session's POV).
+One handler per connection; replies
 are appended to :attr:`TextHandler.out` and sent by the connection once per
 burst.  Meta commands arriving on the same connection are passed to the meta
 handler.
@@ -82,7 +83,6 @@ class TextHandler:
 
     def __init__(self, engine: Engine, session: Session, fast: bool = True) -> None:
         self.engine = engine
-        self.session = session
         #: False: every command takes the general path (:meth:`_handle`, the
         #: general read), and the parser its own (``TextParser(fast=False)``):
         #: the differential test (tests/model/test_fast_paths.py) checks that
@@ -98,7 +98,6 @@ class TextHandler:
         #: that return a cas): the connection releases them before it sends.
         self.gate = ReplyGate(self.out, engine.stats)
         self.core = Core(engine, session, self.gate)
-        self._db = engine.store
         # Replies are sent as they grow: gets read ahead stop once this much
         # is waiting and go back to the parser, handled after a send (_read_run).
         self._reply_limit = engine.settings.max_reply_bytes
@@ -511,7 +510,7 @@ class TextHandler:
         connection loop waits, then handles them: a waiting connection keeps
         one write past the budget, not two).
         """
-        if self.session.wants_room:
+        if self.core.wants_room:
             return None
         events = self.parser.plain_sets()
         if not events:
@@ -556,12 +555,12 @@ class TextHandler:
         """Handle ``events`` in order, each as :meth:`handle` and the
         connection loop would: a write whose open run passed the write
         budget waits for room before the next (:meth:`Session.wait_for_room`)."""
-        session = self.session
+        core = self.core
         for event in events:
             pending = self._start(event)
             if pending is not None:
                 await pending
-            if session.wants_room and not await session.make_room(self.drain):
+            if core.wants_room and not await core.make_room(self.drain):
                 return  # acknowledged writes were lost: the loop reports it
 
     def _store(self, command: Store) -> Awaitable[None] | None:
@@ -665,9 +664,7 @@ class TextHandler:
             elif not request.lists_items:
                 self.out += R.END
             else:
-                return self._stream(
-                    listing.cachedump(self._db, request.limit, self.engine.stats, self.session)
-                )
+                return self._stream(self.core.cachedump(request.limit))
             return None
         if command.group == b"items":  # a key listing too: its own writes in it
             return self._stats_items(command)
@@ -686,7 +683,7 @@ class TextHandler:
         elif not request.lists_items:
             self.out += R.END
         else:
-            return self._stream(listing.metadump(self._db, self.session))
+            return self._stream(self.core.metadump())
         return None
 
     async def _stream(self, chunks: Iterator[bytes]) -> None:

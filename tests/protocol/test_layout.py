@@ -155,10 +155,10 @@ FRONTEND_FORBIDDEN = {"stig.engine.session", "stig.storage.snapshot"}
 
 #: Frontend imports of those today, each with why; the list only shrinks.
 KNOWN_FRONTEND_CROSSINGS = {
-    # The Session type of the handler's constructor (the connection builds the
-    # session and hands it over), and `wants_room`/`make_room`: a pipelined
-    # write waits for room in the write budget before the next one.  Through
-    # the core, that attribute read would cost a call per set on the hot path.
+    # The Session type of the handler's constructor alone: the connection
+    # builds the session and hands it over, and the handler passes it to its
+    # Core untouched (everything else goes through the core).  It goes once
+    # the connection hands the handler its Core instead.
     ("stig.frontends.text", "stig.engine.session"),
     ("stig.frontends.binary", "stig.engine.session"),
     # The fast paths render replies straight from the read view the core hands
