@@ -414,37 +414,42 @@ class MetaHandler:
 
     # -- ms --------------------------------------------------------------------
 
-    def _set_now(self, command: MetaSet) -> Awaitable[None] | None:
-        """An unconditional set (the bulk of a pipelined load) done and
-        answered at once, as a text ``set``; any other ms goes to :meth:`_set`.
-
-        The same as :meth:`_set` would do: no TTL to refuse or already
-        past, no conditional op (mode S without C or E), no cas to return
-        (which would wait for the commit): a quiet one stays in the open
-        run, its HD hidden; a loud one closes the run and answers HD."""
+    def _plain(self, command: MetaSet) -> bool:
+        """Whether ``command`` is a plain set, stored in the POV at once with
+        nothing for a commit to decide: mode S without C, E or N (no cas to
+        compare, none to give, no lease), and no T refused or already past.
+        :meth:`_set` decides with it; :meth:`_set_now` shares the decision."""
         ttl = command.ttl
-        core = self.core
-        if (
+        return (
             command.mode is SetMode.SET
             and command.cas is None
             and command.new_cas is None
             and command.vivify_ttl is None
-            and not (ttl and (core.ttl_refused(ttl) or core.expired(ttl)))
-        ):
-            if command.quiet:
-                core.set(command.key, command.value, command.client_flags)
-                return None
-            if not command.returns:
-                core.set(command.key, command.value, command.client_flags)
+            and not (ttl and (self.core.ttl_refused(ttl) or self.core.expired(ttl)))
+        )
+
+    def _set_now(self, command: MetaSet) -> Awaitable[None] | None:
+        """A plain set (:meth:`_plain`, the bulk of a pipelined load) that
+        asks for no cas (which would wait for the commit), answered at once
+        as a text ``set`` is: a quiet one stays in the open run, its HD
+        hidden; a loud one without return flags closes the run and answers
+        HD.  Any other ms goes to :meth:`_set`, which answers these alike."""
+        if (command.quiet or not command.returns) and self._plain(command):
+            core = self.core
+            core.set(command.key, command.value, command.client_flags)
+            if not command.quiet:
                 core.answered(False)
                 self.out += HD_LINE
-                return None
+            return None
         return self._set(command)
 
     def _set(self, command: MetaSet) -> Awaitable[None] | None:
         """Any ms: done at once (None) — a reply after its commit is held
         with the replies of its burst — or what to await (an append whose
         POV answer waits for a verdict, a run owing quiet verdicts)."""
+        if self._plain(command):
+            self.core.set(command.key, command.value, command.client_flags)
+            return self._pov_write_reply(command, Outcome.STORED)
         appends = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
         ttl = None if appends else command.ttl  # memcached ignores T when appending
         if self.core.store_refused(ttl, command.vivify_ttl):
