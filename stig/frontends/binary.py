@@ -569,11 +569,11 @@ class BinaryHandler:
             )
             return
         tag = _Quiet.of(request, DELETE_FAILURES)
-        if not await self.core.delete(request.key, quiet=request.quiet, tag=tag):
+        loud = not request.quiet
+        if not await self.core.delete(request.key, quiet=request.quiet, tag=tag, answered=loud):
             await self._fail(request, Status.KEY_ENOENT)
-        elif not request.quiet:
+        elif loud:
             # No cas in a Delete response: answered from the POV, as in text.
-            self.core.answered(quiet=False)
             await self._report_verdicts()
             self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
 

@@ -80,10 +80,8 @@ from stig.storage.ops import (
     Outcome,
     Put,
     Replace,
-    SetState,
-    Vivify,
 )
-from stig.storage.records import WIN_SENT, Item
+from stig.storage.records import Item
 from stig.storage.snapshot import Snapshot
 
 TTL_REJECTED = client_error(Refusal.TTL.value)
@@ -100,9 +98,6 @@ _CODES = {
     Outcome.NOT_FOUND: NF,
     Outcome.SKIPPED: NF,  # an arithmetic that found no item at promotion
 }
-
-#: How often a reader retries taking the win of a stale item that changed meanwhile.
-_WIN_ATTEMPTS = 3
 
 Keyed = MetaGet | MetaSet | MetaDelete | MetaArithmetic
 
@@ -293,19 +288,14 @@ class MetaHandler:
         core = self.core
         core.close_run()
         await self.report_verdicts(mark)
+        with_cas = goes_on or any(c.wants(ReturnFlag.CAS) for c in commands)
         try:
-            if goes_on:
-                await core.prepare_read(None, True)
-            else:
-                await core.prepare_read(keys, any(c.wants(ReturnFlag.CAS) for c in commands))
+            # Held: a win or a lease awaits its commit, replies are sent as they grow.
+            self.run = await core.snapshot(None if goes_on else keys, with_cas)
         except CommitFailed as exc:
             for _command in commands:  # one reply per mg: the client stays in step
                 self.out += server_error(str(exc))
             return False
-        snapshot = self.core.view()
-        # Held: a win or a lease awaits its commit, replies are sent as they grow.
-        snapshot.hold(None if goes_on else keys)
-        self.run = snapshot
         self._run_broken = False
         return True
 
@@ -343,11 +333,7 @@ class MetaHandler:
                     core.count_read(command.key, item is not None, detail=False)
                     if command.ttl is not None:
                         core.touched(command.key, item is not None, command.ttl, snapshot)
-                    if (
-                        command.vivify_ttl is None
-                        if item is None
-                        else not item.stale or item.win_sent
-                    ):
+                    if not core.lease_due(item, command.vivify_ttl):
                         self._answer(command, item)  # no lease to hand out: no coroutine
                     else:
                         try:
@@ -364,16 +350,8 @@ class MetaHandler:
                 out += server_error(snapshot.interruption)
 
     async def _get_one(self, command: MetaGet, item: Item | None) -> None:
-        """Answer one mg from the item the snapshot gave; hand out a win if due."""
-        won = False
-        if (
-            item is None
-            and command.vivify_ttl is not None
-            and not self.core.expired(command.vivify_ttl)
-        ):
-            item, won = await self._vivify(command)
-        elif item is not None and item.stale and not item.win_sent:
-            item, won = await self._take_win(command.key, item)
+        """Answer one mg whose read hands out a win (:meth:`Core.lease_due`)."""
+        item, won = await self.core.lease(command.key, item, command.new_cas)
         # R (recache when the TTL left is below its token) never wins in
         # Stig: items never expire, the TTL left is always infinite.
         self._answer(command, item, won)
@@ -389,28 +367,6 @@ class MetaHandler:
             self._reply(command, VA, _facts(item, won), item.value)
         else:
             self._reply(command, HD, _facts(item, won))
-
-    async def _vivify(self, command: MetaGet) -> tuple[Item | None, bool]:
-        """A miss with N: create the lease placeholder; its creator alone wins."""
-        key = command.key
-        outcome, written = await self.core.conditional_result(Vivify(key, command.new_cas), key)
-        if outcome is Outcome.STORED:
-            return written, True
-        return self.core.reread(key), False  # another reader's placeholder (or value)
-
-    async def _take_win(self, key: bytes, item: Item) -> tuple[Item | None, bool]:
-        """A stale item nobody won yet: try to take its win, checked at promotion."""
-        for _ in range(_WIN_ATTEMPTS):
-            op = SetState(key, item.state | WIN_SENT, item.cas, item.state)
-            outcome, written = await self.core.conditional_result(op, key)
-            if outcome is Outcome.STORED:
-                return written, True
-            # Changed meanwhile (another reader won, a write, a delete).
-            current = self.core.reread(key)
-            if current is None or not current.stale or current.win_sent:
-                return current, False
-            item = current
-        return item, False
 
     # -- ms --------------------------------------------------------------------
 
@@ -435,10 +391,10 @@ class MetaHandler:
         hidden; a loud one without return flags closes the run and answers
         HD.  Any other ms goes to :meth:`_set`, which answers these alike."""
         if (command.quiet or not command.returns) and self._plain(command):
-            core = self.core
-            core.set(command.key, command.value, command.client_flags)
+            self.core.set(
+                command.key, command.value, command.client_flags, answered=not command.quiet
+            )
             if not command.quiet:
-                core.answered(False)
                 self.out += HD_LINE
             return None
         return self._set(command)
@@ -504,7 +460,6 @@ class MetaHandler:
         ):
             answer = functools.partial(self._set_answer, command, outcome)
             return self.core.reply_after_commit(answer)
-        self.core.answered(command.quiet)
         self._reply_in_turn(command, self._write_reply(command, outcome, None))
         return None
 
@@ -545,8 +500,9 @@ class MetaHandler:
         elif command.cas is not None:
             op = CompareRemove(key, command.cas)
         if op is None:
-            found = await self.core.delete(key, quiet=command.quiet, tag=command)
-            self.core.answered(command.quiet)
+            found = await self.core.delete(
+                key, quiet=command.quiet, tag=command, answered=not command.quiet
+            )
             self._reply_in_turn(command, self._reply_bytes(command, HD if found else NF))
             return
         pending = self._conditional(command, op, functools.partial(self._code_answer, command))
@@ -574,11 +530,9 @@ class MetaHandler:
         quiet = command.quiet and not command.return_value
         number = await self.core.adjust(key, delta, incr, initial, quiet=quiet, tag=command)
         if number is Outcome.NOT_FOUND:
-            self.core.answered(command.quiet)
             self._reply_in_turn(command, self._reply_bytes(command, NF))
             return
         if number is Outcome.NON_NUMERIC:
-            self.core.answered(command.quiet)
             self._reply_in_turn(command, NON_NUMERIC_REPLY)
             return
         value = b"%d" % number  # type: ignore[str-format]
@@ -590,7 +544,6 @@ class MetaHandler:
             if pending is not None:
                 await pending
             return
-        self.core.answered(command.quiet)
         self._reply_in_turn(command, self._number_reply(command, value, 0))
 
     def _adjusted_answer(self, command: MetaArithmetic, committed: Committed) -> bytes:

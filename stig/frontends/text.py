@@ -285,9 +285,11 @@ class TextHandler:
         return False
 
     def _reply(self, noreply: bool, data: bytes) -> None:
-        """Answer a write: noreply keeps the run open, a reply closes it."""
-        self.core.answered(noreply)
+        """Answer a command that wrote nothing (a refusal, ``verbosity``):
+        a reply closes the open run, noreply keeps it open.  (A write closes
+        its own run: ``answered`` to the core.)"""
         if not noreply:
+            self.core.close_run()
             self.out += data
 
     # -- retrieval -----------------------------------------------------------
@@ -303,8 +305,7 @@ class TextHandler:
         if not command.touch and not core.prefixes.enabled and self.fast:
             # Wait for what the answer depends on (if anything), then the
             # read from one snapshot that the fast path makes.
-            if not core.read_ready(command.keys, command.with_cas):
-                await core.prepare_read(command.keys, command.with_cas)
+            await core.prepare_read(command.keys, command.with_cas)
             rest = self._read_run([command], command.with_cas)
             if rest is not None:
                 await rest
@@ -524,8 +525,6 @@ class TextHandler:
         while done < count:
             first = events[done]
             loud = not (first.noreply if type(first) is Store else first.quiet)  # type: ignore[union-attr]
-            if loud and core.owes_verdicts:
-                break
             items: list[tuple[bytes, bytes, int]] = []
             replies: list[bytes] = []
             for event in events[done:] if done else events:
@@ -575,8 +574,9 @@ class TextHandler:
         mode = command.mode
         if mode is StoreMode.SET and not command.exptime:  # the common one
             core.count_prefix_set(command.key)
-            core.set(command.key, command.value, command.flags)
-            self._reply(command.noreply, R.STORED)
+            core.set(command.key, command.value, command.flags, answered=not command.noreply)
+            if not command.noreply:
+                self.out += R.STORED
             return None
         if mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
             return self._concat(command)
@@ -585,8 +585,10 @@ class TextHandler:
             self._reply(command.noreply, EXPTIME_REJECTED)
             return None
         if mode is StoreMode.SET:
-            core.set(command.key, command.value, command.flags, command.exptime)
-            self._reply(command.noreply, R.STORED)
+            loud = not command.noreply
+            core.set(command.key, command.value, command.flags, command.exptime, loud)
+            if loud:
+                self.out += R.STORED
             return None
         if mode is StoreMode.CAS:
             op: Op = Cas(command.key, command.value, command.flags, command.cas_unique)
@@ -605,33 +607,43 @@ class TextHandler:
         core = self.core
         core.count_prefix_set(command.key)
         # memcached ignores their exptime: the item keeps its own.
+        prepend = command.mode is StoreMode.PREPEND
+        loud = not command.noreply
         stored = await core.concat(
-            command.key, command.value, command.mode is StoreMode.PREPEND, quiet=command.noreply
+            command.key, command.value, prepend, quiet=command.noreply, answered=loud
         )
-        self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
+        if loud:
+            self.out += R.STORED if stored else R.NOT_STORED
 
     async def _delete(self, command: Delete) -> None:
         self.core.count_prefix_delete(command.key)
-        found = await self.core.delete(command.key, quiet=command.noreply)
-        self._reply(command.noreply, R.DELETED if found else R.NOT_FOUND)
+        loud = not command.noreply
+        found = await self.core.delete(command.key, quiet=command.noreply, answered=loud)
+        if loud:
+            self.out += R.DELETED if found else R.NOT_FOUND
 
     async def _arithmetic(self, command: Arithmetic) -> None:
+        loud = not command.noreply
         result = await self.core.adjust(
-            command.key, command.delta, command.incr, quiet=command.noreply
+            command.key, command.delta, command.incr, quiet=command.noreply, answered=loud
         )
+        if not loud:
+            return
         if result is Outcome.NOT_FOUND:
-            self._reply(command.noreply, R.NOT_FOUND)
+            self.out += R.NOT_FOUND
         elif result is Outcome.NON_NUMERIC:
-            self._reply(command.noreply, NON_NUMERIC)
+            self.out += NON_NUMERIC
         else:
-            self._reply(command.noreply, R.number(result))  # type: ignore[arg-type]
+            self.out += R.number(result)  # type: ignore[arg-type]
 
     async def _touch(self, command: Touch) -> None:
         if self.core.ttl_refused(command.exptime):
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
-        found = await self.core.touch(command.key, command.exptime)
-        self._reply(command.noreply, R.TOUCHED if found else R.NOT_FOUND)
+        loud = not command.noreply
+        found = await self.core.touch(command.key, command.exptime, answered=loud)
+        if loud:
+            self.out += R.TOUCHED if found else R.NOT_FOUND
 
     async def _flush_all(self, command: FlushAll) -> None:
         refusal = self.core.flush_refusal(command.delay)
