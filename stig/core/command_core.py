@@ -41,6 +41,7 @@ import attrs
 
 from protocol.listing import stats_items
 from stig.core import listing
+from stig.core.read_view import ReadView
 from stig.core.reply_gate import ReplyGate
 from stig.core.stats_report import general_stats, settings_stats
 from stig.engine.engine import Engine
@@ -63,7 +64,6 @@ from stig.storage.ops import (
     Vivify,
 )
 from stig.storage.records import WIN_SENT, Item
-from stig.storage.snapshot import Snapshot
 
 
 class Refusal(enum.Enum):
@@ -193,7 +193,7 @@ class Core:
         #: already found ready (:meth:`read_ready`; :meth:`snapshot` waits
         #: first): the session's own method, bound here so that a fast path
         #: pays no call for going through the core.
-        self.view: Callable[[], Snapshot] = session.snapshot
+        self.view: Callable[[], ReadView] = session.snapshot
 
     # -- exptimes: never a future TTL (docs/pov.md) ------------------------------
 
@@ -225,7 +225,7 @@ class Core:
         self.remove(key)
 
     def touched(
-        self, key: bytes, found: bool, exptime: int | None, snapshot: Snapshot | None = None
+        self, key: bytes, found: bool, exptime: int | None, snapshot: ReadView | None = None
     ) -> None:
         """After a touch of ``key`` (``touch``, ``gat``, ``mg T``, binary
         Touch/GAT: every touch ends here, answered first): an item ``found``
@@ -511,7 +511,7 @@ class Core:
 
     # -- streamed reads: one snapshot, the reply sent as it grows (reads) -------
 
-    async def snapshot(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> Snapshot:
+    async def snapshot(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> ReadView:
         """What :meth:`read` waits for (:meth:`prepare_read`), then its snapshot,
         held: the caller reads ``keys`` from it one by one, counting each with
         :meth:`count_read`, may send its reply and wait as it grows

@@ -55,6 +55,7 @@ from protocol.binary import (
 )
 from protocol.errors import ProtocolError
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind, Verdict
+from stig.core.read_view import ReadView
 from stig.core.reply_gate import ReplyGate
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
@@ -72,7 +73,6 @@ from stig.storage.ops import (
     Replace,
 )
 from stig.storage.records import Item
-from stig.storage.snapshot import Snapshot
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
 NO_CREATE = 0xFFFFFFFF
@@ -148,7 +148,7 @@ class BinaryHandler:
         #: Sends what ``out`` holds so far (the connection sets it).
         self.drain: Callable[[], Awaitable[None]] | None = None
         #: The open run of GetQ/GetKQ: its snapshot, held until the run ends.
-        self._gets: Snapshot | None = None
+        self._gets: ReadView | None = None
         self._gets_broken = False  # Store.grow() ended that snapshot: the rest fail
         self._current: tuple[int, int] = (Opcode.Noop, 0)  # opcode and opaque being served
         handlers: dict[Opcode, Callable[[BinaryRequest], Awaitable[None]]] = {

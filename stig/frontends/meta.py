@@ -67,6 +67,7 @@ from protocol.meta import (
 )
 from protocol.text_replies import client_error, server_error
 from stig.core.command_core import NON_NUMERIC, Answer, Committed, Core, Refusal, Verdict
+from stig.core.read_view import ReadView
 from stig.engine.errors import CommitFailed
 from stig.storage.ops import (
     Add,
@@ -82,7 +83,6 @@ from stig.storage.ops import (
     Replace,
 )
 from stig.storage.records import Item
-from stig.storage.snapshot import Snapshot
 
 TTL_REJECTED = client_error(Refusal.TTL.value)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)
@@ -129,7 +129,7 @@ class MetaHandler:
         self.drain: Callable[[], Awaitable[None]] | None = None
         self._reply_limit = core.engine.settings.max_reply_bytes
         #: The snapshot of a run of mg that goes on in the next input (None: none does).
-        self.run: Snapshot | None = None
+        self.run: ReadView | None = None
         self._run_broken = False  # Store.grow() ended that snapshot: the rest fail
         #: command type -> a function that executes the command and returns
         #: None (done, nothing to wait for) or an awaitable giving what

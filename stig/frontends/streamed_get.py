@@ -23,8 +23,8 @@ import lmdb
 from protocol import text_replies as R
 from protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
 from stig.core.command_core import Core
+from stig.core.read_view import ReadView
 from stig.engine.errors import CommitFailed
-from stig.storage.snapshot import Snapshot
 
 
 class StreamedGet:
@@ -44,7 +44,7 @@ class StreamedGet:
         self._drain = drain
         self._ttl_refusal = ttl_refusal
         self._head: RetrieveStart | None = None  # the line being answered
-        self._snapshot: Snapshot | None = None
+        self._snapshot: ReadView | None = None
         #: What ends the reply instead of END, once known (the read stopped:
         #: the rest of the line's keys are not read).
         self._ended: bytes | None = None
@@ -105,7 +105,7 @@ class StreamedGet:
         self.close()
 
     async def _render(
-        self, head: RetrieveStart, snapshot: Snapshot, keys: tuple[bytes, ...]
+        self, head: RetrieveStart, snapshot: ReadView, keys: tuple[bytes, ...]
     ) -> None:
         out, limit, core = self.out, self._limit, self.core
         line = R.VALUE_LINE_CAS if head.with_cas else R.VALUE_LINE
@@ -117,7 +117,7 @@ class StreamedGet:
             core.count_gets(read - position, hits)
             position = read
 
-    async def _each(self, head: RetrieveStart, snapshot: Snapshot, keys: tuple[bytes, ...]) -> None:
+    async def _each(self, head: RetrieveStart, snapshot: ReadView, keys: tuple[bytes, ...]) -> None:
         """Key by key: ``gat``/``gats`` touch (and may expire) each item, and
         ``stats detail on`` counts each key."""
         out, limit, core = self.out, self._limit, self.core

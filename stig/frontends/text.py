@@ -41,6 +41,7 @@ from protocol.text import QuietError, TextParser
 from stig.core import listing
 from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
+from stig.core.read_view import ReadView
 from stig.core.reply_gate import ReplyGate
 from stig.engine.certificates import TlsError
 from stig.engine.engine import PROTOCOL_VERSION, Engine
@@ -49,7 +50,6 @@ from stig.engine.session import Session
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
-from stig.storage.snapshot import Snapshot
 
 #: Each refusal as a text reply.
 REFUSALS = {refusal: R.client_error(refusal.value) for refusal in Refusal}
@@ -460,7 +460,7 @@ class TextHandler:
             self.core.count_gets(count, hits)
         return None
 
-    async def _rest_of_get(self, snapshot: Snapshot, keys: Sequence[bytes], with_cas: bool) -> None:
+    async def _rest_of_get(self, snapshot: ReadView, keys: Sequence[bytes], with_cas: bool) -> None:
         """The rest of a big multi-get's reply (see :meth:`_read_run`): each
         key from the held ``snapshot``, sending whenever ``--max-reply-bytes``
         wait.

@@ -161,13 +161,8 @@ KNOWN_FRONTEND_CROSSINGS = {
     # the connection hands the handler its Core instead.
     ("stig.frontends.text", "stig.engine.session"),
     ("stig.frontends.binary", "stig.engine.session"),
-    # The fast paths render replies straight from the read view the core hands
-    # out (Core.view, Core.snapshot: `parts`, `render`, `render_each`), and word
-    # its READ_INTERRUPTED failure; the type and the words live with the view.
-    ("stig.frontends.text", "stig.storage.snapshot"),
-    ("stig.frontends.binary", "stig.storage.snapshot"),
-    ("stig.frontends.meta", "stig.storage.snapshot"),
-    ("stig.frontends.streamed_get", "stig.storage.snapshot"),
+    # (The read view the core hands out, Core.view and Core.snapshot, the
+    # handlers see as stig.core.read_view.ReadView: no storage.snapshot.)
 }
 
 
