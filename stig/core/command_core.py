@@ -200,23 +200,34 @@ class Core:
     def store_refused(self, *exptimes: int | None) -> bool:
         """Whether a store is refused for its exptime(s) (:meth:`ttl_refused`);
         a refused store still counts in ``cmd_set``, as memcached's do."""
-        if any(ttl is not None and self.ttl_refused(ttl) for ttl in exptimes):
+        if self.ttl_refused(*exptimes):
             self.stats.cmd_set += 1
             return True
         return False
 
-    def ttl_refused(self, exptime: int) -> bool:
-        """A future exptime under ``--ttl-policy reject``: store nothing.
+    def ttl_refused(self, *exptimes: int | None) -> bool:
+        """A future exptime among ``exptimes`` (None: not given) under
+        ``--ttl-policy reject``: the command stores or touches nothing.
 
         An exptime already past is never refused: see :meth:`expired`.
         """
-        return exptime != 0 and self._reject_ttl and not already_expired(exptime, time.time())
+        if not self._reject_ttl:
+            return False
+        now = time.time()
+        return any(exptime and not already_expired(exptime, now) for exptime in exptimes)
 
     @staticmethod
     def expired(exptime: int | None) -> bool:
         """An exptime already past, under either ``--ttl-policy``: the write
         happens as memcached's does, then the item is gone at once."""
         return exptime is not None and exptime != 0 and already_expired(exptime, time.time())
+
+    def creates(self, exptime: int | None) -> bool:
+        """Whether a read or write that may create a missing item (an
+        incr/decr's initial value, meta ``N``: a counter, a lease's
+        placeholder) creates one with ``exptime`` (None: asked for none):
+        not with one already past, whose item would be gone at once."""
+        return exptime is not None and not self.expired(exptime)
 
     def set_expired(self, key: bytes) -> None:
         """A set whose exptime is past: memcached stores an item already
@@ -384,7 +395,7 @@ class Core:
         exptime already past: that placeholder would be gone at once), or a
         stale item nobody won yet.  Otherwise the read is answered as it is."""
         if item is None:
-            return vivify_exptime is not None and not self.expired(vivify_exptime)
+            return self.creates(vivify_exptime)
         return item.stale and not item.win_sent
 
     async def lease(

@@ -580,8 +580,7 @@ class BinaryHandler:
     async def _adjust(self, request: BinaryRequest) -> None:
         """Increment/Decrement; the expiration only matters when the counter is created."""
         incr = request.base is Opcode.Increment
-        # A counter created already expired would be gone at once: none is.
-        create = request.expiration != NO_CREATE and not self.core.expired(request.expiration)
+        create = request.expiration != NO_CREATE and self.core.creates(request.expiration)
         refused = create and self.core.ttl_refused(request.expiration)
         initial = request.initial if create and not refused else None
         if request.cas:

@@ -185,9 +185,6 @@ class MetaHandler:
             self.core.close_run()
             self.out += reply
 
-    def _ttl_refused(self, *ttls: int | None) -> bool:
-        return any(ttl is not None and self.core.ttl_refused(ttl) for ttl in ttls)
-
     # -- quiet writes: their verdicts, once their run has committed --------------
 
     async def report_verdicts(self, mark: int) -> None:
@@ -305,7 +302,7 @@ class MetaHandler:
         read them is not read either): a run never holds more than that bound
         plus one reply (docs/pov.md, "Bounds").  ``goes_on``: the run
         continues in the next input (its snapshot stays held)."""
-        refused = [self._ttl_refused(c.ttl, c.vivify_ttl) for c in commands]
+        refused = [self.core.ttl_refused(c.ttl, c.vivify_ttl) for c in commands]
         keys = [c.key for c, no in zip(commands, refused, strict=True) if not no]
         out = self.out
         if self.run is None:
@@ -485,7 +482,7 @@ class MetaHandler:
     # -- md --------------------------------------------------------------------
 
     async def _delete(self, command: MetaDelete) -> None:
-        if command.invalidate and self._ttl_refused(command.ttl):
+        if command.invalidate and self.core.ttl_refused(command.ttl):
             self._reply_in_turn(command, TTL_REJECTED)
             return
         key, expected, new_cas = command.key, command.cas or 0, command.new_cas
@@ -512,12 +509,12 @@ class MetaHandler:
     # -- ma --------------------------------------------------------------------
 
     async def _arithmetic(self, command: MetaArithmetic) -> None:
-        if self._ttl_refused(command.ttl, command.vivify_ttl):
+        if self.core.ttl_refused(command.ttl, command.vivify_ttl):
             self._reply_in_turn(command, TTL_REJECTED)
             return
         key, delta = command.key, command.delta
         incr = command.mode is ArithmeticMode.INCREMENT
-        vivify = command.vivify_ttl is not None and not self.core.expired(command.vivify_ttl)
+        vivify = self.core.creates(command.vivify_ttl)
         initial = command.initial if vivify else None
         if command.cas is not None or command.new_cas is not None:
             op = Adjust(key, delta, incr, initial, 0, command.cas or 0, command.new_cas)
