@@ -21,7 +21,9 @@ reply, as the failure its answer words.
 
 The transaction rules every protocol shares live here once, and the
 handlers only translate: a write answered from the POV with a reply closes
-its run (:meth:`Core.answered`); a quiet conditional write (or intent) owes
+its own run (``answered=True`` to :meth:`Core.set`, :meth:`Core.concat`,
+:meth:`Core.delete`, :meth:`Core.adjust`, :meth:`Core.touch`), one answered
+after its commit in :meth:`Core.reply_after_commit`; a quiet conditional write (or intent) owes
 its client a verdict, collected for all protocols by :meth:`Core.verdicts`
 once its run has committed; the barrier (:meth:`Core.barrier`) waits for
 everything and reports a failure since the last barrier; refusals are
@@ -33,11 +35,13 @@ from __future__ import annotations
 import enum
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import attrs
 
 from protocol.listing import stats_items
+from stig.core import listing
+from stig.core.read_view import ReadView
 from stig.core.reply_gate import ReplyGate
 from stig.core.stats_report import general_stats, settings_stats
 from stig.engine.engine import Engine
@@ -56,9 +60,10 @@ from stig.storage.ops import (
     Outcome,
     Remove,
     Replace,
+    SetState,
+    Vivify,
 )
-from stig.storage.records import Item
-from stig.storage.snapshot import Snapshot
+from stig.storage.records import WIN_SENT, Item
 
 
 class Refusal(enum.Enum):
@@ -71,6 +76,9 @@ class Refusal(enum.Enum):
     #: ``flush_all`` with a delay: nothing ever expires, so none can be honoured.
     FLUSH_DELAY = "flush_all delay must be 0: Stig items never expire"
 
+
+#: How often a reader tries to take the win of a stale item that changed meanwhile.
+WIN_ATTEMPTS = 3
 
 #: memcached's words for incr/decr of a value that is not a number.
 NON_NUMERIC = "cannot increment or decrement non-numeric value"
@@ -185,24 +193,28 @@ class Core:
         #: already found ready (:meth:`read_ready`; :meth:`snapshot` waits
         #: first): the session's own method, bound here so that a fast path
         #: pays no call for going through the core.
-        self.view: Callable[[], Snapshot] = session.snapshot
+        self.view: Callable[[], ReadView] = session.snapshot
 
     # -- exptimes: never a future TTL (docs/pov.md) ------------------------------
 
     def store_refused(self, *exptimes: int | None) -> bool:
         """Whether a store is refused for its exptime(s) (:meth:`ttl_refused`);
         a refused store still counts in ``cmd_set``, as memcached's do."""
-        if any(ttl is not None and self.ttl_refused(ttl) for ttl in exptimes):
+        if self.ttl_refused(*exptimes):
             self.stats.cmd_set += 1
             return True
         return False
 
-    def ttl_refused(self, exptime: int) -> bool:
-        """A future exptime under ``--ttl-policy reject``: store nothing.
+    def ttl_refused(self, *exptimes: int | None) -> bool:
+        """A future exptime among ``exptimes`` (None: not given) under
+        ``--ttl-policy reject``: the command stores or touches nothing.
 
         An exptime already past is never refused: see :meth:`expired`.
         """
-        return exptime != 0 and self._reject_ttl and not already_expired(exptime, time.time())
+        if not self._reject_ttl:
+            return False
+        now = time.time()
+        return any(exptime and not already_expired(exptime, now) for exptime in exptimes)
 
     @staticmethod
     def expired(exptime: int | None) -> bool:
@@ -210,21 +222,32 @@ class Core:
         happens as memcached's does, then the item is gone at once."""
         return exptime is not None and exptime != 0 and already_expired(exptime, time.time())
 
+    def creates(self, exptime: int | None) -> bool:
+        """Whether a read or write that may create a missing item (an
+        incr/decr's initial value, meta ``N``: a counter, a lease's
+        placeholder) creates one with ``exptime`` (None: asked for none):
+        not with one already past, whose item would be gone at once."""
+        return exptime is not None and not self.expired(exptime)
+
     def set_expired(self, key: bytes) -> None:
         """A set whose exptime is past: memcached stores an item already
         expired, so the key is simply gone (from this POV at once)."""
         self.stats.cmd_set += 1
         self.remove(key)
 
-    def gone_after_touch(self, key: bytes, snapshot: Snapshot | None = None) -> None:
-        """A found item touched to an exptime already past (:meth:`expired`):
-        answered found, then gone (memcached), from this POV at once; a later
-        read of it from the same ``snapshot`` (a repeated key, a run of mg)
-        misses.  Every touch (``touch``, ``gat``, ``mg T``, binary Touch/GAT)
-        ends here."""
-        self.remove(key)
-        if snapshot is not None:
-            snapshot.forget(key)
+    def touched(
+        self, key: bytes, found: bool, exptime: int | None, snapshot: ReadView | None = None
+    ) -> None:
+        """After a touch of ``key`` (``touch``, ``gat``, ``mg T``, binary
+        Touch/GAT: every touch ends here, answered first): an item ``found``
+        and touched to an exptime already past (:meth:`expired`) is gone
+        (memcached), from this POV at once; a later read of it from the same
+        ``snapshot`` (a repeated key, a run of mg) misses.  Otherwise nothing:
+        items never expire."""
+        if found and self.expired(exptime):
+            self.remove(key)
+            if snapshot is not None:
+                snapshot.forget(key)
 
     def refused_quietly(self) -> None:
         """A write sent ``noreply`` refused while writes are refused (a full
@@ -302,12 +325,16 @@ class Core:
         (acknowledged writes are visible everywhere: docs/pov.md, "Other
         sessions").  Every read of the store checks this, fast paths too;
         :meth:`_await_ready` waits for what it finds."""
+        return not self._promotes(keys, with_cas) and self._clear_for(keys, self._overlay)
+
+    def _promotes(self, keys: Sequence[bytes] | None, with_cas: bool) -> bool:
+        """Whether a read of ``keys`` waits for this session's pending writes
+        to be promoted: a conditional write's verdict may change them, or a
+        cas is asked of a write still pending (:meth:`read_ready`)."""
         session = self.session
-        if session.unresolved and session.is_unresolved(keys):
-            return False
-        if with_cas and session.has_pending(keys):
-            return False
-        return self._clear_for(keys, self._overlay)
+        return bool(session.unresolved and session.is_unresolved(keys)) or (
+            with_cas and session.has_pending(keys)
+        )
 
     def answers_now(self, keys: Sequence[bytes], with_cas: bool) -> bool:
         """Whether a plain get of ``keys`` (no touch) is answered at once, by
@@ -327,13 +354,16 @@ class Core:
         flight to them are committed.  A read (:meth:`prepare_read`) and a
         write answered from the POV that reads ``keys`` first (without a cas)
         both wait here."""
-        session = self.session
-        if (session.unresolved and session.is_unresolved(keys)) or (
-            with_cas and session.has_pending(keys)
-        ):
-            await session.promote_pending()
+        if self._promotes(keys, with_cas):
+            await self.session.promote_pending()
+        await self._await_acked(keys)
+
+    async def _await_acked(self, keys: Sequence[bytes] | None) -> None:
+        """Wait until the writes of other sessions in flight to ``keys`` (None:
+        any key), acknowledged to their clients, are committed: a read sees
+        every acknowledged write (docs/pov.md, "Other sessions")."""
         if not self._clear_for(keys, self._overlay):
-            await session.await_acked(keys)
+            await self.session.await_acked(keys)
 
     async def prepare_listing(self) -> None:
         """Before a key listing's snapshot (``lru_crawler metadump``, ``stats
@@ -344,11 +374,66 @@ class Core:
         it waits for them too."""
         session = self.session
         session.submit()
-        if not self._clear_for(None, self._overlay):
-            await session.await_acked()
+        await self._await_acked(None)
         await session.wait_committed(report=False)
 
-    def reread(self, key: bytes) -> Item | None:
+    def cachedump(self, limit: int) -> Iterator[bytes]:
+        """``stats cachedump 1 <limit>``'s key listing (:func:`listing.cachedump`),
+        read for this session (after :meth:`prepare_listing`)."""
+        return listing.cachedump(self.engine.store, limit, self.stats, self.session)
+
+    def metadump(self) -> Iterator[bytes]:
+        """``lru_crawler metadump all``'s key listing (:func:`listing.metadump`),
+        read for this session (after :meth:`prepare_listing`)."""
+        return listing.metadump(self.engine.store, self.session)
+
+    # -- leases and wins: exactly one reader of any connection gets W ------------
+
+    def lease_due(self, item: Item | None, vivify_exptime: int | None) -> bool:
+        """Whether a read that found ``item`` (None: a miss) hands out a win
+        (:meth:`lease`): a miss that asks for a lease (meta ``N``, not to an
+        exptime already past: that placeholder would be gone at once), or a
+        stale item nobody won yet.  Otherwise the read is answered as it is."""
+        if item is None:
+            return self.creates(vivify_exptime)
+        return item.stale and not item.win_sent
+
+    async def lease(
+        self, key: bytes, item: Item | None, new_cas: int | None = None
+    ) -> tuple[Item | None, bool]:
+        """Hand out the win :meth:`lease_due` found due: (the item to answer
+        with, whether this reader won)."""
+        if item is None:
+            return await self.vivify(key, new_cas)
+        return await self.take_win(key, item)
+
+    async def vivify(self, key: bytes, new_cas: int | None) -> tuple[Item | None, bool]:
+        """A miss that asks for a lease (meta ``mg N``): the placeholder is
+        created by a conditional write checked at promotion, so its creator
+        alone wins.  (item, won): the placeholder won, or whatever another
+        reader (or writer) put there first."""
+        outcome, written = await self.conditional_result(Vivify(key, new_cas), key)
+        if outcome is Outcome.STORED:
+            return written, True
+        return self._reread(key), False
+
+    async def take_win(self, key: bytes, item: Item) -> tuple[Item | None, bool]:
+        """A stale ``item`` nobody won yet: take its win, checked at promotion
+        against the state it was read in.  Changed meanwhile (another reader
+        won, a write, a delete), it is read again and, still stale and
+        unwon, tried again, :data:`WIN_ATTEMPTS` times in all.  (item, won)."""
+        for _ in range(WIN_ATTEMPTS):
+            op = SetState(key, item.state | WIN_SENT, item.cas, item.state)
+            outcome, written = await self.conditional_result(op, key)
+            if outcome is Outcome.STORED:
+                return written, True
+            current = self._reread(key)
+            if current is None or not current.stale or current.win_sent:
+                return current, False
+            item = current
+        return item, False
+
+    def _reread(self, key: bytes) -> Item | None:
         """``key`` read again inside a command, right after this session's own
         write to it committed (a lost lease or win: who has it now).  No wait
         is owed: the command's read waited for every write acknowledged before
@@ -373,17 +458,31 @@ class Core:
 
     # -- transaction edges: the rules every protocol shares -----------------------
 
+    # -- the write budget: a run past it grows no more before there is room ---
+
+    @property
+    def writes_lost(self) -> bool:
+        """Acknowledged writes of this session failed to commit: a handler
+        sending from inside a burst stops, and the connection reports it."""
+        return self.session.failure is not None
+
+    @property
+    def wants_room(self) -> bool:
+        """The open run passed the write budget with its last write: the
+        next write waits for room first (:meth:`make_room`; docs/pov.md,
+        "Bounds").  A pipelined burst handled in the handler asks it between
+        its writes, as the connection loop does between commands."""
+        return self.session.wants_room
+
+    async def make_room(self, send: Callable[[], Awaitable[None]] | None) -> bool:
+        """Wait for room in the write budget, the replies so far sent first
+        (``send``): False when acknowledged writes were lost meanwhile, and
+        the caller stops (:meth:`Session.make_room`)."""
+        return await self.session.make_room(send)
+
     def close_run(self) -> None:
         """A command that expects a reply (or ends the conversation) closes the open run."""
         self.session.close_run()
-
-    def answered(self, quiet: bool) -> None:
-        """A write answered from the POV: one that replies closes its run (as
-        that run's last member; ``--durable-acks`` then holds the reply until
-        the run is on disk, as every reply after a run closes); a quiet one
-        stays in the open run (docs/pov.md, "What forms a run")."""
-        if not quiet:
-            self.session.close_run()
 
     # -- reads -----------------------------------------------------------------
 
@@ -429,7 +528,7 @@ class Core:
 
     # -- streamed reads: one snapshot, the reply sent as it grows (reads) -------
 
-    async def snapshot(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> Snapshot:
+    async def snapshot(self, keys: Sequence[bytes] | None, with_cas: bool = False) -> ReadView:
         """What :meth:`read` waits for (:meth:`prepare_read`), then its snapshot,
         held: the caller reads ``keys`` from it one by one, counting each with
         :meth:`count_read`, may send its reply and wait as it grows
@@ -464,24 +563,38 @@ class Core:
 
     # -- unconditional writes: answered from the POV ---------------------------
 
-    def set(self, key: bytes, value: bytes, flags: int, exptime: int = 0) -> None:
+    def set(
+        self, key: bytes, value: bytes, flags: int, exptime: int = 0, answered: bool = False
+    ) -> None:
         """Store ``value``; with an ``exptime`` already past the key is gone
         instead (:meth:`set_expired`).  Refusals are the caller's first step
-        (:meth:`store_refused`)."""
+        (:meth:`store_refused`).  ``answered``: the set replies now, from the
+        POV, and so closes its run, as that run's last member (``--durable-acks``
+        then holds the reply until the run is on disk, as every reply after a
+        run closes: docs/pov.md, "What forms a run"); else it stays in the
+        open run (quiet, or its reply waits for its commit and closes the run
+        there: :meth:`reply_after_commit`)."""
         if exptime and already_expired(exptime, time.time()):
             self.set_expired(key)
-            return
-        self.stats.cmd_set += 1
-        self.session.set(key, value, flags)
+        else:
+            self.stats.cmd_set += 1
+            self.session.set(key, value, flags)
+        if answered:
+            self.session.close_run()
 
     def set_many(self, items: Sequence[tuple[bytes, bytes, int]], answered: bool) -> int:
         """A burst of plain sets ``(key, value, flags)``, exptime 0, in order:
-        each exactly :meth:`set` then :meth:`answered` (``answered``: each
-        replies, and closes its run; else all stay in the open run), counted
-        in ``cmd_set`` and ``stats detail``, in one loop
+        each exactly :meth:`set` with ``answered`` (each replies, and closes
+        its run; else all stay in the open run), counted in ``cmd_set`` and
+        ``stats detail``, in one loop
         (:meth:`~stig.engine.session.Session.set_many`).  Returns how many
         were recorded: the caller does the first one not recorded (and all
-        after it) one by one, which raises what :meth:`set` raises."""
+        after it) one by one, which raises what :meth:`set` raises.  None
+        are when they reply and the run owes quiet writes their verdicts
+        (:attr:`owes_verdicts`): those come first, and one by one the
+        handler writes them before the first reply."""
+        if answered and self.owes_verdicts:
+            return 0
         recorded = self.session.set_many(items, answered)
         self.stats.cmd_set += recorded
         if recorded and self.prefixes.enabled:
@@ -504,12 +617,15 @@ class Core:
         vivify_flags: int | None = None,
         quiet: bool = False,
         tag: object | None = None,
+        answered: bool = False,
     ) -> bool:
         """append/prepend; False if the key is absent from this POV.
 
         With ``vivify_flags`` (meta ``ms MA N``) an absent key is created
         with the data and these flags instead.  A quiet one may become an
         intent (:meth:`as_intent`): True, and its verdict is owed to ``tag``.
+        ``answered``: it replies now, from the POV, and closes its run (as
+        :meth:`set`).
         """
         self.stats.cmd_set += 1
         session = self.session
@@ -520,11 +636,18 @@ class Core:
         if vivify_flags is not None and session.get(key) is None:
             op = Concat(key, data, prepend, vivify_flags)
             session.record(op, key, Item(data, vivify_flags), len(data))
-            return True
-        return session.concat(key, data, prepend)
+            stored = True
+        else:
+            stored = session.concat(key, data, prepend)
+        if answered:
+            session.close_run()
+        return stored
 
-    async def delete(self, key: bytes, quiet: bool = False, tag: object | None = None) -> bool:
-        """Whether the key was there; a quiet intent answers True (see :meth:`concat`).
+    async def delete(
+        self, key: bytes, quiet: bool = False, tag: object | None = None, answered: bool = False
+    ) -> bool:
+        """Whether the key was there; a quiet intent answers True, and
+        ``answered`` closes the run of one that replies (see :meth:`concat`).
 
         While writes are refused (a full disk) a delete is checked at its
         commit instead, as a conditional write: it frees space, but its
@@ -542,6 +665,8 @@ class Core:
             self.stats.delete_hits += 1
         else:
             self.stats.delete_misses += 1
+        if answered:
+            session.close_run()
         return found
 
     async def _delete_committed(self, key: bytes, quiet: bool, tag: object | None) -> bool:
@@ -565,12 +690,13 @@ class Core:
         flags: int = 0,
         quiet: bool = False,
         tag: object | None = None,
+        answered: bool = False,
     ) -> int | Outcome:
         """incr/decr: the value this POV sees afterwards, or NOT_FOUND / NON_NUMERIC.
 
         ``initial`` (if not None) creates a missing counter with that value.
         A quiet one that becomes an intent (see :meth:`as_intent`) answers 0;
-        its verdict is owed to ``tag``.
+        its verdict is owed to ``tag``.  ``answered``: see :meth:`concat`.
         """
         session = self.session
         if self.as_intent(key, quiet):
@@ -586,16 +712,20 @@ class Core:
         else:
             stats.decr_hits += hit
             stats.decr_misses += not hit
+        if answered:
+            session.close_run()
         return result
 
-    async def touch(self, key: bytes, exptime: int = 0) -> bool:
+    async def touch(self, key: bytes, exptime: int = 0, answered: bool = False) -> bool:
         """Whether the key exists: touch changes nothing, items never expire;
-        touched to an ``exptime`` already past, a found item is gone."""
+        touched to an ``exptime`` already past, a found item is gone.
+        ``answered``: see :meth:`concat`."""
         await self._await_ready((key,))
         found = self.session.get(key) is not None
         self.count_touch(found)
-        if found and self.expired(exptime):
-            self.gone_after_touch(key)
+        self.touched(key, found, exptime)
+        if answered:
+            self.session.close_run()
         return found
 
     def count_touch(self, found: bool) -> None:

@@ -56,6 +56,7 @@ from protocol.binary import (
 )
 from protocol.errors import ProtocolError
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind, Verdict
+from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
@@ -73,7 +74,6 @@ from stig.storage.ops import (
     Replace,
 )
 from stig.storage.records import Item
-from stig.storage.snapshot import Snapshot
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
 NO_CREATE = 0xFFFFFFFF
@@ -133,7 +133,6 @@ class BinaryHandler:
 
     def __init__(self, engine: Engine, session: Session, replies: Replies | None = None) -> None:
         self.engine = engine
-        self.session = session
         #: False (``Settings.fast_paths``): every request takes the general
         #: path (:meth:`_handle`), no plain SetQ at once nor run of them; the
         #: differential test (tests/model/test_fast_paths.py) checks both
@@ -155,7 +154,7 @@ class BinaryHandler:
         #: connection loop's bound, which the SetQ run keeps too).
         self._reply_limit = self.replies.limit
         #: The open run of GetQ/GetKQ: its snapshot, held until the run ends.
-        self._gets: Snapshot | None = None
+        self._gets: ReadView | None = None
         self._gets_broken = False  # Store.grow() ended that snapshot: the rest fail
         self._current: tuple[int, int] = (Opcode.Noop, 0)  # opcode and opaque being served
         handlers: dict[Opcode, Callable[[BinaryRequest], Awaitable[None]]] = {
@@ -253,7 +252,7 @@ class BinaryHandler:
         ``--max-reply-bytes`` (the loop sends them first)."""
         if len(self.out) + self.gate.cost >= self._reply_limit:
             return None
-        if self.session.wants_room or self._gets is not None:
+        if self.core.wants_room or self._gets is not None:
             # A run of quiet gets is open (the plain SetQ before was a GetKQ
             # answered at once): a write ends it, so the SetQ go one by one
             # through _handle, which ends the run first.
@@ -278,7 +277,7 @@ class BinaryHandler:
         the replies so far (a quiet failure's) are sent once they reach
         ``--max-reply-bytes``, and a write waits for room as it does
         (:meth:`Session.wait_for_room`)."""
-        session = self.session
+        core = self.core
         out = self.out
         gate = self.gate
         limit = self._reply_limit
@@ -288,7 +287,7 @@ class BinaryHandler:
             pending = self._handle_one(request)
             if pending is not None:
                 await pending
-            if session.wants_room and not await session.make_room(self.replies.drain):
+            if core.wants_room and not await core.make_room(self.replies.drain):
                 return  # acknowledged writes were lost: the loop reports it
 
     async def _send_at_bound(self) -> bool:
@@ -298,7 +297,7 @@ class BinaryHandler:
             await self.replies.drain()
         except CommitFailed:
             return False
-        return self.session.failure is None
+        return not self.core.writes_lost
 
     async def _handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""
@@ -539,8 +538,8 @@ class BinaryHandler:
             return
         await self._settle()
         [item] = await self.core.read([request.key], with_cas=True, touch=touch)
-        if touch and item is not None and self.core.expired(request.exptime):
-            self.core.gone_after_touch(request.key)
+        if touch:
+            self.core.touched(request.key, item is not None, request.exptime)
         if item is not None:
             self.out += get_response(
                 request.opcode, request.opaque, item.flags, item.cas, item.value, request.key
@@ -598,19 +597,18 @@ class BinaryHandler:
             )
             return
         tag = _Quiet.of(request, DELETE_FAILURES)
-        if not await self.core.delete(request.key, quiet=request.quiet, tag=tag):
+        loud = not request.quiet
+        if not await self.core.delete(request.key, quiet=request.quiet, tag=tag, answered=loud):
             await self._fail(request, Status.KEY_ENOENT)
-        elif not request.quiet:
+        elif loud:
             # No cas in a Delete response: answered from the POV, as in text.
-            self.core.answered(quiet=False)
             await self._report_verdicts()
             self.out += encode_response(request.opcode, Status.NO_ERROR, request.opaque)
 
     async def _adjust(self, request: BinaryRequest) -> None:
         """Increment/Decrement; the expiration only matters when the counter is created."""
         incr = request.base is Opcode.Increment
-        # A counter created already expired would be gone at once: none is.
-        create = request.expiration != NO_CREATE and not self.core.expired(request.expiration)
+        create = request.expiration != NO_CREATE and self.core.creates(request.expiration)
         refused = create and self.core.ttl_refused(request.expiration)
         initial = request.initial if create and not refused else None
         if request.cas:

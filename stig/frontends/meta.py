@@ -67,6 +67,7 @@ from protocol.meta import (
 )
 from protocol.text_replies import client_error, server_error
 from stig.core.command_core import NON_NUMERIC, Answer, Committed, Core, Refusal, Verdict
+from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.errors import CommitFailed
 from stig.storage.ops import (
@@ -81,11 +82,8 @@ from stig.storage.ops import (
     Outcome,
     Put,
     Replace,
-    SetState,
-    Vivify,
 )
-from stig.storage.records import WIN_SENT, Item
-from stig.storage.snapshot import Snapshot
+from stig.storage.records import Item
 
 TTL_REJECTED = client_error(Refusal.TTL.value)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)
@@ -101,9 +99,6 @@ _CODES = {
     Outcome.NOT_FOUND: NF,
     Outcome.SKIPPED: NF,  # an arithmetic that found no item at promotion
 }
-
-#: How often a reader retries taking the win of a stale item that changed meanwhile.
-_WIN_ATTEMPTS = 3
 
 Keyed = MetaGet | MetaSet | MetaDelete | MetaArithmetic
 
@@ -137,7 +132,7 @@ class MetaHandler:
         #: mg :meth:`_get_one` (tests/model/test_fast_paths.py compares).
         self.fast = core.engine.settings.fast_paths
         #: The snapshot of a run of mg that goes on in the next input (None: none does).
-        self.run: Snapshot | None = None
+        self.run: ReadView | None = None
         self._run_broken = False  # Store.grow() ended that snapshot: the rest fail
         #: command type -> a function that executes the command and returns
         #: None (done, nothing to wait for) or an awaitable giving what
@@ -192,9 +187,6 @@ class MetaHandler:
         else:
             self.core.close_run()
             self.out += reply
-
-    def _ttl_refused(self, *ttls: int | None) -> bool:
-        return any(ttl is not None and self.core.ttl_refused(ttl) for ttl in ttls)
 
     # -- quiet writes: their verdicts, once their run has committed --------------
 
@@ -302,19 +294,14 @@ class MetaHandler:
         core = self.core
         core.close_run()
         await self.report_verdicts(mark)
+        with_cas = goes_on or any(c.wants(ReturnFlag.CAS) for c in commands)
         try:
-            if goes_on:
-                await core.prepare_read(None, True)
-            else:
-                await core.prepare_read(keys, any(c.wants(ReturnFlag.CAS) for c in commands))
+            # Held: a win or a lease awaits its commit, replies are sent as they grow.
+            self.run = await core.snapshot(None if goes_on else keys, with_cas)
         except CommitFailed as exc:
             for _command in commands:  # one reply per mg: the client stays in step
                 self.out += server_error(str(exc))
             return False
-        snapshot = self.core.view()
-        # Held: a win or a lease awaits its commit, replies are sent as they grow.
-        snapshot.hold(None if goes_on else keys)
-        self.run = snapshot
         self._run_broken = False
         return True
 
@@ -324,7 +311,7 @@ class MetaHandler:
         read them is not read either): a run never holds more than that bound
         plus one reply (docs/pov.md, "Bounds").  ``goes_on``: the run
         continues in the next input (its snapshot stays held)."""
-        refused = [self._ttl_refused(c.ttl, c.vivify_ttl) for c in commands]
+        refused = [self.core.ttl_refused(c.ttl, c.vivify_ttl) for c in commands]
         keys = [c.key for c, no in zip(commands, refused, strict=True) if not no]
         out = self.out
         if self.run is None:
@@ -352,13 +339,9 @@ class MetaHandler:
                         continue
                     item = snapshot.item(command.key)
                     core.count_read(command.key, item is not None, detail=False)
-                    if item is not None and core.expired(command.ttl):
-                        core.gone_after_touch(command.key, snapshot)
-                    if fast and (
-                        command.vivify_ttl is None
-                        if item is None
-                        else not item.stale or item.win_sent
-                    ):
+                    if command.ttl is not None:
+                        core.touched(command.key, item is not None, command.ttl, snapshot)
+                    if fast and not core.lease_due(item, command.vivify_ttl):
                         self._answer(command, item)  # no lease to hand out: no coroutine
                     else:
                         try:
@@ -375,16 +358,12 @@ class MetaHandler:
                 out += server_error(snapshot.interruption)
 
     async def _get_one(self, command: MetaGet, item: Item | None) -> None:
-        """Answer one mg from the item the snapshot gave; hand out a win if due."""
+        """Answer one mg, handing out the win its read found due
+        (:meth:`Core.lease_due`); the general path of every mg (fast paths
+        off) comes here too."""
         won = False
-        if (
-            item is None
-            and command.vivify_ttl is not None
-            and not self.core.expired(command.vivify_ttl)
-        ):
-            item, won = await self._vivify(command)
-        elif item is not None and item.stale and not item.win_sent:
-            item, won = await self._take_win(command.key, item)
+        if self.core.lease_due(item, command.vivify_ttl):
+            item, won = await self.core.lease(command.key, item, command.new_cas)
         # R (recache when the TTL left is below its token) never wins in
         # Stig: items never expire, the TTL left is always infinite.
         self._answer(command, item, won)
@@ -401,61 +380,44 @@ class MetaHandler:
         else:
             self._reply(command, HD, _facts(item, won))
 
-    async def _vivify(self, command: MetaGet) -> tuple[Item | None, bool]:
-        """A miss with N: create the lease placeholder; its creator alone wins."""
-        key = command.key
-        outcome, written = await self.core.conditional_result(Vivify(key, command.new_cas), key)
-        if outcome is Outcome.STORED:
-            return written, True
-        return self.core.reread(key), False  # another reader's placeholder (or value)
-
-    async def _take_win(self, key: bytes, item: Item) -> tuple[Item | None, bool]:
-        """A stale item nobody won yet: try to take its win, checked at promotion."""
-        for _ in range(_WIN_ATTEMPTS):
-            op = SetState(key, item.state | WIN_SENT, item.cas, item.state)
-            outcome, written = await self.core.conditional_result(op, key)
-            if outcome is Outcome.STORED:
-                return written, True
-            # Changed meanwhile (another reader won, a write, a delete).
-            current = self.core.reread(key)
-            if current is None or not current.stale or current.win_sent:
-                return current, False
-            item = current
-        return item, False
-
     # -- ms --------------------------------------------------------------------
 
-    def _set_now(self, command: MetaSet) -> Awaitable[None] | None:
-        """An unconditional set (the bulk of a pipelined load) done and
-        answered at once, as a text ``set``; any other ms goes to :meth:`_set`.
-
-        The same as :meth:`_set` would do: no TTL to refuse or already
-        past, no conditional op (mode S without C or E), no cas to return
-        (which would wait for the commit): a quiet one stays in the open
-        run, its HD hidden; a loud one closes the run and answers HD."""
+    def _plain(self, command: MetaSet) -> bool:
+        """Whether ``command`` is a plain set, stored in the POV at once with
+        nothing for a commit to decide: mode S without C, E or N (no cas to
+        compare, none to give, no lease), and no T refused or already past.
+        :meth:`_set` decides with it; :meth:`_set_now` shares the decision."""
         ttl = command.ttl
-        core = self.core
-        if (
+        return (
             command.mode is SetMode.SET
             and command.cas is None
             and command.new_cas is None
             and command.vivify_ttl is None
-            and not (ttl and (core.ttl_refused(ttl) or core.expired(ttl)))
-        ):
-            if command.quiet:
-                core.set(command.key, command.value, command.client_flags)
-                return None
-            if not command.returns:
-                core.set(command.key, command.value, command.client_flags)
-                core.answered(False)
+            and not (ttl and (self.core.ttl_refused(ttl) or self.core.expired(ttl)))
+        )
+
+    def _set_now(self, command: MetaSet) -> Awaitable[None] | None:
+        """A plain set (:meth:`_plain`, the bulk of a pipelined load) that
+        asks for no cas (which would wait for the commit), answered at once
+        as a text ``set`` is: a quiet one stays in the open run, its HD
+        hidden; a loud one without return flags closes the run and answers
+        HD.  Any other ms goes to :meth:`_set`, which answers these alike."""
+        if (command.quiet or not command.returns) and self._plain(command):
+            self.core.set(
+                command.key, command.value, command.client_flags, answered=not command.quiet
+            )
+            if not command.quiet:
                 self.out += HD_LINE
-                return None
+            return None
         return self._set(command)
 
     def _set(self, command: MetaSet) -> Awaitable[None] | None:
         """Any ms: done at once (None) — a reply after its commit is held
         with the replies of its burst — or what to await (an append whose
         POV answer waits for a verdict, a run owing quiet verdicts)."""
+        if self._plain(command):
+            self.core.set(command.key, command.value, command.client_flags)
+            return self._pov_write_reply(command, Outcome.STORED)
         appends = command.mode is SetMode.APPEND or command.mode is SetMode.PREPEND
         ttl = None if appends else command.ttl  # memcached ignores T when appending
         if self.core.store_refused(ttl, command.vivify_ttl):
@@ -510,7 +472,6 @@ class MetaHandler:
         ):
             answer = functools.partial(self._set_answer, command, outcome)
             return self.core.reply_after_commit(answer)
-        self.core.answered(command.quiet)
         self._reply_in_turn(command, self._write_reply(command, outcome, None))
         return None
 
@@ -536,7 +497,7 @@ class MetaHandler:
     # -- md --------------------------------------------------------------------
 
     async def _delete(self, command: MetaDelete) -> None:
-        if command.invalidate and self._ttl_refused(command.ttl):
+        if command.invalidate and self.core.ttl_refused(command.ttl):
             self._reply_in_turn(command, TTL_REJECTED)
             return
         key, expected, new_cas = command.key, command.cas or 0, command.new_cas
@@ -551,8 +512,9 @@ class MetaHandler:
         elif command.cas is not None:
             op = CompareRemove(key, command.cas)
         if op is None:
-            found = await self.core.delete(key, quiet=command.quiet, tag=command)
-            self.core.answered(command.quiet)
+            found = await self.core.delete(
+                key, quiet=command.quiet, tag=command, answered=not command.quiet
+            )
             self._reply_in_turn(command, self._reply_bytes(command, HD if found else NF))
             return
         pending = self._conditional(command, op, functools.partial(self._code_answer, command))
@@ -562,12 +524,12 @@ class MetaHandler:
     # -- ma --------------------------------------------------------------------
 
     async def _arithmetic(self, command: MetaArithmetic) -> None:
-        if self._ttl_refused(command.ttl, command.vivify_ttl):
+        if self.core.ttl_refused(command.ttl, command.vivify_ttl):
             self._reply_in_turn(command, TTL_REJECTED)
             return
         key, delta = command.key, command.delta
         incr = command.mode is ArithmeticMode.INCREMENT
-        vivify = command.vivify_ttl is not None and not self.core.expired(command.vivify_ttl)
+        vivify = self.core.creates(command.vivify_ttl)
         initial = command.initial if vivify else None
         if command.cas is not None or command.new_cas is not None:
             op = Adjust(key, delta, incr, initial, 0, command.cas or 0, command.new_cas)
@@ -580,11 +542,9 @@ class MetaHandler:
         quiet = command.quiet and not command.return_value
         number = await self.core.adjust(key, delta, incr, initial, quiet=quiet, tag=command)
         if number is Outcome.NOT_FOUND:
-            self.core.answered(command.quiet)
             self._reply_in_turn(command, self._reply_bytes(command, NF))
             return
         if number is Outcome.NON_NUMERIC:
-            self.core.answered(command.quiet)
             self._reply_in_turn(command, NON_NUMERIC_REPLY)
             return
         value = b"%d" % number  # type: ignore[str-format]
@@ -596,7 +556,6 @@ class MetaHandler:
             if pending is not None:
                 await pending
             return
-        self.core.answered(command.quiet)
         self._reply_in_turn(command, self._number_reply(command, value, 0))
 
     def _adjusted_answer(self, command: MetaArithmetic, committed: Committed) -> bytes:

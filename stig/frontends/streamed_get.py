@@ -21,9 +21,9 @@ import lmdb
 from protocol import text_replies as R
 from protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
 from stig.core.command_core import Core
+from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.errors import CommitFailed
-from stig.storage.snapshot import Snapshot
 
 
 class StreamedGet:
@@ -35,7 +35,7 @@ class StreamedGet:
         self.out = replies.out
         self._ttl_refusal = ttl_refusal
         self._head: RetrieveStart | None = None  # the line being answered
-        self._snapshot: Snapshot | None = None
+        self._snapshot: ReadView | None = None
         #: What ends the reply instead of END, once known (the read stopped:
         #: the rest of the line's keys are not read).
         self._ended: bytes | None = None
@@ -96,7 +96,7 @@ class StreamedGet:
         self.close()
 
     async def _render(
-        self, head: RetrieveStart, snapshot: Snapshot, keys: tuple[bytes, ...]
+        self, head: RetrieveStart, snapshot: ReadView, keys: tuple[bytes, ...]
     ) -> None:
         out, core = self.out, self.core
         limit, drain = self.replies.limit, self.replies.drain
@@ -109,20 +109,20 @@ class StreamedGet:
             core.count_gets(read - position, hits)
             position = read
 
-    async def _each(self, head: RetrieveStart, snapshot: Snapshot, keys: tuple[bytes, ...]) -> None:
+    async def _each(self, head: RetrieveStart, snapshot: ReadView, keys: tuple[bytes, ...]) -> None:
         """Key by key: ``gat``/``gats`` touch (and may expire) each item, and
         ``stats detail on`` counts each key."""
         out, core = self.out, self.core
         limit, drain = self.replies.limit, self.replies.drain
-        expired = head.touch and core.expired(head.exptime)
-        cas = head.with_cas
+        touch, cas = head.touch, head.with_cas
         for key in keys:
             if len(out) >= limit:
                 await drain()
             item = snapshot.item(key)
-            core.count_read(key, item is not None, touch=head.touch)
+            found = item is not None
+            core.count_read(key, found, touch=touch)
             if item is not None:
                 out += R.value(key, item.flags, item.value, item.cas if cas else None)
                 del item
-                if expired:
-                    core.gone_after_touch(key, snapshot)
+            if touch:
+                core.touched(key, found, head.exptime, snapshot)

@@ -1,9 +1,9 @@
 """Executes text-protocol commands on a session and writes their replies.
 
-The bridge between :mod:`protocol.text` (bytes ⇄ commands) and
-:class:`stig.engine.session.Session` (the POV).  One handler per connection; replies
-are appended to :attr:`TextHandler.out` (the connection's
-:class:`~stig.core.replies.Replies`) and sent by the connection once per
+The bridge between :mod:`protocol.text` (bytes ⇄ commands) and the command
+core (:class:`stig.core.command_core.Core`, the rules over the session's POV).
+One handler per connection; replies are appended to :attr:`TextHandler.out`
+(the connection's :class:`~stig.core.replies.Replies`) and sent by the connection once per
 burst.  Meta commands arriving on the same connection are passed to the meta
 handler.
 """
@@ -41,6 +41,7 @@ from protocol.text import QuietError, TextParser
 from stig.core import listing
 from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
+from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.certificates import TlsError
 from stig.engine.engine import PROTOCOL_VERSION, Engine
@@ -49,7 +50,6 @@ from stig.engine.session import Session
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
-from stig.storage.snapshot import Snapshot
 
 #: Each refusal as a text reply.
 REFUSALS = {refusal: R.client_error(refusal.value) for refusal in Refusal}
@@ -83,7 +83,6 @@ class TextHandler:
 
     def __init__(self, engine: Engine, session: Session, replies: Replies | None = None) -> None:
         self.engine = engine
-        self.session = session
         #: False (``Settings.fast_paths``): every command takes the general
         #: path (:meth:`_handle`, the general read), the meta handler its own,
         #: and the parser its own (``TextParser(fast=False)``): the
@@ -101,7 +100,6 @@ class TextHandler:
         #: that return a cas): the connection releases them before it sends.
         self.gate = self.replies.gate
         self.core = Core(engine, session, self.gate)
-        self._db = engine.store
         # Replies are sent as they grow: gets read ahead stop once this much
         # is waiting and go back to the parser, handled after a send (_read_run).
         self._reply_limit = self.replies.limit
@@ -281,9 +279,11 @@ class TextHandler:
         return False
 
     def _reply(self, noreply: bool, data: bytes) -> None:
-        """Answer a write: noreply keeps the run open, a reply closes it."""
-        self.core.answered(noreply)
+        """Answer a command that wrote nothing (a refusal, ``verbosity``):
+        a reply closes the open run, noreply keeps it open.  (A write closes
+        its own run: ``answered`` to the core.)"""
         if not noreply:
+            self.core.close_run()
             self.out += data
 
     # -- retrieval -----------------------------------------------------------
@@ -299,8 +299,7 @@ class TextHandler:
         if not command.touch and not core.prefixes.enabled and self.fast:
             # Wait for what the answer depends on (if anything), then the
             # read from one snapshot that the fast path makes.
-            if not core.read_ready(command.keys, command.with_cas):
-                await core.prepare_read(command.keys, command.with_cas)
+            await core.prepare_read(command.keys, command.with_cas)
             rest = self._read_run([command], command.with_cas)
             if rest is not None:
                 await rest
@@ -328,7 +327,6 @@ class TextHandler:
         keys = command.keys
         with_cas = command.with_cas
         touch = command.touch
-        expired = touch and core.expired(command.exptime)
         out = self.out
         limit = self._reply_limit
         drain = self.replies.drain
@@ -338,12 +336,13 @@ class TextHandler:
                     if len(out) >= limit:
                         await drain()
                     item = snapshot.item(key)
-                    core.count_read(key, item is not None, touch=touch)
+                    found = item is not None
+                    core.count_read(key, found, touch=touch)
                     if item is not None:
                         out += R.value(key, item.flags, item.value, item.cas if with_cas else None)
                         del item
-                        if expired:
-                            core.gone_after_touch(key, snapshot)
+                    if touch:
+                        core.touched(key, found, command.exptime, snapshot)
                 out += R.END
             except lmdb.Error:  # ended under us: the map grew, or the client did not read
                 out += R.server_error(snapshot.interruption)
@@ -456,7 +455,7 @@ class TextHandler:
             self.core.count_gets(count, hits)
         return None
 
-    async def _rest_of_get(self, snapshot: Snapshot, keys: Sequence[bytes], with_cas: bool) -> None:
+    async def _rest_of_get(self, snapshot: ReadView, keys: Sequence[bytes], with_cas: bool) -> None:
         """The rest of a big multi-get's reply (see :meth:`_read_run`): each
         key from the held ``snapshot``, sending whenever ``--max-reply-bytes``
         wait.
@@ -514,7 +513,7 @@ class TextHandler:
         out = self.out
         gate = self.gate
         limit = self._reply_limit
-        if self.session.wants_room or len(out) + gate.cost >= limit:
+        if self.core.wants_room or len(out) + gate.cost >= limit:
             return None  # the loop sends first (or waits), then handles them
         events = self.parser.plain_sets()
         if not events:
@@ -527,8 +526,6 @@ class TextHandler:
         while done < count:
             first = events[done]
             loud = not (first.noreply if type(first) is Store else first.quiet)  # type: ignore[union-attr]
-            if loud and core.owes_verdicts:
-                break
             # The loop would send before the next command once this reaches
             # the bound (quiet sets add no reply: only a loud stretch grows it).
             size = len(out) + gate.cost
@@ -570,7 +567,7 @@ class TextHandler:
         ``--max-reply-bytes`` (handing over the runs closed so far), and a
         write whose open run passed the write budget waits for room before
         the next (:meth:`Session.wait_for_room`)."""
-        session = self.session
+        core = self.core
         out = self.out
         gate = self.gate
         limit = self._reply_limit
@@ -580,7 +577,7 @@ class TextHandler:
             pending = self._start(event)
             if pending is not None:
                 await pending
-            if session.wants_room and not await session.make_room(self.replies.drain):
+            if core.wants_room and not await core.make_room(self.replies.drain):
                 return  # acknowledged writes were lost: the loop reports it
 
     async def _send_at_bound(self) -> bool:
@@ -590,7 +587,7 @@ class TextHandler:
             await self.replies.drain()
         except CommitFailed:
             return False
-        return self.session.failure is None
+        return not self.core.writes_lost
 
     def _store(self, command: Store) -> Awaitable[None] | None:
         """A storage command: done at once (None) unless it must wait — an
@@ -604,8 +601,9 @@ class TextHandler:
         mode = command.mode
         if mode is StoreMode.SET and not command.exptime:  # the common one
             core.count_prefix_set(command.key)
-            core.set(command.key, command.value, command.flags)
-            self._reply(command.noreply, R.STORED)
+            core.set(command.key, command.value, command.flags, answered=not command.noreply)
+            if not command.noreply:
+                self.out += R.STORED
             return None
         if mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
             return self._concat(command)
@@ -614,8 +612,10 @@ class TextHandler:
             self._reply(command.noreply, EXPTIME_REJECTED)
             return None
         if mode is StoreMode.SET:
-            core.set(command.key, command.value, command.flags, command.exptime)
-            self._reply(command.noreply, R.STORED)
+            loud = not command.noreply
+            core.set(command.key, command.value, command.flags, command.exptime, loud)
+            if loud:
+                self.out += R.STORED
             return None
         if mode is StoreMode.CAS:
             op: Op = Cas(command.key, command.value, command.flags, command.cas_unique)
@@ -634,33 +634,43 @@ class TextHandler:
         core = self.core
         core.count_prefix_set(command.key)
         # memcached ignores their exptime: the item keeps its own.
+        prepend = command.mode is StoreMode.PREPEND
+        loud = not command.noreply
         stored = await core.concat(
-            command.key, command.value, command.mode is StoreMode.PREPEND, quiet=command.noreply
+            command.key, command.value, prepend, quiet=command.noreply, answered=loud
         )
-        self._reply(command.noreply, R.STORED if stored else R.NOT_STORED)
+        if loud:
+            self.out += R.STORED if stored else R.NOT_STORED
 
     async def _delete(self, command: Delete) -> None:
         self.core.count_prefix_delete(command.key)
-        found = await self.core.delete(command.key, quiet=command.noreply)
-        self._reply(command.noreply, R.DELETED if found else R.NOT_FOUND)
+        loud = not command.noreply
+        found = await self.core.delete(command.key, quiet=command.noreply, answered=loud)
+        if loud:
+            self.out += R.DELETED if found else R.NOT_FOUND
 
     async def _arithmetic(self, command: Arithmetic) -> None:
+        loud = not command.noreply
         result = await self.core.adjust(
-            command.key, command.delta, command.incr, quiet=command.noreply
+            command.key, command.delta, command.incr, quiet=command.noreply, answered=loud
         )
+        if not loud:
+            return
         if result is Outcome.NOT_FOUND:
-            self._reply(command.noreply, R.NOT_FOUND)
+            self.out += R.NOT_FOUND
         elif result is Outcome.NON_NUMERIC:
-            self._reply(command.noreply, NON_NUMERIC)
+            self.out += NON_NUMERIC
         else:
-            self._reply(command.noreply, R.number(result))  # type: ignore[arg-type]
+            self.out += R.number(result)  # type: ignore[arg-type]
 
     async def _touch(self, command: Touch) -> None:
         if self.core.ttl_refused(command.exptime):
             self._reply(command.noreply, EXPTIME_REJECTED)
             return
-        found = await self.core.touch(command.key, command.exptime)
-        self._reply(command.noreply, R.TOUCHED if found else R.NOT_FOUND)
+        loud = not command.noreply
+        found = await self.core.touch(command.key, command.exptime, answered=loud)
+        if loud:
+            self.out += R.TOUCHED if found else R.NOT_FOUND
 
     async def _flush_all(self, command: FlushAll) -> None:
         refusal = self.core.flush_refusal(command.delay)
@@ -693,9 +703,7 @@ class TextHandler:
             elif not request.lists_items:
                 self.out += R.END
             else:
-                return self._stream(
-                    listing.cachedump(self._db, request.limit, self.engine.stats, self.session)
-                )
+                return self._stream(self.core.cachedump(request.limit))
             return None
         if command.group == b"items":  # a key listing too: its own writes in it
             return self._stats_items(command)
@@ -714,7 +722,7 @@ class TextHandler:
         elif not request.lists_items:
             self.out += R.END
         else:
-            return self._stream(listing.metadump(self._db, self.session))
+            return self._stream(self.core.metadump())
         return None
 
     async def _stream(self, chunks: Iterator[bytes]) -> None:

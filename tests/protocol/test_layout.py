@@ -155,19 +155,14 @@ FRONTEND_FORBIDDEN = {"stig.engine.session", "stig.storage.snapshot"}
 
 #: Frontend imports of those today, each with why; the list only shrinks.
 KNOWN_FRONTEND_CROSSINGS = {
-    # The Session type of the handler's constructor (the connection builds the
-    # session and hands it over), and `wants_room`/`make_room`: a pipelined
-    # write waits for room in the write budget before the next one.  Through
-    # the core, that attribute read would cost a call per set on the hot path.
+    # The Session type of the handler's constructor alone: the connection
+    # builds the session and hands it over, and the handler passes it to its
+    # Core untouched (everything else goes through the core).  It goes once
+    # the connection hands the handler its Core instead.
     ("stig.frontends.text", "stig.engine.session"),
     ("stig.frontends.binary", "stig.engine.session"),
-    # The fast paths render replies straight from the read view the core hands
-    # out (Core.view, Core.snapshot: `parts`, `render`, `render_each`), and word
-    # its READ_INTERRUPTED failure; the type and the words live with the view.
-    ("stig.frontends.text", "stig.storage.snapshot"),
-    ("stig.frontends.binary", "stig.storage.snapshot"),
-    ("stig.frontends.meta", "stig.storage.snapshot"),
-    ("stig.frontends.streamed_get", "stig.storage.snapshot"),
+    # (The read view the core hands out, Core.view and Core.snapshot, the
+    # handlers see as stig.core.read_view.ReadView: no storage.snapshot.)
 }
 
 
@@ -198,6 +193,60 @@ def test_no_frontend_imports_the_session_or_the_snapshot() -> None:
     )
     assert not KNOWN_FRONTEND_CROSSINGS - found, (
         f"gone, take them off the list: {KNOWN_FRONTEND_CROSSINGS - found}"
+    )
+
+
+#: Names a handler has no use for, because the rule they make lives in the
+#: core once (issue 21 item 2): named in a frontend, as an attribute, a name
+#: or an import, they mean a rule restated there.  Each with its one place.
+CORE_RULE_NAMES = {
+    # The session itself, as a handler's or the core's member: handlers reach
+    # it through the core alone (the constructor's parameter is not counted).
+    "session": "stig.core.command_core.Core",
+    # What a read waits for (in-flight keys, verdicts, pending cas).
+    "clear_for": "Core.read_ready",
+    "is_unresolved": "Core._promotes",
+    "has_pending": "Core._promotes",
+    "await_acked": "Core._await_acked",
+    "promote_pending": "Core._await_ready",
+    # An exptime already past: the item is gone at once.
+    "already_expired": "Core.expired (Core.touched, Core.creates, Core.set)",
+    "forget": "Core.touched",
+    # The lease and the win of a stale item, and their retry.
+    "Vivify": "Core.vivify",
+    "SetState": "Core.take_win",
+    "WIN_SENT": "Core.take_win",
+    # A write's run closed for its reply after commit.
+    "close_for_reply": "Core.reply_after_commit",
+}
+
+
+def core_rule_names(modules: dict[str, ast.Module]) -> list[str]:
+    """``module:line name`` for each :data:`CORE_RULE_NAMES` name a frontend uses."""
+    found = []
+    for module, tree in modules.items():
+        if not module.startswith("stig.frontends."):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                names = [node.attr]
+            elif isinstance(node, ast.Name) and node.id != "session":
+                names = [node.id]
+            elif isinstance(node, ast.ImportFrom):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{module}:{node.lineno} {n}" for n in names if n in CORE_RULE_NAMES]
+    return found
+
+
+def test_no_frontend_restates_a_rule_of_the_core() -> None:
+    """Handlers are translation tables: each rule is found in one place, the
+    core (``grep`` for it), and a fast path calls the core rather than
+    restating it."""
+    found = core_rule_names(_stig_modules())
+    assert not found, "rules of the core restated in a frontend:\n" + "\n".join(
+        f"{where} (lives in {CORE_RULE_NAMES[where.split()[-1]]})" for where in found
     )
 
 
