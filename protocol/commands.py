@@ -150,6 +150,17 @@ class RefreshCerts:
 
 
 @attrs.frozen
+class Replicate:
+    """``stig_replicate <after_seq> <epoch>``: Stig's own, unknown to memcached.
+    A follower asks for the committed groups after ``after_seq`` (0: a
+    snapshot first); the connection becomes a replication stream
+    (docs/replication.md)."""
+
+    after_seq: int
+    epoch: int
+
+
+@attrs.frozen
 class LruCrawler:
     """``lru_crawler metadump <classes>``: list keys (the only sub-command Stig has)."""
 
@@ -172,5 +183,6 @@ TextCommand = (
     | Quit
     | Stats
     | RefreshCerts
+    | Replicate
     | LruCrawler
 )

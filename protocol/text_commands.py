@@ -40,6 +40,7 @@ from protocol.commands import (
     LruCrawler,
     Quit,
     RefreshCerts,
+    Replicate,
     Retrieve,
     Stats,
     Store,
@@ -304,6 +305,15 @@ def _refresh_certs(tokens: list[bytes], limits: Limits) -> TextEvent:
     return RefreshCerts()
 
 
+def _replicate(tokens: list[bytes], limits: Limits) -> TextEvent:
+    if len(tokens) != 3:
+        return UNKNOWN
+    after, epoch = tokens[1], tokens[2]
+    if not (after.isdigit() and epoch.isdigit()) or len(after) > 20 or len(epoch) > 10:
+        return BAD_FORMAT
+    return Replicate(int(after), int(epoch))
+
+
 def _stats(tokens: list[bytes], limits: Limits) -> TextEvent:
     group = tokens[1] if len(tokens) > 1 else b""
     return Stats(group, tuple(tokens[2:]))
@@ -353,6 +363,7 @@ _COMMANDS: dict[bytes, _Parse] = {
     b"verbosity": _verbosity,
     b"quit": _quit,
     b"refresh_certs": _refresh_certs,
+    b"stig_replicate": _replicate,
     b"stats": _stats,
     b"lru_crawler": _lru_crawler,
     **{name: _meta for name in meta.META_COMMAND_NAMES},

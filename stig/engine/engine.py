@@ -16,6 +16,7 @@ from stig.engine.budget import WriteBudget
 from stig.engine.prefix_stats import PrefixStats
 from stig.engine.promoter import Promoter
 from stig.engine.readiness import Readiness
+from stig.engine.replicas import FollowerState, ReplicaHub
 from stig.engine.settings import Settings
 from stig.engine.stats import CommandStats, PromoterStats
 from stig.storage.store import Store
@@ -48,10 +49,22 @@ class Engine:
             settings.data_dir, settings.map_size, readers_for(settings.max_connections)
         )
         self.store.max_value_size = settings.limits.max_item_size
+        self.store.log_bounds.max_bytes = settings.replication_log_bytes
+        self.store.log_bounds.max_seconds = settings.replication_log_seconds
+        self.store.log_enabled = settings.replication_log_bytes > 0
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
         self.budget = WriteBudget(settings.max_pending_bytes, settings.max_run_wait_ms / 1000.0)
         self.promoter = Promoter(self.store, self.promoter_stats, budget=self.budget)
+        #: The followers of this server (stig/replication/sender.py).
+        self.replicas = ReplicaHub()
+        self.promoter.on_commit = self.replicas.committed
+        #: A follower's progress (``--replica-of``; None on a primary): its
+        #: writes are refused, naming the primary.
+        self.follower: FollowerState | None = None
+        if settings.replica_of is not None:
+            self.follower = FollowerState(settings.replica_of)
+            self.promoter.refusal.make_read_only(f"read-only replica of {settings.replica_of}")
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None

@@ -18,6 +18,10 @@ class WritesRefused(CommitFailed):
     nothing was recorded; the message names the cause."""
 
 
+class ReadOnlyReplica(WritesRefused):
+    """A write sent to a follower (``--replica-of``): refused, naming the primary."""
+
+
 class RunTooLarge(Exception):
     """An open run outgrew the write budget (``--max-pending-bytes``); it has been discarded."""
 

@@ -47,7 +47,13 @@ from typing import NamedTuple, NoReturn
 
 from stig.engine.charges import OP_OVERHEAD, Charges
 from stig.engine.engine import Engine
-from stig.engine.errors import CommitFailed, RunTooLarge, RunWaitedTooLong, WritesRefused
+from stig.engine.errors import (
+    CommitFailed,
+    ReadOnlyReplica,
+    RunTooLarge,
+    RunWaitedTooLong,
+    WritesRefused,
+)
 from stig.engine.failure_ledger import FailureLedger
 from stig.engine.open_run import OpenRun
 from stig.engine.promoter import Promotion
@@ -165,6 +171,8 @@ class Session:
         """Refuse a write: count it and raise :class:`WritesRefused`."""
         refusal = self._refusal
         refusal.refused += 1
+        if refusal.read_only is not None:
+            raise ReadOnlyReplica(refusal.read_only)
         raise WritesRefused(refusal.message)
 
     def refused_quietly(self) -> None:
@@ -251,7 +259,10 @@ class Session:
         through :meth:`_put_all`) whose POV result the caller computed: ``op``
         in the open run, ``after`` (None: deleted) in the POV, ``size`` bytes
         charged besides the key's."""
-        if self._refusal.message is not None and op.__class__ is not Remove:
+        refusal = self._refusal
+        if refusal.message is not None and (
+            op.__class__ is not Remove or refusal.read_only is not None
+        ):
             self._refuse()
         self._seq += 1
         run = self._open
@@ -390,7 +401,10 @@ class Session:
 
         While writes are refused only those that free space (a delete, a
         ``flush_all``) are taken; any other raises :class:`WritesRefused`."""
-        if self._refusal.message is not None and not isinstance(op, (Remove, CompareRemove, Clear)):
+        refusal = self._refusal
+        if refusal.message is not None and (
+            refusal.read_only is not None or not isinstance(op, (Remove, CompareRemove, Clear))
+        ):
             self._refuse()
         self._seq += 1
         run = self._open

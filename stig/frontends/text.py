@@ -23,6 +23,7 @@ from protocol.commands import (
     LruCrawler,
     Quit,
     RefreshCerts,
+    Replicate,
     Retrieve,
     RetrieveEnd,
     RetrieveKeys,
@@ -91,6 +92,9 @@ class TextHandler:
         self.parser = TextParser(engine.settings.limits, fast=fast)
         self.out = bytearray()
         self.closing = False
+        #: A follower's ``stig_replicate``: once the replies so far are sent,
+        #: the connection becomes its replication stream (stig/replication/).
+        self.takeover: Replicate | None = None
         #: Sends what ``out`` holds so far (the connection sets it): a long
         #: key listing goes out in chunks instead of growing ``out`` whole.
         self.drain: Callable[[], Awaitable[None]] | None = None
@@ -118,6 +122,7 @@ class TextHandler:
             Quit: self._quit,  # type: ignore[dict-item]
             Stats: self._stats,  # type: ignore[dict-item]
             RefreshCerts: self._refresh_certs,  # type: ignore[dict-item]
+            Replicate: self._replicate,  # type: ignore[dict-item]
             LruCrawler: self._lru_crawler,  # type: ignore[dict-item]
             InvalidCommand: self._invalid,  # type: ignore[dict-item]
             QuietError: self._quiet_error,  # type: ignore[dict-item]
@@ -703,6 +708,13 @@ class TextHandler:
                 out += chunk
                 if self.drain is not None and len(out) >= listing.CHUNK_BYTES:
                     await self.drain()
+
+    def _replicate(self, command: Replicate) -> None:
+        """A follower asks for the stream: the connection hands itself over
+        (stig/server/connection.py) once this command's turn comes."""
+        self.core.close_run()
+        self.takeover = command
+        self.closing = True
 
     def _refresh_certs(self, command: RefreshCerts) -> None:
         """Reload the TLS certificates: new connections get them (memcached)."""

@@ -43,6 +43,7 @@ from typing import Protocol
 
 import trio
 
+from protocol.commands import Replicate
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
 from stig.core.reply_gate import ReplyGate
@@ -80,6 +81,8 @@ class Handler(Protocol):
     gate: ReplyGate
     closing: bool
     drain: Callable[[], Awaitable[None]] | None
+    #: A follower's request: the connection becomes its replication stream.
+    takeover: Replicate | None
 
     @property
     def parser(self) -> Parser: ...
@@ -374,6 +377,21 @@ class Connection:
         session.replies_blocked_since = None
         out.clear()
 
+    async def _replicate(self, request: Replicate) -> None:
+        """The client is a follower (``stig_replicate``): the connection is its
+        replication stream from now on (stig/replication/sender.py); shutdown
+        ends it at once, as an idle connection."""
+        from stig.replication.sender import serve_follower
+
+        self._waiting_for_input = True  # nothing it sends awaits an answer
+        if self.stopping:
+            return
+        try:
+            peer = str(self.sock.getpeername())  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            peer = "a follower"
+        await serve_follower(self.engine, self.sock, request, peer)
+
     async def _report_loss(self, handler: Handler, out: bytearray) -> None:
         """Writes answered from the POV were lost: say so instead of anything
         pending — as acknowledged writes lost only if a reply was sent after
@@ -481,6 +499,9 @@ class Connection:
                 session.replies_blocked_since = None
                 out.clear()
             if handler.closing:
+                takeover = handler.takeover
+                if takeover is not None:
+                    await self._replicate(takeover)
                 return
             if session.pending_bytes and self._brake_needed():  # no coroutine otherwise
                 await self._brake()

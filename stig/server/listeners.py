@@ -286,6 +286,9 @@ async def serve(
             system.start_soon(_watch_stalled_reads, engine, watchdog)
             pings = trio.CancelScope()
             system.start_soon(_keep_alive, notifier, pings)
+            following = trio.CancelScope()
+            if engine.follower is not None:
+                system.start_soon(_follow, engine, following)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -306,6 +309,7 @@ async def serve(
                         )
             signals_scope.cancel()
             watchdog.cancel()
+            following.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
             pings.cancel()
@@ -314,6 +318,14 @@ async def serve(
             await engine.close()
         log.info("stig stopped; LMDB closed")
         notifier.close()
+
+
+async def _follow(engine: Engine, scope: trio.CancelScope) -> None:
+    """A follower (``--replica-of``): follow the primary until shutdown."""
+    from stig.replication.follower import follow
+
+    with scope:
+        await follow(engine)
 
 
 async def _watch_stalled_reads(engine: Engine, scope: trio.CancelScope) -> None:

@@ -282,6 +282,69 @@ def main() -> None:
     help="Serve TLS on this port and keep --port plain (default: --port is TLS).",
 )
 @click.option(
+    "--replication-log-bytes",
+    default="64m",
+    show_default=True,
+    type=SizeParam(),
+    help="Keep the newest committed groups up to this size for followers to catch "
+    "up from (one more behind starts from a snapshot); 0: no log, no follower.",
+)
+@click.option(
+    "--replication-log-seconds",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="...and no older than this; 0: no age bound.",
+)
+@click.option(
+    "--replica-of",
+    default=None,
+    metavar="HOST:PORT",
+    help="Follow this primary: apply its commits, serve reads, refuse writes.",
+)
+@click.option("--replica-tls", is_flag=True, help="Reach the primary over TLS.")
+@click.option(
+    "--replica-tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM CA certificates the primary's certificate must chain to.",
+)
+@click.option(
+    "--replica-tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM client certificate for a primary that verifies clients.",
+)
+@click.option(
+    "--replica-tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM private key of --replica-tls-cert (if not in the same file).",
+)
+@click.option(
+    "--replica-auth-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A file whose first line is user:password, to log in to a primary "
+    "that runs with --auth-file.",
+)
+@click.option(
+    "--min-replica-acks",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Replies that acknowledge writes wait until this many followers have "
+    "them on disk (implies waiting for the local commit, as --durable-acks).",
+)
+@click.option(
+    "--replica-ack-timeout-ms",
+    default=5000.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="With too few followers acknowledging, such a reply waits this long, "
+    "then the connection gets SERVER_ERROR and is closed.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -317,9 +380,30 @@ def serve(
     tls_ca: Path | None,
     tls_verify_clients: bool,
     tls_port: int | None,
+    replication_log_bytes: int,
+    replication_log_seconds: float,
+    replica_of: str | None,
+    replica_tls: bool,
+    replica_tls_ca: Path | None,
+    replica_tls_cert: Path | None,
+    replica_tls_key: Path | None,
+    replica_auth_file: Path | None,
+    min_replica_acks: int,
+    replica_ack_timeout_ms: float,
     log_level: str,
 ) -> None:
     """Serve the memcached text, meta and binary protocols on one port."""
+    if replica_of is not None:
+        from stig.replication.follower import parse_address
+
+        try:
+            parse_address(replica_of)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--replica-of'") from None
+        if min_replica_acks:
+            raise click.UsageError("--min-replica-acks is for a primary, not a --replica-of")
+    elif replica_tls or replica_tls_ca or replica_tls_cert or replica_auth_file:
+        raise click.UsageError("the --replica-* options need --replica-of")
     _check_transport(unix_socket, tls_cert, tls_key, tls_ca, tls_verify_clients, tls_port)
     if auth_file is not None:
         from stig.engine.auth import Authenticator, AuthFileError
@@ -361,6 +445,16 @@ def serve(
         tls_ca=tls_ca,
         tls_verify_clients=tls_verify_clients,
         tls_port=tls_port,
+        replication_log_bytes=replication_log_bytes,
+        replication_log_seconds=replication_log_seconds,
+        replica_of=replica_of,
+        replica_tls=replica_tls or replica_tls_ca is not None,
+        replica_tls_ca=replica_tls_ca,
+        replica_tls_cert=replica_tls_cert,
+        replica_tls_key=replica_tls_key,
+        replica_auth_file=replica_auth_file,
+        min_replica_acks=min_replica_acks,
+        replica_ack_timeout_ms=replica_ack_timeout_ms,
     )
     from stig.engine.certificates import TlsError, build_context
     from stig.server.listeners import Listener

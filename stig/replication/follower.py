@@ -1,0 +1,285 @@
+"""A follower's side (``stig serve --replica-of HOST:PORT``): follow the primary for ever.
+
+It connects to the primary's port as any client would — over TLS
+(``--replica-tls``, with ``--replica-tls-ca`` and a client certificate if
+the primary asks for one) and logged in (``--replica-auth-file``: one
+``user:password`` line, sent as memcached's text login) — and asks for the
+groups after the last one it applied (``stig_replicate <seq> <epoch>``;
+``0``: it has nothing, a snapshot first).  Then:
+
+* a **snapshot** is spooled to a file in the data directory as it comes
+  and loaded in ONE LMDB transaction once whole (reads meanwhile see the
+  state before it; a crash leaves that state, and the next connection asks
+  again from it);
+* **groups** are applied as they come, every group received by then in one
+  LMDB transaction (whole, in order, with the primary's records and cas
+  values, the last sequence number stored with them): a read sees a state
+  the primary had after one of its commits;
+* after each transaction is on disk it sends ``ACK <seq>``.
+
+Any failure — the primary gone, silent for :data:`SILENCE_SECONDS`, a
+refusal, a torn frame — closes the connection; it reconnects after a
+pause that doubles from :data:`RECONNECT_FIRST` to :data:`RECONNECT_MAX`
+and resumes from its stored sequence number, so a group is never applied
+twice, nor half (also after a crash: the number is in the same
+transaction as the items).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import ssl
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import trio
+
+from stig.engine.engine import Engine
+from stig.engine.replicas import FollowerState
+from stig.replication import wire
+from stig.storage import replog
+from stig.storage.store import MapCannotGrow, MapFull, Store
+
+log = logging.getLogger(__name__)
+
+RECONNECT_FIRST = 0.05
+RECONNECT_MAX = 5.0
+#: A primary silent this long (it sends a heartbeat every second) is given up.
+SILENCE_SECONDS = 5.0
+#: Groups received are applied at once past this many bytes (else when
+#: nothing more has arrived).
+APPLY_BYTES = 8 << 20
+RECEIVE_SIZE = 256 << 10
+SPOOL_NAME = "replica-snapshot.tmp"
+_LENGTH = struct.Struct(">I")
+
+
+class FollowError(Exception):
+    """The stream cannot go on; the follower reconnects."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def read_login(path: Path) -> tuple[bytes, bytes]:
+    """The ``user:password`` of ``--replica-auth-file`` (its first line)."""
+    for line in path.read_bytes().splitlines():
+        user, sep, password = line.strip().partition(b":")
+        if sep and user:
+            return user, password
+    raise ValueError(f"{path}: no user:password line")
+
+
+async def follow(engine: Engine) -> None:
+    """Follow the primary until cancelled, reconnecting after any failure."""
+    state = engine.follower
+    assert state is not None
+    state.applied_seq = engine.store.log_state.seq
+    pause = RECONNECT_FIRST
+    while True:
+        applied = engine.store.log_state.seq
+        try:
+            await _follow_once(engine, state)
+        except (
+            OSError,
+            ssl.SSLError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.TooSlowError,
+            FollowError,
+            ValueError,
+        ) as exc:
+            state.last_error = str(exc) or type(exc).__name__
+            log.warning("replication from %s stopped: %s", state.primary, state.last_error)
+        state.connected = False
+        state.pending_bytes = 0
+        if engine.store.log_state.seq != applied:
+            pause = RECONNECT_FIRST  # it made progress: not a failing primary
+        await trio.sleep(pause)
+        pause = min(pause * 2, RECONNECT_MAX)
+
+
+async def _connect(engine: Engine, host: str, port: int) -> trio.abc.Stream:
+    settings = engine.settings
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if settings.replica_tls:
+        context = ssl.create_default_context(
+            cafile=None if settings.replica_tls_ca is None else str(settings.replica_tls_ca)
+        )
+        if settings.replica_tls_cert is not None:
+            key = settings.replica_tls_key
+            context.load_cert_chain(
+                str(settings.replica_tls_cert), None if key is None else str(key)
+            )
+        tls = trio.SSLStream(stream, context, server_hostname=host)
+        await tls.do_handshake()
+        stream = tls
+    return stream
+
+
+class _Reader:
+    """Frames and lines from the primary, waiting at most :data:`SILENCE_SECONDS`."""
+
+    def __init__(self, stream: trio.abc.Stream, state: FollowerState) -> None:
+        self.stream = stream
+        self.frames = wire.FrameReader()
+        self._state = state
+
+    async def more(self) -> None:
+        with trio.fail_after(SILENCE_SECONDS):
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise FollowError("the primary closed the connection")
+        self.frames.feed(data)
+        self._state.pending_bytes = self.frames.buffered
+
+    async def line(self) -> bytes:
+        while (line := self.frames.line()) is None:
+            if self.frames.buffered > 4096:
+                raise FollowError("no line from the primary")
+            await self.more()
+        return line
+
+
+async def _follow_once(engine: Engine, state: FollowerState) -> None:
+    settings = engine.settings
+    host, port = parse_address(state.primary)
+    stream = await _connect(engine, host, port)
+    async with stream:
+        reader = _Reader(stream, state)
+        if settings.replica_auth_file is not None:
+            user, password = read_login(settings.replica_auth_file)
+            login = user + b" " + password
+            await stream.send_all(b"set auth 0 0 %d\r\n%b\r\n" % (len(login), login))
+            answer = await reader.line()
+            if answer != b"STORED":
+                raise FollowError(f"login refused: {answer.decode(errors='replace')}")
+        log_state = engine.store.log_state
+        await stream.send_all(b"stig_replicate %d %d\r\n" % (log_state.seq, log_state.epoch))
+        answer = await reader.line()
+        words = answer.split()
+        if len(words) != 3 or words[0] != b"REPLICATING":
+            raise FollowError(f"refused: {answer.decode(errors='replace')}")
+        state.primary_seq = int(words[2])
+        state.connected = True
+        state.connects += 1
+        state.last_error = ""
+        log.info(
+            "following %s from group %d (it is at %d)",
+            state.primary,
+            log_state.seq,
+            state.primary_seq,
+        )
+        await _apply_stream(engine, state, reader)
+
+
+async def _apply_stream(engine: Engine, state: FollowerState, reader: _Reader) -> None:
+    store = engine.store
+    batch: list[tuple[int, bytes]] = []
+    batch_bytes = 0
+    spool: _Spool | None = None
+    frames = reader.frames
+    while True:
+        frame = frames.next()
+        if frame is None or batch_bytes >= APPLY_BYTES:
+            if batch:
+                await _commit(store, functools.partial(store.apply_replicated, batch))
+                last = batch[-1]
+                state.applied_seq = last[0]
+                state.applied_time_ms = replog.entry_time_ms(last[1])
+                state.groups_applied += len(batch)
+                state.pending_bytes = frames.buffered
+                batch, batch_bytes = [], 0
+                await reader.stream.send_all(b"ACK %d\r\n" % last[0])
+            if frame is None:
+                state.pending_bytes = frames.buffered
+                await reader.more()
+                continue
+        kind, payload = frame
+        if kind == wire.GROUP:
+            seq = wire.SEQ.unpack_from(payload)[0]
+            batch.append((seq, payload[wire.SEQ.size :]))
+            batch_bytes += len(payload)
+            state.primary_seq = max(state.primary_seq, seq)
+        elif kind == wire.HEARTBEAT:
+            state.primary_seq = max(state.primary_seq, wire.SEQ.unpack_from(payload)[0])
+        elif kind == wire.SNAPSHOT_BEGIN:
+            seq, epoch, last_cas = wire.SNAPSHOT.unpack(payload)
+            if spool is not None:
+                spool.close()
+            spool = _Spool(Path(engine.settings.data_dir) / SPOOL_NAME, seq, epoch, last_cas)
+            log.info("receiving a snapshot of %s at group %d", state.primary, seq)
+        elif kind == wire.RECORDS:
+            if spool is None:
+                raise FollowError("snapshot records outside a snapshot")
+            spool.write(payload)
+        elif kind == wire.SNAPSHOT_END:
+            if spool is None:
+                raise FollowError("a snapshot end outside a snapshot")
+            loading = spool
+            try:
+                await _commit(store, loading.load_into(store))
+            finally:
+                loading.close()
+                spool = None
+            state.snapshots += 1
+            state.applied_seq = loading.seq
+            state.primary_seq = max(state.primary_seq, loading.seq)
+            log.info("snapshot loaded: group %d", loading.seq)
+            await reader.stream.send_all(b"ACK %d\r\n" % loading.seq)
+        elif kind == wire.GIVE_UP:
+            raise FollowError(f"the primary gave up: {payload.decode(errors='replace')}")
+        else:
+            raise FollowError(f"unknown frame {kind!r}")
+
+
+async def _commit(store: Store, job: Callable[[], None]) -> None:
+    """Run a store write on a worker thread; grow the map (on the event loop,
+    no transaction open) and retry when it is full."""
+    while True:
+        try:
+            await trio.to_thread.run_sync(job)
+            return
+        except MapFull:
+            try:
+                log.info("LMDB map grown to %d bytes", store.grow())
+            except MapCannotGrow as exc:
+                raise FollowError(f"the map cannot grow: {exc}") from exc
+
+
+class _Spool:
+    """A snapshot as it arrives: its record chunks in a file beside the data."""
+
+    def __init__(self, path: Path, seq: int, epoch: int, last_cas: int) -> None:
+        self.path = path
+        self.seq = seq
+        self.epoch = epoch
+        self.last_cas = last_cas
+        self._file = open(path, "w+b")  # closed by close()
+
+    def write(self, payload: bytes) -> None:
+        self._file.write(_LENGTH.pack(len(payload)) + payload)
+
+    def _records(self) -> Iterator[tuple[bytes, bytes]]:
+        handle = self._file
+        handle.flush()
+        handle.seek(0)
+        while head := handle.read(_LENGTH.size):
+            (length,) = _LENGTH.unpack(head)
+            yield from wire.split_records(handle.read(length))
+
+    def load_into(self, store: Store) -> Callable[[], None]:
+        return lambda: store.load_snapshot(self._records(), self.seq, self.epoch, self.last_cas)
+
+    def close(self) -> None:
+        self._file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
