@@ -194,6 +194,12 @@ class Session:
         last = self._last
         return last is not None and not last.finished
 
+    def fail_unreplicated(self, words: str) -> None:
+        """The writes are committed here, but too few followers acknowledged
+        them (``--min-replica-acks``): the replies that would acknowledge
+        them are not sent; the connection says ``words`` and closes."""
+        self.ledger.fail_with(words)
+
     def loss_message(self) -> str:
         """What the connection says before it closes, once :attr:`failure` is set:
         a loss of acknowledged writes only if it was one."""

@@ -153,7 +153,11 @@ class Connection:
         settings = engine.settings
         self._batch_idle = settings.batch_idle_ms / 1000.0
         self._idle_timeout = settings.idle_timeout or float("inf")
-        self._durable = settings.durable_acks
+        # --min-replica-acks waits for the local commit too: its sequence
+        # number is what the followers acknowledge.
+        self._durable = settings.durable_acks or settings.min_replica_acks > 0
+        self._min_acks = settings.min_replica_acks
+        self._ack_timeout = settings.replica_ack_timeout_ms / 1000.0
         self._max_lag = settings.max_commit_lag_ms / 1000.0
         self._reply_limit = settings.max_reply_bytes
         self._failed = False  # an internal error ended the connection
@@ -315,7 +319,25 @@ class Connection:
         try:
             await self.session.wait_committed(report=False)
         except CommitFailed:
-            pass  # session.failure: the caller reports it, nothing is sent
+            return  # session.failure: the caller reports it, nothing is sent
+        if self._min_acks:
+            await self._until_replicated()
+
+    async def _until_replicated(self) -> None:
+        """``--min-replica-acks N``: the replies wait until N followers have
+        every group committed so far on disk (the session's runs among them),
+        at most ``--replica-ack-timeout-ms``; then the connection fails
+        with words that say so, never acknowledging unreplicated writes."""
+        engine = self.engine
+        seq = engine.store.log_state.seq
+        hub = engine.replicas
+        if await hub.wait_acks(seq, self._min_acks, self._ack_timeout):
+            return
+        self.session.fail_unreplicated(
+            f"only {hub.acks_for(seq)} of --min-replica-acks {self._min_acks} followers "
+            f"acknowledged within {self._ack_timeout * 1000:g} ms; the writes are "
+            "committed here but may be lost with this server"
+        )
 
     def _brake_needed(self) -> bool:
         """Whether this session must stop reading now (the caller knows it has

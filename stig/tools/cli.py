@@ -404,6 +404,8 @@ def serve(
             raise click.UsageError("--min-replica-acks is for a primary, not a --replica-of")
     elif replica_tls or replica_tls_ca or replica_tls_cert or replica_auth_file:
         raise click.UsageError("the --replica-* options need --replica-of")
+    if min_replica_acks and not replication_log_bytes:
+        raise click.UsageError("--min-replica-acks needs the log (--replication-log-bytes > 0)")
     _check_transport(unix_socket, tls_cert, tls_key, tls_ca, tls_verify_clients, tls_port)
     if auth_file is not None:
         from stig.engine.auth import Authenticator, AuthFileError
