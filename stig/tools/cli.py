@@ -450,7 +450,7 @@ def serve(
         replication_log_bytes=replication_log_bytes,
         replication_log_seconds=replication_log_seconds,
         replica_of=replica_of,
-        replica_tls=replica_tls or replica_tls_ca is not None,
+        replica_tls=replica_tls or replica_tls_ca is not None or replica_tls_cert is not None,
         replica_tls_ca=replica_tls_ca,
         replica_tls_cert=replica_tls_cert,
         replica_tls_key=replica_tls_key,
