@@ -249,3 +249,19 @@ def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
     assert stats["replication_snapshots_loaded"] == "1"
     assert _records(follower.data_dir) == _records(primary.data_dir)
     assert int(primary.stats()["replication_log_bytes"]) <= 2048 + 400
+
+
+def test_a_follower_reconnects_to_a_restarted_primary_and_resumes(stig_factory: Factory) -> None:
+    primary = stig_factory()
+    follower = _follower(stig_factory, primary)
+    primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
+    snapshots = _caught_up(follower, primary)["replication_snapshots_loaded"]  # 0 or 1
+    port = primary.port
+    primary.terminate()  # a clean exit, also with a follower streaming
+    wait_for_stats(follower, lambda s: s["replication_connected"] == "0", what="the stream ended")
+    primary.start("--port", str(port))
+    primary.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
+    stats = _caught_up(follower, primary)
+    assert int(stats["replication_connects"]) == 2
+    assert stats["replication_snapshots_loaded"] == snapshots  # resumed from the log
+    assert _records(follower.data_dir) == _records(primary.data_dir)
