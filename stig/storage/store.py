@@ -427,9 +427,12 @@ class Store:
                             view.clear()
                     last_cas = max(last_cas, entry.last_cas)
                     state.epoch = entry.epoch
-                    replog.append(
-                        txn, self._replog, state, seq, raw, self.log_bounds, replog.now_ms()
-                    )
+                    if self.log_enabled:
+                        replog.append(
+                            txn, self._replog, state, seq, raw, self.log_bounds, replog.now_ms()
+                        )
+                    else:
+                        replog.reset(txn, self._replog, state, seq)
                 before = 0 if view.cleared else self._read_u64_in(txn, _BYTES_KEY, self._meta)
                 total = max(before + view.byte_delta, 0)
                 txn.put(_CAS_KEY, _U64.pack(last_cas), db=self._meta)
