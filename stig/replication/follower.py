@@ -39,6 +39,7 @@ from pathlib import Path
 import trio
 
 from stig.engine.engine import Engine
+from stig.engine.readiness import Hold
 from stig.engine.replicas import FollowerState
 from stig.replication import wire
 from stig.storage import replog
@@ -78,8 +79,12 @@ def read_login(path: Path) -> tuple[bytes, bytes]:
     raise ValueError(f"{path}: no user:password line")
 
 
-async def follow(engine: Engine) -> None:
-    """Follow the primary until cancelled, reconnecting after any failure."""
+async def follow(engine: Engine, hold: Hold | None = None) -> None:
+    """Follow the primary until cancelled, reconnecting after any failure.
+
+    ``hold`` (the service manager's readiness, stig/engine/readiness.py) is
+    released the first time the follower has applied every group the
+    primary had when it answered (or heard of since)."""
     state = engine.follower
     assert state is not None
     state.applied_seq = engine.store.log_state.seq
@@ -87,7 +92,7 @@ async def follow(engine: Engine) -> None:
     while True:
         applied = engine.store.log_state.seq
         try:
-            await _follow_once(engine, state)
+            await _follow_once(engine, state, hold)
         except (
             OSError,
             ssl.SSLError,
@@ -149,7 +154,12 @@ class _Reader:
         return line
 
 
-async def _follow_once(engine: Engine, state: FollowerState) -> None:
+def _note_progress(state: FollowerState, hold: Hold | None) -> None:
+    if hold is not None and state.connected and state.applied_seq >= state.primary_seq:
+        hold.release()  # caught up (a second release does nothing)
+
+
+async def _follow_once(engine: Engine, state: FollowerState, hold: Hold | None) -> None:
     settings = engine.settings
     host, port = parse_address(state.primary)
     stream = await _connect(engine, host, port)
@@ -178,10 +188,13 @@ async def _follow_once(engine: Engine, state: FollowerState) -> None:
             log_state.seq,
             state.primary_seq,
         )
-        await _apply_stream(engine, state, reader)
+        _note_progress(state, hold)
+        await _apply_stream(engine, state, reader, hold)
 
 
-async def _apply_stream(engine: Engine, state: FollowerState, reader: _Reader) -> None:
+async def _apply_stream(
+    engine: Engine, state: FollowerState, reader: _Reader, hold: Hold | None
+) -> None:
     store = engine.store
     batch: list[tuple[int, bytes]] = []
     batch_bytes = 0
@@ -199,6 +212,7 @@ async def _apply_stream(engine: Engine, state: FollowerState, reader: _Reader) -
                 state.pending_bytes = frames.buffered
                 batch, batch_bytes = [], 0
                 await reader.stream.send_all(b"ACK %d\r\n" % last[0])
+                _note_progress(state, hold)
             if frame is None:
                 state.pending_bytes = frames.buffered
                 await reader.more()
@@ -211,12 +225,15 @@ async def _apply_stream(engine: Engine, state: FollowerState, reader: _Reader) -
             state.primary_seq = max(state.primary_seq, seq)
         elif kind == wire.HEARTBEAT:
             state.primary_seq = max(state.primary_seq, wire.SEQ.unpack_from(payload)[0])
+            _note_progress(state, hold)
         elif kind == wire.SNAPSHOT_BEGIN:
             seq, epoch, last_cas = wire.SNAPSHOT.unpack(payload)
             if spool is not None:
                 spool.close()
             spool = _Spool(Path(engine.settings.data_dir) / SPOOL_NAME, seq, epoch, last_cas)
             log.info("receiving a snapshot of %s at group %d", state.primary, seq)
+            if hold is not None:
+                hold.status(f"receiving a snapshot of the primary at group {seq}")
         elif kind == wire.RECORDS:
             if spool is None:
                 raise FollowError("snapshot records outside a snapshot")
@@ -235,6 +252,7 @@ async def _apply_stream(engine: Engine, state: FollowerState, reader: _Reader) -
             state.primary_seq = max(state.primary_seq, loading.seq)
             log.info("snapshot loaded: group %d", loading.seq)
             await reader.stream.send_all(b"ACK %d\r\n" % loading.seq)
+            _note_progress(state, hold)
         elif kind == wire.GIVE_UP:
             raise FollowError(f"the primary gave up: {payload.decode(errors='replace')}")
         else:

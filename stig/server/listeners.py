@@ -40,6 +40,7 @@ import trio
 
 from stig.engine.certificates import TlsCertificates, TlsError
 from stig.engine.engine import Engine
+from stig.engine.readiness import Hold
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
 from stig.server.connection import Connection, send_all
@@ -288,7 +289,11 @@ async def serve(
             system.start_soon(_keep_alive, notifier, pings)
             following = trio.CancelScope()
             if engine.follower is not None:
-                system.start_soon(_follow, engine, following)
+                # Before the listeners open: READY=1 waits until it caught up.
+                hold = engine.readiness.hold(
+                    f"catching up with the primary at {engine.follower.primary}"
+                )
+                system.start_soon(_follow, engine, following, hold)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -320,12 +325,13 @@ async def serve(
         notifier.close()
 
 
-async def _follow(engine: Engine, scope: trio.CancelScope) -> None:
-    """A follower (``--replica-of``): follow the primary until shutdown."""
+async def _follow(engine: Engine, scope: trio.CancelScope, hold: Hold) -> None:
+    """A follower (``--replica-of``): follow the primary until shutdown;
+    ``hold`` is released once it has caught up (``READY=1``)."""
     from stig.replication.follower import follow
 
     with scope:
-        await follow(engine)
+        await follow(engine, hold)
 
 
 async def _watch_stalled_reads(engine: Engine, scope: trio.CancelScope) -> None:
