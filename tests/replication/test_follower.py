@@ -178,8 +178,10 @@ def test_a_follower_killed_mid_stream_resumes_without_applying_a_group_twice(
         if batch == 0:
             writer.send(b"set counter 0 0 1\r\n0\r\n")
             writer.recv_until(b"STORED\r\n")
+        if batch == 10:  # it follows (not only started)...
+            wait_for_stats(follower, lambda s: int(s["replication_applied_seq"]) > 0)
         if batch == 20:
-            follower.kill()  # SIGKILL, with groups on the wire
+            follower.kill()  # ...and is SIGKILLed with groups on the wire
     before = _records(follower.data_dir, b"repl")
     follower.restart()
     stats = _caught_up(follower, primary)
