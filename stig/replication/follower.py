@@ -200,63 +200,69 @@ async def _apply_stream(
     batch_bytes = 0
     spool: _Spool | None = None
     frames = reader.frames
-    while True:
-        frame = frames.next()
-        if frame is None or batch_bytes >= APPLY_BYTES:
-            if batch:
-                await _commit(store, functools.partial(store.apply_replicated, batch))
-                last = batch[-1]
-                state.applied_seq = last[0]
-                state.applied_time_ms = replog.entry_time_ms(last[1])
-                state.groups_applied += len(batch)
-                state.pending_bytes = frames.buffered
-                batch, batch_bytes = [], 0
-                await reader.stream.send_all(b"ACK %d\r\n" % last[0])
+    try:
+        while True:
+            frame = frames.next()
+            # Apply what came so far: nothing more arrived, enough did, or a
+            # snapshot begins (it replaces everything from a later group on).
+            if frame is None or batch_bytes >= APPLY_BYTES or frame[0] == wire.SNAPSHOT_BEGIN:
+                if batch:
+                    await _commit(store, functools.partial(store.apply_replicated, batch))
+                    last = batch[-1]
+                    state.applied_seq = last[0]
+                    state.applied_time_ms = replog.entry_time_ms(last[1])
+                    state.groups_applied += len(batch)
+                    state.pending_bytes = frames.buffered
+                    batch, batch_bytes = [], 0
+                    await reader.stream.send_all(b"ACK %d\r\n" % last[0])
+                    _note_progress(state, hold)
+                if frame is None:
+                    state.pending_bytes = frames.buffered
+                    await reader.more()
+                    continue
+            kind, payload = frame
+            if kind == wire.GROUP:
+                seq = wire.SEQ.unpack_from(payload)[0]
+                batch.append((seq, payload[wire.SEQ.size :]))
+                batch_bytes += len(payload)
+                state.primary_seq = max(state.primary_seq, seq)
+            elif kind == wire.HEARTBEAT:
+                state.primary_seq = max(state.primary_seq, wire.SEQ.unpack_from(payload)[0])
                 _note_progress(state, hold)
-            if frame is None:
-                state.pending_bytes = frames.buffered
-                await reader.more()
-                continue
-        kind, payload = frame
-        if kind == wire.GROUP:
-            seq = wire.SEQ.unpack_from(payload)[0]
-            batch.append((seq, payload[wire.SEQ.size :]))
-            batch_bytes += len(payload)
-            state.primary_seq = max(state.primary_seq, seq)
-        elif kind == wire.HEARTBEAT:
-            state.primary_seq = max(state.primary_seq, wire.SEQ.unpack_from(payload)[0])
-            _note_progress(state, hold)
-        elif kind == wire.SNAPSHOT_BEGIN:
-            seq, epoch, last_cas = wire.SNAPSHOT.unpack(payload)
-            if spool is not None:
-                spool.close()
-            spool = _Spool(Path(engine.settings.data_dir) / SPOOL_NAME, seq, epoch, last_cas)
-            log.info("receiving a snapshot of %s at group %d", state.primary, seq)
-            if hold is not None:
-                hold.status(f"receiving a snapshot of the primary at group {seq}")
-        elif kind == wire.RECORDS:
-            if spool is None:
-                raise FollowError("snapshot records outside a snapshot")
-            spool.write(payload)
-        elif kind == wire.SNAPSHOT_END:
-            if spool is None:
-                raise FollowError("a snapshot end outside a snapshot")
-            loading = spool
-            try:
-                await _commit(store, loading.load_into(store))
-            finally:
-                loading.close()
-                spool = None
-            state.snapshots += 1
-            state.applied_seq = loading.seq
-            state.primary_seq = max(state.primary_seq, loading.seq)
-            log.info("snapshot loaded: group %d", loading.seq)
-            await reader.stream.send_all(b"ACK %d\r\n" % loading.seq)
-            _note_progress(state, hold)
-        elif kind == wire.GIVE_UP:
-            raise FollowError(f"the primary gave up: {payload.decode(errors='replace')}")
-        else:
-            raise FollowError(f"unknown frame {kind!r}")
+            elif kind == wire.SNAPSHOT_BEGIN:
+                seq, epoch, last_cas = wire.SNAPSHOT.unpack(payload)
+                if spool is not None:
+                    spool.close()
+                spool = _Spool(Path(engine.settings.data_dir) / SPOOL_NAME, seq, epoch, last_cas)
+                log.info("receiving a snapshot of %s at group %d", state.primary, seq)
+                if hold is not None:
+                    hold.status(f"receiving a snapshot of the primary at group {seq}")
+            elif kind == wire.RECORDS:
+                if spool is None:
+                    raise FollowError("snapshot records outside a snapshot")
+                spool.write(payload)
+            elif kind == wire.SNAPSHOT_END:
+                if spool is None:
+                    raise FollowError("a snapshot end outside a snapshot")
+                loading = spool
+                try:
+                    await _commit(store, loading.load_into(store))
+                finally:
+                    loading.close()
+                    spool = None
+                state.snapshots += 1
+                state.applied_seq = loading.seq
+                state.primary_seq = max(state.primary_seq, loading.seq)
+                log.info("snapshot loaded: group %d", loading.seq)
+                await reader.stream.send_all(b"ACK %d\r\n" % loading.seq)
+                _note_progress(state, hold)
+            elif kind == wire.GIVE_UP:
+                raise FollowError(f"the primary gave up: {payload.decode(errors='replace')}")
+            else:
+                raise FollowError(f"unknown frame {kind!r}")
+    finally:
+        if spool is not None:
+            spool.close()  # a snapshot cut short: its file goes
 
 
 async def _commit(store: Store, job: Callable[[], None]) -> None:
