@@ -161,6 +161,20 @@ class Replicate:
 
 
 @attrs.frozen
+class Promote:
+    """``stig_promote``: Stig's own.  A follower stops following and becomes a
+    primary of a new epoch (``stig promote``; docs/replication.md)."""
+
+
+@attrs.frozen
+class Fence:
+    """``stig_fence <epoch>``: Stig's own.  A primary of ``epoch`` exists: a
+    server of an earlier epoch stops acting as a primary (docs/replication.md)."""
+
+    epoch: int
+
+
+@attrs.frozen
 class LruCrawler:
     """``lru_crawler metadump <classes>``: list keys (the only sub-command Stig has)."""
 
@@ -184,5 +198,7 @@ TextCommand = (
     | Stats
     | RefreshCerts
     | Replicate
+    | Promote
+    | Fence
     | LruCrawler
 )

@@ -23,6 +23,10 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
         ("replication_log_bytes", state.log_bytes),
         ("replication_log_groups", max(state.log_groups, 0)),
         ("replication_log_first_seq", state.log_first),
+        # A later epoch this server was told of: > replication_epoch, it is
+        # fenced (refuses writes and followers as a primary).
+        ("replication_fenced_epoch", store.fence_state.epoch),
+        ("replication_fenced", int(store.fenced)),
     ]
     if follower is None:
         # The slowest connected follower: what it has applied, how far behind.
@@ -57,6 +61,8 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
         ("replication_connects", follower.connects),
         ("replication_snapshots_loaded", follower.snapshots),
         ("replication_groups_applied", follower.groups_applied),
+        ("replication_groups_discarded", follower.groups_discarded),
+        ("replication_groups_saved", follower.groups_saved),
         ("replication_last_error", follower.last_error.replace(" ", "_") or "none"),
     ]
 

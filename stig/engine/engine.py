@@ -6,6 +6,7 @@ no sockets.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -13,13 +14,17 @@ import trio
 
 from stig.engine.auth import Authenticator
 from stig.engine.budget import WriteBudget
+from stig.engine.errors import PromoteRefused
 from stig.engine.prefix_stats import PrefixStats
 from stig.engine.promoter import Promoter
 from stig.engine.readiness import Readiness
 from stig.engine.replicas import FollowerState, ReplicaHub
 from stig.engine.settings import Settings
 from stig.engine.stats import CommandStats, PromoterStats
+from stig.storage.replog import LogState
 from stig.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from stig.engine.certificates import TlsCertificates
@@ -65,6 +70,12 @@ class Engine:
         if settings.replica_of is not None:
             self.follower = FollowerState(settings.replica_of)
             self.promoter.refusal.make_read_only(f"read-only replica of {settings.replica_of}")
+        elif self.store.fenced:
+            self.promoter.refusal.make_read_only(self.fenced_words())
+            log.error("%s", self.fenced_words())
+        #: The primary this server followed before ``stig_promote`` (None:
+        #: never promoted while running); the server fences it.
+        self.former_primary: str | None = None
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None
@@ -75,6 +86,57 @@ class Engine:
         #: When the service manager hears READY=1; a follower holds it back
         #: until it has caught up (stig/engine/readiness.py).
         self.readiness = Readiness()
+
+    def fenced_words(self) -> str:
+        """What a fenced primary's refused writes and followers are told."""
+        fence = self.store.fence_state
+        return (
+            f"fenced: a primary of epoch {fence.epoch} exists ({fence.by}); this server "
+            f"is of epoch {self.store.log_state.epoch}: restart it with --replica-of to rejoin"
+        )
+
+    async def fence(self, epoch: int, by: str) -> bool:
+        """A primary of ``epoch`` exists (``stig_fence``, or a follower of that
+        epoch): remember it durably and, if it is later than this server's
+        epoch, stop acting as a primary — refuse writes (and followers) from
+        now on, after restarts too.  True when that is news."""
+        news: bool = await trio.to_thread.run_sync(self.store.fence, epoch, by)
+        if self.store.fenced and self.follower is None:
+            self.promoter.refusal.make_read_only(self.fenced_words())
+            if news:
+                log.error("%s", self.fenced_words())
+        return news
+
+    async def promote(self) -> LogState:
+        """``stig_promote``: stop following and become a primary of a new epoch.
+
+        The follower task ends first (a group being applied is finished, never
+        cut), then one transaction stores the new epoch and its first (empty)
+        group; writes are accepted from then on.  Returns the new state."""
+        follower = self.follower
+        if follower is None:
+            raise PromoteRefused(
+                f"this server is already a primary (epoch {self.store.log_state.epoch})"
+            )
+        if follower.stop_requested:
+            raise PromoteRefused("a promotion is under way")
+        follower.stop()
+        try:
+            await follower.stopped.wait()
+            state: LogState = await trio.to_thread.run_sync(self.store.begin_epoch)
+            self.follower = None
+            self.former_primary = follower.primary
+            self.promoter.refusal.lift_read_only()
+            self.replicas.committed()
+        finally:
+            follower.promoted.set()
+        log.warning(
+            "promoted: primary of epoch %d from group %d (was a replica of %s)",
+            state.epoch,
+            state.seq,
+            follower.primary,
+        )
+        return state
 
     async def run_promoter(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -135,6 +135,12 @@ class WriteRefusal:
         """Refuse every write from now on, deletes too (a follower: ``--replica-of``)."""
         self.read_only = self.message = words
 
+    def lift_read_only(self) -> None:
+        """Accept writes again (a follower promoted to primary), unless refused for a cause."""
+        self.read_only = None
+        if self.cause is None:
+            self.message = None
+
     def failed(self, cause: Cause | None, error: str) -> None:
         """Note a commit failure (for ``stats``)."""
         self.last_error = error

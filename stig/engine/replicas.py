@@ -108,3 +108,21 @@ class FollowerState:
     snapshots: int = 0  #: snapshots loaded
     groups_applied: int = 0
     last_error: str = ""
+    #: Groups of its own discarded after diverging from the primary (an old
+    #: primary rejoining), and how many of them were saved to a file.
+    groups_discarded: int = 0
+    groups_saved: int = 0
+    #: Ask for a snapshot next (its own groups diverged and were discarded).
+    snapshot_needed: bool = False
+    #: The follower task's scope (``stig_promote`` cancels it) and when it ended.
+    scope: trio.CancelScope | None = None
+    stop_requested: bool = False
+    stopped: trio.Event = attrs.field(factory=trio.Event)
+    #: Set once a promotion that stopped it has ended (done or failed).
+    promoted: trio.Event = attrs.field(factory=trio.Event)
+
+    def stop(self) -> None:
+        """Stop following (a promotion); :attr:`stopped` is set once it has."""
+        self.stop_requested = True
+        if self.scope is not None:
+            self.scope.cancel()

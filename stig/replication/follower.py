@@ -80,13 +80,25 @@ def read_login(path: Path) -> tuple[bytes, bytes]:
 
 
 async def follow(engine: Engine, hold: Hold | None = None) -> None:
-    """Follow the primary until cancelled, reconnecting after any failure.
+    """Follow the primary until cancelled or promoted (``stig_promote``:
+    :meth:`FollowerState.stop`; this then returns), reconnecting after any
+    failure.
 
     ``hold`` (the service manager's readiness, stig/engine/readiness.py) is
     released the first time the follower has applied every group the
     primary had when it answered (or heard of since)."""
     state = engine.follower
     assert state is not None
+    try:
+        with trio.CancelScope() as state.scope:
+            if not state.stop_requested:
+                await _follow_for_ever(engine, state, hold)
+    finally:
+        state.scope = None
+        state.stopped.set()
+
+
+async def _follow_for_ever(engine: Engine, state: FollowerState, hold: Hold | None) -> None:
     state.applied_seq = engine.store.log_state.seq
     pause = RECONNECT_FIRST
     while True:
@@ -133,7 +145,7 @@ async def _connect(engine: Engine, host: str, port: int) -> trio.abc.Stream:
 class _Reader:
     """Frames and lines from the primary, waiting at most :data:`SILENCE_SECONDS`."""
 
-    def __init__(self, stream: trio.abc.Stream, state: FollowerState) -> None:
+    def __init__(self, stream: trio.abc.Stream, state: FollowerState | None) -> None:
         self.stream = stream
         self.frames = wire.FrameReader()
         self._state = state
@@ -144,7 +156,8 @@ class _Reader:
         if not data:
             raise FollowError("the primary closed the connection")
         self.frames.feed(data)
-        self._state.pending_bytes = self.frames.buffered
+        if self._state is not None:
+            self._state.pending_bytes = self.frames.buffered
 
     async def line(self) -> bytes:
         while (line := self.frames.line()) is None:
@@ -159,23 +172,32 @@ def _note_progress(state: FollowerState, hold: Hold | None) -> None:
         hold.release()  # caught up (a second release does nothing)
 
 
+async def _log_in(engine: Engine, reader: _Reader) -> None:
+    """Send ``--replica-auth-file``'s login, if any (memcached's text login)."""
+    auth_file = engine.settings.replica_auth_file
+    if auth_file is None:
+        return
+    user, password = read_login(auth_file)
+    login = user + b" " + password
+    await reader.stream.send_all(b"set auth 0 0 %d\r\n%b\r\n" % (len(login), login))
+    answer = await reader.line()
+    if answer != b"STORED":
+        raise FollowError(f"login refused: {answer.decode(errors='replace')}")
+
+
 async def _follow_once(engine: Engine, state: FollowerState, hold: Hold | None) -> None:
-    settings = engine.settings
     host, port = parse_address(state.primary)
     stream = await _connect(engine, host, port)
     async with stream:
         reader = _Reader(stream, state)
-        if settings.replica_auth_file is not None:
-            user, password = read_login(settings.replica_auth_file)
-            login = user + b" " + password
-            await stream.send_all(b"set auth 0 0 %d\r\n%b\r\n" % (len(login), login))
-            answer = await reader.line()
-            if answer != b"STORED":
-                raise FollowError(f"login refused: {answer.decode(errors='replace')}")
+        await _log_in(engine, reader)
         log_state = engine.store.log_state
-        await stream.send_all(b"stig_replicate %d %d\r\n" % (log_state.seq, log_state.epoch))
+        after = 0 if state.snapshot_needed else log_state.seq
+        await stream.send_all(b"stig_replicate %d %d\r\n" % (after, log_state.epoch))
         answer = await reader.line()
         words = answer.split()
+        if len(words) == 3 and words[0] == b"DIVERGED" and words[1].isdigit():
+            await _discard_diverged(engine, state, int(words[1]))
         if len(words) != 3 or words[0] != b"REPLICATING":
             raise FollowError(f"refused: {answer.decode(errors='replace')}")
         state.primary_seq = int(words[2])
@@ -230,10 +252,13 @@ async def _apply_stream(
                 state.primary_seq = max(state.primary_seq, wire.SEQ.unpack_from(payload)[0])
                 _note_progress(state, hold)
             elif kind == wire.SNAPSHOT_BEGIN:
-                seq, epoch, last_cas = wire.SNAPSHOT.unpack(payload)
+                seq, epoch, last_cas = wire.SNAPSHOT.unpack_from(payload)
+                starts = replog.decode_epoch_starts(payload[wire.SNAPSHOT.size :])
                 if spool is not None:
                     spool.close()
-                spool = _Spool(Path(engine.settings.data_dir) / SPOOL_NAME, seq, epoch, last_cas)
+                spool = _Spool(
+                    Path(engine.settings.data_dir) / SPOOL_NAME, seq, epoch, last_cas, starts
+                )
                 log.info("receiving a snapshot of %s at group %d", state.primary, seq)
                 if hold is not None:
                     hold.status(f"receiving a snapshot of the primary at group {seq}")
@@ -251,6 +276,7 @@ async def _apply_stream(
                     loading.close()
                     spool = None
                 state.snapshots += 1
+                state.snapshot_needed = False
                 state.applied_seq = loading.seq
                 state.primary_seq = max(state.primary_seq, loading.seq)
                 log.info("snapshot loaded: group %d", loading.seq)
@@ -282,11 +308,14 @@ async def _commit(store: Store, job: Callable[[], None]) -> None:
 class _Spool:
     """A snapshot as it arrives: its record chunks in a file beside the data."""
 
-    def __init__(self, path: Path, seq: int, epoch: int, last_cas: int) -> None:
+    def __init__(
+        self, path: Path, seq: int, epoch: int, last_cas: int, epoch_starts: dict[int, int]
+    ) -> None:
         self.path = path
         self.seq = seq
         self.epoch = epoch
         self.last_cas = last_cas
+        self.epoch_starts = epoch_starts
         self._file = open(path, "w+b")  # closed by close()
 
     def write(self, payload: bytes) -> None:
@@ -301,9 +330,91 @@ class _Spool:
             yield from wire.split_records(handle.read(length))
 
     def load_into(self, store: Store) -> Callable[[], None]:
-        return lambda: store.load_snapshot(self._records(), self.seq, self.epoch, self.last_cas)
+        return lambda: store.load_snapshot(
+            self._records(), self.seq, self.epoch, self.last_cas, self.epoch_starts
+        )
 
     def close(self) -> None:
         self._file.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+# -- taking over (docs/replication.md) ---------------------------------------------
+
+
+def diverged_path(data_dir: Path, shared: int, epoch: int) -> Path:
+    """Where a follower keeps the groups it discarded after group ``shared``
+    (``epoch``: the epoch it had)."""
+    return data_dir / f"diverged-after-{shared}-epoch-{epoch}.replog"
+
+
+def _save_diverged(store: Store, path: Path, shared: int) -> tuple[int, int]:
+    """Write the groups of the log after ``shared`` to ``path`` (durably, as
+    ``G`` frames of stig/replication/wire.py); returns (groups after
+    ``shared``, groups saved — fewer when the log no longer held them)."""
+    txn = store.log_txn()
+    try:
+        entries = store.log_entries(txn, shared, 1 << 62)
+    finally:
+        txn.abort()
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as handle:
+        for seq, entry in entries:
+            handle.write(wire.group(seq, entry))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return store.log_state.seq - shared, len(entries)
+
+
+async def _discard_diverged(engine: Engine, state: FollowerState, shared: int) -> None:
+    """The primary's history ends this server's epoch at group ``shared``: the
+    groups after it were never the primary's (an old primary rejoining).
+    They are saved to a file, and the next connection asks for a snapshot,
+    which replaces them; the count goes to the log and ``stats``."""
+    store = engine.store
+    log_state = store.log_state
+    path = diverged_path(Path(engine.settings.data_dir), shared, log_state.epoch)
+    after, saved = await trio.to_thread.run_sync(_save_diverged, store, path, shared)
+    state.groups_discarded = after
+    state.groups_saved = saved
+    state.snapshot_needed = True
+    words = (
+        f"diverged from {state.primary} after group {shared}: discarding {after} group(s) "
+        f"of epoch {log_state.epoch} ({saved} saved to {path}); loading a snapshot"
+    )
+    log.error("%s", words)
+    raise FollowError(words)
+
+
+async def fence_former_primary(engine: Engine, address: str, epoch: int) -> None:
+    """Tell the primary this server followed before its promotion that a
+    primary of ``epoch`` exists (``stig_fence``), until it answers: then
+    it refuses writes and followers (after restarts too) instead of acting
+    as a second primary.  Retries while it is unreachable, as a dead
+    primary may come back; returns once it answered anything."""
+    host, port = parse_address(address)
+    pause = RECONNECT_FIRST
+    while True:
+        try:
+            stream = await _connect(engine, host, port)
+            async with stream:
+                reader = _Reader(stream, None)
+                await _log_in(engine, reader)
+                await stream.send_all(b"stig_fence %d\r\n" % epoch)
+                answer = (await reader.line()).decode(errors="replace")
+            log.warning("former primary %s told of epoch %d: %s", address, epoch, answer)
+            return
+        except (
+            OSError,
+            ssl.SSLError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.TooSlowError,
+            FollowError,
+            ValueError,
+        ):
+            pass
+        await trio.sleep(pause)
+        pause = min(pause * 2, RECONNECT_MAX)

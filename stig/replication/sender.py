@@ -18,8 +18,15 @@ the server.  The stream (stig/replication/wire.py):
 3. Meanwhile the follower's ``ACK <seq>`` lines go to the
    :class:`~stig.engine.replicas.ReplicaHub` (``--min-replica-acks``).
 
-A follower ahead of the primary, or of a later epoch, is refused (it has
-groups this primary never had: issue 22 item 4).
+Epochs (taking over, docs/replication.md): a follower of an earlier epoch
+whose groups go past the end of that epoch in this server's history has
+groups this server never had (its former primary's, after the follower
+promoted here last heard of it): it is answered ``DIVERGED <seq> <epoch>``
+— ``seq`` the last group both share — and discards its later groups
+(stig/replication/follower.py).  A follower of a *later* epoch proves a
+newer primary exists: this server fences itself (refuses writes and
+followers, durably) and refuses it.  A follower ahead of the primary in
+the same epoch is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from protocol.commands import Replicate
 from stig.engine.engine import Engine
 from stig.engine.replicas import Replica
 from stig.replication import wire
+from stig.storage import replog
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +92,20 @@ async def serve_follower(engine: Engine, sock: Stream, request: Replicate, peer:
     """Stream to one follower until it goes, the server stops, or it falls out of step."""
     store = engine.store
     try:
-        _check(engine, request)
+        await _check(engine, request, peer)
     except _Refused as exc:
         log.warning("follower %s refused: %s", peer, exc)
         await _send_all(sock, b"SERVER_ERROR %b\r\n" % str(exc).encode())
+        return
+    except _Diverged as exc:
+        log.warning(
+            "follower %s (epoch %d) has groups after %d this server never had: "
+            "told to discard them",
+            peer,
+            request.epoch,
+            exc.seq,
+        )
+        await _send_all(sock, b"DIVERGED %d %d\r\n" % (exc.seq, store.log_state.epoch))
         return
     state = store.log_state
     await _send_all(sock, b"REPLICATING %d %d\r\n" % (state.epoch, state.seq))
@@ -108,7 +126,15 @@ async def serve_follower(engine: Engine, sock: Stream, request: Replicate, peer:
         log.info("follower %s gone (acknowledged group %d)", peer, replica.acked_seq)
 
 
-def _check(engine: Engine, request: Replicate) -> None:
+class _Diverged(Exception):
+    """The follower has groups after ``seq`` that this server's history lacks."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(seq)
+        self.seq = seq
+
+
+async def _check(engine: Engine, request: Replicate, peer: str) -> None:
     store = engine.store
     if engine.follower is not None:
         raise _Refused(f"this server is a replica of {engine.follower.primary}")
@@ -116,7 +142,21 @@ def _check(engine: Engine, request: Replicate) -> None:
         raise _Refused("the replication log is off (--replication-log-bytes 0)")
     state = store.log_state
     if request.epoch > state.epoch:
+        await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
         raise _Refused(f"the follower's epoch {request.epoch} is later than {state.epoch}")
+    if store.fenced:
+        raise _Refused(engine.fenced_words())
+    if request.epoch < state.epoch:
+        txn = store.log_txn()
+        try:
+            end = replog.end_of_epoch(store.epoch_starts(txn), request.epoch)
+        finally:
+            txn.abort()
+        # No later epoch in this history (never, as the epoch is later): the
+        # common part cannot be known, so the follower starts again.
+        shared = 0 if end is None else end
+        if request.after_seq > shared:
+            raise _Diverged(shared)
     if request.after_seq > state.seq:
         raise _Refused(f"the follower is at group {request.after_seq}, past this {state.seq}")
 
@@ -185,7 +225,9 @@ async def _snapshot(
     ``txn`` is held across the sends, registered in the store's held reads
     (a map growth or a stalled follower ends it, and this stream)."""
     store = engine.store
-    header = wire.SNAPSHOT.pack(seq, epoch, store.cas_counter(txn))
+    header = wire.SNAPSHOT.pack(seq, epoch, store.cas_counter(txn)) + replog.encode_epoch_starts(
+        store.epoch_starts(txn)
+    )
     holder = _Snapshot(txn)
     store.long_reads.add(txn, holder, holder)
     started = time.monotonic()

@@ -1,14 +1,17 @@
 """The replication stream's framing, sans-IO: frames to bytes and back.
 
 After the follower's ``stig_replicate <after_seq> <epoch>`` line the
-primary answers one line — ``REPLICATING <epoch> <seq>`` or an error line
-(``SERVER_ERROR …``, ``CLIENT_ERROR …``) — then sends only frames: a kind
+primary answers one line — ``REPLICATING <epoch> <seq>``, ``DIVERGED <seq>
+<epoch>`` (then closes: the follower must discard its groups after
+``seq``) or an error line (``SERVER_ERROR …``, ``CLIENT_ERROR …``) — then
+sends only frames: a kind
 byte, a u32 payload length, the payload.
 
 * ``G`` a committed group: its sequence number (u64), then its log entry
   as stored (stig/storage/replog.py);
 * ``S`` a snapshot begins: the sequence number it was taken at (u64), the
-  epoch (u32), the cas counter (u64);
+  epoch (u32), the cas counter (u64), then the epoch history: (epoch u32,
+  its first sequence number u64) for each epoch after the first;
 * ``R`` snapshot records: (key length u16, record length u32, key,
   record) repeated, a record as stig/storage/records.py lays it out;
 * ``E`` the snapshot ends (no payload): groups after its sequence number follow;

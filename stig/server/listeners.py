@@ -326,12 +326,20 @@ async def serve(
 
 
 async def _follow(engine: Engine, scope: trio.CancelScope, hold: Hold) -> None:
-    """A follower (``--replica-of``): follow the primary until shutdown;
-    ``hold`` is released once it has caught up (``READY=1``)."""
-    from stig.replication.follower import follow
+    """A follower (``--replica-of``): follow the primary until shutdown or a
+    promotion (``stig_promote``: then tell the former primary of the new
+    epoch); ``hold`` is released once it has caught up (``READY=1``), or
+    is promoted."""
+    from stig.replication.follower import fence_former_primary, follow
 
+    state = engine.follower
+    assert state is not None
     with scope:
         await follow(engine, hold)
+        await state.promoted.wait()  # it stopped for a promotion: its end
+        if engine.follower is None and engine.former_primary is not None:
+            hold.release()
+            await fence_former_primary(engine, engine.former_primary, engine.store.log_state.epoch)
 
 
 async def _watch_stalled_reads(engine: Engine, scope: trio.CancelScope) -> None:

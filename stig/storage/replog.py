@@ -51,7 +51,19 @@ SEQ_KEY = b"seq"  #: the last committed (primary) or applied (follower) sequence
 EPOCH_KEY = b"epoch"
 LOG_FIRST_KEY = b"log_first"  #: the oldest sequence number still in the log
 LOG_BYTES_KEY = b"log_bytes"  #: the bytes of every entry in the log
+#: ``epoch_start:`` + epoch (u32 big-endian): the first sequence number of
+#: that epoch (the epoch history; epoch 1 starts at 1 without a key).
+EPOCH_START_PREFIX = b"epoch_start:"
+#: The latest epoch another server was promoted to, as this one was told
+#: (``stig_fence``, or a follower of that epoch); with ``FENCED_BY_KEY``,
+#: who said so.  Later than this server's own epoch: it must not act as a
+#: primary (docs/replication.md, taking over).
+FENCED_EPOCH_KEY = b"fenced_epoch"
+FENCED_BY_KEY = b"fenced_by"
 FIRST_EPOCH = 1
+EPOCH = struct.Struct(">I")
+#: An epoch and its first sequence number, as a snapshot sends the history.
+EPOCH_START = struct.Struct(">IQ")
 
 
 def delete_effect(key: bytes) -> bytes:
@@ -145,6 +157,69 @@ def write_state(txn: lmdb.Transaction, repl: lmdb._Database, state: LogState) ->
     put(EPOCH_KEY, U64.pack(state.epoch), db=repl)
     put(LOG_FIRST_KEY, U64.pack(state.log_first), db=repl)
     put(LOG_BYTES_KEY, U64.pack(state.log_bytes), db=repl)
+
+
+def epoch_starts(txn: lmdb.Transaction, repl: lmdb._Database) -> dict[int, int]:
+    """The epoch history: each epoch after the first and its first sequence number."""
+    starts: dict[int, int] = {}
+    cursor = txn.cursor(db=repl)
+    if not cursor.set_range(EPOCH_START_PREFIX):
+        return starts
+    for key, value in cursor:
+        key = bytes(key)
+        if not key.startswith(EPOCH_START_PREFIX):
+            break
+        starts[EPOCH.unpack(key[len(EPOCH_START_PREFIX) :])[0]] = U64.unpack(value)[0]
+    return starts
+
+
+def set_epoch_start(txn: lmdb.Transaction, repl: lmdb._Database, epoch: int, seq: int) -> None:
+    txn.put(EPOCH_START_PREFIX + EPOCH.pack(epoch), U64.pack(seq), db=repl)
+
+
+def replace_epoch_starts(
+    txn: lmdb.Transaction, repl: lmdb._Database, starts: dict[int, int]
+) -> None:
+    """Make ``starts`` the epoch history (a follower loading a snapshot)."""
+    for epoch in epoch_starts(txn, repl):
+        txn.delete(EPOCH_START_PREFIX + EPOCH.pack(epoch), db=repl)
+    for epoch, seq in starts.items():
+        set_epoch_start(txn, repl, epoch, seq)
+
+
+def end_of_epoch(starts: dict[int, int], epoch: int) -> int | None:
+    """The last sequence number of ``epoch`` in this history (the group
+    before the next epoch's first); None if no later epoch is known."""
+    later = [seq for other, seq in starts.items() if other > epoch]
+    return min(later) - 1 if later else None
+
+
+def encode_epoch_starts(starts: dict[int, int]) -> bytes:
+    return b"".join(EPOCH_START.pack(epoch, seq) for epoch, seq in sorted(starts.items()))
+
+
+def decode_epoch_starts(data: bytes) -> dict[int, int]:
+    if len(data) % EPOCH_START.size:
+        raise ValueError("a torn epoch history")
+    return dict(EPOCH_START.iter_unpack(data))
+
+
+@attrs.frozen
+class Fence:
+    """What this server was told of a later primary (``stig_fence``)."""
+
+    epoch: int = 0
+    by: str = ""
+
+
+def read_fence(txn: lmdb.Transaction, repl: lmdb._Database) -> Fence:
+    by = txn.get(FENCED_BY_KEY, db=repl)
+    return Fence(_u64(txn, FENCED_EPOCH_KEY, repl, 0), "" if by is None else bytes(by).decode())
+
+
+def write_fence(txn: lmdb.Transaction, repl: lmdb._Database, fence: Fence) -> None:
+    txn.put(FENCED_EPOCH_KEY, U64.pack(fence.epoch), db=repl)
+    txn.put(FENCED_BY_KEY, fence.by.encode(), db=repl)
 
 
 @attrs.define

@@ -249,6 +249,8 @@ class Store:
             leftover = bool(self._probe_keys(txn))
             #: The sequence number, epoch and log bounds as the last commit left them.
             self.log_state = replog.read_state(txn, self._repl)
+            #: A later primary this server was told of (stig_fence).
+            self.fence_state = replog.read_fence(txn, self._repl)
         if leftover:  # a crash in the middle of a probe
             try:
                 self._drop_probe()
@@ -426,6 +428,10 @@ class Store:
                         else:
                             view.clear()
                     last_cas = max(last_cas, entry.last_cas)
+                    if entry.epoch != state.epoch:
+                        if entry.epoch < state.epoch:
+                            raise ValueError(f"group {seq} is of an earlier epoch {entry.epoch}")
+                        replog.set_epoch_start(txn, self._repl, entry.epoch, seq)
                     state.epoch = entry.epoch
                     if self.log_enabled:
                         replog.append(
@@ -445,12 +451,18 @@ class Store:
         self.log_state = state
 
     def load_snapshot(
-        self, records: Iterable[tuple[bytes, bytes]], seq: int, epoch: int, last_cas: int
+        self,
+        records: Iterable[tuple[bytes, bytes]],
+        seq: int,
+        epoch: int,
+        last_cas: int,
+        epoch_starts: dict[int, int],
     ) -> None:
         """Replace every item by ``records`` (key, record) — a primary's
-        snapshot taken at ``seq`` — in ONE durable transaction, with an empty
-        log and ``seq`` as this store's sequence number: a crash leaves the
-        old state or the new one whole.  Raises :class:`MapFull` as :meth:`apply`."""
+        snapshot taken at ``seq``, with its epoch history — in ONE durable
+        transaction, with an empty log and ``seq`` as this store's sequence
+        number: a crash leaves the old state or the new one whole.  Raises
+        :class:`MapFull` as :meth:`apply`."""
         try:
             with self.env.begin(write=True) as txn:
                 txn.drop(self._items, delete=False)
@@ -463,6 +475,7 @@ class Store:
                 state = replog.read_state(txn, self._repl)
                 replog.reset(txn, self._replog, state, seq)
                 state.epoch = epoch
+                replog.replace_epoch_starts(txn, self._repl, epoch_starts)
                 txn.put(_CAS_KEY, _U64.pack(last_cas), db=self._meta)
                 txn.put(_BYTES_KEY, _U64.pack(total), db=self._meta)
                 replog.write_state(txn, self._repl, state)
@@ -471,6 +484,51 @@ class Store:
         self.last_cas = last_cas
         self.total_bytes = total
         self.log_state = state
+
+    # -- taking over (docs/replication.md) ----------------------------------------
+
+    def begin_epoch(self) -> LogState:
+        """Make this store a primary's of a new epoch — one past its own and
+        past any it was fenced by — in ONE durable transaction: the epoch
+        begins with an empty group (logged, so followers learn the epoch
+        and where it starts), recorded in the epoch history.  Only while
+        nothing else writes (a follower that stopped following)."""
+        try:
+            with self.env.begin(write=True) as txn:
+                repl = self._repl
+                state = replog.read_state(txn, repl)
+                state.epoch = max(state.epoch, replog.read_fence(txn, repl).epoch) + 1
+                replog.set_epoch_start(txn, repl, state.epoch, state.seq + 1)
+                replog.write_state(txn, repl, state)
+                last_cas = self._read_u64_in(txn, _CAS_KEY, self._meta)
+                state = self._next_group(txn, [b""] if self.log_enabled else None, last_cas)
+        except lmdb.MapFullError as exc:
+            raise MapFull() from exc
+        self.log_state = state
+        return state
+
+    def fence(self, epoch: int, by: str) -> bool:
+        """Remember, durably, that a primary of ``epoch`` exists (``by`` says
+        who told); True when that is news: later than this store's epoch and
+        than any fence before."""
+        with self.env.begin(write=True) as txn:
+            state = replog.read_state(txn, self._repl)
+            fence = replog.read_fence(txn, self._repl)
+            if epoch <= max(state.epoch, fence.epoch):
+                return False
+            fence = replog.Fence(epoch, by)
+            replog.write_fence(txn, self._repl, fence)
+        self.fence_state = fence
+        return True
+
+    @property
+    def fenced(self) -> bool:
+        """Whether a primary of a later epoch than this store's is known."""
+        return self.fence_state.epoch > self.log_state.epoch
+
+    def epoch_starts(self, txn: lmdb.Transaction) -> dict[int, int]:
+        """The epoch history as ``txn`` sees it (stig/storage/replog.py)."""
+        return replog.epoch_starts(txn, self._repl)
 
     def log_txn(self) -> lmdb.Transaction[bytes]:
         """A read-only snapshot of the whole environment (items, sequence

@@ -712,6 +712,44 @@ def load(file: BinaryIO, server: str, batch: int, quiet: bool) -> None:
         raise click.ClickException(f"{len(report.refused)} item(s) refused")
 
 
+@main.command()
+@click.argument("server", metavar="HOST:PORT")
+@click.option(
+    "--auth-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="First line user:password: the login, if the follower has --auth-file.",
+)
+@click.option("--tls", is_flag=True, help="Talk to the follower over TLS.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM CA the follower's certificate must chain to (implies --tls).",
+)
+@_QUIET
+def promote(
+    server: str, auth_file: Path | None, tls: bool, tls_ca: Path | None, quiet: bool
+) -> None:
+    """Make the follower at HOST:PORT a primary of a new epoch (failover).
+
+    It stops following, stores the new epoch, accepts writes at once, and
+    tells its former primary (when that answers) to stop acting as one.
+    Stop or fence the old primary first (docs/replication.md).
+
+    \b
+    Example:
+        stig promote 10.0.0.2:11211
+    """
+    from stig.tools.envtools import ToolError
+    from stig.tools.failover import promote as promote_server
+
+    try:
+        epoch, seq = promote_server(server, auth_file=auth_file, tls=tls, tls_ca=tls_ca)
+    except ToolError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(f"{server} is a primary of epoch {epoch} from group {seq}", err=True)
+
+
 # -- scaling out: adding a node to a ring ----------------------------------------------
 
 
