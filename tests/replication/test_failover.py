@@ -150,6 +150,33 @@ def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_gro
     assert primary.send_recv(b"get only0 new\r\n") == b"VALUE new 0 1\r\nn\r\nEND\r\n"
 
 
+def test_a_second_follower_repointed_to_the_promoted_one_follows_on_from_the_log(
+    stig_factory: Factory,
+) -> None:
+    """A follower that had nothing the new primary lacks is not diverged: it
+    follows on from its own group, through the new epoch's first group."""
+    primary = stig_factory()
+    promoted = stig_factory("--replica-of", _address(primary))
+    other = stig_factory("--replica-of", _address(primary))
+    primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
+    _caught_up(promoted, primary)
+    _caught_up(other, primary)
+    primary.terminate()
+    assert _promote(promoted).returncode == 0
+    assert promoted.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n") == b"STORED\r\n"
+    other.restart("--replica-of", _address(promoted))
+    stats = _caught_up(other, promoted)
+    assert stats["replication_epoch"] == "2"
+    assert stats["replication_snapshots_loaded"] == "0"  # from the log, not a snapshot
+    assert stats["replication_groups_discarded"] == "0"
+    assert _records(other.data_dir) == _records(promoted.data_dir)
+    # It knows where epoch 2 began, as its primary does: were it promoted in
+    # turn, it would judge a rejoining server as the new primary would.
+    assert other.send_recv(b"stig_promote\r\n", b"\r\n") == b"PROMOTED 3 %d\r\n" % (
+        int(stats["replication_applied_seq"]) + 1
+    )
+
+
 class _Writer(threading.Thread):
     """Writes unique keys in one protocol until the server goes; keeps every
     write the server acknowledged, with the cas the reply gave (if any)."""
