@@ -6,6 +6,7 @@ saves) the groups it had alone.  Real processes, real LMDB; waits poll
 
 from __future__ import annotations
 
+import signal
 import struct
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from protocol.binary import Opcode, Status
 from stig.replication import wire
+from stig_testkit.crashrig import LazyMount, fuse_unavailable
 from stig_testkit.process import CODE_ROOT, StigProcess, child_env
 from stig_testkit.waiting import wait_for_stats
 
@@ -272,3 +274,61 @@ def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_p
     assert sum(len(w.acked) for w in writers) >= 300
     # The promoted follower takes writes.
     assert conn.send_recv(b"set after 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
+
+
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+@pytest.mark.parametrize("seed", [20261207, 20261208])
+def test_a_power_cut_of_the_follower_then_the_primary_lost_loses_nothing_acknowledged(
+    stig_factory: Factory, tmp_path: Path, seed: int
+) -> None:
+    """The follower's data directory on lazyfs (it forgets what was not
+    fsynced): under ``--min-replica-acks 1``, the follower is SIGKILLed and
+    its power cut mid-load, the primary SIGKILLed; the follower restarts on
+    what its disk kept and is promoted: every acknowledged write is there,
+    with its cas — its ``ACK`` came only after its fsync."""
+    fs = LazyMount(tmp_path / "backing", tmp_path / "mount", tmp_path / "fs-logs")
+    fs.start(seed)
+    follower: StigProcess | None = None
+    try:
+        primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
+        follower = stig_factory(
+            "--replica-of", _address(primary), data_dir=tmp_path / "mount" / "data"
+        )
+        wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="connected")
+        writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
+        for writer in writers:
+            writer.start()
+        wait_for_stats(
+            primary,
+            lambda s: all(len(w.acked) >= 50 for w in writers),
+            60.0,
+            "50 acknowledged writes per protocol",
+        )
+        assert follower.proc is not None
+        follower.proc.send_signal(signal.SIGKILL)
+        fs.cut()  # what the follower had not fsynced is gone
+        follower.proc.wait(30)
+        primary.kill()
+        for writer in writers:
+            writer.join(60)
+            assert not writer.is_alive()
+        follower.start()
+        done = _promote(follower)
+        assert done.returncode == 0, done.stderr
+        conn = follower.connect()
+        lost = []
+        for writer in writers:
+            for key, (value, cas) in writer.acked.items():
+                reply = conn.send_recv(b"gets %b\r\n" % key)
+                head = reply.split(b"\r\n")[0].split()
+                if len(head) != 5 or reply.split(b"\r\n")[1] != value:
+                    lost.append(key)
+                elif cas is not None and int(head[4]) != cas:
+                    lost.append(key + b" (cas)")
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+        conn.close()
+        follower.terminate()
+    finally:
+        if follower is not None:
+            follower.kill()
+        fs.kill()
