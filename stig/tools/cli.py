@@ -334,7 +334,8 @@ def main() -> None:
     show_default=True,
     type=click.IntRange(0),
     help="Replies that acknowledge writes wait until this many followers have "
-    "them on disk (implies waiting for the local commit, as --durable-acks).",
+    "them on disk (implies waiting for the local commit, as --durable-acks); "
+    "on a --replica-of, from its promotion on.",
 )
 @click.option(
     "--replica-ack-timeout-ms",
@@ -400,8 +401,6 @@ def serve(
             parse_address(replica_of)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--replica-of'") from None
-        if min_replica_acks:
-            raise click.UsageError("--min-replica-acks is for a primary, not a --replica-of")
     elif replica_tls or replica_tls_ca or replica_tls_cert or replica_auth_file:
         raise click.UsageError("the --replica-* options need --replica-of")
     if min_replica_acks and not replication_log_bytes:

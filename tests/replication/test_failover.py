@@ -152,6 +152,37 @@ def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_gro
     assert primary.send_recv(b"get only0 new\r\n") == b"VALUE new 0 1\r\nn\r\nEND\r\n"
 
 
+def test_a_follower_started_with_min_replica_acks_keeps_it_once_promoted(
+    stig_factory: Factory,
+) -> None:
+    """``--min-replica-acks`` on a follower applies from its promotion on: the
+    new primary never acknowledges a write its own follower lacks — none at
+    first (the bound, then SERVER_ERROR), then the old primary rejoined."""
+    primary = stig_factory()
+    primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
+    follower = stig_factory(
+        "--replica-of",
+        _address(primary),
+        "--min-replica-acks",
+        "1",
+        "--replica-ack-timeout-ms",
+        "300",
+    )
+    _caught_up(follower, primary)
+    refused = follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
+    assert refused.startswith(b"SERVER_ERROR read-only replica of")  # at once, no ack wait
+    port = primary.port
+    primary.terminate()
+    assert _promote(follower).returncode == 0
+    failed = follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
+    assert failed.startswith(b"SERVER_ERROR only 0 of --min-replica-acks 1 followers"), failed
+    primary.start("--port", str(port), "--replica-of", _address(follower))
+    wait_for_stats(follower, lambda s: s["connected_replicas"] == "1", what="the old primary back")
+    assert follower.send_recv(b"set c 0 0 1\r\n3\r\n", b"\r\n") == b"STORED\r\n"
+    assert primary.send_recv(b"get c\r\n") == b"VALUE c 0 1\r\n3\r\nEND\r\n"  # no wait: acked
+    assert primary.stats()["replication_groups_discarded"] == "0"
+
+
 def test_a_second_follower_repointed_to_the_promoted_one_follows_on_from_the_log(
     stig_factory: Factory,
 ) -> None:
