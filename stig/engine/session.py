@@ -131,6 +131,12 @@ class Session:
         #: for its commit (set by :meth:`close_run`, the one place a run
         #: closes, whatever closes it; stig/server/connection.py waits).
         self.unacked_writes = False
+        #: The same, for ``--min-replica-acks``: a run has closed since the
+        #: followers last acknowledged every commit.  Cleared only by that
+        #: wait (stig/server/connection.py), never by a wait for the local
+        #: commit — which a read, a barrier or a conditional write may do
+        #: first, and which is not enough to acknowledge under it.
+        self.unreplicated_writes = False
         self._in_flight = engine.promoter.in_flight
         self._refusal = engine.promoter.refusal
         # Acknowledged: the writes up to ``acked_seq`` (a reply was sent after
@@ -569,6 +575,7 @@ class Session:
             return None
         self._closed_seq = self._seq
         self.unacked_writes = True  # every reply from now on acknowledges it
+        self.unreplicated_writes = True
         pure = open_run.pure
         if pure and self._closed_pure:
             promotion = self._closed[-1]

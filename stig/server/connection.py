@@ -298,7 +298,9 @@ class Connection:
         session.submit()
         if self.handler is not None and self.handler.gate.holding:
             return self._release_held()
-        if self._durable and session.unacked_writes:
+        if self._durable and (
+            session.unacked_writes or (self._min_acks and session.unreplicated_writes)
+        ):
             return self._until_durable()
         if self._refusal.message is not None and session.commits_awaited:
             # Writes are refused (a full disk): nothing more is acknowledged
@@ -310,7 +312,8 @@ class Connection:
         assert self.handler is not None
         await self.handler.gate.release()
         session = self.session
-        if (self._durable and session.unacked_writes) or (
+        unreplicated = self._min_acks and session.unreplicated_writes
+        if (self._durable and (session.unacked_writes or unreplicated)) or (
             self._refusal.message is not None and session.commits_awaited
         ):
             await self._until_durable()
@@ -332,6 +335,7 @@ class Connection:
         seq = engine.store.log_state.seq
         hub = engine.replicas
         if await hub.wait_acks(seq, self._min_acks, self._ack_timeout):
+            self.session.unreplicated_writes = False
             return
         self.session.fail_unreplicated(
             f"only {hub.acks_for(seq)} of --min-replica-acks {self._min_acks} followers "

@@ -67,3 +67,30 @@ def test_with_one_follower_a_write_is_acknowledged_once_the_follower_has_it(
     assert response.status == Status.NO_ERROR
     assert _follower_has(follower.data_dir, b"bin")
     assert primary.stats()["replication_ack_timeouts"] == "0"
+
+
+def test_replies_that_wait_for_the_commit_first_still_wait_for_the_follower(
+    stig_factory: Factory,
+) -> None:
+    """A barrier (``mn``), a read of a key the run wrote and a binary GetK
+    wait for the local commit on their own (to report quiet failures, to
+    read the run's writes); under ``--min-replica-acks`` the reply must
+    still wait for the follower, not leave once the commit is local."""
+    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
+    follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
+    meta = primary.connect()
+    text = primary.connect()
+    binary = primary.connect_binary()
+    for i in range(30):
+        meta.send(b"ms mq%d 1 q\r\nv\r\nms mr%d 1 q\r\nv\r\nmn\r\n" % (i, i))
+        assert meta.recv_until(b"MN\r\n") == b"MN\r\n"
+        assert _follower_has(follower.data_dir, b"mr%d" % i), i
+        text.send(b"set tq%d 0 0 1 noreply\r\nv\r\nget tq%d\r\n" % (i, i))
+        assert text.recv_until(b"END\r\n") == b"VALUE tq%d 0 1\r\nv\r\nEND\r\n" % i
+        assert _follower_has(follower.data_dir, b"tq%d" % i), i
+        binary.request(Opcode.SetQ, b"bq%d" % i, b"v", struct.pack(">II", 0, 0))
+        response = binary.call(Opcode.GetK, b"bq%d" % i)
+        assert (response.status, response.value) == (Status.NO_ERROR, b"v")
+        assert _follower_has(follower.data_dir, b"bq%d" % i), i
+    assert primary.stats()["replication_ack_timeouts"] == "0"
