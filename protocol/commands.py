@@ -150,6 +150,31 @@ class RefreshCerts:
 
 
 @attrs.frozen
+class Replicate:
+    """``stig_replicate <after_seq> <epoch>``: Stig's own, unknown to memcached.
+    A follower asks for the committed groups after ``after_seq`` (0: a
+    snapshot first); the connection becomes a replication stream
+    (docs/replication.md)."""
+
+    after_seq: int
+    epoch: int
+
+
+@attrs.frozen
+class Promote:
+    """``stig_promote``: Stig's own.  A follower stops following and becomes a
+    primary of a new epoch (``stig promote``; docs/replication.md)."""
+
+
+@attrs.frozen
+class Fence:
+    """``stig_fence <epoch>``: Stig's own.  A primary of ``epoch`` exists: a
+    server of an earlier epoch stops acting as a primary (docs/replication.md)."""
+
+    epoch: int
+
+
+@attrs.frozen
 class LruCrawler:
     """``lru_crawler metadump <classes>``: list keys (the only sub-command Stig has)."""
 
@@ -172,5 +197,8 @@ TextCommand = (
     | Quit
     | Stats
     | RefreshCerts
+    | Replicate
+    | Promote
+    | Fence
     | LruCrawler
 )

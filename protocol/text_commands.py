@@ -36,10 +36,13 @@ from protocol import meta
 from protocol.commands import (
     Arithmetic,
     Delete,
+    Fence,
     FlushAll,
     LruCrawler,
+    Promote,
     Quit,
     RefreshCerts,
+    Replicate,
     Retrieve,
     Stats,
     Store,
@@ -304,6 +307,27 @@ def _refresh_certs(tokens: list[bytes], limits: Limits) -> TextEvent:
     return RefreshCerts()
 
 
+def _replicate(tokens: list[bytes], limits: Limits) -> TextEvent:
+    if len(tokens) != 3:
+        return UNKNOWN
+    after, epoch = tokens[1], tokens[2]
+    if not (after.isdigit() and epoch.isdigit()) or len(after) > 20 or len(epoch) > 10:
+        return BAD_FORMAT
+    return Replicate(int(after), int(epoch))
+
+
+def _promote(tokens: list[bytes], limits: Limits) -> TextEvent:
+    return Promote() if len(tokens) == 1 else UNKNOWN
+
+
+def _fence(tokens: list[bytes], limits: Limits) -> TextEvent:
+    if len(tokens) != 2:
+        return UNKNOWN
+    if not tokens[1].isdigit() or len(tokens[1]) > 10:
+        return BAD_FORMAT
+    return Fence(int(tokens[1]))
+
+
 def _stats(tokens: list[bytes], limits: Limits) -> TextEvent:
     group = tokens[1] if len(tokens) > 1 else b""
     return Stats(group, tuple(tokens[2:]))
@@ -353,6 +377,9 @@ _COMMANDS: dict[bytes, _Parse] = {
     b"verbosity": _verbosity,
     b"quit": _quit,
     b"refresh_certs": _refresh_certs,
+    b"stig_replicate": _replicate,
+    b"stig_promote": _promote,
+    b"stig_fence": _fence,
     b"stats": _stats,
     b"lru_crawler": _lru_crawler,
     **{name: _meta for name in meta.META_COMMAND_NAMES},

@@ -38,6 +38,11 @@ per burst) on memcached, Stig and Stig ``--durable-acks``, each Stig row
 compared with memcached's; Stig's rows note its group commits per 1,000
 writes (a burst shares one).
 
+The ``repl`` rows run :mod:`repl_bench`: plain sets (d=1 and d=16) on Stig
+alone, alone with ``--durable-acks``, with an asynchronous follower and
+with ``--min-replica-acks 1`` (``stig alone|durable|async|sync``), each
+compared with ``stig alone``.
+
 All figures come from one run on one machine whose 2 cores are shared by the
 server, the Python client and anything else running: read them as ratios
 (the "vs reference" column), and check "other CPU s" for interference.
@@ -67,6 +72,7 @@ from pathlib import Path
 import cond_bench
 import extra_clients
 import loadgen
+import repl_bench
 import servers
 import transport_bench
 from loadgen import LoadSpec, connect, exchange_once, preload, probe, run
@@ -78,7 +84,8 @@ from workloads import build_exchange
 from stig_testkit.procstat import peak_rss_mib, rss_mib, status_kib, wait_quiet
 
 WORKLOAD_CHOICES = (
-    "get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb", "pooled", "transport", "cond"
+    "get", "set", "mix", "mget", "batch", "p99", "scale", "lmdb", "pooled", "transport", "cond",
+    "repl",
 )  # fmt: skip
 P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
 P99_SERVERS = ("stig", "memcached")  # driven at the same fixed rate, back to back
@@ -977,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
     assign_ratios(rows, plan.batch_size)
     if plan.wants("transport") and "stig" in plan.servers:  # compared with stig tcp, not refs
         rows += transport_bench.bench_rows(plan.duration, say, plan.out_of_time)
+    if plan.wants("repl") and "stig" in plan.servers:  # compared with stig alone, not refs
+        rows += repl_bench.bench_rows(plan.duration, say, plan.out_of_time)
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = round(time.monotonic() - t0, 1)
 
@@ -1029,6 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
                         | set(loadgen.STARTED_PIDS)
                         | set(transport_bench.STARTED_PIDS)
                         | set(cond_bench.STARTED_PIDS)
+                        | set(repl_bench.STARTED_PIDS)
                     ),
                 },
                 indent=2,

@@ -12,6 +12,9 @@ commit"), memcached answers each in memory.  Two workloads:
 * ``text add`` — ``add`` of fresh keys (every one new, so every reply is
   ``STORED``, checked byte for byte).
 
+(``text set``, plain sets of keys cycling over ``KEYS``, is not one of
+its rows: :mod:`repl_bench` drives it with this client.)
+
 For Stig it also reports the group commits per 1,000 writes (``stats``
 ``stig_commits`` over the window): a burst should take about one.
 
@@ -99,6 +102,12 @@ def _connection(
     while time.time() < end:
         if workload == "binary Set":
             request, size = _binary_burst(sequence * depth, depth, value)
+        elif workload == "text set":  # plain sets (answered from the POV, as a rule)
+            request = b"".join(
+                b"set cond:%d 0 0 %d\r\n%s\r\n" % ((sequence * depth + i) % KEYS, len(value), value)
+                for i in range(depth)
+            )
+            size = len(b"STORED\r\n") * depth
         else:
             request = b"".join(
                 b"add cond:%s:%d:%d 0 0 %d\r\n%s\r\n"

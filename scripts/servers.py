@@ -10,6 +10,7 @@ is reported with the reason, never replaced by a guess.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -156,7 +157,8 @@ def _stig(durable: bool) -> Callable[[int, str], list[str]]:
             "--data-dir",
             os.path.join(d, "stig-data"),
         ]
-        return cmd + (["--durable-acks"] if durable else [])
+        extra = shlex.split(os.environ.get("STIG_SERVE_ARGS", ""))  # an A/B of an option
+        return cmd + (["--durable-acks"] if durable else []) + extra
 
     return argv
 

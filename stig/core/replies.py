@@ -71,7 +71,20 @@ async def send_all(
 class Replies:
     """The replies of one connection; see the module docstring."""
 
-    __slots__ = ("_durable", "_refusal", "_session", "_stats", "gate", "limit", "out", "sink")
+    __slots__ = (
+        "_ack_timeout",
+        "_durable",
+        "_min_acks",
+        "_refusal",
+        "_replicas",
+        "_session",
+        "_stats",
+        "_store",
+        "gate",
+        "limit",
+        "out",
+        "sink",
+    )
 
     def __init__(self, engine: Engine, session: Session, sink: Sink | None = None) -> None:
         #: The replies written and not yet sent, in order.
@@ -85,7 +98,14 @@ class Replies:
         self.sink = sink
         self._session = session
         self._stats = engine.stats
-        self._durable = engine.settings.durable_acks
+        settings = engine.settings
+        # --min-replica-acks waits for the local commit too: its sequence
+        # number is what the followers acknowledge.
+        self._durable = settings.durable_acks or settings.min_replica_acks > 0
+        self._min_acks = settings.min_replica_acks
+        self._ack_timeout = settings.replica_ack_timeout_ms / 1000.0
+        self._replicas = engine.replicas
+        self._store = engine.store
         self._refusal = engine.promoter.refusal  # writes refused: a full disk
 
     @property
@@ -111,7 +131,9 @@ class Replies:
         session.submit()
         if self.gate.holding:
             return self._release_held()
-        if self._durable and session.unacked_writes:
+        if self._durable and (
+            session.unacked_writes or (self._min_acks and session.unreplicated_writes)
+        ):
             return self._until_durable()
         if self._refusal.message is not None and session.commits_awaited:
             # Writes are refused (a full disk): nothing more is acknowledged
@@ -122,7 +144,8 @@ class Replies:
     async def _release_held(self) -> None:
         await self.gate.release()
         session = self._session
-        if (self._durable and session.unacked_writes) or (
+        unreplicated = self._min_acks and session.unreplicated_writes
+        if (self._durable and (session.unacked_writes or unreplicated)) or (
             self._refusal.message is not None and session.commits_awaited
         ):
             await self._until_durable()
@@ -131,7 +154,25 @@ class Replies:
         try:
             await self._session.wait_committed(report=False)
         except CommitFailed:
-            pass  # session.failure: the caller reports it, nothing is sent
+            return  # session.failure: the caller reports it, nothing is sent
+        if self._min_acks:
+            await self._until_replicated()
+
+    async def _until_replicated(self) -> None:
+        """``--min-replica-acks N``: the replies wait until N followers have
+        every group committed so far on disk (the session's runs among them),
+        at most ``--replica-ack-timeout-ms``; then the connection fails
+        with words that say so, never acknowledging unreplicated writes."""
+        seq = self._store.log_state.seq
+        hub = self._replicas
+        if await hub.wait_acks(seq, self._min_acks, self._ack_timeout):
+            self._session.unreplicated_writes = False
+            return
+        self._session.fail_unreplicated(
+            f"only {hub.acks_for(seq)} of --min-replica-acks {self._min_acks} followers "
+            f"acknowledged within {self._ack_timeout * 1000:g} ms; the writes are "
+            "committed here but may be lost with this server"
+        )
 
     # -- sending ----------------------------------------------------------------
 

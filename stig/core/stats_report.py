@@ -7,6 +7,7 @@ import resource
 import time
 from collections.abc import Iterable
 
+from stig.core.replication_stats import replication_settings, replication_stats
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.prefix_stats import DELIMITER, MAX_PREFIXES
 from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS
@@ -133,6 +134,7 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         # The words of LMDB (or of the map's growth), one token: spaces as "_".
         ("stig_last_commit_error", refusal.last_error.replace(" ", "_") or "none"),
     ]
+    pairs += replication_stats(engine)
     return pairs
 
 
@@ -213,4 +215,5 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
         ("stig_detail_max_prefixes", MAX_PREFIXES),
         ("stig_space_probe_bytes", PROBE_BYTES),
         ("stig_space_probe_interval_ms", int(PROBE_SECONDS * 1000)),
+        *replication_settings(engine),
     ]

@@ -5,9 +5,10 @@ open run, ``open_run``; its account in the write budget, ``charges``; the
 failed promotions it must report, ``failure_ledger``; and the failures its
 writes raise, ``errors``), the one writer that group-commits them
 (``promoter``), the in-flight registry that makes an acknowledged write
-visible everywhere (``visibility``), the write budget (``budget``), the
-settings, counters, logins, the TLS certificates, the readiness told to a
-service manager (``readiness``) and the :class:`Engine` that ties them
-together. It imports storage and ``protocol.limits`` (the limits are part of
-the settings), never the core, the front ends, the server or the tools.
+visible everywhere (``visibility``), the write budget (``budget``), what
+followers acknowledged (``replicas``), the settings, counters, logins, the
+TLS certificates, the readiness told to a service manager (``readiness``)
+and the :class:`Engine` that ties them together. It imports storage and
+``protocol.limits`` (the limits are part of the settings), never the core,
+the front ends, the server or the tools.
 """

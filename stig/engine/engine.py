@@ -6,6 +6,7 @@ no sockets.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -13,12 +14,17 @@ import trio
 
 from stig.engine.auth import Authenticator
 from stig.engine.budget import WriteBudget
+from stig.engine.errors import PromoteRefused
 from stig.engine.prefix_stats import PrefixStats
 from stig.engine.promoter import Promoter
 from stig.engine.readiness import Readiness
+from stig.engine.replicas import FollowerState, ReplicaHub
 from stig.engine.settings import Settings
 from stig.engine.stats import CommandStats, PromoterStats
+from stig.storage.replog import LogState
 from stig.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from stig.engine.certificates import TlsCertificates
@@ -48,10 +54,28 @@ class Engine:
             settings.data_dir, settings.map_size, readers_for(settings.max_connections)
         )
         self.store.max_value_size = settings.limits.max_item_size
+        self.store.log_bounds.max_bytes = settings.replication_log_bytes
+        self.store.log_bounds.max_seconds = settings.replication_log_seconds
+        self.store.log_enabled = settings.replication_log_bytes > 0
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
         self.budget = WriteBudget(settings.max_pending_bytes, settings.max_run_wait_ms / 1000.0)
         self.promoter = Promoter(self.store, self.promoter_stats, budget=self.budget)
+        #: The followers of this server (stig/replication/sender.py).
+        self.replicas = ReplicaHub()
+        self.promoter.on_commit = self.replicas.committed
+        #: A follower's progress (``--replica-of``; None on a primary): its
+        #: writes are refused, naming the primary.
+        self.follower: FollowerState | None = None
+        if settings.replica_of is not None:
+            self.follower = FollowerState(settings.replica_of)
+            self.promoter.refusal.make_read_only(f"read-only replica of {settings.replica_of}")
+        elif self.store.fenced:
+            self.promoter.refusal.make_read_only(self.fenced_words())
+            log.error("%s", self.fenced_words())
+        #: The primary this server followed before ``stig_promote`` (None:
+        #: never promoted while running); the server fences it.
+        self.former_primary: str | None = None
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None
@@ -62,6 +86,57 @@ class Engine:
         #: When the service manager hears READY=1; a follower holds it back
         #: until it has caught up (stig/engine/readiness.py).
         self.readiness = Readiness()
+
+    def fenced_words(self) -> str:
+        """What a fenced primary's refused writes and followers are told."""
+        fence = self.store.fence_state
+        return (
+            f"fenced: a primary of epoch {fence.epoch} exists ({fence.by}); this server "
+            f"is of epoch {self.store.log_state.epoch}: restart it with --replica-of to rejoin"
+        )
+
+    async def fence(self, epoch: int, by: str) -> bool:
+        """A primary of ``epoch`` exists (``stig_fence``, or a follower of that
+        epoch): remember it durably and, if it is later than this server's
+        epoch, stop acting as a primary — refuse writes (and followers) from
+        now on, after restarts too.  True when that is news."""
+        news: bool = await trio.to_thread.run_sync(self.store.fence, epoch, by)
+        if self.store.fenced and self.follower is None:
+            self.promoter.refusal.make_read_only(self.fenced_words())
+            if news:
+                log.error("%s", self.fenced_words())
+        return news
+
+    async def promote(self) -> LogState:
+        """``stig_promote``: stop following and become a primary of a new epoch.
+
+        The follower task ends first (a group being applied is finished, never
+        cut), then one transaction stores the new epoch and its first (empty)
+        group; writes are accepted from then on.  Returns the new state."""
+        follower = self.follower
+        if follower is None:
+            raise PromoteRefused(
+                f"this server is already a primary (epoch {self.store.log_state.epoch})"
+            )
+        if follower.stop_requested:
+            raise PromoteRefused("a promotion is under way")
+        follower.stop()
+        try:
+            await follower.stopped.wait()
+            state: LogState = await trio.to_thread.run_sync(self.store.begin_epoch)
+            self.follower = None
+            self.former_primary = follower.primary
+            self.promoter.refusal.lift_read_only()
+            self.replicas.committed()
+        finally:
+            follower.promoted.set()
+        log.warning(
+            "promoted: primary of epoch %d from group %d (was a replica of %s)",
+            state.epoch,
+            state.seq,
+            follower.primary,
+        )
+        return state
 
     async def run_promoter(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -18,6 +18,14 @@ class WritesRefused(CommitFailed):
     nothing was recorded; the message names the cause."""
 
 
+class ReadOnlyReplica(WritesRefused):
+    """A write sent to a follower (``--replica-of``): refused, naming the primary."""
+
+
+class PromoteRefused(Exception):
+    """``stig_promote`` sent to a server that cannot be promoted (a primary)."""
+
+
 class RunTooLarge(Exception):
     """An open run outgrew the write budget (``--max-pending-bytes``); it has been discarded."""
 

@@ -37,7 +37,7 @@ def failed(promotion: Promotion) -> bool:
 class FailureLedger:
     """One session's failed promotions; see the module docstring."""
 
-    __slots__ = ("_acked", "_reported_owed", "failure", "on_failure", "unreported")
+    __slots__ = ("_acked", "_reported_owed", "_words", "failure", "on_failure", "unreported")
 
     def __init__(self) -> None:
         #: A commit of writes answered from the POV failed: the connection ends.
@@ -51,6 +51,8 @@ class FailureLedger:
         # Failed promotions owing quiet verdicts that a barrier or a reply has
         # reported already (by id: the session's ``owed`` keeps them alive).
         self._reported_owed: set[int] = set()
+        # The failure is not a commit's (fail_with): said in these words.
+        self._words: str | None = None
 
     def record(self, promotion: Promotion, acked_seq: int) -> bool:
         """``promotion`` finished with an error: it is unreported unless a
@@ -70,6 +72,13 @@ class FailureLedger:
         if self.on_failure is not None:
             self.on_failure()
         return True
+
+    def fail_with(self, words: str) -> None:
+        """End the connection saying ``words`` (unless a failure ends it
+        already): its writes are committed, but a promise about them could
+        not be kept (``--min-replica-acks``), so no reply acknowledges them."""
+        if self.failure is None:
+            self.failure = self._words = words
 
     def refused_quietly(self, message: str) -> None:
         """A write whose client wants no reply was refused: the next barrier
@@ -103,6 +112,8 @@ class FailureLedger:
     def loss_message(self) -> str:
         """What the connection says before it closes, once :attr:`failure` is
         set: a loss of acknowledged writes only if it was one."""
+        if self._words is not None:
+            return self._words
         if self._acked:
             return f"{self.failure}; acknowledged writes were lost"
         return f"{self.failure}; unacknowledged writes were not stored"

@@ -241,6 +241,9 @@ class Promoter:
         #: Whether writes are refused, and why (stig/engine/refusal.py).
         self.refusal = WriteRefusal()
         self._probe_due = False  # a commit succeeded while refused: probe when idle
+        #: Called on the event loop after each group that committed (the
+        #: replication streams wake on it: stig/engine/replicas.py).
+        self.on_commit: Callable[[], None] | None = None
 
     def lend_gil(self) -> None:
         """Let the commit thread apply its group without fighting for the GIL
@@ -349,7 +352,7 @@ class Promoter:
             if self._queue and self._in_flight is None:
                 self._dispatch()
             while True:
-                if self.refusal.message is None:
+                if self.refusal.cause is None:  # none, or a read-only replica: no probe
                     await self._wakeup.wait()
                 else:
                     with trio.move_on_after(PROBE_SECONDS) as waited:
@@ -476,6 +479,8 @@ class Promoter:
                 # on, no write is acknowledged (stig/engine/refusal.py).
                 self._note_failures(done, results)
             self._finish(done, results)
+            if failed < len(done) and self.on_commit is not None:
+                self.on_commit()
         if grow:
             try:
                 new_size = self.store.grow()  # no transaction is open: safe here
@@ -512,7 +517,7 @@ class Promoter:
         """Start a probe if one is due and the commit thread is free (event loop)."""
         if (
             self._probe_due
-            and self.refusal.message is not None
+            and self.refusal.cause is not None
             and self._in_flight is None
             and not self._queue
             and self._jobs is not None

@@ -128,6 +128,18 @@ class WriteRefusal:
     probes: int = 0  #: probe commits tried
     last_error: str = ""  #: the last commit failure, in LMDB's words
     last_kind: str = "none"  #: its cause (``other``: one run's own failure)
+    #: A follower refuses every write, for good, with these words (None: a primary).
+    read_only: str | None = None
+
+    def make_read_only(self, words: str) -> None:
+        """Refuse every write from now on, deletes too (a follower: ``--replica-of``)."""
+        self.read_only = self.message = words
+
+    def lift_read_only(self) -> None:
+        """Accept writes again (a follower promoted to primary), unless refused for a cause."""
+        self.read_only = None
+        if self.cause is None:
+            self.message = None
 
     def failed(self, cause: Cause | None, error: str) -> None:
         """Note a commit failure (for ``stats``)."""
@@ -147,7 +159,7 @@ class WriteRefusal:
 
     def leave(self) -> None:
         """A probe committed: writes are accepted again."""
-        self.message = None
+        self.message = self.read_only
         self.cause = None
         self.largest = 0
 

@@ -47,7 +47,13 @@ from typing import NamedTuple, NoReturn
 
 from stig.engine.charges import OP_OVERHEAD, Charges
 from stig.engine.engine import Engine
-from stig.engine.errors import CommitFailed, RunTooLarge, RunWaitedTooLong, WritesRefused
+from stig.engine.errors import (
+    CommitFailed,
+    ReadOnlyReplica,
+    RunTooLarge,
+    RunWaitedTooLong,
+    WritesRefused,
+)
 from stig.engine.failure_ledger import FailureLedger
 from stig.engine.open_run import OpenRun
 from stig.engine.promoter import Promotion
@@ -125,6 +131,12 @@ class Session:
         #: for its commit (set by :meth:`close_run`, the one place a run
         #: closes, whatever closes it; stig/server/connection.py waits).
         self.unacked_writes = False
+        #: The same, for ``--min-replica-acks``: a run has closed since the
+        #: followers last acknowledged every commit.  Cleared only by that
+        #: wait (stig/server/connection.py), never by a wait for the local
+        #: commit — which a read, a barrier or a conditional write may do
+        #: first, and which is not enough to acknowledge under it.
+        self.unreplicated_writes = False
         self._in_flight = engine.promoter.in_flight
         self._refusal = engine.promoter.refusal
         # Acknowledged: the writes up to ``acked_seq`` (a reply was sent after
@@ -165,6 +177,8 @@ class Session:
         """Refuse a write: count it and raise :class:`WritesRefused`."""
         refusal = self._refusal
         refusal.refused += 1
+        if refusal.read_only is not None:
+            raise ReadOnlyReplica(refusal.read_only)
         raise WritesRefused(refusal.message)
 
     def refused_quietly(self) -> None:
@@ -185,6 +199,12 @@ class Session:
         """Whether a run this session handed over is not committed yet."""
         last = self._last
         return last is not None and not last.finished
+
+    def fail_unreplicated(self, words: str) -> None:
+        """The writes are committed here, but too few followers acknowledged
+        them (``--min-replica-acks``): the replies that would acknowledge
+        them are not sent; the connection says ``words`` and closes."""
+        self.ledger.fail_with(words)
 
     def loss_message(self) -> str:
         """What the connection says before it closes, once :attr:`failure` is set:
@@ -251,7 +271,10 @@ class Session:
         through :meth:`_put_all`) whose POV result the caller computed: ``op``
         in the open run, ``after`` (None: deleted) in the POV, ``size`` bytes
         charged besides the key's."""
-        if self._refusal.message is not None and op.__class__ is not Remove:
+        refusal = self._refusal
+        if refusal.message is not None and (
+            op.__class__ is not Remove or refusal.read_only is not None
+        ):
             self._refuse()
         self._seq += 1
         run = self._open
@@ -390,7 +413,10 @@ class Session:
 
         While writes are refused only those that free space (a delete, a
         ``flush_all``) are taken; any other raises :class:`WritesRefused`."""
-        if self._refusal.message is not None and not isinstance(op, (Remove, CompareRemove, Clear)):
+        refusal = self._refusal
+        if refusal.message is not None and (
+            refusal.read_only is not None or not isinstance(op, (Remove, CompareRemove, Clear))
+        ):
             self._refuse()
         self._seq += 1
         run = self._open
@@ -549,6 +575,7 @@ class Session:
             return None
         self._closed_seq = self._seq
         self.unacked_writes = True  # every reply from now on acknowledges it
+        self.unreplicated_writes = True
         pure = open_run.pure
         if pure and self._closed_pure:
             promotion = self._closed[-1]

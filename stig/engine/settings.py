@@ -72,6 +72,24 @@ class Settings:
     #: handler is built.  The differential tests (tests/model/test_fast_paths.py)
     #: run a stream with it on and off and compare; servers leave it on.
     fast_paths: bool = True
+    #: The replication log's bounds (docs/replication.md): the bytes of the
+    #: groups it keeps (0: no log, no follower can follow) and their age
+    #: (0: no age bound).
+    replication_log_bytes: int = 64 << 20
+    replication_log_seconds: float = 3600.0
+    #: ``HOST:PORT`` of the primary this server follows (None: a primary).
+    replica_of: str | None = None
+    #: How a follower reaches its primary: TLS (with these CA, certificate
+    #: and key files) and a ``user:password`` file for the primary's logins.
+    replica_tls: bool = False
+    replica_tls_ca: Path | None = None
+    replica_tls_cert: Path | None = None
+    replica_tls_key: Path | None = None
+    replica_auth_file: Path | None = None
+    #: Replies that acknowledge writes wait until this many followers have
+    #: the writes on disk (0: none), at most ``replica_ack_timeout_ms``.
+    min_replica_acks: int = 0
+    replica_ack_timeout_ms: float = 5000.0
 
     @property
     def tls_enabled(self) -> bool:

@@ -54,13 +54,14 @@ from protocol.binary import (
     stat_end_response,
     stat_response,
 )
+from protocol.commands import Replicate
 from protocol.errors import ProtocolError
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind, Verdict
 from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.auth import MECHANISMS
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.errors import CommitFailed, WritesRefused
+from stig.engine.errors import CommitFailed, ReadOnlyReplica, WritesRefused
 from stig.engine.session import Session
 from stig.storage.ops import (
     Add,
@@ -144,6 +145,7 @@ class BinaryHandler:
         self.replies = Replies(engine, session) if replies is None else replies
         self.out = self.replies.out  # what every request appends its response to
         self.closing = False
+        self.takeover: Replicate | None = None  #: never: replication is a text command
         #: Replies held behind their commits (the loud writes, which carry the
         #: committed cas): the connection releases them before it sends.
         self.gate = self.replies.gate
@@ -225,7 +227,7 @@ class BinaryHandler:
                 core.set(event.key, event.value, event.flags)
             except WritesRefused as exc:
                 self.out += core.quiet_reply(
-                    error_response(Opcode.SetQ, event.opaque, Status.ENOMEM, str(exc))
+                    error_response(Opcode.SetQ, event.opaque, _refused(exc), str(exc))
                 )
             return None
         if (
@@ -323,7 +325,7 @@ class BinaryHandler:
             if not event.quiet:
                 await self._settle()  # a reply closes the run, after its verdicts
             self._reply_in_turn(
-                event, error_response(opcode, event.opaque, Status.ENOMEM, str(exc))
+                event, error_response(opcode, event.opaque, _refused(exc), str(exc))
             )
         except CommitFailed as exc:
             self.out += error_response(opcode, event.opaque, Status.EINTERNAL, str(exc))
@@ -738,3 +740,9 @@ def _stat_pairs(answer: StatsAnswer) -> Sequence[tuple[str, object]] | None:
     if kind is StatsKind.DETAIL_DUMP:
         return [("detailed", answer.dump)]  # memcached: one stat holding the text dump
     return None
+
+
+def _refused(exc: WritesRefused) -> Status:
+    """The status of a refused write: a full disk is memcached's "out of
+    memory"; a follower answers "not supported" (docs/pov.md)."""
+    return Status.NOT_SUPPORTED if isinstance(exc, ReadOnlyReplica) else Status.ENOMEM

@@ -20,10 +20,13 @@ from protocol import text_replies as R
 from protocol.commands import (
     Arithmetic,
     Delete,
+    Fence,
     FlushAll,
     LruCrawler,
+    Promote,
     Quit,
     RefreshCerts,
+    Replicate,
     Retrieve,
     RetrieveEnd,
     RetrieveKeys,
@@ -45,7 +48,7 @@ from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.certificates import TlsError
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.errors import CommitFailed
+from stig.engine.errors import CommitFailed, PromoteRefused
 from stig.engine.session import Session
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
@@ -96,6 +99,9 @@ class TextHandler:
         self.replies = Replies(engine, session) if replies is None else replies
         self.out = self.replies.out  # what every command appends its reply to
         self.closing = False
+        #: A follower's ``stig_replicate``: once the replies so far are sent,
+        #: the connection becomes its replication stream (stig/replication/).
+        self.takeover: Replicate | None = None
         #: Replies held behind their commits (add/replace/cas, meta writes
         #: that return a cas): the connection releases them before it sends.
         self.gate = self.replies.gate
@@ -119,6 +125,9 @@ class TextHandler:
             Quit: self._quit,  # type: ignore[dict-item]
             Stats: self._stats,  # type: ignore[dict-item]
             RefreshCerts: self._refresh_certs,  # type: ignore[dict-item]
+            Replicate: self._replicate,  # type: ignore[dict-item]
+            Promote: self._promote,  # type: ignore[dict-item]
+            Fence: self._fence,  # type: ignore[dict-item]
             LruCrawler: self._lru_crawler,  # type: ignore[dict-item]
             InvalidCommand: self._invalid,  # type: ignore[dict-item]
             QuietError: self._quiet_error,  # type: ignore[dict-item]
@@ -740,6 +749,39 @@ class TextHandler:
                 out += chunk
                 if len(out) >= listing.CHUNK_BYTES:
                     await drain()
+
+    def _replicate(self, command: Replicate) -> None:
+        """A follower asks for the stream: the connection hands itself over
+        (stig/server/connection.py) once this command's turn comes."""
+        self.core.close_run()
+        self.takeover = command
+        self.closing = True
+
+    async def _promote(self, command: Promote) -> None:
+        """``stig_promote`` (``stig promote``): this follower becomes a primary
+        of a new epoch; ``PROMOTED <epoch> <seq>`` (the epoch's first group)."""
+        self.core.close_run()
+        try:
+            state = await self.engine.promote()
+        except PromoteRefused as exc:
+            self.out += R.server_error(str(exc))
+            return
+        self.out += b"PROMOTED %d %d\r\n" % (state.epoch, state.seq)
+
+    async def _fence(self, command: Fence) -> None:
+        """``stig_fence <epoch>``: a primary of that epoch exists (a follower
+        promoted from this server's followers tells it): ``FENCED <epoch>``
+        when that epoch is later than this server's — a primary then
+        refuses writes and followers — else ``SERVER_ERROR``."""
+        self.core.close_run()
+        store = self.engine.store
+        await self.engine.fence(command.epoch, "told by stig_fence")
+        if store.fence_state.epoch >= command.epoch > store.log_state.epoch:
+            self.out += b"FENCED %d\r\n" % command.epoch
+        else:
+            self.out += R.server_error(
+                f"epoch {command.epoch} is not later than this server's {store.log_state.epoch}"
+            )
 
     def _refresh_certs(self, command: RefreshCerts) -> None:
         """Reload the TLS certificates: new connections get them (memcached)."""

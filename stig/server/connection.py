@@ -45,6 +45,7 @@ from typing import Protocol
 
 import trio
 
+from protocol.commands import Replicate
 from protocol.errors import ProtocolError
 from protocol.events import NEED_DATA
 from stig.core.replies import Replies
@@ -80,6 +81,8 @@ class Handler(Protocol):
     :func:`make_handler`)."""
 
     closing: bool
+    #: A follower's request: the connection becomes its replication stream.
+    takeover: Replicate | None
 
     @property
     def parser(self) -> Parser: ...
@@ -280,6 +283,21 @@ class Connection:
         finally:
             stats.paused_connections -= 1
 
+    async def _replicate(self, request: Replicate) -> None:
+        """The client is a follower (``stig_replicate``): the connection is its
+        replication stream from now on (stig/replication/sender.py); shutdown
+        ends it at once, as an idle connection."""
+        from stig.replication.sender import serve_follower
+
+        self._waiting_for_input = True  # nothing it sends awaits an answer
+        if self.stopping:
+            return
+        try:
+            peer = str(self.sock.getpeername())  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            peer = "a follower"
+        await serve_follower(self.engine, self.sock, request, peer)
+
     async def _report_loss(self, handler: Handler) -> None:
         """Writes answered from the POV were lost: say so instead of anything
         pending — as acknowledged writes lost only if a reply was sent after
@@ -373,6 +391,9 @@ class Connection:
             if out:
                 await write()
             if handler.closing:
+                takeover = handler.takeover
+                if takeover is not None:
+                    await self._replicate(takeover)
                 return
             if session.pending_bytes and self._brake_needed():  # no coroutine otherwise
                 await self._brake()

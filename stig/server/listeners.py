@@ -41,6 +41,7 @@ import trio
 from stig.core.replies import send_all
 from stig.engine.certificates import TlsCertificates, TlsError
 from stig.engine.engine import Engine
+from stig.engine.readiness import Hold
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
 from stig.server.connection import Connection
@@ -287,6 +288,13 @@ async def serve(
             system.start_soon(_watch_stalled_reads, engine, watchdog)
             pings = trio.CancelScope()
             system.start_soon(_keep_alive, notifier, pings)
+            following = trio.CancelScope()
+            if engine.follower is not None:
+                # Before the listeners open: READY=1 waits until it caught up.
+                hold = engine.readiness.hold(
+                    f"catching up with the primary at {engine.follower.primary}"
+                )
+                system.start_soon(_follow, engine, following, hold)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -307,6 +315,7 @@ async def serve(
                         )
             signals_scope.cancel()
             watchdog.cancel()
+            following.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
             pings.cancel()
@@ -315,6 +324,23 @@ async def serve(
             await engine.close()
         log.info("stig stopped; LMDB closed")
         notifier.close()
+
+
+async def _follow(engine: Engine, scope: trio.CancelScope, hold: Hold) -> None:
+    """A follower (``--replica-of``): follow the primary until shutdown or a
+    promotion (``stig_promote``: then tell the former primary of the new
+    epoch); ``hold`` is released once it has caught up (``READY=1``), or
+    is promoted."""
+    from stig.replication.follower import fence_former_primary, follow
+
+    state = engine.follower
+    assert state is not None
+    with scope:
+        await follow(engine, hold)
+        await state.promoted.wait()  # it stopped for a promotion: its end
+        if engine.follower is None and engine.former_primary is not None:
+            hold.release()
+            await fence_former_primary(engine, engine.former_primary, engine.store.log_state.epoch)
 
 
 async def _watch_stalled_reads(engine: Engine, scope: trio.CancelScope) -> None:

@@ -25,10 +25,12 @@ from typing import Literal, NamedTuple, overload
 
 import lmdb
 
+from stig.storage import replog
 from stig.storage.dirlock import FILE_MODE, DirLock
 from stig.storage.held import MAP_GREW, HeldReads
 from stig.storage.ops import Op, Outcome, Put
 from stig.storage.records import HEADER, Item, decode, encode
+from stig.storage.replog import CLEAR_EFFECT, EFFECT, PUT, LogBounds, LogState
 
 _U64 = struct.Struct(">Q")
 _CAS_KEY = b"cas"
@@ -36,6 +38,7 @@ _BYTES_KEY = b"bytes"
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
 _CAS_CEILING = 2**63  # explicit cas values at or above this do not move the counter
 _HEADER_PACK = HEADER.pack
+_EFFECT_PACK = EFFECT.pack
 #: The keys of a disk-space probe's ballast in the meta table (:meth:`Store.probe`).
 PROBE_PREFIX = b"probe:"
 #: Each ballast record fills one overflow page of 4 KiB (a 16-byte page header).
@@ -67,8 +70,12 @@ class _WriteView:
         items: lmdb._Database,
         next_cas: int,
         max_value_size: int = 2**62,
+        effects: list[bytes] | None = None,
     ) -> None:
         self._txn = txn
+        #: What the transaction does, for the replication log
+        #: (stig/storage/replog.py); None: not recorded.
+        self.effects = effects
         self.max_value_size = max_value_size
         self._items = items
         self.next_cas = next_cas
@@ -96,7 +103,10 @@ class _WriteView:
         elif self.next_cas < cas < _CAS_CEILING:
             self.next_cas = cas
         item = self.last_put = Item(value, flags, cas, state)
-        old = self._txn.replace(key, encode(item), db=self._items)
+        record = encode(item)
+        old = self._txn.replace(key, record, db=self._items)
+        if self.effects is not None:
+            self.effects += (_EFFECT_PACK(PUT, len(key), len(record)), key, record)
         self.byte_delta += len(value) - (0 if old is None else len(old) - 13)
         return cas
 
@@ -105,10 +115,14 @@ class _WriteView:
         if old is None:
             return False
         self.byte_delta -= len(old) - 13
+        if self.effects is not None:
+            self.effects.append(replog.delete_effect(key))
         return True
 
     def clear(self) -> None:
         self._txn.drop(self._items, delete=False)
+        if self.effects is not None:
+            self.effects.append(CLEAR_EFFECT)
         self.cleared = True  # the byte total restarts from zero
         self.byte_delta = 0
 
@@ -131,6 +145,8 @@ class _WriteView:
         stored = Outcome.STORED
         cas = self.next_cas
         delta = 0
+        effects = self.effects
+        effect = _EFFECT_PACK
         for ops in batches:
             outcomes: list[Outcome] = []
             append = outcomes.append
@@ -139,8 +155,11 @@ class _WriteView:
                 if op.__class__ is Put and op.new_cas is None:
                     cas += 1
                     value = op.value
-                    old = replace(op.key, pack(op.flags, cas, 0) + value, db=items)
+                    record = pack(op.flags, cas, 0) + value
+                    old = replace(op.key, record, db=items)
                     delta += len(value) if old is None else len(value) + 13 - len(old)
+                    if effects is not None:
+                        effects += (effect(PUT, len(op.key), len(record)), op.key, record)
                     append(stored)
                     fast_last = True
                 else:
@@ -187,7 +206,7 @@ class Store:
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,
-            max_dbs=2,
+            max_dbs=4,
             sync=True,
             metasync=True,
             writemap=False,
@@ -208,6 +227,14 @@ class Store:
         self.max_value_size = 2**62
         self._items = self.env.open_db(b"items")
         self._meta = self.env.open_db(b"meta")
+        # The commit sequence and the replication log (stig/storage/replog.py).
+        self._repl = self.env.open_db(b"repl")
+        self._replog = self.env.open_db(b"replog")
+        #: ``--replication-log-bytes`` and ``--replication-log-seconds``.
+        self.log_bounds = LogBounds()
+        #: Whether groups are written to the replication log (their sequence
+        #: numbers are counted either way).
+        self.log_enabled = True
         #: ``read_txn()`` as one call in C: a read-only transaction on the items
         #: (the hot path of every get begins one).
         self.begin_read: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
@@ -220,6 +247,10 @@ class Store:
             self.last_cas = self._read_u64(txn, _CAS_KEY)
             self.total_bytes = self._read_u64(txn, _BYTES_KEY)
             leftover = bool(self._probe_keys(txn))
+            #: The sequence number, epoch and log bounds as the last commit left them.
+            self.log_state = replog.read_state(txn, self._repl)
+            #: A later primary this server was told of (stig_fence).
+            self.fence_state = replog.read_fence(txn, self._repl)
         if leftover:  # a crash in the middle of a probe
             try:
                 self._drop_probe()
@@ -325,21 +356,215 @@ class Store:
                 # The counters are read inside the write transaction, never
                 # from a copy: the stored values are the only truth.
                 meta = self._meta
+                effects: list[bytes] | None = [b""] if self.log_enabled else None
                 view = _WriteView(
-                    txn, self._items, self._read_u64_in(txn, _CAS_KEY, meta), self.max_value_size
+                    txn,
+                    self._items,
+                    self._read_u64_in(txn, _CAS_KEY, meta),
+                    self.max_value_size,
+                    effects,
                 )
                 results = view.apply_batches(batches)
                 before = 0 if view.cleared else self._read_u64_in(txn, _BYTES_KEY, meta)
                 total = before + view.byte_delta
                 txn.put(_CAS_KEY, _U64.pack(view.next_cas), db=self._meta)
                 txn.put(_BYTES_KEY, _U64.pack(max(total, 0)), db=self._meta)
+                state = self._next_group(txn, effects, view.next_cas)
                 if before_commit is not None:
                     before_commit()
         except lmdb.MapFullError as exc:
             raise MapFull() from exc
         self.last_cas = view.next_cas
         self.total_bytes = max(total, 0)
+        self.log_state = state
         return results
+
+    def _next_group(
+        self, txn: lmdb.Transaction, effects: list[bytes] | None, last_cas: int
+    ) -> LogState:
+        """Number the group this transaction commits and log its ``effects``
+        (whose first piece is a placeholder for the entry's header), in
+        the same transaction; returns the numbers the commit leaves."""
+        state = replog.read_state(txn, self._repl)
+        seq = state.seq + 1
+        if effects is None:
+            state.seq = seq
+            state.log_first = seq + 1  # nothing logged: a follower needs a snapshot
+            if state.log_bytes:
+                replog.reset(txn, self._replog, state, seq)
+        else:
+            now = replog.now_ms()
+            effects[0] = replog.ENTRY_HEAD.pack(state.epoch, now, last_cas)
+            entry = b"".join(effects)
+            replog.append(txn, self._replog, state, seq, entry, self.log_bounds, now)
+        replog.write_state(txn, self._repl, state)
+        return state
+
+    # -- a follower's writes (stig/replication/follower.py) --------------------
+
+    def apply_replicated(self, groups: Sequence[tuple[int, bytes]]) -> None:
+        """Apply a primary's logged groups, in order, in ONE durable transaction:
+        each group's effects as they are (the primary's records and cas
+        values), logged under the primary's sequence numbers, and the last
+        of them stored as this store's sequence number.  Raises ``ValueError``
+        (nothing applied) when a group is not the next one, :class:`MapFull`
+        as :meth:`apply` does."""
+        try:
+            with self.env.begin(write=True) as txn:
+                state = replog.read_state(txn, self._repl)
+                view = _WriteView(txn, self._items, 0)
+                last_cas = self._read_u64_in(txn, _CAS_KEY, self._meta)
+                for seq, raw in groups:
+                    if seq != state.seq + 1:
+                        raise ValueError(f"group {seq} does not follow {state.seq}")
+                    entry = replog.decode(raw)
+                    for effect in entry.effects:
+                        if effect.kind == PUT:
+                            old = txn.replace(effect.key, effect.record, db=self._items)
+                            size = len(effect.record) - 13
+                            view.byte_delta += size if old is None else size + 13 - len(old)
+                        elif effect.kind == replog.DELETE:
+                            view.delete(effect.key)
+                        else:
+                            view.clear()
+                    last_cas = max(last_cas, entry.last_cas)
+                    if entry.epoch != state.epoch:
+                        if entry.epoch < state.epoch:
+                            raise ValueError(f"group {seq} is of an earlier epoch {entry.epoch}")
+                        replog.set_epoch_start(txn, self._repl, entry.epoch, seq)
+                    state.epoch = entry.epoch
+                    if self.log_enabled:
+                        replog.append(
+                            txn, self._replog, state, seq, raw, self.log_bounds, replog.now_ms()
+                        )
+                    else:
+                        replog.reset(txn, self._replog, state, seq)
+                before = 0 if view.cleared else self._read_u64_in(txn, _BYTES_KEY, self._meta)
+                total = max(before + view.byte_delta, 0)
+                txn.put(_CAS_KEY, _U64.pack(last_cas), db=self._meta)
+                txn.put(_BYTES_KEY, _U64.pack(total), db=self._meta)
+                replog.write_state(txn, self._repl, state)
+        except lmdb.MapFullError as exc:
+            raise MapFull() from exc
+        self.last_cas = last_cas
+        self.total_bytes = total
+        self.log_state = state
+
+    def load_snapshot(
+        self,
+        records: Iterable[tuple[bytes, bytes]],
+        seq: int,
+        epoch: int,
+        last_cas: int,
+        epoch_starts: dict[int, int],
+    ) -> None:
+        """Replace every item by ``records`` (key, record) — a primary's
+        snapshot taken at ``seq``, with its epoch history — in ONE durable
+        transaction, with an empty log and ``seq`` as this store's sequence
+        number: a crash leaves the old state or the new one whole.  Raises
+        :class:`MapFull` as :meth:`apply`."""
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.drop(self._items, delete=False)
+                total = 0
+                put = txn.put
+                items = self._items
+                for key, record in records:
+                    put(key, record, db=items)
+                    total += len(record) - 13
+                state = replog.read_state(txn, self._repl)
+                replog.reset(txn, self._replog, state, seq)
+                state.epoch = epoch
+                replog.replace_epoch_starts(txn, self._repl, epoch_starts)
+                txn.put(_CAS_KEY, _U64.pack(last_cas), db=self._meta)
+                txn.put(_BYTES_KEY, _U64.pack(total), db=self._meta)
+                replog.write_state(txn, self._repl, state)
+        except lmdb.MapFullError as exc:
+            raise MapFull() from exc
+        self.last_cas = last_cas
+        self.total_bytes = total
+        self.log_state = state
+
+    # -- taking over (docs/replication.md) ----------------------------------------
+
+    def begin_epoch(self) -> LogState:
+        """Make this store a primary's of a new epoch — one past its own and
+        past any it was fenced by — in ONE durable transaction: the epoch
+        begins with an empty group (logged, so followers learn the epoch
+        and where it starts), recorded in the epoch history.  Only while
+        nothing else writes (a follower that stopped following)."""
+        try:
+            with self.env.begin(write=True) as txn:
+                repl = self._repl
+                state = replog.read_state(txn, repl)
+                state.epoch = max(state.epoch, replog.read_fence(txn, repl).epoch) + 1
+                replog.set_epoch_start(txn, repl, state.epoch, state.seq + 1)
+                replog.write_state(txn, repl, state)
+                last_cas = self._read_u64_in(txn, _CAS_KEY, self._meta)
+                state = self._next_group(txn, [b""] if self.log_enabled else None, last_cas)
+        except lmdb.MapFullError as exc:
+            raise MapFull() from exc
+        self.log_state = state
+        return state
+
+    def fence(self, epoch: int, by: str) -> bool:
+        """Remember, durably, that a primary of ``epoch`` exists (``by`` says
+        who told); True when that is news: later than this store's epoch and
+        than any fence before."""
+        with self.env.begin(write=True) as txn:
+            state = replog.read_state(txn, self._repl)
+            fence = replog.read_fence(txn, self._repl)
+            if epoch <= max(state.epoch, fence.epoch):
+                return False
+            fence = replog.Fence(epoch, by)
+            replog.write_fence(txn, self._repl, fence)
+        self.fence_state = fence
+        return True
+
+    @property
+    def fenced(self) -> bool:
+        """Whether a primary of a later epoch than this store's is known."""
+        return self.fence_state.epoch > self.log_state.epoch
+
+    def epoch_starts(self, txn: lmdb.Transaction) -> dict[int, int]:
+        """The epoch history as ``txn`` sees it (stig/storage/replog.py)."""
+        return replog.epoch_starts(txn, self._repl)
+
+    def log_txn(self) -> lmdb.Transaction[bytes]:
+        """A read-only snapshot of the whole environment (items, sequence
+        number and log agree in it); the caller aborts it before any wait,
+        or registers it in :attr:`long_reads`."""
+        return self.env.begin()
+
+    def cas_counter(self, txn: lmdb.Transaction) -> int:
+        """The cas counter as ``txn`` sees it."""
+        return self._read_u64_in(txn, _CAS_KEY, self._meta)
+
+    def read_log_state(self, txn: lmdb.Transaction) -> LogState:
+        return replog.read_state(txn, self._repl)
+
+    def log_entries(
+        self, txn: lmdb.Transaction, after: int, max_bytes: int
+    ) -> list[tuple[int, bytes]]:
+        """The logged groups after ``after`` in ``txn``, about ``max_bytes`` of them."""
+        return list(replog.entries_after(txn, self._replog, after, max_bytes))
+
+    def log_after(self, after: int) -> tuple[int, int | None]:
+        """The bytes of the logged groups after ``after``, and the commit time
+        (ms) of the first of them (None: none) — a follower's lag (``stats``)."""
+        with self.env.begin(buffers=True) as txn:
+            cursor = txn.cursor(db=self._replog)
+            if not cursor.set_range(replog.U64.pack(after + 1)):
+                return 0, None
+            first_ms = replog.entry_time_ms(cursor.value())
+            total = 0
+            for value in cursor.iternext(keys=False, values=True):
+                total += len(value)
+            return total, first_ms
+
+    def item_records(self, txn: lmdb.Transaction[bytes]) -> lmdb.Cursor[bytes]:
+        """A cursor over every (key, record) of the items in ``txn``."""
+        return txn.cursor(db=self._items)
 
     def probe(self, largest: int, nbytes: int) -> None:
         """Prove the disk has room again (stig/engine/refusal.py): commit one

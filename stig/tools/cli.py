@@ -282,6 +282,70 @@ def main() -> None:
     help="Serve TLS on this port and keep --port plain (default: --port is TLS).",
 )
 @click.option(
+    "--replication-log-bytes",
+    default="64m",
+    show_default=True,
+    type=SizeParam(),
+    help="Keep the newest committed groups up to this size for followers to catch "
+    "up from (one more behind starts from a snapshot); 0: no log, no follower.",
+)
+@click.option(
+    "--replication-log-seconds",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="...and no older than this; 0: no age bound.",
+)
+@click.option(
+    "--replica-of",
+    default=None,
+    metavar="HOST:PORT",
+    help="Follow this primary: apply its commits, serve reads, refuse writes.",
+)
+@click.option("--replica-tls", is_flag=True, help="Reach the primary over TLS.")
+@click.option(
+    "--replica-tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM CA certificates the primary's certificate must chain to.",
+)
+@click.option(
+    "--replica-tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM client certificate for a primary that verifies clients.",
+)
+@click.option(
+    "--replica-tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="PEM private key of --replica-tls-cert (if not in the same file).",
+)
+@click.option(
+    "--replica-auth-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A file whose first line is user:password, to log in to a primary "
+    "that runs with --auth-file.",
+)
+@click.option(
+    "--min-replica-acks",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Replies that acknowledge writes wait until this many followers have "
+    "them on disk (implies waiting for the local commit, as --durable-acks); "
+    "on a --replica-of, from its promotion on.",
+)
+@click.option(
+    "--replica-ack-timeout-ms",
+    default=5000.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="With too few followers acknowledging, such a reply waits this long, "
+    "then the connection gets SERVER_ERROR and is closed.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -317,9 +381,30 @@ def serve(
     tls_ca: Path | None,
     tls_verify_clients: bool,
     tls_port: int | None,
+    replication_log_bytes: int,
+    replication_log_seconds: float,
+    replica_of: str | None,
+    replica_tls: bool,
+    replica_tls_ca: Path | None,
+    replica_tls_cert: Path | None,
+    replica_tls_key: Path | None,
+    replica_auth_file: Path | None,
+    min_replica_acks: int,
+    replica_ack_timeout_ms: float,
     log_level: str,
 ) -> None:
     """Serve the memcached text, meta and binary protocols on one port."""
+    if replica_of is not None:
+        from stig.replication.follower import parse_address
+
+        try:
+            parse_address(replica_of)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--replica-of'") from None
+    elif replica_tls or replica_tls_ca or replica_tls_cert or replica_auth_file:
+        raise click.UsageError("the --replica-* options need --replica-of")
+    if min_replica_acks and not replication_log_bytes:
+        raise click.UsageError("--min-replica-acks needs the log (--replication-log-bytes > 0)")
     _check_transport(unix_socket, tls_cert, tls_key, tls_ca, tls_verify_clients, tls_port)
     if auth_file is not None:
         from stig.engine.auth import Authenticator, AuthFileError
@@ -361,6 +446,16 @@ def serve(
         tls_ca=tls_ca,
         tls_verify_clients=tls_verify_clients,
         tls_port=tls_port,
+        replication_log_bytes=replication_log_bytes,
+        replication_log_seconds=replication_log_seconds,
+        replica_of=replica_of,
+        replica_tls=replica_tls or replica_tls_ca is not None or replica_tls_cert is not None,
+        replica_tls_ca=replica_tls_ca,
+        replica_tls_cert=replica_tls_cert,
+        replica_tls_key=replica_tls_key,
+        replica_auth_file=replica_auth_file,
+        min_replica_acks=min_replica_acks,
+        replica_ack_timeout_ms=replica_ack_timeout_ms,
     )
     from stig.engine.certificates import TlsError, build_context
     from stig.server.listeners import Listener
@@ -614,6 +709,44 @@ def load(file: BinaryIO, server: str, batch: int, quiet: bool) -> None:
         )
     if report.refused:
         raise click.ClickException(f"{len(report.refused)} item(s) refused")
+
+
+@main.command()
+@click.argument("server", metavar="HOST:PORT")
+@click.option(
+    "--auth-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="First line user:password: the login, if the follower has --auth-file.",
+)
+@click.option("--tls", is_flag=True, help="Talk to the follower over TLS.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM CA the follower's certificate must chain to (implies --tls).",
+)
+@_QUIET
+def promote(
+    server: str, auth_file: Path | None, tls: bool, tls_ca: Path | None, quiet: bool
+) -> None:
+    """Make the follower at HOST:PORT a primary of a new epoch (failover).
+
+    It stops following, stores the new epoch, accepts writes at once, and
+    tells its former primary (when that answers) to stop acting as one.
+    Stop or fence the old primary first (docs/replication.md).
+
+    \b
+    Example:
+        stig promote 10.0.0.2:11211
+    """
+    from stig.tools.envtools import ToolError
+    from stig.tools.failover import promote as promote_server
+
+    try:
+        epoch, seq = promote_server(server, auth_file=auth_file, tls=tls, tls_ca=tls_ca)
+    except ToolError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(f"{server} is a primary of epoch {epoch} from group {seq}", err=True)
 
 
 # -- scaling out: adding a node to a ring ----------------------------------------------

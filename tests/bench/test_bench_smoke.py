@@ -127,6 +127,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
     tls = by[("stig tls", "get", 16)]["status"]
     assert "openssl not installed" in tls or "time budget" in tls, tls
 
+    # Replicated writes: Stig alone (and durable), with a follower, with --min-replica-acks 1.
+    for mode in ("alone", "durable", "async", "sync"):
+        for depth in (1, 16):
+            row = by[(f"stig {mode}", f"repl text set d={depth} 100B", depth)]
+            assert row["status"] == "ok" or row["status"].startswith("skipped ("), row
+            assert row["status"] != "ok" or row["errors"] == 0, row
+
     started = data["started_pids"]
     assert started, "the harness reported no processes"
     left = {pid: cmd for pid in started if (cmd := _running(pid))}

@@ -4,9 +4,7 @@
   warning to it: any output fails the test).  It wants ``ExecStart``'s
   program to exist, so each unit is verified as a copy in a temporary
   directory whose ``/usr/local/bin/stig`` is a script this test makes.
-* Every option of their ``ExecStart`` is one ``stig serve --help`` lists —
-  but for the follower's ``--replica-*`` options while ``stig serve`` has no
-  ``--replica-of`` yet (issue 22: built on its own branch).
+* Every option of their ``ExecStart`` is one ``stig serve --help`` lists.
 * The numbers agree: ``TimeoutStopSec`` above ``--shutdown-grace-ms``,
   ``LimitNOFILE`` above ``--max-connections``.
 * docs/operations.md quotes each file whole.
@@ -91,12 +89,7 @@ def test_every_option_of_exec_start_is_one_stig_serve_knows(name: str) -> None:
     assert command.startswith(f"{INSTALLED_PATH} serve ")
     options = re.findall(r"(?<!\S)(--[a-z][a-z-]*)", command)
     known = set(re.findall(r"(?<!\S)(--[a-z][a-z-]*)", _serve_help()))
-    replication_built = "--replica-of" in known
-    unknown = [
-        option
-        for option in options
-        if option not in known and (replication_built or not option.startswith("--replica"))
-    ]
+    unknown = [option for option in options if option not in known]
     assert not unknown, f"{name}: stig serve has no {unknown}"
     assert ("--replica-of" in options) == (name == "stig-replica.service")
 

@@ -91,11 +91,13 @@ MAY_IMPORT: dict[str, set[str]] = {
     "engine": {"stig.storage", "stig.engine", "protocol.limits"},
     "core": {"stig.storage", "stig.engine", "stig.core", "protocol"},
     "frontends": {"stig.storage", "stig.engine", "stig.core", "stig.frontends", "protocol"},
+    "replication": {"stig.storage", "stig.engine", "stig.replication", "protocol"},
     "server": {
         "stig.storage",
         "stig.engine",
         "stig.core",
         "stig.frontends",
+        "stig.replication",
         "stig.server",
         "protocol",
     },

@@ -1,0 +1,78 @@
+"""The replication lines of ``stats`` and ``stats settings`` (docs/replication.md).
+
+Both sides show their role, epoch and sequence numbers, the lag in groups,
+bytes and milliseconds, and the connected followers; a primary its log and
+what its followers acknowledged, a follower its link to the primary.
+"""
+
+from __future__ import annotations
+
+from stig.engine.engine import Engine
+from stig.storage.replog import now_ms
+
+
+def replication_stats(engine: Engine) -> list[tuple[str, object]]:
+    store = engine.store
+    state = store.log_state
+    hub = engine.replicas
+    follower = engine.follower
+    pairs: list[tuple[str, object]] = [
+        ("replication_role", "primary" if follower is None else "replica"),
+        ("replication_epoch", state.epoch),
+        ("connected_replicas", len(hub.replicas)),
+        ("replication_log_bytes", state.log_bytes),
+        ("replication_log_groups", max(state.log_groups, 0)),
+        ("replication_log_first_seq", state.log_first),
+        # A later epoch this server was told of: > replication_epoch, it is
+        # fenced (refuses writes and followers as a primary).
+        ("replication_fenced_epoch", store.fence_state.epoch),
+        ("replication_fenced", int(store.fenced)),
+    ]
+    if follower is None:
+        # The slowest connected follower: what it has applied, how far behind.
+        applied = min((r.acked_seq for r in hub.replicas), default=state.seq)
+        lag_bytes, first_ms = store.log_after(applied)
+        pairs += [
+            ("replication_seq", state.seq),
+            ("replication_applied_seq", applied),
+            ("replication_lag_groups", state.seq - applied),
+            ("replication_lag_bytes", lag_bytes),
+            ("replication_lag_ms", 0 if first_ms is None else max(now_ms() - first_ms, 0)),
+            ("replication_snapshots_sent", hub.snapshots_sent),
+            ("replication_ack_timeouts", hub.ack_timeouts),
+        ]
+        for index, replica in enumerate(hub.replicas):
+            pairs.append((f"replica_{index}_acked_seq", replica.acked_seq))
+        return pairs
+    applied = follower.applied_seq
+    behind = max(follower.primary_seq - applied, 0)
+    lag_ms = (
+        max(now_ms() - follower.applied_time_ms, 0) if behind and follower.applied_time_ms else 0
+    )
+    return [
+        *pairs,
+        ("replication_primary", follower.primary),
+        ("replication_connected", int(follower.connected)),
+        ("replication_seq", max(follower.primary_seq, applied)),
+        ("replication_applied_seq", applied),
+        ("replication_lag_groups", behind),
+        ("replication_lag_bytes", follower.pending_bytes),
+        ("replication_lag_ms", lag_ms),
+        ("replication_connects", follower.connects),
+        ("replication_snapshots_loaded", follower.snapshots),
+        ("replication_groups_applied", follower.groups_applied),
+        ("replication_groups_discarded", follower.groups_discarded),
+        ("replication_groups_saved", follower.groups_saved),
+        ("replication_last_error", follower.last_error.replace(" ", "_") or "none"),
+    ]
+
+
+def replication_settings(engine: Engine) -> list[tuple[str, object]]:
+    settings = engine.settings
+    return [
+        ("stig_replication_log_bytes", settings.replication_log_bytes),
+        ("stig_replication_log_seconds", settings.replication_log_seconds),
+        ("stig_replica_of", settings.replica_of or "none"),
+        ("stig_min_replica_acks", settings.min_replica_acks),
+        ("stig_replica_ack_timeout_ms", settings.replica_ack_timeout_ms),
+    ]

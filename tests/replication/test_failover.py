@@ -1,0 +1,365 @@
+"""Taking over (issue 22 item 4): ``stig promote``, epochs, a fenced old
+primary, and an old primary rejoining as a follower that discards (and
+saves) the groups it had alone.  Real processes, real LMDB; waits poll
+``stats`` or a reply, never a sleep.
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from protocol.binary import Opcode, Status
+from stig.replication import wire
+from stig_testkit.crashrig import LazyMount, fuse_unavailable
+from stig_testkit.process import CODE_ROOT, StigProcess, child_env
+from stig_testkit.waiting import wait_for_stats
+
+Factory = Callable[..., StigProcess]
+
+
+def _records(data_dir: Path) -> dict[bytes, bytes]:
+    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=4, create=False)
+    try:
+        with env.begin() as txn:
+            db = env.open_db(b"items", txn=txn, create=False)
+            return {bytes(k): bytes(v) for k, v in txn.cursor(db=db)}
+    finally:
+        env.close()
+
+
+def _address(server: StigProcess) -> str:
+    return f"{server.host}:{server.port}"
+
+
+def _promote(server: StigProcess) -> subprocess.CompletedProcess[str]:
+    """``stig promote HOST:PORT``, the operator's command, as a process."""
+    return subprocess.run(
+        [sys.executable, "-m", "stig", "promote", _address(server)],
+        cwd=CODE_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _caught_up(follower: StigProcess, primary: StigProcess) -> dict[str, str]:
+    primary.settle()
+    target = int(primary.stats()["replication_seq"])
+    return wait_for_stats(
+        follower,
+        lambda s: int(s["replication_applied_seq"]) >= target,
+        what=f"the follower applying group {target}",
+    )
+
+
+def test_stig_promote_makes_a_follower_a_primary_of_a_new_epoch(stig_factory: Factory) -> None:
+    primary = stig_factory()
+    primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
+    follower = stig_factory("--replica-of", _address(primary))
+    stats = _caught_up(follower, primary)
+    seq = int(stats["replication_applied_seq"])
+    assert stats["replication_epoch"] == "1"
+    done = _promote(follower)
+    assert done.returncode == 0, done.stderr
+    assert f"epoch 2 from group {seq + 1}" in done.stderr
+    stats = follower.stats()
+    assert stats["replication_role"] == "primary"
+    assert stats["replication_epoch"] == "2"
+    assert stats["replication_seq"] == str(seq + 1)  # the epoch's first (empty) group
+    # It takes writes at once, with cas values after the primary's.
+    assert follower.send_recv(b"gets a\r\n").startswith(b"VALUE a 0 1 ")
+    old_cas = int(follower.send_recv(b"gets a\r\n").split()[4])
+    assert follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n") == b"STORED\r\n"
+    assert int(follower.send_recv(b"gets b\r\n").split()[4]) > old_cas
+    # The old primary, still running, hears of the new epoch and is fenced.
+    wait_for_stats(primary, lambda s: s["replication_fenced"] == "1", what="the old primary fenced")
+    refused = primary.send_recv(b"set c 0 0 1\r\n3\r\n", b"\r\n")
+    assert refused.startswith(b"SERVER_ERROR fenced: a primary of epoch 2 exists")
+    # Promoting a primary is refused, and says so.
+    again = _promote(follower)
+    assert again.returncode == 1
+    assert "already a primary (epoch 2)" in again.stderr
+
+
+def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_groups(
+    stig_factory: Factory,
+) -> None:
+    primary = stig_factory()
+    follower = stig_factory("--replica-of", _address(primary))
+    writer = primary.connect()
+    for i in range(5):
+        assert writer.send_recv(b"set k%d 0 0 1\r\n%d\r\n" % (i, i), b"\r\n") == b"STORED\r\n"
+    shared = int(_caught_up(follower, primary)["replication_applied_seq"])
+    follower.terminate()  # the follower falls behind: what comes next is the old primary's alone
+    for i in range(7):
+        assert writer.send_recv(b"set only%d 0 0 1\r\nx\r\n" % i, b"\r\n") == b"STORED\r\n"
+    primary.settle()
+    alone = int(primary.stats()["replication_seq"]) - shared  # groups: commits coalesce
+    assert alone >= 1
+    port = primary.port
+    primary.kill()  # the primary's machine dies
+    follower.start()  # the follower comes back, cannot reach it, and is promoted
+    done = _promote(follower)
+    assert done.returncode == 0, done.stderr
+    assert follower.send_recv(b"set new 0 0 1\r\nn\r\n", b"\r\n") == b"STORED\r\n"
+
+    # The old primary comes back as it was, on its address: the new primary
+    # finds it there and fences it; it refuses writes, and after a restart too.
+    primary.start("--port", str(port))
+    wait_for_stats(
+        primary, lambda s: s["replication_fenced"] == "1", 30.0, "the old primary fenced"
+    )
+    words = b"SERVER_ERROR fenced: a primary of epoch 2 exists"
+    assert primary.send_recv(b"set x 0 0 1\r\n1\r\n", b"\r\n").startswith(words)
+    primary.restart("--port", str(port))
+    assert primary.stats()["replication_fenced"] == "1"
+    assert primary.send_recv(b"delete k1\r\n", b"\r\n").startswith(words)
+    binary = primary.connect_binary()
+    response = binary.call(Opcode.Set, b"x", b"1", struct.pack(">II", 0, 0))
+    assert response.status != Status.NO_ERROR
+    # Followers of a fenced server are refused too.
+    assert primary.send_recv(b"stig_replicate 0 1\r\n", b"\r\n").startswith(b"SERVER_ERROR fenced")
+
+    # It rejoins as a follower of the new primary: its own groups after the
+    # last one both had are discarded, counted, and saved to a file.
+    primary.restart("--port", str(port), "--replica-of", _address(follower))
+    wait_for_stats(primary, lambda s: s["replication_snapshots_loaded"] == "1", 30.0)
+    stats = _caught_up(primary, follower)
+    assert stats["replication_role"] == "replica"
+    assert stats["replication_epoch"] == "2"
+    assert stats["replication_groups_discarded"] == str(alone)
+    assert stats["replication_groups_saved"] == str(alone)
+    assert stats["replication_fenced"] == "0"
+    saved = primary.data_dir / f"diverged-after-{shared}-epoch-1.replog"
+    frames = wire.FrameReader()
+    frames.feed(saved.read_bytes())
+    seqs = []
+    while (frame := frames.next()) is not None:
+        assert frame[0] == wire.GROUP
+        seqs.append(wire.SEQ.unpack_from(frame[1])[0])
+    assert seqs == list(range(shared + 1, shared + alone + 1))
+    assert _records(primary.data_dir) == _records(follower.data_dir)
+    assert primary.send_recv(b"get only0 new\r\n") == b"VALUE new 0 1\r\nn\r\nEND\r\n"
+
+
+def test_a_follower_started_with_min_replica_acks_keeps_it_once_promoted(
+    stig_factory: Factory,
+) -> None:
+    """``--min-replica-acks`` on a follower applies from its promotion on: the
+    new primary never acknowledges a write its own follower lacks — none at
+    first (the bound, then SERVER_ERROR), then the old primary rejoined."""
+    primary = stig_factory()
+    primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
+    follower = stig_factory(
+        "--replica-of",
+        _address(primary),
+        "--min-replica-acks",
+        "1",
+        "--replica-ack-timeout-ms",
+        "300",
+    )
+    _caught_up(follower, primary)
+    refused = follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
+    assert refused.startswith(b"SERVER_ERROR read-only replica of")  # at once, no ack wait
+    port = primary.port
+    primary.terminate()
+    assert _promote(follower).returncode == 0
+    failed = follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
+    assert failed.startswith(b"SERVER_ERROR only 0 of --min-replica-acks 1 followers"), failed
+    primary.start("--port", str(port), "--replica-of", _address(follower))
+    wait_for_stats(follower, lambda s: s["connected_replicas"] == "1", what="the old primary back")
+    assert follower.send_recv(b"set c 0 0 1\r\n3\r\n", b"\r\n") == b"STORED\r\n"
+    assert primary.send_recv(b"get c\r\n") == b"VALUE c 0 1\r\n3\r\nEND\r\n"  # no wait: acked
+    assert primary.stats()["replication_groups_discarded"] == "0"
+
+
+def test_a_second_follower_repointed_to_the_promoted_one_follows_on_from_the_log(
+    stig_factory: Factory,
+) -> None:
+    """A follower that had nothing the new primary lacks is not diverged: it
+    follows on from its own group, through the new epoch's first group."""
+    primary = stig_factory()
+    promoted = stig_factory("--replica-of", _address(primary))
+    other = stig_factory("--replica-of", _address(primary))
+    primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
+    _caught_up(promoted, primary)
+    _caught_up(other, primary)
+    primary.terminate()
+    assert _promote(promoted).returncode == 0
+    assert promoted.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n") == b"STORED\r\n"
+    other.restart("--replica-of", _address(promoted))
+    stats = _caught_up(other, promoted)
+    assert stats["replication_epoch"] == "2"
+    assert stats["replication_snapshots_loaded"] == "0"  # from the log, not a snapshot
+    assert stats["replication_groups_discarded"] == "0"
+    assert _records(other.data_dir) == _records(promoted.data_dir)
+    # It knows where epoch 2 began, as its primary does: were it promoted in
+    # turn, it would judge a rejoining server as the new primary would.
+    assert other.send_recv(b"stig_promote\r\n", b"\r\n") == b"PROMOTED 3 %d\r\n" % (
+        int(stats["replication_applied_seq"]) + 1
+    )
+
+
+class _Writer(threading.Thread):
+    """Writes unique keys in one protocol until the server goes; keeps every
+    write the server acknowledged, with the cas the reply gave (if any)."""
+
+    def __init__(self, server: StigProcess, protocol: str) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.protocol = protocol
+        self.acked: dict[bytes, tuple[bytes, int | None]] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            if self.protocol == "binary":
+                self._binary()
+            else:
+                self._text()
+        except Exception as exc:  # the server was SIGKILLed: the end
+            self.error = exc
+
+    def _text(self) -> None:
+        conn = self.server.connect(timeout=30)
+        name = self.protocol.encode()
+        for i in range(1_000_000):
+            key, value = b"%s%d" % (name, i), b"v%d" % i
+            if self.protocol == "text":
+                reply = conn.send_recv(
+                    b"set %b 0 0 %d\r\n%b\r\n" % (key, len(value), value), b"\r\n"
+                )
+                if reply != b"STORED\r\n":
+                    return
+                self.acked[key] = (value, None)
+            else:  # meta, with the cas in the reply
+                reply = conn.send_recv(b"ms %b %d c\r\n%b\r\n" % (key, len(value), value), b"\r\n")
+                if not reply.startswith(b"HD c"):
+                    return
+                self.acked[key] = (value, int(reply.split()[1][1:]))
+
+    def _binary(self) -> None:
+        conn = self.server.connect_binary(timeout=30)
+        for i in range(1_000_000):
+            key, value = b"binary%d" % i, b"v%d" % i
+            response = conn.call(Opcode.Set, key, value, struct.pack(">II", 0, 0))
+            if response.status != Status.NO_ERROR:
+                return
+            self.acked[key] = (value, response.cas)
+
+
+@pytest.mark.parametrize("also_kill_follower", [False, True], ids=["primary", "both"])
+def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_promote(
+    stig_factory: Factory, also_kill_follower: bool
+) -> None:
+    """SIGKILL of the primary mid-load, then ``stig promote``: every write
+    acknowledged in text, meta or binary is on the new primary, with its
+    cas.  ``both``: the follower is SIGKILLed first and restarted, so only
+    what is on its disk counts, not what its socket had received (the case
+    that fails when replies do not wait for the follower's ACK)."""
+    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
+    follower = stig_factory("--replica-of", _address(primary))
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
+    writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
+    for writer in writers:
+        writer.start()
+    # SIGKILL mid-load: every writer has had acknowledgements and is writing.
+    wait_for_stats(
+        primary,
+        lambda s: all(len(w.acked) >= 100 for w in writers),
+        30.0,
+        "100 acknowledged writes per protocol",
+    )
+    if also_kill_follower:
+        follower.kill()
+    primary.kill()
+    for writer in writers:
+        writer.join(60)
+        assert not writer.is_alive()
+    if also_kill_follower:
+        follower.start()
+    done = _promote(follower)
+    assert done.returncode == 0, done.stderr
+    assert follower.stats()["replication_role"] == "primary"
+    conn = follower.connect()
+    lost = []
+    for writer in writers:
+        for key, (value, cas) in writer.acked.items():
+            reply = conn.send_recv(b"gets %b\r\n" % key)
+            head = reply.split(b"\r\n")[0].split()
+            if len(head) != 5 or reply.split(b"\r\n")[1] != value:
+                lost.append(key)
+            elif cas is not None and int(head[4]) != cas:
+                lost.append(key + b" (cas)")
+    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert sum(len(w.acked) for w in writers) >= 300
+    # The promoted follower takes writes.
+    assert conn.send_recv(b"set after 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
+
+
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+@pytest.mark.parametrize("seed", [20261207, 20261208])
+def test_a_power_cut_of_the_follower_then_the_primary_lost_loses_nothing_acknowledged(
+    stig_factory: Factory, tmp_path: Path, seed: int
+) -> None:
+    """The follower's data directory on lazyfs (it forgets what was not
+    fsynced): under ``--min-replica-acks 1``, the follower is SIGKILLed and
+    its power cut mid-load, the primary SIGKILLed; the follower restarts on
+    what its disk kept and is promoted: every acknowledged write is there,
+    with its cas — its ``ACK`` came only after its fsync."""
+    fs = LazyMount(tmp_path / "backing", tmp_path / "mount", tmp_path / "fs-logs")
+    fs.start(seed)
+    follower: StigProcess | None = None
+    try:
+        primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
+        follower = stig_factory(
+            "--replica-of", _address(primary), data_dir=tmp_path / "mount" / "data"
+        )
+        wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="connected")
+        writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
+        for writer in writers:
+            writer.start()
+        wait_for_stats(
+            primary,
+            lambda s: all(len(w.acked) >= 50 for w in writers),
+            60.0,
+            "50 acknowledged writes per protocol",
+        )
+        assert follower.proc is not None
+        follower.proc.send_signal(signal.SIGKILL)
+        fs.cut()  # what the follower had not fsynced is gone
+        follower.proc.wait(30)
+        primary.kill()
+        for writer in writers:
+            writer.join(60)
+            assert not writer.is_alive()
+        follower.start()
+        done = _promote(follower)
+        assert done.returncode == 0, done.stderr
+        conn = follower.connect()
+        lost = []
+        for writer in writers:
+            for key, (value, cas) in writer.acked.items():
+                reply = conn.send_recv(b"gets %b\r\n" % key)
+                head = reply.split(b"\r\n")[0].split()
+                if len(head) != 5 or reply.split(b"\r\n")[1] != value:
+                    lost.append(key)
+                elif cas is not None and int(head[4]) != cas:
+                    lost.append(key + b" (cas)")
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+        conn.close()
+        follower.terminate()
+    finally:
+        if follower is not None:
+            follower.kill()
+        fs.kill()
