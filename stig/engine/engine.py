@@ -18,6 +18,7 @@ from stig.engine.promoter import Promoter
 from stig.engine.readiness import Readiness
 from stig.engine.settings import Settings
 from stig.engine.stats import CommandStats, PromoterStats
+from stig.engine.writer_link import WriterLink
 from stig.storage.store import Store
 
 if TYPE_CHECKING:
@@ -51,7 +52,18 @@ class Engine:
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
         self.budget = WriteBudget(settings.max_pending_bytes, settings.max_run_wait_ms / 1000.0)
-        self.promoter = Promoter(self.store, self.promoter_stats, budget=self.budget)
+        #: The writer process (``--workers``); None: the commit thread commits.
+        self.writer: WriterLink | None = None
+        if settings.workers:
+            self.writer = WriterLink(self.store, settings.log_level)
+            try:
+                self.writer.start()
+            except BaseException:
+                self.store.close()
+                raise
+        self.promoter = Promoter(
+            self.store, self.promoter_stats, budget=self.budget, link=self.writer
+        )
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None
@@ -71,4 +83,8 @@ class Engine:
     async def close(self) -> None:
         """Commit whatever is queued and close LMDB.  Safe to call twice."""
         await self.promoter.close()
+        if self.writer is not None:
+            # Before the directory lock goes: the writer has stopped when a
+            # new server may start.
+            await trio.to_thread.run_sync(self.writer.close)
         self.store.close()

@@ -179,11 +179,16 @@ class Store:
         path: str | os.PathLike[str],
         map_size: int = INITIAL_MAP_SIZE,
         max_readers: int = 1024,
+        *,
+        lock: bool = True,
     ) -> None:
+        """``lock=False``: for the writer process (docs/workers.md), whose
+        parent holds the directory's lock for it."""
         self.path = Path(path)
         #: LMDB's reader table: one slot per read transaction open at once.
         self.max_readers = max_readers
-        self._lock = DirLock(self.path)  # one writer per directory, until close()
+        # One writer per directory, until close().
+        self._lock = DirLock(self.path) if lock else None
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,
@@ -208,9 +213,7 @@ class Store:
         self.max_value_size = 2**62
         self._items = self.env.open_db(b"items")
         self._meta = self.env.open_db(b"meta")
-        #: ``read_txn()`` as one call in C: a read-only transaction on the items
-        #: (the hot path of every get begins one).
-        self.begin_read: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
+        self._begin_items: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
             self.env.begin, db=self._items
         )
         #: Snapshots held across awaits (streamed replies, quiet get runs, key
@@ -256,8 +259,30 @@ class Store:
 
     # -- reads (any thread) --------------------------------------------------
 
+    def begin_read(self) -> lmdb.Transaction[bytes]:
+        """A read-only transaction on the items (the hot path of every get begins one).
+
+        Adopts a map another process grew (:meth:`adopt_map`) and begins again.
+        """
+        try:
+            return self._begin_items()
+        except lmdb.MapResizedError:
+            self.adopt_map()
+            return self._begin_items()
+
+    def adopt_map(self) -> int:
+        """Take on the map size another process (the writer process) grew the
+        file to: ``MDB_MAP_RESIZED`` in a read transaction begun after it.
+
+        As :meth:`grow`, no transaction may be open in this process: held
+        snapshots are ended first.  Returns the map size now.
+        """
+        self.long_reads.end_all(MAP_GREW)
+        self.env.set_mapsize(0)
+        return self.map_size
+
     def get(self, key: bytes) -> Item | None:
-        txn = self.env.begin(db=self._items)
+        txn = self.begin_read()
         try:
             record = txn.get(key)
         finally:
@@ -276,13 +301,18 @@ class Store:
         registers it in :attr:`long_reads` first (``Snapshot.hold``, the key
         listings), so that :meth:`grow` can end it before remapping the file.
         """
-        if buffers:  # values as memoryviews into the map: valid until the next cursor move
+        if not buffers:
+            return self.begin_read()
+        # values as memoryviews into the map: valid until the next cursor move
+        try:
             return self.env.begin(db=self._items, buffers=True)
-        return self.env.begin(db=self._items)
+        except lmdb.MapResizedError:
+            self.adopt_map()
+            return self.env.begin(db=self._items, buffers=True)
 
     def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
         """All ``keys`` read in one snapshot."""
-        txn = self.env.begin(db=self._items)
+        txn = self.begin_read()
         try:
             get = txn.get
             records = [get(key) for key in keys]
@@ -291,8 +321,11 @@ class Store:
         return [None if r is None else decode(r) for r in records]
 
     def item_count(self) -> int:
-        with self.env.begin() as txn:
+        txn = self.begin_read()
+        try:
             return int(txn.stat(self._items)["entries"])
+        finally:
+            txn.abort()
 
     def disk_bytes(self) -> int:
         info = self.env.info()
@@ -388,4 +421,5 @@ class Store:
 
     def close(self) -> None:
         self.env.close()
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()

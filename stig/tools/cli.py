@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -234,6 +235,13 @@ def main() -> None:
     type=SizeParam(),
     help="Initial LMDB map size; the map doubles by itself whenever it is full.",
 )
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 1),
+    help="1: commit in a writer process of its own (docs/workers.md); 0: on a thread.",
+)
 @click.option("--disable-flush-all", is_flag=True, help="Refuse flush_all.")
 @click.option(
     "--auth-file",
@@ -308,6 +316,7 @@ def serve(
     idle_timeout: float,
     shutdown_grace_ms: float,
     map_size: int,
+    workers: int,
     disable_flush_all: bool,
     auth_file: Path | None,
     unix_socket: Path | None,
@@ -351,6 +360,7 @@ def serve(
         idle_timeout=idle_timeout,
         shutdown_grace_ms=shutdown_grace_ms,
         map_size=map_size,
+        workers=workers,
         disable_flush_all=disable_flush_all,
         auth_file=auth_file,
         log_level=log_level,
@@ -391,6 +401,27 @@ def serve(
         trio.run(lambda: run_server(settings, on_ready=ready, notifier=notifier))
     except (ListenError, DataDirInUse) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command("_writer", hidden=True)
+@click.option("--fd", type=int, required=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--map-size", type=int, required=True)
+@click.option("--max-readers", type=int, required=True)
+@click.option("--max-value-size", type=int, required=True)
+@click.option("--log-level", default="info")
+def writer(
+    fd: int, data_dir: Path, map_size: int, max_readers: int, max_value_size: int, log_level: str
+) -> None:
+    """The writer process of ``stig serve --workers`` (started by the server, not by hand)."""
+    from stig.engine import writer as writer_process
+
+    logs.configure(log_level, sys.stderr)
+    # A terminal's ^C or a SIGTERM is for the server, which stops the writer
+    # (end of file on its socket) once the last group is committed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    writer_process.serve(fd, data_dir, map_size, max_readers, max_value_size)
 
 
 # -- operating a database: backup, restore, check, dump, load ------------------
