@@ -141,9 +141,7 @@ def test_readers_adopt_the_map_the_writer_grew(stig_factory):
     with server.connect() as writer, server.connect() as reader:
         for index in range(40):
             key = b"big%d" % index
-            reply = writer.send_recv(
-                b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value), b"\r\n"
-            )
+            reply = writer.send_recv(b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value), b"\r\n")
             assert reply == b"STORED\r\n"
             got = reader.send_recv(b"get %s\r\n" % key, b"END\r\n")
             assert got == b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key, len(value), value)
