@@ -303,7 +303,7 @@ def _loadgen_row(
         batch_size=plan.batch_size,
         batch_style=batch_style,
         rate=rate,
-        server_pids=[srv.pid],
+        server_pids=srv.pids,
     )
     err = probe(ls)
     if err:
@@ -745,7 +745,7 @@ def bench_scale(plan: Plan, say: Callable[[str], None], server: str = "stig") ->
             value_size=size,
             batch_size=plan.batch_size,
             batch_style=style,
-            server_pids=[srv.pid],
+            server_pids=srv.pids,
             # a safety deadline only: the load ends when every key is written
             duration=max(5.0, min(1800.0, plan.remaining())),
         )
@@ -757,7 +757,7 @@ def bench_scale(plan: Plan, say: Callable[[str], None], server: str = "stig") ->
                 srv = RunningServer(spec, start_timeout=30)
                 data_dir = srv.data_dir
                 srv.start()
-                ls.port, ls.server_pids = srv.port, [srv.pid]
+                ls.port, ls.server_pids = srv.port, srv.pids
             style = ls.batch_style = "set"
             if err := probe(ls):
                 row.status = f"skipped (probe: {err[:90]})"

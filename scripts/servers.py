@@ -142,7 +142,7 @@ def _bare(port: int, _d: str) -> list[str]:
     ]
 
 
-def _stig(durable: bool) -> Callable[[int, str], list[str]]:
+def _stig(durable: bool, workers: int = 0) -> Callable[[int, str], list[str]]:
     def argv(port: int, d: str) -> list[str]:
         cmd = [
             sys.executable,
@@ -156,6 +156,7 @@ def _stig(durable: bool) -> Callable[[int, str], list[str]]:
             "--data-dir",
             os.path.join(d, "stig-data"),
         ]
+        cmd += ["--workers", str(workers)] if workers else []
         return cmd + (["--durable-acks"] if durable else [])
 
     return argv
@@ -216,6 +217,15 @@ SERVERS: dict[str, ServerSpec] = {
             batch_protocols=("text", "binary"),
             note="stig serve --durable-acks",
         ),
+        ServerSpec(
+            "stig-w1",
+            "text",
+            _stig(False, workers=1),
+            _stig_missing,
+            cwd=REPO,
+            batch_protocols=("text", "binary"),
+            note="stig serve --workers 1 (the writer in a process of its own; CPU of both)",
+        ),
     )
 }
 
@@ -260,6 +270,16 @@ class RunningServer:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """The server and its child processes (Stig's writer process, with
+        ``--workers``): whose CPU is the server's."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.pid, *map(int, children)]
 
     def start(self) -> RunningServer:
         env = {**os.environ, **self.spec.env}
