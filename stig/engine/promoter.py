@@ -56,6 +56,7 @@ from stig.engine.group_commit import Failed as _Failed
 from stig.engine.group_commit import apply_group
 from stig.engine.group_commit import failed as _failed
 from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS, Cause, WriteRefusal, words_for
+from stig.engine.shared_inflight import POLL_SECONDS
 from stig.engine.stats import PromoterStats
 from stig.engine.visibility import InFlight
 from stig.engine.writer import PROBE_GREW, PROBE_OK
@@ -64,6 +65,7 @@ from stig.storage.records import Item
 from stig.storage.store import Applied, MapCannotGrow, MapFull, Store
 
 if TYPE_CHECKING:
+    from stig.engine.shared_inflight import SharedInFlight
     from stig.engine.writer_link import WriterLink
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,10 @@ class Promotion:
     error: str | None = None
     submitted: float = 0.0  # time.monotonic() when handed to the promoter
     finished: bool = False  # committed (or failed): outcomes/written/error are final
+    number: int = 0  # its submission number in the shared in-flight table (N workers)
+    #: Other workers' writes to its keys acknowledged before it and not yet
+    #: committed when it was submitted: it commits after them (N workers).
+    after: tuple[tuple[int, int], ...] = ()
     _event: trio.Event | None = attrs.field(default=None, init=False)
 
     @property
@@ -202,6 +208,9 @@ class _Probe:
     nbytes: int
 
 
+#: A job for the writer link's task: wait a moment for another worker's
+#: commit, then dispatch again (N workers).
+_AWAIT_OTHERS = _Probe(0, 0)
 #: A job for whatever commits: a group's runs, or a probe.
 _Job = list[Sequence[Op]] | _Probe
 _Jobs = queue.SimpleQueue[_Job | None] | _ChannelJobs
@@ -222,6 +231,10 @@ class Promoter:
         #: The writer process that commits instead of the commit thread
         #: (``--workers``, docs/workers.md); None: the commit thread.
         self.link = link
+        #: The in-flight keys of every worker (``--workers N``; None: this
+        #: process is the only one): published here too, at submit.
+        self.shared: SharedInFlight | None = None
+        self._number = 0  # the newest submission number handed out
         self.stats = stats
         self.max_group_bytes = max_group_bytes
         #: Keys written by submitted, unfinished promotions: what a read on
@@ -276,6 +289,15 @@ class Promoter:
         waits for their commit.
         """
         self.in_flight.publish(promotions)
+        shared = self.shared
+        if shared is not None:
+            number = self._number
+            for promotion in promotions:
+                number += 1
+                promotion.number = number
+                promotion.after = shared.pending(promotion.key_seqs, promotion.clears_all)
+                shared.publish(promotion.key_seqs, number, promotion.clears_all)
+            self._number = number
         now = time.monotonic()
         nbytes = 0
         for promotion in promotions:
@@ -408,7 +430,14 @@ class Promoter:
             if job is None:
                 return
             try:
-                if isinstance(job, _Probe):
+                if job is _AWAIT_OTHERS:
+                    await trio.sleep(POLL_SECONDS)
+                    self._in_flight = None
+                    if self._queue:
+                        self._dispatch()
+                    elif self._closing or self._draining:
+                        self._wakeup.set()
+                elif isinstance(job, _Probe):
                     status, why = await link.probe(job.largest, job.nbytes)
                     error: BaseException | None = None
                     if status == PROBE_GREW:
@@ -417,7 +446,9 @@ class Promoter:
                         error = RuntimeError(why)
                     self._probed(error)
                 else:
-                    self._committed((await link.commit(job), False))
+                    group = self._in_flight
+                    number = group[-1].number if group else 0
+                    self._committed((await link.commit(job, number), False))
             except Exception:  # a bug here must not end the server's event loop
                 log.exception("the writer link failed")
 
@@ -568,6 +599,10 @@ class Promoter:
         if group is None:
             group = self._take_group()
             self._started_at = time.perf_counter()
+            if not group:  # its head waits for another worker's commit
+                self._in_flight = []  # submit() queues meanwhile
+                self._jobs.put(_AWAIT_OTHERS)  # type: ignore[union-attr]
+                return
         self._in_flight = group
         self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
 
@@ -595,10 +630,15 @@ class Promoter:
             self._probe_if_idle()
 
     def _take_group(self) -> list[Promotion]:
+        """The next group: as many queued promotions as fit, up to (not
+        including) the first that must wait for another worker's commit."""
         size = 0
+        shared = self.shared
         for count, promotion in enumerate(self._queue):
             size += promotion.nbytes
             if size > self.max_group_bytes and count:
+                break
+            if promotion.after and shared is not None and not shared.passed(promotion.after):
                 break
         else:
             count = len(self._queue)
@@ -644,11 +684,14 @@ class Promoter:
                 await self._stopped.wait()
             while self._queue:
                 group = self._take_group()
+                if not group:  # its head waits for another worker's commit
+                    await trio.sleep(POLL_SECONDS)
+                    continue
                 while group:
                     started = time.perf_counter()
                     batches = [p.ops for p in group]
                     if self.link is not None:
-                        outcome = (await self.link.commit(batches), False)
+                        outcome = (await self.link.commit(batches, group[-1].number), False)
                     else:
                         outcome = await trio.to_thread.run_sync(self._apply_group, batches)
                     group = self._settle(group, outcome, time.perf_counter() - started)

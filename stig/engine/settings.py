@@ -56,7 +56,8 @@ class Settings:
     shutdown_grace_ms: float = 10_000.0
     map_size: int = 256 << 20  #: initial LMDB map; it grows by itself
     #: 0: one process, commits on a thread; 1: the writer in a process of its
-    #: own (docs/workers.md).  N > 1 is not built yet.
+    #: own; N > 1: N worker processes and the writer under a supervisor
+    #: (docs/workers.md).
     workers: int = 0
     log_level: str = "info"
     auth_file: Path | None = None

@@ -39,6 +39,19 @@ class _Event(Protocol):
     async def wait(self) -> None: ...
 
 
+class SharedTable(Protocol):
+    """What :class:`InFlight` needs of the other workers' table
+    (:class:`stig.engine.shared_inflight.SharedInFlight`)."""
+
+    def clear_for(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> bool: ...
+
+    async def wait(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> None: ...
+
+
 class Published(Protocol):
     """What :class:`InFlight` needs of a promotion (:class:`stig.engine.promoter.Promotion`
     is one): a Protocol, so that this module, which the promoter imports, does
@@ -72,7 +85,7 @@ _PURGE_SLACK = 4096
 class InFlight:
     """Keys with a submitted promotion not finished yet; see the module docstring."""
 
-    __slots__ = ("_everything", "_keys", "_live", "_live_keys", "waits")
+    __slots__ = ("_everything", "_keys", "_live", "_live_keys", "shared", "waits")
 
     def __init__(self) -> None:
         #: key -> the newest promotion published for it.  Entries of finished
@@ -87,6 +100,9 @@ class InFlight:
         self.waits = 0
         #: The newest unfinished promotion that clears every key (flush_all).
         self._everything: Published | None = None
+        #: The other workers' writes in flight (``--workers N``,
+        #: stig/engine/shared_inflight.py); None: one process.
+        self.shared: SharedTable | None = None
 
     def __len__(self) -> int:
         """Keys with a promotion in flight (the ``everything`` marker counts as one)."""
@@ -154,6 +170,9 @@ class InFlight:
 
         The same answer as ``not blocking(keys, own)``, without building a list.
         """
+        shared = self.shared
+        if shared is not None and not shared.clear_for(keys, own):
+            return False
         if not self._live:
             return True
         if keys is None:
@@ -186,3 +205,5 @@ class InFlight:
             self.waits += 1
         for promotion in blocking:
             await promotion.done.wait()
+        if self.shared is not None:
+            await self.shared.wait(keys, own)

@@ -8,7 +8,9 @@ writer's loop (:func:`serve`).
 A frame is an 8-byte little-endian length and a pickle of a tuple of plain
 values.  The server sends jobs:
 
-* ``("g", batches)``: commit one group (a list of runs, each a list of ops);
+* ``("g", batches, number)``: commit one group (a list of runs, each a list
+  of ops); ``number``: the worker's newest submission number in it
+  (stig/engine/shared_inflight.py);
 * ``("p", largest, nbytes)``: a disk-space probe (stig/engine/refusal.py).
 
 The writer answers each job, in order, with ``(kind, results, state)``:
@@ -21,15 +23,18 @@ ready.
 
 The writer commits exactly as the commit thread does
 (:func:`stig.engine.group_commit.apply_group`), and grows the map itself
-when it is full — it holds no read transaction — then retries the rest.  At
-end of file on its socket (the server stopped or died) it closes the
-environment and exits.
+when it is full — it holds no read transaction — then retries the rest.  With
+several workers (``--workers N``) it has one socket per worker and commits
+the groups of all that have one waiting in one transaction.  At end of file
+on every socket (the workers stopped or died) it closes the environment and
+exits.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+import selectors
 import socket
 import struct
 from collections.abc import Sequence
@@ -38,6 +43,7 @@ from typing import Any, NamedTuple
 
 from stig.engine.group_commit import Failed, apply_group, failed
 from stig.engine.refusal import Cause, words_for
+from stig.engine.shared_inflight import SharedInFlight
 from stig.storage.ops import Op, Outcome
 from stig.storage.records import Item
 from stig.storage.store import Applied, MapCannotGrow, MapFull, Store
@@ -140,48 +146,107 @@ def probe(store: Store, largest: int, nbytes: int) -> tuple[str, str]:
     return PROBE_OK, ""
 
 
-def _receive(sock: socket.socket) -> tuple[Any, ...] | None:
-    """The next job, or None at end of file."""
-    header = _receive_exactly(sock, LENGTH.size)
-    if header is None:
-        return None
-    body = _receive_exactly(sock, LENGTH.unpack(header)[0])
-    if body is None:
-        return None
-    message: tuple[Any, ...] = pickle.loads(body)
-    return message
+class _Link:
+    """One worker's socket, as the writer reads it."""
 
+    __slots__ = ("buffer", "sock", "worker")
 
-def _receive_exactly(sock: socket.socket, size: int) -> bytes | None:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        count = sock.recv_into(view[got:])
-        if not count:
+    def __init__(self, sock: socket.socket, worker: int) -> None:
+        self.sock = sock
+        self.worker = worker
+        self.buffer = bytearray()
+
+    def read(self) -> list[tuple[Any, ...]] | None:
+        """The whole jobs received so far (one recv: the socket was readable);
+        None at end of file."""
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
             return None
-        got += count
-    return bytes(buffer)
+        buffer = self.buffer
+        buffer += chunk
+        jobs: list[tuple[Any, ...]] = []
+        while len(buffer) >= LENGTH.size:
+            end = LENGTH.size + LENGTH.unpack_from(buffer)[0]
+            if len(buffer) < end:
+                break
+            jobs.append(pickle.loads(buffer[LENGTH.size : end]))
+            del buffer[:end]
+        return jobs
 
 
-def serve(fd: int, data_dir: Path, map_size: int, max_readers: int, max_value_size: int) -> None:
-    """The writer's loop: answer jobs from the socket ``fd`` until end of file."""
-    sock = socket.socket(fileno=fd)
+def serve(
+    fds: Sequence[int],
+    data_dir: Path,
+    map_size: int,
+    max_readers: int,
+    max_value_size: int,
+    table: SharedInFlight | None = None,
+) -> None:
+    """The writer's loop: answer jobs from the sockets ``fds`` (one per
+    worker, in worker order) until each has reached end of file.
+
+    The groups of every link that has one waiting are committed together,
+    in one transaction (one fsync); with ``table`` (``--workers N``), each
+    worker's committed watermark is raised right after the commit, before
+    the answers go out.
+    """
+    links = [_Link(socket.socket(fileno=fd), worker) for worker, fd in enumerate(fds)]
     store = Store(data_dir, map_size, max_readers, lock=False)
     store.max_value_size = max_value_size
+    selector = selectors.DefaultSelector()
     try:
-        sock.sendall(frame(("r", None, _state(store))))
-        while True:
-            job = _receive(sock)
-            if job is None:
-                return
-            if job[0] == "g":
-                results = encode_results(commit(store, job[1]))
-                sock.sendall(frame(("g", results, _state(store))))
-            else:
-                sock.sendall(frame(("p", probe(store, job[1], job[2]), _state(store))))
-    except (BrokenPipeError, ConnectionResetError):
-        return  # the server is gone: nothing to answer
+        ready = frame(("r", None, _state(store)))
+        for link in links:
+            link.sock.sendall(ready)
+            selector.register(link.sock, selectors.EVENT_READ, link)
+        live = len(links)
+        while live:
+            groups: list[tuple[_Link, tuple[Any, ...]]] = []
+            probes: list[tuple[_Link, tuple[Any, ...]]] = []
+            for key, _ in selector.select():
+                link = key.data
+                try:
+                    jobs = link.read()
+                except (ConnectionResetError, BrokenPipeError):
+                    jobs = None
+                if jobs is None:
+                    selector.unregister(link.sock)
+                    live -= 1
+                    continue
+                for job in jobs:
+                    (groups if job[0] == "g" else probes).append((link, job))
+            if groups:
+                _commit_groups(store, groups, table)
+            for link, job in probes:
+                _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
     finally:
+        selector.close()
         store.close()
-        sock.close()
+        for link in links:
+            link.sock.close()
+
+
+def _commit_groups(
+    store: Store, groups: list[tuple[_Link, tuple[Any, ...]]], table: SharedInFlight | None
+) -> None:
+    """Commit the groups of several links in one transaction and answer each."""
+    batches: list[Sequence[Op]] = []
+    for _, job in groups:
+        batches += job[1]
+    results = commit(store, batches)
+    if table is not None:
+        for link, job in groups:
+            table.set_committed(link.worker, job[2])
+    state = _state(store)
+    start = 0
+    for link, job in groups:
+        end = start + len(job[1])
+        _answer(link, ("g", encode_results(results[start:end]), state))
+        start = end
+
+
+def _answer(link: _Link, message: tuple[Any, ...]) -> None:
+    try:
+        link.sock.sendall(frame(message))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # that worker is gone: its end of file comes next

@@ -63,14 +63,23 @@ def launcher() -> str:
 class WriterLink:
     """The writer process and the socket to it; see the module docstring."""
 
-    def __init__(self, store: Store, log_level: str = "info") -> None:
+    def __init__(self, store: Store, log_level: str = "info", fd: int | None = None) -> None:
+        """``fd``: the socket to a writer the supervisor started (``--workers
+        N``): no writer of this link's own, none started when it dies."""
         self.store = store
         self.log_level = log_level
+        #: Whether this link starts (and restarts) its writer itself.
+        self.owns_writer = fd is None
         self.restarts = 0  #: writers started after the first
         self.state: WriterState | None = None  #: as of the writer's last answer
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
+        if fd is not None:
+            self._sock = socket.socket(fileno=fd)
+            ready = self._receive_blocking()
+            self.state = WriterState(*ready[2])
+            self._sock.setblocking(False)
 
     @property
     def pid(self) -> int:
@@ -145,6 +154,8 @@ class WriterLink:
 
     async def _restart(self, why: str) -> None:
         """Reap the writer that died and start another (until one starts)."""
+        if not self.owns_writer:
+            raise WriterDied()  # the supervisor's writer: it stops the server
         process = self._process
         if process is not None:
             code = await trio.to_thread.run_sync(process.wait)
@@ -166,16 +177,22 @@ class WriterLink:
 
     # -- jobs ----------------------------------------------------------------
 
-    async def commit(self, batches: Sequence[Sequence[Op]]) -> list[Applied | Failed]:
-        """Commit one group in the writer: per run its result or failure."""
+    async def commit(
+        self, batches: Sequence[Sequence[Op]], number: int = 0
+    ) -> list[Applied | Failed]:
+        """Commit one group in the writer: per run its result or failure.
+        ``number``: the newest submission number in it (stig/engine/shared_inflight.py)."""
         assert self.state is not None
-        job = frame(("g", [list(ops) for ops in batches]))
+        job = frame(("g", [list(ops) for ops in batches], number))
         while True:
             before = self.state.last_txnid
             try:
                 answer = await self._call(job)
             except WriterDied:
-                await self._restart("with a group commit in flight")
+                try:
+                    await self._restart("with a group commit in flight")
+                except WriterDied:
+                    return [failed(DIED_AFTER_COMMIT, None, "writer died")] * len(batches)
                 if self._txnid() == before:
                     log.warning("the group in flight was not applied: sent to the new writer")
                     continue
@@ -188,7 +205,8 @@ class WriterLink:
         try:
             answer = await self._call(frame(("p", largest, nbytes)))
         except WriterDied:
-            await self._restart("with a probe in flight")
+            if self.owns_writer:
+                await self._restart("with a probe in flight")
             return PROBE_FAILED, "the writer process died"
         status, why = answer[1]
         return status, why

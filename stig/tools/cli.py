@@ -239,8 +239,9 @@ def main() -> None:
     "--workers",
     default=0,
     show_default=True,
-    type=click.IntRange(0, 1),
-    help="1: commit in a writer process of its own (docs/workers.md); 0: on a thread.",
+    type=click.IntRange(0, 64),
+    help="0: one process, commits on a thread; 1: commits in a writer process; "
+    "N > 1: N worker processes on one port and the writer (docs/workers.md).",
 )
 @click.option("--disable-flush-all", is_flag=True, help="Refuse flush_all.")
 @click.option(
@@ -396,6 +397,18 @@ def serve(
     gc.set_threshold(50_000, 20, 100)
     from stig.server.listeners import ListenError
 
+    if workers > 1:
+        if unix_socket is not None or tls_cert is not None:
+            raise click.BadParameter(
+                "more than one worker serves plain TCP only (for now)", param_hint="'--workers'"
+            )
+        from stig.server import supervisor
+
+        try:
+            code = supervisor.run(settings)
+        except (OSError, DataDirInUse) as exc:
+            raise click.ClickException(str(exc)) from None
+        sys.exit(code)
     try:
         notifier = Notifier.from_environment()
         trio.run(lambda: run_server(settings, on_ready=ready, notifier=notifier))
@@ -403,15 +416,53 @@ def serve(
         raise click.ClickException(str(exc)) from None
 
 
+@main.command("_worker", hidden=True)
+@click.option("--worker-id", type=int, required=True)
+@click.option("--link-fd", type=int, required=True)
+@click.option("--table-fd", type=int, required=True)
+@click.option("--ready-fd", type=int, required=True)
+def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int) -> None:
+    """A worker process of ``stig serve --workers N`` (started by the supervisor)."""
+    import os
+
+    from stig.engine.engine import WorkerRole
+    from stig.server.listeners import Listener
+    from stig.server.listeners import serve as run_server
+    from stig.server.supervisor import SETTINGS_VARIABLE, decode_settings
+
+    settings = decode_settings(os.environ.pop(SETTINGS_VARIABLE))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {worker_id}]: %(message)s",
+    )
+
+    def ready(_listeners: list[Listener]) -> None:
+        os.write(ready_fd, b"R")
+        os.close(ready_fd)
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    role = WorkerRole(worker_id, link_fd, table_fd)
+    trio.run(lambda: run_server(settings, on_ready=ready, role=role))
+
+
 @main.command("_writer", hidden=True)
-@click.option("--fd", type=int, required=True)
+@click.option("--fd", type=int, multiple=True, required=True, help="one socket per worker")
+@click.option("--table-fd", type=int, default=-1, help="the shared in-flight table (N workers)")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--map-size", type=int, required=True)
 @click.option("--max-readers", type=int, required=True)
 @click.option("--max-value-size", type=int, required=True)
 @click.option("--log-level", default="info")
 def writer(
-    fd: int, data_dir: Path, map_size: int, max_readers: int, max_value_size: int, log_level: str
+    fd: tuple[int, ...],
+    table_fd: int,
+    data_dir: Path,
+    map_size: int,
+    max_readers: int,
+    max_value_size: int,
+    log_level: str,
 ) -> None:
     """The writer process of ``stig serve --workers`` (started by the server, not by hand)."""
     from stig.engine import writer as writer_process
@@ -421,7 +472,12 @@ def writer(
     # (end of file on its socket) once the last group is committed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    writer_process.serve(fd, data_dir, map_size, max_readers, max_value_size)
+    table = None
+    if table_fd >= 0:
+        from stig.engine.shared_inflight import SharedInFlight
+
+        table = SharedInFlight(table_fd, len(fd), -1)
+    writer_process.serve(fd, data_dir, map_size, max_readers, max_value_size, table)
 
 
 # -- operating a database: backup, restore, check, dump, load ------------------
