@@ -82,6 +82,8 @@ WORKLOAD_CHOICES = (
 )  # fmt: skip
 P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
 P99_SERVERS = ("stig", "memcached")  # driven at the same fixed rate, back to back
+#: Servers run only when --servers names them (the --workers shapes, docs/workers.md).
+OPT_IN = ("stig-w1", "stig-w2")
 BATCH_MIN_WINDOW = 3.0  # seconds: the shortest measured window of a batch row (not in smoke)
 
 
@@ -136,7 +138,7 @@ class Plan:
                 connections=4,
                 batch_size=100,
                 budget_s=25.0,
-                servers=list(SERVERS),
+                servers=[name for name in SERVERS if name not in OPT_IN],
             )
         if mode == "quick":
             return cls(
@@ -161,7 +163,7 @@ class Plan:
                 extra_clients=False,
                 quiet_wait=0.5,
                 budget_s=115.0,
-                servers=list(SERVERS),
+                servers=[name for name in SERVERS if name not in OPT_IN],
             )
         return cls(
             mode="full",
@@ -187,7 +189,7 @@ class Plan:
             extra_clients=True,
             quiet_wait=3.0,
             budget_s=3600.0,
-            servers=list(SERVERS),
+            servers=[name for name in SERVERS if name not in OPT_IN],
         )
 
     @property

@@ -226,6 +226,15 @@ SERVERS: dict[str, ServerSpec] = {
             batch_protocols=("text", "binary"),
             note="stig serve --workers 1 (the writer in a process of its own; CPU of both)",
         ),
+        ServerSpec(
+            "stig-w2",
+            "text",
+            _stig(False, workers=2),
+            _stig_missing,
+            cwd=REPO,
+            batch_protocols=("text", "binary"),
+            note="stig serve --workers 2 (supervisor, 2 workers, the writer; CPU of all)",
+        ),
     )
 }
 
