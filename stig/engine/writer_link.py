@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 #: How long a new writer may take to open the environment and say it is ready.
 START_SECONDS = 30.0
-#: The pause before a writer that died is started again (a writer that dies
-#: at once is not restarted in a busy loop).
+#: The pause before a writer that died is started again; it doubles (up to
+#: 1 s) while new writers fail to start, so that one that dies at once is not
+#: restarted in a busy loop.
 RESTART_PAUSE = 0.05
 #: What the runs of a group are told when the writer died after committing it.
 DIED_AFTER_COMMIT = (
@@ -165,12 +166,14 @@ class WriterLink:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        pause = RESTART_PAUSE
         while True:
-            await trio.sleep(RESTART_PAUSE)
+            await trio.sleep(pause)
             try:
                 await trio.to_thread.run_sync(self.start)
             except RuntimeError as exc:
-                log.error("%s; trying again", exc)
+                pause = min(pause * 2, 1.0)
+                log.error("%s; trying again in %g s", exc, pause)
                 continue
             self.restarts += 1
             return
