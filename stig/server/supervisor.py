@@ -9,8 +9,8 @@ kernel spreads the connections over them — and prints the ready line once
 every worker listens.
 
 Children die with it (``PR_SET_PDEATHSIG``: a SIGKILL of the supervisor is a
-crash of the whole server, as of a single process).  SIGTERM/SIGINT are
-passed on to the workers, which stop as a single server does; the writer
+crash of the whole server, as of a single process).  SIGTERM/SIGINT (and
+SIGHUP) are passed on to the workers, which stop as a single server does; the writer
 stops once every worker has closed its socket.  If a worker or the writer
 dies on its own, the supervisor stops the others and exits 1 (restarting
 one worker alone is not built yet).
@@ -156,8 +156,16 @@ def run(settings: Settings, on_ready: object = None) -> int:
             if process.poll() is None:
                 process.send_signal(signum)
 
+    def pass_on(signum: int, _frame: object) -> None:
+        for process in processes[1:]:
+            if process.poll() is None:
+                process.send_signal(signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # A reload (a unit's ExecReload) is the workers' business, never the
+    # supervisor's end (SIGHUP's default action).
+    signal.signal(signal.SIGHUP, pass_on)
     for process in processes:
         process.wait()
         # A death of its own (not a stop we asked for): stop the rest.

@@ -431,11 +431,7 @@ def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int) -> None:
     from stig.server.supervisor import SETTINGS_VARIABLE, decode_settings
 
     settings = decode_settings(os.environ.pop(SETTINGS_VARIABLE))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s %(name)s[worker {worker_id}]: %(message)s",
-    )
+    logs.configure(settings.log_level, sys.stderr)
 
     def ready(_listeners: list[Listener]) -> None:
         os.write(ready_fd, b"R")
