@@ -73,6 +73,8 @@ class Engine:
         #: The writer process (``--workers``); None: the commit thread commits.
         self.writer: WriterLink | None = None
         shared: SharedInFlight | None = None
+        if settings.workers:
+            self.store.follow_writer()
         if role is not None:
             self.writer = WriterLink(self.store, settings.log_level, fd=role.link_fd)
             shared = SharedInFlight(role.table_fd, settings.workers, role.worker_id)

@@ -216,6 +216,10 @@ class Store:
         self._begin_items: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
             self.env.begin, db=self._items
         )
+        #: A read-only transaction on the items (the hot path of every get
+        #: begins one): one call in C while this process is the only writer;
+        #: :meth:`follow_writer` makes it adopt a map another process grew.
+        self.begin_read: Callable[[], lmdb.Transaction[bytes]] = self._begin_items
         #: Snapshots held across awaits (streamed replies, quiet get runs, key
         #: listings); grow() ends them first (stig/storage/held.py).
         self.long_reads = HeldReads()
@@ -259,11 +263,12 @@ class Store:
 
     # -- reads (any thread) --------------------------------------------------
 
-    def begin_read(self) -> lmdb.Transaction[bytes]:
-        """A read-only transaction on the items (the hot path of every get begins one).
+    def follow_writer(self) -> None:
+        """Another process writes (the writer process, docs/workers.md): every
+        read adopts the map it grew (:meth:`adopt_map`) and begins again."""
+        self.begin_read = self._begin_adopting
 
-        Adopts a map another process grew (:meth:`adopt_map`) and begins again.
-        """
+    def _begin_adopting(self) -> lmdb.Transaction[bytes]:
         try:
             return self._begin_items()
         except lmdb.MapResizedError:
@@ -306,7 +311,7 @@ class Store:
         # values as memoryviews into the map: valid until the next cursor move
         try:
             return self.env.begin(db=self._items, buffers=True)
-        except lmdb.MapResizedError:
+        except lmdb.MapResizedError:  # only when another process writes
             self.adopt_map()
             return self.env.begin(db=self._items, buffers=True)
 
