@@ -56,7 +56,6 @@ from stig.engine.group_commit import Failed as _Failed
 from stig.engine.group_commit import apply_group
 from stig.engine.group_commit import failed as _failed
 from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS, Cause, WriteRefusal, words_for
-from stig.engine.shared_inflight import POLL_SECONDS
 from stig.engine.stats import PromoterStats
 from stig.engine.visibility import InFlight
 from stig.engine.writer import PROBE_GREW, PROBE_OK
@@ -166,7 +165,8 @@ class Promotion:
     finished: bool = False  # committed (or failed): outcomes/written/error are final
     number: int = 0  # its submission number in the shared in-flight table (N workers)
     #: Other workers' writes to its keys acknowledged before it and not yet
-    #: committed when it was submitted: it commits after them (N workers).
+    #: committed when it was submitted, ``(worker, number)``: the writer
+    #: commits it after them (N workers).
     after: tuple[tuple[int, int], ...] = ()
     _event: trio.Event | None = attrs.field(default=None, init=False)
 
@@ -208,9 +208,6 @@ class _Probe:
     nbytes: int
 
 
-#: A job for the writer link's task: wait a moment for another worker's
-#: commit, then dispatch again (N workers).
-_AWAIT_OTHERS = _Probe(0, 0)
 #: A job for whatever commits: a group's runs, or a probe.
 _Job = list[Sequence[Op]] | _Probe
 _Jobs = queue.SimpleQueue[_Job | None] | _ChannelJobs
@@ -430,14 +427,7 @@ class Promoter:
             if job is None:
                 return
             try:
-                if job is _AWAIT_OTHERS:
-                    await trio.sleep(POLL_SECONDS)
-                    self._in_flight = None
-                    if self._queue:
-                        self._dispatch()
-                    elif self._closing or self._draining:
-                        self._wakeup.set()
-                elif isinstance(job, _Probe):
+                if isinstance(job, _Probe):
                     status, why = await link.probe(job.largest, job.nbytes)
                     error: BaseException | None = None
                     if status == PROBE_GREW:
@@ -446,9 +436,7 @@ class Promoter:
                         error = RuntimeError(why)
                     self._probed(error)
                 else:
-                    group = self._in_flight
-                    number = group[-1].number if group else 0
-                    self._committed((await link.commit(job, number), False))
+                    self._committed((await link.commit(job, *self._order(self._in_flight)), False))
             except Exception:  # a bug here must not end the server's event loop
                 log.exception("the writer link failed")
 
@@ -599,10 +587,6 @@ class Promoter:
         if group is None:
             group = self._take_group()
             self._started_at = time.perf_counter()
-            if not group:  # its head waits for another worker's commit
-                self._in_flight = []  # submit() queues meanwhile
-                self._jobs.put(_AWAIT_OTHERS)  # type: ignore[union-attr]
-                return
         self._in_flight = group
         self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
 
@@ -629,16 +613,20 @@ class Promoter:
         else:
             self._probe_if_idle()
 
+    def _order(
+        self, group: Sequence[Promotion] | None
+    ) -> tuple[list[int] | None, list[tuple[tuple[int, int], ...]] | None]:
+        """What the writer needs to keep the write order across workers: each
+        promotion's number and ``after`` (None, None: one process)."""
+        if self.shared is None or not group:
+            return None, None
+        return [p.number for p in group], [p.after for p in group]
+
     def _take_group(self) -> list[Promotion]:
-        """The next group: as many queued promotions as fit, up to (not
-        including) the first that must wait for another worker's commit."""
         size = 0
-        shared = self.shared
         for count, promotion in enumerate(self._queue):
             size += promotion.nbytes
             if size > self.max_group_bytes and count:
-                break
-            if promotion.after and shared is not None and not shared.passed(promotion.after):
                 break
         else:
             count = len(self._queue)
@@ -684,14 +672,11 @@ class Promoter:
                 await self._stopped.wait()
             while self._queue:
                 group = self._take_group()
-                if not group:  # its head waits for another worker's commit
-                    await trio.sleep(POLL_SECONDS)
-                    continue
                 while group:
                     started = time.perf_counter()
                     batches = [p.ops for p in group]
                     if self.link is not None:
-                        outcome = (await self.link.commit(batches, group[-1].number), False)
+                        outcome = (await self.link.commit(batches, *self._order(group)), False)
                     else:
                         outcome = await trio.to_thread.run_sync(self._apply_group, batches)
                     group = self._settle(group, outcome, time.perf_counter() - started)

@@ -19,8 +19,9 @@ A worker numbers its promotions 1, 2, 3, … as it submits them and
 *publishes* each one's keys here (:meth:`publish`) in ``submit``, before any
 reply that acknowledges them can leave.  A read in another worker, before it
 begins its snapshot, looks up its keys (:meth:`clear_for`): a slot newer than
-its worker's ``committed`` word means a write may be in flight, and the read
-waits (:meth:`wait`) until ``committed`` passes it — then the LMDB commit has
+its worker's ``committed`` word (as this worker last looked: ``_seen``)
+means a write may be in flight, and the read waits (:meth:`wait`) until
+``committed`` passes it — then the LMDB commit has
 returned, so the snapshot begun after sees the write.  Slots are per worker
 and only ever grow, so a collision (two keys in one slot) makes a read wait
 for a commit it did not need, never miss one.  A word is one aligned 8-byte
@@ -60,7 +61,7 @@ def create(workers: int) -> int:
 class SharedInFlight:
     """One process's view of the segment; ``me``: its worker number (-1: the writer)."""
 
-    __slots__ = ("_map", "_words", "me", "waits", "workers")
+    __slots__ = ("_map", "_seen", "_words", "me", "waits", "workers")
 
     def __init__(self, fd: int, workers: int, me: int) -> None:
         self._map = mmap.mmap(fd, segment_bytes(workers))
@@ -68,8 +69,19 @@ class SharedInFlight:
         self.workers = workers
         self.me = me
         self.waits = 0  #: reads that waited for another worker's commit
+        #: The ``committed`` words as this worker last looked at them: only
+        #: :meth:`wait` (an await) looks again.  Within one synchronous call
+        #: they do not move, as a single process's in-flight keys do not: a
+        #: burst that reads ahead from one snapshot (stig/frontends/text.py)
+        #: checks each later command against what was committed before that
+        #: snapshot began, never against a commit that came after it.
+        self._seen = list(self._words[:workers])
 
     # -- the writer ------------------------------------------------------------
+
+    def committed(self, worker: int) -> int:
+        """Worker ``worker``'s newest finished submission number."""
+        return int(self._words[worker])
 
     def set_committed(self, worker: int, number: int) -> None:
         """Worker ``worker``'s promotions up to ``number`` are finished."""
@@ -96,10 +108,9 @@ class SharedInFlight:
         acknowledged write is never overwritten by an older one)."""
         return tuple(self._pending(None if clears_all else list(keys), ()))
 
-    def passed(self, after: Sequence[tuple[int, int]]) -> bool:
-        """Whether every ``(worker, number)`` of ``after`` has committed."""
-        words = self._words
-        return all(words[worker] >= number for worker, number in after)
+    def settled(self, number: int) -> bool:
+        """Whether this worker's promotion ``number`` is committed (the writer's word, now)."""
+        return bool(self._words[self.me] >= number)
 
     # -- reads -----------------------------------------------------------------
 
@@ -109,11 +120,12 @@ class SharedInFlight:
         """(worker, number) pairs a read of ``keys`` must wait for (None: any key)."""
         words = self._words
         workers = self.workers
+        seen = self._seen
         pending: list[tuple[int, int]] = []
         for worker in range(workers):
             if worker == self.me:
                 continue
-            committed = words[worker]
+            committed = seen[worker]
             newest = words[workers + worker]
             if keys is None:
                 newest = words[2 * workers + worker]
@@ -140,10 +152,13 @@ class SharedInFlight:
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
     ) -> None:
         """Wait until the other workers' writes to ``keys`` in flight now are finished."""
+        words = self._words
+        self._seen = list(words[: self.workers])
         pending = self._pending(keys, own)
         if pending:
             self.waits += 1
-        words = self._words
         for worker, number in pending:
             while words[worker] < number:
                 await trio.sleep(POLL_SECONDS)
+        self._seen = list(words[: self.workers])
+        await trio.lowlevel.checkpoint()  # a look is taken at an await, always

@@ -51,6 +51,11 @@ class SharedTable(Protocol):
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
     ) -> None: ...
 
+    def settled(self, number: int) -> bool:
+        """Whether this worker's promotion ``number`` is committed (by the
+        writer), although this worker may not have finished it yet."""
+        ...
+
 
 class Published(Protocol):
     """What :class:`InFlight` needs of a promotion (:class:`stig.engine.promoter.Promotion`
@@ -70,6 +75,11 @@ class Published(Protocol):
     @property
     def finished(self) -> bool:
         """Committed or failed."""
+        ...
+
+    @property
+    def number(self) -> int:
+        """Its submission number in the shared table (``--workers N``)."""
         ...
 
     @property
@@ -155,6 +165,8 @@ class InFlight:
             needs_everything = True
         else:
             candidates = [inflight.get(key) for key in keys if key not in own]
+            if self.shared is not None:
+                candidates += self._settled_own(keys, own)
             needs_everything = bool(candidates)
         if needs_everything and everything is not None:
             candidates.append(everything)
@@ -162,6 +174,29 @@ class InFlight:
             if promotion is not None and not promotion.finished:
                 found[id(promotion)] = promotion
         return list(found.values())
+
+    def _settled_own(
+        self, keys: Sequence[bytes], own: Collection[bytes] | Mapping[bytes, object]
+    ) -> list[Published]:
+        """``--workers N``: the promotions writing ``keys`` read from the POV
+        that the writer has committed and this worker has not finished yet.
+        A read must wait for them (at most a scheduler pass: their answer is
+        on its way): a later write of another worker, acknowledged after that
+        commit, must not hide behind this session's POV copy of the older one."""
+        shared = self.shared
+        assert shared is not None
+        inflight = self._keys
+        found: list[Published] = []
+        for key in keys:
+            if key in own:
+                promotion = inflight.get(key)
+                if (
+                    promotion is not None
+                    and not promotion.finished
+                    and shared.settled(promotion.number)
+                ):
+                    found.append(promotion)
+        return found
 
     def clear_for(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
@@ -171,8 +206,11 @@ class InFlight:
         The same answer as ``not blocking(keys, own)``, without building a list.
         """
         shared = self.shared
-        if shared is not None and not shared.clear_for(keys, own):
-            return False
+        if shared is not None:
+            if not shared.clear_for(keys, own):
+                return False
+            if self._live and keys is not None and own and self._settled_own(keys, own):
+                return False
         if not self._live:
             return True
         if keys is None:

@@ -8,9 +8,10 @@ writer's loop (:func:`serve`).
 A frame is an 8-byte little-endian length and a pickle of a tuple of plain
 values.  The server sends jobs:
 
-* ``("g", batches, number)``: commit one group (a list of runs, each a list
-  of ops); ``number``: the worker's newest submission number in it
-  (stig/engine/shared_inflight.py);
+* ``("g", batches, numbers, afters)``: commit one group (a list of runs, each
+  a list of ops); with several workers, each run's submission number and the
+  other workers' runs it must follow (stig/engine/shared_inflight.py), else
+  None;
 * ``("p", largest, nbytes)``: a disk-space probe (stig/engine/refusal.py).
 
 The writer answers each job, in order, with ``(kind, results, state)``:
@@ -200,10 +201,12 @@ def serve(
             link.sock.sendall(ready)
             selector.register(link.sock, selectors.EVENT_READ, link)
         live = len(links)
+        groups: list[_Group] = []  # held: not every run committed yet
+        progressed = False
         while live:
-            groups: list[tuple[_Link, tuple[Any, ...]]] = []
             probes: list[tuple[_Link, tuple[Any, ...]]] = []
-            for key, _ in selector.select():
+            # Block only when the groups held cannot go on by themselves.
+            for key, _ in selector.select(0 if progressed else None):
                 link = key.data
                 try:
                     jobs = link.read()
@@ -214,9 +217,11 @@ def serve(
                     live -= 1
                     continue
                 for job in jobs:
-                    (groups if job[0] == "g" else probes).append((link, job))
-            if groups:
-                _commit_groups(store, groups, table)
+                    if job[0] == "g":
+                        groups.append(_Group(link, job))
+                    else:
+                        probes.append((link, job))
+            progressed = bool(groups) and _commit_groups(groups, store, table)
             for link, job in probes:
                 _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
     finally:
@@ -226,23 +231,74 @@ def serve(
             link.sock.close()
 
 
-def _commit_groups(
-    store: Store, groups: list[tuple[_Link, tuple[Any, ...]]], table: SharedInFlight | None
-) -> None:
-    """Commit the groups of several links in one transaction and answer each."""
-    batches: list[Sequence[Op]] = []
-    for _, job in groups:
-        batches += job[1]
-    results = commit(store, batches)
+class _Group:
+    """One link's group job while the writer holds it: its runs, their
+    submission numbers and write-order pairs, and the results so far."""
+
+    __slots__ = ("afters", "batches", "done", "link", "numbers", "results")
+
+    def __init__(self, link: _Link, job: tuple[Any, ...]) -> None:
+        self.link = link
+        self.batches: list[Sequence[Op]] = job[1]
+        self.numbers: list[int] | None = job[2]
+        self.afters: list[tuple[tuple[int, int], ...]] | None = job[3]
+        self.done = 0  # runs committed
+        self.results: list[Applied | Failed] = []
+
+
+def _plan(groups: list[_Group], table: SharedInFlight | None) -> list[tuple[_Group, int]]:
+    """The runs to commit now, in order: each after the other workers' runs
+    it must follow (its ``afters``: committed already, or placed before it
+    here); a run whose turn has not come waits, and the runs of its worker
+    after it too."""
+    if table is None:
+        return [(group, index) for group in groups for index in range(len(group.batches))]
+    placed: dict[int, int] = {}
+    cursors = [group.done for group in groups]
+    order: list[tuple[_Group, int]] = []
+    progress = True
+    while progress:
+        progress = False
+        for slot, group in enumerate(groups):
+            index = cursors[slot]
+            while index < len(group.batches):
+                after = group.afters[index] if group.afters else ()
+                if not all(
+                    placed.get(worker, table.committed(worker)) >= number
+                    for worker, number in after
+                ):
+                    break
+                order.append((group, index))
+                if group.numbers:
+                    placed[group.link.worker] = group.numbers[index]
+                index += 1
+                progress = True
+            cursors[slot] = index
+    return order
+
+
+def _commit_groups(groups: list[_Group], store: Store, table: SharedInFlight | None) -> bool:
+    """Commit what may be committed of the groups held, in one transaction;
+    answer the groups now complete (and drop them).  False: nothing could be."""
+    order = _plan(groups, table)
+    if not order:
+        return False
+    results = commit(store, [group.batches[index] for group, index in order])
+    touched: dict[int, _Group] = {}
+    for (group, _index), result in zip(order, results, strict=True):
+        group.results.append(result)
+        group.done += 1
+        touched[id(group)] = group
     if table is not None:
-        for link, job in groups:
-            table.set_committed(link.worker, job[2])
+        for group in touched.values():
+            if group.numbers:
+                table.set_committed(group.link.worker, group.numbers[group.done - 1])
     state = _state(store)
-    start = 0
-    for link, job in groups:
-        end = start + len(job[1])
-        _answer(link, ("g", encode_results(results[start:end]), state))
-        start = end
+    for group in list(groups):
+        if group.done == len(group.batches):
+            _answer(group.link, ("g", encode_results(group.results), state))
+            groups.remove(group)
+    return True
 
 
 def _answer(link: _Link, message: tuple[Any, ...]) -> None:

@@ -181,12 +181,16 @@ class WriterLink:
     # -- jobs ----------------------------------------------------------------
 
     async def commit(
-        self, batches: Sequence[Sequence[Op]], number: int = 0
+        self,
+        batches: Sequence[Sequence[Op]],
+        numbers: Sequence[int] | None = None,
+        afters: Sequence[tuple[tuple[int, int], ...]] | None = None,
     ) -> list[Applied | Failed]:
         """Commit one group in the writer: per run its result or failure.
-        ``number``: the newest submission number in it (stig/engine/shared_inflight.py)."""
+        ``numbers``, ``afters``: each run's submission number and the other
+        workers' runs it must follow (``--workers N``, stig/engine/shared_inflight.py)."""
         assert self.state is not None
-        job = frame(("g", [list(ops) for ops in batches], number))
+        job = frame(("g", [list(ops) for ops in batches], numbers, afters))
         while True:
             before = self.state.last_txnid
             try:
