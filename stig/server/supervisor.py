@@ -36,6 +36,7 @@ from stig.engine import shared_inflight
 from stig.engine.engine import readers_for
 from stig.engine.settings import Settings
 from stig.engine.writer_link import START_SECONDS, launcher
+from stig.server.sd_notify import Notifier
 from stig.storage.dirlock import DirLock
 from stig.storage.store import Store
 
@@ -148,9 +149,17 @@ def run(settings: Settings, on_ready: object = None) -> int:
         )
     os.close(ready_read)
     stopping = code != 0
+    # The supervisor is the service's main process: it alone speaks sd_notify
+    # (the workers get no notifier; a unit's NotifyAccess=main would drop
+    # theirs).  No watchdog pings: it waits for its children, not a loop.
+    notifier = Notifier.from_environment()
+    if not stopping:
+        notifier.notify({"READY": "1", "STATUS": f"serving on {settings.listen}:{settings.port}"})
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if not stopping:
+            notifier.notify({"STOPPING": "1", "STATUS": f"stopping: {signal.Signals(signum).name}"})
         stopping = True
         for process in processes[1:]:
             if process.poll() is None:
@@ -166,7 +175,14 @@ def run(settings: Settings, on_ready: object = None) -> int:
     # A reload (a unit's ExecReload) is the workers' business, never the
     # supervisor's end (SIGHUP's default action).
     signal.signal(signal.SIGHUP, pass_on)
-    for process in processes:
+    by_pid = {process.pid: process for process in processes}
+    while by_pid:
+        # Whichever child ends first (the writer lives as long as a worker
+        # does, so waiting for them in order would miss a worker's death).
+        ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        if ended is None or ended.si_pid not in by_pid:
+            continue
+        process = by_pid.pop(ended.si_pid)
         process.wait()
         # A death of its own (not a stop we asked for): stop the rest.
         if process.returncode != 0 and not stopping:
