@@ -9,13 +9,17 @@ increments all count, ``flush_all`` reaches every worker.
 
 from __future__ import annotations
 
+import os
+import signal
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
 from stig_testkit.connections import RawConnection
-from stig_testkit.process import StigProcess
+from stig_testkit.notify_socket import NotifySocket
+from stig_testkit.process import STOP_TIMEOUT, StigProcess, child_env
 from stig_testkit.waiting import wait_for
 
 WORKERS = ("--workers", "2")
@@ -140,7 +144,7 @@ def test_sigterm_stops_every_process(workers):
     pids = [
         int(_stats(one)["pid"]),
         int(_stats(two)["pid"]),
-        int(_stats(one)["stig_writer_pid"] or 0),
+        _writer_pid(workers),
     ]
     assert one.send_recv(b"set k 0 0 1 noreply\r\nx\r\nmn\r\n", b"MN\r\n") == b"MN\r\n"
     one.close()
@@ -160,3 +164,80 @@ def test_sigkill_of_the_supervisor_ends_every_process(workers):
         wait_for(lambda pid=pid: not _alive(pid), bool, 10.0, what=f"the end of worker {pid}")
     workers.start()  # the data directory and the port's workers are free again
     assert workers.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+
+
+def _writer_pid(server: StigProcess) -> int:
+    """The writer: the supervisor's child that runs ``_writer``."""
+    assert server.proc is not None
+    parent = server.proc.pid
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        if b"_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    pytest.fail("no writer process")
+
+
+def _committed_everywhere(one: RawConnection, two: RawConnection, count: int) -> None:
+    """Writes acknowledged on both workers, each read back on the other one
+    (a read waits for the other worker's commit, so all are committed)."""
+    for index in range(count):
+        for conn, name in ((one, b"one"), (two, b"two")):
+            assert conn.send_recv(b"set %s%d 0 0 1\r\nv\r\n" % (name, index), b"\r\n") == (
+                b"STORED\r\n"
+            )
+    for conn, name in ((two, b"one"), (one, b"two")):
+        assert conn.send_recv(b"get %s%d\r\n" % (name, count - 1)) == (
+            b"VALUE %s%d 0 1\r\nv\r\nEND\r\n" % (name, count - 1)
+        )
+
+
+def _all_there(server: StigProcess, names: tuple[bytes, ...], count: int) -> None:
+    conn = server.connect()
+    for name in names:
+        keys = b" ".join(b"%s%d" % (name, index) for index in range(count))
+        assert conn.send_recv(b"get %s\r\n" % keys).count(b"VALUE ") == count, name
+
+
+@pytest.mark.parametrize("victim", ["worker", "writer"])
+def test_a_killed_worker_or_writer_stops_the_server_and_committed_writes_survive(workers, victim):
+    """docs/workers.md 'Failures with N workers': the supervisor stops the
+    others and exits 1; what was committed is there after a restart, and what
+    the surviving worker acknowledged with a barrier is committed by its
+    graceful stop (a killed worker's uncommitted writes go as in a crash)."""
+    one, two = _pinned(workers)
+    _committed_everywhere(one, two, 50)
+    if victim == "worker":
+        pid = int(_stats(one)["pid"])
+        # Acknowledged on the surviving worker, maybe not committed yet.
+        run = b"".join(b"set late%d 0 0 1 noreply\r\nv\r\n" % index for index in range(50))
+        assert two.send_recv(run + b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    else:
+        pid = _writer_pid(workers)
+    os.kill(pid, signal.SIGKILL)
+    assert workers.proc is not None
+    assert workers.proc.wait(STOP_TIMEOUT) == 1
+    workers.close_clients()
+    workers.start()
+    _all_there(workers, (b"one", b"two", b"late") if victim == "worker" else (b"one", b"two"), 50)
+
+
+def test_the_supervisor_alone_tells_the_service_manager(tmp_path):
+    """sd_notify with N workers: READY=1 once every worker listens (from the
+    supervisor, the unit's main process), STOPPING=1 when SIGTERM begins the stop."""
+    with tempfile.TemporaryDirectory(prefix="stig-") as short:
+        notify = NotifySocket.in_directory(Path(short))
+        server = StigProcess(tmp_path / "data", tmp_path, WORKERS)
+        server.environment = lambda: child_env(NOTIFY_SOCKET=notify.name)
+        try:
+            server.start()
+            ready = notify.wait_for("READY")
+            assert ready["STATUS"] == f"serving on {server.host}:{server.port}", ready
+            assert server.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            assert "SIGTERM" in notify.wait_for("STOPPING")["STATUS"]
+            assert server.proc.wait(STOP_TIMEOUT) == 0
+            assert [fields for fields in notify.received if "READY" in fields] == [ready]
+        finally:
+            server.kill()
+            server.close_clients()
+            notify.close()
