@@ -306,6 +306,7 @@ def _loadgen_row(
         batch_style=batch_style,
         rate=rate,
         server_pids=srv.pids,
+        writer_pids=srv.writer_pids,
     )
     err = probe(ls)
     if err:
@@ -342,6 +343,8 @@ def _loadgen_row(
             "other_top",
         )
     }
+    if res.get("writer_cpu_s") is not None:
+        row.extra["writer_cpu_s"] = res["writer_cpu_s"]
     if workload == "pooled":
         row.extra["stale"] = res["stale"]  # reads that missed an answered write: must be 0
     if rate:
@@ -1003,6 +1006,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"- {line['server']} d={line['depth']} {line['value_size']}B: "
                 f"{line['ratio']:.2f}× ({line['set_us']:.1f} µs per set, "
                 f"{line['get_us']:.1f} µs per get)"
+            )
+    writers = [r for r in rows if r.status == "ok" and (r.extra or {}).get("writer_cpu_s")]
+    if writers:
+        print("\nThe writer process's CPU per item (its share of the server CPU above):\n")
+        for r in writers:
+            items = (r.extra or {}).get("items") or 0
+            writer_s = (r.extra or {})["writer_cpu_s"]
+            print(
+                f"- {r.server} {r.workload} d={r.depth} {r.value_size}B: "
+                f"{writer_s * 1e6 / items:.2f} µs per item ({writer_s} s over {items} items)"
+                if items
+                else f"- {r.server} {r.workload}: {writer_s} s"
             )
     stale = [r for r in rows if r.workload == "pooled" and r.status == "ok"]
     if stale:

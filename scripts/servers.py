@@ -290,6 +290,18 @@ class RunningServer:
             children = []
         return [self.pid, *map(int, children)]
 
+    @property
+    def writer_pids(self) -> list[int]:
+        """Stig's writer process among :attr:`pids` (``--workers``), else none."""
+        found = []
+        for pid in self.pids[1:]:
+            try:
+                if b"_writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
     def start(self) -> RunningServer:
         env = {**os.environ, **self.spec.env}
         if self.spec.cwd is not None:
