@@ -241,3 +241,25 @@ def test_the_supervisor_alone_tells_the_service_manager(tmp_path):
             server.kill()
             server.close_clients()
             notify.close()
+
+
+def test_a_pov_copy_never_hides_a_later_write_of_the_other_worker(workers):
+    """A session's own write, read from its POV until its worker has the
+    writer's answer, must not hide a later write of another worker that was
+    acknowledged after that commit (docs/workers.md, 'Write order across
+    workers': the read waits for the answer once the writer has committed)."""
+    one, two = _pinned(workers)
+    for index in range(300):
+        mine, theirs = b"a%d" % index, b"b%d" % index
+        assert one.send_recv(b"set k 0 0 %d\r\n%s\r\n" % (len(mine), mine), b"\r\n") == (
+            b"STORED\r\n"
+        )
+        # The other worker reads it (so it is committed), then overwrites it.
+        assert two.send_recv(b"get k\r\n") == b"VALUE k 0 %d\r\n%s\r\nEND\r\n" % (len(mine), mine)
+        assert two.send_recv(b"set k 0 0 %d\r\n%s\r\n" % (len(theirs), theirs), b"\r\n") == (
+            b"STORED\r\n"
+        )
+        assert one.send_recv(b"get k\r\n") == b"VALUE k 0 %d\r\n%s\r\nEND\r\n" % (
+            len(theirs),
+            theirs,
+        ), index
