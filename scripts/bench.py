@@ -89,6 +89,8 @@ WORKLOAD_CHOICES = (
 )  # fmt: skip
 P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
 P99_SERVERS = ("stig", "memcached")  # driven at the same fixed rate, back to back
+#: Servers run only when --servers names them (the --workers shapes, docs/workers.md).
+OPT_IN = ("stig-w1", "stig-w2")
 BATCH_MIN_WINDOW = 3.0  # seconds: the shortest measured window of a batch row (not in smoke)
 
 
@@ -143,7 +145,7 @@ class Plan:
                 connections=4,
                 batch_size=100,
                 budget_s=25.0,
-                servers=list(SERVERS),
+                servers=[name for name in SERVERS if name not in OPT_IN],
             )
         if mode == "quick":
             return cls(
@@ -168,7 +170,7 @@ class Plan:
                 extra_clients=False,
                 quiet_wait=0.5,
                 budget_s=115.0,
-                servers=list(SERVERS),
+                servers=[name for name in SERVERS if name not in OPT_IN],
             )
         return cls(
             mode="full",
@@ -194,7 +196,7 @@ class Plan:
             extra_clients=True,
             quiet_wait=3.0,
             budget_s=3600.0,
-            servers=list(SERVERS),
+            servers=[name for name in SERVERS if name not in OPT_IN],
         )
 
     @property
@@ -310,7 +312,8 @@ def _loadgen_row(
         batch_size=plan.batch_size,
         batch_style=batch_style,
         rate=rate,
-        server_pids=[srv.pid],
+        server_pids=srv.pids,
+        writer_pids=srv.writer_pids,
     )
     err = probe(ls)
     if err:
@@ -347,6 +350,8 @@ def _loadgen_row(
             "other_top",
         )
     }
+    if res.get("writer_cpu_s") is not None:
+        row.extra["writer_cpu_s"] = res["writer_cpu_s"]
     if workload == "pooled":
         row.extra["stale"] = res["stale"]  # reads that missed an answered write: must be 0
     if rate:
@@ -752,7 +757,7 @@ def bench_scale(plan: Plan, say: Callable[[str], None], server: str = "stig") ->
             value_size=size,
             batch_size=plan.batch_size,
             batch_style=style,
-            server_pids=[srv.pid],
+            server_pids=srv.pids,
             # a safety deadline only: the load ends when every key is written
             duration=max(5.0, min(1800.0, plan.remaining())),
         )
@@ -764,7 +769,7 @@ def bench_scale(plan: Plan, say: Callable[[str], None], server: str = "stig") ->
                 srv = RunningServer(spec, start_timeout=30)
                 data_dir = srv.data_dir
                 srv.start()
-                ls.port, ls.server_pids = srv.port, [srv.pid]
+                ls.port, ls.server_pids = srv.port, srv.pids
             style = ls.batch_style = "set"
             if err := probe(ls):
                 row.status = f"skipped (probe: {err[:90]})"
@@ -1010,6 +1015,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"- {line['server']} d={line['depth']} {line['value_size']}B: "
                 f"{line['ratio']:.2f}× ({line['set_us']:.1f} µs per set, "
                 f"{line['get_us']:.1f} µs per get)"
+            )
+    writers = [r for r in rows if r.status == "ok" and (r.extra or {}).get("writer_cpu_s")]
+    if writers:
+        print("\nThe writer process's CPU per item (its share of the server CPU above):\n")
+        for r in writers:
+            items = (r.extra or {}).get("items") or 0
+            writer_s = (r.extra or {})["writer_cpu_s"]
+            print(
+                f"- {r.server} {r.workload} d={r.depth} {r.value_size}B: "
+                f"{writer_s * 1e6 / items:.2f} µs per item ({writer_s} s over {items} items)"
+                if items
+                else f"- {r.server} {r.workload}: {writer_s} s"
             )
     stale = [r for r in rows if r.workload == "pooled" and r.status == "ok"]
     if stale:

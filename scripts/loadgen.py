@@ -101,6 +101,9 @@ class LoadSpec:
     rate: float = 0.0  # > 0: open loop, this many batches/s in aggregate (requests/s at depth 1)
     arrivals: str = "uniform"  # open loop: "uniform" (fixed interval) or "poisson"
     server_pids: list[int] = field(default_factory=list)
+    #: Stig's writer process (``--workers``), among ``server_pids``: its CPU
+    #: is also reported alone, the serial part of every write.
+    writer_pids: list[int] = field(default_factory=list)
 
 
 def connect(host: str, port: int, timeout: float = 3.0) -> socket.socket:
@@ -872,11 +875,13 @@ def run(spec: LoadSpec, bulk_keys: int | None = None) -> dict:
             m0 = time.monotonic()
         procs0 = snapshot_all()
         s_cpu0, c_cpu0, b0 = total_cpu(spec.server_pids), total_cpu(pids), system_busy_seconds()
+        w_cpu0 = total_cpu(spec.writer_pids)
         if bulk is None:
             time.sleep(max(0.0, m0 + spec.duration - time.monotonic()))
         else:
             collect(m0 + spec.duration + 5)
         s_cpu1, c_cpu1, m1 = total_cpu(spec.server_pids), total_cpu(pids), time.monotonic()
+        w_cpu1 = total_cpu(spec.writer_pids)
         b1 = system_busy_seconds()
         others = top_others(procs0, snapshot_all(), {*pids, *spec.server_pids, os.getpid()})
         collect(time.monotonic() + 30)
@@ -945,6 +950,7 @@ def run(spec: LoadSpec, bulk_keys: int | None = None) -> dict:
         error_samples=[s for r in results for s in r.samples][:5],
         server_cpu_s=round(s_cpu1 - s_cpu0, 3) if spec.server_pids else None,
         client_cpu_s=round(c_cpu1 - c_cpu0, 3),
+        writer_cpu_s=round(w_cpu1 - w_cpu0, 3) if spec.writer_pids else None,
         # busy CPU of everything else on the machine in the window (noise)
         other_cpu_s=round(
             max(

@@ -143,7 +143,7 @@ def _bare(port: int, _d: str) -> list[str]:
     ]
 
 
-def _stig(durable: bool) -> Callable[[int, str], list[str]]:
+def _stig(durable: bool, workers: int = 0) -> Callable[[int, str], list[str]]:
     def argv(port: int, d: str) -> list[str]:
         cmd = [
             sys.executable,
@@ -157,6 +157,7 @@ def _stig(durable: bool) -> Callable[[int, str], list[str]]:
             "--data-dir",
             os.path.join(d, "stig-data"),
         ]
+        cmd += ["--workers", str(workers)] if workers else []
         extra = shlex.split(os.environ.get("STIG_SERVE_ARGS", ""))  # an A/B of an option
         return cmd + (["--durable-acks"] if durable else []) + extra
 
@@ -218,6 +219,24 @@ SERVERS: dict[str, ServerSpec] = {
             batch_protocols=("text", "binary"),
             note="stig serve --durable-acks",
         ),
+        ServerSpec(
+            "stig-w1",
+            "text",
+            _stig(False, workers=1),
+            _stig_missing,
+            cwd=REPO,
+            batch_protocols=("text", "binary"),
+            note="stig serve --workers 1 (the writer in a process of its own; CPU of both)",
+        ),
+        ServerSpec(
+            "stig-w2",
+            "text",
+            _stig(False, workers=2),
+            _stig_missing,
+            cwd=REPO,
+            batch_protocols=("text", "binary"),
+            note="stig serve --workers 2 (supervisor, 2 workers, the writer; CPU of all)",
+        ),
     )
 }
 
@@ -262,6 +281,28 @@ class RunningServer:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """The server and its child processes (Stig's writer process, with
+        ``--workers``): whose CPU is the server's."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.pid, *map(int, children)]
+
+    @property
+    def writer_pids(self) -> list[int]:
+        """Stig's writer process among :attr:`pids` (``--workers``), else none."""
+        found = []
+        for pid in self.pids[1:]:
+            try:
+                if b"_writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
 
     def start(self) -> RunningServer:
         env = {**os.environ, **self.spec.env}

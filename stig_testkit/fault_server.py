@@ -24,6 +24,11 @@ named by ``STIG_FAULT_FILE``:
   that gives the server a sliver of a core or a slow disk: the commit
   thread sleeps once the group's operations are applied, just before the
   commit (the GIL is free meanwhile, as during an fsync);
+* ``kill`` / ``kill-after``: the process that commits (the writer process of
+  ``--workers 1``) empties the fault file and SIGKILLs itself, before the
+  group is applied (nothing of it reaches the disk) or just after it is
+  committed (all of it is there, its answer is lost) — once: the writer
+  started in its place commits normally;
 * ``nogrow``: the LMDB map cannot grow: the address-space check of
   :meth:`Store.grow` fails as ``mmap`` does without room (ENOMEM), so a map
   that is full (start the server with a small ``--map-size``) stays full.
@@ -38,6 +43,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import signal
 import time
 import types
 from collections.abc import Callable
@@ -72,6 +78,12 @@ def _disk_error(fault: str) -> None:
         raise error
 
 
+def _die(faults: Path) -> None:
+    """Die by SIGKILL, once: the fault file is emptied first."""
+    faults.write_text("")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _slowed(before_commit: Callable[[], None] | None, seconds: float) -> Callable[[], None]:
     """``before_commit`` (the GIL loan's repayment), then a pause of ``seconds``."""
 
@@ -100,6 +112,8 @@ def install(faults: Path) -> None:
                 fault = _fault(faults)
             held.unlink()
         _disk_error(fault)
+        if fault == "kill":
+            _die(faults)
         kind, _, key = fault.partition(" ")
         if kind == "slow":
             before_commit = _slowed(before_commit, float(key))
@@ -111,7 +125,10 @@ def install(faults: Path) -> None:
                 return 1 // 0
             with self.env.begin(write=True) as txn:
                 txn.put(b"", b"refused")  # LMDB raises BadValsizeError: a real lmdb.Error
-        return apply(self, batches, before_commit)
+        results = apply(self, batches, before_commit)
+        if fault == "kill-after":
+            _die(faults)
+        return results
 
     def faulty_probe(self: Store, largest: int, nbytes: int) -> None:
         _disk_error(_fault(faults))

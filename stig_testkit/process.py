@@ -17,6 +17,7 @@ installed one.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,6 +32,10 @@ from stig_testkit.waiting import wait_for_stats
 READY_PREFIX = "stig listening on "
 STARTUP_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+#: Options every test server gets, from ``$STIG_TEST_SERVE_ARGS``: run a
+#: whole suite in another shape of the server, e.g. ``--workers 1``
+#: (docs/workers.md).
+SERVE_ARGS = tuple(shlex.split(os.environ.get("STIG_TEST_SERVE_ARGS", "")))
 #: The directory that holds the ``stig`` (and ``protocol``, ``stig_testkit``)
 #: packages this process runs: a clone's root, or site-packages.
 CODE_ROOT = Path(stig.__file__).resolve().parents[1]
@@ -83,6 +88,7 @@ class StigProcess:
             "0",
             "--data-dir",
             str(self.data_dir),
+            *SERVE_ARGS,
             *self.args,
         ]
 

@@ -119,6 +119,11 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         # all connections; the most one connection held (--max-reply-bytes).
         ("stig_held_replies", engine.stats.held_replies),
         ("stig_held_replies_max", engine.stats.held_replies_max),
+        # The writer process (--workers, docs/workers.md): 0 without one.
+        ("stig_workers", engine.settings.workers),
+        ("stig_worker_id", engine.worker_id),
+        ("stig_writer_pid", 0 if engine.writer is None else engine.writer.pid),
+        ("stig_writer_restarts", 0 if engine.writer is None else engine.writer.restarts),
     ]
     # Writes refused while the disk cannot take commits (stig/engine/refusal.py).
     refusal = engine.promoter.refusal

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from stig.engine.auth import Authenticator
@@ -20,7 +21,9 @@ from stig.engine.promoter import Promoter
 from stig.engine.readiness import Readiness
 from stig.engine.replicas import FollowerState, ReplicaHub
 from stig.engine.settings import Settings
+from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.stats import CommandStats, PromoterStats
+from stig.engine.writer_link import WriterLink
 from stig.storage.replog import LogState
 from stig.storage.store import Store
 
@@ -44,14 +47,30 @@ def readers_for(max_connections: int) -> int:
     return 2 * max_connections + SPARE_READERS
 
 
+@attrs.frozen
+class WorkerRole:
+    """What a worker process of ``stig serve --workers N`` is handed by its
+    supervisor (docs/workers.md): its number and inherited descriptors."""
+
+    worker_id: int
+    link_fd: int  #: its socket to the writer process
+    table_fd: int  #: the shared in-flight table (stig/engine/shared_inflight.py)
+
+
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: WorkerRole | None = None) -> None:
         self.settings = settings
+        #: Which worker this is (``--workers N``; 0 in a single process).
+        self.worker_id = 0 if role is None else role.worker_id
         # Every connection may hold a snapshot while its reply streams and
         # briefly read a second (an mg lease re-read); the rest is for key
         # listings, backups and the tools: LMDB refuses a reader past its table.
+        # A worker's supervisor holds the directory lock and sized the table.
         self.store = Store(
-            settings.data_dir, settings.map_size, readers_for(settings.max_connections)
+            settings.data_dir,
+            settings.map_size,
+            readers_for(settings.max_connections) * max(settings.workers, 1),
+            lock=role is None,
         )
         self.store.max_value_size = settings.limits.max_item_size
         self.store.log_bounds.max_bytes = settings.replication_log_bytes
@@ -60,7 +79,25 @@ class Engine:
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
         self.budget = WriteBudget(settings.max_pending_bytes, settings.max_run_wait_ms / 1000.0)
-        self.promoter = Promoter(self.store, self.promoter_stats, budget=self.budget)
+        #: The writer process (``--workers``); None: the commit thread commits.
+        self.writer: WriterLink | None = None
+        shared: SharedInFlight | None = None
+        if settings.workers:
+            self.store.follow_writer()
+        if role is not None:
+            self.writer = WriterLink(self.store, settings.log_level, fd=role.link_fd)
+            shared = SharedInFlight(role.table_fd, settings.workers, role.worker_id)
+        elif settings.workers:
+            self.writer = WriterLink(self.store, settings.log_level)
+            try:
+                self.writer.start()
+            except BaseException:
+                self.store.close()
+                raise
+        self.promoter = Promoter(
+            self.store, self.promoter_stats, budget=self.budget, link=self.writer
+        )
+        self.promoter.shared = self.promoter.in_flight.shared = shared
         #: The followers of this server (stig/replication/sender.py).
         self.replicas = ReplicaHub()
         self.promoter.on_commit = self.replicas.committed
@@ -146,4 +183,8 @@ class Engine:
     async def close(self) -> None:
         """Commit whatever is queued and close LMDB.  Safe to call twice."""
         await self.promoter.close()
+        if self.writer is not None:
+            # Before the directory lock goes: the writer has stopped when a
+            # new server may start.
+            await trio.to_thread.run_sync(self.writer.close)
         self.store.close()

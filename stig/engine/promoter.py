@@ -40,23 +40,32 @@ long the oldest submitted promotion has waited).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
-import lmdb
 import trio
 
 from stig.engine.budget import WriteBudget
-from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS, Cause, WriteRefusal, classify, words_for
+from stig.engine.group_commit import Failed as _Failed
+from stig.engine.group_commit import apply_group
+from stig.engine.group_commit import failed as _failed
+from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS, Cause, WriteRefusal, words_for
 from stig.engine.stats import PromoterStats
 from stig.engine.visibility import InFlight
+from stig.engine.writer import PROBE_GREW, PROBE_OK
 from stig.storage.ops import Op, Outcome
 from stig.storage.records import Item
 from stig.storage.store import Applied, MapCannotGrow, MapFull, Store
+
+if TYPE_CHECKING:
+    from stig.engine.shared_inflight import SharedInFlight
+    from stig.engine.writer_link import WriterLink
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +163,11 @@ class Promotion:
     error: str | None = None
     submitted: float = 0.0  # time.monotonic() when handed to the promoter
     finished: bool = False  # committed (or failed): outcomes/written/error are final
+    number: int = 0  # its submission number in the shared in-flight table (N workers)
+    #: Other workers' writes to its keys acknowledged before it and not yet
+    #: committed when it was submitted, ``(worker, number)``: the writer
+    #: commits it after them (N workers).
+    after: tuple[tuple[int, int], ...] = ()
     _event: trio.Event | None = attrs.field(default=None, init=False)
 
     @property
@@ -177,12 +191,13 @@ class Promotion:
             self._event.set()
 
 
-class _Failed(str):
-    """A promotion's failure message, as :meth:`Promoter._apply_group` reports it;
-    ``cause``: why writes must be refused (None: this run's own failure)."""
+class _ChannelJobs:
+    """The commit thread's job queue, for the writer link's task instead."""
 
-    cause: Cause | None = None
-    error: str = ""  #: the failure in LMDB's (or the grow's) own words
+    __slots__ = ("put",)
+
+    def __init__(self, send: trio.MemorySendChannel[_Job | None]) -> None:
+        self.put = send.send_nowait
 
 
 @attrs.frozen
@@ -191,6 +206,11 @@ class _Probe:
 
     largest: int
     nbytes: int
+
+
+#: A job for whatever commits: a group's runs, or a probe.
+_Job = list[Sequence[Op]] | _Probe
+_Jobs = queue.SimpleQueue[_Job | None] | _ChannelJobs
 
 
 class Promoter:
@@ -202,8 +222,16 @@ class Promoter:
         stats: PromoterStats,
         max_group_bytes: int = 64 << 20,
         budget: WriteBudget | None = None,
+        link: WriterLink | None = None,
     ) -> None:
         self.store = store
+        #: The writer process that commits instead of the commit thread
+        #: (``--workers``, docs/workers.md); None: the commit thread.
+        self.link = link
+        #: The in-flight keys of every worker (``--workers N``; None: this
+        #: process is the only one): published here too, at submit.
+        self.shared: SharedInFlight | None = None
+        self._number = 0  # the newest submission number handed out
         self.stats = stats
         self.max_group_bytes = max_group_bytes
         #: Keys written by submitted, unfinished promotions: what a read on
@@ -220,7 +248,7 @@ class Promoter:
         self._progress: trio.Event | None = None
         # The commit thread (while run() runs): its job queue, the group it
         # holds (None: idle), the trio token it reports through.
-        self._jobs: queue.SimpleQueue[list[Sequence[Op]] | _Probe | None] | None = None
+        self._jobs: _Jobs | None = None
         self._in_flight: list[Promotion] | None = None
         self._started_at = 0.0
         self._token: trio.lowlevel.TrioToken | None = None
@@ -261,6 +289,15 @@ class Promoter:
         waits for their commit.
         """
         self.in_flight.publish(promotions)
+        shared = self.shared
+        if shared is not None:
+            number = self._number
+            for promotion in promotions:
+                number += 1
+                promotion.number = number
+                promotion.after = shared.pending(promotion.key_seqs, promotion.clears_all)
+                shared.publish(promotion.key_seqs, number, promotion.clears_all)
+            self._number = number
         now = time.monotonic()
         nbytes = 0
         for promotion in promotions:
@@ -341,11 +378,21 @@ class Promoter:
         """
         self._running = True
         previous_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous_interval, GIL_SWITCH_INTERVAL))
         self._token = trio.lowlevel.current_trio_token()
-        jobs: queue.SimpleQueue[list[Sequence[Op]] | _Probe | None] = queue.SimpleQueue()
-        thread = threading.Thread(target=self._work, args=(jobs,), name="stig-commit", daemon=True)
-        thread.start()
+        jobs: _Jobs
+        if self.link is None:
+            sys.setswitchinterval(min(previous_interval, GIL_SWITCH_INTERVAL))
+            jobs = queue.SimpleQueue()
+            thread = threading.Thread(
+                target=self._work, args=(jobs,), name="stig-commit", daemon=True
+            )
+            thread.start()
+        else:
+            # A system task: it must outlive a cancelled run(), whose end
+            # waits for the group in flight to be answered.
+            send, receive = trio.open_memory_channel[_Job | None](math.inf)
+            jobs = _ChannelJobs(send)
+            trio.lowlevel.spawn_system_task(self._pump, self.link, receive, name="stig-writer-link")
         self._jobs = jobs
         task_status.started()
         try:
@@ -376,7 +423,27 @@ class Promoter:
             sys.setswitchinterval(previous_interval)
             self._stopped.set()
 
-    def _work(self, jobs: queue.SimpleQueue[list[Sequence[Op]] | _Probe | None]) -> None:
+    async def _pump(self, link: WriterLink, jobs: trio.MemoryReceiveChannel[_Job | None]) -> None:
+        """Hand each job to the writer process and finish it with its answer
+        (the event loop's twin of :meth:`_work`; ``--workers``)."""
+        async for job in jobs:
+            if job is None:
+                return
+            try:
+                if isinstance(job, _Probe):
+                    status, why = await link.probe(job.largest, job.nbytes)
+                    error: BaseException | None = None
+                    if status == PROBE_GREW:
+                        error = MapFull()
+                    elif status != PROBE_OK:
+                        error = RuntimeError(why)
+                    self._probed(error)
+                else:
+                    self._committed((await link.commit(job, *self._order(self._in_flight)), False))
+            except Exception:  # a bug here must not end the server's event loop
+                log.exception("the writer link failed")
+
+    def _work(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
         """The commit thread: applies and commits each group it is handed (or probes)."""
         apply_group = self._apply_group
         token = self._token
@@ -402,46 +469,8 @@ class Promoter:
     def _apply_group(
         self, batches: list[Sequence[Op]], before_commit: Callable[[], None] | None = None
     ) -> tuple[Sequence[Applied | _Failed], bool]:
-        """Commit one group (on a worker thread): per batch its result or failure.
-
-        Returns the results of the leading batches that are finished and
-        whether the map must grow before the rest (in order) is retried.
-        A failed group transaction leaves the store unchanged; each batch is
-        then retried alone, so that only the runs that fail by themselves fail.
-        Never raises.  ``before_commit``: see :meth:`Store.apply` (called
-        by the first, whole-group attempt only).
-        """
-        apply = self.store.apply
-        try:
-            return apply(batches, before_commit), False
-        except MapFull:
-            return [], True
-        except BaseException as exc:  # lmdb.Error or a bug: find which runs fail
-            if before_commit is not None:
-                before_commit()  # the retries below may take long
-            if len(batches) == 1:
-                return [self._failure(exc, batches)], False
-            log.warning("commit of %d runs failed (%s); retrying each alone", len(batches), exc)
-        results: list[Applied | _Failed] = []
-        for batch in batches:
-            try:
-                results += apply([batch])
-            except MapFull:
-                return results, True
-            except BaseException as exc:
-                results.append(self._failure(exc, [batch]))
-        return results, False
-
-    def _failure(self, exc: BaseException, batches: Sequence[Sequence[Op]]) -> _Failed:
-        """Log a failed commit of ``batches`` and say what the client is told,
-        with the cause that refuses writes, if it is one (commit thread)."""
-        if isinstance(exc, lmdb.Error):
-            log.error("commit of %d run(s) failed: %s", len(batches), exc)
-            needed = sum(len(getattr(op, "value", b"")) for ops in batches for op in ops)
-            cause = classify(exc, self.store.path, needed)
-            return _failed(words_for(cause, str(exc)), cause, str(exc))
-        log.error("commit of %d run(s) failed: internal error", len(batches), exc_info=exc)
-        return _failed("commit failed: internal error (see the server log)", None, repr(exc))
+        """Commit one group on the calling thread (:func:`stig.engine.group_commit.apply_group`)."""
+        return apply_group(self.store, batches, before_commit)
 
     def _probe(self, job: _Probe) -> BaseException | None:
         """Run a probe (commit thread): None if it committed, else why not."""
@@ -536,6 +565,8 @@ class Promoter:
             seconds = time.monotonic() - refusal.since
             log.warning("writes accepted again after %.1f s: a probe committed", seconds)
             refusal.leave()
+        elif isinstance(error, MapFull) and self.link is not None:
+            self._probe_due = True  # the writer grew the map: try again at once
         elif isinstance(error, MapFull):
             try:
                 log.info("LMDB map grown to %d bytes", self.store.grow())
@@ -586,6 +617,15 @@ class Promoter:
             self._wakeup.set()  # run() may be waiting for the thread to go idle
         else:
             self._probe_if_idle()
+
+    def _order(
+        self, group: Sequence[Promotion] | None
+    ) -> tuple[list[int] | None, list[tuple[tuple[int, int], ...]] | None]:
+        """What the writer needs to keep the write order across workers: each
+        promotion's number and ``after`` (None, None: one process)."""
+        if self.shared is None or not group:
+            return None, None
+        return [p.number for p in group], [p.after for p in group]
 
     def _take_group(self) -> list[Promotion]:
         size = 0
@@ -643,14 +683,9 @@ class Promoter:
                 group = self._take_group()
                 while group:
                     started = time.perf_counter()
-                    outcome = await trio.to_thread.run_sync(
-                        self._apply_group, [p.ops for p in group]
-                    )
+                    batches = [p.ops for p in group]
+                    if self.link is not None:
+                        outcome = (await self.link.commit(batches, *self._order(group)), False)
+                    else:
+                        outcome = await trio.to_thread.run_sync(self._apply_group, batches)
                     group = self._settle(group, outcome, time.perf_counter() - started)
-
-
-def _failed(message: str, cause: Cause | None, error: str) -> _Failed:
-    failed = _Failed(message)
-    failed.cause = cause
-    failed.error = error
-    return failed

@@ -55,6 +55,10 @@ class Settings:
     #: have received before they are closed (hypercorn's graceful timeout).
     shutdown_grace_ms: float = 10_000.0
     map_size: int = 256 << 20  #: initial LMDB map; it grows by itself
+    #: 0: one process, commits on a thread; 1: the writer in a process of its
+    #: own; N > 1: N worker processes and the writer under a supervisor
+    #: (docs/workers.md).
+    workers: int = 0
     log_level: str = "info"
     auth_file: Path | None = None
     #: listen on this unix domain socket instead of TCP (memcached's ``-s``)

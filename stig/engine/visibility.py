@@ -39,6 +39,24 @@ class _Event(Protocol):
     async def wait(self) -> None: ...
 
 
+class SharedTable(Protocol):
+    """What :class:`InFlight` needs of the other workers' table
+    (:class:`stig.engine.shared_inflight.SharedInFlight`)."""
+
+    def clear_for(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> bool: ...
+
+    async def wait(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> None: ...
+
+    def settled(self, number: int) -> bool:
+        """Whether this worker's promotion ``number`` is committed (by the
+        writer), although this worker may not have finished it yet."""
+        ...
+
+
 class Published(Protocol):
     """What :class:`InFlight` needs of a promotion (:class:`stig.engine.promoter.Promotion`
     is one): a Protocol, so that this module, which the promoter imports, does
@@ -60,6 +78,11 @@ class Published(Protocol):
         ...
 
     @property
+    def number(self) -> int:
+        """Its submission number in the shared table (``--workers N``)."""
+        ...
+
+    @property
     def done(self) -> _Event:
         """Set once finished."""
         ...
@@ -72,7 +95,7 @@ _PURGE_SLACK = 4096
 class InFlight:
     """Keys with a submitted promotion not finished yet; see the module docstring."""
 
-    __slots__ = ("_everything", "_keys", "_live", "_live_keys", "waits")
+    __slots__ = ("_everything", "_keys", "_live", "_live_keys", "shared", "waits")
 
     def __init__(self) -> None:
         #: key -> the newest promotion published for it.  Entries of finished
@@ -87,6 +110,9 @@ class InFlight:
         self.waits = 0
         #: The newest unfinished promotion that clears every key (flush_all).
         self._everything: Published | None = None
+        #: The other workers' writes in flight (``--workers N``,
+        #: stig/engine/shared_inflight.py); None: one process.
+        self.shared: SharedTable | None = None
 
     def __len__(self) -> int:
         """Keys with a promotion in flight (the ``everything`` marker counts as one)."""
@@ -139,6 +165,8 @@ class InFlight:
             needs_everything = True
         else:
             candidates = [inflight.get(key) for key in keys if key not in own]
+            if self.shared is not None:
+                candidates += self._settled_own(keys, own)
             needs_everything = bool(candidates)
         if needs_everything and everything is not None:
             candidates.append(everything)
@@ -147,6 +175,29 @@ class InFlight:
                 found[id(promotion)] = promotion
         return list(found.values())
 
+    def _settled_own(
+        self, keys: Sequence[bytes], own: Collection[bytes] | Mapping[bytes, object]
+    ) -> list[Published]:
+        """``--workers N``: the promotions writing ``keys`` read from the POV
+        that the writer has committed and this worker has not finished yet.
+        A read must wait for them (at most a scheduler pass: their answer is
+        on its way): a later write of another worker, acknowledged after that
+        commit, must not hide behind this session's POV copy of the older one."""
+        shared = self.shared
+        assert shared is not None
+        inflight = self._keys
+        found: list[Published] = []
+        for key in keys:
+            if key in own:
+                promotion = inflight.get(key)
+                if (
+                    promotion is not None
+                    and not promotion.finished
+                    and shared.settled(promotion.number)
+                ):
+                    found.append(promotion)
+        return found
+
     def clear_for(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
     ) -> bool:
@@ -154,6 +205,12 @@ class InFlight:
 
         The same answer as ``not blocking(keys, own)``, without building a list.
         """
+        shared = self.shared
+        if shared is not None:
+            if not shared.clear_for(keys, own):
+                return False
+            if self._live and keys is not None and own and self._settled_own(keys, own):
+                return False
         if not self._live:
             return True
         if keys is None:
@@ -186,3 +243,5 @@ class InFlight:
             self.waits += 1
         for promotion in blocking:
             await promotion.done.wait()
+        if self.shared is not None:
+            await self.shared.wait(keys, own)

@@ -138,6 +138,8 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
     store = engine.store
     if engine.follower is not None:
         raise _Refused(f"this server is a replica of {engine.follower.primary}")
+    if engine.writer is not None:
+        raise _Refused("a server run with --workers has no followers (for now)")
     if not store.log_enabled:
         raise _Refused("the replication log is off (--replication-log-bytes 0)")
     state = store.log_state

@@ -40,7 +40,7 @@ import trio
 
 from stig.core.replies import send_all
 from stig.engine.certificates import TlsCertificates, TlsError
-from stig.engine.engine import Engine
+from stig.engine.engine import Engine, WorkerRole
 from stig.engine.readiness import Hold
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
@@ -71,10 +71,14 @@ class Listener:
         return f"{host}:{port}"
 
 
-async def _listen_tcp(host: str, port: int) -> trio.socket.SocketType:
+async def _listen_tcp(host: str, port: int, reuse_port: bool = False) -> trio.socket.SocketType:
+    """``reuse_port``: one of the workers' sockets on one port (``--workers N``):
+    the kernel spreads the connections over them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     await sock.bind((host, port))
     sock.listen(1024)
     return sock
@@ -145,7 +149,7 @@ async def open_listeners(settings: Settings) -> list[Listener]:
 async def _open_listeners(settings: Settings) -> list[Listener]:
     if settings.unix_socket is not None:
         return [Listener(await _listen_unix(settings.unix_socket, settings.unix_mask), unix=True)]
-    main = await _listen_tcp(settings.listen, settings.port)
+    main = await _listen_tcp(settings.listen, settings.port, settings.workers > 1)
     if not settings.tls_enabled:
         return [Listener(main)]
     if settings.tls_port is None:
@@ -261,6 +265,7 @@ async def serve(
     *,
     on_ready: Callable[[list[Listener]], None] | None = None,
     notifier: Notifier | None = None,
+    role: WorkerRole | None = None,
     task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled or signalled; ``task_status`` gets the listeners.
@@ -272,7 +277,7 @@ async def serve(
     cannot be used.
     """
     tls = TlsCertificates(settings) if settings.tls_enabled else None
-    engine = Engine(settings)
+    engine = Engine(settings, role)
     engine.tls = tls
     notifier = notifier or Notifier()
     engine.readiness.notify = notifier.notify

@@ -198,11 +198,16 @@ class Store:
         path: str | os.PathLike[str],
         map_size: int = INITIAL_MAP_SIZE,
         max_readers: int = 1024,
+        *,
+        lock: bool = True,
     ) -> None:
+        """``lock=False``: for the writer process (docs/workers.md), whose
+        parent holds the directory's lock for it."""
         self.path = Path(path)
         #: LMDB's reader table: one slot per read transaction open at once.
         self.max_readers = max_readers
-        self._lock = DirLock(self.path)  # one writer per directory, until close()
+        # One writer per directory, until close().
+        self._lock = DirLock(self.path) if lock else None
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,
@@ -235,11 +240,13 @@ class Store:
         #: Whether groups are written to the replication log (their sequence
         #: numbers are counted either way).
         self.log_enabled = True
-        #: ``read_txn()`` as one call in C: a read-only transaction on the items
-        #: (the hot path of every get begins one).
-        self.begin_read: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
+        self._begin_items: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
             self.env.begin, db=self._items
         )
+        #: A read-only transaction on the items (the hot path of every get
+        #: begins one): one call in C while this process is the only writer;
+        #: :meth:`follow_writer` makes it adopt a map another process grew.
+        self.begin_read: Callable[[], lmdb.Transaction[bytes]] = self._begin_items
         #: Snapshots held across awaits (streamed replies, quiet get runs, key
         #: listings); grow() ends them first (stig/storage/held.py).
         self.long_reads = HeldReads()
@@ -287,8 +294,31 @@ class Store:
 
     # -- reads (any thread) --------------------------------------------------
 
+    def follow_writer(self) -> None:
+        """Another process writes (the writer process, docs/workers.md): every
+        read adopts the map it grew (:meth:`adopt_map`) and begins again."""
+        self.begin_read = self._begin_adopting
+
+    def _begin_adopting(self) -> lmdb.Transaction[bytes]:
+        try:
+            return self._begin_items()
+        except lmdb.MapResizedError:
+            self.adopt_map()
+            return self._begin_items()
+
+    def adopt_map(self) -> int:
+        """Take on the map size another process (the writer process) grew the
+        file to: ``MDB_MAP_RESIZED`` in a read transaction begun after it.
+
+        As :meth:`grow`, no transaction may be open in this process: held
+        snapshots are ended first.  Returns the map size now.
+        """
+        self.long_reads.end_all(MAP_GREW)
+        self.env.set_mapsize(0)
+        return self.map_size
+
     def get(self, key: bytes) -> Item | None:
-        txn = self.env.begin(db=self._items)
+        txn = self.begin_read()
         try:
             record = txn.get(key)
         finally:
@@ -307,13 +337,18 @@ class Store:
         registers it in :attr:`long_reads` first (``Snapshot.hold``, the key
         listings), so that :meth:`grow` can end it before remapping the file.
         """
-        if buffers:  # values as memoryviews into the map: valid until the next cursor move
+        if not buffers:
+            return self.begin_read()
+        # values as memoryviews into the map: valid until the next cursor move
+        try:
             return self.env.begin(db=self._items, buffers=True)
-        return self.env.begin(db=self._items)
+        except lmdb.MapResizedError:  # only when another process writes
+            self.adopt_map()
+            return self.env.begin(db=self._items, buffers=True)
 
     def get_many(self, keys: Sequence[bytes]) -> list[Item | None]:
         """All ``keys`` read in one snapshot."""
-        txn = self.env.begin(db=self._items)
+        txn = self.begin_read()
         try:
             get = txn.get
             records = [get(key) for key in keys]
@@ -322,8 +357,11 @@ class Store:
         return [None if r is None else decode(r) for r in records]
 
     def item_count(self) -> int:
-        with self.env.begin() as txn:
+        txn = self.begin_read()
+        try:
             return int(txn.stat(self._items)["entries"])
+        finally:
+            txn.abort()
 
     def disk_bytes(self) -> int:
         info = self.env.info()
@@ -613,4 +651,5 @@ class Store:
 
     def close(self) -> None:
         self.env.close()
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()

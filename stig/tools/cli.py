@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -234,6 +235,14 @@ def main() -> None:
     type=SizeParam(),
     help="Initial LMDB map size; the map doubles by itself whenever it is full.",
 )
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="0: one process, commits on a thread; 1: commits in a writer process; "
+    "N > 1: N worker processes on one port and the writer (docs/workers.md).",
+)
 @click.option("--disable-flush-all", is_flag=True, help="Refuse flush_all.")
 @click.option(
     "--auth-file",
@@ -372,6 +381,7 @@ def serve(
     idle_timeout: float,
     shutdown_grace_ms: float,
     map_size: int,
+    workers: int,
     disable_flush_all: bool,
     auth_file: Path | None,
     unix_socket: Path | None,
@@ -436,6 +446,7 @@ def serve(
         idle_timeout=idle_timeout,
         shutdown_grace_ms=shutdown_grace_ms,
         map_size=map_size,
+        workers=workers,
         disable_flush_all=disable_flush_all,
         auth_file=auth_file,
         log_level=log_level,
@@ -481,11 +492,90 @@ def serve(
     gc.set_threshold(50_000, 20, 100)
     from stig.server.listeners import ListenError
 
+    if workers and (settings.replica_of is not None or settings.min_replica_acks):
+        # The writer process commits: the workers' stores never see the
+        # sequence numbers the followers acknowledge (docs/workers.md).
+        raise click.BadParameter(
+            "replication (--replica-of, --min-replica-acks) runs without --workers (for now)",
+            param_hint="'--workers'",
+        )
+    if workers > 1:
+        if unix_socket is not None or tls_cert is not None:
+            raise click.BadParameter(
+                "more than one worker serves plain TCP only (for now)", param_hint="'--workers'"
+            )
+        from stig.server import supervisor
+
+        try:
+            code = supervisor.run(settings)
+        except (OSError, DataDirInUse) as exc:
+            raise click.ClickException(str(exc)) from None
+        sys.exit(code)
     try:
         notifier = Notifier.from_environment()
         trio.run(lambda: run_server(settings, on_ready=ready, notifier=notifier))
     except (ListenError, DataDirInUse) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command("_worker", hidden=True)
+@click.option("--worker-id", type=int, required=True)
+@click.option("--link-fd", type=int, required=True)
+@click.option("--table-fd", type=int, required=True)
+@click.option("--ready-fd", type=int, required=True)
+def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int) -> None:
+    """A worker process of ``stig serve --workers N`` (started by the supervisor)."""
+    import os
+
+    from stig.engine.engine import WorkerRole
+    from stig.server.listeners import Listener
+    from stig.server.listeners import serve as run_server
+    from stig.server.supervisor import SETTINGS_VARIABLE, decode_settings
+
+    settings = decode_settings(os.environ.pop(SETTINGS_VARIABLE))
+    logs.configure(settings.log_level, sys.stderr)
+
+    def ready(_listeners: list[Listener]) -> None:
+        os.write(ready_fd, b"R")
+        os.close(ready_fd)
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    role = WorkerRole(worker_id, link_fd, table_fd)
+    trio.run(lambda: run_server(settings, on_ready=ready, role=role))
+
+
+@main.command("_writer", hidden=True)
+@click.option("--fd", type=int, multiple=True, required=True, help="one socket per worker")
+@click.option("--table-fd", type=int, default=-1, help="the shared in-flight table (N workers)")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--map-size", type=int, required=True)
+@click.option("--max-readers", type=int, required=True)
+@click.option("--max-value-size", type=int, required=True)
+@click.option("--log-level", default="info")
+def writer(
+    fd: tuple[int, ...],
+    table_fd: int,
+    data_dir: Path,
+    map_size: int,
+    max_readers: int,
+    max_value_size: int,
+    log_level: str,
+) -> None:
+    """The writer process of ``stig serve --workers`` (started by the server, not by hand)."""
+    from stig.engine import writer as writer_process
+
+    logs.configure(log_level, sys.stderr)
+    # A terminal's ^C or a SIGTERM is for the server, which stops the writer
+    # (end of file on its socket) once the last group is committed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    table = None
+    if table_fd >= 0:
+        from stig.engine.shared_inflight import SharedInFlight
+
+        table = SharedInFlight(table_fd, len(fd), -1)
+    writer_process.serve(fd, data_dir, map_size, max_readers, max_value_size, table)
 
 
 # -- operating a database: backup, restore, check, dump, load ------------------

@@ -1,0 +1,308 @@
+"""The writer process (``stig serve --workers 1``): it owns the LMDB write transaction.
+
+See docs/workers.md.  The server starts it (:class:`stig.engine.writer_link.WriterLink`)
+as ``python -m <the server's launcher> _writer --fd N …`` and talks to it over
+one end of a socketpair; this module is both sides' frame format and the
+writer's loop (:func:`serve`).
+
+A frame is an 8-byte little-endian length and a pickle of a tuple of plain
+values.  The server sends jobs:
+
+* ``("g", batches, numbers, afters)``: commit one group (a list of runs, each
+  a list of ops); with several workers, each run's submission number and the
+  other workers' runs it must follow (stig/engine/shared_inflight.py), else
+  None;
+* ``("p", largest, nbytes)``: a disk-space probe (stig/engine/refusal.py).
+
+The writer answers each job, in order, with ``(kind, results, state)``:
+per run its outcomes as one byte each and the item its last op stored, or
+its failure's message, cause and LMDB words (:func:`encode_results`); and
+the state of the environment after the job (:class:`WriterState`: map size,
+LMDB's last transaction id, the cas counter and the byte total), which the
+server adopts.  Its first frame, before any job, is that state alone: it is
+ready.
+
+The writer commits exactly as the commit thread does
+(:func:`stig.engine.group_commit.apply_group`), and grows the map itself
+when it is full — it holds no read transaction — then retries the rest.  With
+several workers (``--workers N``) it has one socket per worker and commits
+the groups of all that have one waiting in one transaction.  At end of file
+on every socket (the workers stopped or died) it closes the environment and
+exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import selectors
+import socket
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from stig.engine.group_commit import Failed, apply_group, failed
+from stig.engine.refusal import Cause, words_for
+from stig.engine.shared_inflight import SharedInFlight
+from stig.storage.ops import Op, Outcome
+from stig.storage.records import Item
+from stig.storage.store import Applied, MapCannotGrow, MapFull, Store
+
+log = logging.getLogger(__name__)
+
+LENGTH = struct.Struct("<Q")
+_OUTCOMES = list(Outcome)
+_CODES = {outcome: index for index, outcome in enumerate(_OUTCOMES)}
+_CAUSES = {cause.value: cause for cause in Cause}
+
+#: What a probe answered: it committed, the map grew (probe again), or it failed.
+PROBE_OK, PROBE_GREW, PROBE_FAILED = "ok", "grew", "failed"
+
+
+class WriterState(NamedTuple):
+    """The environment as the writer left it after a job."""
+
+    map_size: int
+    last_txnid: int
+    last_cas: int
+    total_bytes: int
+
+
+def frame(message: tuple[Any, ...]) -> bytes:
+    """One message as it goes over the link."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return LENGTH.pack(len(body)) + body
+
+
+def encode_results(results: Sequence[Applied | Failed]) -> list[tuple[Any, ...]]:
+    """Per run, plain values: ``(outcome codes, written)`` or ``(message, cause, error)``."""
+    codes = _CODES
+    encoded: list[tuple[Any, ...]] = []
+    for result in results:
+        if isinstance(result, Failed):
+            cause = None if result.cause is None else result.cause.value
+            encoded.append((str(result), cause, result.error))
+        else:
+            outcomes, written = result
+            encoded.append(
+                (bytes([codes[o] for o in outcomes]), None if written is None else tuple(written))
+            )
+    return encoded
+
+
+def decode_results(encoded: Sequence[tuple[Any, ...]]) -> list[Applied | Failed]:
+    """What :func:`encode_results` encoded."""
+    outcomes = _OUTCOMES
+    results: list[Applied | Failed] = []
+    for first, second, *rest in encoded:
+        if isinstance(first, str):
+            cause = None if second is None else _CAUSES[second]
+            results.append(failed(first, cause, rest[0]))
+        else:
+            written = None if second is None else Item(*second)
+            results.append(Applied([outcomes[code] for code in first], written))
+    return results
+
+
+def _state(store: Store) -> WriterState:
+    return WriterState(
+        store.map_size, int(store.env.info()["last_txnid"]), store.last_cas, store.total_bytes
+    )
+
+
+def commit(store: Store, batches: Sequence[Sequence[Op]]) -> list[Applied | Failed]:
+    """Commit one group, growing the map as often as it needs (in the writer)."""
+    results: list[Applied | Failed] = []
+    rest = batches
+    while rest:
+        done, grow = apply_group(store, rest)
+        results += done
+        rest = rest[len(done) :]
+        if not grow:
+            break
+        try:
+            log.info("LMDB map grown to %d bytes", store.grow())
+        except MapCannotGrow as exc:
+            log.error("LMDB map full and cannot grow: %s", exc)
+            failure = failed(words_for(Cause.MAP_FULL, str(exc)), Cause.MAP_FULL, str(exc))
+            results += [failure] * len(rest)
+            break
+    return results
+
+
+def probe(store: Store, largest: int, nbytes: int) -> tuple[str, str]:
+    """Run a disk-space probe: ``(PROBE_OK | PROBE_GREW | PROBE_FAILED, why)``."""
+    try:
+        store.probe(largest, nbytes)
+    except MapFull:
+        try:
+            size = store.grow()
+        except MapCannotGrow as exc:
+            return PROBE_FAILED, f"the map cannot grow: {exc}"
+        log.info("LMDB map grown to %d bytes", size)
+        return PROBE_GREW, ""
+    except BaseException as exc:
+        return PROBE_FAILED, str(exc)
+    return PROBE_OK, ""
+
+
+class _Link:
+    """One worker's socket, as the writer reads it."""
+
+    __slots__ = ("buffer", "sock", "worker")
+
+    def __init__(self, sock: socket.socket, worker: int) -> None:
+        self.sock = sock
+        self.worker = worker
+        self.buffer = bytearray()
+
+    def read(self) -> list[tuple[Any, ...]] | None:
+        """The whole jobs received so far (one recv: the socket was readable);
+        None at end of file."""
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            return None
+        buffer = self.buffer
+        buffer += chunk
+        jobs: list[tuple[Any, ...]] = []
+        while len(buffer) >= LENGTH.size:
+            end = LENGTH.size + LENGTH.unpack_from(buffer)[0]
+            if len(buffer) < end:
+                break
+            jobs.append(pickle.loads(buffer[LENGTH.size : end]))
+            del buffer[:end]
+        return jobs
+
+
+def serve(
+    fds: Sequence[int],
+    data_dir: Path,
+    map_size: int,
+    max_readers: int,
+    max_value_size: int,
+    table: SharedInFlight | None = None,
+) -> None:
+    """The writer's loop: answer jobs from the sockets ``fds`` (one per
+    worker, in worker order) until each has reached end of file.
+
+    The groups of every link that has one waiting are committed together,
+    in one transaction (one fsync); with ``table`` (``--workers N``), each
+    worker's committed watermark is raised right after the commit, before
+    the answers go out.
+    """
+    links = [_Link(socket.socket(fileno=fd), worker) for worker, fd in enumerate(fds)]
+    store = Store(data_dir, map_size, max_readers, lock=False)
+    store.max_value_size = max_value_size
+    selector = selectors.DefaultSelector()
+    try:
+        ready = frame(("r", None, _state(store)))
+        for link in links:
+            link.sock.sendall(ready)
+            selector.register(link.sock, selectors.EVENT_READ, link)
+        live = len(links)
+        groups: list[_Group] = []  # held: not every run committed yet
+        progressed = False
+        while live:
+            probes: list[tuple[_Link, tuple[Any, ...]]] = []
+            # Block only when the groups held cannot go on by themselves.
+            for key, _ in selector.select(0 if progressed else None):
+                link = key.data
+                try:
+                    jobs = link.read()
+                except (ConnectionResetError, BrokenPipeError):
+                    jobs = None
+                if jobs is None:
+                    selector.unregister(link.sock)
+                    live -= 1
+                    continue
+                for job in jobs:
+                    if job[0] == "g":
+                        groups.append(_Group(link, job))
+                    else:
+                        probes.append((link, job))
+            progressed = bool(groups) and _commit_groups(groups, store, table)
+            for link, job in probes:
+                _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
+    finally:
+        selector.close()
+        store.close()
+        for link in links:
+            link.sock.close()
+
+
+class _Group:
+    """One link's group job while the writer holds it: its runs, their
+    submission numbers and write-order pairs, and the results so far."""
+
+    __slots__ = ("afters", "batches", "done", "link", "numbers", "results")
+
+    def __init__(self, link: _Link, job: tuple[Any, ...]) -> None:
+        self.link = link
+        self.batches: list[Sequence[Op]] = job[1]
+        self.numbers: list[int] | None = job[2]
+        self.afters: list[tuple[tuple[int, int], ...]] | None = job[3]
+        self.done = 0  # runs committed
+        self.results: list[Applied | Failed] = []
+
+
+def _plan(groups: list[_Group], table: SharedInFlight | None) -> list[tuple[_Group, int]]:
+    """The runs to commit now, in order: each after the other workers' runs
+    it must follow (its ``afters``: committed already, or placed before it
+    here); a run whose turn has not come waits, and the runs of its worker
+    after it too."""
+    if table is None:
+        return [(group, index) for group in groups for index in range(len(group.batches))]
+    placed: dict[int, int] = {}
+    cursors = [group.done for group in groups]
+    order: list[tuple[_Group, int]] = []
+    progress = True
+    while progress:
+        progress = False
+        for slot, group in enumerate(groups):
+            index = cursors[slot]
+            while index < len(group.batches):
+                after = group.afters[index] if group.afters else ()
+                if not all(
+                    placed.get(worker, table.committed(worker)) >= number
+                    for worker, number in after
+                ):
+                    break
+                order.append((group, index))
+                if group.numbers:
+                    placed[group.link.worker] = group.numbers[index]
+                index += 1
+                progress = True
+            cursors[slot] = index
+    return order
+
+
+def _commit_groups(groups: list[_Group], store: Store, table: SharedInFlight | None) -> bool:
+    """Commit what may be committed of the groups held, in one transaction;
+    answer the groups now complete (and drop them).  False: nothing could be."""
+    order = _plan(groups, table)
+    if not order:
+        return False
+    results = commit(store, [group.batches[index] for group, index in order])
+    touched: dict[int, _Group] = {}
+    for (group, _index), result in zip(order, results, strict=True):
+        group.results.append(result)
+        group.done += 1
+        touched[id(group)] = group
+    if table is not None:
+        for group in touched.values():
+            if group.numbers:
+                table.set_committed(group.link.worker, group.numbers[group.done - 1])
+    state = _state(store)
+    for group in list(groups):
+        if group.done == len(group.batches):
+            _answer(group.link, ("g", encode_results(group.results), state))
+            groups.remove(group)
+    return True
+
+
+def _answer(link: _Link, message: tuple[Any, ...]) -> None:
+    try:
+        link.sock.sendall(frame(message))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # that worker is gone: its end of file comes next

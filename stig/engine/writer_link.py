@@ -1,0 +1,296 @@
+"""The server's side of the writer process: start it, send it jobs, restart it.
+
+See docs/workers.md and stig/engine/writer.py (the frames).  The promoter,
+given a :class:`WriterLink`, hands each group to :meth:`WriterLink.commit`
+instead of its commit thread; the link answers with the same results the
+thread would have, so the promoter's rules (failed runs, refusal, probes)
+are unchanged.
+
+When the writer dies (SIGKILL, a crash) the link sees end of file, starts a
+new one and looks at LMDB's last transaction id: unchanged since the last
+answer, the group in flight was not applied and is sent again; moved on,
+it reached the disk but its answer (its runs' outcomes) died with the
+process, so its runs are failed with :data:`DIED_AFTER_COMMIT` — the
+client is told, never silently (docs/pov.md, "When a commit fails").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from stig.engine.group_commit import Failed, failed
+from stig.engine.writer import LENGTH, PROBE_FAILED, WriterState, decode_results, frame
+from stig.storage.ops import Op
+from stig.storage.store import Applied, Store
+
+log = logging.getLogger(__name__)
+
+#: How long a new writer may take to open the environment and say it is ready.
+START_SECONDS = 30.0
+#: The pause before a writer that died is started again; it doubles (up to
+#: 1 s) while new writers fail to start, so that one that dies at once is not
+#: restarted in a busy loop.
+RESTART_PAUSE = 0.05
+#: What the runs of a group are told when the writer died after committing it.
+DIED_AFTER_COMMIT = (
+    "commit failed: the writer process died during the commit (the run may be stored)"
+)
+
+
+class WriterDied(Exception):
+    """The writer process's socket reached end of file."""
+
+
+def launcher() -> str:
+    """The module the server was started as (``stig``, or a test launcher that
+    patches the store: stig_testkit/fault_server.py), so that the writer runs
+    the same code."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None) or "stig"
+    return name.removesuffix(".__main__")
+
+
+class WriterLink:
+    """The writer process and the socket to it; see the module docstring."""
+
+    def __init__(self, store: Store, log_level: str = "info", fd: int | None = None) -> None:
+        """``fd``: the socket to a writer the supervisor started (``--workers
+        N``): no writer of this link's own, none started when it dies."""
+        self.store = store
+        self.log_level = log_level
+        #: Whether this link starts (and restarts) its writer itself.
+        self.owns_writer = fd is None
+        self.restarts = 0  #: writers started after the first
+        self.state: WriterState | None = None  #: as of the writer's last answer
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+        if fd is not None:
+            self._sock = socket.socket(fileno=fd)
+            ready = self._receive_blocking()
+            self.state = WriterState(*ready[2])
+            self._sock.setblocking(False)
+
+    @property
+    def pid(self) -> int:
+        return 0 if self._process is None else self._process.pid
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer and wait (blocking) until it has opened the environment."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        store = self.store
+        command = [
+            sys.executable,
+            "-m",
+            launcher(),
+            "_writer",
+            "--fd",
+            str(theirs.fileno()),
+            "--data-dir",
+            str(store.path),
+            "--map-size",
+            str(store.map_size),
+            "--max-readers",
+            str(store.max_readers),
+            "--max-value-size",
+            str(store.max_value_size),
+            "--log-level",
+            self.log_level,
+        ]
+        try:
+            self._process = subprocess.Popen(
+                command,
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                # Not in the server's process group: a terminal's ^C goes to
+                # the server, which stops the writer after its last commit.
+                start_new_session=True,
+                env={**os.environ, "PYTHONPATH": _python_path()},
+            )
+        finally:
+            theirs.close()
+        mine.settimeout(START_SECONDS)
+        self._sock = mine
+        self._buffer.clear()
+        try:
+            ready = self._receive_blocking()
+        except (OSError, WriterDied) as exc:
+            self._kill()
+            raise RuntimeError(f"the writer process did not start: {exc}") from exc
+        self.state = WriterState(*ready[2])
+        mine.setblocking(False)
+        log.info("writer process %d started", self._process.pid)
+
+    def close(self) -> None:
+        """Stop the writer: end of file on its socket; it closes LMDB and exits."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        process, self._process = self._process, None
+        if process is not None:
+            try:
+                process.wait(timeout=START_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.error("writer process %d did not stop: killed", process.pid)
+                process.kill()
+                process.wait()
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        self.close()
+
+    async def _restart(self, why: str) -> None:
+        """Reap the writer that died and start another (until one starts)."""
+        if not self.owns_writer:
+            raise WriterDied()  # the supervisor's writer: it stops the server
+        process = self._process
+        if process is not None:
+            code = await trio.to_thread.run_sync(process.wait)
+            how = signal.Signals(-code).name if code < 0 else f"status {code}"
+            log.error("writer process %d died (%s) %s; starting another", process.pid, how, why)
+        self._process = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        pause = RESTART_PAUSE
+        while True:
+            await trio.sleep(pause)
+            try:
+                await trio.to_thread.run_sync(self.start)
+            except RuntimeError as exc:
+                pause = min(pause * 2, 1.0)
+                log.error("%s; trying again in %g s", exc, pause)
+                continue
+            self.restarts += 1
+            return
+
+    # -- jobs ----------------------------------------------------------------
+
+    async def commit(
+        self,
+        batches: Sequence[Sequence[Op]],
+        numbers: Sequence[int] | None = None,
+        afters: Sequence[tuple[tuple[int, int], ...]] | None = None,
+    ) -> list[Applied | Failed]:
+        """Commit one group in the writer: per run its result or failure.
+        ``numbers``, ``afters``: each run's submission number and the other
+        workers' runs it must follow (``--workers N``, stig/engine/shared_inflight.py)."""
+        assert self.state is not None
+        job = frame(("g", [list(ops) for ops in batches], numbers, afters))
+        while True:
+            before = self.state.last_txnid
+            try:
+                answer = await self._call(job)
+            except WriterDied:
+                try:
+                    await self._restart("with a group commit in flight")
+                except WriterDied:
+                    return [failed(DIED_AFTER_COMMIT, None, "writer died")] * len(batches)
+                if self._txnid() == before:
+                    log.warning("the group in flight was not applied: sent to the new writer")
+                    continue
+                log.error("the group in flight was committed but its outcomes are lost")
+                return [failed(DIED_AFTER_COMMIT, None, "writer died")] * len(batches)
+            return decode_results(answer[1])
+
+    async def probe(self, largest: int, nbytes: int) -> tuple[str, str]:
+        """Run a disk-space probe in the writer (stig/engine/writer.py, ``probe``)."""
+        try:
+            answer = await self._call(frame(("p", largest, nbytes)))
+        except WriterDied:
+            if self.owns_writer:
+                await self._restart("with a probe in flight")
+            return PROBE_FAILED, "the writer process died"
+        status, why = answer[1]
+        return status, why
+
+    def _txnid(self) -> int:
+        return int(self.store.env.info()["last_txnid"])
+
+    async def _call(self, job: bytes) -> tuple[Any, ...]:
+        """Send one job and wait for its answer; adopt the state it reports."""
+        sock = self._sock
+        if sock is None:
+            raise WriterDied()
+        view = memoryview(job)
+        try:
+            while view:
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                view = view[sent:]
+            answer = await self._receive()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise WriterDied() from exc
+        state = self.state = WriterState(*answer[2])
+        store = self.store
+        store.last_cas = state.last_cas
+        store.total_bytes = state.total_bytes
+        if state.map_size > store.map_size:
+            # On the event loop between two tasks: no short read is open.
+            log.info("LMDB map grown to %d bytes by the writer", store.adopt_map())
+        return answer
+
+    async def _receive(self) -> tuple[Any, ...]:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            message = self._take()
+            if message is not None:
+                return message
+            try:
+                chunk = sock.recv(1 << 16)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            if not chunk:
+                raise WriterDied()
+            self._buffer += chunk
+
+    def _receive_blocking(self) -> tuple[Any, ...]:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            message = self._take()
+            if message is not None:
+                return message
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise WriterDied()
+            self._buffer += chunk
+
+    def _take(self) -> tuple[Any, ...] | None:
+        """The first whole message in the buffer (taken out of it), or None."""
+        buffer = self._buffer
+        if len(buffer) < LENGTH.size:
+            return None
+        end = LENGTH.size + LENGTH.unpack_from(buffer)[0]
+        if len(buffer) < end:
+            return None
+        message: tuple[Any, ...] = pickle.loads(buffer[LENGTH.size : end])
+        del buffer[:end]
+        return message
+
+
+def _python_path() -> str:
+    """The server's import path for the writer: the same ``stig`` (a clone's
+    root first, as the server itself found it)."""
+    root = str(Path(__file__).resolve().parents[2])
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return os.pathsep.join(dict.fromkeys(paths))

@@ -1,0 +1,301 @@
+"""``stig serve --workers 2``: two worker processes on one port, one writer (docs/workers.md).
+
+Connections land on either worker (SO_REUSEPORT); each test finds two on
+different workers by the ``pid`` stat, and checks a promise of docs/pov.md
+across them: a write answered on one is seen by a read on the other right
+after the reply, the last acknowledged write wins, ``add`` is exclusive,
+increments all count, ``flush_all`` reaches every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from stig_testkit.connections import RawConnection
+from stig_testkit.notify_socket import NotifySocket
+from stig_testkit.process import STOP_TIMEOUT, StigProcess, child_env
+from stig_testkit.waiting import wait_for
+
+WORKERS = ("--workers", "2")
+
+
+def _stats(conn: RawConnection) -> dict[str, str]:
+    reply = conn.send_recv(b"stats\r\n").decode()
+    return {
+        parts[1]: parts[2]
+        for parts in (line.split(" ", 2) for line in reply.split("\r\n"))
+        if parts[0] == "STAT"
+    }
+
+
+def _pinned(server: StigProcess, count: int = 24) -> tuple[RawConnection, RawConnection]:
+    """Two connections on different workers (found by their ``pid`` stat)."""
+    by_pid: dict[str, RawConnection] = {}
+    for _ in range(count):
+        conn = server.connect()
+        by_pid.setdefault(_stats(conn)["pid"], conn)
+        if len(by_pid) == 2:
+            first, second = by_pid.values()
+            return first, second
+    pytest.fail(f"{count} connections all landed on one worker")
+
+
+@pytest.fixture
+def workers(stig_factory) -> StigProcess:
+    return stig_factory(*WORKERS)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_each_worker_is_its_own_process(workers):
+    one, two = _pinned(workers)
+    first, second = _stats(one), _stats(two)
+    assert {first["stig_worker_id"], second["stig_worker_id"]} == {"0", "1"}
+    assert first["stig_workers"] == second["stig_workers"] == "2"
+    assert workers.proc.pid not in (int(first["pid"]), int(second["pid"]))
+
+
+def test_a_write_answered_on_one_worker_is_read_on_the_other_at_once(workers):
+    writer, reader = _pinned(workers)
+    for index in range(300):
+        value = b"%d" % index
+        assert writer.send_recv(b"set k 0 0 %d\r\n%s\r\n" % (len(value), value), b"\r\n") == (
+            b"STORED\r\n"
+        )
+        reply = reader.send_recv(b"get k other\r\n")
+        assert reply == b"VALUE k 0 %d\r\n%s\r\nEND\r\n" % (len(value), value), index
+        # ... and the other way round, as a noreply run closed by a barrier.
+        back = b"b%d" % index
+        writer_reply = reader.send_recv(
+            b"set j 0 0 %d noreply\r\n%s\r\nmn\r\n" % (len(back), back), b"MN\r\n"
+        )
+        assert writer_reply == b"MN\r\n"
+        assert writer.send_recv(b"get j\r\n") == b"VALUE j 0 %d\r\n%s\r\nEND\r\n" % (
+            len(back),
+            back,
+        )
+
+
+def test_the_last_acknowledged_write_wins_across_workers(workers):
+    one, two = _pinned(workers)
+    third = workers.connect()
+    for index in range(200):
+        conn = one if index % 2 else two
+        value = b"%d" % index
+        assert conn.send_recv(b"set k 0 0 %d\r\n%s\r\n" % (len(value), value), b"\r\n") == (
+            b"STORED\r\n"
+        )
+    # A barrier on each: every write is committed.
+    for conn in (one, two):
+        assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
+    assert third.send_recv(b"get k\r\n") == b"VALUE k 0 3\r\n199\r\nEND\r\n"
+    workers.restart()
+    assert workers.send_recv(b"get k\r\n") == b"VALUE k 0 3\r\n199\r\nEND\r\n"
+
+
+def test_add_is_exclusive_and_increments_all_count_across_workers(workers):
+    one, two = _pinned(workers)
+    replies: dict[int, list[bytes]] = {0: [], 1: []}
+
+    def race(side: int, conn: RawConnection) -> None:
+        for index in range(100):
+            replies[side].append(
+                conn.send_recv(b"add a%d 0 0 1\r\n%d\r\n" % (index, side), b"\r\n")
+            )
+            conn.send_recv(b"incr n 1 noreply\r\n", b"")
+
+    assert one.send_recv(b"set n 0 0 1\r\n0\r\n", b"\r\n") == b"STORED\r\n"
+    threads = [
+        threading.Thread(target=race, args=(side, conn)) for side, conn in enumerate((one, two))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in range(100):
+        assert sorted([replies[0][index], replies[1][index]]) == [b"NOT_STORED\r\n", b"STORED\r\n"]
+    for conn in (one, two):
+        assert conn.send_recv(b"mn\r\n", b"MN\r\n").endswith(b"MN\r\n")
+    assert one.send_recv(b"get n\r\n") == b"VALUE n 0 3\r\n200\r\nEND\r\n"
+
+
+def test_flush_all_on_one_worker_empties_reads_on_the_other(workers):
+    one, two = _pinned(workers)
+    assert one.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+    assert two.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"
+    assert two.send_recv(b"flush_all\r\n", b"\r\n") == b"OK\r\n"
+    assert one.send_recv(b"get k\r\n") == b"END\r\n"
+
+
+def test_sigterm_stops_every_process(workers):
+    one, two = _pinned(workers)
+    pids = [
+        int(_stats(one)["pid"]),
+        int(_stats(two)["pid"]),
+        _writer_pid(workers),
+    ]
+    assert one.send_recv(b"set k 0 0 1 noreply\r\nx\r\nmn\r\n", b"MN\r\n") == b"MN\r\n"
+    one.close()
+    two.close()
+    assert workers.terminate() == 0
+    for pid in pids:
+        assert not _alive(pid)
+    workers.start()
+    assert workers.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"
+
+
+def test_sigkill_of_the_supervisor_ends_every_process(workers):
+    one, two = _pinned(workers)
+    pids = [int(_stats(one)["pid"]), int(_stats(two)["pid"])]
+    workers.kill()
+    for pid in pids:
+        wait_for(lambda pid=pid: not _alive(pid), bool, 10.0, what=f"the end of worker {pid}")
+    workers.start()  # the data directory and the port's workers are free again
+    assert workers.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+
+
+def _writer_pid(server: StigProcess) -> int:
+    """The writer: the supervisor's child that runs ``_writer``."""
+    assert server.proc is not None
+    parent = server.proc.pid
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        if b"_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    pytest.fail("no writer process")
+
+
+def _committed_everywhere(one: RawConnection, two: RawConnection, count: int) -> None:
+    """Writes acknowledged on both workers, each read back on the other one
+    (a read waits for the other worker's commit, so all are committed)."""
+    for index in range(count):
+        for conn, name in ((one, b"one"), (two, b"two")):
+            assert conn.send_recv(b"set %s%d 0 0 1\r\nv\r\n" % (name, index), b"\r\n") == (
+                b"STORED\r\n"
+            )
+    for conn, name in ((two, b"one"), (one, b"two")):
+        assert conn.send_recv(b"get %s%d\r\n" % (name, count - 1)) == (
+            b"VALUE %s%d 0 1\r\nv\r\nEND\r\n" % (name, count - 1)
+        )
+
+
+def _all_there(server: StigProcess, names: tuple[bytes, ...], count: int) -> None:
+    conn = server.connect()
+    for name in names:
+        keys = b" ".join(b"%s%d" % (name, index) for index in range(count))
+        assert conn.send_recv(b"get %s\r\n" % keys).count(b"VALUE ") == count, name
+
+
+@pytest.mark.parametrize("victim", ["worker", "writer"])
+def test_a_killed_worker_or_writer_stops_the_server_and_committed_writes_survive(workers, victim):
+    """docs/workers.md 'Failures with N workers': the supervisor stops the
+    others and exits 1; what was committed is there after a restart, and what
+    the surviving worker acknowledged with a barrier is committed by its
+    graceful stop (a killed worker's uncommitted writes go as in a crash)."""
+    one, two = _pinned(workers)
+    _committed_everywhere(one, two, 50)
+    if victim == "worker":
+        pid = int(_stats(one)["pid"])
+        # Acknowledged on the surviving worker, maybe not committed yet.
+        run = b"".join(b"set late%d 0 0 1 noreply\r\nv\r\n" % index for index in range(50))
+        assert two.send_recv(run + b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    else:
+        pid = _writer_pid(workers)
+    os.kill(pid, signal.SIGKILL)
+    assert workers.proc is not None
+    assert workers.proc.wait(STOP_TIMEOUT) == 1
+    workers.close_clients()
+    workers.start()
+    _all_there(workers, (b"one", b"two", b"late") if victim == "worker" else (b"one", b"two"), 50)
+
+
+def test_the_supervisor_alone_tells_the_service_manager(tmp_path):
+    """sd_notify with N workers: READY=1 once every worker listens (from the
+    supervisor, the unit's main process), STOPPING=1 when SIGTERM begins the stop."""
+    with tempfile.TemporaryDirectory(prefix="stig-") as short:
+        notify = NotifySocket.in_directory(Path(short))
+        server = StigProcess(tmp_path / "data", tmp_path, WORKERS)
+        server.environment = lambda: child_env(NOTIFY_SOCKET=notify.name)
+        try:
+            server.start()
+            ready = notify.wait_for("READY")
+            assert ready["STATUS"] == f"serving on {server.host}:{server.port}", ready
+            assert server.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            assert "SIGTERM" in notify.wait_for("STOPPING")["STATUS"]
+            assert server.proc.wait(STOP_TIMEOUT) == 0
+            assert [fields for fields in notify.received if "READY" in fields] == [ready]
+        finally:
+            server.kill()
+            server.close_clients()
+            notify.close()
+
+
+def test_a_pov_copy_never_hides_a_later_write_of_the_other_worker(workers):
+    """A session's own write, read from its POV until its worker has the
+    writer's answer, must not hide a later write of another worker that was
+    acknowledged after that commit (docs/workers.md, 'Write order across
+    workers': the read waits for the answer once the writer has committed)."""
+    one, two = _pinned(workers)
+    for index in range(300):
+        mine, theirs = b"a%d" % index, b"b%d" % index
+        assert one.send_recv(b"set k 0 0 %d\r\n%s\r\n" % (len(mine), mine), b"\r\n") == (
+            b"STORED\r\n"
+        )
+        # The other worker reads it (so it is committed), then overwrites it.
+        assert two.send_recv(b"get k\r\n") == b"VALUE k 0 %d\r\n%s\r\nEND\r\n" % (len(mine), mine)
+        assert two.send_recv(b"set k 0 0 %d\r\n%s\r\n" % (len(theirs), theirs), b"\r\n") == (
+            b"STORED\r\n"
+        )
+        assert one.send_recv(b"get k\r\n") == b"VALUE k 0 %d\r\n%s\r\nEND\r\n" % (
+            len(theirs),
+            theirs,
+        ), index
+
+
+@pytest.mark.parametrize("option", [("--min-replica-acks", "1"), ("--replica-of", "127.0.0.1:1")])
+def test_replication_with_workers_is_refused_at_start(tmp_path, option):
+    """The writer process commits, so the workers never see the sequence
+    numbers followers acknowledge: the combination is refused, not half-served."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stig",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+            "--workers",
+            "1",
+            *option,
+        ],
+        env=child_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"runs without --workers" in done.stderr
+
+
+def test_a_follower_is_refused_by_a_server_with_workers(stig_factory):
+    server = stig_factory("--workers", "1")
+    conn = server.connect()
+    reply = conn.send_recv(b"stig_replicate 0 0\r\n", until=b"\r\n")
+    assert reply.startswith(b"SERVER_ERROR a server run with --workers has no followers")
