@@ -16,6 +16,9 @@ layout test keeps it so.
 * ``crashrig``, ``powercut_clients``, ``lazyfs``, ``broken_stig`` — the
   power-cut rig (tests/powercut, scripts/powercut.py; docs/powercut.md);
 * ``fault_server`` — ``stig`` with a commit that fails (or is slow) on demand;
+* ``closing_replies`` — every kind of reply that closes a run of quiet or
+  noreply writes, per protocol (the SIGKILL, power-cut and visibility tests
+  of closing replies);
 * ``torn_multiget`` — binary multi-gets of a group rewritten under load,
   each checked for one version (scripts/torn_multiget.py, the tests);
 * ``procstat`` — a process's CPU time and memory from ``/proc`` (the

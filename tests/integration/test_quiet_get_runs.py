@@ -18,9 +18,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-from support.waiting import wait_for_stats
 
 from protocol.binary import Opcode, Status
+from stig_testkit.waiting import wait_for_stats
 
 STORE_EXTRAS = struct.pack(">II", 0, 0)
 #: A run also ends after --batch-idle-ms without input; the tests that write

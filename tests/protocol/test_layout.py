@@ -385,3 +385,18 @@ def test_test_files_have_unique_names() -> None:
                 clashes.append((seen[path.name], str(path.relative_to(ROOT))))
             seen[path.name] = str(path.relative_to(ROOT))
     assert not clashes, clashes
+
+
+def test_no_module_re_exports_stig_testkit() -> None:
+    """A shared module lives in stig_testkit and is imported from there, not
+    through a second name in tests/ or scripts/ (``from stig_testkit.x import *``):
+    a shim keeps two paths to one module alive."""
+    shims = [
+        name
+        for name, tree in _sources("tests", "scripts").items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").split(".")[0] == "stig_testkit"
+        and any(alias.name == "*" for alias in node.names)
+    ]
+    assert not shims, shims

@@ -3,7 +3,7 @@
 docs/pov.md ("Which replies acknowledge what"): the reply of the command that
 closes a run acknowledges the whole run — whatever that command is.  The
 SIGKILL tests (tests/durability/test_closing_replies.py), the power-cut tests
-(tests/powercut/test_closing_replies.py) and the visibility tests read this
+(tests/powercut/test_powercut_closing_replies.py) and the visibility tests read this
 one table: a run of writes, then one closing command, then its reply.
 
 A *run* is ``RUN`` writes of fresh keys ``<prefix>-<i>`` (text ``set …
