@@ -16,6 +16,8 @@ layout test keeps it so.
 * ``crashrig``, ``powercut_clients``, ``lazyfs``, ``broken_stig`` — the
   power-cut rig (tests/powercut, scripts/powercut.py; docs/powercut.md);
 * ``fault_server`` — ``stig`` with a commit that fails (or is slow) on demand;
+* ``profiled_server`` — ``stig`` with a cProfile of its event loop switched
+  on and off by signals (scripts/profile_writes.py);
 * ``closing_replies`` — every kind of reply that closes a run of quiet or
   noreply writes, per protocol (the SIGKILL, power-cut and visibility tests
   of closing replies);
