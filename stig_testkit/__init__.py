@@ -3,7 +3,7 @@
 Tests (``tests/``) and tools (``scripts/``) both import from here, so neither
 edits ``sys.path`` to reach the other (tests/protocol/test_layout.py fails on
 any such edit, and on an import of ``tests`` or ``scripts`` from here). It is
-installed with Stig but is never imported by ``stig`` or ``protocol``: the
+installed with Stig but is never imported by ``stig`` or ``stig_protocol``: the
 layout test keeps it so.
 
 * ``connections`` — raw text and binary connections for exact-reply checks;
@@ -34,7 +34,7 @@ layout test keeps it so.
 * ``fuzz`` — the coverage-guided fuzz targets of every parser and protocol
   handler, and their runner (scripts/fuzz.py, tests/fuzz; docs/fuzzing.md).
 
-Its modules import the standard library, ``protocol``, ``stig`` and Stig's
+Its modules import the standard library, ``stig_protocol``, ``stig`` and Stig's
 own dependencies; ``lazyfs`` needs ``pyfuse3`` and ``StigProcess.client``
 ``pymemcache`` (both in the ``test`` extra), ``soak.plot`` matplotlib (the
 ``bench`` extra), ``fuzz.runner`` atheris (the ``test`` extra).

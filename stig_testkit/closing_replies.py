@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import attrs
 
-from protocol.binary import Opcode, encode_request
+from stig_protocol.binary import Opcode, encode_request
 
 #: Writes in a run; the values are big enough that the run's commit takes a
 #: real fsync, so an acknowledgement sent before it loses the race to SIGKILL.
