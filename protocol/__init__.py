@@ -1,5 +1,9 @@
 """Stig's sans-IO memcached protocols: bytes in, commands out; replies to bytes.
 
+The folder is protocol/; the package is ``stig_protocol``, installed under
+that name and imported by it everywhere (a clone has the link
+``stig_protocol -> protocol``): README, "Layout".
+
 Nothing here imports trio, lmdb or stig (tests/protocol/test_layout.py
 checks it, and that no module imports another in a cycle).
 
@@ -16,7 +20,7 @@ Events are immutable values; writers turn them into bytes, never the events
 themselves (``InvalidCommand.text_reply`` aside, a one-line error hint).
 """
 
-from protocol.errors import ErrorKind, InvalidCommand, ProtocolError
-from protocol.limits import Limits
+from stig_protocol.errors import ErrorKind, InvalidCommand, ProtocolError
+from stig_protocol.limits import Limits
 
 __all__ = ["ErrorKind", "InvalidCommand", "Limits", "ProtocolError"]

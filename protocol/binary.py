@@ -12,7 +12,7 @@ any byte of the body is kept:
 3. An unknown opcode is refused with UNKNOWN_COMMAND.
 4. A key longer than ``Limits.max_key_length`` is refused with EINVAL.
 5. A request whose key/extras/value lengths do not fit its opcode's
-   :data:`~protocol.binary_codes.SHAPES` entry is refused with EINVAL.
+   :data:`~stig_protocol.binary_codes.SHAPES` entry is refused with EINVAL.
 6. A value longer than ``Limits.max_item_size`` is refused with E2BIG.
 
 A refused request's body is skipped, counting bytes as they arrive and never
@@ -24,7 +24,7 @@ parser holds once :meth:`BinaryParser.next_event` has returned ``NEED_DATA``.
 Feed bytes with :meth:`BinaryParser.feed`, then call
 :meth:`BinaryParser.next_event` until it returns :data:`NEED_DATA`.  This
 module also re-exports the codes, events and writers of the binary protocol,
-so ``from protocol.binary import ...`` is all a caller needs.
+so ``from stig_protocol.binary import ...`` is all a caller needs.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import NoReturn
 
 import attrs
 
-from protocol.binary_codes import (
+from stig_protocol.binary_codes import (
     HEADER,
     HEADER_SIZE,
     MAX_EXTRAS_SIZE,
@@ -48,8 +48,8 @@ from protocol.binary_codes import (
     is_quiet,
     returns_key,
 )
-from protocol.binary_events import BinaryProtocolError, BinaryRequest, InvalidBinaryRequest
-from protocol.binary_writer import (
+from stig_protocol.binary_events import BinaryProtocolError, BinaryRequest, InvalidBinaryRequest
+from stig_protocol.binary_writer import (
     BinaryResponse,
     counter_response,
     decode_response,
@@ -63,8 +63,8 @@ from protocol.binary_writer import (
     stat_end_response,
     stat_response,
 )
-from protocol.events import NEED_DATA, _NeedData
-from protocol.limits import Limits
+from stig_protocol.events import NEED_DATA, _NeedData
+from stig_protocol.limits import Limits
 
 #: A too-large value for these deletes the key (memcached's process_bin_update).
 _DISCARDING = frozenset({Opcode.Set, Opcode.SetQ})

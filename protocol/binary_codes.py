@@ -174,7 +174,7 @@ class Presence(enum.Enum):
 class Shape:
     """What one opcode's request carries.
 
-    ``extras`` names the typed :class:`~protocol.binary.BinaryRequest` fields
+    ``extras`` names the typed :class:`~stig_protocol.binary.BinaryRequest` fields
     packed, in order, with ``extras_format``; ``optional_extras`` means the
     extras may also be absent (Flush).
     """

@@ -1,4 +1,4 @@
-"""Events of the binary protocol: what :class:`~protocol.binary.BinaryParser`
+"""Events of the binary protocol: what :class:`~stig_protocol.binary.BinaryParser`
 hands out.
 
 * :class:`BinaryRequest` — one well-formed request, extras decoded into typed
@@ -9,15 +9,15 @@ hands out.
 * :class:`BinaryProtocolError` — the stream cannot be trusted any more; answer
   its ``binary_hint`` if there is one, then close.
 
-Events are values only: :mod:`protocol.binary_writer` turns them into bytes
-(:func:`~protocol.binary_writer.refusal_response`).
+Events are values only: :mod:`stig_protocol.binary_writer` turns them into bytes
+(:func:`~stig_protocol.binary_writer.refusal_response`).
 """
 
 from __future__ import annotations
 
 import attrs
 
-from protocol.binary_codes import (
+from stig_protocol.binary_codes import (
     SHAPES,
     STATUS_MESSAGES,
     U16_MAX,
@@ -29,7 +29,7 @@ from protocol.binary_codes import (
     is_quiet,
     returns_key,
 )
-from protocol.errors import ProtocolError
+from stig_protocol.errors import ProtocolError
 
 #: The typed extras fields and their bounds; fields the opcode does not
 #: carry must stay 0 so that a request has exactly one encoding.

@@ -3,7 +3,7 @@
 A packet is the 24-byte header then extras, key and value, in that order;
 the header's body length is their total.  Responses echo the request's
 opcode and opaque.  The only reader here, :func:`decode_response`, is for
-clients and tests; the server reads with :class:`~protocol.binary.BinaryParser`.
+clients and tests; the server reads with :class:`~stig_protocol.binary.BinaryParser`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import struct
 
 import attrs
 
-from protocol.binary_codes import (
+from stig_protocol.binary_codes import (
     HEADER,
     HEADER_SIZE,
     RAW_BYTES,
@@ -24,7 +24,7 @@ from protocol.binary_codes import (
     Status,
     returns_key,
 )
-from protocol.binary_events import BinaryRequest, InvalidBinaryRequest
+from stig_protocol.binary_events import BinaryRequest, InvalidBinaryRequest
 
 _FLAGS = struct.Struct(">I")
 _COUNTER = struct.Struct(">Q")
@@ -143,7 +143,7 @@ def encode_request(
 
 
 def pack_request(request: BinaryRequest) -> bytes:
-    """The one encoding of a :class:`~protocol.binary.BinaryRequest`.
+    """The one encoding of a :class:`~stig_protocol.binary.BinaryRequest`.
 
     Extras are packed from the request's typed fields; a Flush without an
     exptime is sent without extras.

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import attrs
 
-from protocol.errors import InvalidCommand
+from stig_protocol.errors import InvalidCommand
 
 
 class StoreMode(enum.Enum):

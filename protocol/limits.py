@@ -19,7 +19,7 @@ class Limits:
     without a newline.  Retrieval lines (``get``/``gets``/``gat``/``gats k1
     k2 …``) have no limit, as in memcached: one of up to :attr:`get_window`
     bytes is parsed whole, a longer one as it streams in, its keys handed
-    out a window of the line at a time (:mod:`protocol.text_stream`), so
+    out a window of the line at a time (:mod:`stig_protocol.text_stream`), so
     the parser never holds more than a window of it.
     """
 

@@ -63,7 +63,7 @@ def metadump_line(key: bytes, cas: int, size: int, last_access: int) -> bytes:
     return line % (url_encode(key), last_access, cas, size)
 
 
-# The bytes a text-protocol key cannot hold (protocol.text_commands.valid_key).
+# The bytes a text-protocol key cannot hold (stig_protocol.text_commands.valid_key).
 _NOT_IN_TEXT_KEYS = re.compile(rb"[\x00-\x20\x7f]")
 
 

@@ -3,7 +3,7 @@
 Reading: the text parser splits a command line on spaces and calls
 :func:`parse_meta`, which returns one of
 
-* an :class:`~protocol.errors.InvalidCommand`: answer it and go on, nothing
+* an :class:`~stig_protocol.errors.InvalidCommand`: answer it and go on, nothing
   to swallow;
 * a :class:`MetaParse` with ``command`` set and ``data_length`` None: a
   complete command;
@@ -14,19 +14,19 @@ Reading: the text parser splits a command line on spaces and calls
   too-large ``ms``; swallow ``data_length + 2`` bytes, answer ``error``.
 
 The parsing rules and memcached's exact error strings are listed in
-:mod:`protocol.meta_reader`; the command value objects live in
-:mod:`protocol.meta_commands`.
+:mod:`stig_protocol.meta_reader`; the command value objects live in
+:mod:`stig_protocol.meta_commands`.
 
 Writing: build a :class:`MetaResponse` with :func:`meta_response` (it puts
 the flags the client asked for in memcached's order, see
-:mod:`protocol.meta_responses`), drop it if :func:`suppressed_in_quiet`,
+:mod:`stig_protocol.meta_responses`), drop it if :func:`suppressed_in_quiet`,
 and send :func:`encode_meta_response`'s bytes.  :func:`encode_meta_request`
 writes requests, for tests and benchmarks.
 
 Nothing here touches a socket, trio, LMDB or the store.
 """
 
-from protocol.meta_commands import (
+from stig_protocol.meta_commands import (
     ArithmeticMode,
     MetaArithmetic,
     MetaCommand,
@@ -39,8 +39,8 @@ from protocol.meta_commands import (
     ReturnFlag,
     SetMode,
 )
-from protocol.meta_reader import decode_key, parse_meta
-from protocol.meta_responses import (
+from stig_protocol.meta_reader import decode_key, parse_meta
+from stig_protocol.meta_responses import (
     EN,
     EX,
     HD,
@@ -59,7 +59,7 @@ from protocol.meta_responses import (
     response_flags,
     suppressed_in_quiet,
 )
-from protocol.meta_writer import encode_meta_request, encode_meta_response
+from stig_protocol.meta_writer import encode_meta_request, encode_meta_response
 
 META_COMMAND_NAMES = frozenset({b"mg", b"ms", b"md", b"ma", b"mn", b"me"})
 

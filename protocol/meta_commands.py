@@ -10,7 +10,7 @@ A command can never be built in a state the wire could not carry: keys are
 non-empty and (unless base64) free of spaces and control characters, numbers
 are in the range memcached parses, ``returns`` only holds flags the command
 honours, and ``ReturnFlag.OPAQUE`` is in ``returns`` exactly when ``opaque``
-is set.  The maximum key length is a :class:`~protocol.limits.Limits`
+is set.  The maximum key length is a :class:`~stig_protocol.limits.Limits`
 setting, so the parser, not the class, enforces it.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from protocol.errors import InvalidCommand
+from stig_protocol.errors import InvalidCommand
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 U32_MAX = 2**32 - 1
@@ -259,7 +259,7 @@ MetaCommand = MetaGet | MetaSet | MetaDelete | MetaArithmetic | MetaNoop | MetaD
 
 @attrs.frozen
 class MetaParse:
-    """What :func:`~protocol.meta.parse_meta` found on a line that needs the
+    """What :func:`~stig_protocol.meta.parse_meta` found on a line that needs the
     text parser's help (an ``ms``, whose data block follows) or that is a
     plain command.
 

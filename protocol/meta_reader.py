@@ -45,9 +45,9 @@ from typing import TypedDict
 
 import attrs
 
-from protocol.errors import ErrorKind, InvalidCommand
-from protocol.limits import Limits
-from protocol.meta_commands import (
+from stig_protocol.errors import ErrorKind, InvalidCommand
+from stig_protocol.limits import Limits
+from stig_protocol.meta_commands import (
     I32_MAX,
     I32_MIN,
     MAX_OPAQUE_LENGTH,
@@ -399,8 +399,8 @@ def _parse_debug(tokens: Sequence[bytes], limits: Limits) -> MetaResult:
 def parse_meta(tokens: Sequence[bytes], limits: Limits = Limits()) -> MetaResult:
     """Parse the space-split tokens of one meta command line.
 
-    Returns an :class:`~protocol.errors.InvalidCommand` (answer it, nothing
-    to swallow) or a :class:`~protocol.meta_commands.MetaParse`.  Never
+    Returns an :class:`~stig_protocol.errors.InvalidCommand` (answer it, nothing
+    to swallow) or a :class:`~stig_protocol.meta_commands.MetaParse`.  Never
     raises on any input.
     """
     if not tokens or any(not token for token in tokens):

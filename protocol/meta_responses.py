@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import attrs
 
-from protocol.meta_commands import (
+from stig_protocol.meta_commands import (
     U64_MAX,
     MetaArithmetic,
     MetaCommand,

@@ -1,14 +1,14 @@
 """Bytes for meta replies (what the server sends) and requests (for tests,
 benchmarks and tools: what a client would send).
 
-Both are exact inverses of what :mod:`protocol.meta_reader` and memcached's
+Both are exact inverses of what :mod:`stig_protocol.meta_reader` and memcached's
 clients read: ``parse_meta(encode_meta_request(c)[:line].split())`` gives
 back ``c``.
 """
 
 from __future__ import annotations
 
-from protocol.meta_commands import (
+from stig_protocol.meta_commands import (
     ArithmeticMode,
     MetaArithmetic,
     MetaCommand,
@@ -20,7 +20,7 @@ from protocol.meta_commands import (
     ReturnFlag,
     SetMode,
 )
-from protocol.meta_responses import VA, AnyMetaResponse, MetaDebugResponse, key_token
+from stig_protocol.meta_responses import VA, AnyMetaResponse, MetaDebugResponse, key_token
 
 CRLF = b"\r\n"
 

@@ -1,22 +1,22 @@
 """Sans-IO parser for the memcached text protocol (classic and meta commands).
 
 Feed it bytes, then call :meth:`TextParser.next_event` until it returns
-:data:`~protocol.events.NEED_DATA`.  Each event is a command
-(:mod:`protocol.commands`, :mod:`protocol.meta_commands`), an
-:class:`~protocol.errors.InvalidCommand` telling the caller which error line
+:data:`~stig_protocol.events.NEED_DATA`.  Each event is a command
+(:mod:`stig_protocol.commands`, :mod:`stig_protocol.meta_commands`), an
+:class:`~stig_protocol.errors.InvalidCommand` telling the caller which error line
 to answer, or a :class:`QuietError` (answer nothing).  A
-:class:`~protocol.errors.ProtocolError` means the stream cannot go on: send
+:class:`~stig_protocol.errors.ProtocolError` means the stream cannot go on: send
 its hint, if any, and close.
 
 Four modules do the work, one job each:
 
-* :mod:`protocol.text_framing` cuts the stream into lines and data blocks;
-* :mod:`protocol.text_stream` parses a retrieval line too long to take
+* :mod:`stig_protocol.text_framing` cuts the stream into lines and data blocks;
+* :mod:`stig_protocol.text_stream` parses a retrieval line too long to take
   whole as it streams in: a ``RetrieveStart``, batches of keys, an end;
-* :mod:`protocol.text_commands` turns one line into an event, or into a
-  :class:`~protocol.text_commands.BlockFollows` for a line a data block
+* :mod:`stig_protocol.text_commands` turns one line into an event, or into a
+  :class:`~stig_protocol.text_commands.BlockFollows` for a line a data block
   follows — the command is built once its block has arrived;
-* :mod:`protocol.text_fast` builds the same events faster for the commonest
+* :mod:`stig_protocol.text_fast` builds the same events faster for the commonest
   lines; ``TextParser(limits, fast=False)`` parses without it.
 
 :meth:`TextParser.plain_gets` hands out the run of plain ``get`` commands at
@@ -32,27 +32,27 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from protocol import text_fast, text_stream
-from protocol.commands import Retrieve, Store
-from protocol.errors import ProtocolError
-from protocol.events import NEED_DATA, _NeedData
-from protocol.limits import Limits
-from protocol.meta_commands import MetaSet
-from protocol.text_commands import (
+from stig_protocol import text_fast, text_stream
+from stig_protocol.commands import Retrieve, Store
+from stig_protocol.errors import ProtocolError
+from stig_protocol.events import NEED_DATA, _NeedData
+from stig_protocol.limits import Limits
+from stig_protocol.meta_commands import MetaSet
+from stig_protocol.text_commands import (
     BAD_CHUNK,
     BlockFollows,
     QuietError,
     TextEvent,
     parse_line,
 )
-from protocol.text_framing import STREAMED, Framer
+from stig_protocol.text_framing import STREAMED, Framer
 
 __all__ = ["QuietError", "TextEvent", "TextParser"]
 
 
 class TextParser:
     """Turns a byte stream into text-protocol events.  Never raises, except
-    :class:`~protocol.errors.ProtocolError` when the stream cannot go on."""
+    :class:`~stig_protocol.errors.ProtocolError` when the stream cannot go on."""
 
     def __init__(self, limits: Limits = Limits(), fast: bool = True) -> None:
         self.limits = limits
@@ -160,7 +160,7 @@ class TextParser:
         return, ``Retrieve((key,))`` each, as keys only.  Empty when events
         were given back (:meth:`plain_gets` hands those out) or the next
         line is anything else; a caller that does not answer them all gives
-        the rest back as events (:func:`protocol.text_fast.single_retrieve`).
+        the rest back as events (:func:`stig_protocol.text_fast.single_retrieve`).
         """
         if self._held or not self.fast or self._in_command:
             return []

@@ -18,7 +18,7 @@ Token counts, ``noreply`` and error lines follow memcached 1.6's
 * An unknown command whose last token starts with ``HTTP/`` is a web
   browser's request sent to the port (a cross-protocol attack): memcached
   hangs up without a word, and so does Stig: :func:`parse_line` raises a
-  :class:`~protocol.errors.ProtocolError` without a reply hint.
+  :class:`~stig_protocol.errors.ProtocolError` without a reply hint.
 
 :func:`parse_line` returns a command, an error, or a :class:`BlockFollows`
 for the lines a data block follows (``set``…, ``ms``).
@@ -32,8 +32,8 @@ from collections.abc import Callable
 
 import attrs
 
-from protocol import meta
-from protocol.commands import (
+from stig_protocol import meta
+from stig_protocol.commands import (
     Arithmetic,
     Delete,
     Fence,
@@ -52,8 +52,8 @@ from protocol.commands import (
     Verbosity,
     Version,
 )
-from protocol.errors import ErrorKind, InvalidCommand, ProtocolError
-from protocol.limits import Limits
+from stig_protocol.errors import ErrorKind, InvalidCommand, ProtocolError
+from stig_protocol.limits import Limits
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -68,7 +68,7 @@ BAD_EXPTIME = InvalidCommand(ErrorKind.CLIENT_ERROR, "invalid exptime argument")
 BAD_DELETE = InvalidCommand(
     ErrorKind.CLIENT_ERROR, "bad command line format.  Usage: delete <key> [noreply]"
 )
-#: The message of the :class:`~protocol.errors.ProtocolError` (without a
+#: The message of the :class:`~stig_protocol.errors.ProtocolError` (without a
 #: reply hint: close silently) raised on an HTTP request line.
 HTTP_REQUEST = "an HTTP request line: hanging up without a reply"
 
@@ -150,7 +150,7 @@ parse_exptime = _parse_int
 def parse_line(line: bytes, limits: Limits) -> TextEvent | BlockFollows:
     """The event for one command line (without its ``\\r\\n``).
 
-    Raises :class:`~protocol.errors.ProtocolError` without a hint (hang up
+    Raises :class:`~stig_protocol.errors.ProtocolError` without a hint (hang up
     silently) on an HTTP request line; never anything else.
     """
     tokens = [token for token in line.split(b" ") if token]

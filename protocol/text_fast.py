@@ -1,7 +1,7 @@
 """Fast paths of the text parser for the commonest lines.
 
 Each function here recognises a line that is plain beyond doubt and builds
-**the same event** :func:`protocol.text_commands.parse_line` would build
+**the same event** :func:`stig_protocol.text_commands.parse_line` would build
 from it (and the same data block consumed); for anything unusual it returns
 None and consumes nothing, leaving the case to the general path.  They only
 save work: tests/protocol/test_text.py feeds any byte stream to a parser with
@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import re
 
-from protocol.commands import Retrieve, Store, StoreMode
-from protocol.limits import Limits
-from protocol.meta_commands import MetaSet
-from protocol.text_framing import Framer
+from stig_protocol.commands import Retrieve, Store, StoreMode
+from stig_protocol.limits import Limits
+from stig_protocol.meta_commands import MetaSet
+from stig_protocol.text_framing import Framer
 
 #: Every byte a key may hold, and the space: ``line.translate(None, _KEY_OR_SPACE)``
 #: is empty exactly when the line has no control character but spaces.
@@ -111,7 +111,7 @@ def plain_set(line: bytes, framer: Framer, limits: Limits) -> Store | None:
 
 
 def plain_meta_set(line: bytes, framer: Framer, limits: Limits) -> MetaSet | None:
-    """The :class:`~protocol.meta_commands.MetaSet` of a plain ``ms`` line
+    """The :class:`~stig_protocol.meta_commands.MetaSet` of a plain ``ms`` line
     (``q``, ``T``, ``F`` at most once each) whose block is buffered, else None."""
     parts = line.split(b" ")
     count = len(parts)

@@ -8,7 +8,7 @@ Rules, after memcached 1.6 ``doc/protocol.txt``:
   error that closes the connection (:data:`LINE_TOO_LONG`), except for
   retrieval lines (``get k1 k2 …``), which have no limit, as in memcached:
   one longer than ``Limits.get_window`` is :data:`STREAMED`, its parser
-  reads it a window at a time (:mod:`protocol.text_stream`).  The same rule
+  reads it a window at a time (:mod:`stig_protocol.text_stream`).  The same rule
   holds whether the newline has arrived or not, so how the stream was cut
   never changes the outcome.
 * The rest of a line that must be dropped (a streamed line found bad part
@@ -17,14 +17,14 @@ Rules, after memcached 1.6 ``doc/protocol.txt``:
   must be dropped (too large, or announced by a bad line) is skipped as it
   arrives, never buffered whole.
 
-:class:`Framer` knows nothing of commands; :mod:`protocol.text` asks it for
+:class:`Framer` knows nothing of commands; :mod:`stig_protocol.text` asks it for
 the next line or block.
 """
 
 from __future__ import annotations
 
-from protocol.errors import ErrorKind, InvalidCommand, ProtocolError
-from protocol.limits import Limits
+from stig_protocol.errors import ErrorKind, InvalidCommand, ProtocolError
+from stig_protocol.limits import Limits
 
 LINE_TOO_LONG = InvalidCommand(ErrorKind.CLIENT_ERROR, "line too long", close=True)
 
@@ -46,7 +46,7 @@ class Framer:
     """The receive buffer of one connection, consumed a line or a block at a time.
 
     ``buffer[start:]`` are the bytes received and not consumed yet; the fast
-    paths of :mod:`protocol.text_fast` read them in place and consume with
+    paths of :mod:`stig_protocol.text_fast` read them in place and consume with
     :meth:`consume_to`.
     """
 
@@ -88,7 +88,7 @@ class Framer:
         """Consume and return the next line without its ``\\r\\n`` (or ``\\n``);
         None while its newline has not arrived; :data:`STREAMED`, consuming
         nothing, for a retrieval line longer than ``Limits.get_window``.
-        Raises :class:`~protocol.errors.ProtocolError` on a line too long."""
+        Raises :class:`~stig_protocol.errors.ProtocolError` on a line too long."""
         buffer = self.buffer
         start = self.start
         newline = buffer.find(b"\n", start)

@@ -4,17 +4,17 @@ memcached takes ``get`` and ``gets`` lines of any length (it grows its read
 buffer for them): a client may ask for 10,000 keys in one 400 KB line.
 Stig takes ``get``, ``gets``, ``gat`` and ``gats`` lines of any length and
 never holds one whole.  A retrieval line of up to ``Limits.get_window``
-bytes is one :class:`~protocol.commands.Retrieve`, as any other command;
-a longer one (:data:`~protocol.text_framing.STREAMED`) is parsed here, one
+bytes is one :class:`~stig_protocol.commands.Retrieve`, as any other command;
+a longer one (:data:`~stig_protocol.text_framing.STREAMED`) is parsed here, one
 window at a time, into events:
 
-* :class:`~protocol.commands.RetrieveStart` — the command and, for
+* :class:`~stig_protocol.commands.RetrieveStart` — the command and, for
   ``gat``/``gats``, its exptime (a bad one is ``CLIENT_ERROR invalid
   exptime argument`` for the whole line, which is then skipped);
-* :class:`~protocol.commands.RetrieveKeys` — the keys that end within the
+* :class:`~stig_protocol.commands.RetrieveKeys` — the keys that end within the
   next window of the line (up to its last space, or its newline), as soon
   as the whole window has arrived;
-* :class:`~protocol.commands.RetrieveEnd` — the newline, with an error in
+* :class:`~stig_protocol.commands.RetrieveEnd` — the newline, with an error in
   place of ``END`` if the line turned out bad: a bad key (its batch's keys
   before it are handed out first, the rest of the line is skipped as it
   arrives) or no key at all.
@@ -28,14 +28,14 @@ one piece.
 
 from __future__ import annotations
 
-from protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
-from protocol.errors import InvalidCommand
-from protocol.events import NEED_DATA, _NeedData
-from protocol.limits import Limits
-from protocol.text_commands import BAD_EXPTIME, BAD_FORMAT, UNKNOWN, parse_exptime
-from protocol.text_framing import Framer
+from stig_protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
+from stig_protocol.errors import InvalidCommand
+from stig_protocol.events import NEED_DATA, _NeedData
+from stig_protocol.limits import Limits
+from stig_protocol.text_commands import BAD_EXPTIME, BAD_FORMAT, UNKNOWN, parse_exptime
+from stig_protocol.text_framing import Framer
 
-#: Every byte a key may hold, and the space (as in protocol.text_fast).
+#: Every byte a key may hold, and the space (as in stig_protocol.text_fast).
 _KEY_OR_SPACE = bytes(b for b in range(256) if b == 0x20 or not (b <= 0x20 or b == 0x7F))
 _NAMES = {
     b"get": (False, False),
@@ -120,7 +120,7 @@ class LineStream:
 
 
 def start(framer: Framer, limits: Limits) -> tuple[StreamEvent, LineStream | None]:
-    """The first event of the :data:`~protocol.text_framing.STREAMED` line at
+    """The first event of the :data:`~stig_protocol.text_framing.STREAMED` line at
     the head of ``framer`` (more than a window of it, without its newline,
     is buffered) and the stream of the rest; None when that event settles
     the whole line (a bad exptime: the rest is skipped)."""

@@ -59,11 +59,12 @@ def print_lines(targets: list[str]) -> None:
     for path, (hit, total) in sorted(union.items()):
         if total:
             print(f"  {path.relative_to(REPO)} {_share({path: (hit, total)}, path)}")
-    for package in ("protocol", "stig"):
+    for package in ("stig_protocol", "stig"):
         print(f"all targets: {package}/ {_share(union, REPO / package)}")
 
 
 def _share(found: dict[Path, tuple[set[int], set[int]]], under: Path) -> str:
+    under = under.resolve()  # the link stig_protocol names protocol/
     chosen = [lines for path, lines in found.items() if path.is_relative_to(under)]
     hit = sum(len(h) for h, _ in chosen)
     total = sum(len(t) for _, t in chosen)

@@ -21,14 +21,14 @@ import json
 import os
 import random
 import shutil
-import struct
 import sys
 import tempfile
 import time
 
 import lmdb
 
-HEADER = struct.Struct(">IQB")  # flags, cas, state: Stig's record header
+from stig.storage.records import HEADER
+from stig.storage.store import DURABLE_OPTIONS
 
 
 def fdatasync_us(directory: str, rounds: int = 50) -> float:
@@ -51,16 +51,7 @@ def fdatasync_us(directory: str, rounds: int = 50) -> float:
 
 def open_env(path: str) -> tuple[lmdb.Environment, lmdb._Database]:
     """An environment configured like ``stig.storage.store.Store``."""
-    env = lmdb.open(
-        path,
-        map_size=8 << 30,
-        max_dbs=2,
-        sync=True,
-        metasync=True,
-        writemap=False,
-        map_async=False,
-        readahead=False,
-    )
+    env = lmdb.open(path, map_size=8 << 30, max_dbs=2, **DURABLE_OPTIONS)
     return env, env.open_db(b"items")
 
 

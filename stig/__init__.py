@@ -8,7 +8,7 @@ and what it may import; tests/protocol/test_layout.py enforces it):
   in-flight registry, the write budget, settings and counters;
 * ``core`` — the command rules every protocol shares;
 * ``frontends`` — the text, meta and binary handlers over the sans-IO
-  ``protocol`` package;
+  ``stig_protocol`` package;
 * ``server`` — the trio I/O: listeners, connections, TLS;
 * ``tools`` — the command line and the offline tools.
 """

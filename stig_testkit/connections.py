@@ -129,15 +129,15 @@ class BinaryConnection(RawConnection):
         self, opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"", **fields: int
     ) -> None:
         """Send one request (``cas``, ``opaque``, ``magic``… as keywords)."""
-        from protocol.binary import encode_request
+        from stig_protocol.binary import encode_request
 
         self.send(encode_request(opcode, key, value, extras, **fields))
 
-    def response(self, timeout: float = IO_TIMEOUT):  # -> protocol.binary.BinaryResponse
+    def response(self, timeout: float = IO_TIMEOUT):  # -> stig_protocol.binary.BinaryResponse
         """The next response, whole."""
         import struct
 
-        from protocol.binary import decode_response
+        from stig_protocol.binary import decode_response
 
         header = self.recv_exact(24, timeout)
         body_length = struct.unpack_from(">I", header, 8)[0]
@@ -147,15 +147,15 @@ class BinaryConnection(RawConnection):
 
     def call(
         self, opcode: int, key: bytes = b"", value: bytes = b"", extras: bytes = b"", **fields: int
-    ):  # -> protocol.binary.BinaryResponse
+    ):  # -> stig_protocol.binary.BinaryResponse
         """Send one request and return its response."""
         self.request(opcode, key, value, extras, **fields)
         return self.response()
 
-    def barrier(self, timeout: float = IO_TIMEOUT) -> list:  # [protocol.binary.BinaryResponse]
+    def barrier(self, timeout: float = IO_TIMEOUT) -> list:  # [stig_protocol.binary.BinaryResponse]
         """Every response the server sent before its answer to a No-op sent now
         (see :meth:`RawConnection.barrier`): ``== []`` proves silence."""
-        from protocol.binary import Opcode
+        from stig_protocol.binary import Opcode
 
         self.request(Opcode.Noop, opaque=BARRIER_OPAQUE)
         before = []

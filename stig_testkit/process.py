@@ -36,7 +36,7 @@ STOP_TIMEOUT = 10.0
 #: whole suite in another shape of the server, e.g. ``--workers 1``
 #: (docs/workers.md).
 SERVE_ARGS = tuple(shlex.split(os.environ.get("STIG_TEST_SERVE_ARGS", "")))
-#: The directory that holds the ``stig`` (and ``protocol``, ``stig_testkit``)
+#: The directory that holds the ``stig`` (and ``stig_protocol``, ``stig_testkit``)
 #: packages this process runs: a clone's root, or site-packages.
 CODE_ROOT = Path(stig.__file__).resolve().parents[1]
 

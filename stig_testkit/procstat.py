@@ -12,10 +12,13 @@ import os
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of ``pid`` (all threads) in seconds, or None if it is gone."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float | None:
+    """utime + stime of ``pid`` (all its threads, those gone included) in
+    seconds, or of its one thread ``thread`` (a thread id; the main thread's
+    is ``pid``); None if it is gone."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None

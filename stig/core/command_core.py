@@ -39,7 +39,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import attrs
 
-from protocol.listing import stats_items
 from stig.core import listing
 from stig.core.read_view import ReadView
 from stig.core.reply_gate import ReplyGate
@@ -64,6 +63,7 @@ from stig.storage.ops import (
     Vivify,
 )
 from stig.storage.records import WIN_SENT, Item
+from stig_protocol.listing import stats_items
 
 
 class Refusal(enum.Enum):

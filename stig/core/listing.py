@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterator
 
 import lmdb
 
-from protocol import listing as L
 from stig.engine.stats import CommandStats
 from stig.storage.held import MAP_GREW, Owner
 from stig.storage.records import HEADER
 from stig.storage.store import Store
+from stig_protocol import listing as L
 
 #: Roughly how many reply bytes are produced before the handler sends them.
 CHUNK_BYTES = 64 * 1024

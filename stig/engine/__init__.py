@@ -9,6 +9,6 @@ visible everywhere (``visibility``), the write budget (``budget``), what
 followers acknowledged (``replicas``), the settings, counters, logins, the
 TLS certificates, the readiness told to a service manager (``readiness``)
 and the :class:`Engine` that ties them together. It imports storage and
-``protocol.limits`` (the limits are part of the settings), never the core,
+``stig_protocol.limits`` (the limits are part of the settings), never the core,
 the front ends, the server or the tools.
 """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import attrs
 
-from protocol.limits import Limits
+from stig_protocol.limits import Limits
 
 
 class TtlPolicy(enum.Enum):

@@ -1,6 +1,6 @@
 """Executes binary-protocol requests on a session and writes their responses.
 
-The bridge between :mod:`protocol.binary` (bytes ⇄ requests, responses) and
+The bridge between :mod:`stig_protocol.binary` (bytes ⇄ requests, responses) and
 :class:`stig.core.command_core.Core` (what each command does to the POV).  One handler per
 connection; responses are appended to :attr:`BinaryHandler.out` (the
 connection's :class:`~stig.core.replies.Replies`) and sent by
@@ -37,25 +37,6 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 import lmdb
 
-from protocol.binary import (
-    BinaryParser,
-    BinaryProtocolError,
-    BinaryRequest,
-    InvalidBinaryRequest,
-    Opcode,
-    Status,
-    counter_response,
-    encode_response,
-    error_response,
-    get_miss_response,
-    get_response,
-    is_quiet,
-    refusal_response,
-    stat_end_response,
-    stat_response,
-)
-from protocol.commands import Replicate
-from protocol.errors import ProtocolError
 from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind, Verdict
 from stig.core.read_view import ReadView
 from stig.core.replies import Replies
@@ -75,6 +56,25 @@ from stig.storage.ops import (
     Replace,
 )
 from stig.storage.records import Item
+from stig_protocol.binary import (
+    BinaryParser,
+    BinaryProtocolError,
+    BinaryRequest,
+    InvalidBinaryRequest,
+    Opcode,
+    Status,
+    counter_response,
+    encode_response,
+    error_response,
+    get_miss_response,
+    get_response,
+    is_quiet,
+    refusal_response,
+    stat_end_response,
+    stat_response,
+)
+from stig_protocol.commands import Replicate
+from stig_protocol.errors import ProtocolError
 
 #: Increment/Decrement's expiration that means "do not create a missing counter".
 NO_CREATE = 0xFFFFFFFF

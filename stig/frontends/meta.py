@@ -39,9 +39,27 @@ from collections.abc import Awaitable, Callable
 
 import lmdb
 
-from protocol.errors import ProtocolError
-from protocol.events import NEED_DATA
-from protocol.meta import (
+from stig.core.command_core import NON_NUMERIC, Answer, Committed, Core, Refusal, Verdict
+from stig.core.read_view import ReadView
+from stig.core.replies import Replies
+from stig.engine.errors import CommitFailed
+from stig.storage.ops import (
+    Add,
+    Adjust,
+    Blank,
+    Cas,
+    CompareRemove,
+    Concat,
+    MarkStale,
+    Op,
+    Outcome,
+    Put,
+    Replace,
+)
+from stig.storage.records import Item
+from stig_protocol.errors import ProtocolError
+from stig_protocol.events import NEED_DATA
+from stig_protocol.meta import (
     EN,
     EX,
     HD,
@@ -65,25 +83,7 @@ from protocol.meta import (
     meta_response,
     suppressed_in_quiet,
 )
-from protocol.text_replies import client_error, server_error
-from stig.core.command_core import NON_NUMERIC, Answer, Committed, Core, Refusal, Verdict
-from stig.core.read_view import ReadView
-from stig.core.replies import Replies
-from stig.engine.errors import CommitFailed
-from stig.storage.ops import (
-    Add,
-    Adjust,
-    Blank,
-    Cas,
-    CompareRemove,
-    Concat,
-    MarkStale,
-    Op,
-    Outcome,
-    Put,
-    Replace,
-)
-from stig.storage.records import Item
+from stig_protocol.text_replies import client_error, server_error
 
 TTL_REJECTED = client_error(Refusal.TTL.value)
 NON_NUMERIC_REPLY = client_error(NON_NUMERIC)

@@ -1,7 +1,7 @@
 """The read of a retrieval line too long to parse whole: answered as it streams in.
 
 A ``get``/``gets``/``gat``/``gats`` line of any length (10,000 keys is 400 KB)
-arrives as events (:mod:`protocol.text_stream`): its head, batches of keys,
+arrives as events (:mod:`stig_protocol.text_stream`): its head, batches of keys,
 its end.  :class:`StreamedGet` answers each batch as it comes, while the rest
 of the line is still arriving, so the server holds one window of the line
 and ``--max-reply-bytes`` of replies, never the line or its reply whole.
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import lmdb
 
-from protocol import text_replies as R
-from protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
 from stig.core.command_core import Core
 from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.errors import CommitFailed
+from stig_protocol import text_replies as R
+from stig_protocol.commands import RetrieveEnd, RetrieveKeys, RetrieveStart
 
 
 class StreamedGet:

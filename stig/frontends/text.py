@@ -1,6 +1,6 @@
 """Executes text-protocol commands on a session and writes their replies.
 
-The bridge between :mod:`protocol.text` (bytes ⇄ commands) and the command
+The bridge between :mod:`stig_protocol.text` (bytes ⇄ commands) and the command
 core (:class:`stig.core.command_core.Core`, the rules over the session's POV).
 One handler per connection; replies are appended to :attr:`TextHandler.out`
 (the connection's :class:`~stig.core.replies.Replies`) and sent by the connection once per
@@ -15,9 +15,21 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import lmdb
 
-from protocol import listing as L
-from protocol import text_replies as R
-from protocol.commands import (
+from stig.core import listing
+from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
+from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
+from stig.core.read_view import ReadView
+from stig.core.replies import Replies
+from stig.engine.certificates import TlsError
+from stig.engine.engine import PROTOCOL_VERSION, Engine
+from stig.engine.errors import CommitFailed, PromoteRefused
+from stig.engine.session import Session
+from stig.frontends.meta import HD_LINE, MetaHandler
+from stig.frontends.streamed_get import StreamedGet
+from stig.storage.ops import Add, Cas, Op, Outcome, Replace
+from stig_protocol import listing as L
+from stig_protocol import text_replies as R
+from stig_protocol.commands import (
     Arithmetic,
     Delete,
     Fence,
@@ -38,21 +50,9 @@ from protocol.commands import (
     Verbosity,
     Version,
 )
-from protocol.errors import InvalidCommand, ProtocolError
-from protocol.meta_commands import MetaArithmetic, MetaDelete, MetaGet, MetaSet
-from protocol.text import QuietError, TextParser
-from stig.core import listing
-from stig.core.command_core import NON_NUMERIC as NON_NUMERIC_MESSAGE
-from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsKind
-from stig.core.read_view import ReadView
-from stig.core.replies import Replies
-from stig.engine.certificates import TlsError
-from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.errors import CommitFailed, PromoteRefused
-from stig.engine.session import Session
-from stig.frontends.meta import HD_LINE, MetaHandler
-from stig.frontends.streamed_get import StreamedGet
-from stig.storage.ops import Add, Cas, Op, Outcome, Replace
+from stig_protocol.errors import InvalidCommand, ProtocolError
+from stig_protocol.meta_commands import MetaArithmetic, MetaDelete, MetaGet, MetaSet
+from stig_protocol.text import QuietError, TextParser
 
 #: Each refusal as a text reply.
 REFUSALS = {refusal: R.client_error(refusal.value) for refusal in Refusal}

@@ -9,6 +9,6 @@ acknowledges it.
 
 It may import the storage and the engine (the store applies the groups,
 the engine keeps what the followers acknowledged: stig/engine/replicas.py)
-and ``protocol``; never the core, the front ends, the server or the tools.
+and ``stig_protocol``; never the core, the front ends, the server or the tools.
 The server imports it (it hands connections over and starts the follower).
 """

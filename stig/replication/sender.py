@@ -38,11 +38,11 @@ from typing import Protocol
 import lmdb
 import trio
 
-from protocol.commands import Replicate
 from stig.engine.engine import Engine
 from stig.engine.replicas import Replica
 from stig.replication import wire
 from stig.storage import replog
+from stig_protocol.commands import Replicate
 
 log = logging.getLogger(__name__)
 

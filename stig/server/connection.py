@@ -45,14 +45,14 @@ from typing import Protocol
 
 import trio
 
-from protocol.commands import Replicate
-from protocol.errors import ProtocolError
-from protocol.events import NEED_DATA
 from stig.core.replies import Replies
 from stig.engine.engine import Engine
 from stig.engine.errors import RunTooLarge
 from stig.engine.session import Session
 from stig.server.transport import Transport
+from stig_protocol.commands import Replicate
+from stig_protocol.errors import ProtocolError
+from stig_protocol.events import NEED_DATA
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,15 @@ _U64 = struct.Struct(">Q")
 _CAS_KEY = b"cas"
 _BYTES_KEY = b"bytes"
 INITIAL_MAP_SIZE = 256 * 1024 * 1024
+#: How the environment is opened for durability (the module docstring says
+#: why); scripts/lmdb_reference.py opens its ceiling the same way.
+DURABLE_OPTIONS: dict[str, bool] = {
+    "sync": True,
+    "metasync": True,
+    "writemap": False,
+    "map_async": False,
+    "readahead": False,
+}
 _CAS_CEILING = 2**63  # explicit cas values at or above this do not move the counter
 _HEADER_PACK = HEADER.pack
 _EFFECT_PACK = EFFECT.pack
@@ -212,11 +221,7 @@ class Store:
             str(self.path),
             map_size=map_size,
             max_dbs=4,
-            sync=True,
-            metasync=True,
-            writemap=False,
-            map_async=False,
-            readahead=False,
+            **DURABLE_OPTIONS,
             max_readers=max_readers,
             lock=True,
             mode=FILE_MODE,  # data.mdb and lock.mdb, when LMDB creates them

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, BinaryIO
 import click
 import trio
 
-from protocol.limits import ITEM_SIZE_MAX, KEY_MAX_LENGTH, LINE_MAX_LENGTH, Limits
 from stig.engine.engine import VERSION
 from stig.engine.settings import Settings, TtlPolicy
 from stig.storage.dirlock import DataDirInUse
 from stig.tools import logs
 from stig.tools.progress import Progress
+from stig_protocol.limits import ITEM_SIZE_MAX, KEY_MAX_LENGTH, LINE_MAX_LENGTH, Limits
 
 if TYPE_CHECKING:
     from stig.tools.movekeys import Move, MoveReport

@@ -26,12 +26,12 @@ from typing import BinaryIO
 
 import attrs
 
-from protocol.listing import url_decode
 from stig.storage.records import HEADER
 from stig.tools import dumpfmt
 from stig.tools.dumpfmt import DumpItem
 from stig.tools.envtools import ToolError, open_readonly
 from stig.tools.progress import Progress
+from stig_protocol.listing import url_decode
 
 DEFAULT_BATCH = 1000
 FETCH_BATCH = 500

@@ -32,7 +32,8 @@ TARGETS: dict[str, str] = {
 
 #: What each target's coverage counts: the packages atheris instruments.
 INSTRUMENTED: dict[str, tuple[str, ...]] = {
-    name: ("protocol", "stig") if name.startswith("handler_") else ("protocol",) for name in TARGETS
+    name: ("stig_protocol", "stig") if name.startswith("handler_") else ("stig_protocol",)
+    for name in TARGETS
 }
 
 

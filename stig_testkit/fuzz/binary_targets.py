@@ -1,17 +1,17 @@
-"""Fuzz target of the binary protocol's parser and writers (protocol.binary*).
+"""Fuzz target of the binary protocol's parser and writers (stig_protocol.binary*).
 
 :func:`binary`:
 
-* only :class:`~protocol.binary.BinaryProtocolError` escapes the parser, and
+* only :class:`~stig_protocol.binary.BinaryProtocolError` escapes the parser, and
   once raised it is raised again on every later call;
 * whole, byte-by-byte and chunked feeding give the same events, and so does
   draining runs of SetQ through ``quiet_sets`` first;
 * fed a byte at a time, the parser never holds more than the largest request
-  it accepts (:func:`~protocol.binary.max_request_size`);
+  it accepts (:func:`~stig_protocol.binary.max_request_size`);
 * round trips: each request, written by
-  :func:`~protocol.binary.pack_request`, is read back as the same request;
-  each refusal, written by :func:`~protocol.binary.refusal_response`, is read
-  back by :func:`~protocol.binary.decode_response` with its opcode, opaque,
+  :func:`~stig_protocol.binary.pack_request`, is read back as the same request;
+  each refusal, written by :func:`~stig_protocol.binary.refusal_response`, is read
+  back by :func:`~stig_protocol.binary.decode_response` with its opcode, opaque,
   status and message.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import attrs
 
-from protocol.binary import (
+from stig_protocol.binary import (
     NEED_DATA,
     BinaryParser,
     BinaryProtocolError,
@@ -30,7 +30,7 @@ from protocol.binary import (
     pack_request,
     refusal_response,
 )
-from protocol.limits import Limits
+from stig_protocol.limits import Limits
 from stig_testkit.fuzz.streams import feedings, split
 
 LIMITS = (

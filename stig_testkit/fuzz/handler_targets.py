@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import re
 
-from protocol.binary import decode_response
-from protocol.binary_codes import Opcode
+from stig_protocol.binary import decode_response
+from stig_protocol.binary_codes import Opcode
 from stig_testkit.fuzz.harness import VARIANTS, Served, serve
 from stig_testkit.fuzz.streams import feedings, split
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import attrs
 import trio
 
-from protocol.limits import Limits
 from stig.engine.engine import Engine
 from stig.engine.settings import Settings
 from stig.server.connection import Connection
+from stig_protocol.limits import Limits
 
 #: The handlers the connection imports on its first byte: imported here too,
 #: so that they are imported (and instrumented by the fuzz runner) with the rest.

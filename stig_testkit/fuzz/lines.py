@@ -41,9 +41,15 @@ def line_coverage(
     commit thread too)."""
     prefixes = tuple(str(root.resolve()) for root in roots)
     hit: dict[str, set[int]] = {}
+    #: Code files by their real paths: a clone imports protocol/ through the
+    #: link stig_protocol, whose files its roots name resolved.
+    real: dict[str, str] = {}
 
     def tracer(frame: types.FrameType, event: str, arg: object) -> object:
-        filename = frame.f_code.co_filename
+        code_file = frame.f_code.co_filename
+        filename = real.get(code_file)
+        if filename is None:
+            filename = real[code_file] = str(Path(code_file).resolve())
         if not filename.startswith(prefixes):
             return None
         lines = hit.setdefault(filename, set())

@@ -1,15 +1,15 @@
-"""Fuzz target of the key listings' formats (protocol.listing).
+"""Fuzz target of the key listings' formats (stig_protocol.listing).
 
 :func:`listing`: a key URL-encoded for ``lru_crawler metadump`` decodes back
 to itself and its line is one line of ``key=value`` fields; a ``stats
 cachedump`` line is one line or none; the argument readers of ``lru_crawler
-metadump`` and ``stats cachedump`` never raise; :func:`~protocol.listing.url_decode`
+metadump`` and ``stats cachedump`` never raise; :func:`~stig_protocol.listing.url_decode`
 of any text raises nothing but ValueError.
 """
 
 from __future__ import annotations
 
-from protocol import listing as L
+from stig_protocol import listing as L
 from stig_testkit.fuzz.streams import split
 
 

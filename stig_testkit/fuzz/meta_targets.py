@@ -1,17 +1,17 @@
-"""Fuzz target of the meta commands' reader and writers (protocol.meta_*).
+"""Fuzz target of the meta commands' reader and writers (stig_protocol.meta_*).
 
 :func:`meta` takes the first line of its stream as a meta command line:
 
-* :func:`~protocol.codec.parse_meta` never raises and returns what it
-  documents (an :class:`~protocol.errors.InvalidCommand` or a valid
-  :class:`~protocol.meta.MetaParse`), the same as the text parser makes of
+* :func:`~stig_protocol.codec.parse_meta` never raises and returns what it
+  documents (an :class:`~stig_protocol.errors.InvalidCommand` or a valid
+  :class:`~stig_protocol.meta.MetaParse`), the same as the text parser makes of
   the line;
 * round trip: a command it reads, written back by
-  :func:`~protocol.codec.encode_meta_request` (an ``ms`` with the rest of the
+  :func:`~stig_protocol.codec.encode_meta_request` (an ``ms`` with the rest of the
   stream as its value), is read back as the same command by the text
   parser, with its fast paths and without;
 * every reply the server may build for that command
-  (:func:`~protocol.codec.meta_response`, :func:`~protocol.codec.debug_response`)
+  (:func:`~stig_protocol.codec.meta_response`, :func:`~stig_protocol.codec.debug_response`)
   is built without error and written as one line (and its value):
   nothing a client sent can break the reply stream's framing;
 * a base64 key token it decodes (``b``) is the one token of that key.
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import attrs
 
-from protocol import meta as codec
-from protocol.errors import InvalidCommand
-from protocol.meta import (
+from stig_protocol import meta as codec
+from stig_protocol.errors import InvalidCommand
+from stig_protocol.meta import (
     EN,
     EX,
     HD,
@@ -37,7 +37,7 @@ from protocol.meta import (
     MetaParse,
     MetaSet,
 )
-from protocol.text import TextParser
+from stig_protocol.text import TextParser
 from stig_testkit.fuzz.streams import split
 from stig_testkit.fuzz.text_targets import LIMITS, Outcome, parse
 

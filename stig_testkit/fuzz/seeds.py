@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import struct
 
-from protocol.binary import BinaryRequest, Opcode, encode_request, pack_request
+from stig_protocol.binary import BinaryRequest, Opcode, encode_request, pack_request
 
 TEXT_STREAMS = [
     b"set k 0 0 5\r\nhello\r\nget k\r\n",

@@ -1,13 +1,13 @@
-"""Fuzz targets of the text parser (protocol.text, text_framing, text_commands, text_fast).
+"""Fuzz targets of the text parser (stig_protocol.text, text_framing, text_commands, text_fast).
 
 * :func:`text`: the general path alone (``TextParser(fast=False)``): only
-  :class:`~protocol.errors.ProtocolError` may escape; every event is one the
+  :class:`~stig_protocol.errors.ProtocolError` may escape; every event is one the
   module documents and passes its own validators; a streamed retrieval line
-  (protocol.text_stream) is a start, its keys, an end; whole, byte-by-byte
+  (stig_protocol.text_stream) is a start, its keys, an end; whole, byte-by-byte
   and chunked feeding give the same events; fed a byte at a time, the parser
   never holds more than one line (or window) or one data block.
 * :func:`text_fast`: the differential: the fast paths of
-  :mod:`protocol.text_fast` (the parser's ``fast`` switch, and its run calls
+  :mod:`stig_protocol.text_fast` (the parser's ``fast`` switch, and its run calls
   ``plain_gets``, ``single_get_keys`` with ``give_back_keys``, ``plain_sets``)
   give exactly the general path's events, for every feeding.
 """
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import attrs
 
-from protocol.commands import Retrieve, RetrieveEnd, RetrieveKeys, RetrieveStart
-from protocol.errors import InvalidCommand, ProtocolError
-from protocol.events import NEED_DATA
-from protocol.limits import Limits
-from protocol.text import QuietError, TextParser
+from stig_protocol.commands import Retrieve, RetrieveEnd, RetrieveKeys, RetrieveStart
+from stig_protocol.errors import InvalidCommand, ProtocolError
+from stig_protocol.events import NEED_DATA
+from stig_protocol.limits import Limits
+from stig_protocol.text import QuietError, TextParser
 from stig_testkit.fuzz.streams import feedings, split
 
 #: The limits an input runs under (its option byte picks one): memcached's

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import struct
 
-from protocol.binary import Opcode
+from stig_protocol.binary import Opcode
 from stig_testkit.waiting import wait_until_read
 
 RUN = 200
 
 
 def setq_run(prefix: str) -> bytes:
-    from protocol.binary import encode_request
+    from stig_protocol.binary import encode_request
 
     extras = struct.pack(">II", 0, 0)
     return b"".join(

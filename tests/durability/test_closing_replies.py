@@ -18,7 +18,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from support.closing_replies import (
+
+from stig_testkit.closing_replies import (
     BINARY_CLOSERS,
     META_CLOSERS,
     RUN,
@@ -29,7 +30,6 @@ from support.closing_replies import (
     lost_writes,
     read_binary_reply,
 )
-
 from stig_testkit.process import StigProcess
 
 #: A run is never closed by the idle timer behind the test's back.

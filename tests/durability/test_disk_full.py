@@ -30,7 +30,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from protocol.binary_codes import Opcode, Status
+from stig_protocol.binary_codes import Opcode, Status
 from stig_testkit.connections import BinaryConnection, RawConnection
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for_stats

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from protocol.binary import Opcode, Status, encode_request
+from stig_protocol.binary import Opcode, Status, encode_request
 from stig_testkit.connections import BinaryConnection, RawConnection
 from stig_testkit.process import StigProcess
 

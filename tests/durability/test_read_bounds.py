@@ -23,7 +23,7 @@ import struct
 
 import pytest
 
-from protocol.binary import Opcode, decode_response, encode_request
+from stig_protocol.binary import Opcode, decode_response, encode_request
 from stig_testkit import flood
 from stig_testkit.process import CODE_ROOT
 

@@ -20,7 +20,7 @@ import socket
 
 import pytest
 
-from protocol.binary import Opcode, Status, decode_response, encode_request
+from stig_protocol.binary import Opcode, Status, decode_response, encode_request
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for_stats
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.binary import Opcode, Status
+from stig_protocol.binary import Opcode, Status
 
 USERS = "# Stig test users\nalice:s3cret\n\nbob:with:colons\n"
 

@@ -1,7 +1,7 @@
 """Every binary-protocol opcode and error status against a real server, byte-exact.
 
-Requests are built with :func:`protocol.binary.encode_request` and responses
-read with :func:`protocol.binary.decode_response` (through the conftest's
+Requests are built with :func:`stig_protocol.binary.encode_request` and responses
+read with :func:`stig_protocol.binary.decode_response` (through the conftest's
 ``BinaryConnection``), so every header field is checked: opcode, status,
 opaque echoed, cas, extras, key and value.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from protocol.binary import Opcode, Status
+from stig_protocol.binary import Opcode, Status
 
 EXPTIME_REJECTED = (
     b"exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"

@@ -7,7 +7,7 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from protocol.binary import Opcode, Status, encode_request
+from stig_protocol.binary import Opcode, Status, encode_request
 from stig_testkit.waiting import wait_for_stats, wait_until_read
 
 EXTRAS = struct.pack(">II", 0, 0)

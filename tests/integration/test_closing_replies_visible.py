@@ -13,7 +13,8 @@ that run's commit about half the time and left the writer's own writes out.
 from __future__ import annotations
 
 import pytest
-from support.closing_replies import (
+
+from stig_testkit.closing_replies import (
     BINARY_CLOSERS,
     META_CLOSERS,
     RUNS,

@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from protocol.binary import Opcode, Status
+from stig_protocol.binary import Opcode, Status
 
 TTL_WORDS = b"exptime must be 0: Stig is a database and items never expire (see --ttl-policy)"
 FLUSH_DELAY_WORDS = b"flush_all delay must be 0: Stig items never expire"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.binary_codes import Opcode, Status
+from stig_protocol.binary_codes import Opcode, Status
 from stig_testkit.certs import self_signed_cert
 from stig_testkit.connections import BinaryConnection, RawConnection
 from stig_testkit.process import StigProcess
@@ -655,7 +655,7 @@ def test_a_failed_binary_write_in_a_pipelined_burst_fails_alone(faulty, opcode):
     goes on — nothing it was told succeeded was lost (before, a failed Set
     closed the connection as if acknowledged writes were lost, and the
     replies of the burst were dropped)."""
-    from protocol.binary import encode_request
+    from stig_protocol.binary import encode_request
 
     server = faulty()
     _set_fault(server, "lmdb poison")

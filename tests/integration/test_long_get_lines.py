@@ -15,7 +15,8 @@ import random
 import re
 
 import pytest
-from support.waiting import wait_for_stats
+
+from stig_testkit.waiting import wait_for_stats
 
 #: 10,000 keys of 38 bytes: a 390 KB get line.
 KEYS = [b"long-line-key:%024d" % i for i in range(10_000)]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from protocol.binary import Opcode, Status
+from stig_protocol.binary import Opcode, Status
 
 BIG = 1024 * 1024 + 1024  # above the default --max-item-size
 SET_EXTRAS = struct.pack(">II", 0, 0)

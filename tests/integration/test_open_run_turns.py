@@ -75,11 +75,11 @@ def test_a_waiter_sends_its_replies_so_far_before_it_waits(stig_factory, acks):
 def test_a_binary_waiter_sends_its_replies_so_far_before_it_waits(stig_factory):
     """The same on the binary SetQ fast path: the Noop's response before the
     SetQ burst that waits reaches the client while the holder holds."""
-    from protocol.binary_codes import Opcode, Status
+    from stig_protocol.binary_codes import Opcode, Status
 
     server = stig_factory(*BUDGET, "--batch-idle-ms", "60000")
     _opener, holder = _fill_the_budget(server)
-    from protocol.binary import encode_request
+    from stig_protocol.binary import encode_request
 
     waiter = server.connect_binary(timeout=60)
     burst = encode_request(Opcode.Noop, opaque=7) + b"".join(
@@ -113,8 +113,8 @@ def test_a_holder_that_never_ends_does_not_hold_the_waiters_forever(stig_factory
     before turns (discarded, told, closed); everyone else goes on."""
     import socket
 
-    from protocol.binary import encode_request
-    from protocol.binary_codes import Opcode
+    from stig_protocol.binary import encode_request
+    from stig_protocol.binary_codes import Opcode
 
     server = stig_factory(*BUDGET, "--batch-idle-ms", "60000", "--max-run-wait-ms", "1000")
     opener = server.connect(timeout=60)
@@ -175,8 +175,8 @@ def test_a_text_burst_that_finds_the_budget_full_keeps_one_write(stig_factory):
 
 
 def test_a_binary_setq_burst_that_finds_the_budget_full_keeps_one_write(stig_factory):
-    from protocol.binary import encode_request
-    from protocol.binary_codes import Opcode
+    from stig_protocol.binary import encode_request
+    from stig_protocol.binary_codes import Opcode
 
     server = stig_factory(*BUDGET, "--batch-idle-ms", "60000")
     _opener, holder = _fill_the_budget(server)

@@ -24,7 +24,7 @@ import struct
 
 import pytest
 
-from protocol.binary import Opcode, Status, encode_request
+from stig_protocol.binary import Opcode, Status, encode_request
 
 BURST = 1000
 #: Group commits a burst may take: the commands of one burst are handed to

@@ -18,9 +18,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-from support.waiting import wait_for_stats
 
-from protocol.binary import Opcode, Status
+from stig_protocol.binary import Opcode, Status
+from stig_testkit.waiting import wait_for_stats
 
 STORE_EXTRAS = struct.pack(">II", 0, 0)
 #: A run also ends after --batch-idle-ms without input; the tests that write
@@ -210,7 +210,7 @@ def test_a_setq_behind_a_quiet_get_run_ends_it_and_a_later_get_sees_the_write(st
     session's own write. Found by review: the pipelined-SetQ fast path took
     the SetQ without ending the run, and the GetK, read as the run's closing
     get from its old snapshot, answered the old value."""
-    from protocol.binary import encode_request
+    from stig_protocol.binary import encode_request
 
     conn = stig_server.connect_binary()
     _set(conn, b"k", b"old")

@@ -91,7 +91,7 @@ def test_a_burst_of_binary_setq_is_silent_counted_and_visible(stig_server) -> No
     another connection sees every value with its flags."""
     import struct
 
-    from protocol.binary import Opcode, encode_request
+    from stig_protocol.binary import Opcode, encode_request
 
     with stig_server.connect() as text:
         assert text.send_recv(b"stats detail on\r\n", b"OK\r\n") == b"OK\r\n"
@@ -136,7 +136,7 @@ def test_a_binary_setq_burst_with_a_cas_in_it_answers_only_that_failure(stig_ser
     failure answered in its place (KEY_ENOENT, its opaque), the rest silent."""
     import struct
 
-    from protocol.binary import Opcode, Status, encode_request
+    from stig_protocol.binary import Opcode, Status, encode_request
 
     extras = struct.pack(">II", 0, 0)
     burst = b"".join(

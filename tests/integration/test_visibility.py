@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.binary import Opcode, Status
+from stig_protocol.binary import Opcode, Status
 from stig_testkit.waiting import wait_for_stats
 
 ROUNDS = 1000

@@ -29,11 +29,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from protocol.binary_codes import Opcode
-from protocol.binary_writer import encode_request
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.settings import Settings
 from stig.server.connection import Connection
+from stig_protocol.binary_codes import Opcode
+from stig_protocol.binary_writer import encode_request
 from stig_testkit.fuzz.harness import MemoryTransport
 
 #: flags and exptime of a binary Set.

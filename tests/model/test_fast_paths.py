@@ -37,10 +37,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.binary_codes import Opcode
-from protocol.binary_writer import encode_request
-from protocol.limits import Limits
 from stig.engine.settings import Settings
+from stig_protocol.binary_codes import Opcode
+from stig_protocol.binary_writer import encode_request
+from stig_protocol.limits import Limits
 from stig_testkit.memory_server import (
     Commit,
     HangUp,

@@ -40,9 +40,14 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from protocol import text_replies as R
-from protocol.binary_codes import Opcode, Status
-from protocol.binary_writer import (
+from stig.core.command_core import NON_NUMERIC
+from stig.engine.engine import PROTOCOL_VERSION
+from stig.engine.settings import Settings
+from stig.storage.ops import Add, Adjust, Cas, Concat, Op, Outcome, Put, Remove, Replace
+from stig.storage.records import Item
+from stig_protocol import text_replies as R
+from stig_protocol.binary_codes import Opcode, Status
+from stig_protocol.binary_writer import (
     counter_response,
     encode_request,
     encode_response,
@@ -50,11 +55,6 @@ from protocol.binary_writer import (
     get_miss_response,
     get_response,
 )
-from stig.core.command_core import NON_NUMERIC
-from stig.engine.engine import PROTOCOL_VERSION
-from stig.engine.settings import Settings
-from stig.storage.ops import Add, Adjust, Cas, Concat, Op, Outcome, Put, Remove, Replace
-from stig.storage.records import Item
 from stig_testkit.memory_server import BlockingServer
 from stig_testkit.pov_model import UNRESOLVED, Intent, Model, Run, as_counter, bump
 

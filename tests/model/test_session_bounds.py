@@ -10,11 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from protocol.limits import Limits
 from stig.engine.engine import Engine
 from stig.engine.session import RunTooLarge, RunWaitedTooLong, Session
 from stig.engine.settings import Settings
 from stig.storage.ops import Add, Outcome
+from stig_protocol.limits import Limits
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 from support.memcached_ref import exchange, memcached
 
-from protocol.binary import Opcode
+from stig_protocol.binary import Opcode
 
 # Keys whose url-encoding shows memcached's rules: unreserved kept, the rest %XX.
 KEYS = [b"a", b"b:c", b"pct%20", b"t~i-l_d.e", b"UPPER9"]
@@ -112,7 +112,7 @@ def test_replies_match_memcached(stig_server):
 
 
 def _metadump_keys(port: int) -> set[bytes]:
-    from protocol.listing import url_decode
+    from stig_protocol.listing import url_decode
 
     reply = exchange(port, b"lru_crawler metadump all\r\n", b"END\r\n", timeout=60)
     lines = reply[: -len(b"END\r\n")].split(b"\n")[:-1]

@@ -14,7 +14,7 @@ import pytest
 from opstools import run_stig
 from support.memcached_ref import exchange, free_port, wait_port
 
-from protocol.listing import url_decode
+from stig_protocol.listing import url_decode
 from stig_testkit.waiting import wait_for
 
 

@@ -1,7 +1,7 @@
 """Whatever reply closes a run acknowledges it on disk: power cuts, on lazyfs.
 
 The power-cut form of tests/durability/test_closing_replies.py: Stig runs
-with ``--durable-acks`` on a lazyfs mount (tests/support/lazyfs.py) whose
+with ``--durable-acks`` on a lazyfs mount (stig_testkit/lazyfs.py) whose
 cuts keep none of the pages not yet fsynced.  Each test sends a run of
 quiet/noreply writes and one closing command of one kind, and the moment
 the reply has arrived kills Stig and cuts the power; Stig restarted on what
@@ -15,7 +15,8 @@ import itertools
 import signal
 
 import pytest
-from support.closing_replies import (
+
+from stig_testkit.closing_replies import (
     BINARY_CLOSERS,
     META_CLOSERS,
     RUN,
@@ -26,7 +27,7 @@ from support.closing_replies import (
     lost_writes,
     read_binary_reply,
 )
-from support.crashrig import MOUNT_TIMEOUT, LazyMount, RigStig, fuse_unavailable
+from stig_testkit.crashrig import MOUNT_TIMEOUT, LazyMount, RigStig, fuse_unavailable
 
 _reason = fuse_unavailable()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"needs FUSE: {_reason}")

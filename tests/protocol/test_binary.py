@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.binary import (
+from stig_protocol.binary import (
     NEED_DATA,
     STATUS_MESSAGES,
     BinaryParser,
@@ -40,9 +40,9 @@ from protocol.binary import (
     stat_end_response,
     stat_response,
 )
-from protocol.binary_codes import SHAPES, Presence
-from protocol.errors import ProtocolError
-from protocol.limits import Limits
+from stig_protocol.binary_codes import SHAPES, Presence
+from stig_protocol.errors import ProtocolError
+from stig_protocol.limits import Limits
 
 SMALL = Limits(max_key_length=16, max_item_size=64)
 
@@ -606,7 +606,7 @@ def test_encode_request_builds_raw_packets() -> None:
 
 def test_binary_modules_import_no_io_or_store() -> None:
     code = (
-        "import sys, protocol.binary\n"
+        "import sys, stig_protocol.binary\n"
         "bad = {'trio', 'lmdb', 'stig'} & {m.split('.')[0] for m in sys.modules}\n"
         "assert not bad, bad\n"
     )

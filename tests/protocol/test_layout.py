@@ -1,6 +1,7 @@
-"""How the tree is built: protocol/ sans-IO, no import cycles, events never
-mutated; stig/ in folders that import only downward; tests/ and scripts/
-sharing code through stig_testkit/ only, never through ``sys.path``.
+"""How the tree is built: protocol/ sans-IO and imported as stig_protocol only,
+no import cycles, events never mutated; stig/ in folders that import only
+downward; tests/ and scripts/ sharing code through stig_testkit/ only, never
+through ``sys.path``.
 
 Read from the source with :mod:`ast`, so that these rules hold for every
 module, including ones added later.
@@ -18,7 +19,7 @@ PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
 
 def _modules() -> dict[str, ast.Module]:
     return {
-        f"protocol.{path.stem}": ast.parse(path.read_text(), str(path))
+        f"stig_protocol.{path.stem}": ast.parse(path.read_text(), str(path))
         for path in sorted(PROTOCOL.glob("*.py"))
         if path.stem != "__init__"
     }
@@ -32,8 +33,8 @@ def _imports(tree: ast.Module) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
-            if node.module == "protocol":  # from protocol import meta
-                found.update(f"protocol.{alias.name}" for alias in node.names)
+            if node.module == "stig_protocol":  # from stig_protocol import meta
+                found.update(f"stig_protocol.{alias.name}" for alias in node.names)
     return found
 
 
@@ -73,10 +74,18 @@ def test_every_protocol_module_imports_alone() -> None:
         "import importlib, sys\n"
         f"for name in {sorted(_modules())!r}:\n"
         "    importlib.import_module(name)\n"
-        "bad = {'trio', 'lmdb', 'stig'} & {m.split('.')[0] for m in sys.modules}\n"
+        "bad = {'trio', 'lmdb', 'stig', 'protocol'} & {m.split('.')[0] for m in sys.modules}\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PROTOCOL.parent)
+
+
+def test_a_clone_imports_protocol_as_stig_protocol_through_a_link() -> None:
+    """The package installs as ``stig_protocol`` (pyproject.toml); in a clone
+    the link of that name makes ``import stig_protocol`` find the same files."""
+    link = PROTOCOL.parent / "stig_protocol"
+    assert link.is_symlink() and link.readlink() == Path("protocol"), link
+    assert link.resolve() == PROTOCOL
 
 
 # -- stig/: folders that show the architecture ---------------------------------
@@ -88,10 +97,10 @@ STIG = PROTOCOL.parent / "stig"
 #: ``__init__`` docstring says the same in words.
 MAY_IMPORT: dict[str, set[str]] = {
     "storage": {"stig.storage"},
-    "engine": {"stig.storage", "stig.engine", "protocol.limits"},
-    "core": {"stig.storage", "stig.engine", "stig.core", "protocol"},
-    "frontends": {"stig.storage", "stig.engine", "stig.core", "stig.frontends", "protocol"},
-    "replication": {"stig.storage", "stig.engine", "stig.replication", "protocol"},
+    "engine": {"stig.storage", "stig.engine", "stig_protocol.limits"},
+    "core": {"stig.storage", "stig.engine", "stig.core", "stig_protocol"},
+    "frontends": {"stig.storage", "stig.engine", "stig.core", "stig.frontends", "stig_protocol"},
+    "replication": {"stig.storage", "stig.engine", "stig.replication", "stig_protocol"},
     "server": {
         "stig.storage",
         "stig.engine",
@@ -99,16 +108,16 @@ MAY_IMPORT: dict[str, set[str]] = {
         "stig.frontends",
         "stig.replication",
         "stig.server",
-        "protocol",
+        "stig_protocol",
     },
-    "tools": {"stig", "protocol"},
+    "tools": {"stig", "stig_protocol"},
 }
 
 #: Imports that cross a floor upward today, each with why; the list only shrinks.
 KNOWN_CROSSINGS: set[tuple[str, str]] = set()
 
 #: Modules no storage module may import: the floors above, and the I/O.
-STORAGE_FORBIDDEN_ROOTS = {"trio", "socket", "ssl", "protocol"}
+STORAGE_FORBIDDEN_ROOTS = {"trio", "socket", "ssl", "stig_protocol"}
 
 
 def _stig_modules() -> dict[str, ast.Module]:
@@ -144,7 +153,7 @@ def test_each_stig_folder_imports_only_what_it_may() -> None:
             root = imported.split(".")[0]
             if root == "stig_testkit":
                 wrong.append((name, imported))
-            if root not in {"stig", "protocol"}:
+            if root not in {"stig", "stig_protocol"}:
                 continue
             if not _within(imported, allowed) and (name, imported) not in KNOWN_CROSSINGS:
                 wrong.append((name, imported))
@@ -385,3 +394,33 @@ def test_test_files_have_unique_names() -> None:
                 clashes.append((seen[path.name], str(path.relative_to(ROOT))))
             seen[path.name] = str(path.relative_to(ROOT))
     assert not clashes, clashes
+
+
+def test_no_module_re_exports_stig_testkit() -> None:
+    """A shared module lives in stig_testkit and is imported from there, not
+    through a second name in tests/ or scripts/ (``from stig_testkit.x import *``):
+    a shim keeps two paths to one module alive."""
+    shims = [
+        name
+        for name, tree in _sources("tests", "scripts").items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").split(".")[0] == "stig_testkit"
+        and any(alias.name == "*" for alias in node.names)
+    ]
+    assert not shims, shims
+
+
+def test_nothing_imports_a_bare_protocol() -> None:
+    """protocol/ is one package under one name: a module that imported it as
+    ``protocol`` would work in a clone (the folder is there) and fail once
+    installed, and in a clone it would load every module twice, its events
+    failing ``isinstance`` against the other copy's classes."""
+    modules = {**_modules(), **_stig_modules(), **_sources("tests", "scripts", "stig_testkit")}
+    wrong = sorted(
+        f"{name} imports {imported}"
+        for name, tree in modules.items()
+        for imported in _imports(tree)
+        if imported.split(".")[0] == "protocol"
+    )
+    assert not wrong, "\n".join(wrong)

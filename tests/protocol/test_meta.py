@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import ErrorKind, InvalidCommand
-from protocol.limits import Limits
-from protocol.meta import (
+from stig_protocol.errors import ErrorKind, InvalidCommand
+from stig_protocol.limits import Limits
+from stig_protocol.meta import (
     EN,
     EX,
     HD,
@@ -798,8 +798,8 @@ PIPELINE = (
 
 
 def _events(chunks: list[bytes]) -> list[object]:
-    from protocol.events import NEED_DATA
-    from protocol.text import TextParser
+    from stig_protocol.events import NEED_DATA
+    from stig_protocol.text import TextParser
 
     parser = TextParser(LIMITS)
     events: list[object] = []

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import text, text_fast
-from protocol.commands import (
+from stig_protocol import text, text_fast
+from stig_protocol.commands import (
     Arithmetic,
     Delete,
     FlushAll,
@@ -37,11 +37,11 @@ from protocol.commands import (
     Verbosity,
     Version,
 )
-from protocol.errors import ErrorKind, InvalidCommand, ProtocolError
-from protocol.events import NEED_DATA
-from protocol.limits import Limits
-from protocol.meta import MetaSet, ReturnFlag
-from protocol.text import QuietError, TextParser
+from stig_protocol.errors import ErrorKind, InvalidCommand, ProtocolError
+from stig_protocol.events import NEED_DATA
+from stig_protocol.limits import Limits
+from stig_protocol.meta import MetaSet, ReturnFlag
+from stig_protocol.text import QuietError, TextParser
 
 # -- the error lines, as memcached spells them ---------------------------------
 
@@ -799,7 +799,7 @@ def test_arbitrary_bytes_only_raise_protocol_error(stream: bytes, data: st.DataO
         if type(event) is tuple:  # a ProtocolError marker (Retrieve is a named tuple)
             assert event in (("ProtocolError", LINE_TOO_LONG), ("ProtocolError", None))
             assert event is whole[-1]
-        elif not type(event).__module__.startswith("protocol.meta"):
+        elif not type(event).__module__.startswith("stig_protocol.meta"):
             assert isinstance(event, KNOWN_EVENTS)
 
 
@@ -821,7 +821,7 @@ def test_numbers_with_leading_zeros(exptime: int, zeros: int) -> None:
 
 # -- the fast paths give the very events of the general path -------------------
 #
-# protocol.text_fast builds the events of the commonest lines itself; a parser
+# stig_protocol.text_fast builds the events of the commonest lines itself; a parser
 # built with fast=False never calls it.  Any stream, fed whole, in random
 # chunks or byte by byte, with or without draining runs of gets through
 # plain_gets(), must give the fast parser exactly the general parser's events.

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import text_replies as R
+from stig_protocol import text_replies as R
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Retrieval lines longer than the window, parsed as they stream in (protocol.text_stream).
+"""Retrieval lines longer than the window, parsed as they stream in (stig_protocol.text_stream).
 
 A line of up to ``Limits.get_window`` bytes is one ``Retrieve``; a longer
 one is a ``RetrieveStart``, batches of ``RetrieveKeys`` (the keys ending in
@@ -16,11 +16,11 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.commands import Retrieve, RetrieveEnd, RetrieveKeys, RetrieveStart, Version
-from protocol.errors import ErrorKind, InvalidCommand, ProtocolError
-from protocol.events import NEED_DATA
-from protocol.limits import Limits
-from protocol.text import TextParser
+from stig_protocol.commands import Retrieve, RetrieveEnd, RetrieveKeys, RetrieveStart, Version
+from stig_protocol.errors import ErrorKind, InvalidCommand, ProtocolError
+from stig_protocol.events import NEED_DATA
+from stig_protocol.limits import Limits
+from stig_protocol.text import TextParser
 
 BAD_FORMAT = InvalidCommand(ErrorKind.CLIENT_ERROR, "bad command line format")
 BAD_EXPTIME = InvalidCommand(ErrorKind.CLIENT_ERROR, "invalid exptime argument")

@@ -17,8 +17,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from protocol.binary import Opcode, Status
 from stig.replication import wire
+from stig_protocol.binary import Opcode, Status
 from stig_testkit.crashrig import LazyMount, fuse_unavailable
 from stig_testkit.process import CODE_ROOT, StigProcess, child_env
 from stig_testkit.waiting import wait_for_stats

@@ -14,9 +14,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from protocol.binary import Opcode, Status
 from stig.storage.replog import U64
 from stig.storage.store import Store
+from stig_protocol.binary import Opcode, Status
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for_stats
 

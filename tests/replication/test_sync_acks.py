@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lmdb
 
-from protocol.binary import Opcode, Status
+from stig_protocol.binary import Opcode, Status
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for_stats
 

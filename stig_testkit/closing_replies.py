@@ -3,7 +3,7 @@
 docs/pov.md ("Which replies acknowledge what"): the reply of the command that
 closes a run acknowledges the whole run — whatever that command is.  The
 SIGKILL tests (tests/durability/test_closing_replies.py), the power-cut tests
-(tests/powercut/test_closing_replies.py) and the visibility tests read this
+(tests/powercut/test_powercut_closing_replies.py) and the visibility tests read this
 one table: a run of writes, then one closing command, then its reply.
 
 A *run* is ``RUN`` writes of fresh keys ``<prefix>-<i>`` (text ``set …
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import attrs
 
-from protocol.binary import Opcode, encode_request
+from stig_protocol.binary import Opcode, encode_request
 
 #: Writes in a run; the values are big enough that the run's commit takes a
 #: real fsync, so an acknowledgement sent before it loses the race to SIGKILL.
