@@ -41,9 +41,8 @@ from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsK
 from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.auth import MECHANISMS
-from stig.engine.engine import PROTOCOL_VERSION, Engine
+from stig.engine.engine import PROTOCOL_VERSION
 from stig.engine.errors import CommitFailed, ReadOnlyReplica, WritesRefused
-from stig.engine.session import Session
 from stig.storage.ops import (
     Add,
     Adjust,
@@ -132,24 +131,26 @@ class _Quiet:
 class BinaryHandler:
     """Runs each binary request against the session; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session, replies: Replies | None = None) -> None:
-        self.engine = engine
+    def __init__(self, core: Core, replies: Replies) -> None:
+        """``core`` runs the requests over the connection's session and
+        ``replies`` are the connection's, whose gate the core holds
+        (:func:`stig.server.connection.make_handler` builds both)."""
+        self.engine = engine = core.engine
         #: False (``Settings.fast_paths``): every request takes the general
         #: path (:meth:`_handle`), no plain SetQ at once nor run of them; the
         #: differential test (tests/model/test_fast_paths.py) checks both
         #: answer alike.
         self.fast = engine.settings.fast_paths
         self.parser = BinaryParser(engine.settings.limits)
-        #: The connection's replies (None: a handler of its own, never sent,
-        #: for a test or a script).
-        self.replies = Replies(engine, session) if replies is None else replies
+        #: The connection's replies.
+        self.replies = replies
         self.out = self.replies.out  # what every request appends its response to
         self.closing = False
         self.takeover: Replicate | None = None  #: never: replication is a text command
         #: Replies held behind their commits (the loud writes, which carry the
         #: committed cas): the connection releases them before it sends.
         self.gate = self.replies.gate
-        self.core = Core(engine, session, self.gate)
+        self.core = core
         self.auth = engine.auth
         self.authenticated = self.auth is None
         #: Replies buffered past this are sent before the next request (the

@@ -21,9 +21,8 @@ from stig.core.command_core import Committed, Core, Refusal, StatsAnswer, StatsK
 from stig.core.read_view import ReadView
 from stig.core.replies import Replies
 from stig.engine.certificates import TlsError
-from stig.engine.engine import PROTOCOL_VERSION, Engine
+from stig.engine.engine import PROTOCOL_VERSION
 from stig.engine.errors import CommitFailed, PromoteRefused
-from stig.engine.session import Session
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
@@ -84,8 +83,11 @@ _CONDITIONAL: dict[StoreMode, type[Add | Replace]] = {
 class TextHandler:
     """Runs each text command against the session; see the module docstring."""
 
-    def __init__(self, engine: Engine, session: Session, replies: Replies | None = None) -> None:
-        self.engine = engine
+    def __init__(self, core: Core, replies: Replies) -> None:
+        """``core`` runs the commands over the connection's session and
+        ``replies`` are the connection's, whose gate the core holds
+        (:func:`stig.server.connection.make_handler` builds both)."""
+        self.engine = engine = core.engine
         #: False (``Settings.fast_paths``): every command takes the general
         #: path (:meth:`_handle`, the general read), the meta handler its own,
         #: and the parser its own (``TextParser(fast=False)``): the
@@ -93,10 +95,9 @@ class TextHandler:
         #: give the same replies, stats and committed state.
         self.fast = fast = engine.settings.fast_paths
         self.parser = TextParser(engine.settings.limits, fast=fast)
-        #: The connection's replies (None: a handler of its own, never sent,
-        #: for a test or a script): ``drain`` sends them from inside a
+        #: The connection's replies: ``drain`` sends them from inside a
         #: command, so a long read or key listing goes out as it grows.
-        self.replies = Replies(engine, session) if replies is None else replies
+        self.replies = replies
         self.out = self.replies.out  # what every command appends its reply to
         self.closing = False
         #: A follower's ``stig_replicate``: once the replies so far are sent,
@@ -105,7 +106,7 @@ class TextHandler:
         #: Replies held behind their commits (add/replace/cas, meta writes
         #: that return a cas): the connection releases them before it sends.
         self.gate = self.replies.gate
-        self.core = Core(engine, session, self.gate)
+        self.core = core
         # Replies are sent as they grow: gets read ahead stop once this much
         # is waiting and go back to the parser, handled after a send (_read_run).
         self._reply_limit = self.replies.limit

@@ -45,6 +45,7 @@ from typing import Protocol
 
 import trio
 
+from stig.core.command_core import Core
 from stig.core.replies import Replies
 from stig.engine.engine import Engine
 from stig.engine.errors import RunTooLarge
@@ -118,13 +119,18 @@ class Handler(Protocol):
 
 
 def make_handler(engine: Engine, session: Session, first_byte: int, replies: Replies) -> Handler:
+    """The handler of the protocol ``first_byte`` opens, over a :class:`Core`
+    built here on the connection's session and replies: the handler is
+    handed its core and never sees the session (a frontend translates, the
+    core rules; tests/protocol/test_layout.py)."""
+    core = Core(engine, session, replies.gate)
     if first_byte == BINARY_MAGIC:
         from stig.frontends.binary import BinaryHandler
 
-        return BinaryHandler(engine, session, replies=replies)
+        return BinaryHandler(core, replies)
     from stig.frontends.text import TextHandler
 
-    return TextHandler(engine, session, replies=replies)
+    return TextHandler(core, replies)
 
 
 class Connection:
