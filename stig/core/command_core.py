@@ -461,12 +461,6 @@ class Core:
     # -- the write budget: a run past it grows no more before there is room ---
 
     @property
-    def writes_lost(self) -> bool:
-        """Acknowledged writes of this session failed to commit: a handler
-        sending from inside a burst stops, and the connection reports it."""
-        return self.session.failure is not None
-
-    @property
     def wants_room(self) -> bool:
         """The open run passed the write budget with its last write: the
         next write waits for room first (:meth:`make_room`; docs/pov.md,

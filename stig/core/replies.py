@@ -202,6 +202,17 @@ class Replies:
         if self.out:
             await self.write()
 
+    async def sent_at_bound(self) -> bool:
+        """Send the replies so far from inside a burst a handler runs itself,
+        as the connection loop does at ``--max-reply-bytes``: False when
+        acknowledged writes were lost (nothing is sent; the handler stops and
+        the connection reports the loss)."""
+        try:
+            await self.drain()
+        except CommitFailed:
+            return False
+        return self._session.failure is None
+
     def write(self) -> Awaitable[None]:
         """Send :attr:`out` whole, now (await it): the caller released it
         (:meth:`release`) and found no loss.  From now on the runs closed so

@@ -285,22 +285,13 @@ class BinaryHandler:
         gate = self.gate
         limit = self._reply_limit
         for request in requests:
-            if len(out) + gate.cost >= limit and not await self._send_at_bound():
+            if len(out) + gate.cost >= limit and not await self.replies.sent_at_bound():
                 return  # acknowledged writes were lost: the loop reports it
             pending = self._handle_one(request)
             if pending is not None:
                 await pending
             if core.wants_room and not await core.make_room(self.replies.drain):
                 return  # acknowledged writes were lost: the loop reports it
-
-    async def _send_at_bound(self) -> bool:
-        """Send the replies so far, as the connection loop does at the reply
-        bound; False when acknowledged writes were lost (nothing is sent)."""
-        try:
-            await self.replies.drain()
-        except CommitFailed:
-            return False
-        return not self.core.writes_lost
 
     async def _handle(self, event: object) -> None:
         """Execute one request; a failed commit answers EINTERNAL."""

@@ -582,22 +582,13 @@ class TextHandler:
         gate = self.gate
         limit = self._reply_limit
         for event in events:
-            if len(out) + gate.cost >= limit and not await self._send_at_bound():
+            if len(out) + gate.cost >= limit and not await self.replies.sent_at_bound():
                 return  # acknowledged writes were lost: the loop reports it
             pending = self._start(event)
             if pending is not None:
                 await pending
             if core.wants_room and not await core.make_room(self.replies.drain):
                 return  # acknowledged writes were lost: the loop reports it
-
-    async def _send_at_bound(self) -> bool:
-        """Send the replies so far, as the connection loop does at the reply
-        bound; False when acknowledged writes were lost (nothing is sent)."""
-        try:
-            await self.replies.drain()
-        except CommitFailed:
-            return False
-        return not self.core.writes_lost
 
     def _store(self, command: Store) -> Awaitable[None] | None:
         """A storage command: done at once (None) unless it must wait — an
