@@ -508,7 +508,7 @@ def serve(
 
         try:
             code = supervisor.run(settings)
-        except (OSError, DataDirInUse) as exc:
+        except (OSError, ListenError, DataDirInUse) as exc:
             raise click.ClickException(str(exc)) from None
         sys.exit(code)
     try:
@@ -523,7 +523,8 @@ def serve(
 @click.option("--link-fd", type=int, required=True)
 @click.option("--table-fd", type=int, required=True)
 @click.option("--ready-fd", type=int, required=True)
-def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int) -> None:
+@click.option("--listen-fd", type=int, required=True)
+def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int, listen_fd: int) -> None:
     """A worker process of ``stig serve --workers N`` (started by the supervisor)."""
     import os
 
@@ -541,7 +542,7 @@ def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int) -> None:
 
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    role = WorkerRole(worker_id, link_fd, table_fd)
+    role = WorkerRole(worker_id, link_fd, table_fd, listen_fd)
     trio.run(lambda: run_server(settings, on_ready=ready, role=role))
 
 
