@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+import attrs
 import click
 import trio
 
@@ -499,6 +500,10 @@ def serve(
             "replication (--replica-of, --min-replica-acks) runs without --workers (for now)",
             param_hint="'--workers'",
         )
+    if workers:
+        # No follower can read the log of a server with workers: it is off
+        # (the writer process writes none), and `stats settings` says so.
+        settings = attrs.evolve(settings, replication_log_bytes=0)
     if workers > 1:
         if unix_socket is not None or tls_cert is not None:
             raise click.BadParameter(

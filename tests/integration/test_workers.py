@@ -17,6 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from stig_testkit.connections import RawConnection
@@ -337,3 +338,23 @@ def test_a_second_server_on_the_port_fails_at_start(stig_factory, tmp_path, firs
     assert server.send_recv(b"set k 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
     for _ in range(6):
         assert server.connect().send_recv(b"get k\r\n") == b"VALUE k 0 1\r\n1\r\nEND\r\n"
+
+
+def test_a_server_with_workers_keeps_no_replication_log(stig_factory):
+    """No follower can read it (replication is refused with --workers), so
+    the writer process must not write every value a second time into it."""
+    server = stig_factory("--workers", "1")
+    value = b"v" * 100_000
+    for index in range(40):  # 4 MB, each set its own group
+        request = b"set k%d 0 0 %d\r\n%s\r\n" % (index, len(value), value)
+        assert server.send_recv(request, b"\r\n") == b"STORED\r\n"
+    assert server.stats()["replication_log_bytes"] == "0"
+    assert server.stats("settings")["stig_replication_log_bytes"] == "0"
+    server.terminate()
+    env = lmdb.open(str(server.data_dir), readonly=True, lock=False, max_dbs=8)
+    try:
+        with env.begin() as txn:
+            assert txn.stat(env.open_db(b"replog", txn=txn, create=False))["entries"] == 0
+            assert txn.stat(env.open_db(b"items", txn=txn, create=False))["entries"] == 40
+    finally:
+        env.close()
