@@ -55,6 +55,8 @@ class WorkerRole:
     worker_id: int
     link_fd: int  #: its socket to the writer process
     table_fd: int  #: the shared in-flight table (stig/engine/shared_inflight.py)
+    #: The supervisor's listening socket, which every worker accepts on.
+    listen_fd: int = -1
 
 
 class Engine:

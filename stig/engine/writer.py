@@ -194,6 +194,10 @@ def serve(
     links = [_Link(socket.socket(fileno=fd), worker) for worker, fd in enumerate(fds)]
     store = Store(data_dir, map_size, max_readers, lock=False)
     store.max_value_size = max_value_size
+    # No replication log: a server with workers has no followers to read it
+    # (docs/workers.md), and logging would write every value twice.  The
+    # first commit empties a log left by an earlier run without workers.
+    store.log_enabled = False
     selector = selectors.DefaultSelector()
     try:
         ready = frame(("r", None, _state(store)))

@@ -71,14 +71,12 @@ class Listener:
         return f"{host}:{port}"
 
 
-async def _listen_tcp(host: str, port: int, reuse_port: bool = False) -> trio.socket.SocketType:
-    """``reuse_port``: one of the workers' sockets on one port (``--workers N``):
-    the kernel spreads the connections over them."""
+async def _listen_tcp(host: str, port: int) -> trio.socket.SocketType:
+    """Never ``SO_REUSEPORT``: a second server on the address must fail to
+    bind, not share the connections (``--workers N`` shares one socket)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     await sock.bind((host, port))
     sock.listen(1024)
     return sock
@@ -134,11 +132,15 @@ async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
     return sock
 
 
-async def open_listeners(settings: Settings) -> list[Listener]:
-    """The sockets the settings ask for; the first is the main one.
+async def open_listeners(settings: Settings, role: WorkerRole | None = None) -> list[Listener]:
+    """The sockets the settings ask for; the first is the main one.  A
+    worker (``role``) accepts on the socket its supervisor listens on.
 
     Raises :class:`ListenError` naming the address that failed.
     """
+    if role is not None and role.listen_fd >= 0:
+        inherited = socket.socket(fileno=role.listen_fd)
+        return [Listener(trio.socket.from_stdlib_socket(inherited))]
     try:
         return await _open_listeners(settings)
     except OSError as exc:
@@ -149,7 +151,7 @@ async def open_listeners(settings: Settings) -> list[Listener]:
 async def _open_listeners(settings: Settings) -> list[Listener]:
     if settings.unix_socket is not None:
         return [Listener(await _listen_unix(settings.unix_socket, settings.unix_mask), unix=True)]
-    main = await _listen_tcp(settings.listen, settings.port, settings.workers > 1)
+    main = await _listen_tcp(settings.listen, settings.port)
     if not settings.tls_enabled:
         return [Listener(main)]
     if settings.tls_port is None:
@@ -285,7 +287,7 @@ async def serve(
     signals_scope = trio.CancelScope()
     try:
         engine.readiness.status(f"starting: data in {settings.data_dir}")
-        listeners = await open_listeners(settings)
+        listeners = await open_listeners(settings, role)
         engine.settings = _bound(settings, listeners)
         async with trio.open_nursery() as system:
             await system.start(engine.run_promoter)

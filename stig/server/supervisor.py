@@ -2,11 +2,11 @@
 
 See docs/workers.md.  The supervisor holds what must be single: the data
 directory's lock, LMDB's reader table (sized for every worker), the port
-(its first binding picks it when ``--port 0``) and the shared in-flight
-table (a memfd).  It starts the writer process with one socket per worker,
-then the workers — each binds the port itself with ``SO_REUSEPORT``, so the
-kernel spreads the connections over them — and prints the ready line once
-every worker listens.
+(it opens one ``SO_REUSEPORT`` listening socket per worker, so the kernel
+spreads the connections over them, checks that no other process listens on
+that port, and hands each worker its socket) and the shared in-flight table
+(a memfd).  It starts the writer process with one socket per worker, then
+the workers, and prints the ready line once every worker listens.
 
 Children die with it (``PR_SET_PDEATHSIG``: a SIGKILL of the supervisor is a
 crash of the whole server, as of a single process).  SIGTERM/SIGINT (and
@@ -36,6 +36,8 @@ from stig.engine import shared_inflight
 from stig.engine.engine import readers_for
 from stig.engine.settings import Settings
 from stig.engine.writer_link import START_SECONDS, launcher
+from stig.server import port_check
+from stig.server.listeners import ListenError
 from stig.server.sd_notify import Notifier
 from stig.storage.dirlock import DirLock
 from stig.storage.store import Store
@@ -70,12 +72,13 @@ def run(settings: Settings, on_ready: object = None) -> int:
     readers = readers_for(settings.max_connections) * workers
     # Opened first, so LMDB's reader table is sized for every worker.
     store = Store(settings.data_dir, settings.map_size, readers, lock=False)
-    family = socket.AF_INET6 if ":" in settings.listen else socket.AF_INET
-    holder = socket.socket(family, socket.SOCK_STREAM)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    holder.bind((settings.listen, settings.port))
-    settings = attrs.evolve(settings, port=holder.getsockname()[1])
+    try:
+        listening = _listen(settings, workers)
+    except ListenError:
+        store.close()
+        lock.release()
+        raise
+    settings = attrs.evolve(settings, port=listening[0].getsockname()[1])
     table_fd = shared_inflight.create(workers)
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers)]
     python = [sys.executable, "-m", launcher()]
@@ -108,7 +111,7 @@ def run(settings: Settings, on_ready: object = None) -> int:
     env = {**os.environ, SETTINGS_VARIABLE: encode_settings(settings)}
     children: dict[int, str] = {writer.pid: "writer"}
     processes = [writer]
-    for worker_id, (_, theirs) in enumerate(pairs):
+    for worker_id, ((_, theirs), listener) in enumerate(zip(pairs, listening, strict=True)):
         process = subprocess.Popen(
             [
                 *python,
@@ -121,8 +124,10 @@ def run(settings: Settings, on_ready: object = None) -> int:
                 str(table_fd),
                 "--ready-fd",
                 str(ready_write),
+                "--listen-fd",
+                str(listener.fileno()),
             ],
-            pass_fds=[table_fd, theirs.fileno(), ready_write],
+            pass_fds=[table_fd, theirs.fileno(), ready_write, listener.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
@@ -133,12 +138,14 @@ def run(settings: Settings, on_ready: object = None) -> int:
         processes.append(process)
     os.close(ready_write)
     os.close(table_fd)
+    # The workers hold them now: the port is free again once they all end.
+    for listener in listening:
+        listener.close()
     code = 0
     if not _wait_ready(ready_read, workers, processes):
         code = 1
         _stop(processes[1:])
     else:
-        holder.close()
         print(f"stig listening on {settings.listen}:{settings.port}", flush=True)
         log.info(
             "stig listening on %s:%d with %d workers and a writer, data in %s",
@@ -198,6 +205,45 @@ def run(settings: Settings, on_ready: object = None) -> int:
     store.close()
     lock.release()
     return code
+
+
+def _listen(settings: Settings, count: int) -> list[socket.socket]:
+    """One listening socket per worker on one port (``SO_REUSEPORT``: the
+    kernel spreads the connections over them); the workers inherit them.
+
+    Raises :class:`ListenError` if the port is taken or if any socket other
+    than these listens on it (stig/server/port_check.py): a second server
+    must fail at start, never share the connections.
+    """
+    family = socket.AF_INET6 if ":" in settings.listen else socket.AF_INET
+    socks: list[socket.socket] = []
+    port = settings.port
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((settings.listen, port))
+            sock.listen(1024)
+            port = sock.getsockname()[1]  # the first picks it when --port 0
+        own = {os.fstat(sock.fileno()).st_ino for sock in socks}
+        # After listen: two servers starting at once then both see the other.
+        strangers = port_check.listeners_on(port) - own
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise ListenError(
+            f"cannot listen on {settings.listen}:{port}: {exc.strerror or exc}"
+        ) from exc
+    if strangers:
+        for sock in socks:
+            sock.close()
+        raise ListenError(
+            f"cannot listen on {settings.listen}:{port}: another server listens on"
+            f" port {port} (it would get some of the connections)"
+        )
+    return socks
 
 
 def _wait_ready(fd: int, count: int, processes: list[subprocess.Popen[bytes]]) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+import attrs
 import click
 import trio
 
@@ -499,6 +500,10 @@ def serve(
             "replication (--replica-of, --min-replica-acks) runs without --workers (for now)",
             param_hint="'--workers'",
         )
+    if workers:
+        # No follower can read the log of a server with workers: it is off
+        # (the writer process writes none), and `stats settings` says so.
+        settings = attrs.evolve(settings, replication_log_bytes=0)
     if workers > 1:
         if unix_socket is not None or tls_cert is not None:
             raise click.BadParameter(
@@ -508,7 +513,7 @@ def serve(
 
         try:
             code = supervisor.run(settings)
-        except (OSError, DataDirInUse) as exc:
+        except (OSError, ListenError, DataDirInUse) as exc:
             raise click.ClickException(str(exc)) from None
         sys.exit(code)
     try:
@@ -523,7 +528,8 @@ def serve(
 @click.option("--link-fd", type=int, required=True)
 @click.option("--table-fd", type=int, required=True)
 @click.option("--ready-fd", type=int, required=True)
-def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int) -> None:
+@click.option("--listen-fd", type=int, required=True)
+def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int, listen_fd: int) -> None:
     """A worker process of ``stig serve --workers N`` (started by the supervisor)."""
     import os
 
@@ -541,7 +547,7 @@ def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int) -> None:
 
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    role = WorkerRole(worker_id, link_fd, table_fd)
+    role = WorkerRole(worker_id, link_fd, table_fd, listen_fd)
     trio.run(lambda: run_server(settings, on_ready=ready, role=role))
 
 

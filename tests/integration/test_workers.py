@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from stig_testkit.connections import RawConnection
@@ -299,3 +302,59 @@ def test_a_follower_is_refused_by_a_server_with_workers(stig_factory):
     conn = server.connect()
     reply = conn.send_recv(b"stig_replicate 0 0\r\n", until=b"\r\n")
     assert reply.startswith(b"SERVER_ERROR a server run with --workers has no followers")
+
+
+def _second_server(port: int, data_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``stig serve`` on ``port`` with its own data directory, to its end
+    (it must fail at start: a server that serves is killed after a minute)."""
+    command = [sys.executable, "-m", "stig", "serve", "--listen", "127.0.0.1", "--port"]
+    command += [str(port), "--data-dir", str(data_dir), *args]
+    with subprocess.Popen(
+        command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            pytest.fail(f"a second server serves on port {port}: {command}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(WORKERS, WORKERS), ((), WORKERS), (WORKERS, ())],
+    ids=["workers-then-workers", "plain-then-workers", "workers-then-plain"],
+)
+def test_a_second_server_on_the_port_fails_at_start(stig_factory, tmp_path, first, second):
+    """One port, one database: a second server (another data directory) on
+    a served port must refuse to start, never share the connections (the
+    kernel would split them between the two databases)."""
+    server = stig_factory(*first)
+    done = _second_server(server.port, tmp_path / "other", *second)
+    assert done.returncode == 1, done
+    assert b"cannot listen on 127.0.0.1:%d" % server.port in done.stderr, done.stderr
+    # The first still serves every connection from its own database.
+    assert server.send_recv(b"set k 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
+    for _ in range(6):
+        assert server.connect().send_recv(b"get k\r\n") == b"VALUE k 0 1\r\n1\r\nEND\r\n"
+
+
+def test_a_server_with_workers_keeps_no_replication_log(stig_factory):
+    """No follower can read it (replication is refused with --workers), so
+    the writer process must not write every value a second time into it."""
+    server = stig_factory("--workers", "1")
+    value = b"v" * 100_000
+    for index in range(40):  # 4 MB, each set its own group
+        request = b"set k%d 0 0 %d\r\n%s\r\n" % (index, len(value), value)
+        assert server.send_recv(request, b"\r\n") == b"STORED\r\n"
+    assert server.stats()["replication_log_bytes"] == "0"
+    assert server.stats("settings")["stig_replication_log_bytes"] == "0"
+    server.terminate()
+    env = lmdb.open(str(server.data_dir), readonly=True, lock=False, max_dbs=8)
+    try:
+        with env.begin() as txn:
+            assert txn.stat(env.open_db(b"replog", txn=txn, create=False))["entries"] == 0
+            assert txn.stat(env.open_db(b"items", txn=txn, create=False))["entries"] == 40
+    finally:
+        env.close()
