@@ -146,7 +146,10 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
         raise _Refused("the replication log is off (--replication-log-bytes 0)")
     state = store.log_state
     if request.epoch > state.epoch:
-        await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
+        # A fence only from a follower that logged in (or a trusted network:
+        # --replication-open); refused either way.
+        if engine.auth is not None or engine.settings.replication_open:
+            await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
         raise _Refused(f"the follower's epoch {request.epoch} is later than {state.epoch}")
     if store.fenced:
         raise _Refused(engine.fenced_words())
