@@ -26,6 +26,7 @@ from stig.engine.errors import CommitFailed, PromoteRefused
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
+from stig.storage.replog import ImplausibleEpoch
 from stig_protocol import listing as L
 from stig_protocol import text_replies as R
 from stig_protocol.commands import (
@@ -792,7 +793,11 @@ class TextHandler:
             self.out += refused
             return
         store = self.engine.store
-        await self.engine.fence(command.epoch, "told by stig_fence")
+        try:
+            await self.engine.fence(command.epoch, "told by stig_fence")
+        except ImplausibleEpoch as exc:
+            self.out += R.server_error(str(exc))
+            return
         if store.fence_state.epoch >= command.epoch > store.log_state.epoch:
             self.out += b"FENCED %d\r\n" % command.epoch
         else:

@@ -147,9 +147,12 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
     state = store.log_state
     if request.epoch > state.epoch:
         # A fence only from a follower that logged in (or a trusted network:
-        # --replication-open); refused either way.
+        # --replication-open), and of a believable epoch; refused either way.
         if engine.auth is not None or engine.settings.replication_open:
-            await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
+            try:
+                await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
+            except replog.ImplausibleEpoch as exc:
+                raise _Refused(f"the follower's {exc}") from exc
         raise _Refused(f"the follower's epoch {request.epoch} is later than {state.epoch}")
     if store.fenced:
         raise _Refused(engine.fenced_words())
