@@ -111,3 +111,17 @@ def test_a_failed_promotion_can_be_tried_again(stig_factory: Factory) -> None:
             b"SERVER_ERROR cannot begin a new epoch: no epoch left after 4294967295\r\n"
         ), reply
     assert server.send_recv(b"get k\r\n") == b"END\r\n"
+
+
+def test_a_wrong_fence_is_cleared_by_promoting_past_it(stig_factory: Factory) -> None:
+    """docs/replication.md, clearing a wrong fence: restart as a follower of
+    nothing, promote; the data stays and writes are taken again."""
+    server = stig_factory("--replication-open")
+    assert server.send_recv(b"set k 0 0 1\r\nv\r\n", b"\r\n") == b"STORED\r\n"
+    assert server.send_recv(b"stig_fence 7\r\n", b"\r\n") == b"FENCED 7\r\n"
+    server.restart("--replica-of", "127.0.0.1:1", "--replication-open")
+    assert server.send_recv(b"stig_promote\r\n", b"\r\n").startswith(b"PROMOTED 8 ")
+    server.restart("--replication-open")
+    assert server.send_recv(b"set j 0 0 1\r\nw\r\n", b"\r\n") == b"STORED\r\n"
+    assert server.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    assert server.stats()["replication_fenced"] == "0"
