@@ -313,6 +313,8 @@ def _replicate(tokens: list[bytes], limits: Limits) -> TextEvent:
     after, epoch = tokens[1], tokens[2]
     if not (after.isdigit() and epoch.isdigit()) or len(after) > 20 or len(epoch) > 10:
         return BAD_FORMAT
+    if int(after) > U64_MAX or int(epoch) > U32_MAX:  # a u64 sequence, a u32 epoch
+        return BAD_FORMAT
     return Replicate(int(after), int(epoch))
 
 
@@ -323,8 +325,8 @@ def _promote(tokens: list[bytes], limits: Limits) -> TextEvent:
 def _fence(tokens: list[bytes], limits: Limits) -> TextEvent:
     if len(tokens) != 2:
         return UNKNOWN
-    if not tokens[1].isdigit() or len(tokens[1]) > 10:
-        return BAD_FORMAT
+    if not tokens[1].isdigit() or len(tokens[1]) > 10 or int(tokens[1]) > U32_MAX:
+        return BAD_FORMAT  # epochs are u32
     return Fence(int(tokens[1]))
 
 

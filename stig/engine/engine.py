@@ -24,7 +24,7 @@ from stig.engine.settings import Settings
 from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.stats import CommandStats, PromoterStats
 from stig.engine.writer_link import WriterLink
-from stig.storage.replog import LogState
+from stig.storage.replog import ImplausibleEpoch, LogState
 from stig.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,9 @@ class Engine:
         """A primary of ``epoch`` exists (``stig_fence``, or a follower of that
         epoch): remember it durably and, if it is later than this server's
         epoch, stop acting as a primary — refuse writes (and followers) from
-        now on, after restarts too.  True when that is news."""
+        now on, after restarts too.  True when that is news.  Raises
+        :class:`~stig.storage.replog.ImplausibleEpoch` for an epoch no
+        primary can have (too far past this server's; nothing is stored)."""
         news: bool = await trio.to_thread.run_sync(self.store.fence, epoch, by)
         if self.store.fenced and self.follower is None:
             self.promoter.refusal.make_read_only(self.fenced_words())
@@ -163,12 +165,18 @@ class Engine:
         try:
             await follower.stopped.wait()
             state: LogState = await trio.to_thread.run_sync(self.store.begin_epoch)
-            self.follower = None
-            self.former_primary = follower.primary
-            self.promoter.refusal.lift_read_only()
-            self.replicas.committed()
-        finally:
-            follower.promoted.set()
+        except BaseException as exc:
+            # Nothing was stored: a later stig_promote may try again (the
+            # server stays a read-only follower, no longer following).
+            follower.stop_requested = False
+            if isinstance(exc, ImplausibleEpoch):
+                raise PromoteRefused(f"cannot begin a new epoch: {exc}") from exc
+            raise
+        self.follower = None
+        self.former_primary = follower.primary
+        self.promoter.refusal.lift_read_only()
+        self.replicas.committed()
+        follower.promoted.set()
         log.warning(
             "promoted: primary of epoch %d from group %d (was a replica of %s)",
             state.epoch,

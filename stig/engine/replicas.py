@@ -28,7 +28,7 @@ class Replica:
     peer: str
     #: The last group it said it applied and synced (its ``ACK``).
     acked_seq: int = 0
-    #: The last group sent to it.
+    #: The last group sent to it, or being sent (its ACKs may not go past it).
     sent_seq: int = 0
     connected_at: float = attrs.field(factory=time.monotonic)
     snapshots: int = 0  #: snapshots sent on this connection

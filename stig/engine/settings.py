@@ -94,6 +94,10 @@ class Settings:
     #: the writes on disk (0: none), at most ``replica_ack_timeout_ms``.
     min_replica_acks: int = 0
     replica_ack_timeout_ms: float = 5000.0
+    #: ``stig_promote`` and ``stig_fence`` (and the fence a follower of a
+    #: later epoch implies) from clients that did not log in: allowed only
+    #: with this, for trusted networks; else they need ``auth_file``.
+    replication_open: bool = False
 
     @property
     def tls_enabled(self) -> bool:

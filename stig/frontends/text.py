@@ -26,6 +26,7 @@ from stig.engine.errors import CommitFailed, PromoteRefused
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
+from stig.storage.replog import ImplausibleEpoch
 from stig_protocol import listing as L
 from stig_protocol import text_replies as R
 from stig_protocol.commands import (
@@ -749,10 +750,31 @@ class TextHandler:
         self.takeover = command
         self.closing = True
 
+    def _replication_refused(self, name: str) -> bytes | None:
+        """The refusal of ``stig_promote``/``stig_fence`` here, or None.
+
+        A server with ``--workers`` has no replication (its workers do not
+        own the store's epoch).  Without ``--auth-file`` any client could
+        take a follower over or fence a primary: allowed only with
+        ``--replication-open`` (a trusted network)."""
+        engine = self.engine
+        if engine.writer is not None:
+            return R.server_error(f"{name}: a server run with --workers has no replication")
+        if engine.auth is None and not engine.settings.replication_open:
+            return R.server_error(
+                f"{name} needs a login: run this server with --auth-file "
+                "(or --replication-open on a trusted network)"
+            )
+        return None
+
     async def _promote(self, command: Promote) -> None:
         """``stig_promote`` (``stig promote``): this follower becomes a primary
         of a new epoch; ``PROMOTED <epoch> <seq>`` (the epoch's first group)."""
         self.core.close_run()
+        refused = self._replication_refused("stig_promote")
+        if refused is not None:
+            self.out += refused
+            return
         try:
             state = await self.engine.promote()
         except PromoteRefused as exc:
@@ -766,8 +788,16 @@ class TextHandler:
         when that epoch is later than this server's — a primary then
         refuses writes and followers — else ``SERVER_ERROR``."""
         self.core.close_run()
+        refused = self._replication_refused("stig_fence")
+        if refused is not None:
+            self.out += refused
+            return
         store = self.engine.store
-        await self.engine.fence(command.epoch, "told by stig_fence")
+        try:
+            await self.engine.fence(command.epoch, "told by stig_fence")
+        except ImplausibleEpoch as exc:
+            self.out += R.server_error(str(exc))
+            return
         if store.fence_state.epoch >= command.epoch > store.log_state.epoch:
             self.out += b"FENCED %d\r\n" % command.epoch
         else:

@@ -16,7 +16,9 @@ the server.  The stream (stig/replication/wire.py):
    transactions, sent as committed; a heartbeat every
    :data:`HEARTBEAT_SECONDS` while there is nothing to send.
 3. Meanwhile the follower's ``ACK <seq>`` lines go to the
-   :class:`~stig.engine.replicas.ReplicaHub` (``--min-replica-acks``).
+   :class:`~stig.engine.replicas.ReplicaHub` (``--min-replica-acks``); an
+   ``ACK`` past the last group sent on this stream is a false claim: the
+   stream is closed.
 
 Epochs (taking over, docs/replication.md): a follower of an earlier epoch
 whose groups go past the end of that epoch in this server's history has
@@ -144,7 +146,13 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
         raise _Refused("the replication log is off (--replication-log-bytes 0)")
     state = store.log_state
     if request.epoch > state.epoch:
-        await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
+        # A fence only from a follower that logged in (or a trusted network:
+        # --replication-open), and of a believable epoch; refused either way.
+        if engine.auth is not None or engine.settings.replication_open:
+            try:
+                await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
+            except replog.ImplausibleEpoch as exc:
+                raise _Refused(f"the follower's {exc}") from exc
         raise _Refused(f"the follower's epoch {request.epoch} is later than {state.epoch}")
     if store.fenced:
         raise _Refused(engine.fenced_words())
@@ -178,10 +186,21 @@ async def _read_acks(
                 line = bytes(buffer[:end]).strip()
                 del buffer[: end + 1]
                 word, _, number = line.partition(b" ")
-                if word != b"ACK" or not number.isdigit():
+                if word != b"ACK" or not number.isdigit() or len(number) > 20:
                     log.warning("follower %s sent %r; closing", replica.peer, line[:40])
                     return
-                engine.replicas.acked(replica, int(number))
+                acked = int(number)
+                if acked > replica.sent_seq:
+                    # A follower has on disk at most what it was sent: more is
+                    # a false claim that would satisfy --min-replica-acks.
+                    log.warning(
+                        "follower %s acknowledged group %d, past the %d sent; closing",
+                        replica.peer,
+                        acked,
+                        replica.sent_seq,
+                    )
+                    return
+                engine.replicas.acked(replica, acked)
             if len(buffer) > MAX_ACK_LINE:
                 return
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -200,7 +219,7 @@ async def _stream(engine: Engine, sock: Stream, replica: Replica, after: int) ->
         try:
             state = store.read_log_state(txn)
             if position < state.log_first - 1 or (position == 0 < state.seq):
-                position = await _snapshot(engine, sock, txn, state.seq, state.epoch)
+                position = await _snapshot(engine, sock, replica, txn, state.seq, state.epoch)
                 replica.snapshots += 1
                 hub.snapshots_sent += 1
                 continue
@@ -210,8 +229,10 @@ async def _stream(engine: Engine, sock: Stream, replica: Replica, after: int) ->
         if groups:
             if groups[0][0] != position + 1:  # trimmed between two reads: never, but
                 raise _Refused(f"the log lost group {position + 1}")
-            await _send_all(sock, b"".join(wire.group(seq, entry) for seq, entry in groups))
+            # Before the send: the follower may apply and acknowledge the
+            # first groups while the last are still being sent.
             position = replica.sent_seq = groups[-1][0]
+            await _send_all(sock, b"".join(wire.group(seq, entry) for seq, entry in groups))
             continue
         with trio.move_on_after(HEARTBEAT_SECONDS):
             await event.wait()
@@ -220,7 +241,12 @@ async def _stream(engine: Engine, sock: Stream, replica: Replica, after: int) ->
 
 
 async def _snapshot(
-    engine: Engine, sock: Stream, txn: lmdb.Transaction[bytes], seq: int, epoch: int
+    engine: Engine,
+    sock: Stream,
+    replica: Replica,
+    txn: lmdb.Transaction[bytes],
+    seq: int,
+    epoch: int,
 ) -> int:
     """Send every item as ``txn`` sees it, taken at group ``seq``; returns ``seq``.
 
@@ -253,6 +279,7 @@ async def _snapshot(
             await _send_all(sock, wire.records(chunk))
             holder.replies_blocked_since = None
             sent += len(chunk)
+        replica.sent_seq = seq  # the follower may acknowledge it once it has the end
         await _send_all(sock, wire.frame(wire.SNAPSHOT_END))
     finally:
         store.long_reads.discard(txn)

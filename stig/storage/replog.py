@@ -62,6 +62,14 @@ FENCED_EPOCH_KEY = b"fenced_epoch"
 FENCED_BY_KEY = b"fenced_by"
 FIRST_EPOCH = 1
 EPOCH = struct.Struct(">I")
+#: Epochs are u32 (log entries, the epoch history, the wire): the last one.
+EPOCH_MAX = 2**32 - 1
+#: A later epoch claimed by ``stig_fence`` or a follower is believed only up
+#: to this far past this server's own: each promotion adds one, so a server
+#: that missed more than this many failovers is not one a real primary of
+#: that epoch would reach, while a claim far past it (any client's typo or
+#: malice) would fence this server and spend the epoch space for nothing.
+MAX_EPOCH_LEAP = 100
 #: An epoch and its first sequence number, as a snapshot sends the history.
 EPOCH_START = struct.Struct(">IQ")
 
@@ -212,9 +220,29 @@ class Fence:
     by: str = ""
 
 
+class ImplausibleEpoch(ValueError):
+    """A fence's epoch no primary can have (:func:`check_claimed_epoch`)."""
+
+
+def check_claimed_epoch(epoch: int, own: int) -> None:
+    """Raise :class:`ImplausibleEpoch` unless a primary of ``epoch`` can
+    exist for a server of epoch ``own``: at most :data:`MAX_EPOCH_LEAP` past
+    it, and below :data:`EPOCH_MAX` (a promotion past it must still fit)."""
+    if epoch >= EPOCH_MAX or epoch > own + MAX_EPOCH_LEAP:
+        raise ImplausibleEpoch(
+            f"epoch {epoch} is not believed: more than {MAX_EPOCH_LEAP} past this "
+            f"server's {own} (or past {EPOCH_MAX - 1})"
+        )
+
+
 def read_fence(txn: lmdb.Transaction, repl: lmdb._Database) -> Fence:
+    """The stored fence; one past the epoch range (stored before fences were
+    checked) is no primary's: ignored."""
     by = txn.get(FENCED_BY_KEY, db=repl)
-    return Fence(_u64(txn, FENCED_EPOCH_KEY, repl, 0), "" if by is None else bytes(by).decode())
+    epoch = _u64(txn, FENCED_EPOCH_KEY, repl, 0)
+    if epoch >= EPOCH_MAX:
+        return Fence()
+    return Fence(epoch, "" if by is None else bytes(by).decode())
 
 
 def write_fence(txn: lmdb.Transaction, repl: lmdb._Database, fence: Fence) -> None:

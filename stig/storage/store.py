@@ -535,12 +535,17 @@ class Store:
         past any it was fenced by — in ONE durable transaction: the epoch
         begins with an empty group (logged, so followers learn the epoch
         and where it starts), recorded in the epoch history.  Only while
-        nothing else writes (a follower that stopped following)."""
+        nothing else writes (a follower that stopped following).  Raises
+        :class:`~stig.storage.replog.ImplausibleEpoch`, storing nothing,
+        when the epochs are spent."""
         try:
             with self.env.begin(write=True) as txn:
                 repl = self._repl
                 state = replog.read_state(txn, repl)
-                state.epoch = max(state.epoch, replog.read_fence(txn, repl).epoch) + 1
+                epoch = max(state.epoch, replog.read_fence(txn, repl).epoch) + 1
+                if epoch > replog.EPOCH_MAX:
+                    raise replog.ImplausibleEpoch(f"no epoch left after {epoch - 1}")
+                state.epoch = epoch
                 replog.set_epoch_start(txn, repl, state.epoch, state.seq + 1)
                 replog.write_state(txn, repl, state)
                 last_cas = self._read_u64_in(txn, _CAS_KEY, self._meta)
@@ -553,12 +558,15 @@ class Store:
     def fence(self, epoch: int, by: str) -> bool:
         """Remember, durably, that a primary of ``epoch`` exists (``by`` says
         who told); True when that is news: later than this store's epoch and
-        than any fence before."""
+        than any fence before.  Raises
+        :class:`~stig.storage.replog.ImplausibleEpoch` (storing nothing) for
+        an epoch no primary can have (:func:`~stig.storage.replog.check_claimed_epoch`)."""
         with self.env.begin(write=True) as txn:
             state = replog.read_state(txn, self._repl)
             fence = replog.read_fence(txn, self._repl)
             if epoch <= max(state.epoch, fence.epoch):
                 return False
+            replog.check_claimed_epoch(epoch, state.epoch)
             fence = replog.Fence(epoch, by)
             replog.write_fence(txn, self._repl, fence)
         self.fence_state = fence

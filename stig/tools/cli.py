@@ -339,6 +339,14 @@ def main() -> None:
     "that runs with --auth-file.",
 )
 @click.option(
+    "--replication-open",
+    is_flag=True,
+    default=False,
+    help="Take stig_promote and stig_fence (taking over, fencing) from clients "
+    "that did not log in: for trusted networks only.  Without it they need "
+    "--auth-file (any logged-in user).",
+)
+@click.option(
     "--min-replica-acks",
     default=0,
     show_default=True,
@@ -400,6 +408,7 @@ def serve(
     replica_tls_cert: Path | None,
     replica_tls_key: Path | None,
     replica_auth_file: Path | None,
+    replication_open: bool,
     min_replica_acks: int,
     replica_ack_timeout_ms: float,
     log_level: str,
@@ -468,6 +477,7 @@ def serve(
         replica_auth_file=replica_auth_file,
         min_replica_acks=min_replica_acks,
         replica_ack_timeout_ms=replica_ack_timeout_ms,
+        replication_open=replication_open,
     )
     from stig.engine.certificates import TlsError, build_context
     from stig.server.listeners import Listener

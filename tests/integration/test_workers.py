@@ -358,3 +358,16 @@ def test_a_server_with_workers_keeps_no_replication_log(stig_factory):
             assert txn.stat(env.open_db(b"items", txn=txn, create=False))["entries"] == 40
     finally:
         env.close()
+
+
+def test_promote_and_fence_are_refused_by_a_server_with_workers(stig_factory):
+    """The workers do not own the store's epoch: taking over and fencing are
+    refused outright, even where they are otherwise open."""
+    server = stig_factory("--workers", "1", "--replication-open")
+    conn = server.connect()
+    for command in (b"stig_fence 2", b"stig_promote"):
+        reply = conn.send_recv(command + b"\r\n", until=b"\r\n")
+        assert reply.startswith(b"SERVER_ERROR stig_"), reply
+        assert b"--workers has no replication" in reply, reply
+    assert conn.send_recv(b"set k 0 0 1\r\nv\r\n", until=b"\r\n") == b"STORED\r\n"
+    assert server.stats()["replication_fenced"] == "0"

@@ -24,6 +24,9 @@ from stig_testkit.process import CODE_ROOT, StigProcess, child_env
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
+#: Every server here takes stig_promote/stig_fence without logins (a trusted
+#: network); tests/replication/test_takeover_guards.py checks the default.
+OPEN = "--replication-open"
 
 
 def _records(data_dir: Path) -> dict[bytes, bytes]:
@@ -63,9 +66,9 @@ def _caught_up(follower: StigProcess, primary: StigProcess) -> dict[str, str]:
 
 
 def test_stig_promote_makes_a_follower_a_primary_of_a_new_epoch(stig_factory: Factory) -> None:
-    primary = stig_factory()
+    primary = stig_factory(OPEN)
     primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
-    follower = stig_factory("--replica-of", _address(primary))
+    follower = stig_factory(OPEN, "--replica-of", _address(primary))
     stats = _caught_up(follower, primary)
     seq = int(stats["replication_applied_seq"])
     assert stats["replication_epoch"] == "1"
@@ -94,8 +97,8 @@ def test_stig_promote_makes_a_follower_a_primary_of_a_new_epoch(stig_factory: Fa
 def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_groups(
     stig_factory: Factory,
 ) -> None:
-    primary = stig_factory()
-    follower = stig_factory("--replica-of", _address(primary))
+    primary = stig_factory(OPEN)
+    follower = stig_factory(OPEN, "--replica-of", _address(primary))
     writer = primary.connect()
     for i in range(5):
         assert writer.send_recv(b"set k%d 0 0 1\r\n%d\r\n" % (i, i), b"\r\n") == b"STORED\r\n"
@@ -115,13 +118,13 @@ def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_gro
 
     # The old primary comes back as it was, on its address: the new primary
     # finds it there and fences it; it refuses writes, and after a restart too.
-    primary.start("--port", str(port))
+    primary.start(OPEN, "--port", str(port))
     wait_for_stats(
         primary, lambda s: s["replication_fenced"] == "1", 30.0, "the old primary fenced"
     )
     words = b"SERVER_ERROR fenced: a primary of epoch 2 exists"
     assert primary.send_recv(b"set x 0 0 1\r\n1\r\n", b"\r\n").startswith(words)
-    primary.restart("--port", str(port))
+    primary.restart(OPEN, "--port", str(port))
     assert primary.stats()["replication_fenced"] == "1"
     assert primary.send_recv(b"delete k1\r\n", b"\r\n").startswith(words)
     binary = primary.connect_binary()
@@ -132,7 +135,7 @@ def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_gro
 
     # It rejoins as a follower of the new primary: its own groups after the
     # last one both had are discarded, counted, and saved to a file.
-    primary.restart("--port", str(port), "--replica-of", _address(follower))
+    primary.restart(OPEN, "--port", str(port), "--replica-of", _address(follower))
     wait_for_stats(primary, lambda s: s["replication_snapshots_loaded"] == "1", 30.0)
     stats = _caught_up(primary, follower)
     assert stats["replication_role"] == "replica"
@@ -158,9 +161,10 @@ def test_a_follower_started_with_min_replica_acks_keeps_it_once_promoted(
     """``--min-replica-acks`` on a follower applies from its promotion on: the
     new primary never acknowledges a write its own follower lacks — none at
     first (the bound, then SERVER_ERROR), then the old primary rejoined."""
-    primary = stig_factory()
+    primary = stig_factory(OPEN)
     primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
     follower = stig_factory(
+        OPEN,
         "--replica-of",
         _address(primary),
         "--min-replica-acks",
@@ -176,7 +180,7 @@ def test_a_follower_started_with_min_replica_acks_keeps_it_once_promoted(
     assert _promote(follower).returncode == 0
     failed = follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
     assert failed.startswith(b"SERVER_ERROR only 0 of --min-replica-acks 1 followers"), failed
-    primary.start("--port", str(port), "--replica-of", _address(follower))
+    primary.start(OPEN, "--port", str(port), "--replica-of", _address(follower))
     wait_for_stats(follower, lambda s: s["connected_replicas"] == "1", what="the old primary back")
     assert follower.send_recv(b"set c 0 0 1\r\n3\r\n", b"\r\n") == b"STORED\r\n"
     assert primary.send_recv(b"get c\r\n") == b"VALUE c 0 1\r\n3\r\nEND\r\n"  # no wait: acked
@@ -188,16 +192,16 @@ def test_a_second_follower_repointed_to_the_promoted_one_follows_on_from_the_log
 ) -> None:
     """A follower that had nothing the new primary lacks is not diverged: it
     follows on from its own group, through the new epoch's first group."""
-    primary = stig_factory()
-    promoted = stig_factory("--replica-of", _address(primary))
-    other = stig_factory("--replica-of", _address(primary))
+    primary = stig_factory(OPEN)
+    promoted = stig_factory(OPEN, "--replica-of", _address(primary))
+    other = stig_factory(OPEN, "--replica-of", _address(primary))
     primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
     _caught_up(promoted, primary)
     _caught_up(other, primary)
     primary.terminate()
     assert _promote(promoted).returncode == 0
     assert promoted.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n") == b"STORED\r\n"
-    other.restart("--replica-of", _address(promoted))
+    other.restart(OPEN, "--replica-of", _address(promoted))
     stats = _caught_up(other, promoted)
     assert stats["replication_epoch"] == "2"
     assert stats["replication_snapshots_loaded"] == "0"  # from the log, not a snapshot
@@ -267,8 +271,8 @@ def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_p
     cas.  ``both``: the follower is SIGKILLed first and restarted, so only
     what is on its disk counts, not what its socket had received (the case
     that fails when replies do not wait for the follower's ACK)."""
-    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
-    follower = stig_factory("--replica-of", _address(primary))
+    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
+    follower = stig_factory(OPEN, "--replica-of", _address(primary))
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
     for writer in writers:
@@ -321,9 +325,9 @@ def test_a_power_cut_of_the_follower_then_the_primary_lost_loses_nothing_acknowl
     fs.start(seed)
     follower: StigProcess | None = None
     try:
-        primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
+        primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
         follower = stig_factory(
-            "--replica-of", _address(primary), data_dir=tmp_path / "mount" / "data"
+            OPEN, "--replica-of", _address(primary), data_dir=tmp_path / "mount" / "data"
         )
         wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="connected")
         writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]

@@ -86,7 +86,11 @@ class _FailoverPair:
 
 
 def _run(stig_factory: Factory, mode: str, both: bool) -> Verdict:
-    args = SMALL_BOUNDS + (("--min-replica-acks", "1") if mode == "sync" else ())
+    args = (
+        SMALL_BOUNDS
+        + ("--replication-open",)
+        + (("--min-replica-acks", "1") if mode == "sync" else ())
+    )
     primary = stig_factory(*args)
     follower = stig_factory(*args, "--replica-of", _address(primary))
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1")

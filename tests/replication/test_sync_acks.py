@@ -94,3 +94,24 @@ def test_replies_that_wait_for_the_commit_first_still_wait_for_the_follower(
         assert (response.status, response.value) == (Status.NO_ERROR, b"v")
         assert _follower_has(follower.data_dir, b"bq%d" % i), i
     assert primary.stats()["replication_ack_timeouts"] == "0"
+
+
+def test_a_follower_acknowledging_more_than_it_was_sent_counts_for_nothing(
+    stig_factory: Factory,
+) -> None:
+    """A false ``ACK`` (past the last group sent on its stream) must not
+    satisfy ``--min-replica-acks``: the primary closes that stream."""
+    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "300")
+    fake = primary.connect()
+    assert fake.send_recv(b"stig_replicate 0 1\r\n", b"\r\n") == b"REPLICATING 1 0\r\n"
+    fake.send(b"ACK 999999999999\r\n")
+    # The ACK has been dealt with: the stream closed, or the claim counted.
+    wait_for_stats(
+        primary,
+        lambda s: s["connected_replicas"] == "0" or s.get("replica_0_acked_seq", "0") != "0",
+        what="the false ACK handled",
+    )
+    conn = primary.connect()
+    reply = conn.send_recv(b"set k 0 0 1\r\nv\r\n", b"\r\n")
+    assert reply.startswith(b"SERVER_ERROR only 0 of --min-replica-acks 1"), reply
+    assert fake.is_closed_by_peer()
