@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 from stig_protocol.binary_codes import Opcode, Status
 from stig_testkit.certs import self_signed_cert
 from stig_testkit.connections import BinaryConnection, RawConnection
-from stig_testkit.process import StigProcess
+from stig_testkit.faulty import FaultyStig, faulty_servers
 from stig_testkit.waiting import wait_for, wait_for_stats
 
 LMDB_ERROR = (
@@ -31,48 +30,18 @@ LOST = b"; acknowledged writes were lost"
 ERRORS = {"lmdb": LMDB_ERROR, "bug": BUG_ERROR}
 
 
-class FaultyStig(StigProcess):
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "stig_testkit.fault_server", *super().command[3:]]
-
-
 @pytest.fixture
 def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    faults = tmp_path / "faults"
-    faults.write_text("")
-    monkeypatch.setenv("STIG_FAULT_FILE", str(faults))
-    servers: list[FaultyStig] = []
-
-    def start(*args: str) -> FaultyStig:
-        log_dir = tmp_path / f"logs{len(servers)}"
-        log_dir.mkdir()
-        server = FaultyStig(tmp_path / f"data{len(servers)}", log_dir, args)
-        server.faults = faults  # type: ignore[attr-defined]
-        servers.append(server)
-        return server.start()  # type: ignore[return-value]
-
-    yield start
-    for server in servers:
-        server.kill()
-        server.close_clients()
-
-
-def _set_fault(server: FaultyStig, fault: str) -> None:
-    """Replace the fault file at once: the server never reads a half-written one."""
-    faults: Path = server.faults  # type: ignore[attr-defined]
-    fresh = faults.with_suffix(".new")
-    fresh.write_text(fault)
-    fresh.replace(faults)
+    yield from faulty_servers(tmp_path, monkeypatch)
 
 
 def _wait_held(server: FaultyStig, timeout: float = 10.0) -> None:
-    held = Path(str(server.faults) + ".held")  # type: ignore[attr-defined]
+    held = Path(str(server.faults) + ".held")
     wait_for(held.exists, bool, timeout, what="a held commit")
 
 
 def _others_still_served(server: FaultyStig) -> None:
-    _set_fault(server, "")
+    server.set_fault("")
     with server.connect() as other:
         assert other.send_recv(b"set other 0 0 2\r\nok\r\n", b"\r\n") == b"STORED\r\n"
         assert other.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
@@ -82,12 +51,12 @@ def _others_still_served(server: FaultyStig) -> None:
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_loud_conditional_write_answers_the_error(faulty, kind):
     server = faulty()
-    _set_fault(server, kind)
+    server.set_fault(kind)
     with server.connect() as conn:
         reply = conn.send_recv(b"add k 0 0 1\r\nx\r\n", b"\r\n")
         assert reply == b"SERVER_ERROR " + ERRORS[kind] + b"\r\n"
         # Reported once: the next barrier has nothing more to say.
-        _set_fault(server, "")
+        server.set_fault("")
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
         assert conn.send_recv(b"get k\r\n") == b"END\r\n"
     _others_still_served(server)
@@ -103,11 +72,11 @@ def test_loud_conditional_write_answers_the_error(faulty, kind):
 )
 def test_quiet_conditional_run_then_mn_answers_the_error(faulty, kind, run):
     server = faulty()
-    _set_fault(server, kind)
+    server.set_fault(kind)
     with server.connect() as conn:
         reply = conn.send_recv(run + b"mn\r\n", b"\r\n")
         assert reply == b"SERVER_ERROR " + ERRORS[kind] + b"\r\n"
-        _set_fault(server, "")
+        server.set_fault("")
         # Up to the next MN, only that MN: the first mn's MN, or any stray
         # line after the error, would come before it.
         assert conn.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
@@ -122,11 +91,11 @@ def test_quiet_failure_reported_by_a_read_keeps_the_stream_in_step(faulty, kind)
     (before, the error came after the replies and the ``mn`` was dropped:
     the client waited for its ``MN`` forever)."""
     server = faulty()
-    _set_fault(server, f"{kind} q1")
+    server.set_fault(f"{kind} q1")
     with server.connect() as conn:
         reply = conn.send_recv(b"ms q1 1 q ME\r\nx\r\nmg a v\r\nmg b v\r\nmn\r\n", b"MN\r\n")
         assert reply == b"SERVER_ERROR " + ERRORS[kind] + b"\r\nEN\r\nEN\r\nMN\r\n"
-        _set_fault(server, "")
+        server.set_fault("")
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
     _others_still_served(server)
 
@@ -136,11 +105,11 @@ def test_each_quiet_write_of_a_failed_run_gets_its_line(faulty):
     read: each gets a ``SERVER_ERROR`` line in its place (as each binary
     quiet write gets its EINTERNAL), then the read's reply; reported once."""
     server = faulty()
-    _set_fault(server, "lmdb q1")
+    server.set_fault("lmdb q1")
     with server.connect() as conn:
         reply = conn.send_recv(b"ms q1 1 q ME\r\nx\r\nms q2 1 q ME\r\ny\r\nmg a v\r\n", b"EN\r\n")
         assert reply == (b"SERVER_ERROR " + LMDB_ERROR + b"\r\n") * 2 + b"EN\r\n"
-        _set_fault(server, "")
+        server.set_fault("")
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
     _others_still_served(server)
 
@@ -149,11 +118,11 @@ def test_meta_quiet_failure_of_a_run_closed_by_silence_comes_before_the_next_rep
     """The run is closed by --batch-idle-ms (the connection, not a command):
     its quiet write is still owed its verdict, written before the next reply."""
     server = faulty("--batch-idle-ms", "1")
-    _set_fault(server, "lmdb q1")
+    server.set_fault("lmdb q1")
     with server.connect() as conn:
         conn.send(b"ms q1 1 q ME\r\nx\r\n")
         wait_for_stats(server, lambda stats: stats["stig_failed_commits"] != "0")
-        _set_fault(server, "")
+        server.set_fault("")
         reply = conn.send_recv(b"mg a v\r\n", b"EN\r\n")
         assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\nEN\r\n"
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
@@ -165,16 +134,16 @@ def test_meta_quiet_failure_comes_before_a_text_get_reply(faulty):
     the failure is written before the get's reply, which may be sent in parts,
     and the plain get's no-wait path does not skip it."""
     server = faulty("--batch-idle-ms", "1")
-    _set_fault(server, "lmdb q1")
+    server.set_fault("lmdb q1")
     with server.connect() as conn:
         conn.send(b"ms q1 1 q ME\r\nx\r\n")
         wait_for_stats(server, lambda stats: stats["stig_failed_commits"] != "0")
-        _set_fault(server, "lmdb q2")
+        server.set_fault("lmdb q2")
         reply = conn.send_recv(b"get a\r\n", b"END\r\n")
         assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\nEND\r\n"
         reply = conn.send_recv(b"ms q2 1 q ME\r\ny\r\nget a b c\r\n", b"END\r\n")
         assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\nEND\r\n"
-        _set_fault(server, "")
+        server.set_fault("")
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
     _others_still_served(server)
 
@@ -184,13 +153,13 @@ def test_meta_quiet_failure_comes_before_a_run_of_mg_each_answered(faulty):
     write's place, then each mg's own reply (before: one SERVER_ERROR for
     the whole run, the client waiting for the other mg replies forever)."""
     server = faulty()
-    _set_fault(server, "lmdb q1")
+    server.set_fault("lmdb q1")
     with server.connect() as conn:
         reply = conn.send_recv(
             b"ms q1 1 q ME\r\nx\r\nmg q1 v\r\nmg q1 v\r\nmg x v\r\n", b"EN\r\n" * 3
         )
         assert reply == b"SERVER_ERROR " + LMDB_ERROR + b"\r\n" + b"EN\r\n" * 3
-        _set_fault(server, "")
+        server.set_fault("")
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
     _others_still_served(server)
 
@@ -201,13 +170,13 @@ def test_two_failed_binary_quiet_runs_closed_by_silence_each_get_their_failure(f
     (before: only the first did; the second's failure was never reported,
     and the quiet silence told the client it had succeeded)."""
     server = faulty("--batch-idle-ms", "1")
-    _set_fault(server, "lmdb")
+    server.set_fault("lmdb")
     conn: BinaryConnection = server.connect_binary()
     conn.request(Opcode.AddQ, b"q1", b"1", b"\x00" * 8, opaque=1)
     wait_for_stats(server, lambda s: s["stig_failed_commits"] == "1", what="a failed commit")
     conn.request(Opcode.AddQ, b"q2", b"2", b"\x00" * 8, opaque=2)
     wait_for_stats(server, lambda s: s["stig_failed_commits"] == "2", what="two failed commits")
-    _set_fault(server, "")
+    server.set_fault("")
     conn.request(Opcode.Get, b"q1", opaque=3)
     replies = [conn.response(), conn.response(), conn.response()]
     assert [(r.opcode, r.status, r.opaque) for r in replies] == [
@@ -225,11 +194,11 @@ def test_two_failed_binary_quiet_runs_closed_by_silence_each_get_their_failure(f
 def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind):
     """A noreply add alone, its run closed by --batch-idle-ms: the next mn says it failed."""
     server = faulty("--batch-idle-ms", "1")
-    _set_fault(server, kind)
+    server.set_fault(kind)
     with server.connect() as conn:
         conn.send(b"add alone 0 0 1 noreply\r\nx\r\n")
         wait_for_stats(server, lambda s: s["stig_failed_commits"] != "0", what="a failed commit")
-        _set_fault(server, "")
+        server.set_fault("")
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"SERVER_ERROR " + ERRORS[kind] + b"\r\n"
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
     _others_still_served(server)
@@ -238,7 +207,7 @@ def test_conditional_alone_closed_by_silence_fails_the_next_barrier(faulty, kind
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_binary_quiet_run_then_noop_answers_the_error(faulty, kind):
     server = faulty()
-    _set_fault(server, kind)
+    server.set_fault(kind)
     conn: BinaryConnection = server.connect_binary()
     extras = b"\x00" * 8
     conn.request(Opcode.AddQ, b"bq", b"1", extras, opaque=1)
@@ -246,7 +215,7 @@ def test_binary_quiet_run_then_noop_answers_the_error(faulty, kind):
     reply = conn.response()
     assert (reply.opcode, reply.status, reply.opaque) == (Opcode.Noop, Status.EINTERNAL, 2)
     assert reply.value == ERRORS[kind]
-    _set_fault(server, "")
+    server.set_fault("")
     conn.request(Opcode.Noop, opaque=3)
     reply = conn.response()
     assert (reply.opcode, reply.status, reply.opaque) == (Opcode.Noop, Status.NO_ERROR, 3)
@@ -264,10 +233,10 @@ def test_binary_quiet_failure_does_not_fail_the_next_loud_write(faulty, kind):
     conn: BinaryConnection = server.connect_binary()
     conn.request(Opcode.Set, b"n", b"10", b"\x00" * 8, opaque=1)
     assert conn.response().status == Status.NO_ERROR
-    _set_fault(server, f"{kind} bq")
+    server.set_fault(f"{kind} bq")
     conn.request(Opcode.AddQ, b"bq", b"1", b"\x00" * 8, opaque=2)
     wait_for_stats(server, lambda s: s["stig_failed_commits"] != "0", what="a failed commit")
-    _set_fault(server, "")
+    server.set_fault("")
     conn.request(
         Opcode.Increment, b"n", extras=(1).to_bytes(8, "big") + bytes(8) + bytes(4), opaque=3
     )
@@ -289,11 +258,11 @@ def test_binary_quiet_failure_does_not_fail_the_next_loud_write(faulty, kind):
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_idle_acknowledged_writer_is_told_at_once(faulty, kind):
     server = faulty()
-    _set_fault(server, "hold")
+    server.set_fault("hold")
     with server.connect() as conn:
         assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
         _wait_held(server)
-        _set_fault(server, kind)  # the held commit fails; the client sends nothing more
+        server.set_fault(kind)  # the held commit fails; the client sends nothing more
         assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
     _others_still_served(server)
 
@@ -309,12 +278,12 @@ def test_idle_acknowledged_writer_over_tls_is_told_at_once(faulty, tmp_path):
     )
     context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
     context.check_hostname = False
-    _set_fault(server, "hold")
+    server.set_fault("hold")
     with server.connect() as conn:
         conn.sock = context.wrap_socket(conn.sock, server_hostname="127.0.0.1")
         assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
         _wait_held(server)
-        _set_fault(server, "lmdb")
+        server.set_fault("lmdb")
         assert (
             conn.recv_until(b"\r\n", timeout=10) == b"SERVER_ERROR " + LMDB_ERROR + LOST + b"\r\n"
         )
@@ -324,7 +293,7 @@ def test_idle_acknowledged_writer_over_tls_is_told_at_once(faulty, tmp_path):
 @pytest.mark.parametrize("kind", ["lmdb", "bug"])
 def test_writer_waiting_on_backpressure_is_told(faulty, kind):
     server = faulty("--max-pending-bytes", "256k")
-    _set_fault(server, "hold")
+    server.set_fault("hold")
     value = b"v" * 1000
     with server.connect(timeout=10) as conn:
         assert conn.send_recv(b"set first 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
@@ -333,7 +302,7 @@ def test_writer_waiting_on_backpressure_is_told(faulty, kind):
         conn.send(b"".join(b"set k%d 0 0 1000\r\n%b\r\n" % (i, value) for i in range(300)))
         conn.send(b"set last 0 0 1\r\nx\r\n")
         wait_for_stats(server, lambda s: s["stig_paused_connections"] != "0", what="a pause")
-        _set_fault(server, kind)
+        server.set_fault(kind)
         reply = conn.recv_until(None, timeout=10)
         assert reply.endswith(b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"), reply[-200:]
     _others_still_served(server)
@@ -342,14 +311,14 @@ def test_writer_waiting_on_backpressure_is_told(faulty, kind):
 def test_a_run_lmdb_refuses_fails_alone(faulty):
     """One bad run in a group commit fails alone: the group is retried without it."""
     server = faulty()
-    _set_fault(server, "hold")
+    server.set_fault("hold")
     with server.connect() as first, server.connect() as bad, server.connect() as good:
         assert first.send_recv(b"set first 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
         _wait_held(server)
         # These two queue behind the held commit: the next group holds both.
         assert bad.send_recv(b"set poison 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
         assert good.send_recv(b"set fine 0 0 1\r\ny\r\n", b"\r\n") == b"STORED\r\n"
-        _set_fault(server, "lmdb poison")
+        server.set_fault("lmdb poison")
         assert bad.recv_until(None, timeout=10) == b"SERVER_ERROR " + LMDB_ERROR + LOST + b"\r\n"
         assert good.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
     assert server.send_recv(b"get fine first poison\r\n") == (
@@ -361,14 +330,14 @@ def test_a_run_lmdb_refuses_fails_alone(faulty):
 def test_writer_paused_by_commit_lag_is_told_without_sending_more(faulty, kind):
     """The loss lands while the connection waits on the lag brake, with no input behind it."""
     server = faulty("--max-commit-lag-ms", "50")
-    _set_fault(server, "hold")
+    server.set_fault("hold")
     with server.connect(timeout=10) as conn:
         assert conn.send_recv(b"set first 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
         _wait_held(server)
         wait_for_stats(server, lambda s: int(s["stig_commit_lag_ms"]) > 50, what="a lag > 50 ms")
         assert conn.send_recv(b"set second 0 0 1\r\ny\r\n", b"\r\n") == b"STORED\r\n"
         wait_for_stats(server, lambda s: s["stig_paused_connections"] != "0", what="a pause")
-        _set_fault(server, kind)
+        server.set_fault(kind)
         assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
     _others_still_served(server)
 
@@ -389,7 +358,7 @@ def test_writer_waiting_for_room_is_told_at_once(faulty, kind):
     wait_for_stats(server, lambda s: int(s["stig_open_run_bytes"]) >= 600_000)
     holder.send(sets(b"h", 5))  # passes the budget: holds it
     wait_for_stats(server, lambda s: int(s["stig_open_run_bytes"]) > 1 << 20)
-    _set_fault(server, "hold")
+    server.set_fault("hold")
     with server.connect(timeout=10) as conn:
         # One receive: the loud set is answered (and submitted), the quiet
         # one right behind it finds the budget full and waits for room.
@@ -397,7 +366,7 @@ def test_writer_waiting_for_room_is_told_at_once(faulty, kind):
         assert conn.recv_until(b"\r\n") == b"STORED\r\n"
         _wait_held(server)
         wait_for_stats(server, lambda s: s["stig_open_run_waiting"] == "1", what="a wait")
-        _set_fault(server, kind)
+        server.set_fault(kind)
         assert conn.recv_until(None, timeout=10) == b"SERVER_ERROR " + ERRORS[kind] + LOST + b"\r\n"
     wait_for_stats(server, lambda s: s["stig_open_run_waiting"] == "0", what="no wait left")
     _others_still_served(server)
@@ -475,7 +444,7 @@ def _writes_are_refused(server: FaultyStig, fault: str) -> None:
 
 
 def _writes_come_back(server: FaultyStig) -> None:
-    _set_fault(server, "")
+    server.set_fault("")
     wait_for_stats(server, lambda s: s["stig_writes_refused"] == "0", what="writes accepted")
     with server.connect() as conn:
         assert conn.send_recv(b"set back 0 0 1\r\nb\r\n", b"\r\n") == b"STORED\r\n"
@@ -487,11 +456,11 @@ def _writes_come_back(server: FaultyStig) -> None:
 def test_an_acknowledged_write_lost_to_the_disk_is_reported_then_writes_are_refused(faulty, fault):
     server = faulty()
     assert server.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
-    _set_fault(server, "hold")
+    server.set_fault("hold")
     with server.connect() as conn:
         assert conn.send_recv(b"set acked 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
         _wait_held(server)
-        _set_fault(server, fault)  # the held commit fails: STORED was a promise broken
+        server.set_fault(fault)  # the held commit fails: STORED was a promise broken
         lost = conn.recv_until(None, timeout=10)
         assert lost == b"SERVER_ERROR " + _commit_failed(fault) + LOST + b"\r\n"
     _writes_are_refused(server, fault)
@@ -502,7 +471,7 @@ def test_an_acknowledged_write_lost_to_the_disk_is_reported_then_writes_are_refu
 def test_under_durable_acks_the_failed_write_is_never_called_acknowledged(faulty, fault):
     server = faulty("--durable-acks")
     assert server.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
-    _set_fault(server, fault)
+    server.set_fault(fault)
     with server.connect() as conn:
         reply = conn.send_recv(b"set k 0 0 1\r\nx\r\n", None)
         assert reply == b"SERVER_ERROR " + _commit_failed(fault) + NOT_STORED + b"\r\n"
@@ -513,7 +482,7 @@ def test_under_durable_acks_the_failed_write_is_never_called_acknowledged(faulty
 def test_a_binary_write_that_fails_on_a_full_disk_is_not_called_acknowledged(faulty):
     """A loud binary Set answers after its commit: never acknowledged before it."""
     server = faulty()
-    _set_fault(server, "enospc")
+    server.set_fault("enospc")
     conn: BinaryConnection = server.connect_binary()
     response = conn.call(Opcode.Set, b"k", b"x", bytes(8), opaque=5)
     assert (response.status, response.opaque) == (Status.EINTERNAL, 5)
@@ -537,7 +506,7 @@ def test_deletes_go_on_while_writes_are_refused_and_bring_them_back(faulty, monk
         for key in (b"a", b"b", b"c"):
             assert conn.send_recv(b"set %b 0 0 1\r\n1\r\n" % key, b"\r\n") == b"STORED\r\n"
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"
-    _set_fault(server, "enospc")
+    server.set_fault("enospc")
     server.send_recv(b"set k 0 0 1\r\nx\r\nmn\r\n", None)  # fails: writes refused
     with server.connect() as conn:
         reply = conn.send_recv(b"delete a\r\n", b"\r\n")
@@ -549,7 +518,7 @@ def test_deletes_go_on_while_writes_are_refused_and_bring_them_back(faulty, monk
         )
         # The disk has room again: deletes commit, answered as memcached
         # does, and the probe behind them brings writes back.
-        _set_fault(server, "")
+        server.set_fault("")
         assert server.stats()["stig_writes_refused"] == "1"  # no probe yet
         assert conn.send_recv(b"delete a\r\n", b"\r\n") == b"DELETED\r\n"
         assert conn.send_recv(b"delete a\r\n", b"\r\n") == b"NOT_FOUND\r\n"
@@ -562,7 +531,7 @@ def test_a_map_that_cannot_grow_refuses_writes_as_map_full(faulty):
     """The map fills (1 MiB) and growing it fails (no address space): writes
     are refused as 'database map full'; once it can grow, a probe grows it."""
     server = faulty("--map-size", "1m")
-    _set_fault(server, "nogrow")
+    server.set_fault("nogrow")
     value = b"v" * 100_000
     replies = []
     with server.connect() as conn:
@@ -603,11 +572,11 @@ def test_once_writes_are_refused_a_run_accepted_before_is_acknowledged_only_on_d
         assert quiet.send_recv(b"ms early 1 q\r\nx\r\nmn\r\n", b"MN\r\n") == b"MN\r\n"
         quiet.send(b"ms early 1 q\r\ny\r\n")  # recorded, its run left open
         wait_for_stats(server, lambda s: s["stig_open_run_bytes"] != "0", what="an open run")
-        _set_fault(server, "hold")
+        server.set_fault("hold")
         with server.connect() as loud:
             assert loud.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
             _wait_held(server)
-            _set_fault(server, "enospc")  # k's commit fails: writes refused
+            server.set_fault("enospc")  # k's commit fails: writes refused
             assert loud.recv_until(None, timeout=10).endswith(LOST + b"\r\n")
         assert server.stats()["stig_writes_refused"] == "1"
         reply = quiet.send_recv(
@@ -632,7 +601,7 @@ def test_a_failed_add_in_a_pipelined_burst_fails_alone(faulty):
     """60 adds in one send share a group commit; the one LMDB refuses gets its
     SERVER_ERROR, every other its STORED, and the connection goes on."""
     server = faulty()
-    _set_fault(server, "lmdb poison")
+    server.set_fault("lmdb poison")
     with server.connect() as conn:
         request = b"".join(b"add %s 0 0 1\r\nx\r\n" % key for key in _burst_keys())
         conn.send(request)
@@ -642,7 +611,7 @@ def test_a_failed_add_in_a_pipelined_burst_fails_alone(faulty):
         lines = replies.split(b"\r\n")[:-1]
         assert lines[POISON] == b"SERVER_ERROR " + LMDB_ERROR
         assert lines[:POISON] + lines[POISON + 1 :] == [b"STORED"] * (len(BURST_KEYS) - 1)
-        _set_fault(server, "")
+        server.set_fault("")
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
     found = server.client().get_many([key.decode() for key in _burst_keys()])
     assert sorted(found) == sorted(k.decode() for k in _burst_keys() if k != b"poison")
@@ -658,7 +627,7 @@ def test_a_failed_binary_write_in_a_pipelined_burst_fails_alone(faulty, opcode):
     from stig_protocol.binary import encode_request
 
     server = faulty()
-    _set_fault(server, "lmdb poison")
+    server.set_fault("lmdb poison")
     conn: BinaryConnection = server.connect_binary()
     conn.send(
         b"".join(
@@ -672,7 +641,7 @@ def test_a_failed_binary_write_in_a_pipelined_burst_fails_alone(faulty, opcode):
     assert (failed.status, failed.value) == (Status.EINTERNAL, LMDB_ERROR)
     others = responses[:POISON] + responses[POISON + 1 :]
     assert all(r.status == Status.NO_ERROR and r.cas for r in others)
-    _set_fault(server, "")
+    server.set_fault("")
     conn.request(Opcode.Noop, opaque=99)
     noop = conn.response()
     assert (noop.status, noop.opaque) == (Status.NO_ERROR, 99)  # reported once

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
+from stig_testkit.faulty import faulty_servers
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for
 
@@ -24,38 +24,9 @@ DIED_AFTER = (
 )
 
 
-class FaultyStig(StigProcess):
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "stig_testkit.fault_server", *super().command[3:]]
-
-
 @pytest.fixture
 def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    faults = tmp_path / "faults"
-    faults.write_text("")
-    monkeypatch.setenv("STIG_FAULT_FILE", str(faults))
-    servers: list[FaultyStig] = []
-
-    def start(*args: str) -> FaultyStig:
-        log_dir = tmp_path / f"logs{len(servers)}"
-        log_dir.mkdir()
-        server = FaultyStig(tmp_path / f"data{len(servers)}", log_dir, ("--workers", "1", *args))
-        server.faults = faults  # type: ignore[attr-defined]
-        servers.append(server)
-        return server.start()  # type: ignore[return-value]
-
-    yield start
-    for server in servers:
-        server.kill()
-        server.close_clients()
-
-
-def _set_fault(server: FaultyStig, fault: str) -> None:
-    faults: Path = server.faults  # type: ignore[attr-defined]
-    fresh = faults.with_suffix(".new")
-    fresh.write_text(fault)
-    fresh.replace(faults)
+    yield from faulty_servers(tmp_path, monkeypatch, "--workers", "1")
 
 
 def _alive(pid: int) -> bool:
@@ -91,7 +62,7 @@ def test_the_writer_is_a_process_of_its_own_and_commits(stig_factory):
 def test_a_writer_killed_before_it_commits_is_replaced_and_the_group_committed(faulty):
     server = faulty()
     first = _writer_pid(server)
-    _set_fault(server, "kill")
+    server.set_fault("kill")
     with server.connect() as conn:
         # The add waits for its commit: its answer comes from the new writer.
         assert conn.send_recv(b"add k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
@@ -107,7 +78,7 @@ def test_a_writer_killed_after_it_commits_fails_the_run_loudly(faulty):
     """The group reached the disk; its outcomes died with the writer: the
     client is told, never silently, and the run is in fact stored."""
     server = faulty()
-    _set_fault(server, "kill-after")
+    server.set_fault("kill-after")
     with server.connect() as conn:
         assert conn.send_recv(b"add k 0 0 1\r\nx\r\n", b"\r\n") == DIED_AFTER
         assert conn.send_recv(b"mn\r\n", b"\r\n") == b"MN\r\n"  # reported once
