@@ -140,7 +140,12 @@ def test_a_read_of_an_unreplicated_write_fails_after_the_bound(stig_factory: Fac
         assert response.status == Status.EINTERNAL
         assert response.value == words[len(b"SERVER_ERROR ") : -2]
         assert reader.send_recv(b"get warm\r\n") == b"VALUE warm 0 1\r\nv\r\nEND\r\n"
-        assert primary.stats()["replication_read_timeouts"] == "4"
+        # A connection with unreplicated writes of its own fails as a writer:
+        # its replies wait for the same follower.
+        mixed = primary.connect()
+        assert mixed.send_recv(b"set own 0 0 1 noreply\r\nv\r\nget k\r\n", b"\r\n") == words
+        assert mixed.is_closed_by_peer()
+        assert primary.stats()["replication_read_timeouts"] == "5"
         assert not _follower_has(follower.data_dir, b"k")
     # Once the follower has it, it is read.
     wait_for_stats(primary, lambda s: s["replication_keys_held"] == "0", what="the follower acked")
