@@ -24,6 +24,14 @@ ack hub of each ACK (stig/engine/replicas.py, ``on_ack``), upon which
 entries N followers have are dropped.  Sequence numbers only grow and a
 follower's ACK covers every group up to it, so "replicated" is one number.
 
+Bounded: a read waits at most ``--replica-ack-timeout-ms``, and never past
+that long after the write it waits for was committed — so once a write has
+gone unacknowledged that long (the writer's connection has failed by then),
+its readers fail at once instead of each waiting the bound again (a binary
+run of quiet gets, a pipeline of gets).  The table holds one entry per key
+the followers lack, plus the groups' key lists, compacted when they
+outgrow it.
+
 A read checks, at the moment its snapshot is taken (no await between),
 that none of its keys is held; the in-flight rule of
 stig/engine/visibility.py (wait for writes acknowledged before the read)
@@ -40,6 +48,7 @@ in-flight registry alone, and nothing here runs.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol
@@ -53,6 +62,19 @@ from stig.engine.visibility import InFlight
 #: A group handed to the commit thread and not finished yet: its sequence
 #: number is not known, and it may already be committed.
 PENDING = 1 << 64
+
+#: Key references in the groups' lists tolerated beyond twice the keys held
+#: before they are compacted (a key rewritten by every group).
+_COMPACT_SLACK = 4096
+
+
+def _now() -> float:
+    """The trio clock; outside a trio run (a tool committing synchronously,
+    where nobody reads meanwhile) infinity: no reader's bound starts then."""
+    try:
+        return float(trio.current_time())
+    except RuntimeError:
+        return math.inf
 
 
 class Written(Protocol):
@@ -80,6 +102,8 @@ class ReplicaHold:
         "_held",
         "_hub",
         "_in_flight",
+        "_refs",
+        "_since",
         "_timeout",
         "replicated",
         "timeouts",
@@ -97,6 +121,10 @@ class ReplicaHold:
         #: The finished groups not yet on N followers, oldest first: (seq,
         #: the key collections of its promotions), to drop their keys later.
         self._groups: deque[tuple[int, list[Collection[bytes]]]] = deque()
+        self._refs = 0  # the keys in those lists (a key may repeat)
+        #: seq -> when it finished (trio clock): its readers give up the
+        #: bound after that.
+        self._since: dict[int, float] = {}
         #: The newest flush_all not yet on N followers (0: none; PENDING).
         self._everything = 0
         #: The newest group N followers have on disk (only grows: a group on
@@ -126,11 +154,15 @@ class ReplicaHold:
         held = self._held
         for written in keys:
             held.update(dict.fromkeys(written, seq))
+            self._refs += len(written)
         if any(promotion.clears_all for promotion in promotions):
             self._everything = seq
         self._groups.append((seq, keys))
+        self._since.setdefault(seq, _now())
         if seq <= self.replicated:  # only if a follower acked ahead of the loop
             self._drop(self.replicated)
+        elif self._refs > 2 * len(held) + _COMPACT_SLACK:
+            self._compact()
         self._wake()
 
     def _acked(self) -> None:
@@ -145,14 +177,31 @@ class ReplicaHold:
         """Forget the groups N followers have: their keys are readable."""
         groups = self._groups
         held = self._held
+        since = self._since
         while groups and groups[0][0] <= replicated:
             seq, keys = groups.popleft()
+            since.pop(seq, None)
             for written in keys:
+                self._refs -= len(written)
                 for key in written:
                     if held.get(key) == seq:
                         del held[key]
         if self._everything <= replicated:
             self._everything = 0
+
+    def _compact(self) -> None:
+        """Rebuild the groups' key lists from the keys held: one entry per key."""
+        by_seq: dict[int, list[bytes]] = {}
+        for key, seq in self._held.items():
+            if seq != PENDING:
+                by_seq.setdefault(seq, []).append(key)
+        since = self._since
+        everything = self._everything
+        if everything and everything != PENDING:
+            by_seq.setdefault(everything, [])
+        self._groups = deque((seq, [by_seq[seq]]) for seq in sorted(by_seq))
+        self._since = {seq: since[seq] for seq in by_seq if seq in since}
+        self._refs = len(self._held)
 
     def _wake(self) -> None:
         self._changed.set()
@@ -175,8 +224,16 @@ class ReplicaHold:
     def _readable(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object]
     ) -> bool:
-        """Whether no key of ``keys`` (but ``own``) is held."""
-        return self._blocking_seq(keys, own) == 0
+        """Whether no key of ``keys`` (but ``own``) is held.  (Every entry is
+        one the followers lack: those they have are dropped at their ACK.)"""
+        held = self._held
+        if not held and not self._everything:
+            return True
+        if keys is None:
+            return False
+        if self._everything:
+            return all(key in own for key in keys)
+        return all(key in own or key not in held for key in keys)
 
     def _blocking_seq(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object]
@@ -206,11 +263,17 @@ class ReplicaHold:
         if self._readable(keys, own):
             return
         self.waits += 1
-        with trio.move_on_after(self._timeout):
-            while True:
+        give_up = trio.current_time() + self._timeout
+        while True:
+            # Not past the bound after the write it waits for was committed.
+            seq = 0 if keys is None else self._blocking_seq(keys, own)
+            deadline = min(give_up, self._since.get(seq, give_up) + self._timeout)
+            with trio.move_on_at(deadline):
                 await self._changed.wait()
-                if self._readable(keys, own):
-                    return
+            if self._readable(keys, own):
+                return
+            if trio.current_time() >= deadline:
+                break
         self.timeouts += 1
         raise NotReplicated(self._words(self._blocking_seq(keys, own)))
 
