@@ -3,7 +3,9 @@
 A primary (any server whose log is on) counts the followers connected to it
 (:class:`ReplicaHub`): what each has acknowledged as applied and on its
 disk, so that ``--min-replica-acks`` can hold replies until enough have
-(:meth:`ReplicaHub.wait_acks`), and so that ``stats`` shows their lag.  The
+(:meth:`ReplicaHub.wait_acks`) and hold reads of what they lack
+(stig/engine/replica_hold.py, told through ``on_ack``), and so that
+``stats`` shows their lag.  The
 promoter tells the hub of each commit (:meth:`ReplicaHub.committed`): the
 streams to the followers (stig/replication/sender.py) wake on it.
 
