@@ -105,6 +105,7 @@ class ReplicaHold:
         "_refs",
         "_since",
         "_timeout",
+        "_waiting",
         "replicated",
         "timeouts",
         "waits",
@@ -131,6 +132,7 @@ class ReplicaHold:
         #: N disks stays there when a follower disconnects).
         self.replicated = 0
         self._changed = trio.Event()
+        self._waiting = 0  # reads waiting on it: no new Event per group without one
         #: Reads that waited here, and those that gave up (``stats``).
         self.waits = 0
         self.timeouts = 0
@@ -204,8 +206,9 @@ class ReplicaHold:
         self._refs = len(self._held)
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._waiting:
+            self._changed.set()
+            self._changed = trio.Event()
 
     # -- the readers' side --------------------------------------------------------
 
@@ -264,16 +267,20 @@ class ReplicaHold:
             return
         self.waits += 1
         give_up = trio.current_time() + self._timeout
-        while True:
-            # Not past the bound after the write it waits for was committed.
-            seq = 0 if keys is None else self._blocking_seq(keys, own)
-            deadline = min(give_up, self._since.get(seq, give_up) + self._timeout)
-            with trio.move_on_at(deadline):
-                await self._changed.wait()
-            if self._readable(keys, own):
-                return
-            if trio.current_time() >= deadline:
-                break
+        self._waiting += 1
+        try:
+            while True:
+                # Not past the bound after the write it waits for was committed.
+                seq = 0 if keys is None else self._blocking_seq(keys, own)
+                deadline = min(give_up, self._since.get(seq, give_up) + self._timeout)
+                with trio.move_on_at(deadline):
+                    await self._changed.wait()
+                if self._readable(keys, own):
+                    return
+                if trio.current_time() >= deadline:
+                    break
+        finally:
+            self._waiting -= 1
         self.timeouts += 1
         raise NotReplicated(self._words(self._blocking_seq(keys, own)))
 
