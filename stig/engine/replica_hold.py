@@ -203,7 +203,7 @@ class ReplicaHold:
             by_seq.setdefault(everything, [])
         self._groups = deque((seq, [by_seq[seq]]) for seq in sorted(by_seq))
         self._since = {seq: since[seq] for seq in by_seq if seq in since}
-        self._refs = len(self._held)
+        self._refs = sum(len(keys) for keys in by_seq.values())
 
     def _wake(self) -> None:
         if self._waiting:
