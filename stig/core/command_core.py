@@ -186,8 +186,11 @@ class Core:
         self._reject_ttl = engine.settings.ttl_policy is TtlPolicy.REJECT
         self.prefixes = engine.prefixes
         # The in-flight registry's check, bound once: the fast paths ask it
-        # per get (stig/engine/visibility.py), with this session's overlay.
-        self._clear_for = engine.promoter.in_flight.clear_for
+        # per get (stig/engine/visibility.py), with this session's overlay;
+        # under --min-replica-acks the read hold's, which asks it first
+        # (stig/engine/replica_hold.py).
+        hold = engine.promoter.hold
+        self._clear_for = (engine.promoter.in_flight if hold is None else hold).clear_for
         self._overlay = session.overlay
         #: One snapshot with this session's writes laid over it, for a read
         #: already found ready (:meth:`read_ready`; :meth:`snapshot` waits
@@ -376,6 +379,10 @@ class Core:
         session.submit()
         await self._await_acked(None)
         await session.wait_committed(report=False)
+        if self.engine.promoter.hold is not None:
+            # --min-replica-acks: nothing held when the listing's snapshot
+            # is taken, its own writes just committed included.
+            await self._await_acked(None)
 
     def cachedump(self, limit: int) -> Iterator[bytes]:
         """``stats cachedump 1 <limit>``'s key listing (:func:`listing.cachedump`),

@@ -41,6 +41,12 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
             ("replication_snapshots_sent", hub.snapshots_sent),
             ("replication_ack_timeouts", hub.ack_timeouts),
         ]
+        hold = engine.promoter.hold  # --min-replica-acks: reads held back
+        pairs += [
+            ("replication_keys_held", 0 if hold is None else hold.keys_held),
+            ("replication_read_waits", 0 if hold is None else hold.waits),
+            ("replication_read_timeouts", 0 if hold is None else hold.timeouts),
+        ]
         for index, replica in enumerate(hub.replicas):
             pairs.append((f"replica_{index}_acked_seq", replica.acked_seq))
         return pairs

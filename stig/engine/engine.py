@@ -19,6 +19,7 @@ from stig.engine.errors import PromoteRefused
 from stig.engine.prefix_stats import PrefixStats
 from stig.engine.promoter import Promoter
 from stig.engine.readiness import Readiness
+from stig.engine.replica_hold import ReplicaHold
 from stig.engine.replicas import FollowerState, ReplicaHub
 from stig.engine.settings import Settings
 from stig.engine.shared_inflight import SharedInFlight
@@ -103,6 +104,15 @@ class Engine:
         #: The followers of this server (stig/replication/sender.py).
         self.replicas = ReplicaHub()
         self.promoter.on_commit = self.replicas.committed
+        if settings.min_replica_acks:
+            # No read sees a write before N followers have it (a follower:
+            # from its promotion on, as the replies; stig/engine/replica_hold.py).
+            self.promoter.hold = ReplicaHold(
+                self.promoter.in_flight,
+                self.replicas,
+                settings.min_replica_acks,
+                settings.replica_ack_timeout_ms / 1000.0,
+            )
         #: A follower's progress (``--replica-of``; None on a primary): its
         #: writes are refused, naming the primary.
         self.follower: FollowerState | None = None

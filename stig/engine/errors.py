@@ -22,6 +22,13 @@ class ReadOnlyReplica(WritesRefused):
     """A write sent to a follower (``--replica-of``): refused, naming the primary."""
 
 
+class NotReplicated(CommitFailed):
+    """A read that would see a write too few followers have acknowledged
+    within ``--replica-ack-timeout-ms`` (``--min-replica-acks N``,
+    stig/engine/replica_hold.py): nothing is read; the command is answered
+    ``SERVER_ERROR`` with the message, which names the missing acks."""
+
+
 class PromoteRefused(Exception):
     """``stig_promote`` sent to a server that cannot be promoted (a primary)."""
 

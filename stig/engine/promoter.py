@@ -56,6 +56,7 @@ from stig.engine.group_commit import Failed as _Failed
 from stig.engine.group_commit import apply_group
 from stig.engine.group_commit import failed as _failed
 from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS, Cause, WriteRefusal, words_for
+from stig.engine.replica_hold import ReplicaHold
 from stig.engine.stats import PromoterStats
 from stig.engine.visibility import InFlight
 from stig.engine.writer import PROBE_GREW, PROBE_OK
@@ -237,6 +238,10 @@ class Promoter:
         #: Keys written by submitted, unfinished promotions: what a read on
         #: another session waits for (stig/engine/visibility.py).
         self.in_flight = InFlight()
+        #: ``--min-replica-acks``: the keys readers may not see yet, told of
+        #: every group handed over and finished (stig/engine/replica_hold.py);
+        #: None (the default): no hold, nothing to tell.
+        self.hold: ReplicaHold | None = None
         self.budget = budget if budget is not None else WriteBudget(1 << 62)
         self._queue: list[Promotion] = []
         self._wakeup = trio.Event()
@@ -593,6 +598,8 @@ class Promoter:
             group = self._take_group()
             self._started_at = time.perf_counter()
         self._in_flight = group
+        if self.hold is not None:
+            self.hold.dispatched(group)
         self._jobs.put([p.ops for p in group])  # type: ignore[union-attr]
 
     def _committed(self, outcome: tuple[Sequence[Applied | _Failed], bool]) -> None:
@@ -640,6 +647,8 @@ class Promoter:
 
     def _finish(self, group: list[Promotion], results: Sequence[Applied | _Failed]) -> None:
         self.stats.pending_bytes -= sum([promotion.nbytes for promotion in group])
+        if self.hold is not None:  # held before they leave the in-flight registry
+            self.hold.finished(group, self.store.log_state.seq)
         for promotion, result in zip(group, results, strict=True):
             if isinstance(result, _Failed):
                 promotion.error = str(result)
@@ -684,6 +693,8 @@ class Promoter:
                 while group:
                     started = time.perf_counter()
                     batches = [p.ops for p in group]
+                    if self.hold is not None:  # readers run while it commits
+                        self.hold.dispatched(group)
                     if self.link is not None:
                         outcome = (await self.link.commit(batches, *self._order(group)), False)
                     else:

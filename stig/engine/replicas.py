@@ -3,7 +3,9 @@
 A primary (any server whose log is on) counts the followers connected to it
 (:class:`ReplicaHub`): what each has acknowledged as applied and on its
 disk, so that ``--min-replica-acks`` can hold replies until enough have
-(:meth:`ReplicaHub.wait_acks`), and so that ``stats`` shows their lag.  The
+(:meth:`ReplicaHub.wait_acks`) and hold reads of what they lack
+(stig/engine/replica_hold.py, told through ``on_ack``), and so that
+``stats`` shows their lag.  The
 promoter tells the hub of each commit (:meth:`ReplicaHub.committed`): the
 streams to the followers (stig/replication/sender.py) wake on it.
 
@@ -16,6 +18,7 @@ Everything here runs on the event loop.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -44,6 +47,10 @@ class ReplicaHub:
         #: Replies that gave up waiting for ``--min-replica-acks`` (``stats``).
         self.ack_timeouts = 0
         self.snapshots_sent = 0
+        #: Called on the event loop whenever what the followers acknowledged
+        #: may have changed (an ACK, a follower gone): the read hold of
+        #: ``--min-replica-acks`` (stig/engine/replica_hold.py) moves on.
+        self.on_ack: Callable[[], None] | None = None
 
     @property
     def commit_event(self) -> trio.Event:
@@ -73,10 +80,18 @@ class ReplicaHub:
     def _wake_ack_waiters(self) -> None:
         self._ack.set()
         self._ack = trio.Event()
+        if self.on_ack is not None:
+            self.on_ack()
 
     def acks_for(self, seq: int) -> int:
         """How many connected followers have group ``seq`` on disk."""
         return sum(1 for replica in self.replicas if replica.acked_seq >= seq)
+
+    def acked_by(self, count: int) -> int:
+        """The newest group at least ``count`` connected followers have on
+        disk (0: fewer than ``count`` followers are connected)."""
+        acked = sorted((replica.acked_seq for replica in self.replicas), reverse=True)
+        return acked[count - 1] if 0 < count <= len(acked) else 0
 
     async def wait_acks(self, seq: int, count: int, timeout: float) -> bool:
         """Wait until ``count`` followers have group ``seq`` on disk, at most

@@ -49,6 +49,7 @@ from stig.engine.charges import OP_OVERHEAD, Charges
 from stig.engine.engine import Engine
 from stig.engine.errors import (
     CommitFailed,
+    NotReplicated,
     ReadOnlyReplica,
     RunTooLarge,
     RunWaitedTooLong,
@@ -57,6 +58,8 @@ from stig.engine.errors import (
 from stig.engine.failure_ledger import FailureLedger
 from stig.engine.open_run import OpenRun
 from stig.engine.promoter import Promotion
+from stig.engine.replica_hold import ReplicaHold
+from stig.engine.visibility import InFlight
 from stig.storage.ops import (
     Adjust,
     Clear,
@@ -137,7 +140,12 @@ class Session:
         #: commit — which a read, a barrier or a conditional write may do
         #: first, and which is not enough to acknowledge under it.
         self.unreplicated_writes = False
-        self._in_flight = engine.promoter.in_flight
+        #: What a read of other sessions' writes waits for: the in-flight
+        #: registry, or under ``--min-replica-acks`` the read hold around it.
+        hold = engine.promoter.hold
+        self._in_flight: InFlight | ReplicaHold = (
+            engine.promoter.in_flight if hold is None else hold
+        )
         self._refusal = engine.promoter.refusal
         # Acknowledged: the writes up to ``acked_seq`` (a reply was sent after
         # their run closed, which ``_closed_seq`` marks).
@@ -241,13 +249,24 @@ class Session:
     # -- other sessions' acknowledged writes (stig/engine/visibility.py) -------------
 
     async def await_acked(self, keys: Sequence[bytes] | None = None) -> None:
-        """Wait until the writes in flight to ``keys`` (None: any) are committed.
+        """Wait until the writes in flight to ``keys`` (None: any) are committed
+        and, under ``--min-replica-acks``, on enough followers
+        (stig/engine/replica_hold.py; raises :class:`NotReplicated` after the
+        bound).  Returns with no await after its last check: the snapshot
+        the caller takes next is the one that was checked.
 
         Hands this session's closed runs over first, so that they join the
         next group commit instead of waiting behind this read.
         """
         self.submit()
-        await self._in_flight.wait(keys, self._overlay)
+        try:
+            await self._in_flight.wait(keys, self._overlay)
+        except NotReplicated as exc:
+            if self.unreplicated_writes:
+                # Its own replies wait for the same followers and would fail
+                # after the same bound: the connection fails now, as a writer's.
+                self.fail_unreplicated(str(exc))
+            raise
 
     def has_pending(self, keys: Sequence[bytes] | None) -> bool:
         """Whether this session has uncommitted writes to ``keys`` (None: to any key)."""

@@ -27,6 +27,10 @@ finishes the promotion, so a read transaction begun after that sees it.
 
 A session's own writes are read from its POV overlay, never waited for
 here.  An open run is in no promotion yet, so it stays invisible to others.
+
+Under ``--min-replica-acks`` readers ask :class:`stig.engine.replica_hold.ReplicaHold`
+instead, which asks this registry first, then holds a committed write's
+keys until enough followers have it.
 """
 
 from __future__ import annotations

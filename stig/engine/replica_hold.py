@@ -1,0 +1,295 @@
+"""``--min-replica-acks N`` for readers: no session reads a write before N followers have it.
+
+The replies that acknowledge a write wait for N followers' ``ACK``
+(stig/core/replies.py); without more, a read on another connection could
+still see the write as soon as the primary committed it.  If the primary
+and its followers then die and a follower that never got it is promoted,
+a write someone *read* is gone: the history across that failover has
+cycles (docs/replication.md, "What a failover loses").  So under
+``--min-replica-acks`` a key written by a group stays held for readers
+until N followers have acknowledged that group's sequence number, and a
+read of it waits — at most ``--replica-ack-timeout-ms``, then it fails
+with :class:`~stig.engine.errors.NotReplicated` (``SERVER_ERROR`` naming
+the missing acks) instead of answering with the value.
+
+:class:`ReplicaHold` keeps key → the sequence number of the newest group
+that writes it and that N followers have not acknowledged yet
+(:data:`PENDING` while that group is with the commit thread: from the
+moment a group is handed over, its commit may land in LMDB before the event
+loop hears of it, so a snapshot may already see it).  The promoter tells it
+of each group handed over (:meth:`ReplicaHold.dispatched`) and finished
+(:meth:`ReplicaHold.finished`, with the store's sequence number then: the
+group's own, or later — never earlier, so the hold is never too short); the
+ack hub of each ACK (stig/engine/replicas.py, ``on_ack``), upon which
+entries N followers have are dropped.  Sequence numbers only grow and a
+follower's ACK covers every group up to it, so "replicated" is one number.
+
+Bounded: a read waits at most ``--replica-ack-timeout-ms``, and never past
+that long after the write it waits for was committed — so once a write has
+gone unacknowledged that long (the writer's connection has failed by then),
+its readers fail at once instead of each waiting the bound again (a binary
+run of quiet gets, a pipeline of gets).  The table holds one entry per key
+the followers lack, plus the groups' key lists, compacted when they
+outgrow it.
+
+A read checks, at the moment its snapshot is taken (no await between),
+that none of its keys is held; the in-flight rule of
+stig/engine/visibility.py (wait for writes acknowledged before the read)
+comes first, unchanged.  A multi-get checks all its keys before its one
+snapshot.  A read of keys not known yet (``None``) or a key listing waits
+until nothing is held.  The session's own uncommitted writes (its POV
+overlay) are never held: it reads them from its POV, as always.  A key
+written by every group commit may keep its readers waiting up to the bound:
+its newest value is never on the followers yet.
+
+Without ``--min-replica-acks`` there is no hold: the engine uses the
+in-flight registry alone, and nothing here runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Protocol
+
+import trio
+
+from stig.engine.errors import NotReplicated
+from stig.engine.replicas import ReplicaHub
+from stig.engine.visibility import InFlight
+
+#: A group handed to the commit thread and not finished yet: its sequence
+#: number is not known, and it may already be committed.
+PENDING = 1 << 64
+
+#: Key references in the groups' lists tolerated beyond twice the keys held
+#: before they are compacted (a key rewritten by every group).
+_COMPACT_SLACK = 4096
+
+
+def _now() -> float:
+    """The trio clock; outside a trio run (a tool committing synchronously,
+    where nobody reads meanwhile) infinity: no reader's bound starts then."""
+    try:
+        return float(trio.current_time())
+    except RuntimeError:
+        return math.inf
+
+
+class Written(Protocol):
+    """What the hold needs of a promotion (:class:`stig.engine.promoter.Promotion` is one)."""
+
+    @property
+    def key_seqs(self) -> Collection[bytes]:
+        """The keys it writes."""
+        ...
+
+    @property
+    def clears_all(self) -> bool:
+        """Whether it holds a flush_all: every key is written."""
+        ...
+
+
+class ReplicaHold:
+    """Keys whose newest write N followers have not acknowledged; see the module docstring."""
+
+    __slots__ = (
+        "_changed",
+        "_count",
+        "_everything",
+        "_groups",
+        "_held",
+        "_hub",
+        "_in_flight",
+        "_refs",
+        "_since",
+        "_timeout",
+        "_waiting",
+        "replicated",
+        "timeouts",
+        "waits",
+    )
+
+    def __init__(self, in_flight: InFlight, hub: ReplicaHub, count: int, timeout: float) -> None:
+        self._in_flight = in_flight
+        self._hub = hub
+        self._count = count  #: --min-replica-acks
+        self._timeout = timeout  #: --replica-ack-timeout-ms, in seconds
+        #: key -> the newest group writing it not yet on N followers (PENDING:
+        #: with the commit thread).
+        self._held: dict[bytes, int] = {}
+        #: The finished groups not yet on N followers, oldest first: (seq,
+        #: the key collections of its promotions), to drop their keys later.
+        self._groups: deque[tuple[int, list[Collection[bytes]]]] = deque()
+        self._refs = 0  # the keys in those lists (a key may repeat)
+        #: seq -> when it finished (trio clock): its readers give up the
+        #: bound after that.
+        self._since: dict[int, float] = {}
+        #: The newest flush_all not yet on N followers (0: none; PENDING).
+        self._everything = 0
+        #: The newest group N followers have on disk (only grows: a group on
+        #: N disks stays there when a follower disconnects).
+        self.replicated = 0
+        self._changed = trio.Event()
+        self._waiting = 0  # reads waiting on it: no new Event per group without one
+        #: Reads that waited here, and those that gave up (``stats``).
+        self.waits = 0
+        self.timeouts = 0
+        hub.on_ack = self._acked
+
+    # -- the promoter's side ------------------------------------------------------
+
+    def dispatched(self, promotions: Iterable[Written]) -> None:
+        """A group is handed to the commit thread: from now on its commit may
+        be visible to a snapshot, so its keys are held until it finishes."""
+        held = self._held
+        for promotion in promotions:
+            held.update(dict.fromkeys(promotion.key_seqs, PENDING))
+            if promotion.clears_all:
+                self._everything = PENDING
+
+    def finished(self, promotions: Sequence[Written], seq: int) -> None:
+        """Promotions finished (committed or failed) with the store at group
+        ``seq``: their keys are held until N followers have ``seq``."""
+        keys = [promotion.key_seqs for promotion in promotions]
+        held = self._held
+        for written in keys:
+            held.update(dict.fromkeys(written, seq))
+            self._refs += len(written)
+        if any(promotion.clears_all for promotion in promotions):
+            self._everything = seq
+        self._groups.append((seq, keys))
+        self._since.setdefault(seq, _now())
+        if seq <= self.replicated:  # only if a follower acked ahead of the loop
+            self._drop(self.replicated)
+        elif self._refs > 2 * len(held) + _COMPACT_SLACK:
+            self._compact()
+        self._wake()
+
+    def _acked(self) -> None:
+        """The followers acknowledged more (the hub's ``on_ack``)."""
+        replicated = self._hub.acked_by(self._count)
+        if replicated > self.replicated:
+            self.replicated = replicated
+            self._drop(replicated)
+            self._wake()
+
+    def _drop(self, replicated: int) -> None:
+        """Forget the groups N followers have: their keys are readable."""
+        groups = self._groups
+        held = self._held
+        since = self._since
+        while groups and groups[0][0] <= replicated:
+            seq, keys = groups.popleft()
+            since.pop(seq, None)
+            for written in keys:
+                self._refs -= len(written)
+                for key in written:
+                    if held.get(key) == seq:
+                        del held[key]
+        if self._everything <= replicated:
+            self._everything = 0
+
+    def _compact(self) -> None:
+        """Rebuild the groups' key lists from the keys held: one entry per key."""
+        by_seq: dict[int, list[bytes]] = {}
+        for key, seq in self._held.items():
+            if seq != PENDING:
+                by_seq.setdefault(seq, []).append(key)
+        since = self._since
+        everything = self._everything
+        if everything and everything != PENDING:
+            by_seq.setdefault(everything, [])
+        self._groups = deque((seq, [by_seq[seq]]) for seq in sorted(by_seq))
+        self._since = {seq: since[seq] for seq in by_seq if seq in since}
+        self._refs = sum(len(keys) for keys in by_seq.values())
+
+    def _wake(self) -> None:
+        if self._waiting:
+            self._changed.set()
+            self._changed = trio.Event()
+
+    # -- the readers' side --------------------------------------------------------
+
+    @property
+    def keys_held(self) -> int:
+        """Keys held (``stats``)."""
+        return len(self._held)
+
+    def clear_for(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> bool:
+        """True when a read of ``keys`` (None: any key) needs no wait: no write
+        in flight to them (:meth:`InFlight.clear_for`) and none held here."""
+        return self._in_flight.clear_for(keys, own) and self._readable(keys, own)
+
+    def _readable(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object]
+    ) -> bool:
+        """Whether no key of ``keys`` (but ``own``) is held.  (Every entry is
+        one the followers lack: those they have are dropped at their ACK.)"""
+        held = self._held
+        if not held and not self._everything:
+            return True
+        if keys is None:
+            return False
+        if self._everything:
+            return all(key in own for key in keys)
+        return all(key in own or key not in held for key in keys)
+
+    def _blocking_seq(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object]
+    ) -> int:
+        """The newest held group a read of ``keys`` would see (0: none)."""
+        held = self._held
+        everything = self._everything
+        if not held and not everything:
+            return 0
+        if keys is None:
+            return max(everything, max(held.values(), default=0))
+        newest = 0
+        for key in keys:
+            if key in own:
+                continue
+            newest = max(newest, everything, held.get(key, 0))
+        return newest
+
+    async def wait(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+    ) -> None:
+        """Wait for the writes in flight to ``keys`` (as :meth:`InFlight.wait`),
+        then until none of them is held.  Returns with no await after the
+        last check: the caller's snapshot, taken next, sees no held write.
+        Raises :class:`NotReplicated` after ``--replica-ack-timeout-ms``."""
+        await self._in_flight.wait(keys, own)
+        if self._readable(keys, own):
+            return
+        self.waits += 1
+        give_up = trio.current_time() + self._timeout
+        self._waiting += 1
+        try:
+            while True:
+                # Not past the bound after the write it waits for was committed.
+                seq = 0 if keys is None else self._blocking_seq(keys, own)
+                deadline = min(give_up, self._since.get(seq, give_up) + self._timeout)
+                with trio.move_on_at(deadline):
+                    await self._changed.wait()
+                if self._readable(keys, own):
+                    return
+                if trio.current_time() >= deadline:
+                    break
+        finally:
+            self._waiting -= 1
+        self.timeouts += 1
+        raise NotReplicated(self._words(self._blocking_seq(keys, own)))
+
+    def _words(self, seq: int) -> str:
+        """Why a read gave up: the acks it was missing."""
+        ms = f"{self._timeout * 1000:g}"
+        if seq >= PENDING:
+            return f"a write this read would see was not committed within {ms} ms; nothing was read"
+        return (
+            f"only {self._hub.acks_for(seq)} of --min-replica-acks {self._count} followers "
+            f"acknowledged within {ms} ms a write this read would see; nothing was read"
+        )

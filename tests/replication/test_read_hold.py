@@ -1,0 +1,167 @@
+"""``--min-replica-acks``: no other session reads a write before enough
+followers have it (stig/engine/replica_hold.py, docs/replication.md).
+
+A follower SIGSTOPped leaves a write committed on the primary and not
+replicated; a read of it on another connection, in every protocol, waits —
+it is answered only once the follower is continued, and at that moment the
+follower's data directory holds the write (that is the proof it waited: the
+value left after the follower had it, whatever the pace) — or, after
+``--replica-ack-timeout-ms``, gets a ``SERVER_ERROR`` naming the missing
+acks instead of the value.  Real processes; waits poll ``stats``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+
+from stig_protocol.binary import Opcode, Status
+from stig_testkit.connections import RawConnection
+from stig_testkit.process import StigProcess
+from stig_testkit.waiting import wait_for_stats
+
+Factory = Callable[..., StigProcess]
+
+
+def _follower_has(data_dir: Path, key: bytes) -> bool:
+    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=4, create=False)
+    try:
+        with env.begin() as txn:
+            items = env.open_db(b"items", txn=txn, create=False)
+            return txn.get(key, db=items) is not None
+    finally:
+        env.close()
+
+
+def _pair(stig_factory: Factory, timeout_ms: int) -> tuple[StigProcess, StigProcess]:
+    args = ("--min-replica-acks", "1", "--replica-ack-timeout-ms", str(timeout_ms))
+    primary = stig_factory(*args)
+    follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
+    conn = primary.connect()
+    assert conn.send_recv(b"set warm 0 0 1\r\nv\r\n", b"\r\n") == b"STORED\r\n"
+    return primary, follower
+
+
+@contextmanager
+def _stopped(follower: StigProcess) -> Iterator[None]:
+    """The follower SIGSTOPped (it receives, applies and acks nothing), and
+    continued however the block ends."""
+    assert follower.proc is not None
+    os.kill(follower.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(follower.proc.pid, signal.SIGCONT)
+
+
+def _committed_unreplicated(primary: StigProcess, key: bytes) -> RawConnection:
+    """Write ``key`` (value ``new``) on a connection of its own, and return
+    once the primary has committed it: its reply waits for the follower."""
+    seq = int(primary.stats()["replication_seq"])
+    writer = primary.connect()
+    writer.send(b"set %b 0 0 3\r\nnew\r\n" % key)
+    wait_for_stats(
+        primary, lambda s: int(s["replication_seq"]) > seq, what="the write committed locally"
+    )
+    return writer
+
+
+#: A read of ``key`` in each protocol (as a function of the key), the bytes
+#: that end its reply, and what its reply must hold.
+_TEXT_READS = [
+    (lambda k: b"get %b\r\n" % k, b"END\r\n", b"new"),
+    (lambda k: b"gets %b\r\n" % k, b"END\r\n", b"new"),
+    (lambda k: b"get warm %b\r\n" % k, b"END\r\n", b"new"),  # one snapshot for both
+    (lambda k: b"mg %b v\r\n" % k, b"\r\nnew\r\n", b"VA 3"),
+]
+
+
+def test_a_read_of_an_unreplicated_write_waits_for_the_follower(stig_factory: Factory) -> None:
+    primary, follower = _pair(stig_factory, 60_000)
+    reader = primary.connect()
+    binary = primary.connect_binary()
+    rounds = len(_TEXT_READS) + 1
+    for index in range(rounds):
+        key = b"k%d" % index
+        with _stopped(follower):
+            writer = _committed_unreplicated(primary, key)
+            waits = int(primary.stats()["replication_read_waits"])
+            if index < len(_TEXT_READS):
+                read, end, _ = _TEXT_READS[index]
+                reader.send(read(key))
+            else:
+                binary.request(Opcode.Get, key)
+            # The event: the read is held back, waiting for the follower.
+            wait_for_stats(
+                primary,
+                lambda s, w=waits: int(s["replication_read_waits"]) == w + 1,
+                what="the read held back",
+            )
+            assert not _follower_has(follower.data_dir, key)
+        # Continued: the reply comes, and the follower has the write by then.
+        if index < len(_TEXT_READS):
+            reply = reader.recv_until(end)
+            assert _TEXT_READS[index][2] in reply, reply
+        else:
+            response = binary.response()
+            assert (response.status, response.value) == (Status.NO_ERROR, b"new")
+        assert _follower_has(follower.data_dir, key), key
+        assert writer.recv_until(b"\r\n") == b"STORED\r\n"
+    stats = primary.stats()
+    assert stats["replication_read_timeouts"] == "0"
+    assert stats["replication_ack_timeouts"] == "0"
+
+
+def test_a_read_of_an_unreplicated_write_fails_after_the_bound(stig_factory: Factory) -> None:
+    primary, follower = _pair(stig_factory, 300)
+    reader = primary.connect()
+    binary = primary.connect_binary()
+    words = (
+        b"SERVER_ERROR only 0 of --min-replica-acks 1 followers acknowledged within 300 ms"
+        b" a write this read would see; nothing was read\r\n"
+    )
+    with _stopped(follower):
+        writer = _committed_unreplicated(primary, b"k")
+        # A read of it waits for the follower, then gets the error, never the value.
+        assert reader.send_recv(b"get k\r\n", b"\r\n") == words
+        # The writer is told its write may be lost, and its connection closes.
+        assert writer.recv_until(b"\r\n").startswith(b"SERVER_ERROR only 0 of")
+        assert writer.is_closed_by_peer()
+        # Past the bound since its commit, every read of it fails at once;
+        # the reader's connection stays: other keys are read.
+        assert reader.send_recv(b"get k\r\n", b"\r\n") == words
+        assert reader.send_recv(b"get warm k\r\n", b"\r\n") == words
+        assert reader.send_recv(b"mg k v\r\n", b"\r\n") == words
+        response = binary.call(Opcode.Get, b"k")
+        assert response.status == Status.EINTERNAL
+        assert response.value == words[len(b"SERVER_ERROR ") : -2]
+        assert reader.send_recv(b"get warm\r\n") == b"VALUE warm 0 1\r\nv\r\nEND\r\n"
+        # A connection with unreplicated writes of its own fails as a writer:
+        # its replies wait for the same follower.
+        mixed = primary.connect()
+        assert mixed.send_recv(b"set own 0 0 1 noreply\r\nv\r\nget k\r\n", b"\r\n") == words
+        assert mixed.is_closed_by_peer()
+        assert primary.stats()["replication_read_timeouts"] == "6"
+        assert not _follower_has(follower.data_dir, b"k")
+    # Once the follower has it, it is read.
+    wait_for_stats(primary, lambda s: s["replication_keys_held"] == "0", what="the follower acked")
+    assert reader.send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+    assert _follower_has(follower.data_dir, b"k")
+
+
+def test_a_session_reads_its_own_writes_from_its_pov(stig_factory: Factory) -> None:
+    """Its own writes not yet committed are read from its POV, never held back."""
+    primary, follower = _pair(stig_factory, 60_000)
+    conn = primary.connect()
+    with _stopped(follower):
+        conn.send(b"set own 0 0 1 noreply\r\nv\r\nmg own v q\r\nmn\r\n")
+        # The reply waits for the follower; what it says is read from the POV.
+        waits = primary.stats()["replication_read_waits"]
+    assert conn.recv_until(b"MN\r\n") == b"VA 1\r\nv\r\nMN\r\n"
+    assert primary.stats()["replication_read_waits"] == waits
