@@ -345,6 +345,25 @@ def test_the_supervisor_alone_tells_the_service_manager(tmp_path):
             notify.close()
 
 
+def test_the_supervisor_pings_the_watchdog(tmp_path):
+    """``WatchdogSec=`` with N workers: the supervisor (the unit's main
+    process) sends ``WATCHDOG=1`` every half period while it serves."""
+    with tempfile.TemporaryDirectory(prefix="stig-") as short:
+        notify = NotifySocket.in_directory(Path(short))
+        server = StigProcess(tmp_path / "data", tmp_path, WORKERS)
+        server.environment = lambda: child_env(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC="200000")
+        try:
+            server.start()
+            notify.wait_for("READY")
+            for _ in range(3):
+                assert notify.wait_for("WATCHDOG")["WATCHDOG"] == "1"
+            assert server.terminate() == 0
+        finally:
+            server.kill()
+            server.close_clients()
+            notify.close()
+
+
 def test_a_pov_copy_never_hides_a_later_write_of_the_other_worker(workers):
     """A session's own write, read from its POV until its worker has the
     writer's answer, must not hide a later write of another worker that was
