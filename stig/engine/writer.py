@@ -271,7 +271,10 @@ def serve(
 
 def _welcome(link: _Link, store: Store, selector: selectors.BaseSelector) -> None:
     """A worker's first frame: the writer is ready (its state)."""
-    link.sock.sendall(frame(("r", None, _state(store))))
+    try:
+        link.sock.sendall(frame(("r", None, _state(store))))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # that worker died already: its end of file comes next
     selector.register(link.sock, selectors.EVENT_READ, link)
 
 
