@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable
 
 from stig.engine.settings import Settings
 
@@ -62,6 +63,9 @@ class TlsCertificates:
         self.context = build_context(settings)
         self.loaded_at = time.monotonic()
         self.handshake_errors = 0
+        #: With ``--workers N``: makes every worker reload (a SIGHUP through
+        #: the supervisor) after ``refresh_certs`` reloaded this one's.
+        self.everywhere: Callable[[], None] | None = None
 
     def reload(self) -> None:
         """Read the files again; raises :class:`TlsError` and keeps the old
@@ -69,6 +73,12 @@ class TlsCertificates:
         self.context = build_context(self.settings)
         self.loaded_at = time.monotonic()
         log.info("TLS certificates reloaded from %s", self.settings.tls_cert)
+
+    def refresh(self) -> None:
+        """``refresh_certs``: :meth:`reload`, then in every worker."""
+        self.reload()
+        if self.everywhere is not None:
+            self.everywhere()
 
     @property
     def seconds_since_reload(self) -> int:

@@ -58,6 +58,10 @@ class WorkerRole:
     table_fd: int  #: the shared in-flight table (stig/engine/shared_inflight.py)
     #: The supervisor's listening socket, which every worker accepts on.
     listen_fd: int = -1
+    #: With ``--tls-port``: the listening socket of the TLS port.
+    tls_listen_fd: int = -1
+    #: Its eventfd: the writer signals commits, its waiting reads wake.
+    wake_fd: int = -1
 
 
 class Engine:
@@ -89,7 +93,8 @@ class Engine:
             self.store.follow_writer()
         if role is not None:
             self.writer = WriterLink(self.store, settings.log_level, fd=role.link_fd)
-            shared = SharedInFlight(role.table_fd, settings.workers, role.worker_id)
+            wakes = () if role.wake_fd < 0 else (role.wake_fd,)
+            shared = SharedInFlight(role.table_fd, settings.workers, role.worker_id, wakes)
         elif settings.workers:
             self.writer = WriterLink(self.store, settings.log_level)
             try:
@@ -101,6 +106,10 @@ class Engine:
             self.store, self.promoter_stats, budget=self.budget, link=self.writer
         )
         self.promoter.shared = self.promoter.in_flight.shared = shared
+        if shared is not None:
+            # A restarted worker numbers on after its predecessor (whose
+            # numbers the writer released: stig/engine/shared_inflight.py).
+            self.promoter.number_from(shared.committed(shared.me))
         #: The followers of this server (stig/replication/sender.py).
         self.replicas = ReplicaHub()
         self.promoter.on_commit = self.replicas.committed

@@ -286,6 +286,11 @@ class Promoter:
             self.stats.gil_loans += 1
             loan.lend()
 
+    def number_from(self, number: int) -> None:
+        """Number the next promotions after ``number`` in the shared table
+        (a restarted worker: after everything its predecessor published)."""
+        self._number = number
+
     def submit(self, promotions: Sequence[Promotion]) -> None:
         """Queue promotions; they commit in the order they were submitted.
 

@@ -27,11 +27,26 @@ and only ever grow, so a collision (two keys in one slot) makes a read wait
 for a commit it did not need, never miss one.  A word is one aligned 8-byte
 load or store: atomic on the platforms Stig runs on.
 
-Bounds: ``SLOTS`` × 8 bytes per worker (512 KiB).
+A read that must wait sleeps on its worker's eventfd (``wake``): the writer
+writes to every worker's eventfd after each commit that raised a
+``committed`` word (:meth:`signal`), and the waiting reads look again.  A
+reader empties its eventfd *before* it looks at the words and sleeps only
+if they still say wait, so a commit signalled in between is never missed
+(the writer raises the word before it signals).
+
+When a worker dies (``--workers N`` restarts it, docs/workers.md) the
+writer, once it has read the worker's link to its end and committed every
+run it got from it, raises its ``committed`` word past every number the dead
+worker published (:meth:`release`): the runs it published but never handed
+over will never commit, and reads in the other workers stop waiting for
+them.  Its successor numbers its promotions on from there.
+
+Bounds: ``SLOTS`` × 8 bytes per worker (512 KiB); one eventfd per worker.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import zlib
@@ -42,8 +57,6 @@ import trio
 #: Slots per worker (a power of two).
 SLOTS = 1 << 16
 _HEADER = 3  # words per worker before the slots: committed, cleared, published
-#: How often a read waiting for another worker's commit looks again.
-POLL_SECONDS = 0.0005
 
 
 def segment_bytes(workers: int) -> int:
@@ -58,12 +71,36 @@ def create(workers: int) -> int:
     return fd
 
 
+def create_wakes(workers: int) -> list[int]:
+    """One eventfd per worker (non-blocking): the writer signals, its reads wake."""
+    return [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(workers)]
+
+
+def _drain(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:
+        pass
+
+
 class SharedInFlight:
     """One process's view of the segment; ``me``: its worker number (-1: the writer)."""
 
-    __slots__ = ("_map", "_seen", "_words", "me", "waits", "workers")
+    __slots__ = (
+        "_changed",
+        "_map",
+        "_seen",
+        "_wakes",
+        "_watching",
+        "_words",
+        "me",
+        "waits",
+        "workers",
+    )
 
-    def __init__(self, fd: int, workers: int, me: int) -> None:
+    def __init__(self, fd: int, workers: int, me: int, wakes: Sequence[int] = ()) -> None:
+        """``wakes``: the eventfds, every worker's for the writer (``me`` -1),
+        its own alone for a worker (none: a read waits by polling, for tests)."""
         self._map = mmap.mmap(fd, segment_bytes(workers))
         self._words = memoryview(self._map).cast("Q")
         self.workers = workers
@@ -76,6 +113,11 @@ class SharedInFlight:
         #: checks each later command against what was committed before that
         #: snapshot began, never against a commit that came after it.
         self._seen = list(self._words[:workers])
+        self._wakes = list(wakes)
+        #: Whether a read of this worker sleeps on the eventfd now (trio lets
+        #: one task wait on a descriptor); the others wait for ``_changed``.
+        self._watching = False
+        self._changed = trio.Event()
 
     # -- the writer ------------------------------------------------------------
 
@@ -84,9 +126,42 @@ class SharedInFlight:
         return int(self._words[worker])
 
     def set_committed(self, worker: int, number: int) -> None:
-        """Worker ``worker``'s promotions up to ``number`` are finished."""
+        """Worker ``worker``'s promotions up to ``number`` are finished
+        (:meth:`signal` then wakes the reads waiting for them)."""
         if number > self._words[worker]:
             self._words[worker] = number
+
+    def signal(self) -> None:
+        """Wake every worker's waiting reads: ``committed`` words moved."""
+        for fd in self._wakes:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError as exc:  # the counter is full: it is readable anyway
+                if exc.errno != errno.EAGAIN:
+                    raise
+
+    def newest_published(self, worker: int) -> int:
+        """The largest number worker ``worker`` ever wrote in the table (its
+        ``published`` word, or a slot or ``cleared`` word it wrote before
+        dying between the two)."""
+        words = self._words
+        workers = self.workers
+        base = _HEADER * workers + worker * SLOTS
+        return max(
+            int(words[2 * workers + worker]),
+            int(words[workers + worker]),
+            max(words[base : base + SLOTS]),
+        )
+
+    def release(self, worker: int) -> int:
+        """Worker ``worker`` died and the writer has every run it will ever
+        get from it: nothing it published is in flight any more.  Its
+        ``committed`` word is raised past all it published, the reads waiting
+        are woken; returns that number (its successor numbers on from it)."""
+        number = self.newest_published(worker)
+        self.set_committed(worker, number)
+        self.signal()
+        return number
 
     # -- a worker's own writes -------------------------------------------------
 
@@ -159,6 +234,26 @@ class SharedInFlight:
             self.waits += 1
         for worker, number in pending:
             while words[worker] < number:
-                await trio.sleep(POLL_SECONDS)
+                await self._next_signal(worker, number)
         self._seen = list(words[: self.workers])
         await trio.lowlevel.checkpoint()  # a look is taken at an await, always
+
+    async def _next_signal(self, worker: int, number: int) -> None:
+        """Return once the writer has signalled a commit (or at once if
+        ``committed[worker]`` has reached ``number``)."""
+        if not self._wakes:
+            await trio.sleep(0.0005)  # no eventfd (a table opened by hand)
+            return
+        if self._watching:
+            await self._changed.wait()
+            return
+        fd = self._wakes[0]
+        self._watching = True
+        try:
+            _drain(fd)  # before the look: a signal after it wakes the wait below
+            if self._words[worker] < number:
+                await trio.lowlevel.wait_readable(fd)
+        finally:
+            self._watching = False
+            changed, self._changed = self._changed, trio.Event()
+            changed.set()

@@ -26,9 +26,15 @@ The writer commits exactly as the commit thread does
 (:func:`stig.engine.group_commit.apply_group`), and grows the map itself
 when it is full — it holds no read transaction — then retries the rest.  With
 several workers (``--workers N``) it has one socket per worker and commits
-the groups of all that have one waiting in one transaction.  At end of file
-on every socket (the workers stopped or died) it closes the environment and
-exits.
+the groups of all that have one waiting in one transaction, signals the
+workers' eventfds after each commit, and listens on a control socket to its
+supervisor (a ``SOCK_SEQPACKET`` pair; :data:`CONTROL_LINK`,
+:data:`CONTROL_RELEASED`): when a worker's socket reaches end of file (it
+died) and every run the writer got from it is committed, the writer releases
+its in-flight entries (:meth:`SharedInFlight.release`) and tells the
+supervisor, which then hands it the socket of that worker's successor.  At
+end of file on every socket and on the control socket (the server stopped)
+it closes the environment and exits.
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ _CAUSES = {cause.value: cause for cause in Cause}
 
 #: What a probe answered: it committed, the map grew (probe again), or it failed.
 PROBE_OK, PROBE_GREW, PROBE_FAILED = "ok", "grew", "failed"
+#: Control messages (pickled tuples, one per datagram): the supervisor's
+#: ``(CONTROL_LINK, worker)`` with the new worker's socket as ancillary data,
+#: the writer's ``(CONTROL_RELEASED, worker, number)``.
+CONTROL_LINK, CONTROL_RELEASED = "link", "released"
 
 
 class WriterState(NamedTuple):
@@ -150,12 +160,13 @@ def probe(store: Store, largest: int, nbytes: int) -> tuple[str, str]:
 class _Link:
     """One worker's socket, as the writer reads it."""
 
-    __slots__ = ("buffer", "sock", "worker")
+    __slots__ = ("buffer", "ended", "sock", "worker")
 
     def __init__(self, sock: socket.socket, worker: int) -> None:
         self.sock = sock
         self.worker = worker
         self.buffer = bytearray()
+        self.ended = False  #: end of file read: the worker stopped or died
 
     def read(self) -> list[tuple[Any, ...]] | None:
         """The whole jobs received so far (one recv: the socket was readable);
@@ -182,9 +193,11 @@ def serve(
     max_readers: int,
     max_value_size: int,
     table: SharedInFlight | None = None,
+    control_fd: int = -1,
 ) -> None:
     """The writer's loop: answer jobs from the sockets ``fds`` (one per
-    worker, in worker order) until each has reached end of file.
+    worker, in worker order) until each has reached end of file (and the
+    control socket ``control_fd`` too, if given).
 
     The groups of every link that has one waiting are committed together,
     in one transaction (one fsync); with ``table`` (``--workers N``), each
@@ -192,6 +205,7 @@ def serve(
     the answers go out.
     """
     links = [_Link(socket.socket(fileno=fd), worker) for worker, fd in enumerate(fds)]
+    control = None if control_fd < 0 else socket.socket(fileno=control_fd)
     store = Store(data_dir, map_size, max_readers, lock=False)
     store.max_value_size = max_value_size
     # No replication log: a server with workers has no followers to read it
@@ -200,25 +214,33 @@ def serve(
     store.log_enabled = False
     selector = selectors.DefaultSelector()
     try:
-        ready = frame(("r", None, _state(store)))
         for link in links:
-            link.sock.sendall(ready)
-            selector.register(link.sock, selectors.EVENT_READ, link)
-        live = len(links)
+            _welcome(link, store, selector)
+        if control is not None:
+            selector.register(control, selectors.EVENT_READ, None)
         groups: list[_Group] = []  # held: not every run committed yet
+        ended: list[_Link] = []  # links at end of file, their runs not all committed
         progressed = False
-        while live:
+        while control is not None or any(not link.ended for link in links):
             probes: list[tuple[_Link, tuple[Any, ...]]] = []
             # Block only when the groups held cannot go on by themselves.
             for key, _ in selector.select(0 if progressed else None):
                 link = key.data
+                if link is None:
+                    assert control is not None
+                    if not _control(control, links, store, selector):
+                        selector.unregister(control)
+                        control.close()
+                        control = None
+                    continue
                 try:
                     jobs = link.read()
                 except (ConnectionResetError, BrokenPipeError):
                     jobs = None
                 if jobs is None:
                     selector.unregister(link.sock)
-                    live -= 1
+                    link.ended = True
+                    ended.append(link)
                     continue
                 for job in jobs:
                     if job[0] == "g":
@@ -228,11 +250,56 @@ def serve(
             progressed = bool(groups) and _commit_groups(groups, store, table)
             for link, job in probes:
                 _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
+            for link in list(ended):
+                if any(group.link is link for group in groups):
+                    continue  # a run it handed over may still commit: readers wait for it
+                ended.remove(link)
+                link.sock.close()
+                if table is not None:
+                    number = table.release(link.worker)
+                    progressed = True  # runs that waited for its runs may go on
+                    if control is not None:
+                        _tell(control, (CONTROL_RELEASED, link.worker, number))
     finally:
         selector.close()
         store.close()
         for link in links:
             link.sock.close()
+        if control is not None:
+            control.close()
+
+
+def _welcome(link: _Link, store: Store, selector: selectors.BaseSelector) -> None:
+    """A worker's first frame: the writer is ready (its state)."""
+    try:
+        link.sock.sendall(frame(("r", None, _state(store))))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # that worker died already: its end of file comes next
+    selector.register(link.sock, selectors.EVENT_READ, link)
+
+
+def _control(
+    control: socket.socket, links: list[_Link], store: Store, selector: selectors.BaseSelector
+) -> bool:
+    """Take one message from the supervisor: a restarted worker's socket.
+    False at end of file (the server is stopping)."""
+    data, fds, _flags, _address = socket.recv_fds(control, 4096, 1)
+    if not data:
+        return False
+    message = pickle.loads(data)
+    if message[0] == CONTROL_LINK and fds:
+        worker = message[1]
+        links[worker] = _Link(socket.socket(fileno=fds[0]), worker)
+        _welcome(links[worker], store, selector)
+        log.info("writer: worker %d restarted", worker)
+    return True
+
+
+def _tell(control: socket.socket, message: tuple[Any, ...]) -> None:
+    try:
+        control.send(pickle.dumps(message))
+    except OSError:
+        pass  # the supervisor is gone: this process ends with it
 
 
 class _Group:
@@ -297,6 +364,7 @@ def _commit_groups(groups: list[_Group], store: Store, table: SharedInFlight | N
         for group in touched.values():
             if group.numbers:
                 table.set_committed(group.link.worker, group.numbers[group.done - 1])
+        table.signal()  # the reads of other workers waiting for these runs
     state = _state(store)
     for group in list(groups):
         if group.done == len(group.batches):

@@ -813,7 +813,7 @@ class TextHandler:
             self.out += TLS_OFF
             return
         try:
-            tls.reload()
+            tls.refresh()
         except TlsError as exc:
             self.out += b"Error %b\r\n" % str(exc).encode(errors="replace")
             return

@@ -104,14 +104,15 @@ def _listened_on(path: Path) -> bool:
     return True
 
 
-async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
-    """Bind ``path`` with permission bits ``mask``, as memcached's ``-s``/``-a``.
+def bind_unix(path: Path, mask: int) -> socket.socket:
+    """Bind ``path`` with permission bits ``mask`` and listen, as memcached's ``-s``/``-a``.
 
     A stale socket file left by an earlier run is removed; a socket some
     process still listens on (another server: clients would silently reach
     the wrong database) and any other file there are errors.  The umask is
     set around bind, so the file is never reachable with wider permissions,
-    even for a moment.
+    even for a moment.  (The supervisor of ``--workers N`` binds it once and
+    every worker accepts on it: a unix socket has no ``SO_REUSEPORT``.)
     """
     try:
         if stat.S_ISSOCK(path.lstat().st_mode):
@@ -122,14 +123,21 @@ async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
             path.unlink()
     except FileNotFoundError:
         pass
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(~mask & 0o777)
     try:
-        await sock.bind(str(path))
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
     finally:
         os.umask(old_umask)
     sock.listen(1024)
     return sock
+
+
+async def _listen_unix(path: Path, mask: int) -> trio.socket.SocketType:
+    return trio.socket.from_stdlib_socket(bind_unix(path, mask))
 
 
 async def open_listeners(settings: Settings, role: WorkerRole | None = None) -> list[Listener]:
@@ -139,8 +147,13 @@ async def open_listeners(settings: Settings, role: WorkerRole | None = None) -> 
     Raises :class:`ListenError` naming the address that failed.
     """
     if role is not None and role.listen_fd >= 0:
-        inherited = socket.socket(fileno=role.listen_fd)
-        return [Listener(trio.socket.from_stdlib_socket(inherited))]
+        main = trio.socket.from_stdlib_socket(socket.socket(fileno=role.listen_fd))
+        if settings.unix_socket is not None:
+            return [Listener(main, unix=True)]
+        if role.tls_listen_fd < 0:
+            return [Listener(main, tls=settings.tls_enabled)]
+        tls_sock = trio.socket.from_stdlib_socket(socket.socket(fileno=role.tls_listen_fd))
+        return [Listener(main), Listener(tls_sock, tls=True)]
     try:
         return await _open_listeners(settings)
     except OSError as exc:
@@ -279,6 +292,9 @@ async def serve(
     cannot be used.
     """
     tls = TlsCertificates(settings) if settings.tls_enabled else None
+    if tls is not None and role is not None:
+        # refresh_certs on one worker: the supervisor passes a SIGHUP to all.
+        tls.everywhere = _ask_supervisor_to_reload
     engine = Engine(settings, role)
     engine.tls = tls
     notifier = notifier or Notifier()
@@ -388,7 +404,8 @@ async def _accept_until_stopped(
     finally:
         for listener in listeners:
             listener.sock.close()
-        if engine.settings.unix_socket is not None:
+        if engine.settings.unix_socket is not None and engine.settings.workers <= 1:
+            # With workers the supervisor binds it, and removes it at its end.
             engine.settings.unix_socket.unlink(missing_ok=True)
 
 
@@ -435,6 +452,11 @@ async def _wait_for_signals(
             front_scope.cancel()
             shutdown.begin()
             connections_scope.deadline = trio.current_time() + grace
+
+
+def _ask_supervisor_to_reload() -> None:
+    """A worker's ``refresh_certs``: its supervisor sends every worker SIGHUP."""
+    os.kill(os.getppid(), signal.SIGHUP)
 
 
 def _reload(tls: TlsCertificates | None) -> None:

@@ -4,26 +4,33 @@ See docs/workers.md.  The supervisor holds what must be single: the data
 directory's lock, LMDB's reader table (sized for every worker), the port
 (it opens one ``SO_REUSEPORT`` listening socket per worker, so the kernel
 spreads the connections over them, checks that no other process listens on
-that port, and hands each worker its socket) and the shared in-flight table
-(a memfd).  It starts the writer process with one socket per worker, then
-the workers, and prints the ready line once every worker listens.
+that port, and hands each worker its socket; a unix socket is one socket
+that every worker accepts on), the shared in-flight table (a memfd) and
+the workers' eventfds.  It starts the writer process with one socket per
+worker, then the workers, and prints the ready line once every worker
+listens.  It keeps the listening sockets, so that a restarted worker gets
+its own again (connections that arrive meanwhile wait in its backlog).
 
 Children die with it (``PR_SET_PDEATHSIG``: a SIGKILL of the supervisor is a
 crash of the whole server, as of a single process).  SIGTERM/SIGINT (and
-SIGHUP) are passed on to the workers, which stop as a single server does; the writer
-stops once every worker has closed its socket.  If a worker or the writer
-dies on its own, the supervisor stops the others and exits 1 (restarting
-one worker alone is not built yet).
+SIGHUP) are passed on to the workers, which stop as a single server does;
+the writer stops once every worker and the supervisor have closed their
+sockets to it.  A worker that dies on its own is restarted once the writer
+has released its in-flight writes (stig/engine/writer.py); a writer that
+dies makes the supervisor end every worker and start the group again; more
+than :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW` seconds stop the server
+with exit status 1 (docs/workers.md, "Failures with N workers").
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import ctypes
 import logging
 import os
 import pickle
-import select
+import selectors
 import signal
 import socket
 import subprocess
@@ -35,9 +42,10 @@ import attrs
 from stig.engine import shared_inflight
 from stig.engine.engine import readers_for
 from stig.engine.settings import Settings
+from stig.engine.writer import CONTROL_LINK, CONTROL_RELEASED
 from stig.engine.writer_link import START_SECONDS, launcher
 from stig.server import port_check
-from stig.server.listeners import ListenError
+from stig.server.listeners import ListenError, bind_unix
 from stig.server.sd_notify import Notifier
 from stig.storage.dirlock import DirLock
 from stig.storage.store import Store
@@ -65,6 +73,45 @@ def decode_settings(text: str) -> Settings:
     return settings
 
 
+#: At most this many restarts (of a worker, or of the whole group after the
+#: writer died) within :data:`RESTART_WINDOW` seconds; one more stops the
+#: server with exit status 1, as a child that dies at once would otherwise
+#: be restarted forever (docs/workers.md, "Failures with N workers").
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
+@attrs.define(eq=False)
+class _Child:
+    """A process the supervisor started: the writer (``worker`` -1) or a worker."""
+
+    process: subprocess.Popen[bytes]
+    worker: int
+    pidfd: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.pidfd = os.pidfd_open(self.process.pid)
+
+    @property
+    def name(self) -> str:
+        return "writer" if self.worker < 0 else f"worker {self.worker}"
+
+
+@attrs.define(eq=False)
+class _Shared:
+    """What the writer and the workers of one group share: the in-flight
+    table, the eventfds, the supervisor's control socket to the writer."""
+
+    table_fd: int
+    wakes: list[int]
+    control: socket.socket
+
+    def close(self) -> None:
+        self.control.close()
+        for fd in (self.table_fd, *self.wakes):
+            os.close(fd)
+
+
 def run(settings: Settings, on_ready: object = None) -> int:
     """Serve with ``settings.workers`` workers until signalled; the exit status."""
     workers = settings.workers
@@ -78,193 +125,404 @@ def run(settings: Settings, on_ready: object = None) -> int:
         store.close()
         lock.release()
         raise
-    settings = attrs.evolve(settings, port=listening[0].getsockname()[1])
-    table_fd = shared_inflight.create(workers)
-    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers)]
-    python = [sys.executable, "-m", launcher()]
-    writer = subprocess.Popen(
-        [
-            *python,
-            "_writer",
-            *[arg for mine, _ in pairs for arg in ("--fd", str(mine.fileno()))],
-            "--table-fd",
-            str(table_fd),
-            "--data-dir",
-            str(settings.data_dir),
-            "--map-size",
-            str(settings.map_size),
-            "--max-readers",
-            str(readers),
-            "--max-value-size",
-            str(settings.limits.max_item_size),
-            "--log-level",
-            settings.log_level,
-        ],
-        pass_fds=[table_fd, *(mine.fileno() for mine, _ in pairs)],
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
-    )
-    for mine, _ in pairs:
-        mine.close()
-    ready_read, ready_write = os.pipe()
-    env = {**os.environ, SETTINGS_VARIABLE: encode_settings(settings)}
-    children: dict[int, str] = {writer.pid: "writer"}
-    processes = [writer]
-    for worker_id, ((_, theirs), listener) in enumerate(zip(pairs, listening, strict=True)):
-        process = subprocess.Popen(
+    if settings.unix_socket is None:
+        settings = attrs.evolve(settings, port=listening[0][0].getsockname()[1])
+        if len(listening[0]) > 1:
+            settings = attrs.evolve(settings, tls_port=listening[0][1].getsockname()[1])
+    supervisor = _Supervisor(settings, store, listening, readers)
+    try:
+        return supervisor.serve()
+    finally:
+        supervisor.close_listeners()
+        store.close()
+        lock.release()
+
+
+class _Supervisor:
+    """Starts the writer and the workers, restarts what dies (within
+    :data:`MAX_RESTARTS`), forwards signals; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        listening: list[list[socket.socket]],
+        readers: int,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        #: Per worker, its listening sockets (kept: a restarted worker gets them again).
+        self.listening = listening
+        self.readers = readers
+        self.python = [sys.executable, "-m", launcher()]
+        self.env = {**os.environ, SETTINGS_VARIABLE: encode_settings(settings)}
+        self.ready_read, self.ready_write = os.pipe()
+        self.children: dict[int, _Child] = {}  # by pidfd
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.ready_read, selectors.EVENT_READ, "ready")
+        self.shared: _Shared | None = None
+        self.stopping = False
+        self.code = 0
+        self.restarts: collections.deque[float] = collections.deque()
+        #: Workers dead, and workers whose runs the writer has released: a
+        #: worker is restarted once it is in both.
+        self.dead: set[int] = set()
+        self.released: set[int] = set()
+        self.notifier = Notifier.from_environment()
+
+    # -- starting --------------------------------------------------------------
+
+    def _start_group(self) -> None:
+        """A new shared table, the writer, and every worker."""
+        workers = self.settings.workers
+        table_fd = shared_inflight.create(workers)
+        wakes = shared_inflight.create_wakes(workers)
+        control, theirs_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.shared = _Shared(table_fd, wakes, control)
+        self.selector.register(control, selectors.EVENT_READ, "control")
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers)]
+        settings = self.settings
+        writer = subprocess.Popen(
             [
-                *python,
-                "_worker",
-                "--worker-id",
-                str(worker_id),
-                "--link-fd",
-                str(theirs.fileno()),
+                *self.python,
+                "_writer",
+                *[arg for mine, _ in pairs for arg in ("--fd", str(mine.fileno()))],
                 "--table-fd",
                 str(table_fd),
-                "--ready-fd",
-                str(ready_write),
-                "--listen-fd",
-                str(listener.fileno()),
+                *[arg for fd in wakes for arg in ("--wake-fd", str(fd))],
+                "--control-fd",
+                str(theirs_control.fileno()),
+                "--data-dir",
+                str(settings.data_dir),
+                "--map-size",
+                str(settings.map_size),
+                "--max-readers",
+                str(self.readers),
+                "--max-value-size",
+                str(settings.limits.max_item_size),
+                "--log-level",
+                settings.log_level,
             ],
-            pass_fds=[table_fd, theirs.fileno(), ready_write, listener.fileno()],
+            pass_fds=[
+                table_fd,
+                *wakes,
+                theirs_control.fileno(),
+                *(mine.fileno() for mine, _ in pairs),
+            ],
             stdin=subprocess.DEVNULL,
-            env=env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        theirs.close()
-        children[process.pid] = f"worker {worker_id}"
-        processes.append(process)
-    os.close(ready_write)
-    os.close(table_fd)
-    # The workers hold them now: the port is free again once they all end.
-    for listener in listening:
-        listener.close()
-    code = 0
-    if not _wait_ready(ready_read, workers, processes):
-        code = 1
-        _stop(processes[1:])
-    else:
-        print(f"stig listening on {settings.listen}:{settings.port}", flush=True)
+        theirs_control.close()
+        for mine, _ in pairs:
+            mine.close()
+        self._adopt(_Child(writer, -1))
+        for worker, (_, theirs) in enumerate(pairs):
+            self._start_worker(worker, theirs)
+
+    def _start_worker(self, worker: int, link: socket.socket) -> None:
+        shared = self.shared
+        assert shared is not None
+        listeners = self.listening[worker]
+        tls_fd = [] if len(listeners) < 2 else ["--tls-listen-fd", str(listeners[1].fileno())]
+        process = subprocess.Popen(
+            [
+                *self.python,
+                "_worker",
+                "--worker-id",
+                str(worker),
+                "--link-fd",
+                str(link.fileno()),
+                "--table-fd",
+                str(shared.table_fd),
+                "--wake-fd",
+                str(shared.wakes[worker]),
+                "--ready-fd",
+                str(self.ready_write),
+                "--listen-fd",
+                str(listeners[0].fileno()),
+                *tls_fd,
+            ],
+            pass_fds=[
+                shared.table_fd,
+                shared.wakes[worker],
+                link.fileno(),
+                self.ready_write,
+                *(listener.fileno() for listener in listeners),
+            ],
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        link.close()
+        self._adopt(_Child(process, worker))
+
+    def _adopt(self, child: _Child) -> None:
+        self.children[child.pidfd] = child
+        self.selector.register(child.pidfd, selectors.EVENT_READ, child)
+
+    def _restart_worker(self, worker: int) -> None:
+        """Hand the writer a socket for worker ``worker``'s successor, start it."""
+        shared = self.shared
+        assert shared is not None
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            socket.send_fds(shared.control, [pickle.dumps((CONTROL_LINK, worker))], [mine.fileno()])
+        finally:
+            mine.close()
+        self._start_worker(worker, theirs)
+        log.warning("worker %d restarted", worker)
+
+    # -- the loop --------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Start everything, then handle deaths and signals until every child has ended."""
+        settings = self.settings
+        self._start_group()
+        deadline: float | None = time.monotonic() + START_SECONDS
+        ready = 0
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        # A reload (a unit's ExecReload, a worker's refresh_certs) is the
+        # workers' business, never the supervisor's end (SIGHUP's default).
+        signal.signal(signal.SIGHUP, self._pass_on)
+        watchdog = self.notifier.watchdog_interval
+        while self.children:
+            timeout = None if watchdog is None else watchdog / 2
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+            events = self.selector.select(timeout)
+            if deadline is not None and not events and time.monotonic() >= deadline:
+                log.error("the workers were not ready after %g s", START_SECONDS)
+                self._give_up()
+            for key, _ in events:
+                if key.data == "ready":
+                    ready += len(os.read(self.ready_read, 64))
+                    if deadline is not None and ready >= settings.workers and not self.stopping:
+                        deadline = None
+                        self._serving()
+                elif key.data == "control":
+                    self._control()
+                else:
+                    self._ended(key.data, starting=deadline is not None)
+            if watchdog is not None and deadline is None and not self.stopping:
+                self.notifier.notify({"WATCHDOG": "1"})
+            if self.stopping:
+                self.close_listeners()
+                self._close_control()
+        os.close(self.ready_read)
+        os.close(self.ready_write)
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+        self.notifier.close()
+        return self.code
+
+    def _serving(self) -> None:
+        settings = self.settings
+        if settings.unix_socket is not None:
+            where = f"unix:{settings.unix_socket}"
+        else:
+            where = f"{settings.listen}:{settings.port}"
+        print(f"stig listening on {where}", flush=True)
+        if settings.tls_enabled and settings.tls_port is not None:
+            print(f"stig listening for TLS on {settings.listen}:{settings.tls_port}", flush=True)
         log.info(
-            "stig listening on %s:%d with %d workers and a writer, data in %s",
-            settings.listen,
-            settings.port,
-            workers,
+            "stig listening on %s with %d workers and a writer, data in %s",
+            where,
+            settings.workers,
             settings.data_dir,
         )
-    os.close(ready_read)
-    stopping = code != 0
-    # The supervisor is the service's main process: it alone speaks sd_notify
-    # (the workers get no notifier; a unit's NotifyAccess=main would drop
-    # theirs).  No watchdog pings: it waits for its children, not a loop.
-    notifier = Notifier.from_environment()
-    if not stopping:
-        notifier.notify({"READY": "1", "STATUS": f"serving on {settings.listen}:{settings.port}"})
+        # The supervisor is the service's main process: it alone speaks
+        # sd_notify (the workers get no notifier; a unit's NotifyAccess=main
+        # would drop theirs), and pings the watchdog from this loop.
+        self.notifier.notify({"READY": "1", "STATUS": f"serving on {where}"})
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            notifier.notify({"STOPPING": "1", "STATUS": f"stopping: {signal.Signals(signum).name}"})
-        stopping = True
-        for process in processes[1:]:
-            if process.poll() is None:
-                process.send_signal(signum)
+    def _forward(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            name = signal.Signals(signum).name
+            self.notifier.notify({"STOPPING": "1", "STATUS": f"stopping: {name}"})
+        self.stopping = True
+        self.close_listeners()  # new connections are refused from now on
+        self._pass_on(signum, _frame)
 
-    def pass_on(signum: int, _frame: object) -> None:
-        for process in processes[1:]:
-            if process.poll() is None:
-                process.send_signal(signum)
+    def _pass_on(self, signum: int, _frame: object) -> None:
+        for child in list(self.children.values()):
+            if child.worker >= 0 and child.process.poll() is None:
+                child.process.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    # A reload (a unit's ExecReload) is the workers' business, never the
-    # supervisor's end (SIGHUP's default action).
-    signal.signal(signal.SIGHUP, pass_on)
-    by_pid = {process.pid: process for process in processes}
-    while by_pid:
-        # Whichever child ends first (the writer lives as long as a worker
-        # does, so waiting for them in order would miss a worker's death).
-        ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        if ended is None or ended.si_pid not in by_pid:
-            continue
-        process = by_pid.pop(ended.si_pid)
-        process.wait()
-        # A death of its own (not a stop we asked for): stop the rest.
-        if process.returncode != 0 and not stopping:
+    def _give_up(self) -> None:
+        """Stop the server with exit status 1: every worker is told to stop."""
+        self.code = 1
+        self.stopping = True
+        for child in list(self.children.values()):
+            if child.worker >= 0 and child.process.poll() is None:
+                child.process.terminate()
+
+    def _control(self) -> None:
+        """The writer's word: it released a dead worker's runs."""
+        shared = self.shared
+        assert shared is not None
+        try:
+            data = shared.control.recv(4096)
+        except OSError:
+            data = b""
+        if not data:  # the writer ended: its own death is handled by its pidfd
+            self._close_control()
+            return
+        message = pickle.loads(data)
+        if message[0] == CONTROL_RELEASED:
+            worker = message[1]
+            self.released.add(worker)
+            log.info("the writer released worker %d's in-flight writes", worker)
+            self._maybe_restart(worker)
+
+    def _close_control(self) -> None:
+        shared = self.shared
+        if shared is not None and shared.control.fileno() >= 0:
+            self.selector.unregister(shared.control)
+            shared.control.close()
+
+    def _maybe_restart(self, worker: int) -> None:
+        if worker in self.dead and worker in self.released and not self.stopping:
+            self.dead.discard(worker)
+            self.released.discard(worker)
+            self._restart_worker(worker)
+
+    def _ended(self, child: _Child, starting: bool) -> None:
+        """A child ended: reap it; restart it (or the group) unless stopping."""
+        self.selector.unregister(child.pidfd)
+        del self.children[child.pidfd]
+        os.close(child.pidfd)
+        code = child.process.wait()
+        if self.stopping:
+            return
+        how = signal.Signals(-code).name if code < 0 else f"status {code}"
+        if starting:
+            log.error("%s ended (%s) before the server was ready", child.name, how)
+            self._give_up()
+            return
+        now = time.monotonic()
+        while self.restarts and self.restarts[0] < now - RESTART_WINDOW:
+            self.restarts.popleft()
+        if len(self.restarts) >= MAX_RESTARTS:
             log.error(
-                "%s (pid %d) ended with %d: stopping the server",
-                children[process.pid],
-                process.pid,
-                process.returncode,
+                "%s (pid %d) ended (%s) after %d restarts in %g s: stopping the server",
+                child.name,
+                child.process.pid,
+                how,
+                len(self.restarts),
+                RESTART_WINDOW,
             )
-            stopping = True
-            code = 1
-            _stop(processes[1:])
-    store.close()
-    lock.release()
-    return code
+            self._give_up()
+            return
+        self.restarts.append(now)
+        # Its LMDB reader slots (LMDB frees a dead process's only when asked).
+        self.store.env.reader_check()
+        if child.worker >= 0:
+            log.error("%s (pid %d) ended (%s): restarting it", child.name, child.process.pid, how)
+            self.dead.add(child.worker)
+            self._maybe_restart(child.worker)
+        else:
+            log.error(
+                "the writer (pid %d) ended (%s): restarting the writer and every worker",
+                child.process.pid,
+                how,
+            )
+            self._restart_group()
+
+    def _restart_group(self) -> None:
+        """The writer died: the outcome of every group in flight is unknown
+        to its worker, so every worker is ended (SIGKILL: their connections
+        close, what they acknowledged and had not committed is lost as in a
+        crash) and a new group started on the same listening sockets."""
+        for child in list(self.children.values()):
+            child.process.kill()
+            child.process.wait()
+            self.selector.unregister(child.pidfd)
+            os.close(child.pidfd)
+        self.children.clear()
+        self.store.env.reader_check()
+        shared = self.shared
+        if shared is not None:
+            self._close_control()
+            shared.close()
+        self.shared = None
+        self.dead.clear()
+        self.released.clear()
+        self._start_group()
+
+    def close_listeners(self) -> None:
+        """Stop taking connections (the workers close theirs as they stop)."""
+        for listeners in self.listening:
+            for listener in listeners:
+                listener.close()
+        if self.settings.unix_socket is not None and self.listening:
+            self.settings.unix_socket.unlink(missing_ok=True)
+        self.listening = []
 
 
-def _listen(settings: Settings, count: int) -> list[socket.socket]:
-    """One listening socket per worker on one port (``SO_REUSEPORT``: the
-    kernel spreads the connections over them); the workers inherit them.
+def _listen(settings: Settings, count: int) -> list[list[socket.socket]]:
+    """Per worker, its listening sockets (the main one, then the TLS port's
+    with ``--tls-port``); the workers inherit them.
 
-    Raises :class:`ListenError` if the port is taken or if any socket other
-    than these listens on it (stig/server/port_check.py): a second server
-    must fail at start, never share the connections.
+    TCP: one ``SO_REUSEPORT`` socket per worker on one port (the kernel
+    spreads the connections over them).  A unix socket has no
+    ``SO_REUSEPORT``: it is bound once and every worker accepts on it.
+
+    Raises :class:`ListenError` if the address is taken or if any socket
+    other than these listens on a port (stig/server/port_check.py): a second
+    server must fail at start, never share the connections.
     """
-    family = socket.AF_INET6 if ":" in settings.listen else socket.AF_INET
+    if settings.unix_socket is not None:
+        try:
+            sock = bind_unix(settings.unix_socket, settings.unix_mask)
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {settings.unix_socket}: {exc.strerror or exc}"
+            ) from exc
+        return [[sock] for _ in range(count)]
+    ports = [settings.port]
+    if settings.tls_enabled and settings.tls_port is not None:
+        ports.append(settings.tls_port)
+    per_port: list[list[socket.socket]] = []
+    try:
+        for port in ports:
+            per_port.append(_listen_port(settings.listen, port, count))
+    except ListenError:
+        for socks in per_port:
+            for sock in socks:
+                sock.close()
+        raise
+    return [list(socks) for socks in zip(*per_port, strict=True)]
+
+
+def _listen_port(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` ``SO_REUSEPORT`` sockets listening on ``host:port``, none of another process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks: list[socket.socket] = []
-    port = settings.port
     try:
         for _ in range(count):
             sock = socket.socket(family, socket.SOCK_STREAM)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((settings.listen, port))
+            sock.bind((host, port))
             sock.listen(1024)
-            port = sock.getsockname()[1]  # the first picks it when --port 0
+            port = sock.getsockname()[1]  # the first picks it when the port is 0
         own = {os.fstat(sock.fileno()).st_ino for sock in socks}
         # After listen: two servers starting at once then both see the other.
         strangers = port_check.listeners_on(port) - own
     except OSError as exc:
         for sock in socks:
             sock.close()
-        raise ListenError(
-            f"cannot listen on {settings.listen}:{port}: {exc.strerror or exc}"
-        ) from exc
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     if strangers:
         for sock in socks:
             sock.close()
         raise ListenError(
-            f"cannot listen on {settings.listen}:{port}: another server listens on"
+            f"cannot listen on {host}:{port}: another server listens on"
             f" port {port} (it would get some of the connections)"
         )
     return socks
-
-
-def _wait_ready(fd: int, count: int, processes: list[subprocess.Popen[bytes]]) -> bool:
-    """Wait for ``count`` workers to say they listen; False if one died first."""
-    deadline = time.monotonic() + START_SECONDS
-    got = 0
-    while got < count:
-        if any(process.poll() is not None for process in processes):
-            log.error("a worker or the writer ended before the server was ready")
-            return False
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            log.error("the workers were not ready after %g s", START_SECONDS)
-            return False
-        readable, _, _ = select.select([fd], [], [], min(remaining, 0.1))
-        if readable:
-            got += len(os.read(fd, count))
-    return True
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()

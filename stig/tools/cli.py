@@ -515,10 +515,6 @@ def serve(
         # (the writer process writes none), and `stats settings` says so.
         settings = attrs.evolve(settings, replication_log_bytes=0)
     if workers > 1:
-        if unix_socket is not None or tls_cert is not None:
-            raise click.BadParameter(
-                "more than one worker serves plain TCP only (for now)", param_hint="'--workers'"
-            )
         from stig.server import supervisor
 
         try:
@@ -537,9 +533,19 @@ def serve(
 @click.option("--worker-id", type=int, required=True)
 @click.option("--link-fd", type=int, required=True)
 @click.option("--table-fd", type=int, required=True)
+@click.option("--wake-fd", type=int, default=-1)
 @click.option("--ready-fd", type=int, required=True)
 @click.option("--listen-fd", type=int, required=True)
-def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int, listen_fd: int) -> None:
+@click.option("--tls-listen-fd", type=int, default=-1)
+def worker(
+    worker_id: int,
+    link_fd: int,
+    table_fd: int,
+    wake_fd: int,
+    ready_fd: int,
+    listen_fd: int,
+    tls_listen_fd: int,
+) -> None:
     """A worker process of ``stig serve --workers N`` (started by the supervisor)."""
     import os
 
@@ -557,13 +563,15 @@ def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int, listen_fd
 
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    role = WorkerRole(worker_id, link_fd, table_fd, listen_fd)
+    role = WorkerRole(worker_id, link_fd, table_fd, listen_fd, tls_listen_fd, wake_fd)
     trio.run(lambda: run_server(settings, on_ready=ready, role=role))
 
 
 @main.command("_writer", hidden=True)
 @click.option("--fd", type=int, multiple=True, required=True, help="one socket per worker")
 @click.option("--table-fd", type=int, default=-1, help="the shared in-flight table (N workers)")
+@click.option("--wake-fd", type=int, multiple=True, help="each worker's eventfd (N workers)")
+@click.option("--control-fd", type=int, default=-1, help="the supervisor's socket (N workers)")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--map-size", type=int, required=True)
 @click.option("--max-readers", type=int, required=True)
@@ -572,6 +580,8 @@ def worker(worker_id: int, link_fd: int, table_fd: int, ready_fd: int, listen_fd
 def writer(
     fd: tuple[int, ...],
     table_fd: int,
+    wake_fd: tuple[int, ...],
+    control_fd: int,
     data_dir: Path,
     map_size: int,
     max_readers: int,
@@ -590,8 +600,8 @@ def writer(
     if table_fd >= 0:
         from stig.engine.shared_inflight import SharedInFlight
 
-        table = SharedInFlight(table_fd, len(fd), -1)
-    writer_process.serve(fd, data_dir, map_size, max_readers, max_value_size, table)
+        table = SharedInFlight(table_fd, len(fd), -1, wake_fd)
+    writer_process.serve(fd, data_dir, map_size, max_readers, max_value_size, table, control_fd)
 
 
 # -- operating a database: backup, restore, check, dump, load ------------------

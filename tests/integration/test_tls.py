@@ -340,3 +340,44 @@ def test_client_closing_without_close_notify_is_a_clean_end(stig_factory, certs,
     )
     assert reply == b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
     assert b"STAT ssl_handshake_errors 0\r\n" in conn.send_recv(b"stats\r\n")
+
+
+def _tls_pid(conn) -> str:
+    reply = conn.send_recv(b"stats\r\n").decode()
+    return next(line.split()[2] for line in reply.split("\r\n") if line.startswith("STAT pid "))
+
+
+@pytest.mark.parametrize("how", ["refresh_certs", "SIGHUP"])
+def test_a_reload_reaches_every_worker(stig_factory, certs, tmp_path, how):
+    """``--workers 2`` (docs/workers.md): each worker loads the certificates;
+    ``refresh_certs`` on one worker, or SIGHUP to the supervisor, reloads them
+    in every worker: new connections on either present the new certificate."""
+    server = _tls_server(stig_factory, certs, tmp_path, "--workers", "2")
+    context = _client_context(certs)
+    old = _tls_connect(server, context)
+    assert _peer_name(old) == "stig-server-one"
+    for name in ("pem", "key"):
+        shutil.copy(certs / f"server2.{name}", tmp_path / f"server.{name}")
+    if how == "refresh_certs":
+        assert old.send_recv(b"refresh_certs\r\n", b"\r\n") == b"OK\r\n"
+    else:
+        server.proc.send_signal(signal.SIGHUP)
+    # Once a worker other than the one asked presents the new certificate ...
+    asked = _tls_pid(old)
+    found: dict[str, str] = {}
+
+    def look() -> dict[str, str]:
+        conn = _tls_connect(server, context)
+        found[_tls_pid(conn)] = _peer_name(conn)
+        conn.close()
+        return found
+
+    def reloaded(seen: dict[str, str]) -> bool:
+        others = [name for pid, name in seen.items() if pid != asked]
+        return len(seen) == 2 and others == ["stig-server-two"]
+
+    wait_for(look, reloaded, 20, "the other worker presenting stig-server-two")
+    # ... every new connection, on either worker, presents it.
+    found.clear()
+    wait_for(look, lambda seen: len(seen) == 2, 20, "new connections on both workers")
+    assert set(found.values()) == {"stig-server-two"}, found

@@ -200,27 +200,126 @@ def _all_there(server: StigProcess, names: tuple[bytes, ...], count: int) -> Non
         assert conn.send_recv(b"get %s\r\n" % keys).count(b"VALUE ") == count, name
 
 
-@pytest.mark.parametrize("victim", ["worker", "writer"])
-def test_a_killed_worker_or_writer_stops_the_server_and_committed_writes_survive(workers, victim):
-    """docs/workers.md 'Failures with N workers': the supervisor stops the
-    others and exits 1; what was committed is there after a restart, and what
-    the surviving worker acknowledged with a barrier is committed by its
-    graceful stop (a killed worker's uncommitted writes go as in a crash)."""
+def _worker_pids(server: StigProcess, want: int = 2) -> dict[str, int]:
+    """``stig_worker_id`` → pid of the workers serving now, found by connecting
+    until each of ``want`` workers has answered (a dead one's connections
+    wait in its socket's backlog until its successor accepts them)."""
+    found: dict[str, int] = {}
+
+    def look() -> dict[str, int]:
+        conn = server.connect()
+        stats = _stats(conn)
+        conn.close()
+        found[stats["stig_worker_id"]] = int(stats["pid"])
+        return found
+
+    return wait_for(look, lambda seen: len(seen) == want, 20.0, what="every worker answering")
+
+
+def _on(server: StigProcess, pid: int) -> RawConnection:
+    """A connection served by the worker ``pid``."""
+    for _ in range(24):
+        conn = server.connect()
+        if int(_stats(conn)["pid"]) == pid:
+            return conn
+        conn.close()
+    pytest.fail(f"24 connections, none on worker {pid}")
+
+
+def test_a_killed_worker_is_restarted_and_no_read_waits_for_its_lost_runs(workers):
+    """docs/workers.md 'Failures with N workers': a SIGKILLed worker is
+    restarted on the same port; what it acknowledged and the other worker
+    read (so committed) survives; the runs it had published in the shared
+    in-flight table but never handed to the writer are released, so reads of
+    those keys on the other worker answer (they would wait for ever); the
+    surviving worker's acknowledged writes are kept."""
+    victim, survivor = _pinned(workers)
+    _committed_everywhere(victim, survivor, 50)
+    before = _worker_pids(workers)
+    victim_pid = int(_stats(victim)["pid"])
+    watcher = _on(workers, victim_pid)
+    sets = int(_stats(watcher)["cmd_set"])
+    # The writer paused: the victim's first group waits in its socket to the
+    # writer, and the runs of its other connections are published in the
+    # shared table but never handed over (one group in flight per worker).
+    writer_pid = _writer_pid(workers)
+    os.kill(writer_pid, signal.SIGSTOP)
+    try:
+        for index in range(5):
+            conn = victim if index == 0 else _on(workers, victim_pid)
+            run = b"".join(
+                b"set hot%d 0 0 2 noreply\r\nh%d\r\n" % (key, index) for key in range(100)
+            )
+            conn.send(run + b"mn\r\n")
+        wait_for(
+            lambda: int(_stats(watcher)["cmd_set"]),
+            lambda now: now >= sets + 500,
+            what="the victim taking the runs",
+        )
+        os.kill(victim_pid, signal.SIGKILL)
+    finally:
+        os.kill(writer_pid, signal.SIGCONT)
+    # Every key the victim was writing: read at once on the other worker.
+    # The group it had handed to the writer is committed (and waited for),
+    # whole; the runs it had not handed over are gone.
+    keys = b" ".join(b"hot%d" % key for key in range(100))
+    reply = survivor.send_recv(b"get %s\r\n" % keys).split(b"\r\n")
+    values = {line for line in reply if line.startswith(b"h")}
+    assert sum(line.startswith(b"VALUE ") for line in reply) == 100 and len(values) == 1
+    # The survivor's writes go on (none waits for the dead worker's runs).
+    run = b"".join(b"set after%d 0 0 1 noreply\r\nv\r\n" % index for index in range(50))
+    assert survivor.send_recv(run + b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    after = _worker_pids(workers)
+    assert after[_stats(survivor)["stig_worker_id"]] == int(_stats(survivor)["pid"])
+    assert set(after.values()) - set(before.values()) and victim_pid not in after.values()
+    assert workers.running
+    _all_there(workers, (b"one", b"two", b"after"), 50)
+    survivor.close()
+    workers.close_clients()
+    assert workers.terminate() == 0
+    workers.start()
+    _all_there(workers, (b"one", b"two", b"after"), 50)
+
+
+def test_a_killed_writer_restarts_the_workers_and_committed_writes_survive(workers):
+    """docs/workers.md 'Failures with N workers': the writer's death ends
+    every worker (their connections close: the outcome of a group in flight
+    is unknown) and the supervisor starts the writer and the workers again on
+    the same port; what was committed is there."""
     one, two = _pinned(workers)
     _committed_everywhere(one, two, 50)
-    if victim == "worker":
-        pid = int(_stats(one)["pid"])
-        # Acknowledged on the surviving worker, maybe not committed yet.
-        run = b"".join(b"set late%d 0 0 1 noreply\r\nv\r\n" % index for index in range(50))
-        assert two.send_recv(run + b"mn\r\n", b"MN\r\n") == b"MN\r\n"
-    else:
-        pid = _writer_pid(workers)
+    before = _worker_pids(workers)
+    os.kill(_writer_pid(workers), signal.SIGKILL)
+    assert one.is_closed_by_peer() and two.is_closed_by_peer()
+    after = _worker_pids(workers)
+    assert not set(after.values()) & set(before.values())
+    assert workers.running
+    _all_there(workers, (b"one", b"two"), 50)
+    # The new group keeps every promise: a write on one worker, read on the other.
+    one, two = _pinned(workers)
+    _committed_everywhere(one, two, 20)
+    workers.close_clients()
+    assert workers.terminate() == 0
+
+
+def test_restarts_are_bounded_then_the_server_stops(workers):
+    """More than MAX_RESTARTS deaths in RESTART_WINDOW seconds stop the server
+    with exit status 1 (a worker that dies at once is not restarted for ever)."""
+    from stig.server.supervisor import MAX_RESTARTS
+
+    pid = _worker_pids(workers)["0"]
+    for _ in range(MAX_RESTARTS):
+        os.kill(pid, signal.SIGKILL)
+        pid = wait_for(
+            lambda: _worker_pids(workers)["0"],
+            lambda new, old=pid: new != old,
+            20.0,
+            what="worker 0 restarted",
+        )
     os.kill(pid, signal.SIGKILL)
     assert workers.proc is not None
     assert workers.proc.wait(STOP_TIMEOUT) == 1
     workers.close_clients()
-    workers.start()
-    _all_there(workers, (b"one", b"two", b"late") if victim == "worker" else (b"one", b"two"), 50)
 
 
 def test_the_supervisor_alone_tells_the_service_manager(tmp_path):
@@ -240,6 +339,25 @@ def test_the_supervisor_alone_tells_the_service_manager(tmp_path):
             assert "SIGTERM" in notify.wait_for("STOPPING")["STATUS"]
             assert server.proc.wait(STOP_TIMEOUT) == 0
             assert [fields for fields in notify.received if "READY" in fields] == [ready]
+        finally:
+            server.kill()
+            server.close_clients()
+            notify.close()
+
+
+def test_the_supervisor_pings_the_watchdog(tmp_path):
+    """``WatchdogSec=`` with N workers: the supervisor (the unit's main
+    process) sends ``WATCHDOG=1`` every half period while it serves."""
+    with tempfile.TemporaryDirectory(prefix="stig-") as short:
+        notify = NotifySocket.in_directory(Path(short))
+        server = StigProcess(tmp_path / "data", tmp_path, WORKERS)
+        server.environment = lambda: child_env(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC="200000")
+        try:
+            server.start()
+            notify.wait_for("READY")
+            for _ in range(3):
+                assert notify.wait_for("WATCHDOG")["WATCHDOG"] == "1"
+            assert server.terminate() == 0
         finally:
             server.kill()
             server.close_clients()
