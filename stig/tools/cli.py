@@ -699,7 +699,9 @@ def check(data_dir: Path, quiet: bool) -> None:
 
     Reads one snapshot (a running server goes on meanwhile) and checks each
     record's format, that every cas is at most the stored cas counter (so
-    cas values never repeat), and that the stored byte total is right.
+    cas values never repeat), and that the stored byte total is right; and
+    the replication databases: the log's groups decode and run without gaps
+    up to the stored sequence number, and the epochs are sane.
     Prints the counts, then each problem found.
     """
     from stig.tools.envtools import ToolError, open_readonly
@@ -717,7 +719,8 @@ def check(data_dir: Path, quiet: bool) -> None:
     progress.done()
     click.echo(
         f"{data_dir}: {report.keys:,} keys, {report.value_bytes:,} value bytes, "
-        f"cas counter {report.counter}, highest cas {report.max_cas}"
+        f"cas counter {report.counter}, highest cas {report.max_cas}; "
+        f"group {report.seq} of epoch {report.epoch}, {report.log_groups} in the replication log"
     )
     for text in report.problems:
         click.echo(f"problem: {text}", err=True)
