@@ -142,7 +142,7 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
         raise _Refused(f"this server is a replica of {engine.follower.primary}")
     if engine.writer is not None:
         raise _Refused("a server run with --workers has no followers (for now)")
-    if not store.log_enabled:
+    if not engine.settings.replication_log_bytes:
         raise _Refused("the replication log is off (--replication-log-bytes 0)")
     state = store.log_state
     if request.epoch > state.epoch:
@@ -169,6 +169,12 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
             raise _Diverged(shared)
     if request.after_seq > state.seq:
         raise _Refused(f"the follower is at group {request.after_seq}, past this {state.seq}")
+    if not store.log_enabled:
+        # The first follower: the log starts with the next commit, and is
+        # stored as on (a restart keeps logging); this follower, behind the
+        # empty log, starts from a snapshot.
+        await trio.to_thread.run_sync(store.start_logging)
+        log.info("replication log on: a follower (%s) wants it", peer)
 
 
 async def _read_acks(

@@ -297,7 +297,8 @@ def main() -> None:
     show_default=True,
     type=SizeParam(),
     help="Keep the newest committed groups up to this size for followers to catch "
-    "up from (one more behind starts from a snapshot); 0: no log, no follower.",
+    "up from (one more behind starts from a snapshot), once a follower has "
+    "connected (until then nothing is logged); 0: the log is dropped, no follower.",
 )
 @click.option(
     "--replication-log-seconds",

@@ -33,6 +33,7 @@ _U64_KEYS = {
     replog.LOG_FIRST_KEY,
     replog.LOG_BYTES_KEY,
     replog.FENCED_EPOCH_KEY,
+    replog.LOG_ON_KEY,
 }
 _OTHER_KEYS = {replog.FENCED_BY_KEY}
 
