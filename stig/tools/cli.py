@@ -343,9 +343,9 @@ def main() -> None:
     "--replication-open",
     is_flag=True,
     default=False,
-    help="Take stig_promote and stig_fence (taking over, fencing) from clients "
-    "that did not log in: for trusted networks only.  Without it they need "
-    "--auth-file (any logged-in user).",
+    help="Take followers (stig_replicate), stig_promote and stig_fence (taking "
+    "over, fencing) from clients that did not log in: for trusted networks "
+    "only.  Without it they need --auth-file (any logged-in user).",
 )
 @click.option(
     "--min-replica-acks",

@@ -73,7 +73,7 @@ DAMAGES = {
 def test_check_reports_each_damage_to_the_replication_log(
     stig_factory: Callable[..., StigProcess], tmp_path: Path
 ) -> None:
-    primary = stig_factory("--durable-acks")  # each set its own group
+    primary = stig_factory("--durable-acks", "--replication-open")  # a group per set
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1")  # groups, not a snapshot
     conn = primary.connect()

@@ -38,7 +38,7 @@ def _caught_up(follower: StigProcess, primary: StigProcess) -> dict[str, str]:
 def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
     stig_factory: Factory,
 ) -> None:
-    primary = stig_factory()
+    primary = stig_factory("--replication-open")  # followers without a login
     for i in range(5):
         _write(primary, b"k%d" % i)
     assert _log(primary) == ("0", 0)  # numbered, not logged
@@ -53,7 +53,7 @@ def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
     # (no second snapshot) with what was written while it was away.
     follower.terminate()
     port = primary.port
-    primary.restart("--port", str(port))
+    primary.restart("--replication-open", "--port", str(port))
     assert _log(primary) == ("1", 0)
     _write(primary, b"while-away")
     assert _log(primary) == ("1", 1)
@@ -66,11 +66,11 @@ def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
     # --replication-log-bytes 0 drops it and refuses followers; started
     # again without it, the log stays off until a follower comes.
     follower.terminate()
-    primary.restart("--port", str(port), "--replication-log-bytes", "0")
+    primary.restart("--replication-open", "--port", str(port), "--replication-log-bytes", "0")
     assert _log(primary) == ("0", 0)
     assert int(primary.stats()["replication_log_bytes"]) == 0
     refused = primary.send_recv(b"stig_replicate 0 1\r\n", b"\r\n")
     assert refused.startswith(b"SERVER_ERROR the replication log is off"), refused
-    primary.restart("--port", str(port))
+    primary.restart("--replication-open", "--port", str(port))
     _write(primary, b"unlogged")
     assert _log(primary) == ("0", 0)
