@@ -262,111 +262,31 @@ class _Writer(threading.Thread):
             self.acked[key] = (value, response.cas)
 
 
-@pytest.mark.parametrize("also_kill_follower", [False, True], ids=["primary", "both"])
-def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_promote(
-    stig_factory: Factory, also_kill_follower: bool
-) -> None:
-    """SIGKILL of the primary mid-load, then ``stig promote``: every write
-    acknowledged in text, meta or binary is on the new primary, with its
-    cas.  ``both``: the follower is SIGKILLed first and restarted, so only
-    what is on its disk counts, not what its socket had received (the case
-    that fails when replies do not wait for the follower's ACK)."""
-    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
-    follower = stig_factory(OPEN, "--replica-of", _address(primary))
+def _replicated_load(
+    factory: Factory,
+    at_least: int,
+    primary_dir: Path | None = None,
+    follower_dir: Path | None = None,
+) -> tuple[StigProcess, StigProcess, list[_Writer]]:
+    """A primary under ``--min-replica-acks 1`` and one follower (their data
+    in ``primary_dir``/``follower_dir`` if given: a lazyfs mount), with
+    three writers (text, meta, binary) running, each with ``at_least``
+    acknowledged writes: mid-load."""
+    primary = factory(
+        OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000", data_dir=primary_dir
+    )
+    follower = factory(OPEN, "--replica-of", _address(primary), data_dir=follower_dir)
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
     for writer in writers:
         writer.start()
-    # SIGKILL mid-load: every writer has had acknowledgements and is writing.
     wait_for_stats(
         primary,
-        lambda s: all(len(w.acked) >= 100 for w in writers),
-        30.0,
-        "100 acknowledged writes per protocol",
+        lambda s: all(len(w.acked) >= at_least for w in writers),
+        60.0,
+        f"{at_least} acknowledged writes per protocol",
     )
-    if also_kill_follower:
-        follower.kill()
-    primary.kill()
-    for writer in writers:
-        writer.join(60)
-        assert not writer.is_alive()
-    if also_kill_follower:
-        follower.start()
-    done = _promote(follower)
-    assert done.returncode == 0, done.stderr
-    assert follower.stats()["replication_role"] == "primary"
-    conn = follower.connect()
-    lost = []
-    for writer in writers:
-        for key, (value, cas) in writer.acked.items():
-            reply = conn.send_recv(b"gets %b\r\n" % key)
-            head = reply.split(b"\r\n")[0].split()
-            if len(head) != 5 or reply.split(b"\r\n")[1] != value:
-                lost.append(key)
-            elif cas is not None and int(head[4]) != cas:
-                lost.append(key + b" (cas)")
-    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
-    assert sum(len(w.acked) for w in writers) >= 300
-    # The promoted follower takes writes.
-    assert conn.send_recv(b"set after 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
-
-
-@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
-@pytest.mark.parametrize("seed", [20261207, 20261208])
-def test_a_power_cut_of_the_follower_then_the_primary_lost_loses_nothing_acknowledged(
-    stig_factory: Factory, tmp_path: Path, seed: int
-) -> None:
-    """The follower's data directory on lazyfs (it forgets what was not
-    fsynced): under ``--min-replica-acks 1``, the follower is SIGKILLed and
-    its power cut mid-load, the primary SIGKILLed; the follower restarts on
-    what its disk kept and is promoted: every acknowledged write is there,
-    with its cas — its ``ACK`` came only after its fsync."""
-    fs = LazyMount(tmp_path / "backing", tmp_path / "mount", tmp_path / "fs-logs")
-    fs.start(seed)
-    follower: StigProcess | None = None
-    try:
-        primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
-        follower = stig_factory(
-            OPEN, "--replica-of", _address(primary), data_dir=tmp_path / "mount" / "data"
-        )
-        wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="connected")
-        writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
-        for writer in writers:
-            writer.start()
-        wait_for_stats(
-            primary,
-            lambda s: all(len(w.acked) >= 50 for w in writers),
-            60.0,
-            "50 acknowledged writes per protocol",
-        )
-        assert follower.proc is not None
-        follower.proc.send_signal(signal.SIGKILL)
-        fs.cut()  # what the follower had not fsynced is gone
-        follower.proc.wait(30)
-        primary.kill()
-        for writer in writers:
-            writer.join(60)
-            assert not writer.is_alive()
-        follower.start()
-        done = _promote(follower)
-        assert done.returncode == 0, done.stderr
-        conn = follower.connect()
-        lost = []
-        for writer in writers:
-            for key, (value, cas) in writer.acked.items():
-                reply = conn.send_recv(b"gets %b\r\n" % key)
-                head = reply.split(b"\r\n")[0].split()
-                if len(head) != 5 or reply.split(b"\r\n")[1] != value:
-                    lost.append(key)
-                elif cas is not None and int(head[4]) != cas:
-                    lost.append(key + b" (cas)")
-        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
-        conn.close()
-        follower.terminate()
-    finally:
-        if follower is not None:
-            follower.kill()
-        fs.kill()
+    return primary, follower, writers
 
 
 def _lost_writes(server: StigProcess, writers: list[_Writer]) -> list[bytes]:
@@ -383,6 +303,71 @@ def _lost_writes(server: StigProcess, writers: list[_Writer]) -> list[bytes]:
                 lost.append(key + b" (cas)")
     conn.close()
     return lost
+
+
+@pytest.mark.parametrize("also_kill_follower", [False, True], ids=["primary", "both"])
+def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_promote(
+    stig_factory: Factory, also_kill_follower: bool
+) -> None:
+    """SIGKILL of the primary mid-load, then ``stig promote``: every write
+    acknowledged in text, meta or binary is on the new primary, with its
+    cas.  ``both``: the follower is SIGKILLed first and restarted, so only
+    what is on its disk counts, not what its socket had received (the case
+    that fails when replies do not wait for the follower's ACK)."""
+    primary, follower, writers = _replicated_load(stig_factory, 100)  # SIGKILL mid-load
+    if also_kill_follower:
+        follower.kill()
+    primary.kill()
+    for writer in writers:
+        writer.join(60)
+        assert not writer.is_alive()
+    if also_kill_follower:
+        follower.start()
+    done = _promote(follower)
+    assert done.returncode == 0, done.stderr
+    assert follower.stats()["replication_role"] == "primary"
+    lost = _lost_writes(follower, writers)
+    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert sum(len(w.acked) for w in writers) >= 300
+    # The promoted follower takes writes.
+    assert follower.send_recv(b"set after 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
+
+
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+@pytest.mark.parametrize("seed", [20261207, 20261208])
+def test_a_power_cut_of_the_follower_then_the_primary_lost_loses_nothing_acknowledged(
+    stig_factory: Factory, tmp_path: Path, seed: int
+) -> None:
+    """The follower's data directory on lazyfs (it forgets what was not
+    fsynced): under ``--min-replica-acks 1``, the follower is SIGKILLed and
+    its power cut mid-load, the primary SIGKILLed; the follower restarts on
+    what its disk kept and is promoted: every acknowledged write is there,
+    with its cas — its ``ACK`` came only after its fsync."""
+    fs = LazyMount(tmp_path / "backing", tmp_path / "mount", tmp_path / "fs-logs")
+    fs.start(seed)
+    follower: StigProcess | None = None
+    try:
+        primary, follower, writers = _replicated_load(
+            stig_factory, 50, follower_dir=tmp_path / "mount" / "data"
+        )
+        assert follower.proc is not None
+        follower.proc.send_signal(signal.SIGKILL)
+        fs.cut()  # what the follower had not fsynced is gone
+        follower.proc.wait(30)
+        primary.kill()
+        for writer in writers:
+            writer.join(60)
+            assert not writer.is_alive()
+        follower.start()
+        done = _promote(follower)
+        assert done.returncode == 0, done.stderr
+        lost = _lost_writes(follower, writers)
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+        follower.terminate()
+    finally:
+        if follower is not None:
+            follower.kill()
+        fs.kill()
 
 
 def _logged_seqs(data_dir: Path) -> tuple[list[int], int]:
@@ -436,24 +421,8 @@ def test_a_power_cut_of_the_primary_mid_stream_loses_nothing_acknowledged_and_it
     fs.start(seed)
     primary: StigProcess | None = None
     try:
-        primary = stig_factory(
-            OPEN,
-            "--min-replica-acks",
-            "1",
-            "--replica-ack-timeout-ms",
-            "20000",
-            data_dir=tmp_path / "mount" / "data",
-        )
-        follower = stig_factory(OPEN, "--replica-of", _address(primary))
-        wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="connected")
-        writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
-        for writer in writers:
-            writer.start()
-        wait_for_stats(
-            primary,
-            lambda s: all(len(w.acked) >= 50 for w in writers),
-            60.0,
-            "50 acknowledged writes per protocol",
+        primary, follower, writers = _replicated_load(
+            stig_factory, 50, primary_dir=tmp_path / "mount" / "data"
         )
         assert primary.proc is not None and follower.proc is not None
         if follower_behind:
