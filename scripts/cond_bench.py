@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import SERVERS, RunningServer, StartError  # scripts/ (this script's folder)
+from servers import SERVERS, RunningServer, StartError, stat  # scripts/ (this script's folder)
 
 WORKLOADS = ("binary Set", "text add")
 #: The servers these rows run on: memcached's family that stores.
@@ -157,18 +157,8 @@ def _cpu_seconds(pid: int) -> float:
 
 def _commits(port: int) -> int | None:
     """Stig's ``stig_commits`` (None: not a Stig)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"stats\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    for line in data.split(b"\r\n"):
-        if line.startswith(b"STAT stig_commits "):
-            return int(line.split()[2])
-    return None
+    commits = stat(port, "stig_commits")
+    return None if commits is None else int(commits)
 
 
 @dataclass

@@ -4,8 +4,8 @@ Four configurations, each started fresh, driven by the same client
 (:mod:`cond_bench`'s: processes x connections, closed loop, every reply
 checked) in one run:
 
-* ``alone`` — ``stig serve``, no follower (its replication log is written
-  all the same: it is on by default);
+* ``alone`` — ``stig serve``, no follower (so no replication log: it is
+  written once a follower has connected);
 * ``async`` — the same primary with one follower (``--replica-of``) on
   this machine, streaming as it commits;
 * ``sync`` — the primary with ``--min-replica-acks 1``: a reply that
@@ -32,18 +32,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import socket
 import sys
 import time
 from collections.abc import Callable
 
 import cond_bench
 from cond_bench import Figure, Shape
-from servers import SERVERS, RunningServer, ServerSpec, StartError
+from servers import SERVERS, RunningServer, ServerSpec, StartError, stat
 
 MODES = ("alone", "durable", "async", "sync")
-#: Each mode's extra options for the primary.
-PRIMARY_ARGS = {"durable": ("--durable-acks",), "sync": ("--min-replica-acks", "1")}
+#: Each mode's extra options for the primary (followers without a login:
+#: this machine only).
+PRIMARY_ARGS = {
+    "durable": ("--durable-acks",),
+    "async": ("--replication-open",),
+    "sync": ("--min-replica-acks", "1", "--replication-open"),
+}
 WORKLOADS = (("text set", 1), ("text set", 16))
 #: Every server process started, for bench.py's check that none outlives the run.
 STARTED_PIDS: list[int] = []
@@ -56,21 +60,6 @@ def _spec(name: str, *extra: str) -> ServerSpec:
         return [*base.argv(port, data_dir), *extra]
 
     return dataclasses.replace(base, name=name, argv=argv)
-
-
-def _stat(port: int, name: bytes) -> str | None:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"stats\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    for line in data.split(b"\r\n"):
-        if line.startswith(b"STAT " + name + b" "):
-            return line.split()[2].decode()
-    return None
 
 
 def _wait(what: str, ready: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -104,7 +93,7 @@ def _one_mode(
             STARTED_PIDS.append(follower.pid)
             _wait(
                 "the follower connected",
-                lambda: _stat(primary.port, b"connected_replicas") == "1",
+                lambda: stat(primary.port, "connected_replicas") == "1",
             )
         for workload, depth in WORKLOADS:
             shape = shape_for(depth)

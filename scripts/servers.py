@@ -258,6 +258,24 @@ def answers(host: str, port: int, protocol: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def stat(port: int, name: str) -> str | None:
+    """One line of a memcached-protocol server's ``stats`` on 127.0.0.1
+    (None: it has no such stat)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    prefix = b"STAT %b " % name.encode()
+    for line in data.split(b"\r\n"):
+        if line.startswith(prefix):
+            return line[len(prefix) :].decode()
+    return None
+
+
 class RunningServer:
     """A started server: ``pid``, ``port``, ``data_dir``; a context manager.
 

@@ -20,6 +20,8 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
         ("replication_role", "primary" if follower is None else "replica"),
         ("replication_epoch", state.epoch),
         ("connected_replicas", len(hub.replicas)),
+        # 1 once a follower connected (or this server is one): commits write the log.
+        ("replication_log_on", int(store.log_enabled)),
         ("replication_log_bytes", state.log_bytes),
         ("replication_log_groups", max(state.log_groups, 0)),
         ("replication_log_first_seq", state.log_first),

@@ -82,7 +82,17 @@ class Engine:
         self.store.max_value_size = settings.limits.max_item_size
         self.store.log_bounds.max_bytes = settings.replication_log_bytes
         self.store.log_bounds.max_seconds = settings.replication_log_seconds
-        self.store.log_enabled = settings.replication_log_bytes > 0
+        # The log is written once a follower wants it (the first
+        # stig_replicate turns it on: stig/replication/sender.py), and by a
+        # follower, which may be promoted; each commit stores whether it is,
+        # so a restart goes on logging.  --replication-log-bytes 0 drops it.
+        self.store.log_enabled = settings.replication_log_bytes > 0 and (
+            settings.replica_of is not None or self.store.log_state.logging
+        )
+        if not settings.replication_log_bytes and self.store.log_state.logging:
+            if role is None and not settings.workers:  # the writer process commits there
+                self.store.stop_logging()
+                log.info("replication log off (--replication-log-bytes 0): dropped")
         self.promoter_stats = PromoterStats()
         self.stats = CommandStats()
         self.budget = WriteBudget(settings.max_pending_bytes, settings.max_run_wait_ms / 1000.0)

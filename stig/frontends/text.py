@@ -745,10 +745,31 @@ class TextHandler:
 
     def _replicate(self, command: Replicate) -> None:
         """A follower asks for the stream: the connection hands itself over
-        (stig/server/connection.py) once this command's turn comes."""
+        (stig/server/connection.py) once this command's turn comes.
+
+        A follower's ``ACK`` counts toward ``--min-replica-acks`` and its
+        epoch may fence this server, so it needs what ``stig_promote``
+        needs: a login, or ``--replication-open``; refused, the connection
+        stays a client's."""
         self.core.close_run()
+        refused = self._needs_login("stig_replicate")
+        if refused is not None:
+            self.out += refused
+            return
         self.takeover = command
         self.closing = True
+
+    def _needs_login(self, name: str) -> bytes | None:
+        """The refusal of a replication command to a client that did not log
+        in, unless ``--replication-open`` (a trusted network); None: allowed.
+        Under ``--auth-file`` every client that reaches a command logged in."""
+        engine = self.engine
+        if engine.auth is None and not engine.settings.replication_open:
+            return R.server_error(
+                f"{name} needs a login: run this server with --auth-file "
+                "(or --replication-open on a trusted network)"
+            )
+        return None
 
     def _replication_refused(self, name: str) -> bytes | None:
         """The refusal of ``stig_promote``/``stig_fence`` here, or None.
@@ -760,12 +781,7 @@ class TextHandler:
         engine = self.engine
         if engine.writer is not None:
             return R.server_error(f"{name}: a server run with --workers has no replication")
-        if engine.auth is None and not engine.settings.replication_open:
-            return R.server_error(
-                f"{name} needs a login: run this server with --auth-file "
-                "(or --replication-open on a trusted network)"
-            )
-        return None
+        return self._needs_login(name)
 
     async def _promote(self, command: Promote) -> None:
         """``stig_promote`` (``stig promote``): this follower becomes a primary

@@ -1,8 +1,9 @@
 """The primary's side of one follower: the log from where it is, or a snapshot first.
 
 A connection that sent ``stig_replicate <after_seq> <epoch>`` (and, under
-``--auth-file``, logged in first; under TLS, over TLS) is handed here by
-the server.  The stream (stig/replication/wire.py):
+``--auth-file``, logged in first — without it the server must run with
+``--replication-open``, else the command is refused before it gets here;
+under TLS, over TLS) is handed here by the server.  The stream (stig/replication/wire.py):
 
 1. If the follower has nothing (``after_seq`` 0) or is behind the oldest
    group the log still holds, a **snapshot**: one LMDB read transaction,
@@ -142,17 +143,16 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
         raise _Refused(f"this server is a replica of {engine.follower.primary}")
     if engine.writer is not None:
         raise _Refused("a server run with --workers has no followers (for now)")
-    if not store.log_enabled:
+    if not engine.settings.replication_log_bytes:
         raise _Refused("the replication log is off (--replication-log-bytes 0)")
     state = store.log_state
     if request.epoch > state.epoch:
-        # A fence only from a follower that logged in (or a trusted network:
-        # --replication-open), and of a believable epoch; refused either way.
-        if engine.auth is not None or engine.settings.replication_open:
-            try:
-                await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
-            except replog.ImplausibleEpoch as exc:
-                raise _Refused(f"the follower's {exc}") from exc
+        # A fence of a believable epoch (the follower logged in, or the
+        # network is trusted: stig/frontends/text.py); refused either way.
+        try:
+            await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
+        except replog.ImplausibleEpoch as exc:
+            raise _Refused(f"the follower's {exc}") from exc
         raise _Refused(f"the follower's epoch {request.epoch} is later than {state.epoch}")
     if store.fenced:
         raise _Refused(engine.fenced_words())
@@ -169,6 +169,12 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
             raise _Diverged(shared)
     if request.after_seq > state.seq:
         raise _Refused(f"the follower is at group {request.after_seq}, past this {state.seq}")
+    if not store.log_enabled:
+        # The first follower: the log starts with the next commit, and is
+        # stored as on (a restart keeps logging); this follower, behind the
+        # empty log, starts from a snapshot.
+        await trio.to_thread.run_sync(store.start_logging)
+        log.info("replication log on: a follower (%s) wants it", peer)
 
 
 async def _read_acks(

@@ -51,6 +51,9 @@ SEQ_KEY = b"seq"  #: the last committed (primary) or applied (follower) sequence
 EPOCH_KEY = b"epoch"
 LOG_FIRST_KEY = b"log_first"  #: the oldest sequence number still in the log
 LOG_BYTES_KEY = b"log_bytes"  #: the bytes of every entry in the log
+#: 1 while the log is written (a follower connected once, or this server is
+#: one), 0 or absent while it is not: a restart keeps logging for a follower.
+LOG_ON_KEY = b"log_on"
 #: ``epoch_start:`` + epoch (u32 big-endian): the first sequence number of
 #: that epoch (the epoch history; epoch 1 starts at 1 without a key).
 EPOCH_START_PREFIX = b"epoch_start:"
@@ -138,6 +141,8 @@ class LogState:
     epoch: int = FIRST_EPOCH
     log_first: int = 1  #: the oldest sequence number in the log (``seq + 1``: empty)
     log_bytes: int = 0
+    #: Whether the commits write the log (:data:`LOG_ON_KEY`).
+    logging: bool = False
 
     @property
     def log_groups(self) -> int:
@@ -156,6 +161,7 @@ def read_state(txn: lmdb.Transaction, repl: lmdb._Database) -> LogState:
         epoch=_u64(txn, EPOCH_KEY, repl, FIRST_EPOCH),
         log_first=_u64(txn, LOG_FIRST_KEY, repl, seq + 1),
         log_bytes=_u64(txn, LOG_BYTES_KEY, repl, 0),
+        logging=bool(_u64(txn, LOG_ON_KEY, repl, 0)),
     )
 
 
@@ -165,6 +171,7 @@ def write_state(txn: lmdb.Transaction, repl: lmdb._Database, state: LogState) ->
     put(EPOCH_KEY, U64.pack(state.epoch), db=repl)
     put(LOG_FIRST_KEY, U64.pack(state.log_first), db=repl)
     put(LOG_BYTES_KEY, U64.pack(state.log_bytes), db=repl)
+    put(LOG_ON_KEY, U64.pack(state.logging), db=repl)
 
 
 def epoch_starts(txn: lmdb.Transaction, repl: lmdb._Database) -> dict[int, int]:

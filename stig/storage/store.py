@@ -243,7 +243,8 @@ class Store:
         #: ``--replication-log-bytes`` and ``--replication-log-seconds``.
         self.log_bounds = LogBounds()
         #: Whether groups are written to the replication log (their sequence
-        #: numbers are counted either way).
+        #: numbers are counted either way); each commit stores it
+        #: (``log_state.logging``), so a restart can go on as it was.
         self.log_enabled = True
         self._begin_items: Callable[[], lmdb.Transaction[bytes]] = functools.partial(
             self.env.begin, db=self._items
@@ -430,6 +431,7 @@ class Store:
         the same transaction; returns the numbers the commit leaves."""
         state = replog.read_state(txn, self._repl)
         seq = state.seq + 1
+        state.logging = effects is not None
         if effects is None:
             state.seq = seq
             state.log_first = seq + 1  # nothing logged: a follower needs a snapshot
@@ -457,6 +459,7 @@ class Store:
                 state = replog.read_state(txn, self._repl)
                 view = _WriteView(txn, self._items, 0)
                 last_cas = self._read_u64_in(txn, _CAS_KEY, self._meta)
+                state.logging = self.log_enabled
                 for seq, raw in groups:
                     if seq != state.seq + 1:
                         raise ValueError(f"group {seq} does not follow {state.seq}")
@@ -517,6 +520,7 @@ class Store:
                     total += len(record) - 13
                 state = replog.read_state(txn, self._repl)
                 replog.reset(txn, self._replog, state, seq)
+                state.logging = self.log_enabled
                 state.epoch = epoch
                 replog.replace_epoch_starts(txn, self._repl, epoch_starts)
                 txn.put(_CAS_KEY, _U64.pack(last_cas), db=self._meta)
@@ -554,6 +558,28 @@ class Store:
             raise MapFull() from exc
         self.log_state = state
         return state
+
+    def start_logging(self) -> None:
+        """Write the replication log from the next commit on, and store that
+        it is on, in ONE durable transaction (the first follower: a restart
+        before any commit must still log for it).  The flag is set before
+        the transaction begins, so every commit after this one logs."""
+        self.log_enabled = True
+        with self.env.begin(write=True) as txn:
+            state = replog.read_state(txn, self._repl)
+            state.logging = True
+            replog.write_state(txn, self._repl, state)
+
+    def stop_logging(self) -> None:
+        """Drop the replication log and store that it is off, in ONE durable
+        transaction (``--replication-log-bytes 0``: its pages are free at once)."""
+        self.log_enabled = False
+        with self.env.begin(write=True) as txn:
+            state = replog.read_state(txn, self._repl)
+            replog.reset(txn, self._replog, state, state.seq)
+            state.logging = False
+            replog.write_state(txn, self._repl, state)
+        self.log_state = state
 
     def fence(self, epoch: int, by: str) -> bool:
         """Remember, durably, that a primary of ``epoch`` exists (``by`` says

@@ -297,7 +297,8 @@ def main() -> None:
     show_default=True,
     type=SizeParam(),
     help="Keep the newest committed groups up to this size for followers to catch "
-    "up from (one more behind starts from a snapshot); 0: no log, no follower.",
+    "up from (one more behind starts from a snapshot), once a follower has "
+    "connected (until then nothing is logged); 0: the log is dropped, no follower.",
 )
 @click.option(
     "--replication-log-seconds",
@@ -342,9 +343,9 @@ def main() -> None:
     "--replication-open",
     is_flag=True,
     default=False,
-    help="Take stig_promote and stig_fence (taking over, fencing) from clients "
-    "that did not log in: for trusted networks only.  Without it they need "
-    "--auth-file (any logged-in user).",
+    help="Take followers (stig_replicate), stig_promote and stig_fence (taking "
+    "over, fencing) from clients that did not log in: for trusted networks "
+    "only.  Without it they need --auth-file (any logged-in user).",
 )
 @click.option(
     "--min-replica-acks",
@@ -699,7 +700,9 @@ def check(data_dir: Path, quiet: bool) -> None:
 
     Reads one snapshot (a running server goes on meanwhile) and checks each
     record's format, that every cas is at most the stored cas counter (so
-    cas values never repeat), and that the stored byte total is right.
+    cas values never repeat), and that the stored byte total is right; and
+    the replication databases: the log's groups decode and run without gaps
+    up to the stored sequence number, and the epochs are sane.
     Prints the counts, then each problem found.
     """
     from stig.tools.envtools import ToolError, open_readonly
@@ -717,7 +720,8 @@ def check(data_dir: Path, quiet: bool) -> None:
     progress.done()
     click.echo(
         f"{data_dir}: {report.keys:,} keys, {report.value_bytes:,} value bytes, "
-        f"cas counter {report.counter}, highest cas {report.max_cas}"
+        f"cas counter {report.counter}, highest cas {report.max_cas}; "
+        f"group {report.seq} of epoch {report.epoch}, {report.log_groups} in the replication log"
     )
     for text in report.problems:
         click.echo(f"problem: {text}", err=True)

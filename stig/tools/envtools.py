@@ -24,6 +24,7 @@ import lmdb
 from stig.storage.dirlock import DIR_MODE, FILE_MODE, DirLock
 from stig.storage.records import HEADER, STALE, WIN_SENT
 from stig.storage.store import PROBE_PREFIX
+from stig.tools.replcheck import check_replication
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "lock.mdb"
@@ -45,6 +46,10 @@ class ReadOnlyEnv:
     env: lmdb.Environment
     items: lmdb._Database
     meta: lmdb._Database
+    #: The replication databases (stig/storage/replog.py); None in a data
+    #: directory written before they existed.
+    repl: lmdb._Database | None = None
+    replog: lmdb._Database | None = None
 
     def begin(self) -> lmdb.Transaction[memoryview]:
         """A snapshot; adopts a map the server grew since this process opened it."""
@@ -65,7 +70,7 @@ def open_readonly(path: Path) -> ReadOnlyEnv:
         raise ToolError(f"no Stig data in {str(path)!r} (no {DATA_FILE})")
     try:
         env = lmdb.open(
-            str(path), readonly=True, lock=True, max_dbs=2, create=False, mode=FILE_MODE
+            str(path), readonly=True, lock=True, max_dbs=4, create=False, mode=FILE_MODE
         )  # a reader may create lock.mdb: private, as the server makes it
     except lmdb.Error as exc:
         raise ToolError(f"{str(path)!r} is not a readable Stig environment: {exc}") from None
@@ -83,7 +88,16 @@ def open_readonly(path: Path) -> ReadOnlyEnv:
     except ToolError:
         env.close()
         raise
-    return ReadOnlyEnv(env, items, meta)
+    return ReadOnlyEnv(
+        env, items, meta, _open_if_there(env, b"repl"), _open_if_there(env, b"replog")
+    )
+
+
+def _open_if_there(env: lmdb.Environment, name: bytes) -> lmdb._Database | None:
+    try:
+        return env.open_db(name, create=False)
+    except lmdb.NotFoundError:
+        return None
 
 
 def _check_and_open_tables(
@@ -273,6 +287,11 @@ class CheckReport:
     value_bytes: int = 0
     counter: int = 0
     max_cas: int = 0
+    #: The replication numbers (stig/tools/replcheck.py): the last group, its
+    #: epoch, the groups in the log.
+    seq: int = 0
+    epoch: int = 1
+    log_groups: int = 0
     problems: list[str] = attrs.field(factory=list)
 
 
@@ -295,7 +314,10 @@ def check(
     * the stored byte total equals the sum of the value lengths;
     * the meta table holds only the counter and the byte total, 8 bytes each
       (and, after a crash in the middle of a disk-space probe, its ballast,
-      which the next ``stig serve`` drops).
+      which the next ``stig serve`` drops);
+    * the replication databases agree with themselves and the items'
+      counter: the log's groups decode and run without gaps up to the
+      stored sequence number, the epochs are sane (stig/tools/replcheck.py).
 
     LMDB errors while walking (a damaged page) are problems too.
     """
@@ -358,6 +380,10 @@ def check(
                 problem(f"meta: byte total {stored_bytes} but the values hold {report.value_bytes}")
             if stored_bytes is None and report.keys:
                 problem("meta: no byte total although items are stored")
+            if env.repl is not None and env.replog is not None:
+                state = check_replication(txn, env.repl, env.replog, report.counter, problem)
+                report.seq, report.epoch = state.seq, state.epoch
+                report.log_groups = max(state.log_groups, 0)
         finally:
             txn.abort()
     finally:

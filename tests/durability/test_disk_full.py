@@ -336,9 +336,10 @@ def test_concurrent_writers_on_a_full_disk_are_never_silently_lost(small_disk, s
         assert reply == b"SERVER_ERROR " + REFUSED + b"\r\n", reply
     assert server.stats()["stig_writes_refused"] == "1"
     # The disk held a real load first: 24 MiB is about 230 values of 100 kB,
-    # about half that with the replication log (on by default: each value is
-    # written to it too, docs/replication.md), less LMDB's free pages.
-    assert len(confirmed) > 40
+    # less LMDB's free pages.  A server without followers writes no
+    # replication log (docs/replication.md); with one, each value is written
+    # twice and only about half of them fit: this bound would fail.
+    assert len(confirmed) > 150
     server.restart(kill=True)
     reader = server.client()
     assert [key for key in confirmed if reader.get(key) != value_of(key)] == []

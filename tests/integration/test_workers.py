@@ -416,7 +416,7 @@ def test_replication_with_workers_is_refused_at_start(tmp_path, option):
 
 
 def test_a_follower_is_refused_by_a_server_with_workers(stig_factory):
-    server = stig_factory("--workers", "1")
+    server = stig_factory("--workers", "1", "--replication-open")
     conn = server.connect()
     reply = conn.send_recv(b"stig_replicate 0 0\r\n", until=b"\r\n")
     assert reply.startswith(b"SERVER_ERROR a server run with --workers has no followers")

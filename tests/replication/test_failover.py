@@ -262,6 +262,49 @@ class _Writer(threading.Thread):
             self.acked[key] = (value, response.cas)
 
 
+def _replicated_load(
+    factory: Factory,
+    at_least: int,
+    primary_dir: Path | None = None,
+    follower_dir: Path | None = None,
+) -> tuple[StigProcess, StigProcess, list[_Writer]]:
+    """A primary under ``--min-replica-acks 1`` and one follower (their data
+    in ``primary_dir``/``follower_dir`` if given: a lazyfs mount), with
+    three writers (text, meta, binary) running, each with ``at_least``
+    acknowledged writes: mid-load."""
+    primary = factory(
+        OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000", data_dir=primary_dir
+    )
+    follower = factory(OPEN, "--replica-of", _address(primary), data_dir=follower_dir)
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
+    writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
+    for writer in writers:
+        writer.start()
+    wait_for_stats(
+        primary,
+        lambda s: all(len(w.acked) >= at_least for w in writers),
+        60.0,
+        f"{at_least} acknowledged writes per protocol",
+    )
+    return primary, follower, writers
+
+
+def _lost_writes(server: StigProcess, writers: list[_Writer]) -> list[bytes]:
+    """The acknowledged writes ``server`` lacks, or holds with another cas."""
+    conn = server.connect()
+    lost = []
+    for writer in writers:
+        for key, (value, cas) in writer.acked.items():
+            reply = conn.send_recv(b"gets %b\r\n" % key)
+            head = reply.split(b"\r\n")[0].split()
+            if len(head) != 5 or reply.split(b"\r\n")[1] != value:
+                lost.append(key)
+            elif cas is not None and int(head[4]) != cas:
+                lost.append(key + b" (cas)")
+    conn.close()
+    return lost
+
+
 @pytest.mark.parametrize("also_kill_follower", [False, True], ids=["primary", "both"])
 def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_promote(
     stig_factory: Factory, also_kill_follower: bool
@@ -271,19 +314,7 @@ def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_p
     cas.  ``both``: the follower is SIGKILLed first and restarted, so only
     what is on its disk counts, not what its socket had received (the case
     that fails when replies do not wait for the follower's ACK)."""
-    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
-    follower = stig_factory(OPEN, "--replica-of", _address(primary))
-    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
-    writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
-    for writer in writers:
-        writer.start()
-    # SIGKILL mid-load: every writer has had acknowledgements and is writing.
-    wait_for_stats(
-        primary,
-        lambda s: all(len(w.acked) >= 100 for w in writers),
-        30.0,
-        "100 acknowledged writes per protocol",
-    )
+    primary, follower, writers = _replicated_load(stig_factory, 100)  # SIGKILL mid-load
     if also_kill_follower:
         follower.kill()
     primary.kill()
@@ -295,20 +326,11 @@ def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_p
     done = _promote(follower)
     assert done.returncode == 0, done.stderr
     assert follower.stats()["replication_role"] == "primary"
-    conn = follower.connect()
-    lost = []
-    for writer in writers:
-        for key, (value, cas) in writer.acked.items():
-            reply = conn.send_recv(b"gets %b\r\n" % key)
-            head = reply.split(b"\r\n")[0].split()
-            if len(head) != 5 or reply.split(b"\r\n")[1] != value:
-                lost.append(key)
-            elif cas is not None and int(head[4]) != cas:
-                lost.append(key + b" (cas)")
+    lost = _lost_writes(follower, writers)
     assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
     assert sum(len(w.acked) for w in writers) >= 300
     # The promoted follower takes writes.
-    assert conn.send_recv(b"set after 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
+    assert follower.send_recv(b"set after 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
 
 
 @pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
@@ -325,19 +347,8 @@ def test_a_power_cut_of_the_follower_then_the_primary_lost_loses_nothing_acknowl
     fs.start(seed)
     follower: StigProcess | None = None
     try:
-        primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000")
-        follower = stig_factory(
-            OPEN, "--replica-of", _address(primary), data_dir=tmp_path / "mount" / "data"
-        )
-        wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="connected")
-        writers = [_Writer(primary, protocol) for protocol in ("text", "meta", "binary")]
-        for writer in writers:
-            writer.start()
-        wait_for_stats(
-            primary,
-            lambda s: all(len(w.acked) >= 50 for w in writers),
-            60.0,
-            "50 acknowledged writes per protocol",
+        primary, follower, writers = _replicated_load(
+            stig_factory, 50, follower_dir=tmp_path / "mount" / "data"
         )
         assert follower.proc is not None
         follower.proc.send_signal(signal.SIGKILL)
@@ -350,20 +361,122 @@ def test_a_power_cut_of_the_follower_then_the_primary_lost_loses_nothing_acknowl
         follower.start()
         done = _promote(follower)
         assert done.returncode == 0, done.stderr
-        conn = follower.connect()
-        lost = []
-        for writer in writers:
-            for key, (value, cas) in writer.acked.items():
-                reply = conn.send_recv(b"gets %b\r\n" % key)
-                head = reply.split(b"\r\n")[0].split()
-                if len(head) != 5 or reply.split(b"\r\n")[1] != value:
-                    lost.append(key)
-                elif cas is not None and int(head[4]) != cas:
-                    lost.append(key + b" (cas)")
+        lost = _lost_writes(follower, writers)
         assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
-        conn.close()
         follower.terminate()
     finally:
         if follower is not None:
             follower.kill()
+        fs.kill()
+
+
+def _logged_seqs(data_dir: Path) -> tuple[list[int], int]:
+    """The sequence numbers in a data directory's replication log, and its stored seq."""
+    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=4, create=False)
+    try:
+        with env.begin() as txn:
+            repl = env.open_db(b"repl", txn=txn, create=False)
+            replog_db = env.open_db(b"replog", txn=txn, create=False)
+            seqs = [
+                struct.unpack(">Q", k)[0] for k in txn.cursor(db=replog_db).iternext(values=False)
+            ]
+            return seqs, struct.unpack(">Q", txn.get(b"seq", db=repl))[0]
+    finally:
+        env.close()
+
+
+def _stig_check(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stig", "check", "-q", "--data-dir", str(data_dir)],
+        cwd=CODE_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
+@pytest.mark.parametrize(
+    "seed, follower_behind", [(20261207, False), (20261208, True)], ids=["streaming", "behind"]
+)
+def test_a_power_cut_of_the_primary_mid_stream_loses_nothing_acknowledged_and_it_rejoins(
+    stig_factory: Factory, tmp_path: Path, seed: int, follower_behind: bool
+) -> None:
+    """The primary's data directory on lazyfs, under ``--min-replica-acks 1``:
+    its power is cut mid-load (what it had not fsynced is gone) and the
+    follower promoted.  Every acknowledged write is on the new primary with
+    its cas; the follower applied each group once and whole (its log's
+    numbers contiguous up to its stored seq, ``stig check`` clean).  The cut
+    primary, restarted on what its disk kept with ``--replica-of NEW``,
+    rejoins — discarding exactly the groups it has past the follower's, and
+    saving them — and matches the new primary record for record.
+
+    ``behind``: the follower is stopped until the primary has committed a
+    group it never acknowledged, then SIGKILLed (what its socket held is
+    gone) and restarted after the cut, so the rejoin always diverges;
+    ``streaming``: the follower runs through the cut (a divergence or not,
+    as the timing falls)."""
+    fs = LazyMount(tmp_path / "backing", tmp_path / "mount", tmp_path / "fs-logs")
+    fs.start(seed)
+    primary: StigProcess | None = None
+    try:
+        primary, follower, writers = _replicated_load(
+            stig_factory, 50, primary_dir=tmp_path / "mount" / "data"
+        )
+        assert primary.proc is not None and follower.proc is not None
+        if follower_behind:
+            follower.proc.send_signal(signal.SIGSTOP)
+            wait_for_stats(
+                primary,
+                lambda s: int(s["replication_lag_groups"]) >= 1,
+                what="a group the follower has not acknowledged",
+            )
+            follower.kill()
+        port = primary.port
+        primary.proc.send_signal(signal.SIGKILL)
+        fs.cut()  # what the primary had not fsynced is gone
+        primary.proc.wait(30)
+        for writer in writers:
+            writer.join(60)
+            assert not writer.is_alive()
+        if follower_behind:
+            follower.start()
+        applied = int(follower.stats()["replication_applied_seq"])
+        kept = _logged_seqs(primary.data_dir)[1]  # the cut primary's last group
+        assert kept >= applied
+        assert kept > applied or not follower_behind
+        done = _promote(follower)
+        assert done.returncode == 0, done.stderr
+        lost = _lost_writes(follower, writers)
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+        assert sum(len(w.acked) for w in writers) >= 150
+        seqs, seq = _logged_seqs(follower.data_dir)
+        assert seqs == list(range(seqs[0], seq + 1)), "a group missing or applied twice"
+        checked = _stig_check(follower.data_dir)
+        assert checked.returncode == 0, checked.stderr
+
+        # The cut primary rejoins the new one, on what its disk kept.
+        assert follower.send_recv(b"set after 0 0 1\r\n1\r\n", b"\r\n") == b"STORED\r\n"
+        primary.start(OPEN, "--port", str(port), "--replica-of", _address(follower))
+        follower.settle()
+        target = int(follower.stats()["replication_seq"])
+        stats = wait_for_stats(  # its own seq may be past the target: the epoch too
+            primary,
+            lambda s: s["replication_epoch"] == "2" and int(s["replication_applied_seq"]) >= target,
+            30.0,
+            f"the old primary applying group {target} of epoch 2",
+        )
+        assert stats["replication_role"] == "replica"
+        assert stats["replication_groups_discarded"] == str(kept - applied)
+        assert stats["replication_groups_saved"] == str(kept - applied)
+        saved = primary.data_dir / f"diverged-after-{applied}-epoch-1.replog"
+        assert saved.exists() == (kept > applied)
+        assert _records(primary.data_dir) == _records(follower.data_dir)
+        primary.terminate()
+        checked = _stig_check(primary.data_dir)
+        assert checked.returncode == 0, checked.stderr
+    finally:
+        if primary is not None:
+            primary.kill()
         fs.kill()

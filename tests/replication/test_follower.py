@@ -21,6 +21,9 @@ from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
+#: The primaries here take followers without logins (a trusted network);
+#: tests/replication/test_takeover_guards.py checks the default.
+OPEN = "--replication-open"
 
 
 def _records(data_dir: Path, name: bytes = b"items") -> dict[bytes, bytes]:
@@ -104,7 +107,7 @@ def _mixed_load(primary: StigProcess, round_: int) -> None:
 def test_a_follower_matches_the_primary_item_for_item_and_cas_for_cas(
     stig_factory: Factory,
 ) -> None:
-    primary = stig_factory()
+    primary = stig_factory(OPEN)
     _mixed_load(primary, 0)  # before the follower: it starts from a snapshot
     follower = _follower(stig_factory, primary)
     stats = _caught_up(follower, primary)
@@ -133,7 +136,7 @@ def test_a_follower_matches_the_primary_item_for_item_and_cas_for_cas(
 
 
 def test_writes_on_a_follower_are_refused_naming_the_primary(stig_factory: Factory) -> None:
-    primary = stig_factory()
+    primary = stig_factory(OPEN)
     primary.send_recv(b"set k 0 0 1\r\n5\r\n", b"\r\n")
     follower = _follower(stig_factory, primary)
     _caught_up(follower, primary)
@@ -166,7 +169,7 @@ def test_writes_on_a_follower_are_refused_naming_the_primary(stig_factory: Facto
 def test_a_follower_killed_mid_stream_resumes_without_applying_a_group_twice(
     stig_factory: Factory,
 ) -> None:
-    primary = stig_factory()
+    primary = stig_factory(OPEN)
     follower = _follower(stig_factory, primary)
     writer = primary.connect()
     for batch in range(40):
@@ -228,7 +231,7 @@ def test_the_store_refuses_a_group_that_does_not_follow(tmp_path: Path) -> None:
 def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
     stig_factory: Factory,
 ) -> None:
-    primary = stig_factory("--replication-log-bytes", "2k")
+    primary = stig_factory(OPEN, "--replication-log-bytes", "2k")
     follower = _follower(stig_factory, primary)
     primary.send_recv(b"set first 0 0 1\r\n1\r\n", b"\r\n")
     _caught_up(follower, primary)
@@ -254,14 +257,14 @@ def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
 
 
 def test_a_follower_reconnects_to_a_restarted_primary_and_resumes(stig_factory: Factory) -> None:
-    primary = stig_factory()
+    primary = stig_factory(OPEN)
     follower = _follower(stig_factory, primary)
     primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
     snapshots = _caught_up(follower, primary)["replication_snapshots_loaded"]  # 0 or 1
     port = primary.port
     primary.terminate()  # a clean exit, also with a follower streaming
     wait_for_stats(follower, lambda s: s["replication_connected"] == "0", what="the stream ended")
-    primary.start("--port", str(port))
+    primary.start(OPEN, "--port", str(port))
     primary.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
     stats = _caught_up(follower, primary)
     assert int(stats["replication_connects"]) == 2

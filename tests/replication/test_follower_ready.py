@@ -16,7 +16,7 @@ Factory = Callable[..., StigProcess]
 def test_ready_waits_until_the_follower_has_caught_up(
     stig_factory: Factory, tmp_path: Path
 ) -> None:
-    primary = stig_factory()
+    primary = stig_factory("--replication-open")  # followers without a login
     conn = primary.connect()
     value = b"x" * 1000
     for start in range(0, 20_000, 1000):  # ~20 MB: a snapshot that takes a while

@@ -40,7 +40,7 @@ def _follower_has(data_dir: Path, key: bytes) -> bool:
 
 def _pair(stig_factory: Factory, timeout_ms: int) -> tuple[StigProcess, StigProcess]:
     args = ("--min-replica-acks", "1", "--replica-ack-timeout-ms", str(timeout_ms))
-    primary = stig_factory(*args)
+    primary = stig_factory(*args, "--replication-open")  # a follower without a login
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     conn = primary.connect()

@@ -15,6 +15,8 @@ from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
+#: Followers (real and fake) without logins: a trusted network.
+OPEN = "--replication-open"
 
 
 def _follower_has(data_dir: Path, key: bytes) -> bool:
@@ -28,7 +30,7 @@ def _follower_has(data_dir: Path, key: bytes) -> bool:
 
 
 def test_with_no_follower_a_write_fails_after_the_bound(stig_factory: Factory) -> None:
-    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "200")
+    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "200")
     conn = primary.connect()
     reply = conn.send_recv(b"set k 0 0 1\r\nv\r\n", b"\r\n")
     assert reply == (
@@ -50,7 +52,7 @@ def test_with_no_follower_a_write_fails_after_the_bound(stig_factory: Factory) -
 def test_with_one_follower_a_write_is_acknowledged_once_the_follower_has_it(
     stig_factory: Factory,
 ) -> None:
-    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
+    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     conn = primary.connect()
@@ -76,7 +78,7 @@ def test_replies_that_wait_for_the_commit_first_still_wait_for_the_follower(
     wait for the local commit on their own (to report quiet failures, to
     read the run's writes); under ``--min-replica-acks`` the reply must
     still wait for the follower, not leave once the commit is local."""
-    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
+    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     meta = primary.connect()
@@ -101,7 +103,7 @@ def test_a_follower_acknowledging_more_than_it_was_sent_counts_for_nothing(
 ) -> None:
     """A false ``ACK`` (past the last group sent on its stream) must not
     satisfy ``--min-replica-acks``: the primary closes that stream."""
-    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "300")
+    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "300")
     fake = primary.connect()
     assert fake.send_recv(b"stig_replicate 0 1\r\n", b"\r\n") == b"REPLICATING 1 0\r\n"
     fake.send(b"ACK 999999999999\r\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 import lmdb
 
 from stig_testkit.process import StigProcess
+from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
 U64 = struct.Struct(">Q")
@@ -37,10 +38,16 @@ def test_without_a_login_promote_and_fence_are_refused(stig_factory: Factory) ->
     )
     reply = conn.send_recv(b"stig_promote\r\n", b"\r\n")
     assert reply.startswith(b"SERVER_ERROR stig_promote needs a login"), reply
-    # A "follower" of a later epoch is refused, and fences nothing either.
+    # A follower is refused too (its ACKs would count toward
+    # --min-replica-acks), and a later epoch fences nothing.
     follower = primary.connect()
-    reply = follower.send_recv(b"stig_replicate 0 2\r\n", b"\r\n")
-    assert reply.startswith(b"SERVER_ERROR the follower's epoch 2 is later"), reply
+    assert follower.send_recv(b"stig_replicate 0 2\r\n", b"\r\n") == (
+        b"SERVER_ERROR stig_replicate needs a login: run this server with --auth-file "
+        b"(or --replication-open on a trusted network)\r\n"
+    )
+    assert follower.send_recv(b"stig_replicate 0 1\r\n", b"\r\n").startswith(
+        b"SERVER_ERROR stig_replicate needs a login"
+    )
     assert conn.send_recv(b"set k 0 0 1\r\nv\r\n", b"\r\n") == b"STORED\r\n"
     assert primary.stats()["replication_fenced"] == "0"
 
@@ -125,3 +132,23 @@ def test_a_wrong_fence_is_cleared_by_promoting_past_it(stig_factory: Factory) ->
     assert server.send_recv(b"set j 0 0 1\r\nw\r\n", b"\r\n") == b"STORED\r\n"
     assert server.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
     assert server.stats()["replication_fenced"] == "0"
+
+
+def test_a_follower_without_a_login_is_refused_and_counts_for_nothing(
+    stig_factory: Factory,
+) -> None:
+    """Without ``--auth-file`` or ``--replication-open`` a real follower is
+    refused (it says why in its stats and retries): it streams nothing, turns
+    no log on, and its ``ACK`` cannot satisfy ``--min-replica-acks``."""
+    primary = stig_factory("--min-replica-acks", "1", "--replica-ack-timeout-ms", "300")
+    follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
+    stats = wait_for_stats(
+        follower,
+        lambda s: "stig_replicate_needs_a_login" in s["replication_last_error"],  # spaces: _
+        what="the follower refused",
+    )
+    assert stats["replication_connected"] == "0"
+    stats = primary.stats()
+    assert stats["connected_replicas"] == "0" and stats["replication_log_on"] == "0"
+    reply = primary.send_recv(b"set k 0 0 1\r\nv\r\n", b"\r\n")
+    assert reply.startswith(b"SERVER_ERROR only 0 of --min-replica-acks 1"), reply
