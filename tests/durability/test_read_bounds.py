@@ -187,7 +187,6 @@ def test_a_run_held_past_its_age_bound_goes_on_from_a_new_snapshot(stig_factory,
     assert renewals >= 1
 
 
-
 def test_a_getkq_run_received_with_its_end_is_one_snapshot_under_any_age_bound(stig_factory):
     """A GetKQ run whose No-op arrives with it is read without awaiting
     anything, so ``--max-snapshot-age-ms`` never splits it (docs/pov.md, rule
