@@ -343,10 +343,15 @@ class Connection:
                         parser.batched = 0
                     if promoter.gil_wanted is not None:
                         promoter.lend_gil()  # the commit thread applies its group now
-                    if budget <= 0 or promoter.finish_due:
+                    if (budget <= 0 or promoter.finish_due) and not handler.read_run_open:
                         # A group commit finished: yield at once, so that its
                         # completion (and the next group's dispatch) runs now,
                         # not after every connection's next 128 commands.
+                        # Not inside a run of quiet gets: received with its
+                        # end, it is read without awaiting anything, so one
+                        # snapshot that --max-snapshot-age-ms never splits
+                        # (docs/pov.md, rule 3), as a run of mg is read
+                        # whole by its handler; the yield comes once it ends.
                         budget = YIELD_EVERY
                         if not gate.holding:
                             # What is closed goes to the promoter now.  Not

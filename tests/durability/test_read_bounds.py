@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -184,6 +185,62 @@ def test_a_run_held_past_its_age_bound_goes_on_from_a_new_snapshot(stig_factory,
     old = values.count(OLD)
     assert 0 < old < len(KEYS) and values == [OLD] * old + [NEW] * (len(KEYS) - old)
     assert renewals >= 1
+
+
+def test_a_getkq_run_received_with_its_end_is_one_snapshot_under_any_age_bound(stig_factory):
+    """A GetKQ run whose No-op arrives with it is read without awaiting
+    anything, so ``--max-snapshot-age-ms`` never splits it (docs/pov.md, rule
+    3) — not even at 1 ms, while another connection commits a and b together
+    as fast as it can.  The run is long (500 silent misses between a and b:
+    past the connection loop's 128-command yield) and its reply tiny (never
+    sent at the reply bound).  The loop once yielded or braked inside it: 48
+    renewals in 30 runs, some seeing a and b from different commits; under
+    load a brake of over a second split the history test's GetKQ reads."""
+    server = stig_factory("--max-snapshot-age-ms", "1")
+    writer = server.connect(timeout=60)
+    set_both = b"set a 0 0 %d noreply\r\n%b\r\nset b 0 0 %d noreply\r\n%b\r\nmn\r\n"
+    assert writer.send_recv(set_both % (1, b"0", 1, b"0"), b"MN\r\n") == b"MN\r\n"
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def rewrite() -> None:
+        count = 0
+        try:
+            while not stop.is_set():
+                count += 1
+                value = b"%d" % count
+                request = set_both % (len(value), value, len(value), value)
+                assert writer.send_recv(request, b"MN\r\n", 60) == b"MN\r\n"
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    run = (
+        _binary(Opcode.GetKQ, b"a", 1)
+        + b"".join(_binary(Opcode.GetKQ, b"miss%d" % i, 2) for i in range(500))
+        + _binary(Opcode.GetKQ, b"b", 3)
+        + _binary(Opcode.Noop, opaque=4)
+    )
+    assert len(run) < 16384  # one send, one receive: the run arrives with its end
+    thread = threading.Thread(target=rewrite, daemon=True)
+    thread.start()
+    seen = []
+    try:
+        with socket.create_connection((server.host, server.port), timeout=60) as reader:
+            for _ in range(30):
+                reader.sendall(run)
+                reply = b""
+                while not reply.endswith(struct.pack(">I", 4) + bytes(8)):
+                    chunk = reader.recv(65536)
+                    assert chunk, reply
+                    reply += chunk
+                seen.append(dict(_binary_pairs(reply)))
+    finally:
+        stop.set()
+        thread.join(60)
+        writer.close()
+    assert not errors, errors
+    assert [pair[b"a"] == pair[b"b"] for pair in seen] == [True] * len(seen), seen
+    assert server.stats()["stig_snapshot_renewals"] == "0"
 
 
 # -- the map grows under a streamed run ----------------------------------------------
