@@ -64,18 +64,12 @@ class Charges:
         sessions are now past the limit: the caller asks :meth:`hold`."""
         self.open += size
         self.pending += size
-        budget = self.budget
-        used = budget.used = budget.used + size
-        if used > budget.peak:
-            budget.peak = used
-        budget.open += size
-        return budget.open > budget.limit
+        return self.budget.grow(size)
 
     def room(self) -> int:
         """How many bytes the open run may still grow by before :meth:`charge`
         would pass the limit (or, while this run holds, before it alone would)."""
-        budget = self.budget
-        return budget.limit - (self.open if budget.holder is self.owner else budget.open)
+        return self.budget.room(self.owner, self.open)
 
     def hold(self) -> bool | None:
         """After a :meth:`charge` past the limit: True when the open run goes on
@@ -98,8 +92,8 @@ class Charges:
         nbytes = self.open
         self.open = 0
         budget = self.budget
-        budget.open -= nbytes
-        if budget.holder is not None or budget.waiting:
+        budget.close_open(nbytes)
+        if budget.contended():
             budget.run_ended(self.owner)
         if joined:
             return nbytes
@@ -114,15 +108,14 @@ class Charges:
         self.open = 0
         self.pending -= nbytes
         budget = self.budget
-        budget.used -= nbytes
-        budget.open -= nbytes
-        if budget.holder is not None or budget.waiting:
+        budget.discard(nbytes)
+        if budget.contended():
             budget.run_ended(self.owner)
 
     def release(self, nbytes: int) -> None:
         """A promotion of ``nbytes`` (as :meth:`close_run` returned them) finished."""
         self.pending -= nbytes
-        self.budget.used -= nbytes
+        self.budget.release(nbytes)
 
     def wake_waiters(self) -> None:
         """Let every run waiting for room look again (its session's loss ends its wait)."""
