@@ -172,6 +172,15 @@ class Engine:
         #: until it has caught up (stig/engine/readiness.py).
         self.readiness = Readiness()
 
+    def connections(self) -> int:
+        """Connections open now, on every worker (``--max-connections`` bounds
+        the server: two workers accepting at the same moment may each admit
+        one past it, at most one per other worker)."""
+        region = self.region
+        if region is None:
+            return self.stats.curr_connections
+        return sum(int(slot.command.curr_connections) for slot in region.slots)
+
     def publish_figures(self) -> None:
         """Copy what the other workers' ``stats`` read of this one into the
         shared region (after each commit, and before this worker answers
