@@ -83,36 +83,9 @@ class WriteBudget:
         if used > self.peak:
             self.peak = used
 
-    # -- what a session's account (stig/engine/charges.py) moves ----------------
-
-    def grow(self, nbytes: int) -> bool:
-        """An open run grew by ``nbytes``: True when the open runs are now past the limit."""
-        used = self.used = self.used + nbytes
-        if used > self.peak:
-            self.peak = used
-        opened = self.open = self.open + nbytes
-        return opened > self.limit
-
-    def close_open(self, nbytes: int) -> None:
-        """An open run of ``nbytes`` closed (they stay pending until committed)."""
-        self.open -= nbytes
-
-    def discard(self, nbytes: int) -> None:
-        """An open run of ``nbytes`` was discarded: its bytes are given back."""
-        self.used -= nbytes
-        self.open -= nbytes
-
-    def release(self, nbytes: int) -> None:
-        """A promotion of ``nbytes`` finished."""
-        self.used -= nbytes
-
-    def contended(self) -> bool:
-        """Whether a run holds or waits (a run's end must then tell them)."""
-        return self.holder is not None or self.waiting > 0
-
-    def room(self, session: object, run_bytes: int) -> int:
-        """How many bytes ``session``'s open run of ``run_bytes`` may still grow by."""
-        return self.limit - (run_bytes if self.holder is session else self.open)
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
 
     def figures(self) -> BudgetFigures:
         """The figures ``stats`` shows."""
@@ -126,10 +99,6 @@ class WriteBudget:
             self.wait_max,
             self.wait_refusals,
         )
-
-    @property
-    def over(self) -> bool:
-        return self.used > self.limit
 
     def may_grow(self, session: object, run_bytes: int) -> bool | None:
         """After an open run of ``session`` grew to ``run_bytes``: True when it

@@ -64,12 +64,18 @@ class Charges:
         sessions are now past the limit: the caller asks :meth:`hold`."""
         self.open += size
         self.pending += size
-        return self.budget.grow(size)
+        budget = self.budget
+        used = budget.used = budget.used + size
+        if used > budget.peak:
+            budget.peak = used
+        budget.open += size
+        return budget.open > budget.limit
 
     def room(self) -> int:
         """How many bytes the open run may still grow by before :meth:`charge`
         would pass the limit (or, while this run holds, before it alone would)."""
-        return self.budget.room(self.owner, self.open)
+        budget = self.budget
+        return budget.limit - (self.open if budget.holder is self.owner else budget.open)
 
     def hold(self) -> bool | None:
         """After a :meth:`charge` past the limit: True when the open run goes on
@@ -92,8 +98,8 @@ class Charges:
         nbytes = self.open
         self.open = 0
         budget = self.budget
-        budget.close_open(nbytes)
-        if budget.contended():
+        budget.open -= nbytes
+        if budget.holder is not None or budget.waiting:
             budget.run_ended(self.owner)
         if joined:
             return nbytes
@@ -108,14 +114,15 @@ class Charges:
         self.open = 0
         self.pending -= nbytes
         budget = self.budget
-        budget.discard(nbytes)
-        if budget.contended():
+        budget.used -= nbytes
+        budget.open -= nbytes
+        if budget.holder is not None or budget.waiting:
             budget.run_ended(self.owner)
 
     def release(self, nbytes: int) -> None:
         """A promotion of ``nbytes`` (as :meth:`close_run` returned them) finished."""
         self.pending -= nbytes
-        self.budget.release(nbytes)
+        self.budget.used -= nbytes
 
     def wake_waiters(self) -> None:
         """Let every run waiting for room look again (its session's loss ends its wait)."""

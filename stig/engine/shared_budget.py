@@ -4,9 +4,10 @@
 that live in the shared region (:mod:`stig.engine.shared_region`):
 
 * each worker writes its own ``used`` and ``open`` words
-  (:class:`BudgetWords`, in its slot), with plain stores and no lock; the
-  budget's figures are the sums over every worker's words, read when a rule
-  needs them (N loads: a run's growth costs N field reads, no system call);
+  (:class:`BudgetWords`, in its slot), with plain stores and no lock
+  (:class:`SharedCharges`, a session's account); the budget's figures are
+  the sums over every worker's words, read when a rule needs them (a run's
+  growth: two stores and 2 × (N − 1) loads, no system call);
 * the *holder* (the one open run that may grow while the open runs are past
   the limit) is one word of the region's header: a token made of the
   session's identity and its worker's number, 0 for none.  It is taken and
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from stig.engine.budget import BudgetFigures, WriteBudget
+from stig.engine.charges import RUN_OVERHEAD, Charges
 
 if TYPE_CHECKING:
     from stig.engine.shared_region import Region
@@ -53,80 +55,60 @@ class BudgetWords(ctypes.Structure):
 
 
 class SharedWriteBudget(WriteBudget):
-    """The write budget of one worker, over the shared region's words."""
+    """The write budget of one worker, over the shared region's words.
 
-    __slots__ = ("_header", "_me", "_mine", "_others", "_region", "_slots")
+    Its own ``used`` and ``open`` stay plain attributes (what
+    :class:`SharedCharges` moves, as :class:`~stig.engine.charges.Charges`
+    does), each change stored into its words too (:attr:`words`); the
+    figures the rules compare are the sums with the other workers' words
+    (:attr:`others`)."""
+
+    __slots__ = ("_header", "_me", "_region", "_slots", "others", "words")
 
     def __init__(self, region: Region, limit: int, max_wait: float = float("inf")) -> None:
         super().__init__(limit, max_wait)
         self._region = region
         self._header = region.header
         self._me = region.me + 1
-        self._mine = region.mine.budget
+        #: This worker's words, and the other workers'.
+        self.words = region.mine.budget
+        self.others = [slot.budget for w, slot in enumerate(region.slots) if w != region.me]
         self._slots = [slot.budget for slot in region.slots]
-        self._others = [slot.budget for w, slot in enumerate(region.slots) if w != region.me]
 
-    def _token(self, session: object) -> int:
+    def token(self, session: object) -> int:
         """``session``'s holder word: its identity and its worker's number."""
         return 0 if session is None else ((id(session) >> 4) << 8) | self._me
 
-    def _open(self) -> int:
-        opened: int = self._mine.open
-        for other in self._others:
+    def open_total(self) -> int:
+        opened = self.open
+        for other in self.others:
             opened += other.open
         return opened
 
-    def _used(self) -> int:
-        used: int = self._mine.used
-        for other in self._others:
+    def used_total(self) -> int:
+        used = self.used
+        for other in self.others:
             used += other.used
         return used
 
-    # -- the hot path: own words, the others' read ------------------------------
-
     def add(self, nbytes: int) -> None:
-        mine = self._mine
-        mine.used += nbytes
-        used = self._used()
-        if used > mine.peak:
-            mine.peak = used
-
-    def grow(self, nbytes: int) -> bool:
-        mine = self._mine
-        used: int = mine.used + nbytes
-        opened: int = mine.open + nbytes
-        mine.used = used
-        mine.open = opened
-        for other in self._others:
-            used += other.used
-            opened += other.open
-        if used > mine.peak:
-            mine.peak = used
-        return opened > self.limit
-
-    def close_open(self, nbytes: int) -> None:
-        self._mine.open -= nbytes
-
-    def discard(self, nbytes: int) -> None:
-        mine = self._mine
-        mine.used -= nbytes
-        mine.open -= nbytes
-
-    def release(self, nbytes: int) -> None:
-        self._mine.used -= nbytes
+        used = self.used = self.used + nbytes
+        self.words.used = used
+        total = self.used_total()
+        if total > self.peak:
+            self.peak = self.words.peak = total
 
     @property
     def over(self) -> bool:
-        return self._used() > self.limit
+        return self.used_total() > self.limit
 
-    # -- the turns past the limit -----------------------------------------------
+    def holds(self, session: object) -> bool:
+        """Whether ``session``'s open run holds the turn."""
+        return bool(self._header[0] == self.token(session))
 
     def contended(self) -> bool:
+        """Whether some run holds, or one of this worker waits (a run's end tells them)."""
         return self._header[0] != 0 or self.waiting > 0
-
-    def room(self, session: object, run_bytes: int) -> int:
-        held = self._header[0] == self._token(session)
-        return self.limit - (run_bytes if held else self._open())
 
     def _take(self, token: int) -> bool:
         """Hold the turn if no other run does (under the lock); whether this run holds."""
@@ -137,11 +119,11 @@ class SharedWriteBudget(WriteBudget):
             return bool(header[0] == token)
 
     def may_grow(self, session: object, run_bytes: int) -> bool | None:
-        if self._open() <= self.limit:
+        if self.open_total() <= self.limit:
             return True
         if run_bytes > self.limit:
             return None
-        token = self._token(session)
+        token = self.token(session)
         holder = self._header[0]
         if holder == token:
             return True
@@ -151,24 +133,24 @@ class SharedWriteBudget(WriteBudget):
 
     def run_ended(self, session: object) -> None:
         header = self._header
-        token = self._token(session)
-        if header[0] != 0 and (header[0] == token or self._open() <= self.limit):
+        token = self.token(session)
+        if header[0] != 0 and (header[0] == token or self.open_total() <= self.limit):
             with self._region.lock():
-                if header[0] == token or (header[0] != 0 and self._open() <= self.limit):
+                if header[0] == token or (header[0] != 0 and self.open_total() <= self.limit):
                     header[0] = 0
         self.wake()
 
     async def wait_for_room(self, session: object, give_up: Callable[[], bool]) -> bool:
-        mine = self._mine
+        words = self.words
         header = self._header
-        token = self._token(session)
+        token = self.token(session)
         self.waiting += 1
-        mine.waiting += 1
-        mine.room_waits += 1
+        words.waiting += 1
+        words.room_waits += 1
         start = trio.current_time()
         try:
             with trio.move_on_after(self.max_wait) as timer:
-                while not give_up() and self._open() > self.limit:
+                while not give_up() and self.open_total() > self.limit:
                     if header[0] in (0, token) and self._take(token):
                         break
                     if self._room is None:
@@ -177,12 +159,12 @@ class SharedWriteBudget(WriteBudget):
                         await self._room.wait()
         finally:
             self.waiting -= 1
-            mine.waiting -= 1
+            words.waiting -= 1
             waited = trio.current_time() - start
-            if waited > mine.wait_max:
-                mine.wait_max = waited
+            if waited > words.wait_max:
+                words.wait_max = waited
         if timer.cancelled_caught:
-            mine.wait_refusals += 1
+            words.wait_refusals += 1
             return False
         return True
 
@@ -198,3 +180,70 @@ class SharedWriteBudget(WriteBudget):
             max(slot.wait_max for slot in slots),
             sum(slot.wait_refusals for slot in slots),
         )
+
+
+class SharedCharges(Charges):
+    """A session's account in a :class:`SharedWriteBudget`: what
+    :class:`~stig.engine.charges.Charges` does, with each change of the
+    worker's figures stored into its words and the limit compared with the
+    sums (one class for each, so that one process pays nothing for this)."""
+
+    __slots__ = ()
+
+    budget: SharedWriteBudget
+
+    def charge(self, size: int) -> bool:
+        self.open += size
+        self.pending += size
+        budget = self.budget
+        used = budget.used = budget.used + size
+        opened = budget.open = budget.open + size
+        words = budget.words
+        words.used = used
+        words.open = opened
+        for other in budget.others:
+            used += other.used
+            opened += other.open
+        if used > budget.peak:
+            budget.peak = words.peak = used
+        return opened > budget.limit
+
+    def room(self) -> int:
+        budget = self.budget
+        return budget.limit - (self.open if budget.holds(self.owner) else budget.open_total())
+
+    def close_run(self, joined: bool) -> int:
+        nbytes = self.open
+        self.open = 0
+        budget = self.budget
+        budget.words.open = budget.open = budget.open - nbytes
+        if budget.contended():
+            budget.run_ended(self.owner)
+        if joined:
+            return nbytes
+        self.pending += RUN_OVERHEAD
+        budget.add(RUN_OVERHEAD)
+        return nbytes + RUN_OVERHEAD
+
+    def discard_run(self) -> None:
+        nbytes = self.open
+        self.open = 0
+        self.pending -= nbytes
+        budget = self.budget
+        words = budget.words
+        words.used = budget.used = budget.used - nbytes
+        words.open = budget.open = budget.open - nbytes
+        if budget.contended():
+            budget.run_ended(self.owner)
+
+    def release(self, nbytes: int) -> None:
+        self.pending -= nbytes
+        budget = self.budget
+        budget.words.used = budget.used = budget.used - nbytes
+
+
+def charges_for(budget: WriteBudget, owner: object) -> Charges:
+    """The account of ``owner`` (a session) in ``budget``, of the budget's kind."""
+    if isinstance(budget, SharedWriteBudget):
+        return SharedCharges(budget, owner)
+    return Charges(budget, owner)
