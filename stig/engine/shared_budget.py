@@ -4,7 +4,7 @@
 that live in the shared region (:mod:`stig.engine.shared_region`):
 
 * each worker writes its own ``used`` and ``open`` words
-  (:class:`BudgetWords`, in its slot), with plain stores and no lock
+  (:class:`~stig.engine.shared_stats.BudgetWords`, in its slot), with plain stores and no lock
   (:class:`SharedCharges`, a session's account); the budget's figures are
   the sums over every worker's words, read when a rule needs them (a run's
   growth: two stores and 2 × (N − 1) loads, no system call);
@@ -24,34 +24,16 @@ connection), whichever workers they are on.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
 from stig.engine.budget import BudgetFigures, WriteBudget
 from stig.engine.charges import RUN_OVERHEAD, Charges
-
-if TYPE_CHECKING:
-    from stig.engine.shared_region import Region
+from stig.engine.shared_region import Region, budget_word
 
 #: How often a run waiting for room looks at the other workers' words again.
 POLL_SECONDS = 0.0005
-
-
-class BudgetWords(ctypes.Structure):
-    """One worker's part of the budget, in its slot of the shared region."""
-
-    _fields_ = [
-        ("used", ctypes.c_int64),
-        ("open", ctypes.c_int64),
-        ("peak", ctypes.c_int64),  # the largest sum this worker saw
-        ("waiting", ctypes.c_int64),
-        ("room_waits", ctypes.c_int64),
-        ("wait_max", ctypes.c_double),
-        ("wait_refusals", ctypes.c_int64),
-    ]
 
 
 class SharedWriteBudget(WriteBudget):
@@ -59,20 +41,25 @@ class SharedWriteBudget(WriteBudget):
 
     Its own ``used`` and ``open`` stay plain attributes (what
     :class:`SharedCharges` moves, as :class:`~stig.engine.charges.Charges`
-    does), each change stored into its words too (:attr:`words`); the
-    figures the rules compare are the sums with the other workers' words
-    (:attr:`others`)."""
+    does), each change stored into its words too (``words[used_at]``,
+    ``words[used_at + 1]``, a memoryview over the region: cheaper than a
+    ctypes field); the figures the rules compare are the sums with the
+    other workers' words (``others_at``)."""
 
-    __slots__ = ("_header", "_me", "_region", "_slots", "others", "words")
+    __slots__ = ("_header", "_me", "_region", "_slots", "mine", "others_at", "used_at", "words")
 
     def __init__(self, region: Region, limit: int, max_wait: float = float("inf")) -> None:
         super().__init__(limit, max_wait)
         self._region = region
         self._header = region.header
         self._me = region.me + 1
-        #: This worker's words, and the other workers'.
-        self.words = region.mine.budget
-        self.others = [slot.budget for w, slot in enumerate(region.slots) if w != region.me]
+        #: The region's words; this worker's ``used`` word (``open`` follows
+        #: it) and the other workers'; word 0 is the holder.
+        self.words = region.words
+        self.used_at = budget_word(region.me)
+        self.others_at = tuple(budget_word(w) for w in range(region.workers) if w != region.me)
+        #: This worker's block (its cold figures: peak, waits).
+        self.mine = region.mine.budget
         self._slots = [slot.budget for slot in region.slots]
 
     def token(self, session: object) -> int:
@@ -80,23 +67,24 @@ class SharedWriteBudget(WriteBudget):
         return 0 if session is None else ((id(session) >> 4) << 8) | self._me
 
     def open_total(self) -> int:
+        words = self.words
         opened = self.open
-        for other in self.others:
-            opened += other.open
+        for at in self.others_at:
+            opened += words[at + 1]
         return opened
 
     def used_total(self) -> int:
+        words = self.words
         used = self.used
-        for other in self.others:
-            used += other.used
+        for at in self.others_at:
+            used += words[at]
         return used
 
     def add(self, nbytes: int) -> None:
         used = self.used = self.used + nbytes
-        self.words.used = used
-        total = self.used_total()
-        if total > self.peak:
-            self.peak = self.words.peak = total
+        self.words[self.used_at] = used
+        if used > self.peak:  # this worker's part alone: its run's bookkeeping
+            self.peak = self.mine.peak = used
 
     @property
     def over(self) -> bool:
@@ -108,7 +96,7 @@ class SharedWriteBudget(WriteBudget):
 
     def contended(self) -> bool:
         """Whether some run holds, or one of this worker waits (a run's end tells them)."""
-        return self._header[0] != 0 or self.waiting > 0
+        return self.words[0] != 0 or self.waiting > 0
 
     def _take(self, token: int) -> bool:
         """Hold the turn if no other run does (under the lock); whether this run holds."""
@@ -141,7 +129,7 @@ class SharedWriteBudget(WriteBudget):
         self.wake()
 
     async def wait_for_room(self, session: object, give_up: Callable[[], bool]) -> bool:
-        words = self.words
+        words = self.mine
         header = self._header
         token = self.token(session)
         self.waiting += 1
@@ -199,13 +187,14 @@ class SharedCharges(Charges):
         used = budget.used = budget.used + size
         opened = budget.open = budget.open + size
         words = budget.words
-        words.used = used
-        words.open = opened
-        for other in budget.others:
-            used += other.used
-            opened += other.open
+        at = budget.used_at
+        words[at] = used
+        words[at + 1] = opened
+        for at in budget.others_at:
+            used += words[at]
+            opened += words[at + 1]
         if used > budget.peak:
-            budget.peak = words.peak = used
+            budget.peak = budget.mine.peak = used
         return opened > budget.limit
 
     def room(self) -> int:
@@ -216,13 +205,18 @@ class SharedCharges(Charges):
         nbytes = self.open
         self.open = 0
         budget = self.budget
-        budget.words.open = budget.open = budget.open - nbytes
-        if budget.contended():
+        words = budget.words
+        words[budget.used_at + 1] = budget.open = budget.open - nbytes
+        if words[0] or budget.waiting:  # a run holds, or one waits (word 0: the holder)
             budget.run_ended(self.owner)
         if joined:
             return nbytes
         self.pending += RUN_OVERHEAD
-        budget.add(RUN_OVERHEAD)
+        # budget.add(RUN_OVERHEAD), inline (once per run: the hot path).
+        used = budget.used = budget.used + RUN_OVERHEAD
+        words[budget.used_at] = used
+        if used > budget.peak:
+            budget.peak = budget.mine.peak = used
         return nbytes + RUN_OVERHEAD
 
     def discard_run(self) -> None:
@@ -231,15 +225,16 @@ class SharedCharges(Charges):
         self.pending -= nbytes
         budget = self.budget
         words = budget.words
-        words.used = budget.used = budget.used - nbytes
-        words.open = budget.open = budget.open - nbytes
+        at = budget.used_at
+        words[at] = budget.used = budget.used - nbytes
+        words[at + 1] = budget.open = budget.open - nbytes
         if budget.contended():
             budget.run_ended(self.owner)
 
     def release(self, nbytes: int) -> None:
         self.pending -= nbytes
         budget = self.budget
-        budget.words.used = budget.used = budget.used - nbytes
+        budget.words[budget.used_at] = budget.used = budget.used - nbytes
 
 
 def charges_for(budget: WriteBudget, owner: object) -> Charges:

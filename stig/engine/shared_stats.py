@@ -132,6 +132,20 @@ class Figures(ctypes.Structure):
         self.total_bytes = store.total_bytes
 
 
+class BudgetWords(ctypes.Structure):
+    """One worker's part of the budget, in its slot of the shared region."""
+
+    _fields_ = [
+        ("used", ctypes.c_int64),
+        ("open", ctypes.c_int64),
+        ("peak", ctypes.c_int64),  # the largest sum this worker saw
+        ("waiting", ctypes.c_int64),
+        ("room_waits", ctypes.c_int64),
+        ("wait_max", ctypes.c_double),
+        ("wait_refusals", ctypes.c_int64),
+    ]
+
+
 @attrs.define
 class Totals:
     """Every worker's blocks combined (:func:`combine`)."""
