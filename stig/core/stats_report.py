@@ -22,11 +22,9 @@ def _sources(engine: Engine) -> tuple[CommandStats, PromoterStats, dict[str, int
     if region is None:
         figures = Figures()
         figures.publish(engine.promoter, engine.store)
-        return (
-            engine.stats,
-            engine.promoter_stats,
-            {name: getattr(figures, name) for name in names(Figures)},
-        )
+        listed = {name: getattr(figures, name) for name in names(Figures)}
+        listed["commit_lag_ms"] = int(engine.promoter.lag() * 1000)
+        return engine.stats, engine.promoter_stats, listed
     region.mine.figures.publish(engine.promoter, engine.store)
     totals = region.totals()
     return totals.command, totals.promoter, totals.figures

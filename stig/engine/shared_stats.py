@@ -19,7 +19,8 @@ How each figure is combined (:func:`combine`, docs/workers.md):
   ``stig_pending_promotion_bytes``): the sum;
 * maxima (``stig_group_commit_max``, ``stig_commit_latency_max_us``,
   ``stig_commit_lag_max_ms``, ``stig_held_replies_max``): the largest;
-* the averages are recomputed from the sums.
+* the averages are recomputed from the sums; the commit lag now from the
+  oldest uncommitted promotion's submission time each worker published.
 
 :class:`Figures` is the third block: what other objects of a worker know
 (keys in flight, read waits, held snapshots, the refusal's counters, the
@@ -30,6 +31,7 @@ each of its commits and before its own ``stats`` answer.
 from __future__ import annotations
 
 import ctypes
+import time
 from typing import TYPE_CHECKING
 
 import attrs
@@ -103,7 +105,9 @@ class Figures(ctypes.Structure):
         ("held_snapshots", ctypes.c_int64),  # sum
         ("stalled_reads", ctypes.c_int64),  # sum
         ("snapshot_renewals", ctypes.c_int64),  # sum
-        ("commit_lag_ms", ctypes.c_int64),  # max
+        # When its oldest uncommitted promotion was submitted (time.monotonic,
+        # one clock for every process; 0: none): the lag is computed when read.
+        ("oldest_submitted", ctypes.c_double),
         ("writes_refused", ctypes.c_int64),  # max (1 if any worker refuses)
         ("write_refusals", ctypes.c_int64),  # sum
         ("refused_episodes", ctypes.c_int64),  # sum
@@ -123,7 +127,8 @@ class Figures(ctypes.Structure):
         self.held_snapshots = len(reads)
         self.stalled_reads = reads.stalled_ends
         self.snapshot_renewals = reads.renewals
-        self.commit_lag_ms = int(promoter.lag() * 1000)
+        lag = promoter.lag()
+        self.oldest_submitted = time.monotonic() - lag if lag > 0 else 0.0
         self.writes_refused = int(refusal.refusing)
         self.write_refusals = refusal.refused
         self.refused_episodes = refusal.episodes
@@ -172,13 +177,21 @@ def combine(
     _combine_into(command, list(commands), _COMMAND_MAXIMA)
     _combine_into(promoter, list(promoters), _PROMOTER_MAXIMA)
     newest = max(figures, key=lambda block: block.last_cas)
+    now = time.monotonic()
     combined = {
         "keys_in_flight": sum(block.keys_in_flight for block in figures),
         "read_waits": sum(block.read_waits for block in figures),
         "held_snapshots": sum(block.held_snapshots for block in figures),
         "stalled_reads": sum(block.stalled_reads for block in figures),
         "snapshot_renewals": sum(block.snapshot_renewals for block in figures),
-        "commit_lag_ms": max(block.commit_lag_ms for block in figures),
+        "commit_lag_ms": max(
+            (
+                int((now - block.oldest_submitted) * 1000)
+                for block in figures
+                if block.oldest_submitted
+            ),
+            default=0,
+        ),
         "writes_refused": max(block.writes_refused for block in figures),
         "write_refusals": sum(block.write_refusals for block in figures),
         "refused_episodes": sum(block.refused_episodes for block in figures),
