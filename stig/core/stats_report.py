@@ -11,14 +11,42 @@ from stig.core.replication_stats import replication_settings, replication_stats
 from stig.engine.engine import PROTOCOL_VERSION, Engine
 from stig.engine.prefix_stats import DELIMITER, MAX_PREFIXES
 from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS
+from stig.engine.shared_stats import Figures, names
+from stig.engine.stats import CommandStats, PromoterStats
+
+
+def _sources(engine: Engine) -> tuple[CommandStats, PromoterStats, dict[str, int]]:
+    """The counters ``stats`` shows: this process's, or with ``--workers N``
+    every worker's combined (stig/engine/shared_stats.py says how)."""
+    region = engine.region
+    if region is None:
+        figures = Figures()
+        figures.publish(engine.promoter, engine.store)
+        listed = {name: getattr(figures, name) for name in names(Figures)}
+        listed["commit_lag_ms"] = int(engine.promoter.lag() * 1000)
+        return engine.stats, engine.promoter_stats, listed
+    region.mine.figures.publish(engine.promoter, engine.store)
+    totals = region.totals()
+    return totals.command, totals.promoter, totals.figures
+
+
+def stored_bytes(engine: Engine) -> int:
+    """``bytes``: the store's figure as the writer last told a worker (the
+    newest of every worker's, with ``--workers N``)."""
+    return _sources(engine)[2]["total_bytes"] if engine.region else engine.store.total_bytes
 
 
 def general_stats(engine: Engine) -> list[tuple[str, object]]:
-    """memcached's general counters that mean something for Stig, then Stig's own."""
+    """memcached's general counters that mean something for Stig, then Stig's own.
+
+    With ``--workers N`` the counters are every worker's (summed, or the
+    largest for maxima); ``pid``, ``uptime``, ``rusage_*``,
+    ``stig_worker_id``, the refusal's cause and last error, and the
+    replication lines are the answering worker's own."""
     now = time.time()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    stats = engine.stats
-    promoter = engine.promoter_stats
+    stats, promoter, figures = _sources(engine)
+    budget = engine.budget.figures()
     commits = promoter.commits
     pairs: list[tuple[str, object]] = [
         ("pid", os.getpid()),
@@ -69,8 +97,8 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("evictions", 0),
         ("expired_unfetched", 0),
         ("curr_items", engine.store.item_count()),
-        ("total_items", engine.store.last_cas),
-        ("bytes", engine.store.total_bytes),
+        ("total_items", figures["last_cas"]),
+        ("bytes", figures["total_bytes"]),
         ("limit_maxbytes", engine.store.map_size),
         ("stig_disk_bytes", engine.store.disk_bytes()),
         ("stig_commits", commits),
@@ -84,17 +112,17 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_commit_latency_max_us", int(promoter.commit_seconds_max * 1e6)),
         ("stig_failed_commits", promoter.failed_commits),
         ("stig_pending_promotion_bytes", promoter.pending_bytes),
-        ("stig_uncommitted_bytes", engine.budget.used),
-        ("stig_uncommitted_bytes_peak", engine.budget.peak),
-        ("stig_uncommitted_bytes_limit", engine.budget.limit),
-        ("stig_open_run_bytes", engine.budget.open),
+        ("stig_uncommitted_bytes", budget.used),
+        ("stig_uncommitted_bytes_peak", budget.peak),
+        ("stig_uncommitted_bytes_limit", budget.limit),
+        ("stig_open_run_bytes", budget.open),
         # Open runs past the budget: connections waiting for room, and how often.
-        ("stig_open_run_waiting", engine.budget.waiting),
-        ("stig_open_run_waits", engine.budget.room_waits),
+        ("stig_open_run_waiting", budget.waiting),
+        ("stig_open_run_waits", budget.room_waits),
         # ... the longest wait, and the runs refused for waiting past --max-run-wait-ms.
-        ("stig_open_run_wait_max_ms", int(engine.budget.wait_max * 1000)),
-        ("stig_open_run_wait_refusals", engine.budget.wait_refusals),
-        ("stig_commit_lag_ms", int(engine.promoter.lag() * 1000)),
+        ("stig_open_run_wait_max_ms", int(budget.wait_max * 1000)),
+        ("stig_open_run_wait_refusals", budget.wait_refusals),
+        ("stig_commit_lag_ms", figures["commit_lag_ms"]),
         ("stig_commit_lag_max_ms", int(promoter.lag_seconds_max * 1000)),
         ("stig_max_commit_lag_ms", engine.settings.max_commit_lag_ms),
         ("stig_paused_connections", promoter.paused_connections),
@@ -104,21 +132,21 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         # Acknowledged writes visible everywhere (stig/engine/visibility.py):
         # LMDB snapshots held across awaits (streamed replies, listings), of
         # stig_max_readers reader slots.
-        ("stig_held_snapshots", len(engine.store.long_reads)),
+        ("stig_held_snapshots", figures["held_snapshots"]),
         # ... and those ended because their client read none of the reply for
         # --max-read-stall-ms (stig/storage/held.py).
-        ("stig_stalled_reads", engine.store.long_reads.stalled_ends),
+        ("stig_stalled_reads", figures["stalled_reads"]),
         # ... and the reads that went on from a new snapshot, theirs released
         # at --max-snapshot-age-ms (stig/storage/held.py).
-        ("stig_snapshot_renewals", engine.store.long_reads.renewals),
+        ("stig_snapshot_renewals", figures["snapshot_renewals"]),
         ("stig_max_snapshot_age_ms", engine.settings.max_snapshot_age_ms),
-        ("stig_keys_in_flight", len(engine.promoter.in_flight)),
-        ("stig_read_waits", engine.promoter.in_flight.waits),
-        ("stig_cachedump_skipped_keys", engine.stats.cachedump_skipped_keys),
+        ("stig_keys_in_flight", figures["keys_in_flight"]),
+        ("stig_read_waits", figures["read_waits"]),
+        ("stig_cachedump_skipped_keys", stats.cachedump_skipped_keys),
         # Replies waiting for their commits (stig/core/reply_gate.py): now, on
         # all connections; the most one connection held (--max-reply-bytes).
-        ("stig_held_replies", engine.stats.held_replies),
-        ("stig_held_replies_max", engine.stats.held_replies_max),
+        ("stig_held_replies", stats.held_replies),
+        ("stig_held_replies_max", stats.held_replies_max),
         # The writer process (--workers, docs/workers.md): 0 without one.
         ("stig_workers", engine.settings.workers),
         ("stig_worker_id", engine.worker_id),
@@ -129,12 +157,12 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
     refusal = engine.promoter.refusal
     cause = refusal.cause
     pairs += [
-        ("stig_writes_refused", int(refusal.refusing)),
+        ("stig_writes_refused", figures["writes_refused"]),
         ("stig_writes_refused_cause", "none" if cause is None else cause.value),
         ("stig_writes_refused_seconds", int(time.monotonic() - refusal.since) if cause else 0),
-        ("stig_write_refusals", refusal.refused),
-        ("stig_writes_refused_episodes", refusal.episodes),
-        ("stig_space_probes", refusal.probes),
+        ("stig_write_refusals", figures["write_refusals"]),
+        ("stig_writes_refused_episodes", figures["refused_episodes"]),
+        ("stig_space_probes", figures["space_probes"]),
         ("stig_last_commit_error_kind", refusal.last_kind),
         # The words of LMDB (or of the map's growth), one token: spaces as "_".
         ("stig_last_commit_error", refusal.last_error.replace(" ", "_") or "none"),

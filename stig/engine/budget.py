@@ -26,7 +26,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 import trio
+
+
+@attrs.frozen
+class BudgetFigures:
+    """The budget's figures for ``stats`` (with ``--workers N``: every worker's)."""
+
+    used: int
+    peak: int
+    limit: int
+    open: int
+    waiting: int
+    room_waits: int
+    wait_max: float
+    wait_refusals: int
 
 
 class WriteBudget:
@@ -71,6 +86,19 @@ class WriteBudget:
     @property
     def over(self) -> bool:
         return self.used > self.limit
+
+    def figures(self) -> BudgetFigures:
+        """The figures ``stats`` shows."""
+        return BudgetFigures(
+            self.used,
+            self.peak,
+            self.limit,
+            self.open,
+            self.waiting,
+            self.room_waits,
+            self.wait_max,
+            self.wait_refusals,
+        )
 
     def may_grow(self, session: object, run_bytes: int) -> bool | None:
         """After an open run of ``session`` grew to ``run_bytes``: True when it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import attrs
 import trio
@@ -22,7 +22,9 @@ from stig.engine.readiness import Readiness
 from stig.engine.replica_hold import ReplicaHold
 from stig.engine.replicas import FollowerState, ReplicaHub
 from stig.engine.settings import Settings
+from stig.engine.shared_budget import SharedWriteBudget
 from stig.engine.shared_inflight import SharedInFlight
+from stig.engine.shared_region import Region
 from stig.engine.stats import CommandStats, PromoterStats
 from stig.engine.writer_link import WriterLink
 from stig.storage.replog import ImplausibleEpoch, LogState
@@ -93,9 +95,22 @@ class Engine:
             if role is None and not settings.workers:  # the writer process commits there
                 self.store.stop_logging()
                 log.info("replication log off (--replication-log-bytes 0): dropped")
-        self.promoter_stats = PromoterStats()
-        self.stats = CommandStats()
-        self.budget = WriteBudget(settings.max_pending_bytes, settings.max_run_wait_ms / 1000.0)
+        max_wait = settings.max_run_wait_ms / 1000.0
+        #: The counters and the budget shared by every worker (``--workers N``,
+        #: stig/engine/shared_region.py); None: one process has them all.
+        self.region: Region | None = None
+        if role is None:
+            self.promoter_stats = PromoterStats()
+            self.stats = CommandStats()
+            self.budget = WriteBudget(settings.max_pending_bytes, max_wait)
+        else:
+            region = self.region = Region(role.table_fd, settings.workers, role.worker_id)
+            region.start()
+            # The same fields in shared memory (ctypes structures: the hot
+            # path's ``stats.cmd_get += 1`` is unchanged).
+            self.promoter_stats = cast(PromoterStats, region.mine.promoter)
+            self.stats = cast(CommandStats, region.mine.command)
+            self.budget = SharedWriteBudget(region, settings.max_pending_bytes, max_wait)
         #: The writer process (``--workers``); None: the commit thread commits.
         self.writer: WriterLink | None = None
         shared: SharedInFlight | None = None
@@ -132,6 +147,8 @@ class Engine:
                 settings.min_replica_acks,
                 settings.replica_ack_timeout_ms / 1000.0,
             )
+        if self.region is not None:
+            self.promoter.on_commit = self.publish_figures
         #: A follower's progress (``--replica-of``; None on a primary): its
         #: writes are refused, naming the primary.
         self.follower: FollowerState | None = None
@@ -154,6 +171,23 @@ class Engine:
         #: When the service manager hears READY=1; a follower holds it back
         #: until it has caught up (stig/engine/readiness.py).
         self.readiness = Readiness()
+
+    def connections(self) -> int:
+        """Connections open now, on every worker (``--max-connections`` bounds
+        the server: two workers accepting at the same moment may each admit
+        one past it, at most one per other worker)."""
+        region = self.region
+        if region is None:
+            return self.stats.curr_connections
+        return sum(int(slot.command.curr_connections) for slot in region.slots)
+
+    def publish_figures(self) -> None:
+        """Copy what the other workers' ``stats`` read of this one into the
+        shared region (after each commit, and before this worker answers
+        ``stats``); tell the followers of the commit (none with workers)."""
+        if self.region is not None:
+            self.region.mine.figures.publish(self.promoter, self.store)
+        self.replicas.committed()
 
     def fenced_words(self) -> str:
         """What a fenced primary's refused writes and followers are told."""

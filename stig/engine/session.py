@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, NoReturn
 
-from stig.engine.charges import OP_OVERHEAD, Charges
+from stig.engine.charges import OP_OVERHEAD
 from stig.engine.engine import Engine
 from stig.engine.errors import (
     CommitFailed,
@@ -59,6 +59,7 @@ from stig.engine.failure_ledger import FailureLedger
 from stig.engine.open_run import OpenRun
 from stig.engine.promoter import Promotion
 from stig.engine.replica_hold import ReplicaHold
+from stig.engine.shared_budget import charges_for
 from stig.engine.visibility import InFlight
 from stig.storage.ops import (
     Adjust,
@@ -117,7 +118,7 @@ class Session:
         # the open run in ``_open.owed``; with their promotion once it closes.
         self.owed: list[tuple[Promotion, list[tuple[object, int]]]] = []
         #: This session's account in the write budget (stig/engine/charges.py).
-        self._charges = Charges(engine.promoter.budget, self)
+        self._charges = charges_for(engine.promoter.budget, self)
         #: Since when (trio's clock) a send of this session's replies has made
         #: no progress (None: none under way); set by its connection, read by
         #: the watchdog that ends the snapshots of reads whose client does not

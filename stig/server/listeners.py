@@ -267,7 +267,7 @@ async def _accept_loop(
             raise
         if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if stats.curr_connections >= limit:
+        if engine.connections() >= limit:  # every worker's (--workers N)
             # Before any TLS handshake, as memcached: the refusal is in the clear.
             stats.rejected_connections += 1
             nursery.start_soon(_reject, sock)

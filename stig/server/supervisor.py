@@ -39,7 +39,7 @@ import time
 
 import attrs
 
-from stig.engine import shared_inflight
+from stig.engine import shared_inflight, shared_region
 from stig.engine.engine import readers_for
 from stig.engine.settings import Settings
 from stig.engine.writer import CONTROL_LINK, CONTROL_RELEASED
@@ -175,7 +175,7 @@ class _Supervisor:
     def _start_group(self) -> None:
         """A new shared table, the writer, and every worker."""
         workers = self.settings.workers
-        table_fd = shared_inflight.create(workers)
+        table_fd = shared_region.create(workers)  # the in-flight table and the shared stats
         wakes = shared_inflight.create_wakes(workers)
         control, theirs_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.shared = _Shared(table_fd, wakes, control)

@@ -1,0 +1,97 @@
+"""What every worker of ``stig serve --workers 2`` shares (docs/workers.md,
+"The shared region"): the ``stats`` counters, summed whichever worker
+answers, the write budget (``--max-pending-bytes``) and its turns, and
+``--max-connections``.  Each test pins connections to chosen workers by
+their ``stig_worker_id`` stat."""
+
+from __future__ import annotations
+
+from stig_testkit.waiting import wait_for, wait_for_stats
+from stig_testkit.workers import on_worker, stats_of
+
+WORKERS = ("--workers", "2")
+VALUE = b"w" * 100_000
+
+
+def test_stats_on_either_worker_count_what_both_did(stig_factory):
+    """A set answered on worker 0 and gets answered on worker 1 are in the
+    counters of a ``stats`` on either worker, at once (no wait: a counter is
+    bumped in shared memory before its reply leaves); so are the store's
+    figures (once committed) and both connections."""
+    server = stig_factory(*WORKERS)
+    zero, one = on_worker(server, 0), on_worker(server, 1)
+    before = stats_of(one)
+    for j in range(5):
+        assert zero.send_recv(b"set s%d 0 0 3\r\nabc\r\n" % j, b"\r\n") == b"STORED\r\n"
+    for _ in range(3):
+        assert one.send_recv(b"get s0 nope\r\n") == b"VALUE s0 0 3\r\nabc\r\nEND\r\n"
+    for conn in (zero, one):
+        after = stats_of(conn)
+        assert int(after["cmd_set"]) - int(before["cmd_set"]) == 5
+        assert int(after["cmd_get"]) - int(before["cmd_get"]) == 6
+        assert int(after["get_hits"]) - int(before["get_hits"]) == 3
+        assert int(after["get_misses"]) - int(before["get_misses"]) == 3
+        assert int(after["curr_connections"]) >= 2
+    # The store's figures: the same on both once the sets are committed
+    # (each worker hears them from the writer with its own commits).
+    wait_for(
+        lambda: (stats_of(zero, b"items"), stats_of(one, b"items"), stats_of(one)),
+        lambda got: got[0] == got[1] and got[2]["total_items"] == stats_of(zero)["total_items"],
+        what="the store's figures alike on both workers",
+    )
+
+
+def test_stats_reset_on_one_worker_resets_both(stig_factory):
+    server = stig_factory(*WORKERS)
+    zero, one = on_worker(server, 0), on_worker(server, 1)
+    assert zero.send_recv(b"set r 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+    assert one.send_recv(b"stats reset\r\n", b"\r\n") == b"RESET\r\n"
+    assert stats_of(zero)["cmd_set"] == "0"
+
+
+def _noreply_sets(prefix: bytes, count: int, value: bytes = VALUE) -> bytes:
+    return b"".join(
+        b"set %b%d 0 0 %d noreply\r\n%b\r\n" % (prefix, j, len(value), value) for j in range(count)
+    )
+
+
+def test_one_write_budget_and_its_turns_span_both_workers(stig_factory):
+    """An open run of 600 kB on worker 0 and one of 500 kB on worker 1 pass
+    a 1 MiB budget together (each alone would not): worker 1's run holds,
+    and a run growing on worker 0 waits for room until the holder's run
+    ends, then goes on (docs/pov.md, "The barrier": open runs take turns)."""
+    server = stig_factory(*WORKERS, "--max-pending-bytes", "1m", "--batch-idle-ms", "60000")
+    opener = on_worker(server, 0, timeout=60)
+    holder = on_worker(server, 1, timeout=60)
+    waiter = on_worker(server, 0, timeout=60)
+
+    def open_bytes(at_least: int):
+        return lambda s: int(s["stig_open_run_bytes"]) >= at_least
+
+    opener.send(_noreply_sets(b"o", 6))
+    # (A stats on one of these connections would close its run: a fresh
+    # connection asks, on whichever worker it lands.)
+    wait_for_stats(server, open_bytes(600_000), what="the opener's run")
+    holder.send(_noreply_sets(b"h", 5))
+    wait_for_stats(server, open_bytes((1 << 20) + 1), what="the holder past the budget")
+    waiter.send(_noreply_sets(b"w", 3, b"y"))
+    wait_for_stats(
+        server,
+        lambda s: s["stig_open_run_waiting"] == "1",
+        what="the waiter on the other worker than the holder waiting",
+    )
+    assert holder.send_recv(b"mn\r\n", b"MN\r\n") == b"MN\r\n"
+    assert waiter.send_recv(b"mn\r\n", b"MN\r\n", timeout=30) == b"MN\r\n"
+    assert opener.send_recv(b"mn\r\n", b"MN\r\n", timeout=30) == b"MN\r\n"
+    got = holder.send_recv(b"get o5 h4 w2\r\n")
+    assert got.count(b"VALUE ") == 3
+
+
+def test_max_connections_bounds_both_workers_together(stig_factory):
+    """``--max-connections 2`` admits two connections in all, not two per worker."""
+    server = stig_factory(*WORKERS, "--max-connections", "2")
+    first, second = server.connect(), server.connect()
+    for conn in (first, second):  # both are being served
+        assert conn.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
+    for _ in range(4):  # whichever worker each lands on
+        assert server.connect().recv_until(None) == b"ERROR Too many open connections\r\n"
