@@ -138,6 +138,15 @@ class ReplicaHold:
         self.timeouts = 0
         hub.on_ack = self._acked
 
+    def held_through(self, seq: int) -> None:
+        """At start: the groups up to ``seq`` were committed before this
+        process, and which of them N followers have is not known (the hold
+        lived in the process that died), so every key is held until N
+        followers acknowledge ``seq`` (a follower that resumes counts as
+        acknowledging where it resumes: stig/replication/sender.py)."""
+        if seq > self.replicated:
+            self._everything = max(self._everything, seq)
+
     # -- the promoter's side ------------------------------------------------------
 
     def dispatched(self, promotions: Iterable[Written]) -> None:
