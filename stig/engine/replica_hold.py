@@ -291,11 +291,18 @@ class ReplicaHold:
         finally:
             self._waiting -= 1
         self.timeouts += 1
-        raise NotReplicated(self._words(self._blocking_seq(keys, own)))
+        raise NotReplicated(self._words(self._blocking_seq(keys, own), keys is None))
 
-    def _words(self, seq: int) -> str:
+    def _words(self, seq: int, any_key: bool = False) -> str:
         """Why a read gave up: the acks it was missing."""
         ms = f"{self._timeout * 1000:g}"
+        if any_key:
+            # Not one write's fault: something was held all along.
+            return (
+                f"its keys were still arriving, so it waited for every write to reach "
+                f"--min-replica-acks {self._count} followers, and some write was always "
+                f"short of them for {ms} ms; nothing was read"
+            )
         if seq >= PENDING:
             return f"a write this read would see was not committed within {ms} ms; nothing was read"
         return (
