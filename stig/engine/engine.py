@@ -147,6 +147,9 @@ class Engine:
                 settings.min_replica_acks,
                 settings.replica_ack_timeout_ms / 1000.0,
             )
+            if settings.replica_of is None:
+                # A restart: what was committed before may lack the acks.
+                self.promoter.hold.held_through(self.store.log_state.seq)
         if self.region is not None:
             self.promoter.on_commit = self.publish_figures
         #: A follower's progress (``--replica-of``; None on a primary): its

@@ -138,6 +138,15 @@ class ReplicaHold:
         self.timeouts = 0
         hub.on_ack = self._acked
 
+    def held_through(self, seq: int) -> None:
+        """At start: the groups up to ``seq`` were committed before this
+        process, and which of them N followers have is not known (the hold
+        lived in the process that died), so every key is held until N
+        followers acknowledge ``seq`` (a follower that resumes counts as
+        acknowledging where it resumes: stig/replication/sender.py)."""
+        if seq > self.replicated:
+            self._everything = max(self._everything, seq)
+
     # -- the promoter's side ------------------------------------------------------
 
     def dispatched(self, promotions: Iterable[Written]) -> None:
@@ -282,11 +291,18 @@ class ReplicaHold:
         finally:
             self._waiting -= 1
         self.timeouts += 1
-        raise NotReplicated(self._words(self._blocking_seq(keys, own)))
+        raise NotReplicated(self._words(self._blocking_seq(keys, own), keys is None))
 
-    def _words(self, seq: int) -> str:
+    def _words(self, seq: int, any_key: bool = False) -> str:
         """Why a read gave up: the acks it was missing."""
         ms = f"{self._timeout * 1000:g}"
+        if any_key:
+            # Not one write's fault: something was held all along.
+            return (
+                f"its keys were still arriving, so it waited for every write to reach "
+                f"--min-replica-acks {self._count} followers, and some write was always "
+                f"short of them for {ms} ms; nothing was read"
+            )
         if seq >= PENDING:
             return f"a write this read would see was not committed within {ms} ms; nothing was read"
         return (

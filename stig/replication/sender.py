@@ -114,6 +114,11 @@ async def serve_follower(engine: Engine, sock: Stream, request: Replicate, peer:
     await _send_all(sock, b"REPLICATING %d %d\r\n" % (state.epoch, state.seq))
     hub = engine.replicas
     replica = hub.connect(peer)
+    if request.epoch == state.epoch and request.after_seq:
+        # It resumes after the groups it has on disk: its acknowledgement of
+        # them (a restarted primary holds reads until it: replica_hold.py).
+        replica.sent_seq = request.after_seq
+        hub.acked(replica, request.after_seq)
     log.info("follower %s connected after group %d", peer, request.after_seq)
     try:
         async with trio.open_nursery() as nursery:

@@ -165,3 +165,27 @@ def test_a_session_reads_its_own_writes_from_its_pov(stig_factory: Factory) -> N
         waits = primary.stats()["replication_read_waits"]
     assert conn.recv_until(b"MN\r\n") == b"VA 1\r\nv\r\nMN\r\n"
     assert primary.stats()["replication_read_waits"] == waits
+
+
+def test_a_restarted_primary_holds_what_its_follower_may_lack(stig_factory: Factory) -> None:
+    """The hold is in memory: a primary SIGKILLed with a write its follower
+    lacks must not serve that write after its restart until the follower
+    has it; and once the follower is back in step, reads go on at once."""
+    primary, follower = _pair(stig_factory, 60_000)
+    same = (*primary.args, "--port", str(primary.port))  # where the follower reconnects
+    with _stopped(follower):
+        _committed_unreplicated(primary, b"k")
+        primary.restart(*same, kill=True)
+        reader = primary.connect()
+        reader.send(b"get k\r\n")
+        wait_for_stats(
+            primary, lambda s: s["replication_read_waits"] == "1", what="the read held back"
+        )
+        assert not _follower_has(follower.data_dir, b"k")
+    assert reader.recv_until(b"END\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+    assert _follower_has(follower.data_dir, b"k")
+    # Restarted with a follower that has everything: it resumes where it
+    # was, which counts as its acknowledgement; reads are not held.
+    primary.restart(*same, kill=True)
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower back")
+    assert primary.connect().send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"

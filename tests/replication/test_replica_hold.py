@@ -119,3 +119,19 @@ async def test_a_read_waits_for_the_ack_then_gives_up_after_the_bound(
         await hold.wait([b"j"])
     assert trio.current_time() == start
     assert hold.timeouts == 2
+
+
+async def test_a_read_of_keys_still_arriving_names_why_it_gave_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A read whose keys are not known yet waits until nothing is held; if
+    some group is always with the commit thread, it must not blame a write
+    "not committed": the writes were committed, others kept coming."""
+    hold, hub = _hold(timeout=1.0)
+    hub.connect("a")
+    done = _group(b"other")
+    hold.dispatched(done)
+    hold.finished(done, 1)
+    hold.dispatched(_group(b"next"))  # the next group, with the commit thread
+    with pytest.raises(NotReplicated, match="keys were still arriving"):
+        await hold.wait(None)
