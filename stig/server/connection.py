@@ -331,11 +331,14 @@ class Connection:
         plain_receive = self._idle_timeout == float("inf")
         checkpoint = trio.lowlevel.checkpoint
         promoter = self.engine.promoter
+        # Counted across bursts, not per burst: a client that keeps small
+        # bursts coming still meets a cancellable checkpoint (and the submit
+        # and brake below) every YIELD_EVERY commands.
+        budget = YIELD_EVERY
         while True:
             stats.bytes_read += len(data)
             parser.feed(data)
             try:
-                budget = YIELD_EVERY
                 while not handler.closing:
                     budget -= 1
                     if parser.batched:  # the last call handled a run of commands
@@ -400,7 +403,9 @@ class Connection:
                 await self._report_loss(handler)
                 return
             if out:
-                await write()
+                pending = write()  # None: sent at once (a plain socket)
+                if pending is not None:
+                    await pending
             if handler.closing:
                 takeover = handler.takeover
                 if takeover is not None:
