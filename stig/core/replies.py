@@ -43,6 +43,7 @@ from stig.engine.errors import CommitFailed
 from stig.engine.session import Session
 
 _now = trio.current_time  # bound once: read at every send
+_checkpoint = trio.lowlevel.checkpoint
 
 
 class Sink(Protocol):
@@ -198,9 +199,7 @@ class Replies:
         if pending is not None:
             await pending
         if self._session.failure is None and self.out:
-            pending = self.write()
-            if pending is not None:
-                await pending
+            await self._write_mid_burst()
 
     async def drain(self) -> None:
         """Send what is written so far from inside a command (a long read or
@@ -216,9 +215,7 @@ class Replies:
         if failure is not None:
             raise CommitFailed(failure)
         if self.out:
-            pending = self.write()
-            if pending is not None:
-                await pending
+            await self._write_mid_burst()
 
     async def sent_at_bound(self) -> bool:
         """Send the replies so far from inside a burst a handler runs itself,
@@ -230,6 +227,17 @@ class Replies:
         except CommitFailed:
             return False
         return self._session.failure is None
+
+    async def _write_mid_burst(self) -> None:
+        """:meth:`write` from inside a burst or a command (the replies reached
+        ``--max-reply-bytes``): always a scheduler pass, also when all went at
+        once, so that a long reply to a client that reads as fast as it
+        comes still lets the other connections run once per bound."""
+        pending = self.write()
+        if pending is None:
+            await _checkpoint()
+        else:
+            await pending
 
     def write(self) -> Awaitable[None] | None:
         """Send :attr:`out` whole, now: the caller released it

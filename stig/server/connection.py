@@ -15,7 +15,10 @@ replies costs **one scheduler pass**: the receive, which parks in
 scheduler once; the replies go out with a plain ``send``.  Fairness: between
 two scheduler passes a connection handles at most one receive
 (:data:`RECEIVE_SIZE` bytes) and at most :data:`YIELD_EVERY` commands
-(counted across bursts; tests/integration/test_connection_fairness.py).  A
+(counted across bursts; tests/integration/test_connection_fairness.py), and
+sends at most ``--max-reply-bytes`` of replies plus one item
+(:meth:`Replies.send` and :meth:`Replies.drain` pass through the scheduler
+also when the kernel took everything at once).  A
 finished group commit makes a burst yield early only once it has handled
 :data:`FINISH_AFTER` commands: short bursts leave its completion to their
 own end, so that the many waiting connections take it together.
