@@ -15,7 +15,9 @@ replies costs **one scheduler pass**: the receive, which parks in
 scheduler once; the replies go out with a plain ``send``.  Fairness: between
 two scheduler passes a connection handles at most one receive
 (:data:`RECEIVE_SIZE` bytes) and at most :data:`YIELD_EVERY` commands
-(counted across bursts; tests/integration/test_connection_fairness.py), and
+(counted across bursts; tests/integration/test_connection_fairness.py; a
+run of quiet gets received with its end is the exception: it is read whole,
+without a yield, from one snapshot), and
 sends at most ``--max-reply-bytes`` of replies plus one item
 (:meth:`Replies.send` and :meth:`Replies.drain` pass through the scheduler
 also when the kernel took everything at once).  A
