@@ -24,7 +24,10 @@ is one of its methods.  So the rules about sending live here once:
 
 The socket is anything with trio's ``send`` (:class:`Sink`).  Without one
 (a handler driven by a test or a script, not by a connection) :meth:`drain`
-sends nothing and the buffer is the caller's to read and clear.
+sends nothing and the buffer is the caller's to read and clear.  A sink that
+can also send without waiting (``send_now``: a plain socket,
+stig/server/plain_socket.py) is tried that way first, so that the end of a
+burst whose client reads costs no coroutine and no scheduler pass.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from stig.engine.errors import CommitFailed
 from stig.engine.session import Session
 
 _now = trio.current_time  # bound once: read at every send
+_checkpoint = trio.lowlevel.checkpoint
 
 
 class Sink(Protocol):
@@ -47,6 +51,14 @@ class Sink(Protocol):
 
     def send(self, data: bytes | bytearray | memoryview, /) -> Awaitable[int]:
         """Send some of ``data``; how many bytes went."""
+        ...
+
+
+class FastSink(Sink, Protocol):
+    """A :class:`Sink` that can also send without waiting."""
+
+    def send_now(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Send what the socket takes now; how many bytes went (0: none)."""
         ...
 
 
@@ -77,6 +89,7 @@ class Replies:
         "_min_acks",
         "_refusal",
         "_replicas",
+        "_send_now",
         "_session",
         "_stats",
         "_store",
@@ -96,6 +109,8 @@ class Replies:
         self.limit = engine.settings.max_reply_bytes
         #: Where the replies go; None: nowhere (:meth:`drain` keeps them).
         self.sink = sink
+        #: The sink's ``send_now`` (:class:`FastSink`), if it has one.
+        self._send_now: Callable[[bytearray], int] | None = getattr(sink, "send_now", None)
         self._session = session
         self._stats = engine.stats
         settings = engine.settings
@@ -184,7 +199,7 @@ class Replies:
         if pending is not None:
             await pending
         if self._session.failure is None and self.out:
-            await self.write()
+            await self._write_mid_burst()
 
     async def drain(self) -> None:
         """Send what is written so far from inside a command (a long read or
@@ -200,7 +215,7 @@ class Replies:
         if failure is not None:
             raise CommitFailed(failure)
         if self.out:
-            await self.write()
+            await self._write_mid_burst()
 
     async def sent_at_bound(self) -> bool:
         """Send the replies so far from inside a burst a handler runs itself,
@@ -213,12 +228,34 @@ class Replies:
             return False
         return self._session.failure is None
 
-    def write(self) -> Awaitable[None]:
-        """Send :attr:`out` whole, now (await it): the caller released it
+    async def _write_mid_burst(self) -> None:
+        """:meth:`write` from inside a burst or a command (the replies reached
+        ``--max-reply-bytes``): always a scheduler pass, also when all went at
+        once, so that a long reply to a client that reads as fast as it
+        comes still lets the other connections run once per bound."""
+        pending = self.write()
+        if pending is None:
+            await _checkpoint()
+        else:
+            await pending
+
+    def write(self) -> Awaitable[None] | None:
+        """Send :attr:`out` whole, now: the caller released it
         (:meth:`release`) and found no loss.  From now on the runs closed so
-        far are acknowledged (``Session.replies_sent``).  Not a coroutine
-        itself: the end of every burst awaits only :meth:`_transmit`'s."""
+        far are acknowledged (``Session.replies_sent``).  Returns what to
+        await for the rest (None: all of it went at once — the hot path of a
+        :class:`FastSink`, no coroutine); not a coroutine itself."""
         self._session.replies_sent()
+        send_now = self._send_now
+        if send_now is not None:
+            out = self.out
+            size = len(out)
+            sent = send_now(out)
+            if sent == size:
+                self._stats.bytes_written += size
+                out.clear()
+                return None
+            return self._transmit(sent)
         return self._transmit()
 
     async def send_loss(self, write_error: Callable[[str], None]) -> None:
@@ -242,8 +279,9 @@ class Replies:
         self.out.clear()
         self.gate.close()
 
-    async def _transmit(self) -> None:
-        """Send :attr:`out` (not empty) whole and clear it; one send when the client
+    async def _transmit(self, sent: int = 0) -> None:
+        """Send :attr:`out` (not empty) whole, from ``sent`` (what
+        :meth:`write` sent at once), and clear it; one send when the client
         reads (the common case), and ``bytes_written`` counted — here only."""
         out = self.out
         size = len(out)
@@ -254,7 +292,8 @@ class Replies:
         # While a send waits for the client, the snapshots its reads hold
         # may be ended (--max-read-stall-ms, stig/storage/held.py).
         session.replies_blocked_since = _now()
-        sent = await sink.send(out)
+        if not sent:
+            sent = await sink.send(out)
         if sent < size:  # a partial send: the client is slow
             await send_all(sink, out, sent, session)
         session.replies_blocked_since = None

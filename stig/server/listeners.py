@@ -45,6 +45,7 @@ from stig.engine.readiness import Hold
 from stig.engine.settings import Settings
 from stig.server import stalled_reads
 from stig.server.connection import Connection
+from stig.server.plain_socket import PlainSocket
 from stig.server.sd_notify import Notifier, keep_alive
 from stig.server.tls import wrap as wrap_tls
 
@@ -223,7 +224,8 @@ async def _handle(
     stats.total_connections += 1
     try:
         if tls is None:
-            await _serve_connection(Connection(engine, sock), shutdown)
+            # The lean hot path: the stdlib socket itself (plain_socket.py).
+            await _serve_connection(Connection(engine, PlainSocket.from_trio(sock)), shutdown)
         else:
             tls_sock = wrap_tls(tls, sock)
             try:
