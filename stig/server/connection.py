@@ -88,6 +88,13 @@ YIELD_EVERY = 128
 #: anyway: the completions of the many d=1 and d=16 connections are then taken
 #: together, not each behind an extra pass (issue 20: -9 % CPU per set at d=1).
 FINISH_AFTER = 32
+#: Commands of one receive a run of quiet gets (GetQ/GetKQ, ``mg … q``) is
+#: read without a scheduler pass: a run of up to this many, received with its
+#: end, is one snapshot at any load and any ``--max-snapshot-age-ms``
+#: (docs/pov.md, rule 3); a longer one lets the other connections run every
+#: this many commands (the hostile review measured 490 ms p50 for another
+#: connection's ``version`` beside three endless GetKQ runs read whole).
+READ_RUN_STRETCH = 1024
 BINARY_MAGIC = 0x80
 
 
@@ -401,6 +408,17 @@ class Connection:
                                 break  # reported just below
                         else:
                             await checkpoint()  # let the promoter's callbacks run
+                    elif handler.read_run_open and mark - budget >= READ_RUN_STRETCH:
+                        # A run of quiet gets longer than READ_RUN_STRETCH
+                        # in one receive (a client that never sends its
+                        # end): one bare scheduler pass, so that it cannot
+                        # hold every other connection back for a whole
+                        # receive (~10,000 gets).  No submit, no brake: a
+                        # read adds nothing to commit.  Its snapshot is
+                        # split here only if it is already older than
+                        # --max-snapshot-age-ms (docs/pov.md, rule 3).
+                        budget = mark = YIELD_EVERY
+                        await checkpoint()
                     if len(out) + gate.cost >= reply_limit:
                         # Send as replies grow: bounded memory, replies held
                         # behind their commits included.  Gets read ahead

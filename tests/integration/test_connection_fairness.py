@@ -13,14 +13,20 @@ makes the loop wait; another connection must still be answered meanwhile.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
+import pytest
+
 from stig_testkit.process import StigProcess
 
-#: One request of the flood (a miss: five bytes back) and the chunk sent at once.
+#: One request of the flood (a miss: five bytes back).
 REQUEST = b"get flood-key\r\n"
-CHUNK = REQUEST * (1 << 16)
+#: A binary GetKQ of a key that is there, never followed by the No-op that
+#: ends its run: the run is read without awaiting anything, one stretch of
+#: READ_RUN_STRETCH gets at a time (the hostile review of issue 22).
+GETKQ = struct.pack(">BBHBBHIIQ", 0x80, 0x0D, 9, 0, 0, 0, 9, 0, 0) + b"flood-key"
 #: The flood stops by itself after this long at most (the test stops it first).
 FLOOD_SECONDS = 60.0
 #: Replies received before the flood counts as under way.
@@ -30,8 +36,9 @@ UNDER_WAY = 1 << 20
 class Flood:
     """A client that sends gets without pause and reads every reply, on two threads."""
 
-    def __init__(self, server: StigProcess) -> None:
+    def __init__(self, server: StigProcess, request: bytes) -> None:
         self.sock = socket.create_connection((server.host, server.port))
+        self.chunk = request * ((1 << 20) // len(request))
         self.stop = threading.Event()
         self.under_way = threading.Event()
         self.sending = True
@@ -47,7 +54,7 @@ class Flood:
         deadline = time.monotonic() + FLOOD_SECONDS
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
-                self.sock.sendall(CHUNK)
+                self.sock.sendall(self.chunk)
         except OSError:
             pass
         finally:
@@ -70,9 +77,11 @@ class Flood:
             thread.join(timeout=10)
 
 
-def test_a_flooding_connection_starves_no_other(stig_server: StigProcess) -> None:
+@pytest.mark.parametrize("request_", [REQUEST, GETKQ], ids=["get", "getkq-run"])
+def test_a_flooding_connection_starves_no_other(stig_server: StigProcess, request_: bytes) -> None:
     with stig_server.connect() as other:
-        flood = Flood(stig_server)
+        assert other.send_recv(b"set flood-key 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        flood = Flood(stig_server, request_)
         try:
             assert flood.under_way.wait(timeout=30), "the flood was never answered"
             # Answered within the IO timeout while the flood goes on: the
