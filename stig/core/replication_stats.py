@@ -48,6 +48,7 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
             ("replication_keys_held", 0 if hold is None else hold.keys_held),
             ("replication_read_waits", 0 if hold is None else hold.waits),
             ("replication_read_timeouts", 0 if hold is None else hold.timeouts),
+            ("replication_hold_collapses", 0 if hold is None else hold.collapses),
         ]
         for index, replica in enumerate(hub.replicas):
             pairs.append((f"replica_{index}_acked_seq", replica.acked_seq))

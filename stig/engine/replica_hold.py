@@ -66,6 +66,12 @@ PENDING = 1 << 64
 #: Key references in the groups' lists tolerated beyond twice the keys held
 #: before they are compacted (a key rewritten by every group).
 _COMPACT_SLACK = 4096
+#: Keys held one by one at most: past this many, every key is held through
+#: the newest finished group instead (reads of any key wait for the
+#: followers, as after a restart), so the hold's memory stays bounded while
+#: followers are away and distinct keys keep being written (the hostile
+#: review saw 300,000 keys and +84 MB with the follower gone).
+MAX_KEYS_HELD = 65_536
 
 
 def _now() -> float:
@@ -106,6 +112,7 @@ class ReplicaHold:
         "_since",
         "_timeout",
         "_waiting",
+        "collapses",
         "replicated",
         "timeouts",
         "waits",
@@ -136,6 +143,8 @@ class ReplicaHold:
         #: Reads that waited here, and those that gave up (``stats``).
         self.waits = 0
         self.timeouts = 0
+        #: Times more than MAX_KEYS_HELD keys made it hold every key (``stats``).
+        self.collapses = 0
         hub.on_ack = self._acked
 
     def held_through(self, seq: int) -> None:
@@ -172,9 +181,21 @@ class ReplicaHold:
         self._since.setdefault(seq, _now())
         if seq <= self.replicated:  # only if a follower acked ahead of the loop
             self._drop(self.replicated)
+        elif len(held) > MAX_KEYS_HELD:
+            self._hold_everything_through(seq)
         elif self._refs > 2 * len(held) + _COMPACT_SLACK:
             self._compact()
         self._wake()
+
+    def _hold_everything_through(self, seq: int) -> None:
+        """Too many keys to hold one by one: hold every key until N followers
+        have ``seq`` (a flush_all still with the commit thread holds them
+        already, and its group comes later)."""
+        if self._everything != PENDING:
+            self._everything = max(self._everything, seq)
+        self._held = {key: at for key, at in self._held.items() if at == PENDING}
+        self.collapses += 1
+        self._compact()
 
     def _acked(self) -> None:
         """The followers acknowledged more (the hub's ``on_ack``)."""

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from stig.engine.errors import NotReplicated
-from stig.engine.replica_hold import ReplicaHold
+from stig.engine.replica_hold import MAX_KEYS_HELD, ReplicaHold
 from stig.engine.replicas import ReplicaHub
 from stig.engine.visibility import InFlight
 
@@ -135,3 +135,16 @@ async def test_a_read_of_keys_still_arriving_names_why_it_gave_up(
     hold.dispatched(_group(b"next"))  # the next group, with the commit thread
     with pytest.raises(NotReplicated, match="keys were still arriving"):
         await hold.wait(None)
+
+
+async def test_past_its_bound_the_hold_holds_every_key_through_the_newest_group() -> None:
+    hold, hub = _hold()
+    follower = hub.connect("a")
+    group = _group(*(b"k%d" % n for n in range(MAX_KEYS_HELD + 1)))
+    hold.dispatched(group)
+    hold.finished(group, 3)
+    assert hold.keys_held == 0 and hold.collapses == 1  # memory bounded
+    assert not hold.clear_for([b"never-written"])  # every key held instead
+    assert not hold.clear_for([b"k0"])
+    hub.acked(follower, 3)
+    assert hold.clear_for([b"k0"]) and hold.clear_for([b"never-written"])
