@@ -42,6 +42,8 @@ over will never commit, and reads in the other workers stop waiting for
 them.  Its successor numbers its promotions on from there.
 
 Bounds: ``SLOTS`` × 8 bytes per worker (512 KiB); one eventfd per worker.
+The followers' block (stig/engine/shared_replicas.py) follows the table in
+the same segment, at the next page (:func:`replicas_offset`).
 """
 
 from __future__ import annotations
@@ -54,14 +56,27 @@ from collections.abc import Collection, Mapping, Sequence
 
 import trio
 
+from stig.engine import shared_replicas
+
 #: Slots per worker (a power of two).
 SLOTS = 1 << 16
 _HEADER = 3  # words per worker before the slots: committed, cleared, published
 
 
-def segment_bytes(workers: int) -> int:
-    """The size of the segment for ``workers`` workers."""
+def table_bytes(workers: int) -> int:
+    """The in-flight table's size for ``workers`` workers."""
     return 8 * workers * (_HEADER + SLOTS)
+
+
+def replicas_offset(workers: int) -> int:
+    """Where the followers' block begins: after the table, at a page."""
+    page = mmap.ALLOCATIONGRANULARITY
+    return (table_bytes(workers) + page - 1) // page * page
+
+
+def segment_bytes(workers: int) -> int:
+    """The size of the segment for ``workers`` workers (the table, the followers' block)."""
+    return replicas_offset(workers) + shared_replicas.block_bytes(workers)
 
 
 def create(workers: int) -> int:
@@ -101,7 +116,7 @@ class SharedInFlight:
     def __init__(self, fd: int, workers: int, me: int, wakes: Sequence[int] = ()) -> None:
         """``wakes``: the eventfds, every worker's for the writer (``me`` -1),
         its own alone for a worker (none: a read waits by polling, for tests)."""
-        self._map = mmap.mmap(fd, segment_bytes(workers))
+        self._map = mmap.mmap(fd, table_bytes(workers))
         self._words = memoryview(self._map).cast("Q")
         self.workers = workers
         self.me = me

@@ -32,6 +32,7 @@ import trio
 from stig.engine.group_commit import Failed, failed
 from stig.engine.writer import LENGTH, PROBE_FAILED, WriterState, decode_results, frame
 from stig.storage.ops import Op
+from stig.storage.replog import LogState
 from stig.storage.store import Applied, Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class WriterLink:
             self._sock = socket.socket(fileno=fd)
             ready = self._receive_blocking()
             self.state = WriterState(*ready[2])
+            store.log_state = LogState(*self.state.log)
             self._sock.setblocking(False)
 
     @property
@@ -109,6 +111,10 @@ class WriterLink:
             str(store.max_value_size),
             "--log-level",
             self.log_level,
+            "--replication-log-bytes",
+            str(store.log_bounds.max_bytes if store.log_enabled else 0),
+            "--replication-log-seconds",
+            str(store.log_bounds.max_seconds),
         ]
         try:
             self._process = subprocess.Popen(
@@ -131,6 +137,7 @@ class WriterLink:
             self._kill()
             raise RuntimeError(f"the writer process did not start: {exc}") from exc
         self.state = WriterState(*ready[2])
+        store.log_state = LogState(*self.state.log)
         mine.setblocking(False)
         log.info("writer process %d started", self._process.pid)
 
@@ -242,6 +249,7 @@ class WriterLink:
         store = self.store
         store.last_cas = state.last_cas
         store.total_bytes = state.total_bytes
+        store.log_state = LogState(*state.log)
         if state.map_size > store.map_size:
             # On the event loop between two tasks: no short read is open.
             log.info("LMDB map grown to %d bytes by the writer", store.adopt_map())
