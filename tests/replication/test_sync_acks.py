@@ -35,7 +35,9 @@ def _follower_has(data_dir: Path, key: bytes) -> bool:
 def test_with_no_follower_a_write_fails_after_the_bound(
     stig_factory: Factory, shape: tuple[str, ...]
 ) -> None:
-    primary = stig_factory(*shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "200")
+    primary = stig_factory(
+        *shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "200"
+    )
     conn = primary.connect()
     reply = conn.send_recv(b"set k 0 0 1\r\nv\r\n", b"\r\n")
     assert reply == (
@@ -58,7 +60,9 @@ def test_with_no_follower_a_write_fails_after_the_bound(
 def test_with_one_follower_a_write_is_acknowledged_once_the_follower_has_it(
     stig_factory: Factory, shape: tuple[str, ...]
 ) -> None:
-    primary = stig_factory(*shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
+    primary = stig_factory(
+        *shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000"
+    )
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     conn = primary.connect()
@@ -85,7 +89,9 @@ def test_replies_that_wait_for_the_commit_first_still_wait_for_the_follower(
     wait for the local commit on their own (to report quiet failures, to
     read the run's writes); under ``--min-replica-acks`` the reply must
     still wait for the follower, not leave once the commit is local."""
-    primary = stig_factory(*shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
+    primary = stig_factory(
+        *shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000"
+    )
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     meta = primary.connect()
@@ -111,7 +117,9 @@ def test_a_follower_acknowledging_more_than_it_was_sent_counts_for_nothing(
 ) -> None:
     """A false ``ACK`` (past the last group sent on its stream) must not
     satisfy ``--min-replica-acks``: the primary closes that stream."""
-    primary = stig_factory(*shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "300")
+    primary = stig_factory(
+        *shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "300"
+    )
     fake = primary.connect()
     assert fake.send_recv(b"stig_replicate 0 1\r\n", b"\r\n") == b"REPLICATING 1 0\r\n"
     fake.send(b"ACK 999999999999\r\n")
