@@ -244,10 +244,14 @@ def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
         assert writer.send_recv(b"set k%d 0 0 200\r\n%b\r\n" % (i, b"x" * 200), b"\r\n") == (
             b"STORED\r\n"
         )
-    primary.settle()
-    log_first = int(primary.stats()["replication_log_first_seq"])
     applied = int(U64.unpack(_records(follower.data_dir, b"repl")[b"seq"])[0])
-    assert log_first > applied + 1  # the groups it needs are gone
+    # The groups it needs are gone, once the sets are committed (waited for:
+    # with workers, the sets' commits may come after their replies).
+    wait_for_stats(
+        primary,
+        lambda s: int(s["replication_log_first_seq"]) > applied + 1,
+        what="the log trimmed past the follower's group",
+    )
     follower.restart()
     stats = _caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"

@@ -65,9 +65,11 @@ def test_with_one_follower_a_write_is_acknowledged_once_the_follower_has_it(
     )
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
-    conn = primary.connect()
     for i in range(20):
         key = b"k%d" % i
+        # A connection each: with workers, they land on both (the follower
+        # streams from one; the other's replies wait all the same).
+        conn = primary.connect()
         assert conn.send_recv(b"set %b 0 0 1\r\nv\r\n" % key, b"\r\n") == b"STORED\r\n"
         # No wait: the reply itself says the follower has it on disk.
         assert _follower_has(follower.data_dir, key), key
