@@ -142,7 +142,7 @@ class Engine:
             self.promoter.number_from(shared.committed(shared.me))
         #: The followers of this server (stig/replication/sender.py): with
         #: ``--workers N``, every worker's, in the shared block.
-        self.replicas = ReplicaHub(replicas)
+        self.replicas = ReplicaHub(replicas, shared)
         self.promoter.on_commit = self.replicas.committed
         if settings.min_replica_acks:
             # No read sees a write before N followers have it (a follower:

@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from stig.engine import shared_replicas
+from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.shared_replicas import POLL_SECONDS, SharedReplicas
 
 
@@ -56,7 +57,9 @@ class TooManyFollowers(Exception):
 class ReplicaHub:
     """The followers connected to this server and what they acknowledged."""
 
-    def __init__(self, shared: SharedReplicas | None = None) -> None:
+    def __init__(
+        self, shared: SharedReplicas | None = None, signals: SharedInFlight | None = None
+    ) -> None:
         #: The followers streaming from this process.
         self.replicas: list[Replica] = []
         #: Every worker's followers and the writer's sequence number
@@ -64,6 +67,9 @@ class ReplicaHub:
         self.shared = shared
         if shared is not None:
             shared.clear_mine()
+        #: The writer's commit signals (its eventfd for this worker), which
+        #: the senders wait on (:meth:`wait_commit`).
+        self._signals = signals
         self._commit = trio.Event()
         self._ack = trio.Event()
         self._ack_timeouts = 0
@@ -107,15 +113,20 @@ class ReplicaHub:
     async def wait_commit(self, event: trio.Event, after: int) -> None:
         """Return once ``event`` (:attr:`commit_event`, taken before the
         log was read) is set or, with workers, once the writer has committed
-        a group after ``after`` (another worker's: looked at every
-        :data:`POLL_SECONDS`).  The caller bounds the wait."""
+        a group after ``after`` (any worker's: the writer sets the shared
+        ``seq`` word, then signals every worker's eventfd).  The caller
+        bounds the wait."""
         shared = self.shared
         if shared is None:
             await event.wait()
             return
+        signals = self._signals
         while not event.is_set() and shared.seq <= after:
-            with trio.move_on_after(POLL_SECONDS):
-                await event.wait()
+            if signals is None:  # no eventfd (a table opened by hand)
+                with trio.move_on_after(POLL_SECONDS):
+                    await event.wait()
+            else:
+                await signals.next_signal(lambda: shared.seq > after)
 
     def connect(self, peer: str) -> Replica:
         """A follower starts streaming from this process; raises

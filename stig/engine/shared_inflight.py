@@ -52,7 +52,7 @@ import errno
 import mmap
 import os
 import zlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import trio
 
@@ -256,6 +256,16 @@ class SharedInFlight:
     async def _next_signal(self, worker: int, number: int) -> None:
         """Return once the writer has signalled a commit (or at once if
         ``committed[worker]`` has reached ``number``)."""
+        words = self._words
+        await self.next_signal(lambda: words[worker] >= number)
+
+    async def next_signal(self, ready: Callable[[], bool]) -> None:
+        """Return once the writer has signalled a commit, or at once if
+        ``ready()`` (a look at words the writer sets before it signals:
+        looked at after the eventfd is emptied, so no signal is missed).
+        Any task of this worker may wait: one sleeps on the eventfd, the
+        others on its wake-up (then they look again).  Also used by the
+        followers' senders (stig/engine/replicas.py, ``wait_commit``)."""
         if not self._wakes:
             await trio.sleep(0.0005)  # no eventfd (a table opened by hand)
             return
@@ -266,7 +276,7 @@ class SharedInFlight:
         self._watching = True
         try:
             _drain(fd)  # before the look: a signal after it wakes the wait below
-            if self._words[worker] < number:
+            if not ready():
                 await trio.lowlevel.wait_readable(fd)
         finally:
             self._watching = False

@@ -26,11 +26,12 @@ lives in the in-flight table's memfd (stig/engine/shared_inflight.py), at
 the page after the table, so the supervisor makes, and every process
 inherits, one segment.
 
-Waiting: a worker's replies and senders look at these words again every
-:data:`POLL_SECONDS` while they wait on something another process
-changes (a bounded poll).  TODO: wake them with the writer's per-worker
-eventfd (branch ``wlife``: ``SharedInFlight.signal`` after each commit)
-and an eventfd per worker signalled on each ``ACK``, instead of polling.
+Waiting: a sender waiting for a new group sleeps on its worker's eventfd,
+which the writer signals after each commit, once ``seq`` is set
+(``SharedInFlight.next_signal``).  A reply (or a held read) waiting for
+ACKs heard by another worker looks at the slots again every
+:data:`POLL_SECONDS` while it waits (a bounded poll; nothing polls while
+nothing waits).  TODO: an eventfd per worker signalled on each ``ACK``.
 
 Bound: 64 bytes plus ``(SLOTS_PER_WORKER × SLOT_WORDS + COUNTERS) × 8``
 (288) bytes per worker, fixed at start.
@@ -50,8 +51,8 @@ _LIVE, _ACKED = 0, 1
 #: Counter words per worker, and which is which.
 COUNTERS = 4
 ACK_TIMEOUTS, SNAPSHOTS_SENT = 0, 1
-#: How often a wait on another process's words looks again (a reply
-#: waiting for followers' ACKs, a sender waiting for another worker's commit).
+#: How often a wait for ACKs heard by another worker looks again (a reply,
+#: a held read; a sender without an eventfd for commits).
 POLL_SECONDS = 0.001
 
 
