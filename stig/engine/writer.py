@@ -12,7 +12,9 @@ values.  The server sends jobs:
   a list of ops); with several workers, each run's submission number and the
   other workers' runs it must follow (stig/engine/shared_inflight.py), else
   None;
-* ``("p", largest, nbytes)``: a disk-space probe (stig/engine/refusal.py).
+* ``("p", largest, nbytes)``: a disk-space probe (stig/engine/refusal.py);
+* ``("l",)``: a follower wants the replication log: write it from the next
+  commit on (stored at once, docs/replication.md).
 
 The writer answers each job, in order, with ``(kind, results, state)``:
 per run its outcomes as one byte each and the item its last op stored, or
@@ -232,7 +234,13 @@ def serve(
     if log_bounds is None:
         log_bounds = LogBounds(0, 0.0)
     store.log_bounds = log_bounds
-    store.log_enabled = log_bounds.max_bytes > 0
+    # As a single process (stig/engine/engine.py): the log is written once a
+    # follower wanted it (a worker's ("l",) job, stored), and dropped with
+    # --replication-log-bytes 0.
+    store.log_enabled = log_bounds.max_bytes > 0 and store.log_state.logging
+    if not log_bounds.max_bytes and store.log_state.logging:
+        store.stop_logging()
+        log.info("replication log off (--replication-log-bytes 0): dropped")
     selector = selectors.DefaultSelector()
     try:
         for link in links:
@@ -270,7 +278,10 @@ def serve(
                         probes.append((link, job))
             progressed = bool(groups) and _commit_groups(groups, store, table, replicas)
             for link, job in probes:
-                _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
+                if job[0] == "l":
+                    _answer(link, ("l", _start_logging(store), _state(store)))
+                else:
+                    _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
             for link in list(ended):
                 if any(group.link is link for group in groups):
                     continue  # a run it handed over may still commit: readers wait for it
@@ -288,6 +299,16 @@ def serve(
             link.sock.close()
         if control is not None:
             control.close()
+
+
+def _start_logging(store: Store) -> bool:
+    """A worker's first follower wants the log (``("l",)``): write it from
+    the next commit on, stored at once (``Store.start_logging``); whether
+    it is on (not with ``--replication-log-bytes 0``)."""
+    if not store.log_enabled and store.log_bounds.max_bytes:
+        store.start_logging()
+        log.info("replication log on: a follower wants it")
+    return store.log_enabled
 
 
 def _welcome(link: _Link, store: Store, selector: selectors.BaseSelector) -> None:

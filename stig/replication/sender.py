@@ -161,8 +161,8 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
         raise _Refused("the replication log is off (--replication-log-bytes 0)")
     if engine.writer is not None:
         # The writer process commits: this worker's numbers are as of its
-        # last answer, or older (docs/workers.md).
-        store.refresh_log_state()
+        # last answer, or older (docs/workers.md); and whether it logs.
+        store.log_enabled = store.refresh_log_state().logging
     state = store.log_state
     if request.epoch > state.epoch:
         # A fence of a believable epoch (the follower logged in, or the
@@ -193,8 +193,14 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
     if not store.log_enabled:
         # The first follower: the log starts with the next commit, and is
         # stored as on (a restart keeps logging); this follower, behind the
-        # empty log, starts from a snapshot.
-        await trio.to_thread.run_sync(store.start_logging)
+        # empty log, starts from a snapshot.  With workers the writer
+        # process commits, so it is the one told.
+        if engine.writer is None:
+            await trio.to_thread.run_sync(store.start_logging)
+        elif not await engine.writer.start_logging():
+            raise _Refused("the writer process died; connect again")
+        else:
+            store.log_enabled = True
         log.info("replication log on: a follower (%s) wants it", peer)
 
 
