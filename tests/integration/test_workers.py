@@ -466,13 +466,13 @@ def test_a_second_server_on_the_port_fails_at_start(stig_factory, tmp_path, firs
 
 
 def test_promote_and_fence_are_refused_by_a_server_with_workers(stig_factory):
-    """The workers do not own the store's epoch: taking over and fencing are
-    refused outright, even where they are otherwise open."""
+    """Taking over and fencing must start or stop every worker's writes:
+    not built, so refused outright, even where they are otherwise open."""
     server = stig_factory("--workers", "1", "--replication-open")
     conn = server.connect()
     for command in (b"stig_fence 2", b"stig_promote"):
         reply = conn.send_recv(command + b"\r\n", until=b"\r\n")
         assert reply.startswith(b"SERVER_ERROR stig_"), reply
-        assert b"--workers has no replication" in reply, reply
+        assert b"not built for a server run with --workers" in reply, reply
     assert conn.send_recv(b"set k 0 0 1\r\nv\r\n", until=b"\r\n") == b"STORED\r\n"
     assert server.stats()["replication_fenced"] == "0"
