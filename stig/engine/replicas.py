@@ -23,7 +23,6 @@ Everything here runs on the event loop.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -74,6 +73,7 @@ class ReplicaHub:
         self._ack = trio.Event()
         self._ack_timeouts = 0
         self._snapshots_sent = 0
+        self._polling = False  # a waiter looks at the shared slots (_next_ack)
         #: Called on the event loop whenever what the followers acknowledged
         #: may have changed (an ACK, a follower gone): the read hold of
         #: ``--min-replica-acks`` (stig/engine/replica_hold.py) moves on.
@@ -160,6 +160,28 @@ class ReplicaHub:
             return self.shared.acked()
         return [replica.acked_seq for replica in self.replicas]
 
+    async def _next_ack(self) -> None:
+        """Return once what the followers acknowledged may have changed.
+
+        With workers, one waiter of this worker at a time looks at the
+        shared slots every :data:`POLL_SECONDS` and wakes the others when
+        they changed (or when it stops waiting: another takes its place);
+        the rest wait for that, as for their own followers' ACKs."""
+        shared = self.shared
+        if shared is None or self._polling:
+            await self._ack.wait()
+            return
+        self._polling = True
+        event = self._ack
+        before = shared.acked()
+        try:
+            while not event.is_set() and shared.acked() == before:
+                with trio.move_on_after(POLL_SECONDS):
+                    await event.wait()
+        finally:
+            self._polling = False
+            self._wake_ack_waiters()
+
     def _wake_ack_waiters(self) -> None:
         self._ack.set()
         self._ack = trio.Event()
@@ -180,11 +202,9 @@ class ReplicaHub:
         """Wait until ``count`` followers have group ``seq`` on disk, at most
         ``timeout`` seconds; whether they have.  With workers, the ACKs
         heard by other workers are looked at every :data:`POLL_SECONDS`."""
-        poll = math.inf if self.shared is None else POLL_SECONDS
         with trio.move_on_after(timeout):
             while self.acks_for(seq) < count:
-                with trio.move_on_after(poll):
-                    await self._ack.wait()
+                await self._next_ack()
             return True
         self._ack_timeouts += 1
         if self.shared is not None:
