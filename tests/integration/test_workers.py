@@ -465,6 +465,28 @@ def test_a_second_server_on_the_port_fails_at_start(stig_factory, tmp_path, firs
         assert server.connect().send_recv(b"get k\r\n") == b"VALUE k 0 1\r\n1\r\nEND\r\n"
 
 
+def test_every_worker_shows_every_follower_in_stats(stig_factory):
+    """The replication lines of ``stats`` are the same on both workers:
+    the follower (streaming from one of them), what it acknowledged, and
+    the last commit's sequence number (docs/workers.md, Replication)."""
+    primary = stig_factory(*WORKERS, "--replication-open", "--min-replica-acks", "1")
+    follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
+    one, two = _pinned(primary)
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
+    for index, conn in enumerate((one, two) * 3):
+        request = b"set k%d 0 0 1\r\n%d\r\n" % (index, index)
+        assert conn.send_recv(request, b"\r\n") == b"STORED\r\n"  # on the follower's disk
+    first, second = _stats(one), _stats(two)
+    assert first["stig_worker_id"] != second["stig_worker_id"]
+    for stats in (first, second):
+        assert stats["connected_replicas"] == "1"
+        assert stats["replication_log_on"] == "1"
+        assert int(stats["replica_0_acked_seq"]) >= 1
+    names = ("replication_seq", "replica_0_acked_seq", "replication_log_groups")
+    assert [first[name] for name in names] == [second[name] for name in names]
+    assert follower.stats()["replication_applied_seq"] == first["replica_0_acked_seq"]
+
+
 def test_promote_and_fence_are_refused_by_a_server_with_workers(stig_factory):
     """Taking over and fencing must start or stop every worker's writes:
     not built, so refused outright, even where they are otherwise open."""
