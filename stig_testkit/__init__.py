@@ -27,6 +27,8 @@ layout test keeps it so.
   benchmarks, the soak);
 * ``soak`` — the soak's clients, hostile clients, sampler and judge
   (scripts/soak.py, tests/soak; docs/soak.md);
+* ``shapes`` — the shapes a primary runs in (one process, ``--workers 2``),
+  to parametrize the replication tests;
 * ``memory_server`` — connections to a real engine without sockets, stepped
   deterministically on a mock clock (the differential test of the fast
   paths, the wire-level POV model); ``pov_model`` — the plain POV model

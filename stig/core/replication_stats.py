@@ -12,16 +12,22 @@ from stig.storage.replog import now_ms
 
 
 def replication_stats(engine: Engine) -> list[tuple[str, object]]:
+    """With ``--workers N`` every worker answers the same lines: the numbers
+    of the last commit (read from LMDB: the writer process commits) and
+    every worker's followers (stig/engine/shared_replicas.py)."""
     store = engine.store
-    state = store.log_state
+    state = store.refresh_log_state() if engine.writer is not None else store.log_state
     hub = engine.replicas
+    acked = hub.acked_seqs()
+    # With workers the writer process decides, and each commit stores it.
+    log_on = state.logging if engine.writer is not None else store.log_enabled
     follower = engine.follower
     pairs: list[tuple[str, object]] = [
         ("replication_role", "primary" if follower is None else "replica"),
         ("replication_epoch", state.epoch),
-        ("connected_replicas", len(hub.replicas)),
+        ("connected_replicas", len(acked)),
         # 1 once a follower connected (or this server is one): commits write the log.
-        ("replication_log_on", int(store.log_enabled)),
+        ("replication_log_on", int(log_on)),
         ("replication_log_bytes", state.log_bytes),
         ("replication_log_groups", max(state.log_groups, 0)),
         ("replication_log_first_seq", state.log_first),
@@ -32,7 +38,7 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
     ]
     if follower is None:
         # The slowest connected follower: what it has applied, how far behind.
-        applied = min((r.acked_seq for r in hub.replicas), default=state.seq)
+        applied = min(acked, default=state.seq)
         lag_bytes, first_ms = store.log_after(applied)
         pairs += [
             ("replication_seq", state.seq),
@@ -50,8 +56,8 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
             ("replication_read_timeouts", 0 if hold is None else hold.timeouts),
             ("replication_hold_collapses", 0 if hold is None else hold.collapses),
         ]
-        for index, replica in enumerate(hub.replicas):
-            pairs.append((f"replica_{index}_acked_seq", replica.acked_seq))
+        for index, seq in enumerate(acked):
+            pairs.append((f"replica_{index}_acked_seq", seq))
         return pairs
     applied = follower.applied_seq
     behind = max(follower.primary_seq - applied, 0)

@@ -41,8 +41,11 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
 
     With ``--workers N`` the counters are every worker's (summed, or the
     largest for maxima); ``pid``, ``uptime``, ``rusage_*``,
-    ``stig_worker_id``, the refusal's cause and last error, and the
-    replication lines are the answering worker's own."""
+    ``stig_worker_id`` and the refusal's cause and last error are the
+    answering worker's own; the replication lines are the same on every
+    worker (stig/core/replication_stats.py), but for the read hold's
+    (``replication_keys_held``, ``replication_read_*``: the answering
+    worker's)."""
     now = time.time()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     stats, promoter, figures = _sources(engine)

@@ -23,8 +23,9 @@ from stig.engine.replica_hold import ReplicaHold
 from stig.engine.replicas import FollowerState, ReplicaHub
 from stig.engine.settings import Settings
 from stig.engine.shared_budget import SharedWriteBudget
-from stig.engine.shared_inflight import SharedInFlight
+from stig.engine.shared_inflight import SharedInFlight, replicas_offset
 from stig.engine.shared_region import Region
+from stig.engine.shared_replicas import SharedReplicas
 from stig.engine.stats import CommandStats, PromoterStats
 from stig.engine.writer_link import WriterLink
 from stig.storage.replog import ImplausibleEpoch, LogState
@@ -116,10 +117,14 @@ class Engine:
         shared: SharedInFlight | None = None
         if settings.workers:
             self.store.follow_writer()
+        replicas: SharedReplicas | None = None
         if role is not None:
             self.writer = WriterLink(self.store, settings.log_level, fd=role.link_fd)
             wakes = () if role.wake_fd < 0 else (role.wake_fd,)
             shared = SharedInFlight(role.table_fd, settings.workers, role.worker_id, wakes)
+            replicas = SharedReplicas(
+                role.table_fd, settings.workers, role.worker_id, replicas_offset(settings.workers)
+            )
         elif settings.workers:
             self.writer = WriterLink(self.store, settings.log_level)
             try:
@@ -135,8 +140,9 @@ class Engine:
             # A restarted worker numbers on after its predecessor (whose
             # numbers the writer released: stig/engine/shared_inflight.py).
             self.promoter.number_from(shared.committed(shared.me))
-        #: The followers of this server (stig/replication/sender.py).
-        self.replicas = ReplicaHub()
+        #: The followers of this server (stig/replication/sender.py): with
+        #: ``--workers N``, every worker's, in the shared block.
+        self.replicas = ReplicaHub(replicas, shared)
         self.promoter.on_commit = self.replicas.committed
         if settings.min_replica_acks:
             # No read sees a write before N followers have it (a follower:

@@ -42,6 +42,14 @@ overlay) are never held: it reads them from its POV, as always.  A key
 written by every group commit may keep its readers waiting up to the bound:
 its newest value is never on the followers yet.
 
+With ``--workers N`` each worker holds the keys its own groups wrote and
+learns of every worker's followers' ACKs from the shared slots
+(stig/engine/shared_replicas.py: at each group it finishes, and every
+:data:`~stig.engine.shared_replicas.POLL_SECONDS` while a read waits).  A
+read on one worker of a write committed by **another** worker is not held
+(its keys are not known there): the read hold is per worker for now
+(docs/workers.md).
+
 Without ``--min-replica-acks`` there is no hold: the engine uses the
 in-flight registry alone, and nothing here runs.
 """
@@ -57,6 +65,7 @@ import trio
 
 from stig.engine.errors import NotReplicated
 from stig.engine.replicas import ReplicaHub
+from stig.engine.shared_replicas import POLL_SECONDS
 from stig.engine.visibility import InFlight
 
 #: A group handed to the commit thread and not finished yet: its sequence
@@ -179,6 +188,9 @@ class ReplicaHold:
             self._everything = seq
         self._groups.append((seq, keys))
         self._since.setdefault(seq, _now())
+        if self._hub.shared is not None:
+            # --workers N: ACKs heard by other workers call no on_ack here.
+            self._acked()
         if seq <= self.replicated:  # only if a follower acked ahead of the loop
             self._drop(self.replicated)
         elif len(held) > MAX_KEYS_HELD:
@@ -303,8 +315,13 @@ class ReplicaHold:
                 # Not past the bound after the write it waits for was committed.
                 seq = 0 if keys is None else self._blocking_seq(keys, own)
                 deadline = min(give_up, self._since.get(seq, give_up) + self._timeout)
-                with trio.move_on_at(deadline):
+                # --workers N: the ACKs other workers hear are looked at again
+                # every POLL_SECONDS (stig/engine/shared_replicas.py).
+                wake = deadline if self._hub.shared is None else trio.current_time() + POLL_SECONDS
+                with trio.move_on_at(min(deadline, wake)):
                     await self._changed.wait()
+                if self._hub.shared is not None:
+                    self._acked()
                 if self._readable(keys, own):
                     return
                 if trio.current_time() >= deadline:

@@ -9,6 +9,12 @@ disk, so that ``--min-replica-acks`` can hold replies until enough have
 promoter tells the hub of each commit (:meth:`ReplicaHub.committed`): the
 streams to the followers (stig/replication/sender.py) wake on it.
 
+With ``--workers N`` a follower streams from whichever worker its
+connection landed on: the hub mirrors each of its followers into a slot of
+the shared block (stig/engine/shared_replicas.py), and counts, waits and
+reports over every worker's slots; a sender also learns there of the
+groups other workers committed (:meth:`ReplicaHub.wait_commit`).
+
 A follower (``--replica-of``) keeps its progress in a :class:`FollowerState`
 (stig/replication/follower.py fills it; ``stats`` shows it).
 
@@ -23,6 +29,10 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from stig.engine import shared_replicas
+from stig.engine.shared_inflight import SharedInFlight
+from stig.engine.shared_replicas import POLL_SECONDS, SharedReplicas
+
 
 @attrs.define(eq=False)
 class Replica:
@@ -35,22 +45,60 @@ class Replica:
     sent_seq: int = 0
     connected_at: float = attrs.field(factory=time.monotonic)
     snapshots: int = 0  #: snapshots sent on this connection
+    #: Its slot in the shared block (``--workers N``); -1: none.
+    slot: int = -1
+
+
+class TooManyFollowers(Exception):
+    """Every follower slot of this worker is taken (``--workers N``)."""
 
 
 class ReplicaHub:
     """The followers connected to this server and what they acknowledged."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, shared: SharedReplicas | None = None, signals: SharedInFlight | None = None
+    ) -> None:
+        #: The followers streaming from this process.
         self.replicas: list[Replica] = []
+        #: Every worker's followers and the writer's sequence number
+        #: (``--workers N``); None: this process has them all.
+        self.shared = shared
+        if shared is not None:
+            shared.clear_mine()
+        #: The writer's commit signals (its eventfd for this worker), which
+        #: the senders wait on (:meth:`wait_commit`).
+        self._signals = signals
         self._commit = trio.Event()
         self._ack = trio.Event()
-        #: Replies that gave up waiting for ``--min-replica-acks`` (``stats``).
-        self.ack_timeouts = 0
-        self.snapshots_sent = 0
+        self._ack_timeouts = 0
+        self._snapshots_sent = 0
+        self._polling = False  # a waiter looks at the shared slots (_next_ack)
         #: Called on the event loop whenever what the followers acknowledged
         #: may have changed (an ACK, a follower gone): the read hold of
         #: ``--min-replica-acks`` (stig/engine/replica_hold.py) moves on.
+        #: With workers, ACKs heard by other workers call nothing here: the
+        #: hold looks at the shared slots itself (:attr:`shared`).
         self.on_ack: Callable[[], None] | None = None
+
+    @property
+    def ack_timeouts(self) -> int:
+        """Replies that gave up waiting for ``--min-replica-acks`` (every worker's)."""
+        if self.shared is not None:
+            return self.shared.total(shared_replicas.ACK_TIMEOUTS)
+        return self._ack_timeouts
+
+    @property
+    def snapshots_sent(self) -> int:
+        """Snapshots sent to followers (every worker's)."""
+        if self.shared is not None:
+            return self.shared.total(shared_replicas.SNAPSHOTS_SENT)
+        return self._snapshots_sent
+
+    def snapshot_sent(self) -> None:
+        self._snapshots_sent += 1
+        if self.shared is not None:
+            self.shared.count(shared_replicas.SNAPSHOTS_SENT)
 
     @property
     def commit_event(self) -> trio.Event:
@@ -62,19 +110,76 @@ class ReplicaHub:
         self._commit.set()
         self._commit = trio.Event()
 
+    async def wait_commit(self, event: trio.Event, after: int) -> None:
+        """Return once ``event`` (:attr:`commit_event`, taken before the
+        log was read) is set or, with workers, once the writer has committed
+        a group after ``after`` (any worker's: the writer sets the shared
+        ``seq`` word, then signals every worker's eventfd).  The caller
+        bounds the wait."""
+        shared = self.shared
+        if shared is None:
+            await event.wait()
+            return
+        signals = self._signals
+        while not event.is_set() and shared.seq <= after:
+            if signals is None:  # no eventfd (a table opened by hand)
+                with trio.move_on_after(POLL_SECONDS):
+                    await event.wait()
+            else:
+                await signals.next_signal(lambda: shared.seq > after)
+
     def connect(self, peer: str) -> Replica:
+        """A follower starts streaming from this process; raises
+        :class:`TooManyFollowers` when this worker has no slot left."""
         replica = Replica(peer)
+        if self.shared is not None:
+            slot = self.shared.claim()
+            if slot is None:
+                raise TooManyFollowers()
+            replica.slot = slot
         self.replicas.append(replica)
         return replica
 
     def disconnect(self, replica: Replica) -> None:
         if replica in self.replicas:
             self.replicas.remove(replica)
+            if self.shared is not None:
+                self.shared.release(replica.slot)
         self._wake_ack_waiters()
 
     def acked(self, replica: Replica, seq: int) -> None:
         if seq > replica.acked_seq:
             replica.acked_seq = seq
+            if self.shared is not None:
+                self.shared.set_acked(replica.slot, seq)
+            self._wake_ack_waiters()
+
+    def acked_seqs(self) -> list[int]:
+        """What every connected follower acknowledged (every worker's, with workers)."""
+        if self.shared is not None:
+            return self.shared.acked()
+        return [replica.acked_seq for replica in self.replicas]
+
+    async def _next_ack(self) -> None:
+        """Return once what the followers acknowledged may have changed.
+
+        With workers, one waiter of this worker at a time looks at the
+        shared slots every :data:`POLL_SECONDS` and wakes the others when
+        they changed (or when it stops waiting: another takes its place);
+        the rest wait for that, as for their own followers' ACKs."""
+        shared = self.shared
+        if shared is None or self._polling:
+            await self._ack.wait()
+            return
+        self._polling = True
+        event = self._ack
+        before = shared.acked()
+        try:
+            while not event.is_set() and shared.acked() == before:
+                with trio.move_on_after(POLL_SECONDS):
+                    await event.wait()
+        finally:
+            self._polling = False
             self._wake_ack_waiters()
 
     def _wake_ack_waiters(self) -> None:
@@ -84,23 +189,26 @@ class ReplicaHub:
             self.on_ack()
 
     def acks_for(self, seq: int) -> int:
-        """How many connected followers have group ``seq`` on disk."""
-        return sum(1 for replica in self.replicas if replica.acked_seq >= seq)
+        """How many connected followers (on every worker) have group ``seq`` on disk."""
+        return sum(1 for acked in self.acked_seqs() if acked >= seq)
 
     def acked_by(self, count: int) -> int:
         """The newest group at least ``count`` connected followers have on
         disk (0: fewer than ``count`` followers are connected)."""
-        acked = sorted((replica.acked_seq for replica in self.replicas), reverse=True)
+        acked = sorted(self.acked_seqs(), reverse=True)
         return acked[count - 1] if 0 < count <= len(acked) else 0
 
     async def wait_acks(self, seq: int, count: int, timeout: float) -> bool:
         """Wait until ``count`` followers have group ``seq`` on disk, at most
-        ``timeout`` seconds; whether they have."""
+        ``timeout`` seconds; whether they have.  With workers, the ACKs
+        heard by other workers are looked at every :data:`POLL_SECONDS`."""
         with trio.move_on_after(timeout):
             while self.acks_for(seq) < count:
-                await self._ack.wait()
+                await self._next_ack()
             return True
-        self.ack_timeouts += 1
+        self._ack_timeouts += 1
+        if self.shared is not None:
+            self.shared.count(shared_replicas.ACK_TIMEOUTS)
         return False
 
 

@@ -42,6 +42,8 @@ over will never commit, and reads in the other workers stop waiting for
 them.  Its successor numbers its promotions on from there.
 
 Bounds: ``SLOTS`` × 8 bytes per worker (512 KiB); one eventfd per worker.
+The followers' block (stig/engine/shared_replicas.py) follows the table in
+the same segment, at the next page (:func:`replicas_offset`).
 """
 
 from __future__ import annotations
@@ -50,18 +52,31 @@ import errno
 import mmap
 import os
 import zlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import trio
+
+from stig.engine import shared_replicas
 
 #: Slots per worker (a power of two).
 SLOTS = 1 << 16
 _HEADER = 3  # words per worker before the slots: committed, cleared, published
 
 
-def segment_bytes(workers: int) -> int:
-    """The size of the segment for ``workers`` workers."""
+def table_bytes(workers: int) -> int:
+    """The in-flight table's size for ``workers`` workers."""
     return 8 * workers * (_HEADER + SLOTS)
+
+
+def replicas_offset(workers: int) -> int:
+    """Where the followers' block begins: after the table, at a page."""
+    page = mmap.ALLOCATIONGRANULARITY
+    return (table_bytes(workers) + page - 1) // page * page
+
+
+def segment_bytes(workers: int) -> int:
+    """The size of the segment for ``workers`` workers (the table, the followers' block)."""
+    return replicas_offset(workers) + shared_replicas.block_bytes(workers)
 
 
 def create(workers: int) -> int:
@@ -101,7 +116,7 @@ class SharedInFlight:
     def __init__(self, fd: int, workers: int, me: int, wakes: Sequence[int] = ()) -> None:
         """``wakes``: the eventfds, every worker's for the writer (``me`` -1),
         its own alone for a worker (none: a read waits by polling, for tests)."""
-        self._map = mmap.mmap(fd, segment_bytes(workers))
+        self._map = mmap.mmap(fd, table_bytes(workers))
         self._words = memoryview(self._map).cast("Q")
         self.workers = workers
         self.me = me
@@ -241,6 +256,16 @@ class SharedInFlight:
     async def _next_signal(self, worker: int, number: int) -> None:
         """Return once the writer has signalled a commit (or at once if
         ``committed[worker]`` has reached ``number``)."""
+        words = self._words
+        await self.next_signal(lambda: words[worker] >= number)
+
+    async def next_signal(self, ready: Callable[[], bool]) -> None:
+        """Return once the writer has signalled a commit, or at once if
+        ``ready()`` (a look at words the writer sets before it signals:
+        looked at after the eventfd is emptied, so no signal is missed).
+        Any task of this worker may wait: one sleeps on the eventfd, the
+        others on its wake-up (then they look again).  Also used by the
+        followers' senders (stig/engine/replicas.py, ``wait_commit``)."""
         if not self._wakes:
             await trio.sleep(0.0005)  # no eventfd (a table opened by hand)
             return
@@ -251,7 +276,7 @@ class SharedInFlight:
         self._watching = True
         try:
             _drain(fd)  # before the look: a signal after it wakes the wait below
-            if self._words[worker] < number:
+            if not ready():
                 await trio.lowlevel.wait_readable(fd)
         finally:
             self._watching = False

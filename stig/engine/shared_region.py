@@ -1,7 +1,8 @@
 """The shared region of ``--workers N``: stats blocks and the write budget's words.
 
 The supervisor makes one memfd for every cross-process table
-(:func:`create`): the in-flight table (:mod:`stig.engine.shared_inflight`)
+(:func:`create`): the in-flight table (:mod:`stig.engine.shared_inflight`,
+with the followers' block of :mod:`stig.engine.shared_replicas` after it)
 at its start, then, at the next page boundary, this region:
 
 * a header of 8 words: the budget's *holder* (:mod:`stig.engine.shared_budget`),

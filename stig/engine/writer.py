@@ -12,18 +12,22 @@ values.  The server sends jobs:
   a list of ops); with several workers, each run's submission number and the
   other workers' runs it must follow (stig/engine/shared_inflight.py), else
   None;
-* ``("p", largest, nbytes)``: a disk-space probe (stig/engine/refusal.py).
+* ``("p", largest, nbytes)``: a disk-space probe (stig/engine/refusal.py);
+* ``("l",)``: a follower wants the replication log: write it from the next
+  commit on (stored at once, docs/replication.md).
 
 The writer answers each job, in order, with ``(kind, results, state)``:
 per run its outcomes as one byte each and the item its last op stored, or
 its failure's message, cause and LMDB words (:func:`encode_results`); and
 the state of the environment after the job (:class:`WriterState`: map size,
-LMDB's last transaction id, the cas counter and the byte total), which the
-server adopts.  Its first frame, before any job, is that state alone: it is
-ready.
+LMDB's last transaction id, the cas counter, the byte total and the commit
+sequence with the replication log's numbers), which the server adopts.
+Its first frame, before any job, is that state alone: it is ready.
 
 The writer commits exactly as the commit thread does
-(:func:`stig.engine.group_commit.apply_group`), and grows the map itself
+(:func:`stig.engine.group_commit.apply_group`: each group numbered and, with
+``--replication-log-bytes`` > 0, logged in its transaction, so a worker can
+stream the log to followers: docs/replication.md), and grows the map itself
 when it is full — it holds no read transaction — then retries the rest.  With
 several workers (``--workers N``) it has one socket per worker and commits
 the groups of all that have one waiting in one transaction, signals the
@@ -48,11 +52,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import attrs
+
 from stig.engine.group_commit import Failed, apply_group, failed
 from stig.engine.refusal import Cause, words_for
 from stig.engine.shared_inflight import SharedInFlight
+from stig.engine.shared_replicas import SharedReplicas
 from stig.storage.ops import Op, Outcome
 from stig.storage.records import Item
+from stig.storage.replog import LogBounds
 from stig.storage.store import Applied, MapCannotGrow, MapFull, Store
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,10 @@ class WriterState(NamedTuple):
     last_txnid: int
     last_cas: int
     total_bytes: int
+    #: The commit sequence and the log's bounds (``attrs.astuple`` of the
+    #: store's :class:`~stig.storage.replog.LogState`): a worker's
+    #: ``--min-replica-acks`` waits for the followers to reach its ``seq``.
+    log: tuple[Any, ...]
 
 
 def frame(message: tuple[Any, ...]) -> bytes:
@@ -117,7 +129,11 @@ def decode_results(encoded: Sequence[tuple[Any, ...]]) -> list[Applied | Failed]
 
 def _state(store: Store) -> WriterState:
     return WriterState(
-        store.map_size, int(store.env.info()["last_txnid"]), store.last_cas, store.total_bytes
+        store.map_size,
+        int(store.env.info()["last_txnid"]),
+        store.last_cas,
+        store.total_bytes,
+        attrs.astuple(store.log_state),
     )
 
 
@@ -194,6 +210,9 @@ def serve(
     max_value_size: int,
     table: SharedInFlight | None = None,
     control_fd: int = -1,
+    *,
+    log_bounds: LogBounds | None = None,
+    replicas: SharedReplicas | None = None,
 ) -> None:
     """The writer's loop: answer jobs from the sockets ``fds`` (one per
     worker, in worker order) until each has reached end of file (and the
@@ -202,16 +221,26 @@ def serve(
     The groups of every link that has one waiting are committed together,
     in one transaction (one fsync); with ``table`` (``--workers N``), each
     worker's committed watermark is raised right after the commit, before
-    the answers go out.
+    the answers go out, and with ``replicas`` the commit's sequence number
+    (the workers' senders learn of new groups there).  Each commit numbers
+    its group and writes the replication log exactly as a single process's
+    commit thread does (``Store.apply``), within ``log_bounds`` (None or
+    ``max_bytes`` 0: numbered, not logged).
     """
     links = [_Link(socket.socket(fileno=fd), worker) for worker, fd in enumerate(fds)]
     control = None if control_fd < 0 else socket.socket(fileno=control_fd)
     store = Store(data_dir, map_size, max_readers, lock=False)
     store.max_value_size = max_value_size
-    # No replication log: a server with workers has no followers to read it
-    # (docs/workers.md), and logging would write every value twice.  The
-    # first commit empties a log left by an earlier run without workers.
-    store.log_enabled = False
+    if log_bounds is None:
+        log_bounds = LogBounds(0, 0.0)
+    store.log_bounds = log_bounds
+    # As a single process (stig/engine/engine.py): the log is written once a
+    # follower wanted it (a worker's ("l",) job, stored), and dropped with
+    # --replication-log-bytes 0.
+    store.log_enabled = log_bounds.max_bytes > 0 and store.log_state.logging
+    if not log_bounds.max_bytes and store.log_state.logging:
+        store.stop_logging()
+        log.info("replication log off (--replication-log-bytes 0): dropped")
     selector = selectors.DefaultSelector()
     try:
         for link in links:
@@ -247,9 +276,12 @@ def serve(
                         groups.append(_Group(link, job))
                     else:
                         probes.append((link, job))
-            progressed = bool(groups) and _commit_groups(groups, store, table)
+            progressed = bool(groups) and _commit_groups(groups, store, table, replicas)
             for link, job in probes:
-                _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
+                if job[0] == "l":
+                    _answer(link, ("l", _start_logging(store), _state(store)))
+                else:
+                    _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
             for link in list(ended):
                 if any(group.link is link for group in groups):
                     continue  # a run it handed over may still commit: readers wait for it
@@ -267,6 +299,16 @@ def serve(
             link.sock.close()
         if control is not None:
             control.close()
+
+
+def _start_logging(store: Store) -> bool:
+    """A worker's first follower wants the log (``("l",)``): write it from
+    the next commit on, stored at once (``Store.start_logging``); whether
+    it is on (not with ``--replication-log-bytes 0``)."""
+    if not store.log_enabled and store.log_bounds.max_bytes:
+        store.start_logging()
+        log.info("replication log on: a follower wants it")
+    return store.log_enabled
 
 
 def _welcome(link: _Link, store: Store, selector: selectors.BaseSelector) -> None:
@@ -348,7 +390,12 @@ def _plan(groups: list[_Group], table: SharedInFlight | None) -> list[tuple[_Gro
     return order
 
 
-def _commit_groups(groups: list[_Group], store: Store, table: SharedInFlight | None) -> bool:
+def _commit_groups(
+    groups: list[_Group],
+    store: Store,
+    table: SharedInFlight | None,
+    replicas: SharedReplicas | None = None,
+) -> bool:
     """Commit what may be committed of the groups held, in one transaction;
     answer the groups now complete (and drop them).  False: nothing could be."""
     order = _plan(groups, table)
@@ -360,6 +407,8 @@ def _commit_groups(groups: list[_Group], store: Store, table: SharedInFlight | N
         group.results.append(result)
         group.done += 1
         touched[id(group)] = group
+    if replicas is not None:  # before the signal: a woken worker sees it
+        replicas.set_seq(store.log_state.seq)
     if table is not None:
         for group in touched.values():
             if group.numbers:

@@ -32,6 +32,7 @@ import trio
 from stig.engine.group_commit import Failed, failed
 from stig.engine.writer import LENGTH, PROBE_FAILED, WriterState, decode_results, frame
 from stig.storage.ops import Op
+from stig.storage.replog import LogState
 from stig.storage.store import Applied, Store
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,15 @@ class WriterLink:
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
+        #: A job is in flight (one at a time: the answers come in order);
+        #: another caller waits for :attr:`_idle`.
+        self._busy = False
+        self._idle: trio.Event | None = None
         if fd is not None:
             self._sock = socket.socket(fileno=fd)
             ready = self._receive_blocking()
             self.state = WriterState(*ready[2])
+            store.log_state = LogState(*self.state.log)
             self._sock.setblocking(False)
 
     @property
@@ -109,6 +115,10 @@ class WriterLink:
             str(store.max_value_size),
             "--log-level",
             self.log_level,
+            "--replication-log-bytes",
+            str(store.log_bounds.max_bytes),
+            "--replication-log-seconds",
+            str(store.log_bounds.max_seconds),
         ]
         try:
             self._process = subprocess.Popen(
@@ -131,6 +141,7 @@ class WriterLink:
             self._kill()
             raise RuntimeError(f"the writer process did not start: {exc}") from exc
         self.state = WriterState(*ready[2])
+        store.log_state = LogState(*self.state.log)
         mine.setblocking(False)
         log.info("writer process %d started", self._process.pid)
 
@@ -218,10 +229,39 @@ class WriterLink:
         status, why = answer[1]
         return status, why
 
+    async def start_logging(self) -> bool:
+        """A follower wants the replication log: the writer writes it from its
+        next commit on (stored at once); whether it does (False: the writer
+        died meanwhile; ask again)."""
+        try:
+            answer = await self._call(frame(("l",)))
+        except WriterDied:
+            if self.owns_writer:
+                await self._restart("while turning the replication log on")
+            return False
+        on: bool = answer[1]
+        return on
+
     def _txnid(self) -> int:
         return int(self.store.env.info()["last_txnid"])
 
     async def _call(self, job: bytes) -> tuple[Any, ...]:
+        """Send one job and wait for its answer (after any job in flight:
+        the promoter's groups and probes, a sender's ``("l",)``)."""
+        while self._busy:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
+        self._busy = True
+        try:
+            return await self._call_alone(job)
+        finally:
+            self._busy = False
+            idle, self._idle = self._idle, None
+            if idle is not None:
+                idle.set()
+
+    async def _call_alone(self, job: bytes) -> tuple[Any, ...]:
         """Send one job and wait for its answer; adopt the state it reports."""
         sock = self._sock
         if sock is None:
@@ -242,6 +282,7 @@ class WriterLink:
         store = self.store
         store.last_cas = state.last_cas
         store.total_bytes = state.total_bytes
+        store.log_state = LogState(*state.log)
         if state.map_size > store.map_size:
             # On the event loop between two tasks: no short read is open.
             log.info("LMDB map grown to %d bytes by the writer", store.adopt_map())

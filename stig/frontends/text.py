@@ -774,13 +774,14 @@ class TextHandler:
     def _replication_refused(self, name: str) -> bytes | None:
         """The refusal of ``stig_promote``/``stig_fence`` here, or None.
 
-        A server with ``--workers`` has no replication (its workers do not
-        own the store's epoch).  Without ``--auth-file`` any client could
+        Not built for a server with ``--workers`` (a primary with workers
+        streams to followers, but a fence or a promotion must stop or start
+        every worker's writes: docs/replication.md).  Without ``--auth-file`` any client could
         take a follower over or fence a primary: allowed only with
         ``--replication-open`` (a trusted network)."""
         engine = self.engine
         if engine.writer is not None:
-            return R.server_error(f"{name}: a server run with --workers has no replication")
+            return R.server_error(f"{name}: not built for a server run with --workers")
         return self._needs_login(name)
 
     async def _promote(self, command: Promote) -> None:

@@ -42,7 +42,8 @@ import lmdb
 import trio
 
 from stig.engine.engine import Engine
-from stig.engine.replicas import Replica
+from stig.engine.replicas import Replica, TooManyFollowers
+from stig.engine.shared_replicas import SLOTS_PER_WORKER
 from stig.replication import wire
 from stig.storage import replog
 from stig_protocol.commands import Replicate
@@ -110,10 +111,20 @@ async def serve_follower(engine: Engine, sock: Stream, request: Replicate, peer:
         )
         await _send_all(sock, b"DIVERGED %d %d\r\n" % (exc.seq, store.log_state.epoch))
         return
-    state = store.log_state
-    await _send_all(sock, b"REPLICATING %d %d\r\n" % (state.epoch, state.seq))
     hub = engine.replicas
-    replica = hub.connect(peer)
+    try:
+        replica = hub.connect(peer)
+    except TooManyFollowers:
+        why = f"this worker streams to {SLOTS_PER_WORKER} followers already; connect again"
+        log.warning("follower %s refused: %s", peer, why)
+        await _send_all(sock, b"SERVER_ERROR %b\r\n" % why.encode())
+        return
+    state = store.log_state
+    try:
+        await _send_all(sock, b"REPLICATING %d %d\r\n" % (state.epoch, state.seq))
+    except BaseException:
+        hub.disconnect(replica)
+        raise
     if request.epoch == state.epoch and request.after_seq:
         # It resumes after the groups it has on disk: its acknowledgement of
         # them (a restarted primary holds reads until it: replica_hold.py).
@@ -146,18 +157,23 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
     store = engine.store
     if engine.follower is not None:
         raise _Refused(f"this server is a replica of {engine.follower.primary}")
-    if engine.writer is not None:
-        raise _Refused("a server run with --workers has no followers (for now)")
     if not engine.settings.replication_log_bytes:
         raise _Refused("the replication log is off (--replication-log-bytes 0)")
+    if engine.writer is not None:
+        # The writer process commits: this worker's numbers are as of its
+        # last answer, or older (docs/workers.md); and whether it logs.
+        store.log_enabled = store.refresh_log_state().logging
     state = store.log_state
     if request.epoch > state.epoch:
         # A fence of a believable epoch (the follower logged in, or the
         # network is trusted: stig/frontends/text.py); refused either way.
-        try:
-            await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
-        except replog.ImplausibleEpoch as exc:
-            raise _Refused(f"the follower's {exc}") from exc
+        # Not with --workers: fencing (a write the workers must all obey) is
+        # not built there (docs/replication.md).
+        if engine.writer is None:
+            try:
+                await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
+            except replog.ImplausibleEpoch as exc:
+                raise _Refused(f"the follower's {exc}") from exc
         raise _Refused(f"the follower's epoch {request.epoch} is later than {state.epoch}")
     if store.fenced:
         raise _Refused(engine.fenced_words())
@@ -177,8 +193,14 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
     if not store.log_enabled:
         # The first follower: the log starts with the next commit, and is
         # stored as on (a restart keeps logging); this follower, behind the
-        # empty log, starts from a snapshot.
-        await trio.to_thread.run_sync(store.start_logging)
+        # empty log, starts from a snapshot.  With workers the writer
+        # process commits, so it is the one told.
+        if engine.writer is None:
+            await trio.to_thread.run_sync(store.start_logging)
+        elif not await engine.writer.start_logging():
+            raise _Refused("the writer process died; connect again")
+        else:
+            store.log_enabled = True
         log.info("replication log on: a follower (%s) wants it", peer)
 
 
@@ -229,10 +251,11 @@ async def _stream(engine: Engine, sock: Stream, replica: Replica, after: int) ->
         txn = store.log_txn()
         try:
             state = store.read_log_state(txn)
+            newest = state.seq
             if position < state.log_first - 1 or (position == 0 < state.seq):
                 position = await _snapshot(engine, sock, replica, txn, state.seq, state.epoch)
                 replica.snapshots += 1
-                hub.snapshots_sent += 1
+                hub.snapshot_sent()
                 continue
             groups = store.log_entries(txn, position, SEND_BYTES)
         finally:
@@ -246,9 +269,9 @@ async def _stream(engine: Engine, sock: Stream, replica: Replica, after: int) ->
             await _send_all(sock, b"".join(wire.group(seq, entry) for seq, entry in groups))
             continue
         with trio.move_on_after(HEARTBEAT_SECONDS):
-            await event.wait()
+            await hub.wait_commit(event, position)
             continue
-        await _send_all(sock, wire.frame(wire.HEARTBEAT, wire.SEQ.pack(store.log_state.seq)))
+        await _send_all(sock, wire.frame(wire.HEARTBEAT, wire.SEQ.pack(newest)))
 
 
 async def _snapshot(

@@ -5,8 +5,9 @@ directory's lock, LMDB's reader table (sized for every worker), the port
 (it opens one ``SO_REUSEPORT`` listening socket per worker, so the kernel
 spreads the connections over them, checks that no other process listens on
 that port, and hands each worker its socket; a unix socket is one socket
-that every worker accepts on), the shared in-flight table (a memfd) and
-the workers' eventfds.  It starts the writer process with one socket per
+that every worker accepts on), the shared in-flight table with the
+followers' block (a memfd: stig/engine/shared_replicas.py) and the
+workers' eventfds.  It starts the writer process with one socket per
 worker, then the workers, and prints the ready line once every worker
 listens.  It keeps the listening sockets, so that a restarted worker gets
 its own again (connections that arrive meanwhile wait in its backlog).
@@ -202,6 +203,10 @@ class _Supervisor:
                 str(settings.limits.max_item_size),
                 "--log-level",
                 settings.log_level,
+                "--replication-log-bytes",
+                str(settings.replication_log_bytes),
+                "--replication-log-seconds",
+                str(settings.replication_log_seconds),
             ],
             pass_fds=[
                 table_fd,

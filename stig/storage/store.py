@@ -312,6 +312,17 @@ class Store:
             self.adopt_map()
             return self._begin_items()
 
+    def _begin_whole(self) -> lmdb.Transaction[bytes]:
+        """A read-only transaction on the whole environment, adopting a map
+        the writer process grew (as :meth:`_begin_adopting`)."""
+        try:
+            return self.env.begin()
+        except lmdb.MapResizedError:
+            if self.begin_read != self._begin_adopting:
+                raise
+            self.adopt_map()
+            return self.env.begin()
+
     def adopt_map(self) -> int:
         """Take on the map size another process (the writer process) grew the
         file to: ``MDB_MAP_RESIZED`` in a read transaction begun after it.
@@ -611,7 +622,7 @@ class Store:
         """A read-only snapshot of the whole environment (items, sequence
         number and log agree in it); the caller aborts it before any wait,
         or registers it in :attr:`long_reads`."""
-        return self.env.begin()
+        return self._begin_whole()
 
     def cas_counter(self, txn: lmdb.Transaction) -> int:
         """The cas counter as ``txn`` sees it."""
@@ -619,6 +630,16 @@ class Store:
 
     def read_log_state(self, txn: lmdb.Transaction) -> LogState:
         return replog.read_state(txn, self._repl)
+
+    def refresh_log_state(self) -> LogState:
+        """Read :attr:`log_state` again from the last commit (another process
+        commits: the writer process, docs/workers.md); returns it."""
+        txn = self._begin_whole()
+        try:
+            self.log_state = replog.read_state(txn, self._repl)
+        finally:
+            txn.abort()
+        return self.log_state
 
     def log_entries(
         self, txn: lmdb.Transaction, after: int, max_bytes: int
@@ -629,6 +650,7 @@ class Store:
     def log_after(self, after: int) -> tuple[int, int | None]:
         """The bytes of the logged groups after ``after``, and the commit time
         (ms) of the first of them (None: none) — a follower's lag (``stats``)."""
+        self._begin_whole().abort()  # adopts a map the writer process grew
         with self.env.begin(buffers=True) as txn:
             cursor = txn.cursor(db=self._replog)
             if not cursor.set_range(replog.U64.pack(after + 1)):

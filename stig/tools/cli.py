@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-import attrs
 import click
 import trio
 
@@ -504,17 +503,14 @@ def serve(
     gc.set_threshold(50_000, 20, 100)
     from stig.server.listeners import ListenError
 
-    if workers and (settings.replica_of is not None or settings.min_replica_acks):
-        # The writer process commits: the workers' stores never see the
-        # sequence numbers the followers acknowledge (docs/workers.md).
+    if workers and settings.replica_of is not None:
+        # A follower applies the primary's groups itself; with workers the
+        # writer process commits (docs/replication.md: a primary may run
+        # with workers, a follower not yet).
         raise click.BadParameter(
-            "replication (--replica-of, --min-replica-acks) runs without --workers (for now)",
+            "a follower (--replica-of) runs without --workers (for now)",
             param_hint="'--workers'",
         )
-    if workers:
-        # No follower can read the log of a server with workers: it is off
-        # (the writer process writes none), and `stats settings` says so.
-        settings = attrs.evolve(settings, replication_log_bytes=0)
     if workers > 1:
         from stig.server import supervisor
 
@@ -578,6 +574,8 @@ def worker(
 @click.option("--max-readers", type=int, required=True)
 @click.option("--max-value-size", type=int, required=True)
 @click.option("--log-level", default="info")
+@click.option("--replication-log-bytes", type=int, default=0, help="0: no replication log")
+@click.option("--replication-log-seconds", type=float, default=3600.0)
 def writer(
     fd: tuple[int, ...],
     table_fd: int,
@@ -588,6 +586,8 @@ def writer(
     max_readers: int,
     max_value_size: int,
     log_level: str,
+    replication_log_bytes: int,
+    replication_log_seconds: float,
 ) -> None:
     """The writer process of ``stig serve --workers`` (started by the server, not by hand)."""
     from stig.engine import writer as writer_process
@@ -597,12 +597,26 @@ def writer(
     # (end of file on its socket) once the last group is committed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    table = None
+    from stig.storage.replog import LogBounds
+
+    table = replicas = None
     if table_fd >= 0:
-        from stig.engine.shared_inflight import SharedInFlight
+        from stig.engine.shared_inflight import SharedInFlight, replicas_offset
+        from stig.engine.shared_replicas import SharedReplicas
 
         table = SharedInFlight(table_fd, len(fd), -1, wake_fd)
-    writer_process.serve(fd, data_dir, map_size, max_readers, max_value_size, table, control_fd)
+        replicas = SharedReplicas(table_fd, len(fd), -1, replicas_offset(len(fd)))
+    writer_process.serve(
+        fd,
+        data_dir,
+        map_size,
+        max_readers,
+        max_value_size,
+        table,
+        control_fd,
+        log_bounds=LogBounds(replication_log_bytes, replication_log_seconds),
+        replicas=replicas,
+    )
 
 
 # -- operating a database: backup, restore, check, dump, load ------------------

@@ -17,13 +17,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-import lmdb
 import pytest
 
 from stig_testkit.connections import RawConnection
 from stig_testkit.notify_socket import NotifySocket
 from stig_testkit.process import STOP_TIMEOUT, StigProcess, child_env
-from stig_testkit.waiting import wait_for
+from stig_testkit.waiting import wait_for, wait_for_stats
 
 WORKERS = ("--workers", "2")
 
@@ -386,13 +385,10 @@ def test_a_pov_copy_never_hides_a_later_write_of_the_other_worker(workers):
         ), index
 
 
-@pytest.mark.parametrize("option", [("--min-replica-acks", "1"), ("--replica-of", "127.0.0.1:1")])
-def test_replication_with_workers_is_refused_at_start(tmp_path, option):
-    """The writer process commits, so the workers never see the sequence
-    numbers followers acknowledge: the combination is refused, not half-served."""
-    import subprocess
-    import sys
-
+def test_a_follower_with_workers_is_refused_at_start(tmp_path):
+    """A follower applies its primary's groups itself, and with workers the
+    writer process commits: ``--replica-of`` with ``--workers`` is refused,
+    not half-served (a primary may run with workers: tests/replication)."""
     done = subprocess.run(
         [
             sys.executable,
@@ -405,21 +401,32 @@ def test_replication_with_workers_is_refused_at_start(tmp_path, option):
             str(tmp_path),
             "--workers",
             "1",
-            *option,
+            "--replica-of",
+            "127.0.0.1:1",
         ],
         env=child_env(),
         capture_output=True,
         timeout=60,
     )
     assert done.returncode == 2
-    assert b"runs without --workers" in done.stderr
+    assert b"a follower (--replica-of) runs without --workers" in done.stderr
 
 
-def test_a_follower_is_refused_by_a_server_with_workers(stig_factory):
-    server = stig_factory("--workers", "1", "--replication-open")
-    conn = server.connect()
-    reply = conn.send_recv(b"stig_replicate 0 0\r\n", until=b"\r\n")
-    assert reply.startswith(b"SERVER_ERROR a server run with --workers has no followers")
+def test_a_follower_streams_from_a_server_with_one_worker(stig_factory):
+    """``--workers 1`` (the writer process started by the server itself, no
+    supervisor): the writer logs each group, the server streams it."""
+    primary = stig_factory("--workers", "1", "--min-replica-acks", "1", "--replication-open")
+    follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
+    conn = primary.connect()
+    for index in range(5):
+        request = b"set k%d 0 0 1\r\n%d\r\n" % (index, index)
+        assert conn.send_recv(request, b"\r\n") == b"STORED\r\n"
+    stats = primary.stats()
+    assert int(stats["replication_log_groups"]) >= 1
+    # Acknowledged under --min-replica-acks 1: the follower has them.
+    query = b"get k0 k1 k2 k3 k4\r\n"
+    assert follower.send_recv(query, b"END\r\n") == primary.send_recv(query, b"END\r\n")
 
 
 def _second_server(port: int, data_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -458,34 +465,36 @@ def test_a_second_server_on_the_port_fails_at_start(stig_factory, tmp_path, firs
         assert server.connect().send_recv(b"get k\r\n") == b"VALUE k 0 1\r\n1\r\nEND\r\n"
 
 
-def test_a_server_with_workers_keeps_no_replication_log(stig_factory):
-    """No follower can read it (replication is refused with --workers), so
-    the writer process must not write every value a second time into it."""
-    server = stig_factory("--workers", "1")
-    value = b"v" * 100_000
-    for index in range(40):  # 4 MB, each set its own group
-        request = b"set k%d 0 0 %d\r\n%s\r\n" % (index, len(value), value)
-        assert server.send_recv(request, b"\r\n") == b"STORED\r\n"
-    assert server.stats()["replication_log_bytes"] == "0"
-    assert server.stats("settings")["stig_replication_log_bytes"] == "0"
-    server.terminate()
-    env = lmdb.open(str(server.data_dir), readonly=True, lock=False, max_dbs=8)
-    try:
-        with env.begin() as txn:
-            assert txn.stat(env.open_db(b"replog", txn=txn, create=False))["entries"] == 0
-            assert txn.stat(env.open_db(b"items", txn=txn, create=False))["entries"] == 40
-    finally:
-        env.close()
+def test_every_worker_shows_every_follower_in_stats(stig_factory):
+    """The replication lines of ``stats`` are the same on both workers:
+    the follower (streaming from one of them), what it acknowledged, and
+    the last commit's sequence number (docs/workers.md, Replication)."""
+    primary = stig_factory(*WORKERS, "--replication-open", "--min-replica-acks", "1")
+    follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
+    one, two = _pinned(primary)
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
+    for index, conn in enumerate((one, two) * 3):
+        request = b"set k%d 0 0 1\r\n%d\r\n" % (index, index)
+        assert conn.send_recv(request, b"\r\n") == b"STORED\r\n"  # on the follower's disk
+    first, second = _stats(one), _stats(two)
+    assert first["stig_worker_id"] != second["stig_worker_id"]
+    for stats in (first, second):
+        assert stats["connected_replicas"] == "1"
+        assert stats["replication_log_on"] == "1"
+        assert int(stats["replica_0_acked_seq"]) >= 1
+    names = ("replication_seq", "replica_0_acked_seq", "replication_log_groups")
+    assert [first[name] for name in names] == [second[name] for name in names]
+    assert follower.stats()["replication_applied_seq"] == first["replica_0_acked_seq"]
 
 
 def test_promote_and_fence_are_refused_by_a_server_with_workers(stig_factory):
-    """The workers do not own the store's epoch: taking over and fencing are
-    refused outright, even where they are otherwise open."""
+    """Taking over and fencing must start or stop every worker's writes:
+    not built, so refused outright, even where they are otherwise open."""
     server = stig_factory("--workers", "1", "--replication-open")
     conn = server.connect()
     for command in (b"stig_fence 2", b"stig_promote"):
         reply = conn.send_recv(command + b"\r\n", until=b"\r\n")
         assert reply.startswith(b"SERVER_ERROR stig_"), reply
-        assert b"--workers has no replication" in reply, reply
+        assert b"not built for a server run with --workers" in reply, reply
     assert conn.send_recv(b"set k 0 0 1\r\nv\r\n", until=b"\r\n") == b"STORED\r\n"
     assert server.stats()["replication_fenced"] == "0"

@@ -21,6 +21,7 @@ from stig.replication import wire
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.crashrig import LazyMount, fuse_unavailable
 from stig_testkit.process import CODE_ROOT, StigProcess, child_env
+from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
@@ -267,13 +268,21 @@ def _replicated_load(
     at_least: int,
     primary_dir: Path | None = None,
     follower_dir: Path | None = None,
+    shape: tuple[str, ...] = (),
 ) -> tuple[StigProcess, StigProcess, list[_Writer]]:
     """A primary under ``--min-replica-acks 1`` and one follower (their data
     in ``primary_dir``/``follower_dir`` if given: a lazyfs mount), with
     three writers (text, meta, binary) running, each with ``at_least``
-    acknowledged writes: mid-load."""
+    acknowledged writes: mid-load.  ``shape``: the primary's extra options
+    (stig_testkit/shapes.py)."""
     primary = factory(
-        OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "20000", data_dir=primary_dir
+        *shape,
+        OPEN,
+        "--min-replica-acks",
+        "1",
+        "--replica-ack-timeout-ms",
+        "20000",
+        data_dir=primary_dir,
     )
     follower = factory(OPEN, "--replica-of", _address(primary), data_dir=follower_dir)
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
@@ -305,16 +314,19 @@ def _lost_writes(server: StigProcess, writers: list[_Writer]) -> list[bytes]:
     return lost
 
 
+@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
 @pytest.mark.parametrize("also_kill_follower", [False, True], ids=["primary", "both"])
 def test_nothing_acknowledged_under_min_replica_acks_is_lost_after_sigkill_and_promote(
-    stig_factory: Factory, also_kill_follower: bool
+    stig_factory: Factory, also_kill_follower: bool, shape: tuple[str, ...]
 ) -> None:
     """SIGKILL of the primary mid-load, then ``stig promote``: every write
     acknowledged in text, meta or binary is on the new primary, with its
     cas.  ``both``: the follower is SIGKILLed first and restarted, so only
     what is on its disk counts, not what its socket had received (the case
-    that fails when replies do not wait for the follower's ACK)."""
-    primary, follower, writers = _replicated_load(stig_factory, 100)  # SIGKILL mid-load
+    that fails when replies do not wait for the follower's ACK).  With
+    ``--workers 2`` the SIGKILL is the supervisor's (its workers and writer
+    die with it) and the writers' connections are spread over both workers."""
+    primary, follower, writers = _replicated_load(stig_factory, 100, shape=shape)  # mid-load
     if also_kill_follower:
         follower.kill()
     primary.kill()

@@ -18,6 +18,7 @@ from stig.storage.replog import U64
 from stig.storage.store import Store
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.process import StigProcess
+from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
@@ -104,10 +105,11 @@ def _mixed_load(primary: StigProcess, round_: int) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
 def test_a_follower_matches_the_primary_item_for_item_and_cas_for_cas(
-    stig_factory: Factory,
+    stig_factory: Factory, shape: tuple[str, ...]
 ) -> None:
-    primary = stig_factory(OPEN)
+    primary = stig_factory(*shape, OPEN)
     _mixed_load(primary, 0)  # before the follower: it starts from a snapshot
     follower = _follower(stig_factory, primary)
     stats = _caught_up(follower, primary)
@@ -228,10 +230,11 @@ def test_the_store_refuses_a_group_that_does_not_follow(tmp_path: Path) -> None:
         follower.close()
 
 
+@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
 def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
-    stig_factory: Factory,
+    stig_factory: Factory, shape: tuple[str, ...]
 ) -> None:
-    primary = stig_factory(OPEN, "--replication-log-bytes", "2k")
+    primary = stig_factory(*shape, OPEN, "--replication-log-bytes", "2k")
     follower = _follower(stig_factory, primary)
     primary.send_recv(b"set first 0 0 1\r\n1\r\n", b"\r\n")
     _caught_up(follower, primary)
@@ -241,10 +244,14 @@ def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
         assert writer.send_recv(b"set k%d 0 0 200\r\n%b\r\n" % (i, b"x" * 200), b"\r\n") == (
             b"STORED\r\n"
         )
-    primary.settle()
-    log_first = int(primary.stats()["replication_log_first_seq"])
     applied = int(U64.unpack(_records(follower.data_dir, b"repl")[b"seq"])[0])
-    assert log_first > applied + 1  # the groups it needs are gone
+    # The groups it needs are gone, once the sets are committed (waited for:
+    # with workers, the sets' commits may come after their replies).
+    wait_for_stats(
+        primary,
+        lambda s: int(s["replication_log_first_seq"]) > applied + 1,
+        what="the log trimmed past the follower's group",
+    )
     follower.restart()
     stats = _caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"
@@ -253,7 +260,10 @@ def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
     stats = _caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"
     assert _records(follower.data_dir) == _records(primary.data_dir)
-    assert int(primary.stats()["replication_log_bytes"]) <= 2048 + 400
+    # The bound holds, but the newest group always stays, whatever its size
+    # (sets answered before their commit may share a group).
+    stats = primary.stats()
+    assert int(stats["replication_log_bytes"]) <= 2048 or stats["replication_log_groups"] == "1"
 
 
 def test_a_follower_reconnects_to_a_restarted_primary_and_resumes(stig_factory: Factory) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from stig_testkit.process import StigProcess
+from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
@@ -35,10 +38,13 @@ def _caught_up(follower: StigProcess, primary: StigProcess) -> dict[str, str]:
     )
 
 
+@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
 def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
-    stig_factory: Factory,
+    stig_factory: Factory, shape: tuple[str, ...]
 ) -> None:
-    primary = stig_factory("--replication-open")  # followers without a login
+    """With ``--workers 2`` the writer process writes the log, told by the
+    worker the follower landed on; the stats come from either worker."""
+    primary = stig_factory(*shape, "--replication-open")  # followers without a login
     for i in range(5):
         _write(primary, b"k%d" % i)
     assert _log(primary) == ("0", 0)  # numbered, not logged
@@ -53,7 +59,7 @@ def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
     # (no second snapshot) with what was written while it was away.
     follower.terminate()
     port = primary.port
-    primary.restart("--replication-open", "--port", str(port))
+    primary.restart(*shape, "--replication-open", "--port", str(port))
     assert _log(primary) == ("1", 0)
     _write(primary, b"while-away")
     assert _log(primary) == ("1", 1)
@@ -66,11 +72,13 @@ def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
     # --replication-log-bytes 0 drops it and refuses followers; started
     # again without it, the log stays off until a follower comes.
     follower.terminate()
-    primary.restart("--replication-open", "--port", str(port), "--replication-log-bytes", "0")
+    primary.restart(
+        *shape, "--replication-open", "--port", str(port), "--replication-log-bytes", "0"
+    )
     assert _log(primary) == ("0", 0)
     assert int(primary.stats()["replication_log_bytes"]) == 0
     refused = primary.send_recv(b"stig_replicate 0 1\r\n", b"\r\n")
     assert refused.startswith(b"SERVER_ERROR the replication log is off"), refused
-    primary.restart("--replication-open", "--port", str(port))
+    primary.restart(*shape, "--replication-open", "--port", str(port))
     _write(primary, b"unlogged")
     assert _log(primary) == ("0", 0)

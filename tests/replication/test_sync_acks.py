@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
+import pytest
 
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.process import StigProcess
+from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
@@ -29,8 +31,13 @@ def _follower_has(data_dir: Path, key: bytes) -> bool:
         env.close()
 
 
-def test_with_no_follower_a_write_fails_after_the_bound(stig_factory: Factory) -> None:
-    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "200")
+@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
+def test_with_no_follower_a_write_fails_after_the_bound(
+    stig_factory: Factory, shape: tuple[str, ...]
+) -> None:
+    primary = stig_factory(
+        *shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "200"
+    )
     conn = primary.connect()
     reply = conn.send_recv(b"set k 0 0 1\r\nv\r\n", b"\r\n")
     assert reply == (
@@ -49,15 +56,20 @@ def test_with_no_follower_a_write_fails_after_the_bound(stig_factory: Factory) -
     assert b"--min-replica-acks" in response.value
 
 
+@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
 def test_with_one_follower_a_write_is_acknowledged_once_the_follower_has_it(
-    stig_factory: Factory,
+    stig_factory: Factory, shape: tuple[str, ...]
 ) -> None:
-    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
+    primary = stig_factory(
+        *shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000"
+    )
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
-    conn = primary.connect()
     for i in range(20):
         key = b"k%d" % i
+        # A connection each: with workers, they land on both (the follower
+        # streams from one; the other's replies wait all the same).
+        conn = primary.connect()
         assert conn.send_recv(b"set %b 0 0 1\r\nv\r\n" % key, b"\r\n") == b"STORED\r\n"
         # No wait: the reply itself says the follower has it on disk.
         assert _follower_has(follower.data_dir, key), key
@@ -71,14 +83,17 @@ def test_with_one_follower_a_write_is_acknowledged_once_the_follower_has_it(
     assert primary.stats()["replication_ack_timeouts"] == "0"
 
 
+@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
 def test_replies_that_wait_for_the_commit_first_still_wait_for_the_follower(
-    stig_factory: Factory,
+    stig_factory: Factory, shape: tuple[str, ...]
 ) -> None:
     """A barrier (``mn``), a read of a key the run wrote and a binary GetK
     wait for the local commit on their own (to report quiet failures, to
     read the run's writes); under ``--min-replica-acks`` the reply must
     still wait for the follower, not leave once the commit is local."""
-    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000")
+    primary = stig_factory(
+        *shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "10000"
+    )
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     meta = primary.connect()
@@ -98,12 +113,15 @@ def test_replies_that_wait_for_the_commit_first_still_wait_for_the_follower(
     assert primary.stats()["replication_ack_timeouts"] == "0"
 
 
+@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
 def test_a_follower_acknowledging_more_than_it_was_sent_counts_for_nothing(
-    stig_factory: Factory,
+    stig_factory: Factory, shape: tuple[str, ...]
 ) -> None:
     """A false ``ACK`` (past the last group sent on its stream) must not
     satisfy ``--min-replica-acks``: the primary closes that stream."""
-    primary = stig_factory(OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "300")
+    primary = stig_factory(
+        *shape, OPEN, "--min-replica-acks", "1", "--replica-ack-timeout-ms", "300"
+    )
     fake = primary.connect()
     assert fake.send_recv(b"stig_replicate 0 1\r\n", b"\r\n") == b"REPLICATING 1 0\r\n"
     fake.send(b"ACK 999999999999\r\n")

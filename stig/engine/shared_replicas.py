@@ -1,0 +1,139 @@
+"""Replication state every worker shares (``--workers N`` as a primary, docs/replication.md).
+
+A follower's ``stig_replicate`` connection lands on any worker; that
+worker streams to it (stig/replication/sender.py) and hears its ``ACK``
+lines.  ``--min-replica-acks`` must hold the replies of **every** worker
+until N followers have the group, and ``stats`` on any worker shows every
+follower, so what the followers acknowledged lives here, in shared memory,
+as unsigned 64-bit words:
+
+* ``seq``: the newest committed sequence number, written by the writer
+  process after each commit (a worker's senders learn of the other
+  workers' groups from it);
+* per worker, :data:`SLOTS_PER_WORKER` follower slots of
+  :data:`SLOT_WORDS` words — ``live`` (1 while a follower streams from it),
+  ``acked`` (its last ``ACK``), two spare — written only by that worker,
+  read by all;
+* per worker, :data:`COUNTERS` words of counters for ``stats``
+  (``replication_ack_timeouts``, ``replication_snapshots_sent``), written
+  only by that worker and summed by whoever answers ``stats``.
+
+Slots are per worker, so claiming one needs no lock; a worker with
+:data:`SLOTS_PER_WORKER` followers refuses the next (a follower
+reconnects, and may land on another worker).  A word is one aligned
+8-byte load or store: atomic on the platforms Stig runs on.  The block
+lives in the in-flight table's memfd (stig/engine/shared_inflight.py), at
+the page after the table, so the supervisor makes, and every process
+inherits, one segment.
+
+Waiting: a sender waiting for a new group sleeps on its worker's eventfd,
+which the writer signals after each commit, once ``seq`` is set
+(``SharedInFlight.next_signal``).  A reply (or a held read) waiting for
+ACKs heard by another worker looks at the slots again every
+:data:`POLL_SECONDS` while it waits (a bounded poll; nothing polls while
+nothing waits).  TODO: an eventfd per worker signalled on each ``ACK``.
+
+Bound: 64 bytes plus ``(SLOTS_PER_WORKER × SLOT_WORDS + COUNTERS) × 8``
+(288) bytes per worker, fixed at start.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+#: Followers one worker can stream to at once.
+SLOTS_PER_WORKER = 8
+#: Words per follower slot: live, acked, and two spare.
+SLOT_WORDS = 4
+_HEADER_WORDS = 8  # seq, then spare
+_SEQ = 0
+_LIVE, _ACKED = 0, 1
+#: Counter words per worker, and which is which.
+COUNTERS = 4
+ACK_TIMEOUTS, SNAPSHOTS_SENT = 0, 1
+#: How often a wait for ACKs heard by another worker looks again (a reply,
+#: a held read; a sender without an eventfd for commits).
+POLL_SECONDS = 0.001
+
+
+def block_bytes(workers: int) -> int:
+    """The block's size for ``workers`` workers."""
+    return 8 * (_HEADER_WORDS + workers * (SLOTS_PER_WORKER * SLOT_WORDS + COUNTERS))
+
+
+class SharedReplicas:
+    """One process's view of the block; ``me``: its worker number (-1: the writer).
+
+    ``fd`` is the shared segment, ``offset`` where the block begins in it
+    (a multiple of the page size: stig/engine/shared_inflight.py)."""
+
+    __slots__ = ("_counters", "_map", "_words", "me", "workers")
+
+    def __init__(self, fd: int, workers: int, me: int, offset: int) -> None:
+        self._map = mmap.mmap(fd, block_bytes(workers), offset=offset)
+        self._words = memoryview(self._map).cast("Q")
+        self.workers = workers
+        self.me = me
+        self._counters = _HEADER_WORDS + workers * SLOTS_PER_WORKER * SLOT_WORDS
+
+    # -- the writer --------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        """The newest committed sequence number, as the writer last wrote it."""
+        return int(self._words[_SEQ])
+
+    def set_seq(self, seq: int) -> None:
+        """A group committed (the writer, after each commit)."""
+        if seq > self._words[_SEQ]:
+            self._words[_SEQ] = seq
+
+    # -- a worker's followers ----------------------------------------------------
+
+    def _base(self, slot: int) -> int:
+        return _HEADER_WORDS + slot * SLOT_WORDS
+
+    def clear_mine(self) -> None:
+        """This worker starts: none of its slots is live (a predecessor's are not)."""
+        for index in range(SLOTS_PER_WORKER):
+            self._words[self._base(self.me * SLOTS_PER_WORKER + index) + _LIVE] = 0
+
+    def claim(self) -> int | None:
+        """A free slot of this worker's, now live with nothing acknowledged;
+        None when all are taken."""
+        words = self._words
+        for index in range(SLOTS_PER_WORKER):
+            base = self._base(self.me * SLOTS_PER_WORKER + index)
+            if not words[base + _LIVE]:
+                words[base + _ACKED] = 0
+                words[base + _LIVE] = 1  # last: a reader never sees an old ACK live
+                return self.me * SLOTS_PER_WORKER + index
+        return None
+
+    def set_acked(self, slot: int, seq: int) -> None:
+        self._words[self._base(slot) + _ACKED] = seq
+
+    def release(self, slot: int) -> None:
+        self._words[self._base(slot) + _LIVE] = 0
+
+    def count(self, counter: int) -> None:
+        """Add one to this worker's ``counter`` (:data:`ACK_TIMEOUTS`, …)."""
+        self._words[self._counters + self.me * COUNTERS + counter] += 1
+
+    # -- anyone --------------------------------------------------------------------
+
+    def total(self, counter: int) -> int:
+        """``counter`` summed over every worker."""
+        words = self._words
+        base = self._counters + counter
+        return sum(int(words[base + worker * COUNTERS]) for worker in range(self.workers))
+
+    def acked(self) -> list[int]:
+        """Every live follower's acknowledged group, on every worker, in slot order."""
+        words = self._words
+        seqs: list[int] = []
+        for slot in range(self.workers * SLOTS_PER_WORKER):
+            base = self._base(slot)
+            if words[base + _LIVE]:
+                seqs.append(int(words[base + _ACKED]))
+        return seqs
