@@ -21,6 +21,7 @@ from stig.replication import wire
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.crashrig import LazyMount, fuse_unavailable
 from stig_testkit.process import CODE_ROOT, StigProcess, child_env
+from stig_testkit.replicas import caught_up
 from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
@@ -56,21 +57,11 @@ def _promote(server: StigProcess) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _caught_up(follower: StigProcess, primary: StigProcess) -> dict[str, str]:
-    primary.settle()
-    target = int(primary.stats()["replication_seq"])
-    return wait_for_stats(
-        follower,
-        lambda s: int(s["replication_applied_seq"]) >= target,
-        what=f"the follower applying group {target}",
-    )
-
-
 def test_stig_promote_makes_a_follower_a_primary_of_a_new_epoch(stig_factory: Factory) -> None:
     primary = stig_factory(OPEN)
     primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
     follower = stig_factory(OPEN, "--replica-of", _address(primary))
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     seq = int(stats["replication_applied_seq"])
     assert stats["replication_epoch"] == "1"
     done = _promote(follower)
@@ -103,7 +94,7 @@ def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_gro
     writer = primary.connect()
     for i in range(5):
         assert writer.send_recv(b"set k%d 0 0 1\r\n%d\r\n" % (i, i), b"\r\n") == b"STORED\r\n"
-    shared = int(_caught_up(follower, primary)["replication_applied_seq"])
+    shared = int(caught_up(follower, primary)["replication_applied_seq"])
     follower.terminate()  # the follower falls behind: what comes next is the old primary's alone
     for i in range(7):
         assert writer.send_recv(b"set only%d 0 0 1\r\nx\r\n" % i, b"\r\n") == b"STORED\r\n"
@@ -138,7 +129,7 @@ def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_gro
     # last one both had are discarded, counted, and saved to a file.
     primary.restart(OPEN, "--port", str(port), "--replica-of", _address(follower))
     wait_for_stats(primary, lambda s: s["replication_snapshots_loaded"] == "1", 30.0)
-    stats = _caught_up(primary, follower)
+    stats = caught_up(primary, follower)
     assert stats["replication_role"] == "replica"
     assert stats["replication_epoch"] == "2"
     assert stats["replication_groups_discarded"] == str(alone)
@@ -173,7 +164,7 @@ def test_a_follower_started_with_min_replica_acks_keeps_it_once_promoted(
         "--replica-ack-timeout-ms",
         "300",
     )
-    _caught_up(follower, primary)
+    caught_up(follower, primary)
     refused = follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
     assert refused.startswith(b"SERVER_ERROR read-only replica of")  # at once, no ack wait
     port = primary.port
@@ -197,13 +188,13 @@ def test_a_second_follower_repointed_to_the_promoted_one_follows_on_from_the_log
     promoted = stig_factory(OPEN, "--replica-of", _address(primary))
     other = stig_factory(OPEN, "--replica-of", _address(primary))
     primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
-    _caught_up(promoted, primary)
-    _caught_up(other, primary)
+    caught_up(promoted, primary)
+    caught_up(other, primary)
     primary.terminate()
     assert _promote(promoted).returncode == 0
     assert promoted.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n") == b"STORED\r\n"
     other.restart(OPEN, "--replica-of", _address(promoted))
-    stats = _caught_up(other, promoted)
+    stats = caught_up(other, promoted)
     assert stats["replication_epoch"] == "2"
     assert stats["replication_snapshots_loaded"] == "0"  # from the log, not a snapshot
     assert stats["replication_groups_discarded"] == "0"

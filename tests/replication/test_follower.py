@@ -18,6 +18,7 @@ from stig.storage.replog import U64
 from stig.storage.store import Store
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.process import StigProcess
+from stig_testkit.replicas import caught_up
 from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
@@ -41,17 +42,6 @@ def _records(data_dir: Path, name: bytes = b"items") -> dict[bytes, bytes]:
 
 def _seq(server: StigProcess) -> int:
     return int(server.stats()["replication_seq"])
-
-
-def _caught_up(follower: StigProcess, primary: StigProcess) -> dict[str, str]:
-    """The follower's stats once it has applied every group the primary committed."""
-    primary.settle()
-    target = _seq(primary)
-    return wait_for_stats(
-        follower,
-        lambda s: int(s["replication_applied_seq"]) >= target,
-        what=f"the follower applying group {target}",
-    )
 
 
 def _follower(factory: Factory, primary: StigProcess, *args: str) -> StigProcess:
@@ -112,13 +102,13 @@ def test_a_follower_matches_the_primary_item_for_item_and_cas_for_cas(
     primary = stig_factory(*shape, OPEN)
     _mixed_load(primary, 0)  # before the follower: it starts from a snapshot
     follower = _follower(stig_factory, primary)
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"
     for round_ in range(1, 4):  # while it follows: from the log, as committed
         _mixed_load(primary, round_)
     primary.send_recv(b"flush_all\r\n", b"OK\r\n")
     _mixed_load(primary, 4)
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"
     assert int(stats["replication_groups_applied"]) > 5
     expected = _records(primary.data_dir)
@@ -141,7 +131,7 @@ def test_writes_on_a_follower_are_refused_naming_the_primary(stig_factory: Facto
     primary = stig_factory(OPEN)
     primary.send_recv(b"set k 0 0 1\r\n5\r\n", b"\r\n")
     follower = _follower(stig_factory, primary)
-    _caught_up(follower, primary)
+    caught_up(follower, primary)
     words = b"SERVER_ERROR read-only replica of %b:%d\r\n" % (primary.host.encode(), primary.port)
     text = follower.connect()
     for command in (
@@ -189,7 +179,7 @@ def test_a_follower_killed_mid_stream_resumes_without_applying_a_group_twice(
             follower.kill()  # ...and is SIGKILLed with groups on the wire
     before = _records(follower.data_dir, b"repl")
     follower.restart()
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     # It resumed from its stored group: no snapshot, nothing applied twice
     # (a group that is not the next one is refused: tested in the store below).
     assert stats["replication_snapshots_loaded"] == "0"
@@ -237,7 +227,7 @@ def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
     primary = stig_factory(*shape, OPEN, "--replication-log-bytes", "2k")
     follower = _follower(stig_factory, primary)
     primary.send_recv(b"set first 0 0 1\r\n1\r\n", b"\r\n")
-    _caught_up(follower, primary)
+    caught_up(follower, primary)
     follower.terminate()
     writer = primary.connect()
     for i in range(30):  # 30 groups of ~300 bytes: past 2 KiB
@@ -253,11 +243,11 @@ def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
         what="the log trimmed past the follower's group",
     )
     follower.restart()
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"
     assert _records(follower.data_dir) == _records(primary.data_dir)
     writer.send_recv(b"set after 0 0 1\r\n1\r\n", b"\r\n")  # and it follows on from the log
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"
     assert _records(follower.data_dir) == _records(primary.data_dir)
     # The bound holds, but the newest group always stays, whatever its size
@@ -270,13 +260,13 @@ def test_a_follower_reconnects_to_a_restarted_primary_and_resumes(stig_factory: 
     primary = stig_factory(OPEN)
     follower = _follower(stig_factory, primary)
     primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
-    snapshots = _caught_up(follower, primary)["replication_snapshots_loaded"]  # 0 or 1
+    snapshots = caught_up(follower, primary)["replication_snapshots_loaded"]  # 0 or 1
     port = primary.port
     primary.terminate()  # a clean exit, also with a follower streaming
     wait_for_stats(follower, lambda s: s["replication_connected"] == "0", what="the stream ended")
     primary.start(OPEN, "--port", str(port))
     primary.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n")
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     assert int(stats["replication_connects"]) == 2
     assert stats["replication_snapshots_loaded"] == snapshots  # resumed from the log
     assert _records(follower.data_dir) == _records(primary.data_dir)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from stig_testkit.process import StigProcess
+from stig_testkit.replicas import caught_up
 from stig_testkit.shapes import PRIMARY_SHAPES
-from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
 
@@ -28,16 +28,6 @@ def _log(server: StigProcess) -> tuple[str, int]:
     return stats["replication_log_on"], int(stats["replication_log_groups"])
 
 
-def _caught_up(follower: StigProcess, primary: StigProcess) -> dict[str, str]:
-    primary.settle()
-    target = int(primary.stats()["replication_seq"])
-    return wait_for_stats(
-        follower,
-        lambda s: int(s["replication_applied_seq"]) >= target,
-        what=f"the follower applying group {target}",
-    )
-
-
 @pytest.mark.parametrize("shape", PRIMARY_SHAPES)
 def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
     stig_factory: Factory, shape: tuple[str, ...]
@@ -50,7 +40,7 @@ def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
     assert _log(primary) == ("0", 0)  # numbered, not logged
     assert int(primary.stats()["replication_seq"]) >= 1  # commits may coalesce
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"  # the first follower: a snapshot
     assert _log(primary) == ("1", 0)
 
@@ -64,7 +54,7 @@ def test_the_log_is_written_once_a_follower_wants_it_and_after_restarts(
     _write(primary, b"while-away")
     assert _log(primary) == ("1", 1)
     follower.start()
-    stats = _caught_up(follower, primary)
+    stats = caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "0"
     assert follower.send_recv(b"get while-away\r\n") == b"VALUE while-away 0 1\r\n1\r\nEND\r\n"
     assert follower.stats()["replication_log_on"] == "1"  # a follower logs: it may be promoted

@@ -16,26 +16,14 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-
-import lmdb
 
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
+from stig_testkit.replicas import data_dir_has
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
-
-
-def _follower_has(data_dir: Path, key: bytes) -> bool:
-    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=4, create=False)
-    try:
-        with env.begin() as txn:
-            items = env.open_db(b"items", txn=txn, create=False)
-            return txn.get(key, db=items) is not None
-    finally:
-        env.close()
 
 
 def _pair(stig_factory: Factory, timeout_ms: int) -> tuple[StigProcess, StigProcess]:
@@ -103,7 +91,7 @@ def test_a_read_of_an_unreplicated_write_waits_for_the_follower(stig_factory: Fa
                 lambda s, w=waits: int(s["replication_read_waits"]) == w + 1,
                 what="the read held back",
             )
-            assert not _follower_has(follower.data_dir, key)
+            assert not data_dir_has(follower.data_dir, key)
         # Continued: the reply comes, and the follower has the write by then.
         if index < len(_TEXT_READS):
             reply = reader.recv_until(end)
@@ -111,7 +99,7 @@ def test_a_read_of_an_unreplicated_write_waits_for_the_follower(stig_factory: Fa
         else:
             response = binary.response()
             assert (response.status, response.value) == (Status.NO_ERROR, b"new")
-        assert _follower_has(follower.data_dir, key), key
+        assert data_dir_has(follower.data_dir, key), key
         assert writer.recv_until(b"\r\n") == b"STORED\r\n"
     stats = primary.stats()
     assert stats["replication_read_timeouts"] == "0"
@@ -148,11 +136,11 @@ def test_a_read_of_an_unreplicated_write_fails_after_the_bound(stig_factory: Fac
         assert mixed.send_recv(b"set own 0 0 1 noreply\r\nv\r\nget k\r\n", b"\r\n") == words
         assert mixed.is_closed_by_peer()
         assert primary.stats()["replication_read_timeouts"] == "6"
-        assert not _follower_has(follower.data_dir, b"k")
+        assert not data_dir_has(follower.data_dir, b"k")
     # Once the follower has it, it is read.
     wait_for_stats(primary, lambda s: s["replication_keys_held"] == "0", what="the follower acked")
     assert reader.send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
-    assert _follower_has(follower.data_dir, b"k")
+    assert data_dir_has(follower.data_dir, b"k")
 
 
 def test_a_session_reads_its_own_writes_from_its_pov(stig_factory: Factory) -> None:
@@ -181,9 +169,9 @@ def test_a_restarted_primary_holds_what_its_follower_may_lack(stig_factory: Fact
         wait_for_stats(
             primary, lambda s: s["replication_read_waits"] == "1", what="the read held back"
         )
-        assert not _follower_has(follower.data_dir, b"k")
+        assert not data_dir_has(follower.data_dir, b"k")
     assert reader.recv_until(b"END\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
-    assert _follower_has(follower.data_dir, b"k")
+    assert data_dir_has(follower.data_dir, b"k")
     # Restarted with a follower that has everything: it resumes where it
     # was, which counts as its acknowledgement; reads are not held.
     primary.restart(*same, kill=True)

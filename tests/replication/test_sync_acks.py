@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from pathlib import Path
 
-import lmdb
 import pytest
 
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.process import StigProcess
+from stig_testkit.replicas import data_dir_has
 from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
 #: Followers (real and fake) without logins: a trusted network.
 OPEN = "--replication-open"
-
-
-def _follower_has(data_dir: Path, key: bytes) -> bool:
-    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=4, create=False)
-    try:
-        with env.begin() as txn:
-            items = env.open_db(b"items", txn=txn, create=False)
-            return txn.get(key, db=items) is not None
-    finally:
-        env.close()
 
 
 @pytest.mark.parametrize("shape", PRIMARY_SHAPES)
@@ -72,14 +61,14 @@ def test_with_one_follower_a_write_is_acknowledged_once_the_follower_has_it(
         conn = primary.connect()
         assert conn.send_recv(b"set %b 0 0 1\r\nv\r\n" % key, b"\r\n") == b"STORED\r\n"
         # No wait: the reply itself says the follower has it on disk.
-        assert _follower_has(follower.data_dir, key), key
+        assert data_dir_has(follower.data_dir, key), key
     conn.send(b"".join(b"set q%d 0 0 1 noreply\r\nv\r\n" % i for i in range(10)))
     assert conn.barrier() == b""  # the reply that closes the run acknowledges it
-    assert all(_follower_has(follower.data_dir, b"q%d" % i) for i in range(10))
+    assert all(data_dir_has(follower.data_dir, b"q%d" % i) for i in range(10))
     binary = primary.connect_binary()
     response = binary.call(Opcode.Set, b"bin", b"v", struct.pack(">II", 0, 0))
     assert response.status == Status.NO_ERROR
-    assert _follower_has(follower.data_dir, b"bin")
+    assert data_dir_has(follower.data_dir, b"bin")
     assert primary.stats()["replication_ack_timeouts"] == "0"
 
 
@@ -102,14 +91,14 @@ def test_replies_that_wait_for_the_commit_first_still_wait_for_the_follower(
     for i in range(30):
         meta.send(b"ms mq%d 1 q\r\nv\r\nms mr%d 1 q\r\nv\r\nmn\r\n" % (i, i))
         assert meta.recv_until(b"MN\r\n") == b"MN\r\n"
-        assert _follower_has(follower.data_dir, b"mr%d" % i), i
+        assert data_dir_has(follower.data_dir, b"mr%d" % i), i
         text.send(b"set tq%d 0 0 1 noreply\r\nv\r\nget tq%d\r\n" % (i, i))
         assert text.recv_until(b"END\r\n") == b"VALUE tq%d 0 1\r\nv\r\nEND\r\n" % i
-        assert _follower_has(follower.data_dir, b"tq%d" % i), i
+        assert data_dir_has(follower.data_dir, b"tq%d" % i), i
         binary.request(Opcode.SetQ, b"bq%d" % i, b"v", struct.pack(">II", 0, 0))
         response = binary.call(Opcode.GetK, b"bq%d" % i)
         assert (response.status, response.value) == (Status.NO_ERROR, b"v")
-        assert _follower_has(follower.data_dir, b"bq%d" % i), i
+        assert data_dir_has(follower.data_dir, b"bq%d" % i), i
     assert primary.stats()["replication_ack_timeouts"] == "0"
 
 
