@@ -14,7 +14,8 @@ that live in the shared region (:mod:`stig.engine.shared_region`):
   given back under the region's lock (a record lock, two system calls), only
   on the rare path: a run past the limit;
 * a run that waits for room is woken at once by a run ending in its own
-  worker and looks again every :data:`POLL_SECONDS` for the other workers'
+  worker and looks again every :data:`POLL_SECONDS` × the worker's waiters
+  (one look per :data:`POLL_SECONDS` per worker) for the other workers'
   (their words are in shared memory; there is no cross-process wake-up).
 
 The bound is then the one of docs/pov.md for the whole server: open runs
@@ -143,7 +144,10 @@ class SharedWriteBudget(WriteBudget):
                         break
                     if self._room is None:
                         self._room = trio.Event()
-                    with trio.move_on_after(POLL_SECONDS):
+                    # One look per POLL_SECONDS for the whole worker, not per
+                    # waiter (100 waiters polling each 0.5 ms took a core); a
+                    # waiter that finds room wakes the others when its run ends.
+                    with trio.move_on_after(POLL_SECONDS * self.waiting):
                         await self._room.wait()
         finally:
             self.waiting -= 1

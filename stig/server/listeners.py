@@ -219,9 +219,9 @@ async def _handle(
     tls: TlsCertificates | None,
     shutdown: Shutdown,
 ) -> None:
+    """Serve one accepted connection (counted in ``curr_connections`` by the
+    accept loop, which admitted it); uncount it when it ends."""
     stats = engine.stats
-    stats.curr_connections += 1
-    stats.total_connections += 1
     try:
         if tls is None:
             # The lean hot path: the stdlib socket itself (plain_socket.py).
@@ -274,6 +274,9 @@ async def _accept_loop(
             stats.rejected_connections += 1
             nursery.start_soon(_reject, sock)
             continue
+        # Counted now, not in its task: the next accept of a burst sees it.
+        stats.curr_connections += 1
+        stats.total_connections += 1
         nursery.start_soon(_handle, engine, sock, tls, shutdown)
 
 
