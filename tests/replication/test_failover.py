@@ -445,7 +445,16 @@ def test_a_power_cut_of_the_primary_mid_stream_loses_nothing_acknowledged_and_it
             assert not writer.is_alive()
         if follower_behind:
             follower.start()
-        applied = int(follower.stats()["replication_applied_seq"])
+        # Once the follower has seen its stream end it has applied every
+        # group the primary sent (``streaming``: it may still be applying
+        # the last ones right after the cut).
+        applied = int(
+            wait_for_stats(
+                follower,
+                lambda s: s["replication_connected"] == "0",
+                what="the follower seeing its primary gone",
+            )["replication_applied_seq"]
+        )
         kept = _logged_seqs(primary.data_dir)[1]  # the cut primary's last group
         assert kept >= applied
         assert kept > applied or not follower_behind
