@@ -245,7 +245,34 @@ class InFlight:
         blocking = self.blocking(keys, own)
         if blocking:
             self.waits += 1
+        # A key read from the POV leaves it if this session's own write to it
+        # commits while this waits: the read then takes it from the store,
+        # which must hold the writes to it acknowledged before the read began.
+        # The newest one published now stands for them all (a key's writes
+        # commit in the order they were published).
+        newest = {key: self._keys.get(key) for key in keys or () if key in own}
         for promotion in blocking:
             await promotion.done.wait()
         if self.shared is not None:
             await self.shared.wait(keys, own)
+        if newest:
+            await self._wait_left_pov(newest, own)
+
+    async def _wait_left_pov(
+        self,
+        newest: Mapping[bytes, Published | None],
+        own: Collection[bytes] | Mapping[bytes, object],
+    ) -> None:
+        """After a wait: wait for ``newest`` (each key's newest promotion when
+        the read began) of the keys no longer in ``own``, until none is left
+        unfinished.  Returns with no await after its last check."""
+        while True:
+            left = [
+                promotion
+                for key, promotion in newest.items()
+                if key not in own and promotion is not None and not promotion.finished
+            ]
+            if not left:
+                return
+            for promotion in left:
+                await promotion.done.wait()
