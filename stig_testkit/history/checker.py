@@ -12,8 +12,10 @@ What it does, in order (docs/history.md says why):
    session had read it (a read of another session sees only committed,
    hence synced, data) and no transaction begun after its acknowledgement,
    in the same epoch, survived (runs are committed in the order they were
-   handed over, so a crash keeps a prefix of them).  Otherwise a lost
-   acknowledged write is a violation.  Elements lost in a crash are then
+   handed over, so a crash keeps a prefix of them).  ``allow_read_loss``
+   (an asynchronous failover) drops the first proviso: the reads of such a
+   run saw a timeline the failover discarded and are set aside.  Otherwise a
+   lost acknowledged write is a violation.  Elements lost in a crash are then
    removed from every read: they are gone, and the reads that saw them were
    their own session's.
 3. **Version orders.** Each key's order is its final list (extended by any
@@ -62,6 +64,7 @@ G0, G1A, G1B, G1C, GSINGLE, G2 = "G0", "G1a", "G1b", "G1c", "G-single", "G2"
 REALTIME = tuple(f"{name}-realtime" for name in (G0, G1C, GSINGLE, G2))
 LOST = "lost-acknowledged-write"
 CRASH_LOSS = "lost-in-crash"  # allowed when allow_crash_loss
+READ_LOSS = "lost-after-read"  # allowed when allow_read_loss (asynchronous failover)
 PARTIAL = "partial-run"
 DUPLICATE = "duplicate-element"
 INVENTED = "invented-element"
@@ -74,7 +77,7 @@ LEVELS = {
     "serializable": (*SI_FORBIDS, G2),
     "strict-serializable": (*SI_FORBIDS, G2, *REALTIME),
 }
-KIND_ORDER = (*DATA_FAULTS, G0, G1A, G1B, G1C, GSINGLE, G2, *REALTIME, CRASH_LOSS)
+KIND_ORDER = (*DATA_FAULTS, G0, G1A, G1B, G1C, GSINGLE, G2, *REALTIME, CRASH_LOSS, READ_LOSS)
 
 
 @attrs.frozen
@@ -181,15 +184,23 @@ class Rules:
     (its POV), laid over an older base than the read's snapshot; those
     trailing elements are set aside, and the read gives a wr edge but no rw
     edge (what it did not see says nothing about its snapshot).
+    ``allow_read_loss`` (with ``allow_crash_loss``): the lost runs may have
+    been read by other sessions first (an asynchronous failover: the old
+    primary served reads of groups its follower never got).  The loss must
+    still be whole and a suffix of its epoch; the reads that saw it read a
+    timeline the failover discarded, so they are set aside (no edges) and
+    counted in ``reads_of_lost_runs``.
     """
 
     allow_crash_loss: bool = False
     pov: bool = False
+    allow_read_loss: bool = False
 
 
 STRICT = Rules()
 STIG_DEFAULT = Rules(allow_crash_loss=True, pov=True)
 STIG_DURABLE = Rules(allow_crash_loss=False, pov=True)
+STIG_ASYNC_FAILOVER = Rules(allow_crash_loss=True, pov=True, allow_read_loss=True)
 
 
 def check(
@@ -207,12 +218,14 @@ class _Checker:
         self.history = history
         self.allow_crash_loss = rules.allow_crash_loss
         self.pov = rules.pov
+        self.allow_read_loss = rules.allow_crash_loss and rules.allow_read_loss
         self.budget = search_budget
         self.txns = {txn.id: txn for txn in history.txns}
         self.bad = _Report(keep)
         self.fine = _Report(keep)
         self.lost_by_closer: dict[str, int] = defaultdict(int)
         self.pov_reads: set[int] = set()  # indexes in self.reads
+        self.readers_of_lost: set[int] = set()  # readers of a lost run's elements
         # element -> (writer id, key); (writer id, key) -> its elements in order
         self.writer: dict[int, tuple[int, str]] = {}
         self.appended: dict[tuple[int, str], list[int]] = defaultdict(list)
@@ -244,6 +257,7 @@ class _Checker:
         self.data_faults()
         final = self.final_reads()
         gone = self.losses(final)
+        self.set_aside_reads_of_lost_runs()
         orders = self.orders(final, gone)
         graph = self.edges(orders)
         self.realtime(graph)
@@ -357,6 +371,7 @@ class _Checker:
                 txn = lost_elements.get(element)
                 if txn is not None and self.txns[reader].session != txn.session:
                     seen_by.setdefault(element, reader)
+                    self.readers_of_lost.add(reader)
         window = 0.0
         for txn, missing in lost_runs:
             assert txn.complete is not None
@@ -366,7 +381,7 @@ class _Checker:
             later = bisect.bisect_right(kept, (txn.complete, float("inf")))
             survivor = kept[later][1] if later < len(kept) else None
             closer = txn.closer
-            if witness is not None:
+            if witness is not None and not self.allow_read_loss:
                 self.bad.add(
                     Finding(
                         LOST,
@@ -381,6 +396,15 @@ class _Checker:
                         f"run closed by {closer} lost in a crash, but a run begun after its "
                         "acknowledgement survived",
                         (txn.id, survivor),
+                    )
+                )
+            elif witness is not None:
+                self.fine.add(
+                    Finding(
+                        READ_LOSS,
+                        f"run closed by {closer} lost whole in a failover after another "
+                        "session read it",
+                        (txn.id, witness),
                     )
                 )
             elif self.allow_crash_loss:
@@ -400,6 +424,15 @@ class _Checker:
                 )
         if self.allow_crash_loss:
             self.stats["crash_loss_window_ms"] = round(1000 * window, 3)
+
+    def set_aside_reads_of_lost_runs(self) -> None:
+        """Under ``allow_read_loss``, drop every read of a transaction that saw
+        a lost run: it read the discarded timeline, and what it saw or missed
+        says nothing about the one that was kept."""
+        if not self.allow_read_loss:
+            return
+        self.stats["reads_of_lost_runs"] = len(self.readers_of_lost)
+        self.reads = [read for read in self.reads if read[0] not in self.readers_of_lost]
 
     # -- 3. version orders ---------------------------------------------------
 

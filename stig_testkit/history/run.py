@@ -7,15 +7,28 @@ from collections.abc import Callable
 
 import attrs
 
-from stig_testkit.history.checker import STIG_DEFAULT, STIG_DURABLE, STRICT, Verdict, check
+from stig_testkit.history.checker import (
+    STIG_ASYNC_FAILOVER,
+    STIG_DEFAULT,
+    STIG_DURABLE,
+    STRICT,
+    Verdict,
+    check,
+)
 from stig_testkit.history.model import History
 from stig_testkit.history.workload import ALL_CLOSERS, Driver, KeyPool, Server
 
 #: The rules of each system as the checker knows them (docs/pov.md): in
 #: Stig's default mode a crash may lose the last acknowledged runs, whole;
 #: never under --durable-acks; memcached has no points of view (and is never
-#: crashed: it keeps nothing).
-MODES = {"default": STIG_DEFAULT, "durable": STIG_DURABLE, "memcached": STRICT}
+#: crashed: it keeps nothing); an asynchronous failover may lose runs other
+#: sessions read on the old primary (docs/replication.md).
+MODES = {
+    "default": STIG_DEFAULT,
+    "durable": STIG_DURABLE,
+    "memcached": STRICT,
+    "async-failover": STIG_ASYNC_FAILOVER,
+}
 
 
 @attrs.frozen

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import pytest
 
-from stig_testkit.history.checker import STIG_DEFAULT, STIG_DURABLE, STRICT, Rules, Verdict, check
+from stig_testkit.history.checker import (
+    STIG_ASYNC_FAILOVER,
+    STIG_DEFAULT,
+    STIG_DURABLE,
+    STRICT,
+    Rules,
+    Verdict,
+    check,
+)
 from stig_testkit.history.model import Append, History, Read, Status, Txn, dump, load
 
 
@@ -220,6 +228,43 @@ def test_a_crash_loss_is_a_violation_once_another_session_read_it():
     verdict = book.check(STIG_DEFAULT)
     _only(verdict, "lost-acknowledged-write")
     assert "another session read it" in verdict.examples["lost-acknowledged-write"][0].text
+
+
+def _read_then_lost() -> Book:
+    book = Book()
+    book.run(1, ("x", 1))
+    book.read(2, x=[1], y=[])
+    book.run(4, ("y", 5))
+    book.read(2, x=[1], y=[5])
+    book.crash()
+    book.run(3, ("x", 2))
+    book.read(3, x=[2], y=[])
+    return book
+
+
+def test_an_asynchronous_failover_may_lose_runs_other_sessions_read():
+    """The old primary served reads of groups its follower never got: the
+    loss is allowed (whole, a suffix of the epoch), and the reads of the
+    discarded timeline are set aside rather than made into cycles."""
+    verdict = _read_then_lost().check(STIG_ASYNC_FAILOVER)
+    assert verdict.valid, verdict.render()
+    assert all(verdict.levels.values()), verdict.render()
+    assert verdict.allowed == {"lost-after-read": 2}
+    assert verdict.stats["reads_of_lost_runs"] == 2
+    single_node = _read_then_lost().check(STIG_DEFAULT)
+    assert single_node.counts.get("lost-acknowledged-write") == 2, single_node.render()
+
+
+def test_an_asynchronous_failover_still_keeps_a_prefix():
+    book = Book()
+    book.run(1, ("x", 1))
+    book.read(2, x=[1])
+    book.run(2, ("y", 2))
+    book.crash()
+    book.read(3, x=[], y=[2])
+    verdict = book.check(STIG_ASYNC_FAILOVER)
+    _only(verdict, "lost-acknowledged-write")
+    assert "survived" in verdict.examples["lost-acknowledged-write"][0].text
 
 
 def test_a_crash_loss_is_a_violation_when_a_later_run_survived():
