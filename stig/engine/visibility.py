@@ -60,6 +60,18 @@ class SharedTable(Protocol):
         writer), although this worker may not have finished it yet."""
         ...
 
+    def in_flight(self, keys: Iterable[bytes]) -> list[tuple[int, int]]:
+        """The other workers' newest writes to ``keys`` not committed now."""
+        ...
+
+    def committed_all(self, pairs: Iterable[tuple[int, int]]) -> bool:
+        """Whether every ``(worker, number)`` of ``pairs`` is committed now."""
+        ...
+
+    async def wait_for(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Wait until every ``(worker, number)`` of ``pairs`` is committed."""
+        ...
+
 
 class Published(Protocol):
     """What :class:`InFlight` needs of a promotion (:class:`stig.engine.promoter.Promotion`
@@ -249,30 +261,41 @@ class InFlight:
         # commits while this waits: the read then takes it from the store,
         # which must hold the writes to it acknowledged before the read began.
         # The newest one published now stands for them all (a key's writes
-        # commit in the order they were published).
+        # commit in the order they were published); with workers, the other
+        # workers' newest ones in the shared table too.
         newest = {key: self._keys.get(key) for key in keys or () if key in own}
+        shared = self.shared
+        elsewhere = {key: shared.in_flight((key,)) for key in newest} if shared is not None else {}
         for promotion in blocking:
             await promotion.done.wait()
-        if self.shared is not None:
-            await self.shared.wait(keys, own)
+        if shared is not None:
+            await shared.wait(keys, own)
         if newest:
-            await self._wait_left_pov(newest, own)
+            await self._wait_left_pov(newest, elsewhere, own)
 
     async def _wait_left_pov(
         self,
         newest: Mapping[bytes, Published | None],
+        elsewhere: Mapping[bytes, list[tuple[int, int]]],
         own: Collection[bytes] | Mapping[bytes, object],
     ) -> None:
         """After a wait: wait for ``newest`` (each key's newest promotion when
-        the read began) of the keys no longer in ``own``, until none is left
-        unfinished.  Returns with no await after its last check."""
+        the read began) and ``elsewhere`` (with workers: the other workers'
+        newest writes to it in flight then) of the keys no longer in
+        ``own``, until none is left unfinished.  Returns with no await after
+        its last check."""
+        shared = self.shared
         while True:
+            gone = [key for key in newest if key not in own]
             left = [
                 promotion
-                for key, promotion in newest.items()
-                if key not in own and promotion is not None and not promotion.finished
+                for promotion in (newest[key] for key in gone)
+                if promotion is not None and not promotion.finished
             ]
-            if not left:
+            others = [pair for key in gone for pair in elsewhere.get(key, ())]
+            if not left and (shared is None or shared.committed_all(others)):
                 return
             for promotion in left:
                 await promotion.done.wait()
+            if shared is not None:
+                await shared.wait_for(others)
