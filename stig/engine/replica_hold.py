@@ -356,10 +356,14 @@ class ReplicaHold:
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
     ) -> None:
         """Wait for the writes in flight to ``keys`` (as :meth:`InFlight.wait`),
-        then until none of them is held.  Returns with no await after the
-        last check: the caller's snapshot, taken next, sees no held write.
+        then until none of them is held (nor, for a key that leaves the
+        session's POV meanwhile, unfinished: :meth:`InFlight.left_pov_clear`).
+        Returns with no await after the last check: the caller's snapshot,
+        taken next, sees no held write.
         Raises :class:`NotReplicated` after ``--replica-ack-timeout-ms``."""
-        await self._in_flight.wait(keys, own)
+        in_flight = self._in_flight
+        marks = in_flight.pov_marks(keys, own)
+        await in_flight.wait(keys, own, marks)
         if self._readable(keys, own):
             return
         self.waits += 1
@@ -377,7 +381,9 @@ class ReplicaHold:
                     await self._changed.wait()
                 if self._hub.shared is not None:
                     self._acked()
-                if self._readable(keys, own):
+                # A key whose own write committed meanwhile is read from the
+                # store: the writes to it in flight when the read began too.
+                if self._readable(keys, own) and in_flight.left_pov_clear(marks, own):
                     return
                 if trio.current_time() >= deadline:
                     break

@@ -265,3 +265,57 @@ async def test_with_workers_the_numbered_groups_are_bounded() -> None:
         assert await _clear(other, [b"k1"]) and await _clear(other, [b"k%d" % groups])
     finally:
         os.close(fd)
+
+
+@attrs.define(eq=False)
+class _Promotion:
+    key_seqs: dict[bytes, int]
+    clears_all: bool = False
+    finished: bool = False
+    number: int = 0
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+async def test_a_key_that_leaves_the_pov_while_held_waits_for_earlier_writes() -> None:
+    """A read held for j's followers takes k from its POV; its own write to
+    k commits meanwhile, so k comes from the store: another session's write
+    to k, acknowledged before the read began and not yet handed to the
+    commit thread, must be committed (and replicated) before it reads."""
+    in_flight = InFlight()
+    hub = ReplicaHub()
+    hold = ReplicaHold(in_flight, hub, 1, 5.0)
+    follower = hub.connect("a")
+    j_write = _group(b"j")
+    hold.dispatched(j_write)
+    hold.finished(j_write, 1)  # committed, not on the follower yet
+    own_write, others = _Promotion({b"k": 1}), _Promotion({b"k": 2})
+    in_flight.publish([own_write, others])
+    hold.dispatched([own_write])  # others waits for the next group
+    overlay: dict[bytes, object] = {b"k": object()}  # k read from the POV
+    returned = False
+
+    async def read() -> None:
+        nonlocal returned
+        await hold.wait([b"j", b"k"], overlay)
+        returned = True
+
+    def finish(promotion: _Promotion, seq: int) -> None:
+        hold.finished([promotion], seq)
+        in_flight.release(promotion)
+        promotion.finished = True
+        promotion.done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        finish(own_write, 2)
+        del overlay[b"k"]
+        hub.acked(follower, 2)  # j and the reader's own write replicated
+        await trio.testing.wait_all_tasks_blocked()
+        assert not returned  # k from the store: the other write is not in it
+        hold.dispatched([others])
+        finish(others, 3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not returned  # committed, not replicated
+        hub.acked(follower, 3)
+    assert returned
