@@ -152,6 +152,7 @@ class Engine:
                 self.replicas,
                 settings.min_replica_acks,
                 settings.replica_ack_timeout_ms / 1000.0,
+                shared,  # the other workers' writes (--workers N)
             )
             if settings.replica_of is None:
                 # A restart: what was committed before may lack the acks.

@@ -42,13 +42,21 @@ overlay) are never held: it reads them from its POV, as always.  A key
 written by every group commit may keep its readers waiting up to the bound:
 its newest value is never on the followers yet.
 
-With ``--workers N`` each worker holds the keys its own groups wrote and
-learns of every worker's followers' ACKs from the shared slots
+With ``--workers N`` each worker holds the keys its own groups wrote, as
+above, and learns of every worker's followers' ACKs from the shared slots
 (stig/engine/shared_replicas.py: at each group it finishes, and every
-:data:`~stig.engine.shared_replicas.POLL_SECONDS` while a read waits).  A
-read on one worker of a write committed by **another** worker is not held
-(its keys are not known there): the read hold is per worker for now
-(docs/workers.md).
+:data:`~stig.engine.shared_replicas.POLL_SECONDS` while a read waits).  The
+**other** workers' writes a read may see are found in the shared in-flight
+table (stig/engine/shared_inflight.py, :meth:`SharedInFlight.unreplicated`):
+a key's newest write by worker ``w`` is held unless its number is at most
+``replicated[w]`` — the newest of its promotions worker ``w``'s own hold
+saw acknowledged (:meth:`ReplicaHold.finished` keeps each group's newest
+number beside its sequence number, and publishes it as the followers ack) —
+or it is committed and N followers acknowledged ``committed_seq[w]``, the
+group that last committed one of ``w``'s promotions (a bound at or past
+the write's own group, which the reader can always compute).  A write of
+another worker not committed yet is held as :data:`PENDING` is here: a
+snapshot may see it already.
 
 Without ``--min-replica-acks`` there is no hold: the engine uses the
 in-flight registry alone, and nothing here runs.
@@ -65,6 +73,7 @@ import trio
 
 from stig.engine.errors import NotReplicated
 from stig.engine.replicas import ReplicaHub
+from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.shared_replicas import POLL_SECONDS
 from stig.engine.visibility import InFlight
 
@@ -81,6 +90,11 @@ _COMPACT_SLACK = 4096
 #: followers are away and distinct keys keep being written (the hostile
 #: review saw 300,000 keys and +84 MB with the follower gone).
 MAX_KEYS_HELD = 65_536
+#: Finished groups whose newest submission number is kept (``--workers N``)
+#: until N followers have them; past this many the oldest is forgotten: the
+#: other workers then wait for a later group's ACK (their bound, not their
+#: promise), and the memory stays bounded while followers are away.
+MAX_GROUPS_NUMBERED = 4096
 
 
 def _now() -> float:
@@ -105,6 +119,11 @@ class Written(Protocol):
         """Whether it holds a flush_all: every key is written."""
         ...
 
+    @property
+    def number(self) -> int:
+        """Its submission number in the shared in-flight table (``--workers N``; else 0)."""
+        ...
+
 
 class ReplicaHold:
     """Keys whose newest write N followers have not acknowledged; see the module docstring."""
@@ -117,8 +136,10 @@ class ReplicaHold:
         "_held",
         "_hub",
         "_in_flight",
+        "_numbered",
         "_refs",
         "_since",
+        "_table",
         "_timeout",
         "_waiting",
         "collapses",
@@ -127,8 +148,21 @@ class ReplicaHold:
         "waits",
     )
 
-    def __init__(self, in_flight: InFlight, hub: ReplicaHub, count: int, timeout: float) -> None:
+    def __init__(
+        self,
+        in_flight: InFlight,
+        hub: ReplicaHub,
+        count: int,
+        timeout: float,
+        table: SharedInFlight | None = None,
+    ) -> None:
         self._in_flight = in_flight
+        #: The other workers' writes and this worker's ``replicated`` word
+        #: (``--workers N``); None: one process.
+        self._table = table
+        #: (seq, the newest submission number of its promotions) of the
+        #: finished groups not yet on N followers, oldest first (``--workers N``).
+        self._numbered: deque[tuple[int, int]] = deque()
         self._hub = hub
         self._count = count  #: --min-replica-acks
         self._timeout = timeout  #: --replica-ack-timeout-ms, in seconds
@@ -180,6 +214,11 @@ class ReplicaHold:
         """Promotions finished (committed or failed) with the store at group
         ``seq``: their keys are held until N followers have ``seq``."""
         keys = [promotion.key_seqs for promotion in promotions]
+        if self._table is not None and promotions:
+            numbered = self._numbered
+            numbered.append((seq, max(promotion.number for promotion in promotions)))
+            if len(numbered) > MAX_GROUPS_NUMBERED:
+                numbered.popleft()
         held = self._held
         for written in keys:
             held.update(dict.fromkeys(written, seq))
@@ -219,6 +258,13 @@ class ReplicaHold:
 
     def _drop(self, replicated: int) -> None:
         """Forget the groups N followers have: their keys are readable."""
+        numbered = self._numbered
+        if numbered and numbered[0][0] <= replicated:
+            newest = 0
+            while numbered and numbered[0][0] <= replicated:
+                newest = numbered.popleft()[1]
+            assert self._table is not None
+            self._table.set_replicated(newest)
         groups = self._groups
         held = self._held
         since = self._since
@@ -266,11 +312,19 @@ class ReplicaHold:
         in flight to them (:meth:`InFlight.clear_for`) and none held here."""
         return self._in_flight.clear_for(keys, own) and self._readable(keys, own)
 
+    def _acked_now(self) -> int:
+        """The newest group N followers have, as the shared slots say now."""
+        return self._hub.acked_by(self._count)
+
     def _readable(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object]
     ) -> bool:
-        """Whether no key of ``keys`` (but ``own``) is held.  (Every entry is
-        one the followers lack: those they have are dropped at their ACK.)"""
+        """Whether no key of ``keys`` (but ``own``) is held, here or by
+        another worker's write.  (Every entry here is one the followers
+        lack: those they have are dropped at their ACK.)"""
+        table = self._table
+        if table is not None and table.unreplicated(keys, own, self._acked_now):
+            return False
         held = self._held
         if not held and not self._everything:
             return True
@@ -286,11 +340,12 @@ class ReplicaHold:
         """The newest held group a read of ``keys`` would see (0: none)."""
         held = self._held
         everything = self._everything
+        table = self._table
+        newest = 0 if table is None else table.unreplicated(keys, own, self._acked_now)
         if not held and not everything:
-            return 0
+            return newest
         if keys is None:
-            return max(everything, max(held.values(), default=0))
-        newest = 0
+            return max(newest, everything, max(held.values(), default=0))
         for key in keys:
             if key in own:
                 continue
@@ -301,10 +356,14 @@ class ReplicaHold:
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
     ) -> None:
         """Wait for the writes in flight to ``keys`` (as :meth:`InFlight.wait`),
-        then until none of them is held.  Returns with no await after the
-        last check: the caller's snapshot, taken next, sees no held write.
+        then until none of them is held (nor, for a key that leaves the
+        session's POV meanwhile, unfinished: :meth:`InFlight.left_pov_clear`).
+        Returns with no await after the last check: the caller's snapshot,
+        taken next, sees no held write.
         Raises :class:`NotReplicated` after ``--replica-ack-timeout-ms``."""
-        await self._in_flight.wait(keys, own)
+        in_flight = self._in_flight
+        marks = in_flight.pov_marks(keys, own)
+        await in_flight.wait(keys, own, marks)
         if self._readable(keys, own):
             return
         self.waits += 1
@@ -322,7 +381,9 @@ class ReplicaHold:
                     await self._changed.wait()
                 if self._hub.shared is not None:
                     self._acked()
-                if self._readable(keys, own):
+                # A key whose own write committed meanwhile is read from the
+                # store: the writes to it in flight when the read began too.
+                if self._readable(keys, own) and in_flight.left_pov_clear(marks, own):
                     return
                 if trio.current_time() >= deadline:
                     break

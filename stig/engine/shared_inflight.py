@@ -12,6 +12,14 @@ supervisor creates and every process maps) holds, as unsigned 64-bit words:
   ``flush_all`` (it writes every key);
 * ``published[w]``: the newest submission number of worker ``w`` (a read
   that does not know its keys waits for it);
+* ``committed_seq[w]``: the replication sequence number of the transaction
+  that last raised ``committed[w]``, written by the writer just before it
+  (so whoever reads ``committed[w]`` and then this word has a sequence
+  number at or past the group of every promotion up to it);
+* ``replicated[w]``: the newest submission number of worker ``w`` whose
+  group ``--min-replica-acks`` followers have acknowledged, as worker ``w``
+  last learnt it (its read hold, stig/engine/replica_hold.py); written only
+  by worker ``w``;
 * ``slots[w][i]``: the newest submission number of worker ``w`` that writes
   a key with ``crc32(key) % SLOTS == i``; written only by worker ``w``.
 
@@ -41,6 +49,17 @@ worker published (:meth:`release`): the runs it published but never handed
 over will never commit, and reads in the other workers stop waiting for
 them.  Its successor numbers its promotions on from there.
 
+The read hold across workers (``--min-replica-acks``, :meth:`unreplicated`):
+a read must not see another worker's write before N followers have its
+group.  A key's slot names the newest write of each worker to it; that
+write is on N followers if its number is at most ``replicated[w]``, or if
+it is committed (at most ``committed[w]``) and N followers acknowledged
+``committed_seq[w]`` — always computable by the reader, whether or not
+worker ``w`` is busy, and a bound past the write's own group (the reader
+waits at most a few groups more).  What a reader once found replicated
+this way it remembers (``_known``), so later reads of older writes do
+not look at the ACKs again.
+
 Bounds: ``SLOTS`` × 8 bytes per worker (512 KiB); one eventfd per worker.
 The followers' block (stig/engine/shared_replicas.py) follows the table in
 the same segment, at the next page (:func:`replicas_offset`).
@@ -52,7 +71,7 @@ import errno
 import mmap
 import os
 import zlib
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import trio
 
@@ -60,7 +79,13 @@ from stig.engine import shared_replicas
 
 #: Slots per worker (a power of two).
 SLOTS = 1 << 16
-_HEADER = 3  # words per worker before the slots: committed, cleared, published
+#: Words per worker before the slots: committed, cleared, published,
+#: committed_seq, replicated (each an array of ``workers`` words, in that order).
+_HEADER = 5
+_COMMITTED, _CLEARED, _PUBLISHED, _COMMITTED_SEQ, _REPLICATED = range(_HEADER)
+#: :meth:`SharedInFlight.unreplicated`'s answer for a write not committed yet
+#: (the same value as the read hold's ``PENDING``).
+UNCOMMITTED = 1 << 64
 
 
 def table_bytes(workers: int) -> int:
@@ -103,6 +128,7 @@ class SharedInFlight:
 
     __slots__ = (
         "_changed",
+        "_known",
         "_map",
         "_seen",
         "_wakes",
@@ -133,6 +159,9 @@ class SharedInFlight:
         #: one task wait on a descriptor); the others wait for ``_changed``.
         self._watching = False
         self._changed = trio.Event()
+        #: Per worker, the newest number this worker has seen replicated by
+        #: ``--min-replica-acks`` followers (:meth:`unreplicated`).
+        self._known = [0] * workers
 
     # -- the writer ------------------------------------------------------------
 
@@ -140,11 +169,18 @@ class SharedInFlight:
         """Worker ``worker``'s newest finished submission number."""
         return int(self._words[worker])
 
-    def set_committed(self, worker: int, number: int) -> None:
-        """Worker ``worker``'s promotions up to ``number`` are finished
-        (:meth:`signal` then wakes the reads waiting for them)."""
-        if number > self._words[worker]:
-            self._words[worker] = number
+    def set_committed(self, worker: int, number: int, seq: int = 0) -> None:
+        """Worker ``worker``'s promotions up to ``number`` are finished, the
+        last of them in the transaction of sequence number ``seq`` (0: no
+        commit, a dead worker's numbers released); :meth:`signal` then
+        wakes the reads waiting for them.  ``seq`` is written first: a
+        reader that sees the new ``committed`` word sees it too."""
+        words = self._words
+        at = _COMMITTED_SEQ * self.workers + worker
+        if seq > words[at]:
+            words[at] = seq
+        if number > words[worker]:
+            words[worker] = number
 
     def signal(self) -> None:
         """Wake every worker's waiting reads: ``committed`` words moved."""
@@ -163,8 +199,8 @@ class SharedInFlight:
         workers = self.workers
         base = _HEADER * workers + worker * SLOTS
         return max(
-            int(words[2 * workers + worker]),
-            int(words[workers + worker]),
+            int(words[_PUBLISHED * workers + worker]),
+            int(words[_CLEARED * workers + worker]),
             max(words[base : base + SLOTS]),
         )
 
@@ -189,8 +225,16 @@ class SharedInFlight:
         for key in keys:
             words[base + (crc32(key) & mask)] = number
         if clears_all:
-            words[self.workers + self.me] = number
-        words[2 * self.workers + self.me] = number
+            words[_CLEARED * self.workers + self.me] = number
+        words[_PUBLISHED * self.workers + self.me] = number
+
+    def set_replicated(self, number: int) -> None:
+        """This worker's promotions up to ``number`` are on ``--min-replica-acks``
+        followers (its read hold learnt it): the other workers' reads of
+        them need not look at the ACKs."""
+        at = _REPLICATED * self.workers + self.me
+        if number > self._words[at]:
+            self._words[at] = number
 
     def pending(self, keys: Collection[bytes], clears_all: bool) -> tuple[tuple[int, int], ...]:
         """Before publishing a write of ``keys``: the other workers' writes to
@@ -204,33 +248,104 @@ class SharedInFlight:
 
     # -- reads -----------------------------------------------------------------
 
+    def _newest(
+        self,
+        worker: int,
+        keys: Sequence[bytes] | None,
+        own: Collection[bytes] | Mapping[bytes, object],
+    ) -> int:
+        """The newest number of ``worker`` a read of ``keys`` (None: any key;
+        not those in ``own``) may see: the key's slots, its flush_all."""
+        words = self._words
+        workers = self.workers
+        if keys is None:
+            return int(words[_PUBLISHED * workers + worker])
+        newest = int(words[_CLEARED * workers + worker])
+        base = _HEADER * workers + worker * SLOTS
+        mask = SLOTS - 1
+        crc32 = zlib.crc32
+        for key in keys:
+            if key in own:
+                continue
+            number = words[base + (crc32(key) & mask)]
+            if number > newest:
+                newest = number
+        return newest
+
     def _pending(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object]
     ) -> list[tuple[int, int]]:
         """(worker, number) pairs a read of ``keys`` must wait for (None: any key)."""
-        words = self._words
-        workers = self.workers
         seen = self._seen
         pending: list[tuple[int, int]] = []
+        for worker in range(self.workers):
+            if worker == self.me:
+                continue
+            newest = self._newest(worker, keys, own)
+            if newest > seen[worker]:
+                pending.append((worker, newest))
+        return pending
+
+    def in_flight(self, keys: Iterable[bytes]) -> list[tuple[int, int]]:
+        """The other workers' newest writes to ``keys`` not committed now,
+        ``(worker, number)``: what a read must wait for if it takes these
+        keys from the store (:meth:`wait_for`)."""
+        words = self._words
+        keys = list(keys)
+        found: list[tuple[int, int]] = []
+        for worker in range(self.workers):
+            if worker != self.me:
+                newest = self._newest(worker, keys, ())
+                if newest > words[worker]:
+                    found.append((worker, newest))
+        return found
+
+    def committed_all(self, pairs: Iterable[tuple[int, int]]) -> bool:
+        """Whether every ``(worker, number)`` of ``pairs`` is committed now."""
+        words = self._words
+        return all(words[worker] >= number for worker, number in pairs)
+
+    async def wait_for(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Wait until every ``(worker, number)`` of ``pairs`` is committed."""
+        words = self._words
+        for worker, number in pairs:
+            while words[worker] < number:
+                await self._next_signal(worker, number)
+
+    def unreplicated(
+        self,
+        keys: Sequence[bytes] | None,
+        own: Collection[bytes] | Mapping[bytes, object],
+        acked: Callable[[], int],
+    ) -> int:
+        """``--min-replica-acks``: 0 when every other worker's write that a
+        read of ``keys`` (None: any key; not those in ``own``) may see is on
+        the followers; else the sequence number the read waits for the
+        followers to acknowledge (:data:`UNCOMMITTED`: a write not committed
+        yet, which a snapshot may see already).  ``acked()``: the newest group
+        N followers have (called only when needed)."""
+        words = self._words
+        workers = self.workers
+        known = self._known
+        blocking = 0
         for worker in range(workers):
             if worker == self.me:
                 continue
-            committed = seen[worker]
-            newest = words[workers + worker]
-            if keys is None:
-                newest = words[2 * workers + worker]
-            else:
-                base = _HEADER * workers + worker * SLOTS
-                mask = SLOTS - 1
-                for key in keys:
-                    if key in own:
-                        continue
-                    number = words[base + (zlib.crc32(key) & mask)]
-                    if number > newest:
-                        newest = number
+            newest = self._newest(worker, keys, own)
+            if newest <= known[worker]:
+                continue
+            if newest <= words[_REPLICATED * workers + worker]:
+                known[worker] = int(words[_REPLICATED * workers + worker])
+                continue
+            committed = int(words[worker])  # before its seq: the writer sets that first
+            seq = int(words[_COMMITTED_SEQ * workers + worker])
             if newest > committed:
-                pending.append((worker, newest))
-        return pending
+                blocking = UNCOMMITTED
+            elif acked() >= seq:
+                known[worker] = committed
+            elif seq > blocking:
+                blocking = seq
+        return blocking
 
     def clear_for(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
@@ -247,9 +362,7 @@ class SharedInFlight:
         pending = self._pending(keys, own)
         if pending:
             self.waits += 1
-        for worker, number in pending:
-            while words[worker] < number:
-                await self._next_signal(worker, number)
+        await self.wait_for(pending)
         self._seen = list(words[: self.workers])
         await trio.lowlevel.checkpoint()  # a look is taken at an await, always
 

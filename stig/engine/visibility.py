@@ -36,7 +36,7 @@ keys until enough followers have it.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class _Event(Protocol):
@@ -58,6 +58,18 @@ class SharedTable(Protocol):
     def settled(self, number: int) -> bool:
         """Whether this worker's promotion ``number`` is committed (by the
         writer), although this worker may not have finished it yet."""
+        ...
+
+    def in_flight(self, keys: Iterable[bytes]) -> list[tuple[int, int]]:
+        """The other workers' newest writes to ``keys`` not committed now."""
+        ...
+
+    def committed_all(self, pairs: Iterable[tuple[int, int]]) -> bool:
+        """Whether every ``(worker, number)`` of ``pairs`` is committed now."""
+        ...
+
+    async def wait_for(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Wait until every ``(worker, number)`` of ``pairs`` is committed."""
         ...
 
 
@@ -90,6 +102,17 @@ class Published(Protocol):
     def done(self) -> _Event:
         """Set once finished."""
         ...
+
+
+class PovMarks(NamedTuple):
+    """What a read that takes keys from its POV must wait for if they leave
+    it (:meth:`InFlight.pov_marks`)."""
+
+    #: key -> its newest promotion in flight here when the read began.
+    newest: dict[bytes, Published | None]
+    #: key -> the other workers' newest writes to it in flight then,
+    #: ``(worker, number)`` (``--workers N``).
+    elsewhere: dict[bytes, list[tuple[int, int]]]
 
 
 #: Entries of finished promotions tolerated beyond twice the live ones.
@@ -233,46 +256,83 @@ class InFlight:
                 return False
         return True
 
+    def pov_marks(
+        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object]
+    ) -> PovMarks:
+        """At a read's start: the writes in flight to the keys it takes from
+        its POV (``own``), which it must wait for if such a key leaves the
+        POV while it waits (:meth:`left_pov_clear`)."""
+        newest = {key: self._keys.get(key) for key in keys or () if key in own}
+        shared = self.shared
+        if shared is None or not newest:
+            return PovMarks(newest, {})
+        return PovMarks(newest, {key: shared.in_flight((key,)) for key in newest})
+
+    def left_pov_clear(
+        self, marks: PovMarks, own: Collection[bytes] | Mapping[bytes, object]
+    ) -> bool:
+        """Whether the writes of ``marks`` to the keys no longer in ``own``
+        (its own write to them committed: the read takes them from the
+        store) are all finished."""
+        left, others = self._left_pov(marks, own)
+        shared = self.shared
+        return not left and (shared is None or shared.committed_all(others))
+
+    def _left_pov(
+        self, marks: PovMarks, own: Collection[bytes] | Mapping[bytes, object]
+    ) -> tuple[list[Published], list[tuple[int, int]]]:
+        """The unfinished promotions of ``marks`` to keys that left ``own``,
+        and the other workers' writes to them (committed or not)."""
+        gone = [key for key in marks.newest if key not in own]
+        left = [
+            promotion
+            for promotion in (marks.newest[key] for key in gone)
+            if promotion is not None and not promotion.finished
+        ]
+        return left, [pair for key in gone for pair in marks.elsewhere.get(key, ())]
+
     async def wait(
-        self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
+        self,
+        keys: Sequence[bytes] | None,
+        own: Collection[bytes] | Mapping[bytes, object] = (),
+        marks: PovMarks | None = None,
     ) -> None:
         """Wait until every write in flight to ``keys`` (not in ``own``) has finished.
 
         Promotions published while this waits are writes acknowledged after
         the read began: the read may see them or not, so they are not
-        waited for.
+        waited for.  ``marks``: :meth:`pov_marks` taken at the read's start
+        (by default, now).
         """
-        blocking = self.blocking(keys, own)
-        if blocking:
-            self.waits += 1
         # A key read from the POV leaves it if this session's own write to it
         # commits while this waits: the read then takes it from the store,
         # which must hold the writes to it acknowledged before the read began.
         # The newest one published now stands for them all (a key's writes
-        # commit in the order they were published).
-        newest = {key: self._keys.get(key) for key in keys or () if key in own}
+        # commit in the order they were published); with workers, the other
+        # workers' newest ones in the shared table too.
+        if marks is None:
+            marks = self.pov_marks(keys, own)
+        blocking = self.blocking(keys, own)
+        if blocking:
+            self.waits += 1
         for promotion in blocking:
             await promotion.done.wait()
-        if self.shared is not None:
-            await self.shared.wait(keys, own)
-        if newest:
-            await self._wait_left_pov(newest, own)
+        shared = self.shared
+        if shared is not None:
+            await shared.wait(keys, own)
+        if marks.newest:
+            await self._wait_left_pov(marks, own)
 
     async def _wait_left_pov(
-        self,
-        newest: Mapping[bytes, Published | None],
-        own: Collection[bytes] | Mapping[bytes, object],
+        self, marks: PovMarks, own: Collection[bytes] | Mapping[bytes, object]
     ) -> None:
-        """After a wait: wait for ``newest`` (each key's newest promotion when
-        the read began) of the keys no longer in ``own``, until none is left
-        unfinished.  Returns with no await after its last check."""
-        while True:
-            left = [
-                promotion
-                for key, promotion in newest.items()
-                if key not in own and promotion is not None and not promotion.finished
-            ]
-            if not left:
-                return
+        """After a wait: wait for the writes of ``marks`` to the keys no
+        longer in ``own`` until none is left unfinished.  Returns with no
+        await after its last check."""
+        shared = self.shared
+        while not self.left_pov_clear(marks, own):
+            left, others = self._left_pov(marks, own)
             for promotion in left:
                 await promotion.done.wait()
+            if shared is not None:
+                await shared.wait_for(others)

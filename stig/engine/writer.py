@@ -410,9 +410,10 @@ def _commit_groups(
     if replicas is not None:  # before the signal: a woken worker sees it
         replicas.set_seq(store.log_state.seq)
     if table is not None:
+        seq = store.log_state.seq  # the read hold's bound across workers
         for group in touched.values():
             if group.numbers:
-                table.set_committed(group.link.worker, group.numbers[group.done - 1])
+                table.set_committed(group.link.worker, group.numbers[group.done - 1], seq)
         table.signal()  # the reads of other workers waiting for these runs
     state = _state(store)
     for group in list(groups):

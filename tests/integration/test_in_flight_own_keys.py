@@ -7,10 +7,14 @@ history checker found it, G-single-realtime, docs/history.md)."""
 
 from __future__ import annotations
 
+import os
+
 import attrs
 import trio
 import trio.testing
 
+from stig.engine import shared_inflight
+from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.visibility import InFlight
 
 
@@ -68,3 +72,71 @@ async def test_a_key_still_in_the_pov_is_not_waited_for() -> None:
         await trio.testing.wait_all_tasks_blocked()
         _finish(registry, elsewhere)
     assert not others.finished  # returned without waiting for k
+
+
+async def test_with_workers_a_key_that_leaves_the_pov_waits_for_the_other_workers_writes() -> None:
+    """The same race across workers (docs/workers.md, "Own keys"): the other
+    session's write to k is in flight on worker 1 (the shared table), after
+    the reader's own write to k on worker 0; the read waits for worker 1's
+    write to j, and meanwhile its own write commits.  k then comes from the
+    store, so worker 1's write to k must be committed before the read goes
+    on, although its write to j, numbered before it, is committed first."""
+    fd = shared_inflight.create(2)
+    wakes = shared_inflight.create_wakes(2)
+    try:
+        writer = SharedInFlight(fd, 2, -1, wakes)
+        other = SharedInFlight(fd, 2, 1)
+        registry = InFlight()
+        registry.shared = SharedInFlight(fd, 2, 0, (wakes[0],))
+        own_write = _Promotion({b"k": 1}, number=1)  # worker 0's, the reader's own
+        registry.publish([own_write])
+        registry.shared.publish([b"k"], 1, False)
+        other.publish([b"j"], 1, False)  # worker 1: a third session's write to j
+        other.publish([b"k"], 2, False)  # ... and another's to k, after the reader's
+        overlay: dict[bytes, object] = {b"k": object()}  # k read from the POV
+        returned = False
+
+        async def read() -> None:
+            nonlocal returned
+            assert not registry.clear_for([b"j", b"k"], overlay)
+            await registry.wait([b"j", b"k"], overlay)
+            returned = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            # The writer commits the reader's own write, then worker 1's to j.
+            writer.set_committed(0, 1, 7)
+            writer.signal()
+            _finish(registry, own_write)
+            del overlay[b"k"]
+            writer.set_committed(1, 1, 8)
+            writer.signal()
+            await trio.testing.wait_all_tasks_blocked()
+            # k now comes from the store: worker 1's write to k must be in it.
+            assert not returned
+            writer.set_committed(1, 2, 9)
+            writer.signal()
+        assert returned
+    finally:
+        for descriptor in (fd, *wakes):
+            os.close(descriptor)
+
+
+async def test_with_workers_a_key_still_in_the_pov_is_not_waited_for() -> None:
+    fd = shared_inflight.create(2)
+    try:
+        writer = SharedInFlight(fd, 2, -1)
+        other = SharedInFlight(fd, 2, 1)
+        registry = InFlight()
+        registry.shared = SharedInFlight(fd, 2, 0)
+        other.publish([b"j"], 1, False)
+        other.publish([b"k"], 2, False)
+        overlay: dict[bytes, object] = {b"k": object()}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(registry.wait, [b"j", b"k"], overlay)
+            await trio.testing.wait_all_tasks_blocked()
+            writer.set_committed(1, 1, 8)
+        assert writer.committed(1) == 1  # returned without waiting for k's write
+    finally:
+        os.close(fd)

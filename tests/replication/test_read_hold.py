@@ -21,7 +21,8 @@ from stig_protocol.binary import Opcode, Status
 from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
 from stig_testkit.replicas import data_dir_has
-from stig_testkit.waiting import wait_for_stats
+from stig_testkit.waiting import wait_for, wait_for_stats
+from stig_testkit.workers import on_worker, stats_of
 
 Factory = Callable[..., StigProcess]
 
@@ -177,3 +178,108 @@ def test_a_restarted_primary_holds_what_its_follower_may_lack(stig_factory: Fact
     primary.restart(*same, kill=True)
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower back")
     assert primary.connect().send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+
+
+# -- --workers 2: a read on one worker of a write committed by the other --------
+
+
+def _pair_with_workers(stig_factory: Factory, timeout_ms: int) -> tuple[StigProcess, StigProcess]:
+    args = ("--min-replica-acks", "1", "--replica-ack-timeout-ms", str(timeout_ms))
+    primary = stig_factory("--workers", "2", *args, "--replication-open")
+    follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
+    wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
+    assert on_worker(primary, 0).send_recv(b"set warm 0 0 1\r\nv\r\n", b"\r\n") == b"STORED\r\n"
+    return primary, follower
+
+
+def _read_waits(conn: RawConnection, after: int) -> None:
+    """Until the worker of ``conn`` has one more read held back than ``after``
+    (``replication_read_waits`` is each worker's own)."""
+    wait_for(
+        lambda: int(stats_of(conn)["replication_read_waits"]),
+        lambda waits: waits == after + 1,
+        what="the read held back on the other worker",
+    )
+
+
+def test_with_workers_a_read_on_the_other_worker_waits_for_the_follower(
+    stig_factory: Factory,
+) -> None:
+    """The write is committed by worker 0; the read comes on worker 1, whose
+    own hold never saw it: the shared table holds it there too."""
+    primary, follower = _pair_with_workers(stig_factory, 60_000)
+    writer_side, reader, watcher = (
+        on_worker(primary, 0),
+        on_worker(primary, 1),
+        on_worker(primary, 1),
+    )
+    for index, (read, end, wanted) in enumerate(_TEXT_READS):
+        key = b"w%d" % index
+        with _stopped(follower):
+            seq = int(stats_of(writer_side)["replication_seq"])
+            writer_side.send(b"set %b 0 0 3\r\nnew\r\n" % key)
+            wait_for(
+                lambda: int(stats_of(watcher)["replication_seq"]),
+                lambda now, seq=seq: now > seq,
+                what="the write committed locally",
+            )
+            waits = int(stats_of(watcher)["replication_read_waits"])
+            reader.send(read(key))
+            _read_waits(watcher, waits)  # the event: held back on worker 1
+            assert not data_dir_has(follower.data_dir, key)
+        reply = reader.recv_until(end)
+        assert wanted in reply, reply
+        assert data_dir_has(follower.data_dir, key), key
+        assert writer_side.recv_until(b"\r\n") == b"STORED\r\n"
+    assert stats_of(watcher)["replication_read_timeouts"] == "0"
+
+
+def test_with_workers_a_read_on_the_other_worker_fails_after_the_bound(
+    stig_factory: Factory,
+) -> None:
+    primary, follower = _pair_with_workers(stig_factory, 300)
+    writer_side, reader = on_worker(primary, 0), on_worker(primary, 1)
+    words = (
+        b"SERVER_ERROR only 0 of --min-replica-acks 1 followers acknowledged within 300 ms"
+        b" a write this read would see; nothing was read\r\n"
+    )
+    with _stopped(follower):
+        seq = int(stats_of(reader)["replication_seq"])
+        writer_side.send(b"set k 0 0 3\r\nnew\r\n")
+        wait_for(
+            lambda: int(stats_of(reader)["replication_seq"]),
+            lambda now: now > seq,
+            what="the write committed locally",
+        )
+        assert reader.send_recv(b"get k\r\n", b"\r\n") == words
+        assert reader.send_recv(b"mg k v\r\n", b"\r\n") == words
+        # Other keys are read at once; the connection stays.
+        assert reader.send_recv(b"get warm\r\n") == b"VALUE warm 0 1\r\nv\r\nEND\r\n"
+        assert stats_of(reader)["replication_read_timeouts"] == "2"
+        assert not data_dir_has(follower.data_dir, b"k")
+    # Once the follower has it, worker 1 reads it.
+    wait_for(
+        lambda: reader.send_recv(b"get k\r\n"),
+        lambda reply: reply == b"VALUE k 0 3\r\nnew\r\nEND\r\n",
+        what="the read answered once the follower acked",
+    )
+    assert data_dir_has(follower.data_dir, b"k")
+
+
+def test_with_workers_a_restarted_primary_holds_on_every_worker(stig_factory: Factory) -> None:
+    """The restart rule with workers: every worker of a restarted primary
+    holds every key until the follower acknowledges the stored sequence."""
+    primary, follower = _pair_with_workers(stig_factory, 60_000)
+    same = (*primary.args, "--port", str(primary.port))
+    with _stopped(follower):
+        _committed_unreplicated(primary, b"k")
+        primary.restart(*same, kill=True)  # the supervisor: its workers and writer die too
+        readers = [(on_worker(primary, w), on_worker(primary, w)) for w in (0, 1)]
+        for reader, watcher in readers:
+            waits = int(stats_of(watcher)["replication_read_waits"])
+            reader.send(b"get k\r\n")
+            _read_waits(watcher, waits)
+        assert not data_dir_has(follower.data_dir, b"k")
+    for reader, _ in readers:
+        assert reader.recv_until(b"END\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+    assert data_dir_has(follower.data_dir, b"k")
