@@ -195,6 +195,17 @@ def test_promote_with_workers_makes_every_worker_take_writes(stig_factory: Facto
         b"SERVER_ERROR this server is already a primary (epoch 2)\r\n"
     )
     assert zero.send_recv(b"get a\r\n") == b"VALUE a 0 4\r\n0002\r\nEND\r\n"
+    # A crash of the writer restarts the group: still a primary (not a
+    # follower again, as --replica-of on its command line would say).
+    old_writer = writer_pid(follower)
+    os.kill(old_writer, signal.SIGKILL)
+    wait_for(
+        lambda: _writer_pid(follower), lambda pid: pid not in (0, old_writer), 30.0, "a new writer"
+    )
+    for worker in (0, 1):
+        conn = on_worker(follower, worker)
+        assert conn.send_recv(b"set after 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        assert stats_of(conn)["replication_role"] == "primary"
 
 
 def test_promote_with_one_worker_takes_writes(stig_factory: Factory) -> None:
