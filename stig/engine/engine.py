@@ -370,6 +370,7 @@ class Engine:
                 await trio.sleep(ROLE_POLL_SECONDS)
             if shared.role_gen != seen:
                 self.adopt_role()
+            await trio.lowlevel.checkpoint()  # never a loop without one
 
     async def _every_worker_adopts(self) -> None:
         """Wait until every worker has adopted the writer's last role change,
