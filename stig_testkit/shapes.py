@@ -4,8 +4,9 @@
 options): one process with its commit thread, and a supervisor with two
 worker processes and a writer process (docs/workers.md), where a follower's
 stream lands on either worker and ``--min-replica-acks`` holds the replies
-of both.  Followers stay single processes (a follower with ``--workers``
-is refused).
+of both.  ``FOLLOWER_SHAPES`` does the same for a follower: with
+``--workers 2`` worker 0 holds the stream, the writer process applies it,
+both workers serve reads (docs/workers.md).
 """
 
 from __future__ import annotations
@@ -15,4 +16,9 @@ import pytest
 PRIMARY_SHAPES = [
     pytest.param((), id="single"),
     pytest.param(("--workers", "2"), id="workers2"),
+]
+
+FOLLOWER_SHAPES = [
+    pytest.param((), id="follower-single"),
+    pytest.param(("--workers", "2"), id="follower-workers2"),
 ]

@@ -7,6 +7,8 @@ needs by the ``stig_worker_id`` stat of each.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
 
@@ -32,3 +34,13 @@ def on_worker(server: StigProcess, worker: int, timeout: float = 10.0) -> RawCon
             return conn
         conn.close()
     raise AssertionError(f"{TRIES} connections and none on worker {worker}")
+
+
+def writer_pid(server: StigProcess) -> int:
+    """The writer process of ``--workers N``: the supervisor's child that runs ``_writer``."""
+    assert server.proc is not None
+    parent = server.proc.pid
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        if b"_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError("no writer process")

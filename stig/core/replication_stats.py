@@ -22,6 +22,9 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
     # With workers the writer process decides, and each commit stores it.
     log_on = state.logging if engine.writer is not None else store.log_enabled
     follower = engine.follower
+    if follower is not None and follower.mirror is None and engine.shared_follower is not None:
+        # Another worker holds the stream (--workers N): its progress.
+        follower.load(engine.shared_follower)
     pairs: list[tuple[str, object]] = [
         ("replication_role", "primary" if follower is None else "replica"),
         ("replication_epoch", state.epoch),

@@ -6,6 +6,7 @@ no sockets.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, cast
@@ -23,11 +24,12 @@ from stig.engine.replica_hold import ReplicaHold
 from stig.engine.replicas import FollowerState, ReplicaHub
 from stig.engine.settings import Settings
 from stig.engine.shared_budget import SharedWriteBudget
+from stig.engine.shared_follower import SharedFollower
 from stig.engine.shared_inflight import SharedInFlight, replicas_offset
 from stig.engine.shared_region import Region
-from stig.engine.shared_replicas import SharedReplicas
+from stig.engine.shared_replicas import POLL_SECONDS, SharedReplicas
 from stig.engine.stats import CommandStats, PromoterStats
-from stig.engine.writer_link import WriterLink
+from stig.engine.writer_link import StreamJobRefused, WriterDied, WriterLink
 from stig.storage.replog import ImplausibleEpoch, LogState
 from stig.storage.store import Store
 
@@ -44,6 +46,13 @@ PROTOCOL_VERSION = f"1.6.21-stig-{VERSION}"
 
 #: Reader slots beyond two per connection: listings, backups, checks.
 SPARE_READERS = 64
+#: How often a primary's worker looks for a fence stored by another worker
+#: (``--workers N``: a follower's workers sleep on their eventfd instead,
+#: which the writer signals; a primary's is signalled at every commit).
+ROLE_POLL_SECONDS = 0.02
+#: How long ``stig_promote``/``stig_fence`` waits for every other worker to
+#: adopt the change before it answers (a dead worker adopts it as it starts).
+ROLE_WAIT_SECONDS = 2.0
 
 
 def readers_for(max_connections: int) -> int:
@@ -136,6 +145,8 @@ class Engine:
             self.store, self.promoter_stats, budget=self.budget, link=self.writer
         )
         self.promoter.shared = self.promoter.in_flight.shared = shared
+        #: The writer's commit signals and the shared table (``--workers N``).
+        self.table = shared
         if shared is not None:
             # A restarted worker numbers on after its predecessor (whose
             # numbers the writer released: stig/engine/shared_inflight.py).
@@ -162,15 +173,30 @@ class Engine:
         #: A follower's progress (``--replica-of``; None on a primary): its
         #: writes are refused, naming the primary.
         self.follower: FollowerState | None = None
-        if settings.replica_of is not None:
-            self.follower = FollowerState(settings.replica_of)
-            self.promoter.refusal.make_read_only(f"read-only replica of {settings.replica_of}")
-        elif self.store.fenced:
-            self.promoter.refusal.make_read_only(self.fenced_words())
-            log.error("%s", self.fenced_words())
+        #: Whether this process holds a follower's stream from the primary:
+        #: with ``--workers N`` worker 0 does, the writer applies it
+        #: (docs/workers.md); the others show its progress from here.
+        self.holds_stream = self.worker_id == 0
+        self.shared_follower: SharedFollower | None = None
         #: The primary this server followed before ``stig_promote`` (None:
         #: never promoted while running); the server fences it.
         self.former_primary: str | None = None
+        if replicas is not None:
+            self.shared_follower = SharedFollower(replicas.follower_bytes())
+        if settings.replica_of is not None and replicas is not None and replicas.promoted_epoch:
+            # A worker restarted after another promoted the server: a primary.
+            self.former_primary = settings.replica_of
+        elif settings.replica_of is not None:
+            self.follower = FollowerState(settings.replica_of)
+            self.promoter.refusal.make_read_only(f"read-only replica of {settings.replica_of}")
+            if self.holds_stream and self.shared_follower is not None:
+                self.follower.mirror = self.shared_follower
+                self.shared_follower.publish_all(self.follower)
+        if self.follower is None and self.store.fenced:
+            self.promoter.refusal.make_read_only(self.fenced_words())
+            log.error("%s", self.fenced_words())
+        if replicas is not None:
+            replicas.saw_role(replicas.role_gen)
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None
@@ -214,11 +240,21 @@ class Engine:
         now on, after restarts too.  True when that is news.  Raises
         :class:`~stig.storage.replog.ImplausibleEpoch` for an epoch no
         primary can have (too far past this server's; nothing is stored)."""
-        news: bool = await trio.to_thread.run_sync(self.store.fence, epoch, by)
+        news: bool
+        if self.writer is None:
+            news = await trio.to_thread.run_sync(self.store.fence, epoch, by)
+        else:  # the writer process stores it (and tells the other workers)
+            try:
+                news = await self.writer.fence(epoch, by)
+            except WriterDied as exc:
+                raise PromoteRefused("the writer process died: ask again") from exc
+            self.store.refresh_log_state()
         if self.store.fenced and self.follower is None:
             self.promoter.refusal.make_read_only(self.fenced_words())
             if news:
                 log.error("%s", self.fenced_words())
+        if news:
+            await self._every_worker_adopts()
         return news
 
     async def promote(self) -> LogState:
@@ -234,10 +270,17 @@ class Engine:
             )
         if follower.stop_requested:
             raise PromoteRefused("a promotion is under way")
+        if self.replicas.shared is not None:
+            return await self._promote_workers(follower)
         follower.stop()
+        epoch = self.store.log_state.epoch
         try:
             await follower.stopped.wait()
-            state: LogState = await trio.to_thread.run_sync(self.store.begin_epoch)
+            state: LogState
+            if self.writer is None:
+                state = await trio.to_thread.run_sync(self.store.begin_epoch)
+            else:  # --workers 1: the writer process begins it
+                state = await self._begin_epoch_in_writer(epoch)
         except BaseException as exc:
             # Nothing was stored: a later stig_promote may try again (the
             # server stays a read-only follower, no longer following).
@@ -245,6 +288,39 @@ class Engine:
             if isinstance(exc, ImplausibleEpoch):
                 raise PromoteRefused(f"cannot begin a new epoch: {exc}") from exc
             raise
+        self._promoted(follower)
+        return state
+
+    async def _begin_epoch_in_writer(self, epoch: int) -> LogState:
+        """The writer process begins the new epoch (it owns the write
+        transaction); ``epoch``: this server's before, to tell whether a
+        writer that died meanwhile had stored it."""
+        assert self.writer is not None
+        try:
+            return await self.writer.begin_epoch()
+        except StreamJobRefused as exc:
+            raise PromoteRefused(str(exc)) from exc
+        except WriterDied as exc:
+            if self.store.refresh_log_state().epoch > epoch:
+                return self.store.log_state  # it was stored before the writer died
+            raise PromoteRefused("the writer process died: ask again") from exc
+
+    async def _promote_workers(self, follower: FollowerState) -> LogState:
+        """``stig_promote`` with ``--workers N``: the writer begins the epoch
+        between two of the stream's jobs and refuses the rest (the worker
+        holding the stream stops it), then every worker adopts the change
+        (:meth:`adopt_role`) before the answer: each accepts writes."""
+        follower.stop_requested = True
+        try:
+            state = await self._begin_epoch_in_writer(self.store.log_state.epoch)
+        finally:
+            follower.stop_requested = False  # adopt_role stops it for good
+        self.adopt_role()
+        await self._every_worker_adopts()
+        return state
+
+    def _promoted(self, follower: FollowerState) -> None:
+        """This process is a primary now (its stream stopped or stopping)."""
         self.follower = None
         self.former_primary = follower.primary
         self.promoter.refusal.lift_read_only()
@@ -252,11 +328,61 @@ class Engine:
         follower.promoted.set()
         log.warning(
             "promoted: primary of epoch %d from group %d (was a replica of %s)",
-            state.epoch,
-            state.seq,
+            self.store.log_state.epoch,
+            self.store.log_state.seq,
             follower.primary,
         )
-        return state
+
+    # -- a promotion or a fence across workers (docs/workers.md) -------------------
+
+    def adopt_role(self) -> None:
+        """Take what the writer stored since this worker last looked: a new
+        epoch (``stig_promote`` on any worker: stop following, accept
+        writes) or a fence (refuse writes); then say so in the shared block."""
+        shared = self.replicas.shared
+        if shared is None:
+            return
+        gen = shared.role_gen
+        self.store.refresh_log_state()
+        follower = self.follower
+        if shared.promoted_epoch and follower is not None:
+            follower.stop()  # the stream's worker: the writer refuses its jobs anyway
+            follower.mirror = None
+            self._promoted(follower)
+        if self.follower is None and self.store.fenced:
+            self.promoter.refusal.make_read_only(self.fenced_words())
+        shared.saw_role(gen)
+
+    async def watch_role(self) -> None:
+        """Adopt every promotion or fence the writer stores (``--workers N``):
+        a follower's worker sleeps on its eventfd (the writer signals it at
+        the change; a follower's workers commit nothing else), a primary's
+        looks every :data:`ROLE_POLL_SECONDS` (its eventfd rings at every
+        commit)."""
+        shared, table = self.replicas.shared, self.table
+        if shared is None or table is None:
+            return
+        while True:
+            seen = shared.role_seen(shared.me)
+            if self.follower is not None:
+                await table.next_signal(functools.partial(_changed, shared, seen))
+            else:
+                await trio.sleep(ROLE_POLL_SECONDS)
+            if shared.role_gen != seen:
+                self.adopt_role()
+            await trio.lowlevel.checkpoint()  # never a loop without one
+
+    async def _every_worker_adopts(self) -> None:
+        """Wait until every worker has adopted the writer's last role change,
+        at most :data:`ROLE_WAIT_SECONDS` (one that died adopts it as it
+        starts again)."""
+        shared = self.replicas.shared
+        if shared is None:
+            return
+        gen = shared.role_gen
+        with trio.move_on_after(ROLE_WAIT_SECONDS):
+            while any(shared.role_seen(w) < gen for w in range(shared.workers)):
+                await trio.sleep(POLL_SECONDS)
 
     async def run_promoter(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -271,3 +397,8 @@ class Engine:
             # new server may start.
             await trio.to_thread.run_sync(self.writer.close)
         self.store.close()
+
+
+def _changed(shared: SharedReplicas, seen: int) -> bool:
+    """Whether the writer stored a role change after ``seen``."""
+    return shared.role_gen != seen

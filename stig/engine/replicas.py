@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
 
 from stig.engine import shared_replicas
+from stig.engine.shared_follower import SharedFollower
 from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.shared_replicas import POLL_SECONDS, SharedReplicas
 
@@ -212,9 +214,22 @@ class ReplicaHub:
         return False
 
 
-@attrs.define
+def _publish(state: FollowerState, field: attrs.Attribute[Any], value: Any) -> Any:
+    """Mirror a field set into the shared block (``--workers N``: the other
+    workers' ``stats``), if this state is the stream's."""
+    mirror = state.mirror
+    if mirror is not None:
+        mirror.publish(field.name, value)
+    return value
+
+
+@attrs.define(on_setattr=_publish)
 class FollowerState:
-    """A follower's view of its primary (``--replica-of``), for ``stats``."""
+    """A follower's view of its primary (``--replica-of``), for ``stats``.
+
+    With workers, the state of the worker holding the stream is mirrored in
+    shared memory (:attr:`mirror`, stig/engine/shared_follower.py) as each
+    field is set; the other workers load it (:meth:`load`) for ``stats``."""
 
     primary: str
     connected: bool = False
@@ -243,6 +258,13 @@ class FollowerState:
     stopped: trio.Event = attrs.field(factory=trio.Event)
     #: Set once a promotion that stopped it has ended (done or failed).
     promoted: trio.Event = attrs.field(factory=trio.Event)
+    #: Where this state is published (the worker holding the stream).
+    mirror: SharedFollower | None = None
+
+    def load(self, shared: SharedFollower) -> None:
+        """Take the stream's progress as the worker holding it published it."""
+        for name, value in shared.load().items():
+            setattr(self, name, value)
 
     def stop(self) -> None:
         """Stop following (a promotion); :attr:`stopped` is set once it has."""

@@ -16,7 +16,13 @@ as unsigned 64-bit words:
   read by all;
 * per worker, :data:`COUNTERS` words of counters for ``stats``
   (``replication_ack_timeouts``, ``replication_snapshots_sent``), written
-  only by that worker and summed by whoever answers ``stats``.
+  only by that worker and summed by whoever answers ``stats``, and the
+  role change it has adopted (:data:`ROLE_SEEN`);
+* a follower with workers (docs/workers.md): the role words the writer
+  sets when it begins an epoch (``stig_promote``) or stores a fence —
+  ``role_gen`` (one more at each change) and ``promoted_epoch`` — and, from
+  byte :data:`FOLLOWER_OFFSET`, the stream's progress as the worker
+  holding it publishes it (stig/engine/shared_follower.py).
 
 Slots are per worker, so claiming one needs no lock; a worker with
 :data:`SLOTS_PER_WORKER` followers refuses the next (a follower
@@ -33,7 +39,7 @@ ACKs heard by another worker looks at the slots again every
 :data:`POLL_SECONDS` while it waits (a bounded poll; nothing polls while
 nothing waits).  TODO: an eventfd per worker signalled on each ``ACK``.
 
-Bound: 64 bytes plus ``(SLOTS_PER_WORKER × SLOT_WORDS + COUNTERS) × 8``
+Bound: 512 bytes plus ``(SLOTS_PER_WORKER × SLOT_WORDS + COUNTERS) × 8``
 (288) bytes per worker, fixed at start.
 """
 
@@ -45,12 +51,15 @@ import mmap
 SLOTS_PER_WORKER = 8
 #: Words per follower slot: live, acked, and two spare.
 SLOT_WORDS = 4
-_HEADER_WORDS = 8  # seq, then spare
-_SEQ = 0
+_HEADER_WORDS = 64  # seq, the role words, spare, the follower's progress
+_SEQ, _ROLE_GEN, _PROMOTED_EPOCH = 0, 1, 2
+#: Where the follower's progress begins in the block, and its size (bytes).
+FOLLOWER_OFFSET = 64
+FOLLOWER_BYTES = _HEADER_WORDS * 8 - FOLLOWER_OFFSET
 _LIVE, _ACKED = 0, 1
 #: Counter words per worker, and which is which.
 COUNTERS = 4
-ACK_TIMEOUTS, SNAPSHOTS_SENT = 0, 1
+ACK_TIMEOUTS, SNAPSHOTS_SENT, ROLE_SEEN = 0, 1, 2
 #: How often a wait for ACKs heard by another worker looks again (a reply,
 #: a held read; a sender without an eventfd for commits).
 POLL_SECONDS = 0.001
@@ -87,6 +96,35 @@ class SharedReplicas:
         """A group committed (the writer, after each commit)."""
         if seq > self._words[_SEQ]:
             self._words[_SEQ] = seq
+
+    # -- the role (a follower with workers) ----------------------------------------
+
+    @property
+    def role_gen(self) -> int:
+        """How many times the writer promoted or fenced this server (this group)."""
+        return int(self._words[_ROLE_GEN])
+
+    @property
+    def promoted_epoch(self) -> int:
+        """The epoch the writer began on ``stig_promote`` (0: not promoted)."""
+        return int(self._words[_PROMOTED_EPOCH])
+
+    def role_changed(self, promoted_epoch: int) -> None:
+        """The writer began ``promoted_epoch`` (0: it stored a fence)."""
+        if promoted_epoch:
+            self._words[_PROMOTED_EPOCH] = promoted_epoch
+        self._words[_ROLE_GEN] += 1  # last: a worker woken by it sees the epoch
+
+    def saw_role(self, gen: int) -> None:
+        """This worker has adopted role change ``gen``."""
+        self._words[self._counters + self.me * COUNTERS + ROLE_SEEN] = gen
+
+    def role_seen(self, worker: int) -> int:
+        return int(self._words[self._counters + worker * COUNTERS + ROLE_SEEN])
+
+    def follower_bytes(self) -> memoryview:
+        """The follower's progress block (stig/engine/shared_follower.py)."""
+        return memoryview(self._map)[FOLLOWER_OFFSET : FOLLOWER_OFFSET + FOLLOWER_BYTES]
 
     # -- a worker's followers ----------------------------------------------------
 

@@ -14,7 +14,13 @@ values.  The server sends jobs:
   None;
 * ``("p", largest, nbytes)``: a disk-space probe (stig/engine/refusal.py);
 * ``("l",)``: a follower wants the replication log: write it from the next
-  commit on (stored at once, docs/replication.md).
+  commit on (stored at once, docs/replication.md);
+* a follower's (``--replica-of`` with workers, docs/workers.md): ``("a",
+  groups)`` apply the primary's groups (``Store.apply_replicated``: whole,
+  in order, with the primary's cas), ``("s", path, seq, epoch, last_cas,
+  epoch_starts)`` load the snapshot spooled at ``path``, ``("e",)`` begin a
+  new epoch (``stig_promote``: the groups of the stream are refused from
+  then on), ``("f", epoch, by)`` remember a fence (``stig_fence``).
 
 The writer answers each job, in order, with ``(kind, results, state)``:
 per run its outcomes as one byte each and the item its last op stored, or
@@ -48,7 +54,7 @@ import pickle
 import selectors
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,7 +66,7 @@ from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.shared_replicas import SharedReplicas
 from stig.storage.ops import Op, Outcome
 from stig.storage.records import Item
-from stig.storage.replog import LogBounds
+from stig.storage.replog import ImplausibleEpoch, LogBounds
 from stig.storage.store import Applied, MapCannotGrow, MapFull, Store
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,13 @@ PROBE_OK, PROBE_GREW, PROBE_FAILED = "ok", "grew", "failed"
 #: ``(CONTROL_LINK, worker)`` with the new worker's socket as ancillary data,
 #: the writer's ``(CONTROL_RELEASED, worker, number)``.
 CONTROL_LINK, CONTROL_RELEASED = "link", "released"
+#: A follower's job refused: this server was promoted (``stig_promote``).
+_STREAM_JOBS = frozenset("asef")
+PROMOTED = "this server was promoted: the stream is not applied any more"
+
+#: Reads a snapshot spooled by a follower (stig/replication/follower.py,
+#: ``spool_records``): the (key, record) pairs in the file at that path.
+SpoolReader = Callable[[Path], Iterable[tuple[bytes, bytes]]]
 
 
 class WriterState(NamedTuple):
@@ -213,6 +226,7 @@ def serve(
     *,
     log_bounds: LogBounds | None = None,
     replicas: SharedReplicas | None = None,
+    read_spool: SpoolReader | None = None,
 ) -> None:
     """The writer's loop: answer jobs from the sockets ``fds`` (one per
     worker, in worker order) until each has reached end of file (and the
@@ -225,7 +239,8 @@ def serve(
     (the workers' senders learn of new groups there).  Each commit numbers
     its group and writes the replication log exactly as a single process's
     commit thread does (``Store.apply``), within ``log_bounds`` (None or
-    ``max_bytes`` 0: numbered, not logged).
+    ``max_bytes`` 0: numbered, not logged).  A follower's stream is applied
+    here too (:func:`stream_job`; ``read_spool`` reads its snapshots).
     """
     links = [_Link(socket.socket(fileno=fd), worker) for worker, fd in enumerate(fds)]
     control = None if control_fd < 0 else socket.socket(fileno=control_fd)
@@ -241,6 +256,7 @@ def serve(
     if not log_bounds.max_bytes and store.log_state.logging:
         store.stop_logging()
         log.info("replication log off (--replication-log-bytes 0): dropped")
+    stream = _Stream(read_spool)
     selector = selectors.DefaultSelector()
     try:
         for link in links:
@@ -280,6 +296,9 @@ def serve(
             for link, job in probes:
                 if job[0] == "l":
                     _answer(link, ("l", _start_logging(store), _state(store)))
+                elif job[0] in _STREAM_JOBS:
+                    answer = stream_job(store, job, stream, replicas, table)
+                    _answer(link, (*answer, _state(store)))
                 else:
                     _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
             for link in list(ended):
@@ -299,6 +318,97 @@ def serve(
             link.sock.close()
         if control is not None:
             control.close()
+
+
+class _Stream:
+    """A follower's stream as the writer applies it (``--replica-of`` with
+    workers: the worker holding the stream sends its groups and snapshots
+    here, docs/workers.md); ``promoted``: ``stig_promote`` began an epoch,
+    the stream's jobs are refused from then on."""
+
+    __slots__ = ("promoted", "read_spool")
+
+    def __init__(self, read_spool: SpoolReader | None) -> None:
+        self.read_spool = read_spool
+        self.promoted = False
+
+
+def _growing(store: Store, write: Callable[[], object]) -> None:
+    """Run a store write, growing the map while it is full (the writer holds
+    no read transaction); :class:`MapCannotGrow` goes to the caller."""
+    while True:
+        try:
+            write()
+            return
+        except MapFull:
+            log.info("LMDB map grown to %d bytes", store.grow())
+
+
+def stream_job(
+    store: Store,
+    job: tuple[Any, ...],
+    stream: _Stream,
+    replicas: SharedReplicas | None = None,
+    table: SharedInFlight | None = None,
+) -> tuple[Any, ...]:
+    """Do a follower's job (``"a"``, ``"s"``, ``"e"``, ``"f"``: the module
+    docstring) with the single process's code (``Store.apply_replicated``,
+    ``load_snapshot``, ``begin_epoch``, ``fence``); the answer's payload:
+    None or the failure's words (``"f"``: whether the fence is news, and
+    the words).  A promotion or a fence tells every worker (the role words
+    of ``replicas``, then their eventfds)."""
+    kind = job[0]
+    try:
+        if kind in ("a", "s"):
+            if stream.promoted:
+                return (kind, PROMOTED)
+            # A follower logs what it applies, as a single process does:
+            # once promoted, its own followers resume from its log.
+            store.log_enabled = store.log_bounds.max_bytes > 0
+            if kind == "a":
+                groups = job[1]
+                _growing(store, lambda: store.apply_replicated(groups))
+            else:
+                path, seq, epoch, last_cas, starts = job[1:]
+                read = stream.read_spool
+                if read is None:
+                    return (kind, "this writer cannot read a snapshot spool")
+                _growing(
+                    store,
+                    lambda: store.load_snapshot(read(Path(path)), seq, epoch, last_cas, starts),
+                )
+            if replicas is not None:
+                replicas.set_seq(store.log_state.seq)
+            return (kind, None)
+        if kind == "e":
+            if stream.promoted:
+                return (kind, f"this server is already a primary (epoch {store.log_state.epoch})")
+            _growing(store, store.begin_epoch)
+            stream.promoted = True
+            log.warning("writer: epoch %d begun (promoted)", store.log_state.epoch)
+            _role_changed(store, replicas, table, store.log_state.epoch)
+            return (kind, None)
+        news = store.fence(job[1], job[2])
+        if news:
+            _role_changed(store, replicas, table, 0)
+        return (kind, (news, None))
+    except ImplausibleEpoch as exc:
+        return (kind, (None, str(exc)) if kind == "f" else f"cannot begin a new epoch: {exc}")
+    except Exception as exc:  # a failed transaction: nothing of it was stored
+        log.error("writer: a follower's job %r failed: %s", kind, exc)
+        return (kind, (None, str(exc)) if kind == "f" else str(exc) or type(exc).__name__)
+
+
+def _role_changed(
+    store: Store, replicas: SharedReplicas | None, table: SharedInFlight | None, epoch: int
+) -> None:
+    """Tell every worker: promoted to ``epoch`` (0: fenced); they adopt it on
+    their eventfd's wake-up (stig/engine/engine.py, ``watch_role``)."""
+    if replicas is not None:
+        replicas.set_seq(store.log_state.seq)
+        replicas.role_changed(epoch)
+    if table is not None:
+        table.signal()
 
 
 def _start_logging(store: Store) -> bool:

@@ -32,7 +32,7 @@ import trio
 from stig.engine.group_commit import Failed, failed
 from stig.engine.writer import LENGTH, PROBE_FAILED, WriterState, decode_results, frame
 from stig.storage.ops import Op
-from stig.storage.replog import LogState
+from stig.storage.replog import Fence, ImplausibleEpoch, LogState
 from stig.storage.store import Applied, Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ DIED_AFTER_COMMIT = (
 
 class WriterDied(Exception):
     """The writer process's socket reached end of file."""
+
+
+class StreamJobRefused(Exception):
+    """The writer did not do a follower's job (its words say why)."""
 
 
 def launcher() -> str:
@@ -241,6 +245,52 @@ class WriterLink:
             return False
         on: bool = answer[1]
         return on
+
+    # -- a follower's stream (--replica-of with workers) ---------------------------
+
+    async def apply_replicated(self, groups: list[tuple[int, bytes]]) -> None:
+        """Apply a primary's groups in the writer (``Store.apply_replicated``)."""
+        await self._stream_job(("a", groups))
+
+    async def load_snapshot(
+        self, path: Path, seq: int, epoch: int, last_cas: int, epoch_starts: dict[int, int]
+    ) -> None:
+        """Load the snapshot spooled at ``path`` in the writer (``Store.load_snapshot``)."""
+        await self._stream_job(("s", str(path), seq, epoch, last_cas, epoch_starts))
+
+    async def begin_epoch(self) -> LogState:
+        """``stig_promote``: the writer begins a new epoch and refuses the
+        stream's jobs from then on; the new state."""
+        await self._stream_job(("e",))
+        return self.store.log_state
+
+    async def fence(self, epoch: int, by: str) -> bool:
+        """``stig_fence``: the writer stores the fence; whether it is news.
+        Raises :class:`~stig.storage.replog.ImplausibleEpoch` as ``Store.fence``."""
+        news, error = await self._stream_job(("f", epoch, by))
+        if error is not None:
+            raise ImplausibleEpoch(error)
+        self.store.fence_state = Fence(epoch, by) if news else self.store.fence_state
+        return bool(news)
+
+    async def _stream_job(self, job: tuple[Any, ...]) -> Any:
+        """Send a follower's job and return its answer's payload; raises
+        :class:`StreamJobRefused` with the writer's words when it failed
+        (nothing of it stored), :class:`WriterDied` when the writer died
+        (restarted first if this link owns it: the caller asks again, from
+        what LMDB holds).  Never cut by a cancellation: the answer is
+        awaited (a group being applied is finished, as on a thread)."""
+        with trio.CancelScope(shield=True):
+            try:
+                answer = await self._call(frame(job))
+            except WriterDied:
+                if self.owns_writer:
+                    await self._restart(f"with a follower's job {job[0]!r} in flight")
+                raise
+        payload = answer[1]
+        if job[0] != "f" and payload is not None:
+            raise StreamJobRefused(payload)
+        return payload
 
     def _txnid(self) -> int:
         return int(self.store.env.info()["last_txnid"])

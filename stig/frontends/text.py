@@ -774,14 +774,10 @@ class TextHandler:
     def _replication_refused(self, name: str) -> bytes | None:
         """The refusal of ``stig_promote``/``stig_fence`` here, or None.
 
-        Not built for a server with ``--workers`` (a primary with workers
-        streams to followers, but a fence or a promotion must stop or start
-        every worker's writes: docs/replication.md).  Without ``--auth-file`` any client could
-        take a follower over or fence a primary: allowed only with
-        ``--replication-open`` (a trusted network)."""
-        engine = self.engine
-        if engine.writer is not None:
-            return R.server_error(f"{name}: not built for a server run with --workers")
+        Without ``--auth-file`` any client could take a follower over or
+        fence a primary: allowed only with ``--replication-open`` (a trusted
+        network).  With ``--workers`` the writer process stores either and
+        every worker adopts it before the answer (docs/workers.md)."""
         return self._needs_login(name)
 
     async def _promote(self, command: Promote) -> None:
@@ -812,7 +808,7 @@ class TextHandler:
         store = self.engine.store
         try:
             await self.engine.fence(command.epoch, "told by stig_fence")
-        except ImplausibleEpoch as exc:
+        except (ImplausibleEpoch, PromoteRefused) as exc:
             self.out += R.server_error(str(exc))
             return
         if store.fence_state.epoch >= command.epoch > store.log_state.epoch:

@@ -35,12 +35,14 @@ import ssl
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
 from stig.engine.engine import Engine
 from stig.engine.readiness import Hold
 from stig.engine.replicas import FollowerState
+from stig.engine.writer_link import StreamJobRefused, WriterDied
 from stig.replication import wire
 from stig.storage import replog
 from stig.storage.store import MapCannotGrow, MapFull, Store
@@ -217,7 +219,6 @@ async def _follow_once(engine: Engine, state: FollowerState, hold: Hold | None) 
 async def _apply_stream(
     engine: Engine, state: FollowerState, reader: _Reader, hold: Hold | None
 ) -> None:
-    store = engine.store
     batch: list[tuple[int, bytes]] = []
     batch_bytes = 0
     spool: _Spool | None = None
@@ -229,7 +230,7 @@ async def _apply_stream(
             # snapshot begins (it replaces everything from a later group on).
             if frame is None or batch_bytes >= APPLY_BYTES or frame[0] == wire.SNAPSHOT_BEGIN:
                 if batch:
-                    await _commit(store, functools.partial(store.apply_replicated, batch))
+                    await _apply(engine, batch)
                     last = batch[-1]
                     state.applied_seq = last[0]
                     state.applied_time_ms = replog.entry_time_ms(last[1])
@@ -271,7 +272,7 @@ async def _apply_stream(
                     raise FollowError("a snapshot end outside a snapshot")
                 loading = spool
                 try:
-                    await _commit(store, loading.load_into(store))
+                    await _load(engine, loading)
                 finally:
                     loading.close()
                     spool = None
@@ -289,6 +290,44 @@ async def _apply_stream(
     finally:
         if spool is not None:
             spool.close()  # a snapshot cut short: its file goes
+
+
+async def _apply(engine: Engine, batch: list[tuple[int, bytes]]) -> None:
+    """Apply groups in one transaction: on a thread, or in the writer process
+    (``--workers``: it owns the write transaction; the same
+    ``Store.apply_replicated``)."""
+    store = engine.store
+    if engine.writer is None:
+        await _commit(store, functools.partial(store.apply_replicated, batch))
+        return
+    with _writer_failure():
+        await engine.writer.apply_replicated(batch)
+
+
+async def _load(engine: Engine, spool: _Spool) -> None:
+    """Load a whole snapshot in one transaction (on a thread, or in the writer
+    process, which reads the spool file itself: :func:`spool_records`)."""
+    store = engine.store
+    if engine.writer is None:
+        await _commit(store, spool.load_into(store))
+        return
+    spool.flush()
+    with _writer_failure():
+        await engine.writer.load_snapshot(
+            spool.path, spool.seq, spool.epoch, spool.last_cas, spool.epoch_starts
+        )
+
+
+@contextlib.contextmanager
+def _writer_failure() -> Iterator[None]:
+    """The writer refused a job or died: the stream stops, and resumes from
+    what LMDB holds (a group is in it whole or not at all)."""
+    try:
+        yield
+    except StreamJobRefused as exc:
+        raise FollowError(f"the writer process refused: {exc}") from exc
+    except WriterDied as exc:
+        raise FollowError("the writer process died") from exc
 
 
 async def _commit(store: Store, job: Callable[[], None]) -> None:
@@ -321,13 +360,14 @@ class _Spool:
     def write(self, payload: bytes) -> None:
         self._file.write(_LENGTH.pack(len(payload)) + payload)
 
+    def flush(self) -> None:
+        self._file.flush()
+
     def _records(self) -> Iterator[tuple[bytes, bytes]]:
         handle = self._file
         handle.flush()
         handle.seek(0)
-        while head := handle.read(_LENGTH.size):
-            (length,) = _LENGTH.unpack(head)
-            yield from wire.split_records(handle.read(length))
+        yield from _read_records(handle)
 
     def load_into(self, store: Store) -> Callable[[], None]:
         return lambda: store.load_snapshot(
@@ -338,6 +378,19 @@ class _Spool:
         self._file.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def _read_records(handle: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    while head := handle.read(_LENGTH.size):
+        (length,) = _LENGTH.unpack(head)
+        yield from wire.split_records(handle.read(length))
+
+
+def spool_records(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, record) pairs of a snapshot spooled at ``path`` (the writer
+    process loads a follower's snapshot from it: ``--workers``)."""
+    with open(path, "rb") as handle:
+        yield from _read_records(handle)
 
 
 # -- taking over (docs/replication.md) ---------------------------------------------

@@ -42,6 +42,7 @@ import lmdb
 import trio
 
 from stig.engine.engine import Engine
+from stig.engine.errors import PromoteRefused
 from stig.engine.replicas import Replica, TooManyFollowers
 from stig.engine.shared_replicas import SLOTS_PER_WORKER
 from stig.replication import wire
@@ -167,13 +168,13 @@ async def _check(engine: Engine, request: Replicate, peer: str) -> None:
     if request.epoch > state.epoch:
         # A fence of a believable epoch (the follower logged in, or the
         # network is trusted: stig/frontends/text.py); refused either way.
-        # Not with --workers: fencing (a write the workers must all obey) is
-        # not built there (docs/replication.md).
-        if engine.writer is None:
-            try:
-                await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
-            except replog.ImplausibleEpoch as exc:
-                raise _Refused(f"the follower's {exc}") from exc
+        # With --workers the writer stores it and every worker adopts it.
+        try:
+            await engine.fence(request.epoch, f"a follower of epoch {request.epoch} at {peer}")
+        except replog.ImplausibleEpoch as exc:
+            raise _Refused(f"the follower's {exc}") from exc
+        except PromoteRefused as exc:
+            raise _Refused(str(exc)) from exc
         raise _Refused(f"the follower's epoch {request.epoch} is later than {state.epoch}")
     if store.fenced:
         raise _Refused(engine.fenced_words())

@@ -317,7 +317,9 @@ async def serve(
             pings = trio.CancelScope()
             system.start_soon(_keep_alive, notifier, pings)
             following = trio.CancelScope()
-            if engine.follower is not None:
+            roles = trio.CancelScope()
+            system.start_soon(_watch_role, engine, roles)
+            if engine.follower is not None and engine.holds_stream:
                 # Before the listeners open: READY=1 waits until it caught up.
                 hold = engine.readiness.hold(
                     f"catching up with the primary at {engine.follower.primary}"
@@ -344,6 +346,7 @@ async def serve(
             signals_scope.cancel()
             watchdog.cancel()
             following.cancel()
+            roles.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
             pings.cancel()
@@ -369,6 +372,12 @@ async def _follow(engine: Engine, scope: trio.CancelScope, hold: Hold) -> None:
         if engine.follower is None and engine.former_primary is not None:
             hold.release()
             await fence_former_primary(engine, engine.former_primary, engine.store.log_state.epoch)
+
+
+async def _watch_role(engine: Engine, scope: trio.CancelScope) -> None:
+    """``--workers N``: adopt a promotion or a fence stored by another worker."""
+    with scope:
+        await engine.watch_role()
 
 
 async def _watch_stalled_reads(engine: Engine, scope: trio.CancelScope) -> None:

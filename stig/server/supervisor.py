@@ -43,6 +43,7 @@ import attrs
 from stig.engine import shared_inflight, shared_region
 from stig.engine.engine import readers_for
 from stig.engine.settings import Settings
+from stig.engine.shared_replicas import SharedReplicas
 from stig.engine.writer import CONTROL_LINK, CONTROL_RELEASED
 from stig.engine.writer_link import START_SECONDS, launcher
 from stig.server import port_check
@@ -451,12 +452,25 @@ class _Supervisor:
         self.store.env.reader_check()
         shared = self.shared
         if shared is not None:
+            self._keep_promotion(shared)
             self._close_control()
             shared.close()
         self.shared = None
         self.dead.clear()
         self.released.clear()
         self._start_group()
+
+    def _keep_promotion(self, shared: _Shared) -> None:
+        """A follower promoted (``stig_promote``, the writer's role words in
+        the group's shared block) stays a primary in the next group: its
+        workers are started without ``--replica-of``."""
+        workers = self.settings.workers
+        offset = shared_inflight.replicas_offset(workers)
+        replicas = SharedReplicas(shared.table_fd, workers, -1, offset)
+        if self.settings.replica_of is not None and replicas.promoted_epoch:
+            log.warning("promoted to epoch %d: the new group is a primary", replicas.promoted_epoch)
+            self.settings = attrs.evolve(self.settings, replica_of=None)
+            self.env[SETTINGS_VARIABLE] = encode_settings(self.settings)
 
     def close_listeners(self) -> None:
         """Stop taking connections (the workers close theirs as they stop)."""

@@ -632,11 +632,13 @@ class Store:
         return replog.read_state(txn, self._repl)
 
     def refresh_log_state(self) -> LogState:
-        """Read :attr:`log_state` again from the last commit (another process
-        commits: the writer process, docs/workers.md); returns it."""
+        """Read :attr:`log_state` (and :attr:`fence_state`) again from the last
+        commit (another process commits: the writer process, docs/workers.md);
+        returns the log state."""
         txn = self._begin_whole()
         try:
             self.log_state = replog.read_state(txn, self._repl)
+            self.fence_state = replog.read_fence(txn, self._repl)
         finally:
             txn.abort()
         return self.log_state

@@ -503,14 +503,6 @@ def serve(
     gc.set_threshold(50_000, 20, 100)
     from stig.server.listeners import ListenError
 
-    if workers and settings.replica_of is not None:
-        # A follower applies the primary's groups itself; with workers the
-        # writer process commits (docs/replication.md: a primary may run
-        # with workers, a follower not yet).
-        raise click.BadParameter(
-            "a follower (--replica-of) runs without --workers (for now)",
-            param_hint="'--workers'",
-        )
     if workers > 1:
         from stig.server import supervisor
 
@@ -591,6 +583,7 @@ def writer(
 ) -> None:
     """The writer process of ``stig serve --workers`` (started by the server, not by hand)."""
     from stig.engine import writer as writer_process
+    from stig.replication.follower import spool_records
 
     logs.configure(log_level, sys.stderr)
     # A terminal's ^C or a SIGTERM is for the server, which stops the writer
@@ -616,6 +609,7 @@ def writer(
         control_fd,
         log_bounds=LogBounds(replication_log_bytes, replication_log_seconds),
         replicas=replicas,
+        read_spool=spool_records,
     )
 
 

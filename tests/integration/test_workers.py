@@ -385,33 +385,6 @@ def test_a_pov_copy_never_hides_a_later_write_of_the_other_worker(workers):
         ), index
 
 
-def test_a_follower_with_workers_is_refused_at_start(tmp_path):
-    """A follower applies its primary's groups itself, and with workers the
-    writer process commits: ``--replica-of`` with ``--workers`` is refused,
-    not half-served (a primary may run with workers: tests/replication)."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stig",
-            "serve",
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path),
-            "--workers",
-            "1",
-            "--replica-of",
-            "127.0.0.1:1",
-        ],
-        env=child_env(),
-        capture_output=True,
-        timeout=60,
-    )
-    assert done.returncode == 2
-    assert b"a follower (--replica-of) runs without --workers" in done.stderr
-
-
 def test_a_follower_streams_from_a_server_with_one_worker(stig_factory):
     """``--workers 1`` (the writer process started by the server itself, no
     supervisor): the writer logs each group, the server streams it."""
@@ -485,16 +458,3 @@ def test_every_worker_shows_every_follower_in_stats(stig_factory):
     names = ("replication_seq", "replica_0_acked_seq", "replication_log_groups")
     assert [first[name] for name in names] == [second[name] for name in names]
     assert follower.stats()["replication_applied_seq"] == first["replica_0_acked_seq"]
-
-
-def test_promote_and_fence_are_refused_by_a_server_with_workers(stig_factory):
-    """Taking over and fencing must start or stop every worker's writes:
-    not built, so refused outright, even where they are otherwise open."""
-    server = stig_factory("--workers", "1", "--replication-open")
-    conn = server.connect()
-    for command in (b"stig_fence 2", b"stig_promote"):
-        reply = conn.send_recv(command + b"\r\n", until=b"\r\n")
-        assert reply.startswith(b"SERVER_ERROR stig_"), reply
-        assert b"not built for a server run with --workers" in reply, reply
-    assert conn.send_recv(b"set k 0 0 1\r\nv\r\n", until=b"\r\n") == b"STORED\r\n"
-    assert server.stats()["replication_fenced"] == "0"

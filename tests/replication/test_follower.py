@@ -19,7 +19,7 @@ from stig.storage.store import Store
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.process import StigProcess
 from stig_testkit.replicas import caught_up
-from stig_testkit.shapes import PRIMARY_SHAPES
+from stig_testkit.shapes import FOLLOWER_SHAPES, PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
 Factory = Callable[..., StigProcess]
@@ -95,13 +95,20 @@ def _mixed_load(primary: StigProcess, round_: int) -> None:
         conn.close()
 
 
-@pytest.mark.parametrize("shape", PRIMARY_SHAPES)
+@pytest.mark.parametrize(
+    ("shape", "follower_shape"),
+    [
+        pytest.param((), (), id="single-single"),
+        pytest.param(("--workers", "2"), (), id="workers2-single"),
+        pytest.param(("--workers", "2"), ("--workers", "2"), id="workers2-workers2"),
+    ],
+)
 def test_a_follower_matches_the_primary_item_for_item_and_cas_for_cas(
-    stig_factory: Factory, shape: tuple[str, ...]
+    stig_factory: Factory, shape: tuple[str, ...], follower_shape: tuple[str, ...]
 ) -> None:
     primary = stig_factory(*shape, OPEN)
     _mixed_load(primary, 0)  # before the follower: it starts from a snapshot
-    follower = _follower(stig_factory, primary)
+    follower = _follower(stig_factory, primary, *follower_shape)
     stats = caught_up(follower, primary)
     assert stats["replication_snapshots_loaded"] == "1"
     for round_ in range(1, 4):  # while it follows: from the log, as committed
@@ -127,10 +134,13 @@ def test_a_follower_matches_the_primary_item_for_item_and_cas_for_cas(
     assert stats["replication_role"] == "replica"
 
 
-def test_writes_on_a_follower_are_refused_naming_the_primary(stig_factory: Factory) -> None:
+@pytest.mark.parametrize("follower_shape", FOLLOWER_SHAPES)
+def test_writes_on_a_follower_are_refused_naming_the_primary(
+    stig_factory: Factory, follower_shape: tuple[str, ...]
+) -> None:
     primary = stig_factory(OPEN)
     primary.send_recv(b"set k 0 0 1\r\n5\r\n", b"\r\n")
-    follower = _follower(stig_factory, primary)
+    follower = _follower(stig_factory, primary, *follower_shape)
     caught_up(follower, primary)
     words = b"SERVER_ERROR read-only replica of %b:%d\r\n" % (primary.host.encode(), primary.port)
     text = follower.connect()
@@ -158,11 +168,14 @@ def test_writes_on_a_follower_are_refused_naming_the_primary(stig_factory: Facto
     assert follower.stats()["stig_write_refusals"] != "0"
 
 
+@pytest.mark.parametrize("follower_shape", FOLLOWER_SHAPES)
 def test_a_follower_killed_mid_stream_resumes_without_applying_a_group_twice(
-    stig_factory: Factory,
+    stig_factory: Factory, follower_shape: tuple[str, ...]
 ) -> None:
+    """With workers the supervisor is SIGKILLed: its workers and writer die
+    with it (tests/replication/test_follower_workers.py kills one of them)."""
     primary = stig_factory(OPEN)
-    follower = _follower(stig_factory, primary)
+    follower = _follower(stig_factory, primary, *follower_shape)
     writer = primary.connect()
     for batch in range(40):
         writer.send(
@@ -256,9 +269,12 @@ def test_a_follower_behind_the_trimmed_log_starts_again_from_a_snapshot(
     assert int(stats["replication_log_bytes"]) <= 2048 or stats["replication_log_groups"] == "1"
 
 
-def test_a_follower_reconnects_to_a_restarted_primary_and_resumes(stig_factory: Factory) -> None:
+@pytest.mark.parametrize("follower_shape", FOLLOWER_SHAPES)
+def test_a_follower_reconnects_to_a_restarted_primary_and_resumes(
+    stig_factory: Factory, follower_shape: tuple[str, ...]
+) -> None:
     primary = stig_factory(OPEN)
-    follower = _follower(stig_factory, primary)
+    follower = _follower(stig_factory, primary, *follower_shape)
     primary.send_recv(b"set a 0 0 1\r\n1\r\n", b"\r\n")
     snapshots = caught_up(follower, primary)["replication_snapshots_loaded"]  # 0 or 1
     port = primary.port
