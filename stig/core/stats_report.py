@@ -66,7 +66,7 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
     ]
     if engine.tls is not None:
         pairs += [
-            ("ssl_handshake_errors", engine.tls.handshake_errors),
+            ("ssl_handshake_errors", stats.ssl_handshake_errors),
             ("time_since_server_cert_refresh", engine.tls.seconds_since_reload),
         ]
     pairs += [
