@@ -130,13 +130,22 @@ class PrefixStats:
         return self._add(prefix) if at is None else at
 
     def record_gets(self, keys: Sequence[bytes], hits: Sequence[bool]) -> None:
-        mine = self._mine
+        """:meth:`_index` inlined: a multi-get counts each of its keys."""
+        if self._words[_EPOCH] != self._epoch:
+            self._renew()
+        mine, known = self._mine, self._known
         for key, hit in zip(keys, hits):  # noqa: B905 (hot path)
-            at = self._index(key)
-            if at >= 0:
-                mine[at + _GETS] += 1
-                if hit:
-                    mine[at + _HITS] += 1
+            prefix, found, _ = key.partition(DELIMITER)
+            if not found:
+                continue
+            at = known.get(prefix)
+            if at is None:
+                at = self._add(prefix)  # may renew: ``known`` is cleared, not replaced
+                if at < 0:
+                    continue
+            mine[at + _GETS] += 1
+            if hit:
+                mine[at + _HITS] += 1
 
     def record_set(self, key: bytes) -> None:
         at = self._index(key)
