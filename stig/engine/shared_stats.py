@@ -149,6 +149,10 @@ class BudgetWords(ctypes.Structure):
         ("wait_max", ctypes.c_double),
         ("wait_refusals", ctypes.c_int64),
     ]
+    waiting: int
+    room_waits: int
+    wait_max: float
+    wait_refusals: int
 
 
 @attrs.define
