@@ -265,6 +265,17 @@ def _wait_for_peer(server, context, name: str) -> object:
     return wait_for(presented, lambda conn: conn is not None, 20, f"the server presenting {name}")
 
 
+def _reload_the_second_certificate(server, conn, certs: Path, tmp_path: Path, how: str) -> None:
+    """Put server2's files in place of the server's and reload them: by
+    ``refresh_certs`` on ``conn`` or by SIGHUP to the server's process."""
+    for name in ("pem", "key"):
+        shutil.copy(certs / f"server2.{name}", tmp_path / f"server.{name}")
+    if how == "refresh_certs":
+        assert conn.send_recv(b"refresh_certs\r\n", b"\r\n") == b"OK\r\n"
+    else:
+        server.proc.send_signal(signal.SIGHUP)
+
+
 @pytest.mark.parametrize("how", ["refresh_certs", "SIGHUP"])
 def test_certificates_reload_without_restart(stig_factory, certs, tmp_path, how):
     server = _tls_server(stig_factory, certs, tmp_path)
@@ -272,12 +283,7 @@ def test_certificates_reload_without_restart(stig_factory, certs, tmp_path, how)
     old = _tls_connect(server, context)
     assert _peer_name(old) == "stig-server-one"
     assert old.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
-    for name in ("pem", "key"):
-        shutil.copy(certs / f"server2.{name}", tmp_path / f"server.{name}")
-    if how == "refresh_certs":
-        assert old.send_recv(b"refresh_certs\r\n", b"\r\n") == b"OK\r\n"
-    else:
-        server.proc.send_signal(signal.SIGHUP)
+    _reload_the_second_certificate(server, old, certs, tmp_path, how)
     new = _wait_for_peer(server, context, "stig-server-two")
     assert new.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"
     assert old.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"  # still open
@@ -374,12 +380,7 @@ def test_a_reload_reaches_every_worker(stig_factory, certs, tmp_path, how):
     context = _client_context(certs)
     old = _tls_connect(server, context)
     assert _peer_name(old) == "stig-server-one"
-    for name in ("pem", "key"):
-        shutil.copy(certs / f"server2.{name}", tmp_path / f"server.{name}")
-    if how == "refresh_certs":
-        assert old.send_recv(b"refresh_certs\r\n", b"\r\n") == b"OK\r\n"
-    else:
-        server.proc.send_signal(signal.SIGHUP)
+    _reload_the_second_certificate(server, old, certs, tmp_path, how)
     # Once a worker other than the one asked presents the new certificate ...
     asked = _tls_pid(old)
     found: dict[str, str] = {}
