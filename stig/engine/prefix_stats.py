@@ -40,6 +40,7 @@ reset never lands on a prefix the reset made anew).
 from __future__ import annotations
 
 import mmap
+import operator
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -241,26 +242,24 @@ class PrefixStats:
 
     def dump(self) -> bytes:
         """memcached's dump, every worker's counts summed: one line per prefix
-        (in the order first seen), then END."""
-        words, buffer = self._words, self._bytes
-        lines = []
-        with self._lock():  # no prefix is added or reset meanwhile
+        (in the order first seen), then END.  The directory is copied under
+        the lock (no prefix is added or reset meanwhile), the lines are made
+        after it: a worker meeting a new prefix waits for the copy only."""
+        words = self._words
+        with self._lock():
             blocks = self._live()
-            for index in range(words[_COUNT]):
-                entry = words[_DIRECTORY + index]
-                start = _ARENA_BYTES + (entry >> 32)
-                prefix = bytes(buffer[start : start + (entry & 0xFFFFFFFF)])
-                at = _WORKER_HEADER + 4 * index
-                gets = hits = sets = deletes = 0
-                for block in blocks:
-                    gets += block[at + _GETS]
-                    hits += block[at + _HITS]
-                    sets += block[at + _SETS]
-                    deletes += block[at + _DELETES]
-                lines.append(
-                    b"PREFIX %b get %d hit %d set %d del %d\r\n"
-                    % (prefix, gets, hits, sets, deletes)
-                )
+            count = words[_COUNT]
+            directory = words[_DIRECTORY : _DIRECTORY + count].tolist()
+            arena = bytes(self._bytes[_ARENA_BYTES : _ARENA_BYTES + words[_BYTES]])
+        end = _WORKER_HEADER + 4 * count
+        sums = [0] * (4 * count)
+        for block in blocks:
+            sums = list(map(operator.add, sums, block[_WORKER_HEADER:end].tolist()))
+        line = b"PREFIX %b get %d hit %d set %d del %d\r\n"
+        lines = [
+            line % (arena[entry >> 32 : (entry >> 32) + (entry & 0xFFFFFFFF)], *sums[at : at + 4])
+            for at, entry in zip(range(0, 4 * count, 4), directory, strict=True)
+        ]
         return b"".join(lines) + b"END\r\n"
 
 
