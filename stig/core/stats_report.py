@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from stig.core.replication_stats import replication_settings, replication_stats
 from stig.engine.engine import PROTOCOL_VERSION, Engine
-from stig.engine.prefix_stats import DELIMITER, MAX_PREFIXES
+from stig.engine.prefix_stats import DELIMITER, MAX_PREFIX_BYTES, MAX_PREFIXES
 from stig.engine.refusal import PROBE_BYTES, PROBE_SECONDS
 from stig.engine.shared_stats import Figures, names
 from stig.engine.stats import CommandStats, PromoterStats
@@ -66,7 +66,7 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
     ]
     if engine.tls is not None:
         pairs += [
-            ("ssl_handshake_errors", engine.tls.handshake_errors),
+            ("ssl_handshake_errors", stats.ssl_handshake_errors),
             ("time_since_server_cert_refresh", engine.tls.seconds_since_reload),
         ]
     pairs += [
@@ -146,6 +146,15 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_keys_in_flight", figures["keys_in_flight"]),
         ("stig_read_waits", figures["read_waits"]),
         ("stig_cachedump_skipped_keys", stats.cachedump_skipped_keys),
+        # stats detail (stig/engine/prefix_stats.py, one table for every
+        # worker): the prefixes counted and their bytes (bounded by
+        # stig_detail_max_prefixes and stig_detail_max_prefix_bytes), and the
+        # keys not counted because their prefix did not fit.
+        *zip(
+            ("stig_detail_prefixes", "stig_detail_prefix_bytes", "stig_detail_uncounted"),
+            engine.prefixes.figures(),
+            strict=True,
+        ),
         # Replies waiting for their commits (stig/core/reply_gate.py): now, on
         # all connections; the most one connection held (--max-reply-bytes).
         ("stig_held_replies", stats.held_replies),
@@ -249,6 +258,7 @@ def settings_stats(engine: Engine) -> Iterable[tuple[str, object]]:
             else (settings.port if tls else 0),
         ),
         ("stig_detail_max_prefixes", MAX_PREFIXES),
+        ("stig_detail_max_prefix_bytes", MAX_PREFIX_BYTES),
         ("stig_space_probe_bytes", PROBE_BYTES),
         ("stig_space_probe_interval_ms", int(PROBE_SECONDS * 1000)),
         *replication_settings(engine),

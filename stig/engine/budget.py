@@ -24,10 +24,22 @@ Two figures, both at about their real memory cost (see :mod:`stig.engine.session
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import attrs
 import trio
+
+
+class WaitCounts(Protocol):
+    """Where waits for room are counted: the budget itself, or with
+    ``--workers N`` the worker's words in the shared region."""
+
+    waiting: int
+    room_waits: int
+    wait_max: float
+    wait_refusals: int
 
 
 @attrs.frozen
@@ -145,25 +157,42 @@ class WriteBudget:
         blocks its connection in a send), and a wait without end would hold
         this run, its connection and its client, silent; the caller refuses
         the run instead (counted in ``wait_refusals``)."""
-        self.waiting += 1
-        self.room_waits += 1
-        start = trio.current_time()
-        try:
-            with trio.move_on_after(self.max_wait) as timer:
-                while (
-                    self.open > self.limit and self.holder not in (None, session) and not give_up()
-                ):
-                    if self._room is None:
-                        self._room = trio.Event()
-                    await self._room.wait()
-        finally:
-            self.waiting -= 1
-            waited = trio.current_time() - start
-            if waited > self.wait_max:
-                self.wait_max = waited
-        if timer.cancelled_caught:
-            self.wait_refusals += 1
+
+        async def until_room() -> None:
+            while self.open > self.limit and self.holder not in (None, session) and not give_up():
+                await self.woken()
+
+        if not await self.bounded_wait(self, until_room):
             return False
         if self.open > self.limit and not give_up():
             self.holder = session
+        return True
+
+    async def woken(self, at_most: float = math.inf) -> None:
+        """Wait for the next :meth:`wake` (at most ``at_most`` seconds)."""
+        if self._room is None:
+            self._room = trio.Event()
+        with trio.move_on_after(at_most):
+            await self._room.wait()
+
+    async def bounded_wait(
+        self, counts: WaitCounts, until_room: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """Await ``until_room()`` for at most ``max_wait``, counted in ``counts``
+        (``waiting`` meanwhile, ``room_waits``, ``wait_max``, and
+        ``wait_refusals`` when ``max_wait`` passed first: then False)."""
+        counts.waiting += 1
+        counts.room_waits += 1
+        start = trio.current_time()
+        try:
+            with trio.move_on_after(self.max_wait) as timer:
+                await until_room()
+        finally:
+            counts.waiting -= 1
+            waited = trio.current_time() - start
+            if waited > counts.wait_max:
+                counts.wait_max = waited
+        if timer.cancelled_caught:
+            counts.wait_refusals += 1
+            return False
         return True

@@ -62,7 +62,6 @@ class TlsCertificates:
         self.settings = settings
         self.context = build_context(settings)
         self.loaded_at = time.monotonic()
-        self.handshake_errors = 0
         #: With ``--workers N``: makes every worker reload (a SIGHUP through
         #: the supervisor) after ``refresh_certs`` reloaded this one's.
         self.everywhere: Callable[[], None] | None = None

@@ -201,7 +201,8 @@ class Engine:
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None
         #: Per-prefix counters of ``stats detail`` (off until ``stats detail on``).
-        self.prefixes = PrefixStats()
+        #: With ``--workers N`` one table for every worker (the switch too).
+        self.prefixes = PrefixStats.local() if self.region is None else self.region.prefixes()
         #: The TLS certificates (``refresh_certs`` reloads them); None without TLS.
         self.tls: TlsCertificates | None = None
         #: When the service manager hears READY=1; a follower holds it back

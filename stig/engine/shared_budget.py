@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import trio
-
 from stig.engine.budget import BudgetFigures, WriteBudget
 from stig.engine.charges import RUN_OVERHEAD, Charges
 from stig.engine.shared_region import Region, budget_word
@@ -130,35 +128,25 @@ class SharedWriteBudget(WriteBudget):
         self.wake()
 
     async def wait_for_room(self, session: object, give_up: Callable[[], bool]) -> bool:
-        words = self.mine
         header = self._header
         token = self.token(session)
+
+        async def until_room() -> None:
+            while not give_up() and self.open_total() > self.limit:
+                if header[0] in (0, token) and self._take(token):
+                    return
+                # One look per POLL_SECONDS for the whole worker, not per
+                # waiter (100 waiters polling each 0.5 ms took a core); a
+                # waiter that finds room wakes the others when its run ends.
+                await self.woken(POLL_SECONDS * self.waiting)
+
+        # ``waiting``: this worker's waiters (the polls' interval, contended());
+        # the counts of stats are in its words.
         self.waiting += 1
-        words.waiting += 1
-        words.room_waits += 1
-        start = trio.current_time()
         try:
-            with trio.move_on_after(self.max_wait) as timer:
-                while not give_up() and self.open_total() > self.limit:
-                    if header[0] in (0, token) and self._take(token):
-                        break
-                    if self._room is None:
-                        self._room = trio.Event()
-                    # One look per POLL_SECONDS for the whole worker, not per
-                    # waiter (100 waiters polling each 0.5 ms took a core); a
-                    # waiter that finds room wakes the others when its run ends.
-                    with trio.move_on_after(POLL_SECONDS * self.waiting):
-                        await self._room.wait()
+            return await self.bounded_wait(self.mine, until_room)
         finally:
             self.waiting -= 1
-            words.waiting -= 1
-            waited = trio.current_time() - start
-            if waited > words.wait_max:
-                words.wait_max = waited
-        if timer.cancelled_caught:
-            words.wait_refusals += 1
-            return False
-        return True
 
     def figures(self) -> BudgetFigures:
         slots = self._slots

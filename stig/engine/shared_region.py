@@ -14,7 +14,9 @@ at its start, then, at the next page boundary, this region:
   its other objects publish (:class:`~stig.engine.shared_stats.Figures`).
 
 Bound: :func:`region_bytes` — 64 bytes plus one slot (:data:`SLOT_BYTES`,
-under 512) per worker, fixed at start.
+under 512) per worker, fixed at start.  After it, at the next page, the
+table of ``stats detail`` (:mod:`stig.engine.prefix_stats`: the switch, the
+prefixes and every worker's counters; :func:`prefixes_offset`).
 
 A cross-process lock (:meth:`Region.lock`): a POSIX record lock
 (``fcntl.lockf``) on the region's first byte.  Record locks belong to the
@@ -31,7 +33,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from stig.engine import shared_inflight
+from stig.engine import prefix_stats, shared_inflight
+from stig.engine.prefix_stats import PrefixStats
 from stig.engine.shared_stats import (
     BudgetWords,
     Figures,
@@ -63,6 +66,12 @@ def region_bytes(workers: int) -> int:
     return HEADER_BYTES + SLOT_BYTES * workers
 
 
+def prefixes_offset(workers: int) -> int:
+    """Where the table of ``stats detail`` begins: after the region, at a page."""
+    page = mmap.ALLOCATIONGRANULARITY
+    return (offset(workers) + region_bytes(workers) + page - 1) // page * page
+
+
 def budget_word(worker: int) -> int:
     """The index (in :attr:`Region.words`) of worker ``worker``'s budget
     ``used`` word; its ``open`` word follows it."""
@@ -72,7 +81,7 @@ def budget_word(worker: int) -> int:
 def create(workers: int) -> int:
     """A new zeroed memfd holding the in-flight table and this region (inheritable)."""
     fd = shared_inflight.create(workers)
-    os.ftruncate(fd, offset(workers) + region_bytes(workers))
+    os.ftruncate(fd, prefixes_offset(workers) + prefix_stats.table_bytes(workers))
     return fd
 
 
@@ -94,7 +103,17 @@ class Slot:
 class Region:
     """One worker's view of the region; ``me``: its worker number."""
 
-    __slots__ = ("_fd", "_map", "header", "me", "mine", "slots", "words", "workers")
+    __slots__ = (
+        "_fd",
+        "_map",
+        "_prefixes_map",
+        "header",
+        "me",
+        "mine",
+        "slots",
+        "words",
+        "workers",
+    )
 
     def __init__(self, fd: int, workers: int, me: int) -> None:
         # A descriptor of its own for the lock (the caller's may be closed).
@@ -108,6 +127,13 @@ class Region:
         #: The region as signed 64-bit words (faster than a ctypes field for
         #: the budget's hot path: word 0 is the holder, :func:`budget_word`).
         self.words = memoryview(self._map).cast("q")
+        self._prefixes_map = mmap.mmap(
+            self._fd, prefix_stats.table_bytes(workers), offset=prefixes_offset(workers)
+        )
+
+    def prefixes(self) -> PrefixStats:
+        """This worker's view of the server's ``stats detail`` table."""
+        return PrefixStats(self._prefixes_map, self.workers, self.me, self.lock)
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -65,7 +65,7 @@ class SharedCommandStats(ctypes.Structure):
     def reset(self) -> None:
         """``stats reset``: every counter but the gauges (as CommandStats.reset)."""
         for name in names(self):
-            if name not in ("curr_connections", "held_replies"):
+            if name not in ("curr_connections", "held_replies", "ssl_handshake_errors"):
                 setattr(self, name, 0)
 
 
@@ -149,6 +149,10 @@ class BudgetWords(ctypes.Structure):
         ("wait_max", ctypes.c_double),
         ("wait_refusals", ctypes.c_int64),
     ]
+    waiting: int
+    room_waits: int
+    wait_max: float
+    wait_refusals: int
 
 
 @attrs.define

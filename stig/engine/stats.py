@@ -65,8 +65,11 @@ class CommandStats:
     #: (stig/core/reply_gate.py), and the most one connection held at once.
     held_replies: int = 0
     held_replies_max: int = 0
+    #: TLS clients that failed the handshake (stig/server/tls.py); not reset
+    #: by ``stats reset`` (it never was).
+    ssl_handshake_errors: int = 0
 
     def reset(self) -> None:
-        current, held = self.curr_connections, self.held_replies
+        kept = self.curr_connections, self.held_replies, self.ssl_handshake_errors
         self.__init__()  # type: ignore[misc]
-        self.curr_connections, self.held_replies = current, held
+        self.curr_connections, self.held_replies, self.ssl_handshake_errors = kept

@@ -227,7 +227,7 @@ async def _handle(
             # The lean hot path: the stdlib socket itself (plain_socket.py).
             await _serve_connection(Connection(engine, PlainSocket.from_trio(sock)), shutdown)
         else:
-            tls_sock = wrap_tls(tls, sock)
+            tls_sock = wrap_tls(tls, sock, engine.stats)
             try:
                 await _serve_connection(Connection(engine, tls_sock), shutdown)
             finally:

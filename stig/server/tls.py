@@ -27,6 +27,7 @@ from typing import cast
 import trio
 
 from stig.engine.certificates import TlsCertificates, TlsError, build_context
+from stig.engine.stats import CommandStats
 
 __all__ = ["TlsCertificates", "TlsError", "TlsSocket", "build_context", "wrap"]
 
@@ -39,13 +40,17 @@ HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 
 
-def wrap(certificates: TlsCertificates, sock: trio.socket.SocketType) -> TlsSocket:
-    """``sock`` as a TLS server socket with the current certificates."""
+def wrap(
+    certificates: TlsCertificates, sock: trio.socket.SocketType, stats: CommandStats
+) -> TlsSocket:
+    """``sock`` as a TLS server socket with the current certificates; a failed
+    handshake is counted in ``stats`` (with ``--workers N``, this worker's
+    block of the shared region: every worker's are summed)."""
     # Not https_compatible: that mode never sends close_notify.  Its other
     # effect, a peer's missing close_notify raising BrokenResourceError
     # instead of reading as the end, is undone in TlsSocket.recv.
     stream = trio.SSLStream(trio.SocketStream(sock), certificates.context, server_side=True)
-    return TlsSocket(stream, certificates)
+    return TlsSocket(stream, stats)
 
 
 class TlsSocket:
@@ -56,11 +61,9 @@ class TlsSocket:
     ``ssl_handshake_errors`` and dropped, as a closed connection.
     """
 
-    def __init__(
-        self, stream: trio.SSLStream[trio.SocketStream], certificates: TlsCertificates
-    ) -> None:
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], stats: CommandStats) -> None:
         self.stream = stream
-        self._certificates = certificates
+        self._stats = stats
         self._handshaken = False
         # The wake-up (shutdown): cancels a pending receive, which then
         # reads as the end of input.  Not a real TCP shutdown: an SSLStream
@@ -77,7 +80,7 @@ class TlsSocket:
                 return True
             except trio.BrokenResourceError as exc:
                 log.debug("TLS handshake failed: %s", exc.__cause__ or exc)
-        self._certificates.handshake_errors += 1
+        self._stats.ssl_handshake_errors += 1
         self._failed_handshake = True
         return False
 

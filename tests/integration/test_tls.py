@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from stig_testkit.waiting import wait_for
+from stig_testkit.workers import on_worker, stats_of
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -128,6 +129,22 @@ def _peer_name(conn) -> str:
     return subject["commonName"]
 
 
+def _plain_client_is_dropped(host: str, port: int) -> None:
+    """A plain client on a TLS port gets no reply at all, and is counted: the
+    server ends the connection (a timeout here fails the test), and all it
+    sent before is at most a TLS alert."""
+    with socket.create_connection((host, port), timeout=10) as plain:
+        plain.sendall(b"get greeting\r\n")
+        plain.settimeout(15)
+        received = b""
+        try:
+            while chunk := plain.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        assert b"VALUE" not in received
+
+
 def test_text_meta_and_binary_over_tls(stig_factory, certs, tmp_path):
     import bmemcached
     from pymemcache.client.base import Client
@@ -143,19 +160,7 @@ def test_text_meta_and_binary_over_tls(stig_factory, certs, tmp_path):
     assert binary.set("b", "value")
     assert binary.get("b") == "value"
     assert text.get("b") == b"value"
-    # A plain client on a TLS port gets no reply at all, and is counted: the
-    # server ends the connection (a timeout here fails the test), and all it
-    # sent before is at most a TLS alert.
-    with socket.create_connection((server.host, server.port), timeout=10) as plain:
-        plain.sendall(b"get greeting\r\n")
-        plain.settimeout(15)
-        received = b""
-        try:
-            while chunk := plain.recv(4096):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        assert b"VALUE" not in received
+    _plain_client_is_dropped(server.host, server.port)
     stats = text.stats()
     assert stats[b"ssl_handshake_errors"] == 1
     settings = text.stats("settings")
@@ -235,6 +240,19 @@ def test_separate_tls_port_and_client_certificates(stig_factory, certs, tmp_path
                     raise ConnectionError("closed")
 
 
+def test_handshake_errors_are_counted_on_every_worker(stig_factory, certs, tmp_path):
+    """``--workers 2`` (docs/workers.md): ``ssl_handshake_errors`` is summed
+    over the workers, as the other counters: eight plain clients on the TLS
+    port, spread over both workers by the kernel (all eight on one worker 1
+    time in 128), are all counted in a ``stats`` on either worker."""
+    server = _tls_server(stig_factory, certs, tmp_path, "--tls-port", "0", "--workers", "2")
+    tls_port = int(server.stats("settings")["stig_tls_port"])
+    for _ in range(8):
+        _plain_client_is_dropped(server.host, tls_port)
+    for worker in (0, 1):
+        assert stats_of(on_worker(server, worker))["ssl_handshake_errors"] == "8"
+
+
 def _wait_for_peer(server, context, name: str) -> object:
 
     def presented() -> object:
@@ -247,6 +265,17 @@ def _wait_for_peer(server, context, name: str) -> object:
     return wait_for(presented, lambda conn: conn is not None, 20, f"the server presenting {name}")
 
 
+def _reload_the_second_certificate(server, conn, certs: Path, tmp_path: Path, how: str) -> None:
+    """Put server2's files in place of the server's and reload them: by
+    ``refresh_certs`` on ``conn`` or by SIGHUP to the server's process."""
+    for name in ("pem", "key"):
+        shutil.copy(certs / f"server2.{name}", tmp_path / f"server.{name}")
+    if how == "refresh_certs":
+        assert conn.send_recv(b"refresh_certs\r\n", b"\r\n") == b"OK\r\n"
+    else:
+        server.proc.send_signal(signal.SIGHUP)
+
+
 @pytest.mark.parametrize("how", ["refresh_certs", "SIGHUP"])
 def test_certificates_reload_without_restart(stig_factory, certs, tmp_path, how):
     server = _tls_server(stig_factory, certs, tmp_path)
@@ -254,12 +283,7 @@ def test_certificates_reload_without_restart(stig_factory, certs, tmp_path, how)
     old = _tls_connect(server, context)
     assert _peer_name(old) == "stig-server-one"
     assert old.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
-    for name in ("pem", "key"):
-        shutil.copy(certs / f"server2.{name}", tmp_path / f"server.{name}")
-    if how == "refresh_certs":
-        assert old.send_recv(b"refresh_certs\r\n", b"\r\n") == b"OK\r\n"
-    else:
-        server.proc.send_signal(signal.SIGHUP)
+    _reload_the_second_certificate(server, old, certs, tmp_path, how)
     new = _wait_for_peer(server, context, "stig-server-two")
     assert new.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"
     assert old.send_recv(b"get k\r\n") == b"VALUE k 0 1\r\nx\r\nEND\r\n"  # still open
@@ -356,12 +380,7 @@ def test_a_reload_reaches_every_worker(stig_factory, certs, tmp_path, how):
     context = _client_context(certs)
     old = _tls_connect(server, context)
     assert _peer_name(old) == "stig-server-one"
-    for name in ("pem", "key"):
-        shutil.copy(certs / f"server2.{name}", tmp_path / f"server.{name}")
-    if how == "refresh_certs":
-        assert old.send_recv(b"refresh_certs\r\n", b"\r\n") == b"OK\r\n"
-    else:
-        server.proc.send_signal(signal.SIGHUP)
+    _reload_the_second_certificate(server, old, certs, tmp_path, how)
     # Once a worker other than the one asked presents the new certificate ...
     asked = _tls_pid(old)
     found: dict[str, str] = {}

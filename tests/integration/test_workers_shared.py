@@ -1,10 +1,13 @@
 """What every worker of ``stig serve --workers 2`` shares (docs/workers.md,
 "The shared region"): the ``stats`` counters, summed whichever worker
-answers, the write budget (``--max-pending-bytes``) and its turns, and
-``--max-connections``.  Each test pins connections to chosen workers by
-their ``stig_worker_id`` stat."""
+answers, ``stats detail`` (one switch, one dump, one bound), the write
+budget (``--max-pending-bytes``) and its turns, and ``--max-connections``.
+Each test pins connections to chosen workers by their ``stig_worker_id``
+stat."""
 
 from __future__ import annotations
+
+import pytest
 
 from stig_testkit.waiting import wait_for, wait_for_stats
 from stig_testkit.workers import on_worker, stats_of
@@ -95,3 +98,86 @@ def test_max_connections_bounds_both_workers_together(stig_factory):
         assert conn.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
     for _ in range(4):  # whichever worker each lands on
         assert server.connect().recv_until(None) == b"ERROR Too many open connections\r\n"
+
+
+def test_stats_detail_is_one_switch_and_one_dump_for_both_workers(stig_factory):
+    """``stats detail on`` asked on worker 0 counts on worker 1 too, and a dump
+    on either worker lists both workers' prefixes with their counts summed
+    (memcached's format, doc/protocol.txt "stats detail"); ``off`` and
+    ``stats reset`` asked on one worker reach the other."""
+    server = stig_factory(*WORKERS)
+    zero, one = on_worker(server, 0), on_worker(server, 1)
+    assert zero.send_recv(b"stats detail on\r\n", b"\r\n") == b"OK\r\n"
+    assert stats_of(one, b"settings")["detail_enabled"] == "yes"
+    assert zero.send_recv(b"set a:1 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+    assert one.send_recv(b"set b:1 0 0 2\r\nyy\r\n", b"\r\n") == b"STORED\r\n"
+    assert one.send_recv(b"get a:1 a:2\r\n") == b"VALUE a:1 0 1\r\nx\r\nEND\r\n"
+    assert one.send_recv(b"delete a:3\r\n", b"\r\n") == b"NOT_FOUND\r\n"
+    assert zero.send_recv(b"get b:1\r\n") == b"VALUE b:1 0 2\r\nyy\r\nEND\r\n"
+    dump = b"PREFIX a get 2 hit 1 set 1 del 1\r\nPREFIX b get 1 hit 1 set 1 del 0\r\nEND\r\n"
+    for conn in (zero, one):
+        assert conn.send_recv(b"stats detail dump\r\n") == dump
+        stats = stats_of(conn)
+        assert (stats["stig_detail_prefixes"], stats["stig_detail_prefix_bytes"]) == ("2", "2")
+    assert one.send_recv(b"stats detail off\r\n", b"\r\n") == b"OK\r\n"
+    assert stats_of(zero, b"settings")["detail_enabled"] == "no"
+    zero.send_recv(b"get a:1 c:1\r\n")  # not counted
+    assert zero.send_recv(b"stats detail dump\r\n") == dump
+    assert one.send_recv(b"stats reset\r\n", b"\r\n") == b"RESET\r\n"
+    for conn in (zero, one):
+        assert conn.send_recv(b"stats detail dump\r\n") == b"END\r\n"
+        assert stats_of(conn)["stig_detail_prefixes"] == "0"
+
+
+def _count_gets(conn, keys: list[bytes]) -> None:
+    """``get`` every key, a few keys a line (each line under 2048 bytes)."""
+    lines, line = [], b"get"
+    for key in keys:
+        if len(line) + len(key) > 2000:
+            lines.append(line + b"\r\n")
+            line = b"get"
+        line += b" " + key
+    conn.send(b"".join(lines) + line + b"\r\n")
+    assert set(conn.barrier().split(b"\r\n")) == {b"END", b""}  # all misses
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_stats_detail_bound_is_the_servers(stig_factory, workers):
+    """The bound of ``stats detail`` (docs/workers.md): 65536 prefixes and
+    1 MiB of them for the whole server, the same on one process and on two
+    workers, whichever worker saw each prefix first; keys of a prefix past
+    the bound are not counted and are shown in ``stig_detail_uncounted``."""
+    server = stig_factory("--workers", workers)
+    conns = [on_worker(server, worker) for worker in range(max(int(workers), 1))]
+    settings = stats_of(conns[0], b"settings")
+    max_prefixes = int(settings["stig_detail_max_prefixes"])
+    max_bytes = int(settings["stig_detail_max_prefix_bytes"])
+    assert (max_prefixes, max_bytes) == (65536, 1 << 20)
+    assert conns[0].send_recv(b"stats detail on\r\n", b"\r\n") == b"OK\r\n"
+    # The number: short prefixes, half of them seen first by each worker.
+    keys = [b"%x:k" % j for j in range(max_prefixes + 3)]
+    for at, conn in enumerate(conns):
+        _count_gets(conn, keys[at :: len(conns)])
+    _count_gets(conns[-1], [b"0:k", b"zz:k"])  # a known prefix counts; a new one does not
+    for conn in conns:
+        stats = stats_of(conn)
+        assert int(stats["stig_detail_prefixes"]) == max_prefixes
+        assert int(stats["stig_detail_uncounted"]) == 4
+    dump = conns[0].send_recv(b"stats detail dump\r\n")
+    assert dump.count(b"\r\nPREFIX ") + 1 == max_prefixes
+    assert b"PREFIX 0 get 2 hit 0 set 0 del 0\r\n" in dump
+    assert b"PREFIX zz " not in dump
+    # The bytes: 248-byte prefixes (the longest a 250-byte key has), then one
+    # short enough for the room left.
+    assert conns[0].send_recv(b"stats reset\r\n", b"\r\n") == b"RESET\r\n"
+    fitting = max_bytes // 248
+    keys = [b"%0248d:k" % j for j in range(fitting + 1)]
+    for at, conn in enumerate(conns):
+        _count_gets(conn, keys[at :: len(conns)])
+    room = max_bytes - fitting * 248
+    _count_gets(conns[0], [b"r" * room + b":k", b"s:k"])
+    for conn in conns:
+        stats = stats_of(conn)
+        assert int(stats["stig_detail_prefixes"]) == fitting + 1
+        assert int(stats["stig_detail_prefix_bytes"]) == max_bytes
+        assert int(stats["stig_detail_uncounted"]) == 2
