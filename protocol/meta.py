@@ -61,7 +61,7 @@ from stig_protocol.meta_responses import (
 )
 from stig_protocol.meta_writer import encode_meta_request, encode_meta_response
 
-META_COMMAND_NAMES = frozenset({b"mg", b"ms", b"md", b"ma", b"mn", b"me"})
+META_COMMAND_NAMES: frozenset[bytes] = frozenset({b"mg", b"ms", b"md", b"ma", b"mn", b"me"})
 
 __all__ = [
     "EN",
