@@ -263,7 +263,7 @@ class SharedInFlight:
         if keys is None:
             return int(words[_PUBLISHED * workers + worker])
         newest = 0
-        stored = False
+        stored = not keys  # no key at all (a write of none): as before, the flush_all too
         base = _HEADER * workers + worker * SLOTS
         mask = SLOTS - 1
         crc32 = zlib.crc32
