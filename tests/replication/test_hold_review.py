@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for, wait_for_stats
 from stig_testkit.workers import on_worker, stats_of
@@ -61,3 +62,55 @@ def test_a_read_of_its_own_pov_ignores_another_workers_unreplicated_flush_all(
             b"SERVER_ERROR only 0 of --min-replica-acks 1 followers acknowledged within"
             b" 500 ms; the writes are committed here but may be lost with this server\r\n"
         ), reply
+
+
+def _resume(conn: RawConnection, seq: int, epoch: int) -> None:
+    """``conn`` becomes a follower that resumes after group ``seq`` (what a
+    follower with ``seq`` on disk sends when it reconnects): it counts as
+    acknowledging ``seq`` (stig/replication/sender.py)."""
+    reply = conn.send_recv(b"stig_replicate %d %d\r\n" % (seq, epoch), b"\r\n")
+    assert reply.startswith(b"REPLICATING "), reply
+
+
+def test_a_killed_workers_follower_is_not_counted_while_it_restarts(
+    stig_factory: Factory,
+) -> None:
+    """A follower streamed by worker 0 has group ``seq``; worker 0 is
+    SIGKILLed (the supervisor stopped: its restart comes late, as under
+    load) and the follower reconnects, landing on worker 1.  Its dead
+    connection's slot must not count any more: else it counts twice and
+    ``--min-replica-acks 2`` is met by one follower — a read on worker 1
+    returns a write that one follower has.  The slot was cleared only by
+    the successor, at its start."""
+    args = ("--min-replica-acks", "2", "--replica-ack-timeout-ms", "500")
+    primary = stig_factory("--workers", "2", *args, "--replication-open")
+    assert primary.proc is not None
+    dying, reader, reconnected = on_worker(primary, 0), on_worker(primary, 1), on_worker(primary, 1)
+    dying_pid = int(stats_of(dying)["pid"])
+    before = int(stats_of(reader)["replication_seq"])
+    reader.send(b"set k 0 0 3\r\nnew\r\n")  # committed; its reply waits for two followers
+    wait_for(
+        lambda: int(stats_of(reconnected)["replication_seq"]),
+        lambda now: now > before,
+        what="the write committed locally",
+    )
+    stats = stats_of(reconnected)
+    seq, epoch = int(stats["replication_seq"]), int(stats["replication_epoch"])
+    _resume(dying, seq, epoch)  # the follower, on worker 0, has the write
+    assert reader.recv_until(b"\r\n").startswith(b"SERVER_ERROR only 1 of")  # one follower
+    watcher = on_worker(primary, 1)
+    os.kill(primary.proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(dying_pid, signal.SIGKILL)
+        wait_for(
+            lambda: stats_of(watcher)["connected_replicas"],
+            lambda count: count == "0",
+            what="the killed worker's follower no longer counted",
+        )
+        _resume(reconnected, seq, epoch)  # the same follower, reconnected on worker 1
+        assert watcher.send_recv(b"get k\r\n", b"\r\n") == (
+            b"SERVER_ERROR only 1 of --min-replica-acks 2 followers acknowledged within"
+            b" 500 ms a write this read would see; nothing was read\r\n"
+        )
+    finally:
+        os.kill(primary.proc.pid, signal.SIGCONT)
