@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
+from stig_testkit.replicas import data_dir_has
 from stig_testkit.waiting import wait_for, wait_for_stats
 from stig_testkit.workers import on_worker, stats_of
 
@@ -114,3 +115,44 @@ def test_a_killed_workers_follower_is_not_counted_while_it_restarts(
         )
     finally:
         os.kill(primary.proc.pid, signal.SIGCONT)
+
+
+def _held(watcher: RawConnection, after: int) -> None:
+    """Until the worker of ``watcher`` has held one more read than ``after``."""
+    wait_for(
+        lambda: int(stats_of(watcher)["replication_read_waits"]),
+        lambda waits: waits == after + 1,
+        what="the read held back",
+    )
+
+
+def test_a_worker_killed_mid_hold_leaves_its_write_held_everywhere(stig_factory: Factory) -> None:
+    """Worker 0 commits a write the follower lacks and is SIGKILLed: the
+    write stays held on worker 1 (through worker 0's ``committed_seq``
+    word, which outlives it) and on worker 0's successor (its restart
+    rule), and both reads are answered once the follower has it."""
+    primary, follower = _pair(stig_factory, 60_000)
+    with _stopped(follower):
+        doomed = on_worker(primary, 0)
+        pid = int(stats_of(doomed)["pid"])
+        seq = int(stats_of(doomed)["replication_seq"])
+        doomed.send(b"set k 0 0 3\r\nnew\r\n")  # its reply waits for the follower
+        wait_for(
+            lambda: int(stats_of(on_worker(primary, 1))["replication_seq"]),
+            lambda now: now > seq,
+            what="the write committed locally",
+        )
+        os.kill(pid, signal.SIGKILL)
+        successor = on_worker(primary, 0, timeout=30.0)
+        assert int(stats_of(successor)["pid"]) != pid
+        readers = []
+        for worker in (1, 0):
+            reader, watcher = on_worker(primary, worker), on_worker(primary, worker)
+            waits = int(stats_of(watcher)["replication_read_waits"])
+            reader.send(b"get k\r\n")
+            _held(watcher, waits)
+            readers.append(reader)
+        assert not data_dir_has(follower.data_dir, b"k")
+    for reader in readers:
+        assert reader.recv_until(b"END\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+    assert data_dir_has(follower.data_dir, b"k")
