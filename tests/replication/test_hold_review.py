@@ -156,3 +156,26 @@ def test_a_worker_killed_mid_hold_leaves_its_write_held_everywhere(stig_factory:
     for reader in readers:
         assert reader.recv_until(b"END\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
     assert data_dir_has(follower.data_dir, b"k")
+
+
+def test_another_workers_unreplicated_flush_all_holds_every_key(stig_factory: Factory) -> None:
+    """A flush_all on worker 0 that the follower lacks holds a read on
+    worker 1 of a key written long before (through worker 0's ``cleared``
+    word): the miss is answered only once the follower has the flush."""
+    primary, follower = _pair(stig_factory, 60_000)
+    flusher, reader, watcher = on_worker(primary, 0), on_worker(primary, 1), on_worker(primary, 1)
+    assert reader.send_recv(b"set old 0 0 1\r\nv\r\n", b"\r\n") == b"STORED\r\n"
+    with _stopped(follower):
+        seq = int(stats_of(watcher)["replication_seq"])
+        flusher.send(b"flush_all\r\n")  # its reply waits for the follower
+        wait_for(
+            lambda: int(stats_of(watcher)["replication_seq"]),
+            lambda now: now > seq,
+            what="the flush_all committed locally",
+        )
+        waits = int(stats_of(watcher)["replication_read_waits"])
+        reader.send(b"get old\r\n")
+        _held(watcher, waits)
+        assert data_dir_has(follower.data_dir, b"old")
+    assert reader.recv_until(b"END\r\n") == b"END\r\n"
+    assert not data_dir_has(follower.data_dir, b"old")
