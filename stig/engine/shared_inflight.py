@@ -355,6 +355,11 @@ class SharedInFlight:
                 blocking = seq
         return blocking
 
+    def header(self) -> bytes:
+        """Every worker's words before the slots, as they are now (a held
+        read looks again only when they moved: stig/engine/replica_hold.py)."""
+        return self._words[: _HEADER * self.workers].tobytes()
+
     def clear_for(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()
     ) -> bool:
