@@ -12,8 +12,9 @@ as unsigned 64-bit words:
   workers' groups from it);
 * per worker, :data:`SLOTS_PER_WORKER` follower slots of
   :data:`SLOT_WORDS` words — ``live`` (1 while a follower streams from it),
-  ``acked`` (its last ``ACK``), two spare — written only by that worker,
-  read by all;
+  ``acked`` (its last ``ACK``), two spare — written only by that worker
+  (and cleared by the writer when the worker's link ends: it died, its
+  streams with it), read by all;
 * per worker, :data:`COUNTERS` words of counters for ``stats``
   (``replication_ack_timeouts``, ``replication_snapshots_sent``), written
   only by that worker and summed by whoever answers ``stats``, and the
