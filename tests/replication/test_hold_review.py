@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
@@ -179,3 +180,63 @@ def test_another_workers_unreplicated_flush_all_holds_every_key(stig_factory: Fa
         assert data_dir_has(follower.data_dir, b"old")
     assert reader.recv_until(b"END\r\n") == b"END\r\n"
     assert not data_dir_has(follower.data_dir, b"old")
+
+
+def _writer_pid(server: StigProcess) -> int:
+    """The writer: the supervisor's child that runs ``_writer``."""
+    assert server.proc is not None
+    parent = server.proc.pid
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        if b"_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError("no writer process")
+
+
+def _new_worker(server: StigProcess, worker: int, old: set[int]) -> RawConnection | None:
+    """A connection on worker ``worker`` if it is not one of the ``old``
+    processes (None: the old one still, or one closing as the group restarts)."""
+    try:
+        conn = on_worker(server, worker, timeout=30.0)
+        if int(stats_of(conn)["pid"]) not in old:
+            return conn
+    except (ConnectionError, TimeoutError):
+        pass
+    return None
+
+
+def test_a_writer_killed_mid_hold_leaves_the_write_held_on_every_worker(
+    stig_factory: Factory,
+) -> None:
+    """The writer is SIGKILLed after committing a write the follower lacks:
+    the supervisor restarts it and every worker (a new shared table: the
+    ``committed_seq`` and ``replicated`` words start at zero), and every new
+    worker holds the write (the restart rule) until the follower has it."""
+    primary, follower = _pair(stig_factory, 60_000)
+    with _stopped(follower):
+        writer_side = on_worker(primary, 0)
+        old_pids = {int(stats_of(on_worker(primary, w))["pid"]) for w in (0, 1)}
+        seq = int(stats_of(writer_side)["replication_seq"])
+        writer_side.send(b"set k 0 0 3\r\nnew\r\n")  # its reply waits for the follower
+        wait_for(
+            lambda: int(stats_of(on_worker(primary, 1))["replication_seq"]),
+            lambda now: now > seq,
+            what="the write committed locally",
+        )
+        os.kill(_writer_pid(primary), signal.SIGKILL)
+        readers = []
+        for worker in (0, 1):
+            watcher = wait_for(
+                lambda worker=worker: _new_worker(primary, worker, old_pids),
+                lambda conn: conn is not None,
+                what="the worker restarted",
+            )
+            assert watcher is not None
+            reader = on_worker(primary, worker)
+            waits = int(stats_of(watcher)["replication_read_waits"])
+            reader.send(b"get k\r\n")
+            _held(watcher, waits)
+            readers.append(reader)
+        assert not data_dir_has(follower.data_dir, b"k")
+    for reader in readers:
+        assert reader.recv_until(b"END\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+    assert data_dir_has(follower.data_dir, b"k")
