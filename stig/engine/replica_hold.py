@@ -369,28 +369,47 @@ class ReplicaHold:
         self.waits += 1
         give_up = trio.current_time() + self._timeout
         self._waiting += 1
+        look = self._look()
         try:
+            # Not past the bound after the write it waits for was committed.
+            seq = 0 if keys is None else self._blocking_seq(keys, own)
+            deadline = min(give_up, self._since.get(seq, give_up) + self._timeout)
             while True:
-                # Not past the bound after the write it waits for was committed.
-                seq = 0 if keys is None else self._blocking_seq(keys, own)
-                deadline = min(give_up, self._since.get(seq, give_up) + self._timeout)
                 # --workers N: the ACKs other workers hear are looked at again
                 # every POLL_SECONDS (stig/engine/shared_replicas.py).
                 wake = deadline if self._hub.shared is None else trio.current_time() + POLL_SECONDS
+                woken = False
                 with trio.move_on_at(min(deadline, wake)):
                     await self._changed.wait()
+                    woken = True
                 if self._hub.shared is not None:
                     self._acked()
-                # A key whose own write committed meanwhile is read from the
-                # store: the writes to it in flight when the read began too.
-                if self._readable(keys, own) and in_flight.left_pov_clear(marks, own):
-                    return
+                # Its keys are looked at again only if something they depend
+                # on moved: a poll that finds nothing new costs no pass over
+                # them (a held read of thousands of keys, every millisecond).
+                now = self._look()
+                if woken or now != look or trio.current_time() >= deadline:
+                    look = now
+                    # A key whose own write committed meanwhile is read from the
+                    # store: the writes to it in flight when the read began too.
+                    if self._readable(keys, own) and in_flight.left_pov_clear(marks, own):
+                        return
+                    seq = 0 if keys is None else self._blocking_seq(keys, own)
+                    deadline = min(give_up, self._since.get(seq, give_up) + self._timeout)
                 if trio.current_time() >= deadline:
                     break
         finally:
             self._waiting -= 1
         self.timeouts += 1
         raise NotReplicated(self._words(self._blocking_seq(keys, own), keys is None))
+
+    def _look(self) -> tuple[int, bytes]:
+        """What a held read's answer depends on besides this worker's own
+        events (which set ``_changed``): the followers' ACKs and, with
+        workers, the other workers' words in the shared table (their slots
+        only grow: a newer write makes no read readable)."""
+        table = self._table
+        return self._acked_now(), b"" if table is None else table.header()
 
     def _words(self, seq: int, any_key: bool = False) -> str:
         """Why a read gave up: the acks it was missing."""

@@ -255,22 +255,30 @@ class SharedInFlight:
         own: Collection[bytes] | Mapping[bytes, object],
     ) -> int:
         """The newest number of ``worker`` a read of ``keys`` (None: any key;
-        not those in ``own``) may see: the key's slots, its flush_all."""
+        not those in ``own``) may see: the key's slots, its flush_all (only
+        if some key is read from the store: a read answered wholly from the
+        POV sees no other write, as on one process)."""
         words = self._words
         workers = self.workers
         if keys is None:
             return int(words[_PUBLISHED * workers + worker])
-        newest = int(words[_CLEARED * workers + worker])
+        newest = 0
+        stored = not keys  # no key at all (a write of none): as before, the flush_all too
         base = _HEADER * workers + worker * SLOTS
         mask = SLOTS - 1
         crc32 = zlib.crc32
         for key in keys:
             if key in own:
                 continue
+            stored = True
             number = words[base + (crc32(key) & mask)]
             if number > newest:
                 newest = number
-        return newest
+        if stored:
+            cleared = int(words[_CLEARED * workers + worker])
+            if cleared > newest:
+                newest = cleared
+        return int(newest)
 
     def _pending(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object]
@@ -346,6 +354,11 @@ class SharedInFlight:
             elif seq > blocking:
                 blocking = seq
         return blocking
+
+    def header(self) -> bytes:
+        """Every worker's words before the slots, as they are now (a held
+        read looks again only when they moved: stig/engine/replica_hold.py)."""
+        return self._words[: _HEADER * self.workers].tobytes()
 
     def clear_for(
         self, keys: Sequence[bytes] | None, own: Collection[bytes] | Mapping[bytes, object] = ()

@@ -12,8 +12,9 @@ as unsigned 64-bit words:
   workers' groups from it);
 * per worker, :data:`SLOTS_PER_WORKER` follower slots of
   :data:`SLOT_WORDS` words — ``live`` (1 while a follower streams from it),
-  ``acked`` (its last ``ACK``), two spare — written only by that worker,
-  read by all;
+  ``acked`` (its last ``ACK``), two spare — written only by that worker
+  (and cleared by the writer when the worker's link ends: it died, its
+  streams with it), read by all;
 * per worker, :data:`COUNTERS` words of counters for ``stats``
   (``replication_ack_timeouts``, ``replication_snapshots_sent``), written
   only by that worker and summed by whoever answers ``stats``, and the
@@ -133,8 +134,15 @@ class SharedReplicas:
 
     def clear_mine(self) -> None:
         """This worker starts: none of its slots is live (a predecessor's are not)."""
+        self.clear_worker(self.me)
+
+    def clear_worker(self, worker: int) -> None:
+        """None of worker ``worker``'s slots is live: it started, or it died
+        (the writer, at its link's end: its followers' streams died with it,
+        and one that reconnects on another worker must not count twice
+        before a successor starts)."""
         for index in range(SLOTS_PER_WORKER):
-            self._words[self._base(self.me * SLOTS_PER_WORKER + index) + _LIVE] = 0
+            self._words[self._base(worker * SLOTS_PER_WORKER + index) + _LIVE] = 0
 
     def claim(self) -> int | None:
         """A free slot of this worker's, now live with nothing acknowledged;

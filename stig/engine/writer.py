@@ -285,6 +285,8 @@ def serve(
                 if jobs is None:
                     selector.unregister(link.sock)
                     link.ended = True
+                    if replicas is not None:  # its followers' streams ended with it
+                        replicas.clear_worker(link.worker)
                     ended.append(link)
                     continue
                 for job in jobs:
