@@ -31,6 +31,12 @@ NAME = "single_process"
 SINGLE_PROCESS_ARGS = ("--workers", "0")
 #: The prefix of a reason that is work in progress (unmark the test later).
 NOT_YET = "not yet with workers: "
+#: Reasons several tests give.
+REFUSAL_PER_WORKER = NOT_YET + "writes refused (disk full, disk error, map full) is per worker"
+FIGURES_AS_OF_COMMIT = (
+    NOT_YET + "another worker's held snapshots, renewals and stalled reads in stats "
+    "are as of its last commit"
+)
 #: The line that registers the marker (pytest's ``markers`` setting).
 DESCRIPTION = (
     f"{NAME}(reason): start this test's servers with --workers 0 (one process), "

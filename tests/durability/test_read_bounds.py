@@ -25,7 +25,7 @@ import threading
 import pytest
 
 from stig_protocol.binary import Opcode, decode_response, encode_request
-from stig_testkit import flood
+from stig_testkit import flood, single_process
 from stig_testkit.process import CODE_ROOT
 
 #: --max-reply-bytes (1 MiB) of replies waiting, one item being written
@@ -176,6 +176,7 @@ def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str
 
 
 @pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.single_process(single_process.FIGURES_AS_OF_COMMIT)
 def test_a_run_held_past_its_age_bound_goes_on_from_a_new_snapshot(stig_factory, name) -> None:
     # The stall passes --max-snapshot-age-ms: the snapshot is released, and the
     # read goes on from a new one at its next key.  Each part is consistent:
