@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
-import pytest
 from opstools import run_stig
 
 from stig_testkit.process import StigProcess
@@ -71,7 +70,6 @@ DAMAGES = {
 }
 
 
-@pytest.mark.single_process("not yet with workers: a follower (--replica-of)")
 def test_check_reports_each_damage_to_the_replication_log(
     stig_factory: Callable[..., StigProcess], tmp_path: Path
 ) -> None:
