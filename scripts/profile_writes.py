@@ -133,7 +133,10 @@ class ProfiledStig(StigProcess):
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "stig_testkit.profiled_server", *super().command[3:]]
+        # One process, whatever the default or $STIG_TEST_SERVE_ARGS: the
+        # figures are its event loop's thread and its commit thread.
+        serve = [*super().command[3:], "--workers", "0"]
+        return [sys.executable, "-m", "stig_testkit.profiled_server", *serve]
 
     def _signal(self, signum: int, appears: Path) -> None:
         assert self.proc is not None

@@ -50,6 +50,27 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, …), from ``/proc``."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as file:
+                    children = [int(word) for word in file.read().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
 class ServerFailed(AssertionError):
     """The server did not start or did not stop as expected."""
 
@@ -159,6 +180,20 @@ class StigProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(STOP_TIMEOUT)
+
+    def kill_every_process(self) -> None:
+        """SIGKILL the server and every process it started, in one go, as a
+        power cut stops them (without waiting).  With ``--workers`` the
+        children die with their supervisor anyway, but a moment later: a
+        writer still running then commits (docs/workers.md)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def terminate(self, expect_code: int | None = 0) -> int:
         """SIGTERM: a clean shutdown; by default the exit code must be 0."""

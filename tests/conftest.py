@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from stig_testkit import single_process
+
 # Re-exported for tests that still say ``from conftest import ...``; new
 # tests import them from stig_testkit.
 from stig_testkit.connections import IO_TIMEOUT, BinaryConnection, RawConnection  # noqa: F401
@@ -47,6 +49,30 @@ settings.load_profile(
 )
 
 REPO = Path(__file__).resolve().parent.parent
+_MARKED = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", single_process.DESCRIPTION)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_MARKED] = single_process.summary(session.items)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the tests that ran their servers as one process, and why."""
+    lines = terminalreporter.config.stash.get(_MARKED, [])
+    if lines:
+        terminalreporter.section("servers run as one process (single_process marker)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(autouse=True)
+def _single_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked ``single_process`` starts its servers with ``--workers 0``."""
+    single_process.apply(request.node, monkeypatch)
 
 
 @pytest.fixture

@@ -138,6 +138,8 @@ def run(settings: Settings, on_ready: object = None) -> int:
         supervisor.close_listeners()
         store.close()
         lock.release()
+        # Every child has ended: the writer and the workers closed theirs.
+        log.info("stig stopped; LMDB closed")
 
 
 class _Supervisor:
@@ -285,6 +287,9 @@ class _Supervisor:
     def serve(self) -> int:
         """Start everything, then handle deaths and signals until every child has ended."""
         settings = self.settings
+        # The same words as one process (stig/server/listeners.py): the
+        # service manager hears what the server does, whatever its shape.
+        self.notifier.notify({"STATUS": f"starting: data in {settings.data_dir}"})
         self._start_group()
         deadline: float | None = time.monotonic() + START_SECONDS
         ready = 0
@@ -348,7 +353,9 @@ class _Supervisor:
     def _forward(self, signum: int, _frame: object) -> None:
         if not self.stopping:
             name = signal.Signals(signum).name
-            self.notifier.notify({"STOPPING": "1", "STATUS": f"stopping: {name}"})
+            grace = self.settings.shutdown_grace_ms / 1000
+            status = f"stopping on {name}: the connections get up to {grace:g} s to finish"
+            self.notifier.notify({"STOPPING": "1", "STATUS": status})
         self.stopping = True
         self.close_listeners()  # new connections are refused from now on
         self._pass_on(signum, _frame)

@@ -5,7 +5,6 @@ SIGKILLs Stig *and* cuts the power."""
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 
 from stig_testkit.crashrig import MOUNT_TIMEOUT, LazyMount, fuse_unavailable
@@ -21,7 +20,7 @@ def cut_under(mount: LazyMount, server: StigProcess) -> Callable[[], None]:
 
     def crash() -> None:
         assert server.proc is not None
-        server.proc.send_signal(signal.SIGKILL)
+        server.kill_every_process()  # a worker must not answer from the cut disk
         mount.cut()
         server.proc.wait(MOUNT_TIMEOUT)
 

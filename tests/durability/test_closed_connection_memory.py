@@ -18,6 +18,8 @@ from __future__ import annotations
 import socket
 import struct
 
+import pytest
+
 from stig_testkit.flood import wait_until_sending_stops
 from stig_testkit.waiting import wait_for_stats
 
@@ -49,6 +51,7 @@ class _PatientStats:
         }
 
 
+@pytest.mark.single_process("measures the memory (RSS) of the server's one process")
 def test_the_replies_of_clients_that_left_are_freed_at_once(stig_server):
     assert stig_server.proc is not None
     pid = stig_server.proc.pid

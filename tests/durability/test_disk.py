@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import resource
 
+import pytest
+
+from stig_testkit import single_process
+
 VALUE = b"v" * 100_000
 
 
@@ -30,6 +34,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_a_full_disk_refuses_writes_keeps_reads_and_corrupts_nothing(stig_factory):
     server = stig_factory("--durable-acks")
     server.preexec_fn = _limit_file_size

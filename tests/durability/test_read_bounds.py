@@ -25,7 +25,7 @@ import threading
 import pytest
 
 from stig_protocol.binary import Opcode, decode_response, encode_request
-from stig_testkit import flood
+from stig_testkit import flood, single_process
 from stig_testkit.process import CODE_ROOT
 
 #: --max-reply-bytes (1 MiB) of replies waiting, one item being written
@@ -176,6 +176,7 @@ def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str
 
 
 @pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.single_process(single_process.FIGURES_AS_OF_COMMIT)
 def test_a_run_held_past_its_age_bound_goes_on_from_a_new_snapshot(stig_factory, name) -> None:
     # The stall passes --max-snapshot-age-ms: the snapshot is released, and the
     # read goes on from a new one at its next key.  Each part is consistent:
@@ -280,6 +281,10 @@ def _binary_answers(reply: bytes) -> list[tuple[int, int, bytes]]:
 
 
 @pytest.mark.parametrize("protocol", ["meta", "binary"])
+@pytest.mark.single_process(
+    "the map grows in the writer process: a worker that commits nothing meanwhile"
+    " keeps its snapshot, so the run may end uninterrupted"
+)
 def test_a_streamed_run_ends_cleanly_when_the_map_grows_under_it(stig_factory, protocol):
     """Growing the LMDB map ends the snapshot a streamed run holds: every
     command of the run is still answered once, in order — from the snapshot,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stig_protocol.binary_codes import Opcode, Status
+from stig_testkit import single_process
 from stig_testkit.certs import self_signed_cert
 from stig_testkit.connections import BinaryConnection, RawConnection
 from stig_testkit.faulty import FaultyStig, faulty_servers
@@ -453,6 +454,7 @@ def _writes_come_back(server: FaultyStig) -> None:
 
 
 @pytest.mark.parametrize("fault", sorted(DISK_FAULTS))
+@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_an_acknowledged_write_lost_to_the_disk_is_reported_then_writes_are_refused(faulty, fault):
     server = faulty()
     assert server.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
@@ -468,6 +470,7 @@ def test_an_acknowledged_write_lost_to_the_disk_is_reported_then_writes_are_refu
 
 
 @pytest.mark.parametrize("fault", sorted(DISK_FAULTS))
+@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_under_durable_acks_the_failed_write_is_never_called_acknowledged(faulty, fault):
     server = faulty("--durable-acks")
     assert server.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
@@ -495,6 +498,7 @@ def test_a_binary_write_that_fails_on_a_full_disk_is_not_called_acknowledged(fau
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["pov-acks", "durable-acks"])
+@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_deletes_go_on_while_writes_are_refused_and_bring_them_back(faulty, monkeypatch, durable):
     """A delete frees space, but needs pages of its own: it answers once
     committed — its error if the disk refuses it too, and the connection goes
@@ -527,6 +531,7 @@ def test_deletes_go_on_while_writes_are_refused_and_bring_them_back(faulty, monk
     _writes_come_back(server)
 
 
+@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_a_map_that_cannot_grow_refuses_writes_as_map_full(faulty):
     """The map fills (1 MiB) and growing it fails (no address space): writes
     are refused as 'database map full'; once it can grow, a probe grows it."""
@@ -562,6 +567,7 @@ def _set_and_barrier(conn: RawConnection, key: bytes, value: bytes) -> bytes:
     return reply + conn.recv_until(b"\r\n")
 
 
+@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_once_writes_are_refused_a_run_accepted_before_is_acknowledged_only_on_disk(faulty):
     """A quiet run recorded before the disk filled, closed after: in the
     default mode the reply that closes it would acknowledge it at once; once

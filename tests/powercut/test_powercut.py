@@ -95,6 +95,9 @@ def test_acknowledged_writes_survive_power_cuts(powercut_runs, protocol):
 
 
 @pytest.mark.parametrize("broken", ["nosync", "ackearly"])
+@pytest.mark.single_process(
+    "stig_testkit.broken_stig breaks its own process only (lmdb.open wrapped, options edited)"
+)
 def test_the_suite_fails_against_a_broken_stig(tmp_path, broken):
     """Self-check (stig_testkit/broken_stig.py): LMDB opened with sync=False,
     or replies sent before the commit (--durable-acks dropped), must be caught."""

@@ -1,0 +1,40 @@
+"""The ``single_process`` marker (stig_testkit/single_process.py): a marked
+test's servers are one process whatever shape the suite runs in, and an
+unmarked test's servers are in that shape.
+
+Run it with ``STIG_TEST_SERVE_ARGS="--workers 2"`` to see both sides: the
+marked test's server answers ``stig_workers 0``, the unmarked one ``2``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from stig_testkit import process
+from stig_testkit.process import StigProcess
+from stig_testkit.workers import stats_of
+
+
+def _workers_asked(*args: str) -> str:
+    """The ``--workers`` that ``stig serve`` takes from ``args`` (the last wins)."""
+    workers = "0"
+    for index, arg in enumerate(args[:-1]):
+        if arg == "--workers":
+            workers = args[index + 1]
+    return workers
+
+
+@pytest.mark.single_process("this test checks the marker itself")
+def test_a_marked_test_starts_one_process(stig_server: StigProcess) -> None:
+    assert stats_of(stig_server.connect())["stig_workers"] == "0"
+
+
+@pytest.mark.single_process("this test checks the marker itself")
+def test_a_marked_test_keeps_its_own_workers_option(stig_factory) -> None:
+    server = stig_factory("--workers", "1")
+    assert stats_of(server.connect())["stig_workers"] == "1"
+
+
+def test_an_unmarked_test_runs_in_the_suites_shape(stig_server: StigProcess) -> None:
+    expected = _workers_asked(*process.SERVE_ARGS)
+    assert stats_of(stig_server.connect())["stig_workers"] == expected
