@@ -33,7 +33,7 @@ import trio
 
 from stig.engine.group_commit import Failed, failed
 from stig.engine.writer import LENGTH, PROBE_FAILED, WriterState, decode_results, frame
-from stig.storage.ops import Op, Put
+from stig.storage.ops import Op, Put, PutRun
 from stig.storage.replog import Fence, ImplausibleEpoch, LogState
 from stig.storage.store import Applied, Store
 
@@ -233,7 +233,7 @@ class WriterLink:
         ``numbers``, ``afters``: each run's submission number and the other
         workers' runs it must follow (``--workers N``, stig/engine/shared_inflight.py)."""
         assert self.state is not None
-        job = frame_group(("g", [list(ops) for ops in batches], numbers, afters))
+        job = frame_group(("g", [PutRun.of(ops) or list(ops) for ops in batches], numbers, afters))
         while True:
             before = self.state.last_txnid
             try:
