@@ -77,6 +77,22 @@ def frame_group(message: tuple[Any, ...]) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
+#: Runs of plain sets this long or longer cross as columns (:class:`PutRun`):
+#: measured per set, worker + writer, columns against ``Put`` records: 4.28
+#: vs 3.05 µs in runs of 1 (a POV-acked set), 1.04 vs 1.79 in runs of 4,
+#: 0.33 vs 2.59 in runs of 1,000.
+COLUMNS_FROM = 4
+
+
+def _as_sent(ops: Sequence[Op]) -> Sequence[Op]:
+    """A run as the writer is sent it: columns for a long run of plain sets."""
+    if len(ops) >= COLUMNS_FROM:
+        run = PutRun.of(ops)
+        if run is not None:
+            return run
+    return list(ops)
+
+
 class WriterDied(Exception):
     """The writer process's socket reached end of file."""
 
@@ -233,7 +249,7 @@ class WriterLink:
         ``numbers``, ``afters``: each run's submission number and the other
         workers' runs it must follow (``--workers N``, stig/engine/shared_inflight.py)."""
         assert self.state is not None
-        job = frame_group(("g", [PutRun.of(ops) or list(ops) for ops in batches], numbers, afters))
+        job = frame_group(("g", [_as_sent(ops) for ops in batches], numbers, afters))
         while True:
             before = self.state.last_txnid
             try:

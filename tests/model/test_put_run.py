@@ -17,7 +17,7 @@ import pickle
 from pathlib import Path
 
 from stig.engine.writer import LENGTH
-from stig.engine.writer_link import frame_group
+from stig.engine.writer_link import COLUMNS_FROM, _as_sent, frame_group
 from stig.storage.ops import Add, Op, Put, PutRun, Remove
 from stig.storage.store import Store
 
@@ -70,6 +70,13 @@ def test_only_plain_sets_become_columns() -> None:
     assert run is not None
     assert list(run) == [Put(b"a", b"1", 0), Put(b"b", b"2", 3)]
     assert run[-1] == Put(b"b", b"2", 3) and list(run[1:]) == [Put(b"b", b"2", 3)]
+
+
+def test_only_long_runs_cross_as_columns() -> None:
+    assert _as_sent([Put(b"a", b"1", 0)] * (COLUMNS_FROM - 1)) == [Put(b"a", b"1", 0)] * (
+        COLUMNS_FROM - 1
+    )
+    assert isinstance(_as_sent([Put(b"a", b"1", 0)] * COLUMNS_FROM), PutRun)
 
 
 def test_columns_cross_the_link_whole() -> None:
