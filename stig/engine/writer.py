@@ -120,9 +120,13 @@ def encode_results(results: Sequence[Applied | Failed]) -> list[tuple[Any, ...]]
             encoded.append((str(result), cause, result.error))
         else:
             outcomes, written = result
-            encoded.append(
-                (bytes([codes[o] for o in outcomes]), None if written is None else tuple(written))
-            )
+            if outcomes and outcomes.count(outcomes[0]) == len(outcomes):
+                # One outcome for the whole run (a run of sets: all STORED):
+                # no dict lookup per op (an Outcome's hash is a Python call).
+                code = bytes((codes[outcomes[0]],)) * len(outcomes)
+            else:
+                code = bytes([codes[o] for o in outcomes])
+            encoded.append((code, None if written is None else tuple(written)))
     return encoded
 
 
@@ -136,7 +140,7 @@ def decode_results(encoded: Sequence[tuple[Any, ...]]) -> list[Applied | Failed]
             results.append(failed(first, cause, rest[0]))
         else:
             written = None if second is None else Item(*second)
-            results.append(Applied([outcomes[code] for code in first], written))
+            results.append(Applied(list(map(outcomes.__getitem__, first)), written))
     return results
 
 

@@ -33,7 +33,7 @@ import trio
 
 from stig.engine.group_commit import Failed, failed
 from stig.engine.writer import LENGTH, PROBE_FAILED, WriterState, decode_results, frame
-from stig.storage.ops import Op, Put
+from stig.storage.ops import Op, Put, PutRun
 from stig.storage.replog import Fence, ImplausibleEpoch, LogState
 from stig.storage.store import Applied, Store
 
@@ -75,6 +75,22 @@ def frame_group(message: tuple[Any, ...]) -> bytes:
     pickler.dump(message)
     body = buffer.getvalue()
     return LENGTH.pack(len(body)) + body
+
+
+#: Runs of plain sets this long or longer cross as columns (:class:`PutRun`):
+#: measured per set, worker + writer, columns against ``Put`` records: 4.28
+#: vs 3.05 µs in runs of 1 (a POV-acked set), 1.04 vs 1.79 in runs of 4,
+#: 0.33 vs 2.59 in runs of 1,000.
+COLUMNS_FROM = 4
+
+
+def _as_sent(ops: Sequence[Op]) -> Sequence[Op]:
+    """A run as the writer is sent it: columns for a long run of plain sets."""
+    if len(ops) >= COLUMNS_FROM:
+        run = PutRun.of(ops)
+        if run is not None:
+            return run
+    return list(ops)
 
 
 class WriterDied(Exception):
@@ -233,7 +249,7 @@ class WriterLink:
         ``numbers``, ``afters``: each run's submission number and the other
         workers' runs it must follow (``--workers N``, stig/engine/shared_inflight.py)."""
         assert self.state is not None
-        job = frame_group(("g", [list(ops) for ops in batches], numbers, afters))
+        job = frame_group(("g", [_as_sent(ops) for ops in batches], numbers, afters))
         while True:
             before = self.state.last_txnid
             try:

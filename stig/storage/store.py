@@ -28,7 +28,7 @@ import lmdb
 from stig.storage import replog
 from stig.storage.dirlock import FILE_MODE, DirLock
 from stig.storage.held import MAP_GREW, HeldReads
-from stig.storage.ops import Op, Outcome, Put
+from stig.storage.ops import Op, Outcome, Put, PutRun
 from stig.storage.records import HEADER, Item, decode, encode
 from stig.storage.replog import CLEAR_EFFECT, EFFECT, PUT, LogBounds, LogState
 
@@ -157,6 +157,22 @@ class _WriteView:
         effects = self.effects
         effect = _EFFECT_PACK
         for ops in batches:
+            if ops.__class__ is PutRun:
+                # A run of plain sets as columns (from the writer's link):
+                # the same puts as below, without an op to look at per set.
+                keys, values = ops.keys, ops.values
+                for key, value, flags in zip(keys, values, ops.flags, strict=True):
+                    cas += 1
+                    record = pack(flags, cas, 0) + value
+                    old = replace(key, record, db=items)
+                    delta += len(value) if old is None else len(value) + 13 - len(old)
+                    if effects is not None:
+                        effects += (effect(PUT, len(key), len(record)), key, record)
+                written_run = None
+                if keys:
+                    written_run = Item(values[-1], ops.flags[-1], cas, 0)
+                results.append(Applied([stored] * len(keys), written_run))
+                continue
             outcomes: list[Outcome] = []
             append = outcomes.append
             fast_last = False  # whether the run's latest op took the fast path
