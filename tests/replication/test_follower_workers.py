@@ -235,3 +235,24 @@ def test_fence_with_workers_stops_every_workers_writes(stig_factory: Factory) ->
     )
     for worker in (0, 1):  # (the refused follower's connection is closed)
         assert stats_of(on_worker(server, worker))["replication_fenced_epoch"] == "3"
+
+
+def test_a_restarted_stream_worker_still_fences_the_former_primary(stig_factory: Factory) -> None:
+    """Promoted while the former primary is down: worker 0 tells it of the
+    new epoch once it is back, even if worker 0 was restarted meanwhile
+    (a dead worker takes the promotion as it starts, the fence too)."""
+    primary = stig_factory(OPEN)
+    _groups(primary, 0, 2)
+    follower = _pair(primary, stig_factory, OPEN)
+    caught_up(follower, primary)
+    port = primary.port
+    primary.kill()  # the primary's machine dies; worker 0 cannot fence it yet
+    one = on_worker(follower, 1)
+    assert one.send_recv(b"stig_promote\r\n", b"\r\n").startswith(b"PROMOTED 2 ")
+    old = _worker0_pid(follower)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: _worker0_pid(follower), lambda pid: pid != old, 30.0, "worker 0 replaced")
+    primary.start(OPEN, "--port", str(port))  # back, on its address
+    wait_for_stats(
+        primary, lambda s: s["replication_fenced"] == "1", 30.0, "the old primary fenced"
+    )
