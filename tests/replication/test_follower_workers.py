@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
+import pytest
 
 from stig_testkit.connections import RawConnection
+from stig_testkit.faulty import FaultyStig, faulty_servers
 from stig_testkit.process import StigProcess
 from stig_testkit.replicas import caught_up
 from stig_testkit.waiting import wait_for, wait_for_stats
 from stig_testkit.workers import on_worker, stats_of, writer_pid
 
 Factory = Callable[..., StigProcess]
+Faulty = Callable[..., FaultyStig]
 OPEN = "--replication-open"
 WORKERS = ("--workers", "2")
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Faulty]:
+    """Servers run through stig_testkit.fault_server (their own folder)."""
+    (tmp_path / "faulty").mkdir()
+    yield from faulty_servers(tmp_path / "faulty", monkeypatch)
 
 
 def _records(data_dir: Path, name: bytes = b"items") -> dict[bytes, bytes]:
@@ -256,3 +266,39 @@ def test_a_restarted_stream_worker_still_fences_the_former_primary(stig_factory:
     wait_for_stats(
         primary, lambda s: s["replication_fenced"] == "1", 30.0, "the old primary fenced"
     )
+
+
+def _roles(server: StigProcess) -> list[str]:
+    """Each worker's ``replication_role`` (a worker being restarted: ``?``)."""
+    roles = []
+    for worker in (0, 1):
+        try:
+            conn = on_worker(server, worker)
+            roles.append(stats_of(conn)["replication_role"])
+            conn.close()
+        except (AssertionError, OSError):
+            roles.append("?")
+    return roles
+
+
+def test_a_writer_killed_just_after_the_promotions_epoch_leaves_a_primary(
+    stig_factory: Factory, faulty: Faulty
+) -> None:
+    """The writer stores the new epoch and dies before it tells the workers
+    (the role words): the server began epoch 2, so it must come back a
+    primary, as the answer said, not a follower of epoch 2 that fences the
+    primary it follows (then nobody takes writes)."""
+    primary = stig_factory(OPEN)
+    _groups(primary, 0, 2)
+    follower = faulty(*WORKERS, OPEN, "--replica-of", _address(primary))
+    caught_up(follower, primary)
+    old_writer = writer_pid(follower)
+    follower.set_fault("kill-after-epoch")
+    one = on_worker(follower, 1)
+    reply = one.send_recv(b"stig_promote\r\n", b"\r\n")
+    assert reply.startswith(b"PROMOTED 2 "), reply
+    wait_for(
+        lambda: _writer_pid(follower), lambda pid: pid not in (0, old_writer), 30.0, "a new writer"
+    )
+    wait_for(lambda: _roles(follower), lambda r: r == ["primary", "primary"], 30.0, "primaries")
+    assert follower.send_recv(b"set after 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
