@@ -302,3 +302,33 @@ def test_a_writer_killed_just_after_the_promotions_epoch_leaves_a_primary(
     )
     wait_for(lambda: _roles(follower), lambda r: r == ["primary", "primary"], 30.0, "primaries")
     assert follower.send_recv(b"set after 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a group restart drops --replica-of after a promotion, and with it the"
+    " former primary's address: nobody tells it of the new epoch (not built)",
+)
+def test_a_group_restart_after_a_promotion_still_fences_the_former_primary(
+    stig_factory: Factory,
+) -> None:
+    """Promoted while the former primary is down, then the writer dies (the
+    supervisor restarts the whole group): once the former primary is back
+    it must hear of the new epoch, as after a single worker's restart."""
+    primary = stig_factory(OPEN)
+    _groups(primary, 0, 2)
+    follower = _pair(primary, stig_factory, OPEN)
+    caught_up(follower, primary)
+    port = primary.port
+    primary.kill()
+    one = on_worker(follower, 1)
+    assert one.send_recv(b"stig_promote\r\n", b"\r\n").startswith(b"PROMOTED 2 ")
+    old_writer = writer_pid(follower)
+    os.kill(old_writer, signal.SIGKILL)
+    wait_for(
+        lambda: _writer_pid(follower), lambda pid: pid not in (0, old_writer), 30.0, "a new writer"
+    )
+    primary.start(OPEN, "--port", str(port))
+    wait_for_stats(
+        primary, lambda s: s["replication_fenced"] == "1", 30.0, "the old primary fenced"
+    )
