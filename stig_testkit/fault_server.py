@@ -35,6 +35,10 @@ named by ``STIG_FAULT_FILE``:
 * ``kill-mid-snapshot``: the process loading a follower's snapshot
   (:meth:`Store.load_snapshot`) SIGKILLs itself once it has read a record
   of it, before its transaction commits — once;
+* ``hold-start``: a worker of ``--workers N`` that starts (its shared
+  counters, :meth:`~stig.engine.shared_region.Region.start`, after it opened
+  the store) blocks until the file says something else, its
+  ``<STIG_FAULT_FILE>.held`` there meanwhile;
 * ``nogrow``: the LMDB map cannot grow: the address-space check of
   :meth:`Store.grow` fails as ``mmap`` does without room (ENOMEM), so a map
   that is full (start the server with a small ``--map-size``) stays full.
@@ -57,6 +61,7 @@ from pathlib import Path
 
 import lmdb
 
+from stig.engine.shared_region import Region
 from stig.storage import store as store_module
 from stig.storage.store import Store
 
@@ -163,6 +168,17 @@ def install(faults: Path) -> None:
 
         return load_snapshot(self, dying(records), *args)
 
+    region_start = Region.start
+
+    def faulty_region_start(self: Region) -> None:
+        if _fault(faults) == "hold-start":
+            held.touch()
+            while _fault(faults) == "hold-start":
+                time.sleep(0.01)
+            held.unlink()
+        region_start(self)
+
+    Region.start = faulty_region_start  # type: ignore[method-assign]
     Store.apply = faulty_apply  # type: ignore[method-assign]
     Store.begin_epoch = faulty_begin_epoch  # type: ignore[method-assign]
     Store.load_snapshot = faulty_load_snapshot  # type: ignore[method-assign]

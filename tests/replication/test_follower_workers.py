@@ -332,3 +332,36 @@ def test_a_group_restart_after_a_promotion_still_fences_the_former_primary(
     wait_for_stats(
         primary, lambda s: s["replication_fenced"] == "1", 30.0, "the old primary fenced"
     )
+
+
+def _on_worker_once_up(server: StigProcess, worker: int) -> RawConnection:
+    """A connection on ``worker``, waiting while it is being restarted."""
+
+    def attempt() -> RawConnection | None:
+        try:
+            return on_worker(server, worker)
+        except (AssertionError, OSError):
+            return None
+
+    conn = wait_for(attempt, lambda c: c is not None, 30.0, f"worker {worker} serving")
+    assert conn is not None
+    return conn
+
+
+def test_a_worker_starting_during_a_fence_refuses_writes(faulty: Faulty) -> None:
+    """A fence stored while a worker is being restarted (after it opened the
+    store, before it said which role change it has seen): the worker must
+    refuse writes once it serves, as the others do."""
+    server = faulty(*WORKERS, OPEN)
+    zero, one = _both(server)
+    old = int(stats_of(one)["pid"])
+    one.close()
+    held = Path(str(server.faults) + ".held")
+    server.set_fault("hold-start")
+    os.kill(old, signal.SIGKILL)
+    wait_for(held.exists, bool, 30.0, "the new worker 1 starting")
+    assert zero.send_recv(b"stig_fence 2\r\n", b"\r\n") == b"FENCED 2\r\n"
+    server.set_fault("")
+    one = _on_worker_once_up(server, 1)
+    reply = one.send_recv(b"set k 0 0 1\r\nw\r\n", b"\r\n")
+    assert reply.startswith(b"SERVER_ERROR fenced: a primary of epoch 2 exists"), reply
