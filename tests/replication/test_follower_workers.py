@@ -365,3 +365,36 @@ def test_a_worker_starting_during_a_fence_refuses_writes(faulty: Faulty) -> None
     one = _on_worker_once_up(server, 1)
     reply = one.send_recv(b"set k 0 0 1\r\nw\r\n", b"\r\n")
     assert reply.startswith(b"SERVER_ERROR fenced: a primary of epoch 2 exists"), reply
+
+
+def test_a_stale_old_primary_rejoins_a_promoted_follower_with_workers(
+    stig_factory: Factory,
+) -> None:
+    """The old primary wrote groups the follower never had, died, and comes
+    back as a follower of the promoted server (workers): its own groups are
+    discarded, it takes the new epoch's, and every worker's stats agree."""
+    primary = stig_factory(OPEN)
+    _groups(primary, 0, 2)
+    follower = _pair(primary, stig_factory, OPEN)
+    caught_up(follower, primary)
+    follower.terminate()  # it falls behind: the next groups are the old primary's alone
+    _groups(primary, 10, 3)
+    port = primary.port
+    primary.kill()
+    follower.start()
+    one = on_worker(follower, 1)
+    assert one.send_recv(b"stig_promote\r\n", b"\r\n").startswith(b"PROMOTED 2 ")
+    assert one.send_recv(b"set a 0 0 4\r\nnew!\r\n", b"\r\n") == b"STORED\r\n"
+    primary.start(OPEN, "--port", str(port), "--replica-of", _address(follower))
+    stats = caught_up(primary, follower)
+    assert (stats["replication_role"], stats["replication_epoch"]) == ("replica", "2")
+    assert int(stats["replication_groups_discarded"]) >= 1
+    assert primary.send_recv(b"get a b\r\n") == (
+        b"VALUE a 0 4\r\nnew!\r\nVALUE b 0 4\r\n0001\r\nEND\r\n"
+    )
+    assert _records(primary.data_dir) == _records(follower.data_dir)
+    for worker in (0, 1):
+        conn = on_worker(follower, worker)
+        stats = stats_of(conn)
+        assert (stats["replication_role"], stats["replication_epoch"]) == ("primary", "2")
+        assert stats["connected_replicas"] == "1"
