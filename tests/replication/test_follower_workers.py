@@ -431,3 +431,24 @@ def test_a_writer_killed_mid_snapshot_load_stores_nothing_of_it(
     stats = follower.stats()
     assert stats["replication_snapshots_loaded"] == "1"  # this group's: the one load
     assert _records(follower.data_dir) == _records(primary.data_dir)
+
+
+def test_two_promotes_at_once_on_two_workers_begin_one_epoch(stig_factory: Factory) -> None:
+    """``stig_promote`` on both workers at once (an impatient operator): one
+    epoch is begun, one answer says so, the other is refused; both workers
+    then take writes."""
+    primary = stig_factory(OPEN)
+    _groups(primary, 0, 2)
+    follower = _pair(primary, stig_factory, OPEN)
+    seq = int(caught_up(follower, primary)["replication_applied_seq"])
+    zero, one = _both(follower)
+    zero.send(b"stig_promote\r\n")
+    one.send(b"stig_promote\r\n")
+    replies = sorted([zero.recv_until(b"\r\n"), one.recv_until(b"\r\n")])
+    assert replies == [
+        b"PROMOTED 2 %d\r\n" % (seq + 1),
+        b"SERVER_ERROR this server is already a primary (epoch 2)\r\n",
+    ]
+    for index, conn in enumerate((zero, one)):
+        assert conn.send_recv(b"set w%d 0 0 1\r\nw\r\n" % index, b"\r\n") == b"STORED\r\n"
+        assert stats_of(conn)["replication_epoch"] == "2"
