@@ -452,3 +452,31 @@ def test_two_promotes_at_once_on_two_workers_begin_one_epoch(stig_factory: Facto
     for index, conn in enumerate((zero, one)):
         assert conn.send_recv(b"set w%d 0 0 1\r\nw\r\n" % index, b"\r\n") == b"STORED\r\n"
         assert stats_of(conn)["replication_epoch"] == "2"
+
+
+def test_a_restarted_stream_worker_keeps_the_servers_follower_counters(
+    stig_factory: Factory,
+) -> None:
+    """The worker holding the stream dies and is replaced: the server did
+    not restart, so its follower counters (``stats`` on any worker) go on
+    from where they were, never back."""
+    primary = stig_factory(OPEN)
+    _groups(primary, 0, 3)
+    follower = _pair(primary, stig_factory)
+    caught_up(follower, primary)
+    one = on_worker(follower, 1)
+    before = stats_of(one)
+    assert (before["replication_connects"], before["replication_snapshots_loaded"]) == ("1", "1")
+    old = _worker0_pid(follower)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: _worker0_pid(follower), lambda pid: pid != old, 30.0, "worker 0 replaced")
+    after = wait_for(
+        lambda: stats_of(one),
+        lambda s: s["replication_connected"] == "1",
+        30.0,
+        "the new worker 0 following",
+    )
+    assert int(after["replication_connects"]) == 2
+    assert after["replication_snapshots_loaded"] == "1"
+    assert int(after["replication_groups_applied"]) >= int(before["replication_groups_applied"])
+    assert after["replication_applied_seq"] == before["replication_applied_seq"]
