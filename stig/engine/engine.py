@@ -195,6 +195,11 @@ class Engine:
             self.follower = FollowerState(settings.replica_of)
             self.promoter.refusal.make_read_only(f"read-only replica of {settings.replica_of}")
             if self.holds_stream and self.shared_follower is not None:
+                # A restarted worker 0 goes on from its predecessor's counters
+                # (the server did not restart); not connected yet.
+                self.follower.load(self.shared_follower)
+                self.follower.connected = False
+                self.follower.pending_bytes = 0
                 self.follower.mirror = self.shared_follower
                 self.shared_follower.publish_all(self.follower)
         if self.follower is None and self.store.fenced:
