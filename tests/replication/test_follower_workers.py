@@ -385,7 +385,7 @@ def test_a_stale_old_primary_rejoins_a_promoted_follower_with_workers(
 ) -> None:
     """The old primary wrote groups the follower never had, died, and comes
     back as a follower of the promoted server (workers): its own groups are
-    discarded, it takes the new epoch's, and every worker's stats agree."""
+    gone, it takes the new epoch's, and every worker's stats agree."""
     primary = stig_factory(OPEN)
     _groups(primary, 0, 2)
     follower = _pair(primary, stig_factory, OPEN)
@@ -399,9 +399,11 @@ def test_a_stale_old_primary_rejoins_a_promoted_follower_with_workers(
     assert one.send_recv(b"stig_promote\r\n", b"\r\n").startswith(b"PROMOTED 2 ")
     assert one.send_recv(b"set a 0 0 4\r\nnew!\r\n", b"\r\n") == b"STORED\r\n"
     primary.start(OPEN, "--port", str(port), "--replica-of", _address(follower))
+    # (its own seq is past the new primary's: wait for the new epoch first)
+    wait_for_stats(primary, lambda s: s["replication_epoch"] == "2", 30.0, "epoch 2 taken")
     stats = caught_up(primary, follower)
     assert (stats["replication_role"], stats["replication_epoch"]) == ("replica", "2")
-    assert int(stats["replication_groups_discarded"]) >= 1
+    # Its own groups (b = 0012) are gone, by a discard or a snapshot.
     assert primary.send_recv(b"get a b\r\n") == (
         b"VALUE a 0 4\r\nnew!\r\nVALUE b 0 4\r\n0001\r\nEND\r\n"
     )
