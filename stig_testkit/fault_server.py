@@ -32,9 +32,6 @@ named by ``STIG_FAULT_FILE``:
 * ``kill-after-epoch``: the process that begins a new epoch
   (:meth:`Store.begin_epoch`, ``stig_promote``: the writer process of a
   follower with workers) SIGKILLs itself just after it is committed — once;
-* ``kill-mid-snapshot``: the process loading a follower's snapshot
-  (:meth:`Store.load_snapshot`) SIGKILLs itself once it has read a record
-  of it, before its transaction commits — once;
 * ``hold-start``: a worker of ``--workers N`` that starts (its shared
   counters, :meth:`~stig.engine.shared_region.Region.start`, after it opened
   the store) blocks until the file says something else, its
@@ -151,22 +148,12 @@ def install(faults: Path) -> None:
         return mmap.mmap(*args, **kwargs)
 
     begin_epoch = Store.begin_epoch
-    load_snapshot = Store.load_snapshot
 
     def faulty_begin_epoch(self: Store):  # type: ignore[no-untyped-def]
         state = begin_epoch(self)
         if _fault(faults) == "kill-after-epoch":
             _die(faults)
         return state
-
-    def faulty_load_snapshot(self: Store, records, *args):  # type: ignore[no-untyped-def]
-        def dying(records):  # type: ignore[no-untyped-def]
-            for record in records:
-                yield record
-                if _fault(faults) == "kill-mid-snapshot":
-                    _die(faults)
-
-        return load_snapshot(self, dying(records), *args)
 
     region_start = Region.start
 
@@ -181,7 +168,6 @@ def install(faults: Path) -> None:
     Region.start = faulty_region_start  # type: ignore[method-assign]
     Store.apply = faulty_apply  # type: ignore[method-assign]
     Store.begin_epoch = faulty_begin_epoch  # type: ignore[method-assign]
-    Store.load_snapshot = faulty_load_snapshot  # type: ignore[method-assign]
     Store.probe = faulty_probe  # type: ignore[method-assign]
     # Only the store's own address-space check sees the fault (LMDB maps in C).
     store_module.mmap = types.SimpleNamespace(  # type: ignore[assignment]
