@@ -29,6 +29,13 @@ named by ``STIG_FAULT_FILE``:
   group is applied (nothing of it reaches the disk) or just after it is
   committed (all of it is there, its answer is lost) — once: the writer
   started in its place commits normally;
+* ``kill-after-epoch``: the process that begins a new epoch
+  (:meth:`Store.begin_epoch`, ``stig_promote``: the writer process of a
+  follower with workers) SIGKILLs itself just after it is committed — once;
+* ``hold-start``: a worker of ``--workers N`` that starts (its shared
+  counters, :meth:`~stig.engine.shared_region.Region.start`, after it opened
+  the store) blocks until the file says something else, its
+  ``<STIG_FAULT_FILE>.held`` there meanwhile;
 * ``nogrow``: the LMDB map cannot grow: the address-space check of
   :meth:`Store.grow` fails as ``mmap`` does without room (ENOMEM), so a map
   that is full (start the server with a small ``--map-size``) stays full.
@@ -51,6 +58,7 @@ from pathlib import Path
 
 import lmdb
 
+from stig.engine.shared_region import Region
 from stig.storage import store as store_module
 from stig.storage.store import Store
 
@@ -139,7 +147,27 @@ def install(faults: Path) -> None:
             raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
         return mmap.mmap(*args, **kwargs)
 
+    begin_epoch = Store.begin_epoch
+
+    def faulty_begin_epoch(self: Store):  # type: ignore[no-untyped-def]
+        state = begin_epoch(self)
+        if _fault(faults) == "kill-after-epoch":
+            _die(faults)
+        return state
+
+    region_start = Region.start
+
+    def faulty_region_start(self: Region) -> None:
+        if _fault(faults) == "hold-start":
+            held.touch()
+            while _fault(faults) == "hold-start":
+                time.sleep(0.01)
+            held.unlink()
+        region_start(self)
+
+    Region.start = faulty_region_start  # type: ignore[method-assign]
     Store.apply = faulty_apply  # type: ignore[method-assign]
+    Store.begin_epoch = faulty_begin_epoch  # type: ignore[method-assign]
     Store.probe = faulty_probe  # type: ignore[method-assign]
     # Only the store's own address-space check sees the fault (LMDB maps in C).
     store_module.mmap = types.SimpleNamespace(  # type: ignore[assignment]

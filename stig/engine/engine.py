@@ -181,8 +181,13 @@ class Engine:
         #: The primary this server followed before ``stig_promote`` (None:
         #: never promoted while running); the server fences it.
         self.former_primary: str | None = None
+        # The role change this worker adopts below (``--workers N``), read
+        # before the stored state: a later one is adopted by watch_role.
+        role_gen = 0
         if replicas is not None:
             self.shared_follower = SharedFollower(replicas.follower_bytes())
+            role_gen = replicas.role_gen
+            self.store.refresh_log_state()  # a fence stored since the store opened
         if settings.replica_of is not None and replicas is not None and replicas.promoted_epoch:
             # A worker restarted after another promoted the server: a primary.
             self.former_primary = settings.replica_of
@@ -190,13 +195,18 @@ class Engine:
             self.follower = FollowerState(settings.replica_of)
             self.promoter.refusal.make_read_only(f"read-only replica of {settings.replica_of}")
             if self.holds_stream and self.shared_follower is not None:
+                # A restarted worker 0 goes on from its predecessor's counters
+                # (the server did not restart); not connected yet.
+                self.follower.load(self.shared_follower)
+                self.follower.connected = False
+                self.follower.pending_bytes = 0
                 self.follower.mirror = self.shared_follower
                 self.shared_follower.publish_all(self.follower)
         if self.follower is None and self.store.fenced:
             self.promoter.refusal.make_read_only(self.fenced_words())
             log.error("%s", self.fenced_words())
         if replicas is not None:
-            replicas.saw_role(replicas.role_gen)
+            replicas.saw_role(role_gen)
         self.started = time.time()
         #: Password logins (``--auth-file``); None when anyone may connect.
         self.auth = Authenticator.from_file(settings.auth_file) if settings.auth_file else None

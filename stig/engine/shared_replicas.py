@@ -21,7 +21,8 @@ as unsigned 64-bit words:
   role change it has adopted (:data:`ROLE_SEEN`);
 * a follower with workers (docs/workers.md): the role words the writer
   sets when it begins an epoch (``stig_promote``) or stores a fence —
-  ``role_gen`` (one more at each change) and ``promoted_epoch`` — and, from
+  ``role_gen`` (one more at each change), ``promoted_epoch`` and
+  ``promoting_from`` (set while it begins one) — and, from
   byte :data:`FOLLOWER_OFFSET`, the stream's progress as the worker
   holding it publishes it (stig/engine/shared_follower.py).
 
@@ -53,7 +54,7 @@ SLOTS_PER_WORKER = 8
 #: Words per follower slot: live, acked, and two spare.
 SLOT_WORDS = 4
 _HEADER_WORDS = 64  # seq, the role words, spare, the follower's progress
-_SEQ, _ROLE_GEN, _PROMOTED_EPOCH = 0, 1, 2
+_SEQ, _ROLE_GEN, _PROMOTED_EPOCH, _PROMOTING_FROM = 0, 1, 2, 3
 #: Where the follower's progress begins in the block, and its size (bytes).
 FOLLOWER_OFFSET = 64
 FOLLOWER_BYTES = _HEADER_WORDS * 8 - FOLLOWER_OFFSET
@@ -109,6 +110,17 @@ class SharedReplicas:
     def promoted_epoch(self) -> int:
         """The epoch the writer began on ``stig_promote`` (0: not promoted)."""
         return int(self._words[_PROMOTED_EPOCH])
+
+    @property
+    def promoting_from(self) -> int:
+        """The epoch the writer is beginning a new one after (0: none)."""
+        return int(self._words[_PROMOTING_FROM])
+
+    def promoting(self, from_epoch: int) -> None:
+        """The writer begins an epoch after ``from_epoch`` (0: it is done, or
+        failed): if it dies before :meth:`role_changed`, the supervisor
+        tells from LMDB whether the new epoch was stored."""
+        self._words[_PROMOTING_FROM] = from_epoch
 
     def role_changed(self, promoted_epoch: int) -> None:
         """The writer began ``promoted_epoch`` (0: it stored a fence)."""

@@ -389,10 +389,16 @@ def stream_job(
         if kind == "e":
             if stream.promoted:
                 return (kind, f"this server is already a primary (epoch {store.log_state.epoch})")
-            _growing(store, store.begin_epoch)
-            stream.promoted = True
-            log.warning("writer: epoch %d begun (promoted)", store.log_state.epoch)
-            _role_changed(store, replicas, table, store.log_state.epoch)
+            if replicas is not None:  # a death from here on: the supervisor looks
+                replicas.promoting(store.log_state.epoch)
+            try:
+                _growing(store, store.begin_epoch)
+                stream.promoted = True
+                log.warning("writer: epoch %d begun (promoted)", store.log_state.epoch)
+                _role_changed(store, replicas, table, store.log_state.epoch)
+            finally:
+                if replicas is not None:
+                    replicas.promoting(0)
             return (kind, None)
         news = store.fence(job[1], job[2])
         if news:

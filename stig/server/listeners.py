@@ -325,6 +325,10 @@ async def serve(
                     f"catching up with the primary at {engine.follower.primary}"
                 )
                 system.start_soon(_follow, engine, following, hold)
+            elif engine.former_primary is not None and engine.holds_stream:
+                # Worker 0 restarted after another promoted the server: the
+                # former primary may not have heard of the new epoch yet.
+                system.start_soon(_fence_former_primary, engine, following)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -372,6 +376,16 @@ async def _follow(engine: Engine, scope: trio.CancelScope, hold: Hold) -> None:
         if engine.follower is None and engine.former_primary is not None:
             hold.release()
             await fence_former_primary(engine, engine.former_primary, engine.store.log_state.epoch)
+
+
+async def _fence_former_primary(engine: Engine, scope: trio.CancelScope) -> None:
+    """Tell the former primary of this server's epoch (until it answers; a
+    fence it already has is no news to it)."""
+    from stig.replication.follower import fence_former_primary
+
+    assert engine.former_primary is not None
+    with scope:
+        await fence_former_primary(engine, engine.former_primary, engine.store.log_state.epoch)
 
 
 async def _watch_role(engine: Engine, scope: trio.CancelScope) -> None:

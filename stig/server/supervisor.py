@@ -469,13 +469,22 @@ class _Supervisor:
 
     def _keep_promotion(self, shared: _Shared) -> None:
         """A follower promoted (``stig_promote``, the writer's role words in
-        the group's shared block) stays a primary in the next group: its
-        workers are started without ``--replica-of``."""
+        the group's shared block; or the epoch LMDB holds, if the writer died
+        beginning it) stays a primary in the next group: its workers are
+        started without ``--replica-of``."""
         workers = self.settings.workers
         offset = shared_inflight.replicas_offset(workers)
         replicas = SharedReplicas(shared.table_fd, workers, -1, offset)
-        if self.settings.replica_of is not None and replicas.promoted_epoch:
-            log.warning("promoted to epoch %d: the new group is a primary", replicas.promoted_epoch)
+        if self.settings.replica_of is None:
+            return
+        promoted = replicas.promoted_epoch
+        if not promoted and replicas.promoting_from:
+            # The writer died beginning the epoch: stored, or not at all.
+            self.store.follow_writer()
+            epoch = self.store.refresh_log_state().epoch
+            promoted = epoch if epoch > replicas.promoting_from else 0
+        if promoted:
+            log.warning("promoted to epoch %d: the new group is a primary", promoted)
             self.settings = attrs.evolve(self.settings, replica_of=None)
             self.env[SETTINGS_VARIABLE] = encode_settings(self.settings)
 
