@@ -57,7 +57,11 @@ SILENCE_SECONDS = 5.0
 #: nothing more has arrived).
 APPLY_BYTES = 8 << 20
 RECEIVE_SIZE = 256 << 10
-SPOOL_NAME = "replica-snapshot.tmp"
+#: A snapshot's spool file is named for the process that writes it, so a
+#: stream worker restarted while the writer process still loads its
+#: predecessor's spool cannot truncate that file under the load.
+SPOOL_PREFIX = "replica-snapshot-"
+SPOOL_SUFFIX = ".tmp"
 _LENGTH = struct.Struct(">I")
 
 
@@ -91,6 +95,7 @@ async def follow(engine: Engine, hold: Hold | None = None) -> None:
     primary had when it answered (or heard of since)."""
     state = engine.follower
     assert state is not None
+    remove_stale_spools(Path(engine.settings.data_dir))
     try:
         with trio.CancelScope() as state.scope:
             if not state.stop_requested:
@@ -258,7 +263,7 @@ async def _apply_stream(
                 if spool is not None:
                     spool.close()
                 spool = _Spool(
-                    Path(engine.settings.data_dir) / SPOOL_NAME, seq, epoch, last_cas, starts
+                    spool_path(Path(engine.settings.data_dir)), seq, epoch, last_cas, starts
                 )
                 log.info("receiving a snapshot of %s at group %d", state.primary, seq)
                 if hold is not None:
@@ -378,6 +383,36 @@ class _Spool:
         self._file.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def spool_path(data_dir: Path, pid: int | None = None) -> Path:
+    """Where this process (or ``pid``) spools a snapshot."""
+    return data_dir / f"{SPOOL_PREFIX}{os.getpid() if pid is None else pid}{SPOOL_SUFFIX}"
+
+
+def remove_stale_spools(data_dir: Path) -> list[Path]:
+    """Remove the spool files of processes that are gone (a follower killed
+    mid-snapshot), and the unnamed one of earlier versions; a live process's
+    spool (a writer may be loading it) is kept.  Returns what was removed."""
+    removed = []
+    for path in data_dir.glob(f"replica-snapshot*{SPOOL_SUFFIX}"):
+        owner = path.name[len(SPOOL_PREFIX) : -len(SPOOL_SUFFIX)]
+        if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_records(handle: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
