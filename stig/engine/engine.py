@@ -323,7 +323,10 @@ class Engine:
         (:meth:`adopt_role`) before the answer: each accepts writes."""
         follower.stop_requested = True
         try:
-            state = await self._begin_epoch_in_writer(self.store.log_state.epoch)
+            # The epoch as stored now: this worker applies no stream, so its
+            # own view may predate an epoch the stream brought, and a writer
+            # dying mid-promotion would then pass for one that stored it.
+            state = await self._begin_epoch_in_writer(self.store.refresh_log_state().epoch)
         finally:
             follower.stop_requested = False  # adopt_role stops it for good
         self.adopt_role()
