@@ -22,7 +22,7 @@ from stig.engine.writer import _Group, _Link, _plan
 
 def _submit(table: SharedInFlight, key: bytes, number: int) -> tuple[tuple[int, int], ...]:
     """As the promoter submits one run: its order first, then its slot."""
-    after = table.pending([key], False)
+    after = table.pending()
     table.publish([key], number, False)
     return after
 
@@ -47,7 +47,7 @@ def test_a_run_commits_after_every_run_published_before_it() -> None:
         # Once worker 0's run is committed, nothing holds worker 1's back.
         writer.set_committed(0, 1)
         assert _plan([late], writer) == [(late, 0)]
-        assert second.pending([b"c"], False) == ()
+        assert second.pending() == ()
     finally:
         for sock in socks:
             sock.close()
