@@ -165,9 +165,10 @@ class Promotion:
     submitted: float = 0.0  # time.monotonic() when handed to the promoter
     finished: bool = False  # committed (or failed): outcomes/written/error are final
     number: int = 0  # its submission number in the shared in-flight table (N workers)
-    #: Other workers' writes to its keys acknowledged before it and not yet
-    #: committed when it was submitted, ``(worker, number)``: the writer
-    #: commits it after them (N workers).
+    #: Each other worker's newest write published before it and not yet
+    #: committed when it was submitted, ``(worker, number)``, whatever its
+    #: keys: the writer commits it after them (N workers; the publish order,
+    #: docs/workers.md, "Write order across workers").
     after: tuple[tuple[int, int], ...] = ()
     _event: trio.Event | None = attrs.field(default=None, init=False)
 
@@ -305,7 +306,7 @@ class Promoter:
             for promotion in promotions:
                 number += 1
                 promotion.number = number
-                promotion.after = shared.pending(promotion.key_seqs, promotion.clears_all)
+                promotion.after = shared.pending()
                 shared.publish(promotion.key_seqs, number, promotion.clears_all)
             self._number = number
         now = time.monotonic()

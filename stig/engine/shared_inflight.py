@@ -25,7 +25,9 @@ supervisor creates and every process maps) holds, as unsigned 64-bit words:
 
 A worker numbers its promotions 1, 2, 3, … as it submits them and
 *publishes* each one's keys here (:meth:`publish`) in ``submit``, before any
-reply that acknowledges them can leave.  A read in another worker, before it
+reply that acknowledges them can leave; the writer commits each after every
+other worker's run published before it (:meth:`pending`), so a snapshot
+holds a prefix of the publish order, as on one process.  A read in another worker, before it
 begins its snapshot, looks up its keys (:meth:`clear_for`): a slot newer than
 its worker's ``committed`` word (as this worker last looked: ``_seen``)
 means a write may be in flight, and the read waits (:meth:`wait`) until
@@ -236,11 +238,30 @@ class SharedInFlight:
         if number > self._words[at]:
             self._words[at] = number
 
-    def pending(self, keys: Collection[bytes], clears_all: bool) -> tuple[tuple[int, int], ...]:
-        """Before publishing a write of ``keys``: the other workers' writes to
-        them in flight now, ``(worker, number)``, which must commit first (an
-        acknowledged write is never overwritten by an older one)."""
-        return tuple(self._pending(None if clears_all else list(keys), ()))
+    def pending(self) -> tuple[tuple[int, int], ...]:
+        """Before publishing a write (whatever its keys, a flush_all too):
+        every other worker's newest published write not committed now,
+        ``(worker, number)``, which must commit first — with it, or in an
+        earlier transaction.
+
+        So the workers' runs commit in the order they were published, as
+        one process's promotions do, and a snapshot is a prefix of that
+        order: one that holds a write holds every write published before it
+        — every write acknowledged before its client began.  Ordering only
+        the runs that share a key is not enough: a read waiting for one
+        worker's write could then see a later write of the other worker,
+        committed first, without an earlier write of the first that was
+        acknowledged before that later write began (G-single-realtime,
+        docs/workers.md, "Publish order")."""
+        words = self._words
+        workers = self.workers
+        found: list[tuple[int, int]] = []
+        for worker in range(workers):
+            if worker != self.me:
+                newest = int(words[_PUBLISHED * workers + worker])
+                if newest > words[worker]:
+                    found.append((worker, newest))
+        return tuple(found)
 
     def settled(self, number: int) -> bool:
         """Whether this worker's promotion ``number`` is committed (the writer's word, now)."""

@@ -11,21 +11,12 @@ and --max-commit-lag-ms, so the flow control is in play too.
 
 from __future__ import annotations
 
-import pytest
-
 from stig_testkit.history.run import run_history
 from stig_testkit.history.workload import ALL_CLOSERS, REPLY_CLOSERS
 
 SMALL_BOUNDS = ("--max-pending-bytes", "64k", "--max-commit-lag-ms", "5")
 TXNS = 3000
 CRASHES = 4
-#: An open bug of the worker shape (docs/workers.md, "Not built yet"): with
-#: --workers 2 a read run on one worker misses a write acknowledged before
-#: another write it sees (G-single-realtime, G2-realtime), in 4 of 5 runs of
-#: the history without crashes; --workers 0 and 1 pass.  Unmark once fixed.
-REALTIME_ACROSS_WORKERS = (
-    "not yet with workers: strict serializability across workers (G-single-realtime, open bug)"
-)
 
 
 def _run(stig_factory, mode: str, crashes: int, closers=ALL_CLOSERS, seed: int = 7):
@@ -37,7 +28,6 @@ def _run(stig_factory, mode: str, crashes: int, closers=ALL_CLOSERS, seed: int =
     return outcome.verdict
 
 
-@pytest.mark.single_process(REALTIME_ACROSS_WORKERS)
 def test_a_history_without_crashes_is_strict_serializable(stig_factory):
     verdict = _run(stig_factory, "default", crashes=0)
     assert verdict.valid, verdict.render()
@@ -45,7 +35,6 @@ def test_a_history_without_crashes_is_strict_serializable(stig_factory):
     assert not verdict.allowed
 
 
-@pytest.mark.single_process(REALTIME_ACROSS_WORKERS)
 def test_default_mode_under_sigkills_loses_only_whole_last_runs(stig_factory):
     verdict = _run(stig_factory, "default", crashes=CRASHES)
     assert verdict.valid, verdict.render()
