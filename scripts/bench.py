@@ -90,7 +90,7 @@ WORKLOAD_CHOICES = (
 P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
 P99_SERVERS = ("stig", "memcached")  # driven at the same fixed rate, back to back
 #: Servers run only when --servers names them (the --workers shapes, docs/workers.md).
-OPT_IN = ("stig-w1", "stig-w2")
+OPT_IN = ("stig-w1", "stig-w2", "stig-w2-durable")
 #: Seconds: the shortest measured window of a batch row (not in smoke).  Every
 #: connection's batch is served round-robin with all the others', so they all
 #: finish together, 50,000 items after they began: on a loaded box one round

@@ -237,6 +237,16 @@ SERVERS: dict[str, ServerSpec] = {
             batch_protocols=("text", "binary"),
             note="stig serve --workers 2 (supervisor, 2 workers, the writer; CPU of all)",
         ),
+        ServerSpec(
+            "stig-w2-durable",
+            "text",
+            _stig(True, workers=2),
+            _stig_missing,
+            cwd=REPO,
+            durable=True,
+            batch_protocols=("text", "binary"),
+            note="stig serve --workers 2 --durable-acks",
+        ),
     )
 }
 
