@@ -323,12 +323,14 @@ class Connection:
                     continue
                 # --workers N: the budget is over and another worker's
                 # closed runs are committing; their commits free it, but
-                # that worker cannot wake this one: look again every
-                # BRAKE_POLL_SECONDS (or at this worker's next commit).
-                # Without this wait a worker whose promoter was idle let
-                # its open runs grow on top of the other's queued commits
-                # (the uncommitted peak reached 2.8 x the budget).
-                with trio.move_on_after(BRAKE_POLL_SECONDS):
+                # that worker cannot wake this one: look again at its next
+                # commit here or after BRAKE_POLL_SECONDS x this worker's
+                # paused connections (one look per interval per worker, as
+                # the waits for room poll).  Without this wait a worker
+                # whose promoter was idle let its open runs grow on top of
+                # the other's queued commits (the uncommitted peak reached
+                # 2.8 x the budget).
+                with trio.move_on_after(BRAKE_POLL_SECONDS * stats.paused_connections):
                     if promoter.busy:
                         await promoter.wait_progress()
                     else:
