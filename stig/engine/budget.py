@@ -99,6 +99,13 @@ class WriteBudget:
     def over(self) -> bool:
         return self.used > self.limit
 
+    def committing_elsewhere(self) -> bool:
+        """Whether another process holds closed runs not committed yet (their
+        commits will free room that this process's promoter does not see).
+        One process: never; with ``--workers N``, the other workers' words
+        (:class:`~stig.engine.shared_budget.SharedWriteBudget`)."""
+        return False
+
     def figures(self) -> BudgetFigures:
         """The figures ``stats`` shows."""
         return BudgetFigures(

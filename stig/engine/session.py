@@ -487,6 +487,11 @@ class Session:
         (the run discarded) after ``--max-run-wait-ms``."""
         self.wants_room = False
         if self._open.ops and self.failure is None:
+            # Closed runs go to the promoter before the wait (a quiet miss
+            # closes a run with no reply to send them): with --workers N a
+            # connection of another worker braked for them waits for their
+            # commits, which must not wait for this run's room in turn.
+            self.submit()
             if not await self._charges.wait_for_room(self._lost):
                 self.discard_run()
                 raise RunWaitedTooLong()

@@ -89,6 +89,13 @@ class SharedWriteBudget(WriteBudget):
     def over(self) -> bool:
         return self.used_total() > self.limit
 
+    def committing_elsewhere(self) -> bool:
+        """Whether another worker has closed runs not committed yet (its
+        ``used`` word past its ``open`` word): bytes in this budget that only
+        that worker's commits free, so a brake here waits for them too."""
+        words = self.words
+        return any(words[at] > words[at + 1] for at in self.others_at)
+
     def holds(self, session: object) -> bool:
         """Whether ``session``'s open run holds the turn."""
         return bool(self._header[0] == self.token(session))

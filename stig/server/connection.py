@@ -77,6 +77,9 @@ from stig_protocol.events import NEED_DATA
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
+#: How often a connection braked by another worker's queued commits looks
+#: at the budget again (there is no cross-process wake-up: :meth:`_brake`).
+BRAKE_POLL_SECONDS = 0.001
 #: Commands handled between two yields to the scheduler: a burst of 256 KiB of
 #: small writes is ~2,000 commands, and without a yield the promoter's
 #: completion callbacks wait for every connection's whole burst (measured
@@ -305,19 +308,33 @@ class Connection:
         session's closed runs at the latest (docs/pov.md, "Bounds")."""
         session = self.session
         promoter = self.engine.promoter
+        budget = self.engine.budget
         if not self._brake_needed():
             return
         stats = self.engine.promoter_stats
         stats.paused_connections += 1
         stats.pauses += 1
         try:
-            while (
-                session.pending_bytes > 0
-                and session.failure is None
-                and promoter.busy
-                and self._brake_needed()
-            ):
-                await promoter.wait_progress()
+            while session.pending_bytes > 0 and session.failure is None and self._brake_needed():
+                if not budget.over or not budget.committing_elsewhere():
+                    if not promoter.busy:
+                        break
+                    await promoter.wait_progress()
+                    continue
+                # --workers N: the budget is over and another worker's
+                # closed runs are committing; their commits free it, but
+                # that worker cannot wake this one: look again at its next
+                # commit here or after BRAKE_POLL_SECONDS x this worker's
+                # paused connections (one look per interval per worker, as
+                # the waits for room poll).  Without this wait a worker
+                # whose promoter was idle let its open runs grow on top of
+                # the other's queued commits (the uncommitted peak reached
+                # 2.8 x the budget).
+                with trio.move_on_after(BRAKE_POLL_SECONDS * stats.paused_connections):
+                    if promoter.busy:
+                        await promoter.wait_progress()
+                    else:
+                        await trio.sleep_forever()
         finally:
             stats.paused_connections -= 1
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
-
 from stig_testkit.waiting import wait_for_stats
 from stig_testkit.workers import on_worker, stats_of
 
@@ -175,9 +173,6 @@ def test_a_multi_get_past_max_reply_bytes_streams_one_snapshot(stig_factory):
         assert stats_of(beside)["stig_held_snapshots"] == "0"  # ended with its reply
 
 
-@pytest.mark.single_process(
-    "not yet with workers: the uncommitted bytes' peak is 23.5 MB, past this bound (19.6 MB)"
-)
 def test_open_runs_of_many_connections_take_turns_within_the_write_budget(stig_factory):
     """--max-pending-bytes bounds the open runs of all connections together:
     eight connections each send one 7.5 MB noreply run against an 8 MiB
