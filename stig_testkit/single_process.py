@@ -37,6 +37,10 @@ FIGURES_AS_OF_COMMIT = (
     NOT_YET + "another worker's held snapshots, renewals and stalled reads in stats "
     "are as of its last commit"
 )
+MAP_GROWS_IN_WRITER = (
+    "the map grows in the writer process: a worker that commits nothing meanwhile"
+    " keeps its snapshot, so the read may end uninterrupted"
+)
 #: The line that registers the marker (pytest's ``markers`` setting).
 DESCRIPTION = (
     f"{NAME}(reason): start this test's servers with --workers 0 (one process), "

@@ -281,10 +281,7 @@ def _binary_answers(reply: bytes) -> list[tuple[int, int, bytes]]:
 
 
 @pytest.mark.parametrize("protocol", ["meta", "binary"])
-@pytest.mark.single_process(
-    "the map grows in the writer process: a worker that commits nothing meanwhile"
-    " keeps its snapshot, so the run may end uninterrupted"
-)
+@pytest.mark.single_process(single_process.MAP_GROWS_IN_WRITER)
 def test_a_streamed_run_ends_cleanly_when_the_map_grows_under_it(stig_factory, protocol):
     """Growing the LMDB map ends the snapshot a streamed run holds: every
     command of the run is still answered once, in order — from the snapshot,

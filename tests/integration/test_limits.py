@@ -5,6 +5,9 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
+from stig_testkit import single_process
 from stig_testkit.waiting import wait_for_stats
 from stig_testkit.workers import on_worker, stats_of
 
@@ -258,6 +261,7 @@ def test_a_run_alone_past_the_write_budget_is_refused_and_the_waiting_ones_go_on
     assert client.get_many([f"b{j}" for j in range(12)]) == {}
 
 
+@pytest.mark.single_process(single_process.MAP_GROWS_IN_WRITER)
 def test_a_streamed_multi_get_ends_cleanly_when_the_map_grows_under_it(stig_factory):
     """Growing the LMDB map ends the snapshot a streamed multi-get holds: its
     reply ends with SERVER_ERROR instead of END, and the server goes on."""
