@@ -24,7 +24,13 @@ as unsigned 64-bit words:
   ``role_gen`` (one more at each change), ``promoted_epoch`` and
   ``promoting_from`` (set while it begins one) — and, from
   byte :data:`FOLLOWER_OFFSET`, the stream's progress as the worker
-  holding it publishes it (stig/engine/shared_follower.py).
+  holding it publishes it (stig/engine/shared_follower.py);
+* the writes-refused words (stig/engine/shared_refusal.py): the writer
+  sets them when a commit fails for a cause that refuses writes and when
+  a probe commits — ``refused_gen`` (one more at each change), the cause's
+  code (0: writes accepted), since when (``time.monotonic`` in µs: one
+  clock for every process of the machine) and the largest value of the
+  failed runs — and every worker adopts them.
 
 Slots are per worker, so claiming one needs no lock; a worker with
 :data:`SLOTS_PER_WORKER` followers refuses the next (a follower
@@ -53,8 +59,11 @@ import mmap
 SLOTS_PER_WORKER = 8
 #: Words per follower slot: live, acked, and two spare.
 SLOT_WORDS = 4
-_HEADER_WORDS = 64  # seq, the role words, spare, the follower's progress
+_HEADER_WORDS = 64  # seq, the role words, the refusal's words, the follower's progress
 _SEQ, _ROLE_GEN, _PROMOTED_EPOCH, _PROMOTING_FROM = 0, 1, 2, 3
+#: The writes-refused words (stig/engine/shared_refusal.py): where they begin
+#: in the header, and how many (generation, cause, since, largest).
+REFUSAL_WORD, REFUSAL_WORDS = 4, 4
 #: Where the follower's progress begins in the block, and its size (bytes).
 FOLLOWER_OFFSET = 64
 FOLLOWER_BYTES = _HEADER_WORDS * 8 - FOLLOWER_OFFSET
@@ -134,6 +143,10 @@ class SharedReplicas:
 
     def role_seen(self, worker: int) -> int:
         return int(self._words[self._counters + worker * COUNTERS + ROLE_SEEN])
+
+    def refusal_words(self) -> memoryview:
+        """The writes-refused words (stig/engine/shared_refusal.py), as 8-byte words."""
+        return self._words[REFUSAL_WORD : REFUSAL_WORD + REFUSAL_WORDS]
 
     def follower_bytes(self) -> memoryview:
         """The follower's progress block (stig/engine/shared_follower.py)."""
