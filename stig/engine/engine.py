@@ -146,10 +146,12 @@ class Engine:
             self.store, self.promoter_stats, budget=self.budget, link=self.writer
         )
         self.promoter.shared = self.promoter.in_flight.shared = shared
-        if replicas is not None:
+        if replicas is not None and self.region is not None:
             # Writes refused is the server's state: every worker follows the
             # writer's words (stig/engine/shared_refusal.py).
-            refusal = SharedWriteRefusal(replicas.refusal_words())
+            refusal = SharedWriteRefusal(
+                replicas.refusal_words(), self.region.mine.figures, replicas.commit_error_bytes()
+            )
             refusal.on_adopt = self.promoter.refusal_changed
             self.promoter.refusal = refusal
         #: The writer's commit signals and the shared table (``--workers N``).

@@ -27,10 +27,13 @@ every worker accepts writes again at its next look.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 
 from stig.engine.refusal import WORDS, Cause, WriteRefusal
+from stig.engine.shared_replicas import COMMIT_ERROR_BYTES
+from stig.engine.shared_stats import Figures
 
 _GEN, _CAUSE, _SINCE, _LARGEST = range(4)
 #: Each cause's code in the cause word (0: writes accepted).
@@ -46,6 +49,40 @@ def refuse(words: memoryview, cause: Cause, largest: int) -> None:
     words[_LARGEST] = max(int(words[_LARGEST]), largest)
     words[_CAUSE] = CODES[cause]
     words[_GEN] += 1  # last: a worker that sees it sees the rest
+
+
+# The last commit failure's area (``SharedReplicas.commit_error_bytes``): a
+# generation word (odd while the writer rewrites it), the kind's code
+# (:data:`CODES`, :data:`_OTHER`: a run's own failure), the length of LMDB's
+# words, then the words (cut at :data:`_ERROR_ROOM` bytes).
+_ERROR = struct.Struct("<QQQ")
+_OTHER = len(CODES) + 1
+_ERROR_ROOM = COMMIT_ERROR_BYTES - _ERROR.size
+
+
+def note_failure(area: memoryview, cause: Cause | None, error: str) -> None:
+    """A run's commit failed (the writer): every worker's ``stats`` show it
+    as the last commit error (``stig_last_commit_error*``)."""
+    gen = _ERROR.unpack_from(area)[0]
+    data = error.encode(errors="replace")[:_ERROR_ROOM]
+    code = _OTHER if cause is None else CODES[cause]
+    struct.pack_into("<Q", area, 0, gen + 1)  # odd: being rewritten
+    area[_ERROR.size : _ERROR.size + len(data)] = data
+    _ERROR.pack_into(area, 0, gen + 1, code, len(data))
+    struct.pack_into("<Q", area, 0, gen + 2)
+
+
+def read_failure(area: memoryview) -> tuple[int, str, str] | None:
+    """The last commit failure as the writer told it: ``(gen, kind, words)``;
+    None when there was none, or the writer is rewriting it right now."""
+    gen, code, length = _ERROR.unpack_from(area)
+    if gen == 0 or gen % 2:
+        return None
+    words = bytes(area[_ERROR.size : _ERROR.size + min(length, _ERROR_ROOM)])
+    if _ERROR.unpack_from(area)[0] != gen:
+        return None
+    kind = "other" if code == _OTHER else _CAUSES[code].value
+    return gen, kind, words.decode(errors="replace")
 
 
 def accept(words: memoryview) -> None:
@@ -66,15 +103,74 @@ class SharedWriteRefusal(WriteRefusal):
     this worker too: ``stig_writes_refused_episodes`` is the largest count
     of the workers (each worker counts the episodes it took part in)."""
 
-    __slots__ = ("_gen", "_message", "_words", "on_adopt")
+    __slots__ = (
+        "_error_area",
+        "_figures",
+        "_gen",
+        "_last_error",
+        "_last_kind",
+        "_message",
+        "_words",
+        "on_adopt",
+    )
 
-    def __init__(self, words: memoryview) -> None:
+    def __init__(self, words: memoryview, figures: Figures, error_area: memoryview) -> None:
         self._words = words
+        # The last commit failure, as the writer told every worker.
+        self._error_area = error_area
+        # The counters live in this worker's figures (``stats`` on another
+        # worker reads them as they are: a refused write commits nothing,
+        # so nothing would publish them).
+        self._figures = figures
         self._gen = 0
         self._message: str | None = None
         #: Called after a change was adopted (the promoter starts or stops probing).
         self.on_adopt: Callable[[], None] | None = None
         super().__init__()
+
+    @property
+    def last_error(self) -> str:
+        """The last commit failure in LMDB's words: the server's (any
+        worker's run), as the writer told it."""
+        told = read_failure(self._error_area)
+        return self._last_error if told is None else told[2]
+
+    @last_error.setter
+    def last_error(self, value: str) -> None:
+        self._last_error = value  # this worker's own, until the writer told one
+
+    @property
+    def last_kind(self) -> str:
+        told = read_failure(self._error_area)
+        return self._last_kind if told is None else told[1]
+
+    @last_kind.setter
+    def last_kind(self, value: str) -> None:
+        self._last_kind = value
+
+    @property
+    def refused(self) -> int:
+        return int(self._figures.write_refusals)
+
+    @refused.setter
+    def refused(self, value: int) -> None:
+        self._figures.write_refusals = value
+
+    @property
+    def episodes(self) -> int:
+        return int(self._figures.refused_episodes)
+
+    @episodes.setter
+    def episodes(self, value: int) -> None:
+        self._figures.refused_episodes = value
+
+    @property
+    def probes(self) -> int:
+        return int(self._figures.space_probes)
+
+    @probes.setter
+    def probes(self, value: int) -> None:
+        self._figures.space_probes = value
 
     @property
     def message(self) -> str | None:

@@ -48,7 +48,8 @@ ACKs heard by another worker looks at the slots again every
 nothing waits).  TODO: an eventfd per worker signalled on each ``ACK``.
 
 Bound: 512 bytes plus ``(SLOTS_PER_WORKER × SLOT_WORDS + COUNTERS) × 8``
-(288) bytes per worker, fixed at start.
+(288) bytes per worker, plus :data:`COMMIT_ERROR_BYTES` (320: the last
+commit failure), fixed at start.
 """
 
 from __future__ import annotations
@@ -76,8 +77,17 @@ ACK_TIMEOUTS, SNAPSHOTS_SENT, ROLE_SEEN = 0, 1, 2
 POLL_SECONDS = 0.001
 
 
+#: Bytes at the block's end for the last commit failure, as the writer
+#: tells every worker (stig/engine/shared_refusal.py).
+COMMIT_ERROR_BYTES = 320
+
+
 def block_bytes(workers: int) -> int:
     """The block's size for ``workers`` workers."""
+    return _words_bytes(workers) + COMMIT_ERROR_BYTES
+
+
+def _words_bytes(workers: int) -> int:
     return 8 * (_HEADER_WORDS + workers * (SLOTS_PER_WORKER * SLOT_WORDS + COUNTERS))
 
 
@@ -91,7 +101,7 @@ class SharedReplicas:
 
     def __init__(self, fd: int, workers: int, me: int, offset: int) -> None:
         self._map = mmap.mmap(fd, block_bytes(workers), offset=offset)
-        self._words = memoryview(self._map).cast("Q")
+        self._words = memoryview(self._map)[: _words_bytes(workers)].cast("Q")
         self.workers = workers
         self.me = me
         self._counters = _HEADER_WORDS + workers * SLOTS_PER_WORKER * SLOT_WORDS
@@ -147,6 +157,10 @@ class SharedReplicas:
     def refusal_words(self) -> memoryview:
         """The writes-refused words (stig/engine/shared_refusal.py), as 8-byte words."""
         return self._words[REFUSAL_WORD : REFUSAL_WORD + REFUSAL_WORDS]
+
+    def commit_error_bytes(self) -> memoryview:
+        """The last commit failure's area (stig/engine/shared_refusal.py)."""
+        return memoryview(self._map)[-COMMIT_ERROR_BYTES:]
 
     def follower_bytes(self) -> memoryview:
         """The follower's progress block (stig/engine/shared_follower.py)."""

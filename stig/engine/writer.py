@@ -63,7 +63,7 @@ import attrs
 from stig.engine.group_commit import Failed, apply_group, failed
 from stig.engine.refusal import Cause, words_for
 from stig.engine.shared_inflight import SharedInFlight
-from stig.engine.shared_refusal import accept, refuse
+from stig.engine.shared_refusal import accept, note_failure, refuse
 from stig.engine.shared_replicas import SharedReplicas
 from stig.storage.ops import Op, Outcome
 from stig.storage.records import Item
@@ -555,10 +555,13 @@ def _refuse_on_failures(
     order: Sequence[tuple[_Group, int]],
     results: Sequence[Applied | Failed],
 ) -> None:
-    """A run failed for a cause that refuses writes (a full disk, …): every
-    worker refuses them from now on — set before any answer tells a client of
-    the failure (stig/engine/shared_refusal.py)."""
+    """Tell every worker of the runs that failed (``stats``' last commit
+    error) and, when one failed for a cause that refuses writes (a full disk,
+    …), that they refuse them from now on — before any answer tells a
+    client of the failure (stig/engine/shared_refusal.py)."""
     for (group, index), result in zip(order, results, strict=True):
+        if isinstance(result, Failed):
+            note_failure(replicas.commit_error_bytes(), result.cause, result.error)
         if isinstance(result, Failed) and result.cause is not None:
             ops = group.batches[index]
             largest = max((len(getattr(op, "value", b"")) for op in ops), default=0)
