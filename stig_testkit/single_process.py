@@ -32,7 +32,6 @@ SINGLE_PROCESS_ARGS = ("--workers", "0")
 #: The prefix of a reason that is work in progress (unmark the test later).
 NOT_YET = "not yet with workers: "
 #: Reasons several tests give.
-REFUSAL_PER_WORKER = NOT_YET + "writes refused (disk full, disk error, map full) is per worker"
 FIGURES_AS_OF_COMMIT = (
     NOT_YET + "another worker's held snapshots, renewals and stalled reads in stats "
     "are as of its last commit"

@@ -166,10 +166,13 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_writer_restarts", 0 if engine.writer is None else engine.writer.restarts),
     ]
     # Writes refused while the disk cannot take commits (stig/engine/refusal.py).
+    # With workers the state is the server's (stig/engine/shared_refusal.py):
+    # this worker's, once it took in the writer's news, is every worker's.
     refusal = engine.promoter.refusal
+    refusal.sync()
     cause = refusal.cause
     pairs += [
-        ("stig_writes_refused", figures["writes_refused"]),
+        ("stig_writes_refused", int(refusal.refusing)),
         ("stig_writes_refused_cause", "none" if cause is None else cause.value),
         ("stig_writes_refused_seconds", int(time.monotonic() - refusal.since) if cause else 0),
         ("stig_write_refusals", figures["write_refusals"]),

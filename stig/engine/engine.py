@@ -26,6 +26,7 @@ from stig.engine.settings import Settings
 from stig.engine.shared_budget import SharedWriteBudget
 from stig.engine.shared_follower import SharedFollower
 from stig.engine.shared_inflight import SharedInFlight, replicas_offset
+from stig.engine.shared_refusal import SharedWriteRefusal
 from stig.engine.shared_region import Region
 from stig.engine.shared_replicas import POLL_SECONDS, SharedReplicas
 from stig.engine.stats import CommandStats, PromoterStats
@@ -145,6 +146,14 @@ class Engine:
             self.store, self.promoter_stats, budget=self.budget, link=self.writer
         )
         self.promoter.shared = self.promoter.in_flight.shared = shared
+        if replicas is not None and self.region is not None:
+            # Writes refused is the server's state: every worker follows the
+            # writer's words (stig/engine/shared_refusal.py).
+            refusal = SharedWriteRefusal(
+                replicas.refusal_words(), self.region.mine.figures, replicas.commit_error_bytes()
+            )
+            refusal.on_adopt = self.promoter.refusal_changed
+            self.promoter.refusal = refusal
         #: The writer's commit signals and the shared table (``--workers N``).
         self.table = shared
         if shared is not None:

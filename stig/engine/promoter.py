@@ -279,6 +279,11 @@ class Promoter:
         #: replication streams wake on it: stig/engine/replicas.py).
         self.on_commit: Callable[[], None] | None = None
 
+    def refusal_changed(self) -> None:
+        """Another worker's commit refused writes, or its probe brought them
+        back (stig/engine/shared_refusal.py): probe from now on, or stop."""
+        self._wakeup.set()
+
     def lend_gil(self) -> None:
         """Let the commit thread apply its group without fighting for the GIL
         (:class:`GilLoan`); a connection calls this when :attr:`gil_wanted`."""
@@ -410,6 +415,7 @@ class Promoter:
             if self._queue and self._in_flight is None:
                 self._dispatch()
             while True:
+                self.refusal.sync()  # with workers: another worker's failure, or probe
                 if self.refusal.cause is None:  # none, or a read-only replica: no probe
                     await self._wakeup.wait()
                 else:

@@ -163,6 +163,10 @@ class WriteRefusal:
         self.cause = None
         self.largest = 0
 
+    def sync(self) -> None:
+        """Take in what other processes changed (with workers:
+        stig/engine/shared_refusal.py); one process has nothing to take in."""
+
     @property
     def refusing(self) -> bool:
         return self.message is not None

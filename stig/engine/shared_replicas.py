@@ -24,7 +24,13 @@ as unsigned 64-bit words:
   ``role_gen`` (one more at each change), ``promoted_epoch`` and
   ``promoting_from`` (set while it begins one) — and, from
   byte :data:`FOLLOWER_OFFSET`, the stream's progress as the worker
-  holding it publishes it (stig/engine/shared_follower.py).
+  holding it publishes it (stig/engine/shared_follower.py);
+* the writes-refused words (stig/engine/shared_refusal.py): the writer
+  sets them when a commit fails for a cause that refuses writes and when
+  a probe commits — ``refused_gen`` (one more at each change), the cause's
+  code (0: writes accepted), since when (``time.monotonic`` in µs: one
+  clock for every process of the machine) and the largest value of the
+  failed runs — and every worker adopts them.
 
 Slots are per worker, so claiming one needs no lock; a worker with
 :data:`SLOTS_PER_WORKER` followers refuses the next (a follower
@@ -42,7 +48,8 @@ ACKs heard by another worker looks at the slots again every
 nothing waits).  TODO: an eventfd per worker signalled on each ``ACK``.
 
 Bound: 512 bytes plus ``(SLOTS_PER_WORKER × SLOT_WORDS + COUNTERS) × 8``
-(288) bytes per worker, fixed at start.
+(288) bytes per worker, plus :data:`COMMIT_ERROR_BYTES` (320: the last
+commit failure), fixed at start.
 """
 
 from __future__ import annotations
@@ -53,8 +60,11 @@ import mmap
 SLOTS_PER_WORKER = 8
 #: Words per follower slot: live, acked, and two spare.
 SLOT_WORDS = 4
-_HEADER_WORDS = 64  # seq, the role words, spare, the follower's progress
+_HEADER_WORDS = 64  # seq, the role words, the refusal's words, the follower's progress
 _SEQ, _ROLE_GEN, _PROMOTED_EPOCH, _PROMOTING_FROM = 0, 1, 2, 3
+#: The writes-refused words (stig/engine/shared_refusal.py): where they begin
+#: in the header, and how many (generation, cause, since, largest).
+REFUSAL_WORD, REFUSAL_WORDS = 4, 4
 #: Where the follower's progress begins in the block, and its size (bytes).
 FOLLOWER_OFFSET = 64
 FOLLOWER_BYTES = _HEADER_WORDS * 8 - FOLLOWER_OFFSET
@@ -67,8 +77,17 @@ ACK_TIMEOUTS, SNAPSHOTS_SENT, ROLE_SEEN = 0, 1, 2
 POLL_SECONDS = 0.001
 
 
+#: Bytes at the block's end for the last commit failure, as the writer
+#: tells every worker (stig/engine/shared_refusal.py).
+COMMIT_ERROR_BYTES = 320
+
+
 def block_bytes(workers: int) -> int:
     """The block's size for ``workers`` workers."""
+    return _words_bytes(workers) + COMMIT_ERROR_BYTES
+
+
+def _words_bytes(workers: int) -> int:
     return 8 * (_HEADER_WORDS + workers * (SLOTS_PER_WORKER * SLOT_WORDS + COUNTERS))
 
 
@@ -82,7 +101,7 @@ class SharedReplicas:
 
     def __init__(self, fd: int, workers: int, me: int, offset: int) -> None:
         self._map = mmap.mmap(fd, block_bytes(workers), offset=offset)
-        self._words = memoryview(self._map).cast("Q")
+        self._words = memoryview(self._map)[: _words_bytes(workers)].cast("Q")
         self.workers = workers
         self.me = me
         self._counters = _HEADER_WORDS + workers * SLOTS_PER_WORKER * SLOT_WORDS
@@ -134,6 +153,14 @@ class SharedReplicas:
 
     def role_seen(self, worker: int) -> int:
         return int(self._words[self._counters + worker * COUNTERS + ROLE_SEEN])
+
+    def refusal_words(self) -> memoryview:
+        """The writes-refused words (stig/engine/shared_refusal.py), as 8-byte words."""
+        return self._words[REFUSAL_WORD : REFUSAL_WORD + REFUSAL_WORDS]
+
+    def commit_error_bytes(self) -> memoryview:
+        """The last commit failure's area (stig/engine/shared_refusal.py)."""
+        return memoryview(self._map)[-COMMIT_ERROR_BYTES:]
 
     def follower_bytes(self) -> memoryview:
         """The follower's progress block (stig/engine/shared_follower.py)."""

@@ -110,7 +110,7 @@ class Figures(ctypes.Structure):
         ("oldest_submitted", ctypes.c_double),
         ("writes_refused", ctypes.c_int64),  # max (1 if any worker refuses)
         ("write_refusals", ctypes.c_int64),  # sum
-        ("refused_episodes", ctypes.c_int64),  # sum
+        ("refused_episodes", ctypes.c_int64),  # max (each worker counts every episode)
         ("space_probes", ctypes.c_int64),  # sum
         # The store's figures as this worker last heard them from the writer:
         # the newest (the largest cas counter) wins.
@@ -198,7 +198,7 @@ def combine(
         ),
         "writes_refused": max(block.writes_refused for block in figures),
         "write_refusals": sum(block.write_refusals for block in figures),
-        "refused_episodes": sum(block.refused_episodes for block in figures),
+        "refused_episodes": max(block.refused_episodes for block in figures),
         "space_probes": sum(block.space_probes for block in figures),
         "last_cas": newest.last_cas,
         "total_bytes": newest.total_bytes,

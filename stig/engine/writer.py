@@ -63,6 +63,7 @@ import attrs
 from stig.engine.group_commit import Failed, apply_group, failed
 from stig.engine.refusal import Cause, words_for
 from stig.engine.shared_inflight import SharedInFlight
+from stig.engine.shared_refusal import accept, note_failure, refuse
 from stig.engine.shared_replicas import SharedReplicas
 from stig.storage.ops import Op, Outcome
 from stig.storage.records import Item
@@ -306,7 +307,10 @@ def serve(
                     answer = stream_job(store, job, stream, replicas, table)
                     _answer(link, (*answer, _state(store)))
                 else:
-                    _answer(link, ("p", probe(store, job[1], job[2]), _state(store)))
+                    status = probe(store, job[1], job[2])
+                    if status[0] == PROBE_OK and replicas is not None:
+                        accept(replicas.refusal_words())  # every worker accepts writes
+                    _answer(link, ("p", status, _state(store)))
             for link in list(ended):
                 if any(group.link is link for group in groups):
                     continue  # a run it handed over may still commit: readers wait for it
@@ -531,6 +535,7 @@ def _commit_groups(
         touched[id(group)] = group
     if replicas is not None:  # before the signal: a woken worker sees it
         replicas.set_seq(store.log_state.seq)
+        _refuse_on_failures(replicas, order, results)
     if table is not None:
         seq = store.log_state.seq  # the read hold's bound across workers
         for group in touched.values():
@@ -543,6 +548,24 @@ def _commit_groups(
             _answer(group.link, ("g", encode_results(group.results), state))
             groups.remove(group)
     return True
+
+
+def _refuse_on_failures(
+    replicas: SharedReplicas,
+    order: Sequence[tuple[_Group, int]],
+    results: Sequence[Applied | Failed],
+) -> None:
+    """Tell every worker of the runs that failed (``stats``' last commit
+    error) and, when one failed for a cause that refuses writes (a full disk,
+    …), that they refuse them from now on — before any answer tells a
+    client of the failure (stig/engine/shared_refusal.py)."""
+    for (group, index), result in zip(order, results, strict=True):
+        if isinstance(result, Failed):
+            note_failure(replicas.commit_error_bytes(), result.cause, result.error)
+        if isinstance(result, Failed) and result.cause is not None:
+            ops = group.batches[index]
+            largest = max((len(getattr(op, "value", b"")) for op in ops), default=0)
+            refuse(replicas.refusal_words(), result.cause, largest)
 
 
 def _answer(link: _Link, message: tuple[Any, ...]) -> None:

@@ -12,8 +12,6 @@ import resource
 
 import pytest
 
-from stig_testkit import single_process
-
 VALUE = b"v" * 100_000
 
 
@@ -34,7 +32,10 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
+@pytest.mark.single_process(
+    "its RLIMIT_FSIZE (3 MiB) bounds every file the server makes: with workers the "
+    "supervisor's shared memory (a memfd of several MiB) cannot be sized, so it cannot start"
+)
 def test_a_full_disk_refuses_writes_keeps_reads_and_corrupts_nothing(stig_factory):
     server = stig_factory("--durable-acks")
     server.preexec_fn = _limit_file_size

@@ -31,7 +31,6 @@ import attrs
 import pytest
 
 from stig_protocol.binary_codes import Opcode, Status
-from stig_testkit import single_process
 from stig_testkit.connections import BinaryConnection, RawConnection
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for_stats
@@ -233,7 +232,6 @@ def _check_the_fill(writes: list[Write], durable: bool, protocol: str) -> None:
 
 @pytest.mark.parametrize("durable", [False, True], ids=["pov-acks", "durable-acks"])
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
-@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_a_full_disk_refuses_every_write_and_keeps_every_acknowledged_one(
     small_disk, stig_factory, protocol, durable
 ):

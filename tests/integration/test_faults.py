@@ -454,7 +454,6 @@ def _writes_come_back(server: FaultyStig) -> None:
 
 
 @pytest.mark.parametrize("fault", sorted(DISK_FAULTS))
-@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_an_acknowledged_write_lost_to_the_disk_is_reported_then_writes_are_refused(faulty, fault):
     server = faulty()
     assert server.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
@@ -470,7 +469,6 @@ def test_an_acknowledged_write_lost_to_the_disk_is_reported_then_writes_are_refu
 
 
 @pytest.mark.parametrize("fault", sorted(DISK_FAULTS))
-@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_under_durable_acks_the_failed_write_is_never_called_acknowledged(faulty, fault):
     server = faulty("--durable-acks")
     assert server.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
@@ -498,7 +496,6 @@ def test_a_binary_write_that_fails_on_a_full_disk_is_not_called_acknowledged(fau
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["pov-acks", "durable-acks"])
-@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_deletes_go_on_while_writes_are_refused_and_bring_them_back(faulty, monkeypatch, durable):
     """A delete frees space, but needs pages of its own: it answers once
     committed — its error if the disk refuses it too, and the connection goes
@@ -531,7 +528,6 @@ def test_deletes_go_on_while_writes_are_refused_and_bring_them_back(faulty, monk
     _writes_come_back(server)
 
 
-@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
 def test_a_map_that_cannot_grow_refuses_writes_as_map_full(faulty):
     """The map fills (1 MiB) and growing it fails (no address space): writes
     are refused as 'database map full'; once it can grow, a probe grows it."""
@@ -567,7 +563,10 @@ def _set_and_barrier(conn: RawConnection, key: bytes, value: bytes) -> bytes:
     return reply + conn.recv_until(b"\r\n")
 
 
-@pytest.mark.single_process(single_process.REFUSAL_PER_WORKER)
+@pytest.mark.single_process(
+    single_process.NOT_YET + "stats' stig_open_run_bytes of a quiet run left open reads 0 "
+    "on both workers (main at 242b2b3 too): its wait for the open run never ends"
+)
 def test_once_writes_are_refused_a_run_accepted_before_is_acknowledged_only_on_disk(faulty):
     """A quiet run recorded before the disk filled, closed after: in the
     default mode the reply that closes it would acknowledge it at once; once

@@ -1,0 +1,74 @@
+"""Writes refused is the server's state with workers (docs/workers.md,
+stig/engine/shared_refusal.py): once a commit of worker 0 fails for a full
+disk, worker 1 — which has not seen any commit fail — refuses writes with
+the same words and the same ``stats`` lines, and a probe brings writes back
+on both.  Connections are pinned to a worker by its ``stig_worker_id``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stig_testkit.faulty import faulty_servers
+from stig_testkit.waiting import wait_for
+from stig_testkit.workers import on_worker, stats_of
+
+LOST = b"; acknowledged writes were lost\r\n"
+REFUSED = b"SERVER_ERROR out of disk space; writes refused\r\n"
+#: The ``stats`` lines of the refusal that every worker must show alike.
+REFUSAL_LINES = (
+    "stig_writes_refused",
+    "stig_writes_refused_cause",
+    "stig_writes_refused_episodes",
+    "stig_last_commit_error_kind",
+    "stig_last_commit_error",
+)
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    yield from faulty_servers(tmp_path, monkeypatch)
+
+
+def _refusal(conn) -> dict[str, str]:
+    stats = stats_of(conn)
+    return {name: stats[name] for name in REFUSAL_LINES}
+
+
+def test_a_worker_that_saw_no_failure_refuses_writes_and_both_come_back(faulty):
+    server = faulty("--workers", "2")
+    zero, one = on_worker(server, 0), on_worker(server, 1)
+    for conn in (zero, one):
+        assert conn.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
+
+    server.set_fault("enospc")
+    assert zero.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+    lost = zero.recv_until(None, timeout=10)  # its commit failed: it is told, and closed
+    assert lost.startswith(b"SERVER_ERROR commit failed: out of disk space (") and lost.endswith(
+        LOST
+    ), lost
+
+    # Worker 1 committed nothing since: its stats already say writes are
+    # refused, as worker 0's do, and its next write is refused, never STORED.
+    expected = {
+        "stig_writes_refused": "1",
+        "stig_writes_refused_cause": "disk_full",
+        "stig_writes_refused_episodes": "1",
+        "stig_last_commit_error_kind": "disk_full",
+        "stig_last_commit_error": "mdb_txn_commit:_No_space_left_on_device",
+    }
+    assert _refusal(one) == expected
+    assert one.send_recv(b"set x 0 0 1\r\nx\r\n", b"\r\n") == REFUSED
+    assert one.send_recv(b"get a k x\r\n") == b"VALUE a 0 1\r\n1\r\nEND\r\n"
+    zero = on_worker(server, 0)
+    assert zero.send_recv(b"set y 0 0 1\r\nx\r\n", b"\r\n") == REFUSED
+    assert _refusal(zero) == _refusal(one) == expected
+
+    # Room again: a probe (either worker's) brings writes back on both.
+    server.set_fault("")
+    wait_for(lambda: _refusal(one), lambda got: got["stig_writes_refused"] == "0", what="back")
+    assert _refusal(zero)["stig_writes_refused"] == "0"
+    for conn in (one, zero):
+        assert conn.send_recv(b"set b 0 0 1\r\nb\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
+    assert one.send_recv(b"get b\r\n") == b"VALUE b 0 1\r\nb\r\nEND\r\n"
