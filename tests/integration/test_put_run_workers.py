@@ -86,3 +86,43 @@ def test_runs_of_sets_as_columns_store_and_answer_what_ops_do(
     caught_up(follower, workers)
     assert _records(follower.data_dir) == _records(workers.data_dir)
     assert follower.stats()["bytes"] == workers.stats()["bytes"]
+
+
+def _grow_runs(server: StigProcess, conns: list) -> None:
+    """Runs of 40 sets of 20 kB on each connection, sent at once (the group
+    passes the 1 MiB map: the writer grows it in the middle and retries)."""
+    value = b"g" * 20_000
+    for index, conn in enumerate(conns):
+        conn.send(
+            b"".join(
+                b"set g%d_%d %d 0 %d noreply\r\n%b\r\n" % (index, j, j, len(value), value)
+                for j in range(40)
+            )
+        )
+    for conn in conns:
+        assert conn.barrier(timeout=30) == b""
+
+
+def _values(data_dir: Path) -> dict[bytes, bytes]:
+    """Each record without its cas (the workers' runs commit in either order)."""
+    return {key: record[:4] + record[12:] for key, record in _records(data_dir).items()}
+
+
+def test_runs_as_columns_survive_a_map_grown_in_their_middle(stig_factory) -> None:
+    from stig_testkit.workers import on_worker
+
+    small = ("--map-size", "1m", "--max-item-size", "1m")
+    workers = stig_factory("--workers", "2", OPEN, *small)
+    follower = stig_factory("--replica-of", f"{workers.host}:{workers.port}")
+    one = stig_factory("--workers", "0", *small)
+    _grow_runs(workers, [on_worker(workers, 0), on_worker(workers, 1)])
+    _grow_runs(one, [one.connect(), one.connect()])
+    workers.settle()
+    one.settle()
+    for name in ("bytes", "total_items", "curr_items"):
+        assert workers.stats()[name] == one.stats()[name], name
+    assert int(workers.stats()["curr_items"]) == 80
+    assert "LMDB map grown" in workers.stderr  # the writer grew it under the runs
+    assert _values(workers.data_dir) == _values(one.data_dir)
+    caught_up(follower, workers)
+    assert _records(follower.data_dir) == _records(workers.data_dir)
