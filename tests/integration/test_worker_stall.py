@@ -72,3 +72,29 @@ def test_a_stopped_worker_does_not_stop_the_other_workers_commits(stig_factory):
         stop.set()
         flooder.sock.shutdown(socket.SHUT_RDWR)
         flood.join(10)
+
+
+def test_a_killed_worker_with_published_runs_does_not_stop_the_others(stig_factory):
+    """The same flood, then SIGKILL: the writer releases what the dead worker
+    published and never handed over, so the other worker's runs commit; its
+    successor numbers on after them and the two see each other's writes."""
+    server = stig_factory("--workers", "2")
+    flooder = on_worker(server, 0)
+    writer = on_worker(server, 1)
+    reader = on_worker(server, 1)
+    killed_pid = int(stats_of(flooder)["pid"])
+    stop, started = threading.Event(), threading.Event()
+    flood = threading.Thread(target=_flood, args=(flooder.sock, stop, started), daemon=True)
+    flood.start()
+    assert started.wait(10)
+    os.kill(killed_pid, signal.SIGKILL)
+    stop.set()
+    flood.join(10)
+    writer.send_recv(b"set other 0 0 1\r\nx\r\n", b"STORED\r\n")
+    assert reader.send_recv(b"get other\r\n", timeout=10) == b"VALUE other 0 1\r\nx\r\nEND\r\n"
+    successor = on_worker(server, 0, timeout=20)
+    assert int(stats_of(successor)["pid"]) != killed_pid
+    successor.send_recv(b"set after 0 0 1\r\ny\r\n", b"STORED\r\n")
+    assert reader.send_recv(b"get after\r\n") == b"VALUE after 0 1\r\ny\r\nEND\r\n"
+    writer.send_recv(b"set back 0 0 1\r\nz\r\n", b"STORED\r\n")
+    assert successor.send_recv(b"get back\r\n") == b"VALUE back 0 1\r\nz\r\nEND\r\n"
