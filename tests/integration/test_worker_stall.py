@@ -48,7 +48,8 @@ def _flood(sock: socket.socket, stop: threading.Event, started: threading.Event)
     strict=True,
     reason="wss: every run waits for each other worker's newest published run, so a "
     "stopped worker (published, not yet handed to the writer) stops every other "
-    "worker's commits; a fix needs a bound on that wait (or publishing at hand-over)",
+    "worker's commits (whatever their keys); a fix needs a bound on that wait or another "
+    "order rule, not a small change",
 )
 def test_a_stopped_worker_does_not_stop_the_other_workers_commits(stig_factory):
     server = stig_factory("--workers", "2")
