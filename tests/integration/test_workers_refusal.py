@@ -72,3 +72,30 @@ def test_a_worker_that_saw_no_failure_refuses_writes_and_both_come_back(faulty):
     for conn in (one, zero):
         assert conn.send_recv(b"set b 0 0 1\r\nb\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
     assert one.send_recv(b"get b\r\n") == b"VALUE b 0 1\r\nb\r\nEND\r\n"
+
+
+def _failed_run(faulty, sets: int) -> tuple[bytes, dict[str, str], bytes]:
+    """A quiet run of ``sets`` plain sets on a full disk (``--durable-acks``):
+    what its barrier answers, the refusal's stats, what a read finds after."""
+    server = faulty("--workers", "2", "--durable-acks")
+    conn = on_worker(server, 0)
+    assert conn.send_recv(b"set a 0 0 1\r\n1\r\nmn\r\n", b"MN\r\n") == b"STORED\r\nMN\r\n"
+    server.set_fault("enospc")
+    run = b"".join(b"set r%d 0 0 2 noreply\r\nrr\r\n" % i for i in range(sets))
+    said = conn.send_recv(run + b"mn\r\n", b"\r\n", timeout=10)
+    refusal = _refusal(on_worker(server, 1))
+    server.set_fault("")
+    keys = b" ".join(b"r%d" % i for i in range(sets))
+    return said, refusal, on_worker(server, 1).send_recv(b"get a %b\r\n" % keys)
+
+
+def test_a_run_crossing_as_columns_fails_on_a_full_disk_as_a_short_run_does(faulty):
+    """Review of wbatch: four sets or more cross to the writer as columns
+    (``PutRun``), three as ops; on a full disk both fail with the same
+    words and cause, and neither leaves a key behind."""
+    ops = _failed_run(faulty, 3)
+    columns = _failed_run(faulty, 5)
+    assert columns == ops
+    assert columns[0].startswith(b"SERVER_ERROR commit failed: out of disk space ("), columns
+    assert columns[1]["stig_writes_refused_cause"] == "disk_full"
+    assert columns[2] == b"VALUE a 0 1\r\n1\r\nEND\r\n"

@@ -86,3 +86,31 @@ def test_columns_cross_the_link_whole() -> None:
     assert isinstance(got[1][0], PutRun)
     assert list(got[1][0]) == list(run or ())
     assert got[1][1] == [Remove(b"k1")]
+
+
+def test_a_failing_run_of_columns_fails_alone_as_its_ops_would(tmp_path: Path) -> None:
+    """A run whose put LMDB refuses in its middle (a key past LMDB's 511
+    bytes) fails alone, with the same words and cause as its op list, and
+    the runs around it commit: the group's retry run by run takes columns."""
+    from stig.engine.group_commit import Failed, apply_group
+
+    bad = [Put(b"ok%d" % i, b"v", 0) for i in range(2)] + [Put(b"k" * 600, b"v", 0)]
+    bad += [Put(b"after%d" % i, b"v", 0) for i in range(2)]
+    group: list[list[Op]] = [
+        [Put(b"a%d" % i, b"1", 1) for i in range(COLUMNS_FROM)],
+        bad,
+        [Put(b"c%d" % i, b"3", 3) for i in range(COLUMNS_FROM)],
+    ]
+    plain, columns = _store(tmp_path / "ops"), _store(tmp_path / "columns")
+    try:
+        as_ops, _ = apply_group(plain, group)
+        as_columns, _ = apply_group(columns, [_as_sent(run) for run in group])
+        assert [type(r) for r in as_columns] == [type(r) for r in as_ops]
+        assert isinstance(as_columns[1], Failed)
+        assert isinstance(as_ops[1], Failed)
+        assert (as_columns[1].cause, str(as_columns[1])) == (as_ops[1].cause, str(as_ops[1]))
+        assert as_columns[0] == as_ops[0] and as_columns[2] == as_ops[2]
+        assert _state(columns) == _state(plain)
+    finally:
+        plain.close()
+        columns.close()
