@@ -164,6 +164,9 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("stig_worker_id", engine.worker_id),
         ("stig_writer_pid", 0 if engine.writer is None else engine.writer.pid),
         ("stig_writer_restarts", 0 if engine.writer is None else engine.writer.restarts),
+        # Workers killed because they held every other worker's commits
+        # (stig/engine/hung_workers.py).
+        ("stig_workers_killed_hung", engine.replicas.workers_killed_hung),
     ]
     # Writes refused while the disk cannot take commits (stig/engine/refusal.py).
     # With workers the state is the server's (stig/engine/shared_refusal.py):

@@ -97,6 +97,13 @@ class ReplicaHub:
             return self.shared.total(shared_replicas.SNAPSHOTS_SENT)
         return self._snapshots_sent
 
+    @property
+    def workers_killed_hung(self) -> int:
+        """Workers the writer had killed as hung (``--workers N``; 0 without workers)."""
+        if self.shared is not None:
+            return self.shared.total(shared_replicas.KILLED_HUNG)
+        return 0
+
     def snapshot_sent(self) -> None:
         self._snapshots_sent += 1
         if self.shared is not None:

@@ -17,8 +17,10 @@ as unsigned 64-bit words:
   streams with it), read by all;
 * per worker, :data:`COUNTERS` words of counters for ``stats``
   (``replication_ack_timeouts``, ``replication_snapshots_sent``), written
-  only by that worker and summed by whoever answers ``stats``, and the
-  role change it has adopted (:data:`ROLE_SEEN`);
+  only by that worker and summed by whoever answers ``stats``, the
+  role change it has adopted (:data:`ROLE_SEEN`), and how many times it
+  was killed as hung (:data:`KILLED_HUNG`, ``stig_workers_killed_hung``:
+  written by the writer, stig/engine/hung_workers.py);
 * a follower with workers (docs/workers.md): the role words the writer
   sets when it begins an epoch (``stig_promote``) or stores a fence —
   ``role_gen`` (one more at each change), ``promoted_epoch`` and
@@ -71,7 +73,7 @@ FOLLOWER_BYTES = _HEADER_WORDS * 8 - FOLLOWER_OFFSET
 _LIVE, _ACKED = 0, 1
 #: Counter words per worker, and which is which.
 COUNTERS = 4
-ACK_TIMEOUTS, SNAPSHOTS_SENT, ROLE_SEEN = 0, 1, 2
+ACK_TIMEOUTS, SNAPSHOTS_SENT, ROLE_SEEN, KILLED_HUNG = 0, 1, 2, 3
 #: How often a wait for ACKs heard by another worker looks again (a reply,
 #: a held read; a sender without an eventfd for commits).
 POLL_SECONDS = 0.001
@@ -204,6 +206,10 @@ class SharedReplicas:
     def count(self, counter: int) -> None:
         """Add one to this worker's ``counter`` (:data:`ACK_TIMEOUTS`, …)."""
         self._words[self._counters + self.me * COUNTERS + counter] += 1
+
+    def count_killed_hung(self, worker: int) -> None:
+        """The writer: worker ``worker``, killed as hung, has ended."""
+        self._words[self._counters + worker * COUNTERS + KILLED_HUNG] += 1
 
     # -- anyone --------------------------------------------------------------------
 

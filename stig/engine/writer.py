@@ -42,7 +42,11 @@ supervisor (a ``SOCK_SEQPACKET`` pair; :data:`CONTROL_LINK`,
 :data:`CONTROL_RELEASED`): when a worker's socket reaches end of file (it
 died) and every run the writer got from it is committed, the writer releases
 its in-flight entries (:meth:`SharedInFlight.release`) and tells the
-supervisor, which then hands it the socket of that worker's successor.  At
+supervisor, which then hands it the socket of that worker's successor.  A
+group held for :data:`~stig.engine.hung_workers.HUNG_SECONDS` waiting for a
+run of a worker that has no group in the writer makes it ask the supervisor
+to kill that worker as hung (:data:`CONTROL_HUNG`); its death goes the same
+way (docs/workers.md, "Failures with N workers").  At
 end of file on every socket and on the control socket (the server stopped)
 it closes the environment and exits.
 """
@@ -54,6 +58,7 @@ import pickle
 import selectors
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -61,6 +66,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from stig.engine.group_commit import Failed, apply_group, failed
+from stig.engine.hung_workers import HungWatch
 from stig.engine.refusal import Cause, words_for
 from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.shared_refusal import accept, note_failure, refuse
@@ -81,8 +87,9 @@ _CAUSES = {cause.value: cause for cause in Cause}
 PROBE_OK, PROBE_GREW, PROBE_FAILED = "ok", "grew", "failed"
 #: Control messages (pickled tuples, one per datagram): the supervisor's
 #: ``(CONTROL_LINK, worker)`` with the new worker's socket as ancillary data,
-#: the writer's ``(CONTROL_RELEASED, worker, number)``.
-CONTROL_LINK, CONTROL_RELEASED = "link", "released"
+#: the writer's ``(CONTROL_RELEASED, worker, number)`` and ``(CONTROL_HUNG,
+#: worker)`` (kill it: it holds every other worker's commits).
+CONTROL_LINK, CONTROL_RELEASED, CONTROL_HUNG = "link", "released", "hung"
 #: A follower's job refused: this server was promoted (``stig_promote``).
 _STREAM_JOBS = frozenset("asef")
 PROMOTED = "this server was promoted: the stream is not applied any more"
@@ -270,11 +277,14 @@ def serve(
             selector.register(control, selectors.EVENT_READ, None)
         groups: list[_Group] = []  # held: not every run committed yet
         ended: list[_Link] = []  # links at end of file, their runs not all committed
+        hung = HungWatch()
         progressed = False
+        wait: float | None = None
         while control is not None or any(not link.ended for link in links):
             probes: list[tuple[_Link, tuple[Any, ...]]] = []
-            # Block only when the groups held cannot go on by themselves.
-            for key, _ in selector.select(0 if progressed else None):
+            # Block only when the groups held cannot go on by themselves (and
+            # until a worker they wait for would be found hung).
+            for key, _ in selector.select(0 if progressed else wait):
                 link = key.data
                 if link is None:
                     assert control is not None
@@ -319,8 +329,13 @@ def serve(
                 if table is not None:
                     number = table.release(link.worker)
                     progressed = True  # runs that waited for its runs may go on
+                    if hung.ended(link.worker) and replicas is not None:
+                        replicas.count_killed_hung(link.worker)
                     if control is not None:
                         _tell(control, (CONTROL_RELEASED, link.worker, number))
+            wait = None
+            if table is not None and control is not None:
+                wait = _watch_hung(hung, groups, links, table, control)
     finally:
         selector.close()
         store.close()
@@ -461,6 +476,43 @@ def _control(
         _welcome(links[worker], store, selector)
         log.info("writer: worker %d restarted", worker)
     return True
+
+
+def _missing(groups: list[_Group], links: list[_Link], table: SharedInFlight) -> set[int]:
+    """The workers a held group waits for whose run is not in the writer: a
+    live link, no group of it held, a run it published not committed."""
+    holding = {group.link.worker for group in groups}
+    missing: set[int] = set()
+    for group in groups:
+        if not group.afters or group.done >= len(group.batches):
+            continue
+        for worker, number in group.afters[group.done]:
+            if worker in holding or links[worker].ended:
+                continue
+            if table.committed(worker) < number:
+                missing.add(worker)
+    return missing
+
+
+def _watch_hung(
+    hung: HungWatch,
+    groups: list[_Group],
+    links: list[_Link],
+    table: SharedInFlight,
+    control: socket.socket,
+) -> float | None:
+    """Ask the supervisor to kill each worker the held groups have waited
+    for past the bound; the seconds until the next one would be (None: none)."""
+    now = time.monotonic()
+    for worker in hung.update(_missing(groups, links, table), now):
+        log.warning(
+            "writer: worker %d has held every other worker's commits for %g s "
+            "(a run it published never came): asking the supervisor to kill it as hung",
+            worker,
+            hung.bound,
+        )
+        _tell(control, (CONTROL_HUNG, worker))
+    return hung.timeout(now)
 
 
 def _tell(control: socket.socket, message: tuple[Any, ...]) -> None:

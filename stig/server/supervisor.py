@@ -44,7 +44,7 @@ from stig.engine import shared_inflight, shared_region
 from stig.engine.engine import readers_for
 from stig.engine.settings import Settings
 from stig.engine.shared_replicas import SharedReplicas
-from stig.engine.writer import CONTROL_LINK, CONTROL_RELEASED
+from stig.engine.writer import CONTROL_HUNG, CONTROL_LINK, CONTROL_RELEASED
 from stig.engine.writer_link import START_SECONDS, launcher
 from stig.server import port_check
 from stig.server.listeners import ListenError, bind_unix
@@ -374,7 +374,8 @@ class _Supervisor:
                 child.process.terminate()
 
     def _control(self) -> None:
-        """The writer's word: it released a dead worker's runs."""
+        """The writer's word: it released a dead worker's runs, or a worker
+        is hung (it holds every other worker's commits): kill it."""
         shared = self.shared
         assert shared is not None
         try:
@@ -390,6 +391,24 @@ class _Supervisor:
             self.released.add(worker)
             log.info("the writer released worker %d's in-flight writes", worker)
             self._maybe_restart(worker)
+        elif message[0] == CONTROL_HUNG:
+            self._kill_hung(message[1])
+
+    def _kill_hung(self, worker: int) -> None:
+        """SIGKILL worker ``worker``: the writer found it hung.  Its death goes
+        as any other (its runs released, a successor started).  The writer
+        asks before it releases that worker's link, so the child found here
+        is the hung one, never a successor."""
+        if self.stopping:
+            return
+        for child in self.children.values():
+            if child.worker == worker and child.process.poll() is None:
+                log.warning(
+                    "worker %d (pid %d) holds every other worker's commits: killing it as hung",
+                    worker,
+                    child.process.pid,
+                )
+                child.process.kill()
 
     def _close_control(self) -> None:
         shared = self.shared
