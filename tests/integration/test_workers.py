@@ -23,6 +23,7 @@ from stig_testkit.connections import RawConnection
 from stig_testkit.notify_socket import NotifySocket
 from stig_testkit.process import STOP_TIMEOUT, StigProcess, child_env
 from stig_testkit.waiting import wait_for, wait_for_stats
+from stig_testkit.workers import writer_pid
 
 WORKERS = ("--workers", "2")
 
@@ -146,7 +147,7 @@ def test_sigterm_stops_every_process(workers):
     pids = [
         int(_stats(one)["pid"]),
         int(_stats(two)["pid"]),
-        _writer_pid(workers),
+        writer_pid(workers),
     ]
     assert one.send_recv(b"set k 0 0 1 noreply\r\nx\r\nmn\r\n", b"MN\r\n") == b"MN\r\n"
     one.close()
@@ -166,16 +167,6 @@ def test_sigkill_of_the_supervisor_ends_every_process(workers):
         wait_for(lambda pid=pid: not _alive(pid), bool, 10.0, what=f"the end of worker {pid}")
     workers.start()  # the data directory and the port's workers are free again
     assert workers.send_recv(b"version\r\n", b"\r\n").startswith(b"VERSION ")
-
-
-def _writer_pid(server: StigProcess) -> int:
-    """The writer: the supervisor's child that runs ``_writer``."""
-    assert server.proc is not None
-    parent = server.proc.pid
-    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
-        if b"_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
-            return int(child)
-    pytest.fail("no writer process")
 
 
 def _committed_everywhere(one: RawConnection, two: RawConnection, count: int) -> None:
@@ -241,8 +232,8 @@ def test_a_killed_worker_is_restarted_and_no_read_waits_for_its_lost_runs(worker
     # The writer paused: the victim's first group waits in its socket to the
     # writer, and the runs of its other connections are published in the
     # shared table but never handed over (one group in flight per worker).
-    writer_pid = _writer_pid(workers)
-    os.kill(writer_pid, signal.SIGSTOP)
+    writer = writer_pid(workers)
+    os.kill(writer, signal.SIGSTOP)
     try:
         for index in range(5):
             conn = victim if index == 0 else _on(workers, victim_pid)
@@ -257,7 +248,7 @@ def test_a_killed_worker_is_restarted_and_no_read_waits_for_its_lost_runs(worker
         )
         os.kill(victim_pid, signal.SIGKILL)
     finally:
-        os.kill(writer_pid, signal.SIGCONT)
+        os.kill(writer, signal.SIGCONT)
     # Every key the victim was writing: read at once on the other worker.
     # The group it had handed to the writer is committed (and waited for),
     # whole; the runs it had not handed over are gone.
@@ -288,7 +279,7 @@ def test_a_killed_writer_restarts_the_workers_and_committed_writes_survive(worke
     one, two = _pinned(workers)
     _committed_everywhere(one, two, 50)
     before = _worker_pids(workers)
-    os.kill(_writer_pid(workers), signal.SIGKILL)
+    os.kill(writer_pid(workers), signal.SIGKILL)
     assert one.is_closed_by_peer() and two.is_closed_by_peer()
     after = _worker_pids(workers)
     assert not set(after.values()) & set(before.values())

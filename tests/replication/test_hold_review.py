@@ -8,13 +8,12 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
 from stig_testkit.replicas import data_dir_has
 from stig_testkit.waiting import wait_for, wait_for_stats
-from stig_testkit.workers import on_worker, stats_of
+from stig_testkit.workers import on_worker, stats_of, writer_pid
 
 Factory = Callable[..., StigProcess]
 
@@ -182,16 +181,6 @@ def test_another_workers_unreplicated_flush_all_holds_every_key(stig_factory: Fa
     assert not data_dir_has(follower.data_dir, b"old")
 
 
-def _writer_pid(server: StigProcess) -> int:
-    """The writer: the supervisor's child that runs ``_writer``."""
-    assert server.proc is not None
-    parent = server.proc.pid
-    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
-        if b"_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
-            return int(child)
-    raise AssertionError("no writer process")
-
-
 def _new_worker(server: StigProcess, worker: int, old: set[int]) -> RawConnection | None:
     """A connection on worker ``worker`` if it is not one of the ``old``
     processes (None: the old one still, or one closing as the group restarts)."""
@@ -222,7 +211,7 @@ def test_a_writer_killed_mid_hold_leaves_the_write_held_on_every_worker(
             lambda now: now > seq,
             what="the write committed locally",
         )
-        os.kill(_writer_pid(primary), signal.SIGKILL)
+        os.kill(writer_pid(primary), signal.SIGKILL)
         readers = []
         for worker in (0, 1):
             watcher = wait_for(
