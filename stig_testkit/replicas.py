@@ -4,6 +4,10 @@ data directory (read straight from LMDB) hold a key."""
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
@@ -32,3 +36,15 @@ def data_dir_has(data_dir: Path, key: bytes) -> bool:
             return txn.get(key, db=items) is not None
     finally:
         env.close()
+
+
+@contextmanager
+def stopped(follower: StigProcess) -> Iterator[None]:
+    """The follower SIGSTOPped (it receives, applies and acks nothing), and
+    continued however the block ends."""
+    assert follower.proc is not None
+    os.kill(follower.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(follower.proc.pid, signal.SIGCONT)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
-from stig_testkit.replicas import data_dir_has
+from stig_testkit.replicas import data_dir_has, stopped
 from stig_testkit.waiting import wait_for, wait_for_stats
 from stig_testkit.workers import on_worker, stats_of, writer_pid
 
@@ -24,17 +23,6 @@ def _pair(stig_factory: Factory, timeout_ms: int) -> tuple[StigProcess, StigProc
     follower = stig_factory("--replica-of", f"{primary.host}:{primary.port}")
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower connected")
     return primary, follower
-
-
-@contextmanager
-def _stopped(follower: StigProcess) -> Iterator[None]:
-    """The follower SIGSTOPped, continued however the block ends."""
-    assert follower.proc is not None
-    os.kill(follower.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(follower.proc.pid, signal.SIGCONT)
 
 
 def test_a_read_of_its_own_pov_ignores_another_workers_unreplicated_flush_all(
@@ -50,7 +38,7 @@ def test_a_read_of_its_own_pov_ignores_another_workers_unreplicated_flush_all(
     never see."""
     primary, follower = _pair(stig_factory, 500)
     flusher, reader = on_worker(primary, 0), on_worker(primary, 1)
-    with _stopped(follower):
+    with stopped(follower):
         seq = int(stats_of(reader)["replication_seq"])
         flusher.send(b"flush_all\r\n")  # its reply waits for the follower
         wait_for(
@@ -132,7 +120,7 @@ def test_a_worker_killed_mid_hold_leaves_its_write_held_everywhere(stig_factory:
     word, which outlives it) and on worker 0's successor (its restart
     rule), and both reads are answered once the follower has it."""
     primary, follower = _pair(stig_factory, 60_000)
-    with _stopped(follower):
+    with stopped(follower):
         doomed = on_worker(primary, 0)
         pid = int(stats_of(doomed)["pid"])
         seq = int(stats_of(doomed)["replication_seq"])
@@ -165,7 +153,7 @@ def test_another_workers_unreplicated_flush_all_holds_every_key(stig_factory: Fa
     primary, follower = _pair(stig_factory, 60_000)
     flusher, reader, watcher = on_worker(primary, 0), on_worker(primary, 1), on_worker(primary, 1)
     assert reader.send_recv(b"set old 0 0 1\r\nv\r\n", b"\r\n") == b"STORED\r\n"
-    with _stopped(follower):
+    with stopped(follower):
         seq = int(stats_of(watcher)["replication_seq"])
         flusher.send(b"flush_all\r\n")  # its reply waits for the follower
         wait_for(
@@ -201,7 +189,7 @@ def test_a_writer_killed_mid_hold_leaves_the_write_held_on_every_worker(
     ``committed_seq`` and ``replicated`` words start at zero), and every new
     worker holds the write (the restart rule) until the follower has it."""
     primary, follower = _pair(stig_factory, 60_000)
-    with _stopped(follower):
+    with stopped(follower):
         writer_side = on_worker(primary, 0)
         old_pids = {int(stats_of(on_worker(primary, w))["pid"]) for w in (0, 1)}
         seq = int(stats_of(writer_side)["replication_seq"])

@@ -12,15 +12,12 @@ acks instead of the value.  Real processes; waits poll ``stats``.
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.connections import RawConnection
 from stig_testkit.process import StigProcess
-from stig_testkit.replicas import data_dir_has
+from stig_testkit.replicas import data_dir_has, stopped
 from stig_testkit.waiting import wait_for, wait_for_stats
 from stig_testkit.workers import on_worker, stats_of
 
@@ -35,18 +32,6 @@ def _pair(stig_factory: Factory, timeout_ms: int) -> tuple[StigProcess, StigProc
     conn = primary.connect()
     assert conn.send_recv(b"set warm 0 0 1\r\nv\r\n", b"\r\n") == b"STORED\r\n"
     return primary, follower
-
-
-@contextmanager
-def _stopped(follower: StigProcess) -> Iterator[None]:
-    """The follower SIGSTOPped (it receives, applies and acks nothing), and
-    continued however the block ends."""
-    assert follower.proc is not None
-    os.kill(follower.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(follower.proc.pid, signal.SIGCONT)
 
 
 def _committed_unreplicated(primary: StigProcess, key: bytes) -> RawConnection:
@@ -78,7 +63,7 @@ def test_a_read_of_an_unreplicated_write_waits_for_the_follower(stig_factory: Fa
     rounds = len(_TEXT_READS) + 1
     for index in range(rounds):
         key = b"k%d" % index
-        with _stopped(follower):
+        with stopped(follower):
             writer = _committed_unreplicated(primary, key)
             waits = int(primary.stats()["replication_read_waits"])
             if index < len(_TEXT_READS):
@@ -115,7 +100,7 @@ def test_a_read_of_an_unreplicated_write_fails_after_the_bound(stig_factory: Fac
         b"SERVER_ERROR only 0 of --min-replica-acks 1 followers acknowledged within 300 ms"
         b" a write this read would see; nothing was read\r\n"
     )
-    with _stopped(follower):
+    with stopped(follower):
         writer = _committed_unreplicated(primary, b"k")
         # A read of it waits for the follower, then gets the error, never the value.
         assert reader.send_recv(b"get k\r\n", b"\r\n") == words
@@ -148,7 +133,7 @@ def test_a_session_reads_its_own_writes_from_its_pov(stig_factory: Factory) -> N
     """Its own writes not yet committed are read from its POV, never held back."""
     primary, follower = _pair(stig_factory, 60_000)
     conn = primary.connect()
-    with _stopped(follower):
+    with stopped(follower):
         conn.send(b"set own 0 0 1 noreply\r\nv\r\nmg own v q\r\nmn\r\n")
         # The reply waits for the follower; what it says is read from the POV.
         waits = primary.stats()["replication_read_waits"]
@@ -162,7 +147,7 @@ def test_a_restarted_primary_holds_what_its_follower_may_lack(stig_factory: Fact
     has it; and once the follower is back in step, reads go on at once."""
     primary, follower = _pair(stig_factory, 60_000)
     same = (*primary.args, "--port", str(primary.port))  # where the follower reconnects
-    with _stopped(follower):
+    with stopped(follower):
         _committed_unreplicated(primary, b"k")
         primary.restart(*same, kill=True)
         reader = primary.connect()
@@ -215,7 +200,7 @@ def test_with_workers_a_read_on_the_other_worker_waits_for_the_follower(
     )
     for index, (read, end, wanted) in enumerate(_TEXT_READS):
         key = b"w%d" % index
-        with _stopped(follower):
+        with stopped(follower):
             seq = int(stats_of(writer_side)["replication_seq"])
             writer_side.send(b"set %b 0 0 3\r\nnew\r\n" % key)
             wait_for(
@@ -243,7 +228,7 @@ def test_with_workers_a_read_on_the_other_worker_fails_after_the_bound(
         b"SERVER_ERROR only 0 of --min-replica-acks 1 followers acknowledged within 300 ms"
         b" a write this read would see; nothing was read\r\n"
     )
-    with _stopped(follower):
+    with stopped(follower):
         seq = int(stats_of(reader)["replication_seq"])
         writer_side.send(b"set k 0 0 3\r\nnew\r\n")
         wait_for(
@@ -271,7 +256,7 @@ def test_with_workers_a_restarted_primary_holds_on_every_worker(stig_factory: Fa
     holds every key until the follower acknowledges the stored sequence."""
     primary, follower = _pair_with_workers(stig_factory, 60_000)
     same = (*primary.args, "--port", str(primary.port))
-    with _stopped(follower):
+    with stopped(follower):
         _committed_unreplicated(primary, b"k")
         primary.restart(*same, kill=True)  # the supervisor: its workers and writer die too
         readers = [(on_worker(primary, w), on_worker(primary, w)) for w in (0, 1)]
