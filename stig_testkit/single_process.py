@@ -33,8 +33,8 @@ SINGLE_PROCESS_ARGS = ("--workers", "0")
 NOT_YET = "not yet with workers: "
 #: Reasons several tests give.
 MAP_GROWS_IN_WRITER = (
-    "the map grows in the writer process: a worker that commits nothing meanwhile"
-    " keeps its snapshot, so the read may end uninterrupted"
+    "the map grows in the writer process: a worker that begins no read transaction"
+    " meanwhile keeps its snapshot (it needs no remap), so the read may end uninterrupted"
 )
 #: The line that registers the marker (pytest's ``markers`` setting).
 DESCRIPTION = (
