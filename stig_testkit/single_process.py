@@ -32,13 +32,9 @@ SINGLE_PROCESS_ARGS = ("--workers", "0")
 #: The prefix of a reason that is work in progress (unmark the test later).
 NOT_YET = "not yet with workers: "
 #: Reasons several tests give.
-FIGURES_AS_OF_COMMIT = (
-    NOT_YET + "another worker's held snapshots, renewals and stalled reads in stats "
-    "are as of its last commit"
-)
 MAP_GROWS_IN_WRITER = (
-    "the map grows in the writer process: a worker that commits nothing meanwhile"
-    " keeps its snapshot, so the read may end uninterrupted"
+    "the map grows in the writer process: a worker that begins no read transaction"
+    " meanwhile keeps its snapshot (it needs no remap), so the read may end uninterrupted"
 )
 #: The line that registers the marker (pytest's ``markers`` setting).
 DESCRIPTION = (

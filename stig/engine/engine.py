@@ -122,6 +122,8 @@ class Engine:
             self.promoter_stats = cast(PromoterStats, region.mine.promoter)
             self.stats = cast(CommandStats, region.mine.command)
             self.budget = SharedWriteBudget(region, settings.max_pending_bytes, max_wait)
+            # Held snapshots, stalled reads and renewals, live on every worker.
+            self.store.long_reads.share(region.mine.figures)
         #: The writer process (``--workers``); None: the commit thread commits.
         self.writer: WriterLink | None = None
         shared: SharedInFlight | None = None

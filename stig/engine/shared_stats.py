@@ -23,9 +23,10 @@ How each figure is combined (:func:`combine`, docs/workers.md):
   oldest uncommitted promotion's submission time each worker published.
 
 :class:`Figures` is the third block: what other objects of a worker know
-(keys in flight, read waits, held snapshots, the refusal's counters, the
-store's cas counter and bytes), copied in by :meth:`Figures.publish` after
-each of its commits and before its own ``stats`` answer.
+(keys in flight, read waits, the refusal's counters, the store's cas
+counter and bytes), copied in by :meth:`Figures.publish` after each of its
+commits and before its own ``stats`` answer; and the held reads' figures,
+stored there as they change (live on every worker).
 """
 
 from __future__ import annotations
@@ -97,7 +98,12 @@ class SharedPromoterStats(ctypes.Structure):
 
 class Figures(ctypes.Structure):
     """What a worker's other objects know, copied in by :meth:`publish`
-    (after each of its commits and before its own ``stats`` answer)."""
+    (after each of its commits and before its own ``stats`` answer) — but
+    the held reads' three figures (``held_snapshots``, ``stalled_reads``,
+    ``snapshot_renewals``), which its :class:`~stig.storage.held.HeldReads`
+    keeps here as they change (:meth:`~stig.storage.held.HeldReads.share`):
+    a worker that commits nothing would otherwise show another worker's
+    ``stats`` its reads as of its last commit."""
 
     _fields_ = [
         ("keys_in_flight", ctypes.c_int64),  # sum
@@ -117,16 +123,20 @@ class Figures(ctypes.Structure):
         ("last_cas", ctypes.c_int64),
         ("total_bytes", ctypes.c_int64),
     ]
+    held_snapshots: int
+    stalled_reads: int
+    snapshot_renewals: int
 
     def publish(self, promoter: Promoter, store: Store) -> None:
         in_flight = promoter.in_flight
         refusal = promoter.refusal
         self.keys_in_flight = len(in_flight)
         self.read_waits = in_flight.waits
-        reads = store.long_reads
-        self.held_snapshots = len(reads)
-        self.stalled_reads = reads.stalled_ends
-        self.snapshot_renewals = reads.renewals
+        reads = store.long_reads.counts
+        if reads is not self:  # with workers they are kept here as they change
+            self.held_snapshots = reads.held_snapshots
+            self.stalled_reads = reads.stalled_reads
+            self.snapshot_renewals = reads.snapshot_renewals
         lag = promoter.lag()
         self.oldest_submitted = time.monotonic() - lag if lag > 0 else 0.0
         self.writes_refused = int(refusal.refusing)

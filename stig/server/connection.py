@@ -69,6 +69,8 @@ from stig.core.replies import Replies
 from stig.engine.engine import Engine
 from stig.engine.errors import RunTooLarge
 from stig.engine.session import Session
+from stig.frontends.binary import BinaryHandler
+from stig.frontends.text import TextHandler
 from stig.server.transport import Transport
 from stig_protocol.commands import Replicate
 from stig_protocol.errors import ProtocolError
@@ -160,11 +162,7 @@ def make_handler(engine: Engine, session: Session, first_byte: int, replies: Rep
     core rules; tests/protocol/test_layout.py)."""
     core = Core(engine, session, replies.gate)
     if first_byte == BINARY_MAGIC:
-        from stig.frontends.binary import BinaryHandler
-
         return BinaryHandler(core, replies)
-    from stig.frontends.text import TextHandler
-
     return TextHandler(core, replies)
 
 

@@ -28,6 +28,12 @@ key (:meth:`stig.storage.snapshot.Snapshot.release`) — counted in
 :attr:`HeldReads.renewals`.  Only holders that can go on so are renewable
 (a read of keys; not a key listing, whose cursor is its transaction's).
 Everything here runs on the event loop thread.
+
+Its three figures (``stig_held_snapshots``, ``stig_stalled_reads``,
+``stig_snapshot_renewals``) are kept in a :class:`ReadCounts` as they
+change: a plain record on one process; with ``--workers N`` the worker's
+block in the shared region (:meth:`HeldReads.share`), so that ``stats`` on
+any worker shows them at once, not as of this worker's next commit.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple, Protocol
 
+import attrs
 import lmdb
 
 #: Why a snapshot ended, as the reader's error says it.
@@ -77,6 +84,25 @@ class Renewable(Holder, Protocol):
         ...
 
 
+class ReadCounts(Protocol):
+    """Where :class:`HeldReads` keeps its figures (the field names are
+    ``stats``'): a :class:`LocalReadCounts`, or a worker's block in shared
+    memory (stig/engine/shared_stats.py, ``Figures``)."""
+
+    held_snapshots: int
+    stalled_reads: int
+    snapshot_renewals: int
+
+
+@attrs.define
+class LocalReadCounts:
+    """The figures of one process's held reads."""
+
+    held_snapshots: int = 0
+    stalled_reads: int = 0
+    snapshot_renewals: int = 0
+
+
 class _Entry(NamedTuple):
     holder: Holder
     owner: Owner | None
@@ -87,27 +113,47 @@ class _Entry(NamedTuple):
 class HeldReads:
     """The snapshots held across awaits now (``stig_held_snapshots``)."""
 
-    __slots__ = ("_held", "renewals", "stalled_ends")
+    __slots__ = ("_held", "counts")
 
     def __init__(self) -> None:
         self._held: dict[lmdb.Transaction, _Entry] = {}
-        #: Snapshots ended because their client did not read (``stig_stalled_reads``).
-        self.stalled_ends = 0
-        #: Reads that went on from a new snapshot after theirs was released
-        #: for its age (``stig_snapshot_renewals``; counted by the reader).
-        self.renewals = 0
+        #: The figures, kept as they change: the snapshots held now, those
+        #: ended because their client did not read (``stig_stalled_reads``),
+        #: and the reads that went on from a new snapshot after theirs was
+        #: released for its age (``stig_snapshot_renewals``; counted by the
+        #: reader, :meth:`renewed`).
+        self.counts: ReadCounts = LocalReadCounts()
+
+    def share(self, counts: ReadCounts) -> None:
+        """Keep the figures in ``counts`` from now on (a worker's block in the
+        shared region, ``--workers N``), carrying over those kept so far."""
+        old = self.counts
+        counts.held_snapshots = len(self._held)
+        counts.stalled_reads = old.stalled_reads
+        counts.snapshot_renewals = old.snapshot_renewals
+        self.counts = counts
+
+    def renewed(self) -> None:
+        """A read went on from a new snapshot after its was released for its age."""
+        self.counts.snapshot_renewals += 1
 
     def add(self, txn: lmdb.Transaction, holder: Holder, owner: Owner | None) -> None:
         """Register ``txn``, taken now (a key listing: never renewed)."""
-        self._held[txn] = _Entry(holder, owner, time.monotonic(), None)
+        held = self._held
+        held[txn] = _Entry(holder, owner, time.monotonic(), None)
+        self.counts.held_snapshots = len(held)
 
     def add_renewable(self, txn: lmdb.Transaction, holder: Renewable, owner: Owner | None) -> None:
         """Register ``txn``, taken now, for a read that may go on from a new
         snapshot once this one is old (:meth:`release_old`)."""
-        self._held[txn] = _Entry(holder, owner, time.monotonic(), holder)
+        held = self._held
+        held[txn] = _Entry(holder, owner, time.monotonic(), holder)
+        self.counts.held_snapshots = len(held)
 
     def discard(self, txn: lmdb.Transaction) -> None:
-        self._held.pop(txn, None)
+        held = self._held
+        if held.pop(txn, None) is not None:
+            self.counts.held_snapshots = len(held)
 
     def __len__(self) -> int:
         return len(self._held)
@@ -115,6 +161,7 @@ class HeldReads:
     def end_all(self, why: str) -> None:
         """End every held snapshot (the map is about to grow)."""
         held, self._held = self._held, {}
+        self.counts.held_snapshots = 0
         for entry in held.values():
             entry.holder.end(why)
 
@@ -127,9 +174,10 @@ class HeldReads:
             since = None if owner is None else owner.replies_blocked_since
             if since is not None and now - since >= seconds:
                 del self._held[txn]
+                self.counts.held_snapshots = len(self._held)
                 entry.holder.end(stalled(seconds))
                 ended += 1
-        self.stalled_ends += ended
+        self.counts.stalled_reads += ended
         return ended
 
     def release_old(self, seconds: float, now: float | None = None) -> int:
@@ -144,6 +192,7 @@ class HeldReads:
             renewable = entry.renewable
             if renewable is not None and now - entry.since >= seconds:
                 del self._held[txn]
+                self.counts.held_snapshots = len(self._held)
                 renewable.release()
                 released += 1
         return released

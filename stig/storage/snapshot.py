@@ -296,7 +296,7 @@ class Snapshot:
             self._mine = {k: pending.item for k, pending in overlay.items()} if overlay else {}
             held = store.long_reads
             held.add_renewable(txn, self, self._owner)
-            held.renewals += 1
+            held.renewed()
         return self._get(key)
 
     def end(self, why: str) -> None:

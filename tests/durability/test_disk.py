@@ -1,16 +1,23 @@
 """The LMDB map and the disk: a full map grows unseen; a full disk refuses writes, never data.
 
-A full disk is made real with RLIMIT_FSIZE on the server process: once the
-data file would pass the limit, the kernel refuses the write (EFBIG) exactly
-where a full disk refuses it (ENOSPC), inside LMDB's commit.  A real small
-filesystem, in every protocol and both ack modes: test_disk_full.py.
+A full disk is made real with RLIMIT_FSIZE on the process that writes the
+data file — the server, or with ``--workers`` its writer process — set with
+prlimit(2) once it runs: once the data file would pass the limit, the kernel
+refuses the write (EFBIG) exactly where a full disk refuses it (ENOSPC),
+inside LMDB's commit.  Only that process is limited: with workers the
+supervisor's shared memory (a memfd of several MiB, sized with ftruncate,
+which the limit bounds too) must still be made, by a restart of the group.
+No root is needed (a process may lower the limits of its own user's
+processes).  A real small filesystem, in every protocol and both ack modes:
+test_disk_full.py (root: it mounts a tmpfs).
 """
 
 from __future__ import annotations
 
 import resource
 
-import pytest
+from stig_testkit.process import StigProcess
+from stig_testkit.workers import writer_pid
 
 VALUE = b"v" * 100_000
 
@@ -27,19 +34,18 @@ def test_a_full_map_grows_and_the_client_never_notices(stig_factory):
     assert server.stats()["stig_failed_commits"] == "0"
 
 
-def _limit_file_size() -> None:
-    limit = 3 << 20
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+def _limit_data_file(server: StigProcess, limit: int) -> None:
+    """RLIMIT_FSIZE ``limit`` on the process that writes the data file: the
+    server itself (one process), or its writer process (``--workers N``)."""
+    assert server.proc is not None
+    single = server.stats()["stig_workers"] == "0"
+    pid = server.proc.pid if single else writer_pid(server)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
 
 
-@pytest.mark.single_process(
-    "its RLIMIT_FSIZE (3 MiB) bounds every file the server makes: with workers the "
-    "supervisor's shared memory (a memfd of several MiB) cannot be sized, so it cannot start"
-)
 def test_a_full_disk_refuses_writes_keeps_reads_and_corrupts_nothing(stig_factory):
     server = stig_factory("--durable-acks")
-    server.preexec_fn = _limit_file_size
-    server.restart()
+    _limit_data_file(server, 3 << 20)
     stored: list[str] = []
     refused = None
     with server.connect() as conn:
@@ -73,8 +79,7 @@ def test_a_full_disk_refuses_writes_keeps_reads_and_corrupts_nothing(stig_factor
 
     # After a crash and a restart with room on disk, every acknowledged write
     # is there and the store takes writes again.
-    server.preexec_fn = None
-    server.restart(kill=True)
+    server.restart(kill=True)  # new processes, without the limit
     after = server.client()
     assert all(after.get(key) == VALUE for key in stored)
     assert after.get(f"k{len(stored)}") is None

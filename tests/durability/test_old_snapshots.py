@@ -25,7 +25,6 @@ from contextlib import contextmanager
 import pytest
 
 from stig_protocol.binary import Opcode, Status, encode_request
-from stig_testkit import single_process
 from stig_testkit.connections import BinaryConnection, RawConnection
 from stig_testkit.process import StigProcess
 
@@ -147,7 +146,6 @@ def _file_size(server: StigProcess) -> int:
 
 
 @pytest.mark.parametrize("name", list(READS))
-@pytest.mark.single_process(single_process.FIGURES_AS_OF_COMMIT)
 def test_a_read_kept_going_renews_its_snapshot_and_the_file_stops_growing(stig_factory, name):
     # The replication log (docs/replication.md) keeps up to 64 MB of recent
     # writes by default, which would grow the file by itself: bounded small

@@ -176,7 +176,6 @@ def test_a_streamed_run_keeps_its_order_and_one_snapshot(stig_factory, name: str
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-@pytest.mark.single_process(single_process.FIGURES_AS_OF_COMMIT)
 def test_a_run_held_past_its_age_bound_goes_on_from_a_new_snapshot(stig_factory, name) -> None:
     # The stall passes --max-snapshot-age-ms: the snapshot is released, and the
     # read goes on from a new one at its next key.  Each part is consistent:

@@ -21,7 +21,6 @@ import socket
 import pytest
 
 from stig_protocol.binary import Opcode, Status, decode_response, encode_request
-from stig_testkit import single_process
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for_stats
 
@@ -96,7 +95,6 @@ def _stall(server: StigProcess, request: bytes, end: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("name", list(REQUESTS))
-@pytest.mark.single_process(single_process.FIGURES_AS_OF_COMMIT)
 def test_a_read_whose_client_does_not_read_releases_its_snapshot(stig_factory, name: str):
     server = _server(stig_factory)
     request, end = REQUESTS[name]
