@@ -317,6 +317,7 @@ async def serve(
             pings = trio.CancelScope()
             system.start_soon(_keep_alive, notifier, pings)
             following = trio.CancelScope()
+            fencing = trio.CancelScope()
             roles = trio.CancelScope()
             system.start_soon(_watch_role, engine, roles)
             if engine.follower is not None and engine.holds_stream:
@@ -328,7 +329,7 @@ async def serve(
             if engine.holds_stream:
                 # Former primaries not told of a promotion yet (stored in
                 # LMDB: also after a restart of the group or of the server).
-                system.start_soon(_fence_former_primaries, engine, following)
+                system.start_soon(_fence_former_primaries, engine, fencing)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -350,6 +351,7 @@ async def serve(
             signals_scope.cancel()
             watchdog.cancel()
             following.cancel()
+            fencing.cancel()
             roles.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
