@@ -149,8 +149,8 @@ def install(faults: Path) -> None:
 
     begin_epoch = Store.begin_epoch
 
-    def faulty_begin_epoch(self: Store):  # type: ignore[no-untyped-def]
-        state = begin_epoch(self)
+    def faulty_begin_epoch(self: Store, former_primary: str | None = None):  # type: ignore[no-untyped-def]
+        state = begin_epoch(self, former_primary)
         if _fault(faults) == "kill-after-epoch":
             _die(faults)
         return state

@@ -39,6 +39,15 @@ def replication_stats(engine: Engine) -> list[tuple[str, object]]:
         ("replication_fenced_epoch", store.fence_state.epoch),
         ("replication_fenced", int(store.fenced)),
     ]
+    # Former primaries not yet told of this server's promotion (stig_fence
+    # is retried until each hears it: stig/replication/fencer.py).
+    due = sorted(store.fences_due().items())
+    pairs.append(("replication_fences_due", len(due)))
+    for index, (address, epoch) in enumerate(due):
+        pairs += [
+            (f"replication_fence_due_{index}", address),
+            (f"replication_fence_due_{index}_epoch", epoch),
+        ]
     if follower is None:
         # The slowest connected follower: what it has applied, how far behind.
         applied = min(acked, default=state.seq)

@@ -189,9 +189,10 @@ class Engine:
         #: (docs/workers.md); the others show its progress from here.
         self.holds_stream = self.worker_id == 0
         self.shared_follower: SharedFollower | None = None
-        #: The primary this server followed before ``stig_promote`` (None:
-        #: never promoted while running); the server fences it.
-        self.former_primary: str | None = None
+        #: Set (and replaced) when this process learns of a promotion: a
+        #: former primary may be due a fence (``Store.fences_due``, told by
+        #: stig/replication/fencer.py).
+        self.fences_changed = trio.Event()
         # The role change this worker adopts below (``--workers N``), read
         # before the stored state: a later one is adopted by watch_role.
         role_gen = 0
@@ -199,10 +200,10 @@ class Engine:
             self.shared_follower = SharedFollower(replicas.follower_bytes())
             role_gen = replicas.role_gen
             self.store.refresh_log_state()  # a fence stored since the store opened
-        if settings.replica_of is not None and replicas is not None and replicas.promoted_epoch:
-            # A worker restarted after another promoted the server: a primary.
-            self.former_primary = settings.replica_of
-        elif settings.replica_of is not None:
+        # A worker restarted after another promoted the server is a primary
+        # (its former primary's fence is due in LMDB until it is heard).
+        promoted = replicas is not None and bool(replicas.promoted_epoch)
+        if settings.replica_of is not None and not promoted:
             self.follower = FollowerState(settings.replica_of)
             self.promoter.refusal.make_read_only(f"read-only replica of {settings.replica_of}")
             if self.holds_stream and self.shared_follower is not None:
@@ -300,9 +301,9 @@ class Engine:
             await follower.stopped.wait()
             state: LogState
             if self.writer is None:
-                state = await trio.to_thread.run_sync(self.store.begin_epoch)
+                state = await trio.to_thread.run_sync(self.store.begin_epoch, follower.primary)
             else:  # --workers 1: the writer process begins it
-                state = await self._begin_epoch_in_writer(epoch)
+                state = await self._begin_epoch_in_writer(epoch, follower.primary)
         except BaseException as exc:
             # Nothing was stored: a later stig_promote may try again (the
             # server stays a read-only follower, no longer following).
@@ -313,13 +314,14 @@ class Engine:
         self._promoted(follower)
         return state
 
-    async def _begin_epoch_in_writer(self, epoch: int) -> LogState:
+    async def _begin_epoch_in_writer(self, epoch: int, former_primary: str) -> LogState:
         """The writer process begins the new epoch (it owns the write
-        transaction); ``epoch``: this server's before, to tell whether a
-        writer that died meanwhile had stored it."""
+        transaction) and stores that ``former_primary`` must hear of it;
+        ``epoch``: this server's before, to tell whether a writer that died
+        meanwhile had stored it."""
         assert self.writer is not None
         try:
-            return await self.writer.begin_epoch()
+            return await self.writer.begin_epoch(former_primary)
         except StreamJobRefused as exc:
             raise PromoteRefused(str(exc)) from exc
         except WriterDied as exc:
@@ -337,7 +339,9 @@ class Engine:
             # The epoch as stored now: this worker applies no stream, so its
             # own view may predate an epoch the stream brought, and a writer
             # dying mid-promotion would then pass for one that stored it.
-            state = await self._begin_epoch_in_writer(self.store.refresh_log_state().epoch)
+            state = await self._begin_epoch_in_writer(
+                self.store.refresh_log_state().epoch, follower.primary
+            )
         finally:
             follower.stop_requested = False  # adopt_role stops it for good
         self.adopt_role()
@@ -347,10 +351,11 @@ class Engine:
     def _promoted(self, follower: FollowerState) -> None:
         """This process is a primary now (its stream stopped or stopping)."""
         self.follower = None
-        self.former_primary = follower.primary
         self.promoter.refusal.lift_read_only()
         self.replicas.committed()
         follower.promoted.set()
+        self.fences_changed.set()  # its former primary is due a fence now
+        self.fences_changed = trio.Event()
         log.warning(
             "promoted: primary of epoch %d from group %d (was a replica of %s)",
             self.store.log_state.epoch,
@@ -408,6 +413,15 @@ class Engine:
         with trio.move_on_after(ROLE_WAIT_SECONDS):
             while any(shared.role_seen(w) < gen for w in range(shared.workers)):
                 await trio.sleep(POLL_SECONDS)
+
+    async def fence_heard(self, address: str, epoch: int) -> bool:
+        """The former primary at ``address`` heard of ``epoch``: it is no
+        longer due a fence (stored durably, by the writer process with
+        ``--workers``); whether that was stored."""
+        if self.writer is None:
+            done: bool = await trio.to_thread.run_sync(self.store.fence_heard, address, epoch)
+            return done
+        return await self.writer.fence_heard(address, epoch)
 
     async def run_promoter(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

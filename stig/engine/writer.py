@@ -18,9 +18,12 @@ values.  The server sends jobs:
 * a follower's (``--replica-of`` with workers, docs/workers.md): ``("a",
   groups)`` apply the primary's groups (``Store.apply_replicated``: whole,
   in order, with the primary's cas), ``("s", path, seq, epoch, last_cas,
-  epoch_starts)`` load the snapshot spooled at ``path``, ``("e",)`` begin a
-  new epoch (``stig_promote``: the groups of the stream are refused from
-  then on), ``("f", epoch, by)`` remember a fence (``stig_fence``).
+  epoch_starts)`` load the snapshot spooled at ``path``, ``("e",
+  former_primary)`` begin a new epoch (``stig_promote``: the groups of the
+  stream are refused from then on; the address followed must hear of it),
+  ``("f", epoch, by)`` remember a fence (``stig_fence``);
+* ``("h", address, epoch)``: the former primary at ``address`` heard of
+  ``epoch``: stop telling it (``Store.fence_heard``, docs/replication.md).
 
 The writer answers each job, in order, with ``(kind, results, state)``:
 per run its outcomes as one byte each and the item its last op stored, or
@@ -313,6 +316,8 @@ def serve(
             for link, job in probes:
                 if job[0] == "l":
                     _answer(link, ("l", _start_logging(store), _state(store)))
+                elif job[0] == "h":
+                    _answer(link, ("h", _fence_heard(store, job[1], job[2]), _state(store)))
                 elif job[0] in _STREAM_JOBS:
                     answer = stream_job(store, job, stream, replicas, table)
                     _answer(link, (*answer, _state(store)))
@@ -411,7 +416,8 @@ def stream_job(
             if replicas is not None:  # a death from here on: the supervisor looks
                 replicas.promoting(store.log_state.epoch)
             try:
-                _growing(store, store.begin_epoch)
+                former = job[1] if len(job) > 1 else None
+                _growing(store, lambda: store.begin_epoch(former))
                 stream.promoted = True
                 log.warning("writer: epoch %d begun (promoted)", store.log_state.epoch)
                 _role_changed(store, replicas, table, store.log_state.epoch)
@@ -450,6 +456,17 @@ def _start_logging(store: Store) -> bool:
         store.start_logging()
         log.info("replication log on: a follower wants it")
     return store.log_enabled
+
+
+def _fence_heard(store: Store, address: str, epoch: int) -> bool | None:
+    """A former primary heard of ``epoch`` (``("h", address, epoch)``):
+    forget that it is due (``Store.fence_heard``); None when that failed
+    (it stays due: the worker tells it again)."""
+    try:
+        return store.fence_heard(address, epoch)
+    except Exception as exc:  # a failed transaction: it stays due
+        log.error("writer: forgetting the fence due to %s failed: %s", address, exc)
+        return None
 
 
 def _welcome(link: _Link, store: Store, selector: selectors.BaseSelector) -> None:

@@ -302,11 +302,25 @@ class WriterLink:
         """Load the snapshot spooled at ``path`` in the writer (``Store.load_snapshot``)."""
         await self._stream_job(("s", str(path), seq, epoch, last_cas, epoch_starts))
 
-    async def begin_epoch(self) -> LogState:
+    async def begin_epoch(self, former_primary: str | None = None) -> LogState:
         """``stig_promote``: the writer begins a new epoch and refuses the
-        stream's jobs from then on; the new state."""
-        await self._stream_job(("e",))
+        stream's jobs from then on (``former_primary`` must hear of the
+        epoch: ``Store.begin_epoch``); the new state."""
+        await self._stream_job(("e", former_primary))
         return self.store.log_state
+
+    async def fence_heard(self, address: str, epoch: int) -> bool:
+        """The former primary at ``address`` heard of ``epoch``: the writer
+        forgets it was due (``Store.fence_heard``).  False when it did not
+        (it failed, or the writer died: tell it again later)."""
+        with trio.CancelScope(shield=True):  # an answer nobody waits for would desync the link
+            try:
+                answer = await self._call(frame(("h", address, epoch)))
+            except WriterDied:
+                if self.owns_writer:
+                    await self._restart("while forgetting a fence due")
+                return False
+        return bool(answer[1])
 
     async def fence(self, epoch: int, by: str) -> bool:
         """``stig_fence``: the writer stores the fence; whether it is news.

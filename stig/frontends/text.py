@@ -26,7 +26,7 @@ from stig.engine.errors import CommitFailed, PromoteRefused
 from stig.frontends.meta import HD_LINE, MetaHandler
 from stig.frontends.streamed_get import StreamedGet
 from stig.storage.ops import Add, Cas, Op, Outcome, Replace
-from stig.storage.replog import ImplausibleEpoch
+from stig.storage.replog import ImplausibleEpoch, not_later_words
 from stig_protocol import listing as L
 from stig_protocol import text_replies as R
 from stig_protocol.commands import (
@@ -814,9 +814,7 @@ class TextHandler:
         if store.fence_state.epoch >= command.epoch > store.log_state.epoch:
             self.out += b"FENCED %d\r\n" % command.epoch
         else:
-            self.out += R.server_error(
-                f"epoch {command.epoch} is not later than this server's {store.log_state.epoch}"
-            )
+            self.out += R.server_error(not_later_words(command.epoch, store.log_state.epoch))
 
     def _refresh_certs(self, command: RefreshCerts) -> None:
         """Reload the TLS certificates: new connections get them (memcached)."""

@@ -5,7 +5,8 @@
 server), ``follower`` is the client side a ``--replica-of`` server runs:
 it connects to the primary as a client would (TLS, logins), loads a
 snapshot when it must, applies each group through the store and
-acknowledges it.
+acknowledges it; ``fencer`` tells the primaries a promoted server
+followed of its new epoch until each has heard it (stored in LMDB).
 
 It may import the storage and the engine (the store applies the groups,
 the engine keeps what the followers acknowledged: stig/engine/replicas.py)

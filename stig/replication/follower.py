@@ -476,33 +476,28 @@ async def _discard_diverged(engine: Engine, state: FollowerState, shared: int) -
     raise FollowError(words)
 
 
-async def fence_former_primary(engine: Engine, address: str, epoch: int) -> None:
-    """Tell the primary this server followed before its promotion that a
-    primary of ``epoch`` exists (``stig_fence``), until it answers: then
-    it refuses writes and followers (after restarts too) instead of acting
-    as a second primary.  Retries while it is unreachable, as a dead
-    primary may come back; returns once it answered anything."""
+async def send_fence(engine: Engine, address: str, epoch: int) -> str:
+    """Tell the server at ``address`` (a former primary) that a primary of
+    ``epoch`` exists (``stig_fence``), as this server reaches its primary
+    (``--replica-tls…``, ``--replica-auth-file``); its answer's line.
+    Raises :data:`FENCE_FAILURES` when it cannot be reached or answer."""
     host, port = parse_address(address)
-    pause = RECONNECT_FIRST
-    while True:
-        try:
-            stream = await _connect(engine, host, port)
-            async with stream:
-                reader = _Reader(stream, None)
-                await _log_in(engine, reader)
-                await stream.send_all(b"stig_fence %d\r\n" % epoch)
-                answer = (await reader.line()).decode(errors="replace")
-            log.warning("former primary %s told of epoch %d: %s", address, epoch, answer)
-            return
-        except (
-            OSError,
-            ssl.SSLError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            trio.TooSlowError,
-            FollowError,
-            ValueError,
-        ):
-            pass
-        await trio.sleep(pause)
-        pause = min(pause * 2, RECONNECT_MAX)
+    with trio.fail_after(SILENCE_SECONDS):
+        stream = await _connect(engine, host, port)
+    async with stream:
+        reader = _Reader(stream, None)
+        await _log_in(engine, reader)
+        await stream.send_all(b"stig_fence %d\r\n" % epoch)
+        return (await reader.line()).decode(errors="replace")
+
+
+#: What :func:`send_fence` raises when there is no answer to be had.
+FENCE_FAILURES = (
+    OSError,
+    ssl.SSLError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    FollowError,
+    ValueError,
+)

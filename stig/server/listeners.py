@@ -317,6 +317,7 @@ async def serve(
             pings = trio.CancelScope()
             system.start_soon(_keep_alive, notifier, pings)
             following = trio.CancelScope()
+            fencing = trio.CancelScope()
             roles = trio.CancelScope()
             system.start_soon(_watch_role, engine, roles)
             if engine.follower is not None and engine.holds_stream:
@@ -325,10 +326,10 @@ async def serve(
                     f"catching up with the primary at {engine.follower.primary}"
                 )
                 system.start_soon(_follow, engine, following, hold)
-            elif engine.former_primary is not None and engine.holds_stream:
-                # Worker 0 restarted after another promoted the server: the
-                # former primary may not have heard of the new epoch yet.
-                system.start_soon(_fence_former_primary, engine, following)
+            if engine.holds_stream:
+                # Former primaries not told of a promotion yet (stored in
+                # LMDB: also after a restart of the group or of the server).
+                system.start_soon(_fence_former_primaries, engine, fencing)
             with trio.CancelScope() as connections_scope:
                 async with trio.open_nursery() as connections:
                     with trio.CancelScope() as front_scope:
@@ -350,6 +351,7 @@ async def serve(
             signals_scope.cancel()
             watchdog.cancel()
             following.cancel()
+            fencing.cancel()
             roles.cancel()
             with trio.CancelScope(shield=True):
                 await engine.promoter.close()
@@ -363,29 +365,26 @@ async def serve(
 
 async def _follow(engine: Engine, scope: trio.CancelScope, hold: Hold) -> None:
     """A follower (``--replica-of``): follow the primary until shutdown or a
-    promotion (``stig_promote``: then tell the former primary of the new
-    epoch); ``hold`` is released once it has caught up (``READY=1``), or
-    is promoted."""
-    from stig.replication.follower import fence_former_primary, follow
+    promotion (``stig_promote``; :func:`_fence_former_primaries` then tells
+    the former primary of the new epoch); ``hold`` is released once it has
+    caught up (``READY=1``), or is promoted."""
+    from stig.replication.follower import follow
 
     state = engine.follower
     assert state is not None
     with scope:
         await follow(engine, hold)
         await state.promoted.wait()  # it stopped for a promotion: its end
-        if engine.follower is None and engine.former_primary is not None:
-            hold.release()
-            await fence_former_primary(engine, engine.former_primary, engine.store.log_state.epoch)
+        hold.release()
 
 
-async def _fence_former_primary(engine: Engine, scope: trio.CancelScope) -> None:
-    """Tell the former primary of this server's epoch (until it answers; a
-    fence it already has is no news to it)."""
-    from stig.replication.follower import fence_former_primary
+async def _fence_former_primaries(engine: Engine, scope: trio.CancelScope) -> None:
+    """Tell each former primary due a fence of this server's epoch, until
+    it heard it (stig/replication/fencer.py)."""
+    from stig.replication.fencer import fence_former_primaries
 
-    assert engine.former_primary is not None
     with scope:
-        await fence_former_primary(engine, engine.former_primary, engine.store.log_state.epoch)
+        await fence_former_primaries(engine)
 
 
 async def _watch_role(engine: Engine, scope: trio.CancelScope) -> None:

@@ -63,6 +63,15 @@ EPOCH_START_PREFIX = b"epoch_start:"
 #: primary (docs/replication.md, taking over).
 FENCED_EPOCH_KEY = b"fenced_epoch"
 FENCED_BY_KEY = b"fenced_by"
+#: ``fence_due:`` + a former primary's address (``HOST:PORT``): the epoch
+#: (u64) this server was promoted to from following it, stored by the
+#: promotion's own transaction and deleted once that address answered
+#: ``stig_fence``: until then the server keeps telling it, after restarts
+#: too (docs/replication.md, the old primary).
+FENCE_DUE_PREFIX = b"fence_due:"
+#: At most this many addresses wait to be told (one per promotion whose
+#: former primary never answered): a promotion past it forgets the oldest.
+MAX_FENCES_DUE = 16
 FIRST_EPOCH = 1
 EPOCH = struct.Struct(">I")
 #: Epochs are u32 (log entries, the epoch history, the wire): the last one.
@@ -242,6 +251,16 @@ def check_claimed_epoch(epoch: int, own: int) -> None:
         )
 
 
+#: The words of a ``stig_fence`` answer from a server that knows ``epoch``
+#: already (its own is as late or later): the fence is moot, as heard.
+NOT_LATER = "is not later than this server's"
+
+
+def not_later_words(epoch: int, own: int) -> str:
+    """Why ``stig_fence <epoch>`` changes nothing on a server of epoch ``own``."""
+    return f"epoch {epoch} {NOT_LATER} {own}"
+
+
 def read_fence(txn: lmdb.Transaction, repl: lmdb._Database) -> Fence:
     """The stored fence; one past the epoch range (stored before fences were
     checked) is no primary's: ignored."""
@@ -255,6 +274,43 @@ def read_fence(txn: lmdb.Transaction, repl: lmdb._Database) -> Fence:
 def write_fence(txn: lmdb.Transaction, repl: lmdb._Database, fence: Fence) -> None:
     txn.put(FENCED_EPOCH_KEY, U64.pack(fence.epoch), db=repl)
     txn.put(FENCED_BY_KEY, fence.by.encode(), db=repl)
+
+
+def fences_due(txn: lmdb.Transaction, repl: lmdb._Database) -> dict[str, int]:
+    """The former primaries not yet told of this server's promotion, and
+    the epoch each must hear of."""
+    due: dict[str, int] = {}
+    cursor = txn.cursor(db=repl)
+    if not cursor.set_range(FENCE_DUE_PREFIX):
+        return due
+    for key, value in cursor:
+        key = bytes(key)
+        if not key.startswith(FENCE_DUE_PREFIX):
+            break
+        due[key[len(FENCE_DUE_PREFIX) :].decode(errors="replace")] = U64.unpack(value)[0]
+    return due
+
+
+def add_fence_due(txn: lmdb.Transaction, repl: lmdb._Database, address: str, epoch: int) -> None:
+    """Remember that ``address`` must hear of ``epoch``; past
+    :data:`MAX_FENCES_DUE` addresses the one of the earliest epoch goes."""
+    due = fences_due(txn, repl)
+    due.pop(address, None)
+    while len(due) >= MAX_FENCES_DUE:
+        oldest = min(due, key=lambda other: due[other])
+        txn.delete(FENCE_DUE_PREFIX + oldest.encode(), db=repl)
+        del due[oldest]
+    txn.put(FENCE_DUE_PREFIX + address.encode(), U64.pack(epoch), db=repl)
+
+
+def drop_fence_due(txn: lmdb.Transaction, repl: lmdb._Database, address: str, epoch: int) -> bool:
+    """``address`` heard of ``epoch``: forget it, unless it must hear of a
+    later one (a later promotion from it); whether it was forgotten."""
+    key = FENCE_DUE_PREFIX + address.encode()
+    raw = txn.get(key, db=repl)
+    if raw is None or U64.unpack(raw)[0] > epoch:
+        return False
+    return bool(txn.delete(key, db=repl))
 
 
 @attrs.define

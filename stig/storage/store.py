@@ -561,12 +561,14 @@ class Store:
 
     # -- taking over (docs/replication.md) ----------------------------------------
 
-    def begin_epoch(self) -> LogState:
+    def begin_epoch(self, former_primary: str | None = None) -> LogState:
         """Make this store a primary's of a new epoch — one past its own and
         past any it was fenced by — in ONE durable transaction: the epoch
         begins with an empty group (logged, so followers learn the epoch
-        and where it starts), recorded in the epoch history.  Only while
-        nothing else writes (a follower that stopped following).  Raises
+        and where it starts), recorded in the epoch history, with the
+        address of the primary it followed (``former_primary``), which must
+        hear of the epoch (:meth:`fences_due`).  Only while nothing else
+        writes (a follower that stopped following).  Raises
         :class:`~stig.storage.replog.ImplausibleEpoch`, storing nothing,
         when the epochs are spent."""
         try:
@@ -578,6 +580,8 @@ class Store:
                     raise replog.ImplausibleEpoch(f"no epoch left after {epoch - 1}")
                 state.epoch = epoch
                 replog.set_epoch_start(txn, repl, state.epoch, state.seq + 1)
+                if former_primary is not None:
+                    replog.add_fence_due(txn, repl, former_primary, epoch)
                 replog.write_state(txn, repl, state)
                 last_cas = self._read_u64_in(txn, _CAS_KEY, self._meta)
                 state = self._next_group(txn, [b""] if self.log_enabled else None, last_cas)
@@ -624,6 +628,22 @@ class Store:
             replog.write_fence(txn, self._repl, fence)
         self.fence_state = fence
         return True
+
+    def fences_due(self) -> dict[str, int]:
+        """The former primaries not yet told of this server's promotion (the
+        last commit's view): each address and the epoch it must hear of."""
+        txn = self._begin_whole()
+        try:
+            return replog.fences_due(txn, self._repl)
+        finally:
+            txn.abort()
+
+    def fence_heard(self, address: str, epoch: int) -> bool:
+        """The former primary at ``address`` answered ``stig_fence <epoch>``
+        (it knows of that epoch now, durably): stop telling it, in one
+        durable transaction; whether it was due."""
+        with self.env.begin(write=True) as txn:
+            return replog.drop_fence_due(txn, self._repl, address, epoch)
 
     @property
     def fenced(self) -> bool:

@@ -26,7 +26,8 @@ import lmdb
 
 from stig.storage import replog
 
-#: Keys of ``repl`` holding a u64, besides the epoch history and ``fenced_by``.
+#: Keys of ``repl`` holding a u64, besides the epoch history, the fences due
+#: and ``fenced_by``.
 _U64_KEYS = {
     replog.SEQ_KEY,
     replog.EPOCH_KEY,
@@ -55,6 +56,9 @@ def check_replication(
         if key.startswith(replog.EPOCH_START_PREFIX):
             if len(key) != len(replog.EPOCH_START_PREFIX) + replog.EPOCH.size or len(value) != 8:
                 problem(f"repl: malformed epoch history record {_show(key)}")
+        elif key.startswith(replog.FENCE_DUE_PREFIX):
+            if len(value) != 8:
+                problem(f"repl: malformed fence due record {_show(key)}")
         elif key in _U64_KEYS:
             if len(value) != 8:
                 problem(f"repl: {key.decode()} is {len(value)} bytes, not 8")

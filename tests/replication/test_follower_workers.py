@@ -320,11 +320,6 @@ def test_a_writer_killed_just_after_the_promotions_epoch_leaves_a_primary(
     assert follower.send_recv(b"set after 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a group restart drops --replica-of after a promotion, and with it the"
-    " former primary's address: nobody tells it of the new epoch (not built)",
-)
 def test_a_group_restart_after_a_promotion_still_fences_the_former_primary(
     stig_factory: Factory,
 ) -> None:
