@@ -428,7 +428,7 @@ class Connection:
                                 break  # reported just below
                         else:
                             await checkpoint()  # let the promoter's callbacks run
-                    elif handler.read_run_open and mark - budget >= READ_RUN_STRETCH:
+                    elif mark - budget >= READ_RUN_STRETCH and handler.read_run_open:
                         # A run of quiet gets longer than READ_RUN_STRETCH
                         # in one receive (a client that never sends its
                         # end): one bare scheduler pass, so that it cannot
