@@ -59,6 +59,7 @@ class TextParser:
         self.fast = fast
         self._framer = Framer(limits)
         self._singles = text_fast.single_gets_pattern(limits)
+        self._sets = text_fast.set_line_pattern(limits) if fast else None
         self._pending: BlockFollows | None = None  # a line whose block is arriving
         self._stream: text_stream.LineStream | None = None  # a long get line arriving
         self._hung_up = False  # an HTTP request line was seen: read nothing more
@@ -103,6 +104,12 @@ class TextParser:
             return self._streamed(self._stream)
         if self._pending is not None:
             return self._data_block(self._pending)
+        sets = self._sets
+        if sets is not None and framer.buffer.startswith(b"set ", framer.start):
+            # The commonest write whole: one regex match, no line cut out.
+            whole = text_fast.buffered_set(framer, self.limits, sets)
+            if whole is not None:
+                return whole
         line = framer.line()
         if line is None:
             return NEED_DATA

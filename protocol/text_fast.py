@@ -20,9 +20,12 @@ them and one without, whole and byte by byte, and requires identical events.
 
 * :func:`plain_sets`: the run of plain ``set`` and ``ms`` commands at the
   head of the buffer the same way, for a burst of pipelined writes.
+* :func:`buffered_set`: the plain ``set`` at the head of the buffer, found
+  by one regex match (:func:`set_line_pattern`) before the line is cut out,
+  as :func:`plain_sets` finds each ``set`` of a run.
 
 Events are built with ``tuple.__new__`` (C), not through the named tuple's
-own ``__new__``, a Python function: one frame less per get line.
+own ``__new__``, a Python function: one frame less per get or set line.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ MAX_SETS = 128
 #: The key of each line of a run that :func:`single_gets_pattern` matched.
 _ONE_KEY = re.compile(rb"get ([^\r\n]+)\r?\n")
 _SINGLE_GETS: dict[Limits, re.Pattern[bytes] | None] = {}
+_SET_LINES: dict[Limits, re.Pattern[bytes] | None] = {}
+#: The longest a plain ``set`` line is beyond its key: ``set `` and three
+#: numbers of up to 9 digits with their spaces, `` noreply`` and ``\r``.
+_SET_LINE_REST = 4 + 3 * 10 + 8 + 1
 _tuple_new = tuple.__new__
 
 
@@ -107,7 +114,7 @@ def plain_set(line: bytes, framer: Framer, limits: Limits) -> Store | None:
     value = _block(key, length, framer, limits)
     if value is None:
         return None
-    return Store(StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply)
+    return _tuple_new(Store, (StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply))
 
 
 def plain_meta_set(line: bytes, framer: Framer, limits: Limits) -> MetaSet | None:
@@ -154,6 +161,55 @@ def single_gets_pattern(limits: Limits) -> re.Pattern[bytes] | None:
         pattern = re.compile(rb"(?:get [\x21-\x7e\x80-\xff]{1,%d}\r?\n)+" % limits.max_key_length)
     _SINGLE_GETS[limits] = pattern
     return pattern
+
+
+def set_line_pattern(limits: Limits) -> re.Pattern[bytes] | None:
+    """A pattern matching one plain ``set`` line and its newline, exactly
+    those :func:`plain_set` takes: ``set <key> <flags> <exptime> <bytes>``
+    and an optional `` noreply``, single spaces, a valid key
+    (1..max_key_length bytes, none a control character or space), numbers
+    of 1 to 9 ASCII digits, an optional ``\\r`` before the ``\\n``; its groups
+    are the key, the three numbers and `` noreply`` (None when absent).
+    None when such a line could be longer than ``max_line_length`` (the
+    line-by-line path must judge it)."""
+    try:
+        return _SET_LINES[limits]
+    except KeyError:
+        pass
+    pattern = None
+    if limits.max_key_length + _SET_LINE_REST <= limits.max_line_length:
+        pattern = re.compile(
+            rb"set ([\x21-\x7e\x80-\xff]{1,%d}) ([0-9]{1,9}) ([0-9]{1,9}) ([0-9]{1,9})"
+            rb"( noreply)?\r?\n" % limits.max_key_length
+        )
+    _SET_LINES[limits] = pattern
+    return pattern
+
+
+def buffered_set(framer: Framer, limits: Limits, pattern: re.Pattern[bytes]) -> Store | None:
+    """The :class:`Store` of the plain ``set`` line at the head of the buffer
+    (``pattern``: :func:`set_line_pattern` for ``limits``) whose block is
+    buffered whole and well ended, consumed with its block; else None with
+    nothing consumed.  One regex match instead of cutting the line out and
+    checking its fields one call each (:func:`plain_set`): the same event."""
+    buffer = framer.buffer
+    match = pattern.match(buffer, framer.start)
+    if match is None:
+        return None
+    begin = match.end()
+    key, flags, exptime, length, noreply = match.groups()
+    end = begin + int(length)
+    if (
+        end - begin > limits.max_item_size
+        or len(buffer) < end + 2
+        or buffer[end] != 13
+        or buffer[end + 1] != 10
+    ):
+        return None
+    value = bytes(buffer[begin:end])
+    framer.consume_to(end + 2)
+    fields = (StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply is not None)
+    return _tuple_new(Store, fields)
 
 
 def plain_gets(framer: Framer, limits: Limits, singles: re.Pattern[bytes] | None) -> list[Retrieve]:
@@ -226,10 +282,30 @@ def plain_sets(framer: Framer, limits: Limits) -> list[Store | MetaSet]:
     bytes of the head."""
     found: list[Store | MetaSet] = []
     longest = limits.max_line_length
+    max_item = limits.max_item_size
+    sets = set_line_pattern(limits)
     taken = 0  # bytes consumed so far
     while taken < WINDOW and len(found) < MAX_SETS:
         buffer = framer.buffer
         start = framer.start
+        match = None if sets is None else sets.match(buffer, start)
+        if match is not None:  # a plain set line: buffered_set(), inline
+            begin = match.end()
+            key, flags, exptime, length, noreply = match.groups()
+            end = begin + int(length)
+            if (
+                end - begin > max_item
+                or len(buffer) < end + 2
+                or buffer[end] != 13
+                or buffer[end + 1] != 10
+            ):
+                break
+            value = bytes(buffer[begin:end])
+            fields = (StoreMode.SET, key, int(flags), int(exptime), value, 0, noreply is not None)
+            found.append(_tuple_new(Store, fields))
+            framer.start = end + 2  # consume_to() once, at the end
+            taken += end + 2 - start
+            continue
         head = buffer[start : start + 4]
         if head == b"set ":
             build = plain_set
@@ -249,4 +325,5 @@ def plain_sets(framer: Framer, limits: Limits) -> list[Store | MetaSet]:
             break
         found.append(event)
         taken += newline + 3 - start + len(event.value)
+    framer.consume_to(framer.start)  # forget what was consumed, if it is much
     return found

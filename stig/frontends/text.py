@@ -521,12 +521,15 @@ class TextHandler:
         where the loop would send, and the rest go one by one (which send
         there first), so that the runs closed so far are handed over apart.
         """
+        parser = self.parser
+        if parser.idle:
+            return None  # nothing behind it (a set alone in its burst: d=1)
         out = self.out
         gate = self.gate
         limit = self._reply_limit
         if self.core.wants_room or len(out) + gate.cost >= limit:
             return None  # the loop sends first (or waits), then handles them
-        events = self.parser.plain_sets()
+        events = parser.plain_sets()
         if not events:
             return None
         if self.core.prefixes.enabled:

@@ -12,7 +12,10 @@ stream), the common commands are plain calls (a handler returns an
 awaitable only when it must wait), and a burst whose client reads its
 replies costs **one scheduler pass**: the receive, which parks in
 ``wait_readable`` or, when data was already there, passes through the
-scheduler once; the replies go out with a plain ``send``.  Fairness: between
+scheduler once; the replies go out with a plain ``send``, and the receive
+after them passes through the scheduler first (``recv_after_pass``), so
+that the client's next request is mostly there when it reads (a second
+pass, the park, only when it is not).  Fairness: between
 two scheduler passes a connection handles at most one receive
 (:data:`RECEIVE_SIZE` bytes) and at most :data:`YIELD_EVERY` commands
 (counted across bursts; tests/integration/test_connection_fairness.py; a
@@ -376,6 +379,8 @@ class Connection:
         handle = handler.handle
         sock = self.sock
         plain_receive = self._idle_timeout == float("inf")
+        # After replies sent at once: the scheduler pass first (PlainSocket).
+        receive_next = getattr(sock, "recv_after_pass", sock.recv)
         checkpoint = trio.lowlevel.checkpoint
         promoter = self.engine.promoter
         # Counted across bursts, not per burst: a client that keeps small
@@ -423,7 +428,7 @@ class Connection:
                                 break  # reported just below
                         else:
                             await checkpoint()  # let the promoter's callbacks run
-                    elif handler.read_run_open and mark - budget >= READ_RUN_STRETCH:
+                    elif mark - budget >= READ_RUN_STRETCH and handler.read_run_open:
                         # A run of quiet gets longer than READ_RUN_STRETCH
                         # in one receive (a client that never sends its
                         # end): one bare scheduler pass, so that it cannot
@@ -482,7 +487,7 @@ class Connection:
                 return  # shutdown: everything received is answered
             if plain_receive and not session.run_open and not handler.read_run_open:
                 self._waiting_for_input = True
-                data = await sock.recv(RECEIVE_SIZE)  # the hot path: no cancel scope
+                data = await receive_next(RECEIVE_SIZE)  # the hot path: no cancel scope
                 self._waiting_for_input = False
             else:
                 data = await self._receive()

@@ -16,6 +16,11 @@ timeouts and the cancellation:
   One receive is one burst of requests for the connection loop, so a
   connection whose client keeps data waiting still lets every other task
   run once per burst (stig/server/connection.py states the whole bound);
+* :meth:`PlainSocket.recv_after_pass` is the receive right after replies
+  left with :meth:`send_now`: the pass first, then the receive, which then
+  mostly finds the client's next request already there (one pass), where
+  a receive at once mostly found nothing yet (``EAGAIN``, an ``epoll_ctl``,
+  a park in ``wait_readable`` and the wake-up: issue 20);
 * :meth:`PlainSocket.send_now` sends what the kernel takes at once, with no
   scheduler pass and no coroutine: the end of a burst whose client reads
   (the common case) costs one ``send`` system call
@@ -70,6 +75,23 @@ class PlainSocket:
                 return sock.recv(size)
             except BlockingIOError:  # a spurious wake-up: wait again
                 pass
+
+    async def recv_after_pass(self, size: int, /) -> bytes:
+        """:meth:`recv` for the first receive after replies left with
+        :meth:`send_now`: the scheduler pass comes first, then the receive.
+        The client has only just been sent its replies, so a receive at once
+        mostly finds nothing (``EAGAIN``, then an ``epoll_ctl`` and a park in
+        ``wait_readable``); after the other connections' turns its next
+        request is mostly there, taken with no wait.  One pass when it is,
+        two when it is not (the pass, then the park)."""
+        await _shielded_checkpoint()
+        sock = self._sock
+        while True:
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                pass
+            await _wait_readable(sock)
 
     def send_now(self, data: bytes | bytearray | memoryview, /) -> int:
         """Send what the kernel takes now (0 when it takes nothing): no

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 import attrs
 
-from stig_protocol.commands import Retrieve, RetrieveEnd, RetrieveKeys, RetrieveStart
+from stig_protocol.commands import (
+    Retrieve,
+    RetrieveEnd,
+    RetrieveKeys,
+    RetrieveStart,
+    Store,
+    StoreMode,
+)
 from stig_protocol.errors import InvalidCommand, ProtocolError
 from stig_protocol.events import NEED_DATA
 from stig_protocol.limits import Limits
@@ -96,6 +103,13 @@ def _check_event(event: object) -> None:
     if isinstance(event, Retrieve):
         assert event.keys and all(isinstance(key, bytes) and key for key in event.keys), event
         assert type(event.with_cas) is bool and type(event.touch) is bool, event
+        return
+    if isinstance(event, Store):  # a named tuple too: its fields' types checked here
+        assert type(event.mode) is StoreMode and type(event.key) is bytes and event.key, event
+        assert type(event.value) is bytes and type(event.noreply) is bool, event
+        numbers = (event.flags, event.exptime, event.cas_unique)
+        assert all(type(n) is int for n in numbers), event
+        assert event.flags >= 0 and event.cas_unique >= 0, event
         return
     assert attrs.has(type(event)), event
     assert attrs.evolve(event) == event  # its validators pass
