@@ -18,17 +18,14 @@ with every signal blocked from before the fork until the child is ready:
 * the garbage the supervisor had not collected yet is collected (a socket
   in a cycle would otherwise close its number later, when the child may
   have reused it), then **every descriptor not in** ``keep`` (and not
-  stdout or stderr) is closed: the data directory's lock, the supervisor's
-  LMDB environment, the other children's links and listening sockets, the
-  selector, the pidfds and the control socket are all gone before the
-  child's own code runs;
+  stdout or stderr) is closed: the data directory's lock, the other
+  children's links and listening sockets, the selector, the pidfds and
+  the control socket are all gone before the child's own code runs;
 * its name (``/proc/PID/comm``) is ``name``, so ``ps`` tells the children apart.
 
 Then ``main()`` runs, and the child ends with ``os._exit`` whatever
 happens: no ``atexit`` handler, no finalizer of an object the supervisor
-built (its ``Store`` above all: LMDB's rule is that a child never uses nor
-closes an environment opened before the fork) and no frame of the
-supervisor's runs in the child.  Its exit status is ``main``'s
+built and no frame of the supervisor's runs in the child.  Its exit status is ``main``'s
 ``SystemExit`` code, 0 when it returns, 1 when it raises (the traceback
 is printed on stderr).
 

@@ -1,7 +1,7 @@
 """The supervisor of ``stig serve --workers N`` (N > 1): one writer, N workers.
 
 See docs/workers.md.  The supervisor holds what must be single: the data
-directory's lock, LMDB's reader table (sized for every worker), the port
+directory's lock (LMDB it opens only for a look, never across a fork), the port
 (it opens one ``SO_REUSEPORT`` listening socket per worker, so the kernel
 spreads the connections over them, checks that no other process listens on
 that port, and hands each worker its socket; a unix socket is one socket
