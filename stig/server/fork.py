@@ -84,12 +84,12 @@ def spawn(
 ) -> int:
     """Fork a child that runs ``main()`` with only ``keep`` (and stdin,
     stdout, stderr) open, and ends with it; the child's pid."""
-    count = threads()
-    if count != 1:
-        raise NotSingleThreaded(f"{count} threads: a child must not be forked")
     environments = open_environments()
     if environments:
         raise EnvironmentOpen(f"LMDB environment open ({environments[0]}): close it before a fork")
+    count = threads()
+    if count != 1:
+        raise NotSingleThreaded(f"{count} threads: a child must not be forked")
     parent = os.getpid()
     # Nothing buffered is written twice, once by each process.
     sys.stdout.flush()

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
+from stig.server import fork
+from stig.storage.store import Store
 from stig_testkit.certs import self_signed_cert
 from stig_testkit.process import StigProcess
 from stig_testkit.waiting import wait_for
@@ -151,3 +154,28 @@ def test_each_child_holds_only_its_own_descriptors(stig_factory, tmp_path, tls):
     )
     _check_each_child_holds_only_its_own(server, listeners)
     assert server.terminate() == 0
+
+
+def test_no_child_is_forked_with_an_open_environment_or_a_second_thread(tmp_path):
+    """stig/server/fork.py refuses to fork (in the caller, before any fork)
+    while an LMDB environment is open (the child would inherit it) or while
+    a second thread runs (it may hold a lock the child would inherit held)."""
+
+    def never() -> None:
+        raise AssertionError("a child was forked")
+
+    store = Store(tmp_path / "data", 1 << 20, 8)
+    try:
+        with pytest.raises(fork.EnvironmentOpen, match=r"lock\.mdb"):
+            fork.spawn("stig-test", (), never)
+    finally:
+        store.close()
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        with pytest.raises(fork.NotSingleThreaded):
+            fork.spawn("stig-test", (), never)
+    finally:
+        release.set()
+        thread.join()
