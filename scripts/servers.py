@@ -25,6 +25,8 @@ from pathlib import Path
 from loadgen import connect
 from wire import Resp, Text
 
+from stig_testkit.workers import is_writer
+
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 STARTED_PIDS: list[int] = []  # every server process started here (for leak checks)
@@ -323,14 +325,7 @@ class RunningServer:
     @property
     def writer_pids(self) -> list[int]:
         """Stig's writer process among :attr:`pids` (``--workers``), else none."""
-        found = []
-        for pid in self.pids[1:]:
-            try:
-                if b"_writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(pid)
-            except OSError:
-                pass
-        return found
+        return [pid for pid in self.pids[1:] if is_writer(pid)]
 
     def start(self) -> RunningServer:
         env = {**os.environ, **self.spec.env}

@@ -36,11 +36,22 @@ def on_worker(server: StigProcess, worker: int, timeout: float = 10.0) -> RawCon
     raise AssertionError(f"{TRIES} connections and none on worker {worker}")
 
 
+def is_writer(pid: int) -> bool:
+    """Whether ``pid`` is Stig's writer process: forked by the supervisor of
+    ``--workers N`` (named ``stig-writer``), or run as ``_writer`` (``--workers 1``)."""
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "stig-writer":
+            return True
+        return b"_writer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def writer_pid(server: StigProcess) -> int:
-    """The writer process of ``--workers N``: the supervisor's child that runs ``_writer``."""
+    """The writer process of ``--workers N``: the supervisor's child named ``stig-writer``."""
     assert server.proc is not None
     parent = server.proc.pid
     for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
-        if b"_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+        if is_writer(int(child)):
             return int(child)
     raise AssertionError("no writer process")

@@ -1,9 +1,10 @@
 """The writer process (``stig serve --workers 1``): it owns the LMDB write transaction.
 
 See docs/workers.md.  The server starts it (:class:`stig.engine.writer_link.WriterLink`)
-as ``python -m <the server's launcher> _writer --fd N …`` and talks to it over
-one end of a socketpair; this module is both sides' frame format and the
-writer's loop (:func:`serve`).
+as ``python -m <the server's launcher> _writer --fd N …`` (with ``--workers
+N`` the supervisor forks it and calls :func:`serve`: stig/server/supervisor.py)
+and talks to it over one end of a socketpair; this module is both sides'
+frame format and the writer's loop (:func:`serve`).
 
 A frame is an 8-byte little-endian length and a pickle of a tuple of plain
 values.  The server sends jobs:

@@ -1,16 +1,18 @@
 """The supervisor of ``stig serve --workers N`` (N > 1): one writer, N workers.
 
 See docs/workers.md.  The supervisor holds what must be single: the data
-directory's lock, LMDB's reader table (sized for every worker), the port
+directory's lock (LMDB it opens only for a look, never across a fork), the port
 (it opens one ``SO_REUSEPORT`` listening socket per worker, so the kernel
 spreads the connections over them, checks that no other process listens on
 that port, and hands each worker its socket; a unix socket is one socket
 that every worker accepts on), the shared in-flight table with the
 followers' block (a memfd: stig/engine/shared_replicas.py) and the
 workers' eventfds.  It starts the writer process with one socket per
-worker, then the workers, and prints the ready line once every worker
-listens.  It keeps the listening sockets, so that a restarted worker gets
-its own again (connections that arrive meanwhile wait in its backlog).
+worker, then the workers, each by ``os.fork`` alone (stig/server/fork.py:
+their code is imported here once, no child pays an interpreter and its
+imports), and prints the ready line once every worker listens.  It keeps
+the listening sockets, so that a restarted worker gets its own again
+(connections that arrive meanwhile wait in its backlog).
 
 Children die with it (``PR_SET_PDEATHSIG``: a SIGKILL of the supervisor is a
 crash of the whole server, as of a single process).  SIGTERM/SIGINT (and
@@ -25,54 +27,43 @@ with exit status 1 (docs/workers.md, "Failures with N workers").
 
 from __future__ import annotations
 
-import base64
 import collections
-import ctypes
+import contextlib
+import gc
 import logging
 import os
 import pickle
 import selectors
 import signal
 import socket
-import subprocess
-import sys
 import time
+from collections.abc import Iterator
 
 import attrs
+import trio
 
 from stig.engine import shared_inflight, shared_region
-from stig.engine.engine import readers_for
+from stig.engine import writer as writer_process
+from stig.engine.engine import WorkerRole, readers_for
 from stig.engine.settings import Settings
+from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.shared_replicas import SharedReplicas
 from stig.engine.writer import CONTROL_HUNG, CONTROL_LINK, CONTROL_RELEASED
-from stig.engine.writer_link import START_SECONDS, launcher
-from stig.server import port_check
-from stig.server.listeners import ListenError, bind_unix
+from stig.engine.writer_link import START_SECONDS
+from stig.replication.follower import spool_records
+from stig.server import fork, port_check
+from stig.server.listeners import Listener, ListenError, bind_unix
+from stig.server.listeners import serve as serve_worker
 from stig.server.sd_notify import Notifier
 from stig.storage.dirlock import DirLock
+from stig.storage.replog import LogBounds
 from stig.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-#: The environment variable that hands a worker its settings (a pickle, base64).
-SETTINGS_VARIABLE = "STIG_WORKER_SETTINGS"
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the supervisor dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def encode_settings(settings: Settings) -> str:
-    return base64.b64encode(pickle.dumps(settings)).decode()
-
-
-def decode_settings(text: str) -> Settings:
-    settings = pickle.loads(base64.b64decode(text))
-    assert isinstance(settings, Settings)
-    return settings
+#: The name (``/proc/PID/comm``) of the writer process; a worker's is
+#: ``stig-worker-N``.
+WRITER_NAME = "stig-writer"
 
 
 #: At most this many restarts (of a worker, or of the whole group after the
@@ -85,18 +76,42 @@ RESTART_WINDOW = 60.0
 
 @attrs.define(eq=False)
 class _Child:
-    """A process the supervisor started: the writer (``worker`` -1) or a worker."""
+    """A process the supervisor forked: the writer (``worker`` -1) or a worker.
 
-    process: subprocess.Popen[bytes]
+    Signalled through its pidfd (never a pid that may have been reused) and
+    reaped once, by :meth:`wait`."""
+
+    pid: int
     worker: int
     pidfd: int = attrs.field(init=False)
+    #: Its exit status once reaped (``-N``: ended by signal N), else None.
+    code: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        self.pidfd = os.pidfd_open(self.process.pid)
+        self.pidfd = os.pidfd_open(self.pid)
 
     @property
     def name(self) -> str:
         return "writer" if self.worker < 0 else f"worker {self.worker}"
+
+    @property
+    def running(self) -> bool:
+        """Not reaped yet (it may have ended: its pidfd says so first)."""
+        return self.code is None
+
+    def send_signal(self, signum: int) -> None:
+        if self.code is None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self) -> int:
+        """Reap it (blocking until it ends); its exit status."""
+        if self.code is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.code = os.waitstatus_to_exitcode(status)
+        return self.code
 
 
 @attrs.define(eq=False)
@@ -119,24 +134,25 @@ def run(settings: Settings, on_ready: object = None) -> int:
     workers = settings.workers
     lock = DirLock(settings.data_dir)
     readers = readers_for(settings.max_connections) * workers
-    # Opened first, so LMDB's reader table is sized for every worker.
-    store = Store(settings.data_dir, settings.map_size, readers, lock=False)
+    # Opened once before anything starts (a directory LMDB cannot open fails
+    # here), then closed: a child must never inherit an open environment
+    # (stig/server/fork.py).  Every child opens its own with this reader
+    # table, sized for every worker.
     try:
+        Store(settings.data_dir, settings.map_size, readers, lock=False).close()
         listening = _listen(settings, workers)
-    except ListenError:
-        store.close()
+    except BaseException:
         lock.release()
         raise
     if settings.unix_socket is None:
         settings = attrs.evolve(settings, port=listening[0][0].getsockname()[1])
         if len(listening[0]) > 1:
             settings = attrs.evolve(settings, tls_port=listening[0][1].getsockname()[1])
-    supervisor = _Supervisor(settings, store, listening, readers)
+    supervisor = _Supervisor(settings, listening, readers)
     try:
         return supervisor.serve()
     finally:
         supervisor.close_listeners()
-        store.close()
         lock.release()
         # Every child has ended: the writer and the workers closed theirs.
         log.info("stig stopped; LMDB closed")
@@ -149,17 +165,13 @@ class _Supervisor:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
         listening: list[list[socket.socket]],
         readers: int,
     ) -> None:
         self.settings = settings
-        self.store = store
         #: Per worker, its listening sockets (kept: a restarted worker gets them again).
         self.listening = listening
         self.readers = readers
-        self.python = [sys.executable, "-m", launcher()]
-        self.env = {**os.environ, SETTINGS_VARIABLE: encode_settings(settings)}
         self.ready_read, self.ready_write = os.pipe()
         self.children: dict[int, _Child] = {}  # by pidfd
         self.selector = selectors.DefaultSelector()
@@ -176,6 +188,19 @@ class _Supervisor:
 
     # -- starting --------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _store(self) -> Iterator[Store]:
+        """The environment, open for one look (a dead child's reader slots, a
+        promotion) and closed before the next child is forked: py-lmdb opens a
+        path once per process, and LMDB forbids a child to use or close an
+        environment its parent opened (stig/server/fork.py refuses to fork
+        while one is open)."""
+        store = Store(self.settings.data_dir, self.settings.map_size, self.readers, lock=False)
+        try:
+            yield store
+        finally:
+            store.close()
+
     def _start_group(self) -> None:
         """A new shared table, the writer, and every worker."""
         workers = self.settings.workers
@@ -185,41 +210,15 @@ class _Supervisor:
         self.shared = _Shared(table_fd, wakes, control)
         self.selector.register(control, selectors.EVENT_READ, "control")
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers)]
-        settings = self.settings
-        writer = subprocess.Popen(
-            [
-                *self.python,
-                "_writer",
-                *[arg for mine, _ in pairs for arg in ("--fd", str(mine.fileno()))],
-                "--table-fd",
-                str(table_fd),
-                *[arg for fd in wakes for arg in ("--wake-fd", str(fd))],
-                "--control-fd",
-                str(theirs_control.fileno()),
-                "--data-dir",
-                str(settings.data_dir),
-                "--map-size",
-                str(settings.map_size),
-                "--max-readers",
-                str(self.readers),
-                "--max-value-size",
-                str(settings.limits.max_item_size),
-                "--log-level",
-                settings.log_level,
-                "--replication-log-bytes",
-                str(settings.replication_log_bytes),
-                "--replication-log-seconds",
-                str(settings.replication_log_seconds),
-            ],
-            pass_fds=[
-                table_fd,
-                *wakes,
-                theirs_control.fileno(),
-                *(mine.fileno() for mine, _ in pairs),
-            ],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+        links = [mine.fileno() for mine, _ in pairs]
+        control_fd = theirs_control.fileno()
+        writer = fork.spawn(
+            WRITER_NAME,
+            [table_fd, *wakes, control_fd, *links],
+            lambda: self._writer_main(links, table_fd, wakes, control_fd),
+            # A terminal's ^C or a SIGTERM is for the workers: the writer
+            # stops once every link and the control socket reached their end.
+            ignore=(signal.SIGINT, signal.SIGTERM),
         )
         theirs_control.close()
         for mine, _ in pairs:
@@ -228,43 +227,59 @@ class _Supervisor:
         for worker, (_, theirs) in enumerate(pairs):
             self._start_worker(worker, theirs)
 
+    def _writer_main(self, links: list[int], table_fd: int, wakes: list[int], control: int) -> None:
+        """The writer child's life (stig/engine/writer.py), as ``stig _writer`` runs it."""
+        settings = self.settings
+        workers = len(links)
+        writer_process.serve(
+            links,
+            settings.data_dir,
+            settings.map_size,
+            self.readers,
+            settings.limits.max_item_size,
+            SharedInFlight(table_fd, workers, -1, wakes),
+            control,
+            log_bounds=LogBounds(settings.replication_log_bytes, settings.replication_log_seconds),
+            replicas=SharedReplicas(
+                table_fd, workers, -1, shared_inflight.replicas_offset(workers)
+            ),
+            read_spool=spool_records,
+        )
+
     def _start_worker(self, worker: int, link: socket.socket) -> None:
         shared = self.shared
         assert shared is not None
         listeners = self.listening[worker]
-        tls_fd = [] if len(listeners) < 2 else ["--tls-listen-fd", str(listeners[1].fileno())]
-        process = subprocess.Popen(
-            [
-                *self.python,
-                "_worker",
-                "--worker-id",
-                str(worker),
-                "--link-fd",
-                str(link.fileno()),
-                "--table-fd",
-                str(shared.table_fd),
-                "--wake-fd",
-                str(shared.wakes[worker]),
-                "--ready-fd",
-                str(self.ready_write),
-                "--listen-fd",
-                str(listeners[0].fileno()),
-                *tls_fd,
-            ],
-            pass_fds=[
-                shared.table_fd,
-                shared.wakes[worker],
-                link.fileno(),
-                self.ready_write,
-                *(listener.fileno() for listener in listeners),
-            ],
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+        role = WorkerRole(
+            worker,
+            link.fileno(),
+            shared.table_fd,
+            listeners[0].fileno(),
+            -1 if len(listeners) < 2 else listeners[1].fileno(),
+            shared.wakes[worker],
+        )
+        keep = [shared.table_fd, shared.wakes[worker], link.fileno(), self.ready_write]
+        pid = fork.spawn(
+            f"stig-worker-{worker}",
+            [*keep, *(listener.fileno() for listener in listeners)],
+            lambda: self._worker_main(role),
         )
         link.close()
-        self._adopt(_Child(process, worker))
+        self._adopt(_Child(pid, worker))
+
+    def _worker_main(self, role: WorkerRole) -> None:
+        """A worker child's life: a single server's trio loop in ``role``
+        (the settings as they are now: a promoted group's have no
+        ``--replica-of``); it writes one byte on the ready pipe once it listens."""
+        ready_fd = self.ready_write
+
+        def ready(_listeners: list[Listener]) -> None:
+            os.write(ready_fd, b"R")
+            os.close(ready_fd)
+
+        settings = self.settings
+        gc.freeze()  # the supervisor's objects and the imports: never scanned
+        trio.run(lambda: serve_worker(settings, on_ready=ready, role=role))
 
     def _adopt(self, child: _Child) -> None:
         self.children[child.pidfd] = child
@@ -362,16 +377,16 @@ class _Supervisor:
 
     def _pass_on(self, signum: int, _frame: object) -> None:
         for child in list(self.children.values()):
-            if child.worker >= 0 and child.process.poll() is None:
-                child.process.send_signal(signum)
+            if child.worker >= 0:
+                child.send_signal(signum)
 
     def _give_up(self) -> None:
         """Stop the server with exit status 1: every worker is told to stop."""
         self.code = 1
         self.stopping = True
         for child in list(self.children.values()):
-            if child.worker >= 0 and child.process.poll() is None:
-                child.process.terminate()
+            if child.worker >= 0:
+                child.send_signal(signal.SIGTERM)
 
     def _control(self) -> None:
         """The writer's word: it released a dead worker's runs, or a worker
@@ -402,13 +417,13 @@ class _Supervisor:
         if self.stopping:
             return
         for child in self.children.values():
-            if child.worker == worker and child.process.poll() is None:
+            if child.worker == worker and child.running:
                 log.warning(
                     "worker %d (pid %d) holds every other worker's commits: killing it as hung",
                     worker,
-                    child.process.pid,
+                    child.pid,
                 )
-                child.process.kill()
+                child.send_signal(signal.SIGKILL)
 
     def _close_control(self) -> None:
         shared = self.shared
@@ -427,7 +442,7 @@ class _Supervisor:
         self.selector.unregister(child.pidfd)
         del self.children[child.pidfd]
         os.close(child.pidfd)
-        code = child.process.wait()
+        code = child.wait()
         if self.stopping:
             return
         how = signal.Signals(-code).name if code < 0 else f"status {code}"
@@ -442,7 +457,7 @@ class _Supervisor:
             log.error(
                 "%s (pid %d) ended (%s) after %d restarts in %g s: stopping the server",
                 child.name,
-                child.process.pid,
+                child.pid,
                 how,
                 len(self.restarts),
                 RESTART_WINDOW,
@@ -451,15 +466,16 @@ class _Supervisor:
             return
         self.restarts.append(now)
         # Its LMDB reader slots (LMDB frees a dead process's only when asked).
-        self.store.env.reader_check()
+        with self._store() as store:
+            store.env.reader_check()
         if child.worker >= 0:
-            log.error("%s (pid %d) ended (%s): restarting it", child.name, child.process.pid, how)
+            log.error("%s (pid %d) ended (%s): restarting it", child.name, child.pid, how)
             self.dead.add(child.worker)
             self._maybe_restart(child.worker)
         else:
             log.error(
                 "the writer (pid %d) ended (%s): restarting the writer and every worker",
-                child.process.pid,
+                child.pid,
                 how,
             )
             self._restart_group()
@@ -470,12 +486,13 @@ class _Supervisor:
         close, what they acknowledged and had not committed is lost as in a
         crash) and a new group started on the same listening sockets."""
         for child in list(self.children.values()):
-            child.process.kill()
-            child.process.wait()
+            child.send_signal(signal.SIGKILL)
+            child.wait()
             self.selector.unregister(child.pidfd)
             os.close(child.pidfd)
         self.children.clear()
-        self.store.env.reader_check()
+        with self._store() as store:
+            store.env.reader_check()
         shared = self.shared
         if shared is not None:
             self._keep_promotion(shared)
@@ -499,13 +516,13 @@ class _Supervisor:
         promoted = replicas.promoted_epoch
         if not promoted and replicas.promoting_from:
             # The writer died beginning the epoch: stored, or not at all.
-            self.store.follow_writer()
-            epoch = self.store.refresh_log_state().epoch
+            with self._store() as store:
+                store.follow_writer()
+                epoch = store.refresh_log_state().epoch
             promoted = epoch if epoch > replicas.promoting_from else 0
         if promoted:
             log.warning("promoted to epoch %d: the new group is a primary", promoted)
             self.settings = attrs.evolve(self.settings, replica_of=None)
-            self.env[SETTINGS_VARIABLE] = encode_settings(self.settings)
 
     def close_listeners(self) -> None:
         """Stop taking connections (the workers close theirs as they stop)."""

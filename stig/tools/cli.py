@@ -518,49 +518,8 @@ def serve(
         raise click.ClickException(str(exc)) from None
 
 
-@main.command("_worker", hidden=True)
-@click.option("--worker-id", type=int, required=True)
-@click.option("--link-fd", type=int, required=True)
-@click.option("--table-fd", type=int, required=True)
-@click.option("--wake-fd", type=int, default=-1)
-@click.option("--ready-fd", type=int, required=True)
-@click.option("--listen-fd", type=int, required=True)
-@click.option("--tls-listen-fd", type=int, default=-1)
-def worker(
-    worker_id: int,
-    link_fd: int,
-    table_fd: int,
-    wake_fd: int,
-    ready_fd: int,
-    listen_fd: int,
-    tls_listen_fd: int,
-) -> None:
-    """A worker process of ``stig serve --workers N`` (started by the supervisor)."""
-    import os
-
-    from stig.engine.engine import WorkerRole
-    from stig.server.listeners import Listener
-    from stig.server.listeners import serve as run_server
-    from stig.server.supervisor import SETTINGS_VARIABLE, decode_settings
-
-    settings = decode_settings(os.environ.pop(SETTINGS_VARIABLE))
-    logs.configure(settings.log_level, sys.stderr)
-
-    def ready(_listeners: list[Listener]) -> None:
-        os.write(ready_fd, b"R")
-        os.close(ready_fd)
-
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    role = WorkerRole(worker_id, link_fd, table_fd, listen_fd, tls_listen_fd, wake_fd)
-    trio.run(lambda: run_server(settings, on_ready=ready, role=role))
-
-
 @main.command("_writer", hidden=True)
-@click.option("--fd", type=int, multiple=True, required=True, help="one socket per worker")
-@click.option("--table-fd", type=int, default=-1, help="the shared in-flight table (N workers)")
-@click.option("--wake-fd", type=int, multiple=True, help="each worker's eventfd (N workers)")
-@click.option("--control-fd", type=int, default=-1, help="the supervisor's socket (N workers)")
+@click.option("--fd", type=int, multiple=True, required=True, help="its socket to the server")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--map-size", type=int, required=True)
 @click.option("--max-readers", type=int, required=True)
@@ -570,9 +529,6 @@ def worker(
 @click.option("--replication-log-seconds", type=float, default=3600.0)
 def writer(
     fd: tuple[int, ...],
-    table_fd: int,
-    wake_fd: tuple[int, ...],
-    control_fd: int,
     data_dir: Path,
     map_size: int,
     max_readers: int,
@@ -581,7 +537,8 @@ def writer(
     replication_log_bytes: int,
     replication_log_seconds: float,
 ) -> None:
-    """The writer process of ``stig serve --workers`` (started by the server, not by hand)."""
+    """The writer process of ``stig serve --workers 1`` (started by the server, not by hand;
+    with ``--workers N`` the supervisor forks it: stig/server/supervisor.py)."""
     from stig.engine import writer as writer_process
     from stig.replication.follower import spool_records
 
@@ -592,23 +549,13 @@ def writer(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from stig.storage.replog import LogBounds
 
-    table = replicas = None
-    if table_fd >= 0:
-        from stig.engine.shared_inflight import SharedInFlight, replicas_offset
-        from stig.engine.shared_replicas import SharedReplicas
-
-        table = SharedInFlight(table_fd, len(fd), -1, wake_fd)
-        replicas = SharedReplicas(table_fd, len(fd), -1, replicas_offset(len(fd)))
     writer_process.serve(
         fd,
         data_dir,
         map_size,
         max_readers,
         max_value_size,
-        table,
-        control_fd,
         log_bounds=LogBounds(replication_log_bytes, replication_log_seconds),
-        replicas=replicas,
         read_spool=spool_records,
     )
 
