@@ -74,6 +74,7 @@ def _wait(what: str, ready: Callable[[], bool], timeout: float = 30.0) -> None:
 class Result:
     figure: Figure
     follower_cpu_s: float | None
+    log_on: bool  # the primary wrote the replication log (stats replication_log_on)
 
 
 def _one_mode(
@@ -91,9 +92,15 @@ def _one_mode(
             )
             follower.start()
             STARTED_PIDS.append(follower.pid)
+            # Measured only once the follower is attached and the primary
+            # logs (the log starts with the first follower: every group of
+            # the rows below is logged and streamed, none from before).
             _wait(
-                "the follower connected",
-                lambda: stat(primary.port, "connected_replicas") == "1",
+                "the follower connected and the primary's log on",
+                lambda: (
+                    stat(primary.port, "connected_replicas") == "1"
+                    and stat(primary.port, "replication_log_on") == "1"
+                ),
             )
         for workload, depth in WORKLOADS:
             shape = shape_for(depth)
@@ -105,7 +112,8 @@ def _one_mode(
                 if follower is None or before is None
                 else cond_bench._cpu_seconds(follower.pid) - before
             )
-            results[workload, depth] = Result(figure, follower_cpu)
+            log_on = stat(primary.port, "replication_log_on") == "1"
+            results[workload, depth] = Result(figure, follower_cpu, log_on)
     except StartError as exc:
         for key in WORKLOADS:
             results.setdefault(key, f"skipped (did not start: {exc})"[:120])
@@ -164,8 +172,9 @@ def bench_rows(
                 row.p50_us, row.p99_us = figure.p50_us, figure.p99_us
                 row.latency_unit = "per burst"
                 row.errors, row.server_cpu_s = figure.errors, figure.server_cpu_s
+                row.extra = {"replication_log_on": result.log_on}
                 if result.follower_cpu_s is not None:
-                    row.extra = {"follower_cpu_s": round(result.follower_cpu_s, 2)}
+                    row.extra["follower_cpu_s"] = round(result.follower_cpu_s, 2)
                 alone = figures["alone"][workload, depth]
                 if mode != "alone" and isinstance(alone, Result):
                     row.ratio = figure.writes_per_s / alone.figure.writes_per_s
@@ -203,7 +212,8 @@ def main() -> None:
             print(
                 f"{label} {figure.writes_per_s:>9,.0f} writes/s  p50 {figure.p50_us:>7,.0f} µs  "
                 f"p99 {figure.p99_us:>8,.0f} µs  errors {figure.errors}  "
-                f"primary CPU {figure.server_cpu_s:.2f}  {follower}  {ratio}"
+                f"primary CPU {figure.server_cpu_s:.2f}  log {'on' if result.log_on else 'off'}  "
+                f"{follower}  {ratio}"
             )
 
 
