@@ -145,7 +145,7 @@ def _vs_reference(
     """Targets on the ratio ``report.assign_ratios`` gave a row (items/s ÷ its
     reference's): ``row_key`` is the rows' (workload, depth)."""
     for server in servers:
-        asked = f"{what}: {server} ≥ {limit:g}× {reference}"
+        asked = f"{what}: {server} ≥ {limit:.1f}× {reference}"
         row = _row(rows, server, *row_key)
         if row is None or row.ratio is None or not row.items_per_s:
             yield _missing(asked, f"{server} {what} and its reference")
