@@ -19,9 +19,13 @@ that misses the answered write is a stale read, counted in the row's note
 (must be 0; a run with any exits 1).  After the table, the server CPU per set
 is divided by the CPU per get of the same server and depth.
 
-The ``p99`` workload drives Stig and memcached open-loop (``loadgen --rate``)
-at half of Stig's closed-loop ``mix d=1`` peak and compares their p99
-latencies (measured from each request's scheduled send time).
+The ``p99`` workload drives each Stig shape of the run (``stig``, and
+``stig-w1``/``stig-w2`` when ``--servers`` names them) open-loop (``loadgen
+--rate``) at half of its own closed-loop ``mix d=1`` peak, and memcached
+right after it at the same rate, and compares their p99 latencies (measured
+from each request's scheduled send time); the server CPU per request of
+both is in the rows.  After the table, issue 20's targets that the run's
+rows measure are printed as ratios (:mod:`targets`).
 
 It also runs :mod:`lmdb_reference` (the ceiling for durable batch writes), the
 scale workload on Stig (bulk load, bytes per key on disk, RSS,
@@ -78,6 +82,7 @@ import transport_bench
 from loadgen import LoadSpec, connect, exchange_once, preload, probe, run
 from report import Row, assign_ratios, table
 from servers import SCRIPTS, SERVERS, RunningServer, ServerSpec, StartError
+from targets import targets_table
 from wire import Exchange, codec, key_for
 from workloads import build_exchange
 
@@ -88,7 +93,10 @@ WORKLOAD_CHOICES = (
     "repl",
 )  # fmt: skip
 P99_BASE = "mix"  # the p99 row's workload: Stig's closed-loop peak of it, then half that rate
-P99_SERVERS = ("stig", "memcached")  # driven at the same fixed rate, back to back
+#: The Stig shapes whose p99 is measured at half of their own peak, each with
+#: memcached at the same rate right after it (those of them in --servers).
+P99_SHAPES = ("stig", "stig-w1", "stig-w2")
+P99_REFERENCE = "memcached"
 #: Servers run only when --servers names them (the --workers shapes, docs/workers.md).
 OPT_IN = ("stig-w1", "stig-w2", "stig-w2-durable")
 #: Seconds: the shortest measured window of a batch row (not in smoke).  Every
@@ -385,32 +393,73 @@ def bench_p99(
     earlier: list[Row],
     say: Callable[[str], None],
 ) -> list[Row]:
-    """Latency at half of Stig's peak: Stig and memcached at the same fixed rate.
+    """Latency at half of each Stig shape's peak, against memcached at the same rate.
 
-    The peak is Stig's closed-loop ``mix d=1`` row of this size from earlier
-    in the run, or, if the plan has none (quick, smoke), one measured here and
-    reported as its own row.  Then Stig and memcached are driven open-loop,
-    back to back, at half that many requests/s; ``assign_ratios`` divides
-    Stig's p99 by memcached's (the target: at most 2).
+    For every Stig shape of the run (``P99_SHAPES``: ``stig``, and the
+    ``--workers`` shapes when ``--servers`` names them) in turn: its peak is
+    its closed-loop ``mix d=1`` row of this size from earlier in the run, or,
+    if the plan has none (quick, smoke), one measured here and reported as
+    its own row.  Then that shape and memcached are driven open-loop, back to
+    back, at half that many requests/s; both rows name the shape
+    (``peak_of``), and ``assign_ratios`` divides the shape's p99 by the
+    memcached row of the same shape (issue 20's target: at most 5).
     """
     names = {s.name: s for s in specs}
-    stig = names.get("stig")
-    if stig is None:
-        return []
     rows: list[Row] = []
 
     def add(row: Row) -> None:
         rows.append(row)
         say(f"{row.server:<15}" + _oneline(row))
 
+    for shape in (names[n] for n in P99_SHAPES if n in names):
+        peak = _p99_peak(fleet, shape, plan, size, earlier, add)
+        if isinstance(peak, str):
+            add(_p99_row(shape.name, shape.name, size, status=peak))
+            continue
+        rate = peak / 2
+        for spec in (shape, names.get(P99_REFERENCE)):
+            if spec is None:
+                add(_p99_row(P99_REFERENCE, shape.name, size, status="skipped (not in --servers)"))
+                continue
+            late = plan.out_of_time()
+            srv = late or fleet.ready(spec, size)
+            if isinstance(srv, str):
+                add(_p99_row(spec.name, shape.name, size, status=srv))
+                continue
+            row = _loadgen_row(
+                spec, srv, plan, P99_BASE, 1, size, spec.protocol, rate=rate, label="p99"
+            )
+            fleet.check(spec, row)
+            row.extra = {**(row.extra or {}), "peak_per_s": peak, "peak_of": shape.name}
+            add(row)
+    return rows
+
+
+def _p99_row(server: str, shape: str, size: int, status: str) -> Row:
+    """A p99 row that did not run, saying why; ``shape`` is whose half-peak it was for."""
+    return Row(server, "p99", 1, size, "-", status=status, extra={"peak_of": shape})
+
+
+def _p99_peak(
+    fleet: Fleet,
+    spec: ServerSpec,
+    plan: Plan,
+    size: int,
+    earlier: list[Row],
+    add: Callable[[Row], None],
+) -> float | str:
+    """The shape's closed-loop ``mix d=1`` requests/s, or why there is none.
+
+    Taken from the run's own row if it has one; else measured now and
+    reported as a row of its own (note ``Stig's peak for the p99 rows``).
+    """
     if late := plan.out_of_time():
-        add(Row("stig", "p99", 1, size, "-", status=late))
-        return rows
+        return late
     peak = next(
         (
             r
             for r in reversed(earlier)
-            if r.server == "stig"
+            if r.server == spec.name
             and r.workload == P99_BASE
             and r.depth == 1
             and r.value_size == size
@@ -421,45 +470,16 @@ def bench_p99(
         None,
     )
     if peak is None:
-        srv = fleet.ready(stig, size)
+        srv = fleet.ready(spec, size)
         if isinstance(srv, str):
-            add(Row("stig", "p99", 1, size, "-", status=srv))
-            return rows
-        peak = _loadgen_row(stig, srv, plan, P99_BASE, 1, size, stig.protocol)
-        fleet.check(stig, peak)
+            return srv
+        peak = _loadgen_row(spec, srv, plan, P99_BASE, 1, size, spec.protocol)
+        fleet.check(spec, peak)
         peak.extra = {**(peak.extra or {}), "peak_for": "p99"}
         add(peak)
-        if peak.status != "ok" or not peak.items_per_s:
-            add(
-                Row(
-                    "stig",
-                    "p99",
-                    1,
-                    size,
-                    "-",
-                    status=f"skipped (no peak {P99_BASE} d=1 to halve: {peak.status[:80]})",
-                )
-            )
-            return rows
-    rate = peak.items_per_s / 2
-    for name in P99_SERVERS:
-        spec = names.get(name)
-        if spec is None:
-            add(Row(name, "p99", 1, size, "-", status="skipped (not in --servers)"))
-            continue
-        late = plan.out_of_time()
-        srv = late or fleet.ready(spec, size)
-        if isinstance(srv, str):
-            add(Row(name, "p99", 1, size, "-", status=srv))
-            continue
-        row = _loadgen_row(
-            spec, srv, plan, P99_BASE, 1, size, spec.protocol, rate=rate, label="p99"
-        )
-        fleet.check(spec, row)
-        if row.extra is not None:
-            row.extra["peak_per_s"] = peak.items_per_s
-        add(row)
-    return rows
+    if peak.status != "ok" or not peak.items_per_s:
+        return f"skipped (no peak {P99_BASE} d=1 to halve: {peak.status[:80]})"
+    return peak.items_per_s
 
 
 class Fleet:
@@ -1033,6 +1053,9 @@ def main(argv: list[str] | None = None) -> int:
                 if items
                 else f"- {r.server} {r.workload}: {writer_s} s"
             )
+    if issue20 := targets_table(rows):
+        print("\nIssue 20's targets (docs/performance.md), from this run's rows:\n")
+        print(issue20)
     stale = [r for r in rows if r.workload == "pooled" and r.status == "ok"]
     if stale:
         print(

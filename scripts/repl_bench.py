@@ -23,7 +23,7 @@ machine's cores with the client, so a follower costs CPU here that it
 would not cost on its own machine: read the ratios as an upper bound of
 the throughput cost.
 
-    python3 scripts/repl_bench.py --seconds 5
+    python3 scripts/repl_bench.py --seconds 5 --rounds 3
 
 ``scripts/bench.py`` runs it too (its ``repl`` rows).
 """
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -74,6 +75,7 @@ def _wait(what: str, ready: Callable[[], bool], timeout: float = 30.0) -> None:
 class Result:
     figure: Figure
     follower_cpu_s: float | None
+    log_on: bool  # the primary wrote the replication log (stats replication_log_on)
 
 
 def _one_mode(
@@ -91,9 +93,15 @@ def _one_mode(
             )
             follower.start()
             STARTED_PIDS.append(follower.pid)
+            # Measured only once the follower is attached and the primary
+            # logs (the log starts with the first follower: every group of
+            # the rows below is logged and streamed, none from before).
             _wait(
-                "the follower connected",
-                lambda: stat(primary.port, "connected_replicas") == "1",
+                "the follower connected and the primary's log on",
+                lambda: (
+                    stat(primary.port, "connected_replicas") == "1"
+                    and stat(primary.port, "replication_log_on") == "1"
+                ),
             )
         for workload, depth in WORKLOADS:
             shape = shape_for(depth)
@@ -105,7 +113,8 @@ def _one_mode(
                 if follower is None or before is None
                 else cond_bench._cpu_seconds(follower.pid) - before
             )
-            results[workload, depth] = Result(figure, follower_cpu)
+            log_on = stat(primary.port, "replication_log_on") == "1"
+            results[workload, depth] = Result(figure, follower_cpu, log_on)
     except StartError as exc:
         for key in WORKLOADS:
             results.setdefault(key, f"skipped (did not start: {exc})"[:120])
@@ -164,8 +173,9 @@ def bench_rows(
                 row.p50_us, row.p99_us = figure.p50_us, figure.p99_us
                 row.latency_unit = "per burst"
                 row.errors, row.server_cpu_s = figure.errors, figure.server_cpu_s
+                row.extra = {"replication_log_on": result.log_on}
                 if result.follower_cpu_s is not None:
-                    row.extra = {"follower_cpu_s": round(result.follower_cpu_s, 2)}
+                    row.extra["follower_cpu_s"] = round(result.follower_cpu_s, 2)
                 alone = figures["alone"][workload, depth]
                 if mode != "alone" and isinstance(alone, Result):
                     row.ratio = figure.writes_per_s / alone.figure.writes_per_s
@@ -177,34 +187,60 @@ def bench_rows(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every mode this many times, in turn (a shared machine's load "
+        "drifts: each round's ratios are to that round's alone), then the median ratios",
+    )
     args = parser.parse_args()
-    figures = measure(args.seconds, say=lambda msg: print(msg, file=sys.stderr))
     print(
         "2 client processes x 4 connections, 100-byte values, "
         f"{args.seconds:g} s per figure; CPU in seconds over the window"
     )
-    for mode in MODES:
-        for workload, depth in WORKLOADS:
-            result = figures[mode][workload, depth]
-            label = f"{mode:<6} {workload} d={depth:<3}"
-            if isinstance(result, str):
-                print(f"{label} {result}")
-                continue
-            figure = result.figure
-            alone = figures["alone"][workload, depth]
-            ratio = (
-                f"{figure.writes_per_s / alone.figure.writes_per_s:.2f}x alone"
-                if isinstance(alone, Result) and mode != "alone"
-                else ""
-            )
-            follower = (
-                "" if result.follower_cpu_s is None else f"follower CPU {result.follower_cpu_s:.2f}"
-            )
+    ratios: dict[tuple[str, str, int], list[float]] = {}
+    for round_no in range(1, args.rounds + 1):
+        figures = measure(args.seconds, say=lambda msg: print(msg, file=sys.stderr))
+        print(f"round {round_no} of {args.rounds}")
+        for mode in MODES:
+            for workload, depth in WORKLOADS:
+                print(_line(mode, workload, depth, figures, ratios))
+    if args.rounds > 1:
+        print(f"median ratio to alone over {args.rounds} rounds (min-max):")
+        for (mode, workload, depth), values in ratios.items():
             print(
-                f"{label} {figure.writes_per_s:>9,.0f} writes/s  p50 {figure.p50_us:>7,.0f} µs  "
-                f"p99 {figure.p99_us:>8,.0f} µs  errors {figure.errors}  "
-                f"primary CPU {figure.server_cpu_s:.2f}  {follower}  {ratio}"
+                f"{mode:<7} {workload} d={depth:<3} {statistics.median(values):.2f}x "
+                f"({min(values):.2f}-{max(values):.2f})"
             )
+
+
+def _line(
+    mode: str,
+    workload: str,
+    depth: int,
+    figures: dict[str, dict[tuple[str, int], Result | str]],
+    ratios: dict[tuple[str, str, int], list[float]],
+) -> str:
+    """One figure as a line of text; its ratio to ``alone`` is added to ``ratios``."""
+    result = figures[mode][workload, depth]
+    label = f"{mode:<7} {workload} d={depth:<3}"
+    if isinstance(result, str):
+        return f"{label} {result}"
+    figure = result.figure
+    alone = figures["alone"][workload, depth]
+    ratio = ""
+    if isinstance(alone, Result) and mode != "alone":
+        value = figure.writes_per_s / alone.figure.writes_per_s
+        ratios.setdefault((mode, workload, depth), []).append(value)
+        ratio = f"{value:.2f}x alone"
+    follower = "" if result.follower_cpu_s is None else f"follower CPU {result.follower_cpu_s:.2f}"
+    return (
+        f"{label} {figure.writes_per_s:>9,.0f} writes/s  p50 {figure.p50_us:>7,.0f} µs  "
+        f"p99 {figure.p99_us:>8,.0f} µs  errors {figure.errors}  "
+        f"primary CPU {figure.server_cpu_s:.2f}  log {'on' if result.log_on else 'off'}  "
+        f"{follower}  {ratio}"
+    )
 
 
 if __name__ == "__main__":

@@ -108,6 +108,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     mc = by[("memcached", "p99", 1)]["status"]
     assert mc.startswith("skipped (") and "not installed" in mc, mc
     assert "vs memcached: skipped (" in proc.stdout, proc.stdout
+    assert p99["extra"]["peak_of"] == "stig" == by[("memcached", "p99", 1)]["extra"]["peak_of"]
+    # Issue 20's targets, from the run's rows: here only the pooled one has its rows.
+    assert "Issue 20's targets" in proc.stdout, proc.stdout
+    assert "| 0 stale reads (pooled) | stig 0 | **yes** |" in proc.stdout, proc.stdout
+    assert "Not measured in this run: get d=1: `--workers 1` CPU" in proc.stdout, proc.stdout
     # Batches use Stig's meta and binary protocols, which work: a failed row fails.
     batch = by[("stig", "batch", 1)]["status"]
     assert batch == "ok", batch
