@@ -21,7 +21,7 @@ from stig.replication import wire
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.crashrig import LazyMount, fuse_unavailable
 from stig_testkit.process import CODE_ROOT, StigProcess, child_env
-from stig_testkit.replicas import caught_up
+from stig_testkit.replicas import caught_up, stopped
 from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
@@ -429,13 +429,16 @@ def test_a_power_cut_of_the_primary_mid_stream_loses_nothing_acknowledged_and_it
         )
         assert primary.proc is not None and follower.proc is not None
         if follower_behind:
-            follower.proc.send_signal(signal.SIGSTOP)
-            wait_for_stats(
-                primary,
-                lambda s: int(s["replication_lag_groups"]) >= 1,
-                what="a group the follower has not acknowledged",
-            )
-            follower.kill()
+            # Every process of it (with workers, worker 0 streams: a stopped
+            # supervisor alone would leave it acknowledging).  SIGKILLed
+            # while stopped: its workers die with it, never continued.
+            with stopped(follower):
+                wait_for_stats(
+                    primary,
+                    lambda s: int(s["replication_lag_groups"]) >= 1,
+                    what="a group the follower has not acknowledged",
+                )
+                follower.kill()
         port = primary.port
         primary.proc.send_signal(signal.SIGKILL)
         fs.cut()  # what the primary had not fsynced is gone
