@@ -27,6 +27,19 @@ def caught_up(follower: StigProcess, primary: StigProcess) -> dict[str, str]:
     )
 
 
+def fenced(old: StigProcess, new: StigProcess, timeout: float = 30.0) -> None:
+    """Wait until the former primary ``old`` is fenced by the promoted ``new``
+    and ``new`` has heard its answer (its ``replication_fences_due`` is 0).
+
+    ``replication_fenced`` alone is read from LMDB: with ``--workers N`` it
+    shows the stored fence up to a role poll (20 ms) before every worker
+    refuses writes; the answer to ``stig_fence`` comes once every worker
+    has adopted it (docs/workers.md, "Promote and fence"), and ``new``
+    forgets the fence due only on that answer."""
+    wait_for_stats(old, lambda s: s["replication_fenced"] == "1", timeout, "the old primary fenced")
+    wait_for_stats(new, lambda s: s["replication_fences_due"] == "0", timeout, "the fence heard")
+
+
 def data_dir_has(data_dir: Path, key: bytes) -> bool:
     """Whether the LMDB environment in ``data_dir`` holds ``key`` now."""
     env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=4, create=False)
@@ -78,7 +91,8 @@ def stopped(follower: StigProcess) -> Iterator[None]:
 
 
 def _state(pid: int) -> str:
-    """The state letter of ``pid`` in ``/proc`` (``T``: stopped, ``Z``: ended), ``gone`` once reaped."""
+    """The state letter of ``pid`` in ``/proc`` (``T``: stopped, ``Z``: ended),
+    ``gone`` once reaped."""
     try:
         with open(f"/proc/{pid}/stat") as file:
             return file.read().rpartition(")")[2].split()[0]

@@ -21,7 +21,7 @@ from stig.replication import wire
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.crashrig import LazyMount, fuse_unavailable
 from stig_testkit.process import CODE_ROOT, StigProcess, child_env
-from stig_testkit.replicas import caught_up, stopped
+from stig_testkit.replicas import caught_up, fenced, stopped
 from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
@@ -77,7 +77,7 @@ def test_stig_promote_makes_a_follower_a_primary_of_a_new_epoch(stig_factory: Fa
     assert follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n") == b"STORED\r\n"
     assert int(follower.send_recv(b"gets b\r\n").split()[4]) > old_cas
     # The old primary, still running, hears of the new epoch and is fenced.
-    wait_for_stats(primary, lambda s: s["replication_fenced"] == "1", what="the old primary fenced")
+    fenced(primary, follower)
     refused = primary.send_recv(b"set c 0 0 1\r\n3\r\n", b"\r\n")
     assert refused.startswith(b"SERVER_ERROR fenced: a primary of epoch 2 exists")
     # Promoting a primary is refused, and says so.
@@ -111,9 +111,7 @@ def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_gro
     # The old primary comes back as it was, on its address: the new primary
     # finds it there and fences it; it refuses writes, and after a restart too.
     primary.start(OPEN, "--port", str(port))
-    wait_for_stats(
-        primary, lambda s: s["replication_fenced"] == "1", 30.0, "the old primary fenced"
-    )
+    fenced(primary, follower)
     words = b"SERVER_ERROR fenced: a primary of epoch 2 exists"
     assert primary.send_recv(b"set x 0 0 1\r\n1\r\n", b"\r\n").startswith(words)
     primary.restart(OPEN, "--port", str(port))
