@@ -364,6 +364,12 @@ class ReplicaHold:
         in_flight = self._in_flight
         marks = in_flight.pov_marks(keys, own)
         await in_flight.wait(keys, own, marks)
+        shared = self._hub.shared is not None
+        if shared:
+            # --workers N: an ACK another worker heard calls no on_ack here;
+            # one heard before this read came (a follower that resumed on
+            # another worker of a restarted primary) is taken now.
+            self._acked()
         if self._readable(keys, own):
             return
         self.waits += 1
@@ -377,13 +383,17 @@ class ReplicaHold:
             while True:
                 # --workers N: the ACKs other workers hear are looked at again
                 # every POLL_SECONDS (stig/engine/shared_replicas.py).
-                wake = deadline if self._hub.shared is None else trio.current_time() + POLL_SECONDS
+                wake = trio.current_time() + POLL_SECONDS if shared else deadline
                 woken = False
                 with trio.move_on_at(min(deadline, wake)):
                     await self._changed.wait()
                     woken = True
-                if self._hub.shared is not None:
+                if shared:
+                    # What this drops counts as a change even when the ACK
+                    # came before ``look`` was taken (so ``look`` shows none).
+                    replicated = self.replicated
                     self._acked()
+                    woken = woken or self.replicated != replicated
                 # Its keys are looked at again only if something they depend
                 # on moved: a poll that finds nothing new costs no pass over
                 # them (a held read of thousands of keys, every millisecond).

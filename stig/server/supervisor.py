@@ -10,8 +10,10 @@ followers' block (a memfd: stig/engine/shared_replicas.py) and the
 workers' eventfds.  It starts the writer process with one socket per
 worker, then the workers, each by ``os.fork`` alone (stig/server/fork.py:
 their code is imported here once, no child pays an interpreter and its
-imports), and prints the ready line once every worker listens.  It keeps
-the listening sockets, so that a restarted worker gets its own again
+imports), prints the ready line once every worker listens, and tells a
+service manager ``READY=1`` once every worker is ready (a follower's worker
+0: once it has caught up with its primary; stig/server/ready_pipe.py).  It
+keeps the listening sockets, so that a restarted worker gets its own again
 (connections that arrive meanwhile wait in its backlog).
 
 Children die with it (``PR_SET_PDEATHSIG``: a SIGKILL of the supervisor is a
@@ -51,7 +53,7 @@ from stig.engine.shared_replicas import SharedReplicas
 from stig.engine.writer import CONTROL_HUNG, CONTROL_LINK, CONTROL_RELEASED
 from stig.engine.writer_link import START_SECONDS
 from stig.replication.follower import spool_records
-from stig.server import fork, port_check
+from stig.server import fork, port_check, ready_pipe
 from stig.server.listeners import Listener, ListenError, bind_unix
 from stig.server.listeners import serve as serve_worker
 from stig.server.sd_notify import Notifier
@@ -185,6 +187,12 @@ class _Supervisor:
         self.dead: set[int] = set()
         self.released: set[int] = set()
         self.notifier = Notifier.from_environment()
+        #: The workers that said they listen, and that they are ready
+        #: (stig/server/ready_pipe.py); a restarted worker says it again.
+        self.listening_workers: set[int] = set()
+        self.ready_workers: set[int] = set()
+        #: Whether ``READY=1`` was sent (once: readiness is never taken back).
+        self.ready_sent = False
 
     # -- starting --------------------------------------------------------------
 
@@ -270,16 +278,16 @@ class _Supervisor:
     def _worker_main(self, role: WorkerRole) -> None:
         """A worker child's life: a single server's trio loop in ``role``
         (the settings as they are now: a promoted group's have no
-        ``--replica-of``); it writes one byte on the ready pipe once it listens."""
-        ready_fd = self.ready_write
+        ``--replica-of``); it tells the supervisor on the ready pipe once it
+        listens, and once it is ready (a follower's worker 0: once caught up)."""
+        notifier = ready_pipe.WorkerNotifier(ready_fd=self.ready_write, worker=role.worker_id)
 
-        def ready(_listeners: list[Listener]) -> None:
-            os.write(ready_fd, b"R")
-            os.close(ready_fd)
+        def listening(_listeners: list[Listener]) -> None:
+            notifier.listening()
 
         settings = self.settings
         gc.freeze()  # the supervisor's objects and the imports: never scanned
-        trio.run(lambda: serve_worker(settings, on_ready=ready, role=role))
+        trio.run(lambda: serve_worker(settings, on_ready=listening, notifier=notifier, role=role))
 
     def _adopt(self, child: _Child) -> None:
         self.children[child.pidfd] = child
@@ -307,7 +315,6 @@ class _Supervisor:
         self.notifier.notify({"STATUS": f"starting: data in {settings.data_dir}"})
         self._start_group()
         deadline: float | None = time.monotonic() + START_SECONDS
-        ready = 0
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
         # A reload (a unit's ExecReload, a worker's refresh_certs) is the
@@ -324,10 +331,14 @@ class _Supervisor:
                 self._give_up()
             for key, _ in events:
                 if key.data == "ready":
-                    ready += len(os.read(self.ready_read, 64))
-                    if deadline is not None and ready >= settings.workers and not self.stopping:
-                        deadline = None
-                        self._serving()
+                    self._heard(ready_pipe.receive(self.ready_read))
+                    workers = settings.workers
+                    if deadline is not None and len(self.listening_workers) >= workers:
+                        if not self.stopping:
+                            deadline = None
+                            self._serving()
+                    if deadline is None and not self.stopping:
+                        self._maybe_ready()
                 elif key.data == "control":
                     self._control()
                 else:
@@ -345,12 +356,16 @@ class _Supervisor:
         self.notifier.close()
         return self.code
 
-    def _serving(self) -> None:
+    def _where(self) -> str:
         settings = self.settings
         if settings.unix_socket is not None:
-            where = f"unix:{settings.unix_socket}"
-        else:
-            where = f"{settings.listen}:{settings.port}"
+            return f"unix:{settings.unix_socket}"
+        return f"{settings.listen}:{settings.port}"
+
+    def _serving(self) -> None:
+        """Every worker listens: the ready line (``READY=1`` may wait: :meth:`_maybe_ready`)."""
+        settings = self.settings
+        where = self._where()
         print(f"stig listening on {where}", flush=True)
         if settings.tls_enabled and settings.tls_port is not None:
             print(f"stig listening for TLS on {settings.listen}:{settings.tls_port}", flush=True)
@@ -360,10 +375,35 @@ class _Supervisor:
             settings.workers,
             settings.data_dir,
         )
+
+    def _heard(self, messages: list[tuple[bytes, int]]) -> None:
+        """Note the workers' ready-pipe messages."""
+        for kind, worker in messages:
+            if kind == ready_pipe.LISTENING:
+                self.listening_workers.add(worker)
+            elif kind == ready_pipe.READY:
+                self.ready_workers.add(worker)
+
+    def _maybe_ready(self) -> None:
+        """Every worker listens: ``READY=1`` if every worker is ready too,
+        else a ``STATUS=`` saying what it waits for (as one process says)."""
+        if self.ready_sent:
+            return
+        where = self._where()
+        missing = sorted(set(range(self.settings.workers)) - self.ready_workers)
         # The supervisor is the service's main process: it alone speaks
-        # sd_notify (the workers get no notifier; a unit's NotifyAccess=main
-        # would drop theirs), and pings the watchdog from this loop.
-        self.notifier.notify({"READY": "1", "STATUS": f"serving on {where}"})
+        # sd_notify (a unit's NotifyAccess=main would drop the workers'),
+        # and pings the watchdog from this loop.
+        if not missing:
+            self.ready_sent = True
+            self.notifier.notify({"READY": "1", "STATUS": f"serving on {where}"})
+            return
+        primary = self.settings.replica_of
+        if primary is not None and missing == [0]:
+            reason = f"catching up with the primary at {primary}"
+        else:
+            reason = "waiting for worker " + ", ".join(map(str, missing))
+        self.notifier.notify({"STATUS": f"listening on {where}; not ready: {reason}"})
 
     def _forward(self, signum: int, _frame: object) -> None:
         if not self.stopping:

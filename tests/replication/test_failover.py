@@ -21,7 +21,7 @@ from stig.replication import wire
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.crashrig import LazyMount, fuse_unavailable
 from stig_testkit.process import CODE_ROOT, StigProcess, child_env
-from stig_testkit.replicas import caught_up
+from stig_testkit.replicas import caught_up, fenced, stopped
 from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
 
@@ -77,7 +77,7 @@ def test_stig_promote_makes_a_follower_a_primary_of_a_new_epoch(stig_factory: Fa
     assert follower.send_recv(b"set b 0 0 1\r\n2\r\n", b"\r\n") == b"STORED\r\n"
     assert int(follower.send_recv(b"gets b\r\n").split()[4]) > old_cas
     # The old primary, still running, hears of the new epoch and is fenced.
-    wait_for_stats(primary, lambda s: s["replication_fenced"] == "1", what="the old primary fenced")
+    fenced(primary, follower)
     refused = primary.send_recv(b"set c 0 0 1\r\n3\r\n", b"\r\n")
     assert refused.startswith(b"SERVER_ERROR fenced: a primary of epoch 2 exists")
     # Promoting a primary is refused, and says so.
@@ -111,9 +111,7 @@ def test_an_old_primary_is_fenced_then_rejoins_discarding_and_saving_its_own_gro
     # The old primary comes back as it was, on its address: the new primary
     # finds it there and fences it; it refuses writes, and after a restart too.
     primary.start(OPEN, "--port", str(port))
-    wait_for_stats(
-        primary, lambda s: s["replication_fenced"] == "1", 30.0, "the old primary fenced"
-    )
+    fenced(primary, follower)
     words = b"SERVER_ERROR fenced: a primary of epoch 2 exists"
     assert primary.send_recv(b"set x 0 0 1\r\n1\r\n", b"\r\n").startswith(words)
     primary.restart(OPEN, "--port", str(port))
@@ -429,13 +427,16 @@ def test_a_power_cut_of_the_primary_mid_stream_loses_nothing_acknowledged_and_it
         )
         assert primary.proc is not None and follower.proc is not None
         if follower_behind:
-            follower.proc.send_signal(signal.SIGSTOP)
-            wait_for_stats(
-                primary,
-                lambda s: int(s["replication_lag_groups"]) >= 1,
-                what="a group the follower has not acknowledged",
-            )
-            follower.kill()
+            # Every process of it (with workers, worker 0 streams: a stopped
+            # supervisor alone would leave it acknowledging).  SIGKILLed
+            # while stopped: its workers die with it, never continued.
+            with stopped(follower):
+                wait_for_stats(
+                    primary,
+                    lambda s: int(s["replication_lag_groups"]) >= 1,
+                    what="a group the follower has not acknowledged",
+                )
+                follower.kill()
         port = primary.port
         primary.proc.send_signal(signal.SIGKILL)
         fs.cut()  # what the primary had not fsynced is gone

@@ -46,6 +46,18 @@ def _committed_unreplicated(primary: StigProcess, key: bytes) -> RawConnection:
     return writer
 
 
+def _watchers(server: StigProcess) -> list[RawConnection]:
+    """A connection on each worker of ``server`` (one for a single process):
+    the hold's counters are each worker's own, and the kernel spreads a
+    test's connections over the workers (``STIG_TEST_SERVE_ARGS``)."""
+    return [on_worker(server, w) for w in range(max(1, int(server.stats()["stig_workers"])))]
+
+
+def _summed(watchers: list[RawConnection], name: str) -> int:
+    """The counter ``name`` summed over every worker."""
+    return sum(int(stats_of(conn)[name]) for conn in watchers)
+
+
 #: A read of ``key`` in each protocol (as a function of the key), the bytes
 #: that end its reply, and what its reply must hold.
 _TEXT_READS = [
@@ -60,21 +72,22 @@ def test_a_read_of_an_unreplicated_write_waits_for_the_follower(stig_factory: Fa
     primary, follower = _pair(stig_factory, 60_000)
     reader = primary.connect()
     binary = primary.connect_binary()
+    watchers = _watchers(primary)
     rounds = len(_TEXT_READS) + 1
     for index in range(rounds):
         key = b"k%d" % index
         with stopped(follower):
             writer = _committed_unreplicated(primary, key)
-            waits = int(primary.stats()["replication_read_waits"])
+            waits = _summed(watchers, "replication_read_waits")
             if index < len(_TEXT_READS):
                 read, end, _ = _TEXT_READS[index]
                 reader.send(read(key))
             else:
                 binary.request(Opcode.Get, key)
             # The event: the read is held back, waiting for the follower.
-            wait_for_stats(
-                primary,
-                lambda s, w=waits: int(s["replication_read_waits"]) == w + 1,
+            wait_for(
+                lambda: _summed(watchers, "replication_read_waits"),
+                lambda now, w=waits: now == w + 1,
                 what="the read held back",
             )
             assert not data_dir_has(follower.data_dir, key)
@@ -87,15 +100,15 @@ def test_a_read_of_an_unreplicated_write_waits_for_the_follower(stig_factory: Fa
             assert (response.status, response.value) == (Status.NO_ERROR, b"new")
         assert data_dir_has(follower.data_dir, key), key
         assert writer.recv_until(b"\r\n") == b"STORED\r\n"
-    stats = primary.stats()
-    assert stats["replication_read_timeouts"] == "0"
-    assert stats["replication_ack_timeouts"] == "0"
+    assert _summed(watchers, "replication_read_timeouts") == 0
+    assert primary.stats()["replication_ack_timeouts"] == "0"  # summed by the server
 
 
 def test_a_read_of_an_unreplicated_write_fails_after_the_bound(stig_factory: Factory) -> None:
     primary, follower = _pair(stig_factory, 300)
     reader = primary.connect()
     binary = primary.connect_binary()
+    watchers = _watchers(primary)
     words = (
         b"SERVER_ERROR only 0 of --min-replica-acks 1 followers acknowledged within 300 ms"
         b" a write this read would see; nothing was read\r\n"
@@ -121,11 +134,15 @@ def test_a_read_of_an_unreplicated_write_fails_after_the_bound(stig_factory: Fac
         mixed = primary.connect()
         assert mixed.send_recv(b"set own 0 0 1 noreply\r\nv\r\nget k\r\n", b"\r\n") == words
         assert mixed.is_closed_by_peer()
-        assert primary.stats()["replication_read_timeouts"] == "6"
+        assert _summed(watchers, "replication_read_timeouts") == 6
         assert not data_dir_has(follower.data_dir, b"k")
-    # Once the follower has it, it is read.
-    wait_for_stats(primary, lambda s: s["replication_keys_held"] == "0", what="the follower acked")
-    assert reader.send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+    # Once the follower has it, it is read (past the bound a read of it
+    # fails at once until the ACK reaches the reader's worker).
+    wait_for(
+        lambda: reader.send_recv(b"get k\r\nmn\r\n", b"MN\r\n"),
+        lambda reply: reply == b"VALUE k 0 3\r\nnew\r\nEND\r\nMN\r\n",
+        what="the read answered once the follower acked",
+    )
     assert data_dir_has(follower.data_dir, b"k")
 
 
@@ -133,12 +150,13 @@ def test_a_session_reads_its_own_writes_from_its_pov(stig_factory: Factory) -> N
     """Its own writes not yet committed are read from its POV, never held back."""
     primary, follower = _pair(stig_factory, 60_000)
     conn = primary.connect()
+    watchers = _watchers(primary)
     with stopped(follower):
         conn.send(b"set own 0 0 1 noreply\r\nv\r\nmg own v q\r\nmn\r\n")
         # The reply waits for the follower; what it says is read from the POV.
-        waits = primary.stats()["replication_read_waits"]
+        waits = _summed(watchers, "replication_read_waits")
     assert conn.recv_until(b"MN\r\n") == b"VA 1\r\nv\r\nMN\r\n"
-    assert primary.stats()["replication_read_waits"] == waits
+    assert _summed(watchers, "replication_read_waits") == waits
 
 
 def test_a_restarted_primary_holds_what_its_follower_may_lack(stig_factory: Factory) -> None:
@@ -151,18 +169,24 @@ def test_a_restarted_primary_holds_what_its_follower_may_lack(stig_factory: Fact
         _committed_unreplicated(primary, b"k")
         primary.restart(*same, kill=True)
         reader = primary.connect()
+        watchers = _watchers(primary)
         reader.send(b"get k\r\n")
-        wait_for_stats(
-            primary, lambda s: s["replication_read_waits"] == "1", what="the read held back"
+        wait_for(
+            lambda: _summed(watchers, "replication_read_waits"),
+            lambda waits: waits == 1,
+            what="the read held back",
         )
         assert not data_dir_has(follower.data_dir, b"k")
     assert reader.recv_until(b"END\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
     assert data_dir_has(follower.data_dir, b"k")
     # Restarted with a follower that has everything: it resumes where it
     # was, which counts as its acknowledgement; reads are not held.
+    # With workers, on every worker: the follower's resume is heard by one
+    # (a read on another waited for an ACK that had come before it).
     primary.restart(*same, kill=True)
     wait_for_stats(primary, lambda s: s["connected_replicas"] == "1", what="the follower back")
-    assert primary.connect().send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+    for reader in _watchers(primary):
+        assert reader.send_recv(b"get k\r\n") == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
 
 
 # -- --workers 2: a read on one worker of a write committed by the other --------
