@@ -42,7 +42,7 @@ import attrs
 from stig.core import listing
 from stig.core.read_view import ReadView
 from stig.core.reply_gate import ReplyGate
-from stig.core.stats_report import general_stats, settings_stats, stored_bytes
+from stig.core.stats_report import general_stats, settings_stats
 from stig.engine.engine import Engine
 from stig.engine.promoter import Promotion
 from stig.engine.session import Session
@@ -290,9 +290,8 @@ class Core:
         if group == b"settings":
             return StatsAnswer(StatsKind.LIST, list(settings_stats(engine)))
         if group == b"items":
-            # The bytes as the worker that heard last from the writer knows them.
-            stored = stored_bytes(engine)
-            return StatsAnswer(StatsKind.LIST, stats_items(engine.store.item_count(), stored))
+            gauges = engine.store.gauges()  # as committed, on every worker
+            return StatsAnswer(StatsKind.LIST, stats_items(gauges.items, gauges.total_bytes))
         if group in _EMPTY_STATS_GROUPS:
             return StatsAnswer(StatsKind.LIST)
         if group == b"reset":

@@ -30,12 +30,6 @@ def _sources(engine: Engine) -> tuple[CommandStats, PromoterStats, dict[str, int
     return totals.command, totals.promoter, totals.figures
 
 
-def stored_bytes(engine: Engine) -> int:
-    """``bytes``: the store's figure as the writer last told a worker (the
-    newest of every worker's, with ``--workers N``)."""
-    return _sources(engine)[2]["total_bytes"] if engine.region else engine.store.total_bytes
-
-
 def general_stats(engine: Engine) -> list[tuple[str, object]]:
     """memcached's general counters that mean something for Stig, then Stig's own.
 
@@ -49,6 +43,10 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
     now = time.time()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     stats, promoter, figures = _sources(engine)
+    # From LMDB, not from what a worker last heard of the writer: a worker
+    # that has not committed since it started, or a follower's (whose stream
+    # worker 0 hands to the writer), knows nothing newer than its start.
+    store = engine.store.gauges()
     budget = engine.budget.figures()
     commits = promoter.commits
     pairs: list[tuple[str, object]] = [
@@ -99,9 +97,9 @@ def general_stats(engine: Engine) -> list[tuple[str, object]]:
         ("get_flushed", 0),
         ("evictions", 0),
         ("expired_unfetched", 0),
-        ("curr_items", engine.store.item_count()),
-        ("total_items", figures["last_cas"]),
-        ("bytes", figures["total_bytes"]),
+        ("curr_items", store.items),
+        ("total_items", store.last_cas),
+        ("bytes", store.total_bytes),
         ("limit_maxbytes", engine.store.map_size),
         ("stig_disk_bytes", engine.store.disk_bytes()),
         ("stig_commits", commits),

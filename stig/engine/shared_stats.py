@@ -23,10 +23,11 @@ How each figure is combined (:func:`combine`, docs/workers.md):
   oldest uncommitted promotion's submission time each worker published.
 
 :class:`Figures` is the third block: what other objects of a worker know
-(keys in flight, read waits, the refusal's counters, the store's cas
-counter and bytes), copied in by :meth:`Figures.publish` after each of its
-commits and before its own ``stats`` answer; and the held reads' figures,
-stored there as they change (live on every worker).
+(keys in flight, read waits, the refusal's counters), copied in by
+:meth:`Figures.publish` after each of its commits and before its own
+``stats`` answer; and the held reads' figures, stored there as they change
+(live on every worker).  The store's gauges are not here: ``stats`` reads
+them from LMDB (``Store.gauges``), right whichever process committed.
 """
 
 from __future__ import annotations
@@ -118,10 +119,6 @@ class Figures(ctypes.Structure):
         ("write_refusals", ctypes.c_int64),  # sum
         ("refused_episodes", ctypes.c_int64),  # max (each worker counts every episode)
         ("space_probes", ctypes.c_int64),  # sum
-        # The store's figures as this worker last heard them from the writer:
-        # the newest (the largest cas counter) wins.
-        ("last_cas", ctypes.c_int64),
-        ("total_bytes", ctypes.c_int64),
     ]
     held_snapshots: int
     stalled_reads: int
@@ -143,8 +140,6 @@ class Figures(ctypes.Structure):
         self.write_refusals = refusal.refused
         self.refused_episodes = refusal.episodes
         self.space_probes = refusal.probes
-        self.last_cas = store.last_cas
-        self.total_bytes = store.total_bytes
 
 
 class BudgetWords(ctypes.Structure):
@@ -190,7 +185,6 @@ def combine(
     promoter = PromoterStats()
     _combine_into(command, list(commands), _COMMAND_MAXIMA)
     _combine_into(promoter, list(promoters), _PROMOTER_MAXIMA)
-    newest = max(figures, key=lambda block: block.last_cas)
     now = time.monotonic()
     combined = {
         "keys_in_flight": sum(block.keys_in_flight for block in figures),
@@ -210,7 +204,5 @@ def combine(
         "write_refusals": sum(block.write_refusals for block in figures),
         "refused_episodes": max(block.refused_episodes for block in figures),
         "space_probes": sum(block.space_probes for block in figures),
-        "last_cas": newest.last_cas,
-        "total_bytes": newest.total_bytes,
     }
     return Totals(command, promoter, combined)

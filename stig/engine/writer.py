@@ -483,8 +483,14 @@ def _control(
     control: socket.socket, links: list[_Link], store: Store, selector: selectors.BaseSelector
 ) -> bool:
     """Take one message from the supervisor: a restarted worker's socket.
-    False at end of file (the server is stopping)."""
-    data, fds, _flags, _address = socket.recv_fds(control, 4096, 1)
+    False at end of file (the server is stopping) — or at a reset, which is
+    how the end comes when the supervisor closed its end with messages of
+    this writer unread (a worker's ``CONTROL_RELEASED`` sent as the workers
+    stop): before, that ended the writer with a traceback on stderr."""
+    try:
+        data, fds, _flags, _address = socket.recv_fds(control, 4096, 1)
+    except ConnectionResetError:
+        return False
     if not data:
         return False
     message = pickle.loads(data)

@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Callable, Collection
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -112,7 +114,9 @@ def spawn(
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
-        traceback.print_exc()
+        # Through the log (inherited from the parent): its format, or the
+        # journal's priority on every line, not a bare traceback on stderr.
+        log.critical("%s (pid %d) ended with an exception", name, os.getpid(), exc_info=True)
     finally:
         try:
             sys.stdout.flush()

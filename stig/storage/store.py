@@ -62,6 +62,16 @@ class Applied(NamedTuple):
     written: Item | None
 
 
+class Gauges(NamedTuple):
+    """The store's ``stats`` gauges as the last commit left them, read from
+    one LMDB snapshot: ``curr_items``, ``total_items`` (the cas counter) and
+    ``bytes``."""
+
+    items: int
+    last_cas: int
+    total_bytes: int
+
+
 class MapFull(Exception):
     """The LMDB map is full: grow it (with no transaction open) and retry."""
 
@@ -393,6 +403,22 @@ class Store:
         txn = self.begin_read()
         try:
             return int(txn.stat(self._items)["entries"])
+        finally:
+            txn.abort()
+
+    def gauges(self) -> Gauges:
+        """The item count, cas counter and byte total as committed, from LMDB
+        itself: right in any process whoever committed (a worker that has not
+        committed since it started, a follower's worker whose stream another
+        process applies: docs/workers.md), where :attr:`last_cas` and
+        :attr:`total_bytes` are this process's last news of them."""
+        txn = self.begin_read()
+        try:
+            return Gauges(
+                int(txn.stat(self._items)["entries"]),
+                self._read_u64_in(txn, _CAS_KEY, self._meta),
+                self._read_u64_in(txn, _BYTES_KEY, self._meta),
+            )
         finally:
             txn.abort()
 

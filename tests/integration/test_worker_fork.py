@@ -15,6 +15,7 @@ group's restart (the writer killed): every path that forks a child.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -179,3 +180,46 @@ def test_no_child_is_forked_with_an_open_environment_or_a_second_thread(tmp_path
     finally:
         release.set()
         thread.join()
+
+
+_CHILD_RAISES = """
+import os, sys
+from stig.server import fork
+from stig.tools import logs
+
+logs.configure("info", sys.stderr)
+
+def main():
+    raise RuntimeError("boom in the child")
+
+_, status = os.waitpid(fork.spawn("stig-test", (), main), 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_that_raises_logs_its_traceback_through_the_log(tmp_path):
+    """A forked child's uncaught exception goes to the log it inherited (its
+    format: a timestamp, or the journal's priority on every line), not as a
+    bare traceback on stderr (issue 20)."""
+    import subprocess
+    import sys
+
+    from stig_testkit.process import CODE_ROOT, child_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD_RAISES],
+        capture_output=True,
+        text=True,
+        cwd=CODE_ROOT,
+        env=child_env(),
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.strip() == "1"  # the child ended with 1
+    first, *rest = done.stderr.splitlines()
+    assert re.match(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} CRITICAL stig\.server\.fork: "
+        r"stig-test \(pid \d+\) ended with an exception$",
+        first,
+    ), done.stderr
+    assert rest[0] == "Traceback (most recent call last):" and "boom in the child" in rest[-1]

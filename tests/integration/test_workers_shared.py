@@ -181,3 +181,54 @@ def test_stats_detail_bound_is_the_servers(stig_factory, workers):
         assert int(stats["stig_detail_prefixes"]) == fitting + 1
         assert int(stats["stig_detail_prefix_bytes"]) == max_bytes
         assert int(stats["stig_detail_uncounted"]) == 2
+
+
+GAUGES = ("curr_items", "total_items", "bytes")
+
+
+def _gauges(conn) -> tuple[dict[str, str], dict[str, str]]:
+    """The store's gauges in ``stats`` and ``stats items`` on this connection."""
+    general, items = stats_of(conn), stats_of(conn, b"items")
+    return {name: general[name] for name in GAUGES}, {
+        name: value for name, value in items.items() if name.endswith((":number", ":bytes"))
+    }
+
+
+def test_store_gauges_are_the_committed_ones_on_every_worker(stig_factory):
+    """``curr_items``, ``total_items`` and ``bytes`` (and ``stats items``) on
+    every worker are the store's as committed: on a follower with workers,
+    whose stream worker 0 hands to the writer (worker 1 commits nothing: it
+    showed ``bytes 0`` until worker 0 answered a ``stats``, issue 20's flaky
+    put-run test), and on a primary restarted, on the worker that has not
+    committed since.  Worker 1 is asked first, and the catch-up is awaited
+    on it: a ``stats`` on worker 0 would have copied its figures in."""
+    primary = stig_factory(*WORKERS, "--replication-open")
+    follower = stig_factory(*WORKERS, "--replica-of", f"{primary.host}:{primary.port}")
+    one = on_worker(follower, 1)
+    writes = primary.connect()
+    for j in range(7):
+        value = b"v" * (j + 1)
+        assert (
+            writes.send_recv(b"set g%d 0 0 %d\r\n%b\r\n" % (j, j + 1, value), b"\r\n")
+            == b"STORED\r\n"
+        )
+    primary.settle()
+    target = int(primary.stats()["replication_seq"])
+    wait_for(
+        lambda: stats_of(one),
+        lambda got: int(got["replication_applied_seq"]) >= target,
+        what=f"the follower applying group {target}",
+    )
+    wanted = _gauges(primary.connect())
+    assert wanted[0] == {"curr_items": "7", "total_items": "7", "bytes": "28"}
+    assert _gauges(one) == wanted, "follower worker 1"
+    assert _gauges(on_worker(follower, 0)) == wanted, "follower worker 0"
+    writes.close()
+    primary.restart()
+    one = on_worker(primary, 1)
+    zero = on_worker(primary, 0)
+    assert zero.send_recv(b"set g9 0 0 2\r\nvv\r\n", b"\r\n") == b"STORED\r\n"
+    primary.settle()
+    wanted = _gauges(zero)
+    assert wanted[0] == {"curr_items": "8", "total_items": "8", "bytes": "30"}
+    assert _gauges(one) == wanted, "restarted primary, worker 1"
