@@ -36,6 +36,11 @@ named by ``STIG_FAULT_FILE``:
   counters, :meth:`~stig.engine.shared_region.Region.start`, after it opened
   the store) blocks until the file says something else, its
   ``<STIG_FAULT_FILE>.held`` there meanwhile;
+* ``term-in-fork``: the supervisor of ``--workers N`` sends itself SIGTERM,
+  once (the fault file is emptied first), as its next fork of a child
+  returns: a stop signal that arrived during the fork, which
+  :func:`stig.server.fork.spawn` blocks until the fork is done (set it
+  once the server is up: the fork that follows is a restart's);
 * ``nogrow``: the LMDB map cannot grow: the address-space check of
   :meth:`Store.grow` fails as ``mmap`` does without room (ENOMEM), so a map
   that is full (start the server with a small ``--map-size``) stays full.
@@ -59,6 +64,7 @@ from pathlib import Path
 import lmdb
 
 from stig.engine.shared_region import Region
+from stig.server import fork
 from stig.storage import store as store_module
 from stig.storage.store import Store
 
@@ -165,7 +171,17 @@ def install(faults: Path) -> None:
             held.unlink()
         region_start(self)
 
+    spawn = fork.spawn
+
+    def faulty_spawn(name, keep, main, ignore=()):  # type: ignore[no-untyped-def]
+        pid = spawn(name, keep, main, ignore)  # the child never returns here
+        if _fault(faults) == "term-in-fork":
+            faults.write_text("")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return pid
+
     Region.start = faulty_region_start  # type: ignore[method-assign]
+    fork.spawn = faulty_spawn
     Store.apply = faulty_apply  # type: ignore[method-assign]
     Store.begin_epoch = faulty_begin_epoch  # type: ignore[method-assign]
     Store.probe = faulty_probe  # type: ignore[method-assign]
