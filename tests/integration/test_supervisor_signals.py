@@ -21,7 +21,7 @@ import pytest
 
 from stig_testkit.faulty import faulty_servers
 from stig_testkit.process import STOP_TIMEOUT, StigProcess
-from stig_testkit.workers import on_worker, stats_of
+from stig_testkit.workers import on_worker, stats_of, writer_pid
 
 
 @pytest.fixture
@@ -37,12 +37,15 @@ def _worker_pid(server: StigProcess, worker: int) -> int:
         conn.close()
 
 
-def test_sigterm_during_a_workers_restart_stops_the_restarted_worker_too(faulty):
+@pytest.mark.parametrize("victim", ["worker", "writer"])
+def test_sigterm_during_a_restart_stops_what_was_being_started_too(faulty, victim):
+    """A worker killed is restarted alone; the writer killed, the whole
+    group: the SIGTERM comes as the first child of the restart is forked."""
     server = faulty()
     assert server.proc is not None
-    old = _worker_pid(server, 1)
+    old = _worker_pid(server, 1) if victim == "worker" else writer_pid(server)
     server.set_fault("term-in-fork")
-    os.kill(old, signal.SIGKILL)  # restarted: the SIGTERM comes as it is forked
+    os.kill(old, signal.SIGKILL)
     try:
         code = server.proc.wait(STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
