@@ -249,7 +249,11 @@ class _Supervisor:
     def _start_worker(self, worker: int, link: socket.socket) -> None:
         shared = self.shared
         assert shared is not None
-        listeners = self.listening[worker]
+        listening = self.listening  # close_listeners() empties it on a stop signal
+        if self.stopping or worker >= len(listening):
+            link.close()  # stopping: no worker starts (the writer sees its link end)
+            return
+        listeners = listening[worker]
         role = WorkerRole(
             worker,
             link.fileno(),
@@ -284,6 +288,15 @@ class _Supervisor:
     def _adopt(self, child: _Child) -> None:
         self.children[child.pidfd] = child
         self.selector.register(child.pidfd, selectors.EVENT_READ, child)
+        if self.stopping and child.worker >= 0:
+            # A stop signal came while it was forked: fork.spawn blocks every
+            # signal until the fork is done, so the handler ran as the fork
+            # returned, before this child was one of those it passes signals
+            # on to.  Told now, or it serves on and the supervisor waits for
+            # it forever.  (If the handler ran just after the line above, it
+            # is told twice: a second SIGTERM closes the connections of a
+            # worker that has only begun to start.)
+            child.send_signal(signal.SIGTERM)
 
     def _restart_worker(self, worker: int) -> None:
         """Hand the writer a socket for worker ``worker``'s successor, start it."""
