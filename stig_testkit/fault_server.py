@@ -41,6 +41,10 @@ named by ``STIG_FAULT_FILE``:
   returns: a stop signal that arrived during the fork, which
   :func:`stig.server.fork.spawn` blocks until the fork is done (set it
   once the server is up: the fork that follows is a restart's);
+* ``kill-after-release``: the writer of ``--workers N``, once it told the
+  supervisor that it released a dead worker's writes, shuts its control
+  socket and SIGKILLs itself, once (the fault file emptied first): a
+  writer that dies just as the supervisor starts that worker's successor;
 * ``nogrow``: the LMDB map cannot grow: the address-space check of
   :meth:`Store.grow` fails as ``mmap`` does without room (ENOMEM), so a map
   that is full (start the server with a small ``--map-size``) stays full.
@@ -56,6 +60,7 @@ import errno
 import mmap
 import os
 import signal
+import socket
 import time
 import types
 from collections.abc import Callable
@@ -63,6 +68,7 @@ from pathlib import Path
 
 import lmdb
 
+from stig.engine import writer as writer_module
 from stig.engine.shared_region import Region
 from stig.server import fork
 from stig.storage import store as store_module
@@ -180,6 +186,15 @@ def install(faults: Path) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
         return pid
 
+    tell = writer_module._tell
+
+    def faulty_tell(control, message):  # type: ignore[no-untyped-def]
+        tell(control, message)
+        if message[0] == writer_module.CONTROL_RELEASED and _fault(faults) == "kill-after-release":
+            control.shutdown(socket.SHUT_RDWR)  # closed before the supervisor reads the message
+            _die(faults)
+
+    writer_module._tell = faulty_tell
     Region.start = faulty_region_start  # type: ignore[method-assign]
     fork.spawn = faulty_spawn
     Store.apply = faulty_apply  # type: ignore[method-assign]

@@ -1,0 +1,94 @@
+"""The supervisor of ``stig serve --workers N`` when something happens in
+the middle of a restart (docs/workers.md, "Failures with N workers").
+
+A stop signal while it forks a child: :func:`stig.server.fork.spawn`
+blocks every signal across the fork, so a SIGTERM that arrives meanwhile
+is handled just as the fork returns in the supervisor, before the new
+child is one of the children it passes signals on to.  The child it just
+forked must still be told to stop: otherwise it serves on (its listening
+socket is its own copy) and the supervisor waits for it forever.  The
+fault server's ``term-in-fork`` sends that SIGTERM at exactly that moment.
+
+The writer dying just after it released a dead worker's writes: the
+supervisor's hand-over of the successor's link then meets a closed
+control socket; the writer's death restarts the group, and the supervisor
+itself must live on (``kill-after-release``; stig_testkit/fault_server.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stig_testkit.faulty import faulty_servers
+from stig_testkit.process import STOP_TIMEOUT, StigProcess
+from stig_testkit.waiting import wait_for
+from stig_testkit.workers import on_worker, stats_of, writer_pid
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    yield from faulty_servers(tmp_path, monkeypatch, "--workers", "2")
+
+
+def _worker_pid(server: StigProcess, worker: int) -> int:
+    conn = on_worker(server, worker)
+    try:
+        return int(stats_of(conn)["pid"])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("victim", ["worker", "writer"])
+def test_sigterm_during_a_restart_stops_what_was_being_started_too(faulty, victim):
+    """A worker killed is restarted alone; the writer killed, the whole
+    group: the SIGTERM comes as the first child of the restart is forked."""
+    server = faulty()
+    assert server.proc is not None
+    old = _worker_pid(server, 1) if victim == "worker" else writer_pid(server)
+    server.set_fault("term-in-fork")
+    os.kill(old, signal.SIGKILL)
+    try:
+        code = server.proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the supervisor never stopped after SIGTERM\n{server._output()}")
+    assert server.faults.read_text() == ""  # the SIGTERM came from the fork's fault
+    assert code == 0, server._output()
+
+
+def test_a_writer_dead_as_a_workers_successor_starts_restarts_the_group(faulty):
+    """The writer releases a dead worker's writes and dies before the
+    supervisor hands it the successor's link: the supervisor restarts the
+    whole group (as for any death of the writer), never dies of the
+    broken control socket itself."""
+    server = faulty()
+    assert server.proc is not None
+    old_writer = writer_pid(server)
+    old = _worker_pid(server, 1)
+    server.set_fault("kill-after-release")
+    os.kill(old, signal.SIGKILL)
+    for worker in (0, 1):
+        conn = wait_for(
+            lambda w=worker: _on_worker_or_none(server, w), bool, 30.0, f"worker {worker} serving"
+        )
+        assert conn is not None
+        assert conn.send_recv(b"set k 0 0 1\r\nw\r\n", b"\r\n") == b"STORED\r\n"
+        conn.close()
+    assert server.faults.read_text() == ""  # the writer died of the fault
+    assert server.proc.poll() is None, server._output()
+    assert writer_pid(server) != old_writer
+
+
+def _on_worker_or_none(server: StigProcess, worker: int):  # type: ignore[no-untyped-def]
+    """A connection on ``worker``, or None while the group is being restarted."""
+    assert server.proc is not None
+    if server.proc.poll() is not None:
+        pytest.fail(f"the supervisor died\n{server._output()}")
+    try:
+        return on_worker(server, worker)
+    except (AssertionError, OSError):
+        return None
