@@ -305,6 +305,13 @@ class _Supervisor:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             socket.send_fds(shared.control, [pickle.dumps((CONTROL_LINK, worker))], [mine.fileno()])
+        except OSError as exc:
+            # The writer died since it released the worker's writes (or the
+            # control socket was closed on its end): its death, seen on its
+            # pidfd, restarts the whole group, this worker with it.
+            log.warning("worker %d not restarted alone: the writer is gone (%s)", worker, exc)
+            theirs.close()
+            return
         finally:
             mine.close()
         self._start_worker(worker, theirs)
