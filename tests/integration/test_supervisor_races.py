@@ -92,3 +92,19 @@ def _on_worker_or_none(server: StigProcess, worker: int):  # type: ignore[no-unt
         return on_worker(server, worker)
     except (AssertionError, OSError):
         return None
+
+
+def test_a_worker_ended_by_a_signal_python_has_no_name_for_is_restarted(faulty):
+    """A real-time signal (SIGRTMIN+6 here; its default action ends the
+    process) has no member in ``signal.Signals``: the supervisor must
+    restart the worker and name the signal by its number, not die of a
+    ValueError while it words its log line."""
+    server = faulty()
+    assert server.proc is not None
+    old = _worker_pid(server, 1)
+    os.kill(old, signal.SIGRTMIN + 6)
+    conn = wait_for(lambda: _on_worker_or_none(server, 1), bool, 30.0, "worker 1 serving")
+    assert conn is not None
+    assert int(stats_of(conn)["pid"]) != old
+    conn.close()
+    assert server.proc.poll() is None, server._output()
