@@ -465,7 +465,7 @@ class _Supervisor:
         code = child.wait()
         if self.stopping:
             return
-        how = signal.Signals(-code).name if code < 0 else f"status {code}"
+        how = _ending(code)
         if starting:
             log.error("%s ended (%s) before the server was ready", child.name, how)
             self._give_up()
@@ -552,6 +552,18 @@ class _Supervisor:
         if self.settings.unix_socket is not None and self.listening:
             self.settings.unix_socket.unlink(missing_ok=True)
         self.listening = []
+
+
+def _ending(code: int) -> str:
+    """How a child ended, for the log: the name of the signal that ended it
+    (its number when Python has no name for it: the real-time signals
+    between SIGRTMIN and SIGRTMAX), else its exit status."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
 
 
 def _listen(settings: Settings, count: int) -> list[list[socket.socket]]:
