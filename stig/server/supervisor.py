@@ -49,7 +49,7 @@ from stig.engine.settings import Settings
 from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.shared_replicas import SharedReplicas
 from stig.engine.writer import CONTROL_HUNG, CONTROL_LINK, CONTROL_RELEASED
-from stig.engine.writer_link import START_SECONDS
+from stig.engine.writer_link import START_SECONDS, ending_words
 from stig.replication.follower import spool_records
 from stig.server import fork, port_check
 from stig.server.listeners import Listener, ListenError, bind_unix
@@ -465,7 +465,7 @@ class _Supervisor:
         code = child.wait()
         if self.stopping:
             return
-        how = _ending(code)
+        how = ending_words(code)
         if starting:
             log.error("%s ended (%s) before the server was ready", child.name, how)
             self._give_up()
@@ -552,18 +552,6 @@ class _Supervisor:
         if self.settings.unix_socket is not None and self.listening:
             self.settings.unix_socket.unlink(missing_ok=True)
         self.listening = []
-
-
-def _ending(code: int) -> str:
-    """How a child ended, for the log: the name of the signal that ended it
-    (its number when Python has no name for it: the real-time signals
-    between SIGRTMIN and SIGRTMAX), else its exit status."""
-    if code >= 0:
-        return f"status {code}"
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
 
 
 def _listen(settings: Settings, count: int) -> list[list[socket.socket]]:
