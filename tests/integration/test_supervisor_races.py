@@ -108,3 +108,42 @@ def test_a_worker_ended_by_a_signal_python_has_no_name_for_is_restarted(faulty):
     assert int(stats_of(conn)["pid"]) != old
     conn.close()
     assert server.proc.poll() is None, server._output()
+
+
+def _worker_process(server: StigProcess, worker: int) -> int:
+    """The pid of the supervisor's child ``stig-worker-<worker>`` (started or not)."""
+    assert server.proc is not None
+    parent = server.proc.pid
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        try:
+            name = Path(f"/proc/{child}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue
+        if name == f"stig-worker-{worker}":
+            return int(child)
+    return 0
+
+
+def test_a_sighup_while_a_worker_starts_does_not_kill_it(faulty):
+    """SIGHUP reloads the certificates (a worker's ``refresh_certs`` sends
+    it to the supervisor, which passes it to every worker): a worker that
+    is still starting, its own handler not there yet, must not die of
+    SIGHUP's default action (a restart spent, or the whole server's start
+    failed)."""
+    server = faulty()
+    assert server.proc is not None
+    old = _worker_pid(server, 1)
+    held = Path(str(server.faults) + ".held")
+    server.set_fault("hold-start")
+    os.kill(old, signal.SIGKILL)
+    wait_for(held.exists, bool, 30.0, "the new worker 1 starting")
+    starting = _worker_process(server, 1)
+    assert starting not in (0, old)
+    os.kill(server.proc.pid, signal.SIGHUP)
+    # Worker 0 logs the SIGHUP passed on: worker 1 was sent it as well.
+    wait_for(lambda: server.stderr.count("received SIGHUP"), bool, 30.0, "the SIGHUP passed on")
+    server.set_fault("")
+    conn = wait_for(lambda: _on_worker_or_none(server, 1), bool, 30.0, "worker 1 serving")
+    assert conn is not None
+    assert int(stats_of(conn)["pid"]) == starting, server._output()
+    conn.close()
