@@ -267,6 +267,10 @@ class _Supervisor:
             f"stig-worker-{worker}",
             [*keep, *(listener.fileno() for listener in listeners)],
             lambda: self._worker_main(role),
+            # A SIGHUP passed on (a reload, another worker's refresh_certs)
+            # before its own handler is there (listeners.py) must not end it
+            # (SIGHUP's default): a worker that starts loads the certificates anyway.
+            ignore=(signal.SIGHUP,),
         )
         link.close()
         self._adopt(_Child(pid, worker))
