@@ -41,6 +41,8 @@ named by ``STIG_FAULT_FILE``:
   returns: a stop signal that arrived during the fork, which
   :func:`stig.server.fork.spawn` blocks until the fork is done (set it
   once the server is up: the fork that follows is a restart's);
+  ``hup-in-fork`` the same with SIGHUP (a reload; set before the server
+  starts: the fork of its writer);
 * ``kill-after-release``: the writer of ``--workers N``, once it told the
   supervisor that it released a dead worker's writes, shuts its control
   socket and SIGKILLs itself, once (the fault file emptied first): a
@@ -80,6 +82,10 @@ _DISK_ERRORS = {
     "edquot": (lmdb.Error, errno.EDQUOT),
     "eio": (lmdb.Error, errno.EIO),
 }
+
+
+#: The signal each ``…-in-fork`` fault sends the supervisor as a fork returns.
+_SIGNALS_IN_FORK = {"term-in-fork": signal.SIGTERM, "hup-in-fork": signal.SIGHUP}
 
 
 def _fault(faults: Path) -> str:
@@ -181,9 +187,10 @@ def install(faults: Path) -> None:
 
     def faulty_spawn(name, keep, main, ignore=()):  # type: ignore[no-untyped-def]
         pid = spawn(name, keep, main, ignore)  # the child never returns here
-        if _fault(faults) == "term-in-fork":
+        fault = _fault(faults)
+        if fault in _SIGNALS_IN_FORK:
             faults.write_text("")
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), _SIGNALS_IN_FORK[fault])
         return pid
 
     tell = writer_module._tell

@@ -147,3 +147,16 @@ def test_a_sighup_while_a_worker_starts_does_not_kill_it(faulty):
     assert conn is not None
     assert int(stats_of(conn)["pid"]) == starting, server._output()
     conn.close()
+
+
+def test_a_sighup_while_the_supervisor_forks_its_first_children_is_no_end(faulty, tmp_path):
+    """A reload (SIGHUP) that comes while the supervisor forks its writer
+    at start, before it would otherwise have its handler: the server
+    starts and serves (SIGHUP's default action ended the supervisor, and
+    every child with it)."""
+    (tmp_path / "faults").write_text("hup-in-fork")  # the fault file of faulty_servers
+    server = faulty()
+    assert server.proc is not None
+    assert server.faults.read_text() == ""  # the SIGHUP was sent
+    assert server.send_recv(b"set k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+    assert server.proc.poll() is None, server._output()
