@@ -329,14 +329,15 @@ class _Supervisor:
         # The same words as one process (stig/server/listeners.py): the
         # service manager hears what the server does, whatever its shape.
         self.notifier.notify({"STATUS": f"starting: data in {settings.data_dir}"})
+        # A reload (a unit's ExecReload, a worker's refresh_certs) is the
+        # workers' business, never the supervisor's end (SIGHUP's default):
+        # from before the first fork on.
+        signal.signal(signal.SIGHUP, self._pass_on)
         self._start_group()
         deadline: float | None = time.monotonic() + START_SECONDS
         ready = 0
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
-        # A reload (a unit's ExecReload, a worker's refresh_certs) is the
-        # workers' business, never the supervisor's end (SIGHUP's default).
-        signal.signal(signal.SIGHUP, self._pass_on)
         watchdog = self.notifier.watchdog_interval
         while self.children:
             timeout = None if watchdog is None else watchdog / 2
