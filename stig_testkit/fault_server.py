@@ -36,6 +36,17 @@ named by ``STIG_FAULT_FILE``:
   counters, :meth:`~stig.engine.shared_region.Region.start`, after it opened
   the store) blocks until the file says something else, its
   ``<STIG_FAULT_FILE>.held`` there meanwhile;
+* ``term-in-fork``: the supervisor of ``--workers N`` sends itself SIGTERM,
+  once (the fault file is emptied first), as its next fork of a child
+  returns: a stop signal that arrived during the fork, which
+  :func:`stig.server.fork.spawn` blocks until the fork is done (set it
+  once the server is up: the fork that follows is a restart's);
+  ``hup-in-fork`` the same with SIGHUP (a reload; set before the server
+  starts: the fork of its writer);
+* ``kill-after-release``: the writer of ``--workers N``, once it told the
+  supervisor that it released a dead worker's writes, shuts its control
+  socket and SIGKILLs itself, once (the fault file emptied first): a
+  writer that dies just as the supervisor starts that worker's successor;
 * ``nogrow``: the LMDB map cannot grow: the address-space check of
   :meth:`Store.grow` fails as ``mmap`` does without room (ENOMEM), so a map
   that is full (start the server with a small ``--map-size``) stays full.
@@ -51,6 +62,7 @@ import errno
 import mmap
 import os
 import signal
+import socket
 import time
 import types
 from collections.abc import Callable
@@ -58,7 +70,9 @@ from pathlib import Path
 
 import lmdb
 
+from stig.engine import writer as writer_module
 from stig.engine.shared_region import Region
+from stig.server import fork
 from stig.storage import store as store_module
 from stig.storage.store import Store
 
@@ -68,6 +82,10 @@ _DISK_ERRORS = {
     "edquot": (lmdb.Error, errno.EDQUOT),
     "eio": (lmdb.Error, errno.EIO),
 }
+
+
+#: The signal each ``…-in-fork`` fault sends the supervisor as a fork returns.
+_SIGNALS_IN_FORK = {"term-in-fork": signal.SIGTERM, "hup-in-fork": signal.SIGHUP}
 
 
 def _fault(faults: Path) -> str:
@@ -165,7 +183,27 @@ def install(faults: Path) -> None:
             held.unlink()
         region_start(self)
 
+    spawn = fork.spawn
+
+    def faulty_spawn(name, keep, main, ignore=()):  # type: ignore[no-untyped-def]
+        pid = spawn(name, keep, main, ignore)  # the child never returns here
+        fault = _fault(faults)
+        if fault in _SIGNALS_IN_FORK:
+            faults.write_text("")
+            os.kill(os.getpid(), _SIGNALS_IN_FORK[fault])
+        return pid
+
+    tell = writer_module._tell
+
+    def faulty_tell(control, message):  # type: ignore[no-untyped-def]
+        tell(control, message)
+        if message[0] == writer_module.CONTROL_RELEASED and _fault(faults) == "kill-after-release":
+            control.shutdown(socket.SHUT_RDWR)  # closed before the supervisor reads the message
+            _die(faults)
+
+    writer_module._tell = faulty_tell
     Region.start = faulty_region_start  # type: ignore[method-assign]
+    fork.spawn = faulty_spawn
     Store.apply = faulty_apply  # type: ignore[method-assign]
     Store.begin_epoch = faulty_begin_epoch  # type: ignore[method-assign]
     Store.probe = faulty_probe  # type: ignore[method-assign]

@@ -110,6 +110,19 @@ def launcher() -> str:
     return name.removesuffix(".__main__")
 
 
+def ending_words(code: int) -> str:
+    """How a child process ended (``code``: ``Popen.wait``'s, ``-N`` for
+    signal N), for a log line: the signal's name, its number when Python has
+    no name for it (the real-time signals between SIGRTMIN and SIGRTMAX),
+    else the exit status."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
 class WriterLink:
     """The writer process and the socket to it; see the module docstring."""
 
@@ -219,7 +232,7 @@ class WriterLink:
         process = self._process
         if process is not None:
             code = await trio.to_thread.run_sync(process.wait)
-            how = signal.Signals(-code).name if code < 0 else f"status {code}"
+            how = ending_words(code)
             log.error("writer process %d died (%s) %s; starting another", process.pid, how, why)
         self._process = None
         if self._sock is not None:

@@ -37,10 +37,17 @@ from stig.storage.replog import NOT_LATER
 log = logging.getLogger(__name__)
 
 
-def heard(answer: str) -> bool:
-    """Whether a ``stig_fence`` answer means the server knows the epoch now
-    (durably): ``FENCED``, or it had that epoch or a later one already."""
-    return answer.startswith("FENCED ") or NOT_LATER in answer
+def heard(answer: str, epoch: int) -> bool:
+    """Whether the answer to ``stig_fence <epoch>`` means the server knows
+    that epoch now (durably): ``FENCED <epoch>``, or the words that it had
+    that epoch or a later one already (``SERVER_ERROR`` and
+    :func:`~stig.storage.replog.not_later_words`).  Nothing else counts, so
+    that a target answering garbage (not Stig, a proxy) or about another
+    epoch never makes the fence be forgotten."""
+    if answer == f"FENCED {epoch}":
+        return True
+    known = f"SERVER_ERROR epoch {epoch} {NOT_LATER} "
+    return answer.startswith(known) and answer[len(known) :].isdigit()
 
 
 async def fence_former_primaries(engine: Engine) -> None:
@@ -69,7 +76,7 @@ async def _tell_until_heard(engine: Engine, address: str, telling: set[str]) -> 
                 answer = await send_fence(engine, address, epoch)
             except FENCE_FAILURES as exc:
                 answer = f"not reached: {exc or type(exc).__name__}"
-            if heard(answer):
+            if heard(answer, epoch):
                 log.warning("former primary %s told of epoch %d: %s", address, epoch, answer)
                 if await _forget(engine, address, epoch):
                     continue

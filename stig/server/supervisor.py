@@ -51,7 +51,7 @@ from stig.engine.settings import Settings
 from stig.engine.shared_inflight import SharedInFlight
 from stig.engine.shared_replicas import SharedReplicas
 from stig.engine.writer import CONTROL_HUNG, CONTROL_LINK, CONTROL_RELEASED
-from stig.engine.writer_link import START_SECONDS
+from stig.engine.writer_link import START_SECONDS, ending_words
 from stig.replication.follower import spool_records
 from stig.server import fork, port_check, ready_pipe
 from stig.server.listeners import Listener, ListenError, bind_unix
@@ -257,7 +257,11 @@ class _Supervisor:
     def _start_worker(self, worker: int, link: socket.socket) -> None:
         shared = self.shared
         assert shared is not None
-        listeners = self.listening[worker]
+        listening = self.listening  # close_listeners() empties it on a stop signal
+        if self.stopping or worker >= len(listening):
+            link.close()  # stopping: no worker starts (the writer sees its link end)
+            return
+        listeners = listening[worker]
         role = WorkerRole(
             worker,
             link.fileno(),
@@ -271,6 +275,10 @@ class _Supervisor:
             f"stig-worker-{worker}",
             [*keep, *(listener.fileno() for listener in listeners)],
             lambda: self._worker_main(role),
+            # A SIGHUP passed on (a reload, another worker's refresh_certs)
+            # before its own handler is there (listeners.py) must not end it
+            # (SIGHUP's default): a worker that starts loads the certificates anyway.
+            ignore=(signal.SIGHUP,),
         )
         link.close()
         self._adopt(_Child(pid, worker))
@@ -292,6 +300,15 @@ class _Supervisor:
     def _adopt(self, child: _Child) -> None:
         self.children[child.pidfd] = child
         self.selector.register(child.pidfd, selectors.EVENT_READ, child)
+        if self.stopping and child.worker >= 0:
+            # A stop signal came while it was forked: fork.spawn blocks every
+            # signal until the fork is done, so the handler ran as the fork
+            # returned, before this child was one of those it passes signals
+            # on to.  Told now, or it serves on and the supervisor waits for
+            # it forever.  (If the handler ran just after the line above, it
+            # is told twice: a second SIGTERM closes the connections of a
+            # worker that has only begun to start.)
+            child.send_signal(signal.SIGTERM)
 
     def _restart_worker(self, worker: int) -> None:
         """Hand the writer a socket for worker ``worker``'s successor, start it."""
@@ -300,6 +317,13 @@ class _Supervisor:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             socket.send_fds(shared.control, [pickle.dumps((CONTROL_LINK, worker))], [mine.fileno()])
+        except OSError as exc:
+            # The writer died since it released the worker's writes (or the
+            # control socket was closed on its end): its death, seen on its
+            # pidfd, restarts the whole group, this worker with it.
+            log.warning("worker %d not restarted alone: the writer is gone (%s)", worker, exc)
+            theirs.close()
+            return
         finally:
             mine.close()
         self._start_worker(worker, theirs)
@@ -313,13 +337,14 @@ class _Supervisor:
         # The same words as one process (stig/server/listeners.py): the
         # service manager hears what the server does, whatever its shape.
         self.notifier.notify({"STATUS": f"starting: data in {settings.data_dir}"})
+        # A reload (a unit's ExecReload, a worker's refresh_certs) is the
+        # workers' business, never the supervisor's end (SIGHUP's default):
+        # from before the first fork on.
+        signal.signal(signal.SIGHUP, self._pass_on)
         self._start_group()
         deadline: float | None = time.monotonic() + START_SECONDS
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
-        # A reload (a unit's ExecReload, a worker's refresh_certs) is the
-        # workers' business, never the supervisor's end (SIGHUP's default).
-        signal.signal(signal.SIGHUP, self._pass_on)
         watchdog = self.notifier.watchdog_interval
         while self.children:
             timeout = None if watchdog is None else watchdog / 2
@@ -485,7 +510,7 @@ class _Supervisor:
         code = child.wait()
         if self.stopping:
             return
-        how = signal.Signals(-code).name if code < 0 else f"status {code}"
+        how = ending_words(code)
         if starting:
             log.error("%s ended (%s) before the server was ready", child.name, how)
             self._give_up()

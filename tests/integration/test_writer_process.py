@@ -128,3 +128,14 @@ def test_a_writer_that_dies_while_idle_is_replaced(stig_factory):
         # it goes to the new writer.
         assert conn.send_recv(b"add k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
     assert server.stats()["stig_writer_restarts"] == "1"
+
+
+def test_a_writer_ended_by_a_signal_python_has_no_name_for_is_replaced(stig_factory):
+    """A real-time signal (SIGRTMIN+6; its default action ends the process)
+    has no member in ``signal.Signals``: the writer is replaced as for any
+    death, the server never dies of a ValueError wording its log line."""
+    server = stig_factory("--workers", "1")
+    os.kill(_writer_pid(server), signal.SIGRTMIN + 6)
+    with server.connect() as conn:
+        assert conn.send_recv(b"add k 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+    assert server.stats()["stig_writer_restarts"] == "1"

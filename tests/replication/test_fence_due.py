@@ -108,11 +108,25 @@ def test_an_answer_that_the_epoch_is_known_counts_as_heard() -> None:
     """A former primary that knows the epoch already (it rejoined, or
     another server told it) answers ``SERVER_ERROR epoch E is not later…``:
     the fence is moot, as good as ``FENCED``."""
-    assert heard("FENCED 2")
-    assert heard(f"SERVER_ERROR {replog.not_later_words(2, 2)}")
-    assert not heard("SERVER_ERROR stig_fence needs a login: run this server with --auth-file")
-    assert not heard("ERROR")
-    assert not heard("not reached: [Errno 111] Connection refused")
+    assert heard("FENCED 2", 2)
+    assert heard(f"SERVER_ERROR {replog.not_later_words(2, 2)}", 2)
+    assert heard(f"SERVER_ERROR {replog.not_later_words(2, 7)}", 2)
+    assert not heard("SERVER_ERROR stig_fence needs a login: run this server with --auth-file", 2)
+    assert not heard("ERROR", 2)
+    assert not heard("not reached: [Errno 111] Connection refused", 2)
+
+
+def test_only_an_answer_about_the_epoch_told_counts_as_heard() -> None:
+    """A fence target that answers garbage (not Stig, a proxy, a bug) must
+    not make the fence forgotten: only ``FENCED <the epoch told>`` or the
+    words that it knows that very epoch count; another epoch's answer, or
+    the words inside anything else, leave it due."""
+    assert not heard("FENCED 999", 2)
+    assert not heard("FENCED 2 3", 2)
+    assert not heard("FENCED ", 2)
+    assert not heard(f"SERVER_ERROR {replog.not_later_words(3, 5)}", 2)
+    assert not heard(f"ERROR {replog.not_later_words(2, 5)}", 2)
+    assert not heard(f"SERVER_ERROR {replog.not_later_words(2, 5)} and more", 2)
 
 
 def test_fences_due_are_stored_with_the_epoch_and_forgotten_only_for_that_epoch(
