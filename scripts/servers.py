@@ -159,7 +159,7 @@ def _stig(durable: bool, workers: int = 0) -> Callable[[int, str], list[str]]:
             "--data-dir",
             os.path.join(d, "stig-data"),
         ]
-        cmd += ["--workers", str(workers)] if workers else []
+        cmd += ["--workers", str(workers)]  # 0 too: the default is a worker per core
         extra = shlex.split(os.environ.get("STIG_SERVE_ARGS", ""))  # an A/B of an option
         return cmd + (["--durable-acks"] if durable else []) + extra
 

@@ -39,7 +39,8 @@ READY = "stig listening on "
 
 
 class Server:
-    """``python -m stig serve`` from ``repo`` on a free port."""
+    """``python -m stig serve --workers 0`` from ``repo`` on a free port: one
+    process, whose memory (:meth:`rss_mib`) is the server's."""
 
     def __init__(self, repo: Path, data_dir: Path, *args: str) -> None:
         self.repo, self.data_dir, self.args = repo, data_dir, args
@@ -58,6 +59,8 @@ class Server:
                 "0",
                 "--data-dir",
                 str(self.data_dir),
+                "--workers",
+                "0",
                 *self.args,
             ],
             cwd=self.repo,

@@ -32,10 +32,18 @@ from stig_testkit.waiting import wait_for_stats
 READY_PREFIX = "stig listening on "
 STARTUP_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
-#: Options every test server gets, from ``$STIG_TEST_SERVE_ARGS``: run a
-#: whole suite in another shape of the server, e.g. ``--workers 1``
-#: (docs/workers.md).
-SERVE_ARGS = tuple(shlex.split(os.environ.get("STIG_TEST_SERVE_ARGS", "")))
+#: The shape test servers take unless ``$STIG_TEST_SERVE_ARGS`` names
+#: another: two worker processes and the writer process, so that every test
+#: spreads its connections over workers (``stig serve``'s default is one
+#: worker per core: two on the 2-core machines CI runs on; naming it keeps a
+#: test run the same on a bigger machine).
+TEST_SHAPE = ("--workers", "2")
+#: Options every test server gets: ``$STIG_TEST_SERVE_ARGS`` if it is set
+#: (run a whole suite in another shape, e.g. ``--workers 1`` or ``--workers
+#: 0``, one process: docs/workers.md), else :data:`TEST_SHAPE`.  A test
+#: marked ``single_process`` adds ``--workers 0`` after these
+#: (stig_testkit/single_process.py).
+SERVE_ARGS = tuple(shlex.split(os.environ.get("STIG_TEST_SERVE_ARGS", shlex.join(TEST_SHAPE))))
 #: The directory that holds the ``stig`` (and ``stig_protocol``, ``stig_testkit``)
 #: packages this process runs: a clone's root, or site-packages.
 CODE_ROOT = Path(stig.__file__).resolve().parents[1]

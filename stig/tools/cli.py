@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -21,6 +22,19 @@ from stig_protocol.limits import ITEM_SIZE_MAX, KEY_MAX_LENGTH, LINE_MAX_LENGTH,
 
 if TYPE_CHECKING:
     from stig.tools.movekeys import Move, MoveReport
+
+#: The most worker processes ``--workers`` takes.
+MAX_WORKERS = 64
+
+
+def default_workers() -> int:
+    """``--workers`` when it is not given: one worker per core, so every core
+    serves requests while one writer process group-commits them all (on one
+    core, 1: a worker and the writer, so a commit never holds the worker's
+    GIL); at most :data:`MAX_WORKERS`.  The cores counted are those this
+    process may run on (its CPU affinity, as ``taskset`` or a container sets
+    it), not every core of the machine."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
 def _size(text: str) -> int:
@@ -237,11 +251,12 @@ def main() -> None:
 )
 @click.option(
     "--workers",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, 64),
-    help="0: one process, commits on a thread; 1: commits in a writer process; "
-    "N > 1: N worker processes on one port and the writer (docs/workers.md).",
+    default=None,
+    show_default="one per core, at most 64",
+    type=click.IntRange(0, MAX_WORKERS),
+    help="N > 1: N worker processes on one port and a writer process that "
+    "group-commits all their runs (docs/workers.md); 1: one worker and the writer "
+    "(the default on one core); 0: one process, commits on a thread.",
 )
 @click.option("--disable-flush-all", is_flag=True, help="Refuse flush_all.")
 @click.option(
@@ -390,7 +405,7 @@ def serve(
     idle_timeout: float,
     shutdown_grace_ms: float,
     map_size: int,
-    workers: int,
+    workers: int | None,
     disable_flush_all: bool,
     auth_file: Path | None,
     unix_socket: Path | None,
@@ -456,7 +471,7 @@ def serve(
         idle_timeout=idle_timeout,
         shutdown_grace_ms=shutdown_grace_ms,
         map_size=map_size,
-        workers=workers,
+        workers=default_workers() if workers is None else workers,
         disable_flush_all=disable_flush_all,
         auth_file=auth_file,
         log_level=log_level,
@@ -503,7 +518,7 @@ def serve(
     gc.set_threshold(50_000, 20, 100)
     from stig.server.listeners import ListenError
 
-    if workers > 1:
+    if settings.workers > 1:
         from stig.server import supervisor
 
         try:

@@ -2,14 +2,15 @@
 test's servers are one process whatever shape the suite runs in, and an
 unmarked test's servers are in that shape.
 
-Run it with ``STIG_TEST_SERVE_ARGS="--workers 2"`` to see both sides: the
-marked test's server answers ``stig_workers 0``, the unmarked one ``2``.
+The suite's shape is ``--workers 2`` (stig_testkit.process.TEST_SHAPE), so
+the marked test's server answers ``stig_workers 0``, the unmarked one ``2``.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from stig.tools.cli import default_workers
 from stig_testkit import process
 from stig_testkit.process import StigProcess
 from stig_testkit.workers import stats_of
@@ -17,7 +18,7 @@ from stig_testkit.workers import stats_of
 
 def _workers_asked(*args: str) -> str:
     """The ``--workers`` that ``stig serve`` takes from ``args`` (the last wins)."""
-    workers = "0"
+    workers = str(default_workers())
     for index, arg in enumerate(args[:-1]):
         if arg == "--workers":
             workers = args[index + 1]
