@@ -36,6 +36,9 @@ from stig.storage.replog import NOT_LATER
 
 log = logging.getLogger(__name__)
 
+#: The most characters of a target's answer a log line quotes.
+ANSWER_LOG_CHARS = 200
+
 
 def heard(answer: str, epoch: int) -> bool:
     """Whether the answer to ``stig_fence <epoch>`` means the server knows
@@ -48,6 +51,16 @@ def heard(answer: str, epoch: int) -> bool:
         return True
     known = f"SERVER_ERROR epoch {epoch} {NOT_LATER} "
     return answer.startswith(known) and answer[len(known) :].isdigit()
+
+
+def loggable(answer: str) -> str:
+    """``answer`` as a log line may quote it: control characters escaped (a
+    target answering garbage must not forge log lines or ring terminals),
+    at most :data:`ANSWER_LOG_CHARS` characters, and said when cut."""
+    shown = answer.encode("unicode_escape").decode("ascii")
+    if len(shown) <= ANSWER_LOG_CHARS:
+        return shown
+    return f"{shown[:ANSWER_LOG_CHARS]}... ({len(shown)} characters)"
 
 
 async def fence_former_primaries(engine: Engine) -> None:
@@ -77,11 +90,15 @@ async def _tell_until_heard(engine: Engine, address: str, telling: set[str]) -> 
             except FENCE_FAILURES as exc:
                 answer = f"not reached: {exc or type(exc).__name__}"
             if heard(answer, epoch):
-                log.warning("former primary %s told of epoch %d: %s", address, epoch, answer)
+                log.warning(
+                    "former primary %s told of epoch %d: %s", address, epoch, loggable(answer)
+                )
                 if await _forget(engine, address, epoch):
                     continue
             elif answer != said:  # each new reason once, not every retry
-                log.warning("former primary %s not fenced yet (retrying): %s", address, answer)
+                log.warning(
+                    "former primary %s not fenced yet (retrying): %s", address, loggable(answer)
+                )
                 said = answer
             await trio.sleep(pause)
             pause = min(pause * 2, RECONNECT_MAX)

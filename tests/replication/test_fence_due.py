@@ -16,7 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from stig.replication.fencer import heard
+from stig.replication import fencer
+from stig.replication.fencer import heard, loggable
 from stig.storage import replog
 from stig.storage.store import Store
 from stig_testkit.process import CODE_ROOT, StigProcess, child_env
@@ -127,6 +128,16 @@ def test_only_an_answer_about_the_epoch_told_counts_as_heard() -> None:
     assert not heard(f"SERVER_ERROR {replog.not_later_words(3, 5)}", 2)
     assert not heard(f"ERROR {replog.not_later_words(2, 5)}", 2)
     assert not heard(f"SERVER_ERROR {replog.not_later_words(2, 5)} and more", 2)
+
+
+def test_a_garbage_answer_is_logged_escaped_and_cut() -> None:
+    """What a fence target answered is quoted in the log: its control
+    characters escaped (no forged lines), and at most ANSWER_LOG_CHARS of it."""
+    assert loggable("FENCED 2") == "FENCED 2"
+    assert loggable("x\r\n<3>ERROR forged\x1b[2J\x00") == "x\\r\\n<3>ERROR forged\\x1b[2J\\x00"
+    long = loggable("y" * 5000)
+    assert long.startswith("y" * fencer.ANSWER_LOG_CHARS + "...") and "5000 characters" in long
+    assert len(long) < fencer.ANSWER_LOG_CHARS + 40
 
 
 def test_fences_due_are_stored_with_the_epoch_and_forgotten_only_for_that_epoch(
