@@ -27,7 +27,7 @@ import trio
 
 from stig.engine.engine import Engine
 from stig.replication.follower import (
-    FENCE_FAILURES,
+    LINK_FAILURES,
     RECONNECT_FIRST,
     RECONNECT_MAX,
     send_fence,
@@ -87,7 +87,7 @@ async def _tell_until_heard(engine: Engine, address: str, telling: set[str]) -> 
         while (epoch := engine.store.fences_due().get(address)) is not None:
             try:
                 answer = await send_fence(engine, address, epoch)
-            except FENCE_FAILURES as exc:
+            except LINK_FAILURES as exc:
                 answer = f"not reached: {exc or type(exc).__name__}"
             if heard(answer, epoch):
                 log.warning(
