@@ -297,3 +297,15 @@ class StigProcess:
             except Exception:
                 pass
         self._clients.clear()
+
+
+def stig_check(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``stig check -q`` of ``data_dir`` (this code's), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "stig", "check", "-q", "--data-dir", str(data_dir)],
+        cwd=CODE_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -27,7 +27,7 @@ import trio
 
 from stig.engine.engine import Engine
 from stig.replication.follower import (
-    FENCE_FAILURES,
+    LINK_FAILURES,
     RECONNECT_FIRST,
     RECONNECT_MAX,
     send_fence,
@@ -35,6 +35,9 @@ from stig.replication.follower import (
 from stig.storage.replog import NOT_LATER
 
 log = logging.getLogger(__name__)
+
+#: The most characters of a target's answer a log line quotes.
+ANSWER_LOG_CHARS = 200
 
 
 def heard(answer: str, epoch: int) -> bool:
@@ -48,6 +51,16 @@ def heard(answer: str, epoch: int) -> bool:
         return True
     known = f"SERVER_ERROR epoch {epoch} {NOT_LATER} "
     return answer.startswith(known) and answer[len(known) :].isdigit()
+
+
+def loggable(answer: str) -> str:
+    """``answer`` as a log line may quote it: control characters escaped (a
+    target answering garbage must not forge log lines or ring terminals),
+    at most :data:`ANSWER_LOG_CHARS` characters, and said when cut."""
+    shown = answer.encode("unicode_escape").decode("ascii")
+    if len(shown) <= ANSWER_LOG_CHARS:
+        return shown
+    return f"{shown[:ANSWER_LOG_CHARS]}... ({len(shown)} characters)"
 
 
 async def fence_former_primaries(engine: Engine) -> None:
@@ -74,14 +87,18 @@ async def _tell_until_heard(engine: Engine, address: str, telling: set[str]) -> 
         while (epoch := engine.store.fences_due().get(address)) is not None:
             try:
                 answer = await send_fence(engine, address, epoch)
-            except FENCE_FAILURES as exc:
+            except LINK_FAILURES as exc:
                 answer = f"not reached: {exc or type(exc).__name__}"
             if heard(answer, epoch):
-                log.warning("former primary %s told of epoch %d: %s", address, epoch, answer)
+                log.warning(
+                    "former primary %s told of epoch %d: %s", address, epoch, loggable(answer)
+                )
                 if await _forget(engine, address, epoch):
                     continue
             elif answer != said:  # each new reason once, not every retry
-                log.warning("former primary %s not fenced yet (retrying): %s", address, answer)
+                log.warning(
+                    "former primary %s not fenced yet (retrying): %s", address, loggable(answer)
+                )
                 said = answer
             await trio.sleep(pause)
             pause = min(pause * 2, RECONNECT_MAX)

@@ -69,6 +69,19 @@ class FollowError(Exception):
     """The stream cannot go on; the follower reconnects."""
 
 
+#: How a connection to another server (the primary followed, a former
+#: primary told of a fence) ends when it cannot be reached or answer right.
+LINK_FAILURES = (
+    OSError,
+    ssl.SSLError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    FollowError,
+    ValueError,
+)
+
+
 def parse_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -112,15 +125,7 @@ async def _follow_for_ever(engine: Engine, state: FollowerState, hold: Hold | No
         applied = engine.store.log_state.seq
         try:
             await _follow_once(engine, state, hold)
-        except (
-            OSError,
-            ssl.SSLError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            trio.TooSlowError,
-            FollowError,
-            ValueError,
-        ) as exc:
+        except LINK_FAILURES as exc:
             state.last_error = str(exc) or type(exc).__name__
             log.warning("replication from %s stopped: %s", state.primary, state.last_error)
         state.connected = False
@@ -480,7 +485,7 @@ async def send_fence(engine: Engine, address: str, epoch: int) -> str:
     """Tell the server at ``address`` (a former primary) that a primary of
     ``epoch`` exists (``stig_fence``), as this server reaches its primary
     (``--replica-tls…``, ``--replica-auth-file``); its answer's line.
-    Raises :data:`FENCE_FAILURES` when it cannot be reached or answer."""
+    Raises :data:`LINK_FAILURES` when it cannot be reached or answer."""
     host, port = parse_address(address)
     with trio.fail_after(SILENCE_SECONDS):
         stream = await _connect(engine, host, port)
@@ -489,15 +494,3 @@ async def send_fence(engine: Engine, address: str, epoch: int) -> str:
         await _log_in(engine, reader)
         await stream.send_all(b"stig_fence %d\r\n" % epoch)
         return (await reader.line()).decode(errors="replace")
-
-
-#: What :func:`send_fence` raises when there is no answer to be had.
-FENCE_FAILURES = (
-    OSError,
-    ssl.SSLError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.TooSlowError,
-    FollowError,
-    ValueError,
-)

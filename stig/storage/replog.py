@@ -183,18 +183,27 @@ def write_state(txn: lmdb.Transaction, repl: lmdb._Database, state: LogState) ->
     put(LOG_ON_KEY, U64.pack(state.logging), db=repl)
 
 
-def epoch_starts(txn: lmdb.Transaction, repl: lmdb._Database) -> dict[int, int]:
-    """The epoch history: each epoch after the first and its first sequence number."""
-    starts: dict[int, int] = {}
+def _prefixed(
+    txn: lmdb.Transaction, repl: lmdb._Database, prefix: bytes
+) -> Iterator[tuple[bytes, bytes]]:
+    """The entries of ``repl`` whose key begins with ``prefix``, in key
+    order: each key without the prefix, and its value."""
     cursor = txn.cursor(db=repl)
-    if not cursor.set_range(EPOCH_START_PREFIX):
-        return starts
+    if not cursor.set_range(prefix):
+        return
     for key, value in cursor:
         key = bytes(key)
-        if not key.startswith(EPOCH_START_PREFIX):
-            break
-        starts[EPOCH.unpack(key[len(EPOCH_START_PREFIX) :])[0]] = U64.unpack(value)[0]
-    return starts
+        if not key.startswith(prefix):
+            return
+        yield key[len(prefix) :], bytes(value)
+
+
+def epoch_starts(txn: lmdb.Transaction, repl: lmdb._Database) -> dict[int, int]:
+    """The epoch history: each epoch after the first and its first sequence number."""
+    return {
+        EPOCH.unpack(suffix)[0]: U64.unpack(value)[0]
+        for suffix, value in _prefixed(txn, repl, EPOCH_START_PREFIX)
+    }
 
 
 def set_epoch_start(txn: lmdb.Transaction, repl: lmdb._Database, epoch: int, seq: int) -> None:
@@ -279,16 +288,10 @@ def write_fence(txn: lmdb.Transaction, repl: lmdb._Database, fence: Fence) -> No
 def fences_due(txn: lmdb.Transaction, repl: lmdb._Database) -> dict[str, int]:
     """The former primaries not yet told of this server's promotion, and
     the epoch each must hear of."""
-    due: dict[str, int] = {}
-    cursor = txn.cursor(db=repl)
-    if not cursor.set_range(FENCE_DUE_PREFIX):
-        return due
-    for key, value in cursor:
-        key = bytes(key)
-        if not key.startswith(FENCE_DUE_PREFIX):
-            break
-        due[key[len(FENCE_DUE_PREFIX) :].decode(errors="replace")] = U64.unpack(value)[0]
-    return due
+    return {
+        suffix.decode(errors="replace"): U64.unpack(value)[0]
+        for suffix, value in _prefixed(txn, repl, FENCE_DUE_PREFIX)
+    }
 
 
 def add_fence_due(txn: lmdb.Transaction, repl: lmdb._Database, address: str, epoch: int) -> None:

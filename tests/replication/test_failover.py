@@ -20,7 +20,7 @@ import pytest
 from stig.replication import wire
 from stig_protocol.binary import Opcode, Status
 from stig_testkit.crashrig import LazyMount, fuse_unavailable
-from stig_testkit.process import CODE_ROOT, StigProcess, child_env
+from stig_testkit.process import CODE_ROOT, StigProcess, child_env, stig_check
 from stig_testkit.replicas import caught_up, fenced, stopped
 from stig_testkit.shapes import PRIMARY_SHAPES
 from stig_testkit.waiting import wait_for_stats
@@ -386,17 +386,6 @@ def _logged_seqs(data_dir: Path) -> tuple[list[int], int]:
         env.close()
 
 
-def _stig_check(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stig", "check", "-q", "--data-dir", str(data_dir)],
-        cwd=CODE_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.skipif(fuse_unavailable() is not None, reason=str(fuse_unavailable()))
 @pytest.mark.parametrize(
     "seed, follower_behind", [(20261207, False), (20261208, True)], ids=["streaming", "behind"]
@@ -466,7 +455,7 @@ def test_a_power_cut_of_the_primary_mid_stream_loses_nothing_acknowledged_and_it
         assert sum(len(w.acked) for w in writers) >= 150
         seqs, seq = _logged_seqs(follower.data_dir)
         assert seqs == list(range(seqs[0], seq + 1)), "a group missing or applied twice"
-        checked = _stig_check(follower.data_dir)
+        checked = stig_check(follower.data_dir)
         assert checked.returncode == 0, checked.stderr
 
         # The cut primary rejoins the new one, on what its disk kept.
@@ -487,7 +476,7 @@ def test_a_power_cut_of_the_primary_mid_stream_loses_nothing_acknowledged_and_it
         assert saved.exists() == (kept > applied)
         assert _records(primary.data_dir) == _records(follower.data_dir)
         primary.terminate()
-        checked = _stig_check(primary.data_dir)
+        checked = stig_check(primary.data_dir)
         assert checked.returncode == 0, checked.stderr
     finally:
         if primary is not None:

@@ -11,15 +11,14 @@ group restart of a ``--workers N`` follower is in test_follower_workers.py.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from stig.replication.fencer import heard
+from stig.replication import fencer
+from stig.replication.fencer import heard, loggable
 from stig.storage import replog
 from stig.storage.store import Store
-from stig_testkit.process import CODE_ROOT, StigProcess, child_env
+from stig_testkit.process import StigProcess, stig_check
 from stig_testkit.replicas import caught_up, fenced
 from stig_testkit.waiting import wait_for_stats
 
@@ -47,17 +46,6 @@ def _promoted_while_the_primary_is_down(
     return primary, follower, port
 
 
-def _stig_check(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stig", "check", "-q", "--data-dir", str(data_dir)],
-        cwd=CODE_ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_a_promoted_server_restarted_without_replica_of_still_fences_its_former_primary(
     stig_factory: Factory,
 ) -> None:
@@ -71,7 +59,7 @@ def test_a_promoted_server_restarted_without_replica_of_still_fences_its_former_
     # Step 3 of taking over: the next start has no --replica-of.  The entry
     # is on disk (and `stig check` knows it), and the new process tells it.
     follower.terminate()
-    checked = _stig_check(follower.data_dir)
+    checked = stig_check(follower.data_dir)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     follower.start(OPEN)
     assert follower.stats()["replication_fences_due"] == "1"
@@ -127,6 +115,16 @@ def test_only_an_answer_about_the_epoch_told_counts_as_heard() -> None:
     assert not heard(f"SERVER_ERROR {replog.not_later_words(3, 5)}", 2)
     assert not heard(f"ERROR {replog.not_later_words(2, 5)}", 2)
     assert not heard(f"SERVER_ERROR {replog.not_later_words(2, 5)} and more", 2)
+
+
+def test_a_garbage_answer_is_logged_escaped_and_cut() -> None:
+    """What a fence target answered is quoted in the log: its control
+    characters escaped (no forged lines), and at most ANSWER_LOG_CHARS of it."""
+    assert loggable("FENCED 2") == "FENCED 2"
+    assert loggable("x\r\n<3>ERROR forged\x1b[2J\x00") == "x\\r\\n<3>ERROR forged\\x1b[2J\\x00"
+    long = loggable("y" * 5000)
+    assert long.startswith("y" * fencer.ANSWER_LOG_CHARS + "...") and "5000 characters" in long
+    assert len(long) < fencer.ANSWER_LOG_CHARS + 40
 
 
 def test_fences_due_are_stored_with_the_epoch_and_forgotten_only_for_that_epoch(
