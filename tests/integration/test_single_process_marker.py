@@ -8,6 +8,8 @@ the marked test's server answers ``stig_workers 0``, the unmarked one ``2``.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from stig.tools.cli import default_workers
@@ -39,3 +41,12 @@ def test_a_marked_test_keeps_its_own_workers_option(stig_factory) -> None:
 def test_an_unmarked_test_runs_in_the_suites_shape(stig_server: StigProcess) -> None:
     expected = _workers_asked(*process.SERVE_ARGS)
     assert stats_of(stig_server.connect())["stig_workers"] == expected
+
+
+def test_without_a_shape_named_test_servers_have_two_workers(stig_server: StigProcess) -> None:
+    """The suite's own shape (README "Test it"): with no
+    ``$STIG_TEST_SERVE_ARGS`` every test server spreads its connections over
+    two workers, whatever ``stig serve``'s default is on this machine."""
+    if "STIG_TEST_SERVE_ARGS" in os.environ:
+        pytest.skip("the run names its own shape")
+    assert stats_of(stig_server.connect())["stig_workers"] == "2"
